@@ -1,0 +1,34 @@
+"""firkin: fast, safe, memory-mapped persistence for Python objects.
+
+``firkin.dump`` / ``firkin.load`` replace ``joblib.dump`` / ``joblib.load``:
+CPython's C pickler with protocol-5 out-of-band buffers, array bytes streamed
+straight to disk and mapped back with zero copies, checksums on every byte,
+atomic writes.
+"""
+from . import _core
+from ._api import (
+    TEMP_SUFFIX,
+    ChecksumError,
+    FirkinError,
+    FormatError,
+    dump,
+    dumps,
+    load,
+    load_metadata,
+    loads,
+)
+
+__version__ = _core.__version__
+
+__all__ = [
+    "dump",
+    "load",
+    "dumps",
+    "loads",
+    "load_metadata",
+    "FirkinError",
+    "FormatError",
+    "ChecksumError",
+    "TEMP_SUFFIX",
+    "__version__",
+]

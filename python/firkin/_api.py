@@ -1,0 +1,326 @@
+"""dump / load / dumps / loads / load_metadata: the public API over firkin._core."""
+from __future__ import annotations
+
+import io
+import json
+import os
+import pickle
+import secrets
+import threading
+import warnings
+
+import numpy as np
+
+from . import _core, _meta
+from ._core import ChecksumError, FirkinError, FormatError
+
+__all__ = ["dump", "load", "dumps", "loads", "load_metadata", "FirkinError", "FormatError",
+           "ChecksumError", "TEMP_SUFFIX"]
+
+#: Temporary files of a dump in progress are named ``.<target>.<pid>.<random>.firkin-tmp``
+#: in the target's directory; the next dump of the same target removes those of dead processes.
+TEMP_SUFFIX = ".firkin-tmp"
+
+_MMAP_MODES = {None: None, "r": "r", "r+": "r+", "w+": "r+", "c": "c"}
+_active_temps: set[str] = set()
+_active_lock = threading.Lock()
+
+# numpy's reconstructor for protocol-5 arrays, as pickled by this numpy
+_NP_FROMBUFFER = np.zeros(1, np.uint8).__reduce_ex__(5)[0]
+_NP_FROMBUFFER_NAMES = {
+    (mod, "_frombuffer") for mod in ("numpy.core.numeric", "numpy._core.numeric")
+}
+
+
+def _is_path(obj) -> bool:
+    return isinstance(obj, (str, bytes, os.PathLike))
+
+
+def _check_protocol(protocol) -> int:
+    if protocol is None:
+        return 5
+    if isinstance(protocol, bool) or not isinstance(protocol, int):
+        raise TypeError(f"protocol must be an int or None, not {type(protocol).__name__}")
+    if protocol < 0:
+        return pickle.HIGHEST_PROTOCOL
+    if protocol > pickle.HIGHEST_PROTOCOL:
+        raise ValueError(f"pickle protocol must be <= {pickle.HIGHEST_PROTOCOL}, got {protocol}")
+    return protocol
+
+
+def _check_compress(compress):
+    if compress is None or compress is False or (type(compress) is int and compress == 0):
+        return None
+    raise ValueError(f"compress={compress!r}: this build of firkin writes uncompressed files only "
+                     "(compress=0 or False)")
+
+
+def _write(value, target, protocol, user_meta, compress) -> int:
+    w = _core.Writer(target)
+    modules = w.dump(value, protocol)
+    meta = _meta.build(modules, user_meta, w.buffer_count, w.oob_bytes, compress)
+    return w.finish(meta)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _remove_stale_temps(dirname: str, base: str) -> None:
+    prefix = "." + base + "."
+    try:
+        names = os.listdir(dirname or ".")
+    except OSError:
+        return
+    for name in names:
+        if not (name.startswith(prefix) and name.endswith(TEMP_SUFFIX)):
+            continue
+        middle = name[len(prefix):-len(TEMP_SUFFIX)].split(".")
+        if len(middle) != 2 or not middle[0].isdigit():
+            continue
+        full = os.path.join(dirname, name)
+        with _active_lock:
+            if full in _active_temps:
+                continue
+        pid = int(middle[0])
+        if pid != os.getpid() and _pid_alive(pid):
+            continue
+        try:
+            os.unlink(full)
+        except OSError:
+            pass
+
+
+def _fsync_dir(dirname: str) -> None:
+    try:
+        fd = os.open(dirname or ".", os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _dump_path(value, filename, protocol, user_meta, compress) -> None:
+    path = os.fsdecode(os.fspath(filename))
+    # write where the data will live: through a symlink, next to its target
+    real = os.path.realpath(path)
+    dirname, base = os.path.split(real)
+    if not base:
+        raise IsADirectoryError(f"firkin.dump: {path!r} names a directory, not a file")
+    if os.path.isdir(real):
+        raise IsADirectoryError(f"firkin.dump: {path!r} is a directory")
+    if dirname and not os.path.isdir(dirname):
+        raise FileNotFoundError(f"firkin.dump: directory {dirname!r} does not exist")
+    _remove_stale_temps(dirname, base)
+    tmp = os.path.join(dirname, f".{base}.{os.getpid()}.{secrets.token_hex(4)}{TEMP_SUFFIX}")
+    with _active_lock:
+        _active_temps.add(tmp)
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
+        try:
+            try:
+                os.chmod(tmp, os.stat(real).st_mode & 0o7777)  # keep the old file's permissions
+            except FileNotFoundError:
+                pass
+            _write(value, fd, protocol, user_meta, compress)
+        finally:
+            os.close(fd)
+        os.replace(tmp, real)
+        _fsync_dir(dirname)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    finally:
+        with _active_lock:
+            _active_temps.discard(tmp)
+
+
+def dump(value, filename, compress=0, protocol=None, *, metadata=None):
+    """Persist `value` to `filename` (str, os.PathLike or a binary file object).
+
+    Paths are written atomically: a temporary file next to the target is
+    written, fsynced and renamed over it, so an interrupted dump never leaves
+    a torn file and never damages the previous one. Returns ``[str(filename)]``
+    for a path and ``None`` for a file object, like joblib.dump.
+    """
+    protocol = _check_protocol(protocol)
+    compress = _check_compress(compress)
+    user_meta = _meta.check_user_metadata(metadata)
+    if _is_path(filename):
+        _dump_path(value, filename, protocol, user_meta, compress)
+        return [os.fsdecode(os.fspath(filename)) if not isinstance(filename, str) else filename]
+    if hasattr(filename, "write"):
+        _write(value, filename, protocol, user_meta, compress)
+        return None
+    raise TypeError("firkin.dump: the second argument must be a path or a binary file object, "
+                    f"not {type(filename).__name__} (did you swap value and filename?)")
+
+
+def dumps(value, compress=0, protocol=None, *, metadata=None) -> bytes:
+    """The bytes of the firkin file `dump` would write."""
+    protocol = _check_protocol(protocol)
+    compress = _check_compress(compress)
+    user_meta = _meta.check_user_metadata(metadata)
+    bio = io.BytesIO()
+    _write(value, bio, protocol, user_meta, compress)
+    return bio.getvalue()
+
+
+# ---------------------------------------------------------------- loading
+
+def _frombuffer_mmap(buf, dtype, shape, order):
+    """numpy's _frombuffer, but arrays over the file's mapping stay np.memmap."""
+    base, readonly = buf, False
+    if isinstance(buf, memoryview):
+        base, readonly = buf.obj, buf.readonly
+    if isinstance(base, np.memmap) and base.ndim == 1 and base.dtype == np.uint8:
+        arr = base.view(dtype).reshape(shape, order=order)
+        if readonly and arr.flags.writeable:
+            arr.flags.writeable = False
+        return arr
+    return _NP_FROMBUFFER(buf, dtype, shape, order)
+
+
+class _MmapUnpickler(pickle.Unpickler):
+    def find_class(self, module, name):
+        if (module, name) in _NP_FROMBUFFER_NAMES:
+            return _frombuffer_mmap
+        return super().find_class(module, name)
+
+
+def _unpickle(reader, buffers, mmap: bool):
+    stream = reader.pickle_stream()
+    cls = _MmapUnpickler if mmap else pickle.Unpickler
+    try:
+        return cls(io.BytesIO(stream), buffers=buffers).load()
+    except pickle.UnpicklingError as exc:
+        raise FormatError(f"{reader.name}: the pickle stream is invalid: {exc}") from exc
+
+
+def _load_reader(reader, verify, threads):
+    buffers = reader.read_buffers(verify=_verify_buffers(reader, verify, False),
+                                  threads=threads or 0)
+    return _unpickle(reader, buffers, False)
+
+
+def _verify_buffers(reader, verify, mapped: bool) -> bool:
+    if reader.flags & _core.FLAG_BUFFERS_MUTABLE and verify is not True:
+        return False  # arrays were opened with mmap_mode='r+': their bytes are the user's to change
+    if verify is None:
+        return not mapped
+    return bool(verify)
+
+
+def _check_mmap_mode(mmap_mode):
+    if mmap_mode not in _MMAP_MODES:
+        raise ValueError(f"mmap_mode must be one of None, 'r', 'r+', 'w+', 'c'; got {mmap_mode!r}")
+    return _MMAP_MODES[mmap_mode]
+
+
+def load(filename, mmap_mode=None, *, verify=None, threads=None):
+    """Load an object saved by `dump` from a path or a binary file object.
+
+    mmap_mode: None reads every array into fresh writable memory. 'r', 'r+',
+    'c' map the file once and return its large arrays as np.memmap views of
+    that one mapping (read-only, write-through, copy-on-write); 'w+' acts as
+    'r+'. verify: checksums of array data are verified when read (not when
+    mapped) by default; True also verifies mapped data, False skips it.
+    """
+    mode = _check_mmap_mode(mmap_mode)
+    if _is_path(filename):
+        path = os.fsdecode(os.fspath(filename))
+        with open(path, "r+b" if mode == "r+" else "rb") as f:
+            reader = _core.Reader(f.fileno(), name=path)
+            if mode is None:
+                return _load_reader(reader, verify, threads)
+            return _load_mapped(reader, f, mode, verify)
+    if hasattr(filename, "read"):
+        if mode is not None:
+            warnings.warn("firkin.load: mmap_mode has no effect when loading from a file object; "
+                          "the arrays are read into memory", UserWarning, stacklevel=2)
+        return _load_fileobj(filename, verify, threads)
+    raise TypeError(f"firkin.load: expected a path or a binary file object, not {type(filename).__name__}")
+
+
+def _load_mapped(reader, f, mode, verify):
+    if mode == "r+":
+        reader.set_flag(_core.FLAG_BUFFERS_MUTABLE)
+    if reader.buffer_count == 0:
+        return _unpickle(reader, [], True)
+    mm = np.memmap(f, dtype=np.uint8, mode=mode, shape=(reader.total_length,))
+    if _verify_buffers(reader, verify, True):
+        reader.verify_mapped(mm)
+    buffers = [mm[off:off + n] for off, n in reader.buffer_spans()]
+    return _unpickle(reader, buffers, True)
+
+
+def _load_fileobj(f, verify, threads):
+    name = getattr(f, "name", None)
+    name = name if isinstance(name, str) else f"<{type(f).__name__}>"
+    try:
+        seekable = f.seekable()
+    except (AttributeError, OSError, ValueError):
+        seekable = False
+    if not seekable:
+        return loads(f.read(), verify=verify, threads=threads)
+    start = f.tell()
+    if isinstance(f, io.BytesIO):
+        source = f.getvalue()  # shares the BytesIO's buffer in the common case
+    else:
+        source = f
+        try:
+            if f.writable():
+                f.flush()
+            source = f.fileno()
+        except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
+            pass
+    reader = _core.Reader(source, name=name, base=start)
+    obj = _load_reader(reader, verify, threads)
+    f.seek(start + reader.total_length)  # like pickle: positioned after what was read
+    return obj
+
+
+def loads(data, *, verify=None, threads=None):
+    """Load an object from the bytes `dumps` returned (any bytes-like object)."""
+    reader = _core.Reader(data, name="<bytes>")
+    return _load_reader(reader, verify, threads)
+
+
+def load_metadata(filename) -> dict:
+    """The metadata recorded in a firkin file, without loading its objects."""
+    if _is_path(filename):
+        path = os.fsdecode(os.fspath(filename))
+        with open(path, "rb") as f:
+            reader = _core.Reader(f.fileno(), name=path)
+            raw = reader.metadata()
+    elif isinstance(filename, (bytes, bytearray, memoryview)):
+        reader = _core.Reader(filename, name="<bytes>")
+        raw = reader.metadata()
+    else:
+        start = filename.tell()
+        reader = _core.Reader(filename, name=getattr(filename, "name", "<file>"), base=start)
+        raw = reader.metadata()
+        filename.seek(start)
+    if raw is None:
+        return {}
+    try:
+        meta = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise FormatError(f"metadata section is not valid JSON: {exc}") from exc
+    if not isinstance(meta, dict):
+        raise FormatError("metadata section is not a JSON object")
+    meta["size"] = reader.total_length
+    return meta

@@ -1,0 +1,95 @@
+"""The metadata section: what every firkin file records about itself."""
+from __future__ import annotations
+
+import datetime
+import importlib.metadata
+import json
+import platform
+import sys
+
+import numpy as np
+
+from . import _core
+
+_SKIP = {"builtins", "__main__", "__builtin__"}
+_STDLIB = frozenset(getattr(sys, "stdlib_module_names", ()))
+_dist_map = None
+
+
+def _package_version(top: str) -> str | None:
+    mod = sys.modules.get(top)
+    ver = getattr(mod, "__version__", None)
+    if isinstance(ver, str):
+        return ver
+    try:
+        return importlib.metadata.version(top)
+    except importlib.metadata.PackageNotFoundError:
+        pass
+    global _dist_map
+    if _dist_map is None:
+        try:
+            _dist_map = importlib.metadata.packages_distributions()
+        except Exception:  # pragma: no cover - broken environments
+            _dist_map = {}
+    for dist in _dist_map.get(top, ()):
+        try:
+            return importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return None
+
+
+def package_versions(modules) -> dict:
+    """{top-level package: version} for the third-party packages in `modules`."""
+    out = {}
+    for top in modules:
+        if top in _SKIP or top in _STDLIB or top.startswith("_"):
+            continue
+        out[top] = _package_version(top)
+    return out
+
+
+def check_user_metadata(metadata) -> dict:
+    if metadata is None:
+        return {}
+    if not isinstance(metadata, dict):
+        raise TypeError(f"metadata must be a dict, not {type(metadata).__name__}")
+
+    def walk(value, path):
+        if value is None or isinstance(value, (bool, int, float, str)):
+            if isinstance(value, float) and value != value:
+                raise TypeError(f"metadata{path} is NaN, which JSON cannot hold")
+            return
+        if isinstance(value, (list, tuple)):
+            for i, v in enumerate(value):
+                walk(v, f"{path}[{i}]")
+            return
+        if isinstance(value, dict):
+            for k, v in value.items():
+                if not isinstance(k, str):
+                    raise TypeError(f"metadata{path} has a key {k!r} of type {type(k).__name__}; "
+                                    "keys must be str")
+                walk(v, f"{path}[{k!r}]")
+            return
+        raise TypeError(f"metadata{path} is not JSON-serialisable: {type(value).__name__} "
+                        f"({value!r:.60})")
+
+    walk(metadata, "")
+    return metadata
+
+
+def build(modules, user: dict, buffer_count: int, buffer_bytes: int, compress) -> bytes:
+    now = datetime.datetime.now(datetime.timezone.utc)
+    meta = {
+        "format": "%d.%d" % (_core.build_info()["format_major"], _core.build_info()["format_minor"]),
+        "firkin": _core.__version__,
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "created": now.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+        "packages": package_versions(modules),
+        "buffers": buffer_count,
+        "buffer_bytes": buffer_bytes,
+        "compress": compress,
+        "user": user,
+    }
+    return json.dumps(meta, sort_keys=True, separators=(",", ":")).encode("utf-8")

@@ -1,0 +1,180 @@
+/* firkin._core: module init (PEP 489 multi-phase), state, exceptions and the
+ * small exported functions. The container work lives in writer.c/reader.c.
+ */
+#define NPY_NO_DEPRECATED_API NPY_1_7_API_VERSION
+#define PY_ARRAY_UNIQUE_SYMBOL firkin_ARRAY_API
+#include "firkin.h"
+#include <numpy/arrayobject.h>
+
+static fk_state *get_state(PyObject *module)
+{
+    return (fk_state *)PyModule_GetState(module);
+}
+
+static PyObject *fk_crc32c(PyObject *module, PyObject *args)
+{
+    (void)module;
+    Py_buffer b;
+    unsigned int value = 0;
+    if (!PyArg_ParseTuple(args, "y*|I:crc32c", &b, &value)) return NULL;
+    uint32_t c;
+    Py_BEGIN_ALLOW_THREADS
+    c = checksum_crc32c(value, b.buf, (size_t)b.len);
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&b);
+    return PyLong_FromUnsignedLong(c);
+}
+
+static PyObject *fk_build_info(PyObject *module, PyObject *unused)
+{
+    (void)module;
+    (void)unused;
+    return Py_BuildValue("{s:s,s:i,s:i,s:s,s:i,s:i,s:i}", "version", FIRKIN_VERSION, "format_major",
+                         FK_FORMAT_MAJOR, "format_minor", FK_FORMAT_MINOR, "crc32c",
+                         checksum_impl_name(), "cpu_count", codec_default_threads(), "chunk_size",
+                         (int)FK_DEFAULT_CHUNK, "threshold", FK_DEFAULT_THRESHOLD);
+}
+
+static PyMethodDef module_methods[] = {
+    {"crc32c", fk_crc32c, METH_VARARGS, "crc32c(data, value=0) -> CRC-32C of data, continuing value"},
+    {"build_info", fk_build_info, METH_NOARGS, "facts about this build of the extension"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyObject *import_attr(const char *mod, const char *attr)
+{
+    PyObject *m = PyImport_ImportModule(mod);
+    if (!m) return NULL;
+    PyObject *a = PyObject_GetAttrString(m, attr);
+    Py_DECREF(m);
+    return a;
+}
+
+static int add_exception(PyObject *module, PyObject **slot, const char *name, const char *doc,
+                         PyObject *bases)
+{
+    char full[64];
+    PyOS_snprintf(full, sizeof full, "firkin.%s", name);
+    *slot = PyErr_NewExceptionWithDoc(full, doc, bases, NULL);
+    if (!*slot) return -1;
+    return PyModule_AddObjectRef(module, name, *slot);
+}
+
+static int module_exec(PyObject *module)
+{
+    fk_state *st = get_state(module);
+    checksum_init();
+    if (PyArray_ImportNumPyAPI() < 0) return -1;
+
+    PyObject *bases;
+    if (add_exception(module, &st->FirkinError, "FirkinError", "Base class of firkin's errors.",
+                      PyExc_Exception) < 0)
+        return -1;
+    bases = PyTuple_Pack(2, st->FirkinError, PyExc_ValueError);
+    if (!bases) return -1;
+    int rc = add_exception(module, &st->FormatError, "FormatError",
+                           "The file is not a valid firkin container (truncated, corrupted, "
+                           "not firkin, or written by a newer firkin).", bases);
+    Py_DECREF(bases);
+    if (rc < 0) return -1;
+    if (add_exception(module, &st->ChecksumError, "ChecksumError",
+                      "A checksum did not match: the file's bytes changed after it was written.",
+                      st->FormatError) < 0)
+        return -1;
+
+    if (!(st->pickle_Pickler = import_attr("_pickle", "Pickler"))) return -1;
+    if (!(st->PickleBuffer = import_attr("_pickle", "PickleBuffer"))) return -1;
+    if (!(st->np_memmap = import_attr("numpy", "memmap"))) return -1;
+    {
+        /* numpy's own reconstructor for protocol-5 arrays, whatever module
+         * this numpy version keeps it in */
+        npy_intp one = 1;
+        PyObject *a = PyArray_ZEROS(1, &one, NPY_UINT8, 0);
+        if (!a) return -1;
+        PyObject *red = PyObject_CallMethod(a, "__reduce_ex__", "i", 5);
+        Py_DECREF(a);
+        if (!red) return -1;
+        if (!PyTuple_Check(red) || PyTuple_GET_SIZE(red) < 2) {
+            Py_DECREF(red);
+            PyErr_SetString(PyExc_ImportError, "firkin: unexpected numpy array reduction");
+            return -1;
+        }
+        st->np_frombuffer = Py_NewRef(PyTuple_GET_ITEM(red, 0));
+        Py_DECREF(red);
+    }
+    if (!(st->str_write = PyUnicode_InternFromString("write"))) return -1;
+    if (!(st->str_readinto = PyUnicode_InternFromString("readinto"))) return -1;
+    if (!(st->str_seek = PyUnicode_InternFromString("seek"))) return -1;
+    if (!(st->str_module = PyUnicode_InternFromString("__module__"))) return -1;
+    if (!(st->str_dump = PyUnicode_InternFromString("dump"))) return -1;
+
+    if (writer_init_types(module, st) < 0) return -1;
+    if (reader_init_types(module, st) < 0) return -1;
+    if (PyModule_AddIntConstant(module, "FLAG_BUFFERS_MUTABLE", (long)FK_OPT_BUFFERS_MUTABLE) < 0) return -1;
+    if (PyModule_AddIntConstant(module, "DEFAULT_THRESHOLD", FK_DEFAULT_THRESHOLD) < 0) return -1;
+    if (PyModule_AddIntConstant(module, "DEFAULT_CHUNK_SIZE", (long)FK_DEFAULT_CHUNK) < 0) return -1;
+    if (PyModule_AddStringConstant(module, "__version__", FIRKIN_VERSION) < 0) return -1;
+    return 0;
+}
+
+static int module_traverse(PyObject *module, visitproc visit, void *arg)
+{
+    fk_state *st = get_state(module);
+    Py_VISIT(st->FirkinError);
+    Py_VISIT(st->FormatError);
+    Py_VISIT(st->ChecksumError);
+    Py_VISIT(st->WriterType);
+    Py_VISIT(st->ReaderType);
+    Py_VISIT(st->BufferType);
+    Py_VISIT(st->PicklerType);
+    Py_VISIT(st->StridedType);
+    Py_VISIT(st->pickle_Pickler);
+    Py_VISIT(st->PickleBuffer);
+    Py_VISIT(st->np_frombuffer);
+    Py_VISIT(st->np_memmap);
+    return 0;
+}
+
+static int module_clear(PyObject *module)
+{
+    fk_state *st = get_state(module);
+    Py_CLEAR(st->FirkinError);
+    Py_CLEAR(st->FormatError);
+    Py_CLEAR(st->ChecksumError);
+    Py_CLEAR(st->WriterType);
+    Py_CLEAR(st->ReaderType);
+    Py_CLEAR(st->BufferType);
+    Py_CLEAR(st->PicklerType);
+    Py_CLEAR(st->StridedType);
+    Py_CLEAR(st->pickle_Pickler);
+    Py_CLEAR(st->PickleBuffer);
+    Py_CLEAR(st->np_frombuffer);
+    Py_CLEAR(st->np_memmap);
+    Py_CLEAR(st->str_write);
+    Py_CLEAR(st->str_readinto);
+    Py_CLEAR(st->str_seek);
+    Py_CLEAR(st->str_module);
+    Py_CLEAR(st->str_dump);
+    return 0;
+}
+
+static void module_free(void *module)
+{
+    module_clear((PyObject *)module);
+}
+
+static PyModuleDef_Slot module_slots[] = {
+    {Py_mod_exec, module_exec},
+    {0, NULL},
+};
+
+static struct PyModuleDef firkin_module = {
+    PyModuleDef_HEAD_INIT, "firkin._core",
+    "C core of firkin: container writer/reader, pickler glue, checksums, worker pool.",
+    sizeof(fk_state), module_methods, module_slots, module_traverse, module_clear, module_free,
+};
+
+PyMODINIT_FUNC PyInit__core(void)
+{
+    return PyModuleDef_Init(&firkin_module);
+}

@@ -1,0 +1,847 @@
+/* Container reader.
+ *
+ * A Reader validates a container completely before anything is sized from
+ * it: header (magic, version, features, checksum), trailer, index (checksum,
+ * every section and chunk entry against the file's real length). Then it
+ * hands out the pickle stream, the metadata, the spans of the out-of-band
+ * buffers (for one mmap of the whole file), or reads the buffers straight
+ * into fresh 64-byte-aligned memory with the GIL released while the pool
+ * verifies chunk checksums.
+ *
+ * Backends: a file descriptor (pread), a bytes-like object in memory, or a
+ * Python binary file object (seek + readinto).
+ */
+#include "firkin.h"
+#include <errno.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+/* ------------------------------------------------------------ Buffer */
+
+typedef struct {
+    PyObject_HEAD
+    unsigned char *data;
+    Py_ssize_t len;
+} BufferObject;
+
+static int Buffer_getbuffer(BufferObject *b, Py_buffer *view, int flags)
+{
+    return PyBuffer_FillInfo(view, (PyObject *)b, b->data, b->len, 0, flags);
+}
+
+static void Buffer_dealloc(BufferObject *b)
+{
+    PyTypeObject *tp = Py_TYPE(b);
+    free(b->data);
+    tp->tp_free((PyObject *)b);
+    Py_DECREF(tp);
+}
+
+static Py_ssize_t Buffer_length(BufferObject *b)
+{
+    return b->len;
+}
+
+static PyObject *Buffer_repr(BufferObject *b)
+{
+    return PyUnicode_FromFormat("<firkin buffer of %zd bytes at %p>", b->len, (void *)b->data);
+}
+
+static PyType_Slot Buffer_slots[] = {
+    {Py_bf_getbuffer, Buffer_getbuffer},
+    {Py_tp_dealloc, Buffer_dealloc},
+    {Py_sq_length, Buffer_length},
+    {Py_tp_repr, Buffer_repr},
+    {Py_tp_doc, "Writable, 64-byte-aligned memory holding one loaded buffer."},
+    {0, NULL},
+};
+
+static PyType_Spec Buffer_spec = {
+    "firkin._core.Buffer", sizeof(BufferObject), 0,
+    Py_TPFLAGS_DEFAULT | Py_TPFLAGS_DISALLOW_INSTANTIATION, Buffer_slots,
+};
+
+static BufferObject *buffer_new(fk_state *st, size_t len)
+{
+    void *p = NULL;
+    /* big buffers on a 2 MiB boundary so the kernel can back them with huge pages */
+    size_t align = len >= ((size_t)4 << 20) ? ((size_t)2 << 20) : FK_ALIGN;
+    if (posix_memalign(&p, align, len ? len : 1) != 0) {
+        PyErr_NoMemory();
+        return NULL;
+    }
+    BufferObject *b = PyObject_New(BufferObject, st->BufferType);
+    if (!b) { free(p); return NULL; }
+    b->data = (unsigned char *)p;
+    b->len = (Py_ssize_t)len;
+    return b;
+}
+
+/* ------------------------------------------------------------ Reader */
+
+typedef struct {
+    uint16_t kind, flags;
+    uint32_t nchunks;
+    uint64_t offset, stored, raw, chunk_size, first_chunk;
+} rd_section;
+
+typedef struct {
+    PyObject_HEAD
+    fk_state *st;
+    PyObject *name;       /* for messages */
+    int fd;
+    PyObject *fileobj;
+    Py_buffer mem;
+    int has_mem;
+    uint64_t base;        /* absolute position of the container start */
+    uint64_t total;       /* container length */
+    uint64_t opt_flags;
+    uint16_t major, minor;
+    uint64_t index_off;
+    unsigned char *index;
+    size_t index_len;
+    const unsigned char *chunk_table;
+    uint64_t nchunks_total;
+    size_t chunk_stride;
+    rd_section *sections;
+    size_t nsections;
+    Py_ssize_t pickle_sec, meta_sec;
+    size_t *buf_secs;
+    size_t nbuf;
+} ReaderObject;
+
+static PyObject *rd_error(ReaderObject *r, PyObject *exc, const char *fmt, ...)
+{
+    va_list va;
+    va_start(va, fmt);
+    PyObject *msg = PyUnicode_FromFormatV(fmt, va);
+    va_end(va);
+    if (!msg) return NULL;
+    PyErr_Format(exc, "%U: %U", r->name, msg);
+    Py_DECREF(msg);
+    return NULL;
+}
+
+#define FORMAT_ERR(r, ...) rd_error((r), (r)->st->FormatError, __VA_ARGS__)
+#define CHECKSUM_ERR(r, ...) rd_error((r), (r)->st->ChecksumError, __VA_ARGS__)
+
+/* Read n bytes at container-relative offset `off`. GIL held on entry; the
+ * fd and memory backends release it for large reads. */
+static int rd_read(ReaderObject *r, uint64_t off, void *dst, size_t n)
+{
+    uint64_t abs = r->base + off;
+    unsigned char *d = (unsigned char *)dst;
+    if (r->has_mem) {
+        if (abs > (uint64_t)r->mem.len || n > (uint64_t)r->mem.len - abs) {
+            FORMAT_ERR(r, "truncated: %zu bytes at offset %llu lie past the end of the data", n,
+                       (unsigned long long)off);
+            return -1;
+        }
+        if (n >= 65536) {
+            Py_BEGIN_ALLOW_THREADS
+            memcpy(d, (const unsigned char *)r->mem.buf + abs, n);
+            Py_END_ALLOW_THREADS
+        } else {
+            memcpy(d, (const unsigned char *)r->mem.buf + abs, n);
+        }
+        return 0;
+    }
+    if (r->fd >= 0) {
+        size_t done = 0;
+        int err = 0;
+        Py_BEGIN_ALLOW_THREADS
+        while (done < n) {
+            size_t want = n - done > ((size_t)1 << 30) ? ((size_t)1 << 30) : n - done;
+            ssize_t k = pread(r->fd, d + done, want, (off_t)(abs + done));
+            if (k < 0) {
+                if (errno == EINTR) continue;
+                err = errno;
+                break;
+            }
+            if (k == 0) break;
+            done += (size_t)k;
+        }
+        Py_END_ALLOW_THREADS
+        if (err) {
+            errno = err;
+            PyErr_SetFromErrno(PyExc_OSError);
+            return -1;
+        }
+        if (done < n) {
+            FORMAT_ERR(r, "truncated: file ends inside the %zu bytes at offset %llu", n,
+                       (unsigned long long)off);
+            return -1;
+        }
+        return 0;
+    }
+    /* Python file object */
+    PyObject *res = PyObject_CallMethod(r->fileobj, "seek", "K", (unsigned long long)abs);
+    if (!res) return -1;
+    Py_DECREF(res);
+    size_t done = 0;
+    while (done < n) {
+        size_t want = n - done > ((size_t)1 << 30) ? ((size_t)1 << 30) : n - done;
+        PyObject *mv = PyMemoryView_FromMemory((char *)d + done, (Py_ssize_t)want, PyBUF_WRITE);
+        if (!mv) return -1;
+        res = PyObject_CallMethodOneArg(r->fileobj, r->st->str_readinto, mv);
+        PyObject *rel = PyObject_CallMethod(mv, "release", NULL);
+        Py_DECREF(mv);
+        if (!res || !rel) { Py_XDECREF(res); Py_XDECREF(rel); return -1; }
+        Py_DECREF(rel);
+        Py_ssize_t k = res == Py_None ? 0 : PyLong_AsSsize_t(res);
+        Py_DECREF(res);
+        if (k < 0 && PyErr_Occurred()) return -1;
+        if (k <= 0) break;
+        if ((size_t)k > want) {
+            PyErr_SetString(PyExc_OSError, "file object's readinto() returned more than asked");
+            return -1;
+        }
+        done += (size_t)k;
+    }
+    if (done < n) {
+        FORMAT_ERR(r, "truncated: file ends inside the %zu bytes at offset %llu", n,
+                   (unsigned long long)off);
+        return -1;
+    }
+    return 0;
+}
+
+static int rd_size(ReaderObject *r, uint64_t *size)
+{
+    if (r->has_mem) {
+        *size = (uint64_t)r->mem.len;
+        return 0;
+    }
+    if (r->fd >= 0) {
+        struct stat sb;
+        if (fstat(r->fd, &sb) < 0) {
+            PyErr_SetFromErrno(PyExc_OSError);
+            return -1;
+        }
+        *size = (uint64_t)sb.st_size;
+        return 0;
+    }
+    PyObject *res = PyObject_CallMethod(r->fileobj, "seek", "ii", 0, 2);
+    if (!res) return -1;
+    unsigned long long v = PyLong_AsUnsignedLongLong(res);
+    Py_DECREF(res);
+    if (v == (unsigned long long)-1 && PyErr_Occurred()) return -1;
+    *size = v;
+    return 0;
+}
+
+static int check_magic(ReaderObject *r, const unsigned char *h, uint64_t avail)
+{
+    if (avail == 0) {
+        FORMAT_ERR(r, "empty file: not a firkin file (was the dump interrupted before it started?)");
+        return -1;
+    }
+    if (avail >= FK_MAGIC_LEN && memcmp(h, FK_MAGIC, FK_MAGIC_LEN) == 0) return 0;
+    if (avail >= 4 && memcmp(h, "\x89" "FRK", 4) == 0) {
+        if (avail >= 7 && memcmp(h + 4, "\n\x1a\n", 3) == 0) {
+            FORMAT_ERR(r, "damaged by a text-mode transfer (CRLF turned into LF at offset 4); "
+                          "copy the file in binary mode");
+            return -1;
+        }
+        if (avail >= 6 && memcmp(h + 4, "\r\r\n", 3) == 0) {
+            FORMAT_ERR(r, "damaged by a text-mode transfer (LF turned into CRLF at offset 5); "
+                          "copy the file in binary mode");
+            return -1;
+        }
+        FORMAT_ERR(r, "damaged firkin magic at offset 4");
+        return -1;
+    }
+    if (avail >= 4 && memcmp(h, "\x09" "FRK", 4) == 0) {
+        FORMAT_ERR(r, "damaged by a 7-bit transfer (high bit of byte 0 stripped); copy the file in binary mode");
+        return -1;
+    }
+    if (h[0] == 0x80) {
+        FORMAT_ERR(r, "not a firkin file: it starts like a pickle stream (protocol %d)",
+                   avail > 1 ? (int)h[1] : -1);
+        return -1;
+    }
+    FORMAT_ERR(r, "not a firkin file (starts with bytes %02x %02x %02x %02x)", h[0],
+               avail > 1 ? h[1] : 0, avail > 2 ? h[2] : 0, avail > 3 ? h[3] : 0);
+    return -1;
+}
+
+static int add_overflows(uint64_t a, uint64_t b, uint64_t limit)
+{
+    return a > limit || b > limit - a;
+}
+
+static int rd_parse(ReaderObject *r)
+{
+    uint64_t size;
+    unsigned char h[FK_HEADER_LEN];
+    if (rd_size(r, &size) < 0) return -1;
+    if (size < r->base) return FORMAT_ERR(r, "start position %llu lies past the end of the file",
+                                          (unsigned long long)r->base), -1;
+    uint64_t avail = size - r->base;
+    size_t first = avail < FK_HEADER_LEN ? (size_t)avail : FK_HEADER_LEN;
+    memset(h, 0, sizeof h);
+    if (first && rd_read(r, 0, h, first) < 0) return -1;
+    if (check_magic(r, h, avail) < 0) return -1;
+    if (avail < FK_HEADER_LEN + FK_INDEX_HEAD_LEN + FK_TRAILER_LEN) {
+        FORMAT_ERR(r, "truncated: %llu bytes is shorter than the smallest firkin file",
+                   (unsigned long long)avail);
+        return -1;
+    }
+    if (checksum_crc32c(0, h, 60) != fk_get_u32(h + 60)) {
+        CHECKSUM_ERR(r, "header checksum mismatch (bytes 0-63): the header is corrupted");
+        return -1;
+    }
+    r->major = fk_get_u16(h + 8);
+    r->minor = fk_get_u16(h + 10);
+    uint32_t hlen = fk_get_u32(h + 12);
+    uint64_t req = fk_get_u64(h + 16);
+    r->opt_flags = fk_get_u64(h + 24);
+    uint64_t htotal = fk_get_u64(h + 32), hindex = fk_get_u64(h + 40);
+    if (r->major != FK_FORMAT_MAJOR) {
+        FORMAT_ERR(r, "written by a newer firkin (container format %u.%u); this firkin reads format "
+                      "%d.x: upgrade firkin to load it", r->major, r->minor, FK_FORMAT_MAJOR);
+        return -1;
+    }
+    if (req & ~(uint64_t)FK_REQ_KNOWN) {
+        FORMAT_ERR(r, "written by a newer firkin: it needs features 0x%llx that this firkin lacks; "
+                      "upgrade firkin to load it", (unsigned long long)(req & ~(uint64_t)FK_REQ_KNOWN));
+        return -1;
+    }
+    if (hlen != FK_HEADER_LEN)
+        return FORMAT_ERR(r, "bad header length %u (expected 64)", hlen), -1;
+
+    /* where the container ends: the header says so when the writer could seek */
+    if (htotal) {
+        if (htotal > avail) {
+            FORMAT_ERR(r, "truncated: the header says the file is %llu bytes, but only %llu are there",
+                       (unsigned long long)htotal, (unsigned long long)avail);
+            return -1;
+        }
+        r->total = htotal;
+    } else {
+        r->total = avail;
+    }
+    if (r->total < FK_HEADER_LEN + FK_INDEX_HEAD_LEN + FK_TRAILER_LEN)
+        return FORMAT_ERR(r, "bad container length %llu", (unsigned long long)r->total), -1;
+
+    unsigned char t[FK_TRAILER_LEN];
+    uint64_t toff = r->total - FK_TRAILER_LEN;
+    if (rd_read(r, toff, t, FK_TRAILER_LEN) < 0) return -1;
+    if (memcmp(t + 32, FK_END_MAGIC, 8) != 0) {
+        FORMAT_ERR(r, "truncated or incompletely written: no end marker at offset %llu "
+                      "(file is %llu bytes)", (unsigned long long)(toff + 32),
+                   (unsigned long long)r->total);
+        return -1;
+    }
+    if (checksum_crc32c(0, t, 28) != fk_get_u32(t + 28)) {
+        CHECKSUM_ERR(r, "trailer checksum mismatch at offset %llu: the trailer is corrupted",
+                     (unsigned long long)toff);
+        return -1;
+    }
+    uint64_t ioff = fk_get_u64(t), ilen = fk_get_u64(t + 8), ttotal = fk_get_u64(t + 16);
+    uint32_t icrc = fk_get_u32(t + 24);
+    if (ttotal != r->total) {
+        FORMAT_ERR(r, "trailer says the container is %llu bytes but it is %llu (truncated, or data appended?)",
+                   (unsigned long long)ttotal, (unsigned long long)r->total);
+        return -1;
+    }
+    if (hindex && hindex != ioff)
+        return FORMAT_ERR(r, "header and trailer disagree on the index offset (%llu vs %llu)",
+                          (unsigned long long)hindex, (unsigned long long)ioff), -1;
+    if (ioff < FK_HEADER_LEN || ilen < FK_INDEX_HEAD_LEN || add_overflows(ioff, ilen, toff) ||
+        ioff + ilen != toff)
+        return FORMAT_ERR(r, "index (offset %llu, %llu bytes) does not fit before the trailer at %llu",
+                          (unsigned long long)ioff, (unsigned long long)ilen,
+                          (unsigned long long)toff), -1;
+    r->index_off = ioff;
+    r->index_len = (size_t)ilen;
+    r->index = (unsigned char *)PyMem_Malloc(r->index_len); /* <= file size, validated above */
+    if (!r->index) { PyErr_NoMemory(); return -1; }
+    if (rd_read(r, ioff, r->index, r->index_len) < 0) return -1;
+    if (checksum_crc32c(0, r->index, r->index_len) != icrc) {
+        CHECKSUM_ERR(r, "index checksum mismatch (offset %llu, %llu bytes): the index is corrupted",
+                     (unsigned long long)ioff, (unsigned long long)ilen);
+        return -1;
+    }
+    const unsigned char *ix = r->index;
+    if (memcmp(ix, FK_INDEX_MAGIC, 4) != 0)
+        return FORMAT_ERR(r, "bad index magic at offset %llu", (unsigned long long)ioff), -1;
+    uint64_t nsec = fk_get_u32(ix + 4), sstride = fk_get_u32(ix + 8), cstride = fk_get_u32(ix + 12);
+    if (sstride < FK_SECTION_ENTRY_LEN || sstride > 4096 || cstride < FK_CHUNK_ENTRY_LEN || cstride > 4096)
+        return FORMAT_ERR(r, "bad index entry sizes (%llu, %llu)", (unsigned long long)sstride,
+                          (unsigned long long)cstride), -1;
+    uint64_t body = ilen - FK_INDEX_HEAD_LEN;
+    if (nsec > body / sstride)
+        return FORMAT_ERR(r, "index claims %llu sections but holds at most %llu",
+                          (unsigned long long)nsec, (unsigned long long)(body / sstride)), -1;
+    uint64_t ctbytes = body - nsec * sstride;
+    if (ctbytes % cstride)
+        return FORMAT_ERR(r, "index chunk table has a partial entry"), -1;
+    r->nchunks_total = ctbytes / cstride;
+    r->chunk_stride = (size_t)cstride;
+    r->chunk_table = ix + FK_INDEX_HEAD_LEN + nsec * sstride;
+    r->sections = (rd_section *)PyMem_Calloc(nsec ? (size_t)nsec : 1, sizeof(rd_section));
+    r->buf_secs = (size_t *)PyMem_Calloc(nsec ? (size_t)nsec : 1, sizeof(size_t));
+    if (!r->sections || !r->buf_secs) { PyErr_NoMemory(); return -1; }
+
+    uint64_t prev_end = FK_HEADER_LEN;
+    for (uint64_t i = 0; i < nsec; i++) {
+        const unsigned char *e = ix + FK_INDEX_HEAD_LEN + i * sstride;
+        rd_section s;
+        s.kind = fk_get_u16(e);
+        s.flags = fk_get_u16(e + 2);
+        s.nchunks = fk_get_u32(e + 4);
+        s.offset = fk_get_u64(e + 8);
+        s.stored = fk_get_u64(e + 16);
+        s.raw = fk_get_u64(e + 24);
+        s.chunk_size = fk_get_u64(e + 32);
+        s.first_chunk = fk_get_u64(e + 40);
+        unsigned long long si = (unsigned long long)i;
+        if (s.offset < prev_end || add_overflows(s.offset, s.stored, ioff) || s.offset + s.stored > ioff)
+            return FORMAT_ERR(r, "section %llu (offset %llu, %llu bytes) overlaps another or lies "
+                                 "outside the data area", si, (unsigned long long)s.offset,
+                              (unsigned long long)s.stored), -1;
+        prev_end = s.offset + s.stored;
+        if (s.first_chunk > r->nchunks_total || s.nchunks > r->nchunks_total - s.first_chunk)
+            return FORMAT_ERR(r, "section %llu refers to chunks past the chunk table", si), -1;
+        if (s.chunk_size == 0 || s.chunk_size > FK_MAX_CHUNK)
+            return FORMAT_ERR(r, "section %llu has a bad chunk size %llu", si,
+                              (unsigned long long)s.chunk_size), -1;
+        uint64_t want_chunks = s.raw / s.chunk_size + (s.raw % s.chunk_size ? 1 : 0);
+        if (want_chunks != s.nchunks)
+            return FORMAT_ERR(r, "section %llu: %u chunks cannot hold %llu bytes in chunks of %llu",
+                              si, s.nchunks, (unsigned long long)s.raw,
+                              (unsigned long long)s.chunk_size), -1;
+        uint64_t sum = 0;
+        for (uint32_t c = 0; c < s.nchunks; c++) {
+            const unsigned char *ce = r->chunk_table + (s.first_chunk + c) * cstride;
+            uint64_t st = fk_get_u64(ce);
+            unsigned codec = ce[12];
+            uint64_t rawc = c + 1 < s.nchunks ? s.chunk_size : s.raw - (uint64_t)c * s.chunk_size;
+            if (codec != FK_CODEC_RAW)
+                return FORMAT_ERR(r, "section %llu chunk %u uses codec %u, which this firkin does not "
+                                     "know (written by a newer firkin?)", si, c, codec), -1;
+            if (st != rawc)
+                return FORMAT_ERR(r, "section %llu chunk %u: stored length %llu, expected %llu", si, c,
+                                  (unsigned long long)st, (unsigned long long)rawc), -1;
+            sum += st;
+        }
+        if (sum != s.stored)
+            return FORMAT_ERR(r, "section %llu: chunk lengths add up to %llu, not %llu", si,
+                              (unsigned long long)sum, (unsigned long long)s.stored), -1;
+        switch (s.kind) {
+        case FK_SEC_PICKLE:
+            if (r->pickle_sec >= 0) return FORMAT_ERR(r, "more than one pickle section"), -1;
+            r->pickle_sec = (Py_ssize_t)r->nsections;
+            break;
+        case FK_SEC_BUFFER:
+            if (s.offset % FK_ALIGN)
+                return FORMAT_ERR(r, "buffer section %llu at offset %llu is not 64-byte aligned", si,
+                                  (unsigned long long)s.offset), -1;
+            r->buf_secs[r->nbuf++] = r->nsections;
+            break;
+        case FK_SEC_METADATA:
+            if (r->meta_sec >= 0) return FORMAT_ERR(r, "more than one metadata section"), -1;
+            r->meta_sec = (Py_ssize_t)r->nsections;
+            break;
+        default:
+            if (s.flags & FK_SECF_REQUIRED)
+                return FORMAT_ERR(r, "written by a newer firkin: section %llu has kind %u, which this "
+                                     "firkin does not know; upgrade firkin to load it", si, s.kind), -1;
+            continue; /* optional and unknown: skipped */
+        }
+        r->sections[r->nsections++] = s;
+    }
+    if (r->pickle_sec < 0) return FORMAT_ERR(r, "no pickle section in the index"), -1;
+    return 0;
+}
+
+static uint32_t chunk_crc(ReaderObject *r, const rd_section *s, uint32_t c)
+{
+    return fk_get_u32(r->chunk_table + (s->first_chunk + c) * r->chunk_stride + 8);
+}
+
+static const char *kind_name(uint16_t kind)
+{
+    switch (kind) {
+    case FK_SEC_PICKLE: return "pickle stream";
+    case FK_SEC_BUFFER: return "buffer";
+    case FK_SEC_METADATA: return "metadata";
+    default: return "section";
+    }
+}
+
+static long buffer_ordinal(ReaderObject *r, const rd_section *s)
+{
+    for (size_t i = 0; i < r->nbuf; i++)
+        if (&r->sections[r->buf_secs[i]] == s) return (long)i;
+    return -1;
+}
+
+static int report_crc_mismatch(ReaderObject *r, const rd_section *s, uint32_t c)
+{
+    uint64_t off = s->offset + (uint64_t)c * s->chunk_size;
+    if (s->kind == FK_SEC_BUFFER)
+        CHECKSUM_ERR(r, "checksum mismatch in buffer %ld, chunk %u (file offset %llu): the array data is corrupted",
+                     buffer_ordinal(r, s), c, (unsigned long long)off);
+    else
+        CHECKSUM_ERR(r, "checksum mismatch in the %s, chunk %u (file offset %llu): the file is corrupted",
+                     kind_name(s->kind), c, (unsigned long long)off);
+    return -1;
+}
+
+/* Read a whole section (raw chunks) into dst and verify it. */
+static int rd_section_into(ReaderObject *r, const rd_section *s, unsigned char *dst, int verify)
+{
+    uint64_t off = 0;
+    for (uint32_t c = 0; c < s->nchunks; c++) {
+        size_t k = (size_t)(c + 1 < s->nchunks ? s->chunk_size : s->raw - off);
+        if (rd_read(r, s->offset + off, dst + off, k) < 0) return -1;
+        if (verify) {
+            uint32_t crc;
+            if (k >= 65536) {
+                Py_BEGIN_ALLOW_THREADS
+                crc = checksum_crc32c(0, dst + off, k);
+                Py_END_ALLOW_THREADS
+            } else {
+                crc = checksum_crc32c(0, dst + off, k);
+            }
+            if (crc != chunk_crc(r, s, c)) return report_crc_mismatch(r, s, c);
+        }
+        off += k;
+    }
+    return 0;
+}
+
+static PyObject *rd_section_bytes(ReaderObject *r, const rd_section *s)
+{
+    PyObject *b = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)s->raw); /* raw <= file size */
+    if (!b) return NULL;
+    if (rd_section_into(r, s, (unsigned char *)PyBytes_AS_STRING(b), 1) < 0) {
+        Py_DECREF(b);
+        return NULL;
+    }
+    return b;
+}
+
+static PyObject *Reader_pickle_stream(ReaderObject *r, PyObject *unused)
+{
+    (void)unused;
+    return rd_section_bytes(r, &r->sections[r->pickle_sec]);
+}
+
+static PyObject *Reader_metadata(ReaderObject *r, PyObject *unused)
+{
+    (void)unused;
+    if (r->meta_sec < 0) Py_RETURN_NONE;
+    return rd_section_bytes(r, &r->sections[r->meta_sec]);
+}
+
+static PyObject *Reader_read_buffers(ReaderObject *r, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"verify", "threads", NULL};
+    int verify = 1, threads = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|pi:read_buffers", kwlist, &verify, &threads))
+        return NULL;
+    PyObject *out = PyList_New((Py_ssize_t)r->nbuf);
+    if (!out) return NULL;
+    codec_pool *pool = NULL;
+    codec_crc_job *jobs = NULL;
+    size_t njobs = 0, total_chunks = 0;
+    uint64_t total_bytes = 0;
+    int ok = -1;
+    for (size_t i = 0; i < r->nbuf; i++) {
+        const rd_section *s = &r->sections[r->buf_secs[i]];
+        total_chunks += s->nchunks;
+        total_bytes += s->raw;
+    }
+    if (verify) {
+        jobs = (codec_crc_job *)PyMem_Calloc(total_chunks ? total_chunks : 1, sizeof(*jobs));
+        if (!jobs) { PyErr_NoMemory(); goto done; }
+        if (threads <= 0) threads = codec_default_threads();
+        int workers = total_bytes < 4 * (uint64_t)FK_DEFAULT_CHUNK ? 0 : (threads > 1 ? threads - 1 : 1);
+        pool = codec_pool_new(workers);
+        if (!pool) goto done;
+    }
+    for (size_t i = 0; i < r->nbuf; i++) {
+        const rd_section *s = &r->sections[r->buf_secs[i]];
+        BufferObject *b = buffer_new(r->st, (size_t)s->raw);
+        if (!b) goto done;
+        PyList_SET_ITEM(out, (Py_ssize_t)i, (PyObject *)b);
+        uint64_t off = 0;
+        for (uint32_t c = 0; c < s->nchunks; c++) {
+            size_t k = (size_t)(c + 1 < s->nchunks ? s->chunk_size : s->raw - off);
+            if (rd_read(r, s->offset + off, b->data + off, k) < 0) goto done;
+            if (verify) {
+                codec_crc_job *job = &jobs[njobs++];
+                job->data = b->data + off;
+                job->len = k;
+                codec_pool_submit(pool, codec_crc_task, job);
+            }
+            off += k;
+            if ((c & 63) == 63 && PyErr_CheckSignals() < 0) goto done;
+        }
+    }
+    ok = 0;
+done:
+    if (pool) {
+        Py_BEGIN_ALLOW_THREADS
+        codec_pool_wait(pool);
+        Py_END_ALLOW_THREADS
+        codec_pool_free(pool);
+    }
+    if (ok == 0 && verify) {
+        size_t j = 0;
+        for (size_t i = 0; i < r->nbuf && ok == 0; i++) {
+            const rd_section *s = &r->sections[r->buf_secs[i]];
+            for (uint32_t c = 0; c < s->nchunks; c++, j++) {
+                if (jobs[j].crc != chunk_crc(r, s, c)) {
+                    report_crc_mismatch(r, s, c);
+                    ok = -1;
+                    break;
+                }
+            }
+        }
+    }
+    PyMem_Free(jobs);
+    if (ok < 0) Py_CLEAR(out);
+    return out;
+}
+
+/* Verify the buffer chunks inside memory that holds the whole container
+ * (an mmap of the file), without copying. */
+static PyObject *Reader_verify_mapped(ReaderObject *r, PyObject *obj)
+{
+    Py_buffer v;
+    if (PyObject_GetBuffer(obj, &v, PyBUF_SIMPLE) < 0) return NULL;
+    PyObject *ret = NULL;
+    if ((uint64_t)v.len < r->total) {
+        FORMAT_ERR(r, "mapping is shorter than the container");
+        goto done;
+    }
+    for (size_t i = 0; i < r->nbuf; i++) {
+        const rd_section *s = &r->sections[r->buf_secs[i]];
+        const unsigned char *p = (const unsigned char *)v.buf + s->offset;
+        uint64_t off = 0;
+        for (uint32_t c = 0; c < s->nchunks; c++) {
+            size_t k = (size_t)(c + 1 < s->nchunks ? s->chunk_size : s->raw - off);
+            uint32_t crc;
+            Py_BEGIN_ALLOW_THREADS
+            crc = checksum_crc32c(0, p + off, k);
+            Py_END_ALLOW_THREADS
+            if (crc != chunk_crc(r, s, c)) {
+                report_crc_mismatch(r, s, c);
+                goto done;
+            }
+            off += k;
+        }
+    }
+    ret = Py_NewRef(Py_None);
+done:
+    PyBuffer_Release(&v);
+    return ret;
+}
+
+static PyObject *Reader_buffer_spans(ReaderObject *r, PyObject *unused)
+{
+    (void)unused;
+    PyObject *out = PyList_New((Py_ssize_t)r->nbuf);
+    if (!out) return NULL;
+    for (size_t i = 0; i < r->nbuf; i++) {
+        const rd_section *s = &r->sections[r->buf_secs[i]];
+        PyObject *t = Py_BuildValue("(KK)", (unsigned long long)(r->base + s->offset),
+                                    (unsigned long long)s->raw);
+        if (!t) { Py_DECREF(out); return NULL; }
+        PyList_SET_ITEM(out, (Py_ssize_t)i, t);
+    }
+    return out;
+}
+
+/* Set an optional header flag in place (fd backend, opened for writing). */
+static PyObject *Reader_set_flag(ReaderObject *r, PyObject *arg)
+{
+    unsigned long long flag = PyLong_AsUnsignedLongLong(arg);
+    if (flag == (unsigned long long)-1 && PyErr_Occurred()) return NULL;
+    if (r->fd < 0) {
+        PyErr_SetString(PyExc_ValueError, "set_flag needs a file descriptor");
+        return NULL;
+    }
+    if ((r->opt_flags & flag) == flag) Py_RETURN_NONE;
+    unsigned char h[FK_HEADER_LEN];
+    if (rd_read(r, 0, h, FK_HEADER_LEN) < 0) return NULL;
+    uint64_t nf = fk_get_u64(h + 24) | flag;
+    fk_put_u64(h + 24, nf);
+    fk_put_u32(h + 60, checksum_crc32c(0, h, 60));
+    if (pwrite(r->fd, h, FK_HEADER_LEN, (off_t)r->base) != FK_HEADER_LEN) {
+        PyErr_SetFromErrno(PyExc_OSError);
+        return NULL;
+    }
+    r->opt_flags = nf;
+    Py_RETURN_NONE;
+}
+
+static PyObject *Reader_sections(ReaderObject *r, PyObject *unused)
+{
+    (void)unused;
+    PyObject *out = PyList_New((Py_ssize_t)r->nsections);
+    if (!out) return NULL;
+    for (size_t i = 0; i < r->nsections; i++) {
+        const rd_section *s = &r->sections[i];
+        PyObject *d = Py_BuildValue("{s:s,s:K,s:K,s:K,s:I,s:K}", "kind", kind_name(s->kind), "offset",
+                                    (unsigned long long)s->offset, "stored", (unsigned long long)s->stored,
+                                    "raw", (unsigned long long)s->raw, "chunks", (unsigned)s->nchunks,
+                                    "chunk_size", (unsigned long long)s->chunk_size);
+        if (!d) { Py_DECREF(out); return NULL; }
+        PyList_SET_ITEM(out, (Py_ssize_t)i, d);
+    }
+    return out;
+}
+
+static PyObject *Reader_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"source", "name", "base", NULL};
+    PyObject *source, *name = NULL;
+    unsigned long long base = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|OK:Reader", kwlist, &source, &name, &base))
+        return NULL;
+    ReaderObject *r = (ReaderObject *)type->tp_alloc(type, 0);
+    if (!r) return NULL;
+    r->st = (fk_state *)PyType_GetModuleState(type);
+    r->fd = -1;
+    r->pickle_sec = r->meta_sec = -1;
+    r->base = base;
+    r->name = name && name != Py_None ? PyObject_Str(name) : PyUnicode_FromString("<firkin data>");
+    if (!r->name) goto fail;
+    if (PyLong_Check(source)) {
+        long fd = PyLong_AsLong(source);
+        if (fd < 0 || fd > INT32_MAX) {
+            if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "bad file descriptor");
+            goto fail;
+        }
+        r->fd = (int)fd;
+    } else if (PyObject_CheckBuffer(source)) {
+        if (PyObject_GetBuffer(source, &r->mem, PyBUF_SIMPLE) < 0) goto fail;
+        r->has_mem = 1;
+    } else {
+        r->fileobj = Py_NewRef(source);
+    }
+    if (rd_parse(r) < 0) goto fail;
+    return (PyObject *)r;
+fail:
+    Py_DECREF(r);
+    return NULL;
+}
+
+static int Reader_traverse(ReaderObject *r, visitproc visit, void *arg)
+{
+    Py_VISIT(Py_TYPE(r));
+    Py_VISIT(r->fileobj);
+    if (r->has_mem) Py_VISIT(r->mem.obj);
+    return 0;
+}
+
+static int Reader_clear(ReaderObject *r)
+{
+    Py_CLEAR(r->fileobj);
+    if (r->has_mem) {
+        r->has_mem = 0;
+        PyBuffer_Release(&r->mem);
+    }
+    return 0;
+}
+
+static void Reader_dealloc(ReaderObject *r)
+{
+    PyTypeObject *tp = Py_TYPE(r);
+    PyObject_GC_UnTrack(r);
+    Reader_clear(r);
+    Py_CLEAR(r->name);
+    PyMem_Free(r->index);
+    PyMem_Free(r->sections);
+    PyMem_Free(r->buf_secs);
+    tp->tp_free((PyObject *)r);
+    Py_DECREF(tp);
+}
+
+static PyObject *Reader_get_total(ReaderObject *r, void *c)
+{
+    (void)c;
+    return PyLong_FromUnsignedLongLong(r->total);
+}
+
+static PyObject *Reader_get_version(ReaderObject *r, void *c)
+{
+    (void)c;
+    return Py_BuildValue("(HH)", r->major, r->minor);
+}
+
+static PyObject *Reader_get_flags(ReaderObject *r, void *c)
+{
+    (void)c;
+    return PyLong_FromUnsignedLongLong(r->opt_flags);
+}
+
+static PyObject *Reader_get_nbuf(ReaderObject *r, void *c)
+{
+    (void)c;
+    return PyLong_FromSize_t(r->nbuf);
+}
+
+static PyMethodDef Reader_methods[] = {
+    {"pickle_stream", (PyCFunction)Reader_pickle_stream, METH_NOARGS, "the verified pickle stream (bytes)"},
+    {"metadata", (PyCFunction)Reader_metadata, METH_NOARGS, "the verified metadata JSON (bytes) or None"},
+    {"read_buffers", (PyCFunction)(void (*)(void))Reader_read_buffers, METH_VARARGS | METH_KEYWORDS,
+     "read_buffers(verify=True, threads=0) -> list of Buffer"},
+    {"buffer_spans", (PyCFunction)Reader_buffer_spans, METH_NOARGS,
+     "[(absolute offset, length)] of the out-of-band buffers"},
+    {"verify_mapped", (PyCFunction)Reader_verify_mapped, METH_O,
+     "verify the buffer chunks inside a mapping of the whole container"},
+    {"set_flag", (PyCFunction)Reader_set_flag, METH_O, "set an optional header flag in place"},
+    {"sections", (PyCFunction)Reader_sections, METH_NOARGS, "the section table, as dicts"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyObject *Reader_get_name(ReaderObject *r, void *c)
+{
+    (void)c;
+    return Py_NewRef(r->name);
+}
+
+static PyGetSetDef Reader_getset[] = {
+    {"name", (getter)Reader_get_name, NULL, "the name used in error messages", NULL},
+    {"total_length", (getter)Reader_get_total, NULL, "container length in bytes", NULL},
+    {"format_version", (getter)Reader_get_version, NULL, "(major, minor)", NULL},
+    {"flags", (getter)Reader_get_flags, NULL, "optional header flags", NULL},
+    {"buffer_count", (getter)Reader_get_nbuf, NULL, "number of out-of-band buffers", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyType_Slot Reader_slots[] = {
+    {Py_tp_new, Reader_new},
+    {Py_tp_dealloc, Reader_dealloc},
+    {Py_tp_traverse, Reader_traverse},
+    {Py_tp_clear, Reader_clear},
+    {Py_tp_methods, Reader_methods},
+    {Py_tp_getset, Reader_getset},
+    {Py_tp_doc, "Reader(source, name=None, base=0): a validated firkin container"},
+    {0, NULL},
+};
+
+static PyType_Spec Reader_spec = {
+    "firkin._core.Reader", sizeof(ReaderObject), 0,
+    Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC, Reader_slots,
+};
+
+int reader_init_types(PyObject *module, fk_state *st)
+{
+    st->BufferType = (PyTypeObject *)PyType_FromModuleAndSpec(module, &Buffer_spec, NULL);
+    if (!st->BufferType) return -1;
+    if (PyModule_AddType(module, st->BufferType) < 0) return -1;
+    st->ReaderType = (PyTypeObject *)PyType_FromModuleAndSpec(module, &Reader_spec, NULL);
+    if (!st->ReaderType) return -1;
+    if (PyModule_AddType(module, st->ReaderType) < 0) return -1;
+    return 0;
+}

@@ -1,0 +1,918 @@
+/* Container writer and the glue that drives CPython's C pickler.
+ *
+ * A Writer owns one output (a file descriptor or a Python binary file
+ * object). dump() writes the header, streams the protocol-5 pickle through
+ * Writer.write (chunked and checksummed as it arrives), collects the large
+ * out-of-band buffers through the buffer callback, then writes each one
+ * straight from the exporting object's memory, 64-byte aligned, while the
+ * pool checksums its chunks. finish() appends the metadata section, the
+ * index and the trailer, patches the header and fsyncs.
+ */
+#define NPY_NO_DEPRECATED_API NPY_1_7_API_VERSION
+#define PY_ARRAY_UNIQUE_SYMBOL firkin_ARRAY_API
+#define NO_IMPORT_ARRAY
+#include "firkin.h"
+#include <numpy/arrayobject.h>
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+typedef struct {
+    uint64_t stored;
+    uint32_t crc;
+    uint16_t codec;
+} wr_chunk;
+
+typedef struct {
+    uint16_t kind, flags;
+    uint64_t offset, stored, raw, chunk_size;
+    size_t first_chunk, nchunks;
+} wr_section;
+
+typedef struct {
+    PyObject_HEAD
+    fk_state *st;
+    int fd;              /* >= 0: write with write(2) */
+    PyObject *fileobj;   /* else: a Python binary file object */
+    PyObject *write_meth;
+    uint64_t pos;        /* bytes of the container written so far */
+    PyObject *start_pos; /* fileobj.tell() at start, for patching, or None */
+    size_t chunk_size;
+    Py_ssize_t threshold;
+    int threads;
+    int protocol;
+    int stage;           /* 0 new, 1 dumped, 2 finished, -1 failed */
+    /* pickle stream staging */
+    unsigned char *sbuf;
+    size_t sbuf_len;
+    int stream_open;
+    /* tables */
+    wr_chunk *chunks;
+    size_t nchunks, chunks_cap;
+    wr_section *sections;
+    size_t nsections, sections_cap;
+    /* collected during the pickle */
+    PyObject *buffers;    /* list of PickleBuffer, out-of-band, in order */
+    PyObject *modules;    /* set of module names whose objects occur */
+    PyObject *seen_types; /* set of types already recorded */
+    uint64_t oob_bytes;
+} WriterObject;
+
+/* A large non-contiguous array on its way out-of-band. The C pickler only
+ * accepts contiguous PickleBuffers, so this object exports an empty,
+ * contiguous view of the array's first byte; its buffer is always sent
+ * out-of-band (the pickler never reads it) and the writer gathers the real
+ * strided data from `array` chunk by chunk. */
+typedef struct {
+    PyObject_HEAD
+    PyObject *array;
+} StridedObject;
+
+static int Strided_getbuffer(StridedObject *s, Py_buffer *view, int flags)
+{
+    PyArrayObject *a = (PyArrayObject *)s->array;
+    return PyBuffer_FillInfo(view, (PyObject *)s, PyArray_DATA(a), 0, !PyArray_ISWRITEABLE(a), flags);
+}
+
+static void Strided_dealloc(StridedObject *s)
+{
+    PyTypeObject *tp = Py_TYPE(s);
+    Py_XDECREF(s->array);
+    tp->tp_free((PyObject *)s);
+    Py_DECREF(tp);
+}
+
+static PyType_Slot Strided_slots[] = {
+    {Py_bf_getbuffer, Strided_getbuffer},
+    {Py_tp_dealloc, Strided_dealloc},
+    {0, NULL},
+};
+
+static PyType_Spec Strided_spec = {
+    "firkin._core._Strided", sizeof(StridedObject), 0,
+    Py_TPFLAGS_DEFAULT | Py_TPFLAGS_DISALLOW_INSTANTIATION, Strided_slots,
+};
+
+/* The array behind a PickleBuffer of ours, or NULL for an ordinary one. */
+static PyObject *strided_source(fk_state *st, PyObject *pb)
+{
+    const Py_buffer *v = PyPickleBuffer_GetBuffer(pb);
+    if (v && v->obj && Py_IS_TYPE(v->obj, st->StridedType)) return ((StridedObject *)v->obj)->array;
+    PyErr_Clear();
+    return NULL;
+}
+
+/* The writer a pickler of this thread reports to (dump may nest). */
+static __thread WriterObject *fk_current_writer = NULL;
+
+/* ------------------------------------------------------------------ I/O */
+
+static int write_all_fd(int fd, const unsigned char *p, size_t n, int release_gil)
+{
+    while (n) {
+        ssize_t k;
+        size_t want = n > ((size_t)1 << 30) ? ((size_t)1 << 30) : n;
+        if (release_gil) {
+            Py_BEGIN_ALLOW_THREADS
+            k = write(fd, p, want);
+            Py_END_ALLOW_THREADS
+        } else {
+            k = write(fd, p, want);
+        }
+        if (k < 0) {
+            if (errno == EINTR) {
+                if (PyErr_CheckSignals() < 0) return -1;
+                continue;
+            }
+            PyErr_SetFromErrno(PyExc_OSError);
+            return -1;
+        }
+        if (k == 0) {
+            errno = EIO;
+            PyErr_SetFromErrno(PyExc_OSError);
+            return -1;
+        }
+        p += k;
+        n -= (size_t)k;
+    }
+    return 0;
+}
+
+static int write_all_pyfile(WriterObject *w, const unsigned char *p, size_t n)
+{
+    while (n) {
+        size_t want = n > ((size_t)1 << 30) ? ((size_t)1 << 30) : n;
+        PyObject *mv = PyMemoryView_FromMemory((char *)p, (Py_ssize_t)want, PyBUF_READ);
+        if (!mv) return -1;
+        PyObject *r = PyObject_CallOneArg(w->write_meth, mv);
+        /* the file must not keep our view of memory it does not own */
+        PyObject *rel = PyObject_CallMethod(mv, "release", NULL);
+        Py_DECREF(mv);
+        if (!r) { Py_XDECREF(rel); return -1; }
+        if (!rel) { Py_DECREF(r); return -1; }
+        Py_DECREF(rel);
+        size_t k = want;
+        if (r != Py_None) {
+            Py_ssize_t v = PyLong_AsSsize_t(r);
+            if (v == -1 && PyErr_Occurred()) { Py_DECREF(r); return -1; }
+            if (v <= 0 || (size_t)v > want) {
+                Py_DECREF(r);
+                PyErr_Format(PyExc_OSError, "file object's write() returned %zd for %zu bytes", v, want);
+                return -1;
+            }
+            k = (size_t)v;
+        }
+        Py_DECREF(r);
+        p += k;
+        n -= k;
+    }
+    return 0;
+}
+
+static int wr_out(WriterObject *w, const void *p, size_t n)
+{
+    int rc = w->fd >= 0 ? write_all_fd(w->fd, (const unsigned char *)p, n, n >= 65536)
+                        : write_all_pyfile(w, (const unsigned char *)p, n);
+    if (rc == 0) w->pos += n;
+    return rc;
+}
+
+static int wr_pad(WriterObject *w)
+{
+    static const unsigned char zeros[FK_ALIGN];
+    size_t pad = (size_t)((FK_ALIGN - (w->pos % FK_ALIGN)) % FK_ALIGN);
+    return pad ? wr_out(w, zeros, pad) : 0;
+}
+
+/* --------------------------------------------------------------- tables */
+
+static wr_section *wr_new_section(WriterObject *w, uint16_t kind, uint16_t flags)
+{
+    if (w->nsections == w->sections_cap) {
+        size_t ncap = w->sections_cap ? w->sections_cap * 2 : 16;
+        wr_section *ns = (wr_section *)realloc(w->sections, ncap * sizeof(*ns));
+        if (!ns) { PyErr_NoMemory(); return NULL; }
+        w->sections = ns;
+        w->sections_cap = ncap;
+    }
+    wr_section *s = &w->sections[w->nsections++];
+    memset(s, 0, sizeof(*s));
+    s->kind = kind;
+    s->flags = flags;
+    s->offset = w->pos;
+    s->chunk_size = w->chunk_size;
+    s->first_chunk = w->nchunks;
+    return s;
+}
+
+static int wr_reserve_chunks(WriterObject *w, size_t more)
+{
+    if (w->nchunks + more <= w->chunks_cap) return 0;
+    size_t ncap = w->chunks_cap ? w->chunks_cap : 64;
+    while (ncap < w->nchunks + more) ncap *= 2;
+    wr_chunk *nc = (wr_chunk *)realloc(w->chunks, ncap * sizeof(*nc));
+    if (!nc) { PyErr_NoMemory(); return -1; }
+    w->chunks = nc;
+    w->chunks_cap = ncap;
+    return 0;
+}
+
+/* Write one raw chunk of the current (last) section, checksummed inline. */
+static int wr_chunk_inline(WriterObject *w, const unsigned char *p, size_t n)
+{
+    if (wr_reserve_chunks(w, 1) < 0) return -1;
+    uint32_t crc;
+    if (n >= 65536) {
+        Py_BEGIN_ALLOW_THREADS
+        crc = checksum_crc32c(0, p, n);
+        Py_END_ALLOW_THREADS
+    } else {
+        crc = checksum_crc32c(0, p, n);
+    }
+    if (wr_out(w, p, n) < 0) return -1;
+    wr_section *s = &w->sections[w->nsections - 1];
+    w->chunks[w->nchunks++] = (wr_chunk){n, crc, FK_CODEC_RAW};
+    s->nchunks++;
+    s->stored += n;
+    s->raw += n;
+    return 0;
+}
+
+/* Write a whole in-memory blob as a section (metadata). */
+static int wr_blob_section(WriterObject *w, uint16_t kind, uint16_t flags,
+                           const unsigned char *p, size_t n)
+{
+    if (wr_pad(w) < 0) return -1;
+    if (!wr_new_section(w, kind, flags)) return -1;
+    size_t off = 0;
+    while (off < n) {
+        size_t k = n - off < w->chunk_size ? n - off : w->chunk_size;
+        if (wr_chunk_inline(w, p + off, k) < 0) return -1;
+        off += k;
+    }
+    return 0;
+}
+
+static void wr_header_bytes(unsigned char *h, uint64_t total, uint64_t index_off)
+{
+    memset(h, 0, FK_HEADER_LEN);
+    memcpy(h, FK_MAGIC, FK_MAGIC_LEN);
+    fk_put_u16(h + 8, FK_FORMAT_MAJOR);
+    fk_put_u16(h + 10, FK_FORMAT_MINOR);
+    fk_put_u32(h + 12, FK_HEADER_LEN);
+    fk_put_u64(h + 16, 0);      /* required features */
+    fk_put_u64(h + 24, 0);      /* optional features */
+    fk_put_u64(h + 32, total);
+    fk_put_u64(h + 40, index_off);
+    fk_put_u32(h + 60, checksum_crc32c(0, h, 60));
+}
+
+/* ------------------------------------------------- pickler sink (write) */
+
+static int wr_flush_stream(WriterObject *w)
+{
+    if (!w->sbuf_len) return 0;
+    int rc = wr_chunk_inline(w, w->sbuf, w->sbuf_len);
+    w->sbuf_len = 0;
+    return rc;
+}
+
+static PyObject *Writer_write(WriterObject *w, PyObject *data)
+{
+    Py_buffer view;
+    if (!w->stream_open) {
+        PyErr_SetString(PyExc_RuntimeError, "Writer.write() is the pickler's sink; call dump()");
+        return NULL;
+    }
+    if (PyObject_GetBuffer(data, &view, PyBUF_SIMPLE) < 0) return NULL;
+    const unsigned char *p = (const unsigned char *)view.buf;
+    size_t n = (size_t)view.len;
+    while (n) {
+        size_t room = w->chunk_size - w->sbuf_len;
+        size_t k = n < room ? n : room;
+        memcpy(w->sbuf + w->sbuf_len, p, k);
+        w->sbuf_len += k;
+        p += k;
+        n -= k;
+        if (w->sbuf_len == w->chunk_size && wr_flush_stream(w) < 0) {
+            PyBuffer_Release(&view);
+            return NULL;
+        }
+    }
+    Py_ssize_t len = view.len;
+    PyBuffer_Release(&view);
+    return PyLong_FromSsize_t(len);
+}
+
+/* ------------------------------------------------ pickler hooks (C side) */
+
+static PyObject *Writer_buffer_callback(WriterObject *w, PyObject *pb)
+{
+    Py_buffer view;
+    PyObject *src = strided_source(w->st, pb);
+    if (src) {
+        if (PyList_Append(w->buffers, pb) < 0) return NULL;
+        w->oob_bytes += (uint64_t)PyArray_NBYTES((PyArrayObject *)src);
+        Py_RETURN_FALSE;
+    }
+    if (PyObject_GetBuffer(pb, &view, PyBUF_FULL_RO) < 0) return NULL;
+    int contiguous = PyBuffer_IsContiguous(&view, 'A');
+    Py_ssize_t len = view.len;
+    PyBuffer_Release(&view);
+    if (contiguous && len < w->threshold) Py_RETURN_TRUE; /* in-band */
+    if (PyList_Append(w->buffers, pb) < 0) return NULL;
+    w->oob_bytes += (uint64_t)len;
+    Py_RETURN_FALSE; /* out-of-band */
+}
+
+static int record_module(WriterObject *w, PyObject *obj)
+{
+    PyObject *key, *mod;
+    int is_global = PyType_Check(obj) || PyFunction_Check(obj) || PyCFunction_Check(obj);
+    if (is_global) {
+        key = obj;
+    } else {
+        key = (PyObject *)Py_TYPE(obj);
+        int seen = PySet_Contains(w->seen_types, key);
+        if (seen) return seen < 0 ? -1 : 0;
+        if (PySet_Add(w->seen_types, key) < 0) return -1;
+    }
+    mod = PyObject_GetAttr(key, w->st->str_module);
+    if (!mod) {
+        PyErr_Clear(); /* a missing or broken __module__ is the pickler's business */
+        return 0;
+    }
+    if (mod && PyUnicode_Check(mod)) {
+        Py_ssize_t dot = PyUnicode_FindChar(mod, '.', 0, PyUnicode_GET_LENGTH(mod), 1);
+        PyObject *top = dot >= 0 ? PyUnicode_Substring(mod, 0, dot) : Py_NewRef(mod);
+        if (!top || PySet_Add(w->modules, top) < 0) {
+            Py_XDECREF(top);
+            Py_DECREF(mod);
+            return -1;
+        }
+        Py_DECREF(top);
+    }
+    Py_XDECREF(mod);
+    return 0;
+}
+
+/* Arrays numpy itself would copy in-band: np.memmap (a subclass) and large
+ * non-contiguous arrays. Both go out-of-band as a PickleBuffer reconstructed
+ * by numpy's own _frombuffer, so the file needs nothing of firkin to load. */
+static PyObject *reduce_array(WriterObject *w, PyObject *obj)
+{
+    fk_state *st = w->st;
+    PyArrayObject *arr = (PyArrayObject *)obj;
+    PyArray_Descr *descr = PyArray_DESCR(arr);
+    if (PyDataType_FLAGCHK(descr, NPY_ITEM_HASOBJECT) || PyArray_ITEMSIZE(arr) == 0)
+        Py_RETURN_NOTIMPLEMENTED;
+    int exact = Py_IS_TYPE(obj, &PyArray_Type);
+    if (!exact) {
+        int is_mm = PyObject_IsInstance(obj, st->np_memmap);
+        if (is_mm < 0) return NULL;
+        if (!is_mm) Py_RETURN_NOTIMPLEMENTED;
+    }
+    int c = PyArray_IS_C_CONTIGUOUS(arr), f = PyArray_IS_F_CONTIGUOUS(arr);
+    if (exact && (c || f)) Py_RETURN_NOTIMPLEMENTED; /* numpy's own path */
+    npy_intp nbytes = PyArray_NBYTES(arr);
+    if (w->protocol < 5 || nbytes < w->threshold) {
+        if (exact) Py_RETURN_NOTIMPLEMENTED;
+        /* small memmap: pickle it as the plain array it views */
+        PyObject *plain = PyArray_View(arr, NULL, &PyArray_Type);
+        if (!plain) return NULL;
+        PyObject *r = PyObject_CallMethod(plain, "__reduce_ex__", "i", w->protocol);
+        Py_DECREF(plain);
+        return r;
+    }
+    PyObject *exporter = obj;
+    if (!c && !f) {
+        StridedObject *so = PyObject_New(StridedObject, st->StridedType);
+        if (!so) return NULL;
+        so->array = Py_NewRef(obj);
+        exporter = (PyObject *)so;
+    } else {
+        Py_INCREF(exporter);
+    }
+    PyObject *pb = PyObject_CallOneArg(st->PickleBuffer, exporter);
+    Py_DECREF(exporter);
+    if (!pb) return NULL;
+    PyObject *shape = PyTuple_New(PyArray_NDIM(arr));
+    if (!shape) { Py_DECREF(pb); return NULL; }
+    for (int i = 0; i < PyArray_NDIM(arr); i++) {
+        PyObject *d = PyLong_FromSsize_t(PyArray_DIM(arr, i));
+        if (!d) { Py_DECREF(pb); Py_DECREF(shape); return NULL; }
+        PyTuple_SET_ITEM(shape, i, d);
+    }
+    /* F only when the bytes are laid out in Fortran order; the writer
+     * gathers non-contiguous arrays in C order */
+    const char *order = (!c && f) ? "F" : "C";
+    return Py_BuildValue("O(NONs)", st->np_frombuffer, pb, (PyObject *)descr, shape, order);
+}
+
+static PyObject *Pickler_reducer_override(PyObject *self, PyObject *obj)
+{
+    (void)self;
+    WriterObject *w = fk_current_writer;
+    if (!w) Py_RETURN_NOTIMPLEMENTED;
+    if (record_module(w, obj) < 0) return NULL;
+    if (PyArray_Check(obj)) return reduce_array(w, obj);
+    Py_RETURN_NOTIMPLEMENTED;
+}
+
+/* ---------------------------------------------------- out-of-band data */
+
+/* Copy the next `want` bytes of a strided buffer, in C order, into dst.
+ * idx holds the current multi-index over all dimensions, `inner` the byte
+ * position inside the current element. */
+static void gather_strided(const Py_buffer *v, Py_ssize_t *idx, size_t *inner,
+                           unsigned char *dst, size_t want)
+{
+    int nd = v->ndim;
+    size_t isz = (size_t)v->itemsize;
+    while (want) {
+        const unsigned char *src = (const unsigned char *)v->buf;
+        for (int d = 0; d < nd; d++) src += idx[d] * v->strides[d];
+        /* run of elements along the last axis */
+        Py_ssize_t last = nd ? v->shape[nd - 1] : 1;
+        Py_ssize_t lstride = nd ? v->strides[nd - 1] : 0;
+        Py_ssize_t pos = nd ? idx[nd - 1] : 0;
+        while (want && pos < last) {
+            size_t k = isz - *inner;
+            if (k > want) k = want;
+            memcpy(dst, src + *inner, k);
+            dst += k;
+            want -= k;
+            *inner += k;
+            if (*inner == isz) {
+                *inner = 0;
+                pos++;
+                src += lstride;
+            }
+        }
+        if (nd) idx[nd - 1] = pos;
+        if (pos == last) {
+            /* carry into outer dimensions */
+            int d = nd - 1;
+            while (d >= 0 && idx[d] >= v->shape[d]) {
+                idx[d] = 0;
+                if (d == 0) break;
+                idx[d - 1]++;
+                d--;
+            }
+        }
+    }
+}
+
+static int wr_write_buffers(WriterObject *w)
+{
+    Py_ssize_t nbuf = PyList_GET_SIZE(w->buffers);
+    if (!nbuf) return 0;
+    int ok = -1;
+    codec_pool *pool = NULL;
+    codec_crc_job *jobs = NULL;
+    size_t njobs = 0, total_chunks = 0;
+    Py_buffer *views = (Py_buffer *)PyMem_Calloc((size_t)nbuf, sizeof(Py_buffer));
+    Py_ssize_t nviews = 0;
+    unsigned char *stage = NULL;
+    Py_ssize_t *idx = NULL;
+    if (!views) { PyErr_NoMemory(); return -1; }
+
+    for (Py_ssize_t i = 0; i < nbuf; i++) {
+        PyObject *pb = PyList_GET_ITEM(w->buffers, i);
+        PyObject *src = strided_source(w->st, pb);
+        if (PyObject_GetBuffer(src ? src : pb, &views[i], PyBUF_FULL_RO) < 0) goto done;
+        nviews++;
+        total_chunks += ((size_t)views[i].len + w->chunk_size - 1) / w->chunk_size;
+    }
+    if (wr_reserve_chunks(w, total_chunks) < 0) goto done;
+    jobs = (codec_crc_job *)PyMem_Calloc(total_chunks ? total_chunks : 1, sizeof(codec_crc_job));
+    if (!jobs) { PyErr_NoMemory(); goto done; }
+    {
+        int nthreads = w->threads;
+        /* worth a thread only when there is a few chunks of data */
+        if (w->oob_bytes < 4 * (uint64_t)w->chunk_size) nthreads = 0;
+        pool = codec_pool_new(nthreads > 1 ? nthreads - 1 : nthreads);
+        if (!pool) goto done;
+    }
+
+    for (Py_ssize_t i = 0; i < nbuf; i++) {
+        Py_buffer *v = &views[i];
+        if (wr_pad(w) < 0) goto done;
+        wr_section *s = wr_new_section(w, FK_SEC_BUFFER, FK_SECF_REQUIRED);
+        if (!s) goto done;
+        size_t len = (size_t)v->len;
+        s->raw = s->stored = len;
+        if (PyBuffer_IsContiguous(v, 'A')) {
+            const unsigned char *p = (const unsigned char *)v->buf;
+            for (size_t off = 0; off < len; off += w->chunk_size) {
+                size_t k = len - off < w->chunk_size ? len - off : w->chunk_size;
+                codec_crc_job *job = &jobs[njobs++];
+                job->data = p + off;
+                job->len = k;
+                codec_pool_submit(pool, codec_crc_task, job);
+                if (wr_out(w, p + off, k) < 0) goto done;
+                w->chunks[w->nchunks++] = (wr_chunk){k, 0, FK_CODEC_RAW};
+                s->nchunks++;
+                if (PyErr_CheckSignals() < 0) goto done;
+            }
+        } else {
+            /* strided: gather one chunk at a time, never the whole array */
+            if (!stage && !(stage = (unsigned char *)PyMem_Malloc(w->chunk_size))) {
+                PyErr_NoMemory();
+                goto done;
+            }
+            PyMem_Free(idx);
+            idx = (Py_ssize_t *)PyMem_Calloc((size_t)(v->ndim ? v->ndim : 1), sizeof(Py_ssize_t));
+            if (!idx) { PyErr_NoMemory(); goto done; }
+            size_t inner = 0;
+            for (size_t off = 0; off < len; off += w->chunk_size) {
+                size_t k = len - off < w->chunk_size ? len - off : w->chunk_size;
+                Py_BEGIN_ALLOW_THREADS
+                gather_strided(v, idx, &inner, stage, k);
+                jobs[njobs].data = stage;
+                jobs[njobs].len = k;
+                codec_crc_task(&jobs[njobs]);
+                Py_END_ALLOW_THREADS
+                njobs++;
+                if (wr_out(w, stage, k) < 0) goto done;
+                w->chunks[w->nchunks++] = (wr_chunk){k, 0, FK_CODEC_RAW};
+                s->nchunks++;
+                if (PyErr_CheckSignals() < 0) goto done;
+            }
+        }
+    }
+    ok = 0;
+done:
+    if (pool) {
+        Py_BEGIN_ALLOW_THREADS
+        codec_pool_wait(pool);
+        Py_END_ALLOW_THREADS
+        codec_pool_free(pool);
+    }
+    if (ok == 0) {
+        /* buffer chunks were appended in job order */
+        size_t first = w->nchunks - njobs;
+        for (size_t j = 0; j < njobs; j++) w->chunks[first + j].crc = jobs[j].crc;
+    }
+    for (Py_ssize_t i = 0; i < nviews; i++) PyBuffer_Release(&views[i]);
+    PyMem_Free(views);
+    PyMem_Free(jobs);
+    PyMem_Free(stage);
+    PyMem_Free(idx);
+    return ok;
+}
+
+/* --------------------------------------------------------------- methods */
+
+static PyObject *Writer_dump(WriterObject *w, PyObject *args)
+{
+    PyObject *obj, *pickler = NULL, *res = NULL, *r;
+    int protocol;
+    if (!PyArg_ParseTuple(args, "Oi:dump", &obj, &protocol)) return NULL;
+    if (w->stage != 0) {
+        PyErr_SetString(PyExc_RuntimeError, "a Writer dumps one object");
+        return NULL;
+    }
+    w->stage = -1;
+    w->protocol = protocol;
+    unsigned char h[FK_HEADER_LEN];
+    wr_header_bytes(h, 0, 0);
+    if (wr_out(w, h, FK_HEADER_LEN) < 0) return NULL;
+
+    w->sbuf = (unsigned char *)PyMem_Malloc(w->chunk_size);
+    if (!w->sbuf) return PyErr_NoMemory();
+    if (!wr_new_section(w, FK_SEC_PICKLE, FK_SECF_REQUIRED)) return NULL;
+    w->stream_open = 1;
+
+    PyObject *cb = NULL;
+    if (protocol >= 5) {
+        cb = PyObject_GetAttrString((PyObject *)w, "_buffer_callback");
+        if (!cb) goto done;
+    }
+    {
+        PyObject *kw = Py_BuildValue("{s:O}", "buffer_callback", cb ? cb : Py_None);
+        PyObject *pargs = Py_BuildValue("(Oi)", (PyObject *)w, protocol);
+        if (kw && pargs) pickler = PyObject_Call((PyObject *)w->st->PicklerType, pargs, kw);
+        Py_XDECREF(kw);
+        Py_XDECREF(pargs);
+        if (!pickler) goto done;
+    }
+    {
+        WriterObject *prev = fk_current_writer;
+        fk_current_writer = w;
+        r = PyObject_CallMethodOneArg(pickler, w->st->str_dump, obj);
+        fk_current_writer = prev;
+        if (!r) goto done;
+        Py_DECREF(r);
+    }
+    Py_CLEAR(pickler);
+    w->stream_open = 0;
+    if (wr_flush_stream(w) < 0) goto done;
+    if (wr_write_buffers(w) < 0) goto done;
+    w->stage = 1;
+    res = PySequence_List(w->modules);
+    if (res && PyList_Sort(res) < 0) Py_CLEAR(res);
+done:
+    w->stream_open = 0;
+    Py_XDECREF(pickler);
+    Py_XDECREF(cb);
+    PyMem_Free(w->sbuf);
+    w->sbuf = NULL;
+    return res;
+}
+
+static PyObject *Writer_finish(WriterObject *w, PyObject *args)
+{
+    Py_buffer meta;
+    int do_fsync = 1;
+    PyObject *ret = NULL;
+    unsigned char *idx = NULL;
+    if (!PyArg_ParseTuple(args, "y*|p:finish", &meta, &do_fsync)) return NULL;
+    if (w->stage != 1) {
+        PyErr_SetString(PyExc_RuntimeError, "finish() comes once, after a successful dump()");
+        goto done;
+    }
+    w->stage = -1;
+    if (wr_blob_section(w, FK_SEC_METADATA, 0, (const unsigned char *)meta.buf, (size_t)meta.len) < 0)
+        goto done;
+    if (wr_pad(w) < 0) goto done;
+    {
+        uint64_t index_off = w->pos;
+        size_t ilen = FK_INDEX_HEAD_LEN + w->nsections * FK_SECTION_ENTRY_LEN +
+                      w->nchunks * FK_CHUNK_ENTRY_LEN;
+        idx = (unsigned char *)PyMem_Calloc(ilen, 1);
+        if (!idx) { PyErr_NoMemory(); goto done; }
+        memcpy(idx, FK_INDEX_MAGIC, 4);
+        fk_put_u32(idx + 4, (uint32_t)w->nsections);
+        fk_put_u32(idx + 8, FK_SECTION_ENTRY_LEN);
+        fk_put_u32(idx + 12, FK_CHUNK_ENTRY_LEN);
+        for (size_t i = 0; i < w->nsections; i++) {
+            wr_section *s = &w->sections[i];
+            unsigned char *e = idx + FK_INDEX_HEAD_LEN + i * FK_SECTION_ENTRY_LEN;
+            fk_put_u16(e + 0, s->kind);
+            fk_put_u16(e + 2, s->flags);
+            fk_put_u32(e + 4, (uint32_t)s->nchunks);
+            fk_put_u64(e + 8, s->offset);
+            fk_put_u64(e + 16, s->stored);
+            fk_put_u64(e + 24, s->raw);
+            fk_put_u64(e + 32, s->chunk_size);
+            fk_put_u64(e + 40, s->first_chunk);
+        }
+        unsigned char *ct = idx + FK_INDEX_HEAD_LEN + w->nsections * FK_SECTION_ENTRY_LEN;
+        for (size_t i = 0; i < w->nchunks; i++) {
+            unsigned char *e = ct + i * FK_CHUNK_ENTRY_LEN;
+            fk_put_u64(e, w->chunks[i].stored);
+            fk_put_u32(e + 8, w->chunks[i].crc);
+            e[12] = (unsigned char)w->chunks[i].codec;
+        }
+        uint32_t icrc = checksum_crc32c(0, idx, ilen);
+        if (wr_out(w, idx, ilen) < 0) goto done;
+        unsigned char t[FK_TRAILER_LEN];
+        uint64_t total = w->pos + FK_TRAILER_LEN;
+        fk_put_u64(t, index_off);
+        fk_put_u64(t + 8, ilen);
+        fk_put_u64(t + 16, total);
+        fk_put_u32(t + 24, icrc);
+        fk_put_u32(t + 28, checksum_crc32c(0, t, 28));
+        memcpy(t + 32, FK_END_MAGIC, 8);
+        if (wr_out(w, t, FK_TRAILER_LEN) < 0) goto done;
+
+        /* patch the header with the container length and index offset */
+        unsigned char h[FK_HEADER_LEN];
+        wr_header_bytes(h, total, index_off);
+        if (w->fd >= 0) {
+            ssize_t k = pwrite(w->fd, h, FK_HEADER_LEN, 0);
+            if (k != FK_HEADER_LEN) {
+                if (k >= 0) errno = EIO;
+                PyErr_SetFromErrno(PyExc_OSError);
+                goto done;
+            }
+            if (do_fsync) {
+                int rc;
+                Py_BEGIN_ALLOW_THREADS
+                rc = fsync(w->fd);
+                Py_END_ALLOW_THREADS
+                if (rc < 0) { PyErr_SetFromErrno(PyExc_OSError); goto done; }
+            }
+        } else if (w->start_pos != Py_None) {
+            PyObject *r = PyObject_CallMethod(w->fileobj, "seek", "O", w->start_pos);
+            if (!r) goto done;
+            Py_DECREF(r);
+            if (write_all_pyfile(w, h, FK_HEADER_LEN) < 0) goto done;
+            PyObject *tot = PyLong_FromUnsignedLongLong(total);
+            PyObject *end = tot ? PyNumber_Add(w->start_pos, tot) : NULL;
+            Py_XDECREF(tot);
+            if (!end) goto done;
+            r = PyObject_CallMethod(w->fileobj, "seek", "O", end);
+            Py_DECREF(end);
+            if (!r) goto done;
+            Py_DECREF(r);
+        }
+        w->stage = 2;
+        ret = PyLong_FromUnsignedLongLong(total);
+    }
+done:
+    PyMem_Free(idx);
+    PyBuffer_Release(&meta);
+    return ret;
+}
+
+/* --------------------------------------------------------------- type */
+
+static PyObject *Writer_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"target", "threads", "chunk_size", "threshold", NULL};
+    PyObject *target;
+    int threads = 0;
+    Py_ssize_t chunk_size = FK_DEFAULT_CHUNK, threshold = FK_DEFAULT_THRESHOLD;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|inn:Writer", kwlist, &target, &threads,
+                                     &chunk_size, &threshold))
+        return NULL;
+    if (chunk_size < 4096 || (uint64_t)chunk_size > FK_MAX_CHUNK) {
+        PyErr_Format(PyExc_ValueError, "chunk_size must be between 4096 and %llu, got %zd",
+                     (unsigned long long)FK_MAX_CHUNK, chunk_size);
+        return NULL;
+    }
+    if (threshold < 0) {
+        PyErr_SetString(PyExc_ValueError, "threshold must be >= 0");
+        return NULL;
+    }
+    WriterObject *w = (WriterObject *)type->tp_alloc(type, 0);
+    if (!w) return NULL;
+    w->st = (fk_state *)PyType_GetModuleState(type);
+    w->fd = -1;
+    w->chunk_size = (size_t)chunk_size;
+    w->threshold = threshold;
+    w->threads = threads > 0 ? threads : codec_default_threads();
+    w->start_pos = Py_NewRef(Py_None);
+    w->buffers = PyList_New(0);
+    w->modules = PySet_New(NULL);
+    w->seen_types = PySet_New(NULL);
+    if (!w->buffers || !w->modules || !w->seen_types) goto fail;
+    if (PyLong_Check(target)) {
+        long fd = PyLong_AsLong(target);
+        w->fd = (fd >= 0 && fd <= INT32_MAX) ? (int)fd : -1;
+        if (w->fd < 0) {
+            if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "negative file descriptor");
+            goto fail;
+        }
+    } else {
+        w->fileobj = Py_NewRef(target);
+        w->write_meth = PyObject_GetAttr(target, w->st->str_write);
+        if (!w->write_meth) goto fail;
+        /* seekable file objects get their header patched in place */
+        PyObject *sk = PyObject_CallMethod(target, "seekable", NULL);
+        if (!sk) {
+            PyErr_Clear();
+        } else {
+            int seekable = PyObject_IsTrue(sk);
+            Py_DECREF(sk);
+            if (seekable > 0) {
+                PyObject *pos = PyObject_CallMethod(target, "tell", NULL);
+                if (pos) Py_SETREF(w->start_pos, pos);
+                else PyErr_Clear();
+            } else if (seekable < 0) {
+                PyErr_Clear();
+            }
+        }
+    }
+    return (PyObject *)w;
+fail:
+    Py_DECREF(w);
+    return NULL;
+}
+
+static int Writer_traverse(WriterObject *w, visitproc visit, void *arg)
+{
+    Py_VISIT(Py_TYPE(w));
+    Py_VISIT(w->fileobj);
+    Py_VISIT(w->write_meth);
+    Py_VISIT(w->start_pos);
+    Py_VISIT(w->buffers);
+    Py_VISIT(w->modules);
+    Py_VISIT(w->seen_types);
+    return 0;
+}
+
+static int Writer_clear(WriterObject *w)
+{
+    Py_CLEAR(w->fileobj);
+    Py_CLEAR(w->write_meth);
+    Py_CLEAR(w->start_pos);
+    Py_CLEAR(w->buffers);
+    Py_CLEAR(w->modules);
+    Py_CLEAR(w->seen_types);
+    return 0;
+}
+
+static void Writer_dealloc(WriterObject *w)
+{
+    PyTypeObject *tp = Py_TYPE(w);
+    PyObject_GC_UnTrack(w);
+    Writer_clear(w);
+    PyMem_Free(w->sbuf);
+    free(w->chunks);
+    free(w->sections);
+    tp->tp_free((PyObject *)w);
+    Py_DECREF(tp);
+}
+
+static PyObject *Writer_get_buffer_count(WriterObject *w, void *c)
+{
+    (void)c;
+    return PyLong_FromSsize_t(w->buffers ? PyList_GET_SIZE(w->buffers) : 0);
+}
+
+static PyObject *Writer_get_oob_bytes(WriterObject *w, void *c)
+{
+    (void)c;
+    return PyLong_FromUnsignedLongLong(w->oob_bytes);
+}
+
+static PyMethodDef Writer_methods[] = {
+    {"dump", (PyCFunction)Writer_dump, METH_VARARGS,
+     "dump(obj, protocol) -> sorted list of the top-level modules whose objects occur"},
+    {"finish", (PyCFunction)Writer_finish, METH_VARARGS,
+     "finish(metadata_json: bytes, fsync=True) -> container length"},
+    {"write", (PyCFunction)Writer_write, METH_O, "pickler sink (internal)"},
+    {"_buffer_callback", (PyCFunction)Writer_buffer_callback, METH_O, "buffer callback (internal)"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef Writer_getset[] = {
+    {"buffer_count", (getter)Writer_get_buffer_count, NULL, "out-of-band buffers written", NULL},
+    {"oob_bytes", (getter)Writer_get_oob_bytes, NULL, "bytes of out-of-band buffers", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyType_Slot Writer_slots[] = {
+    {Py_tp_new, Writer_new},
+    {Py_tp_dealloc, Writer_dealloc},
+    {Py_tp_traverse, Writer_traverse},
+    {Py_tp_clear, Writer_clear},
+    {Py_tp_methods, Writer_methods},
+    {Py_tp_getset, Writer_getset},
+    {Py_tp_doc, "Writer(target, threads=0, chunk_size=1MiB, threshold=64KiB): one firkin container"},
+    {0, NULL},
+};
+
+static PyType_Spec Writer_spec = {
+    "firkin._core.Writer", sizeof(WriterObject), 0,
+    Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC, Writer_slots,
+};
+
+/* ---- the pickler subclass: only adds reducer_override ---- */
+
+static void FkPickler_dealloc(PyObject *self)
+{
+    PyTypeObject *tp = Py_TYPE(self);
+    PyTypeObject *base = tp->tp_base;
+    base->tp_dealloc(self);
+    /* a static base's dealloc does not release our heap type */
+    if (!(base->tp_flags & Py_TPFLAGS_HEAPTYPE)) Py_DECREF(tp);
+}
+
+static int FkPickler_traverse(PyObject *self, visitproc visit, void *arg)
+{
+    PyTypeObject *base = Py_TYPE(self)->tp_base;
+    if (!(base->tp_flags & Py_TPFLAGS_HEAPTYPE)) Py_VISIT(Py_TYPE(self));
+    return base->tp_traverse(self, visit, arg);
+}
+
+static int FkPickler_clear(PyObject *self)
+{
+    return Py_TYPE(self)->tp_base->tp_clear(self);
+}
+
+static PyMethodDef FkPickler_methods[] = {
+    {"reducer_override", (PyCFunction)Pickler_reducer_override, METH_O, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyType_Slot FkPickler_slots[] = {
+    {Py_tp_methods, FkPickler_methods},
+    {Py_tp_dealloc, FkPickler_dealloc},
+    {Py_tp_traverse, FkPickler_traverse},
+    {Py_tp_clear, FkPickler_clear},
+    {0, NULL},
+};
+
+static PyType_Spec FkPickler_spec = {
+    "firkin._core._Pickler", 0, 0, Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC, FkPickler_slots,
+};
+
+int writer_init_types(PyObject *module, fk_state *st)
+{
+    st->WriterType = (PyTypeObject *)PyType_FromModuleAndSpec(module, &Writer_spec, NULL);
+    if (!st->WriterType) return -1;
+    if (PyModule_AddType(module, st->WriterType) < 0) return -1;
+    PyObject *bases = PyTuple_Pack(1, st->pickle_Pickler);
+    if (!bases) return -1;
+    st->PicklerType = (PyTypeObject *)PyType_FromModuleAndSpec(module, &FkPickler_spec, bases);
+    Py_DECREF(bases);
+    if (!st->PicklerType) return -1;
+    st->StridedType = (PyTypeObject *)PyType_FromModuleAndSpec(module, &Strided_spec, NULL);
+    if (!st->StridedType) return -1;
+    return 0;
+}
