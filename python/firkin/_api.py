@@ -55,8 +55,14 @@ def _check_compress(compress):
                      "(compress=0 or False)")
 
 
+#: Buffers of at least this many bytes go out-of-band (own aligned section,
+#: memory-mappable); smaller ones stay inside the pickle stream. Tuned by
+#: bench/bench.py; tests lower it to push many small arrays out-of-band.
+OOB_THRESHOLD = _core.DEFAULT_THRESHOLD
+
+
 def _write(value, target, protocol, user_meta, compress) -> int:
-    w = _core.Writer(target)
+    w = _core.Writer(target, threshold=OOB_THRESHOLD)
     modules = w.dump(value, protocol)
     meta = _meta.build(modules, user_meta, w.buffer_count, w.oob_bytes, compress)
     return w.finish(meta)
