@@ -4,8 +4,15 @@ Environment switches:
   FIRKIN_DEBUG=1     -O0 -g
   FIRKIN_SANITIZE=1  AddressSanitizer + UndefinedBehaviorSanitizer (see docs/TESTING.md)
   FIRKIN_WERROR=1    warnings are errors (CI)
+  FIRKIN_NO_ZSTD=1, FIRKIN_NO_LZ4=1   build without libzstd / liblz4 even if present
+
+zlib is required (Debian: zlib1g-dev). zstd and lz4 are linked when their
+headers and libraries are found (Debian: libzstd-dev, liblz4-dev).
 """
 import os
+import shutil
+import sys
+import tempfile
 
 import numpy
 from setuptools import Extension, setup
@@ -25,6 +32,42 @@ if os.environ.get("FIRKIN_SANITIZE"):
 if os.environ.get("FIRKIN_WERROR"):
     cflags += ["-Werror"]
 
+
+def _links(func, header, lib):
+    """Does a tiny program calling `func` from `header` link against -l`lib`?"""
+    from setuptools._distutils.ccompiler import new_compiler
+    from setuptools._distutils.errors import CompileError, LinkError
+    from setuptools._distutils.sysconfig import customize_compiler
+
+    cc = new_compiler()
+    customize_compiler(cc)
+    tmp = tempfile.mkdtemp(prefix="firkin-probe-")
+    try:
+        src = os.path.join(tmp, "probe.c")
+        with open(src, "w") as f:
+            f.write(f"#include <{header}>\nint main(void) {{ (void)&{func}; return 0; }}\n")
+        objs = cc.compile([src], output_dir=tmp)
+        cc.link_executable(objs, os.path.join(tmp, "probe"), libraries=[lib])
+        return True
+    except (CompileError, LinkError):
+        return False
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+libraries = ["z"]
+macros = []
+if not _links("deflate", "zlib.h", "z"):
+    sys.exit("firkin needs zlib's headers and library: install zlib1g-dev (Debian/Ubuntu) or zlib-devel")
+if not os.environ.get("FIRKIN_NO_ZSTD") and _links("ZSTD_compress", "zstd.h", "zstd"):
+    libraries.append("zstd")
+    macros.append(("FIRKIN_HAVE_ZSTD", "1"))
+if not os.environ.get("FIRKIN_NO_LZ4") and _links("LZ4_compress_HC", "lz4hc.h", "lz4"):
+    libraries.append("lz4")
+    macros.append(("FIRKIN_HAVE_LZ4", "1"))
+print("firkin: building with codecs zlib" + "".join(
+    ", " + m[0][len("FIRKIN_HAVE_"):].lower() for m in macros), file=sys.stderr)
+
 setup(
     ext_modules=[
         Extension(
@@ -32,6 +75,8 @@ setup(
             sources=SOURCES,
             depends=["src/firkin.h"],
             include_dirs=[numpy.get_include(), "src"],
+            libraries=libraries,
+            define_macros=macros,
             extra_compile_args=cflags,
             extra_link_args=ldflags,
         )

@@ -1,29 +1,40 @@
-/* Chunk engine: a pool of native worker threads that run byte-level tasks
- * (checksums now; compression and decompression of chunks later) while the
- * calling thread does I/O. Tasks never touch Python objects, so workers run
- * without the GIL. One pool per dump/load call keeps concurrent calls from
- * different Python threads independent.
+/* Chunk engine: a pool of native worker threads that checksum, compress and
+ * decompress independent chunks while the calling thread does the I/O.
+ *
+ * Native codecs (zlib always; zstd and lz4 when built with them) run without
+ * the GIL. Codecs implemented by Python modules (bz2, lzma, and lz4 when the
+ * build lacks liblz4) take the GIL only around the call into the module,
+ * which itself releases it while it compresses, so chunks still run in
+ * parallel. One pool per dump/load call keeps concurrent calls independent.
  */
 #include "firkin.h"
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <unistd.h>
+#include <zlib.h>
+#ifdef FIRKIN_HAVE_ZSTD
+#include <zstd.h>
+#endif
+#ifdef FIRKIN_HAVE_LZ4
+#include <lz4.h>
+#include <lz4hc.h>
+#endif
 
-typedef struct {
-    codec_task_fn fn;
-    void *arg;
-} codec_task;
+/* ------------------------------------------------------------ the pool */
 
 struct codec_pool {
     pthread_mutex_t mu;
     pthread_cond_t has_work;
-    pthread_cond_t idle;
-    codec_task *queue;       /* ring buffer */
+    pthread_cond_t job_done;
+    codec_job **queue; /* ring buffer */
     size_t cap, head, count;
     size_t running;
     int stop;
     int nthreads;
     pthread_t *threads;
+    PyObject *py_codec; /* (compress, decompress) callables, or NULL */
 };
 
 int codec_default_threads(void)
@@ -34,11 +45,7 @@ int codec_default_threads(void)
     return (int)n;
 }
 
-void codec_crc_task(void *arg)
-{
-    codec_crc_job *job = (codec_crc_job *)arg;
-    job->crc = checksum_crc32c(0, job->data, job->len);
-}
+static void job_run(codec_pool *p, codec_job *job);
 
 static void *worker_main(void *arg)
 {
@@ -47,36 +54,42 @@ static void *worker_main(void *arg)
     for (;;) {
         while (!p->count && !p->stop) pthread_cond_wait(&p->has_work, &p->mu);
         if (!p->count && p->stop) break;
-        codec_task t = p->queue[p->head];
+        codec_job *job = p->queue[p->head];
         p->head = (p->head + 1) % p->cap;
         p->count--;
         p->running++;
         pthread_mutex_unlock(&p->mu);
-        t.fn(t.arg);
+        job_run(p, job);
         pthread_mutex_lock(&p->mu);
         p->running--;
-        if (!p->count && !p->running) pthread_cond_broadcast(&p->idle);
+        job->done = 1;
+        pthread_cond_broadcast(&p->job_done);
     }
     pthread_mutex_unlock(&p->mu);
     return NULL;
 }
 
-codec_pool *codec_pool_new(int nthreads)
+codec_pool *codec_pool_new(int nthreads, PyObject *py_codec)
 {
     codec_pool *p = (codec_pool *)calloc(1, sizeof(*p));
     if (!p) { PyErr_NoMemory(); return NULL; }
+    p->py_codec = py_codec;
+    Py_XINCREF(py_codec);
     if (nthreads <= 0) return p; /* inline mode */
     p->cap = 64;
-    p->queue = (codec_task *)malloc(p->cap * sizeof(codec_task));
+    p->queue = (codec_job **)malloc(p->cap * sizeof(codec_job *));
     p->threads = (pthread_t *)calloc((size_t)nthreads, sizeof(pthread_t));
     if (!p->queue || !p->threads) {
-        free(p->queue); free(p->threads); free(p);
+        free(p->queue);
+        free(p->threads);
+        Py_XDECREF(p->py_codec);
+        free(p);
         PyErr_NoMemory();
         return NULL;
     }
     pthread_mutex_init(&p->mu, NULL);
     pthread_cond_init(&p->has_work, NULL);
-    pthread_cond_init(&p->idle, NULL);
+    pthread_cond_init(&p->job_done, NULL);
     for (int i = 0; i < nthreads; i++) {
         if (pthread_create(&p->threads[i], NULL, worker_main, p) != 0) break;
         p->nthreads++;
@@ -85,20 +98,28 @@ codec_pool *codec_pool_new(int nthreads)
     return p;
 }
 
-int codec_pool_submit(codec_pool *p, codec_task_fn fn, void *arg)
+int codec_pool_threads(codec_pool *p)
 {
+    return p->nthreads;
+}
+
+void codec_pool_submit(codec_pool *p, codec_job *job)
+{
+    job->done = 0;
     if (!p->nthreads) {
-        fn(arg);
-        return 0;
+        job_run(p, job);
+        job->done = 1;
+        return;
     }
     pthread_mutex_lock(&p->mu);
     if (p->count == p->cap) {
         size_t ncap = p->cap * 2;
-        codec_task *nq = (codec_task *)malloc(ncap * sizeof(codec_task));
+        codec_job **nq = (codec_job **)malloc(ncap * sizeof(codec_job *));
         if (!nq) {
             pthread_mutex_unlock(&p->mu);
-            fn(arg); /* run it here rather than fail */
-            return 0;
+            job_run(p, job); /* run it here rather than fail */
+            job->done = 1;
+            return;
         }
         for (size_t i = 0; i < p->count; i++) nq[i] = p->queue[(p->head + i) % p->cap];
         free(p->queue);
@@ -106,35 +127,329 @@ int codec_pool_submit(codec_pool *p, codec_task_fn fn, void *arg)
         p->cap = ncap;
         p->head = 0;
     }
-    p->queue[(p->head + p->count) % p->cap] = (codec_task){fn, arg};
+    p->queue[(p->head + p->count) % p->cap] = job;
     p->count++;
     pthread_cond_signal(&p->has_work);
     pthread_mutex_unlock(&p->mu);
-    return 0;
 }
 
-void codec_pool_wait(codec_pool *p)
+/* Call without the GIL: Python codecs in the workers may need it. */
+void codec_pool_wait_job(codec_pool *p, codec_job *job)
 {
     if (!p->nthreads) return;
     pthread_mutex_lock(&p->mu);
-    while (p->count || p->running) pthread_cond_wait(&p->idle, &p->mu);
+    while (!job->done) pthread_cond_wait(&p->job_done, &p->mu);
     pthread_mutex_unlock(&p->mu);
 }
 
+/* Call without the GIL. */
+void codec_pool_wait_all(codec_pool *p)
+{
+    if (!p->nthreads) return;
+    pthread_mutex_lock(&p->mu);
+    while (p->count || p->running) pthread_cond_wait(&p->job_done, &p->mu);
+    pthread_mutex_unlock(&p->mu);
+}
+
+/* Call without the GIL (joins threads that may be waiting for it). */
+void codec_pool_stop(codec_pool *p)
+{
+    if (!p || !p->nthreads) return;
+    pthread_mutex_lock(&p->mu);
+    p->stop = 1;
+    pthread_cond_broadcast(&p->has_work);
+    pthread_mutex_unlock(&p->mu);
+    for (int i = 0; i < p->nthreads; i++) pthread_join(p->threads[i], NULL);
+    pthread_mutex_destroy(&p->mu);
+    pthread_cond_destroy(&p->has_work);
+    pthread_cond_destroy(&p->job_done);
+    p->nthreads = 0;
+}
+
+/* With the GIL held, after codec_pool_stop. */
 void codec_pool_free(codec_pool *p)
 {
     if (!p) return;
     if (p->nthreads) {
-        pthread_mutex_lock(&p->mu);
-        p->stop = 1;
-        pthread_cond_broadcast(&p->has_work);
-        pthread_mutex_unlock(&p->mu);
-        for (int i = 0; i < p->nthreads; i++) pthread_join(p->threads[i], NULL);
-        pthread_mutex_destroy(&p->mu);
-        pthread_cond_destroy(&p->has_work);
-        pthread_cond_destroy(&p->idle);
+        Py_BEGIN_ALLOW_THREADS
+        codec_pool_stop(p);
+        Py_END_ALLOW_THREADS
     }
     free(p->queue);
     free(p->threads);
+    Py_XDECREF(p->py_codec);
     free(p);
+}
+
+/* ------------------------------------------------------------ codecs */
+
+int codec_available(int codec)
+{
+    switch (codec) {
+    case FK_CODEC_RAW:
+    case FK_CODEC_ZLIB:
+        return 1;
+    case FK_CODEC_ZSTD:
+#ifdef FIRKIN_HAVE_ZSTD
+        return 1;
+#else
+        return 0;
+#endif
+    case FK_CODEC_LZ4:
+#ifdef FIRKIN_HAVE_LZ4
+        return 1;
+#else
+        return 0;
+#endif
+    default:
+        return 0;
+    }
+}
+
+static void job_fail(codec_job *job, int status, const char *msg)
+{
+    job->status = status;
+    snprintf(job->err, sizeof job->err, "%s", msg);
+}
+
+/* Output capacity a native codec needs for n input bytes (0: python codec). */
+size_t codec_bound(int codec, size_t n)
+{
+    switch (codec) {
+    case FK_CODEC_ZLIB:
+        return (size_t)compressBound((uLong)n);
+#ifdef FIRKIN_HAVE_ZSTD
+    case FK_CODEC_ZSTD:
+        return ZSTD_compressBound(n);
+#endif
+#ifdef FIRKIN_HAVE_LZ4
+    case FK_CODEC_LZ4:
+        return (size_t)LZ4_compressBound((int)n);
+#endif
+    default:
+        return 0;
+    }
+}
+
+static int zlib_compress(const unsigned char *src, size_t n, unsigned char *dst, size_t cap,
+                         int level, size_t *out)
+{
+    z_stream zs;
+    memset(&zs, 0, sizeof zs);
+    if (deflateInit(&zs, level) != Z_OK) return -1;
+    zs.next_in = (Bytef *)src;
+    zs.avail_in = (uInt)n;
+    zs.next_out = dst;
+    zs.avail_out = (uInt)cap;
+    int rc = deflate(&zs, Z_FINISH);
+    *out = zs.total_out;
+    deflateEnd(&zs);
+    return rc == Z_STREAM_END ? 0 : -1;
+}
+
+static int zlib_decompress(const unsigned char *src, size_t n, unsigned char *dst, size_t want)
+{
+    z_stream zs;
+    memset(&zs, 0, sizeof zs);
+    if (inflateInit(&zs) != Z_OK) return -1;
+    zs.next_in = (Bytef *)src;
+    zs.avail_in = (uInt)n;
+    zs.next_out = dst;
+    zs.avail_out = (uInt)want;
+    int rc = inflate(&zs, Z_FINISH);
+    size_t got = zs.total_out;
+    size_t left = zs.avail_in;
+    inflateEnd(&zs);
+    return (rc == Z_STREAM_END && got == want && left == 0) ? 0 : -1;
+}
+
+/* Python codec call: with the GIL, fn(memoryview, arg) -> bytes-like. */
+static PyObject *py_codec_call(codec_pool *p, int which, const unsigned char *src, size_t n,
+                               long arg, codec_job *job)
+{
+    PyObject *fn = PyTuple_GET_ITEM(p->py_codec, which);
+    PyObject *mv = PyMemoryView_FromMemory((char *)src, (Py_ssize_t)n, PyBUF_READ);
+    PyObject *res = mv ? PyObject_CallFunction(fn, "Oli", mv, arg, job->codec) : NULL;
+    if (mv) {
+        PyObject *r = PyObject_CallMethod(mv, "release", NULL);
+        Py_XDECREF(r);
+        Py_DECREF(mv);
+    }
+    if (!res) {
+        PyObject *type, *value, *tb;
+        PyErr_Fetch(&type, &value, &tb);
+        PyObject *s = value ? PyObject_Str(value) : NULL;
+        const char *msg = s ? PyUnicode_AsUTF8(s) : NULL;
+        job_fail(job, CODEC_ERR_DATA, msg ? msg : "codec error");
+        PyErr_Clear();
+        Py_XDECREF(s);
+        Py_XDECREF(type);
+        Py_XDECREF(value);
+        Py_XDECREF(tb);
+    }
+    return res;
+}
+
+/* Does a fast trial on a slice say the chunk compresses? Used before
+ * spending a slow codec on data like random floats. */
+static int worth_compressing(const unsigned char *src, size_t n)
+{
+    enum { SAMPLE = 32768 };
+    if (n < 4 * SAMPLE) return 1;
+    unsigned char out[SAMPLE + 1024];
+    size_t got = 0;
+    size_t total = 0, saved_enough = 0;
+    /* two samples: one near the start, one in the middle */
+    size_t starts[2] = {n / 8, n / 2};
+    for (int i = 0; i < 2; i++) {
+        if (zlib_compress(src + starts[i], SAMPLE, out, sizeof out, 1, &got) < 0) return 1;
+        total += got;
+        saved_enough += SAMPLE;
+    }
+    return total < saved_enough - saved_enough / 16;
+}
+
+static void job_compress(codec_pool *p, codec_job *job)
+{
+    const unsigned char *src = job->src;
+    size_t n = job->src_len;
+    job->out_codec = FK_CODEC_RAW;
+    job->out = src;
+    job->out_len = n;
+    if (job->codec != FK_CODEC_RAW && n >= 64) {
+        int slow = job->codec == FK_CODEC_ZLIB || job->codec == FK_CODEC_BZ2 || job->codec == FK_CODEC_LZMA;
+        if (!slow || worth_compressing(src, n)) {
+            size_t got = 0;
+            int rc = -1;
+            if (job->codec == FK_CODEC_ZLIB) {
+                rc = zlib_compress(src, n, job->scratch, job->scratch_cap, job->level, &got);
+                if (rc < 0 && got >= job->scratch_cap) rc = 1; /* did not fit: store raw */
+            }
+#ifdef FIRKIN_HAVE_ZSTD
+            else if (job->codec == FK_CODEC_ZSTD) {
+                size_t r = ZSTD_compress(job->scratch, job->scratch_cap, src, n, job->level);
+                if (!ZSTD_isError(r)) { got = r; rc = 0; }
+            }
+#endif
+#ifdef FIRKIN_HAVE_LZ4
+            else if (job->codec == FK_CODEC_LZ4) {
+                int r = job->level >= 3
+                            ? LZ4_compress_HC((const char *)src, (char *)job->scratch, (int)n,
+                                              (int)job->scratch_cap, job->level)
+                            : LZ4_compress_default((const char *)src, (char *)job->scratch, (int)n,
+                                                   (int)job->scratch_cap);
+                if (r > 0) { got = (size_t)r; rc = 0; }
+            }
+#endif
+            else if (p->py_codec) {
+                PyGILState_STATE g = PyGILState_Ensure();
+                PyObject *res = py_codec_call(p, 0, src, n, job->level, job);
+                if (res) {
+                    Py_buffer v;
+                    if (PyObject_GetBuffer(res, &v, PyBUF_SIMPLE) == 0) {
+                        if ((size_t)v.len < n) {
+                            job->scratch = (unsigned char *)malloc((size_t)v.len ? (size_t)v.len : 1);
+                            if (job->scratch) {
+                                memcpy(job->scratch, v.buf, (size_t)v.len);
+                                job->scratch_owned = 1;
+                                job->scratch_cap = (size_t)v.len;
+                                got = (size_t)v.len;
+                                rc = 0;
+                            } else {
+                                job_fail(job, CODEC_ERR_MEMORY, "out of memory");
+                            }
+                        } else {
+                            rc = 1; /* bigger than raw */
+                        }
+                        PyBuffer_Release(&v);
+                    } else {
+                        PyErr_Clear();
+                        job_fail(job, CODEC_ERR_DATA, "codec returned no bytes");
+                    }
+                    Py_DECREF(res);
+                }
+                PyGILState_Release(g);
+                if (job->status) return;
+            } else {
+                job_fail(job, CODEC_ERR_UNAVAILABLE, "codec not available in this build");
+                return;
+            }
+            if (rc < 0 && job->codec == FK_CODEC_ZLIB) {
+                job_fail(job, CODEC_ERR_DATA, "zlib failed");
+                return;
+            }
+            /* keep it compressed only when it saves at least 1/64 */
+            if (rc == 0 && got < n - n / 64) {
+                job->out_codec = job->codec;
+                job->out = job->scratch;
+                job->out_len = got;
+            }
+        }
+    }
+    job->crc = checksum_crc32c(0, job->out, job->out_len);
+}
+
+static void job_decompress(codec_pool *p, codec_job *job)
+{
+    if (job->verify && checksum_crc32c(0, job->src, job->src_len) != job->expect_crc) {
+        job_fail(job, CODEC_ERR_CHECKSUM, "checksum mismatch");
+        return;
+    }
+    int ok = 0;
+    switch (job->codec) {
+    case FK_CODEC_RAW:
+        /* raw chunks were read in place; only the checksum matters */
+        return;
+    case FK_CODEC_ZLIB:
+        ok = zlib_decompress(job->src, job->src_len, job->dst, job->dst_len) == 0;
+        break;
+#ifdef FIRKIN_HAVE_ZSTD
+    case FK_CODEC_ZSTD: {
+        size_t r = ZSTD_decompress(job->dst, job->dst_len, job->src, job->src_len);
+        ok = !ZSTD_isError(r) && r == job->dst_len;
+        break;
+    }
+#endif
+#ifdef FIRKIN_HAVE_LZ4
+    case FK_CODEC_LZ4: {
+        int r = LZ4_decompress_safe((const char *)job->src, (char *)job->dst, (int)job->src_len,
+                                    (int)job->dst_len);
+        ok = r >= 0 && (size_t)r == job->dst_len;
+        break;
+    }
+#endif
+    default:
+        if (!p->py_codec) {
+            job_fail(job, CODEC_ERR_UNAVAILABLE, "codec not available in this build");
+            return;
+        }
+        {
+            PyGILState_STATE g = PyGILState_Ensure();
+            PyObject *res = py_codec_call(p, 1, job->src, job->src_len, (long)job->dst_len, job);
+            if (res) {
+                Py_buffer v;
+                if (PyObject_GetBuffer(res, &v, PyBUF_SIMPLE) == 0) {
+                    if ((size_t)v.len == job->dst_len) {
+                        memcpy(job->dst, v.buf, job->dst_len);
+                        ok = 1;
+                    }
+                    PyBuffer_Release(&v);
+                } else {
+                    PyErr_Clear();
+                }
+                Py_DECREF(res);
+            }
+            PyGILState_Release(g);
+            if (job->status) return;
+        }
+    }
+    if (!ok) job_fail(job, CODEC_ERR_DATA, "compressed data is invalid or does not decode to its recorded length");
+}
+
+static void job_run(codec_pool *p, codec_job *job)
+{
+    job->status = 0;
+    job->err[0] = 0;
+    if (job->op == CODEC_OP_COMPRESS) job_compress(p, job);
+    else job_decompress(p, job);
 }

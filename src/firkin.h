@@ -39,8 +39,15 @@
 #define FK_SEC_METADATA 3
 #define FK_SECF_REQUIRED 0x0001
 
-/* chunk codecs */
+/* chunk codecs (the codec byte of a chunk entry) */
 #define FK_CODEC_RAW 0
+#define FK_CODEC_ZLIB 1
+#define FK_CODEC_ZSTD 2
+#define FK_CODEC_LZ4 3
+#define FK_CODEC_BZ2 4
+#define FK_CODEC_LZMA 5
+#define FK_CODEC_MAX 5
+#define FK_MAX_COMPRESSED_CHUNK ((uint64_t)64 << 20) /* raw bytes per compressed chunk, when reading */
 
 #define FK_DEFAULT_CHUNK (1u << 20)          /* 1 MiB */
 #define FK_MAX_CHUNK ((uint64_t)1 << 30)     /* sanity bound when reading */
@@ -72,25 +79,55 @@ void checksum_init(void);
 uint32_t checksum_crc32c(uint32_t crc, const void *buf, size_t len);
 const char *checksum_impl_name(void);
 
-/* ---- codec.c: a small pool of native worker threads ---- */
-typedef struct codec_pool codec_pool;
-typedef void (*codec_task_fn)(void *arg);
-/* nthreads <= 0: run every task inline in codec_pool_submit. Returns NULL
- * with MemoryError set on failure (GIL must be held for that call). */
-codec_pool *codec_pool_new(int nthreads);
-/* Never called with the GIL required; returns -1 only on allocation failure
- * (no Python exception set; caller sets one after re-taking the GIL). */
-int codec_pool_submit(codec_pool *p, codec_task_fn fn, void *arg);
-void codec_pool_wait(codec_pool *p);
-void codec_pool_free(codec_pool *p);
-int codec_default_threads(void);
+/* ---- codec.c: chunk engine (worker pool + codecs) ---- */
+enum { CODEC_OP_COMPRESS = 0, CODEC_OP_DECOMPRESS = 1 };
+enum {
+    CODEC_OK = 0,
+    CODEC_ERR_CHECKSUM = 1,
+    CODEC_ERR_DATA = 2,
+    CODEC_ERR_UNAVAILABLE = 3,
+    CODEC_ERR_MEMORY = 4,
+};
 
-typedef struct {
-    const unsigned char *data;
-    size_t len;
-    uint32_t crc;
-} codec_crc_job;
-void codec_crc_task(void *arg);
+typedef struct codec_job {
+    /* in */
+    int op;
+    int codec;              /* compress: wanted codec; decompress: the chunk's codec */
+    int level;
+    int verify;             /* decompress: check expect_crc over src first */
+    const unsigned char *src;
+    size_t src_len;
+    unsigned char *dst;     /* decompress: destination of dst_len raw bytes */
+    size_t dst_len;
+    uint32_t expect_crc;
+    unsigned char *scratch; /* compress: output space of scratch_cap bytes */
+    size_t scratch_cap;
+    int scratch_owned;      /* scratch was malloc'ed by the job (python codecs) */
+    void *owned;            /* a buffer the job's owner frees after use */
+    /* out */
+    int out_codec;          /* compress: codec actually stored (raw when it didn't pay) */
+    const unsigned char *out; /* compress: stored bytes (src or scratch) */
+    size_t out_len;
+    uint32_t crc;           /* compress: CRC-32C of the stored bytes */
+    int status;
+    char err[160];
+    int done;
+} codec_job;
+
+typedef struct codec_pool codec_pool;
+/* nthreads <= 0: every job runs inline in codec_pool_submit. py_codec: a
+ * (compress, decompress) tuple of callables for codecs done by Python
+ * modules, or NULL. GIL held. */
+codec_pool *codec_pool_new(int nthreads, PyObject *py_codec);
+int codec_pool_threads(codec_pool *p);
+void codec_pool_submit(codec_pool *p, codec_job *job);
+void codec_pool_wait_job(codec_pool *p, codec_job *job); /* without the GIL */
+void codec_pool_wait_all(codec_pool *p);                 /* without the GIL */
+void codec_pool_stop(codec_pool *p);                     /* without the GIL */
+void codec_pool_free(codec_pool *p);                     /* with the GIL */
+int codec_default_threads(void);
+int codec_available(int codec);
+size_t codec_bound(int codec, size_t n);
 
 /* ---- writer.c ---- */
 int writer_init_types(PyObject *module, fk_state *st);

@@ -35,7 +35,17 @@ static PyObject *fk_build_info(PyObject *module, PyObject *unused)
                          (int)FK_DEFAULT_CHUNK, "threshold", FK_DEFAULT_THRESHOLD);
 }
 
+static PyObject *fk_native_codecs(PyObject *module, PyObject *unused)
+{
+    (void)module;
+    (void)unused;
+    return Py_BuildValue("{s:i,s:O,s:O,s:O}", "zlib", FK_CODEC_ZLIB, "zstd",
+                         codec_available(FK_CODEC_ZSTD) ? Py_True : Py_False, "lz4",
+                         codec_available(FK_CODEC_LZ4) ? Py_True : Py_False, "raw", Py_True);
+}
+
 static PyMethodDef module_methods[] = {
+    {"native_codecs", fk_native_codecs, METH_NOARGS, "which codecs are compiled in"},
     {"crc32c", fk_crc32c, METH_VARARGS, "crc32c(data, value=0) -> CRC-32C of data, continuing value"},
     {"build_info", fk_build_info, METH_NOARGS, "facts about this build of the extension"},
     {NULL, NULL, 0, NULL},
@@ -114,6 +124,13 @@ static int module_exec(PyObject *module)
     if (PyModule_AddIntConstant(module, "DEFAULT_THRESHOLD", FK_DEFAULT_THRESHOLD) < 0) return -1;
     if (PyModule_AddIntConstant(module, "DEFAULT_CHUNK_SIZE", (long)FK_DEFAULT_CHUNK) < 0) return -1;
     if (PyModule_AddStringConstant(module, "__version__", FIRKIN_VERSION) < 0) return -1;
+    if (PyModule_AddIntConstant(module, "CODEC_RAW", FK_CODEC_RAW) < 0 ||
+        PyModule_AddIntConstant(module, "CODEC_ZLIB", FK_CODEC_ZLIB) < 0 ||
+        PyModule_AddIntConstant(module, "CODEC_ZSTD", FK_CODEC_ZSTD) < 0 ||
+        PyModule_AddIntConstant(module, "CODEC_LZ4", FK_CODEC_LZ4) < 0 ||
+        PyModule_AddIntConstant(module, "CODEC_BZ2", FK_CODEC_BZ2) < 0 ||
+        PyModule_AddIntConstant(module, "CODEC_LZMA", FK_CODEC_LZMA) < 0)
+        return -1;
     return 0;
 }
 

@@ -14,6 +14,7 @@
 #include "firkin.h"
 #include <errno.h>
 #include <stdarg.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -86,6 +87,8 @@ typedef struct {
     uint16_t kind, flags;
     uint32_t nchunks;
     uint64_t offset, stored, raw, chunk_size, first_chunk;
+    int all_raw;          /* no chunk is compressed: the bytes can be mapped */
+    int codec;            /* codec of the first compressed chunk, for messages */
 } rd_section;
 
 typedef struct {
@@ -111,6 +114,7 @@ typedef struct {
     Py_ssize_t pickle_sec, meta_sec;
     size_t *buf_secs;
     size_t nbuf;
+    PyObject *py_codec;   /* (compress, decompress) for codecs done in Python */
 } ReaderObject;
 
 static PyObject *rd_error(ReaderObject *r, PyObject *exc, const char *fmt, ...)
@@ -416,17 +420,30 @@ static int rd_parse(ReaderObject *r)
                               si, s.nchunks, (unsigned long long)s.raw,
                               (unsigned long long)s.chunk_size), -1;
         uint64_t sum = 0;
+        s.all_raw = 1;
+        s.codec = FK_CODEC_RAW;
         for (uint32_t c = 0; c < s.nchunks; c++) {
             const unsigned char *ce = r->chunk_table + (s.first_chunk + c) * cstride;
             uint64_t st = fk_get_u64(ce);
             unsigned codec = ce[12];
             uint64_t rawc = c + 1 < s.nchunks ? s.chunk_size : s.raw - (uint64_t)c * s.chunk_size;
-            if (codec != FK_CODEC_RAW)
+            if (codec > FK_CODEC_MAX)
                 return FORMAT_ERR(r, "section %llu chunk %u uses codec %u, which this firkin does not "
                                      "know (written by a newer firkin?)", si, c, codec), -1;
-            if (st != rawc)
-                return FORMAT_ERR(r, "section %llu chunk %u: stored length %llu, expected %llu", si, c,
-                                  (unsigned long long)st, (unsigned long long)rawc), -1;
+            if (codec == FK_CODEC_RAW) {
+                if (st != rawc)
+                    return FORMAT_ERR(r, "section %llu chunk %u: stored length %llu, expected %llu", si, c,
+                                      (unsigned long long)st, (unsigned long long)rawc), -1;
+            } else {
+                /* compressed chunks are only kept when smaller than raw */
+                if (st >= rawc || s.chunk_size > FK_MAX_COMPRESSED_CHUNK)
+                    return FORMAT_ERR(r, "section %llu chunk %u: compressed chunk of %llu bytes for %llu raw "
+                                         "bytes (chunk size %llu) is not valid", si, c, (unsigned long long)st,
+                                      (unsigned long long)rawc, (unsigned long long)s.chunk_size), -1;
+                if (s.all_raw) s.codec = (int)codec;
+                s.all_raw = 0;
+            }
+            if (add_overflows(sum, st, UINT64_MAX)) return FORMAT_ERR(r, "section %llu: lengths overflow", si), -1;
             sum += st;
         }
         if (sum != s.stored)
@@ -493,34 +510,166 @@ static int report_crc_mismatch(ReaderObject *r, const rd_section *s, uint32_t c)
     return -1;
 }
 
-/* Read a whole section (raw chunks) into dst and verify it. */
-static int rd_section_into(ReaderObject *r, const rd_section *s, unsigned char *dst, int verify)
+static const char *codec_name(int codec)
 {
-    uint64_t off = 0;
-    for (uint32_t c = 0; c < s->nchunks; c++) {
-        size_t k = (size_t)(c + 1 < s->nchunks ? s->chunk_size : s->raw - off);
-        if (rd_read(r, s->offset + off, dst + off, k) < 0) return -1;
-        if (verify) {
-            uint32_t crc;
-            if (k >= 65536) {
-                Py_BEGIN_ALLOW_THREADS
-                crc = checksum_crc32c(0, dst + off, k);
-                Py_END_ALLOW_THREADS
-            } else {
-                crc = checksum_crc32c(0, dst + off, k);
-            }
-            if (crc != chunk_crc(r, s, c)) return report_crc_mismatch(r, s, c);
-        }
-        off += k;
+    switch (codec) {
+    case FK_CODEC_RAW: return "raw";
+    case FK_CODEC_ZLIB: return "zlib";
+    case FK_CODEC_ZSTD: return "zstd";
+    case FK_CODEC_LZ4: return "lz4";
+    case FK_CODEC_BZ2: return "bz2";
+    case FK_CODEC_LZMA: return "lzma";
+    default: return "unknown";
     }
-    return 0;
+}
+
+typedef struct rd_job {
+    codec_job job;
+    const rd_section *s;
+    uint32_t chunk;
+    uint64_t file_off;
+} rd_job;
+
+typedef struct {
+    ReaderObject *r;
+    codec_pool *pool;
+    rd_job **ring;
+    size_t cap, head, count;
+} rd_pipe;
+
+static void rd_job_free(rd_job *j)
+{
+    if (!j) return;
+    free(j->job.owned);
+    free(j);
+}
+
+static int rd_job_error(ReaderObject *r, rd_job *j)
+{
+    const rd_section *s = j->s;
+    if (j->job.status == CODEC_ERR_CHECKSUM) return report_crc_mismatch(r, s, j->chunk);
+    char what[64];
+    if (s->kind == FK_SEC_BUFFER)
+        snprintf(what, sizeof what, "buffer %ld", buffer_ordinal(r, s));
+    else
+        snprintf(what, sizeof what, "the %s", kind_name(s->kind));
+    if (j->job.status == CODEC_ERR_UNAVAILABLE)
+        FORMAT_ERR(r, "%s is compressed with %s, which this build of firkin lacks (%s)", what,
+                   codec_name(j->job.codec), j->job.err);
+    else
+        FORMAT_ERR(r, "%s, chunk %u (file offset %llu, %s): %s", what, j->chunk,
+                   (unsigned long long)j->file_off, codec_name(j->job.codec), j->job.err);
+    return -1;
+}
+
+static int rd_retire_one(rd_pipe *pp)
+{
+    rd_job *j = pp->ring[pp->head];
+    pp->ring[pp->head] = NULL;
+    pp->head = (pp->head + 1) % pp->cap;
+    pp->count--;
+    if (!j->job.done) {
+        Py_BEGIN_ALLOW_THREADS
+        codec_pool_wait_job(pp->pool, &j->job);
+        Py_END_ALLOW_THREADS
+    }
+    int rc = j->job.status ? rd_job_error(pp->r, j) : 0;
+    rd_job_free(j);
+    return rc;
+}
+
+static void rd_pipe_close(rd_pipe *pp)
+{
+    if (pp->pool) {
+        Py_BEGIN_ALLOW_THREADS
+        codec_pool_wait_all(pp->pool);
+        Py_END_ALLOW_THREADS
+    }
+    while (pp->count) {
+        rd_job_free(pp->ring[pp->head]);
+        pp->head = (pp->head + 1) % pp->cap;
+        pp->count--;
+    }
+    codec_pool_free(pp->pool);
+    PyMem_Free(pp->ring);
+}
+
+/* Read whole sections into dsts[i] (each secs[i]->raw bytes): raw chunks
+ * straight into place, compressed ones through a bounded scratch buffer,
+ * decoded and verified by the pool while the next chunks are read. */
+static int rd_sections_into(ReaderObject *r, const rd_section **secs, unsigned char **dsts, size_t n,
+                            int verify, int threads)
+{
+    uint64_t total = 0;
+    for (size_t i = 0; i < n; i++) total += secs[i]->raw;
+    if (threads <= 0) threads = codec_default_threads();
+    rd_pipe pp = {r, NULL, NULL, 0, 0, 0};
+    int rc = -1;
+    pp.pool = codec_pool_new(total >= 2 * (uint64_t)FK_DEFAULT_CHUNK ? threads : 0, r->py_codec);
+    if (!pp.pool) return -1;
+    pp.cap = (size_t)threads * 4;
+    pp.ring = (rd_job **)PyMem_Calloc(pp.cap, sizeof(rd_job *));
+    if (!pp.ring) { PyErr_NoMemory(); goto done; }
+    for (size_t i = 0; i < n; i++) {
+        const rd_section *s = secs[i];
+        uint64_t soff = s->offset, roff = 0;
+        for (uint32_t c = 0; c < s->nchunks; c++) {
+            const unsigned char *ce = r->chunk_table + (s->first_chunk + c) * r->chunk_stride;
+            uint64_t stored = fk_get_u64(ce);
+            int codec = ce[12];
+            size_t rawc = (size_t)(c + 1 < s->nchunks ? s->chunk_size : s->raw - roff);
+            if (codec == FK_CODEC_RAW && !verify) {
+                if (rd_read(r, soff, dsts[i] + roff, rawc) < 0) goto done;
+            } else {
+                while (pp.count >= pp.cap)
+                    if (rd_retire_one(&pp) < 0) goto done;
+                rd_job *j = (rd_job *)calloc(1, sizeof(rd_job));
+                if (!j) { PyErr_NoMemory(); goto done; }
+                j->s = s;
+                j->chunk = c;
+                j->file_off = soff;
+                j->job.op = CODEC_OP_DECOMPRESS;
+                j->job.codec = codec;
+                j->job.verify = verify;
+                j->job.expect_crc = fk_get_u32(ce + 8);
+                if (codec == FK_CODEC_RAW) {
+                    if (rd_read(r, soff, dsts[i] + roff, rawc) < 0) { rd_job_free(j); goto done; }
+                    j->job.src = dsts[i] + roff;
+                    j->job.src_len = rawc;
+                } else {
+                    /* stored < rawc <= 64 MiB: validated by rd_parse */
+                    unsigned char *tmp = (unsigned char *)malloc((size_t)stored ? (size_t)stored : 1);
+                    if (!tmp) { rd_job_free(j); PyErr_NoMemory(); goto done; }
+                    j->job.owned = tmp;
+                    if (rd_read(r, soff, tmp, (size_t)stored) < 0) { rd_job_free(j); goto done; }
+                    j->job.src = tmp;
+                    j->job.src_len = (size_t)stored;
+                    j->job.dst = dsts[i] + roff;
+                    j->job.dst_len = rawc;
+                }
+                pp.ring[(pp.head + pp.count) % pp.cap] = j;
+                pp.count++;
+                codec_pool_submit(pp.pool, &j->job);
+            }
+            soff += stored;
+            roff += rawc;
+            if ((c & 63) == 63 && PyErr_CheckSignals() < 0) goto done;
+        }
+    }
+    while (pp.count)
+        if (rd_retire_one(&pp) < 0) goto done;
+    rc = 0;
+done:
+    rd_pipe_close(&pp);
+    return rc;
 }
 
 static PyObject *rd_section_bytes(ReaderObject *r, const rd_section *s)
 {
-    PyObject *b = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)s->raw); /* raw <= file size */
+    PyObject *b = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)s->raw); /* raw <= file size or 64 MiB/chunk */
     if (!b) return NULL;
-    if (rd_section_into(r, s, (unsigned char *)PyBytes_AS_STRING(b), 1) < 0) {
+    unsigned char *dst = (unsigned char *)PyBytes_AS_STRING(b);
+    if (rd_sections_into(r, &s, &dst, 1, 1, 0) < 0) {
         Py_DECREF(b);
         return NULL;
     }
@@ -540,75 +689,49 @@ static PyObject *Reader_metadata(ReaderObject *r, PyObject *unused)
     return rd_section_bytes(r, &r->sections[r->meta_sec]);
 }
 
+/* read_buffers(verify=True, threads=0, which=None) -> list: a Buffer for
+ * each out-of-band buffer (or for those numbered in `which`; None elsewhere). */
 static PyObject *Reader_read_buffers(ReaderObject *r, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"verify", "threads", NULL};
+    static char *kwlist[] = {"verify", "threads", "which", NULL};
     int verify = 1, threads = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|pi:read_buffers", kwlist, &verify, &threads))
+    PyObject *which = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|piO:read_buffers", kwlist, &verify, &threads, &which))
         return NULL;
     PyObject *out = PyList_New((Py_ssize_t)r->nbuf);
-    if (!out) return NULL;
-    codec_pool *pool = NULL;
-    codec_crc_job *jobs = NULL;
-    size_t njobs = 0, total_chunks = 0;
-    uint64_t total_bytes = 0;
-    int ok = -1;
-    for (size_t i = 0; i < r->nbuf; i++) {
-        const rd_section *s = &r->sections[r->buf_secs[i]];
-        total_chunks += s->nchunks;
-        total_bytes += s->raw;
-    }
-    if (verify) {
-        jobs = (codec_crc_job *)PyMem_Calloc(total_chunks ? total_chunks : 1, sizeof(*jobs));
-        if (!jobs) { PyErr_NoMemory(); goto done; }
-        if (threads <= 0) threads = codec_default_threads();
-        int workers = total_bytes < 4 * (uint64_t)FK_DEFAULT_CHUNK ? 0 : (threads > 1 ? threads - 1 : 1);
-        pool = codec_pool_new(workers);
-        if (!pool) goto done;
+    const rd_section **secs = (const rd_section **)PyMem_Calloc(r->nbuf ? r->nbuf : 1, sizeof(*secs));
+    unsigned char **dsts = (unsigned char **)PyMem_Calloc(r->nbuf ? r->nbuf : 1, sizeof(*dsts));
+    size_t n = 0;
+    if (!out || !secs || !dsts) {
+        if (out) PyErr_NoMemory();
+        goto fail;
     }
     for (size_t i = 0; i < r->nbuf; i++) {
+        PyList_SET_ITEM(out, (Py_ssize_t)i, Py_NewRef(Py_None));
+        if (which != Py_None) {
+            PyObject *k = PyLong_FromSize_t(i);
+            int in = k ? PySequence_Contains(which, k) : -1;
+            Py_XDECREF(k);
+            if (in < 0) goto fail;
+            if (!in) continue;
+        }
         const rd_section *s = &r->sections[r->buf_secs[i]];
         BufferObject *b = buffer_new(r->st, (size_t)s->raw);
-        if (!b) goto done;
-        PyList_SET_ITEM(out, (Py_ssize_t)i, (PyObject *)b);
-        uint64_t off = 0;
-        for (uint32_t c = 0; c < s->nchunks; c++) {
-            size_t k = (size_t)(c + 1 < s->nchunks ? s->chunk_size : s->raw - off);
-            if (rd_read(r, s->offset + off, b->data + off, k) < 0) goto done;
-            if (verify) {
-                codec_crc_job *job = &jobs[njobs++];
-                job->data = b->data + off;
-                job->len = k;
-                codec_pool_submit(pool, codec_crc_task, job);
-            }
-            off += k;
-            if ((c & 63) == 63 && PyErr_CheckSignals() < 0) goto done;
-        }
+        if (!b) goto fail;
+        PyList_SetItem(out, (Py_ssize_t)i, (PyObject *)b);
+        secs[n] = s;
+        dsts[n] = b->data;
+        n++;
     }
-    ok = 0;
-done:
-    if (pool) {
-        Py_BEGIN_ALLOW_THREADS
-        codec_pool_wait(pool);
-        Py_END_ALLOW_THREADS
-        codec_pool_free(pool);
-    }
-    if (ok == 0 && verify) {
-        size_t j = 0;
-        for (size_t i = 0; i < r->nbuf && ok == 0; i++) {
-            const rd_section *s = &r->sections[r->buf_secs[i]];
-            for (uint32_t c = 0; c < s->nchunks; c++, j++) {
-                if (jobs[j].crc != chunk_crc(r, s, c)) {
-                    report_crc_mismatch(r, s, c);
-                    ok = -1;
-                    break;
-                }
-            }
-        }
-    }
-    PyMem_Free(jobs);
-    if (ok < 0) Py_CLEAR(out);
+    if (rd_sections_into(r, secs, dsts, n, verify, threads) < 0) goto fail;
+    PyMem_Free(secs);
+    PyMem_Free(dsts);
     return out;
+fail:
+    Py_XDECREF(out);
+    PyMem_Free(secs);
+    PyMem_Free(dsts);
+    return NULL;
 }
 
 /* Verify the buffer chunks inside memory that holds the whole container
@@ -624,6 +747,7 @@ static PyObject *Reader_verify_mapped(ReaderObject *r, PyObject *obj)
     }
     for (size_t i = 0; i < r->nbuf; i++) {
         const rd_section *s = &r->sections[r->buf_secs[i]];
+        if (!s->all_raw) continue; /* compressed buffers are verified when decoded */
         const unsigned char *p = (const unsigned char *)v.buf + s->offset;
         uint64_t off = 0;
         for (uint32_t c = 0; c < s->nchunks; c++) {
@@ -652,8 +776,8 @@ static PyObject *Reader_buffer_spans(ReaderObject *r, PyObject *unused)
     if (!out) return NULL;
     for (size_t i = 0; i < r->nbuf; i++) {
         const rd_section *s = &r->sections[r->buf_secs[i]];
-        PyObject *t = Py_BuildValue("(KK)", (unsigned long long)(r->base + s->offset),
-                                    (unsigned long long)s->raw);
+        PyObject *t = Py_BuildValue("(KKO)", (unsigned long long)(r->base + s->offset),
+                                    (unsigned long long)s->raw, s->all_raw ? Py_True : Py_False);
         if (!t) { Py_DECREF(out); return NULL; }
         PyList_SET_ITEM(out, (Py_ssize_t)i, t);
     }
@@ -690,10 +814,11 @@ static PyObject *Reader_sections(ReaderObject *r, PyObject *unused)
     if (!out) return NULL;
     for (size_t i = 0; i < r->nsections; i++) {
         const rd_section *s = &r->sections[i];
-        PyObject *d = Py_BuildValue("{s:s,s:K,s:K,s:K,s:I,s:K}", "kind", kind_name(s->kind), "offset",
+        PyObject *d = Py_BuildValue("{s:s,s:K,s:K,s:K,s:I,s:K,s:s}", "kind", kind_name(s->kind), "offset",
                                     (unsigned long long)s->offset, "stored", (unsigned long long)s->stored,
                                     "raw", (unsigned long long)s->raw, "chunks", (unsigned)s->nchunks,
-                                    "chunk_size", (unsigned long long)s->chunk_size);
+                                    "chunk_size", (unsigned long long)s->chunk_size, "codec",
+                                    codec_name(s->all_raw ? FK_CODEC_RAW : s->codec));
         if (!d) { Py_DECREF(out); return NULL; }
         PyList_SET_ITEM(out, (Py_ssize_t)i, d);
     }
@@ -702,17 +827,22 @@ static PyObject *Reader_sections(ReaderObject *r, PyObject *unused)
 
 static PyObject *Reader_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"source", "name", "base", NULL};
-    PyObject *source, *name = NULL;
+    static char *kwlist[] = {"source", "name", "base", "py_codec", NULL};
+    PyObject *source, *name = NULL, *py_codec = Py_None;
     unsigned long long base = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|OK:Reader", kwlist, &source, &name, &base))
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|OKO:Reader", kwlist, &source, &name, &base, &py_codec))
         return NULL;
+    if (py_codec != Py_None && (!PyTuple_Check(py_codec) || PyTuple_GET_SIZE(py_codec) != 2)) {
+        PyErr_SetString(PyExc_TypeError, "py_codec must be a (compress, decompress) tuple");
+        return NULL;
+    }
     ReaderObject *r = (ReaderObject *)type->tp_alloc(type, 0);
     if (!r) return NULL;
     r->st = (fk_state *)PyType_GetModuleState(type);
     r->fd = -1;
     r->pickle_sec = r->meta_sec = -1;
     r->base = base;
+    r->py_codec = py_codec == Py_None ? NULL : Py_NewRef(py_codec);
     r->name = name && name != Py_None ? PyObject_Str(name) : PyUnicode_FromString("<firkin data>");
     if (!r->name) goto fail;
     if (PyLong_Check(source)) {
@@ -739,6 +869,7 @@ static int Reader_traverse(ReaderObject *r, visitproc visit, void *arg)
 {
     Py_VISIT(Py_TYPE(r));
     Py_VISIT(r->fileobj);
+    Py_VISIT(r->py_codec);
     if (r->has_mem) Py_VISIT(r->mem.obj);
     return 0;
 }
@@ -746,6 +877,7 @@ static int Reader_traverse(ReaderObject *r, visitproc visit, void *arg)
 static int Reader_clear(ReaderObject *r)
 {
     Py_CLEAR(r->fileobj);
+    Py_CLEAR(r->py_codec);
     if (r->has_mem) {
         r->has_mem = 0;
         PyBuffer_Release(&r->mem);
@@ -796,7 +928,7 @@ static PyMethodDef Reader_methods[] = {
     {"read_buffers", (PyCFunction)(void (*)(void))Reader_read_buffers, METH_VARARGS | METH_KEYWORDS,
      "read_buffers(verify=True, threads=0) -> list of Buffer"},
     {"buffer_spans", (PyCFunction)Reader_buffer_spans, METH_NOARGS,
-     "[(absolute offset, length)] of the out-of-band buffers"},
+     "[(absolute offset, length, mappable)] of the out-of-band buffers"},
     {"verify_mapped", (PyCFunction)Reader_verify_mapped, METH_O,
      "verify the buffer chunks inside a mapping of the whole container"},
     {"set_flag", (PyCFunction)Reader_set_flag, METH_O, "set an optional header flag in place"},

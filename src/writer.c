@@ -57,7 +57,21 @@ typedef struct {
     PyObject *modules;    /* set of module names whose objects occur */
     PyObject *seen_types; /* set of types already recorded */
     uint64_t oob_bytes;
+    /* chunk pipeline */
+    int codec, level;
+    PyObject *py_codec;
+    codec_pool *pool;
+    struct wr_job **ring; /* in-flight chunks, oldest first */
+    size_t ring_cap, ring_head, ring_count;
+    uint64_t submitted;  /* raw bytes handed to the pipeline */
+    PyObject *progress;  /* callable(bytes_done) or NULL */
+    uint64_t progress_done, progress_last;
 } WriterObject;
+
+typedef struct wr_job {
+    codec_job job;
+    size_t section;       /* index into w->sections */
+} wr_job;
 
 /* A large non-contiguous array on its way out-of-band. The C pickler only
  * accepts contiguous PickleBuffers, so this object exports an empty,
@@ -218,40 +232,160 @@ static int wr_reserve_chunks(WriterObject *w, size_t more)
     return 0;
 }
 
-/* Write one raw chunk of the current (last) section, checksummed inline. */
-static int wr_chunk_inline(WriterObject *w, const unsigned char *p, size_t n)
+/* ---------------------------------------------------- chunk pipeline
+ *
+ * Every chunk of every section goes through here: submitted to the pool
+ * (checksum, and compression when asked), retired strictly in order by the
+ * calling thread, which writes it. At most ring_cap chunks are in flight, so
+ * memory stays bounded whatever the size of the object. A section's offset
+ * is fixed when its first chunk is written. */
+
+static int wr_ensure_pool(WriterObject *w)
 {
-    if (wr_reserve_chunks(w, 1) < 0) return -1;
-    uint32_t crc;
-    if (n >= 65536) {
-        Py_BEGIN_ALLOW_THREADS
-        crc = checksum_crc32c(0, p, n);
-        Py_END_ALLOW_THREADS
-    } else {
-        crc = checksum_crc32c(0, p, n);
+    /* threads pay off from a couple of chunks on; small dumps stay inline */
+    int want = w->submitted >= 2 * (uint64_t)w->chunk_size ? w->threads : 0;
+    if (w->pool && (codec_pool_threads(w->pool) || !want)) return 0;
+    if (w->pool && w->ring_count) return 0; /* upgrade only when idle */
+    codec_pool *np = codec_pool_new(want, w->py_codec);
+    if (!np) return -1;
+    codec_pool_free(w->pool);
+    w->pool = np;
+    if (!w->ring) {
+        w->ring_cap = (size_t)(w->threads < 1 ? 1 : w->threads) * 4;
+        w->ring = (wr_job **)PyMem_Calloc(w->ring_cap, sizeof(wr_job *));
+        if (!w->ring) { PyErr_NoMemory(); return -1; }
     }
-    if (wr_out(w, p, n) < 0) return -1;
-    wr_section *s = &w->sections[w->nsections - 1];
-    w->chunks[w->nchunks++] = (wr_chunk){n, crc, FK_CODEC_RAW};
-    s->nchunks++;
-    s->stored += n;
-    s->raw += n;
     return 0;
 }
 
-/* Write a whole in-memory blob as a section (metadata). */
+static void wr_job_free(wr_job *j)
+{
+    if (!j) return;
+    if (j->job.scratch) free(j->job.scratch);
+    free(j->job.owned);
+    free(j);
+}
+
+static int wr_report_progress(WriterObject *w, uint64_t n)
+{
+    w->progress_done += n;
+    if (!w->progress || w->progress_done - w->progress_last < ((uint64_t)8 << 20)) return 0;
+    w->progress_last = w->progress_done;
+    PyObject *r = PyObject_CallFunction(w->progress, "K", (unsigned long long)w->progress_done);
+    Py_XDECREF(r);
+    return r ? 0 : -1;
+}
+
+static int wr_retire_one(WriterObject *w)
+{
+    wr_job *j = w->ring[w->ring_head];
+    w->ring[w->ring_head] = NULL;
+    w->ring_head = (w->ring_head + 1) % w->ring_cap;
+    w->ring_count--;
+    int rc = -1;
+    if (!j->job.done) {
+        Py_BEGIN_ALLOW_THREADS
+        codec_pool_wait_job(w->pool, &j->job);
+        Py_END_ALLOW_THREADS
+    }
+    if (j->job.status) {
+        PyErr_Format(j->job.status == CODEC_ERR_UNAVAILABLE ? PyExc_ValueError : w->st->FirkinError,
+                     "compressing chunk failed: %s", j->job.err);
+        goto done;
+    }
+    wr_section *s = &w->sections[j->section];
+    if (s->nchunks == 0) {
+        /* earlier sections' chunks were still in flight when this one began */
+        if (wr_pad(w) < 0) goto done;
+        s->offset = w->pos;
+        s->first_chunk = w->nchunks;
+    }
+    if (wr_out(w, j->job.out, j->job.out_len) < 0) goto done;
+    if (wr_reserve_chunks(w, 1) < 0) goto done;
+    w->chunks[w->nchunks++] = (wr_chunk){j->job.out_len, j->job.crc, (uint16_t)j->job.out_codec};
+    s->nchunks++;
+    s->stored += j->job.out_len;
+    s->raw += j->job.src_len;
+    if (wr_report_progress(w, j->job.src_len) < 0) goto done;
+    rc = 0;
+done:
+    wr_job_free(j);
+    return rc;
+}
+
+static int wr_drain(WriterObject *w)
+{
+    while (w->ring_count)
+        if (wr_retire_one(w) < 0) return -1;
+    return 0;
+}
+
+/* After an error: let the workers finish with memory we are about to free. */
+static void wr_abort_pipeline(WriterObject *w)
+{
+    if (w->pool) {
+        Py_BEGIN_ALLOW_THREADS
+        codec_pool_wait_all(w->pool);
+        Py_END_ALLOW_THREADS
+    }
+    while (w->ring_count) {
+        wr_job_free(w->ring[w->ring_head]);
+        w->ring[w->ring_head] = NULL;
+        w->ring_head = (w->ring_head + 1) % w->ring_cap;
+        w->ring_count--;
+    }
+}
+
+/* Hand one chunk of the current (last) section to the pipeline. `owned`, if
+ * not NULL, is a malloc'ed block holding the data, freed once written. */
+static int wr_submit(WriterObject *w, const unsigned char *p, size_t n, void *owned)
+{
+    w->submitted += n;
+    if (wr_ensure_pool(w) < 0) { free(owned); return -1; }
+    while (w->ring_count >= w->ring_cap)
+        if (wr_retire_one(w) < 0) { free(owned); return -1; }
+    wr_job *j = (wr_job *)calloc(1, sizeof(wr_job));
+    if (!j) { free(owned); PyErr_NoMemory(); return -1; }
+    j->section = w->nsections - 1;
+    j->job.op = CODEC_OP_COMPRESS;
+    j->job.codec = w->codec;
+    j->job.level = w->level;
+    j->job.src = p;
+    j->job.src_len = n;
+    j->job.owned = owned;
+    if (w->codec != FK_CODEC_RAW) {
+        size_t cap = codec_bound(w->codec, n);
+        if (cap) {
+            j->job.scratch = (unsigned char *)malloc(cap);
+            if (!j->job.scratch) { wr_job_free(j); PyErr_NoMemory(); return -1; }
+            j->job.scratch_cap = cap;
+        }
+    }
+    w->ring[(w->ring_head + w->ring_count) % w->ring_cap] = j;
+    w->ring_count++;
+    codec_pool_submit(w->pool, &j->job);
+    return 0;
+}
+
+/* Start a section. Empty sections get their offset now (nothing to retire). */
+static wr_section *wr_begin_section(WriterObject *w, uint16_t kind, uint16_t flags, int empty)
+{
+    if (empty) {
+        if (wr_drain(w) < 0 || wr_pad(w) < 0) return NULL;
+    }
+    return wr_new_section(w, kind, flags);
+}
+
+/* Write a whole in-memory blob as a section (metadata); drains before return. */
 static int wr_blob_section(WriterObject *w, uint16_t kind, uint16_t flags,
                            const unsigned char *p, size_t n)
 {
-    if (wr_pad(w) < 0) return -1;
-    if (!wr_new_section(w, kind, flags)) return -1;
-    size_t off = 0;
-    while (off < n) {
+    if (!wr_begin_section(w, kind, flags, n == 0)) return -1;
+    for (size_t off = 0; off < n; off += w->chunk_size) {
         size_t k = n - off < w->chunk_size ? n - off : w->chunk_size;
-        if (wr_chunk_inline(w, p + off, k) < 0) return -1;
-        off += k;
+        if (wr_submit(w, p + off, k, NULL) < 0) return -1;
     }
-    return 0;
+    return wr_drain(w);
 }
 
 static void wr_header_bytes(unsigned char *h, uint64_t total, uint64_t index_off)
@@ -273,9 +407,12 @@ static void wr_header_bytes(unsigned char *h, uint64_t total, uint64_t index_off
 static int wr_flush_stream(WriterObject *w)
 {
     if (!w->sbuf_len) return 0;
-    int rc = wr_chunk_inline(w, w->sbuf, w->sbuf_len);
+    unsigned char *full = w->sbuf;
+    size_t n = w->sbuf_len;
+    w->sbuf = (unsigned char *)malloc(w->chunk_size);
     w->sbuf_len = 0;
-    return rc;
+    if (!w->sbuf) { free(full); PyErr_NoMemory(); return -1; }
+    return wr_submit(w, full, n, full); /* the pipeline frees `full` */
 }
 
 static PyObject *Writer_write(WriterObject *w, PyObject *data)
@@ -467,100 +604,53 @@ static void gather_strided(const Py_buffer *v, Py_ssize_t *idx, size_t *inner,
 static int wr_write_buffers(WriterObject *w)
 {
     Py_ssize_t nbuf = PyList_GET_SIZE(w->buffers);
-    if (!nbuf) return 0;
-    int ok = -1;
-    codec_pool *pool = NULL;
-    codec_crc_job *jobs = NULL;
-    size_t njobs = 0, total_chunks = 0;
-    Py_buffer *views = (Py_buffer *)PyMem_Calloc((size_t)nbuf, sizeof(Py_buffer));
-    Py_ssize_t nviews = 0;
-    unsigned char *stage = NULL;
-    Py_ssize_t *idx = NULL;
-    if (!views) { PyErr_NoMemory(); return -1; }
-
     for (Py_ssize_t i = 0; i < nbuf; i++) {
+        Py_buffer v;
         PyObject *pb = PyList_GET_ITEM(w->buffers, i);
         PyObject *src = strided_source(w->st, pb);
-        if (PyObject_GetBuffer(src ? src : pb, &views[i], PyBUF_FULL_RO) < 0) goto done;
-        nviews++;
-        total_chunks += ((size_t)views[i].len + w->chunk_size - 1) / w->chunk_size;
-    }
-    if (wr_reserve_chunks(w, total_chunks) < 0) goto done;
-    jobs = (codec_crc_job *)PyMem_Calloc(total_chunks ? total_chunks : 1, sizeof(codec_crc_job));
-    if (!jobs) { PyErr_NoMemory(); goto done; }
-    {
-        int nthreads = w->threads;
-        /* worth a thread only when there is a few chunks of data */
-        if (w->oob_bytes < 4 * (uint64_t)w->chunk_size) nthreads = 0;
-        pool = codec_pool_new(nthreads > 1 ? nthreads - 1 : nthreads);
-        if (!pool) goto done;
-    }
-
-    for (Py_ssize_t i = 0; i < nbuf; i++) {
-        Py_buffer *v = &views[i];
-        if (wr_pad(w) < 0) goto done;
-        wr_section *s = wr_new_section(w, FK_SEC_BUFFER, FK_SECF_REQUIRED);
-        if (!s) goto done;
-        size_t len = (size_t)v->len;
-        s->raw = s->stored = len;
-        if (PyBuffer_IsContiguous(v, 'A')) {
-            const unsigned char *p = (const unsigned char *)v->buf;
+        if (PyObject_GetBuffer(src ? src : pb, &v, PyBUF_FULL_RO) < 0) return -1;
+        size_t len = (size_t)v.len;
+        int rc = -1;
+        Py_ssize_t *idx = NULL;
+        if (!wr_begin_section(w, FK_SEC_BUFFER, FK_SECF_REQUIRED, len == 0)) goto next;
+        if (PyBuffer_IsContiguous(&v, 'A')) {
+            /* straight from the exporter's memory; the PickleBuffer in
+             * w->buffers keeps it alive and unresizable until the end */
+            const unsigned char *p = (const unsigned char *)v.buf;
             for (size_t off = 0; off < len; off += w->chunk_size) {
                 size_t k = len - off < w->chunk_size ? len - off : w->chunk_size;
-                codec_crc_job *job = &jobs[njobs++];
-                job->data = p + off;
-                job->len = k;
-                codec_pool_submit(pool, codec_crc_task, job);
-                if (wr_out(w, p + off, k) < 0) goto done;
-                w->chunks[w->nchunks++] = (wr_chunk){k, 0, FK_CODEC_RAW};
-                s->nchunks++;
-                if (PyErr_CheckSignals() < 0) goto done;
+                if (wr_submit(w, p + off, k, NULL) < 0) goto next;
+                if (PyErr_CheckSignals() < 0) goto next;
             }
         } else {
             /* strided: gather one chunk at a time, never the whole array */
-            if (!stage && !(stage = (unsigned char *)PyMem_Malloc(w->chunk_size))) {
-                PyErr_NoMemory();
-                goto done;
-            }
-            PyMem_Free(idx);
-            idx = (Py_ssize_t *)PyMem_Calloc((size_t)(v->ndim ? v->ndim : 1), sizeof(Py_ssize_t));
-            if (!idx) { PyErr_NoMemory(); goto done; }
+            idx = (Py_ssize_t *)PyMem_Calloc((size_t)(v.ndim ? v.ndim : 1), sizeof(Py_ssize_t));
+            if (!idx) { PyErr_NoMemory(); goto next; }
             size_t inner = 0;
             for (size_t off = 0; off < len; off += w->chunk_size) {
                 size_t k = len - off < w->chunk_size ? len - off : w->chunk_size;
+                unsigned char *stage = (unsigned char *)malloc(k);
+                if (!stage) { PyErr_NoMemory(); goto next; }
                 Py_BEGIN_ALLOW_THREADS
-                gather_strided(v, idx, &inner, stage, k);
-                jobs[njobs].data = stage;
-                jobs[njobs].len = k;
-                codec_crc_task(&jobs[njobs]);
+                gather_strided(&v, idx, &inner, stage, k);
                 Py_END_ALLOW_THREADS
-                njobs++;
-                if (wr_out(w, stage, k) < 0) goto done;
-                w->chunks[w->nchunks++] = (wr_chunk){k, 0, FK_CODEC_RAW};
-                s->nchunks++;
-                if (PyErr_CheckSignals() < 0) goto done;
+                if (wr_submit(w, stage, k, stage) < 0) goto next;
+                if (PyErr_CheckSignals() < 0) goto next;
             }
         }
+        rc = 0;
+    next:
+        PyMem_Free(idx);
+        if (rc < 0) {
+            wr_abort_pipeline(w);
+            PyBuffer_Release(&v);
+            return -1;
+        }
+        /* chunks still in flight point into v's memory: the PickleBuffer
+         * keeps the export alive, so releasing our own view is safe */
+        PyBuffer_Release(&v);
     }
-    ok = 0;
-done:
-    if (pool) {
-        Py_BEGIN_ALLOW_THREADS
-        codec_pool_wait(pool);
-        Py_END_ALLOW_THREADS
-        codec_pool_free(pool);
-    }
-    if (ok == 0) {
-        /* buffer chunks were appended in job order */
-        size_t first = w->nchunks - njobs;
-        for (size_t j = 0; j < njobs; j++) w->chunks[first + j].crc = jobs[j].crc;
-    }
-    for (Py_ssize_t i = 0; i < nviews; i++) PyBuffer_Release(&views[i]);
-    PyMem_Free(views);
-    PyMem_Free(jobs);
-    PyMem_Free(stage);
-    PyMem_Free(idx);
-    return ok;
+    return wr_drain(w);
 }
 
 /* --------------------------------------------------------------- methods */
@@ -580,9 +670,10 @@ static PyObject *Writer_dump(WriterObject *w, PyObject *args)
     wr_header_bytes(h, 0, 0);
     if (wr_out(w, h, FK_HEADER_LEN) < 0) return NULL;
 
-    w->sbuf = (unsigned char *)PyMem_Malloc(w->chunk_size);
+    w->sbuf = (unsigned char *)malloc(w->chunk_size);
     if (!w->sbuf) return PyErr_NoMemory();
     if (!wr_new_section(w, FK_SEC_PICKLE, FK_SECF_REQUIRED)) return NULL;
+    w->sections[w->nsections - 1].offset = w->pos;
     w->stream_open = 1;
 
     PyObject *cb = NULL;
@@ -609,15 +700,17 @@ static PyObject *Writer_dump(WriterObject *w, PyObject *args)
     Py_CLEAR(pickler);
     w->stream_open = 0;
     if (wr_flush_stream(w) < 0) goto done;
+    if (wr_drain(w) < 0) goto done;
     if (wr_write_buffers(w) < 0) goto done;
     w->stage = 1;
     res = PySequence_List(w->modules);
     if (res && PyList_Sort(res) < 0) Py_CLEAR(res);
 done:
     w->stream_open = 0;
+    if (!res) wr_abort_pipeline(w);
     Py_XDECREF(pickler);
     Py_XDECREF(cb);
-    PyMem_Free(w->sbuf);
+    free(w->sbuf);
     w->sbuf = NULL;
     return res;
 }
@@ -713,6 +806,7 @@ static PyObject *Writer_finish(WriterObject *w, PyObject *args)
         ret = PyLong_FromUnsignedLongLong(total);
     }
 done:
+    if (!ret) wr_abort_pipeline(w);
     PyMem_Free(idx);
     PyBuffer_Release(&meta);
     return ret;
@@ -722,13 +816,26 @@ done:
 
 static PyObject *Writer_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"target", "threads", "chunk_size", "threshold", NULL};
-    PyObject *target;
-    int threads = 0;
+    static char *kwlist[] = {"target", "threads", "chunk_size", "threshold", "codec", "level",
+                             "py_codec", "progress", NULL};
+    PyObject *target, *py_codec = Py_None, *progress = Py_None;
+    int threads = 0, codec = FK_CODEC_RAW, level = 0;
     Py_ssize_t chunk_size = FK_DEFAULT_CHUNK, threshold = FK_DEFAULT_THRESHOLD;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|inn:Writer", kwlist, &target, &threads,
-                                     &chunk_size, &threshold))
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|inniiOO:Writer", kwlist, &target, &threads,
+                                     &chunk_size, &threshold, &codec, &level, &py_codec, &progress))
         return NULL;
+    if (codec < 0 || codec > FK_CODEC_MAX) {
+        PyErr_Format(PyExc_ValueError, "unknown codec id %d", codec);
+        return NULL;
+    }
+    if (!codec_available(codec) && py_codec == Py_None) {
+        PyErr_Format(PyExc_ValueError, "codec id %d is not available in this build", codec);
+        return NULL;
+    }
+    if (py_codec != Py_None && (!PyTuple_Check(py_codec) || PyTuple_GET_SIZE(py_codec) != 2)) {
+        PyErr_SetString(PyExc_TypeError, "py_codec must be a (compress, decompress) tuple");
+        return NULL;
+    }
     if (chunk_size < 4096 || (uint64_t)chunk_size > FK_MAX_CHUNK) {
         PyErr_Format(PyExc_ValueError, "chunk_size must be between 4096 and %llu, got %zd",
                      (unsigned long long)FK_MAX_CHUNK, chunk_size);
@@ -745,6 +852,10 @@ static PyObject *Writer_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     w->chunk_size = (size_t)chunk_size;
     w->threshold = threshold;
     w->threads = threads > 0 ? threads : codec_default_threads();
+    w->codec = codec;
+    w->level = level;
+    w->py_codec = py_codec == Py_None ? NULL : Py_NewRef(py_codec);
+    w->progress = progress == Py_None ? NULL : Py_NewRef(progress);
     w->start_pos = Py_NewRef(Py_None);
     w->buffers = PyList_New(0);
     w->modules = PySet_New(NULL);
@@ -792,6 +903,8 @@ static int Writer_traverse(WriterObject *w, visitproc visit, void *arg)
     Py_VISIT(w->buffers);
     Py_VISIT(w->modules);
     Py_VISIT(w->seen_types);
+    Py_VISIT(w->py_codec);
+    Py_VISIT(w->progress);
     return 0;
 }
 
@@ -803,6 +916,7 @@ static int Writer_clear(WriterObject *w)
     Py_CLEAR(w->buffers);
     Py_CLEAR(w->modules);
     Py_CLEAR(w->seen_types);
+    Py_CLEAR(w->progress);
     return 0;
 }
 
@@ -811,7 +925,11 @@ static void Writer_dealloc(WriterObject *w)
     PyTypeObject *tp = Py_TYPE(w);
     PyObject_GC_UnTrack(w);
     Writer_clear(w);
-    PyMem_Free(w->sbuf);
+    wr_abort_pipeline(w);
+    if (w->pool) codec_pool_free(w->pool);
+    Py_CLEAR(w->py_codec); /* after the pool: its workers may use it */
+    PyMem_Free(w->ring);
+    free(w->sbuf);
     free(w->chunks);
     free(w->sections);
     tp->tp_free((PyObject *)w);

@@ -8,6 +8,7 @@ atomic writes.
 from . import _core
 from ._api import (
     TEMP_SUFFIX,
+    codecs,
     ChecksumError,
     FirkinError,
     FormatError,
@@ -26,6 +27,7 @@ __all__ = [
     "dumps",
     "loads",
     "load_metadata",
+    "codecs",
     "FirkinError",
     "FormatError",
     "ChecksumError",

@@ -11,11 +11,13 @@ import warnings
 
 import numpy as np
 
-from . import _core, _meta
+from . import _compress, _core, _meta
 from ._core import ChecksumError, FirkinError, FormatError
 
-__all__ = ["dump", "load", "dumps", "loads", "load_metadata", "FirkinError", "FormatError",
-           "ChecksumError", "TEMP_SUFFIX"]
+__all__ = ["dump", "load", "dumps", "loads", "load_metadata", "codecs", "FirkinError",
+           "FormatError", "ChecksumError", "TEMP_SUFFIX"]
+
+codecs = _compress.codecs
 
 #: Temporary files of a dump in progress are named ``.<target>.<pid>.<random>.firkin-tmp``
 #: in the target's directory; the next dump of the same target removes those of dead processes.
@@ -48,11 +50,12 @@ def _check_protocol(protocol) -> int:
     return protocol
 
 
-def _check_compress(compress):
-    if compress is None or compress is False or (type(compress) is int and compress == 0):
-        return None
-    raise ValueError(f"compress={compress!r}: this build of firkin writes uncompressed files only "
-                     "(compress=0 or False)")
+def _check_threads(threads) -> int:
+    if threads is None:
+        return 0
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise ValueError(f"threads must be None (all cores) or an int >= 1, got {threads!r}")
+    return threads
 
 
 #: Buffers of at least this many bytes go out-of-band (own aligned section,
@@ -61,10 +64,12 @@ def _check_compress(compress):
 OOB_THRESHOLD = _core.DEFAULT_THRESHOLD
 
 
-def _write(value, target, protocol, user_meta, compress) -> int:
-    w = _core.Writer(target, threshold=OOB_THRESHOLD)
+def _write(value, target, protocol, user_meta, compress, threads) -> int:
+    codec, level, described = compress
+    w = _core.Writer(target, threshold=OOB_THRESHOLD, codec=codec, level=level,
+                     py_codec=_compress.PY_CODEC, threads=threads)
     modules = w.dump(value, protocol)
-    meta = _meta.build(modules, user_meta, w.buffer_count, w.oob_bytes, compress)
+    meta = _meta.build(modules, user_meta, w.buffer_count, w.oob_bytes, described)
     return w.finish(meta)
 
 
@@ -116,7 +121,7 @@ def _fsync_dir(dirname: str) -> None:
         os.close(fd)
 
 
-def _dump_path(value, filename, protocol, user_meta, compress) -> None:
+def _dump_path(value, filename, protocol, user_meta, compress, threads) -> None:
     path = os.fsdecode(os.fspath(filename))
     # write where the data will live: through a symlink, next to its target
     real = os.path.realpath(path)
@@ -138,7 +143,7 @@ def _dump_path(value, filename, protocol, user_meta, compress) -> None:
                 os.chmod(tmp, os.stat(real).st_mode & 0o7777)  # keep the old file's permissions
             except FileNotFoundError:
                 pass
-            _write(value, fd, protocol, user_meta, compress)
+            _write(value, fd, protocol, user_meta, compress, threads)
         finally:
             os.close(fd)
         os.replace(tmp, real)
@@ -154,34 +159,42 @@ def _dump_path(value, filename, protocol, user_meta, compress) -> None:
             _active_temps.discard(tmp)
 
 
-def dump(value, filename, compress=0, protocol=None, *, metadata=None):
+def dump(value, filename, compress=0, protocol=None, *, metadata=None, threads=None):
     """Persist `value` to `filename` (str, os.PathLike or a binary file object).
 
     Paths are written atomically: a temporary file next to the target is
     written, fsynced and renamed over it, so an interrupted dump never leaves
     a torn file and never damages the previous one. Returns ``[str(filename)]``
     for a path and ``None`` for a file object, like joblib.dump.
+
+    compress takes every form joblib.dump takes: False/0, True (zlib level
+    3), a level 0-9 (zlib), a method name ('zlib', 'gzip', 'bz2', 'lzma',
+    'xz', 'lz4', 'zstd') or a (method, level) tuple; without an explicit
+    method, a path ending in .z .gz .bz2 .xz .lzma .lz4 .zst chooses one.
+    Chunks are compressed in parallel on `threads` native threads (None: all
+    cores); chunks that do not shrink are stored raw.
     """
     protocol = _check_protocol(protocol)
-    compress = _check_compress(compress)
+    threads = _check_threads(threads)
     user_meta = _meta.check_user_metadata(metadata)
     if _is_path(filename):
-        _dump_path(value, filename, protocol, user_meta, compress)
+        comp = _compress.resolve(compress, os.fsdecode(os.fspath(filename)))
+        _dump_path(value, filename, protocol, user_meta, comp, threads)
         return [os.fsdecode(os.fspath(filename)) if not isinstance(filename, str) else filename]
     if hasattr(filename, "write"):
-        _write(value, filename, protocol, user_meta, compress)
+        _write(value, filename, protocol, user_meta, _compress.resolve(compress), threads)
         return None
     raise TypeError("firkin.dump: the second argument must be a path or a binary file object, "
                     f"not {type(filename).__name__} (did you swap value and filename?)")
 
 
-def dumps(value, compress=0, protocol=None, *, metadata=None) -> bytes:
+def dumps(value, compress=0, protocol=None, *, metadata=None, threads=None) -> bytes:
     """The bytes of the firkin file `dump` would write."""
     protocol = _check_protocol(protocol)
-    compress = _check_compress(compress)
+    threads = _check_threads(threads)
     user_meta = _meta.check_user_metadata(metadata)
     bio = io.BytesIO()
-    _write(value, bio, protocol, user_meta, compress)
+    _write(value, bio, protocol, user_meta, _compress.resolve(compress), threads)
     return bio.getvalue()
 
 
@@ -216,9 +229,13 @@ def _unpickle(reader, buffers, mmap: bool):
         raise FormatError(f"{reader.name}: the pickle stream is invalid: {exc}") from exc
 
 
+def _reader(source, name, base=0):
+    return _core.Reader(source, name=name, base=base, py_codec=_compress.PY_CODEC)
+
+
 def _load_reader(reader, verify, threads):
     buffers = reader.read_buffers(verify=_verify_buffers(reader, verify, False),
-                                  threads=threads or 0)
+                                  threads=_check_threads(threads))
     return _unpickle(reader, buffers, False)
 
 
@@ -249,10 +266,10 @@ def load(filename, mmap_mode=None, *, verify=None, threads=None):
     if _is_path(filename):
         path = os.fsdecode(os.fspath(filename))
         with open(path, "r+b" if mode == "r+" else "rb") as f:
-            reader = _core.Reader(f.fileno(), name=path)
+            reader = _reader(f.fileno(), path)
             if mode is None:
                 return _load_reader(reader, verify, threads)
-            return _load_mapped(reader, f, mode, verify)
+            return _load_mapped(reader, f, mode, verify, threads)
     if hasattr(filename, "read"):
         if mode is not None:
             warnings.warn("firkin.load: mmap_mode has no effect when loading from a file object; "
@@ -261,15 +278,27 @@ def load(filename, mmap_mode=None, *, verify=None, threads=None):
     raise TypeError(f"firkin.load: expected a path or a binary file object, not {type(filename).__name__}")
 
 
-def _load_mapped(reader, f, mode, verify):
+def _load_mapped(reader, f, mode, verify, threads):
     if mode == "r+":
         reader.set_flag(_core.FLAG_BUFFERS_MUTABLE)
     if reader.buffer_count == 0:
         return _unpickle(reader, [], True)
-    mm = np.memmap(f, dtype=np.uint8, mode=mode, shape=(reader.total_length,))
-    if _verify_buffers(reader, verify, True):
-        reader.verify_mapped(mm)
-    buffers = [mm[off:off + n] for off, n in reader.buffer_spans()]
+    spans = reader.buffer_spans()
+    packed = [i for i, (_, _, mappable) in enumerate(spans) if not mappable]
+    buffers = [None] * len(spans)
+    if packed:
+        warnings.warn(f"{reader.name}: {len(packed)} of {len(spans)} arrays are compressed; they are "
+                      "decompressed into memory instead of being memory-mapped", UserWarning,
+                      stacklevel=3)
+        buffers = reader.read_buffers(verify=_verify_buffers(reader, verify, False),
+                                      threads=_check_threads(threads), which=packed)
+    if len(packed) < len(spans):
+        mm = np.memmap(f, dtype=np.uint8, mode=mode, shape=(reader.total_length,))
+        if _verify_buffers(reader, verify, True):
+            reader.verify_mapped(mm)
+        for i, (off, n, mappable) in enumerate(spans):
+            if mappable:
+                buffers[i] = mm[off:off + n]
     return _unpickle(reader, buffers, True)
 
 
@@ -293,7 +322,7 @@ def _load_fileobj(f, verify, threads):
             source = f.fileno()
         except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
             pass
-    reader = _core.Reader(source, name=name, base=start)
+    reader = _reader(source, name, start)
     obj = _load_reader(reader, verify, threads)
     f.seek(start + reader.total_length)  # like pickle: positioned after what was read
     return obj
@@ -301,7 +330,7 @@ def _load_fileobj(f, verify, threads):
 
 def loads(data, *, verify=None, threads=None):
     """Load an object from the bytes `dumps` returned (any bytes-like object)."""
-    reader = _core.Reader(data, name="<bytes>")
+    reader = _reader(data, "<bytes>")
     return _load_reader(reader, verify, threads)
 
 
@@ -310,14 +339,14 @@ def load_metadata(filename) -> dict:
     if _is_path(filename):
         path = os.fsdecode(os.fspath(filename))
         with open(path, "rb") as f:
-            reader = _core.Reader(f.fileno(), name=path)
+            reader = _reader(f.fileno(), path)
             raw = reader.metadata()
     elif isinstance(filename, (bytes, bytearray, memoryview)):
-        reader = _core.Reader(filename, name="<bytes>")
+        reader = _reader(filename, "<bytes>")
         raw = reader.metadata()
     else:
         start = filename.tell()
-        reader = _core.Reader(filename, name=getattr(filename, "name", "<file>"), base=start)
+        reader = _reader(filename, getattr(filename, "name", "<file>"), start)
         raw = reader.metadata()
         filename.seek(start)
     if raw is None:

@@ -1,0 +1,156 @@
+"""Compression settings: every form joblib's `compress` accepts, plus zstd.
+
+The work itself is done per chunk by firkin._core's worker threads: zlib,
+zstd and lz4 natively; bz2 and lzma (and lz4 when the build lacks liblz4)
+through Python's modules, which release the GIL while they compress.
+"""
+from __future__ import annotations
+
+import bz2
+import lzma
+import os
+
+from . import _core
+
+try:  # optional: only used when the build lacks liblz4
+    import lz4.block as _lz4_block
+except ImportError:  # pragma: no cover - depends on the environment
+    _lz4_block = None
+
+_native = _core.native_codecs()
+
+#: method name -> codec id stored in each chunk
+METHODS = {
+    "zlib": _core.CODEC_ZLIB,
+    "gzip": _core.CODEC_ZLIB,  # joblib's gzip: deflate; stored as zlib chunks
+    "bz2": _core.CODEC_BZ2,
+    "lzma": _core.CODEC_LZMA,
+    "xz": _core.CODEC_LZMA,
+    "lz4": _core.CODEC_LZ4,
+    "zstd": _core.CODEC_ZSTD,
+}
+#: file name endings that choose a method, as in joblib (plus .zst)
+EXTENSIONS = {".z": "zlib", ".gz": "gzip", ".bz2": "bz2", ".lzma": "lzma", ".xz": "xz",
+              ".lz4": "lz4", ".zst": "zstd"}
+DEFAULT_LEVEL = 3
+_LEVELS = {"zstd": range(1, 23), "lz4": range(0, 17)}  # others: joblib's 0..9
+
+
+def codecs() -> dict:
+    """{method: how this build runs it} for every method `compress` accepts here."""
+    out = {"zlib": "native", "gzip": "native (deflate)"}
+    if _native["zstd"]:
+        out["zstd"] = "native"
+    if _native["lz4"]:
+        out["lz4"] = "native"
+    elif _lz4_block is not None:
+        out["lz4"] = "python (lz4 package)"
+    out["bz2"] = "python (bz2 module)"
+    out["lzma"] = out["xz"] = "python (lzma module)"
+    return out
+
+
+def _unavailable(method: str) -> str:
+    hint = {
+        "zstd": "firkin was built without libzstd (install libzstd-dev and reinstall firkin)",
+        "lz4": "firkin was built without liblz4 (install liblz4-dev and reinstall firkin, "
+               "or pip install lz4)",
+    }[method]
+    return f"compression method {method!r} is not available: {hint}"
+
+
+def resolve(compress, filename=None):
+    """(codec id, level, description) for a joblib-style `compress` value.
+
+    codec id 0 means no compression. `filename` (a str path) enables joblib's
+    extension inference when `compress` is not a (method, level) tuple.
+    """
+    valid = sorted(METHODS)
+    method, level = None, None
+    explicit_method = False
+    if compress is None or compress is False:
+        level = 0
+    elif compress is True:
+        method, level = "zlib", DEFAULT_LEVEL
+    elif isinstance(compress, tuple):
+        if len(compress) != 2:
+            raise ValueError(f"compress as a tuple must be (method, level), got {compress!r}")
+        method, level = compress
+        explicit_method = True
+        if not isinstance(method, str):
+            raise ValueError(f"compression method must be a str, got {method!r}; valid: {valid}")
+    elif isinstance(compress, str):
+        method, level = compress, None
+        explicit_method = True
+    elif isinstance(compress, int):
+        level = compress
+    else:
+        raise ValueError(f"compress={compress!r} is not valid: use False/True, a level 0-9, "
+                         f"a method name {valid} or a (method, level) tuple")
+
+    if method is not None and method not in METHODS:
+        raise ValueError(f"unknown compression method {method!r}; valid methods: {valid}")
+
+    if filename is not None and not explicit_method:
+        # joblib: without an explicit method, the file's ending chooses one
+        lower = os.fspath(filename).lower()
+        for ext, name in EXTENSIONS.items():
+            if lower.endswith(ext):
+                method = name
+                if level in (None, 0):
+                    level = DEFAULT_LEVEL
+                break
+
+    if level is None:
+        level = DEFAULT_LEVEL
+    if isinstance(level, bool) or not isinstance(level, int):
+        raise ValueError(f"compression level must be an int, got {level!r}")
+    if level == 0:
+        return 0, 0, None
+    method = method or "zlib"
+    allowed = _LEVELS.get(method, range(0, 10))
+    if level not in allowed:
+        raise ValueError(f"compression level {level} is not valid for {method!r}: "
+                         f"possible values are {allowed.start}..{allowed.stop - 1}")
+    if method == "zstd" and not _native["zstd"]:
+        raise ValueError(_unavailable("zstd"))
+    if method == "lz4" and not _native["lz4"] and _lz4_block is None:
+        raise ValueError(_unavailable("lz4"))
+    return METHODS[method], level, {"method": method, "level": level}
+
+
+def _py_compress(data, level, codec):
+    if codec == _core.CODEC_BZ2:
+        return bz2.compress(data, max(1, min(9, level)))
+    if codec == _core.CODEC_LZMA:
+        return lzma.compress(data, format=lzma.FORMAT_XZ, preset=level, check=lzma.CHECK_NONE)
+    if codec == _core.CODEC_LZ4 and _lz4_block is not None:
+        if level >= 3:
+            return _lz4_block.compress(data, mode="high_compression", compression=level,
+                                       store_size=False)
+        return _lz4_block.compress(data, store_size=False)
+    raise ValueError(f"no Python implementation for codec {codec}")
+
+
+def _py_decompress(data, raw_len, codec):
+    if codec == _core.CODEC_BZ2:
+        d = bz2.BZ2Decompressor()
+        out = d.decompress(data, max_length=raw_len + 1)
+        if not d.eof or d.unused_data:
+            raise ValueError("bz2 stream is incomplete or has trailing data")
+        return out
+    if codec == _core.CODEC_LZMA:
+        d = lzma.LZMADecompressor(format=lzma.FORMAT_XZ)
+        out = d.decompress(data, max_length=raw_len + 1)
+        if not d.eof or d.unused_data:
+            raise ValueError("xz stream is incomplete or has trailing data")
+        return out
+    if codec == _core.CODEC_LZ4:
+        if _lz4_block is None:
+            raise ValueError("needs liblz4 or the lz4 package")
+        return _lz4_block.decompress(data, uncompressed_size=raw_len)
+    raise ValueError(f"no Python implementation for codec {codec}")
+
+
+#: handed to the C core, which calls these from its worker threads
+PY_CODEC = (_py_compress, _py_decompress)
