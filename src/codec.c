@@ -270,11 +270,7 @@ static PyObject *py_codec_call(codec_pool *p, int which, const unsigned char *sr
     PyObject *fn = PyTuple_GET_ITEM(p->py_codec, which);
     PyObject *mv = PyMemoryView_FromMemory((char *)src, (Py_ssize_t)n, PyBUF_READ);
     PyObject *res = mv ? PyObject_CallFunction(fn, "Oli", mv, arg, job->codec) : NULL;
-    if (mv) {
-        PyObject *r = PyObject_CallMethod(mv, "release", NULL);
-        Py_XDECREF(r);
-        Py_DECREF(mv);
-    }
+    if (mv && fk_release_view(mv) < 0) Py_CLEAR(res);
     if (!res) {
         PyObject *type, *value, *tb;
         PyErr_Fetch(&type, &value, &tb);

@@ -58,6 +58,7 @@ typedef struct {
     PyObject *FirkinError;
     PyObject *FormatError;
     PyObject *ChecksumError;
+    PyObject *UntrustedTypesError;
     PyTypeObject *WriterType;
     PyTypeObject *ReaderType;
     PyTypeObject *BufferType;
@@ -67,6 +68,7 @@ typedef struct {
     PyObject *PickleBuffer;     /* pickle.PickleBuffer */
     PyObject *np_frombuffer;    /* numpy's _frombuffer reconstructor */
     PyObject *np_memmap;        /* numpy.memmap */
+    int np_pickles_permuted;    /* numpy pickles axis-permuted dense arrays out-of-band */
     PyObject *str_write;
     PyObject *str_readinto;
     PyObject *str_seek;
@@ -134,6 +136,29 @@ int writer_init_types(PyObject *module, fk_state *st);
 
 /* ---- reader.c ---- */
 int reader_init_types(PyObject *module, fk_state *st);
+
+/* Release a memoryview over memory we own, keeping any pending exception. */
+static inline int fk_release_view(PyObject *mv)
+{
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    PyObject *r = PyObject_CallMethod(mv, "release", NULL);
+    Py_DECREF(mv);
+    if (type) {
+        Py_XDECREF(r);
+        PyErr_Clear();
+        PyErr_Restore(type, value, tb);
+        return -1;
+    }
+    if (!r) return -1;
+    Py_DECREF(r);
+    return 0;
+}
+
+/* ---- scan.c ---- */
+/* scan_pickle(data) -> {"globals", "unsafe_ops", "n_buffers", "protocol", "end"}:
+ * static walk of a pickle stream; FormatError when it is malformed. */
+PyObject *scan_pickle(PyObject *module, PyObject *data);
 
 /* ---- little-endian helpers ---- */
 static inline void fk_put_u16(unsigned char *p, uint16_t v) {

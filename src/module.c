@@ -48,6 +48,9 @@ static PyMethodDef module_methods[] = {
     {"native_codecs", fk_native_codecs, METH_NOARGS, "which codecs are compiled in"},
     {"crc32c", fk_crc32c, METH_VARARGS, "crc32c(data, value=0) -> CRC-32C of data, continuing value"},
     {"build_info", fk_build_info, METH_NOARGS, "facts about this build of the extension"},
+    {"scan_pickle", scan_pickle, METH_O,
+     "scan_pickle(data) -> dict: the globals, unsafe opcodes, buffer count and protocol of a "
+     "pickle stream, found without executing it"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -91,6 +94,10 @@ static int module_exec(PyObject *module)
                       "A checksum did not match: the file's bytes changed after it was written.",
                       st->FormatError) < 0)
         return -1;
+    if (add_exception(module, &st->UntrustedTypesError, "UntrustedTypesError",
+                      "The data would import names that are not trusted (see firkin's trust "
+                      "policy and the trusted= argument).", st->FirkinError) < 0)
+        return -1;
 
     if (!(st->pickle_Pickler = import_attr("_pickle", "Pickler"))) return -1;
     if (!(st->PickleBuffer = import_attr("_pickle", "PickleBuffer"))) return -1;
@@ -110,6 +117,19 @@ static int module_exec(PyObject *module)
             return -1;
         }
         st->np_frombuffer = Py_NewRef(PyTuple_GET_ITEM(red, 0));
+        Py_DECREF(red);
+        /* numpy >= 2.? reduces a transposed dense array to a PickleBuffer
+         * with order 'K'; older versions copy it in-band */
+        npy_intp dims[2] = {2, 3};
+        PyObject *m = PyArray_ZEROS(2, dims, NPY_UINT8, 0);
+        PyObject *t = m ? PyArray_Transpose((PyArrayObject *)m, NULL) : NULL;
+        Py_XDECREF(m);
+        red = t ? PyObject_CallMethod(t, "__reduce_ex__", "i", 5) : NULL;
+        Py_XDECREF(t);
+        if (!red) return -1;
+        PyObject *args = PyTuple_Check(red) && PyTuple_GET_SIZE(red) >= 2 ? PyTuple_GET_ITEM(red, 1) : NULL;
+        st->np_pickles_permuted = args && PyTuple_Check(args) && PyTuple_GET_SIZE(args) >= 1 &&
+                                  PyObject_TypeCheck(PyTuple_GET_ITEM(args, 0), (PyTypeObject *)st->PickleBuffer);
         Py_DECREF(red);
     }
     if (!(st->str_write = PyUnicode_InternFromString("write"))) return -1;
@@ -140,6 +160,7 @@ static int module_traverse(PyObject *module, visitproc visit, void *arg)
     Py_VISIT(st->FirkinError);
     Py_VISIT(st->FormatError);
     Py_VISIT(st->ChecksumError);
+    Py_VISIT(st->UntrustedTypesError);
     Py_VISIT(st->WriterType);
     Py_VISIT(st->ReaderType);
     Py_VISIT(st->BufferType);
@@ -158,6 +179,7 @@ static int module_clear(PyObject *module)
     Py_CLEAR(st->FirkinError);
     Py_CLEAR(st->FormatError);
     Py_CLEAR(st->ChecksumError);
+    Py_CLEAR(st->UntrustedTypesError);
     Py_CLEAR(st->WriterType);
     Py_CLEAR(st->ReaderType);
     Py_CLEAR(st->BufferType);

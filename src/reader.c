@@ -191,10 +191,10 @@ static int rd_read(ReaderObject *r, uint64_t off, void *dst, size_t n)
         PyObject *mv = PyMemoryView_FromMemory((char *)d + done, (Py_ssize_t)want, PyBUF_WRITE);
         if (!mv) return -1;
         res = PyObject_CallMethodOneArg(r->fileobj, r->st->str_readinto, mv);
-        PyObject *rel = PyObject_CallMethod(mv, "release", NULL);
-        Py_DECREF(mv);
-        if (!res || !rel) { Py_XDECREF(res); Py_XDECREF(rel); return -1; }
-        Py_DECREF(rel);
+        if (fk_release_view(mv) < 0) {
+            Py_XDECREF(res);
+            return -1;
+        }
         Py_ssize_t k = res == Py_None ? 0 : PyLong_AsSsize_t(res);
         Py_DECREF(res);
         if (k < 0 && PyErr_Occurred()) return -1;

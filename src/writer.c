@@ -14,6 +14,7 @@
 #include "firkin.h"
 #include <numpy/arrayobject.h>
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -161,11 +162,10 @@ static int write_all_pyfile(WriterObject *w, const unsigned char *p, size_t n)
         if (!mv) return -1;
         PyObject *r = PyObject_CallOneArg(w->write_meth, mv);
         /* the file must not keep our view of memory it does not own */
-        PyObject *rel = PyObject_CallMethod(mv, "release", NULL);
-        Py_DECREF(mv);
-        if (!r) { Py_XDECREF(rel); return -1; }
-        if (!rel) { Py_DECREF(r); return -1; }
-        Py_DECREF(rel);
+        if (fk_release_view(mv) < 0) {
+            Py_XDECREF(r);
+            return -1;
+        }
         size_t k = want;
         if (r != Py_None) {
             Py_ssize_t v = PyLong_AsSsize_t(r);
@@ -497,6 +497,66 @@ static int record_module(WriterObject *w, PyObject *obj)
 /* Arrays numpy itself would copy in-band: np.memmap (a subclass) and large
  * non-contiguous arrays. Both go out-of-band as a PickleBuffer reconstructed
  * by numpy's own _frombuffer, so the file needs nothing of firkin to load. */
+/* Are the array's elements dense in memory in some axis order (a transpose
+ * of a contiguous array)? */
+static int is_dense_permutation(PyArrayObject *a)
+{
+    int nd = PyArray_NDIM(a);
+    npy_intp expected = PyArray_ITEMSIZE(a);
+    int used[NPY_MAXDIMS] = {0};
+    for (int k = 0; k < nd; k++) {
+        /* the remaining axis with the smallest stride must step `expected` */
+        int best = -1;
+        for (int d = 0; d < nd; d++) {
+            if (used[d] || PyArray_DIM(a, d) == 1) continue;
+            if (best < 0 || PyArray_STRIDE(a, d) < PyArray_STRIDE(a, best)) best = d;
+        }
+        if (best < 0) break;
+        if (PyArray_STRIDE(a, best) != expected) return 0;
+        used[best] = 1;
+        expected *= PyArray_DIM(a, best);
+    }
+    return 1;
+}
+
+/* A 1-D uint8 array over a contiguous array's bytes: exportable whatever
+ * the dtype (numpy cannot export datetime64/timedelta64 buffers). */
+static PyObject *raw_bytes_view(PyArrayObject *a)
+{
+    npy_intp n = PyArray_NBYTES(a);
+    PyArray_Descr *u8 = PyArray_DescrFromType(NPY_UINT8);
+    if (!u8) return NULL;
+    PyObject *v = PyArray_NewFromDescr(&PyArray_Type, u8, 1, &n, NULL, PyArray_DATA(a),
+                                       PyArray_ISWRITEABLE(a) ? NPY_ARRAY_WRITEABLE : 0, NULL);
+    if (!v) return NULL;
+    if (PyArray_SetBaseObject((PyArrayObject *)v, Py_NewRef((PyObject *)a)) < 0) {
+        Py_DECREF(v);
+        return NULL;
+    }
+    return v;
+}
+
+/* Can numpy export this dtype through the buffer protocol? */
+static int dtype_exportable(PyArray_Descr *d)
+{
+    if (d->kind == 'M' || d->kind == 'm') return 0;
+    if (PyDataType_HASFIELDS(d) || PyDataType_HASSUBARRAY(d) || !PyArray_ISNBO(d->byteorder) ||
+        d->type_num == NPY_LONGDOUBLE || d->type_num == NPY_CLONGDOUBLE) {
+        /* ask numpy (cheap, and only for the unusual dtypes) */
+        npy_intp one = 1;
+        Py_INCREF(d);
+        PyObject *probe = PyArray_Zeros(1, &one, d, 0);
+        if (!probe) { PyErr_Clear(); return 0; }
+        Py_buffer v;
+        int ok = PyObject_GetBuffer(probe, &v, PyBUF_RECORDS_RO) == 0;
+        if (ok) PyBuffer_Release(&v);
+        else PyErr_Clear();
+        Py_DECREF(probe);
+        return ok;
+    }
+    return 1;
+}
+
 static PyObject *reduce_array(WriterObject *w, PyObject *obj)
 {
     fk_state *st = w->st;
@@ -511,42 +571,56 @@ static PyObject *reduce_array(WriterObject *w, PyObject *obj)
         if (!is_mm) Py_RETURN_NOTIMPLEMENTED;
     }
     int c = PyArray_IS_C_CONTIGUOUS(arr), f = PyArray_IS_F_CONTIGUOUS(arr);
-    if (exact && (c || f)) Py_RETURN_NOTIMPLEMENTED; /* numpy's own path */
-    npy_intp nbytes = PyArray_NBYTES(arr);
-    if (w->protocol < 5 || nbytes < w->threshold) {
-        if (exact) Py_RETURN_NOTIMPLEMENTED;
-        /* small memmap: pickle it as the plain array it views */
-        PyObject *plain = PyArray_View(arr, NULL, &PyArray_Type);
-        if (!plain) return NULL;
-        PyObject *r = PyObject_CallMethod(plain, "__reduce_ex__", "i", w->protocol);
-        Py_DECREF(plain);
-        return r;
+    /* F only when the bytes are laid out in Fortran order; everything else
+     * is written (or copied) in C order */
+    const char *order = (!c && f) ? "F" : "C";
+    int exportable = dtype_exportable(descr);
+    if (w->protocol >= 5 && exact && (c || f) && exportable) Py_RETURN_NOTIMPLEMENTED; /* numpy's own path */
+    PyObject *shape = PyTuple_New(PyArray_NDIM(arr));
+    if (!shape) return NULL;
+    for (int i = 0; i < PyArray_NDIM(arr); i++) {
+        PyObject *d = PyLong_FromSsize_t(PyArray_DIM(arr, i));
+        if (!d) { Py_DECREF(shape); return NULL; }
+        PyTuple_SET_ITEM(shape, i, d);
     }
-    PyObject *exporter = obj;
-    if (!c && !f) {
+    if (w->protocol < 5) {
+        /* numpy's own protocol<5 reduction loses a non-native byte order;
+         * a bytearray keeps the loaded array writable */
+        PyObject *copy = PyArray_NewCopy(arr, *order == 'F' ? NPY_FORTRANORDER : NPY_CORDER);
+        PyObject *ba = copy ? PyByteArray_FromStringAndSize(PyArray_DATA((PyArrayObject *)copy),
+                                                           PyArray_NBYTES((PyArrayObject *)copy)) : NULL;
+        Py_XDECREF(copy);
+        if (!ba) { Py_DECREF(shape); return NULL; }
+        return Py_BuildValue("O(NONs)", st->np_frombuffer, ba, (PyObject *)descr, shape, order);
+    }
+    if (exact && exportable && st->np_pickles_permuted && PyArray_SIZE(arr) > 0 &&
+        is_dense_permutation(arr)) {
+        Py_DECREF(shape);
+        Py_RETURN_NOTIMPLEMENTED; /* numpy sends transposes out-of-band itself, zero-copy */
+    }
+    PyObject *exporter;
+    if (c || f) {
+        /* np.memmap, or a dtype numpy cannot export: its bytes as they are */
+        exporter = raw_bytes_view(arr);
+        if (!exporter) { Py_DECREF(shape); return NULL; }
+    } else if (PyArray_NBYTES(arr) < w->threshold) {
+        /* small and strided: a contiguous copy, kept in-band by the callback
+         * (numpy's own fallback would drop a non-native byte order) */
+        PyObject *copy = PyArray_NewCopy(arr, NPY_CORDER);
+        exporter = copy ? raw_bytes_view((PyArrayObject *)copy) : NULL;
+        Py_XDECREF(copy);
+        if (!exporter) { Py_DECREF(shape); return NULL; }
+    } else {
         StridedObject *so = PyObject_New(StridedObject, st->StridedType);
-        if (!so) return NULL;
+        if (!so) { Py_DECREF(shape); return NULL; }
         so->array = Py_NewRef(obj);
         exporter = (PyObject *)so;
-    } else {
-        Py_INCREF(exporter);
     }
     PyObject *pb = PyObject_CallOneArg(st->PickleBuffer, exporter);
     Py_DECREF(exporter);
-    if (!pb) return NULL;
-    PyObject *shape = PyTuple_New(PyArray_NDIM(arr));
-    if (!shape) { Py_DECREF(pb); return NULL; }
-    for (int i = 0; i < PyArray_NDIM(arr); i++) {
-        PyObject *d = PyLong_FromSsize_t(PyArray_DIM(arr, i));
-        if (!d) { Py_DECREF(pb); Py_DECREF(shape); return NULL; }
-        PyTuple_SET_ITEM(shape, i, d);
-    }
-    /* F only when the bytes are laid out in Fortran order; the writer
-     * gathers non-contiguous arrays in C order */
-    const char *order = (!c && f) ? "F" : "C";
+    if (!pb) { Py_DECREF(shape); return NULL; }
     return Py_BuildValue("O(NONs)", st->np_frombuffer, pb, (PyObject *)descr, shape, order);
 }
-
 static PyObject *Pickler_reducer_override(PyObject *self, PyObject *obj)
 {
     (void)self;
@@ -601,6 +675,21 @@ static void gather_strided(const Py_buffer *v, Py_ssize_t *idx, size_t *inner,
     }
 }
 
+/* Describe a strided array's memory as a Py_buffer straight from numpy's
+ * fields (the buffer protocol refuses some dtypes, e.g. datetime64). The
+ * view holds no reference: the array is kept alive by w->buffers. */
+static void strided_view(PyArrayObject *a, Py_buffer *v)
+{
+    memset(v, 0, sizeof *v);
+    v->buf = PyArray_DATA(a);
+    v->len = PyArray_NBYTES(a);
+    v->itemsize = PyArray_ITEMSIZE(a);
+    v->readonly = 1;
+    v->ndim = PyArray_NDIM(a);
+    v->shape = PyArray_DIMS(a);
+    v->strides = PyArray_STRIDES(a);
+}
+
 static int wr_write_buffers(WriterObject *w)
 {
     Py_ssize_t nbuf = PyList_GET_SIZE(w->buffers);
@@ -608,7 +697,8 @@ static int wr_write_buffers(WriterObject *w)
         Py_buffer v;
         PyObject *pb = PyList_GET_ITEM(w->buffers, i);
         PyObject *src = strided_source(w->st, pb);
-        if (PyObject_GetBuffer(src ? src : pb, &v, PyBUF_FULL_RO) < 0) return -1;
+        if (src) strided_view((PyArrayObject *)src, &v);
+        else if (PyObject_GetBuffer(pb, &v, PyBUF_FULL_RO) < 0) return -1;
         size_t len = (size_t)v.len;
         int rc = -1;
         Py_ssize_t *idx = NULL;

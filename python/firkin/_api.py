@@ -50,6 +50,12 @@ def _check_protocol(protocol) -> int:
     return protocol
 
 
+def _check_binary(f, what: str) -> None:
+    if isinstance(f, io.TextIOBase) or "b" not in getattr(f, "mode", "b"):
+        raise TypeError(f"firkin.{what}: the file object must be opened in binary mode "
+                        f"('rb'/'wb'), not text mode ({getattr(f, 'mode', type(f).__name__)!r})")
+
+
 def _check_threads(threads) -> int:
     if threads is None:
         return 0
@@ -182,6 +188,7 @@ def dump(value, filename, compress=0, protocol=None, *, metadata=None, threads=N
         _dump_path(value, filename, protocol, user_meta, comp, threads)
         return [os.fsdecode(os.fspath(filename)) if not isinstance(filename, str) else filename]
     if hasattr(filename, "write"):
+        _check_binary(filename, "dump")
         _write(value, filename, protocol, user_meta, _compress.resolve(compress), threads)
         return None
     raise TypeError("firkin.dump: the second argument must be a path or a binary file object, "
@@ -200,17 +207,23 @@ def dumps(value, compress=0, protocol=None, *, metadata=None, threads=None) -> b
 
 # ---------------------------------------------------------------- loading
 
-def _frombuffer_mmap(buf, dtype, shape, order):
+def _frombuffer_mmap(buf, dtype, shape, order, axis_order=None):
     """numpy's _frombuffer, but arrays over the file's mapping stay np.memmap."""
     base, readonly = buf, False
     if isinstance(buf, memoryview):
         base, readonly = buf.obj, buf.readonly
     if isinstance(base, np.memmap) and base.ndim == 1 and base.dtype == np.uint8:
-        arr = base.view(dtype).reshape(shape, order=order)
+        flat = base.view(dtype)
+        if order == "K" and axis_order is not None:
+            arr = flat.reshape(shape, order="C").transpose(axis_order)
+        else:
+            arr = flat.reshape(shape, order=order)
         if readonly and arr.flags.writeable:
             arr.flags.writeable = False
         return arr
-    return _NP_FROMBUFFER(buf, dtype, shape, order)
+    if axis_order is None:
+        return _NP_FROMBUFFER(buf, dtype, shape, order)
+    return _NP_FROMBUFFER(buf, dtype, shape, order, axis_order)
 
 
 class _MmapUnpickler(pickle.Unpickler):
@@ -253,6 +266,21 @@ def _check_mmap_mode(mmap_mode):
     return _MMAP_MODES[mmap_mode]
 
 
+_FIRKIN_HEADS = (b"\x89FRK", b"\x09FRK")
+
+
+def _is_firkin_head(head: bytes) -> bool:
+    """True for firkin files, damaged ones included (the reader names the damage)."""
+    return head[:4] in _FIRKIN_HEADS or len(head) == 0
+
+
+def _load_foreign(f, name, mode, kwargs):
+    """Files that are not firkin containers: joblib and pickle files."""
+    from . import _compat  # noqa: PLC0415 - only needed for foreign files
+
+    return _compat.load_foreign(f, name, mode, **kwargs)
+
+
 def load(filename, mmap_mode=None, *, verify=None, threads=None):
     """Load an object saved by `dump` from a path or a binary file object.
 
@@ -266,11 +294,14 @@ def load(filename, mmap_mode=None, *, verify=None, threads=None):
     if _is_path(filename):
         path = os.fsdecode(os.fspath(filename))
         with open(path, "r+b" if mode == "r+" else "rb") as f:
+            if not _is_firkin_head(os.pread(f.fileno(), 4, 0)):
+                return _load_foreign(f, path, mmap_mode, {})
             reader = _reader(f.fileno(), path)
             if mode is None:
                 return _load_reader(reader, verify, threads)
             return _load_mapped(reader, f, mode, verify, threads)
     if hasattr(filename, "read"):
+        _check_binary(filename, "load")
         if mode is not None:
             warnings.warn("firkin.load: mmap_mode has no effect when loading from a file object; "
                           "the arrays are read into memory", UserWarning, stacklevel=2)
@@ -279,8 +310,6 @@ def load(filename, mmap_mode=None, *, verify=None, threads=None):
 
 
 def _load_mapped(reader, f, mode, verify, threads):
-    if mode == "r+":
-        reader.set_flag(_core.FLAG_BUFFERS_MUTABLE)
     if reader.buffer_count == 0:
         return _unpickle(reader, [], True)
     spans = reader.buffer_spans()
@@ -296,6 +325,9 @@ def _load_mapped(reader, f, mode, verify, threads):
         mm = np.memmap(f, dtype=np.uint8, mode=mode, shape=(reader.total_length,))
         if _verify_buffers(reader, verify, True):
             reader.verify_mapped(mm)
+        if mode == "r+":
+            # from here on the array bytes are the user's to change (verified first, if asked)
+            reader.set_flag(_core.FLAG_BUFFERS_MUTABLE)
         for i, (off, n, mappable) in enumerate(spans):
             if mappable:
                 buffers[i] = mm[off:off + n]
@@ -328,8 +360,19 @@ def _load_fileobj(f, verify, threads):
     return obj
 
 
+def _check_bytes_like(data, what: str) -> None:
+    try:
+        memoryview(data).release()
+    except TypeError:
+        raise TypeError(f"firkin.{what}: expected a bytes-like object, not {type(data).__name__}"
+                        + (" (use firkin.load for paths)" if _is_path(data) else "")) from None
+
+
 def loads(data, *, verify=None, threads=None):
     """Load an object from the bytes `dumps` returned (any bytes-like object)."""
+    if isinstance(data, str):
+        raise TypeError("firkin.loads: expected a bytes-like object, not str (use firkin.load for paths)")
+    _check_bytes_like(data, "loads")
     reader = _reader(data, "<bytes>")
     return _load_reader(reader, verify, threads)
 
@@ -341,21 +384,22 @@ def load_metadata(filename) -> dict:
         with open(path, "rb") as f:
             reader = _reader(f.fileno(), path)
             raw = reader.metadata()
-    elif isinstance(filename, (bytes, bytearray, memoryview)):
+    elif isinstance(filename, (bytearray, memoryview)):
         reader = _reader(filename, "<bytes>")
         raw = reader.metadata()
     else:
+        _check_binary(filename, "load_metadata")
         start = filename.tell()
         reader = _reader(filename, getattr(filename, "name", "<file>"), start)
         raw = reader.metadata()
         filename.seek(start)
     if raw is None:
-        return {}
+        return {"size": reader.total_length}
     try:
         meta = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as exc:
-        raise FormatError(f"metadata section is not valid JSON: {exc}") from exc
+        raise FormatError(f"{reader.name}: the metadata section is not valid JSON: {exc}") from exc
     if not isinstance(meta, dict):
-        raise FormatError("metadata section is not a JSON object")
+        raise FormatError(f"{reader.name}: the metadata section is not a JSON object")
     meta["size"] = reader.total_length
     return meta

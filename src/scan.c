@@ -1,0 +1,922 @@
+/* Static pickle scanner.
+ *
+ * scan_pickle(data) walks the opcodes of a pickle stream (protocols 0-5)
+ * without executing anything and reports every global the stream would
+ * import, the opcodes whose target cannot be known statically, the number of
+ * out-of-band buffers it takes and its protocol. The trust policy
+ * (python/firkin/_trust.py) judges the names before the real unpickler runs.
+ *
+ * The unpickler's stack is modelled symbolically: a value is either a string
+ * constant (a span of the input plus how to decode it) or opaque. Strings
+ * travel through the memo (PUT/BINPUT/LONG_BINPUT/MEMOIZE, GET/BINGET/
+ * LONG_BINGET), DUP and the stack exactly as in CPython's unpickler, so the
+ * operands of STACK_GLOBAL resolve to the names the unpickler will see; an
+ * operand that is not a constant string makes the opcode "unsafe".
+ *
+ * Stack effects, marks and the mark fence follow Modules/_pickle.c: an opcode
+ * may only consume values above the innermost MARK. Every length read from
+ * the data is checked against the bytes left before it is used, nothing is
+ * sized from the data, there is no recursion, and every opcode costs O(1)
+ * plus the bytes it consumes (names are decoded once per distinct string).
+ */
+#include "firkin.h"
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ------------------------------------------------------------ opcodes */
+
+enum {
+    OP_MARK = '(', OP_STOP = '.', OP_POP = '0', OP_POP_MARK = '1', OP_DUP = '2',
+    OP_FLOAT = 'F', OP_INT = 'I', OP_BININT = 'J', OP_BININT1 = 'K', OP_LONG = 'L',
+    OP_BININT2 = 'M', OP_NONE = 'N', OP_PERSID = 'P', OP_BINPERSID = 'Q', OP_REDUCE = 'R',
+    OP_STRING = 'S', OP_BINSTRING = 'T', OP_SHORT_BINSTRING = 'U', OP_UNICODE = 'V',
+    OP_BINUNICODE = 'X', OP_APPEND = 'a', OP_BUILD = 'b', OP_GLOBAL = 'c', OP_DICT = 'd',
+    OP_EMPTY_DICT = '}', OP_APPENDS = 'e', OP_GET = 'g', OP_BINGET = 'h', OP_INST = 'i',
+    OP_LONG_BINGET = 'j', OP_LIST = 'l', OP_EMPTY_LIST = ']', OP_OBJ = 'o', OP_PUT = 'p',
+    OP_BINPUT = 'q', OP_LONG_BINPUT = 'r', OP_SETITEM = 's', OP_TUPLE = 't',
+    OP_EMPTY_TUPLE = ')', OP_SETITEMS = 'u', OP_BINFLOAT = 'G',
+    /* protocol 2 */
+    OP_PROTO = 0x80, OP_NEWOBJ = 0x81, OP_EXT1 = 0x82, OP_EXT2 = 0x83, OP_EXT4 = 0x84,
+    OP_TUPLE1 = 0x85, OP_TUPLE2 = 0x86, OP_TUPLE3 = 0x87, OP_NEWTRUE = 0x88,
+    OP_NEWFALSE = 0x89, OP_LONG1 = 0x8a, OP_LONG4 = 0x8b,
+    /* protocol 3 */
+    OP_BINBYTES = 'B', OP_SHORT_BINBYTES = 'C',
+    /* protocol 4 */
+    OP_SHORT_BINUNICODE = 0x8c, OP_BINUNICODE8 = 0x8d, OP_BINBYTES8 = 0x8e,
+    OP_EMPTY_SET = 0x8f, OP_ADDITEMS = 0x90, OP_FROZENSET = 0x91, OP_NEWOBJ_EX = 0x92,
+    OP_STACK_GLOBAL = 0x93, OP_MEMOIZE = 0x94, OP_FRAME = 0x95,
+    /* protocol 5 */
+    OP_BYTEARRAY8 = 0x96, OP_NEXT_BUFFER = 0x97, OP_READONLY_BUFFER = 0x98,
+};
+
+#define SCAN_HIGHEST_PROTOCOL 5
+
+typedef struct {
+    const char *name;
+    int proto; /* protocol that introduced the opcode */
+} scan_opinfo;
+
+/* name == NULL: not an opcode */
+static const scan_opinfo scan_ops[256] = {
+    [OP_MARK] = {"MARK", 0}, [OP_STOP] = {"STOP", 0}, [OP_POP] = {"POP", 0},
+    [OP_POP_MARK] = {"POP_MARK", 1}, [OP_DUP] = {"DUP", 0}, [OP_FLOAT] = {"FLOAT", 0},
+    [OP_INT] = {"INT", 0}, [OP_BININT] = {"BININT", 1}, [OP_BININT1] = {"BININT1", 1},
+    [OP_LONG] = {"LONG", 0}, [OP_BININT2] = {"BININT2", 1}, [OP_NONE] = {"NONE", 0},
+    [OP_PERSID] = {"PERSID", 0}, [OP_BINPERSID] = {"BINPERSID", 1},
+    [OP_REDUCE] = {"REDUCE", 0}, [OP_STRING] = {"STRING", 0},
+    [OP_BINSTRING] = {"BINSTRING", 1}, [OP_SHORT_BINSTRING] = {"SHORT_BINSTRING", 1},
+    [OP_UNICODE] = {"UNICODE", 0}, [OP_BINUNICODE] = {"BINUNICODE", 1},
+    [OP_APPEND] = {"APPEND", 0}, [OP_BUILD] = {"BUILD", 0}, [OP_GLOBAL] = {"GLOBAL", 0},
+    [OP_DICT] = {"DICT", 0}, [OP_EMPTY_DICT] = {"EMPTY_DICT", 1},
+    [OP_APPENDS] = {"APPENDS", 1}, [OP_GET] = {"GET", 0}, [OP_BINGET] = {"BINGET", 1},
+    [OP_INST] = {"INST", 0}, [OP_LONG_BINGET] = {"LONG_BINGET", 1}, [OP_LIST] = {"LIST", 0},
+    [OP_EMPTY_LIST] = {"EMPTY_LIST", 1}, [OP_OBJ] = {"OBJ", 1}, [OP_PUT] = {"PUT", 0},
+    [OP_BINPUT] = {"BINPUT", 1}, [OP_LONG_BINPUT] = {"LONG_BINPUT", 1},
+    [OP_SETITEM] = {"SETITEM", 0}, [OP_TUPLE] = {"TUPLE", 0},
+    [OP_EMPTY_TUPLE] = {"EMPTY_TUPLE", 1}, [OP_SETITEMS] = {"SETITEMS", 1},
+    [OP_BINFLOAT] = {"BINFLOAT", 1},
+    [OP_PROTO] = {"PROTO", 2}, [OP_NEWOBJ] = {"NEWOBJ", 2}, [OP_EXT1] = {"EXT1", 2},
+    [OP_EXT2] = {"EXT2", 2}, [OP_EXT4] = {"EXT4", 2}, [OP_TUPLE1] = {"TUPLE1", 2},
+    [OP_TUPLE2] = {"TUPLE2", 2}, [OP_TUPLE3] = {"TUPLE3", 2}, [OP_NEWTRUE] = {"NEWTRUE", 2},
+    [OP_NEWFALSE] = {"NEWFALSE", 2}, [OP_LONG1] = {"LONG1", 2}, [OP_LONG4] = {"LONG4", 2},
+    [OP_BINBYTES] = {"BINBYTES", 3}, [OP_SHORT_BINBYTES] = {"SHORT_BINBYTES", 3},
+    [OP_SHORT_BINUNICODE] = {"SHORT_BINUNICODE", 4}, [OP_BINUNICODE8] = {"BINUNICODE8", 4},
+    [OP_BINBYTES8] = {"BINBYTES8", 4}, [OP_EMPTY_SET] = {"EMPTY_SET", 4},
+    [OP_ADDITEMS] = {"ADDITEMS", 4}, [OP_FROZENSET] = {"FROZENSET", 4},
+    [OP_NEWOBJ_EX] = {"NEWOBJ_EX", 4}, [OP_STACK_GLOBAL] = {"STACK_GLOBAL", 4},
+    [OP_MEMOIZE] = {"MEMOIZE", 4}, [OP_FRAME] = {"FRAME", 4},
+    [OP_BYTEARRAY8] = {"BYTEARRAY8", 5}, [OP_NEXT_BUFFER] = {"NEXT_BUFFER", 5},
+    [OP_READONLY_BUFFER] = {"READONLY_BUFFER", 5},
+};
+
+/* ------------------------------------------------------------ symbolic values
+ *
+ * One 64-bit word per stack slot / memo entry:
+ *   bits 63..60  kind
+ *   bits 59..40  length of the string in the input (< 1 MiB)
+ *   bits 39..0   offset of the string in the input (< 1 TiB)
+ * A string that does not fit is opaque (no module or name is that long; a
+ * STACK_GLOBAL on it is reported as unsafe). 0 is "no value" in the memo.
+ */
+typedef uint64_t scan_val;
+
+enum {
+    SV_NONE = 0,   /* memo slot is empty */
+    SV_OPAQUE = 1, /* any value that is not a string constant */
+    SV_UTF8 = 2,   /* BINUNICODE family: UTF-8 (surrogatepass) */
+    SV_ASCII = 3,  /* STRING/BINSTRING family, ASCII without escapes */
+    SV_RAWUNI = 4, /* UNICODE: raw-unicode-escape */
+};
+
+#define SV_LEN_BITS 20
+#define SV_OFF_BITS 40
+#define SV_MAX_LEN (((uint64_t)1 << SV_LEN_BITS) - 1)
+#define SV_MAX_OFF (((uint64_t)1 << SV_OFF_BITS) - 1)
+#define SV_MAKE_OPAQUE ((scan_val)SV_OPAQUE << 60)
+
+static inline unsigned sv_kind(scan_val v) { return (unsigned)(v >> 60); }
+static inline Py_ssize_t sv_len(scan_val v) { return (Py_ssize_t)((v >> SV_OFF_BITS) & SV_MAX_LEN); }
+static inline Py_ssize_t sv_off(scan_val v) { return (Py_ssize_t)(v & SV_MAX_OFF); }
+
+static scan_val sv_string(unsigned kind, Py_ssize_t off, Py_ssize_t len)
+{
+    if ((uint64_t)len > SV_MAX_LEN || (uint64_t)off > SV_MAX_OFF) return SV_MAKE_OPAQUE;
+    return ((scan_val)kind << 60) | ((scan_val)len << SV_OFF_BITS) | (scan_val)off;
+}
+
+/* ------------------------------------------------------------ hash map
+ *
+ * uint64 -> uint64, open addressing with linear probing. Keys are stored
+ * plus one (0 marks an empty slot); the hash is keyed with a per-process
+ * secret so crafted keys cannot pile into one probe chain.
+ */
+typedef struct {
+    uint64_t *keys;
+    uint64_t *vals;
+    size_t cap; /* 0 or a power of two */
+    size_t used;
+    uint64_t seed;
+} scan_map;
+
+static inline size_t scan_hash(uint64_t k, uint64_t seed)
+{
+    uint64_t z = k ^ seed;
+    z += 0x9e3779b97f4a7c15ULL;
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return (size_t)(z ^ (z >> 31));
+}
+
+static uint64_t *scan_map_find(const scan_map *m, uint64_t key)
+{
+    if (!m->cap) return NULL;
+    size_t mask = m->cap - 1;
+    for (size_t i = scan_hash(key, m->seed) & mask;; i = (i + 1) & mask) {
+        if (m->keys[i] == 0) return NULL;
+        if (m->keys[i] == key + 1) return &m->vals[i];
+    }
+}
+
+static int scan_map_grow(scan_map *m)
+{
+    size_t ncap = m->cap ? m->cap * 2 : 16;
+    if (ncap > ((size_t)PY_SSIZE_T_MAX / sizeof(uint64_t))) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    uint64_t *nk = calloc(ncap, sizeof(uint64_t));
+    uint64_t *nv = calloc(ncap, sizeof(uint64_t));
+    if (!nk || !nv) {
+        free(nk);
+        free(nv);
+        PyErr_NoMemory();
+        return -1;
+    }
+    for (size_t j = 0; j < m->cap; j++) {
+        if (!m->keys[j]) continue;
+        size_t i = scan_hash(m->keys[j] - 1, m->seed) & (ncap - 1);
+        while (nk[i]) i = (i + 1) & (ncap - 1);
+        nk[i] = m->keys[j];
+        nv[i] = m->vals[j];
+    }
+    free(m->keys);
+    free(m->vals);
+    m->keys = nk;
+    m->vals = nv;
+    m->cap = ncap;
+    return 0;
+}
+
+/* Sets key -> val. *added (may be NULL) tells whether the key is new. */
+static int scan_map_set(scan_map *m, uint64_t key, uint64_t val, int *added)
+{
+    uint64_t *slot = scan_map_find(m, key);
+    if (slot) {
+        *slot = val;
+        if (added) *added = 0;
+        return 0;
+    }
+    if ((m->used + 1) * 2 > m->cap && scan_map_grow(m) < 0) return -1;
+    size_t mask = m->cap - 1;
+    size_t i = scan_hash(key, m->seed) & mask;
+    while (m->keys[i]) i = (i + 1) & mask;
+    m->keys[i] = key + 1;
+    m->vals[i] = val;
+    m->used++;
+    if (added) *added = 1;
+    return 0;
+}
+
+static void scan_map_free(scan_map *m)
+{
+    free(m->keys);
+    free(m->vals);
+    m->keys = m->vals = NULL;
+    m->cap = m->used = 0;
+}
+
+/* ------------------------------------------------------------ memo
+ *
+ * Pickles number their memo entries 0, 1, 2, ...: those keys live in a
+ * dense array that only grows while the keys stay within a constant factor
+ * of the number of entries. Any other key goes to the hash map, so a key
+ * read from the data never sizes an allocation. A key lives in exactly one
+ * of the two (put looks in the map first).
+ */
+typedef struct {
+    scan_val *dense;
+    size_t dense_cap;
+    scan_map sparse;
+    size_t count; /* distinct keys: the key MEMOIZE uses next */
+} scan_memo;
+
+static int scan_memo_get(const scan_memo *mm, uint64_t key, scan_val *out)
+{
+    if (key < mm->dense_cap && mm->dense[key] != SV_NONE) {
+        *out = mm->dense[key];
+        return 1;
+    }
+    const uint64_t *v = scan_map_find(&mm->sparse, key);
+    if (!v) return 0;
+    *out = *v;
+    return 1;
+}
+
+static int scan_memo_put(scan_memo *mm, uint64_t key, scan_val val)
+{
+    uint64_t *slot = scan_map_find(&mm->sparse, key);
+    if (slot) {
+        *slot = val;
+        return 0;
+    }
+    if (key >= mm->dense_cap && key <= 2 * (uint64_t)mm->count + 1024) {
+        size_t ncap = mm->dense_cap ? mm->dense_cap * 2 : 64;
+        if (ncap <= key) ncap = (size_t)key + 1;
+        scan_val *nd = realloc(mm->dense, ncap * sizeof(scan_val));
+        if (!nd) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        memset(nd + mm->dense_cap, 0, (ncap - mm->dense_cap) * sizeof(scan_val));
+        mm->dense = nd;
+        mm->dense_cap = ncap;
+    }
+    if (key < mm->dense_cap) {
+        if (mm->dense[key] == SV_NONE) mm->count++;
+        mm->dense[key] = val;
+        return 0;
+    }
+    int added = 0;
+    if (scan_map_set(&mm->sparse, key, val, &added) < 0) return -1;
+    if (added) mm->count++;
+    return 0;
+}
+
+/* ------------------------------------------------------------ scanner state */
+
+typedef struct {
+    PyObject *FormatError;
+    const unsigned char *buf;
+    Py_ssize_t size;
+    Py_ssize_t pos;    /* next byte to read */
+    Py_ssize_t op_off; /* offset of the opcode being scanned */
+    int op;
+
+    scan_val *stack;
+    Py_ssize_t depth, stack_cap;
+    Py_ssize_t *marks;
+    Py_ssize_t nmarks, marks_cap;
+    Py_ssize_t fence; /* values below this index belong to an outer MARK */
+
+    scan_memo memo;
+    scan_map names; /* scan_val -> PyObject* (interned str) or 1 (not decodable) */
+
+    int proto;     /* as set by PROTO: the unpickler maps Python 2 names below 3 */
+    int max_proto; /* highest protocol seen (PROTO argument or opcode) */
+    Py_ssize_t n_buffers;
+
+    PyObject *globals; /* list of (module, name) */
+    PyObject *seen;    /* dict: (module, name) -> None */
+    PyObject *unsafe;  /* list of (opcode name, offset) */
+    PyObject *name_mapping;   /* _compat_pickle.NAME_MAPPING, fetched when first needed */
+    PyObject *import_mapping; /* _compat_pickle.IMPORT_MAPPING */
+} scan_ctx;
+
+static int scan_fail(scan_ctx *c, const char *fmt, ...)
+{
+    va_list va;
+    va_start(va, fmt);
+    PyObject *what = PyUnicode_FromFormatV(fmt, va);
+    va_end(va);
+    if (!what) return -1;
+    const char *opname = scan_ops[c->op].name;
+    if (opname)
+        PyErr_Format(c->FormatError, "invalid pickle stream: %U (%s opcode at offset %zd)", what,
+                     opname, c->op_off);
+    else
+        PyErr_Format(c->FormatError, "invalid pickle stream: %U (at offset %zd)", what, c->op_off);
+    Py_DECREF(what);
+    return -1;
+}
+
+/* n bytes of argument, or NULL with FormatError */
+static const unsigned char *scan_take(scan_ctx *c, uint64_t n)
+{
+    if (n > (uint64_t)(c->size - c->pos)) {
+        scan_fail(c, "argument of %llu bytes runs past the end of the data (%zd bytes left)",
+                  (unsigned long long)n, c->size - c->pos);
+        return NULL;
+    }
+    const unsigned char *p = c->buf + c->pos;
+    c->pos += (Py_ssize_t)n;
+    return p;
+}
+
+/* a newline-terminated argument; *len excludes the newline */
+static const unsigned char *scan_line(scan_ctx *c, Py_ssize_t *len)
+{
+    const unsigned char *p = c->buf + c->pos;
+    const unsigned char *nl = memchr(p, '\n', (size_t)(c->size - c->pos));
+    if (!nl) {
+        scan_fail(c, "argument line is not terminated by a newline");
+        return NULL;
+    }
+    *len = nl - p;
+    c->pos += *len + 1;
+    return p;
+}
+
+static int scan_push(scan_ctx *c, scan_val v)
+{
+    if (c->depth == c->stack_cap) {
+        /* the depth never exceeds the number of opcodes read, so this is
+         * bounded by the input's size */
+        Py_ssize_t ncap = c->stack_cap ? c->stack_cap * 2 : 64;
+        if ((size_t)ncap > (size_t)PY_SSIZE_T_MAX / sizeof(scan_val)) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        scan_val *ns = realloc(c->stack, (size_t)ncap * sizeof(scan_val));
+        if (!ns) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        c->stack = ns;
+        c->stack_cap = ncap;
+    }
+    c->stack[c->depth++] = v;
+    return 0;
+}
+
+/* at least n values above the fence */
+static int scan_need(scan_ctx *c, Py_ssize_t n)
+{
+    if (c->depth - c->fence < n)
+        return scan_fail(c, "stack underflow (needs %zd value%s above the mark, has %zd)", n,
+                         n == 1 ? "" : "s", c->depth - c->fence);
+    return 0;
+}
+
+static int scan_pop(scan_ctx *c, Py_ssize_t n)
+{
+    if (scan_need(c, n) < 0) return -1;
+    c->depth -= n;
+    return 0;
+}
+
+static int scan_push_mark(scan_ctx *c)
+{
+    if (c->nmarks == c->marks_cap) {
+        Py_ssize_t ncap = c->marks_cap ? c->marks_cap * 2 : 16;
+        if ((size_t)ncap > (size_t)PY_SSIZE_T_MAX / sizeof(Py_ssize_t)) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        Py_ssize_t *nm = realloc(c->marks, (size_t)ncap * sizeof(Py_ssize_t));
+        if (!nm) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        c->marks = nm;
+        c->marks_cap = ncap;
+    }
+    c->marks[c->nmarks++] = c->depth;
+    c->fence = c->depth;
+    return 0;
+}
+
+/* pops the innermost mark; returns the stack index it stood at, or -1 */
+static Py_ssize_t scan_pop_mark(scan_ctx *c)
+{
+    if (c->nmarks == 0) {
+        scan_fail(c, "no MARK to pop");
+        return -1;
+    }
+    Py_ssize_t m = c->marks[--c->nmarks];
+    c->fence = c->nmarks ? c->marks[c->nmarks - 1] : 0;
+    return m;
+}
+
+/* ------------------------------------------------------------ names */
+
+/* The text of a string value as an interned str, decoded the way the
+ * unpickler decodes it. Returns 1 with *out borrowed (owned by the cache),
+ * 0 when the value is not a decodable string constant, -1 on error. */
+static int scan_val_str(scan_ctx *c, scan_val v, PyObject **out)
+{
+    unsigned kind = sv_kind(v);
+    if (kind != SV_UTF8 && kind != SV_ASCII && kind != SV_RAWUNI) return 0;
+    uint64_t *cached = scan_map_find(&c->names, v);
+    if (cached) {
+        if (*cached == 1) return 0;
+        *out = (PyObject *)(uintptr_t)*cached;
+        return 1;
+    }
+    const char *p = (const char *)c->buf + sv_off(v);
+    Py_ssize_t n = sv_len(v);
+    PyObject *s;
+    if (kind == SV_UTF8)
+        s = PyUnicode_DecodeUTF8(p, n, "surrogatepass");
+    else if (kind == SV_ASCII)
+        s = PyUnicode_DecodeASCII(p, n, "strict");
+    else
+        s = PyUnicode_DecodeRawUnicodeEscape(p, n, NULL);
+    if (!s) {
+        if (!PyErr_ExceptionMatches(PyExc_UnicodeDecodeError)) return -1;
+        PyErr_Clear();
+        return scan_map_set(&c->names, v, 1, NULL) < 0 ? -1 : 0;
+    }
+    PyUnicode_InternInPlace(&s);
+    if (scan_map_set(&c->names, v, (uint64_t)(uintptr_t)s, NULL) < 0) {
+        Py_DECREF(s);
+        return -1;
+    }
+    *out = s; /* the cache holds the reference */
+    return 1;
+}
+
+static int scan_unsafe(scan_ctx *c)
+{
+    PyObject *t = Py_BuildValue("(sn)", scan_ops[c->op].name, c->op_off);
+    if (!t) return -1;
+    int rc = PyList_Append(c->unsafe, t);
+    Py_DECREF(t);
+    return rc;
+}
+
+static int scan_load_mappings(scan_ctx *c)
+{
+    PyObject *mod = PyImport_ImportModule("_compat_pickle");
+    if (!mod) return -1;
+    c->name_mapping = PyObject_GetAttrString(mod, "NAME_MAPPING");
+    c->import_mapping = c->name_mapping ? PyObject_GetAttrString(mod, "IMPORT_MAPPING") : NULL;
+    Py_DECREF(mod);
+    if (!c->import_mapping) return -1;
+    if (!PyDict_Check(c->name_mapping) || !PyDict_Check(c->import_mapping)) {
+        PyErr_SetString(PyExc_RuntimeError,
+                        "_compat_pickle.NAME_MAPPING and IMPORT_MAPPING should be dicts");
+        return -1;
+    }
+    return 0;
+}
+
+/* Records (module, name) after the Python 2 -> 3 mapping find_class applies
+ * below protocol 3 (fix_imports=True). Borrows module and name. */
+static int scan_record(scan_ctx *c, PyObject *module, PyObject *name)
+{
+    int rc = -1;
+    PyObject *key = NULL;
+    Py_INCREF(module);
+    Py_INCREF(name);
+    if (c->proto < 3) {
+        if (!c->name_mapping && scan_load_mappings(c) < 0) goto done;
+        PyObject *pair = PyTuple_Pack(2, module, name);
+        if (!pair) goto done;
+        PyObject *item = PyDict_GetItemWithError(c->name_mapping, pair); /* borrowed */
+        Py_DECREF(pair);
+        if (item) {
+            if (!PyTuple_Check(item) || PyTuple_GET_SIZE(item) != 2 ||
+                !PyUnicode_Check(PyTuple_GET_ITEM(item, 0)) ||
+                !PyUnicode_Check(PyTuple_GET_ITEM(item, 1))) {
+                PyErr_SetString(PyExc_RuntimeError,
+                                "_compat_pickle.NAME_MAPPING values should be pairs of str");
+                goto done;
+            }
+            Py_SETREF(module, Py_NewRef(PyTuple_GET_ITEM(item, 0)));
+            Py_SETREF(name, Py_NewRef(PyTuple_GET_ITEM(item, 1)));
+        } else if (PyErr_Occurred()) {
+            goto done;
+        } else {
+            item = PyDict_GetItemWithError(c->import_mapping, module);
+            if (item) {
+                if (!PyUnicode_Check(item)) {
+                    PyErr_SetString(PyExc_RuntimeError,
+                                    "_compat_pickle.IMPORT_MAPPING values should be str");
+                    goto done;
+                }
+                Py_SETREF(module, Py_NewRef(item));
+            } else if (PyErr_Occurred()) {
+                goto done;
+            }
+        }
+    }
+    key = PyTuple_Pack(2, module, name);
+    if (!key) goto done;
+    int has = PyDict_Contains(c->seen, key);
+    if (has < 0) goto done;
+    if (!has) {
+        if (PyDict_SetItem(c->seen, key, Py_None) < 0) goto done;
+        if (PyList_Append(c->globals, key) < 0) goto done;
+    }
+    rc = 0;
+done:
+    Py_XDECREF(key);
+    Py_DECREF(module);
+    Py_DECREF(name);
+    return rc;
+}
+
+/* GLOBAL / INST: "module\nname\n" */
+static int scan_text_global(scan_ctx *c, int ascii_only)
+{
+    int rc = -1;
+    PyObject *module = NULL, *name = NULL;
+    Py_ssize_t mlen, nlen;
+    const unsigned char *m = scan_line(c, &mlen);
+    if (!m) goto done;
+    const unsigned char *n = scan_line(c, &nlen);
+    if (!n) goto done;
+    if (mlen == 0 || nlen == 0) {
+        scan_fail(c, "empty module or name");
+        goto done;
+    }
+    if (ascii_only) {
+        module = PyUnicode_DecodeASCII((const char *)m, mlen, "strict");
+        name = module ? PyUnicode_DecodeASCII((const char *)n, nlen, "strict") : NULL;
+    } else {
+        module = PyUnicode_DecodeUTF8((const char *)m, mlen, "strict");
+        name = module ? PyUnicode_DecodeUTF8((const char *)n, nlen, "strict") : NULL;
+    }
+    if (!name) {
+        /* the unpickler would fail on this name too; reported, not judged */
+        if (!PyErr_ExceptionMatches(PyExc_UnicodeDecodeError)) goto done;
+        PyErr_Clear();
+        rc = scan_unsafe(c);
+        goto done;
+    }
+    rc = scan_record(c, module, name);
+done:
+    Py_XDECREF(module);
+    Py_XDECREF(name);
+    return rc;
+}
+
+static int scan_stack_global(scan_ctx *c)
+{
+    if (scan_need(c, 2) < 0) return -1;
+    scan_val mv = c->stack[c->depth - 2], nv = c->stack[c->depth - 1];
+    c->depth -= 2;
+    PyObject *module = NULL, *name = NULL;
+    int rm = scan_val_str(c, mv, &module);
+    if (rm < 0) return -1;
+    int rn = scan_val_str(c, nv, &name);
+    if (rn < 0) return -1;
+    if (!rm || !rn) return scan_unsafe(c);
+    return scan_record(c, module, name);
+}
+
+/* ------------------------------------------------------------ arguments */
+
+static inline uint64_t scan_le(const unsigned char *p, int n)
+{
+    uint64_t v = 0;
+    for (int i = n - 1; i >= 0; i--) v = (v << 8) | p[i];
+    return v;
+}
+
+/* decimal memo key of GET/PUT: digits only (what int() accepts beyond that
+ * is refused rather than guessed) */
+static int scan_decimal_key(scan_ctx *c, uint64_t *key)
+{
+    Py_ssize_t len;
+    const unsigned char *p = scan_line(c, &len);
+    if (!p) return -1;
+    if (len == 0 || len > 18) return scan_fail(c, "memo key must be 1 to 18 decimal digits");
+    uint64_t v = 0;
+    for (Py_ssize_t i = 0; i < len; i++) {
+        if (p[i] < '0' || p[i] > '9') return scan_fail(c, "memo key must be decimal digits");
+        v = v * 10 + (uint64_t)(p[i] - '0');
+    }
+    *key = v;
+    return 0;
+}
+
+static int scan_is_ascii(const unsigned char *p, Py_ssize_t n)
+{
+    for (Py_ssize_t i = 0; i < n; i++)
+        if (p[i] & 0x80) return 0;
+    return 1;
+}
+
+/* a counted string: length of width bytes (signed if is_signed), then data */
+static int scan_counted(scan_ctx *c, int width, int is_signed, unsigned kind)
+{
+    const unsigned char *p = scan_take(c, (uint64_t)width);
+    if (!p) return -1;
+    uint64_t n = scan_le(p, width);
+    if (is_signed && (n & ((uint64_t)1 << (8 * width - 1))))
+        return scan_fail(c, "negative length");
+    Py_ssize_t off = c->pos;
+    const unsigned char *s = scan_take(c, n);
+    if (!s) return -1;
+    if (kind == SV_ASCII && !(n <= SV_MAX_LEN && scan_is_ascii(s, (Py_ssize_t)n)))
+        kind = SV_OPAQUE;
+    if (kind == SV_OPAQUE) return scan_push(c, SV_MAKE_OPAQUE);
+    return scan_push(c, sv_string(kind, off, (Py_ssize_t)n));
+}
+
+/* ------------------------------------------------------------ the walk */
+
+static int scan_memo_store(scan_ctx *c, uint64_t key)
+{
+    if (scan_need(c, 1) < 0) return -1;
+    return scan_memo_put(&c->memo, key, c->stack[c->depth - 1]);
+}
+
+static int scan_memo_fetch(scan_ctx *c, uint64_t key)
+{
+    scan_val v;
+    if (!scan_memo_get(&c->memo, key, &v))
+        return scan_fail(c, "memo key %llu was never stored", (unsigned long long)key);
+    return scan_push(c, v);
+}
+
+/* one opcode; returns 1 after STOP, 0 to go on, -1 on error */
+static int scan_step(scan_ctx *c)
+{
+    const unsigned char *p;
+    Py_ssize_t len, m;
+    uint64_t key;
+
+    c->op_off = c->pos;
+    c->op = c->buf[c->pos++];
+    if (!scan_ops[c->op].name) return scan_fail(c, "unknown opcode 0x%02x", c->op);
+    if (scan_ops[c->op].proto > c->max_proto) c->max_proto = scan_ops[c->op].proto;
+
+    switch (c->op) {
+    /* ---- constants: opaque values */
+    case OP_NONE: case OP_NEWTRUE: case OP_NEWFALSE: case OP_EMPTY_LIST:
+    case OP_EMPTY_TUPLE: case OP_EMPTY_DICT: case OP_EMPTY_SET:
+        return scan_push(c, SV_MAKE_OPAQUE);
+    case OP_NEXT_BUFFER:
+        c->n_buffers++;
+        return scan_push(c, SV_MAKE_OPAQUE);
+    case OP_BININT1:
+        return scan_take(c, 1) ? scan_push(c, SV_MAKE_OPAQUE) : -1;
+    case OP_BININT2:
+        return scan_take(c, 2) ? scan_push(c, SV_MAKE_OPAQUE) : -1;
+    case OP_BININT:
+        return scan_take(c, 4) ? scan_push(c, SV_MAKE_OPAQUE) : -1;
+    case OP_BINFLOAT:
+        return scan_take(c, 8) ? scan_push(c, SV_MAKE_OPAQUE) : -1;
+    case OP_INT: case OP_LONG: case OP_FLOAT:
+        return scan_line(c, &len) ? scan_push(c, SV_MAKE_OPAQUE) : -1;
+    case OP_LONG1:
+        return scan_counted(c, 1, 0, SV_OPAQUE);
+    case OP_LONG4:
+        return scan_counted(c, 4, 1, SV_OPAQUE);
+    case OP_SHORT_BINBYTES:
+        return scan_counted(c, 1, 0, SV_OPAQUE);
+    case OP_BINBYTES:
+        return scan_counted(c, 4, 0, SV_OPAQUE);
+    case OP_BINBYTES8: case OP_BYTEARRAY8:
+        return scan_counted(c, 8, 0, SV_OPAQUE);
+
+    /* ---- strings: constants STACK_GLOBAL may take */
+    case OP_SHORT_BINUNICODE:
+        return scan_counted(c, 1, 0, SV_UTF8);
+    case OP_BINUNICODE:
+        return scan_counted(c, 4, 0, SV_UTF8);
+    case OP_BINUNICODE8:
+        return scan_counted(c, 8, 0, SV_UTF8);
+    case OP_SHORT_BINSTRING:
+        return scan_counted(c, 1, 0, SV_ASCII);
+    case OP_BINSTRING:
+        return scan_counted(c, 4, 1, SV_ASCII);
+    case OP_STRING:
+        if (!(p = scan_line(c, &len))) return -1;
+        if (len < 2 || p[0] != p[len - 1] || (p[0] != '\'' && p[0] != '"'))
+            return scan_fail(c, "STRING argument must be quoted");
+        /* escapes are not interpreted here: such a value is opaque */
+        if (memchr(p + 1, '\\', (size_t)(len - 2)) || !scan_is_ascii(p + 1, len - 2))
+            return scan_push(c, SV_MAKE_OPAQUE);
+        return scan_push(c, sv_string(SV_ASCII, (p + 1) - c->buf, len - 2));
+    case OP_UNICODE:
+        if (!(p = scan_line(c, &len))) return -1;
+        return scan_push(c, sv_string(SV_RAWUNI, p - c->buf, len));
+
+    /* ---- containers */
+    case OP_APPEND:
+        if (scan_need(c, 2) < 0) return -1;
+        c->depth -= 1;
+        return 0;
+    case OP_SETITEM:
+        if (scan_need(c, 3) < 0) return -1;
+        c->depth -= 2;
+        return 0;
+    case OP_APPENDS: case OP_SETITEMS: case OP_ADDITEMS:
+        if ((m = scan_pop_mark(c)) < 0) return -1;
+        if (c->op == OP_SETITEMS && (c->depth - m) % 2)
+            return scan_fail(c, "odd number of items");
+        c->depth = m;
+        return scan_need(c, 1); /* the container under the mark */
+    case OP_DICT:
+        if ((m = scan_pop_mark(c)) < 0) return -1;
+        if ((c->depth - m) % 2) return scan_fail(c, "odd number of items");
+        c->depth = m;
+        return scan_push(c, SV_MAKE_OPAQUE);
+    case OP_LIST: case OP_TUPLE: case OP_FROZENSET:
+        if ((m = scan_pop_mark(c)) < 0) return -1;
+        c->depth = m;
+        return scan_push(c, SV_MAKE_OPAQUE);
+    case OP_TUPLE1: case OP_TUPLE2: case OP_TUPLE3:
+        if (scan_pop(c, c->op - OP_TUPLE1 + 1) < 0) return -1;
+        return scan_push(c, SV_MAKE_OPAQUE);
+
+    /* ---- stack manipulation */
+    case OP_MARK:
+        return scan_push_mark(c);
+    case OP_POP:
+        /* pops the mark when it is on top (as the unpickler does) */
+        if (c->nmarks && c->marks[c->nmarks - 1] == c->depth) return scan_pop_mark(c) < 0 ? -1 : 0;
+        return scan_pop(c, 1);
+    case OP_POP_MARK:
+        if ((m = scan_pop_mark(c)) < 0) return -1;
+        c->depth = m;
+        return 0;
+    case OP_DUP:
+        if (scan_need(c, 1) < 0) return -1;
+        return scan_push(c, c->stack[c->depth - 1]);
+
+    /* ---- memo */
+    case OP_GET:
+        if (scan_decimal_key(c, &key) < 0) return -1;
+        return scan_memo_fetch(c, key);
+    case OP_BINGET:
+        if (!(p = scan_take(c, 1))) return -1;
+        return scan_memo_fetch(c, p[0]);
+    case OP_LONG_BINGET:
+        if (!(p = scan_take(c, 4))) return -1;
+        return scan_memo_fetch(c, scan_le(p, 4));
+    case OP_PUT:
+        if (scan_decimal_key(c, &key) < 0) return -1;
+        return scan_memo_store(c, key);
+    case OP_BINPUT:
+        if (!(p = scan_take(c, 1))) return -1;
+        return scan_memo_store(c, p[0]);
+    case OP_LONG_BINPUT:
+        if (!(p = scan_take(c, 4))) return -1;
+        return scan_memo_store(c, scan_le(p, 4));
+    case OP_MEMOIZE:
+        return scan_memo_store(c, c->memo.count);
+
+    /* ---- globals and calls */
+    case OP_GLOBAL:
+        if (scan_text_global(c, 0) < 0) return -1;
+        return scan_push(c, SV_MAKE_OPAQUE);
+    case OP_STACK_GLOBAL:
+        if (scan_stack_global(c) < 0) return -1;
+        return scan_push(c, SV_MAKE_OPAQUE);
+    case OP_INST:
+        if (scan_text_global(c, 1) < 0) return -1;
+        if ((m = scan_pop_mark(c)) < 0) return -1;
+        c->depth = m;
+        return scan_push(c, SV_MAKE_OPAQUE);
+    case OP_OBJ:
+        if ((m = scan_pop_mark(c)) < 0) return -1;
+        if (c->depth - m < 1) return scan_fail(c, "stack underflow (OBJ needs a class after MARK)");
+        c->depth = m;
+        return scan_push(c, SV_MAKE_OPAQUE);
+    case OP_REDUCE: case OP_NEWOBJ:
+        if (scan_pop(c, 2) < 0) return -1;
+        return scan_push(c, SV_MAKE_OPAQUE);
+    case OP_NEWOBJ_EX:
+        if (scan_pop(c, 3) < 0) return -1;
+        return scan_push(c, SV_MAKE_OPAQUE);
+    case OP_BUILD:
+        /* the object stays where it is; only the state is consumed */
+        if (scan_need(c, 2) < 0) return -1;
+        c->depth -= 1;
+        return 0;
+    case OP_EXT1: case OP_EXT2: case OP_EXT4: {
+        int w = c->op == OP_EXT1 ? 1 : c->op == OP_EXT2 ? 2 : 4;
+        if (!(p = scan_take(c, (uint64_t)w))) return -1;
+        uint64_t code = scan_le(p, w);
+        if (code == 0 || (w == 4 && (code & 0x80000000u)))
+            return scan_fail(c, "extension code must be positive");
+        if (scan_unsafe(c) < 0) return -1;
+        return scan_push(c, SV_MAKE_OPAQUE);
+    }
+    case OP_PERSID:
+        if (!scan_line(c, &len)) return -1;
+        if (scan_unsafe(c) < 0) return -1;
+        return scan_push(c, SV_MAKE_OPAQUE);
+    case OP_BINPERSID:
+        if (scan_pop(c, 1) < 0) return -1;
+        if (scan_unsafe(c) < 0) return -1;
+        return scan_push(c, SV_MAKE_OPAQUE);
+    case OP_READONLY_BUFFER:
+        return scan_need(c, 1);
+
+    /* ---- framing and control */
+    case OP_PROTO:
+        if (!(p = scan_take(c, 1))) return -1;
+        if (p[0] > SCAN_HIGHEST_PROTOCOL) return scan_fail(c, "unsupported protocol %d", p[0]);
+        c->proto = p[0];
+        if (c->proto > c->max_proto) c->max_proto = c->proto;
+        return 0;
+    case OP_FRAME:
+        if (!(p = scan_take(c, 8))) return -1;
+        key = scan_le(p, 8);
+        if (key > (uint64_t)(c->size - c->pos))
+            return scan_fail(c, "frame of %llu bytes runs past the end of the data",
+                             (unsigned long long)key);
+        return 0;
+    case OP_STOP:
+        if (scan_pop(c, 1) < 0) return -1;
+        return 1;
+    }
+    return scan_fail(c, "unhandled opcode 0x%02x", c->op); /* not reached */
+}
+
+static void scan_ctx_free(scan_ctx *c)
+{
+    for (size_t i = 0; i < c->names.cap; i++)
+        if (c->names.keys[i] && c->names.vals[i] != 1)
+            Py_DECREF((PyObject *)(uintptr_t)c->names.vals[i]);
+    scan_map_free(&c->names);
+    scan_map_free(&c->memo.sparse);
+    free(c->memo.dense);
+    free(c->stack);
+    free(c->marks);
+    Py_XDECREF(c->globals);
+    Py_XDECREF(c->seen);
+    Py_XDECREF(c->unsafe);
+    Py_XDECREF(c->name_mapping);
+    Py_XDECREF(c->import_mapping);
+}
+
+/* a per-process secret for the hash maps: the hash of a bytes object is
+ * keyed by the interpreter's hash secret */
+static uint64_t scan_seed(void)
+{
+    PyObject *b = PyBytes_FromStringAndSize("firkin.scan", 11);
+    if (!b) return 0x5bd1e995u;
+    Py_hash_t h = PyObject_Hash(b);
+    Py_DECREF(b);
+    if (h == -1) {
+        PyErr_Clear();
+        return 0x5bd1e995u;
+    }
+    return (uint64_t)h;
+}
+
+PyObject *scan_pickle(PyObject *module, PyObject *data)
+{
+    fk_state *st = (fk_state *)PyModule_GetState(module);
+    PyObject *result = NULL;
+    Py_buffer view = {0};
+    int have_view = 0;
+    scan_ctx c;
+    memset(&c, 0, sizeof c);
+
+    if (!st) goto done;
+    if (PyObject_GetBuffer(data, &view, PyBUF_SIMPLE) < 0) goto done;
+    have_view = 1;
+    c.FormatError = st->FormatError;
+    c.buf = (const unsigned char *)view.buf;
+    c.size = view.len;
+    c.names.seed = c.memo.sparse.seed = scan_seed();
+    if (!(c.globals = PyList_New(0))) goto done;
+    if (!(c.seen = PyDict_New())) goto done;
+    if (!(c.unsafe = PyList_New(0))) goto done;
+
+    for (;;) {
+        if (c.pos >= c.size) {
+            c.op_off = c.pos;
+            c.op = 0;
+            scan_fail(&c, "the data ends before STOP");
+            goto done;
+        }
+        int r = scan_step(&c);
+        if (r < 0) goto done;
+        if (r > 0) break;
+    }
+    result = Py_BuildValue("{s:O,s:O,s:n,s:i,s:n}", "globals", c.globals, "unsafe_ops", c.unsafe,
+                           "n_buffers", c.n_buffers, "protocol", c.max_proto, "end", c.pos);
+done:
+    if (have_view) PyBuffer_Release(&view);
+    scan_ctx_free(&c);
+    return result;
+}

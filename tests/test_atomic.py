@@ -1,0 +1,366 @@
+"""Atomic writes: a dump that fails, is interrupted or is killed never damages the
+previous file, and cleans up (or lets the next dump clean up) its temp file."""
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import stat
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+
+import firkin
+
+TEMP = firkin.TEMP_SUFFIX
+
+
+def temps(directory) -> list[str]:
+    return sorted(n for n in os.listdir(directory) if n.endswith(TEMP))
+
+
+def old_object():
+    return {"version": "old", "arr": np.arange(50_000, dtype=np.float64)}
+
+
+def assert_old(path):
+    got = firkin.load(path)
+    assert got["version"] == "old"
+    np.testing.assert_array_equal(got["arr"], np.arange(50_000, dtype=np.float64))
+
+
+class Boom(Exception):
+    pass
+
+
+class RaisesOnReduce:
+    def __init__(self, exc):
+        self.exc = exc
+
+    def __reduce__(self):
+        raise self.exc
+
+
+def failing_value(exc):
+    """A large array and a lot of pickle data come before the failure."""
+    return [np.ones(3_000_000), b"x" * (3 << 20), list(range(1000)), RaisesOnReduce(exc)]
+
+
+@pytest.fixture
+def old_file(tmp_path):
+    path = tmp_path / "target.fk"
+    firkin.dump(old_object(), path)
+    return path
+
+
+# ------------------------------------------------------ failures in-process
+
+@pytest.mark.parametrize("exc", [Boom("midway"), KeyboardInterrupt(), MemoryError("fake"),
+                                 RecursionError("deep")],
+                         ids=["exception", "keyboardinterrupt", "memoryerror", "recursionerror"])
+def test_failing_pickle_leaves_old_file(old_file, exc):
+    before = old_file.read_bytes()
+    st = old_file.stat()
+    with pytest.raises(type(exc)):
+        firkin.dump(failing_value(exc), old_file)
+    assert old_file.read_bytes() == before
+    assert old_file.stat().st_ino == st.st_ino  # not even replaced
+    assert temps(old_file.parent) == []
+    assert os.listdir(old_file.parent) == ["target.fk"]
+    assert_old(old_file)
+
+
+def test_failing_pickle_new_target_leaves_nothing(tmp_path):
+    path = tmp_path / "new.fk"
+    with pytest.raises(Boom):
+        firkin.dump(failing_value(Boom("x")), path)
+    assert os.listdir(tmp_path) == []
+
+
+def test_unpicklable_object_leaves_old_file(old_file):
+    import threading
+    before = old_file.read_bytes()
+    with pytest.raises(TypeError):
+        firkin.dump([np.ones(200_000), threading.Lock()], old_file)
+    assert old_file.read_bytes() == before
+    assert temps(old_file.parent) == []
+
+
+def test_failing_dump_via_file_object_does_not_touch_paths(tmp_path):
+    with open(tmp_path / "f.bin", "wb") as f:
+        with pytest.raises(Boom):
+            firkin.dump(failing_value(Boom("x")), f)
+    assert temps(tmp_path) == []
+
+
+def test_successful_dump_replaces_atomically(old_file):
+    ino = old_file.stat().st_ino
+    firkin.dump({"version": "new"}, old_file)
+    assert firkin.load(old_file) == {"version": "new"}
+    assert old_file.stat().st_ino != ino  # a new file renamed over the old one
+    assert temps(old_file.parent) == []
+
+
+def test_reader_of_old_file_unaffected_by_new_dump(old_file):
+    mapped = firkin.load(old_file, mmap_mode="r")
+    with open(old_file, "rb") as f:
+        firkin.dump({"version": "new", "arr": np.zeros(50_000)}, old_file)
+        # an open handle still reads the complete old container
+        assert firkin.load(f)["version"] == "old"
+    np.testing.assert_array_equal(mapped["arr"], np.arange(50_000, dtype=np.float64))
+
+
+# ------------------------------------------------------ killed mid-dump
+
+CHILD = textwrap.dedent("""
+    import os, sys, time
+    import numpy as np
+    import firkin
+
+    target, marker = sys.argv[1], sys.argv[2]
+
+    class Block:
+        def __reduce__(self):
+            with open(marker, "w") as f:
+                f.write(str(os.getpid()))
+            time.sleep(600)
+            raise SystemExit("not killed")
+
+    firkin.dump([np.ones(2_000_000), b"y" * (3 << 20), Block()], target)
+""")
+
+
+def start_blocked_dump(target, tmp_path):
+    """Start a process whose dump of `target` blocks midway; return it and its
+    temp file name once the temp file exists and holds data."""
+    marker = tmp_path / f"marker-{time.monotonic_ns()}"
+    proc = subprocess.Popen([sys.executable, "-c", CHILD, str(target), str(marker)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while not marker.exists() or not marker.read_text():
+        if proc.poll() is not None:
+            raise AssertionError(f"child exited early: {proc.stderr.read().decode()[-2000:]}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError("child did not reach the blocking object")
+        time.sleep(0.05)
+    mine = [n for n in temps(target.parent) if f".{proc.pid}." in n]
+    assert len(mine) == 1, temps(target.parent)
+    assert mine[0].startswith("." + target.name + ".")
+    return proc, target.parent / mine[0]
+
+
+def kill(proc):
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    proc.stdout.close()
+    proc.stderr.close()
+
+
+def test_sigkill_mid_dump_leaves_old_file_and_next_dump_cleans(old_file, tmp_path):
+    before = old_file.read_bytes()
+    proc, tmp = start_blocked_dump(old_file, tmp_path)
+    try:
+        assert tmp.is_file()
+        assert old_file.read_bytes() == before
+    finally:
+        kill(proc)
+    assert proc.returncode == -signal.SIGKILL
+    # the old target is intact, the stale temp file is left behind
+    assert old_file.read_bytes() == before
+    assert_old(old_file)
+    assert tmp.exists()
+    # it is not mistaken for the target
+    with pytest.raises(firkin.FormatError):
+        firkin.load(tmp)
+    # the next dump of the same target removes it
+    firkin.dump({"version": "new"}, old_file)
+    assert not tmp.exists()
+    assert temps(old_file.parent) == []
+    assert firkin.load(old_file) == {"version": "new"}
+
+
+def test_live_process_temp_file_is_kept(old_file, tmp_path):
+    proc, tmp = start_blocked_dump(old_file, tmp_path)
+    try:
+        firkin.dump({"version": "mine"}, old_file)
+        assert tmp.exists(), "removed the temp file of a dump still in progress"
+        assert firkin.load(old_file) == {"version": "mine"}
+        assert temps(old_file.parent) == [tmp.name]
+    finally:
+        kill(proc)
+    firkin.dump({"version": "after"}, old_file)
+    assert temps(old_file.parent) == []
+
+
+def test_stale_temp_rules(tmp_path):
+    """Only temp files of this target belonging to dead processes are removed."""
+    target = tmp_path / "t.fk"
+    firkin.dump([1], target)
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    try:
+        names = {
+            "dead": f".t.fk.{dead.pid}.0badc0de{TEMP}",
+            "live": f".t.fk.{sleeper.pid}.0badc0de{TEMP}",
+            "other_target": f".other.fk.{dead.pid}.0badc0de{TEMP}",
+            "prefix_target": f".t.fk2.{dead.pid}.0badc0de{TEMP}",
+            "not_a_pid": f".t.fk.abc.0badc0de{TEMP}",
+            "unrelated": "t.fk.backup",
+        }
+        for n in names.values():
+            (tmp_path / n).write_bytes(b"partial")
+        firkin.dump([2], target)
+        left = set(os.listdir(tmp_path))
+        assert names["dead"] not in left
+        for key in ("live", "other_target", "prefix_target", "not_a_pid", "unrelated"):
+            assert names[key] in left, key
+        assert firkin.load(target) == [2]
+    finally:
+        sleeper.kill()
+        sleeper.wait(timeout=60)
+
+
+# ------------------------------------------------------- file attributes
+
+@pytest.mark.parametrize("mode", [0o600, 0o640, 0o644, 0o755, 0o444])
+def test_permissions_of_existing_target_kept(tmp_path, mode):
+    path = tmp_path / "perm.fk"
+    firkin.dump([1], path)
+    os.chmod(path, mode)
+    firkin.dump([2], path)
+    assert stat.S_IMODE(path.stat().st_mode) == mode
+    assert firkin.load(path) == [2]
+
+
+def test_new_file_permissions_follow_umask(tmp_path):
+    old = os.umask(0o027)
+    try:
+        path = tmp_path / "umask.fk"
+        firkin.dump([1], path)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o640
+
+
+def test_dump_through_symlink_replaces_target(tmp_path):
+    real_dir = tmp_path / "real"
+    link_dir = tmp_path / "links"
+    real_dir.mkdir()
+    link_dir.mkdir()
+    real = real_dir / "model.fk"
+    firkin.dump({"version": "old"}, real)
+    os.chmod(real, 0o640)
+    link = link_dir / "current.fk"
+    link.symlink_to(real)
+    assert firkin.dump({"version": "new"}, link) == [str(link)]
+    assert link.is_symlink()
+    assert os.readlink(link) == str(real)
+    assert firkin.load(real) == {"version": "new"}
+    assert firkin.load(link) == {"version": "new"}
+    assert stat.S_IMODE(real.stat().st_mode) == 0o640
+    assert sorted(os.listdir(link_dir)) == ["current.fk"]
+    assert sorted(os.listdir(real_dir)) == ["model.fk"]
+
+
+def test_dump_through_dangling_symlink(tmp_path):
+    real = tmp_path / "notyet.fk"
+    link = tmp_path / "link.fk"
+    link.symlink_to(real)
+    firkin.dump([7], link)
+    assert link.is_symlink()
+    assert firkin.load(real) == [7]
+
+
+def test_dump_through_chain_of_symlinks(tmp_path):
+    real = tmp_path / "final.fk"
+    firkin.dump([0], real)
+    (tmp_path / "a.fk").symlink_to(real)
+    (tmp_path / "b.fk").symlink_to(tmp_path / "a.fk")
+    firkin.dump([1], tmp_path / "b.fk")
+    assert (tmp_path / "a.fk").is_symlink() and (tmp_path / "b.fk").is_symlink()
+    assert firkin.load(real) == [1]
+
+
+# --------------------------------------------------------------- errors
+
+def test_missing_parent_directory(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        firkin.dump([1], tmp_path / "no" / "such" / "dir" / "x.fk")
+    assert os.listdir(tmp_path) == []
+
+
+def test_target_is_directory(tmp_path):
+    d = tmp_path / "adir"
+    d.mkdir()
+    with pytest.raises(IsADirectoryError):
+        firkin.dump([1], d)
+    with pytest.raises(IsADirectoryError):
+        firkin.dump([1], str(d) + os.sep)
+    assert d.is_dir() and os.listdir(d) == []
+    assert temps(tmp_path) == []
+
+
+def test_parent_is_a_file(tmp_path):
+    f = tmp_path / "file"
+    f.write_bytes(b"x")
+    with pytest.raises((NotADirectoryError, FileNotFoundError)):
+        firkin.dump([1], f / "x.fk")
+    assert f.read_bytes() == b"x"
+
+
+_PR_CAPBSET_DROP = 24
+_CAPS = (1, 2, 3)  # CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH, CAP_FOWNER
+
+
+def _drop_dac_caps():  # runs in the child between fork and exec
+    libc = ctypes.CDLL(None, use_errno=True)
+    for cap in _CAPS:
+        if libc.prctl(_PR_CAPBSET_DROP, cap, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP)")
+
+
+def test_read_only_directory_is_permission_error(tmp_path):
+    """Root bypasses directory permissions, so as root the check runs in a child
+    process whose capability bounding set lacks the DAC override capabilities
+    (still uid 0, but ordinary permission checks apply)."""
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    firkin.dump({"version": "old"}, ro / "existing.fk")
+    os.chmod(ro, 0o555)
+    try:
+        script = textwrap.dedent(f"""
+            import os, firkin
+            ro = {str(ro)!r}
+            for name in ("new.fk", "existing.fk"):
+                try:
+                    firkin.dump([1, 2, 3], os.path.join(ro, name))
+                except PermissionError as exc:
+                    print("PermissionError", name)
+                else:
+                    print("no error", name)
+            print(sorted(os.listdir(ro)))
+            print(firkin.load(os.path.join(ro, "existing.fk")))
+        """)
+        kwargs = {"preexec_fn": _drop_dac_caps} if os.geteuid() == 0 else {}
+        res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                             timeout=120, **kwargs)
+        assert res.returncode == 0, res.stderr[-2000:]
+        lines = res.stdout.splitlines()
+        assert lines[:2] == ["PermissionError new.fk", "PermissionError existing.fk"], res.stdout
+        assert lines[2] == "['existing.fk']"
+        assert lines[3] == "{'version': 'old'}"
+    finally:
+        os.chmod(ro, 0o755)
+
+
+def test_dump_returns_filename_and_no_temp_left(tmp_path):
+    path = str(tmp_path / "ok.fk")
+    for i in range(3):
+        assert firkin.dump(list(range(i)), path) == [path]
+    assert os.listdir(tmp_path) == ["ok.fk"]
