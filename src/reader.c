@@ -601,11 +601,19 @@ static int rd_sections_into(ReaderObject *r, const rd_section **secs, unsigned c
                             int verify, int threads)
 {
     uint64_t total = 0;
-    for (size_t i = 0; i < n; i++) total += secs[i]->raw;
+    int packed = 0;
+    for (size_t i = 0; i < n; i++) {
+        total += secs[i]->raw;
+        packed |= !secs[i]->all_raw;
+    }
     if (threads <= 0) threads = codec_default_threads();
     rd_pipe pp = {r, NULL, NULL, 0, 0, 0};
     int rc = -1;
-    pp.pool = codec_pool_new(total >= 2 * (uint64_t)FK_DEFAULT_CHUNK ? threads : 0, r->py_codec);
+    /* workers pay off from a couple of compressed chunks, or from a few MiB
+     * of checksumming; below that everything runs inline */
+    uint64_t from = (packed ? 2 : 8) * (uint64_t)FK_DEFAULT_CHUNK;
+    if (!verify && !packed) from = UINT64_MAX; /* nothing for workers to do */
+    pp.pool = codec_pool_new(total >= from ? threads : 0, r->py_codec);
     if (!pp.pool) return -1;
     pp.cap = (size_t)threads * 4;
     pp.ring = (rd_job **)PyMem_Calloc(pp.cap, sizeof(rd_job *));

@@ -242,8 +242,10 @@ static int wr_reserve_chunks(WriterObject *w, size_t more)
 
 static int wr_ensure_pool(WriterObject *w)
 {
-    /* threads pay off from a couple of chunks on; small dumps stay inline */
-    int want = w->submitted >= 2 * (uint64_t)w->chunk_size ? w->threads : 0;
+    /* threads pay off from a couple of chunks on when compressing, from a few
+     * MiB when they only checksum; small dumps stay inline */
+    uint64_t from = (w->codec == FK_CODEC_RAW ? 8 : 2) * (uint64_t)w->chunk_size;
+    int want = w->submitted >= from ? w->threads : 0;
     if (w->pool && (codec_pool_threads(w->pool) || !want)) return 0;
     if (w->pool && w->ring_count) return 0; /* upgrade only when idle */
     codec_pool *np = codec_pool_new(want, w->py_codec);

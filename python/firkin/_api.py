@@ -235,9 +235,10 @@ class _MmapUnpickler(pickle.Unpickler):
 
 def _unpickle(reader, buffers, mmap: bool):
     stream = reader.pickle_stream()
-    cls = _MmapUnpickler if mmap else pickle.Unpickler
     try:
-        return cls(io.BytesIO(stream), buffers=buffers).load()
+        if not mmap:
+            return pickle.loads(stream, buffers=buffers)  # reads the bytes in place
+        return _MmapUnpickler(io.BytesIO(stream), buffers=buffers).load()
     except pickle.UnpicklingError as exc:
         raise FormatError(f"{reader.name}: the pickle stream is invalid: {exc}") from exc
 
