@@ -267,12 +267,22 @@ def _check_mmap_mode(mmap_mode):
     return _MMAP_MODES[mmap_mode]
 
 
-_FIRKIN_HEADS = (b"\x89FRK", b"\x09FRK")
+_MAGIC = b"\x89FRK\r\n\x1a\n"
+_END_MAGIC = b"\nFRKEND\x89"
 
 
-def _is_firkin_head(head: bytes) -> bool:
-    """True for firkin files, damaged ones included (the reader names the damage)."""
-    return head[:4] in _FIRKIN_HEADS or len(head) == 0
+def _looks_like_firkin(fd: int) -> bool:
+    """True for firkin files, damaged ones included, so that the reader names
+    the damage instead of the file being taken for another format: the magic
+    with a few bytes wrong (text-mode or 7-bit transfers, bit flips), or a
+    firkin end marker, or an empty file."""
+    head = os.pread(fd, 8, 0)
+    if not head:
+        return True
+    if sum(a == b for a, b in zip(head, _MAGIC)) >= 5 or head[1:4] == b"FRK":
+        return True
+    size = os.fstat(fd).st_size
+    return size >= 8 and os.pread(fd, 8, size - 8) == _END_MAGIC
 
 
 def _load_foreign(f, name, mode, kwargs):
@@ -295,7 +305,7 @@ def load(filename, mmap_mode=None, *, verify=None, threads=None):
     if _is_path(filename):
         path = os.fsdecode(os.fspath(filename))
         with open(path, "r+b" if mode == "r+" else "rb") as f:
-            if not _is_firkin_head(os.pread(f.fileno(), 4, 0)):
+            if not _looks_like_firkin(f.fileno()):
                 return _load_foreign(f, path, mmap_mode, {})
             reader = _reader(f.fileno(), path)
             if mode is None:
