@@ -37,6 +37,7 @@
 #define FK_SEC_PICKLE 1
 #define FK_SEC_BUFFER 2
 #define FK_SEC_METADATA 3
+#define FK_SEC_SIGNATURE 4
 #define FK_SECF_REQUIRED 0x0001
 
 /* chunk codecs (the codec byte of a chunk entry) */

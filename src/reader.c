@@ -111,7 +111,7 @@ typedef struct {
     size_t chunk_stride;
     rd_section *sections;
     size_t nsections;
-    Py_ssize_t pickle_sec, meta_sec;
+    Py_ssize_t pickle_sec, meta_sec, sig_sec;
     size_t *buf_secs;
     size_t nbuf;
     PyObject *py_codec;   /* (compress, decompress) for codecs done in Python */
@@ -464,6 +464,12 @@ static int rd_parse(ReaderObject *r)
             if (r->meta_sec >= 0) return FORMAT_ERR(r, "more than one metadata section"), -1;
             r->meta_sec = (Py_ssize_t)r->nsections;
             break;
+        case FK_SEC_SIGNATURE:
+            if (r->sig_sec >= 0) return FORMAT_ERR(r, "more than one signature section"), -1;
+            if (s.raw > 4096) return FORMAT_ERR(r, "signature section of %llu bytes is too long",
+                                                (unsigned long long)s.raw), -1;
+            r->sig_sec = (Py_ssize_t)r->nsections;
+            break;
         default:
             if (s.flags & FK_SECF_REQUIRED)
                 return FORMAT_ERR(r, "written by a newer firkin: section %llu has kind %u, which this "
@@ -487,6 +493,7 @@ static const char *kind_name(uint16_t kind)
     case FK_SEC_PICKLE: return "pickle stream";
     case FK_SEC_BUFFER: return "buffer";
     case FK_SEC_METADATA: return "metadata";
+    case FK_SEC_SIGNATURE: return "signature";
     default: return "section";
     }
 }
@@ -697,6 +704,21 @@ static PyObject *Reader_metadata(ReaderObject *r, PyObject *unused)
     return rd_section_bytes(r, &r->sections[r->meta_sec]);
 }
 
+static PyObject *Reader_signature(ReaderObject *r, PyObject *unused)
+{
+    (void)unused;
+    if (r->sig_sec < 0) Py_RETURN_NONE;
+    return rd_section_bytes(r, &r->sections[r->sig_sec]);
+}
+
+static PyObject *Reader_header_bytes(ReaderObject *r, PyObject *unused)
+{
+    (void)unused;
+    PyObject *b = PyBytes_FromStringAndSize(NULL, FK_HEADER_LEN);
+    if (b && rd_read(r, 0, PyBytes_AS_STRING(b), FK_HEADER_LEN) < 0) Py_CLEAR(b);
+    return b;
+}
+
 /* read_buffers(verify=True, threads=0, which=None) -> list: a Buffer for
  * each out-of-band buffer (or for those numbered in `which`; None elsewhere). */
 static PyObject *Reader_read_buffers(ReaderObject *r, PyObject *args, PyObject *kwds)
@@ -848,7 +870,7 @@ static PyObject *Reader_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     if (!r) return NULL;
     r->st = (fk_state *)PyType_GetModuleState(type);
     r->fd = -1;
-    r->pickle_sec = r->meta_sec = -1;
+    r->pickle_sec = r->meta_sec = r->sig_sec = -1;
     r->base = base;
     r->py_codec = py_codec == Py_None ? NULL : Py_NewRef(py_codec);
     r->name = name && name != Py_None ? PyObject_Str(name) : PyUnicode_FromString("<firkin data>");
@@ -933,6 +955,8 @@ static PyObject *Reader_get_nbuf(ReaderObject *r, void *c)
 static PyMethodDef Reader_methods[] = {
     {"pickle_stream", (PyCFunction)Reader_pickle_stream, METH_NOARGS, "the verified pickle stream (bytes)"},
     {"metadata", (PyCFunction)Reader_metadata, METH_NOARGS, "the verified metadata JSON (bytes) or None"},
+    {"signature", (PyCFunction)Reader_signature, METH_NOARGS, "the signature section (bytes) or None"},
+    {"header_bytes", (PyCFunction)Reader_header_bytes, METH_NOARGS, "the 64 header bytes"},
     {"read_buffers", (PyCFunction)(void (*)(void))Reader_read_buffers, METH_VARARGS | METH_KEYWORDS,
      "read_buffers(verify=True, threads=0) -> list of Buffer"},
     {"buffer_spans", (PyCFunction)Reader_buffer_spans, METH_NOARGS,

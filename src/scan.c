@@ -107,6 +107,8 @@ enum {
     SV_UTF8 = 2,   /* BINUNICODE family: UTF-8 (surrogatepass) */
     SV_ASCII = 3,  /* STRING/BINSTRING family, ASCII without escapes */
     SV_RAWUNI = 4, /* UNICODE: raw-unicode-escape */
+    SV_GLOBAL = 5, /* what a global load produced; low 60 bits: index in gtab */
+    SV_PAIR = 6,   /* TUPLE2 of (global, string); low 60 bits: index in pairs */
 };
 
 #define SV_LEN_BITS 20
@@ -275,6 +277,25 @@ static int scan_memo_put(scan_memo *mm, uint64_t key, scan_val val)
 
 /* ------------------------------------------------------------ scanner state */
 
+/* A global the stream names: reported (appended to "globals") when it is
+ * loaded, except builtins.getattr, which is deferred: the unpickler gets
+ * attributes of classes through it (bound classmethods such as
+ * zoneinfo.ZoneInfo._unpickle pickle as getattr(ZoneInfo, '_unpickle')).
+ * getattr(<global>, "<constant>") is reported as the dotted global
+ * "<module>.<qualname>.<constant>"; any other use of the getattr value
+ * reports builtins.getattr itself. */
+typedef struct {
+    PyObject *key; /* (module, name) after the Python 2 mapping */
+    unsigned char reported;
+    unsigned char deferred;
+} scan_global;
+
+/* TUPLE2 of (global, string constant): a candidate getattr argument tuple */
+typedef struct {
+    scan_val obj;  /* SV_GLOBAL */
+    scan_val attr; /* string kind */
+} scan_pair;
+
 typedef struct {
     PyObject *FormatError;
     const unsigned char *buf;
@@ -292,12 +313,17 @@ typedef struct {
     scan_memo memo;
     scan_map names; /* scan_val -> PyObject* (interned str) or 1 (not decodable) */
 
+    scan_global *gtab; /* every distinct global, indexed by SV_GLOBAL values */
+    Py_ssize_t ngtab, gtab_cap;
+    PyObject *gindex;  /* dict: (module, name) -> index in gtab */
+    scan_pair *pairs;
+    Py_ssize_t npairs, pairs_cap;
+
     int proto;     /* as set by PROTO: the unpickler maps Python 2 names below 3 */
     int max_proto; /* highest protocol seen (PROTO argument or opcode) */
     Py_ssize_t n_buffers;
 
-    PyObject *globals; /* list of (module, name) */
-    PyObject *seen;    /* dict: (module, name) -> None */
+    PyObject *globals; /* list of reported (module, name), first-seen order */
     PyObject *unsafe;  /* list of (opcode name, offset) */
     PyObject *name_mapping;   /* _compat_pickle.NAME_MAPPING, fetched when first needed */
     PyObject *import_mapping; /* _compat_pickle.IMPORT_MAPPING */
@@ -347,24 +373,31 @@ static const unsigned char *scan_line(scan_ctx *c, Py_ssize_t *len)
     return p;
 }
 
+/* grows an array of *cap items of size isz to hold one more; the callers'
+ * counts never exceed the number of opcodes read, so this is bounded by the
+ * input's size */
+static int scan_grow(void **arr, Py_ssize_t *cap, size_t isz, Py_ssize_t first)
+{
+    Py_ssize_t ncap = *cap ? *cap * 2 : first;
+    if ((size_t)ncap > (size_t)PY_SSIZE_T_MAX / isz) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    void *n = realloc(*arr, (size_t)ncap * isz);
+    if (!n) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    *arr = n;
+    *cap = ncap;
+    return 0;
+}
+
 static int scan_push(scan_ctx *c, scan_val v)
 {
-    if (c->depth == c->stack_cap) {
-        /* the depth never exceeds the number of opcodes read, so this is
-         * bounded by the input's size */
-        Py_ssize_t ncap = c->stack_cap ? c->stack_cap * 2 : 64;
-        if ((size_t)ncap > (size_t)PY_SSIZE_T_MAX / sizeof(scan_val)) {
-            PyErr_NoMemory();
-            return -1;
-        }
-        scan_val *ns = realloc(c->stack, (size_t)ncap * sizeof(scan_val));
-        if (!ns) {
-            PyErr_NoMemory();
-            return -1;
-        }
-        c->stack = ns;
-        c->stack_cap = ncap;
-    }
+    if (c->depth == c->stack_cap &&
+        scan_grow((void **)&c->stack, &c->stack_cap, sizeof(scan_val), 64) < 0)
+        return -1;
     c->stack[c->depth++] = v;
     return 0;
 }
@@ -378,29 +411,11 @@ static int scan_need(scan_ctx *c, Py_ssize_t n)
     return 0;
 }
 
-static int scan_pop(scan_ctx *c, Py_ssize_t n)
-{
-    if (scan_need(c, n) < 0) return -1;
-    c->depth -= n;
-    return 0;
-}
-
 static int scan_push_mark(scan_ctx *c)
 {
-    if (c->nmarks == c->marks_cap) {
-        Py_ssize_t ncap = c->marks_cap ? c->marks_cap * 2 : 16;
-        if ((size_t)ncap > (size_t)PY_SSIZE_T_MAX / sizeof(Py_ssize_t)) {
-            PyErr_NoMemory();
-            return -1;
-        }
-        Py_ssize_t *nm = realloc(c->marks, (size_t)ncap * sizeof(Py_ssize_t));
-        if (!nm) {
-            PyErr_NoMemory();
-            return -1;
-        }
-        c->marks = nm;
-        c->marks_cap = ncap;
-    }
+    if (c->nmarks == c->marks_cap &&
+        scan_grow((void **)&c->marks, &c->marks_cap, sizeof(Py_ssize_t), 16) < 0)
+        return -1;
     c->marks[c->nmarks++] = c->depth;
     c->fence = c->depth;
     return 0;
@@ -481,15 +496,24 @@ static int scan_load_mappings(scan_ctx *c)
     return 0;
 }
 
-/* Records (module, name) after the Python 2 -> 3 mapping find_class applies
- * below protocol 3 (fix_imports=True). Borrows module and name. */
-static int scan_record(scan_ctx *c, PyObject *module, PyObject *name)
+static int scan_report(scan_ctx *c, Py_ssize_t gi)
 {
-    int rc = -1;
+    scan_global *g = &c->gtab[gi];
+    if (g->reported) return 0;
+    g->reported = 1;
+    return PyList_Append(c->globals, g->key);
+}
+
+/* The gtab index of (module, name), added when new; map: apply the
+ * Python 2 -> 3 mapping find_class applies below protocol 3 (fix_imports).
+ * Borrows module and name. Returns the index or -1. */
+static Py_ssize_t scan_global_index(scan_ctx *c, PyObject *module, PyObject *name, int map)
+{
+    Py_ssize_t gi = -1;
     PyObject *key = NULL;
     Py_INCREF(module);
     Py_INCREF(name);
-    if (c->proto < 3) {
+    if (map && c->proto < 3) {
         if (!c->name_mapping && scan_load_mappings(c) < 0) goto done;
         PyObject *pair = PyTuple_Pack(2, module, name);
         if (!pair) goto done;
@@ -523,22 +547,118 @@ static int scan_record(scan_ctx *c, PyObject *module, PyObject *name)
     }
     key = PyTuple_Pack(2, module, name);
     if (!key) goto done;
-    int has = PyDict_Contains(c->seen, key);
-    if (has < 0) goto done;
-    if (!has) {
-        if (PyDict_SetItem(c->seen, key, Py_None) < 0) goto done;
-        if (PyList_Append(c->globals, key) < 0) goto done;
+    PyObject *found = PyDict_GetItemWithError(c->gindex, key); /* borrowed */
+    if (found) {
+        gi = PyLong_AsSsize_t(found);
+        goto done;
     }
-    rc = 0;
+    if (PyErr_Occurred()) goto done;
+    if (c->ngtab == c->gtab_cap &&
+        scan_grow((void **)&c->gtab, &c->gtab_cap, sizeof(scan_global), 16) < 0)
+        goto done;
+    PyObject *idx = PyLong_FromSsize_t(c->ngtab);
+    if (!idx) goto done;
+    int rc = PyDict_SetItem(c->gindex, key, idx);
+    Py_DECREF(idx);
+    if (rc < 0) goto done;
+    scan_global *g = &c->gtab[c->ngtab];
+    g->key = Py_NewRef(key);
+    g->reported = 0;
+    g->deferred = PyUnicode_CompareWithASCIIString(module, "builtins") == 0 &&
+                  PyUnicode_CompareWithASCIIString(name, "getattr") == 0;
+    gi = c->ngtab++;
 done:
     Py_XDECREF(key);
     Py_DECREF(module);
     Py_DECREF(name);
-    return rc;
+    return gi;
+}
+
+static inline scan_val sv_global(Py_ssize_t gi) { return ((scan_val)SV_GLOBAL << 60) | (scan_val)gi; }
+static inline Py_ssize_t sv_index(scan_val v) { return (Py_ssize_t)(v & (((scan_val)1 << 60) - 1)); }
+
+/* Pushes the value a global load produces; force: report even a deferred
+ * name (the opcode calls it right away) */
+static int scan_push_global(scan_ctx *c, PyObject *module, PyObject *name, int map, int force)
+{
+    Py_ssize_t gi = scan_global_index(c, module, name, map);
+    if (gi < 0) return -1;
+    if ((!c->gtab[gi].deferred || force) && scan_report(c, gi) < 0) return -1;
+    return scan_push(c, sv_global(gi));
+}
+
+/* The values stack[lo:hi] are used by an opcode: a deferred global among
+ * them (or inside a pair) is reported now. */
+static int scan_consume(scan_ctx *c, Py_ssize_t lo, Py_ssize_t hi)
+{
+    for (Py_ssize_t i = lo; i < hi; i++) {
+        scan_val v = c->stack[i];
+        if (sv_kind(v) == SV_PAIR) v = c->pairs[sv_index(v)].obj;
+        if (sv_kind(v) == SV_GLOBAL && scan_report(c, sv_index(v)) < 0) return -1;
+    }
+    return 0;
+}
+
+/* pops n values an opcode uses */
+static int scan_pop(scan_ctx *c, Py_ssize_t n)
+{
+    if (scan_need(c, n) < 0) return -1;
+    if (scan_consume(c, c->depth - n, c->depth) < 0) return -1;
+    c->depth -= n;
+    return 0;
+}
+
+/* replaces stack[m:] by one opaque value made from them */
+static int scan_collapse(scan_ctx *c, Py_ssize_t m)
+{
+    if (scan_consume(c, m, c->depth) < 0) return -1;
+    c->depth = m;
+    return scan_push(c, SV_MAKE_OPAQUE);
+}
+
+/* TUPLE2 (or TUPLE of two): (global, string) becomes a pair value, anything
+ * else an opaque tuple */
+static int scan_tuple2(scan_ctx *c)
+{
+    scan_val a = c->stack[c->depth - 2], b = c->stack[c->depth - 1];
+    unsigned kb = sv_kind(b);
+    if (sv_kind(a) != SV_GLOBAL || (kb != SV_UTF8 && kb != SV_ASCII && kb != SV_RAWUNI))
+        return scan_collapse(c, c->depth - 2);
+    if (c->npairs == c->pairs_cap &&
+        scan_grow((void **)&c->pairs, &c->pairs_cap, sizeof(scan_pair), 16) < 0)
+        return -1;
+    c->pairs[c->npairs].obj = a;
+    c->pairs[c->npairs].attr = b;
+    c->depth -= 2;
+    return scan_push(c, ((scan_val)SV_PAIR << 60) | (scan_val)c->npairs++);
+}
+
+/* REDUCE: getattr(<global>, "<constant>") loads the dotted global; any other
+ * call consumes its operands */
+static int scan_reduce(scan_ctx *c)
+{
+    if (scan_need(c, 2) < 0) return -1;
+    scan_val fn = c->stack[c->depth - 2], args = c->stack[c->depth - 1];
+    if (sv_kind(fn) == SV_GLOBAL && c->gtab[sv_index(fn)].deferred && sv_kind(args) == SV_PAIR) {
+        scan_pair pr = c->pairs[sv_index(args)];
+        PyObject *attr = NULL;
+        int r = scan_val_str(c, pr.attr, &attr);
+        if (r < 0) return -1;
+        if (r) {
+            PyObject *owner = c->gtab[sv_index(pr.obj)].key;
+            PyObject *dotted = PyUnicode_FromFormat("%U.%U", PyTuple_GET_ITEM(owner, 1), attr);
+            if (!dotted) return -1;
+            c->depth -= 2;
+            int rc = scan_push_global(c, PyTuple_GET_ITEM(owner, 0), dotted, 0, 1);
+            Py_DECREF(dotted);
+            return rc;
+        }
+    }
+    return scan_collapse(c, c->depth - 2);
 }
 
 /* GLOBAL / INST: "module\nname\n" */
-static int scan_text_global(scan_ctx *c, int ascii_only)
+static int scan_text_global(scan_ctx *c, int is_inst)
 {
     int rc = -1;
     PyObject *module = NULL, *name = NULL;
@@ -551,7 +671,7 @@ static int scan_text_global(scan_ctx *c, int ascii_only)
         scan_fail(c, "empty module or name");
         goto done;
     }
-    if (ascii_only) {
+    if (is_inst) {
         module = PyUnicode_DecodeASCII((const char *)m, mlen, "strict");
         name = module ? PyUnicode_DecodeASCII((const char *)n, nlen, "strict") : NULL;
     } else {
@@ -562,10 +682,11 @@ static int scan_text_global(scan_ctx *c, int ascii_only)
         /* the unpickler would fail on this name too; reported, not judged */
         if (!PyErr_ExceptionMatches(PyExc_UnicodeDecodeError)) goto done;
         PyErr_Clear();
-        rc = scan_unsafe(c);
+        rc = scan_unsafe(c) < 0 ? -1 : scan_push(c, SV_MAKE_OPAQUE);
         goto done;
     }
-    rc = scan_record(c, module, name);
+    /* INST calls the class at once: nothing is deferred */
+    rc = scan_push_global(c, module, name, 1, is_inst);
 done:
     Py_XDECREF(module);
     Py_XDECREF(name);
@@ -576,14 +697,17 @@ static int scan_stack_global(scan_ctx *c)
 {
     if (scan_need(c, 2) < 0) return -1;
     scan_val mv = c->stack[c->depth - 2], nv = c->stack[c->depth - 1];
-    c->depth -= 2;
     PyObject *module = NULL, *name = NULL;
     int rm = scan_val_str(c, mv, &module);
     if (rm < 0) return -1;
     int rn = scan_val_str(c, nv, &name);
     if (rn < 0) return -1;
-    if (!rm || !rn) return scan_unsafe(c);
-    return scan_record(c, module, name);
+    if (!rm || !rn) {
+        if (scan_unsafe(c) < 0) return -1;
+        return scan_collapse(c, c->depth - 2);
+    }
+    c->depth -= 2;
+    return scan_push_global(c, module, name, 1, 0);
 }
 
 /* ------------------------------------------------------------ arguments */
@@ -719,38 +843,46 @@ static int scan_step(scan_ctx *c)
     /* ---- containers */
     case OP_APPEND:
         if (scan_need(c, 2) < 0) return -1;
-        c->depth -= 1;
-        return 0;
+        return scan_pop(c, 1);
     case OP_SETITEM:
         if (scan_need(c, 3) < 0) return -1;
-        c->depth -= 2;
-        return 0;
+        return scan_pop(c, 2);
     case OP_APPENDS: case OP_SETITEMS: case OP_ADDITEMS:
         if ((m = scan_pop_mark(c)) < 0) return -1;
         if (c->op == OP_SETITEMS && (c->depth - m) % 2)
             return scan_fail(c, "odd number of items");
+        if (m - c->fence < 1)
+            return scan_fail(c, "stack underflow (no container under the MARK)");
+        if (scan_consume(c, m, c->depth) < 0) return -1;
         c->depth = m;
-        return scan_need(c, 1); /* the container under the mark */
+        return 0;
     case OP_DICT:
         if ((m = scan_pop_mark(c)) < 0) return -1;
         if ((c->depth - m) % 2) return scan_fail(c, "odd number of items");
-        c->depth = m;
-        return scan_push(c, SV_MAKE_OPAQUE);
-    case OP_LIST: case OP_TUPLE: case OP_FROZENSET:
+        return scan_collapse(c, m);
+    case OP_TUPLE:
         if ((m = scan_pop_mark(c)) < 0) return -1;
-        c->depth = m;
-        return scan_push(c, SV_MAKE_OPAQUE);
-    case OP_TUPLE1: case OP_TUPLE2: case OP_TUPLE3:
-        if (scan_pop(c, c->op - OP_TUPLE1 + 1) < 0) return -1;
-        return scan_push(c, SV_MAKE_OPAQUE);
+        if (c->depth - m == 2) return scan_tuple2(c);
+        return scan_collapse(c, m);
+    case OP_LIST: case OP_FROZENSET:
+        if ((m = scan_pop_mark(c)) < 0) return -1;
+        return scan_collapse(c, m);
+    case OP_TUPLE2:
+        if (scan_need(c, 2) < 0) return -1;
+        return scan_tuple2(c);
+    case OP_TUPLE1: case OP_TUPLE3:
+        if (scan_need(c, c->op - OP_TUPLE1 + 1) < 0) return -1;
+        return scan_collapse(c, c->depth - (c->op - OP_TUPLE1 + 1));
 
-    /* ---- stack manipulation */
+    /* ---- stack manipulation (discarding or copying a value uses nothing) */
     case OP_MARK:
         return scan_push_mark(c);
     case OP_POP:
         /* pops the mark when it is on top (as the unpickler does) */
         if (c->nmarks && c->marks[c->nmarks - 1] == c->depth) return scan_pop_mark(c) < 0 ? -1 : 0;
-        return scan_pop(c, 1);
+        if (scan_need(c, 1) < 0) return -1;
+        c->depth -= 1;
+        return 0;
     case OP_POP_MARK:
         if ((m = scan_pop_mark(c)) < 0) return -1;
         c->depth = m;
@@ -783,32 +915,33 @@ static int scan_step(scan_ctx *c)
 
     /* ---- globals and calls */
     case OP_GLOBAL:
-        if (scan_text_global(c, 0) < 0) return -1;
-        return scan_push(c, SV_MAKE_OPAQUE);
+        return scan_text_global(c, 0);
     case OP_STACK_GLOBAL:
-        if (scan_stack_global(c) < 0) return -1;
-        return scan_push(c, SV_MAKE_OPAQUE);
+        return scan_stack_global(c);
     case OP_INST:
         if (scan_text_global(c, 1) < 0) return -1;
+        c->depth -= 1; /* the class: the instance replaces it and the arguments */
         if ((m = scan_pop_mark(c)) < 0) return -1;
-        c->depth = m;
-        return scan_push(c, SV_MAKE_OPAQUE);
+        return scan_collapse(c, m);
     case OP_OBJ:
         if ((m = scan_pop_mark(c)) < 0) return -1;
         if (c->depth - m < 1) return scan_fail(c, "stack underflow (OBJ needs a class after MARK)");
-        c->depth = m;
-        return scan_push(c, SV_MAKE_OPAQUE);
-    case OP_REDUCE: case OP_NEWOBJ:
-        if (scan_pop(c, 2) < 0) return -1;
-        return scan_push(c, SV_MAKE_OPAQUE);
-    case OP_NEWOBJ_EX:
-        if (scan_pop(c, 3) < 0) return -1;
-        return scan_push(c, SV_MAKE_OPAQUE);
-    case OP_BUILD:
-        /* the object stays where it is; only the state is consumed */
+        return scan_collapse(c, m);
+    case OP_REDUCE:
+        return scan_reduce(c);
+    case OP_NEWOBJ:
         if (scan_need(c, 2) < 0) return -1;
-        c->depth -= 1;
-        return 0;
+        return scan_collapse(c, c->depth - 2);
+    case OP_NEWOBJ_EX:
+        if (scan_need(c, 3) < 0) return -1;
+        return scan_collapse(c, c->depth - 3);
+    case OP_BUILD:
+        /* the object stays where it is and the state is used; setting the
+         * state of a global (a class or function, not an instance) would
+         * change it for the whole process: pickle never writes that */
+        if (scan_need(c, 2) < 0) return -1;
+        if (sv_kind(c->stack[c->depth - 2]) == SV_GLOBAL && scan_unsafe(c) < 0) return -1;
+        return scan_pop(c, 1);
     case OP_EXT1: case OP_EXT2: case OP_EXT4: {
         int w = c->op == OP_EXT1 ? 1 : c->op == OP_EXT2 ? 2 : 4;
         if (!(p = scan_take(c, (uint64_t)w))) return -1;
@@ -823,9 +956,9 @@ static int scan_step(scan_ctx *c)
         if (scan_unsafe(c) < 0) return -1;
         return scan_push(c, SV_MAKE_OPAQUE);
     case OP_BINPERSID:
-        if (scan_pop(c, 1) < 0) return -1;
+        if (scan_need(c, 1) < 0) return -1;
         if (scan_unsafe(c) < 0) return -1;
-        return scan_push(c, SV_MAKE_OPAQUE);
+        return scan_collapse(c, c->depth - 1);
     case OP_READONLY_BUFFER:
         return scan_need(c, 1);
 
@@ -860,8 +993,11 @@ static void scan_ctx_free(scan_ctx *c)
     free(c->memo.dense);
     free(c->stack);
     free(c->marks);
+    for (Py_ssize_t i = 0; i < c->ngtab; i++) Py_DECREF(c->gtab[i].key);
+    free(c->gtab);
+    free(c->pairs);
+    Py_XDECREF(c->gindex);
     Py_XDECREF(c->globals);
-    Py_XDECREF(c->seen);
     Py_XDECREF(c->unsafe);
     Py_XDECREF(c->name_mapping);
     Py_XDECREF(c->import_mapping);
@@ -899,7 +1035,7 @@ PyObject *scan_pickle(PyObject *module, PyObject *data)
     c.size = view.len;
     c.names.seed = c.memo.sparse.seed = scan_seed();
     if (!(c.globals = PyList_New(0))) goto done;
-    if (!(c.seen = PyDict_New())) goto done;
+    if (!(c.gindex = PyDict_New())) goto done;
     if (!(c.unsafe = PyList_New(0))) goto done;
 
     for (;;) {

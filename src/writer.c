@@ -66,6 +66,7 @@ typedef struct {
     size_t ring_cap, ring_head, ring_count;
     uint64_t submitted;  /* raw bytes handed to the pipeline */
     PyObject *progress;  /* callable(bytes_done) or NULL */
+    PyObject *signer;    /* callable(memoryview) fed every raw pickle stream byte, or NULL */
     uint64_t progress_done, progress_last;
 } WriterObject;
 
@@ -411,6 +412,14 @@ static int wr_flush_stream(WriterObject *w)
     if (!w->sbuf_len) return 0;
     unsigned char *full = w->sbuf;
     size_t n = w->sbuf_len;
+    if (w->signer) {
+        /* the signature covers the stream exactly as the unpickler reads it */
+        PyObject *mv = PyMemoryView_FromMemory((char *)full, (Py_ssize_t)n, PyBUF_READ);
+        PyObject *r = mv ? PyObject_CallOneArg(w->signer, mv) : NULL;
+        if (mv && fk_release_view(mv) < 0) Py_CLEAR(r);
+        if (!r) return -1;
+        Py_DECREF(r);
+    }
     w->sbuf = (unsigned char *)malloc(w->chunk_size);
     w->sbuf_len = 0;
     if (!w->sbuf) { free(full); PyErr_NoMemory(); return -1; }
@@ -809,17 +818,20 @@ done:
 
 static PyObject *Writer_finish(WriterObject *w, PyObject *args)
 {
-    Py_buffer meta;
+    Py_buffer meta, sig = {0};
     int do_fsync = 1;
     PyObject *ret = NULL;
     unsigned char *idx = NULL;
-    if (!PyArg_ParseTuple(args, "y*|p:finish", &meta, &do_fsync)) return NULL;
+    if (!PyArg_ParseTuple(args, "y*|py*:finish", &meta, &do_fsync, &sig)) return NULL;
     if (w->stage != 1) {
         PyErr_SetString(PyExc_RuntimeError, "finish() comes once, after a successful dump()");
         goto done;
     }
     w->stage = -1;
     if (wr_blob_section(w, FK_SEC_METADATA, 0, (const unsigned char *)meta.buf, (size_t)meta.len) < 0)
+        goto done;
+    if (sig.buf && sig.len &&
+        wr_blob_section(w, FK_SEC_SIGNATURE, 0, (const unsigned char *)sig.buf, (size_t)sig.len) < 0)
         goto done;
     if (wr_pad(w) < 0) goto done;
     {
@@ -901,6 +913,7 @@ done:
     if (!ret) wr_abort_pipeline(w);
     PyMem_Free(idx);
     PyBuffer_Release(&meta);
+    if (sig.obj) PyBuffer_Release(&sig);
     return ret;
 }
 
@@ -909,12 +922,13 @@ done:
 static PyObject *Writer_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
     static char *kwlist[] = {"target", "threads", "chunk_size", "threshold", "codec", "level",
-                             "py_codec", "progress", NULL};
-    PyObject *target, *py_codec = Py_None, *progress = Py_None;
+                             "py_codec", "progress", "signer", NULL};
+    PyObject *target, *py_codec = Py_None, *progress = Py_None, *signer = Py_None;
     int threads = 0, codec = FK_CODEC_RAW, level = 0;
     Py_ssize_t chunk_size = FK_DEFAULT_CHUNK, threshold = FK_DEFAULT_THRESHOLD;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|inniiOO:Writer", kwlist, &target, &threads,
-                                     &chunk_size, &threshold, &codec, &level, &py_codec, &progress))
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|inniiOOO:Writer", kwlist, &target, &threads,
+                                     &chunk_size, &threshold, &codec, &level, &py_codec, &progress,
+                                     &signer))
         return NULL;
     if (codec < 0 || codec > FK_CODEC_MAX) {
         PyErr_Format(PyExc_ValueError, "unknown codec id %d", codec);
@@ -948,6 +962,7 @@ static PyObject *Writer_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     w->level = level;
     w->py_codec = py_codec == Py_None ? NULL : Py_NewRef(py_codec);
     w->progress = progress == Py_None ? NULL : Py_NewRef(progress);
+    w->signer = signer == Py_None ? NULL : Py_NewRef(signer);
     w->start_pos = Py_NewRef(Py_None);
     w->buffers = PyList_New(0);
     w->modules = PySet_New(NULL);
@@ -997,6 +1012,7 @@ static int Writer_traverse(WriterObject *w, visitproc visit, void *arg)
     Py_VISIT(w->seen_types);
     Py_VISIT(w->py_codec);
     Py_VISIT(w->progress);
+    Py_VISIT(w->signer);
     return 0;
 }
 
@@ -1009,6 +1025,7 @@ static int Writer_clear(WriterObject *w)
     Py_CLEAR(w->modules);
     Py_CLEAR(w->seen_types);
     Py_CLEAR(w->progress);
+    Py_CLEAR(w->signer);
     return 0;
 }
 
@@ -1044,7 +1061,7 @@ static PyMethodDef Writer_methods[] = {
     {"dump", (PyCFunction)Writer_dump, METH_VARARGS,
      "dump(obj, protocol) -> sorted list of the top-level modules whose objects occur"},
     {"finish", (PyCFunction)Writer_finish, METH_VARARGS,
-     "finish(metadata_json: bytes, fsync=True) -> container length"},
+     "finish(metadata_json: bytes, fsync=True, signature=b'') -> container length"},
     {"write", (PyCFunction)Writer_write, METH_O, "pickler sink (internal)"},
     {"_buffer_callback", (PyCFunction)Writer_buffer_callback, METH_O, "buffer callback (internal)"},
     {NULL, NULL, 0, NULL},

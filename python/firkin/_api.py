@@ -11,7 +11,7 @@ import warnings
 
 import numpy as np
 
-from . import _compress, _core, _meta
+from . import _compress, _core, _meta, _sign
 from ._core import ChecksumError, FirkinError, FormatError
 
 __all__ = ["dump", "load", "dumps", "loads", "load_metadata", "codecs", "FirkinError",
@@ -72,11 +72,14 @@ OOB_THRESHOLD = _core.DEFAULT_THRESHOLD
 
 def _write(value, target, protocol, user_meta, compress, threads) -> int:
     codec, level, described = compress
+    key = _sign.current_key()
+    signer = _sign.Signer(key) if key is not None else None
     w = _core.Writer(target, threshold=OOB_THRESHOLD, codec=codec, level=level,
-                     py_codec=_compress.PY_CODEC, threads=threads)
+                     py_codec=_compress.PY_CODEC, threads=threads,
+                     signer=signer.update if signer else None)
     modules = w.dump(value, protocol)
     meta = _meta.build(modules, user_meta, w.buffer_count, w.oob_bytes, described)
-    return w.finish(meta)
+    return w.finish(meta, True, signer.finish(meta) if signer else b"")
 
 
 def _pid_alive(pid: int) -> bool:
