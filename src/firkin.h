@@ -75,6 +75,9 @@ typedef struct {
     PyObject *str_seek;
     PyObject *str_module;
     PyObject *str_dump;
+    PyObject *str_main;         /* "__main__" */
+    PyObject *main_reducer;     /* reduces __main__ classes/functions by value, or NULL */
+    PyObject *byvalue_types;    /* tuple: types only the by-value reducer can save (code, cell, ...) */
 } fk_state;
 
 /* ---- checksum.c ---- */

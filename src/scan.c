@@ -108,7 +108,8 @@ enum {
     SV_ASCII = 3,  /* STRING/BINSTRING family, ASCII without escapes */
     SV_RAWUNI = 4, /* UNICODE: raw-unicode-escape */
     SV_GLOBAL = 5, /* what a global load produced; low 60 bits: index in gtab */
-    SV_PAIR = 6,   /* TUPLE2 of (global, string); low 60 bits: index in pairs */
+    SV_PAIR = 6,   /* TUPLE2 of (global or instance, string); low 60 bits: index in pairs */
+    SV_INSTANCE = 7, /* what NEWOBJ made of a global class; low 60 bits: the class in gtab */
 };
 
 #define SV_LEN_BITS 20
@@ -280,8 +281,11 @@ static int scan_memo_put(scan_memo *mm, uint64_t key, scan_val val)
 /* A global the stream names: reported (appended to "globals") when it is
  * loaded, except builtins.getattr, which is deferred: the unpickler gets
  * attributes of classes through it (bound classmethods such as
- * zoneinfo.ZoneInfo._unpickle pickle as getattr(ZoneInfo, '_unpickle')).
- * getattr(<global>, "<constant>") is reported as the dotted global
+ * zoneinfo.ZoneInfo._unpickle pickle as getattr(ZoneInfo, '_unpickle')) and
+ * bound methods (scipy's frozen discrete distributions keep
+ * vectorize(getattr(<randint_gen instance>, '_entropy'))).
+ * getattr(<global>, "<constant>") and getattr(<instance NEWOBJ made of a
+ * global class>, "<constant>") are reported as the dotted global
  * "<module>.<qualname>.<constant>"; any other use of the getattr value
  * reports builtins.getattr itself. */
 typedef struct {
@@ -290,9 +294,10 @@ typedef struct {
     unsigned char deferred;
 } scan_global;
 
-/* TUPLE2 of (global, string constant): a candidate getattr argument tuple */
+/* TUPLE2 of (global or instance, string constant): a candidate getattr
+ * argument tuple */
 typedef struct {
-    scan_val obj;  /* SV_GLOBAL */
+    scan_val obj;  /* SV_GLOBAL or SV_INSTANCE */
     scan_val attr; /* string kind */
 } scan_pair;
 
@@ -608,21 +613,36 @@ static int scan_pop(scan_ctx *c, Py_ssize_t n)
     return 0;
 }
 
-/* replaces stack[m:] by one opaque value made from them */
-static int scan_collapse(scan_ctx *c, Py_ssize_t m)
+/* replaces stack[m:] by the value v made from them */
+static int scan_collapse_to(scan_ctx *c, Py_ssize_t m, scan_val v)
 {
     if (scan_consume(c, m, c->depth) < 0) return -1;
     c->depth = m;
-    return scan_push(c, SV_MAKE_OPAQUE);
+    return scan_push(c, v);
 }
 
-/* TUPLE2 (or TUPLE of two): (global, string) becomes a pair value, anything
- * else an opaque tuple */
+static int scan_collapse(scan_ctx *c, Py_ssize_t m)
+{
+    return scan_collapse_to(c, m, SV_MAKE_OPAQUE);
+}
+
+/* NEWOBJ / NEWOBJ_EX / OBJ: cls.__new__(cls, ...) with cls at stack[m] */
+static int scan_new_instance(scan_ctx *c, Py_ssize_t m)
+{
+    scan_val cls = c->stack[m];
+    scan_val v = SV_MAKE_OPAQUE;
+    if (sv_kind(cls) == SV_GLOBAL)
+        v = ((scan_val)SV_INSTANCE << 60) | (scan_val)sv_index(cls);
+    return scan_collapse_to(c, m, v);
+}
+
+/* TUPLE2 (or TUPLE of two): (global or instance, string) becomes a pair
+ * value, anything else an opaque tuple */
 static int scan_tuple2(scan_ctx *c)
 {
     scan_val a = c->stack[c->depth - 2], b = c->stack[c->depth - 1];
-    unsigned kb = sv_kind(b);
-    if (sv_kind(a) != SV_GLOBAL || (kb != SV_UTF8 && kb != SV_ASCII && kb != SV_RAWUNI))
+    unsigned ka = sv_kind(a), kb = sv_kind(b);
+    if ((ka != SV_GLOBAL && ka != SV_INSTANCE) || (kb != SV_UTF8 && kb != SV_ASCII && kb != SV_RAWUNI))
         return scan_collapse(c, c->depth - 2);
     if (c->npairs == c->pairs_cap &&
         scan_grow((void **)&c->pairs, &c->pairs_cap, sizeof(scan_pair), 16) < 0)
@@ -633,8 +653,8 @@ static int scan_tuple2(scan_ctx *c)
     return scan_push(c, ((scan_val)SV_PAIR << 60) | (scan_val)c->npairs++);
 }
 
-/* REDUCE: getattr(<global>, "<constant>") loads the dotted global; any other
- * call consumes its operands */
+/* REDUCE: getattr(<global or instance>, "<constant>") loads the dotted
+ * global; any other call consumes its operands */
 static int scan_reduce(scan_ctx *c)
 {
     if (scan_need(c, 2) < 0) return -1;
@@ -926,15 +946,15 @@ static int scan_step(scan_ctx *c)
     case OP_OBJ:
         if ((m = scan_pop_mark(c)) < 0) return -1;
         if (c->depth - m < 1) return scan_fail(c, "stack underflow (OBJ needs a class after MARK)");
-        return scan_collapse(c, m);
+        return scan_new_instance(c, m);
     case OP_REDUCE:
         return scan_reduce(c);
     case OP_NEWOBJ:
         if (scan_need(c, 2) < 0) return -1;
-        return scan_collapse(c, c->depth - 2);
+        return scan_new_instance(c, c->depth - 2);
     case OP_NEWOBJ_EX:
         if (scan_need(c, 3) < 0) return -1;
-        return scan_collapse(c, c->depth - 3);
+        return scan_new_instance(c, c->depth - 3);
     case OP_BUILD:
         /* the object stays where it is and the state is used; setting the
          * state of a global (a class or function, not an instance) would

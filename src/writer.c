@@ -58,6 +58,7 @@ typedef struct {
     PyObject *modules;    /* set of module names whose objects occur */
     PyObject *seen_types; /* set of types already recorded */
     uint64_t oob_bytes;
+    Py_ssize_t by_value;  /* classes/functions saved by value */
     /* chunk pipeline */
     int codec, level;
     PyObject *py_codec;
@@ -474,10 +475,14 @@ static PyObject *Writer_buffer_callback(WriterObject *w, PyObject *pb)
     Py_RETURN_FALSE; /* out-of-band */
 }
 
-static int record_module(WriterObject *w, PyObject *obj)
+/* Record the top-level package of obj's class (or of obj itself when it is
+ * a class or function). Sets *in_main when obj is a class or Python
+ * function defined in __main__, which cannot be pickled by reference. */
+static int record_module(WriterObject *w, PyObject *obj, int *in_main)
 {
     PyObject *key, *mod;
     int is_global = PyType_Check(obj) || PyFunction_Check(obj) || PyCFunction_Check(obj);
+    *in_main = 0;
     if (is_global) {
         key = obj;
     } else {
@@ -489,6 +494,12 @@ static int record_module(WriterObject *w, PyObject *obj)
     mod = PyObject_GetAttr(key, w->st->str_module);
     if (!mod) {
         PyErr_Clear(); /* a missing or broken __module__ is the pickler's business */
+        return 0;
+    }
+    if (mod && PyUnicode_Check(mod) && is_global && !PyCFunction_Check(obj) &&
+        PyUnicode_Compare(mod, w->st->str_main) == 0) {
+        *in_main = 1;
+        Py_DECREF(mod);
         return 0;
     }
     if (mod && PyUnicode_Check(mod)) {
@@ -637,7 +648,22 @@ static PyObject *Pickler_reducer_override(PyObject *self, PyObject *obj)
     (void)self;
     WriterObject *w = fk_current_writer;
     if (!w) Py_RETURN_NOTIMPLEMENTED;
-    if (record_module(w, obj) < 0) return NULL;
+    int in_main;
+    if (record_module(w, obj, &in_main) < 0) return NULL;
+    if (w->st->main_reducer) {
+        if (in_main) {
+            /* defined in a notebook, script or REPL: save the code itself */
+            w->by_value++;
+            return PyObject_CallOneArg(w->st->main_reducer, obj);
+        }
+        PyObject *types = w->st->byvalue_types;
+        for (Py_ssize_t i = 0; types && i < PyTuple_GET_SIZE(types); i++) {
+            /* the instances, and the types themselves (cloudpickle names them) */
+            PyObject *t = PyTuple_GET_ITEM(types, i);
+            if (obj == t || Py_IS_TYPE(obj, (PyTypeObject *)t))
+                return PyObject_CallOneArg(w->st->main_reducer, obj);
+        }
+    }
     if (PyArray_Check(obj)) return reduce_array(w, obj);
     Py_RETURN_NOTIMPLEMENTED;
 }
@@ -830,9 +856,13 @@ static PyObject *Writer_finish(WriterObject *w, PyObject *args)
     w->stage = -1;
     if (wr_blob_section(w, FK_SEC_METADATA, 0, (const unsigned char *)meta.buf, (size_t)meta.len) < 0)
         goto done;
-    if (sig.buf && sig.len &&
-        wr_blob_section(w, FK_SEC_SIGNATURE, 0, (const unsigned char *)sig.buf, (size_t)sig.len) < 0)
-        goto done;
+    if (sig.buf && sig.len) {
+        int codec = w->codec;
+        w->codec = FK_CODEC_RAW; /* 64 random-looking bytes: nothing to gain */
+        int rc = wr_blob_section(w, FK_SEC_SIGNATURE, 0, (const unsigned char *)sig.buf, (size_t)sig.len);
+        w->codec = codec;
+        if (rc < 0) goto done;
+    }
     if (wr_pad(w) < 0) goto done;
     {
         uint64_t index_off = w->pos;
@@ -1067,7 +1097,14 @@ static PyMethodDef Writer_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
+static PyObject *Writer_get_by_value(WriterObject *w, void *c)
+{
+    (void)c;
+    return PyLong_FromSsize_t(w->by_value);
+}
+
 static PyGetSetDef Writer_getset[] = {
+    {"by_value", (getter)Writer_get_by_value, NULL, "classes/functions of __main__ saved by value", NULL},
     {"buffer_count", (getter)Writer_get_buffer_count, NULL, "out-of-band buffers written", NULL},
     {"oob_bytes", (getter)Writer_get_oob_bytes, NULL, "bytes of out-of-band buffers", NULL},
     {NULL, NULL, NULL, NULL, NULL},

@@ -5,7 +5,7 @@ CPython's C pickler with protocol-5 out-of-band buffers, array bytes streamed
 straight to disk and mapped back with zero copies, checksums on every byte,
 atomic writes.
 """
-from . import _core
+from . import _byvalue, _core  # noqa: F401 - _byvalue registers the __main__ reducer
 from ._api import (
     TEMP_SUFFIX,
     codecs,
