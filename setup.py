@@ -4,10 +4,12 @@ Environment switches:
   FIRKIN_DEBUG=1     -O0 -g
   FIRKIN_SANITIZE=1  AddressSanitizer + UndefinedBehaviorSanitizer (see docs/TESTING.md)
   FIRKIN_WERROR=1    warnings are errors (CI)
-  FIRKIN_NO_ZSTD=1, FIRKIN_NO_LZ4=1   build without libzstd / liblz4 even if present
+  FIRKIN_NO_ZSTD=1, FIRKIN_NO_LZ4=1, FIRKIN_NO_LIBDEFLATE=1
+                     build without libzstd / liblz4 / libdeflate even if present
 
 zlib is required (Debian: zlib1g-dev). zstd and lz4 are linked when their
-headers and libraries are found (Debian: libzstd-dev, liblz4-dev).
+headers and libraries are found (Debian: libzstd-dev, liblz4-dev), and
+libdeflate (libdeflate-dev), a faster engine for the zlib codec.
 """
 import os
 import shutil
@@ -59,6 +61,10 @@ libraries = ["z"]
 macros = []
 if not _links("deflate", "zlib.h", "z"):
     sys.exit("firkin needs zlib's headers and library: install zlib1g-dev (Debian/Ubuntu) or zlib-devel")
+if not os.environ.get("FIRKIN_NO_LIBDEFLATE") and _links("libdeflate_zlib_compress", "libdeflate.h",
+                                                         "deflate"):
+    libraries.append("deflate")
+    macros.append(("FIRKIN_HAVE_LIBDEFLATE", "1"))
 if not os.environ.get("FIRKIN_NO_ZSTD") and _links("ZSTD_compress", "zstd.h", "zstd"):
     libraries.append("zstd")
     macros.append(("FIRKIN_HAVE_ZSTD", "1"))

@@ -39,7 +39,12 @@ static PyObject *fk_native_codecs(PyObject *module, PyObject *unused)
 {
     (void)module;
     (void)unused;
-    return Py_BuildValue("{s:i,s:O,s:O,s:O}", "zlib", FK_CODEC_ZLIB, "zstd",
+#ifdef FIRKIN_HAVE_LIBDEFLATE
+    const char *zlib_engine = "libdeflate";
+#else
+    const char *zlib_engine = "zlib";
+#endif
+    return Py_BuildValue("{s:s,s:O,s:O,s:O}", "zlib", zlib_engine, "zstd",
                          codec_available(FK_CODEC_ZSTD) ? Py_True : Py_False, "lz4",
                          codec_available(FK_CODEC_LZ4) ? Py_True : Py_False, "raw", Py_True);
 }

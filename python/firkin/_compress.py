@@ -38,7 +38,8 @@ _LEVELS = {"zstd": range(1, 23), "lz4": range(0, 17)}  # others: joblib's 0..9
 
 def codecs() -> dict:
     """{method: how this build runs it} for every method `compress` accepts here."""
-    out = {"zlib": "native", "gzip": "native (deflate)"}
+    engine = _native["zlib"]
+    out = {"zlib": f"native ({engine})", "gzip": f"native ({engine})"}
     if _native["zstd"]:
         out["zstd"] = "native"
     if _native["lz4"]:
