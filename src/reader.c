@@ -605,8 +605,9 @@ static void rd_pipe_close(rd_pipe *pp)
  * straight into place, compressed ones through a bounded scratch buffer,
  * decoded and verified by the pool while the next chunks are read. */
 static int rd_sections_into(ReaderObject *r, const rd_section **secs, unsigned char **dsts, size_t n,
-                            int verify, int threads)
+                            int verify, int threads, PyObject *progress)
 {
+    uint64_t done_bytes = 0, reported = 0;
     uint64_t total = 0;
     int packed = 0;
     for (size_t i = 0; i < n; i++) {
@@ -668,11 +669,23 @@ static int rd_sections_into(ReaderObject *r, const rd_section **secs, unsigned c
             }
             soff += stored;
             roff += rawc;
+            done_bytes += rawc;
             if ((c & 63) == 63 && PyErr_CheckSignals() < 0) goto done;
+            if (progress && done_bytes - reported >= ((uint64_t)8 << 20)) {
+                reported = done_bytes;
+                PyObject *res = PyObject_CallFunction(progress, "K", (unsigned long long)done_bytes);
+                if (!res) goto done;
+                Py_DECREF(res);
+            }
         }
     }
     while (pp.count)
         if (rd_retire_one(&pp) < 0) goto done;
+    if (progress && done_bytes != reported) {
+        PyObject *res = PyObject_CallFunction(progress, "K", (unsigned long long)done_bytes);
+        if (!res) goto done;
+        Py_DECREF(res);
+    }
     rc = 0;
 done:
     rd_pipe_close(&pp);
@@ -684,7 +697,7 @@ static PyObject *rd_section_bytes(ReaderObject *r, const rd_section *s)
     PyObject *b = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)s->raw); /* raw <= file size or 64 MiB/chunk */
     if (!b) return NULL;
     unsigned char *dst = (unsigned char *)PyBytes_AS_STRING(b);
-    if (rd_sections_into(r, &s, &dst, 1, 1, 0) < 0) {
+    if (rd_sections_into(r, &s, &dst, 1, 1, 0, NULL) < 0) {
         Py_DECREF(b);
         return NULL;
     }
@@ -723,10 +736,11 @@ static PyObject *Reader_header_bytes(ReaderObject *r, PyObject *unused)
  * each out-of-band buffer (or for those numbered in `which`; None elsewhere). */
 static PyObject *Reader_read_buffers(ReaderObject *r, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"verify", "threads", "which", NULL};
+    static char *kwlist[] = {"verify", "threads", "which", "progress", NULL};
     int verify = 1, threads = 0;
-    PyObject *which = Py_None;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|piO:read_buffers", kwlist, &verify, &threads, &which))
+    PyObject *which = Py_None, *progress = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|piOO:read_buffers", kwlist, &verify, &threads, &which,
+                                     &progress))
         return NULL;
     PyObject *out = PyList_New((Py_ssize_t)r->nbuf);
     const rd_section **secs = (const rd_section **)PyMem_Calloc(r->nbuf ? r->nbuf : 1, sizeof(*secs));
@@ -753,7 +767,8 @@ static PyObject *Reader_read_buffers(ReaderObject *r, PyObject *args, PyObject *
         dsts[n] = b->data;
         n++;
     }
-    if (rd_sections_into(r, secs, dsts, n, verify, threads) < 0) goto fail;
+    if (rd_sections_into(r, secs, dsts, n, verify, threads, progress == Py_None ? NULL : progress) < 0)
+        goto fail;
     PyMem_Free(secs);
     PyMem_Free(dsts);
     return out;
@@ -958,7 +973,8 @@ static PyMethodDef Reader_methods[] = {
     {"signature", (PyCFunction)Reader_signature, METH_NOARGS, "the signature section (bytes) or None"},
     {"header_bytes", (PyCFunction)Reader_header_bytes, METH_NOARGS, "the 64 header bytes"},
     {"read_buffers", (PyCFunction)(void (*)(void))Reader_read_buffers, METH_VARARGS | METH_KEYWORDS,
-     "read_buffers(verify=True, threads=0) -> list of Buffer"},
+     "read_buffers(verify=True, threads=0, which=None, progress=None) -> list of Buffer "
+     "(progress(bytes_done) is called every 8 MiB)"},
     {"buffer_spans", (PyCFunction)Reader_buffer_spans, METH_NOARGS,
      "[(absolute offset, length, mappable)] of the out-of-band buffers"},
     {"verify_mapped", (PyCFunction)Reader_verify_mapped, METH_O,

@@ -69,6 +69,7 @@ typedef struct {
     PyObject *progress;  /* callable(bytes_done) or NULL */
     PyObject *signer;    /* callable(memoryview) fed every raw pickle stream byte, or NULL */
     uint64_t progress_done, progress_last;
+    uint64_t progress_total; /* raw bytes the dump will write, once known (0 before) */
 } WriterObject;
 
 typedef struct wr_job {
@@ -270,12 +271,15 @@ static void wr_job_free(wr_job *j)
     free(j);
 }
 
-static int wr_report_progress(WriterObject *w, uint64_t n)
+/* progress(done, total): called every 8 MiB of raw bytes written, and
+ * once at the end; total is 0 until the pickle stream is complete. */
+static int wr_report_progress(WriterObject *w, uint64_t n, int force)
 {
     w->progress_done += n;
-    if (!w->progress || w->progress_done - w->progress_last < ((uint64_t)8 << 20)) return 0;
+    if (!w->progress || (!force && w->progress_done - w->progress_last < ((uint64_t)8 << 20))) return 0;
     w->progress_last = w->progress_done;
-    PyObject *r = PyObject_CallFunction(w->progress, "K", (unsigned long long)w->progress_done);
+    PyObject *r = PyObject_CallFunction(w->progress, "KK", (unsigned long long)w->progress_done,
+                                        (unsigned long long)w->progress_total);
     Py_XDECREF(r);
     return r ? 0 : -1;
 }
@@ -310,7 +314,7 @@ static int wr_retire_one(WriterObject *w)
     s->nchunks++;
     s->stored += j->job.out_len;
     s->raw += j->job.src_len;
-    if (wr_report_progress(w, j->job.src_len) < 0) goto done;
+    if (wr_report_progress(w, j->job.src_len, 0) < 0) goto done;
     rc = 0;
 done:
     wr_job_free(j);
@@ -826,9 +830,11 @@ static PyObject *Writer_dump(WriterObject *w, PyObject *args)
     }
     Py_CLEAR(pickler);
     w->stream_open = 0;
+    w->progress_total = w->submitted + w->sbuf_len + w->oob_bytes;
     if (wr_flush_stream(w) < 0) goto done;
     if (wr_drain(w) < 0) goto done;
     if (wr_write_buffers(w) < 0) goto done;
+    if (wr_report_progress(w, 0, 1) < 0) goto done;
     w->stage = 1;
     res = PySequence_List(w->modules);
     if (res && PyList_Sort(res) < 0) Py_CLEAR(res);

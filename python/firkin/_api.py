@@ -11,7 +11,7 @@ import warnings
 
 import numpy as np
 
-from . import _compress, _core, _meta, _sign
+from . import _compress, _core, _meta, _progress, _sign
 from ._core import ChecksumError, FirkinError, FormatError
 
 __all__ = ["dump", "load", "dumps", "loads", "load_metadata", "codecs", "FirkinError",
@@ -70,16 +70,21 @@ def _check_threads(threads) -> int:
 OOB_THRESHOLD = _core.DEFAULT_THRESHOLD
 
 
-def _write(value, target, protocol, user_meta, compress, threads) -> int:
+def _write(value, target, protocol, user_meta, compress, threads, progress=None) -> int:
     codec, level, described = compress
     key = _sign.current_key()
     signer = _sign.Signer(key) if key is not None else None
-    w = _core.Writer(target, threshold=OOB_THRESHOLD, codec=codec, level=level,
-                     py_codec=_compress.PY_CODEC, threads=threads,
-                     signer=signer.update if signer else None)
-    modules = w.dump(value, protocol)
-    meta = _meta.build(modules, user_meta, w.buffer_count, w.oob_bytes, described)
-    return w.finish(meta, True, signer.finish(meta) if signer else b"")
+    bar = _progress.Progress(progress, "firkin.dump")
+    try:
+        w = _core.Writer(target, threshold=OOB_THRESHOLD, codec=codec, level=level,
+                         py_codec=_compress.PY_CODEC, threads=threads,
+                         signer=signer.update if signer else None,
+                         progress=bar if progress is not False else None)
+        modules = w.dump(value, protocol)
+        meta = _meta.build(modules, user_meta, w.buffer_count, w.oob_bytes, described)
+        return w.finish(meta, True, signer.finish(meta) if signer else b"")
+    finally:
+        bar.close()
 
 
 def _pid_alive(pid: int) -> bool:
@@ -130,7 +135,7 @@ def _fsync_dir(dirname: str) -> None:
         os.close(fd)
 
 
-def _dump_path(value, filename, protocol, user_meta, compress, threads) -> None:
+def _dump_path(value, filename, protocol, user_meta, compress, threads, progress) -> None:
     path = os.fsdecode(os.fspath(filename))
     # write where the data will live: through a symlink, next to its target
     real = os.path.realpath(path)
@@ -152,7 +157,7 @@ def _dump_path(value, filename, protocol, user_meta, compress, threads) -> None:
                 os.chmod(tmp, os.stat(real).st_mode & 0o7777)  # keep the old file's permissions
             except FileNotFoundError:
                 pass
-            _write(value, fd, protocol, user_meta, compress, threads)
+            _write(value, fd, protocol, user_meta, compress, threads, progress)
         finally:
             os.close(fd)
         os.replace(tmp, real)
@@ -168,7 +173,8 @@ def _dump_path(value, filename, protocol, user_meta, compress, threads) -> None:
             _active_temps.discard(tmp)
 
 
-def dump(value, filename, compress=0, protocol=None, *, metadata=None, threads=None):
+def dump(value, filename, compress=0, protocol=None, *, metadata=None, threads=None,
+         progress=None):
     """Persist `value` to `filename` (str, os.PathLike or a binary file object).
 
     Paths are written atomically: a temporary file next to the target is
@@ -182,29 +188,32 @@ def dump(value, filename, compress=0, protocol=None, *, metadata=None, threads=N
     method, a path ending in .z .gz .bz2 .xz .lzma .lz4 .zst chooses one.
     Chunks are compressed in parallel on `threads` native threads (None: all
     cores); chunks that do not shrink are stored raw.
+
+    progress: None shows a byte-based bar (tqdm) for dumps over 256 MB,
+    True always, False never.
     """
     protocol = _check_protocol(protocol)
     threads = _check_threads(threads)
     user_meta = _meta.check_user_metadata(metadata)
     if _is_path(filename):
         comp = _compress.resolve(compress, os.fsdecode(os.fspath(filename)))
-        _dump_path(value, filename, protocol, user_meta, comp, threads)
+        _dump_path(value, filename, protocol, user_meta, comp, threads, progress)
         return [os.fsdecode(os.fspath(filename)) if not isinstance(filename, str) else filename]
     if hasattr(filename, "write"):
         _check_binary(filename, "dump")
-        _write(value, filename, protocol, user_meta, _compress.resolve(compress), threads)
+        _write(value, filename, protocol, user_meta, _compress.resolve(compress), threads, progress)
         return None
     raise TypeError("firkin.dump: the second argument must be a path or a binary file object, "
                     f"not {type(filename).__name__} (did you swap value and filename?)")
 
 
-def dumps(value, compress=0, protocol=None, *, metadata=None, threads=None) -> bytes:
+def dumps(value, compress=0, protocol=None, *, metadata=None, threads=None, progress=None) -> bytes:
     """The bytes of the firkin file `dump` would write."""
     protocol = _check_protocol(protocol)
     threads = _check_threads(threads)
     user_meta = _meta.check_user_metadata(metadata)
     bio = io.BytesIO()
-    _write(value, bio, protocol, user_meta, _compress.resolve(compress), threads)
+    _write(value, bio, protocol, user_meta, _compress.resolve(compress), threads, progress)
     return bio.getvalue()
 
 
@@ -250,9 +259,22 @@ def _reader(source, name, base=0):
     return _core.Reader(source, name=name, base=base, py_codec=_compress.PY_CODEC)
 
 
-def _load_reader(reader, verify, threads):
-    buffers = reader.read_buffers(verify=_verify_buffers(reader, verify, False),
-                                  threads=_check_threads(threads))
+def _buffer_bytes(reader, which=None) -> int:
+    spans = reader.buffer_spans()
+    return sum(n for i, (_, n, _) in enumerate(spans) if which is None or i in which)
+
+
+def _read_buffers(reader, verify, threads, progress, which=None):
+    bar = _progress.Progress(progress, "firkin.load", _buffer_bytes(reader, which))
+    try:
+        return reader.read_buffers(verify=verify, threads=_check_threads(threads), which=which,
+                                   progress=bar if bar.mode is not False else None)
+    finally:
+        bar.close()
+
+
+def _load_reader(reader, verify, threads, progress=None):
+    buffers = _read_buffers(reader, _verify_buffers(reader, verify, False), threads, progress)
     return _unpickle(reader, buffers, False)
 
 
@@ -295,7 +317,7 @@ def _load_foreign(f, name, mode, kwargs):
     return _compat.load_foreign(f, name, mode, **kwargs)
 
 
-def load(filename, mmap_mode=None, *, verify=None, threads=None):
+def load(filename, mmap_mode=None, *, verify=None, threads=None, progress=None):
     """Load an object saved by `dump` from a path or a binary file object.
 
     mmap_mode: None reads every array into fresh writable memory. 'r', 'r+',
@@ -303,6 +325,8 @@ def load(filename, mmap_mode=None, *, verify=None, threads=None):
     that one mapping (read-only, write-through, copy-on-write); 'w+' acts as
     'r+'. verify: checksums of array data are verified when read (not when
     mapped) by default; True also verifies mapped data, False skips it.
+    progress: None shows a bar when more than 256 MB are read, True always,
+    False never.
     """
     mode = _check_mmap_mode(mmap_mode)
     if _is_path(filename):
@@ -312,18 +336,18 @@ def load(filename, mmap_mode=None, *, verify=None, threads=None):
                 return _load_foreign(f, path, mmap_mode, {})
             reader = _reader(f.fileno(), path)
             if mode is None:
-                return _load_reader(reader, verify, threads)
-            return _load_mapped(reader, f, mode, verify, threads)
+                return _load_reader(reader, verify, threads, progress)
+            return _load_mapped(reader, f, mode, verify, threads, progress)
     if hasattr(filename, "read"):
         _check_binary(filename, "load")
         if mode is not None:
             warnings.warn("firkin.load: mmap_mode has no effect when loading from a file object; "
                           "the arrays are read into memory", UserWarning, stacklevel=2)
-        return _load_fileobj(filename, verify, threads)
+        return _load_fileobj(filename, verify, threads, progress)
     raise TypeError(f"firkin.load: expected a path or a binary file object, not {type(filename).__name__}")
 
 
-def _load_mapped(reader, f, mode, verify, threads):
+def _load_mapped(reader, f, mode, verify, threads, progress):
     if reader.buffer_count == 0:
         return _unpickle(reader, [], True)
     spans = reader.buffer_spans()
@@ -333,8 +357,8 @@ def _load_mapped(reader, f, mode, verify, threads):
         warnings.warn(f"{reader.name}: {len(packed)} of {len(spans)} arrays are compressed; they are "
                       "decompressed into memory instead of being memory-mapped", UserWarning,
                       stacklevel=3)
-        buffers = reader.read_buffers(verify=_verify_buffers(reader, verify, False),
-                                      threads=_check_threads(threads), which=packed)
+        buffers = _read_buffers(reader, _verify_buffers(reader, verify, False), threads, progress,
+                                packed)
     if len(packed) < len(spans):
         mm = np.memmap(f, dtype=np.uint8, mode=mode, shape=(reader.total_length,))
         if _verify_buffers(reader, verify, True):
@@ -348,7 +372,7 @@ def _load_mapped(reader, f, mode, verify, threads):
     return _unpickle(reader, buffers, True)
 
 
-def _load_fileobj(f, verify, threads):
+def _load_fileobj(f, verify, threads, progress):
     name = getattr(f, "name", None)
     name = name if isinstance(name, str) else f"<{type(f).__name__}>"
     try:
@@ -356,7 +380,7 @@ def _load_fileobj(f, verify, threads):
     except (AttributeError, OSError, ValueError):
         seekable = False
     if not seekable:
-        return loads(f.read(), verify=verify, threads=threads)
+        return loads(f.read(), verify=verify, threads=threads, progress=progress)
     start = f.tell()
     if isinstance(f, io.BytesIO):
         source = f.getvalue()  # shares the BytesIO's buffer in the common case
@@ -369,7 +393,7 @@ def _load_fileobj(f, verify, threads):
         except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
             pass
     reader = _reader(source, name, start)
-    obj = _load_reader(reader, verify, threads)
+    obj = _load_reader(reader, verify, threads, progress)
     f.seek(start + reader.total_length)  # like pickle: positioned after what was read
     return obj
 
@@ -382,13 +406,13 @@ def _check_bytes_like(data, what: str) -> None:
                         + (" (use firkin.load for paths)" if _is_path(data) else "")) from None
 
 
-def loads(data, *, verify=None, threads=None):
+def loads(data, *, verify=None, threads=None, progress=None):
     """Load an object from the bytes `dumps` returned (any bytes-like object)."""
     if isinstance(data, str):
         raise TypeError("firkin.loads: expected a bytes-like object, not str (use firkin.load for paths)")
     _check_bytes_like(data, "loads")
     reader = _reader(data, "<bytes>")
-    return _load_reader(reader, verify, threads)
+    return _load_reader(reader, verify, threads, progress)
 
 
 def load_metadata(filename) -> dict:

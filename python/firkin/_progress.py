@@ -1,0 +1,53 @@
+"""Byte-based progress bars for big dumps and loads (tqdm.auto: a widget in
+Jupyter, text in a terminal), fed from the C write/read loops every 8 MiB."""
+from __future__ import annotations
+
+#: dumps and loads that move more than this show a bar when progress=None
+AUTO_THRESHOLD = 256 << 20
+
+
+class Progress:
+    """Callable handed to the C core: progress(done) or progress(done, total)."""
+
+    def __init__(self, mode, desc: str, total: int | None = None):
+        if mode not in (None, True, False):
+            raise TypeError(f"progress must be None, True or False, not {mode!r}")
+        self.mode = mode
+        self.desc = desc
+        self.total = total or None
+        self.bar = None
+        if mode is True or (mode is None and self.total and self.total > AUTO_THRESHOLD):
+            self._open()
+
+    def _open(self):
+        try:
+            from tqdm.auto import tqdm  # noqa: PLC0415 - optional dependency
+        except ImportError:
+            if self.mode is True:
+                raise ImportError("progress=True needs tqdm: pip install tqdm "
+                                  "(or pip install 'firkin[jupyter]')") from None
+            self.mode = False
+            return
+        self.bar = tqdm(total=self.total, desc=self.desc, unit="B", unit_scale=True,
+                        unit_divisor=1024, leave=True)
+
+    def __call__(self, done: int, total: int = 0) -> None:
+        if self.mode is False:
+            return
+        if total and total != self.total:
+            self.total = total
+            if self.bar is not None:
+                self.bar.total = total
+        if self.bar is None:
+            big = (self.total or done) > AUTO_THRESHOLD
+            if not big:
+                return
+            self._open()
+            if self.bar is None:
+                return
+        self.bar.update(done - self.bar.n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
