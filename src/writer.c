@@ -55,6 +55,7 @@ typedef struct {
     size_t nsections, sections_cap;
     /* collected during the pickle */
     PyObject *buffers;    /* list of PickleBuffer, out-of-band, in order */
+    PyObject *arrays;     /* per out-of-band buffer: (dtype str, shape) of its array, or None */
     PyObject *modules;    /* set of module names whose objects occur */
     PyObject *seen_types; /* set of types already recorded */
     uint64_t oob_bytes;
@@ -460,12 +461,49 @@ static PyObject *Writer_write(WriterObject *w, PyObject *data)
 
 /* ------------------------------------------------ pickler hooks (C side) */
 
+/* (dtype.str, shape) of the array behind an out-of-band buffer, or None. */
+static PyObject *describe_array(fk_state *st, PyObject *pb)
+{
+    PyObject *obj = strided_source(st, pb);
+    if (!obj) {
+        const Py_buffer *v = PyPickleBuffer_GetBuffer(pb);
+        if (!v) { PyErr_Clear(); Py_RETURN_NONE; }
+        obj = v->obj;
+        /* our raw-byte views stand for the array they were made from */
+        if (obj && PyArray_Check(obj) && PyArray_BASE((PyArrayObject *)obj) &&
+            PyArray_TYPE((PyArrayObject *)obj) == NPY_UINT8 && PyArray_NDIM((PyArrayObject *)obj) == 1 &&
+            PyArray_Check(PyArray_BASE((PyArrayObject *)obj)))
+            obj = PyArray_BASE((PyArrayObject *)obj);
+    }
+    if (!obj || !PyArray_Check(obj)) Py_RETURN_NONE;
+    PyArrayObject *a = (PyArrayObject *)obj;
+    PyObject *dstr = PyObject_GetAttrString((PyObject *)PyArray_DESCR(a), "str");
+    if (!dstr) return NULL;
+    PyObject *shape = PyTuple_New(PyArray_NDIM(a));
+    if (!shape) { Py_DECREF(dstr); return NULL; }
+    for (int i = 0; i < PyArray_NDIM(a); i++) {
+        PyObject *d = PyLong_FromSsize_t(PyArray_DIM(a, i));
+        if (!d) { Py_DECREF(dstr); Py_DECREF(shape); return NULL; }
+        PyTuple_SET_ITEM(shape, i, d);
+    }
+    return Py_BuildValue("(NN)", dstr, shape);
+}
+
+static int record_array(WriterObject *w, PyObject *pb)
+{
+    PyObject *desc = describe_array(w->st, pb);
+    if (!desc) return -1;
+    int rc = PyList_Append(w->arrays, desc);
+    Py_DECREF(desc);
+    return rc;
+}
+
 static PyObject *Writer_buffer_callback(WriterObject *w, PyObject *pb)
 {
     Py_buffer view;
     PyObject *src = strided_source(w->st, pb);
     if (src) {
-        if (PyList_Append(w->buffers, pb) < 0) return NULL;
+        if (PyList_Append(w->buffers, pb) < 0 || record_array(w, pb) < 0) return NULL;
         w->oob_bytes += (uint64_t)PyArray_NBYTES((PyArrayObject *)src);
         Py_RETURN_FALSE;
     }
@@ -474,7 +512,7 @@ static PyObject *Writer_buffer_callback(WriterObject *w, PyObject *pb)
     Py_ssize_t len = view.len;
     PyBuffer_Release(&view);
     if (contiguous && len < w->threshold) Py_RETURN_TRUE; /* in-band */
-    if (PyList_Append(w->buffers, pb) < 0) return NULL;
+    if (PyList_Append(w->buffers, pb) < 0 || record_array(w, pb) < 0) return NULL;
     w->oob_bytes += (uint64_t)len;
     Py_RETURN_FALSE; /* out-of-band */
 }
@@ -1001,9 +1039,10 @@ static PyObject *Writer_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     w->signer = signer == Py_None ? NULL : Py_NewRef(signer);
     w->start_pos = Py_NewRef(Py_None);
     w->buffers = PyList_New(0);
+    w->arrays = PyList_New(0);
     w->modules = PySet_New(NULL);
     w->seen_types = PySet_New(NULL);
-    if (!w->buffers || !w->modules || !w->seen_types) goto fail;
+    if (!w->buffers || !w->arrays || !w->modules || !w->seen_types) goto fail;
     if (PyLong_Check(target)) {
         long fd = PyLong_AsLong(target);
         w->fd = (fd >= 0 && fd <= INT32_MAX) ? (int)fd : -1;
@@ -1044,6 +1083,7 @@ static int Writer_traverse(WriterObject *w, visitproc visit, void *arg)
     Py_VISIT(w->write_meth);
     Py_VISIT(w->start_pos);
     Py_VISIT(w->buffers);
+    Py_VISIT(w->arrays);
     Py_VISIT(w->modules);
     Py_VISIT(w->seen_types);
     Py_VISIT(w->py_codec);
@@ -1058,6 +1098,7 @@ static int Writer_clear(WriterObject *w)
     Py_CLEAR(w->write_meth);
     Py_CLEAR(w->start_pos);
     Py_CLEAR(w->buffers);
+    Py_CLEAR(w->arrays);
     Py_CLEAR(w->modules);
     Py_CLEAR(w->seen_types);
     Py_CLEAR(w->progress);
@@ -1109,7 +1150,15 @@ static PyObject *Writer_get_by_value(WriterObject *w, void *c)
     return PyLong_FromSsize_t(w->by_value);
 }
 
+static PyObject *Writer_get_arrays(WriterObject *w, void *c)
+{
+    (void)c;
+    return Py_NewRef(w->arrays);
+}
+
 static PyGetSetDef Writer_getset[] = {
+    {"arrays", (getter)Writer_get_arrays, NULL,
+     "per out-of-band buffer: (dtype str, shape) of its array, or None", NULL},
     {"by_value", (getter)Writer_get_by_value, NULL, "classes/functions of __main__ saved by value", NULL},
     {"buffer_count", (getter)Writer_get_buffer_count, NULL, "out-of-band buffers written", NULL},
     {"oob_bytes", (getter)Writer_get_oob_bytes, NULL, "bytes of out-of-band buffers", NULL},

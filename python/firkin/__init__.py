@@ -19,6 +19,9 @@ from ._api import (
     loads,
 )
 
+from ._inspect import info, verify  # noqa: E402
+from ._sign import set_key  # noqa: E402
+
 __version__ = _core.__version__
 
 __all__ = [
@@ -28,6 +31,9 @@ __all__ = [
     "loads",
     "load_metadata",
     "codecs",
+    "info",
+    "verify",
+    "set_key",
     "FirkinError",
     "FormatError",
     "ChecksumError",

@@ -81,7 +81,9 @@ def _write(value, target, protocol, user_meta, compress, threads, progress=None)
                          signer=signer.update if signer else None,
                          progress=bar if progress is not False else None)
         modules = w.dump(value, protocol)
-        meta = _meta.build(modules, user_meta, w.buffer_count, w.oob_bytes, described)
+        top = type(value)
+        meta = _meta.build(modules, user_meta, w.buffer_count, w.oob_bytes, described,
+                           f"{top.__module__}.{top.__qualname__}", w.arrays)
         return w.finish(meta, True, signer.finish(meta) if signer else b"")
     finally:
         bar.close()

@@ -16,7 +16,8 @@ _STDLIB = frozenset(getattr(sys, "stdlib_module_names", ()))
 _dist_map = None
 
 
-def _package_version(top: str) -> str | None:
+def package_version(top: str) -> str | None:
+    """The installed version of a top-level import name (sklearn -> scikit-learn's), or None."""
     mod = sys.modules.get(top)
     ver = getattr(mod, "__version__", None)
     if isinstance(ver, str):
@@ -45,7 +46,7 @@ def package_versions(modules) -> dict:
     for top in modules:
         if top in _SKIP or top in _STDLIB or top.startswith("_"):
             continue
-        out[top] = _package_version(top)
+        out[top] = package_version(top)
     return out
 
 
@@ -78,8 +79,15 @@ def check_user_metadata(metadata) -> dict:
     return metadata
 
 
-def build(modules, user: dict, buffer_count: int, buffer_bytes: int, compress) -> bytes:
+#: the array table in the metadata lists at most this many arrays
+MAX_ARRAYS_LISTED = 1000
+
+
+def build(modules, user: dict, buffer_count: int, buffer_bytes: int, compress,
+          top_type: str = "", arrays=()) -> bytes:
     now = datetime.datetime.now(datetime.timezone.utc)
+    listed = [None if a is None else {"dtype": a[0], "shape": list(a[1])}
+              for a in list(arrays)[:MAX_ARRAYS_LISTED]]
     meta = {
         "format": "%d.%d" % (_core.build_info()["format_major"], _core.build_info()["format_minor"]),
         "firkin": _core.__version__,
@@ -90,6 +98,8 @@ def build(modules, user: dict, buffer_count: int, buffer_bytes: int, compress) -
         "buffers": buffer_count,
         "buffer_bytes": buffer_bytes,
         "compress": compress,
+        "type": top_type,
+        "arrays": listed,
         "user": user,
     }
     return json.dumps(meta, sort_keys=True, separators=(",", ":")).encode("utf-8")

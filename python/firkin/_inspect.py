@@ -1,0 +1,262 @@
+"""Looking inside a firkin file without loading its objects: `info` and `verify`."""
+from __future__ import annotations
+
+import html
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import _compress, _core, _meta, _sign
+from ._core import FormatError
+
+
+def _open_reader(f, path):
+    return _core.Reader(f.fileno(), name=path, py_codec=_compress.PY_CODEC)
+
+
+# ------------------------------------------------------------------ verify
+
+@dataclass
+class VerifyReport:
+    """What `firkin.verify` found. True when every checksum matched."""
+
+    path: str
+    checksums_ok: bool = False
+    signature: str = _sign.UNSIGNED
+    problems: list = field(default_factory=list)
+    sections: int = 0
+    buffers: int = 0
+    bytes_checked: int = 0
+    mutable_buffers: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.checksums_ok and not self.problems and self.signature != _sign.INVALID
+
+    def __bool__(self) -> bool:
+        return self.ok
+
+    def to_dict(self) -> dict:
+        return {"path": self.path, "ok": self.ok, "checksums_ok": self.checksums_ok,
+                "signature": self.signature, "problems": list(self.problems),
+                "sections": self.sections, "buffers": self.buffers,
+                "bytes_checked": self.bytes_checked, "mutable_buffers": self.mutable_buffers}
+
+    def __str__(self) -> str:
+        lines = [f"{self.path}: {'OK' if self.ok else 'FAILED'}",
+                 f"  checksums: {'all match' if self.checksums_ok else 'MISMATCH'} "
+                 f"({self.sections} sections, {self.buffers} buffers, {self.bytes_checked:,} bytes)",
+                 f"  signature: {self.signature}"]
+        if self.mutable_buffers:
+            lines.append("  note: opened with mmap_mode='r+' earlier; its array bytes may have "
+                         "been changed on purpose")
+        lines += [f"  problem: {p}" for p in self.problems]
+        return "\n".join(lines)
+
+
+def verify(filename) -> VerifyReport:
+    """Check every checksum and the signature of a firkin file without
+    loading its objects. Never raises for a damaged file: the report says
+    what is wrong (``report.ok``, ``report.problems``)."""
+    path = os.fsdecode(os.fspath(filename))
+    report = VerifyReport(path)
+    with open(path, "rb") as f:
+        try:
+            reader = _open_reader(f, path)
+        except FormatError as exc:
+            report.problems.append(str(exc))
+            return report
+        secs = reader.sections()
+        report.sections = len(secs)
+        report.buffers = reader.buffer_count
+        report.mutable_buffers = bool(reader.flags & _core.FLAG_BUFFERS_MUTABLE)
+        stream = None
+        try:
+            stream = reader.pickle_stream()
+            reader.metadata()
+            reader.signature()
+        except FormatError as exc:
+            report.problems.append(str(exc))
+        spans = reader.buffer_spans()
+        try:
+            if any(m for _, _, m in spans):
+                mm = np.memmap(f, dtype=np.uint8, mode="r", shape=(reader.total_length,))
+                try:
+                    reader.verify_mapped(mm)
+                finally:
+                    del mm
+            for i, (_, _, mappable) in enumerate(spans):
+                if not mappable:  # compressed: decoded one at a time, then dropped
+                    reader.read_buffers(verify=True, which=[i])
+        except FormatError as exc:
+            report.problems.append(str(exc))
+        report.bytes_checked = sum(s["stored"] for s in secs)
+        report.checksums_ok = not report.problems
+        if stream is not None:
+            try:
+                report.signature = _sign.status(reader, stream)
+            except FormatError as exc:
+                report.problems.append(str(exc))
+                report.checksums_ok = False
+    return report
+
+
+# -------------------------------------------------------------------- info
+
+def _installed_version(pkg: str):
+    return _meta.package_version(pkg)
+
+
+def _fmt_bytes(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+class FileInfo:
+    """What a firkin file holds, read without loading its objects.
+
+    Shown as a table in Jupyter (``_repr_html_``) and as text elsewhere;
+    ``to_dict()`` gives the same facts as plain data.
+    """
+
+    def __init__(self, path: str):
+        self.path = path
+        with open(path, "rb") as f:
+            reader = _open_reader(f, path)
+            secs = reader.sections()
+            meta_raw = reader.metadata()
+            stream = reader.pickle_stream()
+            try:
+                from . import _trust  # noqa: PLC0415
+
+                self.untrusted = _trust.untrusted_types(stream)
+            except FormatError as exc:
+                self.untrusted = [f"<unreadable pickle stream: {exc}>"]
+            self.signature = _sign.status(reader, stream)
+            self.format = "%d.%d" % reader.format_version
+            self.mutable_buffers = bool(reader.flags & _core.FLAG_BUFFERS_MUTABLE)
+        import json  # noqa: PLC0415
+
+        self.metadata = json.loads(meta_raw) if meta_raw else {}
+        self.size_on_disk = os.path.getsize(path)
+        self.raw_bytes = sum(s["raw"] for s in secs if s["kind"] in ("pickle stream", "buffer"))
+        self.stored_bytes = sum(s["stored"] for s in secs if s["kind"] in ("pickle stream", "buffer"))
+        self.stream_bytes = secs[0]["raw"] if secs else 0
+        described = self.metadata.get("arrays") or []
+        self.arrays = []
+        for i, s in enumerate(s for s in secs if s["kind"] == "buffer"):
+            d = described[i] if i < len(described) else None
+            self.arrays.append({
+                "index": i,
+                "dtype": d["dtype"] if d else None,
+                "shape": tuple(d["shape"]) if d else None,
+                "bytes": s["raw"],
+                "stored": s["stored"],
+                "codec": s["codec"],
+                "ratio": s["raw"] / s["stored"] if s["stored"] else 1.0,
+            })
+        self.packages = []
+        for pkg, recorded in sorted((self.metadata.get("packages") or {}).items()):
+            installed = _installed_version(pkg)
+            self.packages.append({"package": pkg, "recorded": recorded, "installed": installed,
+                                  "mismatch": recorded is not None and installed != recorded})
+
+    @property
+    def compression(self):
+        return self.metadata.get("compress")
+
+    @property
+    def ratio(self) -> float:
+        return self.raw_bytes / self.stored_bytes if self.stored_bytes else 1.0
+
+    def to_dict(self) -> dict:
+        m = self.metadata
+        return {
+            "path": self.path, "format": self.format, "created": m.get("created"),
+            "firkin": m.get("firkin"), "python": m.get("python"), "type": m.get("type"),
+            "size_on_disk": self.size_on_disk, "size_in_memory": self.raw_bytes,
+            "compression": self.compression, "ratio": round(self.ratio, 3),
+            "arrays": [dict(a, shape=list(a["shape"]) if a["shape"] else None) for a in self.arrays],
+            "packages": self.packages, "untrusted_types": self.untrusted,
+            "signature": self.signature, "mutable_buffers": self.mutable_buffers,
+            "user": m.get("user") or {},
+        }
+
+    def _summary(self):
+        m = self.metadata
+        comp = self.compression
+        comp_s = "none" if not comp else f"{comp['method']} level {comp['level']}"
+        return [
+            ("file", self.path),
+            ("object", m.get("type") or "?"),
+            ("created", m.get("created") or "?"),
+            ("written by", f"firkin {m.get('firkin', '?')}, Python {m.get('python', '?')}, "
+                           f"NumPy {m.get('numpy', '?')}; format {self.format}"),
+            ("size", f"{_fmt_bytes(self.size_on_disk)} on disk, {_fmt_bytes(self.raw_bytes)} in memory"),
+            ("compression", f"{comp_s} (ratio {self.ratio:.2f})"),
+            ("signature", self.signature),
+            ("untrusted types", ", ".join(self.untrusted) if self.untrusted else "none"),
+        ]
+
+    def __repr__(self) -> str:
+        lines = [f"{k + ':':17}{v}" for k, v in self._summary()]
+        if self.packages:
+            lines.append("packages:")
+            for p in self.packages:
+                flag = "  <- installed differs" if p["mismatch"] else ""
+                lines.append(f"  {p['package']:14} recorded {p['recorded']}, installed "
+                             f"{p['installed']}{flag}")
+        if self.arrays:
+            lines.append(f"arrays ({len(self.arrays)}):")
+            lines.append(f"  {'#':>4} {'dtype':10} {'shape':20} {'bytes':>12} {'codec':6} ratio")
+            for a in self.arrays[:50]:
+                shape = "?" if a["shape"] is None else str(a["shape"])
+                lines.append(f"  {a['index']:>4} {a['dtype'] or '?':10} {shape:20} "
+                             f"{a['bytes']:>12,} {a['codec']:6} {a['ratio']:.2f}")
+            if len(self.arrays) > 50:
+                lines.append(f"  ... and {len(self.arrays) - 50} more")
+        user = self.metadata.get("user") or {}
+        if user:
+            lines.append("user metadata: " + ", ".join(f"{k}={v!r}" for k, v in user.items()))
+        return "\n".join(lines)
+
+    def _repr_html_(self) -> str:
+        e = html.escape
+        rows = "".join(f"<tr><th style='text-align:left'>{e(k)}</th><td style='text-align:left'>"
+                       f"{e(str(v))}</td></tr>" for k, v in self._summary())
+        out = [f"<div class='firkin-info'><table>{rows}</table>"]
+        if self.packages:
+            mismatch = " style='background:#fdd'"
+            prow = "".join(
+                f"<tr{mismatch if p['mismatch'] else ''}><td>{e(p['package'])}</td>"
+                f"<td>{e(str(p['recorded']))}</td><td>{e(str(p['installed']))}</td></tr>"
+                for p in self.packages)
+            out.append("<details open><summary>packages</summary><table><tr><th>package</th>"
+                       f"<th>recorded</th><th>installed</th></tr>{prow}</table></details>")
+        if self.arrays:
+            arow = "".join(
+                f"<tr><td>{a['index']}</td><td>{e(str(a['dtype']))}</td><td>{e(str(a['shape']))}</td>"
+                f"<td style='text-align:right'>{a['bytes']:,}</td><td>{e(a['codec'])}</td>"
+                f"<td>{a['ratio']:.2f}</td></tr>" for a in self.arrays[:200])
+            more = f"<p>... and {len(self.arrays) - 200} more</p>" if len(self.arrays) > 200 else ""
+            out.append(f"<details><summary>arrays ({len(self.arrays)})</summary><table><tr><th>#</th>"
+                       f"<th>dtype</th><th>shape</th><th>bytes</th><th>codec</th><th>ratio</th></tr>"
+                       f"{arow}</table>{more}</details>")
+        user = self.metadata.get("user") or {}
+        if user:
+            urow = "".join(f"<tr><td>{e(k)}</td><td>{e(repr(v))}</td></tr>" for k, v in user.items())
+            out.append(f"<details open><summary>user metadata</summary><table>{urow}</table></details>")
+        out.append("</div>")
+        return "".join(out)
+
+
+def info(filename) -> FileInfo:
+    """What a firkin file holds — format, creation time, sizes, compression,
+    the array table, recorded versus installed package versions, untrusted
+    types, signature status, user metadata — without loading its objects.
+    Displays as a table in Jupyter."""
+    return FileInfo(os.fsdecode(os.fspath(filename)))
