@@ -4,6 +4,9 @@
     python bench/bench.py                                  # full run (~10 min)
     python bench/bench.py --workloads forest,pipeline --repeat 7
     python bench/bench.py --quick                          # smoke test (< 1 min)
+    python bench/bench.py --suite compress                 # compression suite (~12 min)
+    python bench/bench.py --suite all                      # both suites
+    python bench/bench.py --threads-scaling --quick        # dump MB/s vs threads
 
 Every measurement (one dump or one load of one workload by one contender) runs
 in a fresh interpreter (``python bench.py --one SPEC``) that first imports
@@ -40,6 +43,8 @@ MB = 1e6
 
 ALL_WORKLOADS = ["array512", "forest", "tfidf", "pipeline", "small_arrays", "dataframe"]
 BIG_WORKLOADS = {"array512", "tfidf", "dataframe"}  # fewer repetitions by default
+# the compression suite (--suite compress); forest and dataframe are shared with the default suite
+COMPRESS_WORKLOADS = ["int64_compressible", "float_rounded", "float_random", "forest", "dataframe"]
 
 # workload parameters: full run and --quick
 SIZES = {
@@ -50,6 +55,9 @@ SIZES = {
         "pipeline": {"n_samples": 1000, "n_features": 20},
         "small_arrays": {"count": 100_000, "length": 10},
         "dataframe": {"rows": 2_000_000},
+        "int64_compressible": {"n": 32 * 1024 * 1024},  # 256 MiB
+        "float_rounded": {"n": 16 * 1024 * 1024},  # 128 MiB
+        "float_random": {"n": 16 * 1024 * 1024},  # 128 MiB
     },
     "quick": {
         "array512": {"n": 1024 * 1024},
@@ -58,6 +66,9 @@ SIZES = {
         "pipeline": {"n_samples": 1000, "n_features": 20},
         "small_arrays": {"count": 5_000, "length": 10},
         "dataframe": {"rows": 50_000},
+        "int64_compressible": {"n": 2 * 1024 * 1024},
+        "float_rounded": {"n": 1024 * 1024},
+        "float_random": {"n": 1024 * 1024},
     },
 }
 
@@ -69,6 +80,9 @@ WORKLOAD_IMPORTS = {
     "pipeline": ["sklearn.pipeline", "sklearn.preprocessing", "sklearn.linear_model"],
     "small_arrays": [],
     "dataframe": ["pandas"],
+    "int64_compressible": [],
+    "float_rounded": [],
+    "float_random": [],
 }
 
 DUMPERS = ["firkin", "joblib", "pickle5"]
@@ -82,6 +96,7 @@ LOADER_FILE = {
     "joblib": "joblib", "joblib-mmap": "joblib",
     "pickle5": "pickle5",
     "raw-readinto-prefaulted": "raw-write", "raw-readinto-alloc": "raw-write",
+    "firkin-trusted": "firkin", "firkin-progress": "firkin-progress", "firkin-joblibfile": "joblib",
 }
 
 
@@ -89,12 +104,23 @@ def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
+# extra rows: the cost of the trust policy (firkin vs firkin-trusted, which
+# skips scan and find_class), firkin reading the file joblib wrote (the
+# joblib drop-in), and the cost of a forced progress bar
+POLICY_WORKLOADS = {"forest", "tfidf", "pipeline", "dataframe"}
+PROGRESS_WORKLOADS = {"array512"}
+
+
 def dumpers_for(workload: str) -> list[str]:
-    return DUMPERS + (RAW_DUMPERS if workload == "array512" else [])
+    return (DUMPERS + (RAW_DUMPERS if workload == "array512" else [])
+            + (["firkin-progress"] if workload in PROGRESS_WORKLOADS else []))
 
 
 def loaders_for(workload: str) -> list[str]:
-    return LOADERS + (RAW_LOADERS if workload == "array512" else [])
+    return (LOADERS + (RAW_LOADERS if workload == "array512" else [])
+            + (["firkin-trusted"] if workload in POLICY_WORKLOADS else [])
+            + (["firkin-progress"] if workload in PROGRESS_WORKLOADS else [])
+            + ["firkin-joblibfile"])
 
 
 # --------------------------------------------------------------------- building
@@ -181,6 +207,15 @@ def build_workload(name: str, p: dict):
         })
         info["dtypes"] = {c: str(t) for c, t in value.dtypes.items()}
         info["memory_bytes"] = int(value.memory_usage(deep=True).sum())
+    elif name == "int64_compressible":
+        value = np.random.default_rng(0).integers(0, 50, size=p["n"], dtype=np.int64)
+        info["nbytes"] = value.nbytes
+    elif name == "float_rounded":
+        value = np.round(np.random.default_rng(0).normal(size=p["n"]) * 100) / 100
+        info["nbytes"] = value.nbytes
+    elif name == "float_random":
+        value = np.random.default_rng(0).random(p["n"])
+        info["nbytes"] = value.nbytes
     else:
         raise ValueError(name)
     return value, info
@@ -190,7 +225,7 @@ def check_value(name: str, value) -> str:
     """A cheap fingerprint of a loaded value, compared across contenders."""
     import numpy as np
 
-    if name == "array512":
+    if name in ("array512", "int64_compressible", "float_rounded", "float_random"):
         return f"{value.shape} {value.dtype} {float(np.asarray(value[:4096]).sum())!r}"
     if name == "forest":
         return f"{len(value.estimators_)} trees {sum(e.tree_.node_count for e in value.estimators_)} nodes"
@@ -267,13 +302,35 @@ def run_one(spec: dict) -> dict:
     assert pickle.Pickler is _pickle.Pickler, "the C pickler is not in use"
 
     op, contender, path = spec["op"], spec["contender"], spec["path"]
+    lib = spec.get("lib")  # compression suite / threads scaling: explicit compress and threads
+    if lib is not None:
+        # compressors that firkin or joblib would otherwise import inside the timed region
+        import bz2  # noqa: F401
+        import lzma  # noqa: F401
+        import zlib  # noqa: F401
+        import joblib.compressor  # noqa: F401  (imports lz4.frame when installed)
+        compress = spec.get("compress", 0)
+        if isinstance(compress, list):
+            compress = tuple(compress)
+        threads = spec.get("threads")
     value = None
     if op == "dump":
         with open(spec["cache"], "rb") as f:
             value = pickle.load(f)
-        if contender == "firkin":
+        if lib == "firkin":
+            def fn():
+                firkin.dump(value, path, compress=compress, threads=threads)
+        elif lib == "joblib":
+            def fn():
+                joblib.dump(value, path, compress=compress)
+        elif contender == "firkin":
             def fn():
                 firkin.dump(value, path)
+        elif contender == "firkin-progress":
+            import tqdm.auto  # noqa: F401  (imported outside the timed region)
+
+            def fn():
+                firkin.dump(value, path, progress=True)
         elif contender == "joblib":
             def fn():
                 joblib.dump(value, path)
@@ -287,12 +344,29 @@ def run_one(spec: dict) -> dict:
             raise ValueError(contender)
     elif op == "load":
         buf = None
-        if contender == "firkin":
+        if lib == "firkin":
+            def fn():
+                return firkin.load(path, threads=threads)
+        elif lib == "joblib":
+            def fn():
+                return joblib.load(path)
+        elif contender == "firkin":
             def fn():
                 return firkin.load(path)
         elif contender == "firkin-mmap":
             def fn():
                 return firkin.load(path, mmap_mode="r")
+        elif contender == "firkin-trusted":
+            def fn():
+                return firkin.load(path, trusted=True)
+        elif contender == "firkin-progress":
+            import tqdm.auto  # noqa: F401
+
+            def fn():
+                return firkin.load(path, progress=True)
+        elif contender == "firkin-joblibfile":
+            def fn():
+                return firkin.load(path)
         elif contender == "joblib":
             def fn():
                 return joblib.load(path)
@@ -368,7 +442,7 @@ def versions() -> dict:
     from importlib import metadata
 
     v = {"python": sys.version.split()[0], "platform": platform.platform()}
-    for dist in ("numpy", "scikit-learn", "pandas", "joblib", "firkin"):
+    for dist in ("numpy", "scikit-learn", "pandas", "joblib", "firkin", "lz4"):
         try:
             v[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:
@@ -391,6 +465,7 @@ def firkin_info() -> dict:
     code = ("import json, firkin, firkin._api as a, firkin._core as c;"
             "print(json.dumps({'version': firkin.__version__, 'file': firkin.__file__,"
             "'oob_threshold': getattr(a, 'OOB_THRESHOLD', None),"
+            "'codecs': firkin.codecs() if hasattr(firkin, 'codecs') else None,"
             "'build_info': c.build_info() if hasattr(c, 'build_info') else None}))")
     try:
         r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
@@ -616,6 +691,17 @@ def render(results: list[dict], meta: dict) -> str:
                      f"joblib-mmap {_fmt_t(_get(w, 'joblib-mmap', 'load'))} s")
         lines.append(f"- file size firkin/pickle5: {_fmt_r(_ratio(_size(w, 'firkin'), _size(w, 'pickle5')))}, "
                      f"firkin/joblib: {_fmt_r(_ratio(_size(w, 'firkin'), _size(w, 'joblib')))}")
+        if _get(w, "firkin-trusted", "load"):
+            lines.append(f"- trust policy (scan + find_class) cost on load: firkin/firkin-trusted "
+                         f"{_fmt_r(_ratio(_get(w, 'firkin', 'load'), _get(w, 'firkin-trusted', 'load')))}")
+        if _get(w, "firkin-joblibfile", "load"):
+            lines.append(f"- loading joblib's file: joblib.load/firkin.load "
+                         f"{_fmt_r(_ratio(_get(w, 'joblib', 'load'), _get(w, 'firkin-joblibfile', 'load')))} "
+                         "(>1: firkin faster)")
+        if _get(w, "firkin-progress", "dump"):
+            lines.append(f"- progress bar cost: dump {_fmt_r(_ratio(_get(w, 'firkin-progress', 'dump'), _get(w, 'firkin', 'dump')))}, "
+                         f"load {_fmt_r(_ratio(_get(w, 'firkin-progress', 'load'), _get(w, 'firkin', 'load')))} "
+                         "(progress=True over progress=None)")
         if w["workload"] == "array512":
             lines.append(f"- firkin/raw-write dump: {_fmt_r(_ratio(_get(w, 'firkin', 'dump'), _get(w, 'raw-write', 'dump')))} "
                          "(1.00× = as fast as one write() + fsync + rename)")
@@ -657,16 +743,393 @@ def write_atomic(path: str, text: str) -> None:
     os.replace(tmp, path)
 
 
+# -------------------------------------------------------------- compression suite
+
+CHUNK = 1 << 20  # firkin's compression chunk (1 MiB)
+RSS_SLACK = 32 << 20  # the "+ 32 MB" of the peak-RSS bound (32 MiB)
+# (codec, level) for firkin; 'bz2' and 'xz' go through Python's bz2/lzma modules and are slow:
+# by default they only run where the raw data is small or incompressible (see bench/README.md)
+FIRKIN_CODECS = [("zlib", 1), ("zlib", 3), ("zlib", 6), ("zstd", 1), ("zstd", 3), ("zstd", 9),
+                 ("lz4", 1), ("lz4", 3), ("bz2", 3), ("xz", 3)]
+SLOW_CODECS = {"bz2", "xz"}
+SLOW_CODEC_WORKLOADS = {"float_random", "forest", "dataframe"}
+SCALING_WORKLOAD = "int64_compressible"
+SCALING_CODECS = [("zstd", 3), ("zlib", 3)]
+
+
+def compress_contenders(workload: str, codecs, lz4_ok: bool, all_codecs: bool,
+                        skipped: list) -> list[dict]:
+    """The contenders of the compression suite for one workload (firkin-none first)."""
+    rows = [{"name": "firkin-none", "lib": "firkin", "compress": 0, "codec": "none", "level": 0}]
+    for codec, level in FIRKIN_CODECS:
+        if codecs is not None and codec not in codecs:
+            skipped.append(f"firkin-{codec}-{level}: not in firkin.codecs()")
+            continue
+        if codec in SLOW_CODECS and not all_codecs and workload not in SLOW_CODEC_WORKLOADS:
+            continue
+        rows.append({"name": f"firkin-{codec}-{level}", "lib": "firkin", "compress": [codec, level],
+                     "codec": codec, "level": level})
+    rows.append({"name": "joblib-zlib-3", "lib": "joblib", "compress": 3, "codec": "zlib", "level": 3})
+    if lz4_ok:  # joblib's default lz4 level (LZ4FrameFile's 0: the fast mode)
+        rows.append({"name": "joblib-lz4", "lib": "joblib", "compress": "lz4", "codec": "lz4",
+                     "level": None})
+    return rows
+
+
+def ensure_array_bytes(info: dict, timeout: float) -> dict:
+    """Bytes of the workload's out-of-band buffers under pickle protocol 5 (its arrays' data)."""
+    if "array_bytes" not in info:
+        res = child(["--array-bytes", info["cache"]], timeout=timeout)
+        if "error" in res:
+            raise RuntimeError(f"measuring array bytes failed: {res['error']}")
+        info_path = info["cache"][:-len(".pkl")] + ".json"
+        with open(info_path) as f:
+            stored = json.load(f)
+        stored.update(res)
+        with open(info_path + ".tmp", "w") as f:
+            json.dump(stored, f)
+        os.replace(info_path + ".tmp", info_path)
+        info.update(res)
+    return info
+
+
+def array_bytes_of(cache: str) -> dict:
+    import pickle
+
+    with open(cache, "rb") as f:
+        value = pickle.load(f)
+    bufs: list[int] = []
+    stream = pickle.dumps(value, protocol=5, buffer_callback=lambda b: bufs.append(b.raw().nbytes))
+    return {"array_bytes": int(sum(bufs)), "arrays": len(bufs), "inband_bytes": len(stream)}
+
+
+def _op_stats(runs: list[dict], error) -> dict:
+    times = [s["time_s"] for s in runs]
+    med = (lambda field: statistics.median([s[field] for s in runs]) if runs else None)
+    return {
+        "median_s": med("time_s"),
+        "min_s": min(times, default=None),
+        "max_s": max(times, default=None),
+        "cpu_median_s": med("cpu_s"),
+        "peak_rss_delta_median": med("peak_rss_delta"),
+        "peak_rss_delta_max": max((s["peak_rss_delta"] for s in runs), default=None),
+        "peak_rss_abs_median": med("peak_rss_abs"),
+        "rss_before_median": med("rss_before") if runs and runs[0].get("rss_before") is not None else None,
+        "n": len(runs),
+        "times_s": times,
+        "rss_method": runs[0]["rss_method"] if runs else None,
+        "error": error,
+    }
+
+
+def _measure(spec: dict, timeout: float, label: str, samples: list, errors: dict, key) -> None:
+    if key in errors:
+        return
+    try:
+        res = child(["--one", json.dumps(spec)], timeout=timeout)
+    except subprocess.TimeoutExpired:
+        res = {"error": f"timed out after {timeout} s"}
+    os.sync()  # flush writeback (joblib does not fsync) so it cannot leak into the next run
+    if "error" in res:
+        errors[key] = res["error"]
+        log(f"{label}: ERROR {res['error']}")
+        return
+    samples.append(res)
+    log(f"{label}: {res['time_s']:8.4f} s  peak +{res['peak_rss_delta'] / MB:8.1f} MB")
+
+
+def bench_compress_workload(name: str, size: str, repeat: int, workdir: str, cache_info: dict,
+                            timeout: float, contenders: list[dict]) -> dict:
+    cache = cache_info["cache"]
+    names = [c["name"] for c in contenders]
+    files = {n: os.path.join(workdir, f"{name}.{n}") for n in names}
+    samples: dict = {(op, n): [] for op in ("dump", "load") for n in names}
+    errors: dict = {}
+    by_name = {c["name"]: c for c in contenders}
+
+    def measure(op, n, rep):
+        c = by_name[n]
+        spec = {"workload": name, "op": op, "contender": n, "path": files[n], "cache": cache,
+                "lib": c["lib"], "compress": c["compress"], "threads": None}
+        _measure(spec, timeout, f"[{name}] {op:4s} {n:24s} rep {rep + 1}/{repeat}",
+                 samples[(op, n)], errors, (op, n))
+
+    warm_read(cache)
+    for rep in range(repeat):
+        for n in rotated(names, rep):
+            if os.path.exists(files[n]):
+                os.unlink(files[n])
+            measure("dump", n, rep)
+    sizes = {n: os.path.getsize(p) for n, p in files.items() if os.path.exists(p)}
+    for p in files.values():
+        if os.path.exists(p):
+            warm_read(p)
+    for rep in range(repeat):
+        for n in rotated(names, rep):
+            if not os.path.exists(files[n]):
+                errors.setdefault(("load", n), "no file: its dump failed")
+                continue
+            measure("load", n, rep)
+    for p in files.values():
+        if os.path.exists(p):
+            os.unlink(p)
+
+    threads = os.cpu_count() or 1
+    array_bytes = cache_info.get("array_bytes")
+    raw = sizes.get("firkin-none")
+    bound = None if array_bytes is None else array_bytes + threads * 4 * CHUNK + RSS_SLACK
+    dump_bound = threads * 4 * CHUNK + RSS_SLACK
+    rows = []
+    for c in contenders:
+        n = c["name"]
+        row = {"contender": n, "lib": c["lib"], "codec": c["codec"], "level": c["level"],
+               "compress": c["compress"]}
+        for op in ("dump", "load"):
+            row[op] = _op_stats(samples[(op, n)], errors.get((op, n)))
+        row["load"]["check"] = samples[("load", n)][0].get("check") if samples[("load", n)] else None
+        fb = sizes.get(n)
+        row["file_bytes"] = fb
+        row["ratio"] = _ratio(raw, fb)
+        for op in ("dump", "load"):
+            t = row[op]["median_s"]
+            row[f"{op}_MBps"] = None if raw is None or not t else raw / t / MB
+        row["rss_ok"] = {op: (None if bound is None or row[op]["peak_rss_delta_max"] is None
+                              else row[op]["peak_rss_delta_max"] <= bound) for op in ("dump", "load")}
+        row["dump_overhead_ok"] = (None if row["dump"]["peak_rss_delta_max"] is None
+                                   else row["dump"]["peak_rss_delta_max"] <= dump_bound)
+        rows.append(row)
+
+    checks = {r["contender"]: r["load"]["check"] for r in rows if r["load"].get("check")}
+    consistent = len(set(checks.values())) <= 1
+    if not consistent:
+        log(f"[{name}] WARNING: loaded values differ between contenders: {checks}")
+    return {"workload": name, "suite": "compress", "size": size, "params": SIZES[size][name],
+            "repeat": repeat, "build": {k: v for k, v in cache_info.items() if k != "cache"},
+            "raw_bytes": raw, "array_bytes": array_bytes, "threads": threads,
+            "rss_bound": bound, "dump_overhead_bound": dump_bound,
+            "contenders": rows, "checks_consistent": consistent}
+
+
+def _row(res: dict, contender: str):
+    for r in res["contenders"]:
+        if r["contender"] == contender:
+            return r
+    return None
+
+
+def _cget(res: dict, contender: str, op: str, field: str = "median_s"):
+    r = _row(res, contender)
+    return None if r is None else (r.get(op) or {}).get(field)
+
+
+def _fmt_ok(v):
+    return "–" if v is None else ("pass" if v else "**FAIL**")
+
+
+def _fmt_num(v, digits=0):
+    return "–" if v is None else f"{v:.{digits}f}"
+
+
+def compress_ratios(w: dict) -> dict:
+    """The headline ratios of one workload (None where a contender is missing)."""
+    jz_d, jz_l = _cget(w, "joblib-zlib-3", "dump"), _cget(w, "joblib-zlib-3", "load")
+    jz_size = (_row(w, "joblib-zlib-3") or {}).get("file_bytes")
+    fz = _row(w, "firkin-zlib-3") or {}
+    fs = _row(w, "firkin-zstd-3") or {}
+    firkin_rows = [r for r in w["contenders"] if r["lib"] == "firkin"]
+    dump_deltas = [r["dump"]["peak_rss_delta_max"] for r in firkin_rows
+                   if r["dump"]["peak_rss_delta_max"] is not None]
+    return {
+        "zlib3_dump_speedup": _ratio(jz_d, (fz.get("dump") or {}).get("median_s")),
+        "zlib3_load_speedup": _ratio(jz_l, (fz.get("load") or {}).get("median_s")),
+        "zlib3_size_ratio": _ratio(fz.get("file_bytes"), jz_size),
+        "zstd3_dump_speedup": _ratio(jz_d, (fs.get("dump") or {}).get("median_s")),
+        "zstd3_load_speedup": _ratio(jz_l, (fs.get("load") or {}).get("median_s")),
+        "zstd3_size_ratio": _ratio(fs.get("file_bytes"), jz_size),
+        "zlib3_over_none_dump": _ratio((fz.get("dump") or {}).get("median_s"),
+                                       _cget(w, "firkin-none", "dump")),
+        "zstd3_over_none_dump": _ratio((fs.get("dump") or {}).get("median_s"),
+                                       _cget(w, "firkin-none", "dump")),
+        "rss_all_ok": all(r["rss_ok"][op] for r in firkin_rows for op in ("dump", "load")
+                          if r["rss_ok"][op] is not None),
+        "firkin_dump_delta_max": max(dump_deltas, default=None),
+    }
+
+
+def render_compress(results: list[dict], meta: dict) -> str:
+    out = [f"# firkin compression benchmark ({meta['size']} run)", ""]
+    out.append(f"{meta['started']}, {meta['cpu_count']} CPUs, Python {meta['versions']['python']}, "
+               f"firkin {meta['firkin'].get('version')}, joblib {meta['versions']['joblib']}, "
+               f"lz4 {meta['versions'].get('lz4')}, numpy {meta['versions']['numpy']}; "
+               f"commit {meta['git']['commit'][:10]}{' (dirty tree)' if meta['git']['dirty'] else ''}.")
+    out.append("Medians over fresh processes; loads from the page cache; firkin dumps fsync + rename, "
+               "joblib.dump does not. firkin uses all cores (threads=None). raw = size of the "
+               "uncompressed firkin file; ratio = raw / file size; MB/s = raw / median time. "
+               "RSS: Δ = peak during the operation minus RSS before it (abs = absolute peak); "
+               "bound = arrays' bytes + threads·4·1 MiB + 32 MiB, checked against the largest Δ "
+               "over the repetitions.")
+    for note in meta.get("compress_skipped", []):
+        out.append(f"Skipped: {note}.")
+    out.append("")
+    for w in results:
+        out.append(f"## {w['workload']} (compression)")
+        out.append("")
+        out.append(f"params {w['params']}; raw {_fmt_mb(w['raw_bytes'])} MB; arrays' bytes "
+                   f"{_fmt_mb(w['array_bytes'])} MB; RSS bound {_fmt_mb(w['rss_bound'])} MB "
+                   f"({w['threads']} threads); repeat {w['repeat']}"
+                   + ("" if w["checks_consistent"] else "; **loaded values differ!**"))
+        out.append("")
+        out.append("| contender | dump (s) | load (s) | size (MB) | ratio | dump MB/s | load MB/s "
+                   "| dump RSS Δ / abs (MB) | load RSS Δ / abs (MB) | RSS ≤ bound (dump/load) |")
+        out.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+        for r in w["contenders"]:
+            cells = [r["contender"]]
+            for op in ("dump", "load"):
+                x = r[op]
+                if x.get("error") and not x.get("n"):
+                    cells.append("ERR")
+                elif x.get("error"):
+                    cells.append(f"{_fmt_t(x.get('median_s'))} (n={x['n']})")
+                else:
+                    cells.append(_fmt_t(x.get("median_s")))
+            cells.append(_fmt_mb(r["file_bytes"]))
+            cells.append(_fmt_num(r["ratio"], 2))
+            cells.append(_fmt_num(r["dump_MBps"]))
+            cells.append(_fmt_num(r["load_MBps"]))
+            for op in ("dump", "load"):
+                cells.append(f"{_fmt_mb(r[op]['peak_rss_delta_median'])} / "
+                             f"{_fmt_mb(r[op]['peak_rss_abs_median'])}")
+            cells.append(f"{_fmt_ok(r['rss_ok']['dump'])} / {_fmt_ok(r['rss_ok']['load'])}")
+            out.append("| " + " | ".join(cells) + " |")
+        for r in w["contenders"]:
+            for op in ("dump", "load"):
+                if r[op].get("error"):
+                    out.append(f"\n- {r['contender']} {op} error: `{r[op]['error'][:300]}`")
+        out.append("")
+        q = compress_ratios(w)
+        out.append("Ratios (speedup > 1: firkin faster; size < 1: firkin smaller):")
+        out.append("")
+        out.append(f"- zlib 3: firkin vs joblib compress=3: dump {_fmt_r(q['zlib3_dump_speedup'])}, "
+                   f"load {_fmt_r(q['zlib3_load_speedup'])}, size firkin/joblib "
+                   f"{_fmt_r(q['zlib3_size_ratio'])}")
+        out.append(f"- zstd 3: firkin vs joblib compress=3: dump {_fmt_r(q['zstd3_dump_speedup'])}, "
+                   f"load {_fmt_r(q['zstd3_load_speedup'])}, size firkin/joblib "
+                   f"{_fmt_r(q['zstd3_size_ratio'])}")
+        target = ""
+        if w["workload"] == "float_random" and q["zlib3_over_none_dump"] is not None:
+            target = f" — {_fmt_ok(q['zlib3_over_none_dump'] <= 2)} (target ≤ 2 on incompressible data)"
+        out.append(f"- firkin dump time, compress=3 / uncompressed: {_fmt_r(q['zlib3_over_none_dump'])}"
+                   f"{target}; zstd 3 / uncompressed: {_fmt_r(q['zstd3_over_none_dump'])}")
+        d = q["firkin_dump_delta_max"]
+        out.append(f"- peak RSS: every firkin row within the bound: {_fmt_ok(q['rss_all_ok'])}; "
+                   f"largest firkin dump Δ {_fmt_mb(d)} MB vs buffers-only "
+                   f"threads·4·1 MiB + 32 MiB = {_fmt_mb(w['dump_overhead_bound'])} MB: "
+                   f"{_fmt_ok(None if d is None else d <= w['dump_overhead_bound'])}")
+        out.append("")
+
+    out.append("## Summary (compression)")
+    out.append("")
+    out.append("| workload | zlib3 dump speedup | zlib3 load speedup | zlib3 size f/j "
+               "| zstd3 dump speedup | zstd3 size f/j | zlib3/none dump | RSS bound |")
+    out.append("|---|---:|---:|---:|---:|---:|---:|---|")
+    for w in results:
+        q = compress_ratios(w)
+        out.append("| " + " | ".join([
+            w["workload"], _fmt_r(q["zlib3_dump_speedup"]), _fmt_r(q["zlib3_load_speedup"]),
+            _fmt_r(q["zlib3_size_ratio"]), _fmt_r(q["zstd3_dump_speedup"]),
+            _fmt_r(q["zstd3_size_ratio"]), _fmt_r(q["zlib3_over_none_dump"]),
+            _fmt_ok(q["rss_all_ok"])]) + " |")
+    out.append("")
+    out.append("speedups are joblib compress=3 time / firkin time; size f/j = firkin file / joblib "
+               "compress=3 file.")
+    out.append("")
+    return "\n".join(out)
+
+
+def thread_counts() -> list[int]:
+    n = os.cpu_count() or 1
+    counts = [t for t in (1, 2, 4, 8, 16) if t < n]
+    return counts + [min(n, 16)]
+
+
+def run_threads_scaling(size: str, repeat: int, workdir: str, cache_info: dict,
+                        timeout: float) -> dict:
+    """Dump throughput of SCALING_WORKLOAD per codec and thread count (fresh processes)."""
+    cache = cache_info["cache"]
+    raw = cache_info.get("array_bytes") or cache_info.get("nbytes")
+    counts = thread_counts()
+    combos = [(c, lvl, t) for c, lvl in SCALING_CODECS for t in counts]
+    labels = [f"{c}-{lvl}-t{t}" for c, lvl, t in combos]
+    samples: dict = {lab: [] for lab in labels}
+    errors: dict = {}
+    path = os.path.join(workdir, f"{SCALING_WORKLOAD}.scaling")
+    warm_read(cache)
+    for rep in range(repeat):
+        for lab in rotated(labels, rep):
+            c, lvl, t = combos[labels.index(lab)]
+            if os.path.exists(path):
+                os.unlink(path)
+            spec = {"workload": SCALING_WORKLOAD, "op": "dump", "contender": f"firkin-{lab}",
+                    "path": path, "cache": cache, "lib": "firkin", "compress": [c, lvl],
+                    "threads": t}
+            _measure(spec, timeout, f"[scaling] dump {lab:16s} rep {rep + 1}/{repeat}",
+                     samples[lab], errors, lab)
+    if os.path.exists(path):
+        os.unlink(path)
+    rows = []
+    for (c, lvl, t), lab in zip(combos, labels):
+        st = _op_stats(samples[lab], errors.get(lab))
+        rows.append({"codec": c, "level": lvl, "threads": t, "dump": st,
+                     "dump_MBps": None if not st["median_s"] else raw / st["median_s"] / MB})
+    return {"workload": SCALING_WORKLOAD, "size": size, "params": SIZES[size][SCALING_WORKLOAD],
+            "raw_bytes": raw, "repeat": repeat, "thread_counts": counts, "rows": rows}
+
+
+def render_scaling(res: dict, meta: dict) -> str:
+    out = [f"# firkin dump throughput vs threads ({meta['size']} run)", ""]
+    out.append(f"{res['workload']} {res['params']}, raw {_fmt_mb(res['raw_bytes'])} MB; "
+               f"{meta['cpu_count']} CPUs; MB/s = raw bytes / median dump time (fsync included); "
+               f"repeat {res['repeat']}; load average at start {meta['loadavg_start']}.")
+    out.append("")
+    head = ["threads"]
+    for c, lvl in SCALING_CODECS:
+        head += [f"{c} {lvl} dump (s)", f"{c} {lvl} MB/s", f"{c} {lvl} vs 1 thread"]
+    out.append("| " + " | ".join(head) + " |")
+    out.append("|" + "---:|" * len(head))
+    by = {(r["codec"], r["level"], r["threads"]): r for r in res["rows"]}
+    for t in res["thread_counts"]:
+        cells = [str(t)]
+        for c, lvl in SCALING_CODECS:
+            r, r1 = by[(c, lvl, t)], by[(c, lvl, res["thread_counts"][0])]
+            cells += [_fmt_t(r["dump"]["median_s"]), _fmt_num(r["dump_MBps"]),
+                      _fmt_r(_ratio(r["dump_MBps"], r1["dump_MBps"]))]
+        out.append("| " + " | ".join(cells) + " |")
+    out.append("")
+    return "\n".join(out)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--workloads", default=",".join(ALL_WORKLOADS),
-                    help=f"comma-separated subset of {','.join(ALL_WORKLOADS)}")
+    ap.add_argument("--suite", choices=["default", "compress", "all"], default=None,
+                    help="default: firkin vs joblib/pickle/raw I/O (the default); compress: "
+                         "codecs and levels vs joblib compression; all: both. With "
+                         "--threads-scaling and no --suite, only the scaling study runs")
+    ap.add_argument("--workloads", default=None,
+                    help=f"comma-separated subset of the suite's workloads (default suite: "
+                         f"{','.join(ALL_WORKLOADS)}; compress suite: {','.join(COMPRESS_WORKLOADS)})")
     ap.add_argument("--repeat", type=int, default=None,
                     help="repetitions per (contender, workload, op); default 5, 3 for "
-                         f"{','.join(sorted(BIG_WORKLOADS))}; 1 with --quick")
+                         f"{','.join(sorted(BIG_WORKLOADS))} and for every workload of the "
+                         "compress suite; 1 with --quick")
     ap.add_argument("--quick", action="store_true",
                     help="much smaller workloads, for smoke testing (results are not meaningful)")
+    ap.add_argument("--threads-scaling", action="store_true",
+                    help=f"dump MB/s of {SCALING_WORKLOAD} with zstd 3 and zlib 3 for "
+                         "threads = 1, 2, 4, 8, 16 (capped at the CPU count)")
+    ap.add_argument("--all-codecs", action="store_true",
+                    help="compress suite: run bz2 and xz on every workload (default: only on "
+                         f"{','.join(sorted(SLOW_CODEC_WORKLOADS))})")
     ap.add_argument("--dir", default=None,
                     help="where the dumped files go (a fresh subdirectory is made and removed); "
                          "default: the system temp dir")
@@ -674,11 +1137,19 @@ def main(argv=None) -> int:
                     help="where built workloads are cached (default bench/.cache)")
     ap.add_argument("--rebuild", action="store_true", help="rebuild cached workloads")
     ap.add_argument("--json", default=None,
-                    help="results file (default bench/results/latest.json, quick.json with --quick)")
+                    help="default-suite results file (default bench/results/latest.json, "
+                         "quick.json with --quick)")
+    ap.add_argument("--compress-json", default=None,
+                    help="compress-suite results file (default bench/results/compress.json, "
+                         "compress-quick.json with --quick)")
+    ap.add_argument("--scaling-json", default=None,
+                    help="threads-scaling results file (default bench/results/threads.json, "
+                         "threads-quick.json with --quick)")
     ap.add_argument("--timeout", type=float, default=900, help="seconds per measuring process")
     # internal
     ap.add_argument("--one", help=argparse.SUPPRESS)
     ap.add_argument("--build", help=argparse.SUPPRESS)
+    ap.add_argument("--array-bytes", help=argparse.SUPPRESS)
     ap.add_argument("--size", help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -697,19 +1168,40 @@ def main(argv=None) -> int:
         os.replace(tmp, args.out)
         print("@@RESULT " + json.dumps(info), flush=True)
         return 0
+    if args.array_bytes:
+        print("@@RESULT " + json.dumps(array_bytes_of(args.array_bytes)), flush=True)
+        return 0
 
-    workloads = [w.strip() for w in args.workloads.split(",") if w.strip()]
-    bad = [w for w in workloads if w not in ALL_WORKLOADS]
-    if bad:
-        ap.error(f"unknown workload(s) {bad}; choose from {ALL_WORKLOADS}")
+    if args.suite is None:
+        suites = [] if args.threads_scaling else ["default"]
+    elif args.suite == "all":
+        suites = ["default", "compress"]
+    else:
+        suites = [args.suite]
+    suite_workloads = {"default": ALL_WORKLOADS, "compress": COMPRESS_WORKLOADS}
+    plan = {su: list(suite_workloads[su]) for su in suites}
+    if args.workloads is not None:
+        wanted = [w.strip() for w in args.workloads.split(",") if w.strip()]
+        known = set().union(*(suite_workloads[su] for su in suites)) if suites else set()
+        bad = [w for w in wanted if w not in known]
+        if bad:
+            ap.error(f"unknown workload(s) {bad} for suite(s) {suites}; choose from {sorted(known)}")
+        plan = {su: [w for w in wanted if w in suite_workloads[su]] for su in suites}
     size = "quick" if args.quick else "full"
-    json_path = args.json or os.path.join(HERE, "results", "quick.json" if args.quick else "latest.json")
+    results_dir = os.path.join(HERE, "results")
+    json_path = args.json or os.path.join(results_dir, "quick.json" if args.quick else "latest.json")
+    compress_json = args.compress_json or os.path.join(
+        results_dir, "compress-quick.json" if args.quick else "compress.json")
+    scaling_json = args.scaling_json or os.path.join(
+        results_dir, "threads-quick.json" if args.quick else "threads.json")
 
     base = args.dir or tempfile.gettempdir()
     os.makedirs(base, exist_ok=True)
     need = 0
-    if "array512" in workloads:
+    if "array512" in plan.get("default", []):
         need = SIZES[size]["array512"]["n"] * 8 * 5  # four files + cache
+    if "int64_compressible" in plan.get("compress", []) or args.threads_scaling:
+        need = max(need, SIZES[size]["int64_compressible"]["n"] * 8 * 4)  # files + cache
     free = shutil.disk_usage(base).free
     if free < need + 1e9:
         log(f"not enough space in {base}: {free / 1e9:.1f} GB free, need ~{(need + 1e9) / 1e9:.1f} GB")
@@ -734,12 +1226,13 @@ def main(argv=None) -> int:
                   "peak_rss_delta: VmHWM (reset via /proc/self/clear_refs) after the operation "
                   "minus VmRSS before it; ru_maxrss delta is the fallback"],
     }
-    log(f"firkin bench ({size}): workloads {workloads}; files in {workdir}; "
+    log(f"firkin bench ({size}): suites {suites}"
+        f"{' + threads scaling' if args.threads_scaling else ''}: {plan}; files in {workdir}; "
         f"load average {meta['loadavg_start']}")
     t_start = time.perf_counter()
-    results = []
+    results, cresults, scaling = [], [], None
     try:
-        for name in workloads:
+        for name in plan.get("default", []):
             t0 = time.perf_counter()
             info = ensure_cache(name, size, args.cache_dir, vers, args.rebuild)
             repeat = args.repeat or (1 if args.quick else (3 if name in BIG_WORKLOADS else 5))
@@ -747,15 +1240,49 @@ def main(argv=None) -> int:
             res["wall_s"] = round(time.perf_counter() - t0, 1)
             log(f"[{name}] done in {res['wall_s']} s")
             results.append(res)
+        if "compress" in plan:
+            codecs = meta["firkin"].get("codecs")
+            lz4_ok = vers.get("lz4") is not None
+            skipped: list[str] = []
+            if not lz4_ok:
+                skipped.append("joblib-lz4: the lz4 package is not installed")
+            for name in plan["compress"]:
+                t0 = time.perf_counter()
+                info = ensure_cache(name, size, args.cache_dir, vers, args.rebuild)
+                info = ensure_array_bytes(info, args.timeout)
+                repeat = args.repeat or (1 if args.quick else 3)
+                contenders = compress_contenders(name, codecs, lz4_ok, args.all_codecs, skipped)
+                res = bench_compress_workload(name, size, repeat, workdir, info, args.timeout,
+                                              contenders)
+                res["wall_s"] = round(time.perf_counter() - t0, 1)
+                log(f"[{name}] compress suite done in {res['wall_s']} s")
+                cresults.append(res)
+            meta["compress_skipped"] = sorted(set(skipped))
+        if args.threads_scaling:
+            t0 = time.perf_counter()
+            info = ensure_cache(SCALING_WORKLOAD, size, args.cache_dir, vers, args.rebuild)
+            info = ensure_array_bytes(info, args.timeout)
+            scaling = run_threads_scaling(size, args.repeat or 3, workdir, info, args.timeout)
+            scaling["wall_s"] = round(time.perf_counter() - t0, 1)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
     meta["wall_s"] = round(time.perf_counter() - t_start, 1)
     meta["loadavg_end"] = os.getloadavg()
-    report = render(results, meta)
-    print(report)
-    write_atomic(json_path, json.dumps({"meta": meta, "results": results}, indent=1) + "\n")
-    log(f"total {meta['wall_s']} s; results written to {os.path.relpath(json_path)}")
+    written = []
+    if "default" in plan:
+        print(render(results, meta))
+        write_atomic(json_path, json.dumps({"meta": meta, "results": results}, indent=1) + "\n")
+        written.append(json_path)
+    if "compress" in plan:
+        print(render_compress(cresults, meta))
+        write_atomic(compress_json, json.dumps({"meta": meta, "results": cresults}, indent=1) + "\n")
+        written.append(compress_json)
+    if scaling is not None:
+        print(render_scaling(scaling, meta))
+        write_atomic(scaling_json, json.dumps({"meta": meta, "scaling": scaling}, indent=1) + "\n")
+        written.append(scaling_json)
+    log(f"total {meta['wall_s']} s; results written to {', '.join(map(os.path.relpath, written))}")
     return 0
 
 

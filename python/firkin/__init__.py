@@ -8,7 +8,10 @@ atomic writes.
 from . import _byvalue, _core  # noqa: F401 - _byvalue registers the __main__ reducer
 from ._api import (
     TEMP_SUFFIX,
+    UntrustedTypesError,
+    VersionMismatchWarning,
     codecs,
+    untrusted_types,
     ChecksumError,
     FirkinError,
     FormatError,
@@ -31,6 +34,9 @@ __all__ = [
     "loads",
     "load_metadata",
     "codecs",
+    "untrusted_types",
+    "UntrustedTypesError",
+    "VersionMismatchWarning",
     "info",
     "verify",
     "set_key",

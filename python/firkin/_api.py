@@ -11,11 +11,17 @@ import warnings
 
 import numpy as np
 
-from . import _compress, _core, _meta, _progress, _sign
-from ._core import ChecksumError, FirkinError, FormatError
+from . import _compress, _core, _meta, _progress, _sign, _trust
+from ._core import ChecksumError, FirkinError, FormatError, UntrustedTypesError
 
-__all__ = ["dump", "load", "dumps", "loads", "load_metadata", "codecs", "FirkinError",
-           "FormatError", "ChecksumError", "TEMP_SUFFIX"]
+__all__ = ["dump", "load", "dumps", "loads", "load_metadata", "codecs", "untrusted_types",
+           "FirkinError", "FormatError", "ChecksumError", "UntrustedTypesError",
+           "VersionMismatchWarning", "TEMP_SUFFIX"]
+
+
+class VersionMismatchWarning(UserWarning):
+    """A package whose objects a file holds is installed in another version
+    than the one that wrote it."""
 
 codecs = _compress.codecs
 
@@ -247,14 +253,62 @@ class _MmapUnpickler(pickle.Unpickler):
         return super().find_class(module, name)
 
 
-def _unpickle(reader, buffers, mmap: bool):
-    stream = reader.pickle_stream()
+_SIGNATURE_NOTES = {
+    _sign.UNSIGNED: "The file is not signed.",
+    _sign.OTHER_KEY: "The file is signed, but with another key than yours (FIRKIN_KEY or "
+                     "firkin.set_key() selects the key).",
+    _sign.INVALID: "The file is signed with your key, but its contents changed after signing.",
+    _sign.NO_KEY: "You have no signing key to check its signature with.",
+}
+
+
+def _check_trust(reader, stream, trusted):
+    """Decide before anything is constructed. Returns the unpickler policy:
+    True (load anything: trusted=True or the file is signed with your key)
+    or the `trusted` names to enforce on top of the allowlist."""
+    if trusted is True:
+        return True
+    info = _trust._scan(stream, reader.name)
+    refused = _trust.untrusted(info["globals"], info["unsafe_ops"], trusted)
+    if not refused:
+        return trusted
+    status = _sign.status(reader, stream)
+    if status == _sign.VALID:
+        return True  # your own file: no friction
+    exc = _trust._error(reader.name, refused, "firkin.load")
+    note = _SIGNATURE_NOTES[status]
+    if any(n.startswith("cloudpickle.") for n in refused):
+        note += (" It holds classes or functions saved by value (defined in the __main__ of the "
+                 "session that saved it, e.g. a notebook): that is code, and code loads only from a "
+                 "file signed with your key, or with trusted=True.")
+    exc.args = (f"{exc.args[0]}\n{note}",) + exc.args[1:]
+    raise exc
+
+
+def _unpickle(reader, stream, buffers, mmap: bool, policy):
+    base = _MmapUnpickler if mmap else pickle.Unpickler
     try:
-        if not mmap:
+        if policy is True and not mmap:
             return pickle.loads(stream, buffers=buffers)  # reads the bytes in place
-        return _MmapUnpickler(io.BytesIO(stream), buffers=buffers).load()
+        cls = _trust.make_unpickler(base, True if policy is True else policy, reader.name)
+        return cls(io.BytesIO(stream), buffers=buffers).load()
     except pickle.UnpicklingError as exc:
         raise FormatError(f"{reader.name}: the pickle stream is invalid: {exc}") from exc
+
+
+def _warn_versions(reader) -> None:
+    try:
+        raw = reader.metadata()
+        packages = json.loads(raw).get("packages") or {} if raw else {}
+    except (ValueError, AttributeError, FormatError):
+        return  # load_metadata / verify report a damaged metadata section
+    diffs = [f"{pkg} {rec} (installed: {inst or 'not installed'})"
+             for pkg, rec in sorted(packages.items())
+             if rec is not None and (inst := _meta.package_version(pkg)) != rec]
+    if diffs:
+        warnings.warn(f"{reader.name} was written with " + ", ".join(diffs)
+                      + "; objects may behave differently or fail to load", VersionMismatchWarning,
+                      stacklevel=4)
 
 
 def _reader(source, name, base=0):
@@ -275,9 +329,13 @@ def _read_buffers(reader, verify, threads, progress, which=None):
         bar.close()
 
 
-def _load_reader(reader, verify, threads, progress=None):
+def _load_reader(reader, verify, threads, progress=None, trusted=None):
+    stream = reader.pickle_stream()
+    policy = _check_trust(reader, stream, trusted)
     buffers = _read_buffers(reader, _verify_buffers(reader, verify, False), threads, progress)
-    return _unpickle(reader, buffers, False)
+    obj = _unpickle(reader, stream, buffers, False, policy)
+    _warn_versions(reader)
+    return obj
 
 
 def _verify_buffers(reader, verify, mapped: bool) -> bool:
@@ -319,7 +377,8 @@ def _load_foreign(f, name, mode, kwargs):
     return _compat.load_foreign(f, name, mode, **kwargs)
 
 
-def load(filename, mmap_mode=None, *, verify=None, threads=None, progress=None):
+def load(filename, mmap_mode=None, *, trusted=None, verify=None, threads=None, progress=None,
+         ensure_native_byte_order="auto"):
     """Load an object saved by `dump` from a path or a binary file object.
 
     mmap_mode: None reads every array into fresh writable memory. 'r', 'r+',
@@ -329,29 +388,50 @@ def load(filename, mmap_mode=None, *, verify=None, threads=None, progress=None):
     mapped) by default; True also verifies mapped data, False skips it.
     progress: None shows a bar when more than 256 MB are read, True always,
     False never.
+
+    trusted: what may be imported while loading. By default a file loads
+    when every class and function it names is on firkin's allowlist (data
+    types, NumPy, SciPy sparse, pandas, scikit-learn), or when it is signed
+    with your key; otherwise UntrustedTypesError names what it would import,
+    before anything is constructed. A list of "module.qualname" names trusts
+    those too; trusted=True loads anything, which is as unsafe as pickle.
+
+    joblib files (every version and compressor) and plain pickle files load
+    too, under the same allowlist (they are never signed); for them
+    ensure_native_byte_order has joblib's meaning ('auto': arrays come back in
+    native byte order unless memory-mapped).
     """
     mode = _check_mmap_mode(mmap_mode)
     if _is_path(filename):
         path = os.fsdecode(os.fspath(filename))
         with open(path, "r+b" if mode == "r+" else "rb") as f:
             if not _looks_like_firkin(f.fileno()):
-                return _load_foreign(f, path, mmap_mode, {})
+                return _load_foreign(f, path, mmap_mode, {
+                    "trusted": trusted, "ensure_native_byte_order": ensure_native_byte_order})
             reader = _reader(f.fileno(), path)
             if mode is None:
-                return _load_reader(reader, verify, threads, progress)
-            return _load_mapped(reader, f, mode, verify, threads, progress)
+                return _load_reader(reader, verify, threads, progress, trusted)
+            return _load_mapped(reader, f, mode, verify, threads, progress, trusted)
     if hasattr(filename, "read"):
         _check_binary(filename, "load")
         if mode is not None:
             warnings.warn("firkin.load: mmap_mode has no effect when loading from a file object; "
                           "the arrays are read into memory", UserWarning, stacklevel=2)
-        return _load_fileobj(filename, verify, threads, progress)
+        return _load_fileobj(filename, verify, threads, progress, trusted, ensure_native_byte_order)
     raise TypeError(f"firkin.load: expected a path or a binary file object, not {type(filename).__name__}")
 
 
-def _load_mapped(reader, f, mode, verify, threads, progress):
+def _load_mapped(reader, f, mode, verify, threads, progress, trusted):
+    stream = reader.pickle_stream()
+    policy = _check_trust(reader, stream, trusted)
+    obj = _load_mapped_buffers(reader, f, mode, verify, threads, progress, stream, policy)
+    _warn_versions(reader)
+    return obj
+
+
+def _load_mapped_buffers(reader, f, mode, verify, threads, progress, stream, policy):
     if reader.buffer_count == 0:
-        return _unpickle(reader, [], True)
+        return _unpickle(reader, stream, [], True, policy)
     spans = reader.buffer_spans()
     packed = [i for i, (_, _, mappable) in enumerate(spans) if not mappable]
     buffers = [None] * len(spans)
@@ -371,10 +451,10 @@ def _load_mapped(reader, f, mode, verify, threads, progress):
         for i, (off, n, mappable) in enumerate(spans):
             if mappable:
                 buffers[i] = mm[off:off + n]
-    return _unpickle(reader, buffers, True)
+    return _unpickle(reader, stream, buffers, True, policy)
 
 
-def _load_fileobj(f, verify, threads, progress):
+def _load_fileobj(f, verify, threads, progress, trusted, ensure_native_byte_order="auto"):
     name = getattr(f, "name", None)
     name = name if isinstance(name, str) else f"<{type(f).__name__}>"
     try:
@@ -382,8 +462,16 @@ def _load_fileobj(f, verify, threads, progress):
     except (AttributeError, OSError, ValueError):
         seekable = False
     if not seekable:
-        return loads(f.read(), verify=verify, threads=threads, progress=progress)
+        return _loads_named(f.read(), name, trusted, verify, threads, progress,
+                            ensure_native_byte_order)
     start = f.tell()
+    head = f.read(8)
+    f.seek(start)
+    if not _is_firkin_bytes(head):
+        from . import _compat  # noqa: PLC0415
+
+        return _compat.load_fileobj(f, name, ensure_native_byte_order=ensure_native_byte_order,
+                                    trusted=trusted)
     if isinstance(f, io.BytesIO):
         source = f.getvalue()  # shares the BytesIO's buffer in the common case
     else:
@@ -395,7 +483,7 @@ def _load_fileobj(f, verify, threads, progress):
         except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
             pass
     reader = _reader(source, name, start)
-    obj = _load_reader(reader, verify, threads, progress)
+    obj = _load_reader(reader, verify, threads, progress, trusted)
     f.seek(start + reader.total_length)  # like pickle: positioned after what was read
     return obj
 
@@ -408,13 +496,52 @@ def _check_bytes_like(data, what: str) -> None:
                         + (" (use firkin.load for paths)" if _is_path(data) else "")) from None
 
 
-def loads(data, *, verify=None, threads=None, progress=None):
-    """Load an object from the bytes `dumps` returned (any bytes-like object)."""
+def _is_firkin_bytes(head: bytes) -> bool:
+    return not head or sum(a == b for a, b in zip(head, _MAGIC)) >= 5 or head[1:4] == b"FRK"
+
+
+def _loads_named(data, name, trusted, verify, threads, progress, ensure_native_byte_order):
+    with memoryview(data) as mv:
+        head, tail = bytes(mv[:8]), bytes(mv[-8:])
+    if not _is_firkin_bytes(head) and tail != _END_MAGIC:
+        from . import _compat  # noqa: PLC0415
+
+        return _compat.loads_foreign(data, name, ensure_native_byte_order=ensure_native_byte_order,
+                                     trusted=trusted)
+    reader = _reader(data, name)
+    return _load_reader(reader, verify, threads, progress, trusted)
+
+
+def loads(data, *, trusted=None, verify=None, threads=None, progress=None,
+          ensure_native_byte_order="auto"):
+    """Load an object from the bytes `dumps` returned (any bytes-like object);
+    joblib and pickle bytes load too."""
     if isinstance(data, str):
         raise TypeError("firkin.loads: expected a bytes-like object, not str (use firkin.load for paths)")
     _check_bytes_like(data, "loads")
-    reader = _reader(data, "<bytes>")
-    return _load_reader(reader, verify, threads, progress)
+    return _loads_named(data, "<bytes>", trusted, verify, threads, progress, ensure_native_byte_order)
+
+
+def untrusted_types(filename, trusted=None) -> list[str]:
+    """The sorted "module.qualname" names a default load of `filename` would
+    refuse (like skops.io.get_untrusted_types), without constructing any
+    object. A file signed with your key is still scanned: this lists what
+    it imports beyond the allowlist."""
+    path = os.fsdecode(os.fspath(filename))
+    with open(path, "rb") as f:
+        if not _looks_like_firkin(f.fileno()):
+            from . import _compat  # noqa: PLC0415
+
+            stream = f.read()  # a plain pickle file is one pickle stream
+            if _compat.detect(stream[:8]) != "raw" or b"ArrayWrapper" in stream:
+                # joblib files interleave raw array bytes with the pickle opcodes
+                raise FormatError(
+                    f"{path}: untrusted_types reads firkin and plain pickle files, not joblib files; "
+                    "load it (the allowlist is enforced while it loads) or convert it with "
+                    "`python -m firkin convert`")
+        else:
+            stream = _reader(f.fileno(), path).pickle_stream()
+    return _trust.untrusted_types(stream, trusted)
 
 
 def load_metadata(filename) -> dict:

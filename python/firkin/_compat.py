@@ -23,22 +23,26 @@ Nothing here imports joblib. The format facts this module relies on:
   space, then a zlib stream) and ``ZNDArrayWrapper`` {filename, init_args,
   state} points at a ZF file holding the raw array bytes.
 
-How loading works: CPython's C unpickler reads a `_Stream` that offers only
-read/readline/readinto. Without ``peek`` the C unpickler asks for exactly the
-bytes each opcode needs (and whole frames for protocol >= 4), so when a
-wrapper's BUILD calls ``__setstate__`` the stream sits on the first byte of
-the array data. ``__setstate__`` reads the array (or, with mmap_mode, notes
-its offset and slices one np.memmap of the whole file) and the stream then
-answers the unpickler's next one-byte read with three opcodes of its own:
-POP (the wrapper), BININT token, BINPERSID -> ``persistent_load(token)``
-pushes the array in the wrapper's place.
+How loading works: CPython's C unpickler reads the stream through an object
+with read/readline (and readinto) but no ``peek``: with peek it would
+prefetch, without it it asks for exactly the bytes each opcode needs (whole
+frames for protocol >= 4), so when a wrapper's BUILD calls ``__setstate__``
+the stream sits on the first byte of the array data. For an uncompressed
+file that object is a private copy-on-write mmap of the file itself (C read
+calls); for compressed data, a `_Stream` over a decompressor.
+``__setstate__`` reads the array (or, with mmap_mode, notes its offset and
+slices ONE np.memmap of the whole file), then makes the unpickler's next
+read return three opcodes of firkin's own: POP (the wrapper), BININT token,
+BINPERSID; ``persistent_load(token)`` pushes the array in the wrapper's
+place and moves the stream past the array data.
 """
 from __future__ import annotations
 
 import bz2
-import copyreg
 import io
 import lzma
+import mmap
+import operator
 import os
 import pickle
 import pickletools
@@ -79,8 +83,12 @@ _CHUNK = 1 << 18  # stream buffer refill size
 _RAW_CHUNK = 1 << 18  # compressed bytes fed to a decompressor at a time
 _OUT_CHUNK = 1 << 20  # most decompressed bytes produced at a time
 _MAX_ARRAY_BYTES = 1 << 48
+_SMALL_COPY = 1 << 18  # arrays up to this size are copied from the mapping, larger ones pread
 
-_HAS_NP_CORE = hasattr(np, "_core")
+_HAS_NP_CORE = int(np.__version__.split(".")[0]) >= 2  # numpy._core, since 2.0
+#: what takes a wrapper's place: POP (the wrapper), BININT token, BINPERSID -> the array
+_TOKEN = 0x46524B31
+_INJECT = b"0J" + struct.pack("<i", _TOKEN) + b"Q"
 
 LZ4_MISSING = ("{name}: this joblib file is compressed with lz4; reading it needs the lz4 "
                "package (pip install lz4)")
@@ -133,6 +141,8 @@ def _byte_order_mismatch(dtype: np.dtype) -> bool:
 
     Structured dtypes count only when every field has the foreign order, as in joblib.
     """
+    if dtype.isnative:
+        return False
     foreign = ">" if sys.byteorder == "little" else "<"
     if dtype.byteorder == foreign:
         return True
@@ -270,7 +280,7 @@ class _FileSource:
 
 
 def _decompressor_factory(method: str, name: str):
-    if method == "zlib":
+    if method in ("zlib", "zf"):
         return lambda: zlib.decompressobj(zlib.MAX_WBITS)
     if method == "gzip":
         return lambda: zlib.decompressobj(16 + zlib.MAX_WBITS)
@@ -305,7 +315,7 @@ class _Inflate:
     def _damaged(self, exc) -> FormatError:
         what = "zlib" if self.method == "zf" else self.method
         err = FormatError(f"{self.name}: the {what}-compressed data is damaged or truncated "
-                          f"(after {self.pos} decompressed bytes): {exc}")
+                          f"(near decompressed offset {self.pos}): {exc}")
         err.__cause__ = exc
         return err
 
@@ -380,6 +390,12 @@ class _Inflate:
                 break
             done += len(data)
         return done
+
+    def finish(self):
+        """Decompress to the end of the current stream: its checksum and its end marker."""
+        while not self.d.eof:
+            if not self._more():
+                break
 
     def raw_consumed(self):
         """Compressed bytes used up to the end of the current stream (None if unknown)."""
@@ -525,12 +541,30 @@ class _Stream:
         return got
 
     # -- what the loader calls
+    @property
+    def file(self):
+        return self
+
+    @property
+    def mappable(self):
+        return self._src.mappable
+
+    def close(self):
+        pass
+
+    def finish(self):
+        if isinstance(self._src, _Inflate):
+            self._src.finish()
+
+    def resume(self):
+        pass
+
     def _settle(self):
         if self._inject is not None:
             raise FormatError(f"{self._src.name}: unexpected read after an array "
                               "(the file is not laid out as joblib writes it)")
 
-    def inject(self, data: bytes):
+    def inject(self, p0: int, data: bytes):
         """Make `data` the answer to the unpickler's next (one-byte opcode) read."""
         self._inject = data
         self._held, self._n = self._n, -1
@@ -578,6 +612,101 @@ class _Stream:
                            f"({got} of {expected} bytes)")
 
 
+class _MapReader:
+    """An uncompressed file read through a private copy-on-write mapping.
+
+    The C unpickler reads the mmap object itself: C read/readline, no peek,
+    so it asks for exactly the bytes of each opcode (or frame). Small arrays
+    are copied from the mapping, large ones read with preadv straight into
+    the new array. To put an array in its wrapper's place, the unpickler is
+    pointed at three opcodes written once over the file's first 7 bytes in
+    this private mapping (the file itself never changes), and
+    persistent_load moves it on past the array data.
+    """
+
+    mappable = True
+
+    def __init__(self, fd: int, name: str, start: int = 0):
+        self.fd, self.name = fd, name
+        self.size = os.fstat(fd).st_size
+        self.mm = mmap.mmap(fd, 0, access=mmap.ACCESS_COPY)
+        self.mv = memoryview(self.mm)
+        if start:
+            self.mm.seek(start)
+        self.file = self.mm
+        self._resume = None
+        self._start = start
+        self._scratch = None
+
+    def close(self):
+        self._end = self.mm.tell()
+        self.mv.release()
+        try:
+            self.mm.close()
+        except BufferError:  # pragma: no cover - a view still exported: the GC closes it
+            pass
+
+    def tell(self) -> int:
+        return self._end if self.mm.closed else self.mm.tell()
+
+    def last_byte(self) -> int:
+        p = self.mm.tell()
+        return self.mm[p - 1] if p else -1
+
+    def prefetch(self, n: int) -> bytes:
+        p = self.mm.tell()
+        return self.mm[p:p + n]
+
+    def read_exact(self, n: int, what: str) -> bytes:
+        data = self.mm.read(n)
+        if len(data) != n:
+            raise self._truncated(what, n, len(data))
+        return data
+
+    def skip(self, n: int, what: str):
+        p = self.mm.tell()
+        if p + n > self.size:
+            raise self._truncated(what, n, self.size - p)
+        self.mm.seek(p + n)
+
+    def readinto_exact(self, mv, what: str):
+        mm = self.mm
+        p = mm.tell()
+        n = len(mv)
+        if p + n > self.size:
+            raise self._truncated(what, n, self.size - p)
+        if n <= _SMALL_COPY:
+            mv[:] = self.mv[p:p + n]  # a memcpy from the mapping: no system call
+            mm.seek(p + n)
+            return
+        src = _FdSource.__new__(_FdSource)
+        src.fd, src.pos, src.name, src.size = self.fd, p, self.name, self.size
+        got = src.readinto(mv)
+        if got != n:
+            raise self._truncated(what, n, got)
+        mm.seek(p + n)
+
+    def inject(self, p0: int, data: bytes):
+        # The opcodes go once over the file's first bytes (the PROTO and FRAME
+        # opcodes, executed long ago, never array data); every array then
+        # points the unpickler there. Only that one private page is copied.
+        if self._scratch != data:
+            if p0 - self._start < len(data):
+                raise FormatError(f"{self.name}: a joblib array wrapper too short to be real "
+                                  f"at offset {p0}; the file is damaged")
+            self.mm[self._start:self._start + len(data)] = data
+            self._scratch = data
+        self._resume = self.mm.tell()
+        self.mm.seek(self._start)
+
+    def resume(self):
+        self.mm.seek(self._resume)
+
+    def _truncated(self, what, expected, got):
+        return FormatError(f"{self.name}: the file is truncated: it ends inside {what} "
+                           f"({max(got, 0)} of {expected} bytes)")
+
+
 # --------------------------------------------------------------------------- unpicklers
 
 class _Placeholder:
@@ -590,9 +719,16 @@ class _Restart(Exception):
     """Raised to start over with the pure-Python unpickler."""
 
 
-class _CUnpickler(pickle.Unpickler):
-    def __init__(self, stream, loader):
-        super().__init__(stream)
+class _LoaderHooks:
+    """find_class / persistent_load of the joblib-aware unpicklers.
+
+    Mixed in before the unpickler class, which may be one of the trust
+    policy's (firkin._trust.make_unpickler): joblib's wrapper names resolve
+    here to firkin's own placeholders, every other global goes on to it.
+    """
+
+    def __init__(self, file, loader):
+        super().__init__(file)
         self._fk = loader
 
     def find_class(self, module, name):
@@ -605,7 +741,7 @@ class _CUnpickler(pickle.Unpickler):
         return self._fk.persistent_load(pid)
 
 
-class _NestedUnpickler(pickle.Unpickler):
+class _NestedHooks:
     """The self-contained pickle of an object array inside a joblib file."""
 
     def find_class(self, module, name):
@@ -614,20 +750,11 @@ class _NestedUnpickler(pickle.Unpickler):
         return super().find_class(_numpy_module(module), name)
 
 
-class _PyUnpickler(pickle._Unpickler):  # noqa: SLF001 - the pure-Python unpickler
-    """For pre-0.10 files with framed pickles, where a wrapper's BUILD sits mid-frame."""
+class _PyBuildHook:
+    """The pure-Python unpickler, for pre-0.10 files whose framed pickles put a
+    wrapper's BUILD mid-frame: the array replaces the wrapper on its stack."""
 
     dispatch = dict(pickle._Unpickler.dispatch)  # noqa: SLF001
-
-    def __init__(self, stream, loader):
-        super().__init__(stream)
-        self._fk = loader
-
-    def find_class(self, module, name):
-        found = self._fk.resolve(module, name)
-        if found is not None:
-            return found
-        return super().find_class(_numpy_module(module), name)
 
     def _fk_load_build(self):
         pickle._Unpickler.load_build(self)  # noqa: SLF001
@@ -637,13 +764,42 @@ class _PyUnpickler(pickle._Unpickler):  # noqa: SLF001 - the pure-Python unpickl
     dispatch[pickle.BUILD[0]] = _fk_load_build
 
 
+class _CUnpickler(_LoaderHooks, pickle.Unpickler):
+    pass
+
+
+class _NestedUnpickler(_NestedHooks, pickle.Unpickler):
+    pass
+
+
+class _PyUnpickler(_PyBuildHook, _LoaderHooks, pickle._Unpickler):  # noqa: SLF001
+    pass
+
+
+def _unpickler_classes(trusted, name):
+    """(C, nested, pure-Python) unpickler classes; `trusted` as firkin._trust takes it.
+
+    True trusts every global, as joblib.load does.
+    """
+    if trusted is True:
+        return _CUnpickler, _NestedUnpickler, _PyUnpickler
+    from . import _trust  # noqa: PLC0415
+
+    c_base = _trust.make_unpickler(pickle.Unpickler, trusted, name)
+    py_base = _trust.make_unpickler(pickle._Unpickler, trusted, name)  # noqa: SLF001
+    return (type("_CUnpickler", (_LoaderHooks, c_base), {}),
+            type("_NestedUnpickler", (_NestedHooks, c_base), {}),
+            type("_PyUnpickler", (_PyBuildHook, _LoaderHooks, py_base), {}))
+
+
 # --------------------------------------------------------------------------- the loader
 
 class _Loader:
-    def __init__(self, name, make_stream, *, kind, mmap_mode=None, mmap_file=None,
-                 swap=True, dirname=None):
+    def __init__(self, name, make_reader, *, kind, mmap_mode=None, mmap_file=None,
+                 swap=True, dirname=None, trusted=True):
         self.name = name
-        self._make_stream = make_stream
+        self._classes = _unpickler_classes(trusted, name)
+        self._make_reader = make_reader
         self.kind = kind
         self._mm_mode = mmap_mode
         self._mm_file = mmap_file
@@ -651,13 +807,12 @@ class _Loader:
         self._swap = swap
         self._dirname = dirname
         self._types = {}
-        self._token = 0
         self._pending = None
         self._result = None
         self._c_mode = True
         self._framed = False
         self._unaligned = 0
-        self.stream = None
+        self.reader = None
         self.arrays = 0
 
     # -- driving
@@ -670,13 +825,17 @@ class _Loader:
     def _load(self, c_mode):
         self._c_mode = c_mode
         self._pending = self._result = None
-        self.stream = stream = self._make_stream()
-        head = stream.prefetch(2)
+        self._types = {}
+        self.arrays = 0
+        self.reader = reader = self._make_reader()
+        head = reader.prefetch(2)
         self._framed = len(head) == 2 and head[0] == 0x80 and head[1] >= 4
-        cls = _CUnpickler if c_mode else _PyUnpickler
+        cls = self._classes[0] if c_mode else self._classes[2]
         try:
-            obj = cls(stream, self).load()
-        except _Restart:
+            obj = cls(reader.file, self).load()
+            if isinstance(reader, _Stream):
+                reader.finish()
+        except (_Restart, _core.FirkinError):
             raise
         except (pickle.UnpicklingError, EOFError) as exc:
             raise self._format_error(head, exc) from exc
@@ -688,13 +847,15 @@ class _Loader:
             if "pickle protocol" in str(exc):
                 raise FormatError(f"{self.name}: {exc}") from exc
             raise
+        finally:
+            reader.close()
         if self._pending is not None:
             raise FormatError(f"{self.name}: the pickle stream ends right after an array")
         if self._unaligned:
             warnings.warn(f"{self.name}: {self._unaligned} memory-mapped array(s) are not aligned "
                           "(file written by joblib < 1.2); some libraries (BLAS, PyTorch) may "
                           "reject or crash on unaligned arrays. Convert the file with "
-                          "`python -m firkin convert`.", UserWarning, stacklevel=4)
+                          "`python -m firkin convert`.", UserWarning, stacklevel=6)
         return obj
 
     def _format_error(self, head, exc):
@@ -702,8 +863,8 @@ class _Loader:
                                                  and head[1] <= pickle.HIGHEST_PROTOCOL):
             what = "joblib" if (self.arrays or self.kind != "raw") else "pickle"
             return FormatError(f"{self.name}: the {what} stream is damaged or truncated: {exc}")
-        return FormatError(f"{self.name}: not a firkin, joblib or pickle file (it starts with "
-                           f"bytes {_describe_head(head)}), or it is damaged: {exc}")
+        return FormatError(f"{self.name}: not a firkin file, nor a joblib or pickle file (it "
+                           f"starts with bytes {_describe_head(head)}), or it is damaged: {exc}")
 
     # -- unpickler hooks
     def resolve(self, module, name):
@@ -715,16 +876,75 @@ class _Loader:
                 def __setstate__(self, state, _kind=name):  # noqa: N807
                     loader.build(_kind, state)
 
+                if (name == "NumpyArrayWrapper" and self._c_mode and self._mm_mode is None
+                        and isinstance(self.reader, _MapReader)):
+                    __setstate__ = self._fast_setstate()  # noqa: N806
                 t = type(name, (_Placeholder,), {"__slots__": (), "__setstate__": __setstate__,
                                                   "__module__": __name__})
                 self._types[name] = t
             return t
         return None
 
+    def _fast_setstate(self):
+        """NumpyArrayWrapper.__setstate__ for the common case, in one Python call.
+
+        A small native-order array read into memory from an uncompressed file;
+        anything else (and every error) goes through build().
+        """
+        loader, reader = self, self.reader
+        mm, size, start = reader.mm, reader.size, reader._start  # noqa: SLF001
+        src = reader.mv
+        empty, dtype_t, ndarray, memmap = np.empty, np.dtype, np.ndarray, np.memmap
+        slow = self.build
+        small = _SMALL_COPY
+
+        def __setstate__(self, state):  # noqa: N807
+            try:
+                dtype, shape, order = state["dtype"], state["shape"], state["order"]
+                if (not isinstance(dtype, dtype_t) or dtype.hasobject or not dtype.isnative
+                        or type(shape) is not tuple or (order != "C" and order != "F")):
+                    return slow("NumpyArrayWrapper", state)
+                nbytes = dtype.itemsize
+                for n in shape:
+                    if type(n) is not int or n < 0:
+                        return slow("NumpyArrayWrapper", state)
+                    nbytes *= n
+                p = mm.tell()
+                if p == 0 or mm[p - 1] != _BUILD or reader._scratch is None and p - start < 7:
+                    return slow("NumpyArrayWrapper", state)
+                if state.get("numpy_array_alignment_bytes") is not None:
+                    if p >= size:
+                        return slow("NumpyArrayWrapper", state)
+                    p += 1 + mm[p]
+                end = p + nbytes
+                if end > size or nbytes > small or not dtype.itemsize:
+                    return slow("NumpyArrayWrapper", state)
+            except (TypeError, KeyError):
+                return slow("NumpyArrayWrapper", state)
+            arr = empty(shape, dtype, order)
+            if nbytes:
+                try:
+                    memoryview(arr if order == "C" else arr.T).cast("B")[:] = src[p:end]
+                except (TypeError, ValueError):  # dtypes without a buffer format
+                    arr.reshape(-1, order=order).view(np.uint8)[:] = src[p:end]
+            sub = state.get("subclass")
+            if sub is not ndarray and sub is not memmap and sub is not None:
+                arr = _as_subclass(arr, sub)
+            loader.arrays += 1
+            loader._pending = (_TOKEN, arr)  # noqa: SLF001
+            if reader._scratch is None:  # noqa: SLF001
+                mm[start:start + 7] = _INJECT
+                reader._scratch = _INJECT  # noqa: SLF001
+            reader._resume = end  # noqa: SLF001
+            mm.seek(start)
+
+        return __setstate__
+
     def persistent_load(self, pid):
         pending = self._pending
         if pending is not None and type(pid) is int and pid == pending[0]:
             self._pending = None
+            self.reader.resume()
             return pending[1]
         raise pickle.UnpicklingError("the file uses persistent IDs, which firkin cannot resolve")
 
@@ -736,8 +956,9 @@ class _Loader:
         if not isinstance(state, dict):
             raise FormatError(f"{self.name}: joblib {kind} with a state of type "
                               f"{type(state).__name__}, expected a dict")
-        stream = self.stream
-        if self._c_mode and stream.last_byte() != _BUILD:
+        reader = self.reader
+        p0 = reader.tell()
+        if self._c_mode and reader.last_byte() != _BUILD:
             if kind != "NumpyArrayWrapper":
                 raise _Restart
             raise FormatError(f"{self.name}: array #{self.arrays} is not followed by its data "
@@ -750,9 +971,8 @@ class _Loader:
             arr = self._read_companion(kind, state)
         self.arrays += 1
         if self._c_mode:
-            self._token = token = (self._token + 1) & 0x3FFFFFFF
-            self._pending = (token, arr)
-            stream.inject(b"0J" + struct.pack("<i", token) + b"Q")  # POP, BININT, BINPERSID
+            self._pending = (_TOKEN, arr)
+            reader.inject(p0, _INJECT)
         else:
             self._result = arr
 
@@ -764,16 +984,20 @@ class _Loader:
         if not isinstance(dtype, np.dtype):
             raise FormatError(f"{self.name}: {what}: dtype is {type(dtype).__name__}, "
                               "not a numpy dtype")
+        nbytes = dtype.itemsize
         try:
-            shape = tuple(int(s) for s in shape)
+            for s in shape:
+                if type(s) is not int:
+                    s = operator.index(s)
+                if s < 0:
+                    raise ValueError(s)
+                nbytes *= s
+            if type(shape) is not tuple:
+                shape = tuple(operator.index(s) for s in shape)
         except (TypeError, ValueError) as exc:
             raise FormatError(f"{self.name}: {what}: bad shape {shape!r}") from exc
-        if any(s < 0 for s in shape) or order not in ("C", "F"):
-            raise FormatError(f"{self.name}: {what}: bad shape {shape!r} or order {order!r}")
-        count = 1
-        for s in shape:
-            count *= s
-        nbytes = count * dtype.itemsize
+        if order != "C" and order != "F":
+            raise FormatError(f"{self.name}: {what}: bad order {order!r}")
         if nbytes > _MAX_ARRAY_BYTES:
             raise FormatError(f"{self.name}: {what}: implausible size {nbytes} bytes")
         return dtype, shape, order, nbytes
@@ -781,21 +1005,20 @@ class _Loader:
     def _read_inline(self, state):
         what = f"array #{self.arrays}"
         dtype, shape, order, nbytes = self._check_meta(state, what)
-        stream = self.stream
+        reader = self.reader
         subclass = state.get("subclass")
         if dtype.hasobject:
-            arr = _NestedUnpickler(stream).load()
+            arr = self._classes[1](reader.file).load()
             if not isinstance(arr, np.ndarray):
                 raise FormatError(f"{self.name}: {what}: the object array's pickle holds a "
                                   f"{type(arr).__name__}")
             return _as_subclass(arr, subclass)
         if state.get("numpy_array_alignment_bytes") is not None:
-            pad = stream.read_exact(1, f"the padding of {what}")[0]
-            stream.skip(pad, f"the padding of {what}")
-        src = stream._src  # noqa: SLF001
-        if self._mm_mode is not None and state.get("allow_mmap", False) and src.mappable:
-            offset = stream.tell()
-            stream.skip(nbytes, f"the data of {what}")
+            pad = reader.read_exact(1, f"the padding of {what}")[0]
+            reader.skip(pad, f"the padding of {what}")
+        if self._mm_mode is not None and state.get("allow_mmap", False) and reader.mappable:
+            offset = reader.tell()
+            reader.skip(nbytes, f"the data of {what}")
             arr = self._mapped(offset, dtype, shape, order, nbytes)
         else:
             arr = self._read_new(dtype, shape, order, nbytes, what)
@@ -806,7 +1029,7 @@ class _Loader:
         arr = np.empty(shape, dtype=dtype.newbyteorder("=") if swap else dtype, order=order)
         if nbytes:
             flat = arr.reshape(-1, order=order).view(np.uint8)
-            self.stream.readinto_exact(memoryview(flat), f"the data of {what}")
+            self.reader.readinto_exact(memoryview(flat), f"the data of {what}")
             if swap:
                 arr.byteswap(inplace=True)
         return arr
@@ -818,7 +1041,7 @@ class _Loader:
                                  shape=(size,))
         if dtype.itemsize == 0:
             return np.empty(shape, dtype=dtype, order=order)
-        if offset % 16 and dtype.alignment > 1 and offset % dtype.alignment:
+        if dtype.alignment > 1 and offset % dtype.alignment:
             self._unaligned += 1
         return self._mm[offset:offset + nbytes].view(dtype).reshape(shape, order=order)
 
@@ -884,7 +1107,7 @@ def _make_source(kind, raw, name):
     return _Inflate(raw, kind, name)
 
 
-def load_foreign(f, name, mmap_mode=None, *, ensure_native_byte_order="auto"):
+def load_foreign(f, name, mmap_mode=None, *, ensure_native_byte_order="auto", trusted=True):
     """Load a joblib file or a plain pickle from `f`, an open binary file of a path.
 
     f must have a fileno(); it is read by position from offset 0 (its own file
@@ -893,6 +1116,9 @@ def load_foreign(f, name, mmap_mode=None, *, ensure_native_byte_order="auto"):
     uncompressed joblib files, where every array becomes a view of ONE
     np.memmap of the whole file. ensure_native_byte_order: joblib >= 1.4's
     keyword: 'auto' (native order when mmap_mode is None), True, False.
+    trusted: True (default) lets the pickle name any global, as joblib.load
+    does; anything else is handed to firkin._trust.make_unpickler (None: the
+    default policy; a collection of extra "module.qualname" names).
     """
     if mmap_mode not in _MMAP_MODES:
         raise ValueError(f"mmap_mode must be one of None, 'r', 'r+', 'w+', 'c'; got {mmap_mode!r}")
@@ -902,28 +1128,34 @@ def load_foreign(f, name, mmap_mode=None, *, ensure_native_byte_order="auto"):
     mode = _MMAP_MODES[mmap_mode]
     if kind != "raw" and mode is not None:
         warnings.warn(f"mmap_mode={mmap_mode!r} has no effect on the compressed joblib file "
-                      f"{name}: its arrays are read into memory", UserWarning, stacklevel=3)
+                      f"{name}: its arrays are read into memory", UserWarning, stacklevel=4)
         mode = None
 
-    def make_stream():
+    def make_reader():
+        if kind == "raw":
+            try:
+                return _MapReader(fd, name)
+            except (OSError, ValueError):  # not mappable (a pipe, some FUSE file systems)
+                pass
         return _Stream(_make_source(kind, _FdSource(fd, 0, name), name))
 
-    loader = _Loader(name, make_stream, kind=kind, mmap_mode=mode,
+    loader = _Loader(name, make_reader, kind=kind, mmap_mode=mode,
                      mmap_file=f if mode is not None else None, swap=swap,
-                     dirname=os.path.dirname(name) or ".")
+                     dirname=os.path.dirname(name) or ".", trusted=trusted)
     return loader.run()
 
 
-def load_fileobj(fileobj, name=None, *, ensure_native_byte_order="auto"):
+def load_fileobj(fileobj, name=None, *, ensure_native_byte_order="auto", trusted=True):
     """Load a joblib file or a plain pickle from a binary file object's current position.
 
     Arrays are read into memory. A seekable file object is left positioned
     right after the data that was read (for compressed data: after the
     compressed stream when that end is known).
     """
+    fname = getattr(fileobj, "name", None)
     if name is None:
-        fname = getattr(fileobj, "name", None)
         name = fname if isinstance(fname, str) else f"<{type(fileobj).__name__}>"
+    dirname = (os.path.dirname(fname) or ".") if isinstance(fname, str) else None
     swap = _resolve_byte_order(ensure_native_byte_order, None)
     try:
         seekable = fileobj.seekable()
@@ -939,52 +1171,55 @@ def load_fileobj(fileobj, name=None, *, ensure_native_byte_order="auto"):
         except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
             fd = None
 
-    if fd is not None:
-        def raw_source():
-            return _FdSource(fd, start, name)
-    elif isinstance(fileobj, io.BytesIO):
-        buf = fileobj.getbuffer()
+    raw_source = None
+    if isinstance(fileobj, io.BytesIO):
+        data = fileobj.getvalue()  # shares the BytesIO's buffer in the common case
 
         def raw_source():
-            src = _BytesSource(buf, name)
+            src = _BytesSource(data, name)
             src.pos = start
             return src
+    elif fd is not None:
+        def raw_source():
+            return _FdSource(fd, start, name)
     elif seekable:
         def raw_source():
             fileobj.seek(start)
             src = _FileSource(fileobj, name)
             src.pos = start
             return src
+
+    if raw_source is not None:
+        kind = detect(raw_source().read(8))
+
+        def make_reader():
+            if kind == "raw" and fd is not None:
+                try:
+                    return _MapReader(fd, name, start)
+                except (OSError, ValueError):
+                    pass
+            return _Stream(_make_source(kind, raw_source(), name))
     else:
-        def raw_source():
-            return _FileSource(fileobj, name)
+        src = _FileSource(fileobj, name)
+        head = src.read(8)
+        kind = detect(head)
+        fresh = [_Chain(head, src)]
 
-    first = raw_source()
-    head = first.read(8)
-    kind = detect(head)
-    if isinstance(first, _FileSource) and not seekable:
-        first = _Chain(head, first)  # put the peeked bytes back in front
-    else:
-        first.pos -= len(head)
-        if isinstance(first, _FileSource):
-            fileobj.seek(start)
-    used = [first]
+        def make_reader():
+            if not fresh:
+                raise FormatError(f"{name}: this file needs a second pass, which a "
+                                  "non-seekable stream cannot give; load it by path")
+            return _Stream(_make_source(kind, fresh.pop(), name))
 
-    def make_stream():
-        raw = used.pop() if used else raw_source()
-        return _Stream(_make_source(kind, raw, name))
-
-    dirname = os.path.dirname(name) or "." if isinstance(getattr(fileobj, "name", None), str) \
-        else None
-    loader = _Loader(name, make_stream, kind=kind, swap=swap, dirname=dirname)
+    loader = _Loader(name, make_reader, kind=kind, swap=swap, dirname=dirname, trusted=trusted)
     obj = loader.run()
     if seekable:
-        src = loader.stream._src  # noqa: SLF001
         end = None
+        reader = loader.reader
         if kind == "raw":
-            end = loader.stream.tell()
-        elif isinstance(src, _Inflate):
-            end = src.raw_consumed()
+            end = reader.tell()
+        elif isinstance(reader, _Stream) and isinstance(reader._src, _Inflate):  # noqa: SLF001
+            end = reader._src.raw_consumed()  # noqa: SLF001
         if end is not None:
             fileobj.seek(end)
     return obj
@@ -1001,7 +1236,7 @@ class _Chain(_FileSource):
         if self._head:
             data, self._head = self._head[:n], self._head[n:]
             self.pos += len(data)
-            return data
+            return data + super().read(n - len(data)) if len(data) < n else data
         return super().read(n)
 
     def readinto(self, mv):
@@ -1014,16 +1249,17 @@ class _Chain(_FileSource):
         return k + super().readinto(mv[k:])
 
 
-def loads_foreign(data, name="<bytes>", *, ensure_native_byte_order="auto"):
+def loads_foreign(data, name="<bytes>", *, ensure_native_byte_order="auto", trusted=True):
     """Load a joblib file's or a pickle's bytes (any bytes-like object)."""
     swap = _resolve_byte_order(ensure_native_byte_order, None)
     mv = memoryview(data).cast("B")
     kind = detect(bytes(mv[:8]))
 
-    def make_stream():
+    def make_reader():
         return _Stream(_make_source(kind, _BytesSource(mv, name), name))
 
-    return _Loader(name, make_stream, kind=kind, swap=swap, dirname=None).run()
+    return _Loader(name, make_reader, kind=kind, swap=swap, dirname=None,
+                   trusted=trusted).run()
 
 
 # --------------------------------------------------------------------------- inspection
@@ -1097,6 +1333,7 @@ class _Scanner:
         self.protocol = None
         self.wrappers = {}
         self.joblib_aware = joblib_aware
+        self.aligned = 0
         self._buffers = 0
 
     def scan(self, nested=False):
@@ -1269,6 +1506,9 @@ class _Scanner:
                 except (TypeError, ValueError):
                     return _Opaque()
             return _Opaque()
+        if (func.is_(("_codecs", "codecs"), ("encode",)) and len(args) == 2
+                and isinstance(args[0], str) and args[1] == "latin1"):
+            return args[0].encode("latin1")  # how protocols 0-2 spell bytes
         if func.is_(_MULTIARRAY, ("_reconstruct",)) and args:
             return _Recon(args[0])
         if func.is_(_NUMERIC, ("_frombuffer",)) and len(args) == 4:
@@ -1288,6 +1528,8 @@ class _Scanner:
         out = {"index": len(self.arrays), "kind": rec["kind"],
                "dtype": str(dtype) if isinstance(dtype, np.dtype) else None,
                "shape": list(shape) if isinstance(shape, tuple) else None}
+        if isinstance(dtype, np.dtype) and dtype.names:
+            out["fields"] = len(dtype.names)
         for key in ("order", "buffer", "offset", "nbytes", "mmap", "subclass", "file"):
             if key in rec:
                 out[key] = rec[key]
@@ -1324,11 +1566,11 @@ class _Scanner:
             if inst.kind == "NumpyArrayWrapper":
                 self._wrapped(state)
             elif inst.kind == "NDArrayWrapper":
-                self._record({"kind": "joblib < 0.10 (.npy file)", "file": state.get("filename"),
+                self._record({"kind": "companion .npy", "file": state.get("filename"),
                               "subclass": _class_name(state.get("subclass"))})
             else:
                 astate = state.get("state")
-                rec = {"kind": "joblib < 0.10 (.npy.z file)", "file": state.get("filename")}
+                rec = {"kind": "companion .npy.z", "file": state.get("filename")}
                 if isinstance(astate, tuple) and len(astate) >= 4:
                     rec.update(shape=astate[1], dtype=astate[2],
                                order="F" if astate[3] is True else "C")
@@ -1353,10 +1595,11 @@ class _Scanner:
             inner = _Scanner(stream, joblib_aware=False)
             inner.scan(nested=True)
             self.globals |= inner.globals
-            rec.update(kind="joblib (object array, pickled)", offset=start,
+            rec.update(kind="joblib (object)", offset=start,
                        nbytes=stream.tell() - start, mmap=False)
         else:
             if state.get("numpy_array_alignment_bytes") is not None:
+                self.aligned += 1
                 pad = stream.read_exact(1, "array padding")[0]
                 stream.skip(pad, "array padding")
             n = dtype.itemsize
@@ -1373,6 +1616,27 @@ def inspect_stream(stream, joblib_aware=True) -> dict:
     sc.scan()
     return {"protocol": sc.protocol, "arrays": sc.arrays, "globals": sorted(sc.globals),
             "wrappers": sc.wrappers}
+
+
+def _npy_header(rec, dirname):
+    """dtype and shape of a joblib < 0.10 companion .npy file, from its header alone."""
+    name = rec["file"]
+    if not isinstance(name, str) or os.path.basename(name) != name:
+        return
+    try:
+        with open(os.path.join(dirname, name), "rb") as f:
+            version = np.lib.format.read_magic(f)
+            reader = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                      else np.lib.format.read_array_header_2_0)
+            shape, fortran, dtype = reader(f)
+    except (OSError, ValueError):
+        rec["missing"] = True
+        return
+    rec.update(dtype=str(dtype), shape=list(shape), order="F" if fortran else "C")
+    n = dtype.itemsize
+    for s in shape:
+        n *= s
+    rec["nbytes"] = n
 
 
 def inspect_file(path: str) -> dict:
@@ -1397,6 +1661,9 @@ def inspect_file(path: str) -> dict:
         except (ValueError, _ScanError, EOFError, IndexError, KeyError, struct.error) as exc:
             out["error"] = f"{type(exc).__name__}: {exc}"
         if sc is not None:
+            for rec in sc.arrays:
+                if rec.get("file") and rec.get("dtype") is None:
+                    _npy_header(rec, os.path.dirname(path))
             out.update(protocol=sc.protocol, arrays=sc.arrays, globals=sorted(sc.globals))
             w = sc.wrappers
             if w or kind != "raw":
@@ -1404,16 +1671,11 @@ def inspect_file(path: str) -> dict:
             if w.get("NDArrayWrapper") or w.get("ZNDArrayWrapper") or kind == "zf":
                 out["layout"] = "joblib < 0.10 (pickle + companion files)"
             elif w.get("NumpyArrayWrapper"):
-                aligned = any(a.get("offset", 0) % 16 == 0 and a["kind"] == "joblib"
-                              for a in sc.arrays)
-                out["layout"] = ("joblib >= 0.10, single file" +
-                                 (", aligned arrays (>= 1.2)" if aligned else ""))
+                out["layout"] = ("joblib >= 1.2, single file, aligned arrays" if sc.aligned
+                                 else "joblib >= 0.10, single file")
             elif kind != "raw":
                 out["layout"] = "compressed pickle"
             else:
                 out["layout"] = "plain pickle"
     return out
 
-
-# kept for callers that name the copyreg module the way protocol 0-1 pickles do
-_ = copyreg

@@ -1,0 +1,4 @@
+"""``python -m firkin``: see firkin.cli."""
+from .cli import main
+
+raise SystemExit(main())

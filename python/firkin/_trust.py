@@ -1,0 +1,852 @@
+"""The trust policy: which globals a pickle stream may load by default.
+
+Unpickling calls whatever callables the stream names, so a default load only
+lets a stream name what plain data, NumPy, SciPy sparse matrices, pandas and
+scikit-learn objects need to come back, and nothing else:
+
+* ``ALLOWED`` holds exact ``"module.qualname"`` names, as ``find_class``
+  sees them after the Python 2 name mapping. A dotted qualname (a nested
+  class, a classmethod reached through ``getattr``) or a dunder name matches
+  only itself; nothing passes by prefix.
+* The standard-library and NumPy part is written by hand below. The
+  scikit-learn / pandas / SciPy part is generated: tests/test_trust.py fits
+  and pickles every estimator scikit-learn can construct, every pandas dtype
+  and index, every scipy.sparse format, scans the streams and collects the
+  names. Regenerate it after upgrading those libraries with::
+
+      python tests/test_trust.py --regenerate
+
+  (the same test fails when an installed version needs a name the list
+  lacks, and refuses to generate a known gadget into the list).
+
+Two lines of defence use the same policy: ``check_stream`` scans the stream
+statically (``firkin._core.scan_pickle``) before anything runs, and
+``make_unpickler`` gives the unpickler a ``find_class`` that refuses the
+same names while loading.
+"""
+from __future__ import annotations
+
+import _compat_pickle
+import sys
+from functools import lru_cache
+from typing import Iterable
+
+from . import _core
+from ._core import FormatError, UntrustedTypesError
+
+__all__ = [
+    "ALLOWED",
+    "UntrustedTypesError",
+    "check_stream",
+    "make_unpickler",
+    "untrusted",
+    "untrusted_types",
+]
+
+# ------------------------------------------------------------------ names
+# module -> qualnames. Hand-written: builtins, the standard library's plain
+# data types and pickling helpers, NumPy (current and NumPy 1.x spellings).
+_CORE: dict[str, tuple[str, ...]] = {
+    "builtins": (
+        "bool", "bytearray", "bytes", "complex", "dict", "float", "frozenset", "int", "list",
+        "object", "range", "set", "slice", "str", "tuple",
+    ),
+    # bytes pickled at protocol <= 2: _codecs.encode(str, "latin1")
+    "_codecs": ("encode",),
+    "copyreg": ("_reconstructor", "__newobj__", "__newobj_ex__"),
+    "collections": ("OrderedDict", "Counter", "defaultdict", "deque"),
+    "datetime": ("date", "datetime", "time", "timedelta", "timezone"),
+    "decimal": ("Decimal",),
+    "fractions": ("Fraction",),
+    "uuid": ("UUID",),
+    # ZoneInfo instances pickle as getattr(ZoneInfo, "_unpickle")(key, from_cache)
+    "zoneinfo": ("ZoneInfo", "ZoneInfo._unpickle"),
+    "numpy": (
+        "dtype", "ndarray", "matrix", "record", "recarray", "generic",
+        "number", "integer", "signedinteger", "unsignedinteger", "inexact", "floating",
+        "complexfloating", "flexible", "character",
+        "bool", "bool_", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
+        "byte", "ubyte", "short", "ushort", "intc", "uintc", "int_", "uint", "intp", "uintp",
+        "longlong", "ulonglong", "float16", "float32", "float64", "longdouble", "half", "single",
+        "double", "complex64", "complex128", "clongdouble", "csingle", "cdouble",
+        "datetime64", "timedelta64", "str_", "bytes_", "void", "object_",
+    ),
+    "numpy.dtypes": (
+        "BoolDType", "Int8DType", "ByteDType", "UInt8DType", "UByteDType", "Int16DType",
+        "ShortDType", "UInt16DType", "UShortDType", "Int32DType", "IntDType", "UInt32DType",
+        "UIntDType", "Int64DType", "LongDType", "UInt64DType", "ULongDType", "LongLongDType",
+        "ULongLongDType", "Float16DType", "Float32DType", "Float64DType", "LongDoubleDType",
+        "Complex64DType", "Complex128DType", "CLongDoubleDType", "ObjectDType", "BytesDType",
+        "StrDType", "VoidDType", "DateTime64DType", "TimeDelta64DType", "StringDType",
+    ),
+    "numpy._core.multiarray": ("_reconstruct", "scalar"),
+    "numpy._core.numeric": ("_frombuffer",),
+    "numpy._core._internal": ("_convert_to_stringdtype_kwargs",),  # StringDType
+    # NumPy 1.x wrote these; NumPy 2 still resolves them
+    "numpy.core.multiarray": ("_reconstruct", "scalar"),
+    "numpy.core.numeric": ("_frombuffer",),
+    "numpy.core.records": ("recarray", "record"),
+    "numpy.core.defchararray": ("chararray",),
+    "numpy.matrixlib.defmatrix": ("matrix",),
+    "numpy.ma": ("MaskedArray",),
+    "numpy.ma.core": ("MaskedArray", "MaskedConstant", "_mareconstruct"),
+    "numpy.rec": ("recarray", "record"),
+    "numpy.char": ("chararray",),
+    "numpy.random._pickle": ("__bit_generator_ctor", "__generator_ctor", "__randomstate_ctor"),
+    "numpy.random._generator": ("Generator",),
+    "numpy.random.mtrand": ("RandomState",),
+    "numpy.random._mt19937": ("MT19937",),
+    "numpy.random._pcg64": ("PCG64", "PCG64DXSM"),
+    "numpy.random._philox": ("Philox",),
+    "numpy.random._sfc64": ("SFC64",),
+    "numpy.random.bit_generator": ("SeedSequence", "__pyx_unpickle_SeedSequence"),
+}
+
+# ---- BEGIN GENERATED (python tests/test_trust.py --regenerate) ----
+# scikit-learn 1.9.1, pandas 3.1.1, scipy 1.17.1, numpy 2.4.6, Python 3.11.7
+_GENERATED: dict[str, tuple[str, ...]] = {
+    "dateutil.relativedelta": (
+        "relativedelta",
+    ),
+    "numpy": (
+        "mean", "vectorize",
+    ),
+    "pandas": (
+        "BooleanDtype", "Categorical", "CategoricalDtype", "CategoricalIndex", "DataFrame",
+        "DateOffset", "DatetimeIndex", "DatetimeTZDtype", "Float32Dtype", "Float64Dtype", "Index",
+        "Int64Dtype", "Interval", "IntervalDtype", "IntervalIndex", "MultiIndex", "NA", "Period",
+        "PeriodDtype", "PeriodIndex", "RangeIndex", "Series", "SparseDtype", "StringDtype",
+        "TimedeltaIndex", "UInt8Dtype",
+    ),
+    "pandas._libs.arrays": (
+        "__pyx_unpickle_NDArrayBacked",
+    ),
+    "pandas._libs.internals": (
+        "_unpickle_block",
+    ),
+    "pandas._libs.interval": (
+        "__pyx_unpickle_IntervalMixin",
+    ),
+    "pandas._libs.sparse": (
+        "IntIndex",
+    ),
+    "pandas._libs.tslibs.nattype": (
+        "_nat_unpickle",
+    ),
+    "pandas._libs.tslibs.offsets": (
+        "BHalfYearBegin", "BHalfYearEnd", "BQuarterBegin", "BQuarterEnd", "BYearBegin", "BYearEnd",
+        "BaseOffset", "BusinessDay", "BusinessHour", "BusinessMonthBegin", "BusinessMonthEnd",
+        "CustomBusinessDay", "CustomBusinessHour", "CustomBusinessMonthBegin",
+        "CustomBusinessMonthEnd", "Day", "Easter", "FY5253", "FY5253Quarter", "HalfYearBegin",
+        "HalfYearEnd", "Hour", "LastWeekOfMonth", "Micro", "Milli", "Minute", "MonthBegin",
+        "MonthEnd", "Nano", "QuarterBegin", "QuarterEnd", "Second", "SemiMonthBegin",
+        "SemiMonthEnd", "Tick", "Week", "WeekOfMonth", "YearBegin", "YearEnd",
+    ),
+    "pandas._libs.tslibs.timedeltas": (
+        "_timedelta_unpickle",
+    ),
+    "pandas._libs.tslibs.timestamps": (
+        "_unpickle_timestamp",
+    ),
+    "pandas.arrays": (
+        "BooleanArray", "DatetimeArray", "FloatingArray", "IntegerArray", "IntervalArray",
+        "NumpyExtensionArray", "PeriodArray", "SparseArray", "StringArray", "TimedeltaArray",
+    ),
+    "pandas.core.dtypes.dtypes": (
+        "NumpyEADtype",
+    ),
+    "pandas.core.indexes.base": (
+        "_new_Index",
+    ),
+    "pandas.core.indexes.datetimes": (
+        "_new_DatetimeIndex",
+    ),
+    "pandas.core.indexes.interval": (
+        "_new_IntervalIndex",
+    ),
+    "pandas.core.indexes.timedeltas": (
+        "_new_TimedeltaIndex",
+    ),
+    "pandas.core.internals.managers": (
+        "BlockManager", "SingleBlockManager",
+    ),
+    "scipy._lib.array_api_compat.numpy._aliases": (
+        "asarray",
+    ),
+    "scipy.interpolate._bsplines": (
+        "BSpline",
+    ),
+    "scipy.sparse._bsr": (
+        "bsr_array", "bsr_matrix",
+    ),
+    "scipy.sparse._coo": (
+        "coo_array", "coo_matrix",
+    ),
+    "scipy.sparse._csc": (
+        "csc_array", "csc_matrix",
+    ),
+    "scipy.sparse._csr": (
+        "csr_array", "csr_matrix",
+    ),
+    "scipy.sparse._dia": (
+        "dia_array", "dia_matrix",
+    ),
+    "scipy.sparse._dok": (
+        "dok_array", "dok_matrix",
+    ),
+    "scipy.sparse._lil": (
+        "lil_array", "lil_matrix",
+    ),
+    "scipy.stats._continuous_distns": (
+        "expon_gen", "norm_gen", "reciprocal_gen", "uniform_gen",
+    ),
+    "scipy.stats._discrete_distns": (
+        "randint_gen", "randint_gen._entropy",
+    ),
+    "scipy.stats._distn_infrastructure": (
+        "rv_continuous_frozen", "rv_discrete_frozen",
+    ),
+    "sklearn._loss._loss": (
+        "CyAbsoluteError", "CyExponentialLoss", "CyHalfBinomialLoss", "CyHalfGammaLoss",
+        "CyHalfMultinomialLoss", "CyHalfPoissonLoss", "CyHalfSquaredError", "CyHalfTweedieLoss",
+        "CyHalfTweedieLossIdentity", "CyHuberLoss", "CyPinballLoss",
+        "__pyx_unpickle_CyHalfMultinomialLoss",
+    ),
+    "sklearn._loss.link": (
+        "HalfLogitLink", "IdentityLink", "Interval", "LogLink", "LogitLink", "MultinomialLogit",
+    ),
+    "sklearn._loss.loss": (
+        "AbsoluteError", "ExponentialLoss", "HalfBinomialLoss", "HalfGammaLoss",
+        "HalfMultinomialLoss", "HalfPoissonLoss", "HalfSquaredError", "HalfTweedieLoss",
+        "HalfTweedieLossIdentity", "HuberLoss", "PinballLoss",
+    ),
+    "sklearn.calibration": (
+        "CalibratedClassifierCV", "_CalibratedClassifier", "_SigmoidCalibration",
+        "_TemperatureScaling",
+    ),
+    "sklearn.cluster._affinity_propagation": (
+        "AffinityPropagation",
+    ),
+    "sklearn.cluster._agglomerative": (
+        "AgglomerativeClustering", "FeatureAgglomeration",
+    ),
+    "sklearn.cluster._bicluster": (
+        "SpectralBiclustering", "SpectralCoclustering",
+    ),
+    "sklearn.cluster._birch": (
+        "Birch", "_CFNode", "_CFSubcluster",
+    ),
+    "sklearn.cluster._bisect_k_means": (
+        "BisectingKMeans", "_BisectingTree",
+    ),
+    "sklearn.cluster._dbscan": (
+        "DBSCAN",
+    ),
+    "sklearn.cluster._hdbscan.hdbscan": (
+        "HDBSCAN",
+    ),
+    "sklearn.cluster._kmeans": (
+        "KMeans", "MiniBatchKMeans", "_kmeans_single_elkan", "_kmeans_single_lloyd",
+    ),
+    "sklearn.cluster._mean_shift": (
+        "MeanShift",
+    ),
+    "sklearn.cluster._optics": (
+        "OPTICS",
+    ),
+    "sklearn.cluster._spectral": (
+        "SpectralClustering",
+    ),
+    "sklearn.compose._column_transformer": (
+        "ColumnTransformer",
+    ),
+    "sklearn.compose._target": (
+        "TransformedTargetRegressor",
+    ),
+    "sklearn.covariance._elliptic_envelope": (
+        "EllipticEnvelope",
+    ),
+    "sklearn.covariance._empirical_covariance": (
+        "EmpiricalCovariance",
+    ),
+    "sklearn.covariance._graph_lasso": (
+        "GraphicalLasso", "GraphicalLassoCV",
+    ),
+    "sklearn.covariance._robust_covariance": (
+        "MinCovDet",
+    ),
+    "sklearn.covariance._shrunk_covariance": (
+        "LedoitWolf", "OAS", "ShrunkCovariance",
+    ),
+    "sklearn.cross_decomposition._pls": (
+        "CCA", "PLSCanonical", "PLSRegression", "PLSSVD",
+    ),
+    "sklearn.decomposition._dict_learning": (
+        "DictionaryLearning", "MiniBatchDictionaryLearning", "SparseCoder",
+    ),
+    "sklearn.decomposition._factor_analysis": (
+        "FactorAnalysis",
+    ),
+    "sklearn.decomposition._fastica": (
+        "FastICA",
+    ),
+    "sklearn.decomposition._incremental_pca": (
+        "IncrementalPCA",
+    ),
+    "sklearn.decomposition._kernel_pca": (
+        "KernelPCA",
+    ),
+    "sklearn.decomposition._lda": (
+        "LatentDirichletAllocation",
+    ),
+    "sklearn.decomposition._nmf": (
+        "MiniBatchNMF", "NMF",
+    ),
+    "sklearn.decomposition._pca": (
+        "PCA",
+    ),
+    "sklearn.decomposition._sparse_pca": (
+        "MiniBatchSparsePCA", "SparsePCA",
+    ),
+    "sklearn.decomposition._truncated_svd": (
+        "TruncatedSVD",
+    ),
+    "sklearn.discriminant_analysis": (
+        "LinearDiscriminantAnalysis", "QuadraticDiscriminantAnalysis",
+    ),
+    "sklearn.dummy": (
+        "DummyClassifier", "DummyRegressor",
+    ),
+    "sklearn.ensemble._bagging": (
+        "BaggingClassifier", "BaggingRegressor",
+    ),
+    "sklearn.ensemble._forest": (
+        "ExtraTreesClassifier", "ExtraTreesRegressor", "RandomForestClassifier",
+        "RandomForestRegressor", "RandomTreesEmbedding",
+    ),
+    "sklearn.ensemble._gb": (
+        "GradientBoostingClassifier", "GradientBoostingRegressor",
+    ),
+    "sklearn.ensemble._hist_gradient_boosting.binning": (
+        "_BinMapper",
+    ),
+    "sklearn.ensemble._hist_gradient_boosting.gradient_boosting": (
+        "HistGradientBoostingClassifier", "HistGradientBoostingRegressor",
+    ),
+    "sklearn.ensemble._hist_gradient_boosting.predictor": (
+        "TreePredictor",
+    ),
+    "sklearn.ensemble._iforest": (
+        "IsolationForest",
+    ),
+    "sklearn.ensemble._stacking": (
+        "StackingClassifier", "StackingRegressor",
+    ),
+    "sklearn.ensemble._voting": (
+        "VotingClassifier", "VotingRegressor",
+    ),
+    "sklearn.ensemble._weight_boosting": (
+        "AdaBoostClassifier", "AdaBoostRegressor",
+    ),
+    "sklearn.feature_extraction._dict_vectorizer": (
+        "DictVectorizer",
+    ),
+    "sklearn.feature_extraction._hash": (
+        "FeatureHasher",
+    ),
+    "sklearn.feature_extraction.image": (
+        "PatchExtractor",
+    ),
+    "sklearn.feature_extraction.text": (
+        "CountVectorizer", "HashingVectorizer", "TfidfTransformer", "TfidfVectorizer",
+    ),
+    "sklearn.feature_selection._from_model": (
+        "SelectFromModel",
+    ),
+    "sklearn.feature_selection._rfe": (
+        "RFE", "RFECV",
+    ),
+    "sklearn.feature_selection._sequential": (
+        "SequentialFeatureSelector",
+    ),
+    "sklearn.feature_selection._univariate_selection": (
+        "GenericUnivariateSelect", "SelectFdr", "SelectFpr", "SelectFwe", "SelectKBest",
+        "SelectPercentile", "f_classif",
+    ),
+    "sklearn.feature_selection._variance_threshold": (
+        "VarianceThreshold",
+    ),
+    "sklearn.gaussian_process._gpc": (
+        "GaussianProcessClassifier", "_BinaryGaussianProcessClassifierLaplace",
+    ),
+    "sklearn.gaussian_process._gpr": (
+        "GaussianProcessRegressor",
+    ),
+    "sklearn.gaussian_process.kernels": (
+        "CompoundKernel", "ConstantKernel", "DotProduct", "ExpSineSquared", "Exponentiation",
+        "Matern", "PairwiseKernel", "Product", "RBF", "RationalQuadratic", "Sum", "WhiteKernel",
+    ),
+    "sklearn.impute._base": (
+        "MissingIndicator", "SimpleImputer",
+    ),
+    "sklearn.impute._knn": (
+        "KNNImputer",
+    ),
+    "sklearn.isotonic": (
+        "IsotonicRegression",
+    ),
+    "sklearn.kernel_approximation": (
+        "AdditiveChi2Sampler", "Nystroem", "PolynomialCountSketch", "RBFSampler",
+        "SkewedChi2Sampler",
+    ),
+    "sklearn.kernel_ridge": (
+        "KernelRidge",
+    ),
+    "sklearn.linear_model._base": (
+        "LinearRegression",
+    ),
+    "sklearn.linear_model._bayes": (
+        "ARDRegression", "BayesianRidge",
+    ),
+    "sklearn.linear_model._coordinate_descent": (
+        "ElasticNet", "ElasticNetCV", "Lasso", "LassoCV", "MultiTaskElasticNet",
+        "MultiTaskElasticNetCV", "MultiTaskLasso", "MultiTaskLassoCV",
+    ),
+    "sklearn.linear_model._glm.glm": (
+        "GammaRegressor", "PoissonRegressor", "TweedieRegressor",
+    ),
+    "sklearn.linear_model._huber": (
+        "HuberRegressor",
+    ),
+    "sklearn.linear_model._least_angle": (
+        "Lars", "LarsCV", "LassoLars", "LassoLarsCV", "LassoLarsIC",
+    ),
+    "sklearn.linear_model._logistic": (
+        "LogisticRegression", "LogisticRegressionCV",
+    ),
+    "sklearn.linear_model._omp": (
+        "OrthogonalMatchingPursuit", "OrthogonalMatchingPursuitCV",
+    ),
+    "sklearn.linear_model._passive_aggressive": (
+        "PassiveAggressiveClassifier", "PassiveAggressiveRegressor",
+    ),
+    "sklearn.linear_model._perceptron": (
+        "Perceptron",
+    ),
+    "sklearn.linear_model._quantile": (
+        "QuantileRegressor",
+    ),
+    "sklearn.linear_model._ransac": (
+        "RANSACRegressor",
+    ),
+    "sklearn.linear_model._ridge": (
+        "Ridge", "RidgeCV", "RidgeClassifier", "RidgeClassifierCV",
+    ),
+    "sklearn.linear_model._sgd_fast": (
+        "EpsilonInsensitive", "Hinge", "ModifiedHuber", "SquaredEpsilonInsensitive",
+        "SquaredHinge",
+    ),
+    "sklearn.linear_model._stochastic_gradient": (
+        "SGDClassifier", "SGDOneClassSVM", "SGDRegressor",
+    ),
+    "sklearn.linear_model._theil_sen": (
+        "TheilSenRegressor",
+    ),
+    "sklearn.manifold._classical_mds": (
+        "ClassicalMDS",
+    ),
+    "sklearn.manifold._isomap": (
+        "Isomap",
+    ),
+    "sklearn.manifold._locally_linear": (
+        "LocallyLinearEmbedding",
+    ),
+    "sklearn.manifold._mds": (
+        "MDS",
+    ),
+    "sklearn.manifold._spectral_embedding": (
+        "SpectralEmbedding",
+    ),
+    "sklearn.manifold._t_sne": (
+        "TSNE",
+    ),
+    "sklearn.metrics._classification": (
+        "accuracy_score", "balanced_accuracy_score", "brier_score_loss", "d2_brier_score",
+        "d2_log_loss_score", "f1_score", "jaccard_score", "log_loss", "matthews_corrcoef",
+        "precision_score", "recall_score",
+    ),
+    "sklearn.metrics._dist_metrics": (
+        "BrayCurtisDistance64", "CanberraDistance64", "ChebyshevDistance64", "DiceDistance64",
+        "EuclideanDistance64", "HammingDistance64", "JaccardDistance64", "ManhattanDistance64",
+        "RogersTanimotoDistance64", "RussellRaoDistance64", "SokalMichenerDistance64",
+        "SokalSneathDistance64", "newObj",
+    ),
+    "sklearn.metrics._ranking": (
+        "average_precision_score", "roc_auc_score", "top_k_accuracy_score",
+    ),
+    "sklearn.metrics._regression": (
+        "d2_absolute_error_score", "explained_variance_score", "max_error", "mean_absolute_error",
+        "mean_absolute_percentage_error", "mean_gamma_deviance", "mean_poisson_deviance",
+        "mean_squared_error", "mean_squared_log_error", "median_absolute_error", "r2_score",
+        "root_mean_squared_error", "root_mean_squared_log_error",
+    ),
+    "sklearn.metrics._scorer": (
+        "_CurveScorer", "_PassthroughScorer", "_Scorer", "negative_likelihood_ratio",
+        "positive_likelihood_ratio",
+    ),
+    "sklearn.metrics.cluster._supervised": (
+        "adjusted_mutual_info_score", "adjusted_rand_score", "completeness_score",
+        "fowlkes_mallows_score", "homogeneity_score", "mutual_info_score",
+        "normalized_mutual_info_score", "rand_score", "v_measure_score",
+    ),
+    "sklearn.mixture._bayesian_mixture": (
+        "BayesianGaussianMixture",
+    ),
+    "sklearn.mixture._gaussian_mixture": (
+        "GaussianMixture",
+    ),
+    "sklearn.model_selection._classification_threshold": (
+        "FixedThresholdClassifier", "TunedThresholdClassifierCV",
+    ),
+    "sklearn.model_selection._search": (
+        "GridSearchCV", "RandomizedSearchCV",
+    ),
+    "sklearn.model_selection._search_successive_halving": (
+        "HalvingGridSearchCV", "HalvingRandomSearchCV",
+    ),
+    "sklearn.model_selection._split": (
+        "GroupKFold", "GroupShuffleSplit", "KFold", "LeaveOneGroupOut", "LeaveOneOut", "LeavePOut",
+        "PredefinedSplit", "RepeatedKFold", "RepeatedStratifiedKFold", "ShuffleSplit",
+        "StratifiedKFold", "StratifiedShuffleSplit", "TimeSeriesSplit",
+    ),
+    "sklearn.multiclass": (
+        "OneVsOneClassifier", "OneVsRestClassifier", "OutputCodeClassifier", "_ConstantPredictor",
+    ),
+    "sklearn.multioutput": (
+        "ClassifierChain", "MultiOutputClassifier", "MultiOutputRegressor", "RegressorChain",
+    ),
+    "sklearn.naive_bayes": (
+        "BernoulliNB", "CategoricalNB", "ComplementNB", "GaussianNB", "MultinomialNB",
+    ),
+    "sklearn.neighbors._ball_tree": (
+        "BallTree", "newObj",
+    ),
+    "sklearn.neighbors._classification": (
+        "KNeighborsClassifier", "RadiusNeighborsClassifier",
+    ),
+    "sklearn.neighbors._graph": (
+        "KNeighborsTransformer", "RadiusNeighborsTransformer",
+    ),
+    "sklearn.neighbors._kd_tree": (
+        "KDTree", "newObj",
+    ),
+    "sklearn.neighbors._kde": (
+        "KernelDensity",
+    ),
+    "sklearn.neighbors._lof": (
+        "LocalOutlierFactor",
+    ),
+    "sklearn.neighbors._nca": (
+        "NeighborhoodComponentsAnalysis",
+    ),
+    "sklearn.neighbors._nearest_centroid": (
+        "NearestCentroid",
+    ),
+    "sklearn.neighbors._regression": (
+        "KNeighborsRegressor", "RadiusNeighborsRegressor",
+    ),
+    "sklearn.neighbors._unsupervised": (
+        "NearestNeighbors",
+    ),
+    "sklearn.neural_network._multilayer_perceptron": (
+        "MLPClassifier", "MLPRegressor",
+    ),
+    "sklearn.neural_network._rbm": (
+        "BernoulliRBM",
+    ),
+    "sklearn.neural_network._stochastic_optimizers": (
+        "AdamOptimizer", "SGDOptimizer",
+    ),
+    "sklearn.pipeline": (
+        "FeatureUnion", "Pipeline",
+    ),
+    "sklearn.preprocessing._data": (
+        "Binarizer", "KernelCenterer", "MaxAbsScaler", "MinMaxScaler", "Normalizer",
+        "PowerTransformer", "QuantileTransformer", "RobustScaler", "StandardScaler",
+    ),
+    "sklearn.preprocessing._discretization": (
+        "KBinsDiscretizer",
+    ),
+    "sklearn.preprocessing._encoders": (
+        "OneHotEncoder", "OrdinalEncoder",
+    ),
+    "sklearn.preprocessing._function_transformer": (
+        "FunctionTransformer",
+    ),
+    "sklearn.preprocessing._label": (
+        "LabelBinarizer", "LabelEncoder", "MultiLabelBinarizer",
+    ),
+    "sklearn.preprocessing._polynomial": (
+        "PolynomialFeatures", "SplineTransformer",
+    ),
+    "sklearn.preprocessing._target_encoder": (
+        "TargetEncoder",
+    ),
+    "sklearn.random_projection": (
+        "GaussianRandomProjection", "SparseRandomProjection",
+    ),
+    "sklearn.semi_supervised._label_propagation": (
+        "LabelPropagation", "LabelSpreading",
+    ),
+    "sklearn.semi_supervised._self_training": (
+        "SelfTrainingClassifier",
+    ),
+    "sklearn.svm._classes": (
+        "LinearSVC", "LinearSVR", "NuSVC", "NuSVR", "OneClassSVM", "SVC", "SVR",
+    ),
+    "sklearn.tree._classes": (
+        "DecisionTreeClassifier", "DecisionTreeRegressor", "ExtraTreeClassifier",
+        "ExtraTreeRegressor",
+    ),
+    "sklearn.tree._tree": (
+        "Tree",
+    ),
+    "sklearn.utils._bunch": (
+        "Bunch",
+    ),
+    "sklearn.utils._metadata_requests": (
+        "MetadataRequest", "MethodMetadataRequest",
+    ),
+}
+# ---- END GENERATED ----
+
+
+def _merge(*parts: dict[str, tuple[str, ...]]) -> dict[str, frozenset[str]]:
+    out: dict[str, set[str]] = {}
+    for part in parts:
+        for module, names in part.items():
+            out.setdefault(module, set()).update(names)
+    return {module: frozenset(names) for module, names in out.items()}
+
+
+_BY_MODULE: dict[str, frozenset[str]] = _merge(_CORE, _GENERATED)
+
+#: Every name a default load trusts, as ``"module.qualname"``.
+ALLOWED: frozenset[str] = frozenset(
+    f"{module}.{name}" for module, names in _BY_MODULE.items() for name in names
+)
+
+
+# ------------------------------------------------------------------ policy
+def _normalize(trusted) -> frozenset[str] | bool:
+    """None/False -> no extra names; True -> everything; else a set of names."""
+    if trusted is None or trusted is False:
+        return frozenset()
+    if trusted is True:
+        return True
+    if isinstance(trusted, (str, bytes)):
+        raise TypeError(
+            "trusted must be None, True, or a list of 'module.qualname' strings; "
+            f"got the single string {trusted!r} (wrap it in a list)")
+    try:
+        names = frozenset(trusted)
+    except TypeError:
+        raise TypeError("trusted must be None, True, or a list of 'module.qualname' strings; "
+                        f"got {type(trusted).__name__}") from None
+    for n in names:
+        if not isinstance(n, str):
+            raise TypeError(f"trusted names must be str ('module.qualname'), got {n!r}")
+    return names
+
+
+def _is_trusted(module: str, name: str, extra: frozenset[str]) -> bool:
+    names = _BY_MODULE.get(module)
+    if names is not None and name in names:
+        return True
+    return bool(extra) and f"{module}.{name}" in extra
+
+
+def _describe_unsafe(op: str, offset: int) -> str:
+    return f"<{op} opcode at offset {offset}>"
+
+
+def untrusted(globals: Iterable[tuple[str, str]], unsafe_ops: Iterable[tuple[str, int]],
+              trusted=None) -> list[str]:
+    """What a load under this policy would refuse.
+
+    ``globals`` and ``unsafe_ops`` as ``firkin._core.scan_pickle`` reports
+    them. Returns the refused names as sorted ``"module.qualname"`` strings,
+    then one ``"<OPCODE opcode at offset N>"`` per opcode that cannot be
+    judged statically (extension registry, persistent ids, unresolvable
+    STACK_GLOBAL, BUILD on a global). ``trusted=True`` refuses nothing.
+    """
+    extra = _normalize(trusted)
+    if extra is True:
+        return []
+    names = sorted({f"{m}.{n}" for m, n in globals if not _is_trusted(m, n, extra)})
+    ops = [_describe_unsafe(op, off) for op, off in sorted(unsafe_ops, key=lambda t: t[1])]
+    return names + ops
+
+
+def _scan(stream, name: str) -> dict:
+    try:
+        return _core.scan_pickle(stream)
+    except FormatError as exc:
+        raise FormatError(f"{name}: {exc}") from None
+
+
+def untrusted_types(stream, trusted=None) -> list[str]:
+    """The names (and unjudgeable opcodes) a default load of ``stream`` would refuse."""
+    if _normalize(trusted) is True:
+        return []
+    info = _scan(stream, "<data>")
+    return untrusted(info["globals"], info["unsafe_ops"], trusted)
+
+
+def _call_hint(name: str, call: str, names: list[str]) -> str:
+    target = repr(name) if name and not name.startswith("<") else (
+        "data" if call.endswith("loads") else "path")
+    listed = ", ".join(f'"{n}"' for n in names)
+    return f"{call}({target}, trusted=[{listed}])"
+
+
+def _message(name: str, refused: list[str], call: str, during_load: bool = False) -> str:
+    names = [r for r in refused if not r.startswith("<")]
+    ops = [r for r in refused if r.startswith("<")]
+    when = "while unpickling" if during_load else "before unpickling"
+    lines = [f"{name}: refused {when}: the pickle stream would use "
+             f"{len(refused)} thing{'s' if len(refused) != 1 else ''} firkin does not trust:"]
+    lines += [f"    {r}" for r in refused]
+    lines.append("Unpickling calls what a stream names, so an untrusted name can run any code.")
+    if names:
+        lines.append("If you trust where this data comes from, allow exactly these names:")
+        lines.append(f"    {_call_hint(name, call, names)}")
+    if ops:
+        lines.append("Opcodes that cannot be checked (extension registry, persistent ids, "
+                     "computed globals, BUILD on a global) can only be allowed with trusted=True.")
+    lines.append("trusted=True turns the check off entirely: that is as unsafe as pickle.load.")
+    return "\n".join(lines)
+
+
+def _error(name: str, refused: list[str], call: str, during_load: bool = False):
+    exc = UntrustedTypesError(_message(name, refused, call, during_load))
+    exc.names = [r for r in refused if not r.startswith("<")]
+    exc.unsafe_ops = [r for r in refused if r.startswith("<")]
+    return exc
+
+
+def check_stream(stream, trusted=None, name: str = "<data>", *, call: str = "firkin.load") -> None:
+    """Raise UntrustedTypesError unless every global ``stream`` names is trusted.
+
+    ``trusted``: None (the built-in list), True (anything: as unsafe as
+    pickle), or names to trust on top of the list. FormatError when the
+    stream is not a valid pickle. ``name`` and ``call`` only shape the
+    message (the file, and the function whose ``trusted=`` to show).
+    """
+    if _normalize(trusted) is True:
+        return
+    info = _scan(stream, name)
+    refused = untrusted(info["globals"], info["unsafe_ops"], trusted)
+    if refused:
+        raise _error(name, refused, call)
+
+
+# ------------------------------------------------------------------ load time
+def _map_py2(module: str, name: str) -> tuple[str, str]:
+    """The Python 2 -> 3 renaming find_class applies below protocol 3."""
+    key = (module, name)
+    if key in _compat_pickle.NAME_MAPPING:
+        return _compat_pickle.NAME_MAPPING[key]
+    return _compat_pickle.IMPORT_MAPPING.get(module, module), name
+
+
+def _resolve_loaded(module: str, qualname: str):
+    """module.qualname among modules already imported, or a sentinel."""
+    obj = sys.modules.get(module)
+    if obj is None:
+        return _MISSING
+    for part in qualname.split("."):
+        obj = getattr(obj, part, _MISSING)
+        if obj is _MISSING:
+            return _MISSING
+    return obj
+
+
+_MISSING = object()
+# the trusted names reached through getattr (nested qualnames)
+_DOTTED = tuple((m, q) for m, names in _BY_MODULE.items() for q in sorted(names) if "." in q)
+
+
+def _owns(owner, obj) -> bool:
+    """obj is the owner itself, or an instance of exactly the owner class."""
+    return owner is obj or (isinstance(owner, type) and type(obj) is owner)
+
+
+def _attr_trusted(obj, attr: str, extra: frozenset[str]) -> bool:
+    """Is obj.attr a trusted dotted name "module.Owner.attr", obj being the very
+    object the owner name resolves to (or an instance of exactly that class)?"""
+    suffix = "." + attr
+    for module, qual in _DOTTED:
+        if qual.endswith(suffix) and _owns(_resolve_loaded(module, qual[: -len(suffix)]), obj):
+            return True
+    for full in extra:
+        if not full.endswith(suffix):
+            continue
+        parts = full[: -len(suffix)].split(".")
+        for i in range(1, len(parts)):
+            if _owns(_resolve_loaded(".".join(parts[:i]), ".".join(parts[i:])), obj):
+                return True
+    return False
+
+
+def _guarded_getattr(extra: frozenset[str], name: str):
+    def getattr_(obj, attr, *default):
+        # the static scan reports getattr(<global>, "<name>") as the dotted
+        # global and checks it; this refuses every other use while loading
+        if not default and type(attr) is str and _attr_trusted(obj, attr, extra):
+            return getattr(obj, attr)
+        owner = obj if isinstance(obj, type) or callable(obj) and hasattr(obj, "__qualname__") \
+            else type(obj)
+        what = (f"{getattr(owner, '__module__', '?')}.{getattr(owner, '__qualname__', '?')}.{attr}"
+                if type(attr) is str and not default else "builtins.getattr")
+        raise _error(name, [what], "firkin.load", during_load=True)
+    getattr_.__name__ = "getattr"
+    getattr_.__qualname__ = "getattr"
+    return getattr_
+
+
+@lru_cache(maxsize=64)
+def _unpickler_class(base_cls, extra: frozenset[str], name: str):
+    guarded = _guarded_getattr(extra, name)
+
+    class TrustedUnpickler(base_cls):
+        """Unpickler whose find_class refuses names outside firkin's trust policy."""
+
+        def find_class(self, module, qualname):
+            mod, qual = module, qualname
+            if isinstance(mod, str) and isinstance(qual, str):
+                mod, qual = _map_py2(mod, qual)
+                if _is_trusted(mod, qual, extra) and _map_py2(mod, qual) == (mod, qual):
+                    return super().find_class(mod, qual)
+                if (mod, qual) == ("builtins", "getattr"):
+                    return guarded
+            raise _error(name, [f"{mod}.{qual}"], "firkin.load", during_load=True)
+
+    TrustedUnpickler.__qualname__ = f"TrustedUnpickler[{base_cls.__qualname__}]"
+    return TrustedUnpickler
+
+
+def make_unpickler(base_cls, trusted=None, name: str = "<data>"):
+    """A subclass of ``base_cls`` (a pickle.Unpickler) that enforces the policy.
+
+    Its find_class resolves a global only when the policy trusts it (after
+    the Python 2 name mapping) and raises UntrustedTypesError otherwise;
+    builtins.getattr resolves to a guard that only fetches trusted dotted
+    names (zoneinfo.ZoneInfo._unpickle, bound methods such as
+    scipy.stats._discrete_distns.randint_gen._entropy). ``trusted=True`` returns
+    ``base_cls`` itself. Classes are cached per (base_cls, trusted, name).
+    """
+    extra = _normalize(trusted)
+    if extra is True:
+        return base_cls
+    return _unpickler_class(base_cls, extra, name)

@@ -1,0 +1,516 @@
+"""The ``firkin`` command line: ``python -m firkin convert|info``.
+
+convert IN OUT [--compress SPEC]
+    Load IN (a joblib file, a pickle or a firkin file), save it as the firkin
+    file OUT, then load both again and compare them deeply. Exits 1 (and
+    removes OUT) when they differ.
+info FILE [--json]
+    What a file is and which arrays it holds, read without unpickling it:
+    nothing in the file is imported or run.
+
+Exit status: 0 success, 1 failure, 2 usage error. Errors go to stderr.
+"""
+from __future__ import annotations
+
+import argparse
+import cmath
+import json
+import math
+import os
+import pickle
+import sys
+
+import numpy as np
+
+__all__ = ["main", "diff", "parse_compress"]
+
+_FIRKIN_HEADS = (b"\x89FRK", b"\x09FRK")
+_TABLE_ROWS = 40
+
+
+class _UsageError(Exception):
+    pass
+
+
+# --------------------------------------------------------------------------- compress specs
+
+def parse_compress(spec: str | None):
+    """A --compress SPEC as firkin.dump's `compress`: '3', 'zstd', 'zlib:6', 'none'."""
+    if spec is None:
+        return 0
+    text = spec.strip().lower()
+    if text in ("", "0", "none", "no", "false", "off"):
+        return 0
+    if text.isdigit():
+        return int(text)
+    method, sep, level = text.partition(":")
+    if not sep:
+        return method
+    if not level.isdigit():
+        raise _UsageError(f"--compress {spec!r}: the level after ':' must be a number")
+    return (method, int(level))
+
+
+# --------------------------------------------------------------------------- deep compare
+
+_EXACT = (type(None), bool, int, str, bytes, bytearray, range, slice, type(Ellipsis),
+          type(NotImplemented))
+
+
+def _float_same(a, b) -> bool:
+    if isinstance(a, complex):
+        return a == b or (cmath.isnan(a) and cmath.isnan(b))
+    return a == b or (math.isnan(a) and math.isnan(b))
+
+
+def _array_diff(a: np.ndarray, b: np.ndarray):
+    if a.dtype != b.dtype:
+        return f"dtype {a.dtype} != {b.dtype}"
+    if a.shape != b.shape:
+        return f"shape {a.shape} != {b.shape}"
+    if a.dtype.itemsize == 0 or a.size == 0:
+        return None
+    # bit for bit: NaN equals NaN, NaT equals NaT, structured dtypes compare too
+    x = np.ascontiguousarray(a).reshape(-1).view(np.uint8)
+    y = np.ascontiguousarray(b).reshape(-1).view(np.uint8)
+    if not np.array_equal(x, y):
+        bad = int(np.argmax(x != y)) // a.dtype.itemsize
+        return f"values differ (first at flat index {bad})"
+    return None
+
+
+def _reduce(obj):
+    try:
+        rv = obj.__reduce_ex__(4)
+    except Exception:  # noqa: BLE001 - some objects refuse; the caller falls back
+        return None
+    if isinstance(rv, str) or not isinstance(rv, tuple) or len(rv) < 2:
+        return rv
+    parts = list(rv) + [None] * (6 - len(rv))
+    func, args, state, listitems, dictitems, _ = parts[:6]
+    return (func, args, state,
+            list(listitems) if listitems is not None else None,
+            list(dictitems) if dictitems is not None else None)
+
+
+def _key_path(path, key):
+    if isinstance(key, str) and key.isidentifier():
+        return f"{path}.{key}"
+    return f"{path}[{key!r}]"
+
+
+def diff(a, b, path: str = "obj"):
+    """Where `a` and `b` first differ, as a message; None when they are the same.
+
+    numpy arrays compare bit for bit with their dtype, shape and type; dicts,
+    lists, tuples and sets element by element; other objects with == when it
+    gives a plain answer, else by what they pickle (``__reduce_ex__``: class,
+    arguments, state, so scikit-learn estimators compare attribute by
+    attribute), and as a last resort by their pickle.dumps bytes.
+    """
+    seen = set()
+    keep = []  # keeps compared temporaries alive so their ids stay unique
+    work = [(a, b, path)]
+    while work:
+        x, y, where = work.pop()
+        if x is y:
+            continue
+        tx = type(x)
+        if tx is not type(y):
+            return f"{where}: type {tx.__module__}.{tx.__qualname__} != " \
+                   f"{type(y).__module__}.{type(y).__qualname__}"
+        key = (id(x), id(y))
+        if key in seen:
+            continue
+        seen.add(key)
+        keep.append((x, y))
+        if tx in _EXACT:
+            if x != y:
+                return f"{where}: {x!r:.80} != {y!r:.80}"
+        elif tx is float or tx is complex:
+            if not _float_same(x, y):
+                return f"{where}: {x!r} != {y!r}"
+        elif isinstance(x, np.ndarray):
+            if x.dtype.hasobject and x.dtype == y.dtype and x.shape == y.shape:
+                for i, (u, v) in enumerate(zip(x.flat, y.flat)):
+                    work.append((u, v, f"{where}.flat[{i}]"))
+            else:
+                msg = _array_diff(x, y)
+                if msg:
+                    return f"{where}: {msg}"
+        elif isinstance(x, np.generic):
+            msg = _array_diff(np.asarray(x), np.asarray(y))
+            if msg:
+                return f"{where}: {msg}"
+        elif tx is dict:
+            if len(x) != len(y) or list(x) != list(y):
+                kx, ky = list(x), list(y)
+                if set(map(repr, kx)) == set(map(repr, ky)):
+                    return f"{where}: same keys in another order"
+                return f"{where}: keys differ ({len(kx)} vs {len(ky)} keys)"
+            for k in reversed(list(x)):
+                work.append((x[k], y[k], f"{where}[{k!r}]"))
+        elif tx is list or tx is tuple:
+            if len(x) != len(y):
+                return f"{where}: length {len(x)} != {len(y)}"
+            for i in range(len(x) - 1, -1, -1):
+                work.append((x[i], y[i], f"{where}[{i}]"))
+        elif tx is set or tx is frozenset:
+            if x != y:
+                return f"{where}: sets differ"
+        else:
+            msg = _object_diff(x, y, where, work)
+            if msg:
+                return msg
+    return None
+
+
+def _object_diff(x, y, where, work):
+    tx = type(x)
+    if tx.__module__.split(".")[0] == "pandas" and callable(getattr(x, "equals", None)):
+        try:
+            return None if x.equals(y) else f"{where}: pandas objects differ"
+        except Exception:  # noqa: BLE001 - fall through to the generic comparison
+            pass
+    if tx.__eq__ is not object.__eq__:
+        try:
+            same = x == y
+        except Exception:  # noqa: BLE001 - == that raises is not meaningful here
+            same = None
+        if same is True or (isinstance(same, np.bool_) and bool(same)):
+            return None
+    rx, ry = _reduce(x), _reduce(y)
+    if rx is not None and ry is not None:
+        if isinstance(rx, str) or isinstance(ry, str):
+            return None if rx == ry else f"{where}: {rx!r} != {ry!r}"
+        if rx[0] is not ry[0] and rx[0] != ry[0]:
+            return f"{where}: reconstructed by {rx[0]!r} != {ry[0]!r}"
+        sx, sy = rx[2], ry[2]
+        work.append((rx[4], ry[4], f"{where}<dict items>"))
+        work.append((rx[3], ry[3], f"{where}<list items>"))
+        if type(sx) is dict and type(sy) is dict and list(sx) == list(sy):
+            for k in reversed(list(sx)):
+                work.append((sx[k], sy[k], _key_path(where, k)))
+        else:
+            work.append((sx, sy, f"{where}<state>"))
+        work.append((rx[1], ry[1], f"{where}<args>"))
+        return None
+    try:
+        same = pickle.dumps(x, 5) == pickle.dumps(y, 5)
+    except Exception:  # noqa: BLE001
+        return f"{where}: objects of type {tx.__qualname__} cannot be compared"
+    return None if same else f"{where}: pickled bytes differ"
+
+
+# --------------------------------------------------------------------------- commands
+
+def _err(msg: str):
+    print(f"firkin: {msg}", file=sys.stderr)
+
+
+def _head(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read(8)
+
+
+def _kind(path: str) -> str:
+    head = _head(path)
+    if head[:4] in _FIRKIN_HEADS or not head:
+        return "firkin"
+    from . import _compat  # noqa: PLC0415
+
+    if _compat.detect(head) != "raw":
+        return "joblib"
+    return "joblib or pickle"
+
+
+def _cmd_convert(args) -> int:
+    import firkin  # noqa: PLC0415
+    from . import _compress  # noqa: PLC0415
+
+    src, dst = args.input, args.output
+    compress = parse_compress(args.compress)
+    try:
+        _compress.resolve(compress, dst)
+    except ValueError as exc:
+        raise _UsageError(f"--compress {args.compress!r}: {exc}") from exc
+    if not os.path.isfile(src):
+        _err(f"{src}: no such file")
+        return 1
+    if os.path.exists(dst) and os.path.samefile(src, dst):
+        raise _UsageError("OUT must be another file than IN (the original is needed to verify "
+                          "the conversion)")
+    trusted = True if args.trust_all else (args.trust or None)
+    try:
+        obj = firkin.load(src, trusted=trusted)
+    except Exception as exc:  # noqa: BLE001 - any failure to load is reported, not raised
+        _err(f"cannot load {src}: {type(exc).__name__}: {exc}")
+        return 1
+    try:
+        firkin.dump(obj, dst, compress=compress)
+    except Exception as exc:  # noqa: BLE001
+        _err(f"cannot write {dst}: {type(exc).__name__}: {exc}")
+        return 1
+    del obj
+    verified = ""
+    if not args.no_verify:
+        try:
+            before = firkin.load(src, trusted=trusted)
+            after = firkin.load(dst, trusted=trusted)
+            problem = diff(before, after)
+        except Exception as exc:  # noqa: BLE001
+            problem = f"reloading failed: {type(exc).__name__}: {exc}"
+        if problem:
+            try:
+                os.unlink(dst)
+            except OSError:
+                pass
+            _err(f"verification failed, {dst} removed: {problem}")
+            return 1
+        verified = ", verified"
+    print(f"{src} ({os.path.getsize(src):,} bytes) -> {dst} ({os.path.getsize(dst):,} bytes, "
+          f"firkin{'' if not compress else f', compress={compress!r}'}){verified}")
+    return 0
+
+
+def _firkin_info(path: str) -> dict:
+    import firkin  # noqa: PLC0415
+    from . import _compat, _compress, _core  # noqa: PLC0415
+
+    meta = firkin.load_metadata(path)
+    with open(path, "rb") as f:
+        try:
+            reader = _core.Reader(f.fileno(), name=path, py_codec=_compress.PY_CODEC)
+        except TypeError:  # a core without the py_codec keyword
+            reader = _core.Reader(f.fileno(), name=path)
+        sections = reader.sections()
+        spans = reader.buffer_spans()
+        version = reader.format_version
+        out = {"path": path, "format": "firkin", "format_version": ".".join(map(str, version)),
+               "size": os.path.getsize(path), "metadata": meta, "sections": sections}
+        arrays = []
+        try:
+            stream = reader.pickle_stream()
+            scan = _compat.inspect_stream(_compat._Stream(_compat._BytesSource(stream, path)),
+                                          joblib_aware=False)
+            out["protocol"] = scan["protocol"]
+            out["globals"] = scan["globals"]
+            arrays = scan["arrays"]
+        except Exception as exc:  # noqa: BLE001 - the table is a convenience
+            out["note"] = f"dtypes and shapes unavailable: {exc}"
+    by_buffer = {a.get("buffer"): a for a in arrays if a.get("kind") == "out-of-band"}
+    table = []
+    for i, (offset, length, mappable) in enumerate(spans):
+        rec = dict(by_buffer.get(i) or {"kind": "out-of-band", "dtype": None, "shape": None})
+        rec.update(index=len(table), buffer=i, offset=offset, nbytes=length, mmap=bool(mappable))
+        table.append(rec)
+    for rec in arrays:
+        if rec.get("kind") == "in-band":
+            rec = dict(rec, index=len(table))
+            table.append(rec)
+    out["arrays"] = table
+    return out
+
+
+def _foreign_info(path: str) -> dict:
+    from . import _compat  # noqa: PLC0415
+
+    info = _compat.inspect_file(path)
+    out = {"path": path, "format": info.get("format"), "size": os.path.getsize(path)}
+    out.update((k, v) for k, v in info.items() if k not in out)
+    out["metadata"] = {k: info.get(k) for k in ("layout", "compression", "protocol")}
+    return out
+
+
+def _fmt_shape(shape):
+    if shape is None:
+        return "?"
+    if len(shape) == 1:
+        return f"({shape[0]},)"
+    return "(" + ", ".join(str(s) for s in shape) + ")"
+
+
+def _print_info(info: dict):
+    print(info["path"])
+    rows = [("format", info["format"] + (f" {info['format_version']}"
+                                          if info.get("format_version") else ""))]
+    if info.get("layout"):
+        rows.append(("layout", info["layout"]))
+    if info["format"] != "firkin":
+        rows.append(("compression", info.get("compression") or "none"))
+    if info.get("protocol") is not None:
+        rows.append(("pickle", f"protocol {info['protocol']}"))
+    elif info["format"] != "firkin" and "error" not in info:
+        rows.append(("pickle", "protocol 0 or 1"))
+    rows.append(("size", f"{info['size']:,} bytes"))
+    arrays = info.get("arrays") or []
+    total = sum(a.get("nbytes") or 0 for a in arrays)
+    rows.append(("arrays", f"{len(arrays)} ({total:,} bytes)"))
+    glob = info.get("globals") or []
+    if glob:
+        shown = ", ".join(glob[:8]) + (f", ... ({len(glob)} in all)" if len(glob) > 8 else "")
+        rows.append(("globals", shown))
+    for key, value in rows:
+        print(f"  {key:<12} {value}")
+    if info["format"] == "firkin":
+        meta = dict(info.get("metadata") or {})
+        user = meta.pop("user", None)
+        for key in sorted(meta):
+            if key in ("size", "format"):
+                continue
+            value = meta[key]
+            if isinstance(value, (dict, list)):
+                value = json.dumps(value, sort_keys=True)
+            print(f"  {key:<12} {value}")
+        if user:
+            print(f"  {'user':<12} {json.dumps(user, sort_keys=True)}")
+        for sec in info.get("sections", []):
+            print(f"  section      {sec.get('kind')}: offset {sec.get('offset'):,}, "
+                  f"{sec.get('stored'):,} bytes stored, {sec.get('raw'):,} raw, "
+                  f"{sec.get('codec')}")
+    for key in ("note", "error"):
+        if info.get(key):
+            print(f"  {key:<12} {info[key]}")
+    if arrays:
+        compressed = info["format"] != "firkin" and info.get("compression")
+        print()
+        head = "offset*" if compressed else "offset"
+        print(f"  {'#':>5}  {'kind':<16} {'dtype':<16} {'shape':<16} {'order':<5} "
+              f"{head:>14} {'bytes':>14}  mmap")
+        for a in arrays[:_TABLE_ROWS]:
+            off = a.get("offset")
+            dtype = a.get("dtype")
+            if a.get("fields"):
+                dtype = f"struct({a['fields']} fields)"
+            mm = a.get("mmap")
+            print(f"  {a['index']:>5}  {a.get('kind', ''):<16.16} {str(dtype):<16.16} "
+                  f"{_fmt_shape(a.get('shape')):<16.16} {a.get('order') or '':<5} "
+                  f"{'' if off is None else format(off, ','):>14} "
+                  f"{'' if a.get('nbytes') is None else format(a['nbytes'], ','):>14}  "
+                  f"{'' if mm is None else ('yes' if mm else 'no')}")
+        if len(arrays) > _TABLE_ROWS:
+            print(f"  ... {len(arrays) - _TABLE_ROWS} more arrays (--json lists all)")
+        if compressed and any(a.get("offset") is not None for a in arrays):
+            print("  * offsets in the decompressed stream")
+
+
+def _cmd_info(args) -> int:
+    path = args.file
+    if not os.path.isfile(path):
+        _err(f"{path}: no such file")
+        return 1
+    try:
+        kind = _kind(path)
+        info = _firkin_info(path) if kind == "firkin" else _foreign_info(path)
+    except Exception as exc:  # noqa: BLE001 - a damaged file is a failure, reported
+        _err(f"{path}: {type(exc).__name__}: {exc}")
+        return 1
+    if args.json:
+        print(json.dumps(info, indent=2, default=str))
+    else:
+        _print_info(info)
+    if info.get("error"):
+        _err(f"{path}: {info['error']}")
+        return 1
+    return 0
+
+
+def _cmd_verify(args) -> int:
+    import firkin  # noqa: PLC0415
+
+    if not os.path.isfile(args.file):
+        _err(f"{args.file}: no such file")
+        return 1
+    report = firkin.verify(args.file)
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        print(report)
+    if not report.ok:
+        for p in report.problems or [f"signature: {report.signature}"]:
+            _err(p)
+        return 1
+    return 0
+
+
+def _cmd_untrusted(args) -> int:
+    import firkin  # noqa: PLC0415
+
+    if not os.path.isfile(args.file):
+        _err(f"{args.file}: no such file")
+        return 1
+    try:
+        names = firkin.untrusted_types(args.file)
+    except (firkin.FirkinError, OSError) as exc:
+        _err(str(exc))
+        return 1
+    if args.json:
+        print(json.dumps(names))
+    elif names:
+        print("\n".join(names))
+    else:
+        print(f"{args.file}: nothing beyond firkin's allowlist")
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="firkin", description="Convert joblib and pickle files to firkin files; inspect, "
+        "verify and check firkin, joblib and pickle files.")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    c = sub.add_parser("convert", help="save a joblib/pickle/firkin file as a firkin file",
+                       description="Load IN (joblib, pickle or firkin), save it to OUT with "
+                       "firkin.dump, then reload both and compare them deeply.")
+    c.add_argument("input", metavar="IN")
+    c.add_argument("output", metavar="OUT")
+    c.add_argument("--compress", metavar="SPEC", default=None,
+                   help="compression of OUT: a level ('3', zlib), a method ('zstd', 'lz4', "
+                   "'gzip', 'bz2', 'lzma', 'xz', 'zlib') or method:level ('zlib:6'); "
+                   "default none")
+    c.add_argument("--no-verify", action="store_true",
+                   help="skip reloading and comparing both files")
+    c.add_argument("--trust", action="append", metavar="NAME", default=[],
+                   help="also trust this module.qualname while loading IN (repeatable)")
+    c.add_argument("--trust-all", action="store_true",
+                   help="load IN whatever it imports (as unsafe as pickle: only for your own files)")
+    i = sub.add_parser("info", help="describe a file without unpickling it",
+                       description="Format, size, metadata and the arrays a firkin, joblib or "
+                       "pickle file holds; nothing in the file is imported or run.")
+    i.add_argument("file", metavar="FILE")
+    i.add_argument("--json", action="store_true", help="print one JSON object")
+    v = sub.add_parser("verify", help="check every checksum and the signature of a firkin file",
+                       description="Exit status 0 when every checksum matches and the signature "
+                       "is not invalid, 1 otherwise; nothing is unpickled.")
+    v.add_argument("file", metavar="FILE")
+    v.add_argument("--json", action="store_true", help="print one JSON object")
+    u = sub.add_parser("untrusted", help="list what a default load would refuse",
+                       description="The module.qualname names (and unjudgeable opcodes) in a "
+                       "firkin or pickle file that are not on firkin's allowlist; nothing is "
+                       "unpickled.")
+    u.add_argument("file", metavar="FILE")
+    u.add_argument("--json", action="store_true", help="print a JSON list")
+    return p
+
+
+def main(argv=None) -> int:
+    """Run the command line with `argv` (default: sys.argv[1:]); returns the exit status."""
+    parser = _parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse: --help (0) or a usage error (2)
+        return exc.code if isinstance(exc.code, int) else 2
+    if args.command is None:
+        parser.print_usage(sys.stderr)
+        _err("a command is required: convert, info, verify or untrusted")
+        return 2
+    try:
+        commands = {"convert": _cmd_convert, "info": _cmd_info, "verify": _cmd_verify,
+                    "untrusted": _cmd_untrusted}
+        return commands[args.command](args)
+    except _UsageError as exc:
+        parser.print_usage(sys.stderr)
+        _err(str(exc))
+        return 2
+    except KeyboardInterrupt:
+        _err("interrupted")
+        return 1
