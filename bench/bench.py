@@ -365,6 +365,8 @@ def run_one(spec: dict) -> dict:
             def fn():
                 return firkin.load(path, progress=True)
         elif contender == "firkin-joblibfile":
+            import firkin._compat  # noqa: F401  (imported outside the timed region, like joblib)
+
             def fn():
                 return firkin.load(path)
         elif contender == "joblib":

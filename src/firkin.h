@@ -50,6 +50,19 @@
 #define FK_CODEC_MAX 5
 #define FK_MAX_COMPRESSED_CHUNK ((uint64_t)64 << 20) /* raw bytes per compressed chunk, when reading */
 
+/* The most raw bytes one stored byte of each codec can decode to (with
+ * margin); a chunk claiming more is refused before anything is allocated.
+ * zlib's deflate tops out near 1032:1 and LZ4 blocks near 255:1; zstd, bzip2
+ * and xz reach a few 10^4 on runs of one byte value. */
+static inline uint64_t fk_codec_max_ratio(unsigned codec)
+{
+    switch (codec) {
+    case 1: return 1100;        /* zlib */
+    case 3: return 280;         /* lz4 */
+    default: return 1u << 17;   /* zstd, bz2, lzma */
+    }
+}
+
 #define FK_DEFAULT_CHUNK (1u << 20)          /* 1 MiB */
 #define FK_MAX_CHUNK ((uint64_t)1 << 30)     /* sanity bound when reading */
 #define FK_DEFAULT_THRESHOLD (64 * 1024)     /* out-of-band from this size up */

@@ -17,6 +17,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -74,6 +75,11 @@ static BufferObject *buffer_new(fk_state *st, size_t len)
         PyErr_NoMemory();
         return NULL;
     }
+#ifdef MADV_HUGEPAGE
+    /* where transparent huge pages are opt-in, ask for them: a 512 MiB load
+     * then takes 256 page faults instead of 131072 */
+    if (align > FK_ALIGN) (void)madvise(p, len, MADV_HUGEPAGE);
+#endif
     BufferObject *b = PyObject_New(BufferObject, st->BufferType);
     if (!b) { free(p); return NULL; }
     b->data = (unsigned char *)p;
@@ -435,8 +441,10 @@ static int rd_parse(ReaderObject *r)
                     return FORMAT_ERR(r, "section %llu chunk %u: stored length %llu, expected %llu", si, c,
                                       (unsigned long long)st, (unsigned long long)rawc), -1;
             } else {
-                /* compressed chunks are only kept when smaller than raw */
-                if (st >= rawc || s.chunk_size > FK_MAX_COMPRESSED_CHUNK)
+                /* compressed chunks are only kept when smaller than raw, and
+                 * cannot expand beyond what their codec can produce */
+                if (st >= rawc || s.chunk_size > FK_MAX_COMPRESSED_CHUNK ||
+                    rawc / fk_codec_max_ratio(codec) > st)
                     return FORMAT_ERR(r, "section %llu chunk %u: compressed chunk of %llu bytes for %llu raw "
                                          "bytes (chunk size %llu) is not valid", si, c, (unsigned long long)st,
                                       (unsigned long long)rawc, (unsigned long long)s.chunk_size), -1;

@@ -1,23 +1,39 @@
 /* Static pickle scanner.
  *
- * scan_pickle(data) walks the opcodes of a pickle stream (protocols 0-5)
- * without executing anything and reports every global the stream would
- * import, the opcodes whose target cannot be known statically, the number of
- * out-of-band buffers it takes and its protocol. The trust policy
- * (python/firkin/_trust.py) judges the names before the real unpickler runs.
+ * scan_pickle(data) walks the opcodes of a pickle stream (protocols 0-5,
+ * FRAME included) without executing anything and returns
+ *   globals     [(module, name), ...]: every global the stream loads, unique,
+ *               in the order they are first reported, after the Python 2
+ *               name mapping find_class applies below protocol 3
+ *   unsafe_ops  [(opcode name, offset), ...]: what cannot be judged
+ *               statically: EXT1/2/4, PERSID/BINPERSID, STACK_GLOBAL (or an
+ *               undecodable GLOBAL/INST) whose names are not constant
+ *               strings, BUILD whose target is a global
+ *   n_buffers   how many NEXT_BUFFER opcodes it has
+ *   protocol    the highest of its PROTO argument and its opcodes' protocols
+ *   end         the offset just after STOP (pickle ignores what follows)
+ * The trust policy (python/firkin/_trust.py) judges the names before the
+ * real unpickler runs.
  *
- * The unpickler's stack is modelled symbolically: a value is either a string
- * constant (a span of the input plus how to decode it) or opaque. Strings
- * travel through the memo (PUT/BINPUT/LONG_BINPUT/MEMOIZE, GET/BINGET/
+ * The unpickler's stack is modelled symbolically. A value is a string
+ * constant (a span of the input plus how to decode it), a global (what
+ * GLOBAL / STACK_GLOBAL / INST loaded), an instance NEWOBJ made of a global
+ * class, a (global or instance, string) pair made by TUPLE2, or opaque.
+ * Values travel through the memo (PUT/BINPUT/LONG_BINPUT/MEMOIZE, GET/BINGET/
  * LONG_BINGET), DUP and the stack exactly as in CPython's unpickler, so the
  * operands of STACK_GLOBAL resolve to the names the unpickler will see; an
- * operand that is not a constant string makes the opcode "unsafe".
+ * operand that is not a constant string makes the opcode unsafe.
+ * getattr(<global or instance>, "<constant>") is reported as the dotted
+ * global it fetches (how bound classmethods such as ZoneInfo._unpickle
+ * pickle); any other use of builtins.getattr reports builtins.getattr.
  *
  * Stack effects, marks and the mark fence follow Modules/_pickle.c: an opcode
- * may only consume values above the innermost MARK. Every length read from
- * the data is checked against the bytes left before it is used, nothing is
- * sized from the data, there is no recursion, and every opcode costs O(1)
- * plus the bytes it consumes (names are decoded once per distinct string).
+ * may only consume values above the innermost MARK. Malformed streams raise
+ * FormatError with the offset. Every length read from the data is checked
+ * against the bytes left before it is used, nothing is sized from the data
+ * (memo keys far from the entry count go to a hash map), there is no
+ * recursion, and every opcode costs O(1) plus the bytes it consumes (names
+ * are decoded once per distinct string).
  */
 #include "firkin.h"
 #include <stdarg.h>
@@ -51,6 +67,7 @@ enum {
 };
 
 #define SCAN_HIGHEST_PROTOCOL 5
+#define SCAN_MAX_DOTTED 4096 /* characters of a qualname reached through getattr */
 
 typedef struct {
     const char *name;
@@ -664,8 +681,11 @@ static int scan_reduce(scan_ctx *c)
         PyObject *attr = NULL;
         int r = scan_val_str(c, pr.attr, &attr);
         if (r < 0) return -1;
-        if (r) {
-            PyObject *owner = c->gtab[sv_index(pr.obj)].key;
+        PyObject *owner = c->gtab[sv_index(pr.obj)].key;
+        /* a chain of getattrs builds ever longer names: past a sane length
+         * (keeping the scan linear) it is judged as getattr itself */
+        if (r && PyUnicode_GET_LENGTH(PyTuple_GET_ITEM(owner, 1)) + PyUnicode_GET_LENGTH(attr) <
+                     SCAN_MAX_DOTTED) {
             PyObject *dotted = PyUnicode_FromFormat("%U.%U", PyTuple_GET_ITEM(owner, 1), attr);
             if (!dotted) return -1;
             c->depth -= 2;
@@ -1003,6 +1023,62 @@ static int scan_step(scan_ctx *c)
     return scan_fail(c, "unhandled opcode 0x%02x", c->op); /* not reached */
 }
 
+/* The opcodes that make up the bulk of real pickles (strings, small ints,
+ * memo traffic) in their common case, with no call: 1 when handled, 0 to
+ * take the general path (which also reports every error). Same semantics as
+ * scan_step. */
+static inline int scan_fast(scan_ctx *c)
+{
+    const unsigned char *p = c->buf + c->pos;
+    Py_ssize_t left = c->size - c->pos;
+    scan_val v = SV_MAKE_OPAQUE;
+    Py_ssize_t len = 1;
+    int proto;
+
+    if (c->depth + 1 >= c->stack_cap) return 0; /* room to push without growing */
+    switch (p[0]) {
+    case OP_SHORT_BINUNICODE:
+        if (left < 2 || left - 2 < p[1]) return 0;
+        v = sv_string(SV_UTF8, c->pos + 2, p[1]);
+        len = 2 + p[1];
+        proto = 4;
+        break;
+    case OP_BININT1: len = 2; proto = 1; break;
+    case OP_BININT2: len = 3; proto = 1; break;
+    case OP_BININT: len = 5; proto = 1; break;
+    case OP_BINFLOAT: len = 9; proto = 1; break;
+    case OP_NONE: proto = 0; break;
+    case OP_NEWTRUE: case OP_NEWFALSE: proto = 2; break;
+    case OP_EMPTY_LIST: case OP_EMPTY_DICT: case OP_EMPTY_TUPLE: proto = 1; break;
+    case OP_BINGET:
+        if (left < 2 || p[1] >= c->memo.dense_cap || c->memo.dense[p[1]] == SV_NONE) return 0;
+        v = c->memo.dense[p[1]];
+        len = 2;
+        proto = 1;
+        break;
+    case OP_MEMOIZE:
+    case OP_BINPUT: {
+        /* a new dense key, nothing in the sparse map */
+        uint64_t key = p[0] == OP_MEMOIZE ? c->memo.count : (left < 2 ? UINT64_MAX : p[1]);
+        if (c->depth <= c->fence || c->memo.sparse.used || key >= c->memo.dense_cap ||
+            c->memo.dense[key] != SV_NONE)
+            return 0;
+        c->memo.dense[key] = c->stack[c->depth - 1];
+        c->memo.count++;
+        c->pos += p[0] == OP_MEMOIZE ? 1 : 2;
+        if (c->max_proto < (p[0] == OP_MEMOIZE ? 4 : 1)) c->max_proto = p[0] == OP_MEMOIZE ? 4 : 1;
+        return 1;
+    }
+    default:
+        return 0;
+    }
+    if (left < len) return 0;
+    c->stack[c->depth++] = v;
+    c->pos += len;
+    if (c->max_proto < proto) c->max_proto = proto;
+    return 1;
+}
+
 static void scan_ctx_free(scan_ctx *c)
 {
     for (size_t i = 0; i < c->names.cap; i++)
@@ -1065,6 +1141,7 @@ PyObject *scan_pickle(PyObject *module, PyObject *data)
             scan_fail(&c, "the data ends before STOP");
             goto done;
         }
+        if (scan_fast(&c)) continue;
         int r = scan_step(&c);
         if (r < 0) goto done;
         if (r > 0) break;

@@ -290,8 +290,10 @@ def _unpickle(reader, stream, buffers, mmap: bool, policy):
     try:
         if policy is True and not mmap:
             return pickle.loads(stream, buffers=buffers)  # reads the bytes in place
-        cls = _trust.make_unpickler(base, True if policy is True else policy, reader.name)
-        return cls(io.BytesIO(stream), buffers=buffers).load()
+        cls = _trust.make_unpickler(base, True if policy is True else policy)
+        unpickler = cls(io.BytesIO(stream), buffers=buffers)
+        unpickler.fk_name = reader.name  # refusals name the file
+        return unpickler.load()
     except pickle.UnpicklingError as exc:
         raise FormatError(f"{reader.name}: the pickle stream is invalid: {exc}") from exc
 
@@ -356,18 +358,18 @@ _MAGIC = b"\x89FRK\r\n\x1a\n"
 _END_MAGIC = b"\nFRKEND\x89"
 
 
+def _is_firkin_bytes(head: bytes, tail: bytes = b"") -> bool:
+    """True for firkin data, damaged included, so that the reader names the
+    damage instead of the data being taken for another format: the magic
+    with a few bytes wrong (text-mode or 7-bit transfers, bit flips), a
+    firkin end marker, or nothing at all."""
+    return (not head or sum(a == b for a, b in zip(head, _MAGIC)) >= 5 or head[1:4] == b"FRK"
+            or tail == _END_MAGIC)
+
+
 def _looks_like_firkin(fd: int) -> bool:
-    """True for firkin files, damaged ones included, so that the reader names
-    the damage instead of the file being taken for another format: the magic
-    with a few bytes wrong (text-mode or 7-bit transfers, bit flips), or a
-    firkin end marker, or an empty file."""
-    head = os.pread(fd, 8, 0)
-    if not head:
-        return True
-    if sum(a == b for a, b in zip(head, _MAGIC)) >= 5 or head[1:4] == b"FRK":
-        return True
     size = os.fstat(fd).st_size
-    return size >= 8 and os.pread(fd, 8, size - 8) == _END_MAGIC
+    return _is_firkin_bytes(os.pread(fd, 8, 0), os.pread(fd, 8, size - 8) if size >= 8 else b"")
 
 
 def _load_foreign(f, name, mode, kwargs):
@@ -496,14 +498,10 @@ def _check_bytes_like(data, what: str) -> None:
                         + (" (use firkin.load for paths)" if _is_path(data) else "")) from None
 
 
-def _is_firkin_bytes(head: bytes) -> bool:
-    return not head or sum(a == b for a, b in zip(head, _MAGIC)) >= 5 or head[1:4] == b"FRK"
-
-
 def _loads_named(data, name, trusted, verify, threads, progress, ensure_native_byte_order):
     with memoryview(data) as mv:
         head, tail = bytes(mv[:8]), bytes(mv[-8:])
-    if not _is_firkin_bytes(head) and tail != _END_MAGIC:
+    if not _is_firkin_bytes(head, tail):
         from . import _compat  # noqa: PLC0415
 
         return _compat.loads_foreign(data, name, ensure_native_byte_order=ensure_native_byte_order,

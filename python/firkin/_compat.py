@@ -151,9 +151,20 @@ def _byte_order_mismatch(dtype: np.dtype) -> bool:
     return False
 
 
+class _SavedMemmap:
+    """Stands for numpy.memmap where a joblib wrapper records it as an array's
+    subclass. The real class is never handed to the unpickler: calling it
+    creates or truncates files, so it stays off the trust policy's list."""
+
+    __slots__ = ()
+
+
+_MEMMAP_NAMES = {("numpy", "memmap"), ("numpy.core.memmap", "memmap"), ("numpy._core.memmap", "memmap")}
+
+
 def _as_subclass(arr, subclass):
     """Give the array back the ndarray subclass it was saved as (np.matrix...)."""
-    if (subclass is None or subclass is np.ndarray or subclass is np.memmap
+    if (subclass is None or subclass is np.ndarray or subclass is np.memmap or subclass is _SavedMemmap
             or not isinstance(subclass, type) or not issubclass(subclass, np.ndarray)
             or type(arr) is subclass):
         return arr
@@ -785,11 +796,13 @@ def _unpickler_classes(trusted, name):
         return _CUnpickler, _NestedUnpickler, _PyUnpickler
     from . import _trust  # noqa: PLC0415
 
-    c_base = _trust.make_unpickler(pickle.Unpickler, trusted, name)
-    py_base = _trust.make_unpickler(pickle._Unpickler, trusted, name)  # noqa: SLF001
-    return (type("_CUnpickler", (_LoaderHooks, c_base), {}),
-            type("_NestedUnpickler", (_NestedHooks, c_base), {}),
-            type("_PyUnpickler", (_PyBuildHook, _LoaderHooks, py_base), {}))
+    # the policy classes are shared; the file's name (for refusals) rides on these
+    c_base = _trust.make_unpickler(pickle.Unpickler, trusted)
+    py_base = _trust.make_unpickler(pickle._Unpickler, trusted)  # noqa: SLF001
+    named = {"fk_name": name}
+    return (type("_CUnpickler", (_LoaderHooks, c_base), dict(named)),
+            type("_NestedUnpickler", (_NestedHooks, c_base), dict(named)),
+            type("_PyUnpickler", (_PyBuildHook, _LoaderHooks, py_base), dict(named)))
 
 
 # --------------------------------------------------------------------------- the loader
@@ -868,6 +881,8 @@ class _Loader:
 
     # -- unpickler hooks
     def resolve(self, module, name):
+        if (module, name) in _MEMMAP_NAMES:
+            return _SavedMemmap
         if name in _WRAPPERS and _is_joblib_module(module):
             t = self._types.get(name)
             if t is None:

@@ -27,6 +27,7 @@ same names while loading.
 from __future__ import annotations
 
 import _compat_pickle
+import pickle
 import sys
 from functools import lru_cache
 from typing import Iterable
@@ -36,6 +37,7 @@ from ._core import FormatError, UntrustedTypesError
 
 __all__ = [
     "ALLOWED",
+    "SafeUnpickler",
     "UntrustedTypesError",
     "check_stream",
     "make_unpickler",
@@ -714,10 +716,11 @@ def _message(name: str, refused: list[str], call: str, during_load: bool = False
     names = [r for r in refused if not r.startswith("<")]
     ops = [r for r in refused if r.startswith("<")]
     when = "while unpickling" if during_load else "before unpickling"
-    lines = [f"{name}: refused {when}: the pickle stream would use "
-             f"{len(refused)} thing{'s' if len(refused) != 1 else ''} firkin does not trust:"]
+    noun = "name" if not ops else "opcode" if not names else "thing"
+    count = f"{len(refused)} {noun}{'s' if len(refused) != 1 else ''}"
+    lines = [f"{name}: refused {when}: the pickle stream uses {count} firkin does not trust:"]
     lines += [f"    {r}" for r in refused]
-    lines.append("Unpickling calls what a stream names, so an untrusted name can run any code.")
+    lines.append("Unpickling calls whatever a stream names, so an untrusted name can run any code.")
     if names:
         lines.append("If you trust where this data comes from, allow exactly these names:")
         lines.append(f"    {_call_hint(name, call, names)}")
@@ -799,28 +802,35 @@ def _attr_trusted(obj, attr: str, extra: frozenset[str]) -> bool:
     return False
 
 
-def _guarded_getattr(extra: frozenset[str], name: str):
+def _guarded_getattr(extra: frozenset[str], name: str, call: str):
     def getattr_(obj, attr, *default):
         # the static scan reports getattr(<global>, "<name>") as the dotted
         # global and checks it; this refuses every other use while loading
         if not default and type(attr) is str and _attr_trusted(obj, attr, extra):
             return getattr(obj, attr)
-        owner = obj if isinstance(obj, type) or callable(obj) and hasattr(obj, "__qualname__") \
-            else type(obj)
-        what = (f"{getattr(owner, '__module__', '?')}.{getattr(owner, '__qualname__', '?')}.{attr}"
-                if type(attr) is str and not default else "builtins.getattr")
-        raise _error(name, [what], "firkin.load", during_load=True)
+        if type(attr) is str and not default:
+            named = isinstance(obj, type) or (callable(obj) and hasattr(obj, "__qualname__"))
+            owner = obj if named else type(obj)
+            what = f"{getattr(owner, '__module__', '?')}.{getattr(owner, '__qualname__', '?')}.{attr}"
+        else:
+            what = "builtins.getattr"
+        raise _error(name, [what], call, during_load=True)
     getattr_.__name__ = "getattr"
     getattr_.__qualname__ = "getattr"
     return getattr_
 
 
 @lru_cache(maxsize=64)
-def _unpickler_class(base_cls, extra: frozenset[str], name: str):
-    guarded = _guarded_getattr(extra, name)
+def _unpickler_class(base_cls, extra: frozenset[str], name: str, call: str):
+    guarded = _guarded_getattr(extra, name, call)
 
     class TrustedUnpickler(base_cls):
-        """Unpickler whose find_class refuses names outside firkin's trust policy."""
+        """Unpickler whose find_class refuses names outside firkin's trust policy.
+
+        ``fk_name`` (the file, for messages) may be set on an instance, so one
+        class serves every file."""
+
+        fk_name = name
 
         def find_class(self, module, qualname):
             mod, qual = module, qualname
@@ -829,14 +839,16 @@ def _unpickler_class(base_cls, extra: frozenset[str], name: str):
                 if _is_trusted(mod, qual, extra) and _map_py2(mod, qual) == (mod, qual):
                     return super().find_class(mod, qual)
                 if (mod, qual) == ("builtins", "getattr"):
-                    return guarded
-            raise _error(name, [f"{mod}.{qual}"], "firkin.load", during_load=True)
+                    if self.fk_name == name:
+                        return guarded
+                    return _guarded_getattr(extra, self.fk_name, call)
+            raise _error(self.fk_name, [f"{mod}.{qual}"], call, during_load=True)
 
     TrustedUnpickler.__qualname__ = f"TrustedUnpickler[{base_cls.__qualname__}]"
     return TrustedUnpickler
 
 
-def make_unpickler(base_cls, trusted=None, name: str = "<data>"):
+def make_unpickler(base_cls, trusted=None, name: str = "<data>", *, call: str = "firkin.load"):
     """A subclass of ``base_cls`` (a pickle.Unpickler) that enforces the policy.
 
     Its find_class resolves a global only when the policy trusts it (after
@@ -844,9 +856,14 @@ def make_unpickler(base_cls, trusted=None, name: str = "<data>"):
     builtins.getattr resolves to a guard that only fetches trusted dotted
     names (zoneinfo.ZoneInfo._unpickle, bound methods such as
     scipy.stats._discrete_distns.randint_gen._entropy). ``trusted=True`` returns
-    ``base_cls`` itself. Classes are cached per (base_cls, trusted, name).
+    ``base_cls`` itself. ``name`` and ``call`` shape the error message as in
+    check_stream. Classes are cached per argument set.
     """
     extra = _normalize(trusted)
     if extra is True:
         return base_cls
-    return _unpickler_class(base_cls, extra, name)
+    return _unpickler_class(base_cls, extra, name, call)
+
+
+#: pickle.Unpickler under the default policy (the built-in list, nothing more)
+SafeUnpickler = make_unpickler(pickle.Unpickler)
