@@ -37,7 +37,10 @@ class Progress:
         if total and total != self.total:
             self.total = total
             if self.bar is not None:
-                self.bar.total = total
+                # reset() also resizes a Jupyter widget bar (setting .total does not)
+                n = self.bar.n
+                self.bar.reset(total=total)
+                self.bar.update(n)
         if self.bar is None:
             big = (self.total or done) > AUTO_THRESHOLD
             if not big:
