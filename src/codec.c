@@ -186,6 +186,62 @@ void codec_pool_free(codec_pool *p)
 
 /* ------------------------------------------------------------ codecs */
 
+/* Codec contexts are expensive to set up (zstd and libdeflate allocate and
+ * clear their tables): each thread keeps one of each, freed when the thread
+ * ends (pool workers live as long as one dump or load). */
+typedef struct {
+#ifdef FIRKIN_HAVE_ZSTD
+    ZSTD_CCtx *zc;
+    ZSTD_DCtx *zd;
+#endif
+#ifdef FIRKIN_HAVE_LIBDEFLATE
+    struct libdeflate_compressor *dc;
+    int dc_level;
+    struct libdeflate_decompressor *dd;
+#endif
+    int unused;
+} codec_ctx;
+
+static pthread_key_t ctx_key;
+static pthread_once_t ctx_once = PTHREAD_ONCE_INIT;
+static int ctx_key_ok;
+
+static void ctx_free(void *p)
+{
+    codec_ctx *c = (codec_ctx *)p;
+    if (!c) return;
+#ifdef FIRKIN_HAVE_ZSTD
+    ZSTD_freeCCtx(c->zc);
+    ZSTD_freeDCtx(c->zd);
+#endif
+#ifdef FIRKIN_HAVE_LIBDEFLATE
+    if (c->dc) libdeflate_free_compressor(c->dc);
+    if (c->dd) libdeflate_free_decompressor(c->dd);
+#endif
+    free(c);
+}
+
+static void ctx_key_init(void)
+{
+    ctx_key_ok = pthread_key_create(&ctx_key, ctx_free) == 0;
+}
+
+/* This thread's contexts, or NULL (then callers set up a one-off context). */
+static codec_ctx *thread_ctx(void)
+{
+    pthread_once(&ctx_once, ctx_key_init);
+    if (!ctx_key_ok) return NULL;
+    codec_ctx *c = (codec_ctx *)pthread_getspecific(ctx_key);
+    if (!c) {
+        c = (codec_ctx *)calloc(1, sizeof *c);
+        if (c && pthread_setspecific(ctx_key, c) != 0) {
+            free(c);
+            c = NULL;
+        }
+    }
+    return c;
+}
+
 int codec_available(int codec)
 {
     switch (codec) {
@@ -241,10 +297,21 @@ static int zlib_compress(const unsigned char *src, size_t n, unsigned char *dst,
                          int level, size_t *out)
 {
 #ifdef FIRKIN_HAVE_LIBDEFLATE
-    struct libdeflate_compressor *c = libdeflate_alloc_compressor(level);
-    if (!c) return -1;
+    codec_ctx *ctx = thread_ctx();
+    struct libdeflate_compressor *c;
+    if (ctx && ctx->dc && ctx->dc_level == level) {
+        c = ctx->dc;
+    } else {
+        c = libdeflate_alloc_compressor(level);
+        if (!c) return -1;
+        if (ctx) {
+            if (ctx->dc) libdeflate_free_compressor(ctx->dc);
+            ctx->dc = c;
+            ctx->dc_level = level;
+        }
+    }
     size_t got = libdeflate_zlib_compress(c, src, n, dst, cap);
-    libdeflate_free_compressor(c);
+    if (!ctx) libdeflate_free_compressor(c);
     *out = got ? got : cap;
     return got ? 0 : -1;
 #else
@@ -265,11 +332,16 @@ static int zlib_compress(const unsigned char *src, size_t n, unsigned char *dst,
 static int zlib_decompress(const unsigned char *src, size_t n, unsigned char *dst, size_t want)
 {
 #ifdef FIRKIN_HAVE_LIBDEFLATE
-    struct libdeflate_decompressor *d = libdeflate_alloc_decompressor();
-    if (!d) return -1;
+    codec_ctx *ctx = thread_ctx();
+    struct libdeflate_decompressor *d = ctx ? ctx->dd : NULL;
+    if (!d) {
+        d = libdeflate_alloc_decompressor();
+        if (!d) return -1;
+        if (ctx) ctx->dd = d;
+    }
     size_t in_used = 0, got = 0;
     enum libdeflate_result r = libdeflate_zlib_decompress_ex(d, src, n, dst, want, &in_used, &got);
-    libdeflate_free_decompressor(d);
+    if (!ctx) libdeflate_free_decompressor(d);
     return (r == LIBDEFLATE_SUCCESS && got == want && in_used == n) ? 0 : -1;
 #else
     z_stream zs;
@@ -351,7 +423,11 @@ static void job_compress(codec_pool *p, codec_job *job)
             }
 #ifdef FIRKIN_HAVE_ZSTD
             else if (job->codec == FK_CODEC_ZSTD) {
-                size_t r = ZSTD_compress(job->scratch, job->scratch_cap, src, n, job->level);
+                codec_ctx *ctx = thread_ctx();
+                if (ctx && !ctx->zc) ctx->zc = ZSTD_createCCtx();
+                size_t r = ctx && ctx->zc
+                               ? ZSTD_compressCCtx(ctx->zc, job->scratch, job->scratch_cap, src, n, job->level)
+                               : ZSTD_compress(job->scratch, job->scratch_cap, src, n, job->level);
                 if (!ZSTD_isError(r)) { got = r; rc = 0; }
             }
 #endif
@@ -429,7 +505,10 @@ static void job_decompress(codec_pool *p, codec_job *job)
         break;
 #ifdef FIRKIN_HAVE_ZSTD
     case FK_CODEC_ZSTD: {
-        size_t r = ZSTD_decompress(job->dst, job->dst_len, job->src, job->src_len);
+        codec_ctx *ctx = thread_ctx();
+        if (ctx && !ctx->zd) ctx->zd = ZSTD_createDCtx();
+        size_t r = ctx && ctx->zd ? ZSTD_decompressDCtx(ctx->zd, job->dst, job->dst_len, job->src, job->src_len)
+                                  : ZSTD_decompress(job->dst, job->dst_len, job->src, job->src_len);
         ok = !ZSTD_isError(r) && r == job->dst_len;
         break;
     }

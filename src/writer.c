@@ -71,11 +71,13 @@ typedef struct {
     PyObject *signer;    /* callable(memoryview) fed every raw pickle stream byte, or NULL */
     uint64_t progress_done, progress_last;
     uint64_t progress_total; /* raw bytes the dump will write, once known (0 before) */
+    unsigned char *spare;    /* a retired stream staging buffer, reused (fresh ones page-fault) */
 } WriterObject;
 
 typedef struct wr_job {
     codec_job job;
     size_t section;       /* index into w->sections */
+    int recycle;          /* job.owned is a chunk_size staging buffer to reuse */
 } wr_job;
 
 /* A large non-contiguous array on its way out-of-band. The C pickler only
@@ -318,6 +320,10 @@ static int wr_retire_one(WriterObject *w)
     if (wr_report_progress(w, j->job.src_len, 0) < 0) goto done;
     rc = 0;
 done:
+    if (j->recycle && !w->spare) {
+        w->spare = (unsigned char *)j->job.owned;
+        j->job.owned = NULL;
+    }
     wr_job_free(j);
     return rc;
 }
@@ -418,6 +424,7 @@ static int wr_flush_stream(WriterObject *w)
     if (!w->sbuf_len) return 0;
     unsigned char *full = w->sbuf;
     size_t n = w->sbuf_len;
+    int last = !w->stream_open; /* the final, partial chunk: no new staging buffer */
     if (w->signer) {
         /* the signature covers the stream exactly as the unpickler reads it */
         PyObject *mv = PyMemoryView_FromMemory((char *)full, (Py_ssize_t)n, PyBUF_READ);
@@ -426,10 +433,20 @@ static int wr_flush_stream(WriterObject *w)
         if (!r) return -1;
         Py_DECREF(r);
     }
-    w->sbuf = (unsigned char *)malloc(w->chunk_size);
     w->sbuf_len = 0;
-    if (!w->sbuf) { free(full); PyErr_NoMemory(); return -1; }
-    return wr_submit(w, full, n, full); /* the pipeline frees `full` */
+    if (last) {
+        w->sbuf = NULL;
+    } else if (w->spare) {
+        w->sbuf = w->spare;
+        w->spare = NULL;
+    } else if (!(w->sbuf = (unsigned char *)malloc(w->chunk_size))) {
+        free(full);
+        PyErr_NoMemory();
+        return -1;
+    }
+    if (wr_submit(w, full, n, full) < 0) return -1; /* the pipeline frees `full` */
+    w->ring[(w->ring_head + w->ring_count - 1) % w->ring_cap]->recycle = 1;
+    return 0;
 }
 
 static PyObject *Writer_write(WriterObject *w, PyObject *data)
@@ -1115,6 +1132,7 @@ static void Writer_dealloc(WriterObject *w)
     if (w->pool) codec_pool_free(w->pool);
     Py_CLEAR(w->py_codec); /* after the pool: its workers may use it */
     PyMem_Free(w->ring);
+    free(w->spare);
     free(w->sbuf);
     free(w->chunks);
     free(w->sections);

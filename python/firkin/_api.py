@@ -92,6 +92,8 @@ def _write(value, target, protocol, user_meta, compress, threads, progress=None)
                            f"{top.__module__}.{top.__qualname__}", w.arrays)
         return w.finish(meta, True, signer.finish(meta) if signer else b"")
     finally:
+        if signer is not None:
+            signer.close()  # a failed dump leaves no hashing thread behind
         bar.close()
 
 

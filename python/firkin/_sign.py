@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+import queue
 import secrets
 import struct
 import threading
@@ -109,18 +110,43 @@ def key_id(key: bytes) -> bytes:
 
 
 class Signer:
-    """Fed the raw pickle stream chunk by chunk by the C writer."""
+    """Fed the raw pickle stream chunk by chunk by the C writer.
+
+    From the second chunk on (streams of a MiB and more), hashing moves to a
+    thread: hashlib releases the GIL while it hashes, so the HMAC is computed
+    on another core while the pickler goes on."""
 
     def __init__(self, key: bytes):
         self._key = key
         self._h = hmac.new(key, _PREFIX + HEADER_FIXED, hashlib.sha256)
         self._n = 0
+        self._queue = None
+        self._thread = None
+
+    def _hash_queued(self) -> None:
+        while (data := self._queue.get()) is not None:
+            self._h.update(data)
 
     def update(self, chunk) -> None:
-        self._h.update(chunk)
         self._n += len(chunk)
+        if self._n == len(chunk):  # the first chunk: maybe the only one
+            self._h.update(chunk)
+            return
+        if self._thread is None:
+            self._queue = queue.SimpleQueue()
+            self._thread = threading.Thread(target=self._hash_queued, name="firkin-sign", daemon=True)
+            self._thread.start()
+        self._queue.put(bytes(chunk))  # a copy: the writer reuses its memory
+
+    def close(self) -> None:
+        """Stop the hashing thread (idempotent); finish() calls it."""
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join()
+            self._thread = None
 
     def finish(self, metadata: bytes) -> bytes:
+        self.close()
         h = self._h
         h.update(struct.pack("<Q", self._n))
         h.update(metadata)

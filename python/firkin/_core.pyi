@@ -1,0 +1,79 @@
+"""Type stubs of firkin's C core (src/). The public API is firkin/__init__.py."""
+from typing import Any, Callable, Optional, Sequence
+
+__version__: str
+FLAG_BUFFERS_MUTABLE: int
+DEFAULT_THRESHOLD: int
+DEFAULT_CHUNK_SIZE: int
+CODEC_RAW: int
+CODEC_ZLIB: int
+CODEC_ZSTD: int
+CODEC_LZ4: int
+CODEC_BZ2: int
+CODEC_LZMA: int
+
+class FirkinError(Exception): ...
+class FormatError(FirkinError, ValueError): ...
+class ChecksumError(FormatError): ...
+class UntrustedTypesError(FirkinError):
+    names: list[str]
+    unsafe_ops: list[str]
+
+def crc32c(data: bytes, value: int = 0, /) -> int: ...
+def build_info() -> dict[str, Any]: ...
+def native_codecs() -> dict[str, Any]: ...
+def set_main_reducer(fn: Optional[Callable[[Any], Any]], types: tuple[type, ...], /) -> None: ...
+def scan_pickle(data: bytes, /) -> dict[str, Any]: ...
+
+class Writer:
+    buffer_count: int
+    oob_bytes: int
+    by_value: int
+    arrays: list[Optional[tuple[str, tuple[int, ...]]]]
+    def __init__(
+        self,
+        target: Any,
+        threads: int = 0,
+        chunk_size: int = ...,
+        threshold: int = ...,
+        codec: int = 0,
+        level: int = 0,
+        py_codec: Optional[tuple[Callable[..., bytes], Callable[..., bytes]]] = None,
+        progress: Optional[Callable[[int, int], None]] = None,
+        signer: Optional[Callable[[memoryview], None]] = None,
+    ) -> None: ...
+    def dump(self, obj: Any, protocol: int, /) -> list[str]: ...
+    def finish(self, metadata: bytes, fsync: bool = True, signature: bytes = b"", /) -> int: ...
+    def write(self, data: bytes, /) -> int: ...
+
+class Buffer:
+    def __len__(self) -> int: ...
+
+class Reader:
+    name: str
+    total_length: int
+    format_version: tuple[int, int]
+    flags: int
+    buffer_count: int
+    def __init__(
+        self,
+        source: Any,
+        name: Optional[str] = None,
+        base: int = 0,
+        py_codec: Optional[tuple[Callable[..., bytes], Callable[..., bytes]]] = None,
+    ) -> None: ...
+    def pickle_stream(self) -> bytes: ...
+    def metadata(self) -> Optional[bytes]: ...
+    def signature(self) -> Optional[bytes]: ...
+    def header_bytes(self) -> bytes: ...
+    def read_buffers(
+        self,
+        verify: bool = True,
+        threads: int = 0,
+        which: Optional[Sequence[int]] = None,
+        progress: Optional[Callable[[int], None]] = None,
+    ) -> list[Optional[Buffer]]: ...
+    def buffer_spans(self) -> list[tuple[int, int, bool]]: ...
+    def verify_mapped(self, mapping: Any, /) -> None: ...
+    def set_flag(self, flag: int, /) -> None: ...
+    def sections(self) -> list[dict[str, Any]]: ...
