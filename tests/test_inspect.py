@@ -181,3 +181,25 @@ def test_info_compressed_and_untrusted(tmp_path):
     info = firkin.info(path)
     assert info.compression == {"method": "zlib", "level": 3} and info.ratio > 10
     assert info.arrays[0]["codec"] == "zlib" and info.arrays[0]["ratio"] > 10
+
+
+def test_signature_of_a_multi_chunk_stream_and_failed_dump_threads(tmp_path):
+    """Streams over a chunk are hashed on a thread; the result is the same
+    HMAC, and a dump that fails midway leaves no thread behind."""
+    import threading
+
+    big = {f"k{i}": "v" * (i % 40) for i in range(120_000)}  # a ~3 MB pickle stream
+    path = tmp_path / "big.firkin"
+    firkin.dump(big, path)
+    with open(path, "rb") as f:
+        assert _core.Reader(f.fileno()).sections()[0]["chunks"] >= 3
+    assert firkin.verify(path).signature == "valid"
+
+    class Boom:
+        def __reduce__(self):
+            raise RuntimeError("boom")
+
+    before = {t.name for t in threading.enumerate()}
+    with pytest.raises(RuntimeError, match="boom"):
+        firkin.dump([big, Boom()], tmp_path / "fail.firkin")
+    assert "firkin-sign" not in {t.name for t in threading.enumerate()} - before
