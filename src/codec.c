@@ -227,6 +227,7 @@ static void ctx_key_init(void)
 }
 
 /* This thread's contexts, or NULL (then callers set up a one-off context). */
+__attribute__((unused)) /* unused in a build without zstd and libdeflate */
 static codec_ctx *thread_ctx(void)
 {
     pthread_once(&ctx_once, ctx_key_init);
