@@ -97,6 +97,7 @@ LOADER_FILE = {
     "pickle5": "pickle5",
     "raw-readinto-prefaulted": "raw-write", "raw-readinto-alloc": "raw-write",
     "firkin-trusted": "firkin", "firkin-progress": "firkin-progress", "firkin-joblibfile": "joblib",
+    "firkin-noprogress": "firkin-noprogress",
 }
 
 
@@ -113,13 +114,13 @@ PROGRESS_WORKLOADS = {"array512"}
 
 def dumpers_for(workload: str) -> list[str]:
     return (DUMPERS + (RAW_DUMPERS if workload == "array512" else [])
-            + (["firkin-progress"] if workload in PROGRESS_WORKLOADS else []))
+            + (["firkin-progress", "firkin-noprogress"] if workload in PROGRESS_WORKLOADS else []))
 
 
 def loaders_for(workload: str) -> list[str]:
     return (LOADERS + (RAW_LOADERS if workload == "array512" else [])
             + (["firkin-trusted"] if workload in POLICY_WORKLOADS else [])
-            + (["firkin-progress"] if workload in PROGRESS_WORKLOADS else [])
+            + (["firkin-progress", "firkin-noprogress"] if workload in PROGRESS_WORKLOADS else [])
             + ["firkin-joblibfile"])
 
 
@@ -331,6 +332,9 @@ def run_one(spec: dict) -> dict:
 
             def fn():
                 firkin.dump(value, path, progress=True)
+        elif contender == "firkin-noprogress":
+            def fn():
+                firkin.dump(value, path, progress=False)
         elif contender == "joblib":
             def fn():
                 joblib.dump(value, path)
@@ -364,6 +368,9 @@ def run_one(spec: dict) -> dict:
 
             def fn():
                 return firkin.load(path, progress=True)
+        elif contender == "firkin-noprogress":
+            def fn():
+                return firkin.load(path, progress=False)
         elif contender == "firkin-joblibfile":
             import firkin._compat  # noqa: F401  (imported outside the timed region, like joblib)
 
@@ -700,10 +707,10 @@ def render(results: list[dict], meta: dict) -> str:
             lines.append(f"- loading joblib's file: joblib.load/firkin.load "
                          f"{_fmt_r(_ratio(_get(w, 'joblib', 'load'), _get(w, 'firkin-joblibfile', 'load')))} "
                          "(>1: firkin faster)")
-        if _get(w, "firkin-progress", "dump"):
-            lines.append(f"- progress bar cost: dump {_fmt_r(_ratio(_get(w, 'firkin-progress', 'dump'), _get(w, 'firkin', 'dump')))}, "
-                         f"load {_fmt_r(_ratio(_get(w, 'firkin-progress', 'load'), _get(w, 'firkin', 'load')))} "
-                         "(progress=True over progress=None)")
+        if _get(w, "firkin-progress", "dump") and _get(w, "firkin-noprogress", "dump"):
+            lines.append(f"- progress bar cost: dump {_fmt_r(_ratio(_get(w, 'firkin-progress', 'dump'), _get(w, 'firkin-noprogress', 'dump')))}, "
+                         f"load {_fmt_r(_ratio(_get(w, 'firkin-progress', 'load'), _get(w, 'firkin-noprogress', 'load')))} "
+                         "(progress=True over progress=False)")
         if w["workload"] == "array512":
             lines.append(f"- firkin/raw-write dump: {_fmt_r(_ratio(_get(w, 'firkin', 'dump'), _get(w, 'raw-write', 'dump')))} "
                          "(1.00× = as fast as one write() + fsync + rename)")

@@ -985,7 +985,15 @@ static PyObject *Writer_finish(WriterObject *w, PyObject *args)
             }
         } else if (w->start_pos != Py_None) {
             PyObject *r = PyObject_CallMethod(w->fileobj, "seek", "O", w->start_pos);
-            if (!r) goto done;
+            if (!r) {
+                /* some "seekable" streams refuse to go back (gzip in write
+                 * mode): the unpatched header is valid, the trailer says it all */
+                if (!PyErr_ExceptionMatches(PyExc_OSError)) goto done;
+                PyErr_Clear();
+                w->stage = 2;
+                ret = PyLong_FromUnsignedLongLong(total);
+                goto done;
+            }
             Py_DECREF(r);
             if (write_all_pyfile(w, h, FK_HEADER_LEN) < 0) goto done;
             PyObject *tot = PyLong_FromUnsignedLongLong(total);

@@ -493,3 +493,18 @@ def test_dumps_with_metadata_round_trip():
     data = firkin.dumps([1, 2], metadata={"model": "x", "n": [1, 2]})
     assert firkin.loads(data) == [1, 2]
     assert firkin.load_metadata(io.BytesIO(data))["user"] == {"model": "x", "n": [1, 2]}
+
+
+def test_gzip_file_objects_round_trip():
+    """GzipFile: an int mode, and 'seekable' in write mode without seeking back."""
+    import gzip
+
+    value = {"a": np.arange(100_000), "s": "x"}
+    raw = io.BytesIO()
+    with gzip.GzipFile(fileobj=raw, mode="wb") as g:
+        assert firkin.dump(value, g) is None
+    raw.seek(0)
+    with gzip.GzipFile(fileobj=raw, mode="rb") as g:
+        out = firkin.load(g)
+    np.testing.assert_array_equal(out["a"], value["a"])
+    assert out["s"] == "x"

@@ -57,7 +57,8 @@ def _check_protocol(protocol) -> int:
 
 
 def _check_binary(f, what: str) -> None:
-    if isinstance(f, io.TextIOBase) or "b" not in getattr(f, "mode", "b"):
+    mode = getattr(f, "mode", "b")
+    if isinstance(f, io.TextIOBase) or (isinstance(mode, str) and "b" not in mode):
         raise TypeError(f"firkin.{what}: the file object must be opened in binary mode "
                         f"('rb'/'wb'), not text mode ({getattr(f, 'mode', type(f).__name__)!r})")
 
