@@ -1,0 +1,101 @@
+"""The malicious corpus of test_trust.py, loaded the way users meet files:
+as a plain pickle file, as a compressed joblib file, and inside a firkin
+container signed with someone else's key. Every one is refused by
+firkin.load and the sentinel never appears."""
+import gzip
+import struct
+import zlib
+
+import pytest
+
+import firkin
+from firkin import _core, _sign
+
+from test_trust import _payloads  # the hand-written exploits (tests/ is on sys.path)
+
+CHUNK = 1 << 20
+
+
+def _pad(buf: bytearray) -> None:
+    buf.extend(bytes(-len(buf) % 64))
+
+
+def firkin_container(stream: bytes, metadata: bytes = b"{}", key: bytes | None = None) -> bytes:
+    """A firkin 1.0 container holding `stream` as its pickle stream, written
+    from docs/FORMAT.md (raw chunks, no buffers), signed with `key`."""
+    out = bytearray(64)  # header, filled in below
+    sections = []  # (kind, flags, offset, payload)
+
+    def section(kind, flags, payload):
+        _pad(out)
+        sections.append((kind, flags, len(out), payload))
+        out.extend(payload)
+
+    section(1, 1, stream)
+    section(3, 0, metadata)
+    if key is not None:
+        signer = _sign.Signer(key)
+        signer.update(stream)
+        section(4, 0, signer.finish(metadata))
+    _pad(out)
+    index_off = len(out)
+    entries, chunks = bytearray(), bytearray()
+    nchunk = 0
+    for kind, flags, off, payload in sections:
+        parts = [payload[i:i + CHUNK] for i in range(0, len(payload), CHUNK)]
+        entries += struct.pack("<HHIQQQQQ16x", kind, flags, len(parts), off, len(payload),
+                               len(payload), CHUNK, nchunk)
+        for p in parts:
+            chunks += struct.pack("<QIB3x", len(p), _core.crc32c(p), 0)
+        nchunk += len(parts)
+    index = b"FIDX" + struct.pack("<III", len(sections), 64, 16) + bytes(entries) + bytes(chunks)
+    out += index
+    total = len(out) + 40
+    trailer = struct.pack("<QQQI", index_off, len(index), total, _core.crc32c(index))
+    trailer += struct.pack("<I", _core.crc32c(trailer)) + b"\nFRKEND\x89"
+    out += trailer
+    header = _sign.HEADER_FIXED + struct.pack("<QQQ12x", 0, total, index_off)
+    out[:64] = header + struct.pack("<I", _core.crc32c(header))
+    return bytes(out)
+
+
+def test_the_container_builder_makes_valid_files(tmp_path):
+    import pickle
+
+    path = tmp_path / "ok.firkin"
+    path.write_bytes(firkin_container(pickle.dumps({"a": [1, 2]}, protocol=5), key=b"someone"))
+    assert firkin.load(path) == {"a": [1, 2]}
+    report = firkin.verify(path)
+    assert report.checksums_ok and report.signature == "other key"
+
+
+def _containers(data: bytes):
+    return {
+        "pickle": data,
+        "joblib-zlib": zlib.compress(data, 3),  # joblib's compress=3 file: a zlib stream
+        "joblib-gzip": gzip.compress(data),
+        "firkin-other-key": firkin_container(data, key=b"mallory's key"),
+        "firkin-unsigned": firkin_container(data),
+    }
+
+
+@pytest.mark.parametrize("case", sorted(_payloads("x")))
+def test_malicious_payloads_refused_in_every_container(case, tmp_path):
+    sentinel = tmp_path / "sentinel"
+    data, culprits, _ = _payloads(sentinel)[case]
+    for kind, blob in _containers(data).items():
+        path = tmp_path / f"evil.{kind}"
+        path.write_bytes(blob)
+        with pytest.raises(firkin.UntrustedTypesError) as info:
+            firkin.load(path)
+        assert not sentinel.exists(), (case, kind)
+        if kind.startswith("firkin"):
+            # firkin files are refused before unpickling, naming every culprit
+            msg = str(info.value)
+            assert all(c in msg for c in culprits), (case, kind, msg)
+        if kind.startswith("firkin") or kind == "pickle":
+            try:
+                named = firkin.untrusted_types(path)
+            except firkin.FormatError:
+                continue  # a stream the scanner cannot judge (EXT, malformed) is refused anyway
+            assert all(c in named for c in culprits), (case, kind, named)
