@@ -514,3 +514,11 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         _err("interrupted")
         return 1
+    except BrokenPipeError:
+        # the reader went away (e.g. `firkin info FILE | head`): not an error of ours
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+        return 0
