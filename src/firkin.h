@@ -85,7 +85,6 @@ typedef struct {
     int np_pickles_permuted;    /* numpy pickles axis-permuted dense arrays out-of-band */
     PyObject *str_write;
     PyObject *str_readinto;
-    PyObject *str_seek;
     PyObject *str_module;
     PyObject *str_dump;
     PyObject *str_main;         /* "__main__" */

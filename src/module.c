@@ -162,7 +162,6 @@ static int module_exec(PyObject *module)
     }
     if (!(st->str_write = PyUnicode_InternFromString("write"))) return -1;
     if (!(st->str_readinto = PyUnicode_InternFromString("readinto"))) return -1;
-    if (!(st->str_seek = PyUnicode_InternFromString("seek"))) return -1;
     if (!(st->str_module = PyUnicode_InternFromString("__module__"))) return -1;
     if (!(st->str_dump = PyUnicode_InternFromString("dump"))) return -1;
     if (!(st->str_main = PyUnicode_InternFromString("__main__"))) return -1;
@@ -222,7 +221,6 @@ static int module_clear(PyObject *module)
     Py_CLEAR(st->np_memmap);
     Py_CLEAR(st->str_write);
     Py_CLEAR(st->str_readinto);
-    Py_CLEAR(st->str_seek);
     Py_CLEAR(st->str_module);
     Py_CLEAR(st->str_dump);
     Py_CLEAR(st->str_main);
