@@ -180,7 +180,16 @@ def _describe_head(head: bytes) -> str:
 
 # --------------------------------------------------------------------------- byte sources
 
-class _FdSource:
+class _SizedSource:
+    """A source of known size read from position `pos`."""
+
+    def skip(self, n: int) -> int:
+        k = max(0, min(n, self.size - self.pos))
+        self.pos += k
+        return k
+
+
+class _FdSource(_SizedSource):
     """A file descriptor read by position (pread): the caller's file offset never moves."""
 
     mappable = True
@@ -211,13 +220,9 @@ class _FdSource:
             self.pos += k
         return total
 
-    def skip(self, n: int) -> int:
-        k = max(0, min(n, self.size - self.pos))
-        self.pos += k
-        return k
 
 
-class _BytesSource:
+class _BytesSource(_SizedSource):
     """A bytes-like object in memory."""
 
     mappable = False
@@ -238,10 +243,6 @@ class _BytesSource:
         self.pos += k
         return k
 
-    def skip(self, n: int) -> int:
-        k = max(0, min(n, self.size - self.pos))
-        self.pos += k
-        return k
 
 
 class _FileSource:

@@ -7,12 +7,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import _compress, _core, _meta, _sign
+from . import _core, _meta, _sign
 from ._core import FormatError
 
 
 def _open_reader(f, path):
-    return _core.Reader(f.fileno(), name=path, py_codec=_compress.PY_CODEC)
+    from ._api import _reader  # noqa: PLC0415 - the one place readers are made
+
+    return _reader(f.fileno(), path)
 
 
 # ------------------------------------------------------------------ verify

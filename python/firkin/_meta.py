@@ -88,8 +88,9 @@ def build(modules, user: dict, buffer_count: int, buffer_bytes: int, compress,
     now = datetime.datetime.now(datetime.timezone.utc)
     listed = [None if a is None else {"dtype": a[0], "shape": list(a[1])}
               for a in list(arrays)[:MAX_ARRAYS_LISTED]]
+    info = _core.build_info()
     meta = {
-        "format": "%d.%d" % (_core.build_info()["format_major"], _core.build_info()["format_minor"]),
+        "format": "%d.%d" % (info["format_major"], info["format_minor"]),
         "firkin": _core.__version__,
         "python": platform.python_version(),
         "numpy": np.__version__,
