@@ -880,6 +880,112 @@ def test_firkin_containers_pass_the_check(sk_corpus, data_objs):
         assert _core.scan_pickle(stream)["unsafe_ops"] == []
 
 
+# ============================================= no false refusals, end to end
+# The user path: files written with firkin.dump under one key, then loaded
+# with firkin.load by someone with another key (a colleague, a CI machine).
+# The signature says "other key", so nothing is trusted by signature and
+# every file must pass on the allowlist alone (issue #5).
+
+KEY_A, KEY_B = "firkin-test-key-A (the author)", "firkin-test-key-B (the reader)"
+
+
+@pytest.fixture
+def foreign_key():
+    """Dump under key A; call the returned function to switch to key B.
+    The process key is reset to None (the conftest key file) whatever happens."""
+    firkin.set_key(KEY_A)
+    try:
+        yield lambda: firkin.set_key(KEY_B)
+    finally:
+        firkin.set_key(None)
+
+
+def _foreign_roundtrip(cases, tmp_path, switch_key):
+    """cases: [(label, obj, compare)]. Dumps each obj to its own file under
+    key A, switches to key B, checks the signature status of a few files,
+    then loads every file with the default policy and compares it with
+    compare(original, loaded, label). Returns (failures, first refusal's
+    full message or None), each failure a line naming the object, its file
+    and what went wrong (for a refusal: the names refused)."""
+    paths, failures, refusal = [], [], None
+    cases = [(" ".join(label.split()), obj, compare) for label, obj, compare in cases]
+    for i, (label, obj, _) in enumerate(cases):
+        path = tmp_path / f"{i:04d}.firkin"
+        try:
+            firkin.dump(obj, path)
+        except Exception as exc:  # noqa: BLE001 - collected, reported together
+            failures.append(f"{label} [{path.name}]: dump failed: {type(exc).__name__}: {exc}")
+            path = None
+        paths.append(path)
+    switch_key()
+    written = [p for p in paths if p is not None]
+    assert written
+    for p in {written[0], written[len(written) // 2], written[-1]}:
+        report = firkin.verify(p)
+        assert report.ok, str(report)
+        assert report.signature == "other key", str(report)
+    for (label, obj, compare), path in zip(cases, paths):
+        if path is None:
+            continue
+        try:
+            loaded = firkin.load(path)
+        except UntrustedTypesError as exc:
+            first_line = str(exc).splitlines()[0]
+            failures.append(f"{label} [{path.name}]: REFUSED {exc.names}: {first_line}")
+            refusal = refusal or str(exc)
+            continue
+        except Exception as exc:  # noqa: BLE001
+            failures.append(f"{label} [{path.name}]: load failed: {type(exc).__name__}: {exc}")
+            continue
+        try:
+            compare(obj, loaded, label)
+        except Exception as exc:  # noqa: BLE001 - AssertionError and whatever predict raises
+            failures.append(f"{label} [{path.name}]: loaded object differs: "
+                            f"{type(exc).__name__}: {exc}")
+    return failures, refusal
+
+
+def _report(failures, refusal, n):
+    lines = [f"{len(failures)} of {n} objects failed under a foreign key:", *failures]
+    if refusal is not None:
+        lines.append(f"the first refusal in full:\n{refusal}")
+    return "\n".join(lines)
+
+
+def test_no_false_refusals_foreign_key_sklearn(sk_corpus, extras_corpus, tmp_path, foreign_key):
+    cases = [(label, est, lambda a, b, lb, args=fit_args: _same_estimator(a, b, args, lb))
+             for label, est, fit_args in sk_corpus]
+    cases += [(f"{label} {obj!r:.60}", obj, _same) for label, obj in extras_corpus]
+    failures, refusal = _foreign_roundtrip(cases, tmp_path, foreign_key)
+    assert not failures, _report(failures, refusal, len(cases))
+
+
+def test_no_false_refusals_foreign_key_data(data_objs, tmp_path, foreign_key, monkeypatch):
+    cases = [(f"{label} #{i} {obj!r:.60}", obj, _same) for i, (label, obj) in enumerate(data_objs)]
+    failures, refusal = _foreign_roundtrip(cases, tmp_path, foreign_key)
+    assert not failures, _report(failures, refusal, len(cases))
+    # memory-mapped, arrays out-of-band (the stream then names firkin's
+    # buffers, and _MmapUnpickler sits under the policy), still under key B
+    firkin.set_key(KEY_A)
+    monkeypatch.setattr(firkin._api, "OOB_THRESHOLD", 0)
+    from sklearn.linear_model import LogisticRegression
+
+    X = np.random.RandomState(0).rand(40, 4)
+    y = np.arange(40) % 3
+    obj = {"model": LogisticRegression().fit(X, y), "frame": pd.DataFrame(X, columns=list("abcd")),
+           "sparse": sp.random(6, 5, density=0.5, format="csr", random_state=0), "X": X}
+    path = tmp_path / "mapped.firkin"
+    firkin.dump(obj, path)
+    firkin.set_key(KEY_B)
+    assert firkin.verify(path).signature == "other key"
+    loaded = firkin.load(path, mmap_mode="r")
+    assert isinstance(loaded["X"], np.memmap) and isinstance(loaded["model"].coef_, np.memmap)
+    _same_estimator(obj["model"], loaded["model"], (X, y), "mapped model")
+    _same(obj["X"], np.asarray(loaded["X"]), "mapped X")
+    for k in ("frame", "sparse"):
+        _same(obj[k], loaded[k], f"mapped {k}")
+
+
 # ========================================================= malicious corpus
 # Each payload is written opcode by opcode. Loaded with plain pickle, each
 # creates the sentinel file (checked, so every payload is a real exploit);
