@@ -175,6 +175,9 @@ static inline int fk_release_view(PyObject *mv)
 /* scan_pickle(data) -> {"globals", "unsafe_ops", "n_buffers", "protocol", "end"}:
  * static walk of a pickle stream; FormatError when it is malformed. */
 PyObject *scan_pickle(PyObject *module, PyObject *data);
+/* scan_joblib(data): the same for joblib's stream, whose array bytes follow
+ * each NumpyArrayWrapper's BUILD; adds "arrays" and "complete". */
+PyObject *scan_joblib(PyObject *module, PyObject *data);
 
 /* ---- little-endian helpers ---- */
 static inline void fk_put_u16(unsigned char *p, uint16_t v) {

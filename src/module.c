@@ -79,6 +79,10 @@ static PyMethodDef module_methods[] = {
     {"scan_pickle", scan_pickle, METH_O,
      "scan_pickle(data) -> dict: the globals, unsafe opcodes, buffer count and protocol of a "
      "pickle stream, found without executing it"},
+    {"scan_joblib", scan_joblib, METH_O,
+     "scan_joblib(data) -> dict: scan_pickle of a joblib file's decompressed bytes, stepping over "
+     "the array data joblib writes after each NumpyArrayWrapper; adds 'arrays' [(build_end, "
+     "data_start, data_end, nested)] and 'complete'"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -127,6 +127,10 @@ enum {
     SV_GLOBAL = 5, /* what a global load produced; low 60 bits: index in gtab */
     SV_PAIR = 6,   /* TUPLE2 of (global or instance, string); low 60 bits: index in pairs */
     SV_INSTANCE = 7, /* what NEWOBJ made of a global class; low 60 bits: the class in gtab */
+    SV_INT = 8,      /* an int in [-2**59, 2**59): low 60 bits, two's complement */
+    SV_PYNONE = 9,   /* None */
+    SV_REC = 10,     /* a tuple, dict or numpy dtype followed by the scanner: index in recs */
+    SV_EMPTYT = 11,  /* the empty tuple */
 };
 
 #define SV_LEN_BITS 20
@@ -134,6 +138,22 @@ enum {
 #define SV_MAX_LEN (((uint64_t)1 << SV_LEN_BITS) - 1)
 #define SV_MAX_OFF (((uint64_t)1 << SV_OFF_BITS) - 1)
 #define SV_MAKE_OPAQUE ((scan_val)SV_OPAQUE << 60)
+#define SV_MAKE_NONE ((scan_val)SV_PYNONE << 60)
+#define SV_LOW60 (((uint64_t)1 << 60) - 1)
+#define SV_INT_LIMIT ((int64_t)1 << 59)
+
+static inline scan_val sv_int(int64_t x)
+{
+    if (x < -SV_INT_LIMIT || x >= SV_INT_LIMIT) return SV_MAKE_OPAQUE;
+    return ((scan_val)SV_INT << 60) | ((uint64_t)x & SV_LOW60);
+}
+
+static inline int64_t sv_intval(scan_val v)
+{
+    uint64_t u = v & SV_LOW60;
+    if (u & ((uint64_t)1 << 59)) u |= ~SV_LOW60;
+    return (int64_t)u;
+}
 
 static inline unsigned sv_kind(scan_val v) { return (unsigned)(v >> 60); }
 static inline Py_ssize_t sv_len(scan_val v) { return (Py_ssize_t)((v >> SV_OFF_BITS) & SV_MAX_LEN); }
@@ -293,6 +313,56 @@ static int scan_memo_put(scan_memo *mm, uint64_t key, scan_val val)
     return 0;
 }
 
+/* ------------------------------------------------------------ records
+ *
+ * Tuples (of at most REC_MAX_TUPLE items), dicts and numpy dtypes are
+ * followed as records so that two things can be judged:
+ *
+ * numpy dtypes. dtype.__setstate__ takes the dtype's flags from the pickle,
+ * and numpy believes them: a structured dtype with an object field and flags
+ * 0 reports hasobject False, so arrays built with it (ndarray.__setstate__,
+ * _frombuffer, joblib's raw data) take raw bytes from the file as object
+ * pointers, which crashes the process or worse when the field is read. A
+ * BUILD on a dtype made by a numpy dtype global is refused (reported as an
+ * unsafe opcode) when the dtype holds objects, in its fields or its subarray
+ * or in a way the scanner cannot follow, and its state's flags do not say
+ * so; also when the dtype is built twice or built after being used (its
+ * fields could change under a dtype that already holds it).
+ *
+ * joblib files (scan_joblib). joblib writes each array's bytes right after
+ * the BUILD of its NumpyArrayWrapper, outside the opcodes: the scanner reads
+ * the wrapper's state {shape, dtype, numpy_array_alignment_bytes} to know
+ * how many bytes to step over (a nested pickle for arrays of objects, which
+ * it scans too), and reports each array's span in "arrays" so that the
+ * loader can check it stepped over the same bytes.
+ */
+#define REC_MAX_TUPLE 64
+enum { REC_TUPLE = 1, REC_DICT = 2, REC_DTYPE = 3 };
+enum {                /* dtype bits */
+    DT_OBJTYPE = 1,   /* typestr 'O': numpy keeps it an object dtype whatever the state says */
+    DT_FLEX = 2,      /* S, U, V, a: numpy takes itemsize, fields and flags from the state */
+    DT_UNKNOWN = 4,   /* made in a way the scanner does not follow */
+    DT_OBJ = 8,       /* its fields or subarray hold objects (or may: not followed) */
+    DT_FLAGOBJ = 16,  /* its state's flags say it holds objects */
+    DT_BUILT = 32,
+    DT_USED = 64,     /* put in a container or passed to a call */
+};
+enum {                /* dict bits */
+    D_OBJ = 1,        /* a value is a (dtype, ...) tuple whose dtype holds objects (or may) */
+    D_OTHER = 2,      /* a value is not a (dtype, ...) tuple: not a valid fields dict */
+    D_OPAQUE_KEY = 4, /* a key that is not a constant string */
+};
+/* joblib wrapper state keys, in scan_rec.f */
+enum { JK_SHAPE = 0, JK_DTYPE = 1, JK_ALIGN = 2 };
+
+typedef struct {
+    uint8_t kind, bits;
+    uint16_t n;       /* tuple: number of items */
+    Py_ssize_t first; /* tuple: index of its first item in items */
+    int64_t size;     /* dtype: itemsize, -1 when unknown */
+    scan_val f[3];    /* dict: the joblib keys' values (0: not set) */
+} scan_rec;
+
 /* ------------------------------------------------------------ scanner state */
 
 /* A global the stream names: reported (appended to "globals") when it is
@@ -309,7 +379,10 @@ typedef struct {
     PyObject *key; /* (module, name) after the Python 2 mapping */
     unsigned char reported;
     unsigned char deferred;
+    unsigned char role; /* ROLE_*: what the scanner follows about it */
 } scan_global;
+
+enum { ROLE_NONE = 0, ROLE_DTYPE = 1, ROLE_WRAPPER = 2, ROLE_RECONSTRUCTOR = 3 };
 
 /* TUPLE2 of (global or instance, string constant): a candidate getattr
  * argument tuple */
@@ -349,6 +422,15 @@ typedef struct {
     PyObject *unsafe;  /* list of (opcode name, offset) */
     PyObject *name_mapping;   /* _compat_pickle.NAME_MAPPING, fetched when first needed */
     PyObject *import_mapping; /* _compat_pickle.IMPORT_MAPPING */
+
+    scan_rec *recs;
+    Py_ssize_t nrecs, recs_cap;
+    scan_val *items; /* tuple items */
+    Py_ssize_t nitems, items_cap;
+
+    int joblib;       /* step over joblib's array data */
+    PyObject *arrays; /* joblib: list of (build_end, data_start, data_end, nested) */
+    int stopped;      /* joblib: an array the scanner cannot step over ended the walk */
 } scan_ctx;
 
 static int scan_fail(scan_ctx *c, const char *fmt, ...)
@@ -526,6 +608,36 @@ static int scan_report(scan_ctx *c, Py_ssize_t gi)
     return PyList_Append(c->globals, g->key);
 }
 
+static int str_is(PyObject *s, const char *ascii)
+{
+    return PyUnicode_CompareWithASCIIString(s, ascii) == 0;
+}
+
+static unsigned char scan_role(PyObject *module, PyObject *name)
+{
+    if (str_is(module, "numpy.dtypes") ||
+        (str_is(name, "dtype") && (str_is(module, "numpy") || str_is(module, "numpy.core.multiarray") ||
+                                   str_is(module, "numpy._core.multiarray"))))
+        return ROLE_DTYPE;
+    if (str_is(name, "NumpyArrayWrapper")) {
+        /* joblib, or joblib as scikit-learn once vendored it (sklearn.externals.joblib) */
+        static const char suffix[] = ".joblib.numpy_pickle";
+        Py_ssize_t n;
+        const char *m = PyUnicode_AsUTF8AndSize(module, &n);
+        if (!m) {
+            PyErr_Clear();
+            return ROLE_NONE;
+        }
+        size_t k = sizeof suffix - 1;
+        if (str_is(module, "joblib.numpy_pickle") ||
+            ((size_t)n > k && memcmp(m + n - k, suffix, k) == 0))
+            return ROLE_WRAPPER;
+    }
+    if (str_is(module, "copyreg") && (str_is(name, "_reconstructor") || str_is(name, "__newobj__")))
+        return ROLE_RECONSTRUCTOR;
+    return ROLE_NONE;
+}
+
 /* The gtab index of (module, name), added when new; map: apply the
  * Python 2 -> 3 mapping find_class applies below protocol 3 (fix_imports).
  * Borrows module and name. Returns the index or -1. */
@@ -588,6 +700,7 @@ static Py_ssize_t scan_global_index(scan_ctx *c, PyObject *module, PyObject *nam
     g->reported = 0;
     g->deferred = PyUnicode_CompareWithASCIIString(module, "builtins") == 0 &&
                   PyUnicode_CompareWithASCIIString(name, "getattr") == 0;
+    g->role = scan_role(module, name);
     gi = c->ngtab++;
 done:
     Py_XDECREF(key);
@@ -617,6 +730,8 @@ static int scan_consume(scan_ctx *c, Py_ssize_t lo, Py_ssize_t hi)
         scan_val v = c->stack[i];
         if (sv_kind(v) == SV_PAIR) v = c->pairs[sv_index(v)].obj;
         if (sv_kind(v) == SV_GLOBAL && scan_report(c, sv_index(v)) < 0) return -1;
+        if (sv_kind(v) == SV_REC && c->recs[sv_index(v)].kind == REC_DTYPE)
+            c->recs[sv_index(v)].bits |= DT_USED;
     }
     return 0;
 }
@@ -643,14 +758,288 @@ static int scan_collapse(scan_ctx *c, Py_ssize_t m)
     return scan_collapse_to(c, m, SV_MAKE_OPAQUE);
 }
 
+/* ------------------------------------------------------------ records */
+
+static scan_rec *scan_rec_of(scan_ctx *c, scan_val v, int kind)
+{
+    if (sv_kind(v) != SV_REC) return NULL;
+    scan_rec *r = &c->recs[sv_index(v)];
+    return r->kind == kind ? r : NULL;
+}
+
+/* a new record; pointers into c->recs do not survive this call */
+static int scan_new_rec(scan_ctx *c, int kind, scan_val *out)
+{
+    if (c->nrecs == c->recs_cap &&
+        scan_grow((void **)&c->recs, &c->recs_cap, sizeof(scan_rec), 64) < 0)
+        return -1;
+    scan_rec *r = &c->recs[c->nrecs];
+    memset(r, 0, sizeof *r);
+    r->kind = (uint8_t)kind;
+    r->size = -1;
+    *out = ((scan_val)SV_REC << 60) | (scan_val)c->nrecs++;
+    return 0;
+}
+
+/* replaces stack[m:] by the tuple of them */
+static int scan_make_tuple(scan_ctx *c, Py_ssize_t m)
+{
+    Py_ssize_t n = c->depth - m;
+    if (n == 0) return scan_push(c, (scan_val)SV_EMPTYT << 60);
+    if (n > REC_MAX_TUPLE) return scan_collapse(c, m);
+    if (scan_consume(c, m, c->depth) < 0) return -1;
+    while (c->nitems + n > c->items_cap)
+        if (scan_grow((void **)&c->items, &c->items_cap, sizeof(scan_val), 256) < 0) return -1;
+    scan_val v;
+    if (scan_new_rec(c, REC_TUPLE, &v) < 0) return -1;
+    scan_rec *r = &c->recs[sv_index(v)];
+    r->n = (uint16_t)n;
+    r->first = c->nitems;
+    memcpy(c->items + c->nitems, c->stack + m, (size_t)n * sizeof(scan_val));
+    c->nitems += n;
+    c->depth = m;
+    return scan_push(c, v);
+}
+
+/* a string constant whose bytes are its ASCII text (no escapes to decode) */
+static int scan_plain_str(scan_ctx *c, scan_val v)
+{
+    unsigned k = sv_kind(v);
+    if (k == SV_UTF8 || k == SV_ASCII) return 1;
+    if (k != SV_RAWUNI) return 0;
+    const unsigned char *p = c->buf + sv_off(v);
+    for (Py_ssize_t i = 0; i < sv_len(v); i++)
+        if (p[i] == '\\' || (p[i] & 0x80)) return 0;
+    return 1;
+}
+
+/* a dtype made by a numpy dtype global from args: numpy pickles dtypes as
+ * dtype(typestr, align, copy) with typestr a kind letter and a size */
+static int scan_make_dtype(scan_ctx *c, scan_val args, scan_val *out)
+{
+    unsigned bits = DT_UNKNOWN;
+    int64_t size = -1;
+    scan_rec *t = scan_rec_of(c, args, REC_TUPLE);
+    scan_val s = t && t->n >= 1 ? c->items[t->first] : SV_MAKE_OPAQUE;
+    if (scan_plain_str(c, s)) {
+        const unsigned char *p = c->buf + sv_off(s);
+        Py_ssize_t n = sv_len(s);
+        int64_t num = 0;
+        int digits = n >= 2 && n <= 11;
+        for (Py_ssize_t i = 1; digits && i < n; i++) {
+            if (p[i] < '0' || p[i] > '9') digits = 0;
+            else num = num * 10 + (p[i] - '0');
+        }
+        if (digits) {
+            switch (p[0]) {
+            case 'b': case 'i': case 'u': case 'f': case 'c': case 'M': case 'm':
+                bits = 0; size = num; break;
+            case 'O':
+                bits = DT_OBJTYPE; size = (int64_t)sizeof(void *); break;
+            case 'V': case 'S': case 'a':
+                bits = DT_FLEX; size = num; break;
+            case 'U':
+                bits = DT_FLEX; size = num * 4; break;
+            }
+        }
+    }
+    if (scan_new_rec(c, REC_DTYPE, out) < 0) return -1;
+    c->recs[sv_index(*out)].bits = (uint8_t)bits;
+    c->recs[sv_index(*out)].size = size;
+    return 0;
+}
+
+/* what calling or instantiating cls makes, as far as the scanner follows */
+static int scan_instance_of(scan_ctx *c, scan_val cls, scan_val *out)
+{
+    *out = SV_MAKE_OPAQUE;
+    if (sv_kind(cls) != SV_GLOBAL) return 0;
+    if (c->gtab[sv_index(cls)].role == ROLE_DTYPE) return scan_make_dtype(c, SV_MAKE_OPAQUE, out);
+    *out = ((scan_val)SV_INSTANCE << 60) | (scan_val)sv_index(cls);
+    return 0;
+}
+
 /* NEWOBJ / NEWOBJ_EX / OBJ: cls.__new__(cls, ...) with cls at stack[m] */
 static int scan_new_instance(scan_ctx *c, Py_ssize_t m)
 {
-    scan_val cls = c->stack[m];
-    scan_val v = SV_MAKE_OPAQUE;
-    if (sv_kind(cls) == SV_GLOBAL)
-        v = ((scan_val)SV_INSTANCE << 60) | (scan_val)sv_index(cls);
+    scan_val v;
+    if (scan_instance_of(c, c->stack[m], &v) < 0) return -1;
     return scan_collapse_to(c, m, v);
+}
+
+static int scan_key_is(scan_ctx *c, scan_val key, const char *name)
+{
+    size_t n = strlen(name);
+    return (size_t)sv_len(key) == n && memcmp(c->buf + sv_off(key), name, n) == 0;
+}
+
+/* d[key] = val on a dict record */
+static void scan_dict_set(scan_ctx *c, scan_rec *d, scan_val key, scan_val val)
+{
+    if (!(d->bits & D_OTHER)) {
+        /* dtype fields: {name: (dtype, offset[, title])} */
+        scan_rec *t = scan_rec_of(c, val, REC_TUPLE);
+        scan_rec *dt = t && t->n >= 2 ? scan_rec_of(c, c->items[t->first], REC_DTYPE) : NULL;
+        if (!dt)
+            d->bits |= D_OTHER;
+        else if (dt->bits & (DT_OBJTYPE | DT_OBJ | DT_FLAGOBJ | DT_UNKNOWN))
+            d->bits |= D_OBJ;
+    }
+    if (!c->joblib) return;
+    if (!scan_plain_str(c, key)) {
+        d->bits |= D_OPAQUE_KEY;
+        return;
+    }
+    if (scan_key_is(c, key, "shape")) d->f[JK_SHAPE] = val;
+    else if (scan_key_is(c, key, "dtype")) d->f[JK_DTYPE] = val;
+    else if (scan_key_is(c, key, "numpy_array_alignment_bytes")) d->f[JK_ALIGN] = val;
+}
+
+static int scan_unsafe_why(scan_ctx *c, const char *why)
+{
+    PyObject *t = Py_BuildValue("(sns)", scan_ops[c->op].name, c->op_off, why);
+    if (!t) return -1;
+    int rc = PyList_Append(c->unsafe, t);
+    Py_DECREF(t);
+    return rc;
+}
+
+/* BUILD on a dtype record with state: see "records" above */
+static int scan_dtype_build(scan_ctx *c, Py_ssize_t ri, scan_val state)
+{
+    scan_rec *dt = &c->recs[ri];
+    int again = (dt->bits & (DT_BUILT | DT_USED)) != 0;
+    dt->bits |= DT_BUILT;
+    if (!(dt->bits & (DT_FLEX | DT_UNKNOWN))) return 0; /* numpy ignores fields and flags */
+    scan_rec *st = scan_rec_of(c, state, REC_TUPLE);
+    if (!st || (st->n != 8 && st->n != 9))
+        return scan_unsafe_why(c, "a numpy dtype state the scanner cannot check");
+    const scan_val *it = c->items + st->first;
+    int64_t flags = sv_kind(it[7]) == SV_INT ? sv_intval(it[7]) : 0;
+    int obj = 0;
+    if (sv_kind(it[2]) != SV_PYNONE) { /* subarray: (base dtype, shape) */
+        scan_rec *t = scan_rec_of(c, it[2], REC_TUPLE);
+        scan_rec *b = t && t->n >= 1 ? scan_rec_of(c, c->items[t->first], REC_DTYPE) : NULL;
+        if (!b || (b->bits & (DT_OBJTYPE | DT_OBJ | DT_FLAGOBJ | DT_UNKNOWN))) obj = 1;
+    }
+    if (sv_kind(it[4]) != SV_PYNONE) { /* fields */
+        scan_rec *d = scan_rec_of(c, it[4], REC_DICT);
+        if (!d || (d->bits & (D_OBJ | D_OTHER))) obj = 1;
+    }
+    if (obj) dt->bits |= DT_OBJ;
+    if (flags & 1) dt->bits |= DT_FLAGOBJ;
+    dt->size = (dt->bits & DT_FLEX) && sv_kind(it[5]) == SV_INT && sv_intval(it[5]) >= 0
+                   ? sv_intval(it[5]) : -1;
+    if (again) return scan_unsafe_why(c, "a numpy dtype whose state is set twice or after use");
+    if (obj && !(flags & 1))
+        return scan_unsafe_why(c, "a numpy dtype whose flags hide the objects it holds "
+                                  "(arrays of it would read object pointers from the file)");
+    return 0;
+}
+
+/* (3 or 4, byte order, ...): the state numpy pickles a dtype with */
+static int scan_dtype_state_shaped(scan_ctx *c, scan_val state)
+{
+    scan_rec *st = scan_rec_of(c, state, REC_TUPLE);
+    if (!st || st->n < 8) return 0;
+    scan_val v = c->items[st->first], o = c->items[st->first + 1];
+    return sv_kind(v) == SV_INT && (sv_intval(v) == 3 || sv_intval(v) == 4) &&
+           (sv_kind(o) == SV_UTF8 || sv_kind(o) == SV_ASCII || sv_kind(o) == SV_RAWUNI);
+}
+
+static int scan_run(scan_ctx *c);
+static int scan_ctx_init(scan_ctx *c, PyObject *FormatError, const unsigned char *buf,
+                         Py_ssize_t size, PyObject *unsafe);
+static void scan_ctx_free(scan_ctx *c);
+
+/* a self-contained pickle at start (joblib's arrays of objects): scanned
+ * into c's globals and unsafe opcodes; returns its end or -1 */
+static Py_ssize_t scan_nested(scan_ctx *c, Py_ssize_t start)
+{
+    scan_ctx n;
+    Py_ssize_t end = -1;
+    if (scan_ctx_init(&n, c->FormatError, c->buf, c->size, c->unsafe) < 0) goto done;
+    n.pos = start;
+    if (scan_run(&n) < 0) goto done;
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(n.globals); i++) {
+        PyObject *key = PyList_GET_ITEM(n.globals, i);
+        Py_ssize_t gi = scan_global_index(c, PyTuple_GET_ITEM(key, 0), PyTuple_GET_ITEM(key, 1), 0);
+        if (gi < 0 || scan_report(c, gi) < 0) goto done;
+    }
+    end = n.pos;
+done:
+    scan_ctx_free(&n);
+    return end;
+}
+
+/* joblib: the BUILD of a NumpyArrayWrapper ended at c->pos; step over its
+ * array. Returns 0 to go on, 1 when the array cannot be sized (the walk
+ * stops there, reported as unsafe), -1 on error. */
+static int scan_wrapper_build(scan_ctx *c, scan_val state)
+{
+    Py_ssize_t index = PyList_GET_SIZE(c->arrays);
+    const char *why = NULL;
+    uint64_t count = 1;
+    int64_t size = -1;
+    int objects = 0, align = 0;
+    scan_rec *d = scan_rec_of(c, state, REC_DICT);
+    if (!d) {
+        why = "a joblib array whose state is not a dict the scanner can read";
+    } else if (d->bits & D_OPAQUE_KEY) {
+        why = "a joblib array whose state has computed keys";
+    } else {
+        scan_val sh = d->f[JK_SHAPE];
+        scan_rec *t = scan_rec_of(c, sh, REC_TUPLE);
+        if (sv_kind(sh) != SV_EMPTYT && !t) why = "a joblib array whose shape is not a tuple of ints";
+        for (uint16_t i = 0; t && !why && i < t->n; i++) {
+            scan_val x = c->items[t->first + i];
+            if (sv_kind(x) != SV_INT || sv_intval(x) < 0)
+                why = "a joblib array whose shape is not a tuple of ints";
+            else if (sv_intval(x) && count > ((uint64_t)1 << 48) / (uint64_t)sv_intval(x))
+                why = "a joblib array of implausible size";
+            else
+                count *= (uint64_t)sv_intval(x);
+        }
+        scan_rec *dt = scan_rec_of(c, d->f[JK_DTYPE], REC_DTYPE);
+        if (!why && (!dt || dt->size < 0)) why = "a joblib array whose dtype the scanner cannot size";
+        if (!why) {
+            size = dt->size;
+            objects = (dt->bits & DT_OBJTYPE) || ((dt->bits & DT_FLEX) && (dt->bits & DT_FLAGOBJ));
+            align = d->f[JK_ALIGN] != 0 && sv_kind(d->f[JK_ALIGN]) != SV_PYNONE;
+        }
+    }
+    if (why) {
+        c->stopped = 1;
+        return scan_unsafe_why(c, why) < 0 ? -1 : 1;
+    }
+    Py_ssize_t build_end = c->pos, p = c->pos, end;
+    if (align && !objects) { /* arrays of objects are a pickle, never padded */
+        if (p >= c->size || c->buf[p] > c->size - p - 1)
+            return scan_fail(c, "the file is truncated: it ends inside the padding of joblib array #%zd",
+                             index);
+        p += 1 + c->buf[p];
+    }
+    if (objects) {
+        end = scan_nested(c, p);
+        if (end < 0) return -1;
+    } else {
+        uint64_t nbytes = count * (uint64_t)size;
+        if (size && count > ((uint64_t)1 << 48) / (uint64_t)size) {
+            c->stopped = 1;
+            return scan_unsafe_why(c, "a joblib array of implausible size") < 0 ? -1 : 1;
+        }
+        if (nbytes > (uint64_t)(c->size - p))
+            return scan_fail(c, "the file is truncated: it ends inside the data of joblib array "
+                                "#%zd (%zd of %llu bytes)", index, c->size - p, (unsigned long long)nbytes);
+        end = p + (Py_ssize_t)nbytes;
+    }
+    PyObject *rec = Py_BuildValue("(nnnO)", build_end, p, end, objects ? Py_True : Py_False);
+    if (!rec) return -1;
+    int rc = PyList_Append(c->arrays, rec);
+    Py_DECREF(rec);
+    if (rc < 0) return -1;
+    c->pos = end;
+    return 0;
 }
 
 /* TUPLE2 (or TUPLE of two): (global or instance, string) becomes a pair
@@ -660,7 +1049,7 @@ static int scan_tuple2(scan_ctx *c)
     scan_val a = c->stack[c->depth - 2], b = c->stack[c->depth - 1];
     unsigned ka = sv_kind(a), kb = sv_kind(b);
     if ((ka != SV_GLOBAL && ka != SV_INSTANCE) || (kb != SV_UTF8 && kb != SV_ASCII && kb != SV_RAWUNI))
-        return scan_collapse(c, c->depth - 2);
+        return scan_make_tuple(c, c->depth - 2);
     if (c->npairs == c->pairs_cap &&
         scan_grow((void **)&c->pairs, &c->pairs_cap, sizeof(scan_pair), 16) < 0)
         return -1;
@@ -692,6 +1081,24 @@ static int scan_reduce(scan_ctx *c)
             int rc = scan_push_global(c, PyTuple_GET_ITEM(owner, 0), dotted, 0, 1);
             Py_DECREF(dotted);
             return rc;
+        }
+    }
+    if (sv_kind(fn) == SV_GLOBAL) {
+        unsigned char role = c->gtab[sv_index(fn)].role;
+        scan_val v;
+        if (role == ROLE_DTYPE) {
+            if (scan_make_dtype(c, args, &v) < 0) return -1;
+            return scan_collapse_to(c, c->depth - 2, v);
+        }
+        if (role == ROLE_WRAPPER) { /* calling the class makes an instance */
+            if (scan_instance_of(c, fn, &v) < 0) return -1;
+            return scan_collapse_to(c, c->depth - 2, v);
+        }
+        scan_rec *t = scan_rec_of(c, args, REC_TUPLE);
+        if (role == ROLE_RECONSTRUCTOR && t && t->n >= 1) {
+            /* copyreg._reconstructor(cls, base, state) and __newobj__(cls, ...) make a cls */
+            if (scan_instance_of(c, c->items[t->first], &v) < 0) return -1;
+            return scan_collapse_to(c, c->depth - 2, v);
         }
     }
     return scan_collapse(c, c->depth - 2);
@@ -800,6 +1207,21 @@ static int scan_counted(scan_ctx *c, int width, int is_signed, unsigned kind)
     return scan_push(c, sv_string(kind, off, (Py_ssize_t)n));
 }
 
+/* INT's argument: decimal digits with an optional sign; "00" and "01" are
+ * False and True (protocol 0), anything else is opaque */
+static scan_val scan_text_int(const unsigned char *p, Py_ssize_t len)
+{
+    if (len == 2 && p[0] == '0' && (p[1] == '0' || p[1] == '1')) return SV_MAKE_OPAQUE;
+    Py_ssize_t i = (len > 0 && (p[0] == '-' || p[0] == '+')) ? 1 : 0;
+    if (len - i < 1 || len - i > 17) return SV_MAKE_OPAQUE;
+    int64_t v = 0;
+    for (Py_ssize_t j = i; j < len; j++) {
+        if (p[j] < '0' || p[j] > '9') return SV_MAKE_OPAQUE;
+        v = v * 10 + (p[j] - '0');
+    }
+    return sv_int(p[0] == '-' ? -v : v);
+}
+
 /* ------------------------------------------------------------ the walk */
 
 static int scan_memo_store(scan_ctx *c, uint64_t key)
@@ -830,24 +1252,48 @@ static int scan_step(scan_ctx *c)
 
     switch (c->op) {
     /* ---- constants: opaque values */
-    case OP_NONE: case OP_NEWTRUE: case OP_NEWFALSE: case OP_EMPTY_LIST:
-    case OP_EMPTY_TUPLE: case OP_EMPTY_DICT: case OP_EMPTY_SET:
+    case OP_NONE:
+        return scan_push(c, SV_MAKE_NONE);
+    case OP_EMPTY_TUPLE:
+        return scan_push(c, (scan_val)SV_EMPTYT << 60);
+    case OP_EMPTY_DICT: {
+        scan_val v;
+        if (scan_new_rec(c, REC_DICT, &v) < 0) return -1;
+        return scan_push(c, v);
+    }
+    case OP_NEWTRUE: case OP_NEWFALSE: case OP_EMPTY_LIST: case OP_EMPTY_SET:
         return scan_push(c, SV_MAKE_OPAQUE);
     case OP_NEXT_BUFFER:
         c->n_buffers++;
         return scan_push(c, SV_MAKE_OPAQUE);
     case OP_BININT1:
-        return scan_take(c, 1) ? scan_push(c, SV_MAKE_OPAQUE) : -1;
+        return (p = scan_take(c, 1)) ? scan_push(c, sv_int(p[0])) : -1;
     case OP_BININT2:
-        return scan_take(c, 2) ? scan_push(c, SV_MAKE_OPAQUE) : -1;
+        return (p = scan_take(c, 2)) ? scan_push(c, sv_int((int64_t)scan_le(p, 2))) : -1;
     case OP_BININT:
-        return scan_take(c, 4) ? scan_push(c, SV_MAKE_OPAQUE) : -1;
+        return (p = scan_take(c, 4)) ? scan_push(c, sv_int((int32_t)(uint32_t)scan_le(p, 4))) : -1;
     case OP_BINFLOAT:
         return scan_take(c, 8) ? scan_push(c, SV_MAKE_OPAQUE) : -1;
-    case OP_INT: case OP_LONG: case OP_FLOAT:
+    case OP_INT:
+        if (!(p = scan_line(c, &len))) return -1;
+        return scan_push(c, scan_text_int(p, len));
+    case OP_LONG: case OP_FLOAT:
         return scan_line(c, &len) ? scan_push(c, SV_MAKE_OPAQUE) : -1;
-    case OP_LONG1:
-        return scan_counted(c, 1, 0, SV_OPAQUE);
+    case OP_LONG1: {
+        if (!(p = scan_take(c, 1))) return -1;
+        Py_ssize_t n = p[0];
+        const unsigned char *d = scan_take(c, (uint64_t)n);
+        if (!d) return -1;
+        scan_val v = SV_MAKE_OPAQUE;
+        if (n == 0) {
+            v = sv_int(0);
+        } else if (n <= 8) { /* little-endian two's complement */
+            uint64_t u = scan_le(d, (int)n);
+            if (n < 8 && (d[n - 1] & 0x80)) u |= ~(uint64_t)0 << (8 * n);
+            v = sv_int((int64_t)u);
+        }
+        return scan_push(c, v);
+    }
     case OP_LONG4:
         return scan_counted(c, 4, 1, SV_OPAQUE);
     case OP_SHORT_BINBYTES:
@@ -884,26 +1330,40 @@ static int scan_step(scan_ctx *c)
     case OP_APPEND:
         if (scan_need(c, 2) < 0) return -1;
         return scan_pop(c, 1);
-    case OP_SETITEM:
+    case OP_SETITEM: {
         if (scan_need(c, 3) < 0) return -1;
+        scan_rec *d = scan_rec_of(c, c->stack[c->depth - 3], REC_DICT);
+        if (d) scan_dict_set(c, d, c->stack[c->depth - 2], c->stack[c->depth - 1]);
         return scan_pop(c, 2);
+    }
     case OP_APPENDS: case OP_SETITEMS: case OP_ADDITEMS:
         if ((m = scan_pop_mark(c)) < 0) return -1;
         if (c->op == OP_SETITEMS && (c->depth - m) % 2)
             return scan_fail(c, "odd number of items");
         if (m - c->fence < 1)
             return scan_fail(c, "stack underflow (no container under the MARK)");
+        if (c->op == OP_SETITEMS) {
+            /* outside joblib files only a dict that can still be dtype fields matters */
+            scan_rec *d = scan_rec_of(c, c->stack[m - 1], REC_DICT);
+            for (Py_ssize_t i = m; d && i < c->depth && (c->joblib || !(d->bits & D_OTHER)); i += 2)
+                scan_dict_set(c, d, c->stack[i], c->stack[i + 1]);
+        }
         if (scan_consume(c, m, c->depth) < 0) return -1;
         c->depth = m;
         return 0;
-    case OP_DICT:
+    case OP_DICT: {
         if ((m = scan_pop_mark(c)) < 0) return -1;
         if ((c->depth - m) % 2) return scan_fail(c, "odd number of items");
-        return scan_collapse(c, m);
+        scan_val v;
+        if (scan_new_rec(c, REC_DICT, &v) < 0) return -1;
+        for (Py_ssize_t i = m; i < c->depth; i += 2)
+            scan_dict_set(c, &c->recs[sv_index(v)], c->stack[i], c->stack[i + 1]);
+        return scan_collapse_to(c, m, v);
+    }
     case OP_TUPLE:
         if ((m = scan_pop_mark(c)) < 0) return -1;
         if (c->depth - m == 2) return scan_tuple2(c);
-        return scan_collapse(c, m);
+        return scan_make_tuple(c, m);
     case OP_LIST: case OP_FROZENSET:
         if ((m = scan_pop_mark(c)) < 0) return -1;
         return scan_collapse(c, m);
@@ -912,7 +1372,7 @@ static int scan_step(scan_ctx *c)
         return scan_tuple2(c);
     case OP_TUPLE1: case OP_TUPLE3:
         if (scan_need(c, c->op - OP_TUPLE1 + 1) < 0) return -1;
-        return scan_collapse(c, c->depth - (c->op - OP_TUPLE1 + 1));
+        return scan_make_tuple(c, c->depth - (c->op - OP_TUPLE1 + 1));
 
     /* ---- stack manipulation (discarding or copying a value uses nothing) */
     case OP_MARK:
@@ -958,11 +1418,14 @@ static int scan_step(scan_ctx *c)
         return scan_text_global(c, 0);
     case OP_STACK_GLOBAL:
         return scan_stack_global(c);
-    case OP_INST:
+    case OP_INST: {
         if (scan_text_global(c, 1) < 0) return -1;
-        c->depth -= 1; /* the class: the instance replaces it and the arguments */
+        scan_val inst;
+        if (scan_instance_of(c, c->stack[--c->depth], &inst) < 0) return -1;
+        /* the class went: the instance replaces the arguments */
         if ((m = scan_pop_mark(c)) < 0) return -1;
-        return scan_collapse(c, m);
+        return scan_collapse_to(c, m, inst);
+    }
     case OP_OBJ:
         if ((m = scan_pop_mark(c)) < 0) return -1;
         if (c->depth - m < 1) return scan_fail(c, "stack underflow (OBJ needs a class after MARK)");
@@ -975,13 +1438,25 @@ static int scan_step(scan_ctx *c)
     case OP_NEWOBJ_EX:
         if (scan_need(c, 3) < 0) return -1;
         return scan_new_instance(c, c->depth - 3);
-    case OP_BUILD:
+    case OP_BUILD: {
         /* the object stays where it is and the state is used; setting the
          * state of a global (a class or function, not an instance) would
          * change it for the whole process: pickle never writes that */
         if (scan_need(c, 2) < 0) return -1;
-        if (sv_kind(c->stack[c->depth - 2]) == SV_GLOBAL && scan_unsafe(c) < 0) return -1;
-        return scan_pop(c, 1);
+        scan_val target = c->stack[c->depth - 2], state = c->stack[c->depth - 1];
+        if (sv_kind(target) == SV_GLOBAL && scan_unsafe(c) < 0) return -1;
+        if (scan_rec_of(c, target, REC_DTYPE)) {
+            if (scan_dtype_build(c, sv_index(target), state) < 0) return -1;
+        } else if (scan_dtype_state_shaped(c, state) &&
+                   scan_unsafe_why(c, "a numpy dtype state set on an object the scanner "
+                                      "cannot follow") < 0) {
+            return -1;
+        }
+        int wrapper = c->joblib && sv_kind(target) == SV_INSTANCE &&
+                      c->gtab[sv_index(target)].role == ROLE_WRAPPER;
+        if (scan_pop(c, 1) < 0) return -1;
+        return wrapper ? scan_wrapper_build(c, state) : 0;
+    }
     case OP_EXT1: case OP_EXT2: case OP_EXT4: {
         int w = c->op == OP_EXT1 ? 1 : c->op == OP_EXT2 ? 2 : 4;
         if (!(p = scan_take(c, (uint64_t)w))) return -1;
@@ -1024,79 +1499,116 @@ static int scan_step(scan_ctx *c)
 }
 
 /* The opcodes that make up the bulk of real pickles (strings, small ints,
- * memo traffic) in their common case, with no call: 1 when handled, 0 to
- * take the general path (which also reports every error). Same semantics as
+ * memo traffic, None) in their common case, run in a loop that keeps the
+ * scanner's position, stack and memo in locals: it returns at the first
+ * opcode it does not handle (or whose common case does not hold), which the
+ * general path then takes (and which reports every error). Same semantics as
  * scan_step. */
-static inline int scan_fast(scan_ctx *c)
+static void scan_hot(scan_ctx *c)
 {
-    const unsigned char *p = c->buf + c->pos;
-    Py_ssize_t left = c->size - c->pos;
-    scan_val v = SV_MAKE_OPAQUE;
-    Py_ssize_t len = 1;
-    int proto;
+    const unsigned char *buf = c->buf;
+    Py_ssize_t pos = c->pos, size = c->size;
+    scan_val *stack = c->stack;
+    Py_ssize_t depth = c->depth, room = c->stack_cap - 1;
+    scan_val *dense = c->memo.dense;
+    uint64_t dense_cap = c->memo.dense_cap;
+    size_t count = c->memo.count;
+    int sparse = c->memo.sparse.used != 0;
+    Py_ssize_t fence = c->fence;
+    int proto = 0; /* the highest protocol among the opcodes handled here */
 
-    if (c->depth + 1 >= c->stack_cap) return 0; /* room to push without growing */
-    switch (p[0]) {
-    case OP_SHORT_BINUNICODE:
-        if (left < 2 || left - 2 < p[1]) return 0;
-        v = sv_string(SV_UTF8, c->pos + 2, p[1]);
-        len = 2 + p[1];
-        proto = 4;
-        break;
-    case OP_BININT1: len = 2; proto = 1; break;
-    case OP_BININT2: len = 3; proto = 1; break;
-    case OP_BININT: len = 5; proto = 1; break;
-    case OP_BINFLOAT: len = 9; proto = 1; break;
-    case OP_NONE: proto = 0; break;
-    case OP_NEWTRUE: case OP_NEWFALSE: proto = 2; break;
-    case OP_EMPTY_LIST: case OP_EMPTY_DICT: case OP_EMPTY_TUPLE: proto = 1; break;
-    case OP_BINGET:
-        if (left < 2 || p[1] >= c->memo.dense_cap || c->memo.dense[p[1]] == SV_NONE) return 0;
-        v = c->memo.dense[p[1]];
-        len = 2;
-        proto = 1;
-        break;
-    case OP_MEMOIZE:
-    case OP_BINPUT: {
-        /* a new dense key, nothing in the sparse map */
-        uint64_t key = p[0] == OP_MEMOIZE ? c->memo.count : (left < 2 ? UINT64_MAX : p[1]);
-        if (c->depth <= c->fence || c->memo.sparse.used || key >= c->memo.dense_cap ||
-            c->memo.dense[key] != SV_NONE)
-            return 0;
-        c->memo.dense[key] = c->stack[c->depth - 1];
-        c->memo.count++;
-        c->pos += p[0] == OP_MEMOIZE ? 1 : 2;
-        if (c->max_proto < (p[0] == OP_MEMOIZE ? 4 : 1)) c->max_proto = p[0] == OP_MEMOIZE ? 4 : 1;
-        return 1;
+    while (pos < size && depth < room) {
+        const unsigned char *p = buf + pos;
+        Py_ssize_t left = size - pos;
+        switch (p[0]) {
+        case OP_SHORT_BINUNICODE:
+            if (left < 2 || left - 2 < p[1]) goto out;
+            stack[depth++] = sv_string(SV_UTF8, pos + 2, p[1]);
+            pos += 2 + p[1];
+            proto = proto > 4 ? proto : 4;
+            /* pickle memoizes every string: take the MEMOIZE that follows here,
+             * sparing a pass through the dispatch */
+            if (pos < size && buf[pos] == OP_MEMOIZE && !sparse && count < dense_cap &&
+                dense[count] == SV_NONE) {
+                dense[count++] = stack[depth - 1];
+                pos += 1;
+            }
+            continue;
+        case OP_MEMOIZE:
+            if (depth <= fence || sparse || count >= dense_cap || dense[count] != SV_NONE) goto out;
+            dense[count++] = stack[depth - 1];
+            pos += 1;
+            proto = proto > 4 ? proto : 4;
+            continue;
+        case OP_BINPUT:
+            if (left < 2 || depth <= fence || sparse || p[1] >= dense_cap || dense[p[1]] != SV_NONE)
+                goto out;
+            dense[p[1]] = stack[depth - 1];
+            count++;
+            pos += 2;
+            proto = proto > 1 ? proto : 1;
+            continue;
+        case OP_BINGET:
+            if (left < 2 || p[1] >= dense_cap || dense[p[1]] == SV_NONE) goto out;
+            stack[depth++] = dense[p[1]];
+            pos += 2;
+            proto = proto > 1 ? proto : 1;
+            continue;
+        case OP_BININT1: /* every value of these fits an SV_INT */
+            if (left < 2) goto out;
+            stack[depth++] = ((scan_val)SV_INT << 60) | p[1];
+            pos += 2;
+            proto = proto > 1 ? proto : 1;
+            continue;
+        case OP_BININT2:
+            if (left < 3) goto out;
+            stack[depth++] = ((scan_val)SV_INT << 60) | (scan_val)(p[1] | (p[2] << 8));
+            pos += 3;
+            proto = proto > 1 ? proto : 1;
+            continue;
+        case OP_BININT: {
+            if (left < 5) goto out;
+            int32_t x = (int32_t)((uint32_t)p[1] | ((uint32_t)p[2] << 8) | ((uint32_t)p[3] << 16) |
+                                  ((uint32_t)p[4] << 24));
+            stack[depth++] = ((scan_val)SV_INT << 60) | ((uint64_t)(int64_t)x & SV_LOW60);
+            pos += 5;
+            proto = proto > 1 ? proto : 1;
+            continue;
+        }
+        case OP_BINFLOAT:
+            if (left < 9) goto out;
+            stack[depth++] = SV_MAKE_OPAQUE;
+            pos += 9;
+            proto = proto > 1 ? proto : 1;
+            continue;
+        case OP_NONE:
+            stack[depth++] = SV_MAKE_NONE;
+            pos += 1;
+            continue;
+        case OP_NEWTRUE: case OP_NEWFALSE:
+            stack[depth++] = SV_MAKE_OPAQUE;
+            pos += 1;
+            proto = proto > 2 ? proto : 2;
+            continue;
+        case OP_EMPTY_LIST:
+            stack[depth++] = SV_MAKE_OPAQUE;
+            pos += 1;
+            proto = proto > 1 ? proto : 1;
+            continue;
+        case OP_EMPTY_TUPLE:
+            stack[depth++] = (scan_val)SV_EMPTYT << 60;
+            pos += 1;
+            proto = proto > 1 ? proto : 1;
+            continue;
+        default:
+            goto out;
+        }
     }
-    default:
-        return 0;
-    }
-    if (left < len) return 0;
-    c->stack[c->depth++] = v;
-    c->pos += len;
+out:
+    c->pos = pos;
+    c->depth = depth;
+    c->memo.count = count;
     if (c->max_proto < proto) c->max_proto = proto;
-    return 1;
-}
-
-static void scan_ctx_free(scan_ctx *c)
-{
-    for (size_t i = 0; i < c->names.cap; i++)
-        if (c->names.keys[i] && c->names.vals[i] != 1)
-            Py_DECREF((PyObject *)(uintptr_t)c->names.vals[i]);
-    scan_map_free(&c->names);
-    scan_map_free(&c->memo.sparse);
-    free(c->memo.dense);
-    free(c->stack);
-    free(c->marks);
-    for (Py_ssize_t i = 0; i < c->ngtab; i++) Py_DECREF(c->gtab[i].key);
-    free(c->gtab);
-    free(c->pairs);
-    Py_XDECREF(c->gindex);
-    Py_XDECREF(c->globals);
-    Py_XDECREF(c->unsafe);
-    Py_XDECREF(c->name_mapping);
-    Py_XDECREF(c->import_mapping);
 }
 
 /* a per-process secret for the hash maps: the hash of a bytes object is
@@ -1114,7 +1626,64 @@ static uint64_t scan_seed(void)
     return (uint64_t)h;
 }
 
-PyObject *scan_pickle(PyObject *module, PyObject *data)
+static void scan_ctx_free(scan_ctx *c)
+{
+    for (size_t i = 0; i < c->names.cap; i++)
+        if (c->names.keys[i] && c->names.vals[i] != 1)
+            Py_DECREF((PyObject *)(uintptr_t)c->names.vals[i]);
+    scan_map_free(&c->names);
+    scan_map_free(&c->memo.sparse);
+    free(c->memo.dense);
+    free(c->stack);
+    free(c->marks);
+    for (Py_ssize_t i = 0; i < c->ngtab; i++) Py_DECREF(c->gtab[i].key);
+    free(c->gtab);
+    free(c->pairs);
+    free(c->recs);
+    free(c->items);
+    Py_XDECREF(c->gindex);
+    Py_XDECREF(c->globals);
+    Py_XDECREF(c->unsafe);
+    Py_XDECREF(c->name_mapping);
+    Py_XDECREF(c->import_mapping);
+    Py_XDECREF(c->arrays);
+}
+
+/* unsafe: the list to report unsafe opcodes into (shared with a nested
+ * scan), or NULL for a new one */
+static int scan_ctx_init(scan_ctx *c, PyObject *FormatError, const unsigned char *buf,
+                         Py_ssize_t size, PyObject *unsafe)
+{
+    memset(c, 0, sizeof *c);
+    c->FormatError = FormatError;
+    c->buf = buf;
+    c->size = size;
+    c->names.seed = c->memo.sparse.seed = scan_seed();
+    if (!(c->globals = PyList_New(0))) return -1;
+    if (!(c->gindex = PyDict_New())) return -1;
+    c->unsafe = unsafe ? Py_NewRef(unsafe) : PyList_New(0);
+    return c->unsafe ? 0 : -1;
+}
+
+/* walks from c->pos to STOP (or to a joblib array it cannot step over):
+ * 0, or -1 with FormatError */
+static int scan_run(scan_ctx *c)
+{
+    for (;;) {
+        if (c->pos >= c->size) {
+            c->op_off = c->pos;
+            c->op = 0;
+            return scan_fail(c, "the data ends before STOP");
+        }
+        scan_hot(c);
+        if (c->pos >= c->size) continue; /* reported above */
+        int r = scan_step(c);
+        if (r < 0) return -1;
+        if (r > 0) return 0;
+    }
+}
+
+static PyObject *scan_entry(PyObject *module, PyObject *data, int joblib)
 {
     fk_state *st = (fk_state *)PyModule_GetState(module);
     PyObject *result = NULL;
@@ -1126,30 +1695,31 @@ PyObject *scan_pickle(PyObject *module, PyObject *data)
     if (!st) goto done;
     if (PyObject_GetBuffer(data, &view, PyBUF_SIMPLE) < 0) goto done;
     have_view = 1;
-    c.FormatError = st->FormatError;
-    c.buf = (const unsigned char *)view.buf;
-    c.size = view.len;
-    c.names.seed = c.memo.sparse.seed = scan_seed();
-    if (!(c.globals = PyList_New(0))) goto done;
-    if (!(c.gindex = PyDict_New())) goto done;
-    if (!(c.unsafe = PyList_New(0))) goto done;
-
-    for (;;) {
-        if (c.pos >= c.size) {
-            c.op_off = c.pos;
-            c.op = 0;
-            scan_fail(&c, "the data ends before STOP");
-            goto done;
-        }
-        if (scan_fast(&c)) continue;
-        int r = scan_step(&c);
-        if (r < 0) goto done;
-        if (r > 0) break;
-    }
+    if (scan_ctx_init(&c, st->FormatError, (const unsigned char *)view.buf, view.len, NULL) < 0)
+        goto done;
+    c.joblib = joblib;
+    if (joblib && !(c.arrays = PyList_New(0))) goto done;
+    if (scan_run(&c) < 0) goto done;
     result = Py_BuildValue("{s:O,s:O,s:n,s:i,s:n}", "globals", c.globals, "unsafe_ops", c.unsafe,
                            "n_buffers", c.n_buffers, "protocol", c.max_proto, "end", c.pos);
+    if (result && joblib) {
+        PyObject *done_flag = c.stopped ? Py_False : Py_True;
+        if (PyDict_SetItemString(result, "arrays", c.arrays) < 0 ||
+            PyDict_SetItemString(result, "complete", done_flag) < 0)
+            Py_CLEAR(result);
+    }
 done:
     if (have_view) PyBuffer_Release(&view);
     scan_ctx_free(&c);
     return result;
+}
+
+PyObject *scan_pickle(PyObject *module, PyObject *data)
+{
+    return scan_entry(module, data, 0);
+}
+
+PyObject *scan_joblib(PyObject *module, PyObject *data)
+{
+    return scan_entry(module, data, 1);
 }

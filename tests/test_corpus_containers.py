@@ -69,14 +69,58 @@ def test_the_container_builder_makes_valid_files(tmp_path):
     assert report.checksums_ok and report.signature == "other key"
 
 
+def _g(module, name):
+    return b"c" + module.encode() + b"\n" + name.encode() + b"\n"
+
+
+def _u(s):
+    return b"X" + struct.pack("<I", len(s)) + s.encode()
+
+
+def joblib_array_prefix(values=8) -> bytes:
+    """The start of a joblib stream as joblib >= 0.10 writes it: one float64
+    array as a NumpyArrayWrapper (NEWOBJ + state dict + BUILD) followed by
+    the array's raw bytes, then POP and PROTO 2. Nothing is memoized, so a payload
+    stream appended after it (PROTO ... STOP) keeps its memo keys and its
+    result is what the file loads as."""
+    dtype = (_g("numpy", "dtype") + _u("f8") + b"\x89\x88\x87R"
+             + b"(K\x03" + _u("<") + b"NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tb")
+    state = (b"}(" + _u("subclass") + _g("numpy", "ndarray") + _u("shape") + b"K" + bytes([values])
+             + b"\x85" + _u("order") + _u("C") + _u("dtype") + dtype + _u("allow_mmap") + b"\x88"
+             + b"u")
+    wrapper = b"\x80\x04" + _g("joblib.numpy_pickle", "NumpyArrayWrapper") + b")\x81" + state + b"b"
+    # PROTO 2 last: a payload without PROTO (protocol 0) keeps the Python 2 name mapping
+    return wrapper + struct.pack(f"<{values}d", *range(values)) + b"0\x80\x02"
+
+
 def _containers(data: bytes):
+    in_joblib = joblib_array_prefix() + data  # a payload after a real array's bytes
     return {
         "pickle": data,
         "joblib-zlib": zlib.compress(data, 3),  # joblib's compress=3 file: a zlib stream
         "joblib-gzip": gzip.compress(data),
+        "joblib-arrays": in_joblib,
+        "joblib-arrays-zlib": zlib.compress(in_joblib, 3),
         "firkin-other-key": firkin_container(data, key=b"mallory's key"),
         "firkin-unsigned": firkin_container(data),
     }
+
+
+def test_the_joblib_prefix_is_what_joblib_loads(tmp_path):
+    import pickle
+
+    import joblib
+    import numpy as np
+
+    path = tmp_path / "ok.joblib"
+    path.write_bytes(joblib_array_prefix() + pickle.dumps({"a": 1}, protocol=4))
+    assert joblib.load(path) == {"a": 1}
+    assert firkin.load(path) == {"a": 1}
+    assert firkin.untrusted_types(path) == []
+    # the array itself, as joblib sees it
+    path.write_bytes(joblib_array_prefix()[:-3] + b".")
+    np.testing.assert_array_equal(joblib.load(path), np.arange(8.0))
+    np.testing.assert_array_equal(firkin.load(path), np.arange(8.0))
 
 
 @pytest.mark.parametrize("case", sorted(_payloads("x")))
@@ -89,13 +133,13 @@ def test_malicious_payloads_refused_in_every_container(case, tmp_path):
         with pytest.raises(firkin.UntrustedTypesError) as info:
             firkin.load(path)
         assert not sentinel.exists(), (case, kind)
-        if kind.startswith("firkin"):
-            # firkin files are refused before unpickling, naming every culprit
-            msg = str(info.value)
-            assert all(c in msg for c in culprits), (case, kind, msg)
-        if kind.startswith("firkin") or kind == "pickle":
-            try:
-                named = firkin.untrusted_types(path)
-            except firkin.FormatError:
-                continue  # a stream the scanner cannot judge (EXT, malformed) is refused anyway
-            assert all(c in named for c in culprits), (case, kind, named)
+        # refused before unpickling, naming every culprit, in every container
+        msg = str(info.value)
+        assert "refused before unpickling" in msg, (case, kind, msg)
+        assert all(c in msg for c in culprits), (case, kind, msg)
+        with open(path, "rb") as f:  # and from a file object, the way joblib.load(f) reads
+            with pytest.raises(firkin.UntrustedTypesError, match="before unpickling"):
+                firkin.load(f)
+        assert not sentinel.exists(), (case, kind)
+        named = firkin.untrusted_types(path)
+        assert all(c in named for c in culprits), (case, kind, named)

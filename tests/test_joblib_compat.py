@@ -510,8 +510,11 @@ def test_python2_strings(tmp_path):
 def test_persistent_ids_refused(tmp_path):
     path = tmp_path / "pid.pkl"
     path.write_bytes(b"\x80\x02K\x01Q.")  # BININT1 1, BINPERSID
-    with pytest.raises(firkin.FormatError, match="persistent"):
+    # judged before unpickling: a persistent id cannot be checked
+    with pytest.raises(firkin.UntrustedTypesError, match="BINPERSID opcode at offset 4"):
         firkin.load(path)
+    with pytest.raises(firkin.FormatError, match="persistent"):
+        firkin.load(path, trusted=True)
 
 
 # --------------------------------------------------------------------------- damage

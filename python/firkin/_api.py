@@ -288,13 +288,37 @@ def _check_trust(reader, stream, trusted):
     raise exc
 
 
+class _WholeStream:
+    """A file for the C unpickler that hands over the whole stream at its
+    first read: the unpickler keeps what it did not ask for as its input
+    buffer and reads every frame from it in place, as pickle.loads does,
+    where io.BytesIO would copy each frame."""
+
+    __slots__ = ("_data",)
+
+    def __init__(self, data):
+        self._data = data if type(data) is bytes else bytes(data)  # read() must give bytes
+
+    def read(self, n=-1):
+        data, self._data = self._data, b""
+        return data
+
+    def readline(self):
+        return self.read()
+
+    def readinto(self, b):  # pragma: no cover - the unpickler reads buffers it has whole
+        data = self.read()
+        b[:len(data)] = data
+        return len(data)
+
+
 def _unpickle(reader, stream, buffers, mmap: bool, policy):
     base = _MmapUnpickler if mmap else pickle.Unpickler
     try:
         if policy is True and not mmap:
             return pickle.loads(stream, buffers=buffers)  # reads the bytes in place
         cls = _trust.make_unpickler(base, True if policy is True else policy)
-        unpickler = cls(io.BytesIO(stream), buffers=buffers)
+        unpickler = cls(_WholeStream(stream), buffers=buffers)
         unpickler.fk_name = reader.name  # refusals name the file
         return unpickler.load()
     except pickle.UnpicklingError as exc:
@@ -533,15 +557,13 @@ def untrusted_types(filename, trusted=None) -> list[str]:
         if not _looks_like_firkin(f.fileno()):
             from . import _compat  # noqa: PLC0415
 
-            stream = f.read()  # a plain pickle file is one pickle stream
-            if _compat.detect(stream[:8]) != "raw" or b"ArrayWrapper" in stream:
-                # joblib files interleave raw array bytes with the pickle opcodes
-                raise FormatError(
-                    f"{path}: untrusted_types reads firkin and plain pickle files, not joblib files; "
-                    "load it (the allowlist is enforced while it loads) or convert it with "
-                    "`python -m firkin convert`")
-        else:
-            stream = _reader(f.fileno(), path).pickle_stream()
+            if _trust._normalize(trusted) is True:  # noqa: SLF001
+                return []
+            # joblib (any compressor; array data stepped over) or plain pickle
+            info = _compat.scan_fd(f.fileno(), path)
+            return _trust.untrusted(_compat.judged_globals(info["globals"]), info["unsafe_ops"],
+                                    trusted)
+        stream = _reader(f.fileno(), path).pickle_stream()
     return _trust.untrusted_types(stream, trusted)
 
 

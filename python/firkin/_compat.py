@@ -151,6 +151,18 @@ def _byte_order_mismatch(dtype: np.dtype) -> bool:
     return False
 
 
+def _hides_objects(dtype: np.dtype) -> bool:
+    """True when `dtype` holds Python objects in its fields or subarray but its
+    flags say it does not (a crafted dtype state): arrays of it would take
+    object pointers from the file's bytes."""
+    if dtype.hasobject or (dtype.fields is None and dtype.subdtype is None):
+        return False
+    if dtype.subdtype is not None and (dtype.subdtype[0].hasobject
+                                       or _hides_objects(dtype.subdtype[0])):
+        return True
+    return any(f[0].hasobject or _hides_objects(f[0]) for f in (dtype.fields or {}).values())
+
+
 class _SavedMemmap:
     """Stands for numpy.memmap where a joblib wrapper records it as an array's
     subclass. The real class is never handed to the unpickler: calling it
@@ -317,6 +329,7 @@ class _Inflate:
 
     def __init__(self, raw, method: str, name: str, inbuf: bytes = b""):
         self.raw, self.method, self.name = raw, method, name
+        self.one_stream = False  # True: end at the end of the first compressed stream
         self._new = _decompressor_factory(method, name)
         self._zlib = method in ("zlib", "gzip", "zf")
         self.d = self._new()
@@ -343,6 +356,8 @@ class _Inflate:
         while True:
             d = self.d
             if d.eof:
+                if self.one_stream:
+                    return b""
                 rest = d.unused_data or self.inbuf or self.raw.read(_RAW_CHUNK)
                 if not rest:
                     return b""
@@ -681,12 +696,17 @@ class _MapReader:
             raise self._truncated(what, n, self.size - p)
         self.mm.seek(p + n)
 
-    def readinto_exact(self, mv, what: str):
-        mm = self.mm
-        p = mm.tell()
-        n = len(mv)
+    def _claim(self, n: int, what: str) -> int:
+        """The position of the next n bytes, which must all be there."""
+        p = self.mm.tell()
         if p + n > self.size:
             raise self._truncated(what, n, self.size - p)
+        return p
+
+    def readinto_exact(self, mv, what: str):
+        mm = self.mm
+        n = len(mv)
+        p = self._claim(n, what)
         if n <= _SMALL_COPY:
             mv[:] = self.mv[p:p + n]  # a memcpy from the mapping: no system call
             mm.seek(p + n)
@@ -717,6 +737,155 @@ class _MapReader:
     def _truncated(self, what, expected, got):
         return FormatError(f"{self.name}: the file is truncated: it ends inside {what} "
                            f"({max(got, 0)} of {expected} bytes)")
+
+
+class _AnonReader(_MapReader):
+    """A stream held in an anonymous private mapping (decompressed, or read
+    from a source that cannot be mapped), read like a mapped file. Large
+    arrays give their pages back once copied out, so a load peaks near the
+    stream's size, not twice it."""
+
+    mappable = False
+
+    def __init__(self, mm, size: int, name: str):  # noqa: D107 - no super().__init__: no fd
+        self.fd, self.name, self.size = None, name, size
+        self.mm = mm
+        self.mv = memoryview(mm)
+        self.file = mm
+        self._resume = None
+        self._start = 0
+        self._scratch = None
+        self._head = mm[:len(_INJECT)]  # inject() writes over it: put back for a second pass
+        self._closed = False
+        mm.seek(0)
+
+    def close(self):
+        self._end = self.mm.tell()
+        self.mm[:len(self._head)] = self._head
+        self.mv.release()
+        self._closed = True
+
+    def tell(self) -> int:
+        return self._end if self._closed else self.mm.tell()
+
+    def readinto_exact(self, mv, what: str):
+        n = len(mv)
+        p = self._claim(n, what)
+        mv[:] = self.mv[p:p + n]
+        self.mm.seek(p + n)
+        lo, hi = -(-p // mmap.PAGESIZE) * mmap.PAGESIZE, (p + n) // mmap.PAGESIZE * mmap.PAGESIZE
+        if hi - lo >= 1 << 20:
+            self.mm.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
+
+
+def _materialize(src, size_hint: int = 0):
+    """Everything `src` yields (a decompressor: its first stream) in an
+    anonymous private mapping; returns (mapping, size)."""
+    cap = max(1 << 20, size_hint)
+    mm = mmap.mmap(-1, cap, flags=mmap.MAP_PRIVATE)
+    n = 0
+    try:
+        while True:
+            if n == cap:
+                cap *= 2
+                mm.resize(cap)
+            with memoryview(mm) as view, view[n:cap] as part:
+                k = src.readinto(part)
+            if not k:
+                break
+            n += k
+    except BaseException:
+        mm.close()
+        raise
+    return mm, n
+
+
+def _scan_error(name, kind, head, exc):
+    if kind != "raw" or (len(head) >= 2 and head[0] == 0x80 and head[1] <= pickle.HIGHEST_PROTOCOL):
+        what = "joblib" if kind != "raw" else "pickle"
+        return FormatError(f"{name}: the {what} stream is damaged or truncated: {exc}")
+    return FormatError(f"{name}: not a firkin file, nor a joblib or pickle file (it starts with "
+                       f"bytes {_describe_head(head)}), or it is damaged: {exc}")
+
+
+def scan(buf, name: str, kind: str = "raw") -> dict:
+    """firkin._core.scan_joblib of a joblib or pickle stream (decompressed),
+    with its errors worded for `name`."""
+    try:
+        return _core.scan_joblib(buf)
+    except FormatError as exc:
+        raise _scan_error(name, kind, bytes(memoryview(buf)[:4]), exc) from None
+
+
+def judged_globals(globals_):
+    """The globals a scan found, as the loader's find_class hands them to the
+    trust policy: joblib's wrappers and numpy.memmap are never imported (the
+    loader answers them with its own stand-ins), numpy.core / numpy._core
+    are renamed for the installed NumPy."""
+    out = []
+    for module, name in globals_:
+        if (module, name) in _MEMMAP_NAMES or (name in _WRAPPERS and _is_joblib_module(module)):
+            continue
+        out.append((_numpy_module(module), name))
+    return out
+
+
+def _policy(buf, name, kind, trusted, call="firkin.load"):
+    """Refuse before anything is built; returns the array spans for the loader."""
+    from . import _trust  # noqa: PLC0415
+
+    info = scan(buf, name, kind)
+    refused = _trust.untrusted(judged_globals(info["globals"]), info["unsafe_ops"], trusted)
+    if refused:
+        raise _trust._error(name, refused, call)  # noqa: SLF001
+    return info["arrays"]
+
+
+def _scan_materialized(src, name, kind, trusted):
+    """Read (decompress) src into memory and judge it: (mapping, size, spans)."""
+    if isinstance(src, _Inflate):
+        src.one_stream = True
+    mm, n = _materialize(src)
+    try:
+        with memoryview(mm) as view, view[:n] as mv:
+            spans = _policy(mv, name, kind, trusted)
+    except BaseException:
+        mm.close()
+        raise
+    return mm, n, spans
+
+
+def _scan_mapped(fd, start, name, kind, trusted):
+    """Judge the uncompressed stream at fd[start:] through a mapping; None
+    when the file cannot be mapped."""
+    try:
+        mm = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
+    except (OSError, ValueError):  # empty, or not mappable (a pipe, some FUSE file systems)
+        return None
+    with mm, memoryview(mm) as view, view[start:] as mv:
+        return _policy(mv, name, kind, trusted)
+
+
+def scan_fd(fd: int, name: str) -> dict:
+    """scan() of the joblib or pickle file open at fd (decompressed when compressed)."""
+    kind = detect(os.pread(fd, 8, 0))
+    if kind == "raw":
+        size = os.fstat(fd).st_size
+        if size:
+            try:
+                with mmap.mmap(fd, 0, access=mmap.ACCESS_READ) as mm:
+                    return scan(mm, name, kind)
+            except (OSError, ValueError):  # not mappable: read it
+                pass
+    src = _make_source(kind, _FdSource(fd, 0, name), name)
+    if isinstance(src, _Inflate):
+        src.one_stream = True
+    mm, n = _materialize(src)
+    try:
+        with memoryview(mm) as mv:
+            return scan(mv[:n], name, kind)
+    finally:
+        mm.close()
 
 
 # --------------------------------------------------------------------------- unpicklers
@@ -810,8 +979,13 @@ def _unpickler_classes(trusted, name):
 
 class _Loader:
     def __init__(self, name, make_reader, *, kind, mmap_mode=None, mmap_file=None,
-                 swap=True, dirname=None, trusted=True):
+                 swap=True, dirname=None, trusted=True, spans=None, span_base=0):
         self.name = name
+        # (build_end, data_start, data_end, nested) of each joblib array as the
+        # safety scan stepped over it (offsets from the reader's start), or None
+        self._holes = spans
+        self._span_base = span_base
+        self._inline = 0
         self._classes = _unpickler_classes(trusted, name)
         self._make_reader = make_reader
         self.kind = kind
@@ -841,6 +1015,7 @@ class _Loader:
         self._pending = self._result = None
         self._types = {}
         self.arrays = 0
+        self._inline = 0
         self.reader = reader = self._make_reader()
         head = reader.prefetch(2)
         self._framed = len(head) == 2 and head[0] == 0x80 and head[1] >= 4
@@ -865,6 +1040,8 @@ class _Loader:
             reader.close()
         if self._pending is not None:
             raise FormatError(f"{self.name}: the pickle stream ends right after an array")
+        if self._holes is not None and self._inline != len(self._holes):
+            raise self._span_error(self._inline)
         if self._unaligned:
             warnings.warn(f"{self.name}: {self._unaligned} memory-mapped array(s) are not aligned "
                           "(file written by joblib < 1.2); some libraries (BLAS, PyTorch) may "
@@ -913,11 +1090,13 @@ class _Loader:
         empty, dtype_t, ndarray, memmap = np.empty, np.dtype, np.ndarray, np.memmap
         slow = self.build
         small = _SMALL_COPY
+        holes = self._holes
 
         def __setstate__(self, state):  # noqa: N807
             try:
                 dtype, shape, order = state["dtype"], state["shape"], state["order"]
                 if (not isinstance(dtype, dtype_t) or dtype.hasobject or not dtype.isnative
+                        or dtype.fields is not None or dtype.subdtype is not None
                         or type(shape) is not tuple or (order != "C" and order != "F")):
                     return slow("NumpyArrayWrapper", state)
                 nbytes = dtype.itemsize
@@ -928,6 +1107,7 @@ class _Loader:
                 p = mm.tell()
                 if p == 0 or mm[p - 1] != _BUILD or reader._scratch is None and p - start < 7:
                     return slow("NumpyArrayWrapper", state)
+                build_end = p
                 if state.get("numpy_array_alignment_bytes") is not None:
                     if p >= size:
                         return slow("NumpyArrayWrapper", state)
@@ -937,6 +1117,8 @@ class _Loader:
                     return slow("NumpyArrayWrapper", state)
             except (TypeError, KeyError):
                 return slow("NumpyArrayWrapper", state)
+            if holes is not None:
+                loader._check_span(build_end, end)  # noqa: SLF001
             arr = empty(shape, dtype, order)
             if nbytes:
                 try:
@@ -955,6 +1137,22 @@ class _Loader:
             mm.seek(start)
 
         return __setstate__
+
+    def _span_error(self, k):
+        return FormatError(f"{self.name}: joblib array #{k} is not where the safety scan found "
+                           "it: the file is damaged or crafted to hide opcodes from the scan")
+
+    def _check_span(self, build_end, data_end):
+        """The array whose BUILD ended at build_end and whose data ended at
+        data_end (reader offsets) must be the next one the scan stepped over:
+        then the unpickler executes exactly the bytes the scan judged."""
+        k = self._inline
+        self._inline = k + 1
+        base = self._span_base
+        holes = self._holes
+        if (k >= len(holes) or holes[k][0] != build_end - base
+                or holes[k][2] != data_end - base):
+            raise self._span_error(k)
 
     def persistent_load(self, pid):
         pending = self._pending
@@ -981,6 +1179,8 @@ class _Loader:
                               "where joblib puts it; the file is damaged")
         if kind == "NumpyArrayWrapper":
             arr = self._read_inline(state)
+            if self._holes is not None:
+                self._check_span(p0, reader.tell())
         else:
             if self._c_mode and self._framed:
                 raise _Restart  # the BUILD may sit inside a frame: no injection possible
@@ -1000,6 +1200,10 @@ class _Loader:
         if not isinstance(dtype, np.dtype):
             raise FormatError(f"{self.name}: {what}: dtype is {type(dtype).__name__}, "
                               "not a numpy dtype")
+        if _hides_objects(dtype):
+            raise FormatError(f"{self.name}: {what}: its dtype holds Python objects but its flags "
+                              "say it does not; reading it would take object pointers from the "
+                              "file (a damaged or crafted file)")
         nbytes = dtype.itemsize
         try:
             for s in shape:
@@ -1147,7 +1351,17 @@ def load_foreign(f, name, mmap_mode=None, *, ensure_native_byte_order="auto", tr
                       f"{name}: its arrays are read into memory", UserWarning, stacklevel=4)
         mode = None
 
+    spans, anon, n = None, None, 0
+    if trusted is not True:  # judge every name before anything is built
+        if kind == "raw":
+            spans = _scan_mapped(fd, 0, name, kind, trusted)
+        if spans is None:
+            anon, n, spans = _scan_materialized(
+                _make_source(kind, _FdSource(fd, 0, name), name), name, kind, trusted)
+
     def make_reader():
+        if anon is not None:
+            return _AnonReader(anon, n, name)
         if kind == "raw":
             try:
                 return _MapReader(fd, name)
@@ -1155,10 +1369,14 @@ def load_foreign(f, name, mmap_mode=None, *, ensure_native_byte_order="auto", tr
                 pass
         return _Stream(_make_source(kind, _FdSource(fd, 0, name), name))
 
-    loader = _Loader(name, make_reader, kind=kind, mmap_mode=mode,
+    loader = _Loader(name, make_reader, kind=kind, mmap_mode=mode if anon is None else None,
                      mmap_file=f if mode is not None else None, swap=swap,
-                     dirname=os.path.dirname(name) or ".", trusted=trusted)
-    return loader.run()
+                     dirname=os.path.dirname(name) or ".", trusted=trusted, spans=spans)
+    try:
+        return loader.run()
+    finally:
+        if anon is not None:
+            anon.close()
 
 
 def load_fileobj(fileobj, name=None, *, ensure_native_byte_order="auto", trusted=True):
@@ -1205,10 +1423,23 @@ def load_fileobj(fileobj, name=None, *, ensure_native_byte_order="auto", trusted
             src.pos = start
             return src
 
+    spans, anon, n, mat_src, span_base = None, None, 0, None, 0
     if raw_source is not None:
         kind = detect(raw_source().read(8))
+        if trusted is not True:  # judge every name before anything is built
+            if kind == "raw" and fd is not None:
+                spans, span_base = _scan_mapped(fd, start, name, kind, trusted), start
+            elif kind == "raw" and isinstance(fileobj, io.BytesIO):
+                with memoryview(data) as view, view[start:] as mv:
+                    spans, span_base = _policy(mv, name, kind, trusted), start
+            if spans is None:
+                mat_src = _make_source(kind, raw_source(), name)
+                anon, n, spans = _scan_materialized(mat_src, name, kind, trusted)
+                span_base = 0
 
         def make_reader():
+            if anon is not None:
+                return _AnonReader(anon, n, name)
             if kind == "raw" and fd is not None:
                 try:
                     return _MapReader(fd, name, start)
@@ -1220,19 +1451,32 @@ def load_fileobj(fileobj, name=None, *, ensure_native_byte_order="auto", trusted
         head = src.read(8)
         kind = detect(head)
         fresh = [_Chain(head, src)]
+        if trusted is not True:
+            mat_src = _make_source(kind, fresh.pop(), name)
+            anon, n, spans = _scan_materialized(mat_src, name, kind, trusted)
 
         def make_reader():
+            if anon is not None:
+                return _AnonReader(anon, n, name)
             if not fresh:
                 raise FormatError(f"{name}: this file needs a second pass, which a "
                                   "non-seekable stream cannot give; load it by path")
             return _Stream(_make_source(kind, fresh.pop(), name))
 
-    loader = _Loader(name, make_reader, kind=kind, swap=swap, dirname=dirname, trusted=trusted)
-    obj = loader.run()
+    loader = _Loader(name, make_reader, kind=kind, swap=swap, dirname=dirname, trusted=trusted,
+                     spans=spans, span_base=span_base)
+    try:
+        obj = loader.run()
+    finally:
+        if anon is not None:
+            anon.close()
     if seekable:
         end = None
         reader = loader.reader
-        if kind == "raw":
+        if anon is not None:
+            end = (start + reader.tell() if kind == "raw" else
+                   mat_src.raw_consumed() if isinstance(mat_src, _Inflate) else None)
+        elif kind == "raw":
             end = reader.tell()
         elif isinstance(reader, _Stream) and isinstance(reader._src, _Inflate):  # noqa: SLF001
             end = reader._src.raw_consumed()  # noqa: SLF001
@@ -1271,11 +1515,25 @@ def loads_foreign(data, name="<bytes>", *, ensure_native_byte_order="auto", trus
     mv = memoryview(data).cast("B")
     kind = detect(bytes(mv[:8]))
 
+    spans, anon, n = None, None, 0
+    if trusted is not True:  # judge every name before anything is built
+        if kind == "raw":
+            spans = _policy(mv, name, kind, trusted)
+        else:
+            anon, n, spans = _scan_materialized(_make_source(kind, _BytesSource(mv, name), name),
+                                                name, kind, trusted)
+
     def make_reader():
+        if anon is not None:
+            return _AnonReader(anon, n, name)
         return _Stream(_make_source(kind, _BytesSource(mv, name), name))
 
-    return _Loader(name, make_reader, kind=kind, swap=swap, dirname=None,
-                   trusted=trusted).run()
+    try:
+        return _Loader(name, make_reader, kind=kind, swap=swap, dirname=None, trusted=trusted,
+                       spans=spans).run()
+    finally:
+        if anon is not None:
+            anon.close()
 
 
 # --------------------------------------------------------------------------- inspection

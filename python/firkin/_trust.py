@@ -668,8 +668,8 @@ def _is_trusted(module: str, name: str, extra: frozenset[str]) -> bool:
     return bool(extra) and f"{module}.{name}" in extra
 
 
-def _describe_unsafe(op: str, offset: int) -> str:
-    return f"<{op} opcode at offset {offset}>"
+def _describe_unsafe(op: str, offset: int, why: str = "") -> str:
+    return f"<{op} opcode at offset {offset}{': ' + why if why else ''}>"
 
 
 def untrusted(globals: Iterable[tuple[str, str]], unsafe_ops: Iterable[tuple[str, int]],
@@ -678,15 +678,16 @@ def untrusted(globals: Iterable[tuple[str, str]], unsafe_ops: Iterable[tuple[str
 
     ``globals`` and ``unsafe_ops`` as ``firkin._core.scan_pickle`` reports
     them. Returns the refused names as sorted ``"module.qualname"`` strings,
-    then one ``"<OPCODE opcode at offset N>"`` per opcode that cannot be
-    judged statically (extension registry, persistent ids, unresolvable
-    STACK_GLOBAL, BUILD on a global). ``trusted=True`` refuses nothing.
+    then one ``"<OPCODE opcode at offset N[: why]>"`` per opcode that cannot
+    be judged statically (extension registry, persistent ids, unresolvable
+    STACK_GLOBAL, BUILD on a global, a numpy dtype whose flags hide objects,
+    a joblib array the scanner cannot size). ``trusted=True`` refuses nothing.
     """
     extra = _normalize(trusted)
     if extra is True:
         return []
     names = sorted({f"{m}.{n}" for m, n in globals if not _is_trusted(m, n, extra)})
-    ops = [_describe_unsafe(op, off) for op, off in sorted(unsafe_ops, key=lambda t: t[1])]
+    ops = [_describe_unsafe(*u) for u in sorted(unsafe_ops, key=lambda t: t[1])]
     return names + ops
 
 
@@ -726,7 +727,8 @@ def _message(name: str, refused: list[str], call: str, during_load: bool = False
         lines.append(f"    {_call_hint(name, call, names)}")
     if ops:
         lines.append("Opcodes that cannot be checked (extension registry, persistent ids, "
-                     "computed globals, BUILD on a global) can only be allowed with trusted=True.")
+                     "computed globals, BUILD on a global, crafted numpy dtypes) can only be "
+                     "allowed with trusted=True.")
     lines.append("trusted=True turns the check off entirely: that is as unsafe as pickle.load.")
     return "\n".join(lines)
 

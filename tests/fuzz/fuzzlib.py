@@ -130,6 +130,8 @@ def fuzz_reader(data: bytes) -> None:
 
 def fuzz_scan(data: bytes) -> None:
     _expect_firkin_error(core.scan_pickle, data)
+    # the joblib walk too: it follows dtypes, dicts and tuples, and steps over array data
+    _expect_firkin_error(core.scan_joblib, data)
 
 
 # ---------------------------------------------------------------- valid files

@@ -67,6 +67,19 @@ def main(out):
                 n_scan += 1
             except (pickle.PicklingError, TypeError, ValueError):
                 pass
+        # joblib's own files: array data between the opcodes (scan_joblib's walk)
+        try:
+            import io
+
+            import joblib
+        except ImportError:
+            joblib = None
+        if joblib is not None and isinstance(value, (np.ndarray, dict, list)):
+            for proto in (2, 4):
+                bio = io.BytesIO()
+                joblib.dump(value, bio, protocol=proto)
+                save(scan_dir, bio.getvalue())
+                n_scan += 1
     # the default writer settings too (1 MiB chunks, 64 KiB threshold), compressed to stay small
     save(reader_dir, b"\x07" + fuzzlib.firkin.dumps({"w": np.arange(20000.0), "k": "v"}, compress=1))
     n_reader += 1

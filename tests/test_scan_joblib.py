@@ -1,0 +1,260 @@
+"""The safety scan of joblib and pickle files (firkin._core.scan_joblib).
+
+joblib writes each array's raw bytes right after its NumpyArrayWrapper's
+BUILD, between the pickle opcodes. firkin scans such files before loading
+them: it steps over each array (a nested pickle for arrays of objects, which
+it scans too), judges every name, and the loader then checks that it stepped
+over exactly the same bytes. Also here: numpy dtypes whose pickled flags
+hide the objects they hold, which would make numpy read object pointers from
+the file.
+"""
+import copyreg
+import os
+import pickle
+
+import joblib
+import numpy as np
+import pytest
+
+import firkin
+from firkin import _compat, _core
+
+from test_corpus_containers import firkin_container  # tests/ is on sys.path
+
+COMPRESSORS = [0, "zlib", "gzip", "bz2", "xz", "lzma"]
+
+
+class Custom:  # a class off the allowlist
+    def __init__(self, v=1):
+        self.v = v
+
+    def __eq__(self, other):
+        return type(other) is Custom and other.v == self.v
+
+
+def _arrays():
+    return {
+        "f": np.arange(1000.0).reshape(10, 100),
+        "F": np.asfortranarray(np.ones((3, 4), dtype=np.int32)),
+        "o": np.array(["x", None, 3], dtype=object),
+        "s": np.zeros(3, dtype=[("a", "<i4"), ("b", "U3")]),
+        "e": np.zeros((0, 3)),
+        "t": np.zeros(()),
+        "b": np.array([[1, 2]], dtype=">f8"),
+        "m": np.array(["2020-01-01"], dtype="M8[ns]"),
+        "u": np.array(["abc", "d"]),
+        "l": [np.arange(5), {"inner": np.arange(3, dtype=np.uint8)}],
+    }
+
+
+def _same(a, b):
+    if isinstance(a, np.ndarray):
+        # joblib's ensure_native_byte_order="auto": native order when not memory-mapped
+        assert isinstance(b, np.ndarray) and b.dtype in (a.dtype, a.dtype.newbyteorder("="))
+        np.testing.assert_array_equal(a, b)
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys()
+        for k in a:
+            _same(a[k], b[k])
+    elif isinstance(a, list):
+        assert len(a) == len(b)
+        for x, y in zip(a, b):
+            _same(x, y)
+    else:
+        assert a == b
+
+
+@pytest.mark.parametrize("compress", COMPRESSORS)
+@pytest.mark.parametrize("protocol", [2, 3, 4, 5])
+def test_joblib_files_scan_clean_and_load(tmp_path, compress, protocol):
+    obj = _arrays()
+    path = tmp_path / "a.joblib"
+    joblib.dump(obj, path, compress=compress, protocol=protocol)
+    assert firkin.untrusted_types(path) == []
+    with open(path, "rb") as f:
+        info = _compat.scan_fd(f.fileno(), str(path))
+    assert info["complete"] and len(info["arrays"]) == 11
+    assert sum(nested for *_, nested in info["arrays"]) == 1  # the object array
+    _same(obj, firkin.load(path))
+    with open(path, "rb") as f:
+        _same(obj, firkin.load(f))
+    _same(obj, firkin.loads(path.read_bytes()))
+
+
+@pytest.mark.parametrize("compress", COMPRESSORS)
+def test_untrusted_names_in_joblib_files(tmp_path, compress):
+    obj = {"x": np.arange(100.0), "c": Custom(3), "o": np.array([Custom(4), 1], dtype=object)}
+    path = tmp_path / "c.joblib"
+    joblib.dump(obj, path, compress=compress)
+    assert firkin.untrusted_types(path) == ["test_scan_joblib.Custom"]
+    with pytest.raises(firkin.UntrustedTypesError, match="refused before unpickling") as info:
+        firkin.load(path)
+    assert info.value.names == ["test_scan_joblib.Custom"]
+    loaded = firkin.load(path, trusted=["test_scan_joblib.Custom"])
+    assert loaded["c"] == Custom(3) and loaded["o"][0] == Custom(4)
+    assert firkin.untrusted_types(path, trusted=["test_scan_joblib.Custom"]) == []
+
+
+def test_a_name_only_inside_an_object_array(tmp_path):
+    # the nested pickle of an object array is scanned too
+    path = tmp_path / "n.joblib"
+    joblib.dump({"o": np.array([Custom(), None], dtype=object)}, path)
+    assert firkin.untrusted_types(path) == ["test_scan_joblib.Custom"]
+
+
+def test_non_seekable_and_mmap_loads_are_scanned(tmp_path):
+    path = tmp_path / "c.joblib"
+    joblib.dump({"x": np.arange(10.0), "c": Custom()}, path, compress=3)
+
+    r, w = os.pipe()  # a file that cannot seek: read once, judged before loading
+    os.write(w, path.read_bytes())
+    os.close(w)
+    with os.fdopen(r, "rb") as pipe, pytest.raises(firkin.UntrustedTypesError,
+                                                    match="before unpickling"):
+        firkin.load(pipe)
+    raw = tmp_path / "r.joblib"
+    joblib.dump({"x": np.arange(10.0), "c": Custom()}, raw)
+    with pytest.raises(firkin.UntrustedTypesError, match="before unpickling"):
+        firkin.load(raw, mmap_mode="r")
+    joblib.dump({"x": np.arange(10.0)}, raw)
+    m = firkin.load(raw, mmap_mode="r")
+    assert isinstance(m["x"], np.memmap)
+
+
+def test_loader_checks_it_read_what_the_scan_judged(tmp_path, monkeypatch):
+    path = tmp_path / "a.joblib"
+    joblib.dump({"a": np.arange(10.0), "b": np.arange(20.0)}, path)
+    real = _compat._policy
+
+    def shifted(*args, **kwargs):  # as if the scan had stepped over other bytes
+        spans = real(*args, **kwargs)
+        return [(a + 1, b + 1, c + 1, d) for a, b, c, d in spans]
+
+    monkeypatch.setattr(_compat, "_policy", shifted)
+    with pytest.raises(firkin.FormatError, match="not where the safety scan found it"):
+        firkin.load(path)
+
+    def missing(*args, **kwargs):
+        return real(*args, **kwargs)[:1]
+
+    monkeypatch.setattr(_compat, "_policy", missing)
+    with pytest.raises(firkin.FormatError, match="array #1 is not where"):
+        firkin.load(path)
+    monkeypatch.setattr(_compat, "_policy", real)
+    _same({"a": np.arange(10.0), "b": np.arange(20.0)}, firkin.load(path))
+
+
+def test_an_array_the_scanner_cannot_size_is_refused(tmp_path):
+    import struct
+
+    from test_corpus_containers import _g, _u
+
+    # dtype('<f8'): numpy accepts the byte order in the type string; pickle never writes it
+    dtype = _g("numpy", "dtype") + _u("<f8") + b"\x89\x88\x87R"
+    state = (b"}(" + _u("subclass") + _g("numpy", "ndarray") + _u("shape") + b"K\x02\x85"
+             + _u("order") + _u("C") + _u("dtype") + dtype + _u("allow_mmap") + b"\x89u")
+    data = (b"\x80\x04" + _g("joblib.numpy_pickle", "NumpyArrayWrapper") + b")\x81" + state + b"b"
+            + struct.pack("<2d", 1.5, 2.5) + b".")
+    path = tmp_path / "x.joblib"
+    path.write_bytes(data)
+    np.testing.assert_array_equal(joblib.load(path), [1.5, 2.5])
+    with pytest.raises(firkin.UntrustedTypesError, match="cannot size"):
+        firkin.load(path)
+    np.testing.assert_array_equal(firkin.load(path, trusted=True), [1.5, 2.5])
+
+
+# ------------------------------------------------------------------ hidden objects
+
+def _lying_dtype_state():
+    # a structured dtype with an object field whose flags (0) say it holds no objects
+    return (3, "|", None, ("a", "b"), {"a": (np.dtype("O"), 0), "b": (np.dtype("f8"), 8)}, 16, 8, 0)
+
+
+class LyingDtype:
+    def __reduce__(self):
+        return (np.dtype, ("V16", False, True), _lying_dtype_state())
+
+
+class Frombuffer:  # what firkin's writer emits for an array, with the lying dtype
+    def __reduce__(self):
+        from numpy._core.numeric import _frombuffer
+
+        return (_frombuffer, (b"A" * 32, LyingDtype(), (2,), "C"))
+
+
+class Reconstructed:  # what numpy's own ndarray pickle emits, with the lying dtype
+    def __reduce__(self):
+        from numpy._core.multiarray import _reconstruct
+
+        return (_reconstruct, (np.ndarray, (0,), b"b"), (1, (2,), LyingDtype(), False, b"A" * 32))
+
+
+def test_numpy_really_believes_the_flags():
+    # the hazard this guards against: numpy takes the flags on trust
+    dt = np.dtype("V16")
+    dt.__setstate__(_lying_dtype_state())
+    assert dt.fields["a"][0] == np.dtype("O") and not dt.hasobject
+
+
+@pytest.mark.parametrize("maker", [LyingDtype, Frombuffer, Reconstructed])
+@pytest.mark.parametrize("protocol", [2, 5])
+def test_hidden_object_fields_are_refused(tmp_path, maker, protocol):
+    data = pickle.dumps(maker(), protocol=protocol)
+    hits = [u for u in _core.scan_pickle(data)["unsafe_ops"] if "hide the objects" in str(u)]
+    assert len(hits) == 1
+    for name, blob in {"p.pkl": data, "f.firkin": firkin_container(data, key=b"someone else")}.items():
+        path = tmp_path / name
+        path.write_bytes(blob)
+        with pytest.raises(firkin.UntrustedTypesError, match="hide the objects it holds"):
+            firkin.load(path)
+        assert any("hide the objects" in n for n in firkin.untrusted_types(path))
+
+
+def test_honest_object_dtypes_pass():
+    objs = [np.dtype([("a", "O"), ("b", "f8")]), np.zeros(2, dtype=[("a", "O"), ("b", "f8")]),
+            np.zeros(2, dtype=[("s", [("x", "O")]), ("y", "i4")]), np.zeros(2, dtype=("O", (3,))),
+            np.zeros(2, dtype=[("a", "f8"), ("b", "U3")]), np.dtype(("f8", (2, 2)))]
+    for obj in objs:
+        for proto in (0, 2, 5):
+            assert _core.scan_pickle(pickle.dumps(obj, proto))["unsafe_ops"] == [], (obj, proto)
+
+
+def test_a_dtype_changed_after_use_is_refused():
+    from test_corpus_containers import _g, _u
+
+    def new_v8():
+        return _g("numpy", "dtype") + _u("V8") + b"\x89\x88\x87R"
+
+    def state(fields, flags):  # (3, '|', None, names, fields, 8, 8, flags)
+        return (b"(K\x03" + _u("|") + b"N" + _u("i") + b"\x85" + fields
+                + b"K\x08K\x08K" + bytes([flags]) + b"t")
+
+    objects = b"}" + _u("i") + _g("numpy", "dtype") + _u("O8") + b"\x89\x88\x87R\x85K\x00\x86" + b"s"
+    holds_inner = b"}" + _u("i") + b"h\x00K\x00\x86s"  # {'i': (inner, 0)}
+    stream = (b"\x80\x02" + new_v8() + b"q\x00"           # inner = dtype('V8'), memo 0
+              + b"(" + new_v8() + state(holds_inner, 0) + b"b"  # outer: fields hold inner, flags 0
+              + b"h\x00" + state(objects, 1) + b"b"           # then inner gets an object field
+              + b"l.")
+    ops = _core.scan_pickle(stream)["unsafe_ops"]
+    assert [o[2] for o in ops] == ["a numpy dtype whose state is set twice or after use"], ops
+    # the same without the late BUILD is fine
+    fine = b"\x80\x02" + new_v8() + b"q\x00" + b"(" + new_v8() + state(holds_inner, 0) + b"bl."
+    assert _core.scan_pickle(fine)["unsafe_ops"] == []
+    assert isinstance(pickle.loads(fine), list)
+
+
+def test_joblib_array_with_hidden_objects(tmp_path):
+    from joblib.numpy_pickle import NumpyArrayWrapper
+
+    w = NumpyArrayWrapper.__new__(NumpyArrayWrapper)
+    w.__dict__.update({"subclass": np.ndarray, "shape": (2,), "order": "C", "dtype": LyingDtype(),
+                       "allow_mmap": False})
+    data = pickle.dumps(w, protocol=3)  # unframed: the array bytes go after BUILD
+    assert data.endswith(b"b.")
+    path = tmp_path / "h.joblib"
+    path.write_bytes(data[:-1] + b"A" * 32 + b".")
+    with pytest.raises(firkin.UntrustedTypesError, match="hide the objects"):
+        firkin.load(path)
+    # trusted=True skips the scan; the loader still refuses to read pointers
+    with pytest.raises(firkin.FormatError, match="holds Python objects but its flags"):
+        firkin.load(path, trusted=True)
