@@ -77,7 +77,10 @@ def main(out):
         if joblib is not None and isinstance(value, (np.ndarray, dict, list)):
             for proto in (2, 4):
                 bio = io.BytesIO()
-                joblib.dump(value, bio, protocol=proto)
+                try:
+                    joblib.dump(value, bio, protocol=proto)
+                except (pickle.PicklingError, TypeError, ValueError):
+                    continue
                 save(scan_dir, bio.getvalue())
                 n_scan += 1
     # the default writer settings too (1 MiB chunks, 64 KiB threshold), compressed to stay small
