@@ -841,51 +841,53 @@ def _policy(buf, name, kind, trusted, call="firkin.load"):
     return info["arrays"]
 
 
-def _scan_materialized(src, name, kind, trusted):
-    """Read (decompress) src into memory and judge it: (mapping, size, spans)."""
+def _judge_materialized(src, judge):
+    """Read (decompress) src into memory and judge(buffer) it:
+    (mapping, size, judgement); the caller closes the mapping."""
     if isinstance(src, _Inflate):
         src.one_stream = True
     mm, n = _materialize(src)
     try:
         with memoryview(mm) as view, view[:n] as mv:
-            spans = _policy(mv, name, kind, trusted)
+            return mm, n, judge(mv)
     except BaseException:
         mm.close()
         raise
-    return mm, n, spans
 
 
-def _scan_mapped(fd, start, name, kind, trusted):
-    """Judge the uncompressed stream at fd[start:] through a mapping; None
-    when the file cannot be mapped."""
+def _judge_mapped(fd, start, judge):
+    """judge(buffer) of the uncompressed stream at fd[start:] through a
+    mapping; None when the file cannot be mapped."""
     try:
         mm = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
     except (OSError, ValueError):  # empty, or not mappable (a pipe, some FUSE file systems)
         return None
     with mm, memoryview(mm) as view, view[start:] as mv:
-        return _policy(mv, name, kind, trusted)
+        return judge(mv)
+
+
+def _scan_materialized(src, name, kind, trusted):
+    """(mapping, size, spans) of src read into memory and judged by the policy."""
+    return _judge_materialized(src, lambda buf: _policy(buf, name, kind, trusted))
+
+
+def _scan_mapped(fd, start, name, kind, trusted):
+    """The spans of the mapped stream at fd[start:] judged by the policy, or None."""
+    return _judge_mapped(fd, start, lambda buf: _policy(buf, name, kind, trusted))
 
 
 def scan_fd(fd: int, name: str) -> dict:
     """scan() of the joblib or pickle file open at fd (decompressed when compressed)."""
     kind = detect(os.pread(fd, 8, 0))
-    if kind == "raw":
-        size = os.fstat(fd).st_size
-        if size:
-            try:
-                with mmap.mmap(fd, 0, access=mmap.ACCESS_READ) as mm:
-                    return scan(mm, name, kind)
-            except (OSError, ValueError):  # not mappable: read it
-                pass
-    src = _make_source(kind, _FdSource(fd, 0, name), name)
-    if isinstance(src, _Inflate):
-        src.one_stream = True
-    mm, n = _materialize(src)
-    try:
-        with memoryview(mm) as mv:
-            return scan(mv[:n], name, kind)
-    finally:
+
+    def judge(buf):
+        return scan(buf, name, kind)
+
+    info = _judge_mapped(fd, 0, judge) if kind == "raw" else None
+    if info is None:
+        mm, _, info = _judge_materialized(_make_source(kind, _FdSource(fd, 0, name), name), judge)
         mm.close()
+    return info
 
 
 # --------------------------------------------------------------------------- unpicklers
