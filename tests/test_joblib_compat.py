@@ -544,6 +544,48 @@ def test_corrupted_compressed_files(tmp_path, compress):
         firkin.load(path)
 
 
+def _compressed_pieces(data: bytes, compress: str, cuts) -> bytes:
+    """`data` split at `cuts` and each piece compressed as its own stream, concatenated."""
+    import bz2
+    import gzip
+    import lzma
+    one = {"zlib": zlib.compress, "gzip": gzip.compress, "bz2": bz2.compress,
+           "xz": lzma.compress}[compress]
+    bounds = [0, *cuts, len(data)]
+    return b"".join(one(data[a:b]) for a, b in zip(bounds, bounds[1:]))
+
+
+@pytest.mark.parametrize("compress", ["zlib", "gzip", "bz2", "xz"])
+def test_concatenated_compressed_streams(tmp_path, compress):
+    """A pickle that goes on across concatenated compressed streams (as
+    gzip, bz2 and xz read them; joblib.load loops on them, allocating
+    without bound) loads with the policy as without it; names in a later
+    stream are still judged before unpickling."""
+    data = make_data()
+    plain = tmp_path / "plain.pkl"
+    joblib.dump(data, plain)
+    raw = plain.read_bytes()
+    path = tmp_path / "pieces.pkl"
+    path.write_bytes(_compressed_pieces(raw, compress, [len(raw) // 3, 2 * len(raw) // 3]))
+    assert firkin.untrusted_types(path) == []
+    assert_same(firkin.load(path), data)
+    assert_same(firkin.load(path, trusted=True), data)
+
+    # a complete pickle in the first stream: what follows it is never read
+    path.write_bytes(_compressed_pieces(raw, compress, []) + _compressed_pieces(b"\0" * 999, compress, []))
+    assert_same(firkin.load(path), data)
+
+    import os as os_module
+    hostile = pickle.dumps({"pad": list(range(2000)), "f": os_module.getcwd}, protocol=4)
+    path.write_bytes(_compressed_pieces(hostile, compress, [len(hostile) // 2]))
+    assert hostile.index(os_module.getcwd.__module__.encode()) > len(hostile) // 2
+    want = f"{os_module.getcwd.__module__}.getcwd"
+    assert firkin.untrusted_types(path) == [want]
+    with pytest.raises(firkin.UntrustedTypesError, match="before unpickling") as info:
+        firkin.load(path)
+    assert want in str(info.value)
+
+
 def test_not_a_pickle(tmp_path):
     path = tmp_path / "notes.txt"
     path.write_bytes(b"hello, world: just some text\n")

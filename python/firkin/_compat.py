@@ -344,6 +344,15 @@ class _Inflate:
         err.__cause__ = exc
         return err
 
+    def next_stream(self) -> bool:
+        """At the end of a compressed stream: start the next concatenated one;
+        False when the source ends there."""
+        rest = self.d.unused_data or self.inbuf or self.raw.read(_RAW_CHUNK)
+        if not rest:
+            return False
+        self.d, self.inbuf = self._new(), rest
+        return True
+
     def _more(self) -> bytes:
         try:
             return self._decompress()
@@ -356,13 +365,9 @@ class _Inflate:
         while True:
             d = self.d
             if d.eof:
-                if self.one_stream:
+                if self.one_stream or not self.next_stream():
                     return b""
-                rest = d.unused_data or self.inbuf or self.raw.read(_RAW_CHUNK)
-                if not rest:
-                    return b""
-                self.d = d = self._new()  # the next concatenated stream
-                self.inbuf = rest
+                d = self.d
             if self._zlib:
                 if not self.inbuf:
                     self.inbuf = self.raw.read(_RAW_CHUNK)
@@ -778,12 +783,16 @@ class _AnonReader(_MapReader):
             self.mm.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
 
 
-def _materialize(src, size_hint: int = 0):
-    """Everything `src` yields (a decompressor: its first stream) in an
-    anonymous private mapping; returns (mapping, size)."""
-    cap = max(1 << 20, size_hint)
-    mm = mmap.mmap(-1, cap, flags=mmap.MAP_PRIVATE)
-    n = 0
+def _materialize(src, size_hint: int = 0, into=None):
+    """Everything `src` yields (a decompressor: up to the end of its current
+    stream) in an anonymous private mapping, after the `n` bytes already in
+    it when into=(mapping, n); returns (mapping, size)."""
+    if into is None:
+        cap = max(1 << 20, size_hint)
+        mm, n = mmap.mmap(-1, cap, flags=mmap.MAP_PRIVATE), 0
+    else:
+        mm, n = into
+        cap = len(mm)
     try:
         while True:
             if n == cap:
@@ -844,10 +853,28 @@ def _policy(buf, name, kind, trusted, call="firkin.load"):
 def _judge_materialized(src, judge):
     """Read (decompress) src into memory and judge(buffer) it:
     (mapping, size, judgement); the caller closes the mapping."""
-    if isinstance(src, _Inflate):
+    # The first compressed stream alone: the unpickler stops at STOP, so what
+    # follows a pickle that ends inside it is never read (as when loading
+    # without the policy). A pickle that goes on into further concatenated
+    # streams (the gzip module reads those) is judged once more with all of
+    # them (not once per stream: a file of many tiny streams would cost
+    # quadratic time).
+    inflate = isinstance(src, _Inflate)
+    if inflate:
         src.one_stream = True
     mm, n = _materialize(src)
     try:
+        try:
+            with memoryview(mm) as view, view[:n] as mv:
+                return mm, n, judge(mv)
+        except FormatError as first:
+            if not (inflate and src.next_stream()):
+                raise
+            src.one_stream = False
+            try:
+                mm, n = _materialize(src, into=(mm, n))
+            except FormatError:
+                raise first from None  # what follows the first stream is not a compressed stream
         with memoryview(mm) as view, view[:n] as mv:
             return mm, n, judge(mv)
     except BaseException:
