@@ -36,6 +36,7 @@ typedef struct {
     fk_state *st;
     int fd;              /* >= 0: write with write(2) */
     PyObject *fileobj;   /* else: a Python binary file object */
+    PyObject *name;      /* the file's name for OSError (the user's path, not the temp file), or NULL */
     PyObject *write_meth;
     uint64_t pos;        /* bytes of the container written so far */
     PyObject *start_pos; /* fileobj.tell() at start, for patching, or None */
@@ -129,8 +130,16 @@ static __thread WriterObject *fk_current_writer = NULL;
 
 /* ------------------------------------------------------------------ I/O */
 
-static int write_all_fd(int fd, const unsigned char *p, size_t n, int release_gil)
+/* an OSError from errno, naming the file when its name is known */
+static void wr_errno(WriterObject *w)
 {
+    if (w->name) PyErr_SetFromErrnoWithFilenameObject(PyExc_OSError, w->name);
+    else PyErr_SetFromErrno(PyExc_OSError);
+}
+
+static int write_all_fd(WriterObject *w, const unsigned char *p, size_t n, int release_gil)
+{
+    int fd = w->fd;
     while (n) {
         ssize_t k;
         size_t want = n > ((size_t)1 << 30) ? ((size_t)1 << 30) : n;
@@ -146,12 +155,12 @@ static int write_all_fd(int fd, const unsigned char *p, size_t n, int release_gi
                 if (PyErr_CheckSignals() < 0) return -1;
                 continue;
             }
-            PyErr_SetFromErrno(PyExc_OSError);
+            wr_errno(w);
             return -1;
         }
         if (k == 0) {
             errno = EIO;
-            PyErr_SetFromErrno(PyExc_OSError);
+            wr_errno(w);
             return -1;
         }
         p += k;
@@ -192,7 +201,7 @@ static int write_all_pyfile(WriterObject *w, const unsigned char *p, size_t n)
 
 static int wr_out(WriterObject *w, const void *p, size_t n)
 {
-    int rc = w->fd >= 0 ? write_all_fd(w->fd, (const unsigned char *)p, n, n >= 65536)
+    int rc = w->fd >= 0 ? write_all_fd(w, (const unsigned char *)p, n, n >= 65536)
                         : write_all_pyfile(w, (const unsigned char *)p, n);
     if (rc == 0) w->pos += n;
     return rc;
@@ -973,7 +982,7 @@ static PyObject *Writer_finish(WriterObject *w, PyObject *args)
             ssize_t k = pwrite(w->fd, h, FK_HEADER_LEN, 0);
             if (k != FK_HEADER_LEN) {
                 if (k >= 0) errno = EIO;
-                PyErr_SetFromErrno(PyExc_OSError);
+                wr_errno(w);
                 goto done;
             }
             if (do_fsync) {
@@ -981,7 +990,7 @@ static PyObject *Writer_finish(WriterObject *w, PyObject *args)
                 Py_BEGIN_ALLOW_THREADS
                 rc = fsync(w->fd);
                 Py_END_ALLOW_THREADS
-                if (rc < 0) { PyErr_SetFromErrno(PyExc_OSError); goto done; }
+                if (rc < 0) { wr_errno(w); goto done; }
             }
         } else if (w->start_pos != Py_None) {
             PyObject *r = PyObject_CallMethod(w->fileobj, "seek", "O", w->start_pos);
@@ -1021,13 +1030,13 @@ done:
 static PyObject *Writer_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
     static char *kwlist[] = {"target", "threads", "chunk_size", "threshold", "codec", "level",
-                             "py_codec", "progress", "signer", NULL};
-    PyObject *target, *py_codec = Py_None, *progress = Py_None, *signer = Py_None;
+                             "py_codec", "progress", "signer", "name", NULL};
+    PyObject *target, *py_codec = Py_None, *progress = Py_None, *signer = Py_None, *name = Py_None;
     int threads = 0, codec = FK_CODEC_RAW, level = 0;
     Py_ssize_t chunk_size = FK_DEFAULT_CHUNK, threshold = FK_DEFAULT_THRESHOLD;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|inniiOOO:Writer", kwlist, &target, &threads,
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|inniiOOOO:Writer", kwlist, &target, &threads,
                                      &chunk_size, &threshold, &codec, &level, &py_codec, &progress,
-                                     &signer))
+                                     &signer, &name))
         return NULL;
     if (codec < 0 || codec > FK_CODEC_MAX) {
         PyErr_Format(PyExc_ValueError, "unknown codec id %d", codec);
@@ -1062,6 +1071,7 @@ static PyObject *Writer_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     w->py_codec = py_codec == Py_None ? NULL : Py_NewRef(py_codec);
     w->progress = progress == Py_None ? NULL : Py_NewRef(progress);
     w->signer = signer == Py_None ? NULL : Py_NewRef(signer);
+    w->name = name == Py_None ? NULL : Py_NewRef(name);
     w->start_pos = Py_NewRef(Py_None);
     w->buffers = PyList_New(0);
     w->arrays = PyList_New(0);
@@ -1114,6 +1124,7 @@ static int Writer_traverse(WriterObject *w, visitproc visit, void *arg)
     Py_VISIT(w->py_codec);
     Py_VISIT(w->progress);
     Py_VISIT(w->signer);
+    Py_VISIT(w->name);
     return 0;
 }
 
@@ -1128,6 +1139,7 @@ static int Writer_clear(WriterObject *w)
     Py_CLEAR(w->seen_types);
     Py_CLEAR(w->progress);
     Py_CLEAR(w->signer);
+    Py_CLEAR(w->name);
     return 0;
 }
 

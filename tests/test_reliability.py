@@ -263,7 +263,8 @@ FSIZE_CHILD = textwrap.dedent("""
     try:
         firkin.dump(value, target, compress=0 if comp == "0" else (comp, 1))
     except OSError as exc:
-        print("OSError", type(exc).__name__, exc.errno, isinstance(exc, firkin.FirkinError), exc)
+        print("OSError", type(exc).__name__, exc.errno, isinstance(exc, firkin.FirkinError),
+              exc.filename == target, exc)
     except BaseException as exc:
         print("other", type(exc).__name__, exc)
     else:
@@ -285,7 +286,8 @@ def test_file_size_limit_raises_oserror_and_keeps_target(tmp_path, limit, comp):
     proc = run_child(FSIZE_CHILD, target, limit, comp)
     assert proc.returncode == 0, _fail_child(proc)
     first, listing = proc.stdout.splitlines()[:2]
-    assert first.startswith(f"OSError OSError {errno.EFBIG} False"), proc.stdout
+    # the error names the user's file, not the temporary one (gone by then)
+    assert first.startswith(f"OSError OSError {errno.EFBIG} False True"), proc.stdout
     assert listing == "['t.fk']", proc.stdout   # no temp file left
     assert target.read_bytes() == before
     assert firkin.load(target)["version"] == "old"
@@ -314,6 +316,7 @@ def test_disk_full_enospc_raises_oserror_and_keeps_target(small_tmpfs):
             with pytest.raises(OSError) as info:
                 firkin.dump(value, target, compress=comp)
             assert info.value.errno == errno.ENOSPC, info.value
+            assert info.value.filename == str(target), info.value
             assert not isinstance(info.value, firkin.FirkinError)
             assert sorted(os.listdir(small_tmpfs)) == ["t.fk"]  # no temp file left
             assert target.read_bytes() == before

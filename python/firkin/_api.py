@@ -77,7 +77,7 @@ def _check_threads(threads) -> int:
 OOB_THRESHOLD = _core.DEFAULT_THRESHOLD
 
 
-def _write(value, target, protocol, user_meta, compress, threads, progress=None) -> int:
+def _write(value, target, protocol, user_meta, compress, threads, progress=None, name=None) -> int:
     codec, level, described = compress
     key = _sign.current_key()
     signer = _sign.Signer(key) if key is not None else None
@@ -86,7 +86,7 @@ def _write(value, target, protocol, user_meta, compress, threads, progress=None)
         w = _core.Writer(target, threshold=OOB_THRESHOLD, codec=codec, level=level,
                          py_codec=_compress.PY_CODEC, threads=threads,
                          signer=signer.update if signer else None,
-                         progress=bar if progress is not False else None)
+                         progress=bar if progress is not False else None, name=name)
         modules = w.dump(value, protocol)
         top = type(value)
         meta = _meta.build(modules, user_meta, w.buffer_count, w.oob_bytes, described,
@@ -168,7 +168,9 @@ def _dump_path(value, filename, protocol, user_meta, compress, threads, progress
                 os.chmod(tmp, os.stat(real).st_mode & 0o7777)  # keep the old file's permissions
             except FileNotFoundError:
                 pass
-            _write(value, fd, protocol, user_meta, compress, threads, progress)
+            # a failed write (disk full, file size limit) names the user's
+            # file: the temporary one is gone by the time they read it
+            _write(value, fd, protocol, user_meta, compress, threads, progress, name=path)
         finally:
             os.close(fd)
         os.replace(tmp, real)
