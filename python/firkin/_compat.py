@@ -84,6 +84,9 @@ _RAW_CHUNK = 1 << 18  # compressed bytes fed to a decompressor at a time
 _OUT_CHUNK = 1 << 20  # most decompressed bytes produced at a time
 _MAX_ARRAY_BYTES = 1 << 48
 _SMALL_COPY = 1 << 18  # arrays up to this size are copied from the mapping, larger ones pread
+# arrays of at least _RELEASE_MIN bytes from an anonymous mapping are copied
+# in pieces of _RELEASE_STEP, each piece's pages released once copied
+_RELEASE_MIN, _RELEASE_STEP = 1 << 20, 1 << 22
 
 _HAS_NP_CORE = int(np.__version__.split(".")[0]) >= 2  # numpy._core, since 2.0
 #: what takes a wrapper's place: POP (the wrapper), BININT token, BINPERSID -> the array
@@ -752,7 +755,14 @@ class _AnonReader(_MapReader):
 
     mappable = False
 
-    def __init__(self, mm, size: int, name: str):  # noqa: D107 - no super().__init__: no fd
+    def __init__(self, mm, size: int, name: str, released: list):  # noqa: D107 - no super().__init__: no fd
+        # released: [bool] shared by every pass over this mapping; a pass
+        # after array pages were given back would read zeros there
+        if released[0]:
+            raise FormatError(f"{name}: this file needs a second pass after its array data was "
+                              "read (an old joblib wrapper after a new one); it is not a file "
+                              "joblib writes. Load it with trusted=True if you trust it")
+        self._released = released
         self.fd, self.name, self.size = None, name, size
         self.mm = mm
         self.mv = memoryview(mm)
@@ -776,11 +786,25 @@ class _AnonReader(_MapReader):
     def readinto_exact(self, mv, what: str):
         n = len(mv)
         p = self._claim(n, what)
-        mv[:] = self.mv[p:p + n]
+        if n < _RELEASE_MIN:
+            mv[:] = self.mv[p:p + n]
+        else:
+            # copy piece by piece, giving each piece's whole pages back as
+            # soon as they are copied: the array's pages and the stream's are
+            # never both resident, so a load peaks near the stream's size
+            self._released[0] = True
+            page = mmap.PAGESIZE
+            done, lo = 0, -(-p // page) * page
+            with memoryview(mv).cast("B") as dst:
+                while done < n:
+                    k = min(_RELEASE_STEP, n - done)
+                    dst[done:done + k] = self.mv[p + done:p + done + k]
+                    done += k
+                    hi = (p + done) // page * page
+                    if hi > lo:
+                        self.mm.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
+                        lo = hi
         self.mm.seek(p + n)
-        lo, hi = -(-p // mmap.PAGESIZE) * mmap.PAGESIZE, (p + n) // mmap.PAGESIZE * mmap.PAGESIZE
-        if hi - lo >= 1 << 20:
-            self.mm.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
 
 
 def _materialize(src, size_hint: int = 0, into=None):
@@ -1381,6 +1405,7 @@ def load_foreign(f, name, mmap_mode=None, *, ensure_native_byte_order="auto", tr
         mode = None
 
     spans, anon, n = None, None, 0
+    released = [False]  # array pages of the anonymous mapping given back (_AnonReader)
     if trusted is not True:  # judge every name before anything is built
         if kind == "raw":
             spans = _scan_mapped(fd, 0, name, kind, trusted)
@@ -1390,7 +1415,7 @@ def load_foreign(f, name, mmap_mode=None, *, ensure_native_byte_order="auto", tr
 
     def make_reader():
         if anon is not None:
-            return _AnonReader(anon, n, name)
+            return _AnonReader(anon, n, name, released)
         if kind == "raw":
             try:
                 return _MapReader(fd, name)
@@ -1453,6 +1478,7 @@ def load_fileobj(fileobj, name=None, *, ensure_native_byte_order="auto", trusted
             return src
 
     spans, anon, n, mat_src, span_base = None, None, 0, None, 0
+    released = [False]  # array pages of the anonymous mapping given back (_AnonReader)
     if raw_source is not None:
         kind = detect(raw_source().read(8))
         if trusted is not True:  # judge every name before anything is built
@@ -1468,7 +1494,7 @@ def load_fileobj(fileobj, name=None, *, ensure_native_byte_order="auto", trusted
 
         def make_reader():
             if anon is not None:
-                return _AnonReader(anon, n, name)
+                return _AnonReader(anon, n, name, released)
             if kind == "raw" and fd is not None:
                 try:
                     return _MapReader(fd, name, start)
@@ -1486,7 +1512,7 @@ def load_fileobj(fileobj, name=None, *, ensure_native_byte_order="auto", trusted
 
         def make_reader():
             if anon is not None:
-                return _AnonReader(anon, n, name)
+                return _AnonReader(anon, n, name, released)
             if not fresh:
                 raise FormatError(f"{name}: this file needs a second pass, which a "
                                   "non-seekable stream cannot give; load it by path")
@@ -1545,6 +1571,7 @@ def loads_foreign(data, name="<bytes>", *, ensure_native_byte_order="auto", trus
     kind = detect(bytes(mv[:8]))
 
     spans, anon, n = None, None, 0
+    released = [False]  # array pages of the anonymous mapping given back (_AnonReader)
     if trusted is not True:  # judge every name before anything is built
         if kind == "raw":
             spans = _policy(mv, name, kind, trusted)
@@ -1554,7 +1581,7 @@ def loads_foreign(data, name="<bytes>", *, ensure_native_byte_order="auto", trus
 
     def make_reader():
         if anon is not None:
-            return _AnonReader(anon, n, name)
+            return _AnonReader(anon, n, name, released)
         return _Stream(_make_source(kind, _BytesSource(mv, name), name))
 
     try:
