@@ -4,12 +4,15 @@ Environment switches:
   FIRKIN_DEBUG=1     -O0 -g
   FIRKIN_SANITIZE=1  AddressSanitizer + UndefinedBehaviorSanitizer (see docs/TESTING.md)
   FIRKIN_WERROR=1    warnings are errors (CI)
-  FIRKIN_NO_ZSTD=1, FIRKIN_NO_LZ4=1, FIRKIN_NO_LIBDEFLATE=1
-                     build without libzstd / liblz4 / libdeflate even if present
+  FIRKIN_NO_ZSTD=1, FIRKIN_NO_LZ4=1, FIRKIN_NO_LIBDEFLATE=1, FIRKIN_NO_OPENSSL=1
+                     build without libzstd / liblz4 / libdeflate / OpenSSL even if present
 
 zlib is required (Debian: zlib1g-dev). zstd and lz4 are linked when their
 headers and libraries are found (Debian: libzstd-dev, liblz4-dev), and
-libdeflate (libdeflate-dev), a faster engine for the zlib codec.
+libdeflate (libdeflate-dev), a faster engine for the zlib codec. OpenSSL 3's
+libcrypto (libssl-dev) signs the pickle stream on a native thread while it
+is written; without it, the signature is computed in Python, on the
+pickling thread.
 """
 import os
 import shutil
@@ -19,7 +22,8 @@ import tempfile
 import numpy
 from setuptools import Extension, setup
 
-SOURCES = ["src/module.c", "src/writer.c", "src/reader.c", "src/codec.c", "src/checksum.c", "src/scan.c"]
+SOURCES = ["src/module.c", "src/writer.c", "src/reader.c", "src/codec.c", "src/checksum.c", "src/scan.c",
+           "src/sign.c"]
 
 cflags = ["-std=c11", "-D_GNU_SOURCE", "-Wall", "-Wextra", "-Wno-missing-field-initializers",
           "-fvisibility=hidden"]
@@ -71,7 +75,10 @@ if not os.environ.get("FIRKIN_NO_ZSTD") and _links("ZSTD_compress", "zstd.h", "z
 if not os.environ.get("FIRKIN_NO_LZ4") and _links("LZ4_compress_HC", "lz4hc.h", "lz4"):
     libraries.append("lz4")
     macros.append(("FIRKIN_HAVE_LZ4", "1"))
-print("firkin: building with codecs zlib" + "".join(
+if not os.environ.get("FIRKIN_NO_OPENSSL") and _links("EVP_MAC_fetch", "openssl/evp.h", "crypto"):
+    libraries.append("crypto")
+    macros.append(("FIRKIN_HAVE_OPENSSL", "1"))
+print("firkin: building with zlib" + "".join(
     ", " + m[0][len("FIRKIN_HAVE_"):].lower() for m in macros), file=sys.stderr)
 
 setup(

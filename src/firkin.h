@@ -2,7 +2,8 @@
  *
  * Units: module.c (init, state, exported functions), writer.c (container
  * writer and the pickler glue), reader.c (container reader, aligned buffers),
- * codec.c (chunk worker pool), checksum.c (CRC-32C).
+ * codec.c (chunk worker pool), checksum.c (CRC-32C), scan.c (static pickle
+ * scanner), sign.c (HMAC of the pickle stream on a native thread).
  * docs/FORMAT.md is the normative description of every constant below.
  */
 #ifndef FIRKIN_H
@@ -146,6 +147,20 @@ void codec_pool_free(codec_pool *p);                     /* with the GIL */
 int codec_default_threads(void);
 int codec_available(int codec);
 size_t codec_bound(int codec, size_t n);
+
+/* ---- sign.c: HMAC-SHA256 of the pickle stream on a native thread ---- */
+#ifdef FIRKIN_HAVE_OPENSSL
+typedef struct fk_hasher fk_hasher;
+/* with the GIL; NULL with an exception set */
+fk_hasher *fk_hasher_new(const unsigned char *key, size_t key_len, const unsigned char *prefix,
+                         size_t prefix_len);
+uint64_t fk_hasher_submit(fk_hasher *h, const unsigned char *p, size_t n); /* GIL; 0: error */
+void fk_hasher_wait(fk_hasher *h, uint64_t seq);  /* without the GIL */
+void fk_hasher_stop(fk_hasher *h);                /* without the GIL */
+uint64_t fk_hasher_bytes(fk_hasher *h);
+int fk_hasher_final(fk_hasher *h, const unsigned char *tail, size_t tail_len, unsigned char *out);
+void fk_hasher_free(fk_hasher *h);                /* with the GIL */
+#endif
 
 /* ---- writer.c ---- */
 int writer_init_types(PyObject *module, fk_state *st);

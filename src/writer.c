@@ -70,6 +70,9 @@ typedef struct {
     uint64_t submitted;  /* raw bytes handed to the pipeline */
     PyObject *progress;  /* callable(bytes_done) or NULL */
     PyObject *signer;    /* callable(memoryview) fed every raw pickle stream byte, or NULL */
+#ifdef FIRKIN_HAVE_OPENSSL
+    fk_hasher *hasher;   /* or: the stream's HMAC computed on a native thread (sign.c) */
+#endif
     uint64_t progress_done, progress_last;
     uint64_t progress_total; /* raw bytes the dump will write, once known (0 before) */
     unsigned char *spare;    /* a retired stream staging buffer, reused (fresh ones page-fault) */
@@ -79,6 +82,7 @@ typedef struct wr_job {
     codec_job job;
     size_t section;       /* index into w->sections */
     int recycle;          /* job.owned is a chunk_size staging buffer to reuse */
+    uint64_t hash_seq;    /* a stream chunk the hasher reads: its number there, else 0 */
 } wr_job;
 
 /* A large non-contiguous array on its way out-of-band. The C pickler only
@@ -329,6 +333,13 @@ static int wr_retire_one(WriterObject *w)
     if (wr_report_progress(w, j->job.src_len, 0) < 0) goto done;
     rc = 0;
 done:
+#ifdef FIRKIN_HAVE_OPENSSL
+    if (j->hash_seq) { /* the hasher may still be reading this chunk's memory */
+        Py_BEGIN_ALLOW_THREADS
+        fk_hasher_wait(w->hasher, j->hash_seq);
+        Py_END_ALLOW_THREADS
+    }
+#endif
     if (j->recycle && !w->spare) {
         w->spare = (unsigned char *)j->job.owned;
         j->job.owned = NULL;
@@ -347,6 +358,13 @@ static int wr_drain(WriterObject *w)
 /* After an error: let the workers finish with memory we are about to free. */
 static void wr_abort_pipeline(WriterObject *w)
 {
+#ifdef FIRKIN_HAVE_OPENSSL
+    if (w->hasher) {
+        Py_BEGIN_ALLOW_THREADS
+        fk_hasher_stop(w->hasher);
+        Py_END_ALLOW_THREADS
+    }
+#endif
     if (w->pool) {
         Py_BEGIN_ALLOW_THREADS
         codec_pool_wait_all(w->pool);
@@ -434,7 +452,7 @@ static int wr_flush_stream(WriterObject *w)
     unsigned char *full = w->sbuf;
     size_t n = w->sbuf_len;
     int last = !w->stream_open; /* the final, partial chunk: no new staging buffer */
-    if (w->signer) {
+    if (w->signer) { /* the Python signer (no native one) */
         /* the signature covers the stream exactly as the unpickler reads it */
         PyObject *mv = PyMemoryView_FromMemory((char *)full, (Py_ssize_t)n, PyBUF_READ);
         PyObject *r = mv ? PyObject_CallOneArg(w->signer, mv) : NULL;
@@ -454,7 +472,13 @@ static int wr_flush_stream(WriterObject *w)
         return -1;
     }
     if (wr_submit(w, full, n, full) < 0) return -1; /* the pipeline frees `full` */
-    w->ring[(w->ring_head + w->ring_count - 1) % w->ring_cap]->recycle = 1;
+    wr_job *j = w->ring[(w->ring_head + w->ring_count - 1) % w->ring_cap];
+    j->recycle = 1;
+#ifdef FIRKIN_HAVE_OPENSSL
+    /* after the job is in the ring: its retirement waits for the hasher,
+     * so `full` outlives the hasher's reading of it */
+    if (w->hasher && !(j->hash_seq = fk_hasher_submit(w->hasher, full, n))) return -1;
+#endif
     return 0;
 }
 
@@ -1030,37 +1054,50 @@ done:
 static PyObject *Writer_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
     static char *kwlist[] = {"target", "threads", "chunk_size", "threshold", "codec", "level",
-                             "py_codec", "progress", "signer", "name", NULL};
+                             "py_codec", "progress", "signer", "name", "sign_key", "sign_prefix",
+                             NULL};
     PyObject *target, *py_codec = Py_None, *progress = Py_None, *signer = Py_None, *name = Py_None;
+    Py_buffer sign_key = {0}, sign_prefix = {0};
     int threads = 0, codec = FK_CODEC_RAW, level = 0;
     Py_ssize_t chunk_size = FK_DEFAULT_CHUNK, threshold = FK_DEFAULT_THRESHOLD;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|inniiOOOO:Writer", kwlist, &target, &threads,
-                                     &chunk_size, &threshold, &codec, &level, &py_codec, &progress,
-                                     &signer, &name))
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|inniiOOOOy*y*:Writer", kwlist, &target,
+                                     &threads, &chunk_size, &threshold, &codec, &level, &py_codec,
+                                     &progress, &signer, &name, &sign_key, &sign_prefix))
         return NULL;
+    WriterObject *w = NULL;
+    if (sign_key.buf && signer != Py_None) {
+        PyErr_SetString(PyExc_ValueError, "give signer or sign_key, not both");
+        goto fail;
+    }
+#ifndef FIRKIN_HAVE_OPENSSL
+    if (sign_key.buf) {
+        PyErr_SetString(PyExc_ValueError, "this build signs in Python (no OpenSSL): pass signer");
+        goto fail;
+    }
+#endif
     if (codec < 0 || codec > FK_CODEC_MAX) {
         PyErr_Format(PyExc_ValueError, "unknown codec id %d", codec);
-        return NULL;
+        goto fail;
     }
     if (!codec_available(codec) && py_codec == Py_None) {
         PyErr_Format(PyExc_ValueError, "codec id %d is not available in this build", codec);
-        return NULL;
+        goto fail;
     }
     if (py_codec != Py_None && (!PyTuple_Check(py_codec) || PyTuple_GET_SIZE(py_codec) != 2)) {
         PyErr_SetString(PyExc_TypeError, "py_codec must be a (compress, decompress) tuple");
-        return NULL;
+        goto fail;
     }
     if (chunk_size < 4096 || (uint64_t)chunk_size > FK_MAX_CHUNK) {
         PyErr_Format(PyExc_ValueError, "chunk_size must be between 4096 and %llu, got %zd",
                      (unsigned long long)FK_MAX_CHUNK, chunk_size);
-        return NULL;
+        goto fail;
     }
     if (threshold < 0) {
         PyErr_SetString(PyExc_ValueError, "threshold must be >= 0");
-        return NULL;
+        goto fail;
     }
-    WriterObject *w = (WriterObject *)type->tp_alloc(type, 0);
-    if (!w) return NULL;
+    w = (WriterObject *)type->tp_alloc(type, 0);
+    if (!w) goto fail;
     w->st = (fk_state *)PyType_GetModuleState(type);
     w->fd = -1;
     w->chunk_size = (size_t)chunk_size;
@@ -1072,6 +1109,13 @@ static PyObject *Writer_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     w->progress = progress == Py_None ? NULL : Py_NewRef(progress);
     w->signer = signer == Py_None ? NULL : Py_NewRef(signer);
     w->name = name == Py_None ? NULL : Py_NewRef(name);
+#ifdef FIRKIN_HAVE_OPENSSL
+    if (sign_key.buf) {
+        w->hasher = fk_hasher_new((const unsigned char *)sign_key.buf, (size_t)sign_key.len,
+                                  (const unsigned char *)sign_prefix.buf, (size_t)sign_prefix.len);
+        if (!w->hasher) goto fail;
+    }
+#endif
     w->start_pos = Py_NewRef(Py_None);
     w->buffers = PyList_New(0);
     w->arrays = PyList_New(0);
@@ -1105,9 +1149,13 @@ static PyObject *Writer_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
             }
         }
     }
+    if (sign_key.buf) PyBuffer_Release(&sign_key);
+    if (sign_prefix.buf) PyBuffer_Release(&sign_prefix);
     return (PyObject *)w;
 fail:
-    Py_DECREF(w);
+    if (sign_key.buf) PyBuffer_Release(&sign_key);
+    if (sign_prefix.buf) PyBuffer_Release(&sign_prefix);
+    Py_XDECREF(w);
     return NULL;
 }
 
@@ -1150,6 +1198,9 @@ static void Writer_dealloc(WriterObject *w)
     Writer_clear(w);
     wr_abort_pipeline(w);
     if (w->pool) codec_pool_free(w->pool);
+#ifdef FIRKIN_HAVE_OPENSSL
+    fk_hasher_free(w->hasher);
+#endif
     Py_CLEAR(w->py_codec); /* after the pool: its workers may use it */
     PyMem_Free(w->ring);
     free(w->spare);
@@ -1172,11 +1223,50 @@ static PyObject *Writer_get_oob_bytes(WriterObject *w, void *c)
     return PyLong_FromUnsignedLongLong(w->oob_bytes);
 }
 
+static PyObject *Writer_sign_digest(WriterObject *w, PyObject *arg)
+{
+#ifdef FIRKIN_HAVE_OPENSSL
+    if (!w->hasher) {
+        PyErr_SetString(PyExc_RuntimeError, "this Writer was not given sign_key");
+        return NULL;
+    }
+    if (w->stage != 1) {
+        PyErr_SetString(PyExc_RuntimeError, "sign_digest() comes once, after a successful dump()");
+        return NULL;
+    }
+    Py_buffer tail;
+    if (PyObject_GetBuffer(arg, &tail, PyBUF_SIMPLE) < 0) return NULL;
+    unsigned char out[32];
+    int rc = fk_hasher_final(w->hasher, (const unsigned char *)tail.buf, (size_t)tail.len, out);
+    PyBuffer_Release(&tail);
+    if (rc < 0) return NULL;
+    return PyBytes_FromStringAndSize((const char *)out, 32);
+#else
+    (void)w;
+    (void)arg;
+    PyErr_SetString(PyExc_RuntimeError, "this Writer was not given sign_key");
+    return NULL;
+#endif
+}
+
+static PyObject *Writer_get_signed_bytes(WriterObject *w, void *c)
+{
+    (void)c;
+#ifdef FIRKIN_HAVE_OPENSSL
+    if (w->hasher) return PyLong_FromUnsignedLongLong(fk_hasher_bytes(w->hasher));
+#else
+    (void)w;
+#endif
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef Writer_methods[] = {
     {"dump", (PyCFunction)Writer_dump, METH_VARARGS,
      "dump(obj, protocol) -> sorted list of the top-level modules whose objects occur"},
     {"finish", (PyCFunction)Writer_finish, METH_VARARGS,
      "finish(metadata_json: bytes, fsync=True, signature=b'') -> container length"},
+    {"sign_digest", (PyCFunction)Writer_sign_digest, METH_O,
+     "sign_digest(tail: bytes) -> the stream's HMAC-SHA256 (sign_key) once `tail` is added"},
     {"write", (PyCFunction)Writer_write, METH_O, "pickler sink (internal)"},
     {"_buffer_callback", (PyCFunction)Writer_buffer_callback, METH_O, "buffer callback (internal)"},
     {NULL, NULL, 0, NULL},
@@ -1198,6 +1288,8 @@ static PyGetSetDef Writer_getset[] = {
     {"arrays", (getter)Writer_get_arrays, NULL,
      "per out-of-band buffer: (dtype str, shape) of its array, or None", NULL},
     {"by_value", (getter)Writer_get_by_value, NULL, "classes/functions of __main__ saved by value", NULL},
+    {"signed_bytes", (getter)Writer_get_signed_bytes, NULL,
+     "stream bytes the native signer was given (sign_key), else None", NULL},
     {"buffer_count", (getter)Writer_get_buffer_count, NULL, "out-of-band buffers written", NULL},
     {"oob_bytes", (getter)Writer_get_oob_bytes, NULL, "bytes of out-of-band buffers", NULL},
     {NULL, NULL, NULL, NULL, NULL},

@@ -34,9 +34,7 @@ def firkin_container(stream: bytes, metadata: bytes = b"{}", key: bytes | None =
     section(1, 1, stream)
     section(3, 0, metadata)
     if key is not None:
-        signer = _sign.Signer(key)
-        signer.update(stream)
-        section(4, 0, signer.finish(metadata))
+        section(4, 0, _sign.signature_payload(key, stream, metadata))
     _pad(out)
     index_off = len(out)
     entries, chunks = bytearray(), bytearray()

@@ -85,16 +85,14 @@ def _write(value, target, protocol, user_meta, compress, threads, progress=None,
     try:
         w = _core.Writer(target, threshold=OOB_THRESHOLD, codec=codec, level=level,
                          py_codec=_compress.PY_CODEC, threads=threads,
-                         signer=signer.update if signer else None,
-                         progress=bar if progress is not False else None, name=name)
+                         progress=bar if progress is not False else None, name=name,
+                         **(signer.writer_kwargs() if signer else {}))
         modules = w.dump(value, protocol)
         top = type(value)
         meta = _meta.build(modules, user_meta, w.buffer_count, w.oob_bytes, described,
                            f"{top.__module__}.{top.__qualname__}", w.arrays)
-        return w.finish(meta, True, signer.finish(meta) if signer else b"")
+        return w.finish(meta, True, signer.finish(meta, w) if signer else b"")
     finally:
-        if signer is not None:
-            signer.close()  # a failed dump leaves no hashing thread behind
         bar.close()
 
 

@@ -15,12 +15,12 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
-import queue
 import secrets
 import struct
 import threading
 import warnings
 
+from . import _core
 from ._core import FormatError
 
 _PREFIX = b"firkin-signature-v1\0"
@@ -110,58 +110,64 @@ def key_id(key: bytes) -> bytes:
 
 
 class Signer:
-    """Fed the raw pickle stream chunk by chunk by the C writer.
+    """The signature of one dump.
 
-    From the second chunk on (streams of a MiB and more), hashing moves to a
-    thread: hashlib releases the GIL while it hashes, so the HMAC is computed
-    on another core while the pickler goes on."""
+    With OpenSSL (build_info()["signer"] == "native") the C writer hashes
+    the stream itself, in order, on a thread of its own that needs no GIL:
+    give the Writer `writer_kwargs()`, then `finish(metadata, writer)`.
+    Otherwise the writer feeds `update` every raw pickle stream chunk and
+    the hashing happens right there, on the pickling thread. (A Python
+    thread gains nothing: it needs the GIL between chunks, which the pickler
+    holds, and the forest benchmark dumped slower with one than without.)"""
+
+    native = _core.build_info()["signer"] == "native"
 
     def __init__(self, key: bytes):
         self._key = key
-        self._h = hmac.new(key, _PREFIX + HEADER_FIXED, hashlib.sha256)
+        self._h = None if self.native else hmac.new(key, _PREFIX + HEADER_FIXED, hashlib.sha256)
         self._n = 0
-        self._queue = None
-        self._thread = None
 
-    def _hash_queued(self) -> None:
-        while (data := self._queue.get()) is not None:
-            self._h.update(data)
+    def writer_kwargs(self) -> dict:
+        """What the Writer needs to sign: a native signer's key and prefix, or this object's update."""
+        if self.native:
+            return {"sign_key": self._key, "sign_prefix": _PREFIX + HEADER_FIXED}
+        return {"signer": self.update}
 
     def update(self, chunk) -> None:
         self._n += len(chunk)
-        if self._n == len(chunk):  # the first chunk: maybe the only one
-            self._h.update(chunk)
-            return
-        if self._thread is None:
-            self._queue = queue.SimpleQueue()
-            self._thread = threading.Thread(target=self._hash_queued, name="firkin-sign", daemon=True)
-            self._thread.start()
-        self._queue.put(bytes(chunk))  # a copy: the writer reuses its memory
+        self._h.update(chunk)
 
-    def close(self) -> None:
-        """Stop the hashing thread (idempotent); finish() calls it."""
-        if self._thread is not None:
-            self._queue.put(None)
-            self._thread.join()
-            self._thread = None
+    def finish(self, metadata: bytes, writer=None) -> bytes:
+        """The signature section's payload, once the stream is complete."""
+        if self.native:
+            digest = writer.sign_digest(_tail(writer.signed_bytes, metadata))
+        else:
+            self._h.update(_tail(self._n, metadata))
+            digest = self._h.digest()
+        return _payload(self._key, digest)
 
-    def finish(self, metadata: bytes) -> bytes:
-        self.close()
-        h = self._h
-        h.update(struct.pack("<Q", self._n))
-        h.update(metadata)
-        h.update(struct.pack("<Q", len(metadata)))
-        return (_MAGIC + struct.pack("<HH", 1, _ALG_HMAC_SHA256) + key_id(self._key) + h.digest()
-                + bytes(PAYLOAD_LEN - 48))
+
+def _tail(stream_len: int, metadata: bytes) -> bytes:
+    """What the HMAC covers after the stream (docs/FORMAT.md, "Signature")."""
+    return struct.pack("<Q", stream_len) + metadata + struct.pack("<Q", len(metadata))
+
+
+def _payload(key: bytes, digest: bytes) -> bytes:
+    return (_MAGIC + struct.pack("<HH", 1, _ALG_HMAC_SHA256) + key_id(key) + digest
+            + bytes(PAYLOAD_LEN - 48))
 
 
 def _digest(key: bytes, header_fixed: bytes, stream: bytes, metadata: bytes) -> bytes:
     h = hmac.new(key, _PREFIX + header_fixed, hashlib.sha256)
     h.update(stream)
-    h.update(struct.pack("<Q", len(stream)))
-    h.update(metadata)
-    h.update(struct.pack("<Q", len(metadata)))
+    h.update(_tail(len(stream), metadata))
     return h.digest()
+
+
+def signature_payload(key: bytes, stream: bytes, metadata: bytes) -> bytes:
+    """The signature section of a firkin 1.0 file holding `stream` and
+    `metadata`, in one go (for tests and tools that build files by hand)."""
+    return _payload(key, _digest(key, HEADER_FIXED, stream, metadata))
 
 
 #: signature states reported by `status`
