@@ -47,6 +47,18 @@ def test_signature_verifies(tmp_path, impl, size, compress, threads):
 
 
 @pytest.mark.parametrize("impl", IMPLS, indirect=True)
+@pytest.mark.parametrize("compress", [0, ("zlib", 1)])
+def test_signature_of_dumps_and_file_objects(tmp_path, impl, compress):
+    value = _stream_of(3 * CHUNK + 5)
+    (tmp_path / "b.firkin").write_bytes(firkin.dumps(value, compress=compress))
+    with open(tmp_path / "f.firkin", "wb") as f:
+        firkin.dump(value, f, compress=compress)
+    for name in ("b.firkin", "f.firkin"):
+        assert firkin.verify(tmp_path / name).signature == "valid", name
+        assert firkin.load(tmp_path / name)["blob"] == value["blob"]
+
+
+@pytest.mark.parametrize("impl", IMPLS, indirect=True)
 def test_signed_under_the_key_of_the_moment(tmp_path, impl, monkeypatch):
     path = tmp_path / "k.firkin"
     monkeypatch.setenv("FIRKIN_KEY", "one key")
