@@ -6,6 +6,9 @@ Both must produce the signature docs/FORMAT.md defines; load and verify
 check it with a third, independent computation (_sign._digest over the
 stream read back)."""
 import os
+import subprocess
+import sys
+import textwrap
 import threading
 
 import numpy as np
@@ -153,3 +156,33 @@ def test_python_signer_without_native(tmp_path, monkeypatch):
     path = tmp_path / "py.firkin"
     _api.dump(_stream_of(3 * CHUNK), path)
     assert len(seen) >= 3 and firkin.verify(path).signature == "valid"
+
+
+NULL_PROVIDER_CONF = """openssl_conf = openssl_init
+[openssl_init]
+providers = provider_sect
+[provider_sect]
+null = null_sect
+[null_sect]
+activate = 1
+"""
+
+
+def test_openssl_without_hmac_falls_back_to_the_python_signer(tmp_path):
+    """An OpenSSL configured with no usable provider cannot give HMAC-SHA256:
+    dumps are still signed (by hashlib's own SHA-256), never refused."""
+    conf = tmp_path / "null.cnf"
+    conf.write_text(NULL_PROVIDER_CONF)
+    code = textwrap.dedent("""
+        import sys, firkin
+        from firkin import _sign
+        firkin.dump({"blob": b"x" * 3_000_000}, sys.argv[1])
+        print(_sign.Signer.native, firkin.verify(sys.argv[1]).signature)
+    """)
+    env = dict(os.environ, OPENSSL_CONF=str(conf))
+    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path / "n.firkin")],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["False", "valid"], proc.stdout
+    # and the file verifies here too, under the normal OpenSSL configuration
+    assert firkin.verify(tmp_path / "n.firkin").signature == "valid"

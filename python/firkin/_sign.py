@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import io
 import os
 import secrets
 import struct
@@ -120,7 +121,7 @@ class Signer:
     thread gains nothing: it needs the GIL between chunks, which the pickler
     holds, and the forest benchmark dumped slower with one than without.)"""
 
-    native = _core.build_info()["signer"] == "native"
+    native = False  # set below, once: does this build's native signer work here?
 
     def __init__(self, key: bytes):
         self._key = key
@@ -145,6 +146,22 @@ class Signer:
             self._h.update(_tail(self._n, metadata))
             digest = self._h.digest()
         return _payload(self._key, digest)
+
+
+def _native_signer_works() -> bool:
+    """A build with OpenSSL signs natively, unless this process's OpenSSL
+    cannot give HMAC-SHA256 (a restrictive provider configuration): then
+    the Python signer (hashlib, which has its own SHA-256) takes over."""
+    if _core.build_info()["signer"] != "native":
+        return False
+    try:
+        _core.Writer(io.BytesIO(), sign_key=b"probe", sign_prefix=_PREFIX)
+    except RuntimeError:
+        return False
+    return True
+
+
+Signer.native = _native_signer_works()
 
 
 def _tail(stream_len: int, metadata: bytes) -> bytes:
