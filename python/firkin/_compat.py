@@ -747,23 +747,35 @@ class _MapReader:
                            f"({max(got, 0)} of {expected} bytes)")
 
 
+class _Materialized:
+    """A stream read (decompressed) into an anonymous private mapping: its
+    first `size` bytes. `released`: an _AnonReader gave array pages back, so
+    another pass over it would read zeros there."""
+
+    __slots__ = ("mm", "size", "released")
+
+    def __init__(self, mm, size: int):
+        self.mm, self.size, self.released = mm, size, False
+
+    def close(self):
+        self.mm.close()
+
+
 class _AnonReader(_MapReader):
-    """A stream held in an anonymous private mapping (decompressed, or read
-    from a source that cannot be mapped), read like a mapped file. Large
-    arrays give their pages back once copied out, so a load peaks near the
-    stream's size, not twice it."""
+    """A _Materialized stream read like a mapped file. Large arrays give
+    their pages back once copied out, so a load peaks near the stream's
+    size, not twice it."""
 
     mappable = False
 
-    def __init__(self, mm, size: int, name: str, released: list):  # noqa: D107 - no super().__init__: no fd
-        # released: [bool] shared by every pass over this mapping; a pass
-        # after array pages were given back would read zeros there
-        if released[0]:
+    def __init__(self, held: _Materialized, name: str):  # noqa: D107 - no super().__init__: no fd
+        if held.released:
             raise FormatError(f"{name}: this file needs a second pass after its array data was "
                               "read (an old joblib wrapper after a new one); it is not a file "
                               "joblib writes. Load it with trusted=True if you trust it")
-        self._released = released
-        self.fd, self.name, self.size = None, name, size
+        self._held = held
+        mm = held.mm
+        self.fd, self.name, self.size = None, name, held.size
         self.mm = mm
         self.mv = memoryview(mm)
         self.file = mm
@@ -792,7 +804,7 @@ class _AnonReader(_MapReader):
             # copy piece by piece, giving each piece's whole pages back as
             # soon as they are copied: the array's pages and the stream's are
             # never both resident, so a load peaks near the stream's size
-            self._released[0] = True
+            self._held.released = True
             page = mmap.PAGESIZE
             done, lo = 0, -(-p // page) * page
             with memoryview(mv).cast("B") as dst:
@@ -876,7 +888,7 @@ def _policy(buf, name, kind, trusted, call="firkin.load"):
 
 def _judge_materialized(src, judge):
     """Read (decompress) src into memory and judge(buffer) it:
-    (mapping, size, judgement); the caller closes the mapping."""
+    (_Materialized, judgement); the caller closes the first."""
     # The first compressed stream alone: the unpickler stops at STOP, so what
     # follows a pickle that ends inside it is never read (as when loading
     # without the policy). A pickle that goes on into further concatenated
@@ -890,7 +902,7 @@ def _judge_materialized(src, judge):
     try:
         try:
             with memoryview(mm) as view, view[:n] as mv:
-                return mm, n, judge(mv)
+                return _Materialized(mm, n), judge(mv)
         except FormatError as first:
             if not (inflate and src.next_stream()):
                 raise
@@ -900,7 +912,7 @@ def _judge_materialized(src, judge):
             except FormatError:
                 raise first from None  # what follows the first stream is not a compressed stream
         with memoryview(mm) as view, view[:n] as mv:
-            return mm, n, judge(mv)
+            return _Materialized(mm, n), judge(mv)
     except BaseException:
         mm.close()
         raise
@@ -918,7 +930,7 @@ def _judge_mapped(fd, start, judge):
 
 
 def _scan_materialized(src, name, kind, trusted):
-    """(mapping, size, spans) of src read into memory and judged by the policy."""
+    """(_Materialized, spans) of src read into memory and judged by the policy."""
     return _judge_materialized(src, lambda buf: _policy(buf, name, kind, trusted))
 
 
@@ -936,8 +948,8 @@ def scan_fd(fd: int, name: str) -> dict:
 
     info = _judge_mapped(fd, 0, judge) if kind == "raw" else None
     if info is None:
-        mm, _, info = _judge_materialized(_make_source(kind, _FdSource(fd, 0, name), name), judge)
-        mm.close()
+        held, info = _judge_materialized(_make_source(kind, _FdSource(fd, 0, name), name), judge)
+        held.close()
     return info
 
 
@@ -1404,18 +1416,17 @@ def load_foreign(f, name, mmap_mode=None, *, ensure_native_byte_order="auto", tr
                       f"{name}: its arrays are read into memory", UserWarning, stacklevel=4)
         mode = None
 
-    spans, anon, n = None, None, 0
-    released = [False]  # array pages of the anonymous mapping given back (_AnonReader)
+    spans, anon = None, None
     if trusted is not True:  # judge every name before anything is built
         if kind == "raw":
             spans = _scan_mapped(fd, 0, name, kind, trusted)
         if spans is None:
-            anon, n, spans = _scan_materialized(
+            anon, spans = _scan_materialized(
                 _make_source(kind, _FdSource(fd, 0, name), name), name, kind, trusted)
 
     def make_reader():
         if anon is not None:
-            return _AnonReader(anon, n, name, released)
+            return _AnonReader(anon, name)
         if kind == "raw":
             try:
                 return _MapReader(fd, name)
@@ -1477,8 +1488,7 @@ def load_fileobj(fileobj, name=None, *, ensure_native_byte_order="auto", trusted
             src.pos = start
             return src
 
-    spans, anon, n, mat_src, span_base = None, None, 0, None, 0
-    released = [False]  # array pages of the anonymous mapping given back (_AnonReader)
+    spans, anon, mat_src, span_base = None, None, None, 0
     if raw_source is not None:
         kind = detect(raw_source().read(8))
         if trusted is not True:  # judge every name before anything is built
@@ -1489,12 +1499,12 @@ def load_fileobj(fileobj, name=None, *, ensure_native_byte_order="auto", trusted
                     spans, span_base = _policy(mv, name, kind, trusted), start
             if spans is None:
                 mat_src = _make_source(kind, raw_source(), name)
-                anon, n, spans = _scan_materialized(mat_src, name, kind, trusted)
+                anon, spans = _scan_materialized(mat_src, name, kind, trusted)
                 span_base = 0
 
         def make_reader():
             if anon is not None:
-                return _AnonReader(anon, n, name, released)
+                return _AnonReader(anon, name)
             if kind == "raw" and fd is not None:
                 try:
                     return _MapReader(fd, name, start)
@@ -1508,11 +1518,11 @@ def load_fileobj(fileobj, name=None, *, ensure_native_byte_order="auto", trusted
         fresh = [_Chain(head, src)]
         if trusted is not True:
             mat_src = _make_source(kind, fresh.pop(), name)
-            anon, n, spans = _scan_materialized(mat_src, name, kind, trusted)
+            anon, spans = _scan_materialized(mat_src, name, kind, trusted)
 
         def make_reader():
             if anon is not None:
-                return _AnonReader(anon, n, name, released)
+                return _AnonReader(anon, name)
             if not fresh:
                 raise FormatError(f"{name}: this file needs a second pass, which a "
                                   "non-seekable stream cannot give; load it by path")
@@ -1570,18 +1580,17 @@ def loads_foreign(data, name="<bytes>", *, ensure_native_byte_order="auto", trus
     mv = memoryview(data).cast("B")
     kind = detect(bytes(mv[:8]))
 
-    spans, anon, n = None, None, 0
-    released = [False]  # array pages of the anonymous mapping given back (_AnonReader)
+    spans, anon = None, None
     if trusted is not True:  # judge every name before anything is built
         if kind == "raw":
             spans = _policy(mv, name, kind, trusted)
         else:
-            anon, n, spans = _scan_materialized(_make_source(kind, _BytesSource(mv, name), name),
+            anon, spans = _scan_materialized(_make_source(kind, _BytesSource(mv, name), name),
                                                 name, kind, trusted)
 
     def make_reader():
         if anon is not None:
-            return _AnonReader(anon, n, name, released)
+            return _AnonReader(anon, name)
         return _Stream(_make_source(kind, _BytesSource(mv, name), name))
 
     try:
