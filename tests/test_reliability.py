@@ -37,6 +37,7 @@ import pytest
 
 import firkin
 from firkin import _api
+from test_objects import _refcount_stable
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 # under .ci/variant --sanitize: smaller runs (the point there is memory errors,
@@ -365,18 +366,6 @@ def test_missing_parent_error_names_the_directory(tmp_path):
 # 5. leaks: refcounts, RSS over 10,000 cycles
 # =====================================================================
 
-def _refcounts_stable(fn, objs, n=30):
-    for _ in range(3):
-        fn()
-    gc.collect()
-    before = [sys.getrefcount(o) for o in objs]
-    for _ in range(n):
-        fn()
-    gc.collect()
-    after = [sys.getrefcount(o) for o in objs]
-    return before, after
-
-
 @pytest.mark.parametrize("comp", [("zlib", 1), (FAST_CODEC, 1), ("bz2", 1)], ids=lambda c: c[0])
 def test_refcount_compressed_paths(tmp_path, comp):
     """Compressed dump/load (worker threads, Python codecs) keep no references."""
@@ -397,7 +386,7 @@ def test_refcount_compressed_paths(tmp_path, comp):
             out3 = firkin.load(p, mmap_mode="r")
         del out, out2, out3, data
 
-    before, after = _refcounts_stable(cycle, [obj, arr, small, payload, meta], n=10)
+    before, after = _refcount_stable(cycle, [obj, arr, small, payload, meta], n=10)
     assert after == before
 
 
@@ -425,7 +414,7 @@ def test_refcount_file_objects_and_metadata(tmp_path):
         del out, out2
 
     try:
-        before, after = _refcounts_stable(cycle, [obj, arr, meta, bio, fh])
+        before, after = _refcount_stable(cycle, [obj, arr, meta, bio, fh], n=30)
     finally:
         fh.close()
     assert after == before
@@ -453,7 +442,7 @@ def test_refcount_input_bytes_of_loads_valid_and_corrupt():
             else:
                 del out
 
-    before, after = _refcounts_stable(cycle, inputs)
+    before, after = _refcount_stable(cycle, inputs, n=30)
     assert after == before
     ba.append(0)  # no export left on the bytearray: it can be resized
     ba.pop()
@@ -481,7 +470,7 @@ def test_refcount_failing_load_paths(tmp_path):
         with pytest.raises(ValueError):
             firkin.load(name, mmap_mode="bogus")
 
-    before, after = _refcounts_stable(cycle, [name])
+    before, after = _refcount_stable(cycle, [name], n=30)
     assert after == before
 
 

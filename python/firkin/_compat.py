@@ -204,6 +204,17 @@ class _SizedSource:
         return k
 
 
+def _skip_by_reading(read, n: int, step: int) -> int:
+    """Skip n bytes of a source that can only be read: how many there were."""
+    done = 0
+    while done < n:
+        data = read(min(n - done, step))
+        if not data:
+            break
+        done += len(data)
+    return done
+
+
 class _FdSource(_SizedSource):
     """A file descriptor read by position (pread): the caller's file offset never moves."""
 
@@ -297,13 +308,7 @@ class _FileSource:
         return total
 
     def skip(self, n: int) -> int:
-        done = 0
-        while done < n:
-            data = self.read(min(n - done, _CHUNK))
-            if not data:
-                break
-            done += len(data)
-        return done
+        return _skip_by_reading(self.read, n, _CHUNK)
 
 
 def _decompressor_factory(method: str, name: str):
@@ -418,13 +423,7 @@ class _Inflate:
         return total
 
     def skip(self, n: int) -> int:
-        done = 0
-        while done < n:
-            data = self.read(min(n - done, _OUT_CHUNK))
-            if not data:
-                break
-            done += len(data)
-        return done
+        return _skip_by_reading(self.read, n, _OUT_CHUNK)
 
     def finish(self):
         """Decompress to the end of the current stream: its checksum and its end marker."""
