@@ -97,12 +97,12 @@ def test_one_changed_stream_byte_makes_the_file_unsigned(model_file):
 def test_signature_states_follow_the_key(model_file, monkeypatch):
     path, _ = model_file
     assert firkin.verify(path).signature == "valid"
-    monkeypatch.setenv("FIRKIN_KEY", "a team key")
+    monkeypatch.setenv("FIRKIN_KEY", "a team key, long enough")
     assert firkin.verify(path).signature == "other key"
     firkin.dump([1, 2], path)
     assert firkin.verify(path).signature == "valid"  # signed with the team key now
     monkeypatch.delenv("FIRKIN_KEY")
-    firkin.set_key("process key")
+    firkin.set_key("a process key, long enough")
     try:
         assert firkin.verify(path).signature == "other key"
     finally:

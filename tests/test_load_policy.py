@@ -52,20 +52,20 @@ def _run(code, *args, env=None):
 @pytest.fixture
 def notebook_model(tmp_path):
     path = tmp_path / "nb.firkin"
-    env = dict(os.environ, FIRKIN_KEY="alice")
+    env = dict(os.environ, FIRKIN_KEY="alice-key-0123456789")
     r = _run(SCRIPT_A, path, env=env)
     assert r.returncode == 0, r.stderr
     return path
 
 
 def test_main_classes_load_in_a_fresh_process_with_the_same_key(notebook_model):
-    r = _run(SCRIPT_B, notebook_model, env=dict(os.environ, FIRKIN_KEY="alice"))
+    r = _run(SCRIPT_B, notebook_model, env=dict(os.environ, FIRKIN_KEY="alice-key-0123456789"))
     assert r.returncode == 0, r.stderr
     assert "identical Clip" in r.stdout
 
 
 def test_by_value_code_from_another_key_is_refused(notebook_model):
-    r = _run(SCRIPT_B, notebook_model, env=dict(os.environ, FIRKIN_KEY="mallory"))
+    r = _run(SCRIPT_B, notebook_model, env=dict(os.environ, FIRKIN_KEY="mallory-key-0123456789"))
     assert r.returncode != 0
     assert "UntrustedTypesError" in r.stderr
     assert "saved by value" in r.stderr and "another key" in r.stderr
@@ -73,7 +73,7 @@ def test_by_value_code_from_another_key_is_refused(notebook_model):
 
 
 def test_trusted_true_loads_by_value_code(notebook_model, monkeypatch):
-    monkeypatch.setenv("FIRKIN_KEY", "mallory")
+    monkeypatch.setenv("FIRKIN_KEY", "mallory-key-0123456789")
     with pytest.raises(firkin.UntrustedTypesError) as info:
         firkin.load(notebook_model)
     assert "trusted=[" in str(info.value)
@@ -95,7 +95,7 @@ def test_allowlisted_files_load_under_any_key(tmp_path, monkeypatch):
     value = {"rf": rf, "od": collections.OrderedDict(a=1), "arr": np.arange(100_000)}
     path = tmp_path / "rf.firkin"
     firkin.dump(value, path)
-    monkeypatch.setenv("FIRKIN_KEY", "someone else")
+    monkeypatch.setenv("FIRKIN_KEY", "someone else entirely")
     assert firkin.untrusted_types(path) == []
     for mode in (None, "r"):
         out = firkin.load(path, mmap_mode=mode)
@@ -106,7 +106,7 @@ def test_allowlisted_files_load_under_any_key(tmp_path, monkeypatch):
 def test_unsigned_file_with_foreign_global_is_refused(tmp_path, monkeypatch):
     path = tmp_path / "f.firkin"
     firkin.dump({"f": os.path.join}, path)  # a function off the list
-    monkeypatch.setenv("FIRKIN_KEY", "someone else")
+    monkeypatch.setenv("FIRKIN_KEY", "someone else entirely")
     with pytest.raises(firkin.UntrustedTypesError) as info:
         firkin.load(path)
     msg = str(info.value)

@@ -64,10 +64,10 @@ def test_signature_of_dumps_and_file_objects(tmp_path, impl, compress):
 @pytest.mark.parametrize("impl", IMPLS, indirect=True)
 def test_signed_under_the_key_of_the_moment(tmp_path, impl, monkeypatch):
     path = tmp_path / "k.firkin"
-    monkeypatch.setenv("FIRKIN_KEY", "one key")
+    monkeypatch.setenv("FIRKIN_KEY", "one key, long enough")
     firkin.dump(_stream_of(3 * CHUNK), path)
     assert firkin.verify(path).signature == "valid"
-    monkeypatch.setenv("FIRKIN_KEY", "another key")
+    monkeypatch.setenv("FIRKIN_KEY", "another key, long enough")
     assert firkin.verify(path).signature == "other key"
 
 

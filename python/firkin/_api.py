@@ -258,8 +258,8 @@ class _MmapUnpickler(pickle.Unpickler):
 
 _SIGNATURE_NOTES = {
     _sign.UNSIGNED: "The file is not signed.",
-    _sign.OTHER_KEY: "The file is signed, but with another key than yours (FIRKIN_KEY or "
-                     "firkin.set_key() selects the key).",
+    _sign.OTHER_KEY: "The file is signed, but with another key than yours (FIRKIN_KEY, else "
+                     "firkin.set_key(), else your key file selects the key; yours now is {key}).",
     _sign.INVALID: "The file is signed with your key, but its contents changed after signing.",
     _sign.NO_KEY: "You have no signing key to check its signature with.",
 }
@@ -279,7 +279,7 @@ def _check_trust(reader, stream, trusted):
     if status == _sign.VALID:
         return True  # your own file: no friction
     exc = _trust._error(reader.name, refused, "firkin.load")
-    note = _SIGNATURE_NOTES[status]
+    note = _SIGNATURE_NOTES[status].format(key=_sign.key_source())
     if any(n.startswith("cloudpickle.") for n in refused):
         note += (" It holds classes or functions saved by value (defined in the __main__ of the "
                  "session that saved it, e.g. a notebook): that is code, and code loads only from a "

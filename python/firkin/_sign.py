@@ -6,17 +6,23 @@ header's fixed part, its pickle stream and its metadata (docs/FORMAT.md,
 current key; everything else goes through the allowlist. Array data is not
 signed: it is data, not code, and its chunk checksums cover its integrity.
 
-The key: FIRKIN_KEY (any string) when set, else what `set_key()` gave this
-process, else the file $XDG_CONFIG_HOME/firkin/key (default
-~/.config/firkin/key), created on first use with mode 0600.
+The key: FIRKIN_KEY (any string of at least MIN_KEY_LEN bytes) when set,
+else what `set_key()` gave this process, else the file
+$XDG_CONFIG_HOME/firkin/key (default ~/.config/firkin/key), created on first
+use (directory 0700, file 0600, written whole then linked into place). The
+key file is used only when it and its directory are private to the current
+user (see `_open_key_dir` and `_read_key_file`); an empty, whitespace-only
+or short key, from any source, is an error and never a key.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import hmac
 import io
 import os
 import secrets
+import stat
 import struct
 import threading
 import warnings
@@ -43,49 +49,206 @@ def key_path() -> str:
     return os.path.join(base, "firkin", "key")
 
 
+#: a key has at least this many bytes besides leading and trailing whitespace
+MIN_KEY_LEN = 16
+#: a key file longer than this is not a key file
+_MAX_KEY_FILE = 65536
+
+
+class InsecureKeyError(PermissionError):
+    """The key file, or the directory it lies in, is not private to the
+    current user, so another user could have chosen the key: it is not used."""
+
+
+def _check_key(key: bytes, source: str) -> bytes:
+    """`key` if it is a usable key; ValueError naming `source` otherwise."""
+    body = key.strip()
+    if len(body) < MIN_KEY_LEN:
+        what = "empty" if not key else "only whitespace" if not body else f"only {len(body)} bytes long"
+        raise ValueError(f"{source}: the signing key is {what}; a key needs at least {MIN_KEY_LEN} "
+                         "bytes besides surrounding whitespace (an empty or short key would let "
+                         "anyone forge your signature)")
+    return key
+
+
+def _env_key_source() -> str:
+    if _process_key is not None:
+        return "FIRKIN_KEY (set in the environment; it overrides the key given to firkin.set_key())"
+    return "FIRKIN_KEY"
+
+
+def key_source() -> str:
+    """Which key dumps sign with and loads check against, in words (for messages)."""
+    if os.environ.get("FIRKIN_KEY") is not None:
+        return _env_key_source()
+    if _process_key is not None:
+        return "the key given to firkin.set_key()"
+    return f"the key file {key_path()}"
+
+
 def set_key(key) -> None:
-    """Use `key` (str or bytes) as this process's signing key; None goes back to
-    FIRKIN_KEY / the key file."""
+    """Use `key` (str or bytes, at least MIN_KEY_LEN bytes besides whitespace)
+    as this process's signing key; None goes back to FIRKIN_KEY / the key file.
+    FIRKIN_KEY, when set, overrides it: a warning says so."""
     global _process_key
     if key is not None and not isinstance(key, (str, bytes)):
         raise TypeError(f"key must be str, bytes or None, not {type(key).__name__}")
     if isinstance(key, str):
         key = key.encode("utf-8")
-    if key is not None and not key:
-        raise ValueError("the key must not be empty")
+    if key is not None:
+        _check_key(key, "firkin.set_key()")
+        if os.environ.get("FIRKIN_KEY") is not None:
+            warnings.warn("firkin.set_key(): FIRKIN_KEY is set in the environment and overrides "
+                          "this key: files are signed and checked with FIRKIN_KEY while it is set",
+                          UserWarning, stacklevel=2)
     with _lock:
         _process_key = key
 
 
-def _read_or_create(path: str) -> bytes:
+_O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+_O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_O_DIRECTORY = getattr(os, "O_DIRECTORY", 0)
+
+
+def _mode(st) -> str:
+    return oct(stat.S_IMODE(st.st_mode))
+
+
+def _open_key_dir(dirpath: str) -> int:
+    """A descriptor of the key's directory, checked: a real directory (not a
+    symlink), owned by the current user (or root), writable by nobody else.
+    Created 0700 when missing."""
+    flags = os.O_RDONLY | _O_DIRECTORY | _O_NOFOLLOW | _O_CLOEXEC
     try:
-        with open(path, "rb") as f:
-            data = f.read().strip()
-        if data:
-            return data
+        fd = os.open(dirpath, flags)
     except FileNotFoundError:
-        pass
-    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-    token = secrets.token_hex(32).encode()
+        parent = os.path.dirname(dirpath)
+        if parent:
+            os.makedirs(parent, exist_ok=True)
+        try:
+            os.mkdir(dirpath, 0o700)
+        except FileExistsError:
+            pass  # another process made it: checked below like any other
+        fd = os.open(dirpath, flags)
+    except OSError as exc:
+        if os.path.islink(dirpath):
+            raise InsecureKeyError(
+                f"the key directory {dirpath} is a symbolic link; firkin uses a key only from a "
+                "real directory of yours (replace the link by a directory, mode 0700)") from exc
+        raise
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:  # another process created it first: use theirs
-        with open(path, "rb") as f:
-            return f.read().strip()
-    with os.fdopen(fd, "wb") as f:
-        f.write(token + b"\n")
-        f.flush()
-        os.fsync(f.fileno())
-    return token
+        st = os.fstat(fd)
+        if st.st_uid not in (os.geteuid(), 0):
+            raise InsecureKeyError(
+                f"the key directory {dirpath} belongs to uid {st.st_uid}, not to you (uid "
+                f"{os.geteuid()}): whoever owns it chooses your key. Remove it, or set "
+                "XDG_CONFIG_HOME to a directory of your own")
+        if st.st_mode & 0o022:
+            raise InsecureKeyError(
+                f"the key directory {dirpath} is writable by {_who(st)} (mode {_mode(st)}), "
+                f"who could replace your key; run: chmod go-w {dirpath}")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _who(st) -> str:
+    group, other = st.st_mode & 0o070, st.st_mode & 0o007
+    return "its group and others" if group and other else "its group" if group else "others"
+
+
+def _read_key_file(dir_fd: int, path: str) -> bytes | None:
+    """The key in the file `path` (opened in `dir_fd`), checked: a regular
+    file, not a link, owned by the current user, readable and writable by
+    nobody else, holding a usable key. None when there is no such file."""
+    try:
+        fd = os.open(os.path.basename(path), os.O_RDONLY | _O_NOFOLLOW | _O_CLOEXEC | os.O_NONBLOCK,
+                     dir_fd=dir_fd)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise InsecureKeyError(f"the key file {path} is a symbolic link; firkin uses a key only "
+                                   "from a regular file of yours, mode 0600") from exc
+        raise
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise InsecureKeyError(f"the key file {path} is not a regular file")
+        if st.st_uid != os.geteuid():
+            raise InsecureKeyError(
+                f"the key file {path} belongs to uid {st.st_uid}, not to you (uid {os.geteuid()}): "
+                "someone else may know that key. Remove it; firkin then creates a new one")
+        if st.st_mode & 0o077:
+            raise InsecureKeyError(
+                f"the key file {path} can be read or written by {_who(st)} (mode {_mode(st)}), who "
+                f"could sign files as you; run: chmod 600 {path} (and make a new key if it could "
+                "have been read)")
+        data = os.read(fd, _MAX_KEY_FILE + 1)
+    finally:
+        os.close(fd)
+    if len(data) > _MAX_KEY_FILE:
+        raise ValueError(f"the key file {path} is longer than {_MAX_KEY_FILE} bytes: not a key file")
+    return _check_key(data.strip(), f"the key file {path}")
+
+
+def _create_key_file(dir_fd: int, path: str) -> None:
+    """Write a new random key to a temporary file, whole and synced, then
+    hard-link it to `path`: a racing first use sees no key file or a
+    complete one, never a partial one. The loser of a race keeps the
+    winner's key."""
+    token = secrets.token_hex(32).encode() + b"\n"
+    tmp = f".key.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_NOFOLLOW | _O_CLOEXEC, 0o600,
+                 dir_fd=dir_fd)
+    try:
+        try:
+            view = memoryview(token)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        try:
+            os.link(tmp, os.path.basename(path), src_dir_fd=dir_fd, dst_dir_fd=dir_fd,
+                    follow_symlinks=False)
+        except FileExistsError:
+            pass  # another process created it first: use theirs
+        try:
+            os.fsync(dir_fd)
+        except OSError:
+            pass
+    finally:
+        try:
+            os.unlink(tmp, dir_fd=dir_fd)
+        except OSError:
+            pass
+
+
+def _read_or_create(path: str) -> bytes:
+    dir_fd = _open_key_dir(os.path.dirname(path))
+    try:
+        key = _read_key_file(dir_fd, path)
+        if key is None:
+            _create_key_file(dir_fd, path)
+            key = _read_key_file(dir_fd, path)
+            if key is None:
+                raise FileNotFoundError(errno.ENOENT, "the key file vanished after it was made", path)
+        return key
+    finally:
+        os.close(dir_fd)
 
 
 def current_key() -> bytes | None:
     """The key dumps sign with and loads check against; None if there is none
-    (no FIRKIN_KEY and the key file cannot be created)."""
+    (no FIRKIN_KEY and the key file cannot be created). ValueError for an
+    empty or short key; InsecureKeyError (a PermissionError) for a key file
+    that is not private to the current user."""
     global _warned
     env = os.environ.get("FIRKIN_KEY")
-    if env:
-        return env.encode("utf-8")
+    if env is not None:
+        return _check_key(env.encode("utf-8", "surrogateescape"), _env_key_source())
     with _lock:
         if _process_key is not None:
             return _process_key
@@ -95,11 +258,14 @@ def current_key() -> bytes | None:
         return cached
     try:
         key = _read_or_create(path)
+    except InsecureKeyError:
+        raise
     except OSError as exc:
         if not _warned:
             _warned = True
-            warnings.warn(f"firkin: no signing key ({path}: {exc.strerror}); files are written "
-                          "unsigned. Set FIRKIN_KEY or call firkin.set_key().", UserWarning, stacklevel=3)
+            warnings.warn(f"firkin: no signing key ({path}: {exc.strerror or exc}); files are "
+                          "written unsigned. Set FIRKIN_KEY or call firkin.set_key().", UserWarning,
+                          stacklevel=3)
         return None
     with _lock:
         _file_cache[path] = key
