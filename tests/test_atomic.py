@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import shutil
 import signal
 import stat
 import subprocess
@@ -197,33 +198,90 @@ def test_live_process_temp_file_is_kept(old_file, tmp_path):
     assert temps(old_file.parent) == []
 
 
+HOLDER = textwrap.dedent("""
+    import fcntl, os, sys, time
+    fds = [os.open(p, os.O_RDONLY) for p in sys.argv[1:]]
+    for fd in fds:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+    print("locked", flush=True)
+    time.sleep(600)
+""")
+
+
+def hold_locks(*paths):
+    """A live process holding the lock of each path, as a dump in progress
+    holds its temp file's: returned once the locks are held."""
+    proc = subprocess.Popen([sys.executable, "-c", HOLDER, *map(str, paths)],
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "locked"
+    return proc
+
+
 def test_stale_temp_rules(tmp_path):
-    """Only temp files of this target belonging to dead processes are removed."""
+    """Only unlocked temp files of this target are removed: the lock a live
+    dump holds decides, not the pid in the name (which means nothing for a
+    dump in another PID namespace or on another host)."""
     target = tmp_path / "t.fk"
     firkin.dump([1], target)
-    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
+    names = {
+        "dead": f".t.fk.{dead.pid}.0badc0de{TEMP}",
+        # a live dump elsewhere: its pid is dead (or someone else's) here, but it holds its lock
+        "live_elsewhere": f".t.fk.{dead.pid}.1badc0de{TEMP}",
+        "live_here": f".t.fk.{os.getpid()}.2badc0de{TEMP}",
+        "other_target": f".other.fk.{dead.pid}.0badc0de{TEMP}",
+        "prefix_target": f".t.fk2.{dead.pid}.0badc0de{TEMP}",
+        "not_a_pid": f".t.fk.abc.0badc0de{TEMP}",
+        "unrelated": "t.fk.backup",
+    }
+    for n in names.values():
+        (tmp_path / n).write_bytes(b"partial")
+    holder = hold_locks(tmp_path / names["live_elsewhere"], tmp_path / names["live_here"])
     try:
-        names = {
-            "dead": f".t.fk.{dead.pid}.0badc0de{TEMP}",
-            "live": f".t.fk.{sleeper.pid}.0badc0de{TEMP}",
-            "other_target": f".other.fk.{dead.pid}.0badc0de{TEMP}",
-            "prefix_target": f".t.fk2.{dead.pid}.0badc0de{TEMP}",
-            "not_a_pid": f".t.fk.abc.0badc0de{TEMP}",
-            "unrelated": "t.fk.backup",
-        }
-        for n in names.values():
-            (tmp_path / n).write_bytes(b"partial")
         firkin.dump([2], target)
         left = set(os.listdir(tmp_path))
         assert names["dead"] not in left
-        for key in ("live", "other_target", "prefix_target", "not_a_pid", "unrelated"):
+        for key in ("live_elsewhere", "live_here", "other_target", "prefix_target", "not_a_pid",
+                    "unrelated"):
             assert names[key] in left, key
         assert firkin.load(target) == [2]
     finally:
-        sleeper.kill()
-        sleeper.wait(timeout=60)
+        holder.kill()
+        holder.wait(timeout=60)
+        holder.stdout.close()
+    firkin.dump([3], target)  # nobody holds them now: removed
+    left = set(os.listdir(tmp_path))
+    assert names["live_elsewhere"] not in left and names["live_here"] not in left
+
+
+def test_temp_file_of_another_pid_namespace_is_kept(old_file, tmp_path):
+    """A real dump in its own PID namespace (as in a container sharing the
+    directory): its pid means nothing here, yet its temp file survives our
+    dumps while it runs."""
+    if os.geteuid() != 0 or not shutil.which("unshare"):
+        pytest.skip("a new PID namespace needs root and unshare(1) (CI runs as root)")
+    marker = tmp_path / "marker"
+    proc = subprocess.Popen(["unshare", "--pid", "--fork", sys.executable, "-c", CHILD,
+                             str(old_file), str(marker)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not marker.exists() or not marker.read_text():
+            assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+            assert time.monotonic() < deadline, "child did not reach the blocking object"
+            time.sleep(0.05)
+        inner_pid = int(marker.read_text())
+        assert inner_pid != proc.pid  # it lives in another PID namespace
+        (tmp,) = temps(old_file.parent)
+        assert f".{inner_pid}." in tmp
+        firkin.dump({"version": "mine"}, old_file)
+        assert temps(old_file.parent) == [tmp], "removed the temp file of a live dump"
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # unshare and the dump it forked
+        proc.wait(timeout=60)
+        proc.stdout.close()
+        proc.stderr.close()
 
 
 # ------------------------------------------------------- file attributes
@@ -236,6 +294,47 @@ def test_permissions_of_existing_target_kept(tmp_path, mode):
     firkin.dump([2], path)
     assert stat.S_IMODE(path.stat().st_mode) == mode
     assert firkin.load(path) == [2]
+
+
+def test_temp_file_is_private_while_written(old_file, tmp_path):
+    """The temp file is 0600 until it is written whole, whatever the old
+    file's mode or the umask: nobody else can open it and read along."""
+    os.chmod(old_file, 0o644)
+    old = os.umask(0)
+    try:
+        proc, tmp = start_blocked_dump(old_file, tmp_path)
+    finally:
+        os.umask(old)
+    try:
+        assert stat.S_IMODE(tmp.stat().st_mode) == 0o600
+    finally:
+        kill(proc)
+
+
+@pytest.mark.parametrize("mode", [0o4755, 0o2755, 0o6777, 0o1644])
+def test_setuid_setgid_and_sticky_bits_are_not_copied(tmp_path, mode):
+    path = tmp_path / "suid.fk"
+    firkin.dump([1], path)
+    os.chmod(path, mode)
+    firkin.dump([2], path)
+    assert stat.S_IMODE(path.stat().st_mode) == mode & 0o777
+    assert firkin.load(path) == [2]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a file to another uid needs root; "
+                    "tests/test_shared_machine.py covers it with a real second user")
+def test_mode_of_a_target_someone_else_owns_is_not_copied(tmp_path):
+    path = tmp_path / "theirs.fk"
+    path.write_bytes(b"planted")
+    os.chmod(path, 0o666)
+    os.chown(path, 54321, 54321)
+    old = os.umask(0o027)
+    try:
+        firkin.dump([1], path)
+    finally:
+        os.umask(old)
+    st = path.stat()
+    assert (st.st_uid, stat.S_IMODE(st.st_mode)) == (0, 0o640)
 
 
 def test_new_file_permissions_follow_umask(tmp_path):
@@ -268,13 +367,16 @@ def test_dump_through_symlink_replaces_target(tmp_path):
     assert sorted(os.listdir(real_dir)) == ["model.fk"]
 
 
-def test_dump_through_dangling_symlink(tmp_path):
+def test_dump_through_dangling_symlink_is_refused(tmp_path):
+    """A dangling link is not followed to create a file where it points
+    (someone else may have planted it to choose that place)."""
     real = tmp_path / "notyet.fk"
     link = tmp_path / "link.fk"
     link.symlink_to(real)
-    firkin.dump([7], link)
-    assert link.is_symlink()
-    assert firkin.load(real) == [7]
+    with pytest.raises(FileNotFoundError, match="symbolic link whose target .* does not exist"):
+        firkin.dump([7], link)
+    assert link.is_symlink() and not real.exists()
+    assert sorted(os.listdir(tmp_path)) == ["link.fk"]
 
 
 def test_dump_through_chain_of_symlinks(tmp_path):
