@@ -66,6 +66,12 @@ static inline uint64_t fk_codec_max_ratio(unsigned codec)
 
 #define FK_DEFAULT_CHUNK (1u << 20)          /* 1 MiB */
 #define FK_MAX_CHUNK ((uint64_t)1 << 30)     /* sanity bound when reading */
+/* Limits of a container (docs/FORMAT.md, "Limits"): a reader refuses a file
+ * beyond them before allocating anything sized from it, a writer refuses
+ * to write one. */
+#define FK_MAX_INDEX ((uint64_t)256 << 20)    /* index bytes */
+#define FK_MAX_SECTIONS ((uint64_t)1 << 21)   /* section entries: buffers + 3 */
+#define FK_MAX_METADATA ((uint64_t)16 << 20)  /* raw bytes of the metadata section */
 #define FK_DEFAULT_THRESHOLD (64 * 1024)     /* out-of-band from this size up */
 
 /* ---- module state ---- */

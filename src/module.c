@@ -180,6 +180,9 @@ static int module_exec(PyObject *module)
     if (PyModule_AddIntConstant(module, "FLAG_BUFFERS_MUTABLE", (long)FK_OPT_BUFFERS_MUTABLE) < 0) return -1;
     if (PyModule_AddIntConstant(module, "DEFAULT_THRESHOLD", FK_DEFAULT_THRESHOLD) < 0) return -1;
     if (PyModule_AddIntConstant(module, "DEFAULT_CHUNK_SIZE", (long)FK_DEFAULT_CHUNK) < 0) return -1;
+    if (PyModule_AddIntConstant(module, "MAX_INDEX", (long)FK_MAX_INDEX) < 0 ||
+        PyModule_AddIntConstant(module, "MAX_SECTIONS", (long)FK_MAX_SECTIONS) < 0 ||
+        PyModule_AddIntConstant(module, "MAX_METADATA", (long)FK_MAX_METADATA) < 0) return -1;
     if (PyModule_AddStringConstant(module, "__version__", FIRKIN_VERSION) < 0) return -1;
     if (PyModule_AddIntConstant(module, "CODEC_RAW", FK_CODEC_RAW) < 0 ||
         PyModule_AddIntConstant(module, "CODEC_ZLIB", FK_CODEC_ZLIB) < 0 ||

@@ -366,9 +366,41 @@ static int rd_parse(ReaderObject *r)
         return FORMAT_ERR(r, "index (offset %llu, %llu bytes) does not fit before the trailer at %llu",
                           (unsigned long long)ioff, (unsigned long long)ilen,
                           (unsigned long long)toff), -1;
+    /* Bound the index by the documented limits and by what its head says,
+     * before anything is allocated from its length: a sparse file can have
+     * any apparent size, so the file size alone bounds nothing. */
+    if (ilen > FK_MAX_INDEX)
+        return FORMAT_ERR(r, "the index (offset %llu) claims %llu bytes, more than the %llu bytes "
+                             "any firkin file may have (docs/FORMAT.md, Limits)",
+                          (unsigned long long)ioff, (unsigned long long)ilen,
+                          (unsigned long long)FK_MAX_INDEX), -1;
+    unsigned char ih[FK_INDEX_HEAD_LEN];
+    if (rd_read(r, ioff, ih, FK_INDEX_HEAD_LEN) < 0) return -1;
+    if (memcmp(ih, FK_INDEX_MAGIC, 4) != 0)
+        return FORMAT_ERR(r, "bad index magic at offset %llu", (unsigned long long)ioff), -1;
+    uint64_t nsec = fk_get_u32(ih + 4), sstride = fk_get_u32(ih + 8), cstride = fk_get_u32(ih + 12);
+    if (sstride < FK_SECTION_ENTRY_LEN || sstride > 4096 || cstride < FK_CHUNK_ENTRY_LEN || cstride > 4096)
+        return FORMAT_ERR(r, "bad index entry sizes (%llu, %llu)", (unsigned long long)sstride,
+                          (unsigned long long)cstride), -1;
+    if (nsec > FK_MAX_SECTIONS)
+        return FORMAT_ERR(r, "the index claims %llu sections, more than the %llu any firkin file "
+                             "may have (docs/FORMAT.md, Limits)", (unsigned long long)nsec,
+                          (unsigned long long)FK_MAX_SECTIONS), -1;
+    uint64_t body = ilen - FK_INDEX_HEAD_LEN;
+    if (nsec > body / sstride)
+        return FORMAT_ERR(r, "index claims %llu sections but holds at most %llu",
+                          (unsigned long long)nsec, (unsigned long long)(body / sstride)), -1;
+    uint64_t ctbytes = body - nsec * sstride;
+    if (ctbytes % cstride)
+        return FORMAT_ERR(r, "index chunk table has a partial entry"), -1;
+    /* every chunk holds at least one stored byte of the data area */
+    if (ctbytes / cstride > ioff - FK_HEADER_LEN)
+        return FORMAT_ERR(r, "the index lists %llu chunks, more than the %llu bytes before it can hold",
+                          (unsigned long long)(ctbytes / cstride),
+                          (unsigned long long)(ioff - FK_HEADER_LEN)), -1;
     r->index_off = ioff;
     r->index_len = (size_t)ilen;
-    r->index = (unsigned char *)PyMem_Malloc(r->index_len); /* <= file size, validated above */
+    r->index = (unsigned char *)PyMem_Malloc(r->index_len); /* <= FK_MAX_INDEX and the file, checked above */
     if (!r->index) { PyErr_NoMemory(); return -1; }
     if (rd_read(r, ioff, r->index, r->index_len) < 0) return -1;
     if (checksum_crc32c(0, r->index, r->index_len) != icrc) {
@@ -377,19 +409,8 @@ static int rd_parse(ReaderObject *r)
         return -1;
     }
     const unsigned char *ix = r->index;
-    if (memcmp(ix, FK_INDEX_MAGIC, 4) != 0)
-        return FORMAT_ERR(r, "bad index magic at offset %llu", (unsigned long long)ioff), -1;
-    uint64_t nsec = fk_get_u32(ix + 4), sstride = fk_get_u32(ix + 8), cstride = fk_get_u32(ix + 12);
-    if (sstride < FK_SECTION_ENTRY_LEN || sstride > 4096 || cstride < FK_CHUNK_ENTRY_LEN || cstride > 4096)
-        return FORMAT_ERR(r, "bad index entry sizes (%llu, %llu)", (unsigned long long)sstride,
-                          (unsigned long long)cstride), -1;
-    uint64_t body = ilen - FK_INDEX_HEAD_LEN;
-    if (nsec > body / sstride)
-        return FORMAT_ERR(r, "index claims %llu sections but holds at most %llu",
-                          (unsigned long long)nsec, (unsigned long long)(body / sstride)), -1;
-    uint64_t ctbytes = body - nsec * sstride;
-    if (ctbytes % cstride)
-        return FORMAT_ERR(r, "index chunk table has a partial entry"), -1;
+    if (memcmp(ix, ih, FK_INDEX_HEAD_LEN) != 0) /* the file changed between the two reads */
+        return FORMAT_ERR(r, "the index head changed while it was read"), -1;
     r->nchunks_total = ctbytes / cstride;
     r->chunk_stride = (size_t)cstride;
     r->chunk_table = ix + FK_INDEX_HEAD_LEN + nsec * sstride;
@@ -441,9 +462,10 @@ static int rd_parse(ReaderObject *r)
                     return FORMAT_ERR(r, "section %llu chunk %u: stored length %llu, expected %llu", si, c,
                                       (unsigned long long)st, (unsigned long long)rawc), -1;
             } else {
-                /* compressed chunks are only kept when smaller than raw, and
-                 * cannot expand beyond what their codec can produce */
-                if (st >= rawc || s.chunk_size > FK_MAX_COMPRESSED_CHUNK ||
+                /* compressed chunks are only kept when smaller than raw, hold
+                 * at least one byte, and cannot expand beyond what their
+                 * codec can produce */
+                if (st == 0 || st >= rawc || s.chunk_size > FK_MAX_COMPRESSED_CHUNK ||
                     rawc / fk_codec_max_ratio(codec) > st)
                     return FORMAT_ERR(r, "section %llu chunk %u: compressed chunk of %llu bytes for %llu raw "
                                          "bytes (chunk size %llu) is not valid", si, c, (unsigned long long)st,
@@ -470,6 +492,10 @@ static int rd_parse(ReaderObject *r)
             break;
         case FK_SEC_METADATA:
             if (r->meta_sec >= 0) return FORMAT_ERR(r, "more than one metadata section"), -1;
+            if (s.raw > FK_MAX_METADATA)
+                return FORMAT_ERR(r, "the metadata section claims %llu bytes, more than the %llu "
+                                     "any firkin file may have (docs/FORMAT.md, Limits)",
+                                  (unsigned long long)s.raw, (unsigned long long)FK_MAX_METADATA), -1;
             r->meta_sec = (Py_ssize_t)r->nsections;
             break;
         case FK_SEC_SIGNATURE:

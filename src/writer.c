@@ -222,6 +222,12 @@ static int wr_pad(WriterObject *w)
 
 static wr_section *wr_new_section(WriterObject *w, uint16_t kind, uint16_t flags)
 {
+    if ((uint64_t)w->nsections >= FK_MAX_SECTIONS) {
+        PyErr_Format(PyExc_ValueError, "more than %llu sections (out-of-band buffers): a firkin file "
+                     "holds at most that many (docs/FORMAT.md, Limits)",
+                     (unsigned long long)FK_MAX_SECTIONS);
+        return NULL;
+    }
     if (w->nsections == w->sections_cap) {
         size_t ncap = w->sections_cap ? w->sections_cap * 2 : 16;
         wr_section *ns = (wr_section *)realloc(w->sections, ncap * sizeof(*ns));
@@ -948,6 +954,11 @@ static PyObject *Writer_finish(WriterObject *w, PyObject *args)
         goto done;
     }
     w->stage = -1;
+    if ((uint64_t)meta.len > FK_MAX_METADATA) {
+        PyErr_Format(PyExc_ValueError, "the metadata is %zd bytes; a firkin file holds at most %llu "
+                     "(docs/FORMAT.md, Limits)", meta.len, (unsigned long long)FK_MAX_METADATA);
+        goto done;
+    }
     if (wr_blob_section(w, FK_SEC_METADATA, 0, (const unsigned char *)meta.buf, (size_t)meta.len) < 0)
         goto done;
     if (sig.buf && sig.len) {
@@ -962,6 +973,12 @@ static PyObject *Writer_finish(WriterObject *w, PyObject *args)
         uint64_t index_off = w->pos;
         size_t ilen = FK_INDEX_HEAD_LEN + w->nsections * FK_SECTION_ENTRY_LEN +
                       w->nchunks * FK_CHUNK_ENTRY_LEN;
+        if ((uint64_t)ilen > FK_MAX_INDEX) {
+            PyErr_Format(PyExc_ValueError, "the index would be %zu bytes (%zu chunks); a firkin file "
+                         "holds at most %llu (docs/FORMAT.md, Limits): use larger chunks",
+                         ilen, (size_t)w->nchunks, (unsigned long long)FK_MAX_INDEX);
+            goto done;
+        }
         idx = (unsigned char *)PyMem_Calloc(ilen, 1);
         if (!idx) { PyErr_NoMemory(); goto done; }
         memcpy(idx, FK_INDEX_MAGIC, 4);

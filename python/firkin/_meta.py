@@ -4,6 +4,7 @@ from __future__ import annotations
 import datetime
 import importlib.metadata
 import json
+import math
 import platform
 import sys
 
@@ -58,8 +59,9 @@ def check_user_metadata(metadata) -> dict:
 
     def walk(value, path):
         if value is None or isinstance(value, (bool, int, float, str)):
-            if isinstance(value, float) and value != value:
-                raise TypeError(f"metadata{path} is NaN, which JSON cannot hold")
+            if isinstance(value, float) and not math.isfinite(value):
+                raise TypeError(f"metadata{path} is {value!r}: JSON has no NaN or infinity (store "
+                                "it as a string, e.g. 'inf', or as null)")
             return
         if isinstance(value, (list, tuple)):
             for i, v in enumerate(value):
@@ -76,7 +78,16 @@ def check_user_metadata(metadata) -> dict:
                         f"({value!r:.60})")
 
     walk(metadata, "")
+    size = len(json.dumps(metadata, separators=(",", ":")).encode("utf-8", "surrogatepass"))
+    if size > MAX_USER_METADATA:
+        raise ValueError(f"metadata is {size:,} bytes as JSON; a firkin file holds at most "
+                         f"{MAX_USER_METADATA:,} bytes of it (docs/FORMAT.md, Limits)")
     return metadata
+
+
+#: the largest user metadata dump accepts: the metadata section's limit less
+#: room for what firkin records itself (versions, the table of 1,000 arrays)
+MAX_USER_METADATA = _core.MAX_METADATA - (1 << 20)
 
 
 #: the array table in the metadata lists at most this many arrays
