@@ -4,7 +4,6 @@ from __future__ import annotations
 import errno
 import fcntl
 import io
-import json
 import os
 import pickle
 import secrets
@@ -465,12 +464,14 @@ def _unpickle(reader, stream, buffers, mmap: bool, policy):
 def _warn_versions(reader) -> None:
     try:
         raw = reader.metadata()
-        packages = json.loads(raw).get("packages") or {} if raw else {}
-    except (ValueError, AttributeError, FormatError):
+        packages = _meta.parse(raw, reader.name).get("packages") if raw else None
+    except FormatError:
         return  # load_metadata / verify report a damaged metadata section
-    diffs = [f"{pkg} {rec} (installed: {inst or 'not installed'})"
+    if not isinstance(packages, dict):
+        return
+    diffs = [_text.printable(f"{pkg} {rec} (installed: {inst or 'not installed'})")
              for pkg, rec in sorted(packages.items())
-             if rec is not None and (inst := _meta.package_version(pkg)) != rec]
+             if isinstance(rec, str) and (inst := _meta.package_version(pkg)) != rec]
     if diffs:
         warnings.warn(f"{reader.name} was written with " + ", ".join(diffs)
                       + "; objects may behave differently or fail to load", VersionMismatchWarning,
@@ -722,11 +723,6 @@ def load_metadata(filename) -> dict:
         filename.seek(start)
     if raw is None:
         return {"size": reader.total_length}
-    try:
-        meta = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise FormatError(f"{reader.name}: the metadata section is not valid JSON: {exc}") from exc
-    if not isinstance(meta, dict):
-        raise FormatError(f"{reader.name}: the metadata section is not a JSON object")
+    meta = _meta.parse(raw, reader.name)
     meta["size"] = reader.total_length
     return meta

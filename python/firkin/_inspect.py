@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import _core, _meta, _sign
+from . import _core, _meta, _sign, _text
 from ._core import FormatError
 
 
@@ -141,28 +141,30 @@ class FileInfo:
             self.signature = _sign.status(reader, stream)
             self.format = "%d.%d" % reader.format_version
             self.mutable_buffers = bool(reader.flags & _core.FLAG_BUFFERS_MUTABLE)
-        import json  # noqa: PLC0415
-
-        self.metadata = json.loads(meta_raw) if meta_raw else {}
+        # whatever shape a file's metadata has, it is shown, never trusted to be well formed
+        self.metadata = _meta.parse(meta_raw, path) if meta_raw else {}
         self.size_on_disk = os.path.getsize(path)
         self.raw_bytes = sum(s["raw"] for s in secs if s["kind"] in ("pickle stream", "buffer"))
         self.stored_bytes = sum(s["stored"] for s in secs if s["kind"] in ("pickle stream", "buffer"))
         self.stream_bytes = secs[0]["raw"] if secs else 0
-        described = self.metadata.get("arrays") or []
+        described = self.metadata.get("arrays")
+        described = described if isinstance(described, list) else []
         self.arrays = []
         for i, s in enumerate(s for s in secs if s["kind"] == "buffer"):
-            d = described[i] if i < len(described) else None
+            d = described[i] if i < len(described) and isinstance(described[i], dict) else {}
+            shape = d.get("shape")
             self.arrays.append({
                 "index": i,
-                "dtype": d["dtype"] if d else None,
-                "shape": tuple(d["shape"]) if d else None,
+                "dtype": d.get("dtype"),
+                "shape": tuple(shape) if isinstance(shape, list) else shape,
                 "bytes": s["raw"],
                 "stored": s["stored"],
                 "codec": s["codec"],
                 "ratio": s["raw"] / s["stored"] if s["stored"] else 1.0,
             })
         self.packages = []
-        for pkg, recorded in sorted((self.metadata.get("packages") or {}).items()):
+        packages = self.metadata.get("packages")
+        for pkg, recorded in sorted(packages.items() if isinstance(packages, dict) else ()):
             installed = _installed_version(pkg)
             self.packages.append({"package": pkg, "recorded": recorded, "installed": installed,
                                   "mismatch": recorded is not None and installed != recorded})
@@ -170,6 +172,12 @@ class FileInfo:
     @property
     def compression(self):
         return self.metadata.get("compress")
+
+    @property
+    def user(self):
+        """The user metadata: a dict as dump writes it, or whatever else the file holds."""
+        user = self.metadata.get("user")
+        return {} if user is None else user
 
     @property
     def ratio(self) -> float:
@@ -185,13 +193,18 @@ class FileInfo:
             "arrays": [dict(a, shape=list(a["shape"]) if a["shape"] else None) for a in self.arrays],
             "packages": self.packages, "untrusted_types": self.untrusted,
             "signature": self.signature, "mutable_buffers": self.mutable_buffers,
-            "user": m.get("user") or {},
+            "user": self.user,
         }
 
     def _summary(self):
         m = self.metadata
         comp = self.compression
-        comp_s = "none" if not comp else f"{comp['method']} level {comp['level']}"
+        if not comp:
+            comp_s = "none"
+        elif isinstance(comp, dict):
+            comp_s = f"{comp.get('method')} level {comp.get('level')}"
+        else:
+            comp_s = repr(comp)
         return [
             ("file", self.path),
             ("object", m.get("type") or "?"),
@@ -217,17 +230,20 @@ class FileInfo:
             lines.append(f"  {'#':>4} {'dtype':10} {'shape':20} {'bytes':>12} {'codec':6} ratio")
             for a in self.arrays[:50]:
                 shape = "?" if a["shape"] is None else str(a["shape"])
-                lines.append(f"  {a['index']:>4} {a['dtype'] or '?':10} {shape:20} "
+                lines.append(f"  {a['index']:>4} {str(a['dtype'] or '?'):10} {shape:20} "
                              f"{a['bytes']:>12,} {a['codec']:6} {a['ratio']:.2f}")
             if len(self.arrays) > 50:
                 lines.append(f"  ... and {len(self.arrays) - 50} more")
-        user = self.metadata.get("user") or {}
+        user = self.user
         if user:
-            lines.append("user metadata: " + ", ".join(f"{k}={v!r}" for k, v in user.items()))
-        return "\n".join(lines)
+            lines.append("user metadata: " + (", ".join(f"{k}={v!r}" for k, v in user.items())
+                                              if isinstance(user, dict) else repr(user)))
+        # every line holds text from the file: escaped, so it cannot drive a terminal
+        return "\n".join(_text.printable(line) for line in lines)
 
     def _repr_html_(self) -> str:
-        e = html.escape
+        def e(text) -> str:
+            return html.escape(_text.printable(text))
         rows = "".join(f"<tr><th style='text-align:left'>{e(k)}</th><td style='text-align:left'>"
                        f"{e(str(v))}</td></tr>" for k, v in self._summary())
         out = [f"<div class='firkin-info'><table>{rows}</table>"]
@@ -248,9 +264,10 @@ class FileInfo:
             out.append(f"<details><summary>arrays ({len(self.arrays)})</summary><table><tr><th>#</th>"
                        f"<th>dtype</th><th>shape</th><th>bytes</th><th>codec</th><th>ratio</th></tr>"
                        f"{arow}</table>{more}</details>")
-        user = self.metadata.get("user") or {}
+        user = self.user
         if user:
-            urow = "".join(f"<tr><td>{e(k)}</td><td>{e(repr(v))}</td></tr>" for k, v in user.items())
+            items = user.items() if isinstance(user, dict) else [("", user)]
+            urow = "".join(f"<tr><td>{e(k)}</td><td>{e(repr(v))}</td></tr>" for k, v in items)
             out.append(f"<details open><summary>user metadata</summary><table>{urow}</table></details>")
         out.append("</div>")
         return "".join(out)

@@ -90,6 +90,25 @@ def check_user_metadata(metadata) -> dict:
 MAX_USER_METADATA = _core.MAX_METADATA - (1 << 20)
 
 
+_CONSTANTS = {"NaN": "NaN", "Infinity": "Infinity", "-Infinity": "-Infinity"}
+
+
+def parse(raw: bytes, name: str) -> dict:
+    """The metadata section's JSON object, as strict JSON: NaN and infinities
+    (which firkin never writes, but an older firkin let into user metadata,
+    and anyone can put in a file) come back as the strings "NaN",
+    "Infinity", "-Infinity". FormatError naming `name` for anything that
+    is not a JSON object (invalid UTF-8 or JSON, nesting too deep)."""
+    try:
+        meta = json.loads(raw.decode("utf-8"), parse_constant=_CONSTANTS.__getitem__)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        what = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+        raise _core.FormatError(f"{name}: the metadata section is not valid JSON: {what}") from None
+    if not isinstance(meta, dict):
+        raise _core.FormatError(f"{name}: the metadata section is not a JSON object")
+    return meta
+
+
 #: the array table in the metadata lists at most this many arrays
 MAX_ARRAYS_LISTED = 1000
 

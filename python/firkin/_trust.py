@@ -27,6 +27,7 @@ same names while loading.
 from __future__ import annotations
 
 import _compat_pickle
+import json
 import pickle
 import sys
 from functools import lru_cache
@@ -34,6 +35,7 @@ from typing import Iterable
 
 from . import _core
 from ._core import FormatError, UntrustedTypesError
+from ._text import printable
 
 __all__ = [
     "ALLOWED",
@@ -709,7 +711,7 @@ def untrusted_types(stream, trusted=None) -> list[str]:
 def _call_hint(name: str, call: str, names: list[str]) -> str:
     target = repr(name) if name and not name.startswith("<") else (
         "data" if call.endswith("loads") else "path")
-    listed = ", ".join(f'"{n}"' for n in names)
+    listed = ", ".join(json.dumps(n) for n in names)  # a string literal, escaped: ASCII only
     return f"{call}({target}, trusted=[{listed}])"
 
 
@@ -719,8 +721,10 @@ def _message(name: str, refused: list[str], call: str, during_load: bool = False
     when = "while unpickling" if during_load else "before unpickling"
     noun = "name" if not ops else "opcode" if not names else "thing"
     count = f"{len(refused)} {noun}{'s' if len(refused) != 1 else ''}"
-    lines = [f"{name}: refused {when}: the pickle stream uses {count} firkin does not trust:"]
-    lines += [f"    {r}" for r in refused]
+    # names come from the file: escaped, so they cannot forge lines or drive a terminal
+    lines = [f"{printable(name)}: refused {when}: the pickle stream uses {count} firkin does not "
+             "trust:"]
+    lines += [f"    {printable(r)}" for r in refused]
     lines.append("Unpickling calls whatever a stream names, so an untrusted name can run any code.")
     if names:
         lines.append("If you trust where this data comes from, allow exactly these names:")

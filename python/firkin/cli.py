@@ -22,6 +22,8 @@ import sys
 
 import numpy as np
 
+from ._text import printable
+
 __all__ = ["main", "diff", "parse_compress"]
 
 _FIRKIN_HEADS = (b"\x89FRK", b"\x09FRK")
@@ -204,8 +206,16 @@ def _object_diff(x, y, where, work):
 
 # --------------------------------------------------------------------------- commands
 
+def _say(text="", file=None):
+    """Print a line that may hold text from a file: escaped (firkin._text),
+    so names and metadata cannot move the cursor, erase lines, set titles or
+    plant links, and a lone surrogate cannot make printing fail."""
+    print(printable(text), file=file)
+
+
 def _err(msg: str):
-    print(f"firkin: {msg}", file=sys.stderr)
+    # line by line: the lines of firkin's own messages stay lines
+    print("\n".join(printable(line) for line in f"firkin: {msg}".split("\n")), file=sys.stderr)
 
 
 def _head(path: str) -> bytes:
@@ -268,7 +278,7 @@ def _cmd_convert(args) -> int:
             _err(f"verification failed, {dst} removed: {problem}")
             return 1
         verified = ", verified"
-    print(f"{src} ({os.path.getsize(src):,} bytes) -> {dst} ({os.path.getsize(dst):,} bytes, "
+    _say(f"{src} ({os.path.getsize(src):,} bytes) -> {dst} ({os.path.getsize(dst):,} bytes, "
           f"firkin{'' if not compress else f', compress={compress!r}'}){verified}")
     return 0
 
@@ -331,7 +341,7 @@ def _fmt_shape(shape):
 
 
 def _print_info(info: dict):
-    print(info["path"])
+    _say(info["path"])
     rows = [("format", info["format"] + (f" {info['format_version']}"
                                           if info.get("format_version") else ""))]
     if info.get("layout"):
@@ -351,7 +361,7 @@ def _print_info(info: dict):
         shown = ", ".join(glob[:8]) + (f", ... ({len(glob)} in all)" if len(glob) > 8 else "")
         rows.append(("globals", shown))
     for key, value in rows:
-        print(f"  {key:<12} {value}")
+        _say(f"  {key:<12} {value}")
     if info["format"] == "firkin":
         meta = dict(info.get("metadata") or {})
         user = meta.pop("user", None)
@@ -361,21 +371,21 @@ def _print_info(info: dict):
             value = meta[key]
             if isinstance(value, (dict, list)):
                 value = json.dumps(value, sort_keys=True)
-            print(f"  {key:<12} {value}")
+            _say(f"  {key:<12} {value}")
         if user:
-            print(f"  {'user':<12} {json.dumps(user, sort_keys=True)}")
+            _say(f"  {'user':<12} {json.dumps(user, sort_keys=True)}")
         for sec in info.get("sections", []):
-            print(f"  section      {sec.get('kind')}: offset {sec.get('offset'):,}, "
+            _say(f"  section      {sec.get('kind')}: offset {sec.get('offset'):,}, "
                   f"{sec.get('stored'):,} bytes stored, {sec.get('raw'):,} raw, "
                   f"{sec.get('codec')}")
     for key in ("note", "error"):
         if info.get(key):
-            print(f"  {key:<12} {info[key]}")
+            _say(f"  {key:<12} {info[key]}")
     if arrays:
         compressed = info["format"] != "firkin" and info.get("compression")
-        print()
+        _say()
         head = "offset*" if compressed else "offset"
-        print(f"  {'#':>5}  {'kind':<16} {'dtype':<16} {'shape':<16} {'order':<5} "
+        _say(f"  {'#':>5}  {'kind':<16} {'dtype':<16} {'shape':<16} {'order':<5} "
               f"{head:>14} {'bytes':>14}  mmap")
         for a in arrays[:_TABLE_ROWS]:
             off = a.get("offset")
@@ -383,15 +393,15 @@ def _print_info(info: dict):
             if a.get("fields"):
                 dtype = f"struct({a['fields']} fields)"
             mm = a.get("mmap")
-            print(f"  {a['index']:>5}  {a.get('kind', ''):<16.16} {str(dtype):<16.16} "
+            _say(f"  {a['index']:>5}  {a.get('kind', ''):<16.16} {str(dtype):<16.16} "
                   f"{_fmt_shape(a.get('shape')):<16.16} {a.get('order') or '':<5} "
                   f"{'' if off is None else format(off, ','):>14} "
                   f"{'' if a.get('nbytes') is None else format(a['nbytes'], ','):>14}  "
                   f"{'' if mm is None else ('yes' if mm else 'no')}")
         if len(arrays) > _TABLE_ROWS:
-            print(f"  ... {len(arrays) - _TABLE_ROWS} more arrays (--json lists all)")
+            _say(f"  ... {len(arrays) - _TABLE_ROWS} more arrays (--json lists all)")
         if compressed and any(a.get("offset") is not None for a in arrays):
-            print("  * offsets in the decompressed stream")
+            _say("  * offsets in the decompressed stream")
 
 
 def _cmd_info(args) -> int:
@@ -406,7 +416,8 @@ def _cmd_info(args) -> int:
         _err(f"{path}: {type(exc).__name__}: {exc}")
         return 1
     if args.json:
-        print(json.dumps(info, indent=2, default=str))
+        # strict JSON, ASCII only: metadata never holds NaN or infinities (_meta.parse)
+        print(json.dumps(info, indent=2, default=str, allow_nan=False))
     else:
         _print_info(info)
     if info.get("error"):
@@ -423,9 +434,10 @@ def _cmd_verify(args) -> int:
         return 1
     report = firkin.verify(args.file)
     if args.json:
-        print(json.dumps(report.to_dict(), indent=2))
+        print(json.dumps(report.to_dict(), indent=2, allow_nan=False))
     else:
-        print(report)
+        for line in str(report).split("\n"):
+            _say(line)
     if not report.ok:
         for p in report.problems or [f"signature: {report.signature}"]:
             _err(p)
@@ -447,9 +459,10 @@ def _cmd_untrusted(args) -> int:
     if args.json:
         print(json.dumps(names))
     elif names:
-        print("\n".join(names))
+        for name in names:  # one escaped name a line: a name cannot hide another
+            _say(name)
     else:
-        print(f"{args.file}: nothing beyond firkin's allowlist")
+        _say(f"{args.file}: nothing beyond firkin's allowlist")
     return 0
 
 
