@@ -115,10 +115,11 @@ def _check_protected_symlink(link: str, link_st, directory: str) -> None:
     shared = dst.st_mode & stat.S_ISVTX and dst.st_mode & stat.S_IWOTH
     if shared and link_st.st_uid not in (os.geteuid(), dst.st_uid):
         raise PermissionError(
-            errno.EACCES, f"firkin.dump: refusing to follow the symbolic link {_text.printable(link)}: "
-            f"it belongs to uid {link_st.st_uid}, neither you nor the owner of the shared (sticky, "
-            "world-writable) directory it lies in, so its owner would choose which file this dump "
-            "replaces (the kernel's protected_symlinks rule). Remove the link or dump elsewhere")
+            errno.EACCES, "firkin.dump: refusing to follow the symbolic link "
+            f"{_text.printable(link)}: it belongs to uid {link_st.st_uid}, neither you nor the "
+            "owner of the shared (sticky, world-writable) directory it lies in, so its owner "
+            "would choose which file this dump replaces (the kernel's protected_symlinks rule). "
+            "Remove the link or dump elsewhere")
 
 
 def _resolve_target(path: str) -> tuple[str, str]:
@@ -127,7 +128,8 @@ def _resolve_target(path: str) -> tuple[str, str]:
     `_check_protected_symlink`), and a link whose target does not exist is
     refused rather than followed to create a file where it points."""
     if path.endswith(os.sep) or (os.altsep and path.endswith(os.altsep)):
-        raise IsADirectoryError(errno.EISDIR, f"firkin.dump: {path!r} names a directory, not a file")
+        raise IsADirectoryError(errno.EISDIR,
+                                f"firkin.dump: {path!r} names a directory, not a file")
     pending = list(reversed(os.path.join(os.getcwd(), path).split(os.sep)))
     resolved, hops, final_link = os.sep, 0, None
     while pending:
@@ -143,8 +145,8 @@ def _resolve_target(path: str) -> tuple[str, str]:
             st = os.lstat(candidate)
         except FileNotFoundError:
             if not last:
-                raise FileNotFoundError(errno.ENOENT, f"firkin.dump: directory {candidate!r} does not "
-                                        f"exist (writing {path!r})") from None
+                raise FileNotFoundError(errno.ENOENT, f"firkin.dump: directory {candidate!r} does "
+                                        f"not exist (writing {path!r})") from None
             if final_link is not None:
                 raise FileNotFoundError(
                     errno.ENOENT, f"firkin.dump: {path!r} is a symbolic link whose target "
@@ -154,7 +156,8 @@ def _resolve_target(path: str) -> tuple[str, str]:
         if stat.S_ISLNK(st.st_mode):
             hops += 1
             if hops > _MAX_SYMLINKS:
-                raise OSError(errno.ELOOP, f"firkin.dump: too many levels of symbolic links in {path!r}")
+                raise OSError(errno.ELOOP,
+                              f"firkin.dump: too many levels of symbolic links in {path!r}")
             _check_protected_symlink(candidate, st, resolved)
             target = os.readlink(candidate)
             if last:
@@ -195,6 +198,9 @@ def _final_mode(old) -> int:
     return 0o666 & ~_umask()
 
 
+_NO_LOCKS = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EINVAL, errno.ENOSYS}
+
+
 def _lock_temp(fd: int) -> None:
     """Hold an exclusive advisory lock on a temp file for as long as its dump
     runs: other dumps remove only temp files nobody holds (`_remove_stale_temps`).
@@ -204,7 +210,7 @@ def _lock_temp(fd: int) -> None:
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
     except OSError as exc:
-        if exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EINVAL):
+        if exc.errno not in _NO_LOCKS:
             raise
 
 
@@ -228,7 +234,8 @@ def _remove_stale_temps(dir_fd: int, dir_key, base: str) -> None:
             if (dir_key, name) in _active_temps:
                 continue
         try:
-            fd = os.open(name, os.O_RDONLY | _O_NOFOLLOW | os.O_NONBLOCK | _O_CLOEXEC, dir_fd=dir_fd)
+            fd = os.open(name, os.O_RDONLY | _O_NOFOLLOW | os.O_NONBLOCK | _O_CLOEXEC,
+                         dir_fd=dir_fd)
         except OSError:
             continue
         try:
