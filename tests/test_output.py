@@ -201,3 +201,28 @@ def test_cli_errors_are_escaped(tmp_path):
     assert res.returncode == 1
     err = res.stderr.decode("utf-8")
     assert clean(err) and "builtins.exec\\x1b[2K" in err
+
+
+@pytest.mark.parametrize("described", [
+    [{"dtype": NASTY, "shape": 3}],
+    [{"dtype": {"x": 1}, "shape": "abc"}],
+    [{"dtype": ["<f8"], "shape": [NASTY, None]}],
+    [7], [None], "not a list",
+])
+def test_array_table_of_any_shape(tmp_path, monkeypatch, described):
+    """A real file with an out-of-band array whose metadata describes it
+    oddly (written through the real writer with _meta.build replaced)."""
+    import numpy as np  # noqa: PLC0415
+
+    from firkin import _meta  # noqa: PLC0415
+
+    monkeypatch.setattr(_meta, "build", lambda *a, **k: crafted_metadata(arrays=described))
+    path = tmp_path / "arr.firkin"
+    firkin.dump({"a": np.arange(100_000)}, path)
+    monkeypatch.undo()
+    info = firkin.info(path)
+    assert len(info.arrays) == 1
+    assert clean(repr(info)) and clean(info._repr_html_())
+    json.dumps(info.to_dict(), allow_nan=False)
+    res = run_cli("info", path)
+    assert res.returncode == 0 and clean(res.stdout.decode("utf-8"))

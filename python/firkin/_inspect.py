@@ -190,7 +190,8 @@ class FileInfo:
             "firkin": m.get("firkin"), "python": m.get("python"), "type": m.get("type"),
             "size_on_disk": self.size_on_disk, "size_in_memory": self.raw_bytes,
             "compression": self.compression, "ratio": round(self.ratio, 3),
-            "arrays": [dict(a, shape=list(a["shape"]) if a["shape"] else None) for a in self.arrays],
+            "arrays": [dict(a, shape=list(a["shape"]) if isinstance(a["shape"], tuple) else a["shape"])
+                       for a in self.arrays],
             "packages": self.packages, "untrusted_types": self.untrusted,
             "signature": self.signature, "mutable_buffers": self.mutable_buffers,
             "user": self.user,
