@@ -321,3 +321,19 @@ def test_a_planted_directory_link_is_not_followed_either(shared):
                  env={"FIRKIN_KEY": KEY_ALICE})
     assert res.stdout.startswith("refused PermissionError"), res.stdout + res.stderr
     assert os.listdir(home) == []
+
+
+def test_dump_into_a_directory_you_can_write_but_not_list(shared):
+    """A drop box (mode 1733): the directory is opened O_PATH when it cannot
+    be opened for reading; the dump still works, and the old file's mode is
+    kept."""
+    box = private_dir(shared, 0, "dropbox", 0o1733)
+    target = os.path.join(box, "model.firkin")
+    env = {"FIRKIN_KEY": KEY_ALICE}
+    run_as(ALICE, "import os, sys, firkin; os.umask(0o077); firkin.dump([1], sys.argv[1])", target,
+           env=env)
+    run_as(ALICE, "import sys, firkin; firkin.dump([2], sys.argv[1])", target, env=env)
+    assert os.listdir(box) == ["model.firkin"]
+    st = os.stat(target)
+    assert (st.st_uid, stat.S_IMODE(st.st_mode)) == (ALICE, 0o600)
+    assert firkin.load(target, trusted=True) == [2]

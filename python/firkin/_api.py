@@ -286,7 +286,14 @@ def _dump_path(value, filename, protocol, user_meta, compress, threads, progress
     path = os.fsdecode(os.fspath(filename))
     # write where the data will live: through a (checked) symlink, next to its target
     dirname, base = _resolve_target(path)
-    dir_fd = os.open(dirname, os.O_RDONLY | _O_DIRECTORY | _O_NOFOLLOW | _O_CLOEXEC)
+    try:
+        dir_fd = os.open(dirname, os.O_RDONLY | _O_DIRECTORY | _O_NOFOLLOW | _O_CLOEXEC)
+    except PermissionError:
+        if not hasattr(os, "O_PATH"):
+            raise
+        # a directory you may write but not list (a drop box): *at calls work
+        # through an O_PATH descriptor; listing (stale temps) and fsync do not
+        dir_fd = os.open(dirname, os.O_PATH | _O_DIRECTORY | _O_NOFOLLOW | _O_CLOEXEC)
     try:
         dst = os.fstat(dir_fd)
         dir_key = (dst.st_dev, dst.st_ino)
