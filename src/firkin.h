@@ -95,8 +95,9 @@ typedef struct {
     PyObject *str_module;
     PyObject *str_dump;
     PyObject *str_main;         /* "__main__" */
-    PyObject *main_reducer;     /* reduces __main__ classes/functions by value, or NULL */
-    PyObject *byvalue_types;    /* tuple: types only the by-value reducer can save (code, cell, ...) */
+    PyObject *str_qualname;
+    PyObject *str_dot;
+    PyObject *byvalue_types;    /* tuple: types a Writer's by-value reducer is asked about (code, cell, ...) */
 } fk_state;
 
 /* ---- checksum.c ---- */

@@ -54,13 +54,11 @@ static PyObject *fk_native_codecs(PyObject *module, PyObject *unused)
                          codec_available(FK_CODEC_LZ4) ? Py_True : Py_False, "raw", Py_True);
 }
 
-static PyObject *fk_set_main_reducer(PyObject *module, PyObject *args)
+static PyObject *fk_set_byvalue_types(PyObject *module, PyObject *types)
 {
     fk_state *st = get_state(module);
-    PyObject *fn, *types;
-    if (!PyArg_ParseTuple(args, "OO!:set_main_reducer", &fn, &PyTuple_Type, &types)) return NULL;
-    if (fn != Py_None && !PyCallable_Check(fn)) {
-        PyErr_SetString(PyExc_TypeError, "main reducer must be callable or None");
+    if (!PyTuple_Check(types)) {
+        PyErr_SetString(PyExc_TypeError, "types must be a tuple of types");
         return NULL;
     }
     for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(types); i++) {
@@ -69,15 +67,14 @@ static PyObject *fk_set_main_reducer(PyObject *module, PyObject *args)
             return NULL;
         }
     }
-    Py_XSETREF(st->main_reducer, fn == Py_None ? NULL : Py_NewRef(fn));
     Py_XSETREF(st->byvalue_types, Py_NewRef(types));
     Py_RETURN_NONE;
 }
 
 static PyMethodDef module_methods[] = {
-    {"set_main_reducer", fk_set_main_reducer, METH_VARARGS,
-     "set_main_reducer(fn, types): fn(obj) reduces classes and functions defined in __main__ (by "
-     "value) and instances of `types`, which only it can save (code objects, cells, ...)"},
+    {"set_byvalue_types", fk_set_byvalue_types, METH_O,
+     "set_byvalue_types(types): instances of exactly these types go to a Writer's byvalue reducer "
+     "(which pickle cannot save, or saves wrongly, inside code saved by value)"},
     {"native_codecs", fk_native_codecs, METH_NOARGS, "which codecs are compiled in"},
     {"crc32c", fk_crc32c, METH_VARARGS, "crc32c(data, value=0) -> CRC-32C of data, continuing value"},
     {"build_info", fk_build_info, METH_NOARGS, "facts about this build of the extension"},
@@ -174,6 +171,8 @@ static int module_exec(PyObject *module)
     if (!(st->str_module = PyUnicode_InternFromString("__module__"))) return -1;
     if (!(st->str_dump = PyUnicode_InternFromString("dump"))) return -1;
     if (!(st->str_main = PyUnicode_InternFromString("__main__"))) return -1;
+    if (!(st->str_qualname = PyUnicode_InternFromString("__qualname__"))) return -1;
+    if (!(st->str_dot = PyUnicode_InternFromString("."))) return -1;
 
     if (writer_init_types(module, st) < 0) return -1;
     if (reader_init_types(module, st) < 0) return -1;
@@ -210,7 +209,6 @@ static int module_traverse(PyObject *module, visitproc visit, void *arg)
     Py_VISIT(st->PickleBuffer);
     Py_VISIT(st->np_frombuffer);
     Py_VISIT(st->np_memmap);
-    Py_VISIT(st->main_reducer);
     Py_VISIT(st->byvalue_types);
     return 0;
 }
@@ -236,7 +234,8 @@ static int module_clear(PyObject *module)
     Py_CLEAR(st->str_module);
     Py_CLEAR(st->str_dump);
     Py_CLEAR(st->str_main);
-    Py_CLEAR(st->main_reducer);
+    Py_CLEAR(st->str_qualname);
+    Py_CLEAR(st->str_dot);
     Py_CLEAR(st->byvalue_types);
     return 0;
 }

@@ -61,6 +61,7 @@ typedef struct {
     PyObject *seen_types; /* set of types already recorded */
     uint64_t oob_bytes;
     Py_ssize_t by_value;  /* classes/functions saved by value */
+    PyObject *byvalue;    /* callable(obj) -> reduce value: by-value reducer of this dump, or NULL */
     /* chunk pipeline */
     int codec, level;
     PyObject *py_codec;
@@ -573,14 +574,57 @@ static PyObject *Writer_buffer_callback(WriterObject *w, PyObject *pb)
     Py_RETURN_FALSE; /* out-of-band */
 }
 
+/* Does pickle's by-reference path find obj itself under modname +
+ * obj.__qualname__ (what save_global looks up)? 1 yes, 0 no, -1 error. */
+static int global_resolves(WriterObject *w, PyObject *obj, PyObject *modname)
+{
+    PyObject *qual = NULL, *parts = NULL, *cur = NULL;
+    int rc = 0;
+    qual = PyObject_GetAttr(obj, w->st->str_qualname);
+    if (!qual || !PyUnicode_Check(qual)) {
+        /* no usable name: pickle reports that itself */
+        PyErr_Clear();
+        rc = 1;
+        goto done;
+    }
+    cur = PyImport_GetModule(modname);
+    if (!cur) {
+        if (PyErr_Occurred()) goto fail;
+        cur = PyImport_Import(modname); /* as save_global does */
+        if (!cur) goto fail;
+    }
+    parts = PyUnicode_Split(qual, w->st->str_dot, -1);
+    if (!parts) goto fail;
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(parts); i++) {
+        PyObject *next = PyObject_GetAttr(cur, PyList_GET_ITEM(parts, i));
+        if (!next) goto fail;
+        Py_SETREF(cur, next);
+    }
+    rc = cur == obj;
+    goto done;
+fail:
+    /* an import or attribute that fails: not reachable by name. Only
+     * ordinary errors mean that; KeyboardInterrupt & co. propagate */
+    if (PyErr_ExceptionMatches(PyExc_Exception) && !PyErr_ExceptionMatches(PyExc_MemoryError))
+        PyErr_Clear();
+    else rc = -1;
+done:
+    Py_XDECREF(qual);
+    Py_XDECREF(parts);
+    Py_XDECREF(cur);
+    return rc;
+}
+
 /* Record the top-level package of obj's class (or of obj itself when it is
- * a class or function). Sets *in_main when obj is a class or Python
- * function defined in __main__, which cannot be pickled by reference. */
-static int record_module(WriterObject *w, PyObject *obj, int *in_main)
+ * a class or function). With a by-value reducer, sets *by_value when obj is
+ * a class or Python function that pickle cannot save by reference: defined
+ * in __main__, or not found under its module and qualname (a local
+ * function, a namedtuple's methods whose __module__ is collections). */
+static int record_module(WriterObject *w, PyObject *obj, int *by_value)
 {
     PyObject *key, *mod;
     int is_global = PyType_Check(obj) || PyFunction_Check(obj) || PyCFunction_Check(obj);
-    *in_main = 0;
+    *by_value = 0;
     if (is_global) {
         key = obj;
     } else {
@@ -594,13 +638,22 @@ static int record_module(WriterObject *w, PyObject *obj, int *in_main)
         PyErr_Clear(); /* a missing or broken __module__ is the pickler's business */
         return 0;
     }
-    if (mod && PyUnicode_Check(mod) && is_global && !PyCFunction_Check(obj) &&
-        PyUnicode_Compare(mod, w->st->str_main) == 0) {
-        *in_main = 1;
-        Py_DECREF(mod);
-        return 0;
+    if (PyUnicode_Check(mod) && is_global && !PyCFunction_Check(obj) && w->byvalue) {
+        int found = 0;
+        if (PyUnicode_Compare(mod, w->st->str_main) != 0) {
+            found = global_resolves(w, obj, mod);
+            if (found < 0) {
+                Py_DECREF(mod);
+                return -1;
+            }
+        }
+        if (!found) {
+            *by_value = 1;
+            Py_DECREF(mod);
+            return 0;
+        }
     }
-    if (mod && PyUnicode_Check(mod)) {
+    if (PyUnicode_Check(mod)) {
         Py_ssize_t dot = PyUnicode_FindChar(mod, '.', 0, PyUnicode_GET_LENGTH(mod), 1);
         PyObject *top = dot >= 0 ? PyUnicode_Substring(mod, 0, dot) : Py_NewRef(mod);
         if (!top || PySet_Add(w->modules, top) < 0) {
@@ -610,7 +663,7 @@ static int record_module(WriterObject *w, PyObject *obj, int *in_main)
         }
         Py_DECREF(top);
     }
-    Py_XDECREF(mod);
+    Py_DECREF(mod);
     return 0;
 }
 
@@ -746,20 +799,21 @@ static PyObject *Pickler_reducer_override(PyObject *self, PyObject *obj)
     (void)self;
     WriterObject *w = fk_current_writer;
     if (!w) Py_RETURN_NOTIMPLEMENTED;
-    int in_main;
-    if (record_module(w, obj, &in_main) < 0) return NULL;
-    if (w->st->main_reducer) {
-        if (in_main) {
-            /* defined in a notebook, script or REPL: save the code itself */
+    int by_value;
+    if (record_module(w, obj, &by_value) < 0) return NULL;
+    if (w->byvalue) {
+        if (by_value) {
+            /* defined in a notebook, script or REPL, or otherwise out of
+             * pickle's reach by name: save the code itself, as cloudpickle does */
             w->by_value++;
-            return PyObject_CallOneArg(w->st->main_reducer, obj);
+            return PyObject_CallOneArg(w->byvalue, obj);
         }
         PyObject *types = w->st->byvalue_types;
         for (Py_ssize_t i = 0; types && i < PyTuple_GET_SIZE(types); i++) {
-            /* the instances, and the types themselves (cloudpickle names them) */
-            PyObject *t = PyTuple_GET_ITEM(types, i);
-            if (obj == t || Py_IS_TYPE(obj, (PyTypeObject *)t))
-                return PyObject_CallOneArg(w->st->main_reducer, obj);
+            /* code, cells, dataclass field markers, TypeVars...: the
+             * reducer saves them as cloudpickle does, or declines */
+            if (Py_IS_TYPE(obj, (PyTypeObject *)PyTuple_GET_ITEM(types, i)))
+                return PyObject_CallOneArg(w->byvalue, obj);
         }
     }
     if (PyArray_Check(obj)) return reduce_array(w, obj);
@@ -1072,14 +1126,15 @@ static PyObject *Writer_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
     static char *kwlist[] = {"target", "threads", "chunk_size", "threshold", "codec", "level",
                              "py_codec", "progress", "signer", "name", "sign_key", "sign_prefix",
-                             NULL};
+                             "byvalue", NULL};
     PyObject *target, *py_codec = Py_None, *progress = Py_None, *signer = Py_None, *name = Py_None;
+    PyObject *byvalue = Py_None;
     Py_buffer sign_key = {0}, sign_prefix = {0};
     int threads = 0, codec = FK_CODEC_RAW, level = 0;
     Py_ssize_t chunk_size = FK_DEFAULT_CHUNK, threshold = FK_DEFAULT_THRESHOLD;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|inniiOOOOy*y*:Writer", kwlist, &target,
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|inniiOOOOy*y*O:Writer", kwlist, &target,
                                      &threads, &chunk_size, &threshold, &codec, &level, &py_codec,
-                                     &progress, &signer, &name, &sign_key, &sign_prefix))
+                                     &progress, &signer, &name, &sign_key, &sign_prefix, &byvalue))
         return NULL;
     WriterObject *w = NULL;
     if (sign_key.buf && signer != Py_None) {
@@ -1113,6 +1168,10 @@ static PyObject *Writer_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
         PyErr_SetString(PyExc_ValueError, "threshold must be >= 0");
         goto fail;
     }
+    if (byvalue != Py_None && !PyCallable_Check(byvalue)) {
+        PyErr_SetString(PyExc_TypeError, "byvalue must be callable or None");
+        goto fail;
+    }
     w = (WriterObject *)type->tp_alloc(type, 0);
     if (!w) goto fail;
     w->st = (fk_state *)PyType_GetModuleState(type);
@@ -1126,6 +1185,7 @@ static PyObject *Writer_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     w->progress = progress == Py_None ? NULL : Py_NewRef(progress);
     w->signer = signer == Py_None ? NULL : Py_NewRef(signer);
     w->name = name == Py_None ? NULL : Py_NewRef(name);
+    w->byvalue = byvalue == Py_None ? NULL : Py_NewRef(byvalue);
 #ifdef FIRKIN_HAVE_OPENSSL
     if (sign_key.buf) {
         w->hasher = fk_hasher_new((const unsigned char *)sign_key.buf, (size_t)sign_key.len,
@@ -1190,6 +1250,7 @@ static int Writer_traverse(WriterObject *w, visitproc visit, void *arg)
     Py_VISIT(w->progress);
     Py_VISIT(w->signer);
     Py_VISIT(w->name);
+    Py_VISIT(w->byvalue);
     return 0;
 }
 
@@ -1205,6 +1266,7 @@ static int Writer_clear(WriterObject *w)
     Py_CLEAR(w->progress);
     Py_CLEAR(w->signer);
     Py_CLEAR(w->name);
+    Py_CLEAR(w->byvalue);
     return 0;
 }
 
@@ -1304,7 +1366,8 @@ static PyObject *Writer_get_arrays(WriterObject *w, void *c)
 static PyGetSetDef Writer_getset[] = {
     {"arrays", (getter)Writer_get_arrays, NULL,
      "per out-of-band buffer: (dtype str, shape) of its array, or None", NULL},
-    {"by_value", (getter)Writer_get_by_value, NULL, "classes/functions of __main__ saved by value", NULL},
+    {"by_value", (getter)Writer_get_by_value, NULL,
+     "classes/functions saved by value (defined in __main__, or out of reach by name)", NULL},
     {"signed_bytes", (getter)Writer_get_signed_bytes, NULL,
      "stream bytes the native signer was given (sign_key), else None", NULL},
     {"buffer_count", (getter)Writer_get_buffer_count, NULL, "out-of-band buffers written", NULL},
@@ -1319,7 +1382,8 @@ static PyType_Slot Writer_slots[] = {
     {Py_tp_clear, Writer_clear},
     {Py_tp_methods, Writer_methods},
     {Py_tp_getset, Writer_getset},
-    {Py_tp_doc, "Writer(target, threads=0, chunk_size=1MiB, threshold=64KiB): one firkin container"},
+    {Py_tp_doc, "Writer(target, threads=0, chunk_size=1MiB, threshold=64KiB, ..., byvalue=None): one "
+                "firkin container; byvalue(obj) reduces what pickle cannot save by reference"},
     {0, NULL},
 };
 

@@ -13,7 +13,7 @@ import warnings
 
 import numpy as np
 
-from . import _compress, _core, _meta, _progress, _sign, _text, _trust
+from . import _byvalue, _compress, _core, _meta, _progress, _sign, _text, _trust
 from ._core import ChecksumError, FirkinError, FormatError, UntrustedTypesError
 
 __all__ = ["dump", "load", "dumps", "loads", "load_metadata", "codecs", "untrusted_types",
@@ -80,8 +80,10 @@ def _check_threads(threads) -> int:
 OOB_THRESHOLD = _core.DEFAULT_THRESHOLD
 
 
-def _write(value, target, protocol, user_meta, compress, threads, progress=None, name=None) -> int:
+def _write(value, target, protocol, user_meta, compress, threads, progress=None, name=None,
+           strip_paths=False) -> int:
     codec, level, described = compress
+    byvalue = _byvalue.Session(strip_paths)
     key = _sign.current_key()
     signer = _sign.Signer(key) if key is not None else None
     bar = _progress.Progress(progress, "firkin.dump")
@@ -89,11 +91,11 @@ def _write(value, target, protocol, user_meta, compress, threads, progress=None,
         w = _core.Writer(target, threshold=OOB_THRESHOLD, codec=codec, level=level,
                          py_codec=_compress.PY_CODEC, threads=threads,
                          progress=bar if progress is not False else None, name=name,
-                         **(signer.writer_kwargs() if signer else {}))
+                         byvalue=byvalue, **(signer.writer_kwargs() if signer else {}))
         modules = w.dump(value, protocol)
         top = type(value)
         meta = _meta.build(modules, user_meta, w.buffer_count, w.oob_bytes, described,
-                           f"{top.__module__}.{top.__qualname__}", w.arrays)
+                           f"{top.__module__}.{top.__qualname__}", w.arrays, byvalue.summary())
         return w.finish(meta, True, signer.finish(meta, w) if signer else b"")
     finally:
         bar.close()

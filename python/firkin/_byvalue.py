@@ -1,35 +1,200 @@
-"""Classes and functions defined in __main__ (a notebook, a script, the REPL)
-are saved by value with cloudpickle, so a model that uses them loads in a
-kernel that never defined them. Only those objects (and the code objects,
-cells, properties... inside them) go through cloudpickle; everything else
-stays on the C pickler's fast path.
+"""Code saved by value, exactly as cloudpickle saves it.
+
+Classes and functions pickle cannot save by reference — defined in
+``__main__`` (a notebook, a script, the REPL), or not found under their
+module and qualname (a namedtuple's methods, whose ``__module__`` is
+``collections``; a local function) — are saved by value, so a model that
+uses them loads in a kernel that never defined them. The C writer asks a
+per-dump :class:`Session` about those, and about the objects of
+:data:`BY_VALUE_TYPES` (code, cells, dataclass field markers, TypeVars...),
+which plain pickle cannot save or saves wrongly inside such code; the
+session answers with cloudpickle's own reduction. Everything else — arrays,
+estimators, plain data — stays on the C pickler's fast path.
 
 Code saved by value is code: such files load only when trusted (signed with
-your key, or trusted=True).
+your key, or trusted=True). Each dump records what it saved by value (names,
+source files, the names of the globals the code captured) in the file's
+metadata, which ``firkin.info`` shows.
 """
+from __future__ import annotations
+
+import abc
+import collections
+import dataclasses
+import dis
 import io
+import pickle
+import sys
 import types
+import typing
+import weakref
 
 from . import _core
 
-#: types plain pickle cannot save at all and cloudpickle saves for by-value
-#: code: routing them to cloudpickle changes no picklable object's pickle
-BY_VALUE_TYPES = (types.CodeType, types.CellType, property, classmethod, staticmethod,
-                  types.MappingProxyType, types.ModuleType)
+#: Instances of exactly these types go to the session. Plain pickle cannot
+#: save most of them at all (so routing them changes no picklable object's
+#: pickle); the rest it saves wrongly for code saved by value: a dataclass
+#: field marker comes back as a copy (``fields()`` then finds nothing), a
+#: TypeVar defined in __main__ is saved by a name the new process lacks.
+BY_VALUE_TYPES = (
+    types.CodeType, types.CellType, property, classmethod, staticmethod,
+    types.MappingProxyType, types.ModuleType, types.GetSetDescriptorType, memoryview,
+    type({}.keys()), type({}.values()), type({}.items()),
+    type(collections.OrderedDict().keys()), type(collections.OrderedDict().values()),
+    type(collections.OrderedDict().items()),
+    abc.abstractclassmethod, abc.abstractstaticmethod, abc.abstractproperty,
+    weakref.WeakSet, io.TextIOWrapper,
+    dataclasses._FIELD_BASE,  # noqa: SLF001 - the marker cloudpickle keeps identical
+    typing.TypeVar,
+    typing.ParamSpec, typing.TypeVarTuple,
+    type(dataclasses.MISSING), type(dataclasses.KW_ONLY),
+    type(dataclasses._HAS_DEFAULT_FACTORY),  # noqa: SLF001
+)
+
+#: dataclasses' sentinels, saved by name so that they stay the very objects
+#: dataclasses compares with ``is`` (cloudpickle 3.1 saves copies, after which
+#: a loaded field's ``default is MISSING`` is False)
+_SENTINELS = {id(getattr(dataclasses, name)): name
+              for name in ("MISSING", "KW_ONLY", "_HAS_DEFAULT_FACTORY")}
+
+#: what stands for a source path in code saved with ``strip_paths=True``
+STRIPPED = "<path stripped>"
 
 
-def reduce_main(obj):
-    import cloudpickle  # noqa: PLC0415 - only needed for __main__ objects
+def _resolves(module: str | None, qualname: str | None, obj) -> bool:
+    """Is obj found as module.qualname among imported modules (what pickle's
+    by-reference path needs)?"""
+    if module == "__main__":
+        return False  # never there in the process that loads it
+    cur = sys.modules.get(module) if isinstance(module, str) else None
+    if cur is None or not isinstance(qualname, str):
+        return False
+    for part in qualname.split("."):
+        cur = getattr(cur, part, _MISSING)
+        if cur is _MISSING:
+            return False
+    return cur is obj
 
-    pickler = cloudpickle.Pickler(io.BytesIO(), protocol=5)
-    if isinstance(obj, (type, types.FunctionType)):
-        # cloudpickle decides how to rebuild the class or function; its
-        # pickler is only asked for the reduction, firkin's writes the bytes
-        return pickler.reducer_override(obj)
-    reduce = pickler.dispatch_table.get(type(obj))
-    if reduce is None:
-        raise TypeError(f"cannot pickle {type(obj).__name__!r} object")
-    return reduce(obj)
+
+_MISSING = object()
 
 
-_core.set_main_reducer(reduce_main, BY_VALUE_TYPES)
+def _global_names(code: types.CodeType) -> set[str]:
+    """The global names a code object (and the code nested in it) uses:
+    those whose values cloudpickle saves with the function."""
+    from cloudpickle import cloudpickle as cp  # noqa: PLC0415
+
+    extract = getattr(cp, "_extract_code_globals", None)
+    if extract is not None:
+        return set(extract(code))  # cloudpickle's own answer, cached per code object
+    names = {ins.argval for ins in dis.get_instructions(code)
+             if ins.opname in ("LOAD_GLOBAL", "STORE_GLOBAL", "DELETE_GLOBAL")}
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            names |= _global_names(const)
+    return names
+
+
+def _source_file(obj) -> str | None:
+    """The file a by-value class or function was defined in: its code's, or
+    for a class the first real file among its methods' (methods generated by
+    namedtuple or dataclass say "<string>")."""
+    code = getattr(obj, "__code__", None)
+    if isinstance(code, types.CodeType):
+        return code.co_filename
+    files = []
+    for value in vars(obj).values():
+        code = getattr(getattr(value, "__func__", value), "__code__", None)
+        if isinstance(code, types.CodeType):
+            files.append(code.co_filename)
+    return next((f for f in files if not f.startswith("<")), files[0] if files else None)
+
+
+class Session:
+    """The by-value reducer of one dump (the Writer calls it).
+
+    One cloudpickle Pickler serves the whole dump, so functions that shared
+    globals share them after loading, as with cloudpickle.dump. ``saved``
+    lists what was saved by value, for the metadata."""
+
+    def __init__(self, strip_paths: bool = False):
+        self.strip_paths = bool(strip_paths)
+        self.saved: list[dict] = []
+        self._pickler = None
+
+    def _cloudpickler(self):
+        if self._pickler is None:
+            import cloudpickle  # noqa: PLC0415 - only needed for code saved by value
+
+            self._pickler = cloudpickle.Pickler(io.BytesIO(), protocol=5)
+        return self._pickler
+
+    def __call__(self, obj):
+        pickler = self._cloudpickler()
+        if isinstance(obj, (type, types.FunctionType)):
+            # cloudpickle decides how to rebuild the class or function; its
+            # pickler is only asked for the reduction, firkin's writes the bytes
+            rv = pickler.reducer_override(obj)
+            if rv is not NotImplemented:
+                self._record(obj, rv)
+                if self.strip_paths and isinstance(obj, types.FunctionType):
+                    base_globals = rv[1][1]  # shared by every function of that module
+                    base_globals.pop("__file__", None)
+                    base_globals.pop("__path__", None)
+            return rv
+        if id(obj) in _SENTINELS and getattr(dataclasses, _SENTINELS[id(obj)]) is obj:
+            return _SENTINELS[id(obj)]  # pickle saves it as dataclasses.<name>
+        if isinstance(obj, typing.TypeVar) and _resolves(obj.__module__, obj.__name__, obj):
+            return NotImplemented  # importable: pickle's by-name path, as cloudpickle does
+        if isinstance(obj, (typing.ParamSpec, typing.TypeVarTuple)):
+            if _resolves(obj.__module__, obj.__name__, obj):
+                return NotImplemented
+            # cloudpickle saves these by name too, which the loading process lacks
+            raise pickle.PicklingError(
+                f"{type(obj).__name__} {obj.__name__!r} is defined in {obj.__module__}: neither "
+                "firkin nor cloudpickle can save it by value; define it in a module that the "
+                "loading process can import")
+        if isinstance(obj, types.CodeType) and self.strip_paths and obj.co_filename != STRIPPED:
+            obj = obj.replace(co_filename=STRIPPED)
+        reduce = pickler.dispatch_table.get(type(obj))
+        # a cloudpickle without a reducer for this type: pickle's own way
+        return NotImplemented if reduce is None else reduce(obj)
+
+    def _record(self, obj, rv) -> None:
+        if getattr(rv[0], "__name__", "") == "_builtin_type":
+            return  # types.CodeType & co.: saved by name, through cloudpickle
+        module, qual = getattr(obj, "__module__", None), getattr(obj, "__qualname__", "?")
+        entry = {"name": f"{module}.{qual}", "kind": "class" if isinstance(obj, type) else "function",
+                 "file": None if self.strip_paths else _source_file(obj), "_qual": qual}
+        if isinstance(obj, types.FunctionType):
+            entry["globals"] = sorted(_global_names(obj.__code__) & obj.__globals__.keys())
+            entry["closure"] = list(obj.__code__.co_freevars)
+        self.saved.append(entry)
+
+    def summary(self) -> list[dict]:
+        """What was saved by value, for the metadata: one entry per class or
+        function ({"name", "kind", "file", "globals", "closure"}), the
+        methods of a class saved by value (also those namedtuple or
+        dataclass generated) folded into their class."""
+        classes = {e["_qual"]: {k: v for k, v in e.items() if k != "_qual"}
+                   for e in self.saved if e["kind"] == "class"}
+        out = list(classes.values())
+        for e in self.saved:
+            if e["kind"] == "class":
+                continue
+            parts = e["_qual"].split(".")
+            owner = next((classes[q] for q in (".".join(parts[:i]) for i in range(len(parts) - 1, 0, -1))
+                          if q in classes), None)
+            if owner is None:
+                out.append({k: v for k, v in e.items() if k != "_qual"})
+                continue
+            for key in ("globals", "closure"):
+                owner[key] = sorted(set(owner.get(key, ())) | set(e[key]))
+        for e in out:
+            for key in ("globals", "closure"):
+                if not e.get(key):
+                    e.pop(key, None)
+        return out
+
+
+_core.set_byvalue_types(BY_VALUE_TYPES)

@@ -114,7 +114,7 @@ MAX_ARRAYS_LISTED = 1000
 
 
 def build(modules, user: dict, buffer_count: int, buffer_bytes: int, compress,
-          top_type: str = "", arrays=()) -> bytes:
+          top_type: str = "", arrays=(), by_value=()) -> bytes:
     now = datetime.datetime.now(datetime.timezone.utc)
     listed = [None if a is None else {"dtype": a[0], "shape": list(a[1])}
               for a in list(arrays)[:MAX_ARRAYS_LISTED]]
@@ -133,4 +133,8 @@ def build(modules, user: dict, buffer_count: int, buffer_bytes: int, compress,
         "arrays": listed,
         "user": user,
     }
+    if by_value:
+        # classes and functions saved by value: name, source file (None when
+        # stripped), captured global names (docs/FORMAT.md, "Metadata")
+        meta["by_value"] = list(by_value)
     return json.dumps(meta, sort_keys=True, separators=(",", ":")).encode("utf-8")
