@@ -68,15 +68,24 @@ def test_by_value_code_from_another_key_is_refused(notebook_model):
     r = _run(SCRIPT_B, notebook_model, env=dict(os.environ, FIRKIN_KEY="mallory-key-0123456789"))
     assert r.returncode != 0
     assert "UntrustedTypesError" in r.stderr
-    assert "saved by value" in r.stderr and "another key" in r.stderr
-    assert "cloudpickle" in r.stderr
+    msg = r.stderr[r.stderr.index("UntrustedTypesError"):]
+    # first what the file holds, in the user's words: their classes and functions
+    assert "holds code defined in a notebook or script" in msg.splitlines()[0]
+    assert "class Clip" in msg and "function shift" in msg and "a lambda" in msg
+    assert "saved by value" in msg and "another key" in msg and "runs when the file is loaded" in msg
+    # the one way to load it; never cloudpickle's internal names to trust one by one
+    assert "trusted=True)" in msg and "trusted=[" not in msg and "cloudpickle" not in msg
+    # the key came from the environment: the message says that it decides
+    assert "FIRKIN_KEY, else firkin.set_key()" in msg and "yours now is FIRKIN_KEY" in msg
 
 
 def test_trusted_true_loads_by_value_code(notebook_model, monkeypatch):
     monkeypatch.setenv("FIRKIN_KEY", "mallory-key-0123456789")
     with pytest.raises(firkin.UntrustedTypesError) as info:
         firkin.load(notebook_model)
-    assert "trusted=[" in str(info.value)
+    assert "trusted=[" not in str(info.value) and f"firkin.load({str(notebook_model)!r}, trusted=True)" \
+        in str(info.value)
+    assert any(n.startswith("cloudpickle.") for n in info.value.names)  # the names, for programs
     d = firkin.load(notebook_model, trusted=True)
     assert np.array_equal(d["model"].predict_proba(d["X"]), d["proba"])
     names = firkin.untrusted_types(notebook_model)

@@ -20,6 +20,7 @@ import pickle
 import re
 import sys
 import threading
+import types
 import uuid
 import zoneinfo
 
@@ -578,6 +579,27 @@ def test_unpicklable_raises(roundtrip, tmp_path):
         firkin.dump([1, (i for i in range(2))], target)
     assert not target.exists()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".failed")] == []
+
+
+def test_unpicklable_names_its_path_type_and_what_to_do(tmp_path):
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import FunctionTransformer
+
+    model = make_pipeline(FunctionTransformer(np.log1p),
+                          FunctionTransformer(np.sqrt, kw_args={"lock": threading.Lock()}),
+                          LogisticRegression())
+    with pytest.raises(TypeError) as info:
+        firkin.dump({"model": model}, tmp_path / "m.firkin")
+    msg = str(info.value)
+    assert msg.startswith("cannot save value['model'].steps[1][1].kw_args['lock'] (a _thread.lock "
+                          "object): cannot pickle '_thread.lock' object"), msg
+    assert "set it to None" in msg and "__getstate__" in msg
+    assert info.value.fk_path == "value['model'].steps[1][1].kw_args['lock']"
+    assert isinstance(info.value.__cause__, TypeError)  # pickle's own error, kept
+    with pytest.raises(TypeError, match=r"value\[2\]\.__dict__\['a b'\] \(a generator"):
+        obj = types.SimpleNamespace(**{"a b": (i for i in range(2))})
+        firkin.dumps([1, 2, obj])
 
 
 def test_functions_out_of_reach_by_name_are_saved_by_value(roundtrip):

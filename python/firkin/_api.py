@@ -92,7 +92,15 @@ def _write(value, target, protocol, user_meta, compress, threads, progress=None,
                          py_codec=_compress.PY_CODEC, threads=threads,
                          progress=bar if progress is not False else None, name=name,
                          byvalue=byvalue, **(signer.writer_kwargs() if signer else {}))
-        modules = w.dump(value, protocol)
+        try:
+            modules = w.dump(value, protocol)
+        except (pickle.PicklingError, TypeError, AttributeError) as exc:
+            from . import _explain  # noqa: PLC0415 - only needed when a dump fails
+
+            located = _explain.explain(value, exc, protocol)
+            if located is exc:
+                raise
+            raise located from exc
         top = type(value)
         meta = _meta.build(modules, user_meta, w.buffer_count, w.oob_bytes, described,
                            f"{top.__module__}.{top.__qualname__}", w.arrays, byvalue.summary())
@@ -433,11 +441,22 @@ def _check_trust(reader, stream, trusted):
     exc = _trust._error(reader.name, refused, "firkin.load")
     note = _SIGNATURE_NOTES[status].format(key=_sign.key_source())
     if any(n.startswith("cloudpickle.") for n in refused):
-        note += (" It holds classes or functions saved by value (defined in the __main__ of the "
-                 "session that saved it, e.g. a notebook): that is code, and code loads only from a "
-                 "file signed with your key, or with trusted=True.")
-    exc.args = (f"{exc.args[0]}\n{note}",) + exc.args[1:]
+        # code saved by value: only trusted=True can load it, whatever else it names
+        exc.args = (_byvalue.refusal_message(reader.name, _by_value_entries(reader), note),) \
+            + exc.args[1:]
+    else:
+        exc.args = (f"{exc.args[0]}\n{note}",) + exc.args[1:]
     raise exc
+
+
+def _by_value_entries(reader) -> list:
+    """What the writer recorded as saved by value (metadata "by_value")."""
+    try:
+        raw = reader.metadata()
+        entries = _meta.parse(raw, reader.name).get("by_value") if raw else None
+    except FormatError:
+        return []
+    return [e for e in entries if isinstance(e, dict)] if isinstance(entries, list) else []
 
 
 class _WholeStream:

@@ -197,4 +197,38 @@ class Session:
         return out
 
 
+def describe(entries: list[dict], limit: int = 10) -> str:
+    """The user's classes and functions among metadata "by_value" entries,
+    for people: "class Clip, function center, a lambda"."""
+    def spell(e):
+        name = str(e.get("name", "?"))
+        short = name[len("__main__."):] if name.startswith("__main__.") else name
+        if short.rsplit(".", 1)[-1] == "<lambda>":
+            return "a lambda" + (f" in {short.rsplit('.', 2)[-2]}" if short.count(".") > 1 else "")
+        return f"{e.get('kind', 'object')} {short}"
+
+    mains = [e for e in entries if str(e.get("name", "")).startswith("__main__.")]
+    shown = [spell(e) for e in (mains or entries)]
+    shown = list(dict.fromkeys(shown))
+    more = len(shown) - limit
+    return ", ".join(shown[:limit]) + (f" and {more} more" if more > 0 else "")
+
+
+def refusal_message(name: str, entries: list[dict], signature_note: str) -> str:
+    """Why a file with code saved by value does not load, and the one way to load it."""
+    what = describe(entries) or "classes or functions"
+    target = repr(name) if name and not name.startswith("<") else "path"
+    call = "firkin.loads(data, trusted=True)" if name == "<bytes>" else f"firkin.load({target}, trusted=True)"
+    return "\n".join([
+        f"{name}: this file holds code defined in a notebook or script (the __main__ of the "
+        f"session that saved it), saved by value: {what}.",
+        "That code runs when the file is loaded, so firkin loads it only from a file signed with "
+        f"your key. {signature_note}",
+        "If you trust where this file comes from, load it with",
+        f"    {call}",
+        "which, like pickle.load, runs whatever the file holds. firkin.untrusted_types() lists "
+        "everything it imports.",
+    ])
+
+
 _core.set_byvalue_types(BY_VALUE_TYPES)
