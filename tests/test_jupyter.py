@@ -124,11 +124,29 @@ print("PROGRESS-DONE")
 """
 
 
+RECORDS = """
+import collections, dataclasses
+
+Point = collections.namedtuple("Point", "x y")
+
+@dataclasses.dataclass(frozen=True)
+class Sample:
+    name: str
+    where: Point
+    score: float | None = None
+    tags: list = dataclasses.field(default_factory=list, metadata={"doc": "labels"})
+
+rows = [Sample("a", Point(1, 2), 0.5, ["x"]), Sample("b", Point(3, 4))]
+firkin.dump({"cls": Sample, "rows": rows}, "records.firkin")
+print("RECORDS-DUMPED")
+"""
+
+
 @pytest.fixture(scope="module")
 def notebook_a(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("nb")
     xdg = tmp_path_factory.mktemp("nb-xdg")
-    nb = _run(workdir, _cells(DEFINE, FIT_AND_DUMP, INFO, PROGRESS), KEY, xdg)
+    nb = _run(workdir, _cells(DEFINE, FIT_AND_DUMP, INFO, PROGRESS, RECORDS), KEY, xdg)
     return workdir, xdg, nb
 
 
@@ -166,6 +184,41 @@ def test_main_defined_model_loads_in_fresh_kernel(notebook_a):
     out = _text(nb.cells[1])
     assert "CLASS ClipCenter" in out
     assert "B-EQUAL (400, 2)" in out
+
+
+LOAD_RECORDS = """
+import dataclasses
+import pandas as pd
+import firkin
+
+assert "Sample" not in globals() and "Point" not in globals()
+d = firkin.load("records.firkin")
+Sample, rows = d["cls"], d["rows"]
+print("FIELDS", [(f.name, f.metadata.get("doc")) for f in dataclasses.fields(Sample)])
+print("MISSING", dataclasses.fields(Sample)[2].default_factory is dataclasses.MISSING)
+print("ASDICT", dataclasses.asdict(rows[0]))
+print("FRAME", pd.DataFrame(rows).shape)
+print("POINT", rows[1].where._asdict(), rows[1].where._replace(x=9))
+print("INSTANCE", isinstance(rows[0], Sample), Sample("c", rows[0].where).tags)
+try:
+    rows[0].name = "z"
+except dataclasses.FrozenInstanceError:
+    print("FROZEN")
+"""
+
+
+def test_dataclass_and_namedtuple_from_a_cell_load_in_fresh_kernel(notebook_a):
+    workdir, xdg, nb_a = notebook_a
+    assert "RECORDS-DUMPED" in _text(nb_a.cells[5])
+    nb = _run(workdir, _cells(LOAD_RECORDS), KEY, xdg)
+    assert not _errors(nb)
+    out = _text(nb.cells[1])
+    assert "FIELDS [('name', None), ('where', None), ('score', None), ('tags', 'labels')]" in out
+    assert "MISSING True" in out
+    assert "ASDICT {'name': 'a', 'where': Point(x=1, y=2), 'score': 0.5, 'tags': ['x']}" in out
+    assert "FRAME (2, 4)" in out
+    assert "POINT {'x': 3, 'y': 4} Point(x=9, y=4)" in out
+    assert "INSTANCE True []" in out and "FROZEN" in out
 
 
 WRONG_KEY = """
