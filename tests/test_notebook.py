@@ -572,6 +572,92 @@ def test_joblib_fails_where_firkin_does_not(battery):
     assert battery["Generic with notebook TypeVar"]["joblib"] != "ok"
 
 
+# ------------------------------------------------------------------ privacy
+
+PRIVATE = r'''
+import sys, numpy as np, firkin
+DB_PASSWORD = "hunter2"
+
+def connect():
+    return "db://" + DB_PASSWORD
+
+class Model:
+    def predict(self, X):
+        return np.asarray(X) * 2 + len(connect())
+
+def boom():
+    raise ValueError("from the notebook")
+
+value = {"model": Model(), "boom": boom}
+firkin.dump(value, "kept.firkin")
+firkin.dump(value, "stripped.firkin", strip_paths=True)
+print("DUMPED")
+'''
+
+CHECK_STRIPPED = r'''
+import traceback, firkin
+d = firkin.load("stripped.firkin")
+print("PREDICT", d["model"].predict([1, 2]).tolist())
+try:
+    d["boom"]()
+except ValueError:
+    print("TRACE", traceback.format_exc().replace("\n", " | "))
+'''
+
+
+def test_info_shows_what_code_a_file_carries_and_strip_paths_removes_its_path(tmp_path):
+    import firkin
+
+    script = tmp_path / "secret_project_train.py"
+    out = _run(PRIVATE, tmp_path, main_file=str(script))
+    assert "DUMPED" in out
+    kept, stripped = tmp_path / "kept.firkin", tmp_path / "stripped.firkin"
+    # the by-value code carries the script's path and the captured value
+    assert str(script).encode() in kept.read_bytes() and b"hunter2" in kept.read_bytes()
+    assert str(script).encode() not in stripped.read_bytes()
+    assert str(tmp_path).encode() not in stripped.read_bytes()
+    assert b"hunter2" in stripped.read_bytes()  # values are the code's data: only paths go
+
+    info = firkin.info(kept)
+    names = {e["name"]: e for e in info.by_value}
+    assert set(names) == {"__main__.Model", "__main__.connect", "__main__.boom"}
+    assert names["__main__.Model"]["file"] == str(script)
+    assert names["__main__.Model"]["globals"] == ["connect", "np"]
+    assert names["__main__.connect"]["globals"] == ["DB_PASSWORD"]
+    text = repr(info)
+    assert "by value:        class Model, function connect, function boom (code: runs when loaded)" \
+        in text
+    assert f"code files:      {script}" in text
+    assert "captured:        DB_PASSWORD, connect, np" in text
+    assert "DB_PASSWORD" in info._repr_html_() and str(script) in info._repr_html_()
+    assert info.to_dict()["by_value"] == info.by_value
+
+    sinfo = firkin.info(stripped)
+    assert all(e["file"] is None for e in sinfo.by_value)
+    assert "code files:      stripped" in repr(sinfo)
+    assert "captured:        DB_PASSWORD, connect, np" in repr(sinfo)
+
+    cli = subprocess.run([sys.executable, "-m", "firkin", "info", str(kept)], capture_output=True,
+                         text=True, env=dict(os.environ, PYTHONPATH=os.path.dirname(HERE) + "/python"))
+    assert cli.returncode == 0, cli.stderr
+    assert "captured     DB_PASSWORD, connect, np" in cli.stdout
+    assert f"code files   {script}" in cli.stdout
+
+    # a fresh process: the stripped code still runs; its tracebacks name no path
+    got = _run(CHECK_STRIPPED, tmp_path)
+    assert "PREDICT [14, 16]" in got
+    assert "in boom" in got and str(tmp_path) not in got
+
+
+def test_a_file_without_by_value_code_says_so(tmp_path):
+    import firkin
+
+    firkin.dump({"a": [1, 2]}, tmp_path / "plain.firkin")
+    info = firkin.info(tmp_path / "plain.firkin")
+    assert info.by_value == [] and "by value" not in repr(info)
+    assert "by_value" not in firkin.load_metadata(tmp_path / "plain.firkin")
+
+
 def scenario_table(table: dict) -> str:
     def cell(r):
         return "ok" if r == "ok" else ("dump fails" if r.startswith("dump failed")

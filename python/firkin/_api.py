@@ -292,7 +292,8 @@ def _create_temp(dir_fd: int, base: str) -> tuple[int, str]:
     raise FileExistsError(errno.EEXIST, "firkin.dump: could not create a temporary file")
 
 
-def _dump_path(value, filename, protocol, user_meta, compress, threads, progress) -> None:
+def _dump_path(value, filename, protocol, user_meta, compress, threads, progress,
+               strip_paths=False) -> None:
     path = os.fsdecode(os.fspath(filename))
     # write where the data will live: through a (checked) symlink, next to its target
     dirname, base = _resolve_target(path)
@@ -321,7 +322,8 @@ def _dump_path(value, filename, protocol, user_meta, compress, threads, progress
             try:
                 # a failed write (disk full, file size limit) names the user's
                 # file: the temporary one is gone by the time they read it
-                _write(value, fd, protocol, user_meta, compress, threads, progress, name=path)
+                _write(value, fd, protocol, user_meta, compress, threads, progress, name=path,
+                       strip_paths=strip_paths)
                 os.fchmod(fd, _final_mode(old))  # widened only now that it is written
                 # renamed while still locked, so no cleaner takes it in between
                 os.rename(tmp, base, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
@@ -345,7 +347,7 @@ def _dump_path(value, filename, protocol, user_meta, compress, threads, progress
 
 
 def dump(value, filename, compress=0, protocol=None, *, metadata=None, threads=None,
-         progress=None):
+         progress=None, strip_paths=False):
     """Persist `value` to `filename` (str, os.PathLike or a binary file object).
 
     Paths are written atomically: a temporary file next to the target is
@@ -362,29 +364,37 @@ def dump(value, filename, compress=0, protocol=None, *, metadata=None, threads=N
 
     progress: None shows a byte-based bar (tqdm) for dumps over 256 MB,
     True always, False never.
+
+    Classes and functions defined in __main__ (a notebook, a script) are
+    saved by value, with the values of the globals they use and their source
+    file's path (the metadata's record, a script's __file__);
+    strip_paths=True leaves every path out.
     """
     protocol = _check_protocol(protocol)
     threads = _check_threads(threads)
     user_meta = _meta.check_user_metadata(metadata)
     if _is_path(filename):
         comp = _compress.resolve(compress, os.fsdecode(os.fspath(filename)))
-        _dump_path(value, filename, protocol, user_meta, comp, threads, progress)
+        _dump_path(value, filename, protocol, user_meta, comp, threads, progress, strip_paths)
         return [os.fsdecode(os.fspath(filename)) if not isinstance(filename, str) else filename]
     if hasattr(filename, "write"):
         _check_binary(filename, "dump")
-        _write(value, filename, protocol, user_meta, _compress.resolve(compress), threads, progress)
+        _write(value, filename, protocol, user_meta, _compress.resolve(compress), threads, progress,
+               strip_paths=strip_paths)
         return None
     raise TypeError("firkin.dump: the second argument must be a path or a binary file object, "
                     f"not {type(filename).__name__} (did you swap value and filename?)")
 
 
-def dumps(value, compress=0, protocol=None, *, metadata=None, threads=None, progress=None) -> bytes:
+def dumps(value, compress=0, protocol=None, *, metadata=None, threads=None, progress=None,
+          strip_paths=False) -> bytes:
     """The bytes of the firkin file `dump` would write."""
     protocol = _check_protocol(protocol)
     threads = _check_threads(threads)
     user_meta = _meta.check_user_metadata(metadata)
     bio = io.BytesIO()
-    _write(value, bio, protocol, user_meta, _compress.resolve(compress), threads, progress)
+    _write(value, bio, protocol, user_meta, _compress.resolve(compress), threads, progress,
+           strip_paths=strip_paths)
     return bio.getvalue()
 
 

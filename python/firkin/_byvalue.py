@@ -214,6 +214,23 @@ def describe(entries: list[dict], limit: int = 10) -> str:
     return ", ".join(shown[:limit]) + (f" and {more} more" if more > 0 else "")
 
 
+def summary_rows(entries: list[dict]) -> list[tuple[str, str]]:
+    """(label, text) rows that `info` shows for metadata "by_value" entries:
+    what was saved by value, from which files, capturing which globals."""
+    if not entries:
+        return [("by value", "nothing")]
+    files = sorted({str(e["file"]) for e in entries if e.get("file")})
+    captured = sorted({str(n) for e in entries for key in ("globals", "closure")
+                       for n in (e.get(key) or ())})
+    stripped = any("file" in e and e["file"] is None for e in entries)
+    return [
+        ("by value", f"{describe(entries)} (code: runs when loaded)"),
+        ("code files", ", ".join(files) + (" (some stripped)" if files and stripped else "")
+         if files else "stripped" if stripped else "unknown"),
+        ("captured", ", ".join(captured) if captured else "none"),
+    ]
+
+
 def refusal_message(name: str, entries: list[dict], signature_note: str) -> str:
     """Why a file with code saved by value does not load, and the one way to load it."""
     what = describe(entries) or "classes or functions"

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import _core, _meta, _sign, _text
+from . import _byvalue, _core, _meta, _sign, _text
 from ._core import FormatError
 
 
@@ -162,6 +162,10 @@ class FileInfo:
                 "codec": s["codec"],
                 "ratio": s["raw"] / s["stored"] if s["stored"] else 1.0,
             })
+        by_value = self.metadata.get("by_value")
+        #: what was saved by value (classes and functions defined in __main__ ...):
+        #: [{"name", "kind", "file", "globals", "closure"}], as the writer recorded it
+        self.by_value = [e for e in by_value if isinstance(e, dict)] if isinstance(by_value, list) else []
         self.packages = []
         packages = self.metadata.get("packages")
         for pkg, recorded in sorted(packages.items() if isinstance(packages, dict) else ()):
@@ -194,7 +198,7 @@ class FileInfo:
                        for a in self.arrays],
             "packages": self.packages, "untrusted_types": self.untrusted,
             "signature": self.signature, "mutable_buffers": self.mutable_buffers,
-            "user": self.user,
+            "by_value": self.by_value, "user": self.user,
         }
 
     def _summary(self):
@@ -216,7 +220,7 @@ class FileInfo:
             ("compression", f"{comp_s} (ratio {self.ratio:.2f})"),
             ("signature", self.signature),
             ("untrusted types", ", ".join(self.untrusted) if self.untrusted else "none"),
-        ]
+        ] + (_byvalue.summary_rows(self.by_value) if self.by_value else [])
 
     def __repr__(self) -> str:
         lines = [f"{k + ':':17}{v}" for k, v in self._summary()]

@@ -365,6 +365,12 @@ def _print_info(info: dict):
     if info["format"] == "firkin":
         meta = dict(info.get("metadata") or {})
         user = meta.pop("user", None)
+        by_value = meta.pop("by_value", None)
+        if isinstance(by_value, list) and by_value:
+            from . import _byvalue  # noqa: PLC0415
+
+            for key, value in _byvalue.summary_rows([e for e in by_value if isinstance(e, dict)]):
+                print(f"  {key:<12} {value}")
         for key in sorted(meta):
             if key in ("size", "format"):
                 continue
