@@ -658,6 +658,18 @@ def test_a_file_without_by_value_code_says_so(tmp_path):
     assert "by_value" not in firkin.load_metadata(tmp_path / "plain.firkin")
 
 
+def test_names_from_a_file_are_shown_escaped():
+    from firkin import _byvalue
+
+    entries = [{"name": "__main__.Cl\x1b[2Jip", "kind": "class", "file": "/x\x07y",
+                "globals": ["A\x1b]8;;"]}, {"name": "__main__.<lambda>", "kind": "function"},
+               {"name": "__main__.f.<locals>.<lambda>", "kind": "function", "globals": "junk"}]
+    assert _byvalue.describe(entries) == "class Cl\\x1b[2Jip, a lambda, a lambda in f"
+    rows = dict(_byvalue.summary_rows(entries))
+    assert rows["code files"] == "/x\\x07y" and rows["captured"] == "A\\x1b]8;;"
+    assert "\x1b" not in _byvalue.refusal_message("m.firkin", entries, "The file is not signed.")
+
+
 def scenario_table(table: dict) -> str:
     def cell(r):
         return "ok" if r == "ok" else ("dump fails" if r.startswith("dump failed")

@@ -29,7 +29,7 @@ import types
 import typing
 import weakref
 
-from . import _core
+from . import _core, _text
 
 #: Instances of exactly these types go to the session. Plain pickle cannot
 #: save most of them at all (so routing them changes no picklable object's
@@ -139,8 +139,9 @@ class Session:
                 self._record(obj, rv)
                 if self.strip_paths and isinstance(obj, types.FunctionType):
                     base_globals = rv[1][1]  # shared by every function of that module
-                    base_globals.pop("__file__", None)
-                    base_globals.pop("__path__", None)
+                    if isinstance(base_globals, dict):
+                        base_globals.pop("__file__", None)
+                        base_globals.pop("__path__", None)
             return rv
         if id(obj) in _SENTINELS and getattr(dataclasses, _SENTINELS[id(obj)]) is obj:
             return _SENTINELS[id(obj)]  # pickle saves it as dataclasses.<name>
@@ -201,11 +202,12 @@ def describe(entries: list[dict], limit: int = 10) -> str:
     """The user's classes and functions among metadata "by_value" entries,
     for people: "class Clip, function center, a lambda"."""
     def spell(e):
-        name = str(e.get("name", "?"))
+        name = _text.printable(e.get("name", "?"))
         short = name[len("__main__."):] if name.startswith("__main__.") else name
-        if short.rsplit(".", 1)[-1] == "<lambda>":
-            return "a lambda" + (f" in {short.rsplit('.', 2)[-2]}" if short.count(".") > 1 else "")
-        return f"{e.get('kind', 'object')} {short}"
+        parts = [p for p in short.split(".") if p != "<locals>"]
+        if parts[-1] == "<lambda>":
+            return "a lambda" + (f" in {parts[-2]}" if len(parts) > 1 else "")
+        return f"{_text.printable(e.get('kind', 'object'))} {short}"
 
     mains = [e for e in entries if str(e.get("name", "")).startswith("__main__.")]
     shown = [spell(e) for e in (mains or entries)]
@@ -219,9 +221,9 @@ def summary_rows(entries: list[dict]) -> list[tuple[str, str]]:
     what was saved by value, from which files, capturing which globals."""
     if not entries:
         return [("by value", "nothing")]
-    files = sorted({str(e["file"]) for e in entries if e.get("file")})
-    captured = sorted({str(n) for e in entries for key in ("globals", "closure")
-                       for n in (e.get(key) or ())})
+    files = sorted({_text.printable(e["file"]) for e in entries if e.get("file")})
+    captured = sorted({_text.printable(n) for e in entries for key in ("globals", "closure")
+                       for n in (e.get(key) or ()) if isinstance(e.get(key), list)})
     stripped = any("file" in e and e["file"] is None for e in entries)
     return [
         ("by value", f"{describe(entries)} (code: runs when loaded)"),
