@@ -242,6 +242,12 @@ def test_other_key_refuses_by_value_code(notebook_a, tmp_path):
     out = _text(nb.cells[1])
     assert "LOADED-WITHOUT-TRUST" not in out
     assert "REFUSED-UNTRUSTED True" in out, out
+    # the user's own code by name, the one way to load it, and who decides the key
+    assert "holds code defined in a notebook" in out
+    assert "class ClipCenter" in out and "function center_and_clip" in out and "a lambda" in out
+    assert "firkin.load('model.firkin', trusted=True)" in out
+    assert "cloudpickle" not in out and "trusted=[" not in out
+    assert "yours now is FIRKIN_KEY" in out
 
 
 # ------------------------------------------------------------------ info and progress
