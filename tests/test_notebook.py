@@ -524,7 +524,7 @@ CASE_NAMES = [line.split('"')[1] for line in textwrap.dedent(NOTEBOOK).splitline
 FAILS = {
     "ParamSpec defined in the notebook": [
         "dump failed: PicklingError", "value[0]", "typing.ParamSpec", "'P' is defined in __main__",
-        "define it in a module"],
+        "define it in a module that the loading process can import"],
     "generator in an attribute": [
         "dump failed: TypeError", "value[0][0].gen", "generator", "list(...)"],
     "lock used by a notebook function": [
@@ -675,7 +675,8 @@ def scenario_table(table: dict) -> str:
         return "ok" if r == "ok" else ("dump fails" if r.startswith("dump failed")
                                        else "load fails" if r.startswith("load failed") else "wrong")
     lines = ["| case | firkin | cloudpickle | joblib |", "|---|---|---|---|"]
-    lines += [f"| {n} | {cell(r['firkin'])} | {cell(r['cloudpickle'])} | {cell(r['joblib'])} |"
+    lines += [f"| {n.replace('|', '&#124;')} | {cell(r['firkin'])} | {cell(r['cloudpickle'])} | "
+              f"{cell(r['joblib'])} |"
               for n, r in table.items()]
     return "\n".join(lines)
 

@@ -14,6 +14,7 @@ import copyreg
 import functools
 import pickle
 import types
+import typing
 
 from . import _byvalue, _core
 
@@ -151,9 +152,11 @@ def explain(value, exc: BaseException, protocol: int = 5) -> BaseException:
                   "along; create that object inside the function, or pass it as an argument.")
     elif isinstance(culprit, types.GeneratorType):
         advice = "Save the values it yields instead: list(...) of it."
+    elif isinstance(culprit, (typing.ParamSpec, typing.TypeVarTuple)):
+        advice = ""  # the by-value reducer's own message says what to do
     else:
         advice = _ADVICE
-    msg = f"cannot save {path} (a {what} object): {exc}\n{advice}"
+    msg = f"cannot save {path} (a {what} object): {exc}" + (f"\n{advice}" if advice else "")
     try:
         new = type(exc)(msg)
     except Exception:  # noqa: BLE001 - an exception type that wants other arguments
