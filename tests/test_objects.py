@@ -899,3 +899,14 @@ def test_no_leaks_on_failing_dump(tmp_path):
 
     before, after = _refcount_stable(cycle, watched)
     assert after == before
+
+
+def test_open_files_and_memoryviews_are_refused_not_copied(tmp_path):
+    # cloudpickle would save an open file's contents (and a memoryview as
+    # bytes); firkin keeps plain pickle's refusal so nothing is silently altered
+    secret = tmp_path / "secret.txt"
+    secret.write_text("DB_PASSWORD=hunter2\n")
+    with open(secret) as fh:
+        for value in ({"log": fh}, {"view": memoryview(b"abc")}):
+            with pytest.raises(TypeError):
+                firkin.dumps(value)

@@ -31,19 +31,22 @@ import weakref
 
 from . import _core, _text
 
-#: Instances of exactly these types go to the session. Plain pickle cannot
+#: Instances of exactly these types go to the session. Open files and
+#: memoryviews are deliberately not among them: cloudpickle would save a
+#: file's contents (or a view as bytes) into the dump, silently and outside
+#: notebook code too, where plain pickle refuses them with an error. Plain pickle cannot
 #: save most of them at all (so routing them changes no picklable object's
 #: pickle); the rest it saves wrongly for code saved by value: a dataclass
 #: field marker comes back as a copy (``fields()`` then finds nothing), a
 #: TypeVar defined in __main__ is saved by a name the new process lacks.
 BY_VALUE_TYPES = (
     types.CodeType, types.CellType, property, classmethod, staticmethod,
-    types.MappingProxyType, types.ModuleType, types.GetSetDescriptorType, memoryview,
+    types.MappingProxyType, types.ModuleType, types.GetSetDescriptorType,
     type({}.keys()), type({}.values()), type({}.items()),
     type(collections.OrderedDict().keys()), type(collections.OrderedDict().values()),
     type(collections.OrderedDict().items()),
     abc.abstractclassmethod, abc.abstractstaticmethod, abc.abstractproperty,
-    weakref.WeakSet, io.TextIOWrapper,
+    weakref.WeakSet,
     dataclasses._FIELD_BASE,  # noqa: SLF001 - the marker cloudpickle keeps identical
     typing.TypeVar,
     typing.ParamSpec, typing.TypeVarTuple,
