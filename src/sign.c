@@ -138,7 +138,7 @@ static const char *poly_impl = "portable";
 void fk_poly1305_init(void)
 {
 #ifdef FIRKIN_HAVE_OPENSSL
-    if (getenv("FIRKIN_POLY1305_PORTABLE")) return;
+    if (poly_mac || getenv("FIRKIN_POLY1305_PORTABLE")) return; /* once per process */
     poly_mac = EVP_MAC_fetch(NULL, "POLY1305", NULL);
     if (!poly_mac) {
         ERR_clear_error(); /* a restrictive provider configuration: the portable one serves */

@@ -428,3 +428,19 @@ def test_hand_built_1_1_file_loads_and_is_checked(tmp_path):
         firkin.load(path)
     with pytest.raises(firkin.UntrustedTypesError, match="buffer 0, chunk 1"):
         firkin.load(path, mmap_mode="r")
+
+
+def test_arrays_changed_through_r_plus_no_longer_match_the_signature(tmp_path):
+    """mmap_mode='r+' writes reach the file: its signature no longer vouches
+    for those arrays, and the refusal says why."""
+    path = tmp_path / "rw.firkin"
+    firkin.dump(Holder(np.arange(CHUNK // 8, dtype=np.float64)), path)
+    obj = firkin.load(path, mmap_mode="r+")
+    obj.arr[5] = -1.0
+    obj.arr.flush()
+    del obj
+    with pytest.raises(firkin.UntrustedTypesError, match=r"buffer 0, chunk 0.*mmap_mode='r\+'"):
+        firkin.load(path)
+    assert firkin.load(path, trusted=["test_signing.Holder"]).arr[5] == -1.0
+    report = firkin.verify(path)
+    assert report.mutable_buffers and report.signature == "invalid"

@@ -438,6 +438,9 @@ class _SignedBuffers:
 
     def check(self, records: bytes) -> None:
         problem = self.signature.buffer_problem(records, self.reader.buffer_count)
+        if problem and self.reader.flags & _core.FLAG_BUFFERS_MUTABLE:
+            problem += ("; the file was opened with mmap_mode='r+', so its arrays may have been "
+                        "changed in place on purpose")
         if problem:
             raise _refusal(self.reader, self.refused, _sign.INVALID, problem)
 

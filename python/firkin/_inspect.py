@@ -113,11 +113,15 @@ def verify(filename) -> VerifyReport:
         if signature is not None:
             report.signature = signature.status
             report.signature_covers = signature.covers
-            problem = signature.buffer_problem(b"".join(r or b"" for r in records), reader.buffer_count) \
-                if hashing and report.checksums_ok else None
-            if problem:
+            if hashing and not report.checksums_ok:
+                # the buffer bytes are not those written, so not those signed either
                 report.signature = _sign.INVALID
-                report.problems.append(problem)
+            elif hashing:
+                problem = signature.buffer_problem(b"".join(r or b"" for r in records),
+                                                   reader.buffer_count)
+                if problem:
+                    report.signature = _sign.INVALID
+                    report.problems.append(problem)
     return report
 
 
