@@ -444,3 +444,32 @@ def test_arrays_changed_through_r_plus_no_longer_match_the_signature(tmp_path):
     assert firkin.load(path, trusted=["test_signing.Holder"]).arr[5] == -1.0
     report = firkin.verify(path)
     assert report.mutable_buffers and report.signature == "invalid"
+
+
+def test_a_notebook_class_saved_by_value_with_a_changed_array_is_refused(tmp_path, monkeypatch):
+    """The case that matters: a class defined in __main__ (a notebook) is
+    code saved by value, trusted only by the signature; an edited array in
+    that file, CRCs recomputed, is refused before any code runs."""
+    path = tmp_path / "nb.firkin"
+    code = textwrap.dedent("""
+        import sys
+        import numpy as np
+        import firkin
+
+        class Model:
+            def __init__(self):
+                self.nodes = np.arange(300_000, dtype=np.int64)
+
+        firkin.dump(Model(), sys.argv[1])
+    """)
+    env = dict(os.environ, FIRKIN_KEY="the notebook key")
+    proc = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True,
+                          env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    monkeypatch.setenv("FIRKIN_KEY", "the notebook key")
+    assert any(n.startswith("cloudpickle.") for n in firkin.untrusted_types(path))
+    assert firkin.load(path).nodes[-1] == 299_999
+    _tamper_buffer(path)
+    for kwargs in ({}, {"mmap_mode": "r"}):
+        with pytest.raises(firkin.UntrustedTypesError, match="buffer 0, chunk 1.*saved by value"):
+            firkin.load(path, **kwargs)
