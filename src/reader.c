@@ -501,15 +501,15 @@ static int rd_parse(ReaderObject *r)
             r->meta_sec = (Py_ssize_t)r->nsections;
             break;
         case FK_SEC_SIGNATURE:
-        case FK_SEC_SIGNATURE2: {
-            /* a 1.1 signature holds a 32-byte entry per buffer chunk */
-            uint64_t most = s.kind == FK_SEC_SIGNATURE ? 4096 : 96 + 32 * r->nchunks_total;
+        case FK_SEC_SIGNATURE2:
+            /* a version 2 signature's length is checked against the buffer
+             * chunks once every section is known (below) */
             if (r->sig_sec >= 0) return FORMAT_ERR(r, "more than one signature section"), -1;
-            if (s.raw > most) return FORMAT_ERR(r, "signature section of %llu bytes is too long",
-                                                (unsigned long long)s.raw), -1;
+            if (s.kind == FK_SEC_SIGNATURE && s.raw > 4096)
+                return FORMAT_ERR(r, "signature section of %llu bytes is too long",
+                                  (unsigned long long)s.raw), -1;
             r->sig_sec = (Py_ssize_t)r->nsections;
             break;
-        }
         default:
             if (s.flags & FK_SECF_REQUIRED)
                 return FORMAT_ERR(r, "written by a newer firkin: section %llu has kind %u, which this "
@@ -519,6 +519,15 @@ static int rd_parse(ReaderObject *r)
         r->sections[r->nsections++] = s;
     }
     if (r->pickle_sec < 0) return FORMAT_ERR(r, "no pickle section in the index"), -1;
+    if (r->sig_sec >= 0 && r->sections[r->sig_sec].kind == FK_SEC_SIGNATURE2) {
+        /* 96 bytes and a 32-byte entry per buffer chunk (docs/FORMAT.md, "Signature") */
+        uint64_t buffer_chunks = 0;
+        for (size_t i = 0; i < r->nbuf; i++) buffer_chunks += r->sections[r->buf_secs[i]].nchunks;
+        if (r->sections[r->sig_sec].raw > 96 + 32 * buffer_chunks)
+            return FORMAT_ERR(r, "signature section of %llu bytes is too long for %llu buffer chunks",
+                              (unsigned long long)r->sections[r->sig_sec].raw,
+                              (unsigned long long)buffer_chunks), -1;
+    }
     return 0;
 }
 

@@ -354,30 +354,28 @@ def test_allowlisted_files_cost_no_signature_work(tmp_path, monkeypatch):
 def test_a_moved_chunk_boundary_is_refused(tmp_path):
     """The signed table names each chunk's buffer, number and length: an
     index that cuts the same bytes into other chunks does not verify."""
+    from test_validation import KIND_BUFFER, crc32c, parse, rebuild_parsed
+
     path = tmp_path / "m.firkin"
     firkin.dump(Holder(np.arange(3 * CHUNK // 8, dtype=np.float64)), path)
-    data = bytearray(path.read_bytes())
-    ioff, ilen = struct.unpack_from("<QQ", data, len(data) - 40)
-    index = bytearray(data[ioff:ioff + ilen])
-    nsec = struct.unpack_from("<I", index, 4)[0]
-    buf = _sections(path, "buffer")[0]
-    for i in range(nsec):  # one chunk of the whole buffer instead of three
-        e = 16 + i * 64
-        if struct.unpack_from("<Q", index, e + 8)[0] == buf["offset"]:
-            first = struct.unpack_from("<Q", index, e + 40)[0]
-            struct.pack_into("<IQQQQ", index, e + 4, 1, buf["offset"], buf["raw"], buf["raw"],
-                             buf["raw"])
-            whole = bytes(data[buf["offset"]:buf["offset"] + buf["raw"]])
-            ce = 16 + nsec * 64 + first * 16
-            struct.pack_into("<QIB", index, ce, buf["raw"], _core.crc32c(whole), 0)
-            # (its other two chunk entries stay in the table, unused)
-    data[ioff:ioff + ilen] = index
-    struct.pack_into("<I", data, len(data) - 16, _core.crc32c(bytes(index)))
-    struct.pack_into("<I", data, len(data) - 12, _core.crc32c(bytes(data[len(data) - 40:len(data) - 12])))
-    path.write_bytes(bytes(data))
-    with pytest.raises(firkin.UntrustedTypesError, match="does not match the signature|not covered"):
-        firkin.load(path)
-    assert firkin.verify(path).signature == "invalid"
+    data = path.read_bytes()
+    for pieces in (6, 1):  # the buffer's 3 chunks of 1 MiB cut in 6, or left whole
+        p = parse(data)
+        buf = next(s for s in p["sections"] if s["kind"] == KIND_BUFFER)
+        size = buf["raw"] // pieces
+        buf.update(nchunks=pieces, chunk_size=size, first_chunk=len(p["chunks"]))
+        for c in range(pieces):
+            part = data[buf["offset"] + c * size:buf["offset"] + (c + 1) * size]
+            p["chunks"].append({"stored": size, "crc": crc32c(part), "codec": 0})
+        path.write_bytes(rebuild_parsed(p))
+        if pieces == 1:  # fewer chunks than signed entries: refused as the file is parsed
+            with pytest.raises(firkin.FormatError, match="signature section .* too long for 1 buffer"):
+                firkin.load(path)
+            continue
+        with pytest.raises(firkin.UntrustedTypesError, match="buffer 0, chunk 0 .* does not match"):
+            firkin.load(path)
+        report = firkin.verify(path)
+        assert report.checksums_ok and report.signature == "invalid"
 
 
 def test_format_1_0_signatures_still_trust_with_their_weaker_guarantee(tmp_path):
