@@ -406,6 +406,7 @@ static void job_compress(codec_pool *p, codec_job *job)
 {
     const unsigned char *src = job->src;
     size_t n = job->src_len;
+    if (job->hash_key) fk_poly1305(job->hash_key, src, n, job->hash, 0); /* signed: the raw bytes */
     job->out_codec = FK_CODEC_RAW;
     job->out = src;
     job->out_len = n;
@@ -499,7 +500,8 @@ static void job_decompress(codec_pool *p, codec_job *job)
     int ok = 0;
     switch (job->codec) {
     case FK_CODEC_RAW:
-        /* raw chunks were read in place; only the checksum matters */
+        /* raw chunks were read in place: only the checksum (and hash) matter */
+        if (job->hash_key) fk_poly1305(job->hash_key, job->src, job->src_len, job->hash, 0);
         return;
     case FK_CODEC_ZLIB:
         ok = zlib_decompress(job->src, job->src_len, job->dst, job->dst_len) == 0;
@@ -547,7 +549,11 @@ static void job_decompress(codec_pool *p, codec_job *job)
             if (job->status) return;
         }
     }
-    if (!ok) job_fail(job, CODEC_ERR_DATA, "compressed data is invalid or does not decode to its recorded length");
+    if (!ok) {
+        job_fail(job, CODEC_ERR_DATA, "compressed data is invalid or does not decode to its recorded length");
+        return;
+    }
+    if (job->hash_key) fk_poly1305(job->hash_key, job->dst, job->dst_len, job->hash, 0);
 }
 
 static void job_run(codec_pool *p, codec_job *job)

@@ -13,6 +13,7 @@
 #include <Python.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 #define FIRKIN_VERSION "0.1.0"
 
@@ -21,7 +22,7 @@
 #define FK_MAGIC_LEN 8
 #define FK_END_MAGIC "\nFRKEND\x89"
 #define FK_FORMAT_MAJOR 1
-#define FK_FORMAT_MINOR 0
+#define FK_FORMAT_MINOR 1
 #define FK_HEADER_LEN 64
 #define FK_TRAILER_LEN 40
 #define FK_INDEX_HEAD_LEN 16
@@ -38,7 +39,8 @@
 #define FK_SEC_PICKLE 1
 #define FK_SEC_BUFFER 2
 #define FK_SEC_METADATA 3
-#define FK_SEC_SIGNATURE 4
+#define FK_SEC_SIGNATURE 4    /* format 1.0 signature: stream and metadata */
+#define FK_SEC_SIGNATURE2 5   /* format 1.1 signature: also every buffer chunk */
 #define FK_SECF_REQUIRED 0x0001
 
 /* chunk codecs (the codec byte of a chunk entry) */
@@ -126,6 +128,7 @@ typedef struct codec_job {
     unsigned char *dst;     /* decompress: destination of dst_len raw bytes */
     size_t dst_len;
     uint32_t expect_crc;
+    const unsigned char *hash_key; /* 32-byte Poly1305 key: hash the chunk's raw bytes, or NULL */
     unsigned char *scratch; /* compress: output space of scratch_cap bytes */
     size_t scratch_cap;
     int scratch_owned;      /* scratch was malloc'ed by the job (python codecs) */
@@ -135,6 +138,7 @@ typedef struct codec_job {
     const unsigned char *out; /* compress: stored bytes (src or scratch) */
     size_t out_len;
     uint32_t crc;           /* compress: CRC-32C of the stored bytes */
+    unsigned char hash[16]; /* with hash_key: Poly1305 of the raw bytes */
     int status;
     char err[160];
     int done;
@@ -155,7 +159,24 @@ int codec_default_threads(void);
 int codec_available(int codec);
 size_t codec_bound(int codec, size_t n);
 
-/* ---- sign.c: HMAC-SHA256 of the pickle stream on a native thread ---- */
+/* ---- sign.c: Poly1305 of buffer chunks; HMAC-SHA256 of the pickle stream ---- */
+void fk_poly1305_init(void);
+const char *fk_poly1305_impl(void); /* "openssl" or "portable" */
+/* without the GIL; `portable` forces the portable code (tests compare both) */
+void fk_poly1305(const unsigned char key[32], const unsigned char *m, size_t n, unsigned char out[16],
+                 int portable);
+#define FK_HASH_RECORD_LEN 32
+/* One hashed buffer chunk as firkin._sign reads it: buffer number, chunk
+ * number, raw length, Poly1305 value (docs/FORMAT.md, "Signature"). */
+static inline void fk_put_hash_record(unsigned char *p, uint32_t buffer, uint32_t chunk, uint64_t raw,
+                                      const unsigned char hash[16])
+{
+    for (int i = 0; i < 4; i++) p[i] = (unsigned char)(buffer >> (8 * i));
+    for (int i = 0; i < 4; i++) p[4 + i] = (unsigned char)(chunk >> (8 * i));
+    for (int i = 0; i < 8; i++) p[8 + i] = (unsigned char)(raw >> (8 * i));
+    memcpy(p + 16, hash, 16);
+}
+
 #ifdef FIRKIN_HAVE_OPENSSL
 typedef struct fk_hasher fk_hasher;
 /* with the GIL; NULL with an exception set */

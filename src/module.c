@@ -25,6 +25,31 @@ static PyObject *fk_crc32c(PyObject *module, PyObject *args)
     return PyLong_FromUnsignedLong(c);
 }
 
+static PyObject *fk_poly1305_py(PyObject *module, PyObject *args, PyObject *kwds)
+{
+    (void)module;
+    static char *kwlist[] = {"key", "data", "portable", NULL};
+    Py_buffer key, data;
+    int portable = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "y*y*|p:poly1305", kwlist, &key, &data, &portable))
+        return NULL;
+    PyObject *ret = NULL;
+    if (key.len != 32) {
+        PyErr_Format(PyExc_ValueError, "a Poly1305 key is 32 bytes, not %zd", key.len);
+        goto done;
+    }
+    unsigned char out[16];
+    Py_BEGIN_ALLOW_THREADS
+    fk_poly1305((const unsigned char *)key.buf, (const unsigned char *)data.buf, (size_t)data.len, out,
+                portable);
+    Py_END_ALLOW_THREADS
+    ret = PyBytes_FromStringAndSize((const char *)out, 16);
+done:
+    PyBuffer_Release(&key);
+    PyBuffer_Release(&data);
+    return ret;
+}
+
 static PyObject *fk_build_info(PyObject *module, PyObject *unused)
 {
     (void)module;
@@ -34,10 +59,11 @@ static PyObject *fk_build_info(PyObject *module, PyObject *unused)
 #else
     const char *signer = "python";  /* firkin._sign, on the pickling thread */
 #endif
-    return Py_BuildValue("{s:s,s:i,s:i,s:s,s:i,s:i,s:i,s:s}", "version", FIRKIN_VERSION,
+    return Py_BuildValue("{s:s,s:i,s:i,s:s,s:i,s:i,s:i,s:s,s:s}", "version", FIRKIN_VERSION,
                          "format_major", FK_FORMAT_MAJOR, "format_minor", FK_FORMAT_MINOR, "crc32c",
                          checksum_impl_name(), "cpu_count", codec_default_threads(), "chunk_size",
-                         (int)FK_DEFAULT_CHUNK, "threshold", FK_DEFAULT_THRESHOLD, "signer", signer);
+                         (int)FK_DEFAULT_CHUNK, "threshold", FK_DEFAULT_THRESHOLD, "signer", signer,
+                         "poly1305", fk_poly1305_impl());
 }
 
 static PyObject *fk_native_codecs(PyObject *module, PyObject *unused)
@@ -78,6 +104,9 @@ static PyMethodDef module_methods[] = {
     {"native_codecs", fk_native_codecs, METH_NOARGS, "which codecs are compiled in"},
     {"crc32c", fk_crc32c, METH_VARARGS, "crc32c(data, value=0) -> CRC-32C of data, continuing value"},
     {"build_info", fk_build_info, METH_NOARGS, "facts about this build of the extension"},
+    {"poly1305", (PyCFunction)(void (*)(void))fk_poly1305_py, METH_VARARGS | METH_KEYWORDS,
+     "poly1305(key, data, portable=False) -> the 16-byte Poly1305 tag (RFC 8439) of data under a "
+     "32-byte key; portable=True uses firkin's own code instead of OpenSSL's"},
     {"scan_pickle", scan_pickle, METH_O,
      "scan_pickle(data) -> dict: the globals, unsafe opcodes, buffer count and protocol of a "
      "pickle stream, found without executing it"},
@@ -111,6 +140,7 @@ static int module_exec(PyObject *module)
 {
     fk_state *st = get_state(module);
     checksum_init();
+    fk_poly1305_init();
     if (PyArray_ImportNumPyAPI() < 0) return -1;
 
     PyObject *bases;

@@ -95,6 +95,7 @@ typedef struct {
     uint64_t offset, stored, raw, chunk_size, first_chunk;
     int all_raw;          /* no chunk is compressed: the bytes can be mapped */
     int codec;            /* codec of the first compressed chunk, for messages */
+    uint32_t buf_no;      /* buffer sections: their number, in index order */
 } rd_section;
 
 typedef struct {
@@ -488,6 +489,7 @@ static int rd_parse(ReaderObject *r)
             if (s.offset % FK_ALIGN)
                 return FORMAT_ERR(r, "buffer section %llu at offset %llu is not 64-byte aligned", si,
                                   (unsigned long long)s.offset), -1;
+            s.buf_no = (uint32_t)r->nbuf;
             r->buf_secs[r->nbuf++] = r->nsections;
             break;
         case FK_SEC_METADATA:
@@ -499,9 +501,13 @@ static int rd_parse(ReaderObject *r)
             r->meta_sec = (Py_ssize_t)r->nsections;
             break;
         case FK_SEC_SIGNATURE:
+        case FK_SEC_SIGNATURE2:
+            /* a version 2 signature's length is checked against the buffer
+             * chunks once every section is known (below) */
             if (r->sig_sec >= 0) return FORMAT_ERR(r, "more than one signature section"), -1;
-            if (s.raw > 4096) return FORMAT_ERR(r, "signature section of %llu bytes is too long",
-                                                (unsigned long long)s.raw), -1;
+            if (s.kind == FK_SEC_SIGNATURE && s.raw > 4096)
+                return FORMAT_ERR(r, "signature section of %llu bytes is too long",
+                                  (unsigned long long)s.raw), -1;
             r->sig_sec = (Py_ssize_t)r->nsections;
             break;
         default:
@@ -513,6 +519,15 @@ static int rd_parse(ReaderObject *r)
         r->sections[r->nsections++] = s;
     }
     if (r->pickle_sec < 0) return FORMAT_ERR(r, "no pickle section in the index"), -1;
+    if (r->sig_sec >= 0 && r->sections[r->sig_sec].kind == FK_SEC_SIGNATURE2) {
+        /* 96 bytes and a 32-byte entry per buffer chunk (docs/FORMAT.md, "Signature") */
+        uint64_t buffer_chunks = 0;
+        for (size_t i = 0; i < r->nbuf; i++) buffer_chunks += r->sections[r->buf_secs[i]].nchunks;
+        if (r->sections[r->sig_sec].raw > 96 + 32 * buffer_chunks)
+            return FORMAT_ERR(r, "signature section of %llu bytes is too long for %llu buffer chunks",
+                              (unsigned long long)r->sections[r->sig_sec].raw,
+                              (unsigned long long)buffer_chunks), -1;
+    }
     return 0;
 }
 
@@ -527,7 +542,8 @@ static const char *kind_name(uint16_t kind)
     case FK_SEC_PICKLE: return "pickle stream";
     case FK_SEC_BUFFER: return "buffer";
     case FK_SEC_METADATA: return "metadata";
-    case FK_SEC_SIGNATURE: return "signature";
+    case FK_SEC_SIGNATURE:
+    case FK_SEC_SIGNATURE2: return "signature";
     default: return "section";
     }
 }
@@ -569,13 +585,44 @@ typedef struct rd_job {
     const rd_section *s;
     uint32_t chunk;
     uint64_t file_off;
+    uint64_t raw_len;
 } rd_job;
+
+/* Poly1305 records of hashed buffer chunks (FK_HASH_RECORD_LEN bytes each) */
+typedef struct {
+    unsigned char *p;
+    size_t n, cap;
+} rd_records;
+
+static int rd_add_record(rd_records *rec, uint32_t buffer, uint32_t chunk, uint64_t raw,
+                         const unsigned char hash[16])
+{
+    if (rec->n == rec->cap) {
+        size_t ncap = rec->cap ? rec->cap * 2 : 64;
+        unsigned char *np = (unsigned char *)PyMem_Realloc(rec->p, ncap * FK_HASH_RECORD_LEN);
+        if (!np) { PyErr_NoMemory(); return -1; }
+        rec->p = np;
+        rec->cap = ncap;
+    }
+    fk_put_hash_record(rec->p + rec->n++ * FK_HASH_RECORD_LEN, buffer, chunk, raw, hash);
+    return 0;
+}
+
+static PyObject *rd_records_bytes(rd_records *rec)
+{
+    PyObject *b = PyBytes_FromStringAndSize((const char *)rec->p, (Py_ssize_t)(rec->n * FK_HASH_RECORD_LEN));
+    PyMem_Free(rec->p);
+    rec->p = NULL;
+    rec->n = rec->cap = 0;
+    return b;
+}
 
 typedef struct {
     ReaderObject *r;
     codec_pool *pool;
     rd_job **ring;
     size_t cap, head, count;
+    rd_records *records;  /* hashed chunks go here (hash_key given), else NULL */
 } rd_pipe;
 
 static void rd_job_free(rd_job *j)
@@ -615,6 +662,8 @@ static int rd_retire_one(rd_pipe *pp)
         Py_END_ALLOW_THREADS
     }
     int rc = j->job.status ? rd_job_error(pp->r, j) : 0;
+    if (rc == 0 && j->job.hash_key)
+        rc = rd_add_record(pp->records, j->s->buf_no, j->chunk, j->raw_len, j->job.hash);
     rd_job_free(j);
     return rc;
 }
@@ -637,9 +686,12 @@ static void rd_pipe_close(rd_pipe *pp)
 
 /* Read whole sections into dsts[i] (each secs[i]->raw bytes): raw chunks
  * straight into place, compressed ones through a bounded scratch buffer,
- * decoded and verified by the pool while the next chunks are read. */
+ * decoded and verified by the pool while the next chunks are read. With
+ * hash_key (buffer sections of a signed file), the pool also hashes each
+ * chunk's raw bytes into `records`. */
 static int rd_sections_into(ReaderObject *r, const rd_section **secs, unsigned char **dsts, size_t n,
-                            int verify, int threads, PyObject *progress)
+                            int verify, int threads, PyObject *progress, const unsigned char *hash_key,
+                            rd_records *records)
 {
     uint64_t done_bytes = 0, reported = 0;
     uint64_t total = 0;
@@ -649,12 +701,12 @@ static int rd_sections_into(ReaderObject *r, const rd_section **secs, unsigned c
         packed |= !secs[i]->all_raw;
     }
     if (threads <= 0) threads = codec_default_threads();
-    rd_pipe pp = {r, NULL, NULL, 0, 0, 0};
+    rd_pipe pp = {r, NULL, NULL, 0, 0, 0, records};
     int rc = -1;
     /* workers pay off from a couple of compressed chunks, or from a few MiB
      * of checksumming; below that everything runs inline */
     uint64_t from = (packed ? 2 : 8) * (uint64_t)FK_DEFAULT_CHUNK;
-    if (!verify && !packed) from = UINT64_MAX; /* nothing for workers to do */
+    if (!verify && !packed && !hash_key) from = UINT64_MAX; /* nothing for workers to do */
     pp.pool = codec_pool_new(total >= from ? threads : 0, r->py_codec);
     if (!pp.pool) return -1;
     pp.cap = (size_t)threads * 4;
@@ -668,7 +720,7 @@ static int rd_sections_into(ReaderObject *r, const rd_section **secs, unsigned c
             uint64_t stored = fk_get_u64(ce);
             int codec = ce[12];
             size_t rawc = (size_t)(c + 1 < s->nchunks ? s->chunk_size : s->raw - roff);
-            if (codec == FK_CODEC_RAW && !verify) {
+            if (codec == FK_CODEC_RAW && !verify && !hash_key) {
                 if (rd_read(r, soff, dsts[i] + roff, rawc) < 0) goto done;
             } else {
                 while (pp.count >= pp.cap)
@@ -682,6 +734,8 @@ static int rd_sections_into(ReaderObject *r, const rd_section **secs, unsigned c
                 j->job.codec = codec;
                 j->job.verify = verify;
                 j->job.expect_crc = fk_get_u32(ce + 8);
+                j->job.hash_key = hash_key;
+                j->raw_len = rawc;
                 if (codec == FK_CODEC_RAW) {
                     if (rd_read(r, soff, dsts[i] + roff, rawc) < 0) { rd_job_free(j); goto done; }
                     j->job.src = dsts[i] + roff;
@@ -731,7 +785,7 @@ static PyObject *rd_section_bytes(ReaderObject *r, const rd_section *s)
     PyObject *b = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)s->raw); /* raw <= file size or 64 MiB/chunk */
     if (!b) return NULL;
     unsigned char *dst = (unsigned char *)PyBytes_AS_STRING(b);
-    if (rd_sections_into(r, &s, &dst, 1, 1, 0, NULL) < 0) {
+    if (rd_sections_into(r, &s, &dst, 1, 1, 0, NULL, NULL, NULL) < 0) {
         Py_DECREF(b);
         return NULL;
     }
@@ -766,16 +820,31 @@ static PyObject *Reader_header_bytes(ReaderObject *r, PyObject *unused)
     return b;
 }
 
-/* read_buffers(verify=True, threads=0, which=None) -> list: a Buffer for
- * each out-of-band buffer (or for those numbered in `which`; None elsewhere). */
+/* Check an optional 32-byte hash key argument; 0 when absent. */
+static int hash_key_arg(Py_buffer *key, const char *fn)
+{
+    if (!key->buf) return 0;
+    if (key->len == 32) return 1;
+    PyErr_Format(PyExc_ValueError, "%s: hash_key must be 32 bytes, not %zd", fn, key->len);
+    PyBuffer_Release(key);
+    return -1;
+}
+
+/* read_buffers(verify=True, threads=0, which=None, progress=None, hash_key=None) -> list:
+ * a Buffer for each out-of-band buffer (or for those numbered in `which`;
+ * None elsewhere). With hash_key: (list, records of the chunks' Poly1305). */
 static PyObject *Reader_read_buffers(ReaderObject *r, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"verify", "threads", "which", "progress", NULL};
+    static char *kwlist[] = {"verify", "threads", "which", "progress", "hash_key", NULL};
     int verify = 1, threads = 0;
     PyObject *which = Py_None, *progress = Py_None;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|piOO:read_buffers", kwlist, &verify, &threads, &which,
-                                     &progress))
+    Py_buffer key = {0};
+    rd_records rec = {NULL, 0, 0};
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|piOOz*:read_buffers", kwlist, &verify, &threads, &which,
+                                     &progress, &key))
         return NULL;
+    int hashing = hash_key_arg(&key, "read_buffers");
+    if (hashing < 0) return NULL;
     PyObject *out = PyList_New((Py_ssize_t)r->nbuf);
     const rd_section **secs = (const rd_section **)PyMem_Calloc(r->nbuf ? r->nbuf : 1, sizeof(*secs));
     unsigned char **dsts = (unsigned char **)PyMem_Calloc(r->nbuf ? r->nbuf : 1, sizeof(*dsts));
@@ -801,24 +870,46 @@ static PyObject *Reader_read_buffers(ReaderObject *r, PyObject *args, PyObject *
         dsts[n] = b->data;
         n++;
     }
-    if (rd_sections_into(r, secs, dsts, n, verify, threads, progress == Py_None ? NULL : progress) < 0)
+    if (rd_sections_into(r, secs, dsts, n, verify, threads, progress == Py_None ? NULL : progress,
+                         hashing ? (const unsigned char *)key.buf : NULL, &rec) < 0)
         goto fail;
     PyMem_Free(secs);
     PyMem_Free(dsts);
+    if (hashing) {
+        PyBuffer_Release(&key);
+        PyObject *records = rd_records_bytes(&rec);
+        return records ? Py_BuildValue("(NN)", out, records) : (Py_DECREF(out), NULL);
+    }
     return out;
 fail:
     Py_XDECREF(out);
     PyMem_Free(secs);
     PyMem_Free(dsts);
+    PyMem_Free(rec.p);
+    if (hashing) PyBuffer_Release(&key);
     return NULL;
 }
 
-/* Verify the buffer chunks inside memory that holds the whole container
- * (an mmap of the file), without copying. */
-static PyObject *Reader_verify_mapped(ReaderObject *r, PyObject *obj)
+/* verify_mapped(mapping, verify=True, hash_key=None): check the raw buffer
+ * chunks inside memory that holds the whole container (an mmap of the
+ * file), without copying: their CRCs (verify) and, with hash_key, their
+ * Poly1305 hashes, returned as records (else None). */
+static PyObject *Reader_verify_mapped(ReaderObject *r, PyObject *args, PyObject *kwds)
 {
+    static char *kwlist[] = {"mapping", "verify", "hash_key", NULL};
+    PyObject *obj;
+    int verify = 1;
+    Py_buffer key = {0};
+    rd_records rec = {NULL, 0, 0};
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|pz*:verify_mapped", kwlist, &obj, &verify, &key))
+        return NULL;
+    int hashing = hash_key_arg(&key, "verify_mapped");
+    if (hashing < 0) return NULL;
     Py_buffer v;
-    if (PyObject_GetBuffer(obj, &v, PyBUF_SIMPLE) < 0) return NULL;
+    if (PyObject_GetBuffer(obj, &v, PyBUF_SIMPLE) < 0) {
+        if (hashing) PyBuffer_Release(&key);
+        return NULL;
+    }
     PyObject *ret = NULL;
     if ((uint64_t)v.len < r->total) {
         FORMAT_ERR(r, "mapping is shorter than the container");
@@ -831,20 +922,26 @@ static PyObject *Reader_verify_mapped(ReaderObject *r, PyObject *obj)
         uint64_t off = 0;
         for (uint32_t c = 0; c < s->nchunks; c++) {
             size_t k = (size_t)(c + 1 < s->nchunks ? s->chunk_size : s->raw - off);
-            uint32_t crc;
+            uint32_t crc = 0;
+            unsigned char hash[16];
             Py_BEGIN_ALLOW_THREADS
-            crc = checksum_crc32c(0, p + off, k);
+            if (verify) crc = checksum_crc32c(0, p + off, k);
+            if (hashing) fk_poly1305((const unsigned char *)key.buf, p + off, k, hash, 0);
             Py_END_ALLOW_THREADS
-            if (crc != chunk_crc(r, s, c)) {
+            if (verify && crc != chunk_crc(r, s, c)) {
                 report_crc_mismatch(r, s, c);
                 goto done;
             }
+            if (hashing && rd_add_record(&rec, s->buf_no, c, k, hash) < 0) goto done;
             off += k;
+            if ((c & 63) == 63 && PyErr_CheckSignals() < 0) goto done;
         }
     }
-    ret = Py_NewRef(Py_None);
+    ret = hashing ? rd_records_bytes(&rec) : Py_NewRef(Py_None);
 done:
     PyBuffer_Release(&v);
+    PyMem_Free(rec.p);
+    if (hashing) PyBuffer_Release(&key);
     return ret;
 }
 
@@ -1007,12 +1104,13 @@ static PyMethodDef Reader_methods[] = {
     {"signature", (PyCFunction)Reader_signature, METH_NOARGS, "the signature section (bytes) or None"},
     {"header_bytes", (PyCFunction)Reader_header_bytes, METH_NOARGS, "the 64 header bytes"},
     {"read_buffers", (PyCFunction)(void (*)(void))Reader_read_buffers, METH_VARARGS | METH_KEYWORDS,
-     "read_buffers(verify=True, threads=0, which=None, progress=None) -> list of Buffer "
-     "(progress(bytes_done) is called every 8 MiB)"},
+     "read_buffers(verify=True, threads=0, which=None, progress=None, hash_key=None) -> list of "
+     "Buffer (progress(bytes_done) is called every 8 MiB); with hash_key, (list, Poly1305 records)"},
     {"buffer_spans", (PyCFunction)Reader_buffer_spans, METH_NOARGS,
      "[(absolute offset, length, mappable)] of the out-of-band buffers"},
-    {"verify_mapped", (PyCFunction)Reader_verify_mapped, METH_O,
-     "verify the buffer chunks inside a mapping of the whole container"},
+    {"verify_mapped", (PyCFunction)(void (*)(void))Reader_verify_mapped, METH_VARARGS | METH_KEYWORDS,
+     "verify_mapped(mapping, verify=True, hash_key=None): check the CRCs of the raw buffer chunks "
+     "inside a mapping of the whole container; with hash_key, return their Poly1305 records"},
     {"set_flag", (PyCFunction)Reader_set_flag, METH_O, "set an optional header flag in place"},
     {"sections", (PyCFunction)Reader_sections, METH_NOARGS, "the section table, as dicts"},
     {NULL, NULL, 0, NULL},

@@ -29,6 +29,7 @@ typedef struct {
     uint16_t kind, flags;
     uint64_t offset, stored, raw, chunk_size;
     size_t first_chunk, nchunks;
+    uint32_t buf_no;      /* buffer sections: their number, in order */
 } wr_section;
 
 typedef struct {
@@ -74,6 +75,10 @@ typedef struct {
 #ifdef FIRKIN_HAVE_OPENSSL
     fk_hasher *hasher;   /* or: the stream's HMAC computed on a native thread (sign.c) */
 #endif
+    int hashing;                /* hash every buffer chunk (a signed dump) ... */
+    unsigned char hash_key[32]; /* ... with Poly1305 under this key, on the workers */
+    unsigned char *hrec;        /* FK_HASH_RECORD_LEN bytes per hashed chunk, in file order */
+    size_t nhrec, hrec_cap;
     uint64_t progress_done, progress_last;
     uint64_t progress_total; /* raw bytes the dump will write, once known (0 before) */
     unsigned char *spare;    /* a retired stream staging buffer, reused (fresh ones page-fault) */
@@ -334,6 +339,17 @@ static int wr_retire_one(WriterObject *w)
     if (wr_out(w, j->job.out, j->job.out_len) < 0) goto done;
     if (wr_reserve_chunks(w, 1) < 0) goto done;
     w->chunks[w->nchunks++] = (wr_chunk){j->job.out_len, j->job.crc, (uint16_t)j->job.out_codec};
+    if (j->job.hash_key) {
+        if (w->nhrec == w->hrec_cap) {
+            size_t ncap = w->hrec_cap ? w->hrec_cap * 2 : 64;
+            unsigned char *nr = (unsigned char *)realloc(w->hrec, ncap * FK_HASH_RECORD_LEN);
+            if (!nr) { PyErr_NoMemory(); goto done; }
+            w->hrec = nr;
+            w->hrec_cap = ncap;
+        }
+        fk_put_hash_record(w->hrec + w->nhrec++ * FK_HASH_RECORD_LEN, s->buf_no, (uint32_t)s->nchunks,
+                           j->job.src_len, j->job.hash);
+    }
     s->nchunks++;
     s->stored += j->job.out_len;
     s->raw += j->job.src_len;
@@ -402,6 +418,7 @@ static int wr_submit(WriterObject *w, const unsigned char *p, size_t n, void *ow
     j->job.src = p;
     j->job.src_len = n;
     j->job.owned = owned;
+    if (w->hashing && w->sections[j->section].kind == FK_SEC_BUFFER) j->job.hash_key = w->hash_key;
     if (w->codec != FK_CODEC_RAW) {
         size_t cap = codec_bound(w->codec, n);
         if (cap) {
@@ -892,6 +909,7 @@ static int wr_write_buffers(WriterObject *w)
         int rc = -1;
         Py_ssize_t *idx = NULL;
         if (!wr_begin_section(w, FK_SEC_BUFFER, FK_SECF_REQUIRED, len == 0)) goto next;
+        w->sections[w->nsections - 1].buf_no = (uint32_t)i;
         if (PyBuffer_IsContiguous(&v, 'A')) {
             /* straight from the exporter's memory; the PickleBuffer in
              * w->buffers keeps it alive and unresizable until the end */
@@ -1017,8 +1035,8 @@ static PyObject *Writer_finish(WriterObject *w, PyObject *args)
         goto done;
     if (sig.buf && sig.len) {
         int codec = w->codec;
-        w->codec = FK_CODEC_RAW; /* 64 random-looking bytes: nothing to gain */
-        int rc = wr_blob_section(w, FK_SEC_SIGNATURE, 0, (const unsigned char *)sig.buf, (size_t)sig.len);
+        w->codec = FK_CODEC_RAW; /* random-looking bytes: nothing to gain */
+        int rc = wr_blob_section(w, FK_SEC_SIGNATURE2, 0, (const unsigned char *)sig.buf, (size_t)sig.len);
         w->codec = codec;
         if (rc < 0) goto done;
     }
@@ -1126,17 +1144,22 @@ static PyObject *Writer_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
     static char *kwlist[] = {"target", "threads", "chunk_size", "threshold", "codec", "level",
                              "py_codec", "progress", "signer", "name", "sign_key", "sign_prefix",
-                             "byvalue", NULL};
+                             "byvalue", "hash_key", NULL};
     PyObject *target, *py_codec = Py_None, *progress = Py_None, *signer = Py_None, *name = Py_None;
     PyObject *byvalue = Py_None;
-    Py_buffer sign_key = {0}, sign_prefix = {0};
+    Py_buffer sign_key = {0}, sign_prefix = {0}, hash_key = {0};
     int threads = 0, codec = FK_CODEC_RAW, level = 0;
     Py_ssize_t chunk_size = FK_DEFAULT_CHUNK, threshold = FK_DEFAULT_THRESHOLD;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|inniiOOOOy*y*O:Writer", kwlist, &target,
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|inniiOOOOy*y*Oy*:Writer", kwlist, &target,
                                      &threads, &chunk_size, &threshold, &codec, &level, &py_codec,
-                                     &progress, &signer, &name, &sign_key, &sign_prefix, &byvalue))
+                                     &progress, &signer, &name, &sign_key, &sign_prefix, &byvalue,
+                                     &hash_key))
         return NULL;
     WriterObject *w = NULL;
+    if (hash_key.buf && hash_key.len != 32) {
+        PyErr_Format(PyExc_ValueError, "hash_key must be 32 bytes, not %zd", hash_key.len);
+        goto fail;
+    }
     if (sign_key.buf && signer != Py_None) {
         PyErr_SetString(PyExc_ValueError, "give signer or sign_key, not both");
         goto fail;
@@ -1186,6 +1209,10 @@ static PyObject *Writer_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     w->signer = signer == Py_None ? NULL : Py_NewRef(signer);
     w->name = name == Py_None ? NULL : Py_NewRef(name);
     w->byvalue = byvalue == Py_None ? NULL : Py_NewRef(byvalue);
+    if (hash_key.buf) {
+        memcpy(w->hash_key, hash_key.buf, 32);
+        w->hashing = 1;
+    }
 #ifdef FIRKIN_HAVE_OPENSSL
     if (sign_key.buf) {
         w->hasher = fk_hasher_new((const unsigned char *)sign_key.buf, (size_t)sign_key.len,
@@ -1228,10 +1255,12 @@ static PyObject *Writer_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     }
     if (sign_key.buf) PyBuffer_Release(&sign_key);
     if (sign_prefix.buf) PyBuffer_Release(&sign_prefix);
+    if (hash_key.buf) PyBuffer_Release(&hash_key);
     return (PyObject *)w;
 fail:
     if (sign_key.buf) PyBuffer_Release(&sign_key);
     if (sign_prefix.buf) PyBuffer_Release(&sign_prefix);
+    if (hash_key.buf) PyBuffer_Release(&hash_key);
     Py_XDECREF(w);
     return NULL;
 }
@@ -1286,6 +1315,7 @@ static void Writer_dealloc(WriterObject *w)
     free(w->sbuf);
     free(w->chunks);
     free(w->sections);
+    free(w->hrec);
     tp->tp_free((PyObject *)w);
     Py_DECREF(tp);
 }
@@ -1363,7 +1393,17 @@ static PyObject *Writer_get_arrays(WriterObject *w, void *c)
     return Py_NewRef(w->arrays);
 }
 
+static PyObject *Writer_get_buffer_hashes(WriterObject *w, void *c)
+{
+    (void)c;
+    if (!w->hashing) Py_RETURN_NONE;
+    return PyBytes_FromStringAndSize((const char *)w->hrec, (Py_ssize_t)(w->nhrec * FK_HASH_RECORD_LEN));
+}
+
 static PyGetSetDef Writer_getset[] = {
+    {"buffer_hashes", (getter)Writer_get_buffer_hashes, NULL,
+     "with hash_key: a 32-byte record per buffer chunk written (buffer, chunk, raw length, "
+     "Poly1305 of its raw bytes), else None", NULL},
     {"arrays", (getter)Writer_get_arrays, NULL,
      "per out-of-band buffer: (dtype str, shape) of its array, or None", NULL},
     {"by_value", (getter)Writer_get_by_value, NULL,

@@ -3,6 +3,8 @@ as a plain pickle file, as a compressed joblib file, and inside a firkin
 container signed with someone else's key. Every one is refused by
 firkin.load and the sentinel never appears."""
 import gzip
+import hashlib
+import hmac
 import struct
 import zlib
 
@@ -20,9 +22,38 @@ def _pad(buf: bytearray) -> None:
     buf.extend(bytes(-len(buf) % 64))
 
 
-def firkin_container(stream: bytes, metadata: bytes = b"{}", key: bytes | None = None) -> bytes:
-    """A firkin 1.0 container holding `stream` as its pickle stream, written
-    from docs/FORMAT.md (raw chunks, no buffers), signed with `key`."""
+HEADER_1_0 = b"\x89FRK\r\n\x1a\n" + struct.pack("<HHIQ", 1, 0, 64, 0)
+HEADER_1_1 = b"\x89FRK\r\n\x1a\n" + struct.pack("<HHIQ", 1, 1, 64, 0)
+
+
+def signature_v2(key: bytes, header_fixed: bytes, stream: bytes, metadata: bytes, buffers=(),
+                 salt: bytes = b"\x07" * 16) -> bytes:
+    """A version 2 signature section computed from docs/FORMAT.md alone
+    (hmac, hashlib and firkin's Poly1305), independently of firkin._sign."""
+    def mac(*parts):
+        return hmac.new(key, b"".join(parts), hashlib.sha256).digest()
+
+    poly_key = mac(b"firkin-buffer-hash-v2\0", salt)[:16] + bytes(16)
+    entries = b""
+    for b, buf in enumerate(buffers):
+        for c, off in enumerate(range(0, len(buf), CHUNK)):
+            part = bytes(buf[off:off + CHUNK])
+            head = struct.pack("<IIQ", b, c, len(part))
+            entries += head + mac(b"firkin-chunk-v2\0", salt, head, _core.poly1305(poly_key, part))[:16]
+    table = struct.pack("<QQ8x", len(buffers), len(entries) // 32) + entries
+    digest = mac(b"firkin-signature-v2\0", header_fixed, salt, stream, struct.pack("<Q", len(stream)),
+                 metadata, struct.pack("<Q", len(metadata)), table)
+    return (b"FSIG" + struct.pack("<HH", 2, 2) + salt + mac(b"firkin-key-id-v2\0", salt)[:16]
+            + digest + table)
+
+
+def firkin_container(stream: bytes, metadata: bytes = b"{}", key: bytes | None = None,
+                     buffers=(), version: int = 1) -> bytes:
+    """A firkin container holding `stream` as its pickle stream and
+    `buffers` as its buffer sections, written from docs/FORMAT.md (raw
+    chunks): format 1.0 signed (version 1 signature) with `key` when
+    version=1, format 1.1 signed (version 2) when version=2."""
+    header_fixed = HEADER_1_0 if version == 1 else HEADER_1_1
     out = bytearray(64)  # header, filled in below
     sections = []  # (kind, flags, offset, payload)
 
@@ -32,9 +63,13 @@ def firkin_container(stream: bytes, metadata: bytes = b"{}", key: bytes | None =
         out.extend(payload)
 
     section(1, 1, stream)
+    for buf in buffers:
+        section(2, 1, bytes(buf))
     section(3, 0, metadata)
-    if key is not None:
-        section(4, 0, _sign.signature_payload(key, stream, metadata))
+    if key is not None and version == 1:
+        section(4, 0, _sign.signature_payload(key, stream, metadata, header_fixed))
+    elif key is not None:
+        section(5, 0, signature_v2(key, header_fixed, stream, metadata, buffers))
     _pad(out)
     index_off = len(out)
     entries, chunks = bytearray(), bytearray()
@@ -52,7 +87,7 @@ def firkin_container(stream: bytes, metadata: bytes = b"{}", key: bytes | None =
     trailer = struct.pack("<QQQI", index_off, len(index), total, _core.crc32c(index))
     trailer += struct.pack("<I", _core.crc32c(trailer)) + b"\nFRKEND\x89"
     out += trailer
-    header = _sign.HEADER_FIXED + struct.pack("<QQQ12x", 0, total, index_off)
+    header = header_fixed + struct.pack("<QQQ12x", 0, total, index_off)
     out[:64] = header + struct.pack("<I", _core.crc32c(header))
     return bytes(out)
 
@@ -62,6 +97,11 @@ def test_the_container_builder_makes_valid_files(tmp_path):
 
     path = tmp_path / "ok.firkin"
     path.write_bytes(firkin_container(pickle.dumps({"a": [1, 2]}, protocol=5), key=b"someone"))
+    assert firkin.load(path) == {"a": [1, 2]}
+    report = firkin.verify(path)
+    assert report.checksums_ok and report.signature == "other key"
+    path.write_bytes(firkin_container(pickle.dumps({"a": [1, 2]}, protocol=5), key=b"someone",
+                                      version=2))
     assert firkin.load(path) == {"a": [1, 2]}
     report = firkin.verify(path)
     assert report.checksums_ok and report.signature == "other key"
@@ -100,6 +140,7 @@ def _containers(data: bytes):
         "joblib-arrays": in_joblib,
         "joblib-arrays-zlib": zlib.compress(in_joblib, 3),
         "firkin-other-key": firkin_container(data, key=b"mallory's key"),
+        "firkin-1.1-other-key": firkin_container(data, key=b"mallory's key", version=2),
         "firkin-unsigned": firkin_container(data),
     }
 

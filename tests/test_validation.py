@@ -172,7 +172,7 @@ def expect_error(path, exc=firkin.FormatError, *words, loader=None):
 def test_helpers_round_trip(small_file):
     path, data = small_file
     p = parse(data)
-    assert p["header"]["major"] == 1 and p["header"]["minor"] == 0
+    assert p["header"]["major"] == 1 and p["header"]["minor"] == 1
     assert p["header"]["header_len"] == 64
     assert p["header"]["total"] == len(data)
     assert p["header"]["index_off"] == p["index_off"]
@@ -463,7 +463,7 @@ def _with_extra_section(data: bytes, kind: int, flags: int, payload: bytes) -> b
     return rebuild(bytes(area), sections, chunks)
 
 
-@pytest.mark.parametrize("kind", [5, 99, 0xFFFF])
+@pytest.mark.parametrize("kind", [6, 99, 0xFFFF])
 def test_unknown_optional_section_is_skipped(small_file, kind):
     path, data = small_file
     crafted = _with_extra_section(data, kind, 0, b"something from the future" * 10)
@@ -475,7 +475,7 @@ def test_unknown_optional_section_is_skipped(small_file, kind):
     assert firkin.load_metadata(path)["buffers"] == 1
 
 
-@pytest.mark.parametrize("kind", [5, 99])
+@pytest.mark.parametrize("kind", [6, 99])
 def test_unknown_required_section_is_newer_firkin(small_file, kind):
     path, data = small_file
     path.write_bytes(_with_extra_section(data, kind, SECF_REQUIRED, b"must understand me"))

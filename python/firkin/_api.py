@@ -435,28 +435,55 @@ _SIGNATURE_NOTES = {
 }
 
 
-def _check_trust(reader, stream, trusted):
-    """Decide before anything is constructed. Returns the unpickler policy:
-    True (load anything: trusted=True or the file is signed with your key)
-    or the `trusted` names to enforce on top of the allowlist."""
-    if trusted is True:
-        return True
-    info = _trust._scan(stream, reader.name)
-    refused = _trust.untrusted(info["globals"], info["unsafe_ops"], trusted)
-    if not refused:
-        return trusted
-    status = _sign.status(reader, stream)
-    if status == _sign.VALID:
-        return True  # your own file: no friction
+def _refusal(reader, refused, status, detail=None):
     exc = _trust._error(reader.name, refused, "firkin.load")
-    note = _SIGNATURE_NOTES[status].format(key=_sign.key_source())
+    note = _SIGNATURE_NOTES[status].format(key=_sign.key_source()) + (f" ({detail})" if detail else "")
     if any(n.startswith("cloudpickle.") for n in refused):
         # code saved by value: only trusted=True can load it, whatever else it names
         exc.args = (_byvalue.refusal_message(reader.name, _by_value_entries(reader), note),) \
             + exc.args[1:]
     else:
         exc.args = (f"{exc.args[0]}\n{note}",) + exc.args[1:]
-    raise exc
+    return exc
+
+
+class _SignedBuffers:
+    """A file trusted by a signature that covers its array bytes: before
+    anything is built, the hash of every buffer chunk read or mapped
+    (computed with `hash_key`) must match the signature, or the load is
+    refused as if the file were unsigned."""
+
+    def __init__(self, reader, refused, signature):
+        self.reader, self.refused, self.signature = reader, refused, signature
+        self.hash_key = signature.hash_key
+
+    def check(self, records: bytes) -> None:
+        problem = self.signature.buffer_problem(records, self.reader.buffer_count)
+        if problem and self.reader.flags & _core.FLAG_BUFFERS_MUTABLE:
+            problem += ("; the file was opened with mmap_mode='r+', so its arrays may have been "
+                        "changed in place on purpose")
+        if problem:
+            raise _refusal(self.reader, self.refused, _sign.INVALID, problem)
+
+
+def _check_trust(reader, stream, trusted):
+    """Decide before anything is constructed. Returns (policy, signed):
+    policy is True (load anything: trusted=True or the file is signed with
+    your key) or the `trusted` names to enforce on top of the allowlist;
+    signed is a _SignedBuffers when the policy rests on a signature that
+    covers the buffers, which the caller checks before unpickling, else
+    None. Files the allowlist accepts cost no signature work."""
+    if trusted is True:
+        return True, None
+    info = _trust._scan(stream, reader.name)
+    refused = _trust.untrusted(info["globals"], info["unsafe_ops"], trusted)
+    if not refused:
+        return trusted, None
+    signature = _sign.check(reader, stream)
+    if signature.status == _sign.VALID:
+        # your own file: no friction (a format 1.0 signature vouches for the stream only)
+        return True, _SignedBuffers(reader, refused, signature) if signature.covers_buffers else None
+    raise _refusal(reader, refused, signature.status)
 
 
 def _by_value_entries(reader) -> list:
@@ -532,19 +559,26 @@ def _buffer_bytes(reader, which=None) -> int:
     return sum(n for i, (_, n, _) in enumerate(spans) if which is None or i in which)
 
 
-def _read_buffers(reader, verify, threads, progress, which=None):
+def _read_buffers(reader, verify, threads, progress, which=None, signed=None):
+    """The buffers (those numbered in `which`); with `signed`, their chunks
+    are hashed as they are read, and (buffers, hash records) come back."""
     bar = _progress.Progress(progress, "firkin.load", _buffer_bytes(reader, which))
     try:
         return reader.read_buffers(verify=verify, threads=_check_threads(threads), which=which,
-                                   progress=bar if bar.mode is not False else None)
+                                   progress=bar if bar.mode is not False else None,
+                                   hash_key=signed.hash_key if signed else None)
     finally:
         bar.close()
 
 
 def _load_reader(reader, verify, threads, progress=None, trusted=None):
     stream = reader.pickle_stream()
-    policy = _check_trust(reader, stream, trusted)
-    buffers = _read_buffers(reader, _verify_buffers(reader, verify, False), threads, progress)
+    policy, signed = _check_trust(reader, stream, trusted)
+    buffers = _read_buffers(reader, _verify_buffers(reader, verify, False), threads, progress,
+                            signed=signed)
+    if signed:
+        buffers, records = buffers
+        signed.check(records)
     obj = _unpickle(reader, stream, buffers, False, policy)
     _warn_versions(reader)
     return obj
@@ -635,28 +669,40 @@ def load(filename, mmap_mode=None, *, trusted=None, verify=None, threads=None, p
 
 def _load_mapped(reader, f, mode, verify, threads, progress, trusted):
     stream = reader.pickle_stream()
-    policy = _check_trust(reader, stream, trusted)
-    obj = _load_mapped_buffers(reader, f, mode, verify, threads, progress, stream, policy)
+    policy, signed = _check_trust(reader, stream, trusted)
+    obj = _load_mapped_buffers(reader, f, mode, verify, threads, progress, stream, policy, signed)
     _warn_versions(reader)
     return obj
 
 
-def _load_mapped_buffers(reader, f, mode, verify, threads, progress, stream, policy):
+def _load_mapped_buffers(reader, f, mode, verify, threads, progress, stream, policy, signed):
+    """A file trusted by its signature (`signed`) has every mapped byte
+    hashed and checked against the signature before anything is built."""
     if reader.buffer_count == 0:
+        if signed:
+            signed.check(b"")
         return _unpickle(reader, stream, [], True, policy)
     spans = reader.buffer_spans()
     packed = [i for i, (_, _, mappable) in enumerate(spans) if not mappable]
     buffers = [None] * len(spans)
+    records = b""
     if packed:
         warnings.warn(f"{reader.name}: {len(packed)} of {len(spans)} arrays are compressed; they are "
                       "decompressed into memory instead of being memory-mapped", UserWarning,
                       stacklevel=3)
         buffers = _read_buffers(reader, _verify_buffers(reader, verify, False), threads, progress,
-                                packed)
+                                packed, signed)
+        if signed:
+            buffers, records = buffers
     if len(packed) < len(spans):
         mm = np.memmap(f, dtype=np.uint8, mode=mode, shape=(reader.total_length,))
-        if _verify_buffers(reader, verify, True):
-            reader.verify_mapped(mm)
+        crc = _verify_buffers(reader, verify, True)
+        if crc or signed:
+            got = reader.verify_mapped(mm, verify=crc, hash_key=signed.hash_key if signed else None)
+            records += got or b""
+    if signed:
+        signed.check(records)
+    if len(packed) < len(spans):
         if mode == "r+":
             # from here on the array bytes are the user's to change (verified first, if asked)
             reader.set_flag(_core.FLAG_BUFFERS_MUTABLE)

@@ -31,6 +31,8 @@ class VerifyReport:
     buffers: int = 0
     bytes_checked: int = 0
     mutable_buffers: bool = False
+    #: what the signature covers (None when unsigned); verify checks all of it
+    signature_covers: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -43,13 +45,15 @@ class VerifyReport:
         return {"path": self.path, "ok": self.ok, "checksums_ok": self.checksums_ok,
                 "signature": self.signature, "problems": list(self.problems),
                 "sections": self.sections, "buffers": self.buffers,
-                "bytes_checked": self.bytes_checked, "mutable_buffers": self.mutable_buffers}
+                "bytes_checked": self.bytes_checked, "mutable_buffers": self.mutable_buffers,
+                "signature_covers": self.signature_covers}
 
     def __str__(self) -> str:
         lines = [f"{self.path}: {'OK' if self.ok else 'FAILED'}",
                  f"  checksums: {'all match' if self.checksums_ok else 'MISMATCH'} "
                  f"({self.sections} sections, {self.buffers} buffers, {self.bytes_checked:,} bytes)",
-                 f"  signature: {self.signature}"]
+                 f"  signature: {self.signature}"
+                 + (f" (covers {self.signature_covers})" if self.signature_covers else "")]
         if self.mutable_buffers:
             lines.append("  note: opened with mmap_mode='r+' earlier; its array bytes may have "
                          "been changed on purpose")
@@ -59,8 +63,9 @@ class VerifyReport:
 
 def verify(filename) -> VerifyReport:
     """Check every checksum and the signature of a firkin file without
-    loading its objects. Never raises for a damaged file: the report says
-    what is wrong (``report.ok``, ``report.problems``)."""
+    loading its objects; a signature that covers the array data (format
+    1.1) is checked against every chunk of it. Never raises for a damaged
+    file: the report says what is wrong (``report.ok``, ``report.problems``)."""
     path = os.fsdecode(os.fspath(filename))
     report = VerifyReport(path)
     with open(path, "rb") as f:
@@ -73,34 +78,50 @@ def verify(filename) -> VerifyReport:
         report.sections = len(secs)
         report.buffers = reader.buffer_count
         report.mutable_buffers = bool(reader.flags & _core.FLAG_BUFFERS_MUTABLE)
-        stream = None
+        stream = signature = None
         try:
             stream = reader.pickle_stream()
             reader.metadata()
             reader.signature()
         except FormatError as exc:
             report.problems.append(str(exc))
+        if stream is not None and not report.problems:
+            try:
+                signature = _sign.check(reader, stream)
+            except FormatError as exc:
+                report.problems.append(str(exc))
+        # a valid signature over the buffers: hash them while checking their CRCs
+        hashing = signature is not None and signature.status == _sign.VALID and signature.covers_buffers
+        key = signature.hash_key if hashing else None
+        records = []
         spans = reader.buffer_spans()
         try:
             if any(m for _, _, m in spans):
                 mm = np.memmap(f, dtype=np.uint8, mode="r", shape=(reader.total_length,))
                 try:
-                    reader.verify_mapped(mm)
+                    records.append(reader.verify_mapped(mm, hash_key=key))
                 finally:
                     del mm
             for i, (_, _, mappable) in enumerate(spans):
                 if not mappable:  # compressed: decoded one at a time, then dropped
-                    reader.read_buffers(verify=True, which=[i])
+                    got = reader.read_buffers(verify=True, which=[i], hash_key=key)
+                    records.append(got[1] if hashing else None)
         except FormatError as exc:
             report.problems.append(str(exc))
         report.bytes_checked = sum(s["stored"] for s in secs)
         report.checksums_ok = not report.problems
-        if stream is not None:
-            try:
-                report.signature = _sign.status(reader, stream)
-            except FormatError as exc:
-                report.problems.append(str(exc))
-                report.checksums_ok = False
+        if signature is not None:
+            report.signature = signature.status
+            report.signature_covers = signature.covers
+            if hashing and not report.checksums_ok:
+                # the buffer bytes are not those written, so not those signed either
+                report.signature = _sign.INVALID
+            elif hashing:
+                problem = signature.buffer_problem(b"".join(r or b"" for r in records),
+                                                   reader.buffer_count)
+                if problem:
+                    report.signature = _sign.INVALID
+                    report.problems.append(problem)
     return report
 
 
@@ -138,7 +159,11 @@ class FileInfo:
                 self.untrusted = _trust.untrusted_types(stream)
             except FormatError as exc:
                 self.untrusted = [f"<unreadable pickle stream: {exc}>"]
-            self.signature = _sign.status(reader, stream)
+            signature = _sign.check(reader, stream)
+            self.signature = signature.status
+            #: what the signature covers (None when unsigned); info checks the
+            #: stream, metadata and chunk table, verify also the array data
+            self.signature_covers = signature.covers
             self.format = "%d.%d" % reader.format_version
             self.mutable_buffers = bool(reader.flags & _core.FLAG_BUFFERS_MUTABLE)
         # whatever shape a file's metadata has, it is shown, never trusted to be well formed
@@ -197,7 +222,8 @@ class FileInfo:
             "arrays": [dict(a, shape=list(a["shape"]) if isinstance(a["shape"], tuple) else a["shape"])
                        for a in self.arrays],
             "packages": self.packages, "untrusted_types": self.untrusted,
-            "signature": self.signature, "mutable_buffers": self.mutable_buffers,
+            "signature": self.signature, "signature_covers": self.signature_covers,
+            "mutable_buffers": self.mutable_buffers,
             "by_value": self.by_value, "user": self.user,
         }
 
@@ -218,7 +244,8 @@ class FileInfo:
                            f"NumPy {m.get('numpy', '?')}; format {self.format}"),
             ("size", f"{_fmt_bytes(self.size_on_disk)} on disk, {_fmt_bytes(self.raw_bytes)} in memory"),
             ("compression", f"{comp_s} (ratio {self.ratio:.2f})"),
-            ("signature", self.signature),
+            ("signature", self.signature + (f" (covers {self.signature_covers})"
+                                            if self.signature_covers else "")),
             ("untrusted types", ", ".join(self.untrusted) if self.untrusted else "none"),
         ] + (_byvalue.summary_rows(self.by_value) if self.by_value else [])
 

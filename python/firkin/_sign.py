@@ -1,10 +1,15 @@
-"""Signing firkin files with the user's key (HMAC-SHA256).
+"""Signing firkin files with the user's key (HMAC-SHA256 over every byte).
 
 A file you dumped yourself carries an HMAC-SHA256, under your key, of its
-header's fixed part, its pickle stream and its metadata (docs/FORMAT.md,
-"Signature"). load fully trusts a file whose signature verifies under the
-current key; everything else goes through the allowlist. Array data is not
-signed: it is data, not code, and its chunk checksums cover its integrity.
+header's fixed part, its pickle stream, its metadata and a table with a tag
+for every chunk of array data (docs/FORMAT.md, "Signature"). The chunks are
+hashed where they are checksummed, on the C chunk workers, with Poly1305
+under a key derived from yours and a random per-file salt; each tag is an
+HMAC of that hash. load trusts a file the allowlist refuses when its
+signature verifies under the current key and, before anything is built,
+every array chunk it reads or maps matches its tag. Format 1.0 files carry
+the older signature of the stream and metadata only: they still load, and
+verify/info say that their array bytes are not covered.
 
 The key: FIRKIN_KEY (any string of at least MIN_KEY_LEN bytes) when set,
 else what `set_key()` gave this process, else the file
@@ -30,13 +35,23 @@ import warnings
 from . import _core
 from ._core import FormatError
 
-_PREFIX = b"firkin-signature-v1\0"
+_PREFIX = b"firkin-signature-v1\0"  # format 1.0 signatures (section kind 4), still checked
+_PREFIX2 = b"firkin-signature-v2\0"  # format 1.1 signatures (section kind 5), written
+_LABEL_KEY_ID = b"firkin-key-id-v2\0"
+_LABEL_HASH_KEY = b"firkin-buffer-hash-v2\0"
+_LABEL_CHUNK = b"firkin-chunk-v2\0"
 _MAGIC = b"FSIG"
-_ALG_HMAC_SHA256 = 1
-PAYLOAD_LEN = 64
-#: the fixed part of every header firkin 1.0 writes: magic, version 1.0,
+_ALG_HMAC_SHA256 = 1           # version 1: stream and metadata
+_ALG_HMAC_SHA256_POLY1305 = 2  # version 2: also every buffer chunk
+PAYLOAD_LEN = 64               # a version 1 signature section
+HEAD2_LEN = 96                 # a version 2 signature section before its chunk entries
+ENTRY_LEN = 32                 # one chunk entry (and one record from _core)
+SALT_LEN = 16
+_info = _core.build_info()
+#: the fixed part of every header this firkin writes: magic, format version,
 #: header length 64, no required features (docs/FORMAT.md)
-HEADER_FIXED = b"\x89FRK\r\n\x1a\n" + struct.pack("<HHIQ", 1, 0, 64, 0)
+HEADER_FIXED = b"\x89FRK\r\n\x1a\n" + struct.pack("<HHIQ", _info["format_major"],
+                                                   _info["format_minor"], 64, 0)
 
 _lock = threading.Lock()
 _process_key: bytes | None = None
@@ -272,8 +287,43 @@ def current_key() -> bytes | None:
     return key
 
 
+def _mac(key: bytes, *parts: bytes) -> bytes:
+    return hmac.new(key, b"".join(parts), hashlib.sha256).digest()
+
+
 def key_id(key: bytes) -> bytes:
+    """The key id of format 1.0 signatures: an unsalted hash of the key
+    (checked, never written: it lets anyone test guesses of a weak key)."""
     return hashlib.sha256(b"firkin key id\0" + key).digest()[:8]
+
+
+def key_id2(key: bytes, salt: bytes) -> bytes:
+    """The key id of a version 2 signature: keyed and salted per file, so it
+    tells "your key" from "another key" and nothing else about the key."""
+    return _mac(key, _LABEL_KEY_ID, salt)[:16]
+
+
+def hash_key(key: bytes, salt: bytes) -> bytes:
+    """The Poly1305 key the chunk workers hash buffer chunks with: r derived
+    from the key and the file's salt, s zero. Its hashes never leave the
+    process: the file holds only HMAC tags of them."""
+    return _mac(key, _LABEL_HASH_KEY, salt)[:16] + bytes(16)
+
+
+def _entries(key: bytes, salt: bytes, records: bytes) -> bytes:
+    """Chunk entries of a version 2 signature from _core's hash records
+    (buffer u32, chunk u32, raw length u64, Poly1305 16 bytes): the first
+    16 bytes of each, then its tag."""
+    out = bytearray()
+    for i in range(0, len(records), ENTRY_LEN):
+        rec = records[i:i + ENTRY_LEN]
+        out += rec[:16] + _mac(key, _LABEL_CHUNK, salt, rec)[:16]
+    return bytes(out)
+
+
+def _table(nbuf: int, entries: bytes) -> bytes:
+    """Bytes 72.. of a version 2 signature section: what the HMAC covers after the metadata."""
+    return struct.pack("<QQ8x", nbuf, len(entries) // ENTRY_LEN) + entries
 
 
 class Signer:
@@ -285,33 +335,43 @@ class Signer:
     Otherwise the writer feeds `update` every raw pickle stream chunk and
     the hashing happens right there, on the pickling thread. (A Python
     thread gains nothing: it needs the GIL between chunks, which the pickler
-    holds, and the forest benchmark dumped slower with one than without.)"""
+    holds, and the forest benchmark dumped slower with one than without.)
+    Either way the chunk workers hash every buffer chunk (`hash_key`), and
+    `finish` turns those hashes into the signed chunk table."""
 
     native = False  # set below, once: does this build's native signer work here?
 
     def __init__(self, key: bytes):
         self._key = key
-        self._h = None if self.native else hmac.new(key, _PREFIX + HEADER_FIXED, hashlib.sha256)
+        self._salt = secrets.token_bytes(SALT_LEN)
+        self._prefix = _PREFIX2 + HEADER_FIXED + self._salt
+        self._h = None if self.native else hmac.new(key, self._prefix, hashlib.sha256)
         self._n = 0
 
     def writer_kwargs(self) -> dict:
-        """What the Writer needs to sign: a native signer's key and prefix, or this object's update."""
+        """What the Writer needs to sign: the buffer hash key, and a native
+        signer's key and prefix or this object's update."""
+        kwargs = {"hash_key": hash_key(self._key, self._salt)}
         if self.native:
-            return {"sign_key": self._key, "sign_prefix": _PREFIX + HEADER_FIXED}
-        return {"signer": self.update}
+            kwargs.update(sign_key=self._key, sign_prefix=self._prefix)
+        else:
+            kwargs["signer"] = self.update
+        return kwargs
 
     def update(self, chunk) -> None:
         self._n += len(chunk)
         self._h.update(chunk)
 
-    def finish(self, metadata: bytes, writer=None) -> bytes:
-        """The signature section's payload, once the stream is complete."""
+    def finish(self, metadata: bytes, writer) -> bytes:
+        """The signature section's payload, once the stream and the buffers are written."""
+        table = _table(writer.buffer_count, _entries(self._key, self._salt, writer.buffer_hashes))
         if self.native:
-            digest = writer.sign_digest(_tail(writer.signed_bytes, metadata))
+            digest = writer.sign_digest(_tail(writer.signed_bytes, metadata) + table)
         else:
-            self._h.update(_tail(self._n, metadata))
+            self._h.update(_tail(self._n, metadata) + table)
             digest = self._h.digest()
-        return _payload(self._key, digest)
+        return (_MAGIC + struct.pack("<HH", 2, _ALG_HMAC_SHA256_POLY1305) + self._salt
+                + key_id2(self._key, self._salt) + digest + table)
 
 
 def _native_signer_works() -> bool:
@@ -335,44 +395,131 @@ def _tail(stream_len: int, metadata: bytes) -> bytes:
     return struct.pack("<Q", stream_len) + metadata + struct.pack("<Q", len(metadata))
 
 
-def _payload(key: bytes, digest: bytes) -> bytes:
-    return (_MAGIC + struct.pack("<HH", 1, _ALG_HMAC_SHA256) + key_id(key) + digest
-            + bytes(PAYLOAD_LEN - 48))
-
-
 def _digest(key: bytes, header_fixed: bytes, stream: bytes, metadata: bytes) -> bytes:
+    """The HMAC of a version 1 signature (format 1.0 files)."""
     h = hmac.new(key, _PREFIX + header_fixed, hashlib.sha256)
     h.update(stream)
     h.update(_tail(len(stream), metadata))
     return h.digest()
 
 
-def signature_payload(key: bytes, stream: bytes, metadata: bytes) -> bytes:
-    """The signature section of a firkin 1.0 file holding `stream` and
-    `metadata`, in one go (for tests and tools that build files by hand)."""
-    return _payload(key, _digest(key, HEADER_FIXED, stream, metadata))
+def signature_payload(key: bytes, stream: bytes, metadata: bytes, header_fixed: bytes) -> bytes:
+    """The version 1 signature section of a format 1.0 file holding `stream`
+    and `metadata` and no buffers, whose header starts with `header_fixed`
+    (tests build such files by hand: this firkin writes version 2)."""
+    return (_MAGIC + struct.pack("<HH", 1, _ALG_HMAC_SHA256) + key_id(key)
+            + _digest(key, header_fixed, stream, metadata) + bytes(PAYLOAD_LEN - 48))
 
 
 #: signature states reported by `status`
 VALID, UNSIGNED, OTHER_KEY, INVALID, NO_KEY = "valid", "unsigned", "other key", "invalid", "no key"
 
+#: what a signature of each version covers, as verify and info state it
+COVERS = {
+    1: "the pickle stream and metadata only: array bytes are not covered (format 1.0 signature)",
+    2: "every byte: the pickle stream, the metadata and every chunk of array data",
+}
 
-def status(reader, stream: bytes) -> str:
-    """valid / unsigned / other key / invalid (tampered) / no key (nothing to check with)."""
+
+class Signature:
+    """A file's signature as checked under the current key.
+
+    status: VALID / UNSIGNED / OTHER_KEY / INVALID / NO_KEY. version: 0
+    (unsigned), 1 (format 1.0: stream and metadata) or 2 (every byte). A
+    VALID version 2 signature vouches for the array data only once
+    `buffer_problem` found every chunk's hash matching its tag."""
+
+    def __init__(self, status: str, version: int = 0, key=None, salt=b"", table=b""):
+        self.status, self.version = status, version
+        self._key, self._salt, self._table = key, salt, table
+
+    @property
+    def covers(self):
+        return COVERS.get(self.version)
+
+    @property
+    def covers_buffers(self) -> bool:
+        return self.version == 2
+
+    @property
+    def hash_key(self) -> bytes:
+        """The key to hash buffer chunks with (reader.read_buffers / verify_mapped)."""
+        return hash_key(self._key, self._salt)
+
+    def buffer_problem(self, records: bytes, buffer_count: int):
+        """None when `records` (the hash records of every buffer chunk of the
+        file) match the signed chunk table; else what differs, naming the
+        first buffer and chunk that does."""
+        nbuf, n = struct.unpack_from("<QQ", self._table)
+        if nbuf != buffer_count:
+            return f"the file has {buffer_count} buffers, its signature covers {nbuf}"
+        signed = {}
+        for i in range(24, len(self._table), ENTRY_LEN):
+            signed[self._table[i:i + 16]] = self._table[i + 16:i + ENTRY_LEN]
+        seen = {}
+        for i in range(0, len(records), ENTRY_LEN):
+            seen[records[i:i + 16]] = records[i:i + ENTRY_LEN]
+        for head, tag in signed.items():
+            rec = seen.pop(head, None)
+            if rec is None or not hmac.compare_digest(_mac(self._key, _LABEL_CHUNK, self._salt,
+                                                           rec)[:16], tag):
+                b, c, raw = struct.unpack_from("<IIQ", head)
+                return (f"buffer {b}, chunk {c} ({raw:,} bytes) does not match the signature: the "
+                        "array data was changed after signing")
+        if seen:
+            b, c, raw = struct.unpack_from("<IIQ", next(iter(seen)))
+            return f"buffer {b}, chunk {c} ({raw:,} bytes) is not covered by the signature"
+        return None
+
+
+def _malformed(reader):
+    return FormatError(f"{reader.name}: the signature section is malformed")
+
+
+def check(reader, stream: bytes) -> Signature:
+    """The signature of the file `reader` reads, whose pickle stream is
+    `stream`, checked under the current key (stream, metadata and, for a
+    version 2 signature, its chunk table; not the buffers themselves)."""
     payload = reader.signature()
     if payload is None:
-        return UNSIGNED
-    if len(payload) != PAYLOAD_LEN or payload[:4] != _MAGIC:
-        raise FormatError(f"{reader.name}: the signature section is malformed")
+        return Signature(UNSIGNED)
+    if len(payload) < 8 or payload[:4] != _MAGIC:
+        raise _malformed(reader)
     version, alg = struct.unpack_from("<HH", payload, 4)
-    if version != 1 or alg != _ALG_HMAC_SHA256:
-        return INVALID
+    if version == 1:
+        if len(payload) != PAYLOAD_LEN:
+            raise _malformed(reader)
+        if alg != _ALG_HMAC_SHA256:
+            return Signature(INVALID, 1)
+        key = current_key()
+        if key is None:
+            return Signature(NO_KEY, 1)
+        if payload[8:16] != key_id(key):
+            return Signature(OTHER_KEY, 1)
+        good = _digest(key, reader.header_bytes()[:24], stream, reader.metadata() or b"")
+        return Signature(VALID if hmac.compare_digest(good, payload[16:48]) else INVALID, 1)
+    if version != 2 or alg != _ALG_HMAC_SHA256_POLY1305:
+        return Signature(INVALID, version)
+    if len(payload) < HEAD2_LEN:
+        raise _malformed(reader)
+    n = struct.unpack_from("<Q", payload, 80)[0]
+    if len(payload) != HEAD2_LEN + n * ENTRY_LEN:
+        raise _malformed(reader)
     key = current_key()
     if key is None:
-        return NO_KEY
-    if payload[8:16] != key_id(key):
-        return OTHER_KEY
-    meta = reader.metadata() or b""
-    header = reader.header_bytes()[:24]
-    good = _digest(key, header, stream, meta)
-    return VALID if hmac.compare_digest(good, payload[16:48]) else INVALID
+        return Signature(NO_KEY, 2)
+    salt, table = payload[8:24], payload[72:]
+    if not hmac.compare_digest(payload[24:40], key_id2(key, salt)):
+        return Signature(OTHER_KEY, 2)
+    h = hmac.new(key, _PREFIX2 + reader.header_bytes()[:24] + salt, hashlib.sha256)
+    h.update(stream)
+    h.update(_tail(len(stream), reader.metadata() or b"") + table)
+    if not hmac.compare_digest(h.digest(), payload[40:72]):
+        return Signature(INVALID, 2)
+    return Signature(VALID, 2, key, salt, table)
+
+
+def status(reader, stream: bytes) -> str:
+    """valid / unsigned / other key / invalid (tampered) / no key (nothing to
+    check with), for the stream, metadata and chunk table (see `check`)."""
+    return check(reader, stream).status
