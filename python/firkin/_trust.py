@@ -34,6 +34,7 @@ import _compat_pickle
 import json
 import pickle
 import sys
+import threading
 from functools import lru_cache
 from typing import Iterable
 
@@ -276,6 +277,21 @@ _MISSING = object()
 #: guarded factory, or a class whose rebuild checks the state it is given).
 #: The modules that guard a name register it here; trusted=True bypasses it.
 REPLACEMENTS: dict[tuple[str, str], object] = {}
+_LOADS = threading.local()
+
+
+def after_load(fn) -> bool:
+    """Calls ``fn()`` when the policy load running in this thread ends (however
+    it ends); False, and nothing registered, when no such load is running.
+    A rebuild registered in REPLACEMENTS uses it to undo what it must keep in
+    place only while the stream can still reach the object."""
+    pending = getattr(_LOADS, "stack", None)
+    if not pending:
+        return False
+    pending[-1].append(fn)
+    return True
+
+
 # the trusted names reached through getattr (nested qualnames)
 _DOTTED = tuple((m, q) for m, names in _BY_MODULE.items() for q in sorted(names) if "." in q)
 
@@ -290,7 +306,12 @@ def _attr_trusted(obj, attr: str, extra: frozenset[str]) -> bool:
     object the owner name resolves to (or an instance of exactly that class)?"""
     suffix = "." + attr
     for module, qual in _DOTTED:
-        if qual.endswith(suffix) and _owns(_resolve_loaded(module, qual[: -len(suffix)]), obj):
+        if not qual.endswith(suffix):
+            continue
+        owner = qual[: -len(suffix)]
+        # an instance of the class REPLACEMENTS hands out for the owner stands for it
+        if _owns(_resolve_loaded(module, owner), obj) or (
+                type(obj) is REPLACEMENTS.get((module, owner)) and not isinstance(obj, type)):
             return True
     for full in extra:
         if not full.endswith(suffix):
@@ -331,6 +352,17 @@ def _unpickler_class(base_cls, extra: frozenset[str], name: str, call: str):
         class serves every file."""
 
         fk_name = name
+
+        def load(self):
+            stack = _LOADS.__dict__.setdefault("stack", [])
+            pending: list = []
+            stack.append(pending)
+            try:
+                return super().load()
+            finally:
+                stack.pop()
+                for fn in pending:
+                    fn()
 
         def find_class(self, module, qualname):
             mod, qual = module, qualname
