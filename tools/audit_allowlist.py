@@ -13,7 +13,9 @@ runs its code on the file's state. For every name on the list (firkin._trust
   ``__repr__``. ``__reduce__`` rebuild functions are names on the list
   themselves and are audited as functions. A name whose object find_class
   replaces (``firkin._trust.REPLACEMENTS``) is audited through its
-  replacement for the load hooks, and as itself for the hooks after the load;
+  replacement for the load hooks (plus what the replacement's
+  ``_audit_entries()`` names: the real constructor it calls, ...), and as
+  itself for the hooks after the load;
 * for a function: its body;
 
 and follows the calls they make within the libraries (Python bytecode:
@@ -28,7 +30,8 @@ Each flag is a line ``sink <function> -> <sink>`` or ``compiled <package> <hook>
 (compiled code is flagged once per package and hook). tools/audit_reviewed.txt
 holds one line per flag with the reason why a file's state cannot reach the
 sink; tests/test_audit.py fails on a flag without a line and on a line that
-matches no flag (code that still exists here but no longer flags).
+matches no flag, here or in the flags tools/gen_allowlist.py recorded for the
+other supported environments (tools/allowlist/*.json).
 
     python tools/audit_allowlist.py            # flags, with the names reaching each
     python tools/audit_allowlist.py --unreviewed
@@ -262,6 +265,11 @@ class Auditor:
             self.flag(f, name)
 
     def audit_class(self, name: str, cls, stand_in=None) -> None:
+        # a stand-in names what else loading through it runs (the real class's
+        # constructor, its rebuild function), which its own code reaches only
+        # through variables the walker cannot resolve
+        for fn, owner in getattr(stand_in, "_audit_entries", lambda: ())():
+            self.entry(name, fn, owner, getattr(fn, "__name__", "?"))
         for hooks, klass in ((LOAD_HOOKS, stand_in or cls), (AFTER_HOOKS, cls)):
             for hook in hooks:
                 for k in klass.__mro__:
@@ -302,7 +310,14 @@ class Auditor:
 
 
 def run() -> tuple[dict[str, set[str]], list[str]]:
-    sys.path.insert(0, os.path.join(os.path.dirname(TOOLS), "python"))
+    """(flag -> allowlisted names reaching it, names this environment lacks)
+    for the list of the firkin this tree holds (when built in place for this
+    interpreter) or else the one on the path."""
+    import sysconfig
+
+    tree = os.path.join(os.path.dirname(TOOLS), "python")
+    if os.path.exists(os.path.join(tree, "firkin", "_core" + sysconfig.get_config_var("EXT_SUFFIX"))):
+        sys.path.insert(0, tree)
     import firkin  # noqa: F401 - registers the REPLACEMENTS
     from firkin import _trust
 
@@ -326,17 +341,18 @@ def read_reviewed(path: str = REVIEWED) -> dict[str, str]:
     return out
 
 
-def flag_code_exists(flag: str) -> bool:
-    """Does the code a flag names exist in this environment? (A line for
-    another library version's code is not stale here.)"""
-    kind, _, rest = flag.partition(" ")
-    if kind == "compiled":
-        try:
-            importlib.import_module(rest.split(" ")[0])
-            return True
-        except ImportError:
-            return False
-    return resolve(rest.split(" -> ")[0]) is not None
+def recorded_flags() -> set[str]:
+    """The flags tools/gen_allowlist.py recorded for every supported
+    environment (tools/allowlist/*.json): a review line for another library
+    version's code is not stale here."""
+    import glob
+    import json
+
+    out: set[str] = set()
+    for path in glob.glob(os.path.join(TOOLS, "allowlist", "*.json")):
+        with open(path, encoding="utf-8") as f:
+            out.update(json.load(f).get("flags", ()))
+    return out
 
 
 def main(argv=None) -> int:
