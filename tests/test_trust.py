@@ -78,6 +78,12 @@ REVIEWED_CALLABLES = {
     "pandas.core.indexes.timedeltas._new_TimedeltaIndex", "pandas.core.indexes.period._new_PeriodIndex",
     "pandas.core.arrays.categorical._unpickle_Categorical",
     "sklearn._loss._loss.__pyx_unpickle_CyHalfMultinomialLoss",
+    # scikit-learn 1.2 pickled every Cython loss through its generated unpickle helper
+    *(f"sklearn._loss._loss.__pyx_unpickle_Cy{n}" for n in (
+        "AbsoluteError", "HalfBinomialLoss", "HalfGammaLoss", "HalfPoissonLoss", "HalfSquaredError",
+        "HalfTweedieLoss", "HalfTweedieLossIdentity")),
+    "pandas._libs.tslibs.nattype.__nat_unpickle",  # pandas 2's spelling of _nat_unpickle
+    "pytz._p",  # pandas 2's pytz time zones: pytz.timezone(name) of a known zone name
     "sklearn.cluster._kmeans._kmeans_single_lloyd", "sklearn.cluster._kmeans._kmeans_single_elkan",
     "sklearn.metrics._dist_metrics.newObj", "sklearn.neighbors._kd_tree.newObj",
     "scipy.stats._discrete_distns.randint_gen._entropy",  # vectorize(self._entropy) of randint

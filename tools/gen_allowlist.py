@@ -16,8 +16,11 @@ to drop an environment from the list. Every name is then audited by
 tools/audit_allowlist.py (tests/test_audit.py): review what it flags.
 
 Modes:
-  (default)          collect here (+ each --python), then merge
+  (default)          collect here (+ each --python), merge, then record each
+                     environment's audit flags (tools/audit_allowlist.py) in
+                     its file
   --collect OUT      collect here only, write OUT (the per-interpreter step)
+  --audit OUT        audit flags here only, write OUT
   --merge-only       merge the existing tools/allowlist/*.json
 For --python, firkin is built for that interpreter as a wheel in a scratch
 folder (`pip wheel`, which fetches the build requirements).
@@ -107,25 +110,51 @@ def write_env(data: dict, path: str | None = None) -> str:
     return path
 
 
-def collect_with(python: str) -> str:
-    """Runs --collect under another interpreter, with firkin built for it in a
-    scratch folder; returns the environment file it wrote."""
-    scratch = tempfile.mkdtemp(prefix="firkin-gen-")
-    try:
-        # an isolated build (numpy >= 2 headers, which also serve numpy 1.x at run time)
-        wheels, site = os.path.join(scratch, "wheels"), os.path.join(scratch, "site")
-        subprocess.run([python, "-m", "pip", "wheel", "-q", "--no-deps", "-w", wheels, ROOT],
-                       check=True)
-        (whl,) = glob.glob(os.path.join(wheels, "firkin-*.whl"))
-        subprocess.run([python, "-m", "zipfile", "-e", whl, site], check=True)
-        out = os.path.join(scratch, "names.json")
-        env = dict(os.environ, PYTHONPATH=site)
-        subprocess.run([python, os.path.join(TOOLS, "gen_allowlist.py"), "--collect", out],
-                       env=env, check=True)
-        with open(out, encoding="utf-8") as f:
-            return write_env(json.load(f))
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+class Interpreter:
+    """Where a per-environment step runs: this interpreter (the tree's own
+    python/ on its path), or another one with firkin built for it as a wheel
+    in a scratch folder (`pip wheel`: numpy >= 2 headers, which also serve
+    numpy 1.x at run time)."""
+
+    def __init__(self, python: str | None = None):
+        self.python = python or sys.executable
+        self.scratch = self.site = None
+        if python is not None:
+            self.scratch = tempfile.mkdtemp(prefix="firkin-gen-")
+            wheels, self.site = os.path.join(self.scratch, "wheels"), os.path.join(self.scratch, "site")
+            subprocess.run([python, "-m", "pip", "wheel", "-q", "--no-deps", "-w", wheels, ROOT],
+                           check=True)
+            (whl,) = glob.glob(os.path.join(wheels, "firkin-*.whl"))
+            subprocess.run([python, "-m", "zipfile", "-e", whl, self.site], check=True)
+
+    def run(self, *args: str) -> dict:
+        """gen_allowlist.py *args OUT under this interpreter; returns OUT's JSON."""
+        if self.site is not None:  # the tree's Python code and the list as merged so far
+            for py in glob.glob(os.path.join(ROOT, "python", "firkin", "*.py")):
+                shutil.copy(py, os.path.join(self.site, "firkin"))
+        path = self.site or os.path.join(ROOT, "python")
+        fd, out = tempfile.mkstemp(suffix=".json")
+        os.close(fd)
+        try:
+            subprocess.run([self.python, os.path.join(TOOLS, "gen_allowlist.py"), *args, out],
+                           env=dict(os.environ, PYTHONPATH=path), check=True)
+            with open(out, encoding="utf-8") as f:
+                return json.load(f)
+        finally:
+            os.unlink(out)
+
+    def close(self) -> None:
+        if self.scratch:
+            shutil.rmtree(self.scratch, ignore_errors=True)
+
+
+def audit_flags() -> dict:
+    """The audit's flags for this environment's libraries and the merged list."""
+    sys.path.insert(0, TOOLS)
+    import audit_allowlist
+
+    flags, absent = audit_allowlist.run()
+    return {"environment": environment(), "flags": sorted(flags), "absent": len(absent)}
 
 
 def merge() -> None:
@@ -186,16 +215,34 @@ def main(argv=None) -> None:
     ap.add_argument("--python", action="append", default=[], metavar="PY",
                     help="also collect under this interpreter (repeatable)")
     ap.add_argument("--collect", metavar="OUT", help="collect here only and write OUT")
+    ap.add_argument("--audit", metavar="OUT", help="audit flags here only, write OUT")
     ap.add_argument("--merge-only", action="store_true", help="merge tools/allowlist/*.json only")
     args = ap.parse_args(argv)
     if args.collect:
         write_env(collect(), args.collect)
         return
-    if not args.merge_only:
-        write_env(collect())
-        for py in args.python:
-            collect_with(py)
-    merge()
+    if args.audit:
+        with open(args.audit, "w", encoding="utf-8") as f:
+            json.dump(audit_flags(), f)
+        return
+    if args.merge_only:
+        merge()
+        return
+    interps = [Interpreter()] + [Interpreter(py) for py in args.python]
+    try:
+        files = [write_env(i.run("--collect")) for i in interps]
+        merge()
+        # each environment's audit flags of the merged list, kept beside its
+        # names: tests/test_audit.py reads them to tell a stale review line
+        for i, path in zip(interps, files):
+            flags = i.run("--audit")
+            with open(path, encoding="utf-8") as f:
+                data = json.load(f)
+            data["flags"] = flags["flags"]
+            write_env(data, path)
+    finally:
+        for i in interps:
+            i.close()
 
 
 if __name__ == "__main__":

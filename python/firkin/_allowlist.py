@@ -1,13 +1,27 @@
-"""The generated part of firkin's allowlist (placeholder until regenerated)."""
+"""The generated part of firkin's allowlist. Do not edit: regenerate with
 
-ENVIRONMENTS: tuple[str, ...] = ("Python 3.11.7, numpy 2.4.6, pandas 3.1.1, scikit-learn 1.9.1, scipy 1.17.1",)
+    python tools/gen_allowlist.py
 
+(tools/gen_allowlist.py; its docstring says how). The names every object of
+tools/allowlist_corpus.py needs when pickled, merged over the environments
+below; the hand-written part and the policy are in _trust.py. Every name here
+is audited by tools/audit_allowlist.py (tests/test_audit.py).
+"""
+
+#: the environments whose names are merged here (tools/allowlist/*.json)
+ENVIRONMENTS: tuple[str, ...] = (
+    "Python 3.10.13, numpy 1.26.4, pandas 2.0.3, scikit-learn 1.2.2, scipy 1.10.1",
+    "Python 3.11.7, numpy 2.4.6, pandas 3.1.1, scikit-learn 1.9.1, scipy 1.17.1",
+    "Python 3.13.0, numpy 2.5.5, pandas 3.1.1, scikit-learn 1.9.1, scipy 1.18.1",
+)
+
+#: module -> qualnames, as find_class sees them
 GENERATED: dict[str, tuple[str, ...]] = {
     "dateutil.relativedelta": (
         "relativedelta",
     ),
     "numpy": (
-        "mean", "vectorize",
+        "chararray", "mean", "vectorize",
     ),
     "pandas": (
         "BooleanDtype", "Categorical", "CategoricalDtype", "CategoricalIndex", "DataFrame",
@@ -23,22 +37,28 @@ GENERATED: dict[str, tuple[str, ...]] = {
         "_unpickle_block",
     ),
     "pandas._libs.interval": (
-        "__pyx_unpickle_IntervalMixin",
+        "Interval", "__pyx_unpickle_IntervalMixin",
+    ),
+    "pandas._libs.missing": (
+        "NA",
     ),
     "pandas._libs.sparse": (
         "IntIndex",
     ),
     "pandas._libs.tslibs.nattype": (
-        "_nat_unpickle",
+        "__nat_unpickle", "_nat_unpickle",
     ),
     "pandas._libs.tslibs.offsets": (
         "BHalfYearBegin", "BHalfYearEnd", "BQuarterBegin", "BQuarterEnd", "BYearBegin", "BYearEnd",
         "BaseOffset", "BusinessDay", "BusinessHour", "BusinessMonthBegin", "BusinessMonthEnd",
         "CustomBusinessDay", "CustomBusinessHour", "CustomBusinessMonthBegin",
-        "CustomBusinessMonthEnd", "Day", "Easter", "FY5253", "FY5253Quarter", "HalfYearBegin",
-        "HalfYearEnd", "Hour", "LastWeekOfMonth", "Micro", "Milli", "Minute", "MonthBegin",
-        "MonthEnd", "Nano", "QuarterBegin", "QuarterEnd", "Second", "SemiMonthBegin",
+        "CustomBusinessMonthEnd", "DateOffset", "Day", "Easter", "FY5253", "FY5253Quarter",
+        "HalfYearBegin", "HalfYearEnd", "Hour", "LastWeekOfMonth", "Micro", "Milli", "Minute",
+        "MonthBegin", "MonthEnd", "Nano", "QuarterBegin", "QuarterEnd", "Second", "SemiMonthBegin",
         "SemiMonthEnd", "Tick", "Week", "WeekOfMonth", "YearBegin", "YearEnd",
+    ),
+    "pandas._libs.tslibs.period": (
+        "Period",
     ),
     "pandas._libs.tslibs.timedeltas": (
         "_timedelta_unpickle",
@@ -50,29 +70,90 @@ GENERATED: dict[str, tuple[str, ...]] = {
         "BooleanArray", "DatetimeArray", "FloatingArray", "IntegerArray", "IntervalArray",
         "NumpyExtensionArray", "PeriodArray", "SparseArray", "StringArray", "TimedeltaArray",
     ),
+    "pandas.core.arrays.boolean": (
+        "BooleanArray", "BooleanDtype",
+    ),
+    "pandas.core.arrays.categorical": (
+        "Categorical",
+    ),
+    "pandas.core.arrays.datetimes": (
+        "DatetimeArray",
+    ),
+    "pandas.core.arrays.floating": (
+        "Float32Dtype", "Float64Dtype", "FloatingArray",
+    ),
+    "pandas.core.arrays.integer": (
+        "Int64Dtype", "IntegerArray", "UInt8Dtype",
+    ),
+    "pandas.core.arrays.interval": (
+        "IntervalArray",
+    ),
+    "pandas.core.arrays.numpy_": (
+        "PandasArray",
+    ),
+    "pandas.core.arrays.period": (
+        "PeriodArray",
+    ),
+    "pandas.core.arrays.sparse.array": (
+        "SparseArray",
+    ),
+    "pandas.core.arrays.sparse.dtype": (
+        "SparseDtype",
+    ),
+    "pandas.core.arrays.string_": (
+        "StringArray", "StringDtype",
+    ),
+    "pandas.core.arrays.timedeltas": (
+        "TimedeltaArray",
+    ),
     "pandas.core.dtypes.dtypes": (
-        "NumpyEADtype",
+        "CategoricalDtype", "DatetimeTZDtype", "IntervalDtype", "NumpyEADtype", "PandasDtype",
+        "PeriodDtype",
+    ),
+    "pandas.core.frame": (
+        "DataFrame",
     ),
     "pandas.core.indexes.base": (
-        "_new_Index",
+        "Index", "_new_Index",
+    ),
+    "pandas.core.indexes.category": (
+        "CategoricalIndex",
     ),
     "pandas.core.indexes.datetimes": (
-        "_new_DatetimeIndex",
+        "DatetimeIndex", "_new_DatetimeIndex",
     ),
     "pandas.core.indexes.interval": (
-        "_new_IntervalIndex",
+        "IntervalIndex", "_new_IntervalIndex",
+    ),
+    "pandas.core.indexes.multi": (
+        "MultiIndex",
+    ),
+    "pandas.core.indexes.period": (
+        "PeriodIndex",
+    ),
+    "pandas.core.indexes.range": (
+        "RangeIndex",
     ),
     "pandas.core.indexes.timedeltas": (
-        "_new_TimedeltaIndex",
+        "TimedeltaIndex", "_new_TimedeltaIndex",
     ),
     "pandas.core.internals.managers": (
         "BlockManager", "SingleBlockManager",
+    ),
+    "pandas.core.series": (
+        "Series",
+    ),
+    "pytz": (
+        "_p",
     ),
     "scipy._lib.array_api_compat.numpy._aliases": (
         "asarray",
     ),
     "scipy.interpolate._bsplines": (
-        "BSpline",
+        "BSpline", "_BSpline",
+    ),
+    "scipy.sparse._arrays": (
+        "bsr_array", "coo_array", "csc_array", "csr_array", "dia_array", "dok_array", "lil_array",
     ),
     "scipy.sparse._bsr": (
         "bsr_array", "bsr_matrix",
@@ -108,7 +189,10 @@ GENERATED: dict[str, tuple[str, ...]] = {
         "CyAbsoluteError", "CyExponentialLoss", "CyHalfBinomialLoss", "CyHalfGammaLoss",
         "CyHalfMultinomialLoss", "CyHalfPoissonLoss", "CyHalfSquaredError", "CyHalfTweedieLoss",
         "CyHalfTweedieLossIdentity", "CyHuberLoss", "CyPinballLoss",
-        "__pyx_unpickle_CyHalfMultinomialLoss",
+        "__pyx_unpickle_CyAbsoluteError", "__pyx_unpickle_CyHalfBinomialLoss",
+        "__pyx_unpickle_CyHalfGammaLoss", "__pyx_unpickle_CyHalfMultinomialLoss",
+        "__pyx_unpickle_CyHalfPoissonLoss", "__pyx_unpickle_CyHalfSquaredError",
+        "__pyx_unpickle_CyHalfTweedieLoss", "__pyx_unpickle_CyHalfTweedieLossIdentity",
     ),
     "sklearn._loss.link": (
         "HalfLogitLink", "IdentityLink", "Interval", "LogLink", "LogitLink", "MultinomialLogit",
@@ -224,6 +308,10 @@ GENERATED: dict[str, tuple[str, ...]] = {
     ),
     "sklearn.ensemble._gb": (
         "GradientBoostingClassifier", "GradientBoostingRegressor",
+    ),
+    "sklearn.ensemble._gb_losses": (
+        "BinomialDeviance", "ExponentialLoss", "HuberLossFunction", "LeastAbsoluteError",
+        "LeastSquaresError", "MultinomialDeviance", "QuantileLossFunction",
     ),
     "sklearn.ensemble._hist_gradient_boosting.binning": (
         "_BinMapper",
@@ -341,8 +429,8 @@ GENERATED: dict[str, tuple[str, ...]] = {
         "Ridge", "RidgeCV", "RidgeClassifier", "RidgeClassifierCV",
     ),
     "sklearn.linear_model._sgd_fast": (
-        "EpsilonInsensitive", "Hinge", "ModifiedHuber", "SquaredEpsilonInsensitive",
-        "SquaredHinge",
+        "EpsilonInsensitive", "Hinge", "Huber", "Log", "ModifiedHuber",
+        "SquaredEpsilonInsensitive", "SquaredHinge", "SquaredLoss",
     ),
     "sklearn.linear_model._stochastic_gradient": (
         "SGDClassifier", "SGDOneClassSVM", "SGDRegressor",
@@ -374,9 +462,13 @@ GENERATED: dict[str, tuple[str, ...]] = {
         "precision_score", "recall_score",
     ),
     "sklearn.metrics._dist_metrics": (
-        "BrayCurtisDistance64", "CanberraDistance64", "ChebyshevDistance64", "DiceDistance64",
-        "EuclideanDistance64", "HammingDistance64", "JaccardDistance64", "ManhattanDistance64",
-        "RogersTanimotoDistance64", "RussellRaoDistance64", "SokalMichenerDistance64",
+        "BrayCurtisDistance", "BrayCurtisDistance64", "CanberraDistance", "CanberraDistance64",
+        "ChebyshevDistance", "ChebyshevDistance64", "DiceDistance", "DiceDistance64",
+        "EuclideanDistance", "EuclideanDistance64", "HammingDistance", "HammingDistance64",
+        "JaccardDistance", "JaccardDistance64", "KulsinskiDistance", "ManhattanDistance",
+        "ManhattanDistance64", "MatchingDistance", "RogersTanimotoDistance",
+        "RogersTanimotoDistance64", "RussellRaoDistance", "RussellRaoDistance64",
+        "SokalMichenerDistance", "SokalMichenerDistance64", "SokalSneathDistance",
         "SokalSneathDistance64", "newObj",
     ),
     "sklearn.metrics._ranking": (
@@ -389,8 +481,8 @@ GENERATED: dict[str, tuple[str, ...]] = {
         "root_mean_squared_error", "root_mean_squared_log_error",
     ),
     "sklearn.metrics._scorer": (
-        "_CurveScorer", "_PassthroughScorer", "_Scorer", "negative_likelihood_ratio",
-        "positive_likelihood_ratio",
+        "_CurveScorer", "_PassthroughScorer", "_PredictScorer", "_ProbaScorer", "_Scorer",
+        "_ThresholdScorer", "negative_likelihood_ratio", "positive_likelihood_ratio",
     ),
     "sklearn.metrics.cluster._supervised": (
         "adjusted_mutual_info_score", "adjusted_rand_score", "completeness_score",
