@@ -128,7 +128,8 @@ def _dist_payload(sentinel, silent, frozen=False):
         items += (_u("_ctor_param") + ctor + _u("numargs") + b"K\x00" + _u("moment_type")
                   + b"K\x01" + _u("a") + _f(-np.inf) + _u("b") + _f(np.inf) + _u("xtol")
                   + _f(1e-14) + _u("badvalue") + _f(np.nan) + _u("name") + _u("norm")
-                  + _u("shapes") + b"N" + _u("_stats_has_moments") + b"\x88" + _u("_random_state") + b"N")
+                  + _u("shapes") + b"N" + _u("_stats_has_moments") + b"\x88" + _u("_random_state") + b"N"
+                  + _u("extradoc") + b"N")  # scipy < 1.11 keeps extradoc
     dist = _sg(*NORM) + b")\x81" + b"}(" + items + b"ub"
     if not frozen:
         return P4 + dist + b"."

@@ -51,6 +51,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
 from allowlist_corpus import (FORBIDDEN_MODULES, FORBIDDEN_NAMES, NAME_PROTOCOLS,  # noqa: E402
                               _same, _same_estimator, _single_threaded, corpus_names, data_corpus,
                               scan_names, sklearn_corpus, sklearn_extras)
+from audit_allowlist import resolve  # noqa: E402
 
 # library deprecation notices about the corpus' own objects (numpy.core, BDay periods, ...)
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning",
@@ -160,38 +161,12 @@ def test_no_gadgets_on_the_list():
     assert not any(re.match(r"numpy\.ndarray\.", n) for n in ALLOWED)
 
 
-def _resolve(name):
-    """The object a trusted name stands for here, or _ABSENT when this
-    environment's libraries do not have it (the list is the union over every
-    supported version: pandas 2 and 3, scikit-learn 1.2 to today, ...)."""
-    parts = name.split(".")
-    # longest importable module prefix, then attributes (as find_class with dotted names)
-    for i in range(len(parts) - 1, 0, -1):
-        modname = ".".join(parts[:i])
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                obj = __import__(modname, fromlist=["_"])
-        except ImportError:
-            continue
-        try:
-            for p in parts[i:]:
-                obj = getattr(obj, p)
-            return obj
-        except AttributeError:
-            continue
-    return _ABSENT
-
-
-_ABSENT = object()
-
-
 def test_every_name_is_a_benign_class_or_reviewed_callable():
     resolved = 0
     for name in sorted(ALLOWED):
-        obj = _resolve(name)
-        if obj is _ABSENT:  # another supported version's name
-            continue
+        obj = resolve(name)
+        if obj is None:  # another supported version's name (the list is the union over
+            continue     # pandas 2 and 3, scikit-learn 1.2 to today, ...)
         resolved += 1
         assert not isinstance(obj, types.ModuleType), name
         if isinstance(obj, type):

@@ -194,14 +194,28 @@ def _variations(instances):
 
 
 def _special_instances():
-    """Internal types the generic corpus reaches only by chance."""
+    """Internal types the generic corpus reaches only by chance, and fitted
+    searches as users save them (scikit-learn < 1.6 has no test instances of
+    the searches: without these their fitted names would be missed there)."""
+    import scipy.stats as ss
     from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import GridSearchCV, RandomizedSearchCV
     from sklearn.multiclass import OneVsRestClassifier
 
     X = np.random.RandomState(1).rand(30, 3)
     Y = np.c_[np.arange(30) % 2, np.zeros(30, int), np.arange(30) % 3 == 0]  # a constant label
+    yb = np.arange(30) % 2
+    dists = {"C": ss.loguniform(1e-3, 10), "tol": ss.uniform(1e-5, 1e-3),
+             "max_iter": ss.randint(50, 200)}
     return [("sklearn:OneVsRestClassifier(constant label)",
-             OneVsRestClassifier(LogisticRegression()), (X, Y))]
+             OneVsRestClassifier(LogisticRegression()), (X, Y)),
+            ("sklearn:RandomizedSearchCV(scipy.stats distributions)",
+             RandomizedSearchCV(LogisticRegression(), dists, n_iter=3, cv=2, random_state=0), (X, yb)),
+            ("sklearn:RandomizedSearchCV(scoring='accuracy')",
+             RandomizedSearchCV(LogisticRegression(), dists, n_iter=2, cv=2, random_state=0,
+                                scoring="accuracy"), (X, yb)),
+            ("sklearn:GridSearchCV", GridSearchCV(LogisticRegression(), {"C": [0.1, 1.0]}, cv=2),
+             (X, yb))]
 
 
 def sklearn_corpus():

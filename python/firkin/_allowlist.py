@@ -482,7 +482,8 @@ GENERATED: dict[str, tuple[str, ...]] = {
     ),
     "sklearn.metrics._scorer": (
         "_CurveScorer", "_PassthroughScorer", "_PredictScorer", "_ProbaScorer", "_Scorer",
-        "_ThresholdScorer", "negative_likelihood_ratio", "positive_likelihood_ratio",
+        "_ThresholdScorer", "_passthrough_scorer", "negative_likelihood_ratio",
+        "positive_likelihood_ratio",
     ),
     "sklearn.metrics.cluster._supervised": (
         "adjusted_mutual_info_score", "adjusted_rand_score", "completeness_score",

@@ -140,6 +140,8 @@ class _OneBuild:
         self.rebuild(obj, self.cls, state, self.name)
 
     def release(self):
+        if self.obj is None:
+            return
         d = self.obj.__dict__
         if d.get("__setstate__") is self:
             del d["__setstate__"]
