@@ -20,8 +20,23 @@ scikit-learn objects need to come back, and nothing else:
 
       python tools/gen_allowlist.py --python PY310 --python PY313
 
-  (tests/test_trust.py fails when an installed version needs a name the
+  (PY310/PY313: the other supported environments' interpreters; without
+  them only this interpreter's names are refreshed and the others' files
+  are merged as they are. tests/test_trust.py fails when an installed version needs a name the
   list lacks; the generator refuses to put a known gadget on it).
+* Every name is audited: ``tools/audit_allowlist.py`` reads what
+  unpickling a name can run (a class's ``__new__``/``__init__``/
+  ``__setstate__``/``__setitem__``/``append``/``extend``/..., then
+  ``__del__``/``__hash__``/``__eq__``/``__repr__``; a function's body),
+  follows calls into the libraries and flags sinks (exec, imports, computed
+  getattr, file and process access, nested unpicklers) and compiled code it
+  cannot read. ``tools/audit_reviewed.txt`` holds one reviewed line per
+  flag: why a file's state cannot reach that sink, or what is and is not
+  known about that compiled code. tests/test_audit.py fails on a flag
+  without a line and on a stale line, so a library upgrade re-audits.
+* ``REPLACEMENTS`` (below): for a trusted name whose own rebuild is unsafe,
+  find_class hands out a guarded stand-in; the scipy.stats distributions'
+  stand-ins (``_scipy_stats``) rebuild them through their public constructor.
 
 Two lines of defence use the same policy: ``check_stream`` scans the stream
 statically (``firkin._core.scan_pickle``) before anything runs, and
