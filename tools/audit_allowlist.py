@@ -7,8 +7,8 @@ runs its code on the file's state. For every name on the list (firkin._trust
 
 * for a class: what unpickling calls on it - ``__new__``/``__init__`` (when
   it is called), ``__setstate__`` (BUILD), ``__setitem__``/``append``/
-  ``extend`` (SETITEMS/APPENDS), ``__setattr__``/``__getattr__`` (BUILD's
-  slot state and attribute lookups), ``__set_name__``/``__init_subclass__`` -
+  ``extend`` (SETITEMS/APPENDS), ``__setattr__``/``__getattr__``/
+  ``__getattribute__`` (BUILD's slot state and its lookup of __setstate__), ``__set_name__``/``__init_subclass__`` -
   and what runs right after - ``__del__``, ``__hash__``, ``__eq__``,
   ``__repr__``. ``__reduce__`` rebuild functions are names on the list
   themselves and are audited as functions. A name whose object find_class
@@ -53,7 +53,7 @@ REVIEWED = os.path.join(TOOLS, "audit_reviewed.txt")
 DEPTH = 3
 
 LOAD_HOOKS = ("__new__", "__init__", "__setstate__", "__setitem__", "append", "extend",
-              "__setattr__", "__getattr__", "__set_name__", "__init_subclass__")
+              "__setattr__", "__getattr__", "__getattribute__", "__set_name__", "__init_subclass__")
 AFTER_HOOKS = ("__del__", "__hash__", "__eq__", "__repr__")
 #: packages whose Python code the audit follows
 FOLLOW = ("numpy", "scipy", "pandas", "sklearn", "firkin", "pytz", "dateutil", "joblib",

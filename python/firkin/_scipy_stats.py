@@ -37,8 +37,6 @@ import weakref
 from . import _trust
 from ._core import UntrustedTypesError
 
-_MODULES = ("scipy.stats._continuous_distns", "scipy.stats._discrete_distns",
-            "scipy.stats._distn_infrastructure")
 _GENERIC = ("rv_continuous", "rv_discrete", "rv_histogram", "rv_sample")
 _FROZEN = {"rv_frozen": "rv_generic", "rv_continuous_frozen": "rv_continuous",
            "rv_discrete_frozen": "rv_discrete"}
@@ -201,9 +199,12 @@ def _rebuild_type(module: str, qualname: str, rebuild) -> type:
 
 def register() -> None:
     """Puts a rebuild into _trust.REPLACEMENTS for every scipy.stats
-    distribution class and frozen distribution on the allowlist."""
-    for module in _MODULES:
-        for qualname in _trust._BY_MODULE.get(module, ()):
+    distribution class (``*_gen``, rv_continuous, ...) and frozen
+    distribution on the allowlist, whichever scipy.stats module holds it."""
+    for module, qualnames in _trust._BY_MODULE.items():
+        if module != "scipy.stats" and not module.startswith("scipy.stats."):
+            continue
+        for qualname in qualnames:
             if qualname in _FROZEN:
                 rebuild = _rebuild_frozen
             elif "." not in qualname and (qualname.endswith("_gen") or qualname in _GENERIC):
