@@ -18,7 +18,8 @@ import firkin
 from firkin import _core, _scipy_stats, _trust
 
 from test_corpus_containers import _containers
-from test_trust import P4, _sg, _u
+from test_joblib_compat import _zfile
+from test_trust import KEY_A, KEY_B, P4, _sg, _u
 
 U = _trust.make_unpickler(pickle.Unpickler)
 NORM = ("scipy.stats._continuous_distns", "norm_gen")
@@ -61,6 +62,7 @@ def test_distributions_come_back_identical(proto):
 
 
 def test_randomized_search_with_distributions(tmp_path):
+    import joblib
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import RandomizedSearchCV
 
@@ -70,20 +72,29 @@ def test_randomized_search_with_distributions(tmp_path):
         LogisticRegression(), {"C": ss.loguniform(1e-3, 10), "tol": ss.uniform(1e-5, 1e-3),
                                "max_iter": ss.randint(50, 200)}, n_iter=3, cv=2, random_state=0)
     search.fit(X, y)
-    firkin.set_key("author's key")
+    firkin.set_key(KEY_A)
     try:
         path = tmp_path / "search.firkin"
         firkin.dump(search, path)
-        (tmp_path / "search.pkl").write_bytes(pickle.dumps(search, 5))
-        firkin.set_key("reader's key")  # no signature trust: the allowlist alone
-        for p in (path, tmp_path / "search.pkl"):
+        plain = pickle.dumps(search, 5)
+        (tmp_path / "search.pkl").write_bytes(plain)
+        joblib.dump(search, tmp_path / "search.joblib")
+        joblib.dump(search, tmp_path / "search.joblib.z", compress=3)
+        firkin.set_key(KEY_B)  # no signature trust: the allowlist alone
+        assert firkin.verify(path).signature == "other key"
+        for p in (path, tmp_path / "search.pkl", tmp_path / "search.joblib",
+                  tmp_path / "search.joblib.z"):
             loaded = firkin.load(p)
             dists = loaded.param_distributions
+            ref = pickle.loads(plain).param_distributions  # what plain pickle gives
             for k, d in search.param_distributions.items():
                 assert type(dists[k]) is type(d) and type(dists[k].dist) is type(d.dist)
                 assert (dists[k].args, dists[k].kwds) == (d.args, d.kwds)
                 np.testing.assert_array_equal(dists[k].rvs(size=5, random_state=1),
                                               d.rvs(size=5, random_state=1))
+                # the saved random state (the distributions share it): the same
+                # unseeded draws, in the same order, as plain pickle's copy
+                np.testing.assert_array_equal(dists[k].rvs(size=5), ref[k].rvs(size=5))
             np.testing.assert_array_equal(loaded.predict_proba(X), search.predict_proba(X))
             # refitting draws the same candidates
             loaded.fit(X, y)
@@ -161,7 +172,8 @@ def test_crafted_state_runs_nothing_in_any_container(tmp_path, silent, frozen):
     sentinel = tmp_path / "sentinel"
     data = _dist_payload(sentinel, silent, frozen)
     assert _trust.untrusted_types(data) == []  # only allowlisted names: the scan cannot tell
-    for kind, blob in _containers(data).items():
+    blobs = dict(_containers(data), **{"joblib-pre0.10-zfile": _zfile(data)})
+    for kind, blob in blobs.items():
         path = tmp_path / f"evil.{kind}"
         path.write_bytes(blob)
         if silent:  # neutralised: a norm made by the constructor, the template ignored
