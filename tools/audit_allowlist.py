@@ -39,12 +39,14 @@ other supported environments (tools/allowlist/*.json).
 from __future__ import annotations
 
 import argparse
+import ast
 import builtins
 import dis
 import importlib
 import inspect
 import os
 import sys
+import textwrap
 import types
 import warnings
 
@@ -146,8 +148,23 @@ def _codes(code):
             yield from _codes(c)
 
 
-SIMPLE_LOADS = {"LOAD_FAST", "LOAD_DEREF", "LOAD_GLOBAL", "LOAD_NAME", "LOAD_CONST",
-                "LOAD_FAST_CHECK", "LOAD_FAST_LOAD_FAST", "LOAD_FAST_BORROW"}
+def _name_calls(fn) -> tuple[set[str], set[str]] | None:
+    """(builtins of NAME_BUILTINS called with a name that is not a str
+    constant, those called at all) in fn's source, or None without source.
+    Read from the AST: the bytecode of an argument does not say where it ends."""
+    try:  # the source of this very code (not of what functools.wraps names)
+        tree = ast.parse(textwrap.dedent(inspect.getsource(fn.__code__)))
+    except (OSError, TypeError, SyntaxError, IndentationError):
+        return None
+    computed, called = set(), set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and \
+                node.func.id in NAME_BUILTINS:
+            called.add(node.func.id)
+            name = node.args[1] if len(node.args) > 1 else None
+            if not (isinstance(name, ast.Constant) and isinstance(name.value, str)):
+                computed.add(node.func.id)
+    return computed, called
 
 
 def _compiled(module: str | None, what: str) -> str:
@@ -180,10 +197,8 @@ class Auditor:
                 if label is None:
                     continue
                 if label in NAME_BUILTINS:
-                    nxt = ins[i + 1:i + 4]
-                    const = (len(nxt) >= 2 and nxt[0].opname in SIMPLE_LOADS
-                             and nxt[1].opname == "LOAD_CONST" and isinstance(nxt[1].argval, str))
-                    if not const:
+                    calls = _name_calls(fn)  # an alias or no source counts as computed
+                    if calls is None or label in calls[0] or label not in calls[1]:
                         found.add(f"sink {where} -> builtins.{label} with a computed name")
                     continue
                 sink = _sink_name(obj)

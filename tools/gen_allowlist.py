@@ -22,8 +22,10 @@ Modes:
   --collect OUT      collect here only, write OUT (the per-interpreter step)
   --audit OUT        audit flags here only, write OUT
   --merge-only       merge the existing tools/allowlist/*.json
-For --python, firkin is built for that interpreter as a wheel in a scratch
-folder (`pip wheel`, which fetches the build requirements).
+This interpreter runs the tree's python/ (build the extension in place first:
+`python setup.py build_ext --inplace`); for --python, firkin is built for that
+interpreter as a wheel in a scratch folder (`pip wheel`, which fetches the
+build requirements) and runs with the tree's current Python files.
 """
 from __future__ import annotations
 
