@@ -130,6 +130,17 @@ def test_allowlist_covers_corpus(sk_corpus, extras_corpus, data_objs):
         "`python tools/gen_allowlist.py`:\n" + pprint.pformat(missing))
 
 
+def test_the_list_is_the_merge_of_the_environment_files():
+    # python/firkin/_allowlist.py is exactly what tools/gen_allowlist.py makes
+    # of tools/allowlist/*.json: nobody edited it by hand or forgot to merge
+    import gen_allowlist
+
+    text, names, _, files = gen_allowlist.render()
+    with open(gen_allowlist.TARGET, encoding="utf-8") as f:
+        assert f.read() == text, "run `python tools/gen_allowlist.py --merge-only`"
+    assert files >= 3 and names >= 500
+
+
 def test_corpus_is_broad(sk_corpus):
     # the corpus really exercises fitted models, not just constructors
     fitted = sum(1 for _, _, args in sk_corpus if args is not None)

@@ -160,7 +160,18 @@ def audit_flags() -> dict:
 
 
 def merge() -> None:
-    sys.path.insert(0, os.path.join(ROOT, "python"))
+    """Writes python/firkin/_allowlist.py from tools/allowlist/*.json."""
+    text, names, modules, files = render()
+    with open(TARGET, "w", encoding="utf-8") as f:
+        f.write(text)
+    print(f"{TARGET}: {names} generated names in {modules} modules, from {files} environments")
+
+
+def render() -> tuple[str, int, int, int]:
+    """(the text of _allowlist.py merged from tools/allowlist/*.json, names,
+    modules, environment files)"""
+    if "firkin" not in sys.modules:
+        sys.path.insert(0, os.path.join(ROOT, "python"))
     from firkin import _trust
 
     files = sorted(glob.glob(os.path.join(ENV_DIR, "*.json")))
@@ -206,10 +217,7 @@ def merge() -> None:
         lines.append(row)
         lines.append("    ),")
     lines.append("}")
-    with open(TARGET, "w", encoding="utf-8") as f:
-        f.write("\n".join(lines) + "\n")
-    print(f"{TARGET}: {sum(map(len, gen.values()))} generated names in {len(gen)} modules, "
-          f"from {len(files)} environments")
+    return "\n".join(lines) + "\n", sum(map(len, gen.values())), len(gen), len(files)
 
 
 def main(argv=None) -> None:
