@@ -22,6 +22,7 @@ from ._api import (
     loads,
 )
 
+from . import _scipy_stats  # noqa: F401,E402 - registers the scipy.stats rebuilds
 from ._inspect import info, verify  # noqa: E402
 from ._sign import set_key  # noqa: E402
 

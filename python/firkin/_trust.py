@@ -8,16 +8,35 @@ scikit-learn objects need to come back, and nothing else:
   sees them after the Python 2 name mapping. A dotted qualname (a nested
   class, a classmethod reached through ``getattr``) or a dunder name matches
   only itself; nothing passes by prefix.
-* The standard-library and NumPy part is written by hand below. The
-  scikit-learn / pandas / SciPy part is generated: tests/test_trust.py fits
-  and pickles every estimator scikit-learn can construct, every pandas dtype
-  and index, every scipy.sparse format, scans the streams and collects the
-  names. Regenerate it after upgrading those libraries with::
+* The standard-library and NumPy part is written by hand below (``_CORE``).
+  The scikit-learn / pandas / SciPy part is generated into ``_allowlist.py``
+  by ``tools/gen_allowlist.py``: it fits and pickles every estimator
+  scikit-learn can construct, every pandas dtype and index, every
+  scipy.sparse format (the corpus in ``tools/allowlist_corpus.py``), scans
+  the streams and keeps the names, per supported environment
+  (``tools/allowlist/*.json``: Python 3.10 with the oldest libraries, 3.13
+  with the newest, the development one); the list is their union. After a
+  library release, regenerate it with one command::
 
-      python tests/test_trust.py --regenerate
+      python tools/gen_allowlist.py --python PY310 --python PY313
 
-  (the same test fails when an installed version needs a name the list
-  lacks, and refuses to generate a known gadget into the list).
+  (PY310/PY313: the other supported environments' interpreters; without
+  them only this interpreter's names are refreshed and the others' files
+  are merged as they are. tests/test_trust.py fails when an installed version needs a name the
+  list lacks; the generator refuses to put a known gadget on it).
+* Every name is audited: ``tools/audit_allowlist.py`` reads what
+  unpickling a name can run (a class's ``__new__``/``__init__``/
+  ``__setstate__``/``__setitem__``/``append``/``extend``/..., then
+  ``__del__``/``__hash__``/``__eq__``/``__repr__``; a function's body),
+  follows calls into the libraries and flags sinks (exec, imports, computed
+  getattr, file and process access, nested unpicklers) and compiled code it
+  cannot read. ``tools/audit_reviewed.txt`` holds one reviewed line per
+  flag: why a file's state cannot reach that sink, or what is and is not
+  known about that compiled code. tests/test_audit.py fails on a flag
+  without a line and on a stale line, so a library upgrade re-audits.
+* ``REPLACEMENTS`` (below): for a trusted name whose own rebuild is unsafe,
+  find_class hands out a guarded stand-in; the scipy.stats distributions'
+  stand-ins (``_scipy_stats``) rebuild them through their public constructor.
 
 Two lines of defence use the same policy: ``check_stream`` scans the stream
 statically (``firkin._core.scan_pickle``) before anything runs, and
@@ -30,10 +49,11 @@ import _compat_pickle
 import json
 import pickle
 import sys
+import threading
 from functools import lru_cache
 from typing import Iterable
 
-from . import _core
+from . import _allowlist, _core
 from ._core import FormatError, UntrustedTypesError
 from ._text import printable
 
@@ -106,523 +126,7 @@ _CORE: dict[str, tuple[str, ...]] = {
     "numpy.random.bit_generator": ("SeedSequence", "__pyx_unpickle_SeedSequence"),
 }
 
-# ---- BEGIN GENERATED (python tests/test_trust.py --regenerate) ----
-# scikit-learn 1.9.1, pandas 3.1.1, scipy 1.17.1, numpy 2.4.6, Python 3.11.7
-_GENERATED: dict[str, tuple[str, ...]] = {
-    "dateutil.relativedelta": (
-        "relativedelta",
-    ),
-    "numpy": (
-        "mean", "vectorize",
-    ),
-    "pandas": (
-        "BooleanDtype", "Categorical", "CategoricalDtype", "CategoricalIndex", "DataFrame",
-        "DateOffset", "DatetimeIndex", "DatetimeTZDtype", "Float32Dtype", "Float64Dtype", "Index",
-        "Int64Dtype", "Interval", "IntervalDtype", "IntervalIndex", "MultiIndex", "NA", "Period",
-        "PeriodDtype", "PeriodIndex", "RangeIndex", "Series", "SparseDtype", "StringDtype",
-        "TimedeltaIndex", "UInt8Dtype",
-    ),
-    "pandas._libs.arrays": (
-        "__pyx_unpickle_NDArrayBacked",
-    ),
-    "pandas._libs.internals": (
-        "_unpickle_block",
-    ),
-    "pandas._libs.interval": (
-        "__pyx_unpickle_IntervalMixin",
-    ),
-    "pandas._libs.sparse": (
-        "IntIndex",
-    ),
-    "pandas._libs.tslibs.nattype": (
-        "_nat_unpickle",
-    ),
-    "pandas._libs.tslibs.offsets": (
-        "BHalfYearBegin", "BHalfYearEnd", "BQuarterBegin", "BQuarterEnd", "BYearBegin", "BYearEnd",
-        "BaseOffset", "BusinessDay", "BusinessHour", "BusinessMonthBegin", "BusinessMonthEnd",
-        "CustomBusinessDay", "CustomBusinessHour", "CustomBusinessMonthBegin",
-        "CustomBusinessMonthEnd", "Day", "Easter", "FY5253", "FY5253Quarter", "HalfYearBegin",
-        "HalfYearEnd", "Hour", "LastWeekOfMonth", "Micro", "Milli", "Minute", "MonthBegin",
-        "MonthEnd", "Nano", "QuarterBegin", "QuarterEnd", "Second", "SemiMonthBegin",
-        "SemiMonthEnd", "Tick", "Week", "WeekOfMonth", "YearBegin", "YearEnd",
-    ),
-    "pandas._libs.tslibs.timedeltas": (
-        "_timedelta_unpickle",
-    ),
-    "pandas._libs.tslibs.timestamps": (
-        "_unpickle_timestamp",
-    ),
-    "pandas.arrays": (
-        "BooleanArray", "DatetimeArray", "FloatingArray", "IntegerArray", "IntervalArray",
-        "NumpyExtensionArray", "PeriodArray", "SparseArray", "StringArray", "TimedeltaArray",
-    ),
-    "pandas.core.dtypes.dtypes": (
-        "NumpyEADtype",
-    ),
-    "pandas.core.indexes.base": (
-        "_new_Index",
-    ),
-    "pandas.core.indexes.datetimes": (
-        "_new_DatetimeIndex",
-    ),
-    "pandas.core.indexes.interval": (
-        "_new_IntervalIndex",
-    ),
-    "pandas.core.indexes.timedeltas": (
-        "_new_TimedeltaIndex",
-    ),
-    "pandas.core.internals.managers": (
-        "BlockManager", "SingleBlockManager",
-    ),
-    "scipy._lib.array_api_compat.numpy._aliases": (
-        "asarray",
-    ),
-    "scipy.interpolate._bsplines": (
-        "BSpline",
-    ),
-    "scipy.sparse._bsr": (
-        "bsr_array", "bsr_matrix",
-    ),
-    "scipy.sparse._coo": (
-        "coo_array", "coo_matrix",
-    ),
-    "scipy.sparse._csc": (
-        "csc_array", "csc_matrix",
-    ),
-    "scipy.sparse._csr": (
-        "csr_array", "csr_matrix",
-    ),
-    "scipy.sparse._dia": (
-        "dia_array", "dia_matrix",
-    ),
-    "scipy.sparse._dok": (
-        "dok_array", "dok_matrix",
-    ),
-    "scipy.sparse._lil": (
-        "lil_array", "lil_matrix",
-    ),
-    "scipy.stats._continuous_distns": (
-        "expon_gen", "norm_gen", "reciprocal_gen", "uniform_gen",
-    ),
-    "scipy.stats._discrete_distns": (
-        "randint_gen", "randint_gen._entropy",
-    ),
-    "scipy.stats._distn_infrastructure": (
-        "rv_continuous_frozen", "rv_discrete_frozen",
-    ),
-    "sklearn._loss._loss": (
-        "CyAbsoluteError", "CyExponentialLoss", "CyHalfBinomialLoss", "CyHalfGammaLoss",
-        "CyHalfMultinomialLoss", "CyHalfPoissonLoss", "CyHalfSquaredError", "CyHalfTweedieLoss",
-        "CyHalfTweedieLossIdentity", "CyHuberLoss", "CyPinballLoss",
-        "__pyx_unpickle_CyHalfMultinomialLoss",
-    ),
-    "sklearn._loss.link": (
-        "HalfLogitLink", "IdentityLink", "Interval", "LogLink", "LogitLink", "MultinomialLogit",
-    ),
-    "sklearn._loss.loss": (
-        "AbsoluteError", "ExponentialLoss", "HalfBinomialLoss", "HalfGammaLoss",
-        "HalfMultinomialLoss", "HalfPoissonLoss", "HalfSquaredError", "HalfTweedieLoss",
-        "HalfTweedieLossIdentity", "HuberLoss", "PinballLoss",
-    ),
-    "sklearn.calibration": (
-        "CalibratedClassifierCV", "_CalibratedClassifier", "_SigmoidCalibration",
-        "_TemperatureScaling",
-    ),
-    "sklearn.cluster._affinity_propagation": (
-        "AffinityPropagation",
-    ),
-    "sklearn.cluster._agglomerative": (
-        "AgglomerativeClustering", "FeatureAgglomeration",
-    ),
-    "sklearn.cluster._bicluster": (
-        "SpectralBiclustering", "SpectralCoclustering",
-    ),
-    "sklearn.cluster._birch": (
-        "Birch", "_CFNode", "_CFSubcluster",
-    ),
-    "sklearn.cluster._bisect_k_means": (
-        "BisectingKMeans", "_BisectingTree",
-    ),
-    "sklearn.cluster._dbscan": (
-        "DBSCAN",
-    ),
-    "sklearn.cluster._hdbscan.hdbscan": (
-        "HDBSCAN",
-    ),
-    "sklearn.cluster._kmeans": (
-        "KMeans", "MiniBatchKMeans", "_kmeans_single_elkan", "_kmeans_single_lloyd",
-    ),
-    "sklearn.cluster._mean_shift": (
-        "MeanShift",
-    ),
-    "sklearn.cluster._optics": (
-        "OPTICS",
-    ),
-    "sklearn.cluster._spectral": (
-        "SpectralClustering",
-    ),
-    "sklearn.compose._column_transformer": (
-        "ColumnTransformer",
-    ),
-    "sklearn.compose._target": (
-        "TransformedTargetRegressor",
-    ),
-    "sklearn.covariance._elliptic_envelope": (
-        "EllipticEnvelope",
-    ),
-    "sklearn.covariance._empirical_covariance": (
-        "EmpiricalCovariance",
-    ),
-    "sklearn.covariance._graph_lasso": (
-        "GraphicalLasso", "GraphicalLassoCV",
-    ),
-    "sklearn.covariance._robust_covariance": (
-        "MinCovDet",
-    ),
-    "sklearn.covariance._shrunk_covariance": (
-        "LedoitWolf", "OAS", "ShrunkCovariance",
-    ),
-    "sklearn.cross_decomposition._pls": (
-        "CCA", "PLSCanonical", "PLSRegression", "PLSSVD",
-    ),
-    "sklearn.decomposition._dict_learning": (
-        "DictionaryLearning", "MiniBatchDictionaryLearning", "SparseCoder",
-    ),
-    "sklearn.decomposition._factor_analysis": (
-        "FactorAnalysis",
-    ),
-    "sklearn.decomposition._fastica": (
-        "FastICA",
-    ),
-    "sklearn.decomposition._incremental_pca": (
-        "IncrementalPCA",
-    ),
-    "sklearn.decomposition._kernel_pca": (
-        "KernelPCA",
-    ),
-    "sklearn.decomposition._lda": (
-        "LatentDirichletAllocation",
-    ),
-    "sklearn.decomposition._nmf": (
-        "MiniBatchNMF", "NMF",
-    ),
-    "sklearn.decomposition._pca": (
-        "PCA",
-    ),
-    "sklearn.decomposition._sparse_pca": (
-        "MiniBatchSparsePCA", "SparsePCA",
-    ),
-    "sklearn.decomposition._truncated_svd": (
-        "TruncatedSVD",
-    ),
-    "sklearn.discriminant_analysis": (
-        "LinearDiscriminantAnalysis", "QuadraticDiscriminantAnalysis",
-    ),
-    "sklearn.dummy": (
-        "DummyClassifier", "DummyRegressor",
-    ),
-    "sklearn.ensemble._bagging": (
-        "BaggingClassifier", "BaggingRegressor",
-    ),
-    "sklearn.ensemble._forest": (
-        "ExtraTreesClassifier", "ExtraTreesRegressor", "RandomForestClassifier",
-        "RandomForestRegressor", "RandomTreesEmbedding",
-    ),
-    "sklearn.ensemble._gb": (
-        "GradientBoostingClassifier", "GradientBoostingRegressor",
-    ),
-    "sklearn.ensemble._hist_gradient_boosting.binning": (
-        "_BinMapper",
-    ),
-    "sklearn.ensemble._hist_gradient_boosting.gradient_boosting": (
-        "HistGradientBoostingClassifier", "HistGradientBoostingRegressor",
-    ),
-    "sklearn.ensemble._hist_gradient_boosting.predictor": (
-        "TreePredictor",
-    ),
-    "sklearn.ensemble._iforest": (
-        "IsolationForest",
-    ),
-    "sklearn.ensemble._stacking": (
-        "StackingClassifier", "StackingRegressor",
-    ),
-    "sklearn.ensemble._voting": (
-        "VotingClassifier", "VotingRegressor",
-    ),
-    "sklearn.ensemble._weight_boosting": (
-        "AdaBoostClassifier", "AdaBoostRegressor",
-    ),
-    "sklearn.feature_extraction._dict_vectorizer": (
-        "DictVectorizer",
-    ),
-    "sklearn.feature_extraction._hash": (
-        "FeatureHasher",
-    ),
-    "sklearn.feature_extraction.image": (
-        "PatchExtractor",
-    ),
-    "sklearn.feature_extraction.text": (
-        "CountVectorizer", "HashingVectorizer", "TfidfTransformer", "TfidfVectorizer",
-    ),
-    "sklearn.feature_selection._from_model": (
-        "SelectFromModel",
-    ),
-    "sklearn.feature_selection._rfe": (
-        "RFE", "RFECV",
-    ),
-    "sklearn.feature_selection._sequential": (
-        "SequentialFeatureSelector",
-    ),
-    "sklearn.feature_selection._univariate_selection": (
-        "GenericUnivariateSelect", "SelectFdr", "SelectFpr", "SelectFwe", "SelectKBest",
-        "SelectPercentile", "f_classif",
-    ),
-    "sklearn.feature_selection._variance_threshold": (
-        "VarianceThreshold",
-    ),
-    "sklearn.gaussian_process._gpc": (
-        "GaussianProcessClassifier", "_BinaryGaussianProcessClassifierLaplace",
-    ),
-    "sklearn.gaussian_process._gpr": (
-        "GaussianProcessRegressor",
-    ),
-    "sklearn.gaussian_process.kernels": (
-        "CompoundKernel", "ConstantKernel", "DotProduct", "ExpSineSquared", "Exponentiation",
-        "Matern", "PairwiseKernel", "Product", "RBF", "RationalQuadratic", "Sum", "WhiteKernel",
-    ),
-    "sklearn.impute._base": (
-        "MissingIndicator", "SimpleImputer",
-    ),
-    "sklearn.impute._knn": (
-        "KNNImputer",
-    ),
-    "sklearn.isotonic": (
-        "IsotonicRegression",
-    ),
-    "sklearn.kernel_approximation": (
-        "AdditiveChi2Sampler", "Nystroem", "PolynomialCountSketch", "RBFSampler",
-        "SkewedChi2Sampler",
-    ),
-    "sklearn.kernel_ridge": (
-        "KernelRidge",
-    ),
-    "sklearn.linear_model._base": (
-        "LinearRegression",
-    ),
-    "sklearn.linear_model._bayes": (
-        "ARDRegression", "BayesianRidge",
-    ),
-    "sklearn.linear_model._coordinate_descent": (
-        "ElasticNet", "ElasticNetCV", "Lasso", "LassoCV", "MultiTaskElasticNet",
-        "MultiTaskElasticNetCV", "MultiTaskLasso", "MultiTaskLassoCV",
-    ),
-    "sklearn.linear_model._glm.glm": (
-        "GammaRegressor", "PoissonRegressor", "TweedieRegressor",
-    ),
-    "sklearn.linear_model._huber": (
-        "HuberRegressor",
-    ),
-    "sklearn.linear_model._least_angle": (
-        "Lars", "LarsCV", "LassoLars", "LassoLarsCV", "LassoLarsIC",
-    ),
-    "sklearn.linear_model._logistic": (
-        "LogisticRegression", "LogisticRegressionCV",
-    ),
-    "sklearn.linear_model._omp": (
-        "OrthogonalMatchingPursuit", "OrthogonalMatchingPursuitCV",
-    ),
-    "sklearn.linear_model._passive_aggressive": (
-        "PassiveAggressiveClassifier", "PassiveAggressiveRegressor",
-    ),
-    "sklearn.linear_model._perceptron": (
-        "Perceptron",
-    ),
-    "sklearn.linear_model._quantile": (
-        "QuantileRegressor",
-    ),
-    "sklearn.linear_model._ransac": (
-        "RANSACRegressor",
-    ),
-    "sklearn.linear_model._ridge": (
-        "Ridge", "RidgeCV", "RidgeClassifier", "RidgeClassifierCV",
-    ),
-    "sklearn.linear_model._sgd_fast": (
-        "EpsilonInsensitive", "Hinge", "ModifiedHuber", "SquaredEpsilonInsensitive",
-        "SquaredHinge",
-    ),
-    "sklearn.linear_model._stochastic_gradient": (
-        "SGDClassifier", "SGDOneClassSVM", "SGDRegressor",
-    ),
-    "sklearn.linear_model._theil_sen": (
-        "TheilSenRegressor",
-    ),
-    "sklearn.manifold._classical_mds": (
-        "ClassicalMDS",
-    ),
-    "sklearn.manifold._isomap": (
-        "Isomap",
-    ),
-    "sklearn.manifold._locally_linear": (
-        "LocallyLinearEmbedding",
-    ),
-    "sklearn.manifold._mds": (
-        "MDS",
-    ),
-    "sklearn.manifold._spectral_embedding": (
-        "SpectralEmbedding",
-    ),
-    "sklearn.manifold._t_sne": (
-        "TSNE",
-    ),
-    "sklearn.metrics._classification": (
-        "accuracy_score", "balanced_accuracy_score", "brier_score_loss", "d2_brier_score",
-        "d2_log_loss_score", "f1_score", "jaccard_score", "log_loss", "matthews_corrcoef",
-        "precision_score", "recall_score",
-    ),
-    "sklearn.metrics._dist_metrics": (
-        "BrayCurtisDistance64", "CanberraDistance64", "ChebyshevDistance64", "DiceDistance64",
-        "EuclideanDistance64", "HammingDistance64", "JaccardDistance64", "ManhattanDistance64",
-        "RogersTanimotoDistance64", "RussellRaoDistance64", "SokalMichenerDistance64",
-        "SokalSneathDistance64", "newObj",
-    ),
-    "sklearn.metrics._ranking": (
-        "average_precision_score", "roc_auc_score", "top_k_accuracy_score",
-    ),
-    "sklearn.metrics._regression": (
-        "d2_absolute_error_score", "explained_variance_score", "max_error", "mean_absolute_error",
-        "mean_absolute_percentage_error", "mean_gamma_deviance", "mean_poisson_deviance",
-        "mean_squared_error", "mean_squared_log_error", "median_absolute_error", "r2_score",
-        "root_mean_squared_error", "root_mean_squared_log_error",
-    ),
-    "sklearn.metrics._scorer": (
-        "_CurveScorer", "_PassthroughScorer", "_Scorer", "negative_likelihood_ratio",
-        "positive_likelihood_ratio",
-    ),
-    "sklearn.metrics.cluster._supervised": (
-        "adjusted_mutual_info_score", "adjusted_rand_score", "completeness_score",
-        "fowlkes_mallows_score", "homogeneity_score", "mutual_info_score",
-        "normalized_mutual_info_score", "rand_score", "v_measure_score",
-    ),
-    "sklearn.mixture._bayesian_mixture": (
-        "BayesianGaussianMixture",
-    ),
-    "sklearn.mixture._gaussian_mixture": (
-        "GaussianMixture",
-    ),
-    "sklearn.model_selection._classification_threshold": (
-        "FixedThresholdClassifier", "TunedThresholdClassifierCV",
-    ),
-    "sklearn.model_selection._search": (
-        "GridSearchCV", "RandomizedSearchCV",
-    ),
-    "sklearn.model_selection._search_successive_halving": (
-        "HalvingGridSearchCV", "HalvingRandomSearchCV",
-    ),
-    "sklearn.model_selection._split": (
-        "GroupKFold", "GroupShuffleSplit", "KFold", "LeaveOneGroupOut", "LeaveOneOut", "LeavePOut",
-        "PredefinedSplit", "RepeatedKFold", "RepeatedStratifiedKFold", "ShuffleSplit",
-        "StratifiedKFold", "StratifiedShuffleSplit", "TimeSeriesSplit",
-    ),
-    "sklearn.multiclass": (
-        "OneVsOneClassifier", "OneVsRestClassifier", "OutputCodeClassifier", "_ConstantPredictor",
-    ),
-    "sklearn.multioutput": (
-        "ClassifierChain", "MultiOutputClassifier", "MultiOutputRegressor", "RegressorChain",
-    ),
-    "sklearn.naive_bayes": (
-        "BernoulliNB", "CategoricalNB", "ComplementNB", "GaussianNB", "MultinomialNB",
-    ),
-    "sklearn.neighbors._ball_tree": (
-        "BallTree", "newObj",
-    ),
-    "sklearn.neighbors._classification": (
-        "KNeighborsClassifier", "RadiusNeighborsClassifier",
-    ),
-    "sklearn.neighbors._graph": (
-        "KNeighborsTransformer", "RadiusNeighborsTransformer",
-    ),
-    "sklearn.neighbors._kd_tree": (
-        "KDTree", "newObj",
-    ),
-    "sklearn.neighbors._kde": (
-        "KernelDensity",
-    ),
-    "sklearn.neighbors._lof": (
-        "LocalOutlierFactor",
-    ),
-    "sklearn.neighbors._nca": (
-        "NeighborhoodComponentsAnalysis",
-    ),
-    "sklearn.neighbors._nearest_centroid": (
-        "NearestCentroid",
-    ),
-    "sklearn.neighbors._regression": (
-        "KNeighborsRegressor", "RadiusNeighborsRegressor",
-    ),
-    "sklearn.neighbors._unsupervised": (
-        "NearestNeighbors",
-    ),
-    "sklearn.neural_network._multilayer_perceptron": (
-        "MLPClassifier", "MLPRegressor",
-    ),
-    "sklearn.neural_network._rbm": (
-        "BernoulliRBM",
-    ),
-    "sklearn.neural_network._stochastic_optimizers": (
-        "AdamOptimizer", "SGDOptimizer",
-    ),
-    "sklearn.pipeline": (
-        "FeatureUnion", "Pipeline",
-    ),
-    "sklearn.preprocessing._data": (
-        "Binarizer", "KernelCenterer", "MaxAbsScaler", "MinMaxScaler", "Normalizer",
-        "PowerTransformer", "QuantileTransformer", "RobustScaler", "StandardScaler",
-    ),
-    "sklearn.preprocessing._discretization": (
-        "KBinsDiscretizer",
-    ),
-    "sklearn.preprocessing._encoders": (
-        "OneHotEncoder", "OrdinalEncoder",
-    ),
-    "sklearn.preprocessing._function_transformer": (
-        "FunctionTransformer",
-    ),
-    "sklearn.preprocessing._label": (
-        "LabelBinarizer", "LabelEncoder", "MultiLabelBinarizer",
-    ),
-    "sklearn.preprocessing._polynomial": (
-        "PolynomialFeatures", "SplineTransformer",
-    ),
-    "sklearn.preprocessing._target_encoder": (
-        "TargetEncoder",
-    ),
-    "sklearn.random_projection": (
-        "GaussianRandomProjection", "SparseRandomProjection",
-    ),
-    "sklearn.semi_supervised._label_propagation": (
-        "LabelPropagation", "LabelSpreading",
-    ),
-    "sklearn.semi_supervised._self_training": (
-        "SelfTrainingClassifier",
-    ),
-    "sklearn.svm._classes": (
-        "LinearSVC", "LinearSVR", "NuSVC", "NuSVR", "OneClassSVM", "SVC", "SVR",
-    ),
-    "sklearn.tree._classes": (
-        "DecisionTreeClassifier", "DecisionTreeRegressor", "ExtraTreeClassifier",
-        "ExtraTreeRegressor",
-    ),
-    "sklearn.tree._tree": (
-        "Tree",
-    ),
-    "sklearn.utils._bunch": (
-        "Bunch",
-    ),
-    "sklearn.utils._metadata_requests": (
-        "MetadataRequest", "MethodMetadataRequest",
-    ),
-}
-# ---- END GENERATED ----
+_GENERATED = _allowlist.GENERATED
 
 
 def _merge(*parts: dict[str, tuple[str, ...]]) -> dict[str, frozenset[str]]:
@@ -788,6 +292,21 @@ _MISSING = object()
 #: guarded factory, or a class whose rebuild checks the state it is given).
 #: The modules that guard a name register it here; trusted=True bypasses it.
 REPLACEMENTS: dict[tuple[str, str], object] = {}
+_LOADS = threading.local()
+
+
+def after_load(fn) -> bool:
+    """Calls ``fn()`` when the policy load running in this thread ends (however
+    it ends); False, and nothing registered, when no such load is running.
+    A rebuild registered in REPLACEMENTS uses it to undo what it must keep in
+    place only while the stream can still reach the object."""
+    pending = getattr(_LOADS, "stack", None)
+    if not pending:
+        return False
+    pending[-1].append(fn)
+    return True
+
+
 # the trusted names reached through getattr (nested qualnames)
 _DOTTED = tuple((m, q) for m, names in _BY_MODULE.items() for q in sorted(names) if "." in q)
 
@@ -802,7 +321,12 @@ def _attr_trusted(obj, attr: str, extra: frozenset[str]) -> bool:
     object the owner name resolves to (or an instance of exactly that class)?"""
     suffix = "." + attr
     for module, qual in _DOTTED:
-        if qual.endswith(suffix) and _owns(_resolve_loaded(module, qual[: -len(suffix)]), obj):
+        if not qual.endswith(suffix):
+            continue
+        owner = qual[: -len(suffix)]
+        # an instance of the class REPLACEMENTS hands out for the owner stands for it
+        if _owns(_resolve_loaded(module, owner), obj) or (
+                type(obj) is REPLACEMENTS.get((module, owner)) and not isinstance(obj, type)):
             return True
     for full in extra:
         if not full.endswith(suffix):
@@ -843,6 +367,17 @@ def _unpickler_class(base_cls, extra: frozenset[str], name: str, call: str):
         class serves every file."""
 
         fk_name = name
+
+        def load(self):
+            stack = _LOADS.__dict__.setdefault("stack", [])
+            pending: list = []
+            stack.append(pending)
+            try:
+                return super().load()
+            finally:
+                stack.pop()
+                for fn in pending:
+                    fn()
 
         def find_class(self, module, qualname):
             mod, qual = module, qualname
