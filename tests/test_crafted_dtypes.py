@@ -79,3 +79,116 @@ def _here():
     import pathlib
 
     return pathlib.Path(__file__).parent
+
+
+# ------------------------------------------------------------------ at run time, without the scan
+
+def without_scan():
+    """firkin with its static scan reporting nothing unsafe: what is refused
+    then is refused by the loader's own checks"""
+    real_p, real_j = _core.scan_pickle, _core.scan_joblib
+    _core.scan_pickle = lambda data: {**real_p(data), "unsafe_ops": []}
+    _core.scan_joblib = lambda data: {**real_j(data), "unsafe_ops": []}
+
+
+def run_isolated(cases_code: str) -> list[str]:
+    """Runs cases_code in a fresh interpreter (a crash must fail the test,
+    not kill pytest); returns its output lines."""
+    code = "import test_crafted_dtypes as t\nt.without_scan()\n" + cases_code
+    env = {**__import__("os").environ, "PYTHONPATH": __import__("os").pathsep.join(sys.path)}
+    res = subprocess.run([sys.executable, "-c", code], cwd=str(_here()), capture_output=True,
+                         text=True, env=env, timeout=600)
+    assert res.returncode == 0, f"the loader crashed or failed (rc {res.returncode}):\n{res.stderr[-3000:]}"
+    return res.stdout.splitlines()
+
+
+def load_each(blobs, tmp):
+    """loads each (label, blob) from a file; prints 'label: outcome'"""
+    import os
+
+    for label, blob in blobs:
+        path = os.path.join(tmp, "x")
+        with open(path, "wb") as f:
+            f.write(blob)
+        try:
+            firkin.load(path)
+            print(f"{label}: LOADED", flush=True)
+        except firkin.UntrustedTypesError as exc:
+            print(f"{label}: refused {' '.join(str(exc).split())}", flush=True)
+        except Exception as exc:  # noqa: BLE001 - reported to the test
+            print(f"{label}: {type(exc).__name__} {' '.join(str(exc).split())}", flush=True)
+
+
+def _runtime_cases():
+    cases = []
+    for maker in sorted(cd.MAKERS):
+        for how in ("LONG version", "refcount flag only"):
+            for use in cd.USES:
+                data = cd.use_stream(use, cd.lying_dtype(maker, how))
+                for kind, blob in _containers(data).items():
+                    cases.append((f"{maker} | {how} | {use} | {kind}", blob))
+    return cases
+
+
+def test_the_runtime_check_alone_refuses_every_crafted_dtype(tmp_path):
+    out = run_isolated(
+        "import test_crafted_dtypes as t, sys\n"
+        f"t.load_each(t._runtime_cases(), {str(tmp_path)!r})\n")
+    cases = _runtime_cases()
+    assert len(out) == len(cases), out[-5:]
+    for line in out:
+        label, outcome = line.split(": ", 1)
+        assert outcome.startswith("refused"), line
+        assert "while unpickling" in outcome, line  # the scan saw nothing: the loader refused
+        assert "holds Python objects but its flags say it does not" in outcome, line
+
+
+def test_the_runtime_check_passes_honest_dtypes():
+    objs = [np.dtype([("a", "O"), ("b", "f8")]), np.zeros(2, dtype=[("a", "O"), ("b", "f8")]),
+            np.zeros(2, dtype=[("s", [("x", "O")]), ("y", "i4")]), np.zeros(2, dtype=("O", (3,))),
+            np.zeros(2, dtype=[("a", "f8"), ("b", "U3")]), np.dtype(("f8", (2, 2))),
+            np.dtype({"names": ["a", "b"], "formats": ["O", "i4"], "titles": ["t", None]}),
+            np.dtype([("a", "i1"), ("b", "O")], align=True),
+            np.ma.masked_array(np.zeros(2, dtype=[("a", "O"), ("b", "f8")]), mask=[(0, 1), (1, 0)]),
+            np.zeros((), dtype=[("a", "O")])[()], np.rec.array([(1, "x")], dtype=[("a", "i4"), ("b", "O")])]
+    for obj in objs:
+        for proto in (2, 5):
+            data = pickle.dumps(obj, proto)
+            back = _policy_loads(data)
+            assert pickle.dumps(back, proto) == data or repr(back) == repr(obj), obj
+
+
+def _policy_loads(data):
+    import io
+
+    from firkin import _trust
+
+    return _trust.SafeUnpickler(io.BytesIO(data)).load()
+
+
+def test_the_dtype_check_itself():
+    from firkin._guards import dtype_problem
+
+    assert dtype_problem(np.dtype("f8")) is None
+    assert dtype_problem(np.dtype([("a", "O")])) is None
+    lying = pickle.loads(cd.dtype_stream("REDUCE numpy.dtype", "BININT version"))
+    assert "flags say it does not" in dtype_problem(lying)
+    # nested: the outer's flags are honest, the inner one lies
+    outer = np.dtype([("x", "i8"), ("y", "V16")])
+    inner = lying
+    state = (3, "|", None, ("x", "y"), {"x": (np.dtype("i8"), 0), "y": (inner, 8)}, 24, 8, 0x1b)
+    d = np.dtype("V24")
+    d.__setstate__(state)
+    assert "flags say it does not" in dtype_problem(d)
+    # a dtype that contains itself (a state set after use)
+    loop = np.dtype("V8")
+    loop.__setstate__((3, "|", None, ("a",), {"a": (loop, 0)}, 8, 1, 0))
+    assert dtype_problem(loop) == "the numpy dtype contains itself"
+    # a deep chain of dtypes, each holding the previous
+    d = np.dtype("i8")
+    for _ in range(100):
+        nxt = np.dtype("V8")
+        nxt.__setstate__((3, "|", None, ("a",), {"a": (d, 0)}, 8, 1, 0))
+        d = nxt
+    assert "nests more than" in dtype_problem(d)
+    loop.__setstate__((3, "|", None, None, None, 8, 1, 0))  # let it be freed

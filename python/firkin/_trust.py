@@ -844,6 +844,14 @@ def _unpickler_class(base_cls, extra: frozenset[str], name: str, call: str):
 
         fk_name = name
 
+        def load(self):
+            # dtypes and arrays the guards recorded are checked before the
+            # load returns (firkin._guards)
+            with _guards.loading(self.fk_name) as guard:
+                obj = super().load()
+                guard.finish()
+            return obj
+
         def find_class(self, module, qualname):
             mod, qual = module, qualname
             if isinstance(mod, str) and isinstance(qual, str):
@@ -882,3 +890,6 @@ def make_unpickler(base_cls, trusted=None, name: str = "<data>", *, call: str = 
 
 #: pickle.Unpickler under the default policy (the built-in list, nothing more)
 SafeUnpickler = make_unpickler(pickle.Unpickler)
+
+
+from . import _guards  # noqa: E402,F401 - registers its REPLACEMENTS; uses this module

@@ -1,0 +1,456 @@
+"""Runtime checks a default load makes where the static scan cannot see:
+numpy dtypes and the nesting of numpy object arrays.
+
+numpy believes a pickled dtype's flags: a structured dtype whose state says
+"no objects" while a field (or its subarray) holds them makes numpy take
+object pointers from the file's bytes when an element is read (a crash, or
+worse). The scanner (src/scan.c) refuses such states where it can follow
+the dtype; this module checks every dtype again while loading, whatever
+built it, so that a gap in the scanner is not a bypass:
+
+* ``numpy.dtype`` resolves to a factory that makes the real dtype and
+  records it for the load in progress; its state (BUILD) comes later, so a
+  recorded dtype is checked at the next *checkpoint* and once more when the
+  load ends.
+* The functions that build an array or a scalar from bytes with a dtype
+  (``scalar``, ``_frombuffer``) check the dtype before they run; those
+  whose dtype arrives later by BUILD (``_reconstruct``, ``_mareconstruct``)
+  record the array they make: it is checked at the next checkpoint and at
+  the end, and it stays referenced until then, so that an array whose
+  pointers came from the file is never freed before it was made harmless.
+* Every guarded call is a checkpoint (here and in other modules that call
+  ``checkpoint()``), and the end of the load is one that checks all.
+
+A refused load clears the memory of every recorded array whose dtype lies
+and empties the recorded arrays of objects one by one, so what was built is
+freed without following pointers from the file and without deep recursion.
+
+Nesting: numpy arrays of objects free their items without CPython's
+recursion guard, so a chain of a few thousand of them overflows the C stack
+when it is freed (a few hundred on a thread with a 1 MiB stack). The scanner
+bounds every stream's nesting (SCAN_MAX_DEPTH in src/scan.c); at the end of
+a load this module measures the nesting of the object arrays it recorded and
+refuses more than ``MAX_ARRAY_NESTING``.
+"""
+from __future__ import annotations
+
+import ctypes
+import threading
+
+import numpy as np
+
+from . import _trust
+from ._core import UntrustedTypesError
+
+#: numpy's object bits: NPY_ITEM_REFCOUNT | NPY_LIST_PICKLE | NPY_NEEDS_INIT.
+#: numpy sets all three on a dtype that holds objects (anywhere inside it);
+#: without LIST_PICKLE an array's pickle hands it raw pointers, without
+#: NEEDS_INIT it starts from uninitialized memory, without REFCOUNT reads
+#: take the bytes as objects
+OBJECT_FLAGS = 0x0B
+#: structured dtypes nest this deep at most (numpy itself recurses on them)
+MAX_DTYPE_NESTING = 64
+#: numpy arrays of objects nested in one another: at most this deep (the
+#: scanner's SCAN_MAX_DEPTH of 1500 counts ~3 levels per array)
+MAX_ARRAY_NESTING = 500
+
+
+# ------------------------------------------------------------------ the dtype check
+
+def _parts(dt):
+    """the dtypes a dtype is made of (fields and subarray base), or None when
+    its fields are not what numpy makes them"""
+    parts = []
+    fields = dt.fields
+    if fields is not None:
+        for value in fields.values():
+            if type(value) is not tuple or len(value) < 2 or not isinstance(value[0], np.dtype):
+                return None
+            parts.append(value[0])
+    sub = dt.subdtype
+    if sub is not None:
+        parts.append(sub[0])
+    return parts
+
+
+def dtype_problem(dt) -> str | None:
+    """Why numpy must not be given ``dt`` (a crafted dtype state), or None.
+
+    A dtype that holds Python objects (an object field or subarray at any
+    depth) must carry numpy's three object flags; a dtype must not contain
+    itself or nest deeper than MAX_DTYPE_NESTING. Iterative: a crafted dtype
+    cannot make the check recurse.
+    """
+    if dt.fields is None and dt.subdtype is None:
+        return None  # a plain dtype: numpy keeps its flags whatever the state said
+    holds: dict[int, bool] = {}
+    on_path: set[int] = set()
+    keep = [dt]  # the ids below stay valid while the check runs
+    todo = [(dt, 0, False)]
+    while todo:
+        d, depth, done = todo.pop()
+        key = id(d)
+        if done:
+            on_path.discard(key)
+            parts = _parts(d)
+            h = d.kind == "O" or any(holds[id(p)] for p in parts)
+            if h and (d.flags & OBJECT_FLAGS) != OBJECT_FLAGS:
+                return ("the numpy dtype holds Python objects but its flags say it does not "
+                        "(arrays of it would take object pointers from the file's bytes)")
+            holds[key] = h
+            continue
+        if key in holds:
+            continue
+        if key in on_path:
+            return "the numpy dtype contains itself"
+        if depth > MAX_DTYPE_NESTING:
+            return f"the numpy dtype nests more than {MAX_DTYPE_NESTING} levels deep"
+        parts = _parts(d)
+        if parts is None:
+            return "the numpy dtype has fields that are not (dtype, offset) pairs"
+        on_path.add(key)
+        keep.append(d)
+        todo.append((d, depth, True))
+        todo.extend((p, depth + 1, False) for p in parts)
+    return None
+
+
+# ------------------------------------------------------------------ the load in progress
+
+class _Load:
+    """What one load recorded: dtypes and arrays still to check, all of them
+    for the final check."""
+
+    __slots__ = ("name", "pending", "everything", "later")
+
+    def __init__(self, name):
+        self.name = name
+        self.pending: list = []
+        self.everything: list = []
+        self.later: list = []  # checks other modules run when the load ends
+
+    def record(self, obj):
+        self.pending.append(obj)
+        self.everything.append(obj)
+
+    def check(self, objs):
+        for obj in objs:
+            why = _problem_of(obj)
+            if why:
+                self.abandon()
+                raise _refusal(self.name, why)
+
+    def checkpoint(self):
+        pending, self.pending = self.pending, []
+        self.check(pending)
+
+    def finish(self):
+        self.pending = []
+        _unhook(self.everything)
+        self.check(self.everything)
+        for fn in self.later:
+            fn()
+        deepest = _deepest_object_arrays(self.everything)
+        if deepest > MAX_ARRAY_NESTING:
+            self.abandon()
+            raise _refusal(self.name, f"numpy arrays of objects nested more than "
+                                      f"{MAX_ARRAY_NESTING} deep (freeing them would overflow "
+                                      "the C stack)")
+
+    def abandon(self):
+        """Makes what was recorded safe to free: the bytes of arrays whose dtype
+        lies are cleared (no pointer from the file is followed), and arrays of
+        objects are emptied one by one (no deep recursion when they go)."""
+        arrays = [a for a in self.everything if isinstance(a, np.ndarray)]
+        _unhook(arrays)
+        for a in arrays:
+            if _problem_of(a) and a.dtype.flags & 1:
+                _clear(a)
+        for a in _object_arrays_reachable(arrays):
+            try:
+                a.fill(None)
+            except (TypeError, ValueError):  # read-only: nothing of ours to empty
+                pass
+        self.pending = []
+        self.everything = []
+        self.later = []
+
+
+def _problem_of(obj):
+    if isinstance(obj, np.dtype):
+        return dtype_problem(obj)
+    dt = getattr(obj, "dtype", None)
+    return dtype_problem(dt) if isinstance(dt, np.dtype) else None
+
+
+def _clear(a):
+    """zeroes an array's memory in place (null object pointers are skipped
+    when it is freed)"""
+    base = a
+    while isinstance(base.base, np.ndarray):
+        base = base.base
+    n = base.nbytes
+    if n and base.flags.owndata:
+        ctypes.memset(base.__array_interface__["data"][0], 0, n)
+
+
+def _is_object_array(x):
+    return isinstance(x, np.ndarray) and x.dtype.kind == "O"
+
+
+def _object_arrays_reachable(roots):
+    """every object array reachable from roots through object arrays' items"""
+    seen: set[int] = set()
+    out = []
+    todo = [r for r in roots if _is_object_array(r)]
+    while todo:
+        a = todo.pop()
+        if id(a) in seen:
+            continue
+        seen.add(id(a))
+        out.append(a)
+        if _problem_of(a):
+            continue  # its items are bytes from the file, not objects
+        todo.extend(x for x in a.flat if _is_object_array(x) and id(x) not in seen)
+    return out
+
+
+def _deepest_object_arrays(roots):
+    """how deep object arrays nest, from the recorded ones (iterative)"""
+    arrays = _object_arrays_reachable(roots)
+    if not arrays:
+        return 0
+    depth: dict[int, int] = {}
+    for root in arrays:
+        if id(root) in depth:
+            continue
+        todo = [(root, False)]
+        on_path: set[int] = set()
+        while todo:
+            a, done = todo.pop()
+            key = id(a)
+            items = [x for x in a.flat if _is_object_array(x)] if not _problem_of(a) else []
+            if done:
+                on_path.discard(key)
+                depth[key] = 1 + max((depth.get(id(x), 0) for x in items), default=0)
+                continue
+            if key in depth or key in on_path:
+                continue  # a cycle is freed by the garbage collector, not recursively
+            on_path.add(key)
+            todo.append((a, True))
+            todo.extend((x, False) for x in items if id(x) not in depth)
+            if len(on_path) > MAX_ARRAY_NESTING:
+                return len(on_path)
+    return max(depth.values())
+
+
+def _refusal(name, why):
+    return _trust._error(name, [f"<{why}>"], "firkin.load", during_load=True)
+
+
+_STATE = threading.local()
+
+
+def _current():
+    return getattr(_STATE, "load", None)
+
+
+class loading:
+    """Context of one policy load (TrustedUnpickler.load): records what the
+    guards see; ``finish()`` runs the final check. A load nested in another
+    (joblib's object arrays) joins the outer one."""
+
+    def __init__(self, name):
+        self.name = name
+        self.outer = False
+        self.load = None
+
+    def __enter__(self):
+        cur = _current()
+        if cur is not None:
+            self.outer = True
+            self.load = cur
+        else:
+            self.load = _STATE.load = _Load(self.name)
+        return self
+
+    def finish(self):
+        if not self.outer:
+            self.load.finish()
+
+    def __exit__(self, exc_type, exc, tb):
+        if not self.outer:
+            _STATE.load = None
+            if exc_type is not None:
+                self.load.abandon()
+        return False
+
+
+def checkpoint() -> None:
+    """Checks what the load in progress recorded since the last checkpoint.
+    Guards call it before they hand arrays or dtypes to code that may read
+    their elements."""
+    cur = _current()
+    if cur is not None:
+        cur.checkpoint()
+
+
+def at_finish(fn) -> None:
+    """Runs fn() (which may raise a refusal) when the load in progress ends."""
+    cur = _current()
+    if cur is not None:
+        cur.later.append(fn)
+
+
+def check_dtype(dt, what: str) -> None:
+    """Refuses ``dt`` now (UntrustedTypesError) when numpy must not be given it."""
+    if isinstance(dt, np.dtype):
+        why = dtype_problem(dt)
+        if why:
+            cur = _current()
+            if cur is not None:
+                cur.abandon()
+            raise _refusal(cur.name if cur is not None else "<data>", f"{what}: {why}")
+
+
+def _record(obj):
+    cur = _current()
+    if cur is not None:
+        cur.record(obj)
+    return obj
+
+
+# ------------------------------------------------------------------ the guards
+
+class _DtypeMeta(type):
+    # the class stands for numpy.dtype in isinstance/issubclass checks
+    def __instancecheck__(cls, obj):
+        return isinstance(obj, np.dtype)
+
+    def __subclasscheck__(cls, sub):
+        return issubclass(sub, np.dtype)
+
+
+class DtypeFactory(metaclass=_DtypeMeta):
+    """What ``numpy.dtype`` resolves to under the policy: calling it, or its
+    ``__new__`` (NEWOBJ, copyreg's helpers, pandas' _new_Index), makes a real
+    numpy dtype and records it for the load's checks."""
+
+    __slots__ = ()
+
+    def __new__(cls, *args, **kwargs):
+        return _record(np.dtype(*args, **kwargs))
+
+    def __reduce__(self):  # pragma: no cover - no instance of it is ever made
+        raise TypeError("not picklable")
+
+
+DtypeFactory.__module__ = "numpy"
+DtypeFactory.__qualname__ = DtypeFactory.__name__ = "dtype"
+
+
+def _first_dtype(args, kwargs, index, key):
+    if len(args) > index:
+        return args[index]
+    return kwargs.get(key)
+
+
+def _checked_maker(fn, what, dtype_at, dtype_key, record):
+    """fn, which builds from bytes with the dtype argument at dtype_at (or
+    keyword dtype_key): checks that dtype first. record: keep the result for
+    the load's checks when its dtype comes later by BUILD ("always") or is
+    structured (True: a later BUILD on that dtype is caught at the end, and
+    the array must not be freed before then)."""
+    def guard(*args, **kwargs):
+        checkpoint()
+        dt = _first_dtype(args, kwargs, dtype_at, dtype_key)
+        check_dtype(dt, what)
+        out = fn(*args, **kwargs)
+        if record == "always" or (record and isinstance(dt, np.dtype)
+                                  and (dt.fields is not None or dt.subdtype is not None)):
+            _record(out)
+        return out
+
+    guard.__name__ = guard.__qualname__ = what.rsplit(".", 1)[-1]
+    guard.__module__ = what.rsplit(".", 1)[0]
+    return guard
+
+
+def _register() -> None:
+    reps = _trust.REPLACEMENTS
+    for module in ("numpy", "numpy.core.multiarray", "numpy._core.multiarray"):
+        reps[(module, "dtype")] = DtypeFactory
+    from numpy._core import multiarray, numeric  # noqa: PLC0415
+
+    makers = {
+        "scalar": (multiarray.scalar, 0, "dtype", True),
+        "_reconstruct": (multiarray._reconstruct, 2, "dtype", "always"),  # noqa: SLF001
+    }
+    for module in ("numpy.core.multiarray", "numpy._core.multiarray"):
+        for name, (fn, at, key, record) in makers.items():
+            _chain(reps, (module, name), fn,
+                   lambda f, m=module, n=name, a=at, k=key, r=record:
+                   _checked_maker(f, f"{m}.{n}", a, k, r))
+    for module in ("numpy.core.numeric", "numpy._core.numeric"):
+        _chain(reps, (module, "_frombuffer"), numeric._frombuffer,  # noqa: SLF001
+               lambda f, m=module: _checked_maker(f, f"{m}._frombuffer", 1, "dtype", True))
+    _chain(reps, ("numpy.ma.core", "_mareconstruct"), np.ma.core._mareconstruct,  # noqa: SLF001
+           _masked_maker)
+
+
+def _masked_maker(fn):
+    """numpy.ma's _mareconstruct: MaskedArray.__setstate__ (the BUILD that
+    follows) makes new arrays of the state's dtype from Python objects (the
+    mask, the fill value) before anything else could check it, so the
+    instance it returns carries a __setstate__ of its own (found before the
+    class's) that checks the state's dtype first, then leaves."""
+    inner = _checked_maker(fn, "numpy.ma.core._mareconstruct", 3, "basetype", "always")
+
+    def guard(*args, **kwargs):
+        out = inner(*args, **kwargs)
+        if isinstance(out, np.ma.MaskedArray) and hasattr(out, "__dict__"):
+            out.__dict__["__setstate__"] = _MaskedState(out)
+        return out
+
+    guard.__name__ = guard.__qualname__ = "_mareconstruct"
+    guard.__module__ = "numpy.ma.core"
+    return guard
+
+
+class _MaskedState:
+    __slots__ = ("ref",)
+
+    def __init__(self, arr):
+        import weakref  # noqa: PLC0415
+
+        self.ref = weakref.ref(arr)
+
+    def __call__(self, state):
+        arr = self.ref()
+        if arr is None:  # pragma: no cover - the unpickler holds it while calling
+            raise TypeError("the masked array went away")
+        arr.__dict__.pop("__setstate__", None)
+        if type(state) is tuple and len(state) >= 3:
+            check_dtype(state[2], "numpy.ma.core.MaskedArray state")
+        return type(arr).__setstate__(arr, state)
+
+
+def _unhook(objs):
+    """drops the __setstate__ a masked array kept when no BUILD came"""
+    for obj in objs:
+        d = getattr(obj, "__dict__", None) if isinstance(obj, np.ma.MaskedArray) else None
+        if d is not None and type(d.get("__setstate__")) is _MaskedState:
+            del d["__setstate__"]
+
+
+def _chain(reps, key, real, make):
+    """registers make(what key resolved to so far): a guard another module
+    registered first keeps running inside this one"""
+    prev = reps.get(key)
+    reps[key] = make(prev if prev is not None else real)
+
+
+_register()
+
+__all__ = ["DtypeFactory", "MAX_ARRAY_NESTING", "OBJECT_FLAGS", "at_finish", "check_dtype", "checkpoint",
+           "dtype_problem", "loading", "UntrustedTypesError"]
