@@ -892,4 +892,4 @@ def make_unpickler(base_cls, trusted=None, name: str = "<data>", *, call: str = 
 SafeUnpickler = make_unpickler(pickle.Unpickler)
 
 
-from . import _guards  # noqa: E402,F401 - registers its REPLACEMENTS; uses this module
+from . import _frames, _guards  # noqa: E402,F401 - register their REPLACEMENTS; use this module
