@@ -87,19 +87,31 @@ def without_scan():
     """firkin with its static scan reporting nothing unsafe: what is refused
     then is refused by the loader's own checks"""
     real_p, real_j = _core.scan_pickle, _core.scan_joblib
-    _core.scan_pickle = lambda data: {**real_p(data), "unsafe_ops": []}
-    _core.scan_joblib = lambda data: {**real_j(data), "unsafe_ops": []}
+    _core.scan_pickle = lambda data: {**real_p(data), "globals": [], "unsafe_ops": []}
+    _core.scan_joblib = lambda data: {**real_j(data), "globals": [], "unsafe_ops": []}
+
+
+def _isolated(code: str, expect_crash: bool = False) -> list[str]:
+    """Runs code in a fresh interpreter (a crash must fail the test, not kill
+    pytest); returns its output lines."""
+    import os
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    res = subprocess.run([sys.executable, "-c", code], cwd=str(_here()), capture_output=True,
+                         text=True, env=env, timeout=900)
+    if expect_crash:
+        assert res.returncode < 0, (res.returncode, res.stderr[-2000:])
+    else:
+        assert res.returncode == 0, f"the loader crashed or failed (rc {res.returncode}):\n{res.stderr[-3000:]}"
+    return res.stdout.splitlines()
 
 
 def run_isolated(cases_code: str) -> list[str]:
-    """Runs cases_code in a fresh interpreter (a crash must fail the test,
-    not kill pytest); returns its output lines."""
-    code = "import test_crafted_dtypes as t\nt.without_scan()\n" + cases_code
-    env = {**__import__("os").environ, "PYTHONPATH": __import__("os").pathsep.join(sys.path)}
-    res = subprocess.run([sys.executable, "-c", code], cwd=str(_here()), capture_output=True,
-                         text=True, env=env, timeout=600)
-    assert res.returncode == 0, f"the loader crashed or failed (rc {res.returncode}):\n{res.stderr[-3000:]}"
-    return res.stdout.splitlines()
+    """cases_code run in a fresh interpreter with the static scan switched off"""
+    return _isolated("import test_crafted_dtypes as t\nt.without_scan()\n" + cases_code)
+
+
+run_isolated.__wrapped__ = _isolated  # the same, with the scan on
 
 
 def load_each(blobs, tmp):
