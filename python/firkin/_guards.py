@@ -355,7 +355,7 @@ def _first_dtype(args, kwargs, index, key):
     return kwargs.get(key)
 
 
-def _checked_maker(fn, what, dtype_at, dtype_key, record):
+def checked_maker(fn, what, dtype_at, dtype_key, record):
     """fn, which builds from bytes with the dtype argument at dtype_at (or
     keyword dtype_key): checks that dtype first. record: keep the result for
     the load's checks when its dtype comes later by BUILD ("always") or is
@@ -390,10 +390,10 @@ def _register() -> None:
         for name, (fn, at, key, record) in makers.items():
             _chain(reps, (module, name), fn,
                    lambda f, m=module, n=name, a=at, k=key, r=record:
-                   _checked_maker(f, f"{m}.{n}", a, k, r))
+                   checked_maker(f, f"{m}.{n}", a, k, r))
     for module in ("numpy.core.numeric", "numpy._core.numeric"):
         _chain(reps, (module, "_frombuffer"), numeric._frombuffer,  # noqa: SLF001
-               lambda f, m=module: _checked_maker(f, f"{m}._frombuffer", 1, "dtype", True))
+               lambda f, m=module: checked_maker(f, f"{m}._frombuffer", 1, "dtype", True))
     _chain(reps, ("numpy.ma.core", "_mareconstruct"), np.ma.core._mareconstruct,  # noqa: SLF001
            _masked_maker)
 
@@ -404,7 +404,7 @@ def _masked_maker(fn):
     mask, the fill value) before anything else could check it, so the
     instance it returns carries a __setstate__ of its own (found before the
     class's) that checks the state's dtype first, then leaves."""
-    inner = _checked_maker(fn, "numpy.ma.core._mareconstruct", 3, "basetype", "always")
+    inner = checked_maker(fn, "numpy.ma.core._mareconstruct", 3, "basetype", "always")
 
     def guard(*args, **kwargs):
         out = inner(*args, **kwargs)
