@@ -828,6 +828,10 @@ static int scan_check_depth(scan_ctx *c, uint32_t *d)
 static int scan_new_node(scan_ctx *c, unsigned kind, Py_ssize_t gi, uint32_t depth, scan_val *out)
 {
     if (scan_check_depth(c, &depth) < 0) return -1;
+    if (gi > INT32_MAX) {
+        PyErr_NoMemory(); /* more distinct globals than any input could name */
+        return -1;
+    }
     if (c->nnodes == c->nodes_cap &&
         scan_grow((void **)&c->nodes, &c->nodes_cap, sizeof(scan_node), 256) < 0)
         return -1;

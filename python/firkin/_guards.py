@@ -30,7 +30,8 @@ recursion guard, so a chain of a few thousand of them overflows the C stack
 when it is freed (a few hundred on a thread with a 1 MiB stack). The scanner
 bounds every stream's nesting (SCAN_MAX_DEPTH in src/scan.c); at the end of
 a load this module measures the nesting of the object arrays it recorded and
-refuses more than ``MAX_ARRAY_NESTING``.
+refuses more than ``MAX_ARRAY_NESTING`` (chains of the arrays numpy's own
+pickles make, through ``_reconstruct``; the scanner bounds every chain).
 """
 from __future__ import annotations
 
@@ -150,8 +151,10 @@ class _Load:
         self.check(self.everything)
         for fn in self.later:
             fn()
-        deepest = _deepest_object_arrays(self.everything)
-        if deepest > MAX_ARRAY_NESTING:
+        # a chain deeper than the limit holds more arrays than the limit: with
+        # fewer recorded there is nothing to walk (the scanner bounds the rest)
+        arrays = [a for a in self.everything if _is_object_array(a)]
+        if len(arrays) > MAX_ARRAY_NESTING and _deepest_object_arrays(arrays) > MAX_ARRAY_NESTING:
             self.abandon()
             raise _refusal(self.name, f"numpy arrays of objects nested more than "
                                       f"{MAX_ARRAY_NESTING} deep (freeing them would overflow "
