@@ -41,12 +41,17 @@ def test_the_hazard_is_real():
     assert out == ["built"]
 
 
+def _outcomes(tmp_path, scan=True, tail=b""):
+    """each deep file loaded in a fresh interpreter: one outcome line each"""
+    run = run_isolated.__wrapped__ if scan else run_isolated
+    out = run("import test_nesting as t, test_crafted_dtypes as d\n"
+              f"d.load_each(t._cases({tail!r}), {str(tmp_path)!r})\n")
+    assert len(out) == 2 * 7, out
+    return out
+
+
 def test_deep_chains_are_refused_before_unpickling(tmp_path):
-    out = run_isolated.__wrapped__(
-        "import test_nesting as t, test_crafted_dtypes as d\n"
-        f"d.load_each(t._cases(), {str(tmp_path)!r})\n")
-    assert len(out) == 2 * 7
-    for line in out:
+    for line in _outcomes(tmp_path):
         assert "refused before unpickling" in line, line
         assert "nested more than 1500 levels deep" in line, line
 
@@ -54,11 +59,7 @@ def test_deep_chains_are_refused_before_unpickling(tmp_path):
 def test_the_loader_alone_refuses_deep_chains(tmp_path):
     # the scan switched off: the loader's own measure refuses, and frees the
     # chain without recursing down it
-    out = run_isolated(
-        "import test_nesting as t, test_crafted_dtypes as d\n"
-        f"d.load_each(t._cases(), {str(tmp_path)!r})\n")
-    assert len(out) == 2 * 7
-    for line in out:
+    for line in _outcomes(tmp_path, scan=False):
         assert "refused while unpickling" in line, line
         assert "numpy arrays of objects nested more than 500 deep" in line, line
 
@@ -68,12 +69,7 @@ def test_a_load_refused_midway_frees_a_deep_chain(tmp_path):
     # refusal drops the half-built graph
     from test_corpus_containers import _g
 
-    tail = _g("os", "system") + b"0"
-    out = run_isolated(
-        "import test_nesting as t, test_crafted_dtypes as d, crafted_nesting as cn\n"
-        f"d.load_each(t._cases({tail!r}), {str(tmp_path)!r})\n")
-    assert len(out) == 2 * 7
-    for line in out:
+    for line in _outcomes(tmp_path, scan=False, tail=_g("os", "system") + b"0"):
         assert "refused while unpickling" in line and "os.system" in line, line
 
 
