@@ -195,7 +195,7 @@ def test_the_dtype_check_itself():
     # a dtype that contains itself (a state set after use)
     loop = np.dtype("V8")
     loop.__setstate__((3, "|", None, ("a",), {"a": (loop, 0)}, 8, 1, 0))
-    assert dtype_problem(loop) == "the numpy dtype contains itself"
+    assert "contains itself" in dtype_problem(loop)
     # a deep chain of dtypes, each holding the previous
     d = np.dtype("i8")
     for _ in range(100):

@@ -18,8 +18,9 @@ built it, so that a gap in the scanner is not a bypass:
   record the array they make: it is checked at the next checkpoint and at
   the end, and it stays referenced until then, so that an array whose
   pointers came from the file is never freed before it was made harmless.
-* Every guarded call is a checkpoint (here and in other modules that call
-  ``checkpoint()``), and the end of the load is one that checks all.
+* Guards that hand arrays or dtypes to code that reads elements call
+  ``checkpoint()`` first (firkin._frames does); the end of the load is a
+  checkpoint that checks everything recorded, again.
 
 A refused load clears the memory of every recorded array whose dtype lies
 and empties the recorded arrays of objects one by one, so what was built is
@@ -41,6 +42,7 @@ import threading
 import numpy as np
 
 from . import _trust
+from . import _core
 from ._core import UntrustedTypesError
 
 #: numpy's object bits: NPY_ITEM_REFCOUNT | NPY_LIST_PICKLE | NPY_NEEDS_INIT.
@@ -58,62 +60,13 @@ MAX_ARRAY_NESTING = 500
 
 # ------------------------------------------------------------------ the dtype check
 
-def _parts(dt):
-    """the dtypes a dtype is made of (fields and subarray base), or None when
-    its fields are not what numpy makes them"""
-    parts = []
-    fields = dt.fields
-    if fields is not None:
-        for value in fields.values():
-            if type(value) is not tuple or len(value) < 2 or not isinstance(value[0], np.dtype):
-                return None
-            parts.append(value[0])
-    sub = dt.subdtype
-    if sub is not None:
-        parts.append(sub[0])
-    return parts
-
-
-def dtype_problem(dt) -> str | None:
-    """Why numpy must not be given ``dt`` (a crafted dtype state), or None.
-
-    A dtype that holds Python objects (an object field or subarray at any
-    depth) must carry numpy's three object flags; a dtype must not contain
-    itself or nest deeper than MAX_DTYPE_NESTING. Iterative: a crafted dtype
-    cannot make the check recurse.
-    """
-    if dt.fields is None and dt.subdtype is None:
-        return None  # a plain dtype: numpy keeps its flags whatever the state said
-    holds: dict[int, bool] = {}
-    on_path: set[int] = set()
-    keep = [dt]  # the ids below stay valid while the check runs
-    todo = [(dt, 0, False)]
-    while todo:
-        d, depth, done = todo.pop()
-        key = id(d)
-        if done:
-            on_path.discard(key)
-            parts = _parts(d)
-            h = d.kind == "O" or any(holds[id(p)] for p in parts)
-            if h and (d.flags & OBJECT_FLAGS) != OBJECT_FLAGS:
-                return ("the numpy dtype holds Python objects but its flags say it does not "
-                        "(arrays of it would take object pointers from the file's bytes)")
-            holds[key] = h
-            continue
-        if key in holds:
-            continue
-        if key in on_path:
-            return "the numpy dtype contains itself"
-        if depth > MAX_DTYPE_NESTING:
-            return f"the numpy dtype nests more than {MAX_DTYPE_NESTING} levels deep"
-        parts = _parts(d)
-        if parts is None:
-            return "the numpy dtype has fields that are not (dtype, offset) pairs"
-        on_path.add(key)
-        keep.append(d)
-        todo.append((d, depth, True))
-        todo.extend((p, depth + 1, False) for p in parts)
-    return None
+#: dtype_problem(dtype) -> None, or why numpy must not be given ``dtype``: a
+#: dtype that holds Python objects (an object field or subarray at any
+#: depth) must carry numpy's three object flags (OBJECT_FLAGS), and must not
+#: nest deeper than MAX_DTYPE_NESTING (nor contain itself). In C
+#: (src/dtype.c): each distinct dtype is judged once, without recursion a
+#: crafted dtype could drive deep.
+dtype_problem = _core.dtype_problem
 
 
 # ------------------------------------------------------------------ the load in progress
@@ -342,7 +295,10 @@ class DtypeFactory(metaclass=_DtypeMeta):
     __slots__ = ()
 
     def __new__(cls, *args, **kwargs):
-        return _record(np.dtype(*args, **kwargs))
+        dt = np.dtype(*args, **kwargs)
+        if dt.kind in "VSU":  # numpy lets a state give fields only to these
+            _record(dt)
+        return dt
 
     def __reduce__(self):  # pragma: no cover - no instance of it is ever made
         raise TypeError("not picklable")
@@ -352,31 +308,31 @@ DtypeFactory.__module__ = "numpy"
 DtypeFactory.__qualname__ = DtypeFactory.__name__ = "dtype"
 
 
-def _first_dtype(args, kwargs, index, key):
-    if len(args) > index:
-        return args[index]
-    return kwargs.get(key)
-
-
 def checked_maker(fn, what, dtype_at, dtype_key, record):
-    """fn, which builds from bytes with the dtype argument at dtype_at (or
-    keyword dtype_key): checks that dtype first. record: keep the result for
-    the load's checks when its dtype comes later by BUILD ("always") or is
-    structured (True: a later BUILD on that dtype is caught at the end, and
-    the array must not be freed before then)."""
+    """fn, which builds an array or scalar from bytes with the dtype given at
+    position dtype_at (or keyword dtype_key): a structured dtype is checked
+    before fn runs. record: keep the result for the load's checks, "always"
+    (its dtype comes later by BUILD) or True when the dtype is structured (a
+    later BUILD on that dtype is caught at the end, and the result must not
+    be freed before then). These makers read no element of their arguments,
+    so they are no checkpoint; a plain dtype costs two attribute reads."""
     def guard(*args, **kwargs):
-        checkpoint()
-        dt = _first_dtype(args, kwargs, dtype_at, dtype_key)
-        check_dtype(dt, what)
+        dt = args[dtype_at] if len(args) > dtype_at else kwargs.get(dtype_key)
+        structured = isinstance(dt, np.dtype) and (dt.names is not None
+                                                   or dt.subdtype is not None)
+        if structured:
+            check_dtype(dt, what)
         out = fn(*args, **kwargs)
-        if record == "always" or (record and isinstance(dt, np.dtype)
-                                  and (dt.fields is not None or dt.subdtype is not None)):
+        if record == "always" or (record and structured):
             _record(out)
         return out
 
     guard.__name__ = guard.__qualname__ = what.rsplit(".", 1)[-1]
     guard.__module__ = what.rsplit(".", 1)[0]
-    return guard
+    if record == "always":
+        return guard
+    # calls with a plain dtype go straight to fn, tested in C
+    return _core.DtypeGuard(fn, guard, dtype_at)
 
 
 def _register() -> None:
