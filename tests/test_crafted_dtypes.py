@@ -204,3 +204,34 @@ def test_the_dtype_check_itself():
         d = nxt
     assert "nests more than" in dtype_problem(d)
     loop.__setstate__((3, "|", None, None, None, 8, 1, 0))  # let it be freed
+    # shared parts are judged once: 40 levels of two fields on the same dtype
+    # are 2**40 paths, but 40 dtypes
+    d = np.dtype("i8")
+    for _ in range(40):
+        nxt = np.dtype("V8")
+        nxt.__setstate__((3, "|", None, ("a", "b"), {"a": (d, 0), "b": (d, 0)}, 8, 1, 0))
+        d = nxt
+    assert dtype_problem(d) is None
+    with pytest.raises(TypeError):
+        dtype_problem("f8")
+
+
+def test_the_c_guard_sends_only_structured_dtypes_to_the_check():
+    calls = []
+
+    def fn(*args):
+        return ("fn", args)
+
+    def slow(*args, **kwargs):
+        calls.append(args)
+        return ("slow", args)
+
+    g = _core.DtypeGuard(fn, slow, 1)
+    assert g(b"x", np.dtype("f8"), (1,)) == ("fn", (b"x", np.dtype("f8"), (1,)))
+    assert g(b"x", "V8") == ("fn", (b"x", "V8"))
+    structured = np.dtype([("a", "f8")])
+    assert g(b"x", structured)[0] == "slow"
+    assert g(b"x", np.dtype(("f8", (2,))))[0] == "slow"
+    assert g(b"x")[0] == "slow"  # no dtype where it belongs: the slow path decides
+    assert g(b"x", np.dtype("f8"), k=1)[0] == "slow"
+    assert len(calls) == 4
