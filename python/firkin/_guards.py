@@ -41,18 +41,8 @@ import threading
 
 import numpy as np
 
-from . import _trust
-from . import _core
-from ._core import UntrustedTypesError
+from . import _core, _trust
 
-#: numpy's object bits: NPY_ITEM_REFCOUNT | NPY_LIST_PICKLE | NPY_NEEDS_INIT.
-#: numpy sets all three on a dtype that holds objects (anywhere inside it);
-#: without LIST_PICKLE an array's pickle hands it raw pointers, without
-#: NEEDS_INIT it starts from uninitialized memory, without REFCOUNT reads
-#: take the bytes as objects
-OBJECT_FLAGS = 0x0B
-#: structured dtypes nest this deep at most (numpy itself recurses on them)
-MAX_DTYPE_NESTING = 64
 #: numpy arrays of objects nested in one another: at most this deep (the
 #: scanner's SCAN_MAX_DEPTH of 1500 counts ~3 levels per array)
 MAX_ARRAY_NESTING = 500
@@ -62,10 +52,11 @@ MAX_ARRAY_NESTING = 500
 
 #: dtype_problem(dtype) -> None, or why numpy must not be given ``dtype``: a
 #: dtype that holds Python objects (an object field or subarray at any
-#: depth) must carry numpy's three object flags (OBJECT_FLAGS), and must not
-#: nest deeper than MAX_DTYPE_NESTING (nor contain itself). In C
-#: (src/dtype.c): each distinct dtype is judged once, without recursion a
-#: crafted dtype could drive deep.
+#: depth) must carry all three of numpy's object flags (NPY_ITEM_REFCOUNT,
+#: NPY_LIST_PICKLE, NPY_NEEDS_INIT: without the second an array's pickle
+#: hands it raw pointers, without the third it starts from uninitialized
+#: memory), and must not nest deeper than 64 levels (nor contain itself).
+#: In C (src/dtype.c): each distinct part is judged once.
 dtype_problem = _core.dtype_problem
 
 
@@ -411,5 +402,5 @@ def _chain(reps, key, real, make):
 
 _register()
 
-__all__ = ["DtypeFactory", "MAX_ARRAY_NESTING", "OBJECT_FLAGS", "at_finish", "check_dtype", "checkpoint",
-           "dtype_problem", "loading", "UntrustedTypesError"]
+__all__ = ["DtypeFactory", "MAX_ARRAY_NESTING", "at_finish", "check_dtype", "checkpoint",
+           "dtype_problem", "loading"]
