@@ -91,6 +91,12 @@ def test_legitimate_frames_load(tmp_path, label):
     firkin.dump(obj, path)
     _same(obj, firkin.load(path))
     _same(obj, firkin.load(path, mmap_mode="r"))
+    import joblib
+
+    for compress in (0, 3):  # joblib's own files: array wrappers inside the blocks
+        path = tmp_path / f"ok{compress}.joblib"
+        joblib.dump(obj, path, compress=compress)
+        _same(obj, firkin.load(path))
 
 
 def _mutated(placements, old_shape=False):
