@@ -85,6 +85,7 @@ typedef struct {
     PyTypeObject *WriterType;
     PyTypeObject *ReaderType;
     PyTypeObject *BufferType;
+    PyTypeObject *DtypeGuardType;
     PyTypeObject *PicklerType;  /* subclass of _pickle.Pickler */
     PyTypeObject *StridedType;  /* stands for a non-contiguous array in a PickleBuffer */
     PyObject *pickle_Pickler;   /* _pickle.Pickler */
@@ -221,6 +222,12 @@ PyObject *scan_pickle(PyObject *module, PyObject *data);
 /* scan_joblib(data): the same for joblib's stream, whose array bytes follow
  * each NumpyArrayWrapper's BUILD; adds "arrays" and "complete". */
 PyObject *scan_joblib(PyObject *module, PyObject *data);
+
+/* ---- dtype.c ---- */
+/* dtype_problem(dtype) -> None, or why numpy must not be given the dtype
+ * (its flags hide the Python objects it holds; it nests too deep). */
+PyObject *fk_dtype_problem(PyObject *module, PyObject *arg);
+int dtype_init_types(PyObject *module, fk_state *st);
 
 /* ---- little-endian helpers ---- */
 static inline void fk_put_u16(unsigned char *p, uint16_t v) {

@@ -114,6 +114,9 @@ static PyMethodDef module_methods[] = {
      "scan_joblib(data) -> dict: scan_pickle of a joblib file's decompressed bytes, stepping over "
      "the array data joblib writes after each NumpyArrayWrapper; adds 'arrays' [(build_end, "
      "data_start, data_end, nested)] and 'complete'"},
+    {"dtype_problem", fk_dtype_problem, METH_O,
+     "dtype_problem(dtype) -> None, or why numpy must not be given this dtype: its flags hide the "
+     "Python objects its fields or subarray hold, or it nests too deep"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -206,6 +209,7 @@ static int module_exec(PyObject *module)
 
     if (writer_init_types(module, st) < 0) return -1;
     if (reader_init_types(module, st) < 0) return -1;
+    if (dtype_init_types(module, st) < 0) return -1;
     if (PyModule_AddIntConstant(module, "FLAG_BUFFERS_MUTABLE", (long)FK_OPT_BUFFERS_MUTABLE) < 0) return -1;
     if (PyModule_AddIntConstant(module, "DEFAULT_THRESHOLD", FK_DEFAULT_THRESHOLD) < 0) return -1;
     if (PyModule_AddIntConstant(module, "DEFAULT_CHUNK_SIZE", (long)FK_DEFAULT_CHUNK) < 0) return -1;
@@ -233,6 +237,7 @@ static int module_traverse(PyObject *module, visitproc visit, void *arg)
     Py_VISIT(st->WriterType);
     Py_VISIT(st->ReaderType);
     Py_VISIT(st->BufferType);
+    Py_VISIT(st->DtypeGuardType);
     Py_VISIT(st->PicklerType);
     Py_VISIT(st->StridedType);
     Py_VISIT(st->pickle_Pickler);
@@ -253,6 +258,7 @@ static int module_clear(PyObject *module)
     Py_CLEAR(st->WriterType);
     Py_CLEAR(st->ReaderType);
     Py_CLEAR(st->BufferType);
+    Py_CLEAR(st->DtypeGuardType);
     Py_CLEAR(st->PicklerType);
     Py_CLEAR(st->StridedType);
     Py_CLEAR(st->pickle_Pickler);

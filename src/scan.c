@@ -5,10 +5,12 @@
  *   globals     [(module, name), ...]: every global the stream loads, unique,
  *               in the order they are first reported, after the Python 2
  *               name mapping find_class applies below protocol 3
- *   unsafe_ops  [(opcode name, offset), ...]: what cannot be judged
+ *   unsafe_ops  [(opcode name, offset[, why]), ...]: what cannot be judged
  *               statically: EXT1/2/4, PERSID/BINPERSID, STACK_GLOBAL (or an
  *               undecodable GLOBAL/INST) whose names are not constant
- *               strings, BUILD whose target is a global
+ *               strings, BUILD whose target is a global, numpy dtypes whose
+ *               flags hide objects (see "records"), nesting deeper than
+ *               SCAN_MAX_DEPTH (see "nesting")
  *   n_buffers   how many NEXT_BUFFER opcodes it has
  *   protocol    the highest of its PROTO argument and its opcodes' protocols
  *   end         the offset just after STOP (pickle ignores what follows)
@@ -120,13 +122,13 @@ typedef uint64_t scan_val;
 
 enum {
     SV_NONE = 0,   /* memo slot is empty */
-    SV_OPAQUE = 1, /* any value that is not a string constant */
+    SV_OPAQUE = 1, /* any other value; low 60 bits: its node (0: a constant, no identity) */
     SV_UTF8 = 2,   /* BINUNICODE family: UTF-8 (surrogatepass) */
     SV_ASCII = 3,  /* STRING/BINSTRING family, ASCII without escapes */
     SV_RAWUNI = 4, /* UNICODE: raw-unicode-escape */
     SV_GLOBAL = 5, /* what a global load produced; low 60 bits: index in gtab */
     SV_PAIR = 6,   /* TUPLE2 of (global or instance, string); low 60 bits: index in pairs */
-    SV_INSTANCE = 7, /* what NEWOBJ made of a global class; low 60 bits: the class in gtab */
+    SV_INSTANCE = 7, /* what NEWOBJ made of a global class; low 60 bits: its node (class in gtab) */
     SV_INT = 8,      /* an int in [-2**59, 2**59): low 60 bits, two's complement */
     SV_PYNONE = 9,   /* None */
     SV_REC = 10,     /* a tuple, dict or numpy dtype followed by the scanner: index in recs */
@@ -322,12 +324,20 @@ static int scan_memo_put(scan_memo *mm, uint64_t key, scan_val val)
  * and numpy believes them: a structured dtype with an object field and flags
  * 0 reports hasobject False, so arrays built with it (ndarray.__setstate__,
  * _frombuffer, joblib's raw data) take raw bytes from the file as object
- * pointers, which crashes the process or worse when the field is read. A
- * BUILD on a dtype made by a numpy dtype global is refused (reported as an
- * unsafe opcode) when the dtype holds objects, in its fields or its subarray
- * or in a way the scanner cannot follow, and its state's flags do not say
- * so; also when the dtype is built twice or built after being used (its
- * fields could change under a dtype that already holds it).
+ * pointers, which crashes the process or worse when the field is read.
+ * The scanner follows every way the allowlist makes a dtype: calling or
+ * instantiating (NEWOBJ, NEWOBJ_EX, OBJ, INST) numpy.dtype or a
+ * numpy.dtypes class, and the functions that make an instance of a class
+ * they are given (copyreg's __newobj__, __newobj_ex__ and _reconstructor,
+ * pandas' _new_*Index, numpy.random's __bit_generator_ctor). A BUILD on
+ * such a dtype is refused (reported as an unsafe opcode) when the dtype
+ * holds objects, in its fields or its subarray or in a way the scanner
+ * cannot follow, and its state's flags do not say so with all of numpy's
+ * three object bits; also when the dtype is built twice or built after being
+ * used (its fields could change under a dtype that already holds it). A
+ * BUILD on a value the scanner does not follow (what some other call made)
+ * is refused when its state could be a dtype's (scan_may_be_dtype_state),
+ * whatever opcodes wrote the state's numbers.
  *
  * joblib files (scan_joblib). joblib writes each array's bytes right after
  * the BUILD of its NumpyArrayWrapper, outside the opcodes: the scanner reads
@@ -361,7 +371,31 @@ typedef struct {
     Py_ssize_t first; /* tuple: index of its first item in items */
     int64_t size;     /* dtype: itemsize, -1 when unknown */
     scan_val f[3];    /* dict: the joblib keys' values (0: not set) */
+    uint32_t depth;   /* nesting depth (see "nesting" below) */
 } scan_rec;
+
+/* ------------------------------------------------------------ nesting
+ *
+ * Freeing a graph of objects recurses in C once per level of nesting, and
+ * not every type bounds that recursion as list, tuple and dict do: numpy
+ * arrays of objects (and compiled classes) free their items directly, so a
+ * chain of a few hundred thousand of them overflows the C stack when it is
+ * freed, also when a refused load drops what it built, and also when the
+ * chain was built inner-first through the memo with a shallow stack. So
+ * every value the stream makes carries its nesting depth: 1 + the deepest
+ * value it was made from or was given later (APPEND(S), SETITEM(S),
+ * ADDITEMS, BUILD), whatever the opcodes that made it. Mutable values keep
+ * one identity however many stack slots and memo entries refer to them:
+ * records (tuples, dicts, dtypes) by their index, every other value by a
+ * node. A stream that nests deeper than SCAN_MAX_DEPTH is reported unsafe.
+ * Constants (strings, numbers, None, globals) have depth 0.
+ */
+#define SCAN_MAX_DEPTH 1500
+
+typedef struct {
+    uint32_t depth;
+    int32_t gi; /* SV_INSTANCE: its class in gtab; -1 otherwise */
+} scan_node;
 
 /* ------------------------------------------------------------ scanner state */
 
@@ -382,13 +416,15 @@ typedef struct {
     unsigned char role; /* ROLE_*: what the scanner follows about it */
 } scan_global;
 
-enum { ROLE_NONE = 0, ROLE_DTYPE = 1, ROLE_WRAPPER = 2, ROLE_RECONSTRUCTOR = 3 };
+enum { ROLE_NONE = 0, ROLE_DTYPE = 1, ROLE_WRAPPER = 2, ROLE_RECONSTRUCTOR = 3, ROLE_BASE_NEW = 4,
+       ROLE_PYX = 5 };
 
 /* TUPLE2 of (global or instance, string constant): a candidate getattr
  * argument tuple */
 typedef struct {
     scan_val obj;  /* SV_GLOBAL or SV_INSTANCE */
     scan_val attr; /* string kind */
+    uint32_t depth;
 } scan_pair;
 
 typedef struct {
@@ -427,6 +463,11 @@ typedef struct {
     Py_ssize_t nrecs, recs_cap;
     scan_val *items; /* tuple items */
     Py_ssize_t nitems, items_cap;
+
+    scan_node *nodes; /* nodes[0]: the constants' shared node */
+    Py_ssize_t nnodes, nodes_cap;
+    uint32_t max_depth; /* the deepest nesting seen */
+    int deep_reported;
 
     int joblib;       /* step over joblib's array data */
     PyObject *arrays; /* joblib: list of (build_end, data_start, data_end, nested) */
@@ -633,7 +674,27 @@ static unsigned char scan_role(PyObject *module, PyObject *name)
             ((size_t)n > k && memcmp(m + n - k, suffix, k) == 0))
             return ROLE_WRAPPER;
     }
-    if (str_is(module, "copyreg") && (str_is(name, "_reconstructor") || str_is(name, "__newobj__")))
+    /* functions that make an instance of the class given first:
+     * copyreg's cls.__new__(cls, ...) helpers, pandas' _new_*Index(cls, d) */
+    if (str_is(module, "copyreg") && str_is(name, "_reconstructor")) return ROLE_BASE_NEW;
+    if (str_is(module, "copyreg") && (str_is(name, "__newobj__") || str_is(name, "__newobj_ex__")))
+        return ROLE_RECONSTRUCTOR;
+    const char *m = PyUnicode_AsUTF8(module);
+    const char *q = m ? PyUnicode_AsUTF8(name) : NULL;
+    if (!q) {
+        PyErr_Clear();
+        return ROLE_NONE;
+    }
+    size_t ql = strlen(q);
+    /* numpy.random's __bit_generator_ctor(cls) returns cls() */
+    if (str_is(module, "numpy.random._pickle") && str_is(name, "__bit_generator_ctor"))
+        return ROLE_RECONSTRUCTOR;
+    /* Cython's __pyx_unpickle_<Class>(type, checksum, state) returns
+     * <Class>.__new__(type), refused unless type is a subtype of <Class>: an
+     * instance of a compiled class, never a numpy dtype */
+    if (strncmp(q, "__pyx_unpickle_", 15) == 0) return ROLE_PYX;
+    if (strncmp(m, "pandas.", 7) == 0 && strncmp(q, "_new_", 5) == 0 && ql >= 10 &&
+        strcmp(q + ql - 5, "Index") == 0)
         return ROLE_RECONSTRUCTOR;
     return ROLE_NONE;
 }
@@ -712,6 +773,91 @@ done:
 static inline scan_val sv_global(Py_ssize_t gi) { return ((scan_val)SV_GLOBAL << 60) | (scan_val)gi; }
 static inline Py_ssize_t sv_index(scan_val v) { return (Py_ssize_t)(v & (((scan_val)1 << 60) - 1)); }
 
+/* the class in gtab of a global or an instance */
+static inline Py_ssize_t sv_gi(const scan_ctx *c, scan_val v)
+{
+    return sv_kind(v) == SV_INSTANCE ? (Py_ssize_t)c->nodes[sv_index(v)].gi : sv_index(v);
+}
+
+/* ------------------------------------------------------------ nesting (see above) */
+
+static int scan_unsafe_why(scan_ctx *c, const char *why);
+
+static uint32_t sv_depth(const scan_ctx *c, scan_val v)
+{
+    switch (sv_kind(v)) {
+    case SV_OPAQUE: case SV_INSTANCE: return c->nodes[sv_index(v)].depth;
+    case SV_REC: return c->recs[sv_index(v)].depth;
+    case SV_PAIR: return c->pairs[sv_index(v)].depth;
+    default: return 0;
+    }
+}
+
+/* 1 + the deepest of stack[lo:hi] */
+static uint32_t scan_depth_of(const scan_ctx *c, Py_ssize_t lo, Py_ssize_t hi)
+{
+    uint32_t d = 0;
+    for (Py_ssize_t i = lo; i < hi; i++) {
+        uint32_t x = sv_depth(c, c->stack[i]);
+        if (x > d) d = x;
+    }
+    return d + 1;
+}
+
+#define SCAN_STR_(x) #x
+#define SCAN_STR(x) SCAN_STR_(x)
+
+/* a depth about to be given to a value: past the limit the stream is
+ * reported (once) and the depth stays at the limit + 1 */
+static int scan_check_depth(scan_ctx *c, uint32_t *d)
+{
+    if (*d > SCAN_MAX_DEPTH) {
+        *d = SCAN_MAX_DEPTH + 1;
+        if (!c->deep_reported) {
+            c->deep_reported = 1;
+            if (scan_unsafe_why(c, "objects nested more than " SCAN_STR(SCAN_MAX_DEPTH)
+                                   " levels deep (freeing them would overflow the C stack)") < 0)
+                return -1;
+        }
+    }
+    if (*d > c->max_depth) c->max_depth = *d;
+    return 0;
+}
+
+/* a value with an identity: kind SV_OPAQUE or SV_INSTANCE (gi: its class) */
+static int scan_new_node(scan_ctx *c, unsigned kind, Py_ssize_t gi, uint32_t depth, scan_val *out)
+{
+    if (scan_check_depth(c, &depth) < 0) return -1;
+    if (gi > INT32_MAX) {
+        PyErr_NoMemory(); /* more distinct globals than any input could name */
+        return -1;
+    }
+    if (c->nnodes == c->nodes_cap &&
+        scan_grow((void **)&c->nodes, &c->nodes_cap, sizeof(scan_node), 256) < 0)
+        return -1;
+    c->nodes[c->nnodes].depth = depth;
+    c->nodes[c->nnodes].gi = (int32_t)gi;
+    *out = ((scan_val)kind << 60) | (scan_val)c->nnodes++;
+    return 0;
+}
+
+/* v was given values d - 1 deep: its depth becomes at least d */
+static int scan_deepen(scan_ctx *c, scan_val v, uint32_t d)
+{
+    uint32_t *slot = NULL;
+    switch (sv_kind(v)) {
+    case SV_OPAQUE: case SV_INSTANCE:
+        if (sv_index(v)) slot = &c->nodes[sv_index(v)].depth;
+        break;
+    case SV_REC: slot = &c->recs[sv_index(v)].depth; break;
+    case SV_PAIR: slot = &c->pairs[sv_index(v)].depth; break;
+    }
+    if (!slot || *slot >= d) return 0;
+    if (scan_check_depth(c, &d) < 0) return -1;
+    *slot = d;
+    return 0;
+}
+
 /* Pushes the value a global load produces; force: report even a deferred
  * name (the opcode calls it right away) */
 static int scan_push_global(scan_ctx *c, PyObject *module, PyObject *name, int map, int force)
@@ -745,11 +891,18 @@ static int scan_pop(scan_ctx *c, Py_ssize_t n)
     return 0;
 }
 
-/* replaces stack[m:] by the value v made from them */
+/* replaces stack[m:] by the value v made from them (SV_MAKE_OPAQUE: a new
+ * opaque value) */
 static int scan_collapse_to(scan_ctx *c, Py_ssize_t m, scan_val v)
 {
+    uint32_t d = scan_depth_of(c, m, c->depth);
     if (scan_consume(c, m, c->depth) < 0) return -1;
     c->depth = m;
+    if (v == SV_MAKE_OPAQUE) {
+        if (scan_new_node(c, SV_OPAQUE, -1, d, &v) < 0) return -1;
+    } else if (scan_deepen(c, v, d) < 0) {
+        return -1;
+    }
     return scan_push(c, v);
 }
 
@@ -787,6 +940,8 @@ static int scan_make_tuple(scan_ctx *c, Py_ssize_t m)
     Py_ssize_t n = c->depth - m;
     if (n == 0) return scan_push(c, (scan_val)SV_EMPTYT << 60);
     if (n > REC_MAX_TUPLE) return scan_collapse(c, m);
+    uint32_t d = scan_depth_of(c, m, c->depth);
+    if (scan_check_depth(c, &d) < 0) return -1;
     if (scan_consume(c, m, c->depth) < 0) return -1;
     while (c->nitems + n > c->items_cap)
         if (scan_grow((void **)&c->items, &c->items_cap, sizeof(scan_val), 256) < 0) return -1;
@@ -794,6 +949,7 @@ static int scan_make_tuple(scan_ctx *c, Py_ssize_t m)
     if (scan_new_rec(c, REC_TUPLE, &v) < 0) return -1;
     scan_rec *r = &c->recs[sv_index(v)];
     r->n = (uint16_t)n;
+    r->depth = d;
     r->first = c->nitems;
     memcpy(c->items + c->nitems, c->stack + m, (size_t)n * sizeof(scan_val));
     c->nitems += n;
@@ -849,14 +1005,18 @@ static int scan_make_dtype(scan_ctx *c, scan_val args, scan_val *out)
     return 0;
 }
 
+static int scan_is_dtype_class(scan_ctx *c, scan_val v)
+{
+    return sv_kind(v) == SV_GLOBAL && c->gtab[sv_index(v)].role == ROLE_DTYPE;
+}
+
 /* what calling or instantiating cls makes, as far as the scanner follows */
 static int scan_instance_of(scan_ctx *c, scan_val cls, scan_val *out)
 {
     *out = SV_MAKE_OPAQUE;
     if (sv_kind(cls) != SV_GLOBAL) return 0;
     if (c->gtab[sv_index(cls)].role == ROLE_DTYPE) return scan_make_dtype(c, SV_MAKE_OPAQUE, out);
-    *out = ((scan_val)SV_INSTANCE << 60) | (scan_val)sv_index(cls);
-    return 0;
+    return scan_new_node(c, SV_INSTANCE, sv_index(cls), 0, out);
 }
 
 /* NEWOBJ / NEWOBJ_EX / OBJ: cls.__new__(cls, ...) with cls at stack[m] */
@@ -915,7 +1075,12 @@ static int scan_dtype_build(scan_ctx *c, Py_ssize_t ri, scan_val state)
     if (!st || (st->n != 8 && st->n != 9))
         return scan_unsafe_why(c, "a numpy dtype state the scanner cannot check");
     const scan_val *it = c->items + st->first;
+    /* numpy's flags for a dtype holding objects: NPY_ITEM_REFCOUNT (1),
+     * NPY_LIST_PICKLE (2), NPY_NEEDS_INIT (8), all three: without 2 arrays
+     * take their object pointers from the pickle's bytes, without 8 from
+     * uninitialized memory */
     int64_t flags = sv_kind(it[7]) == SV_INT ? sv_intval(it[7]) : 0;
+    int honest = (flags & 0x0b) == 0x0b;
     int obj = 0;
     if (sv_kind(it[2]) != SV_PYNONE) { /* subarray: (base dtype, shape) */
         scan_rec *t = scan_rec_of(c, it[2], REC_TUPLE);
@@ -931,20 +1096,25 @@ static int scan_dtype_build(scan_ctx *c, Py_ssize_t ri, scan_val state)
     dt->size = (dt->bits & DT_FLEX) && sv_kind(it[5]) == SV_INT && sv_intval(it[5]) >= 0
                    ? sv_intval(it[5]) : -1;
     if (again) return scan_unsafe_why(c, "a numpy dtype whose state is set twice or after use");
-    if (obj && !(flags & 1))
+    if (obj && !honest)
         return scan_unsafe_why(c, "a numpy dtype whose flags hide the objects it holds "
                                   "(arrays of it would read object pointers from the file)");
     return 0;
 }
 
-/* (3 or 4, byte order, ...): the state numpy pickles a dtype with */
-static int scan_dtype_state_shaped(scan_ctx *c, scan_val state)
+/* Could dtype.__setstate__ take this state? It takes a tuple of 5 to 9
+ * items whose byte order (the first item of 5, else the second) is a str or
+ * bytes, whatever opcodes wrote the version and the other items. A value
+ * the scanner does not see into (a tuple made by a call, an instance) could
+ * be one. ndarray and MaskedArray states hold a shape there. */
+static int scan_may_be_dtype_state(scan_ctx *c, scan_val state)
 {
+    unsigned k = sv_kind(state);
+    if (k == SV_OPAQUE || k == SV_INSTANCE) return 1;
     scan_rec *st = scan_rec_of(c, state, REC_TUPLE);
-    if (!st || st->n < 8) return 0;
-    scan_val v = c->items[st->first], o = c->items[st->first + 1];
-    return sv_kind(v) == SV_INT && (sv_intval(v) == 3 || sv_intval(v) == 4) &&
-           (sv_kind(o) == SV_UTF8 || sv_kind(o) == SV_ASCII || sv_kind(o) == SV_RAWUNI);
+    if (!st || st->n < 5 || st->n > 9) return 0;
+    k = sv_kind(c->items[st->first + (st->n == 5 ? 0 : 1)]);
+    return k == SV_UTF8 || k == SV_ASCII || k == SV_RAWUNI || k == SV_OPAQUE || k == SV_INSTANCE;
 }
 
 static int scan_run(scan_ctx *c);
@@ -953,8 +1123,9 @@ static int scan_ctx_init(scan_ctx *c, PyObject *FormatError, const unsigned char
 static void scan_ctx_free(scan_ctx *c);
 
 /* a self-contained pickle at start (joblib's arrays of objects): scanned
- * into c's globals and unsafe opcodes; returns its end or -1 */
-static Py_ssize_t scan_nested(scan_ctx *c, Py_ssize_t start)
+ * into c's globals and unsafe opcodes; *depth: how deep it nests. Returns
+ * its end or -1 */
+static Py_ssize_t scan_nested(scan_ctx *c, Py_ssize_t start, uint32_t *depth)
 {
     scan_ctx n;
     Py_ssize_t end = -1;
@@ -967,6 +1138,7 @@ static Py_ssize_t scan_nested(scan_ctx *c, Py_ssize_t start)
         if (gi < 0 || scan_report(c, gi) < 0) goto done;
     }
     end = n.pos;
+    *depth = n.max_depth;
 done:
     scan_ctx_free(&n);
     return end;
@@ -975,7 +1147,7 @@ done:
 /* joblib: the BUILD of a NumpyArrayWrapper ended at c->pos; step over its
  * array. Returns 0 to go on, 1 when the array cannot be sized (the walk
  * stops there, reported as unsafe), -1 on error. */
-static int scan_wrapper_build(scan_ctx *c, scan_val state)
+static int scan_wrapper_build(scan_ctx *c, scan_val target, scan_val state)
 {
     Py_ssize_t index = PyList_GET_SIZE(c->arrays);
     const char *why = NULL;
@@ -1020,8 +1192,10 @@ static int scan_wrapper_build(scan_ctx *c, scan_val state)
         p += 1 + c->buf[p];
     }
     if (objects) {
-        end = scan_nested(c, p);
+        uint32_t nested = 0;
+        end = scan_nested(c, p, &nested);
         if (end < 0) return -1;
+        if (scan_deepen(c, target, nested + 1) < 0) return -1; /* the wrapper holds that array */
     } else {
         uint64_t nbytes = count * (uint64_t)size;
         if (size && count > ((uint64_t)1 << 48) / (uint64_t)size) {
@@ -1053,8 +1227,11 @@ static int scan_tuple2(scan_ctx *c)
     if (c->npairs == c->pairs_cap &&
         scan_grow((void **)&c->pairs, &c->pairs_cap, sizeof(scan_pair), 16) < 0)
         return -1;
+    uint32_t d = sv_depth(c, a) + 1;
+    if (scan_check_depth(c, &d) < 0) return -1;
     c->pairs[c->npairs].obj = a;
     c->pairs[c->npairs].attr = b;
+    c->pairs[c->npairs].depth = d;
     c->depth -= 2;
     return scan_push(c, ((scan_val)SV_PAIR << 60) | (scan_val)c->npairs++);
 }
@@ -1070,7 +1247,7 @@ static int scan_reduce(scan_ctx *c)
         PyObject *attr = NULL;
         int r = scan_val_str(c, pr.attr, &attr);
         if (r < 0) return -1;
-        PyObject *owner = c->gtab[sv_index(pr.obj)].key;
+        PyObject *owner = c->gtab[sv_gi(c, pr.obj)].key;
         /* a chain of getattrs builds ever longer names: past a sane length
          * (keeping the scan linear) it is judged as getattr itself */
         if (r && PyUnicode_GET_LENGTH(PyTuple_GET_ITEM(owner, 1)) + PyUnicode_GET_LENGTH(attr) <
@@ -1090,14 +1267,23 @@ static int scan_reduce(scan_ctx *c)
             if (scan_make_dtype(c, args, &v) < 0) return -1;
             return scan_collapse_to(c, c->depth - 2, v);
         }
-        if (role == ROLE_WRAPPER) { /* calling the class makes an instance */
+        if (role == ROLE_WRAPPER || role == ROLE_PYX) { /* an instance, not a dtype */
             if (scan_instance_of(c, fn, &v) < 0) return -1;
             return scan_collapse_to(c, c->depth - 2, v);
         }
         scan_rec *t = scan_rec_of(c, args, REC_TUPLE);
-        if (role == ROLE_RECONSTRUCTOR && t && t->n >= 1) {
-            /* copyreg._reconstructor(cls, base, state) and __newobj__(cls, ...) make a cls */
-            if (scan_instance_of(c, c->items[t->first], &v) < 0) return -1;
+        if ((role == ROLE_RECONSTRUCTOR || role == ROLE_BASE_NEW) && sv_kind(args) == SV_PAIR) {
+            /* (cls, "<str>") was made a pair for getattr */
+            if (scan_instance_of(c, c->pairs[sv_index(args)].obj, &v) < 0) return -1;
+            return scan_collapse_to(c, c->depth - 2, v);
+        }
+        if ((role == ROLE_RECONSTRUCTOR || role == ROLE_BASE_NEW) && t && t->n >= 1) {
+            /* they make a cls (args[0]); copyreg._reconstructor(cls, base, state)
+             * makes it with base.__new__: a dtype when either is a dtype class */
+            scan_val cls = c->items[t->first];
+            if (role == ROLE_BASE_NEW && t->n >= 2 && scan_is_dtype_class(c, c->items[t->first + 1]))
+                cls = c->items[t->first + 1];
+            if (scan_instance_of(c, cls, &v) < 0) return -1;
             return scan_collapse_to(c, c->depth - 2, v);
         }
     }
@@ -1261,8 +1447,13 @@ static int scan_step(scan_ctx *c)
         if (scan_new_rec(c, REC_DICT, &v) < 0) return -1;
         return scan_push(c, v);
     }
-    case OP_NEWTRUE: case OP_NEWFALSE: case OP_EMPTY_LIST: case OP_EMPTY_SET:
+    case OP_NEWTRUE: case OP_NEWFALSE:
         return scan_push(c, SV_MAKE_OPAQUE);
+    case OP_EMPTY_LIST: case OP_EMPTY_SET: { /* mutable: an identity for their depth */
+        scan_val v;
+        if (scan_new_node(c, SV_OPAQUE, -1, 0, &v) < 0) return -1;
+        return scan_push(c, v);
+    }
     case OP_NEXT_BUFFER:
         c->n_buffers++;
         return scan_push(c, SV_MAKE_OPAQUE);
@@ -1277,7 +1468,11 @@ static int scan_step(scan_ctx *c)
     case OP_INT:
         if (!(p = scan_line(c, &len))) return -1;
         return scan_push(c, scan_text_int(p, len));
-    case OP_LONG: case OP_FLOAT:
+    case OP_LONG: /* "123L": the same int as INT's */
+        if (!(p = scan_line(c, &len))) return -1;
+        if (len > 0 && p[len - 1] == 'L') len--;
+        return scan_push(c, len == 2 && p[0] == '0' ? SV_MAKE_OPAQUE : scan_text_int(p, len));
+    case OP_FLOAT:
         return scan_line(c, &len) ? scan_push(c, SV_MAKE_OPAQUE) : -1;
     case OP_LONG1: {
         if (!(p = scan_take(c, 1))) return -1;
@@ -1329,9 +1524,13 @@ static int scan_step(scan_ctx *c)
     /* ---- containers */
     case OP_APPEND:
         if (scan_need(c, 2) < 0) return -1;
+        if (scan_deepen(c, c->stack[c->depth - 2], scan_depth_of(c, c->depth - 1, c->depth)) < 0)
+            return -1;
         return scan_pop(c, 1);
     case OP_SETITEM: {
         if (scan_need(c, 3) < 0) return -1;
+        if (scan_deepen(c, c->stack[c->depth - 3], scan_depth_of(c, c->depth - 2, c->depth)) < 0)
+            return -1;
         scan_rec *d = scan_rec_of(c, c->stack[c->depth - 3], REC_DICT);
         if (d) scan_dict_set(c, d, c->stack[c->depth - 2], c->stack[c->depth - 1]);
         return scan_pop(c, 2);
@@ -1342,6 +1541,7 @@ static int scan_step(scan_ctx *c)
             return scan_fail(c, "odd number of items");
         if (m - c->fence < 1)
             return scan_fail(c, "stack underflow (no container under the MARK)");
+        if (scan_deepen(c, c->stack[m - 1], scan_depth_of(c, m, c->depth)) < 0) return -1;
         if (c->op == OP_SETITEMS) {
             /* outside joblib files only a dict that can still be dtype fields matters */
             scan_rec *d = scan_rec_of(c, c->stack[m - 1], REC_DICT);
@@ -1447,15 +1647,16 @@ static int scan_step(scan_ctx *c)
         if (sv_kind(target) == SV_GLOBAL && scan_unsafe(c) < 0) return -1;
         if (scan_rec_of(c, target, REC_DTYPE)) {
             if (scan_dtype_build(c, sv_index(target), state) < 0) return -1;
-        } else if (scan_dtype_state_shaped(c, state) &&
+        } else if (sv_kind(target) == SV_OPAQUE && scan_may_be_dtype_state(c, state) &&
                    scan_unsafe_why(c, "a numpy dtype state set on an object the scanner "
                                       "cannot follow") < 0) {
             return -1;
         }
+        if (scan_deepen(c, target, sv_depth(c, state) + 1) < 0) return -1;
         int wrapper = c->joblib && sv_kind(target) == SV_INSTANCE &&
-                      c->gtab[sv_index(target)].role == ROLE_WRAPPER;
+                      c->gtab[sv_gi(c, target)].role == ROLE_WRAPPER;
         if (scan_pop(c, 1) < 0) return -1;
-        return wrapper ? scan_wrapper_build(c, state) : 0;
+        return wrapper ? scan_wrapper_build(c, target, state) : 0;
     }
     case OP_EXT1: case OP_EXT2: case OP_EXT4: {
         int w = c->op == OP_EXT1 ? 1 : c->op == OP_EXT2 ? 2 : 4;
@@ -1590,11 +1791,6 @@ static void scan_hot(scan_ctx *c)
             pos += 1;
             proto = proto > 2 ? proto : 2;
             continue;
-        case OP_EMPTY_LIST:
-            stack[depth++] = SV_MAKE_OPAQUE;
-            pos += 1;
-            proto = proto > 1 ? proto : 1;
-            continue;
         case OP_EMPTY_TUPLE:
             stack[depth++] = (scan_val)SV_EMPTYT << 60;
             pos += 1;
@@ -1641,6 +1837,7 @@ static void scan_ctx_free(scan_ctx *c)
     free(c->pairs);
     free(c->recs);
     free(c->items);
+    free(c->nodes);
     Py_XDECREF(c->gindex);
     Py_XDECREF(c->globals);
     Py_XDECREF(c->unsafe);
@@ -1659,6 +1856,10 @@ static int scan_ctx_init(scan_ctx *c, PyObject *FormatError, const unsigned char
     c->buf = buf;
     c->size = size;
     c->names.seed = c->memo.sparse.seed = scan_seed();
+    if (scan_grow((void **)&c->nodes, &c->nodes_cap, sizeof(scan_node), 256) < 0) return -1;
+    c->nodes[0].depth = 0; /* the constants' node */
+    c->nodes[0].gi = -1;
+    c->nnodes = 1;
     if (!(c->globals = PyList_New(0))) return -1;
     if (!(c->gindex = PyDict_New())) return -1;
     c->unsafe = unsafe ? Py_NewRef(unsafe) : PyList_New(0);

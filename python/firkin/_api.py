@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import functools
 import io
 import os
 import pickle
@@ -13,7 +14,7 @@ import warnings
 
 import numpy as np
 
-from . import _byvalue, _compress, _core, _meta, _progress, _sign, _text, _trust
+from . import _byvalue, _compress, _core, _guards, _meta, _progress, _sign, _text, _trust
 from ._core import ChecksumError, FirkinError, FormatError, UntrustedTypesError
 
 __all__ = ["dump", "load", "dumps", "loads", "load_metadata", "codecs", "untrusted_types",
@@ -419,11 +420,23 @@ def _frombuffer_mmap(buf, dtype, shape, order, axis_order=None):
     return _NP_FROMBUFFER(buf, dtype, shape, order, axis_order)
 
 
-class _MmapUnpickler(pickle.Unpickler):
+class _MmapHooks:
+    """Put before an unpickler class (the policy's too, whose find_class would
+    hand out its own guard first): numpy's _frombuffer becomes
+    _frombuffer_mmap, behind the runtime dtype check (firkin._guards)."""
+
     def find_class(self, module, name):
         if (module, name) in _NP_FROMBUFFER_NAMES:
-            return _frombuffer_mmap
+            return _FROMBUFFER_MMAP
         return super().find_class(module, name)
+
+
+_FROMBUFFER_MMAP = _guards.checked_maker(_frombuffer_mmap, "numpy._core.numeric._frombuffer", 1,
+                                         "dtype", True)
+
+
+class _MmapUnpickler(_MmapHooks, pickle.Unpickler):
+    pass
 
 
 _SIGNATURE_NOTES = {
@@ -521,16 +534,25 @@ class _WholeStream:
 
 
 def _unpickle(reader, stream, buffers, mmap: bool, policy):
-    base = _MmapUnpickler if mmap else pickle.Unpickler
     try:
         if policy is True and not mmap:
             return pickle.loads(stream, buffers=buffers)  # reads the bytes in place
-        cls = _trust.make_unpickler(base, True if policy is True else policy)
+        if policy is True:
+            cls = _MmapUnpickler
+        else:
+            cls = _trust.make_unpickler(pickle.Unpickler, policy)
+            if mmap:
+                cls = _mmap_policy_class(cls)
         unpickler = cls(_WholeStream(stream), buffers=buffers)
         unpickler.fk_name = reader.name  # refusals name the file
         return unpickler.load()
     except pickle.UnpicklingError as exc:
         raise FormatError(f"{reader.name}: the pickle stream is invalid: {exc}") from exc
+
+
+@functools.lru_cache(maxsize=64)
+def _mmap_policy_class(policy_cls):
+    return type("_MmapPolicyUnpickler", (_MmapHooks, policy_cls), {})
 
 
 def _warn_versions(reader) -> None:

@@ -53,7 +53,7 @@ import zlib
 
 import numpy as np
 
-from . import _core
+from . import _core, _guards
 from ._core import FormatError
 
 __all__ = ["load_foreign", "load_fileobj", "loads_foreign", "detect", "inspect_stream",
@@ -152,18 +152,6 @@ def _byte_order_mismatch(dtype: np.dtype) -> bool:
     if dtype.byteorder == "|" and dtype.fields:
         return all(f[0].byteorder == foreign for f in dtype.fields.values())
     return False
-
-
-def _hides_objects(dtype: np.dtype) -> bool:
-    """True when `dtype` holds Python objects in its fields or subarray but its
-    flags say it does not (a crafted dtype state): arrays of it would take
-    object pointers from the file's bytes."""
-    if dtype.hasobject or (dtype.fields is None and dtype.subdtype is None):
-        return False
-    if dtype.subdtype is not None and (dtype.subdtype[0].hasobject
-                                       or _hides_objects(dtype.subdtype[0])):
-        return True
-    return any(f[0].hasobject or _hides_objects(f[0]) for f in (dtype.fields or {}).values())
 
 
 class _SavedMemmap:
@@ -1264,10 +1252,9 @@ class _Loader:
         if not isinstance(dtype, np.dtype):
             raise FormatError(f"{self.name}: {what}: dtype is {type(dtype).__name__}, "
                               "not a numpy dtype")
-        if _hides_objects(dtype):
-            raise FormatError(f"{self.name}: {what}: its dtype holds Python objects but its flags "
-                              "say it does not; reading it would take object pointers from the "
-                              "file (a damaged or crafted file)")
+        why = _guards.dtype_problem(dtype)
+        if why:
+            raise FormatError(f"{self.name}: {what}: {why} (a damaged or crafted file)")
         nbytes = dtype.itemsize
         try:
             for s in shape:

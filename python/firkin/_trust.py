@@ -49,7 +49,6 @@ import _compat_pickle
 import json
 import pickle
 import sys
-import threading
 from functools import lru_cache
 from typing import Iterable
 
@@ -292,19 +291,12 @@ _MISSING = object()
 #: guarded factory, or a class whose rebuild checks the state it is given).
 #: The modules that guard a name register it here; trusted=True bypasses it.
 REPLACEMENTS: dict[tuple[str, str], object] = {}
-_LOADS = threading.local()
-
-
 def after_load(fn) -> bool:
     """Calls ``fn()`` when the policy load running in this thread ends (however
     it ends); False, and nothing registered, when no such load is running.
     A rebuild registered in REPLACEMENTS uses it to undo what it must keep in
     place only while the stream can still reach the object."""
-    pending = getattr(_LOADS, "stack", None)
-    if not pending:
-        return False
-    pending[-1].append(fn)
-    return True
+    return _guards.after_load(fn)
 
 
 # the trusted names reached through getattr (nested qualnames)
@@ -369,15 +361,12 @@ def _unpickler_class(base_cls, extra: frozenset[str], name: str, call: str):
         fk_name = name
 
         def load(self):
-            stack = _LOADS.__dict__.setdefault("stack", [])
-            pending: list = []
-            stack.append(pending)
-            try:
-                return super().load()
-            finally:
-                stack.pop()
-                for fn in pending:
-                    fn()
+            # dtypes and arrays the guards recorded are checked before the
+            # load returns (firkin._guards)
+            with _guards.loading(self.fk_name) as guard:
+                obj = super().load()
+                guard.finish()
+            return obj
 
         def find_class(self, module, qualname):
             mod, qual = module, qualname
@@ -417,3 +406,6 @@ def make_unpickler(base_cls, trusted=None, name: str = "<data>", *, call: str = 
 
 #: pickle.Unpickler under the default policy (the built-in list, nothing more)
 SafeUnpickler = make_unpickler(pickle.Unpickler)
+
+
+from . import _frames, _guards  # noqa: E402,F401 - register their REPLACEMENTS; use this module

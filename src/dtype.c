@@ -1,0 +1,224 @@
+/* The runtime dtype check: does a numpy dtype's state tell the truth about
+ * the Python objects it holds?
+ *
+ * numpy takes a pickled dtype's flags on trust (dtype.__setstate__): a
+ * structured dtype whose fields or subarray hold objects but whose flags
+ * lack NPY_ITEM_REFCOUNT, NPY_LIST_PICKLE or NPY_NEEDS_INIT makes numpy take
+ * object pointers from raw bytes. dtype_problem walks the dtype (fields and
+ * subarray bases, to a bounded depth, each distinct dtype once) and says
+ * what is wrong, or returns None. The static scanner (scan.c) judges the
+ * pickled states; this judges the dtypes numpy actually holds, whatever
+ * built them (python/firkin/_guards.py calls it while loading).
+ */
+#define NPY_NO_DEPRECATED_API NPY_1_7_API_VERSION
+#define PY_ARRAY_UNIQUE_SYMBOL firkin_ARRAY_API
+#define NO_IMPORT_ARRAY
+#include "firkin.h"
+#include <numpy/arrayobject.h>
+
+#define DTC_OBJECT_FLAGS (NPY_ITEM_REFCOUNT | NPY_LIST_PICKLE | NPY_NEEDS_INIT)
+#define DTC_MAX_DEPTH 64
+
+enum { DTC_NO_OBJECTS = 0, DTC_OBJECTS = 1, DTC_PROBLEM = 2 };
+
+static int dtc_walk(PyArray_Descr *d, int depth, PyObject **memo, const char **why);
+
+/* the verdict on one part (a field's or the subarray's base dtype) */
+static int dtc_part(PyObject *part, int depth, PyObject **memo, const char **why)
+{
+    if (!PyArray_DescrCheck(part)) {
+        *why = "the numpy dtype has fields that are not (dtype, offset) pairs";
+        return DTC_PROBLEM;
+    }
+    return dtc_walk((PyArray_Descr *)part, depth, memo, why);
+}
+
+/* DTC_* for d, or -1 with an exception set */
+static int dtc_walk(PyArray_Descr *d, int depth, PyObject **memo, const char **why)
+{
+    int holds = d->type_num == NPY_OBJECT;
+    if (!PyDataType_HASFIELDS(d) && !PyDataType_HASSUBARRAY(d))
+        return holds ? DTC_OBJECTS : DTC_NO_OBJECTS; /* numpy keeps a plain dtype's own flags */
+    if (depth > DTC_MAX_DEPTH) {
+        *why = "the numpy dtype nests more than 64 levels deep (or contains itself)";
+        return DTC_PROBLEM;
+    }
+    int rc = -1;
+    PyObject *key = NULL;
+    if (depth > 0) { /* a structured part: judged once however often it is shared */
+        if (!*memo && !(*memo = PyDict_New())) return -1;
+        key = PyLong_FromVoidPtr(d);
+        if (!key) return -1;
+        PyObject *seen = PyDict_GetItemWithError(*memo, key); /* borrowed */
+        if (seen) {
+            rc = (int)PyLong_AsLong(seen);
+            goto done;
+        }
+        if (PyErr_Occurred()) goto done;
+    }
+    if (PyDataType_HASFIELDS(d)) {
+        PyObject *fields = PyDataType_FIELDS(d);
+        if (!fields || !PyDict_Check(fields)) {
+            *why = "the numpy dtype has names but no fields dict";
+            rc = DTC_PROBLEM;
+            goto done;
+        }
+        Py_ssize_t pos = 0;
+        PyObject *k, *v;
+        while (PyDict_Next(fields, &pos, &k, &v)) {
+            if (!PyTuple_Check(v) || PyTuple_GET_SIZE(v) < 2) {
+                *why = "the numpy dtype has fields that are not (dtype, offset) pairs";
+                rc = DTC_PROBLEM;
+                goto done;
+            }
+            int r = dtc_part(PyTuple_GET_ITEM(v, 0), depth + 1, memo, why);
+            if (r < 0 || r == DTC_PROBLEM) {
+                rc = r;
+                goto done;
+            }
+            holds |= r;
+        }
+    }
+    if (PyDataType_HASSUBARRAY(d)) {
+        PyArray_ArrayDescr *sub = PyDataType_SUBARRAY(d);
+        if (!sub || !sub->base) {
+            *why = "the numpy dtype has a subarray without a base dtype";
+            rc = DTC_PROBLEM;
+            goto done;
+        }
+        int r = dtc_part((PyObject *)sub->base, depth + 1, memo, why);
+        if (r < 0 || r == DTC_PROBLEM) {
+            rc = r;
+            goto done;
+        }
+        holds |= r;
+    }
+    if (holds && (PyDataType_FLAGS(d) & DTC_OBJECT_FLAGS) != DTC_OBJECT_FLAGS) {
+        *why = "the numpy dtype holds Python objects but its flags say it does not "
+               "(arrays of it would take object pointers from the file's bytes)";
+        rc = DTC_PROBLEM;
+        goto done;
+    }
+    rc = holds ? DTC_OBJECTS : DTC_NO_OBJECTS;
+    if (key) {
+        PyObject *val = PyLong_FromLong(rc);
+        if (!val || PyDict_SetItem(*memo, key, val) < 0) rc = -1;
+        Py_XDECREF(val);
+    }
+done:
+    Py_XDECREF(key);
+    return rc;
+}
+
+PyObject *fk_dtype_problem(PyObject *module, PyObject *arg)
+{
+    (void)module;
+    if (!PyArray_DescrCheck(arg)) {
+        PyErr_Format(PyExc_TypeError, "dtype_problem() takes a numpy dtype, not %.200s",
+                     Py_TYPE(arg)->tp_name);
+        return NULL;
+    }
+    PyObject *memo = NULL;
+    const char *why = NULL;
+    int r = dtc_walk((PyArray_Descr *)arg, 0, &memo, &why);
+    Py_XDECREF(memo);
+    if (r < 0) return NULL;
+    if (r == DTC_PROBLEM) return PyUnicode_FromString(why);
+    Py_RETURN_NONE;
+}
+
+/* ------------------------------------------------------------ DtypeGuard
+ *
+ * DtypeGuard(fn, slow, at): a callable that stands for fn (numpy's
+ * _frombuffer, scalar) under the trust policy. A call whose argument at
+ * position `at` is a structured numpy dtype (fields or a subarray: the only
+ * kind a state can make lie), or that passes keywords, goes to slow (the
+ * Python guard that checks and records); every other call goes straight to
+ * fn, so that loading many plain arrays costs one C test each.
+ */
+typedef struct {
+    PyObject_HEAD
+    PyObject *fn;
+    PyObject *slow;
+    Py_ssize_t at;
+} DtypeGuardObject;
+
+static PyObject *DtypeGuard_call(DtypeGuardObject *g, PyObject *args, PyObject *kwargs)
+{
+    PyObject *dt = PyTuple_GET_SIZE(args) > g->at ? PyTuple_GET_ITEM(args, g->at) : NULL;
+    int plain = dt && (!kwargs || PyDict_GET_SIZE(kwargs) == 0) &&
+                (!PyArray_DescrCheck(dt) || (!PyDataType_HASFIELDS((PyArray_Descr *)dt) &&
+                                             !PyDataType_HASSUBARRAY((PyArray_Descr *)dt)));
+    return PyObject_Call(plain ? g->fn : g->slow, args, kwargs);
+}
+
+static PyObject *DtypeGuard_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    PyObject *fn, *slow;
+    Py_ssize_t at;
+    static char *kwlist[] = {"fn", "slow", "at", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOn:DtypeGuard", kwlist, &fn, &slow, &at))
+        return NULL;
+    if (!PyCallable_Check(fn) || !PyCallable_Check(slow) || at < 0) {
+        PyErr_SetString(PyExc_TypeError, "DtypeGuard(fn, slow, at): two callables and a position");
+        return NULL;
+    }
+    DtypeGuardObject *g = (DtypeGuardObject *)type->tp_alloc(type, 0);
+    if (!g) return NULL;
+    g->fn = Py_NewRef(fn);
+    g->slow = Py_NewRef(slow);
+    g->at = at;
+    return (PyObject *)g;
+}
+
+static int DtypeGuard_traverse(DtypeGuardObject *g, visitproc visit, void *arg)
+{
+    Py_VISIT(Py_TYPE(g));
+    Py_VISIT(g->fn);
+    Py_VISIT(g->slow);
+    return 0;
+}
+
+static int DtypeGuard_clear(DtypeGuardObject *g)
+{
+    Py_CLEAR(g->fn);
+    Py_CLEAR(g->slow);
+    return 0;
+}
+
+static void DtypeGuard_dealloc(DtypeGuardObject *g)
+{
+    PyTypeObject *tp = Py_TYPE(g);
+    PyObject_GC_UnTrack(g);
+    DtypeGuard_clear(g);
+    tp->tp_free((PyObject *)g);
+    Py_DECREF(tp);
+}
+
+static PyObject *DtypeGuard_repr(DtypeGuardObject *g)
+{
+    return PyUnicode_FromFormat("<firkin dtype guard of %R>", g->fn);
+}
+
+static PyType_Slot DtypeGuard_slots[] = {
+    {Py_tp_call, DtypeGuard_call},
+    {Py_tp_new, DtypeGuard_new},
+    {Py_tp_traverse, DtypeGuard_traverse},
+    {Py_tp_clear, DtypeGuard_clear},
+    {Py_tp_dealloc, DtypeGuard_dealloc},
+    {Py_tp_repr, DtypeGuard_repr},
+    {Py_tp_doc, "DtypeGuard(fn, slow, at): fn, or slow when argument `at` is a structured dtype"},
+    {0, NULL},
+};
+
+static PyType_Spec DtypeGuard_spec = {
+    "firkin._core.DtypeGuard", sizeof(DtypeGuardObject), 0,
+    Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC, DtypeGuard_slots,
+};
+
+int dtype_init_types(PyObject *module, fk_state *st)
+{
+    st->DtypeGuardType = (PyTypeObject *)PyType_FromModuleAndSpec(module, &DtypeGuard_spec, NULL);
+    if (!st->DtypeGuardType) return -1;
+    return PyModule_AddType(module, st->DtypeGuardType);
+}

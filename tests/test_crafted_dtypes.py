@@ -1,0 +1,237 @@
+"""numpy dtypes whose pickled flags hide the object field they hold, made
+through every way the allowlist lets a stream construct a dtype and set its
+state (tests/crafted_dtypes.py builds them from opcodes).
+
+numpy believes a dtype state's flags: arrays of such a dtype take object
+pointers from the file's bytes, and the first element read dereferences one
+(a crash, or worse). The static scan refuses them (this file's first half);
+the loader checks every dtype that reaches numpy again at run time, so that
+a scanner gap is not a bypass (second half, with the scan switched off)."""
+import pickle
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import firkin
+from firkin import _core
+
+import crafted_dtypes as cd
+from test_corpus_containers import _containers
+
+REASONS = ("hide the objects", "cannot check", "cannot follow")
+
+
+def _scan_reasons(data):
+    return [u[2] for u in _core.scan_pickle(data)["unsafe_ops"] if len(u) > 2]
+
+
+def _honest(data):
+    # the same stream with the flags numpy computes for an object field (27)
+    return data.replace(b"K\x10K\x08K\x00t", b"K\x10K\x08K\x1bt").replace(
+        b"K\x10K\x08K\x01t", b"K\x10K\x08K\x1bt").replace(b"K\x10K\x08L0L\nt", b"K\x10K\x08L27L\nt")
+
+
+@pytest.mark.parametrize("how", sorted(cd.STATES) + ["tuple(list) state"])
+@pytest.mark.parametrize("maker", sorted(cd.MAKERS))
+def test_every_way_to_make_a_dtype_is_followed(maker, how):
+    data = cd.dtype_stream(maker, how)
+    lying = pickle.loads(data)  # the stream is real: numpy takes the flags on trust
+    assert lying.fields["a"][0] == np.dtype("O") and (lying.flags & 0x0b) != 0x0b
+    reasons = _scan_reasons(data)
+    assert len(reasons) == 1 and reasons[0].startswith("a numpy dtype"), reasons
+    if how != "tuple(list) state":
+        assert "hide the objects" in reasons[0], reasons  # followed, not just refused
+        honest = _honest(data)
+        assert pickle.loads(honest).flags & 0x0b == 0x0b
+        assert _scan_reasons(honest) == [], (maker, how)
+
+
+@pytest.mark.parametrize("use", cd.USES)
+@pytest.mark.parametrize("maker", ["copyreg.__newobj_ex__", "pandas _new_Index", "REDUCE numpy.dtype"])
+def test_refused_in_every_container(tmp_path, maker, use):
+    data = cd.use_stream(use, cd.lying_dtype(maker, "LONG version"))
+    for kind, blob in _containers(data).items():
+        path = tmp_path / f"evil.{kind}"
+        path.write_bytes(blob)
+        with pytest.raises(firkin.UntrustedTypesError, match="before unpickling") as info:
+            firkin.load(path)
+        assert "hide the objects" in str(info.value), (kind, str(info.value))
+        assert any("hide the objects" in n for n in firkin.untrusted_types(path)), kind
+
+
+def test_numpy_needs_all_three_object_flags():
+    # hasobject alone (flags 1) is not enough: without NPY_LIST_PICKLE numpy
+    # takes the raw bytes as the array's object pointers and frees them
+    code = ("import pickle, crafted_dtypes as cd\n"
+            "x = pickle.loads(cd.use_stream('_reconstruct + BUILD', "
+            "cd.lying_dtype('REDUCE numpy.dtype', 'refcount flag only')))\n"
+            "assert x.dtype.hasobject\n"
+            "del x\n")
+    res = subprocess.run([sys.executable, "-c", code], cwd=str(_here()), capture_output=True)
+    assert res.returncode < 0, res.stderr  # the hazard: killed by a signal when the array is freed
+    data = cd.use_stream("_reconstruct + BUILD", cd.lying_dtype("REDUCE numpy.dtype", "refcount flag only"))
+    assert any("hide the objects" in r for r in _scan_reasons(data))
+
+
+def _here():
+    import pathlib
+
+    return pathlib.Path(__file__).parent
+
+
+# ------------------------------------------------------------------ at run time, without the scan
+
+def without_scan():
+    """firkin with its static scan reporting nothing unsafe: what is refused
+    then is refused by the loader's own checks"""
+    real_p, real_j = _core.scan_pickle, _core.scan_joblib
+    _core.scan_pickle = lambda data: {**real_p(data), "globals": [], "unsafe_ops": []}
+    _core.scan_joblib = lambda data: {**real_j(data), "globals": [], "unsafe_ops": []}
+
+
+def _isolated(code: str, expect_crash: bool = False) -> list[str]:
+    """Runs code in a fresh interpreter (a crash must fail the test, not kill
+    pytest); returns its output lines."""
+    import os
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    res = subprocess.run([sys.executable, "-c", code], cwd=str(_here()), capture_output=True,
+                         text=True, env=env, timeout=900)
+    if expect_crash:
+        assert res.returncode < 0, (res.returncode, res.stderr[-2000:])
+    else:
+        assert res.returncode == 0, f"the loader crashed or failed (rc {res.returncode}):\n{res.stderr[-3000:]}"
+    return res.stdout.splitlines()
+
+
+def run_isolated(cases_code: str) -> list[str]:
+    """cases_code run in a fresh interpreter with the static scan switched off"""
+    return _isolated("import test_crafted_dtypes as t\nt.without_scan()\n" + cases_code)
+
+
+run_isolated.__wrapped__ = _isolated  # the same, with the scan on
+
+
+def load_each(blobs, tmp):
+    """loads each (label, blob) from a file; prints 'label: outcome'"""
+    import os
+
+    for label, blob in blobs:
+        path = os.path.join(tmp, "x")
+        with open(path, "wb") as f:
+            f.write(blob)
+        try:
+            firkin.load(path)
+            print(f"{label}: LOADED", flush=True)
+        except firkin.UntrustedTypesError as exc:
+            print(f"{label}: refused {' '.join(str(exc).split())}", flush=True)
+        except Exception as exc:  # noqa: BLE001 - reported to the test
+            print(f"{label}: {type(exc).__name__} {' '.join(str(exc).split())}", flush=True)
+
+
+def _runtime_cases():
+    cases = []
+    for maker in sorted(cd.MAKERS):
+        for how in ("LONG version", "refcount flag only"):
+            for use in cd.USES:
+                data = cd.use_stream(use, cd.lying_dtype(maker, how))
+                for kind, blob in _containers(data).items():
+                    cases.append((f"{maker} | {how} | {use} | {kind}", blob))
+    return cases
+
+
+def test_the_runtime_check_alone_refuses_every_crafted_dtype(tmp_path):
+    out = run_isolated(
+        "import test_crafted_dtypes as t, sys\n"
+        f"t.load_each(t._runtime_cases(), {str(tmp_path)!r})\n")
+    cases = _runtime_cases()
+    assert len(out) == len(cases), out[-5:]
+    for line in out:
+        label, outcome = line.split(": ", 1)
+        assert outcome.startswith("refused"), line
+        assert "while unpickling" in outcome, line  # the scan saw nothing: the loader refused
+        assert "holds Python objects but its flags say it does not" in outcome, line
+
+
+def test_the_runtime_check_passes_honest_dtypes():
+    objs = [np.dtype([("a", "O"), ("b", "f8")]), np.zeros(2, dtype=[("a", "O"), ("b", "f8")]),
+            np.zeros(2, dtype=[("s", [("x", "O")]), ("y", "i4")]), np.zeros(2, dtype=("O", (3,))),
+            np.zeros(2, dtype=[("a", "f8"), ("b", "U3")]), np.dtype(("f8", (2, 2))),
+            np.dtype({"names": ["a", "b"], "formats": ["O", "i4"], "titles": ["t", None]}),
+            np.dtype([("a", "i1"), ("b", "O")], align=True),
+            np.ma.masked_array(np.zeros(2, dtype=[("a", "O"), ("b", "f8")]), mask=[(0, 1), (1, 0)]),
+            np.zeros((), dtype=[("a", "O")])[()], np.rec.array([(1, "x")], dtype=[("a", "i4"), ("b", "O")])]
+    for obj in objs:
+        for proto in (2, 5):
+            data = pickle.dumps(obj, proto)
+            back = _policy_loads(data)
+            assert pickle.dumps(back, proto) == data or repr(back) == repr(obj), obj
+
+
+def _policy_loads(data):
+    import io
+
+    from firkin import _trust
+
+    return _trust.SafeUnpickler(io.BytesIO(data)).load()
+
+
+def test_the_dtype_check_itself():
+    from firkin._guards import dtype_problem
+
+    assert dtype_problem(np.dtype("f8")) is None
+    assert dtype_problem(np.dtype([("a", "O")])) is None
+    lying = pickle.loads(cd.dtype_stream("REDUCE numpy.dtype", "BININT version"))
+    assert "flags say it does not" in dtype_problem(lying)
+    # nested: the outer's flags are honest, the inner one lies
+    outer = np.dtype([("x", "i8"), ("y", "V16")])
+    inner = lying
+    state = (3, "|", None, ("x", "y"), {"x": (np.dtype("i8"), 0), "y": (inner, 8)}, 24, 8, 0x1b)
+    d = np.dtype("V24")
+    d.__setstate__(state)
+    assert "flags say it does not" in dtype_problem(d)
+    # a dtype that contains itself (a state set after use)
+    loop = np.dtype("V8")
+    loop.__setstate__((3, "|", None, ("a",), {"a": (loop, 0)}, 8, 1, 0))
+    assert "contains itself" in dtype_problem(loop)
+    # a deep chain of dtypes, each holding the previous
+    d = np.dtype("i8")
+    for _ in range(100):
+        nxt = np.dtype("V8")
+        nxt.__setstate__((3, "|", None, ("a",), {"a": (d, 0)}, 8, 1, 0))
+        d = nxt
+    assert "nests more than" in dtype_problem(d)
+    loop.__setstate__((3, "|", None, None, None, 8, 1, 0))  # let it be freed
+    # shared parts are judged once: 40 levels of two fields on the same dtype
+    # are 2**40 paths, but 40 dtypes
+    d = np.dtype("i8")
+    for _ in range(40):
+        nxt = np.dtype("V8")
+        nxt.__setstate__((3, "|", None, ("a", "b"), {"a": (d, 0), "b": (d, 0)}, 8, 1, 0))
+        d = nxt
+    assert dtype_problem(d) is None
+    with pytest.raises(TypeError):
+        dtype_problem("f8")
+
+
+def test_the_c_guard_sends_only_structured_dtypes_to_the_check():
+    calls = []
+
+    def fn(*args):
+        return ("fn", args)
+
+    def slow(*args, **kwargs):
+        calls.append(args)
+        return ("slow", args)
+
+    g = _core.DtypeGuard(fn, slow, 1)
+    assert g(b"x", np.dtype("f8"), (1,)) == ("fn", (b"x", np.dtype("f8"), (1,)))
+    assert g(b"x", "V8") == ("fn", (b"x", "V8"))
+    structured = np.dtype([("a", "f8")])
+    assert g(b"x", structured)[0] == "slow"
+    assert g(b"x", np.dtype(("f8", (2,))))[0] == "slow"
+    assert g(b"x")[0] == "slow"  # no dtype where it belongs: the slow path decides
+    assert g(b"x", np.dtype("f8"), k=1)[0] == "slow"
+    assert len(calls) == 4

@@ -1,0 +1,177 @@
+"""pandas managers whose block placement points outside the frame: pandas'
+compiled code writes through those positions on first use (an
+out-of-bounds write), so a default load checks the layout first
+(firkin/_frames.py). Legitimate frames of every dtype, in the shape pandas
+3 pickles them and in the older BUILD-state shape, still load."""
+import copyreg
+import io
+import pickle
+
+import numpy as np
+import pandas as pd
+import pytest
+from pandas._libs.internals import BlockPlacement
+from pandas.core.internals.managers import BlockManager, SingleBlockManager
+
+import firkin
+
+from test_corpus_containers import _containers
+
+
+def _frames():
+    return {
+        "mixed": pd.DataFrame({"a": [1, 2, 3], "b": [1.5, 2.5, 3.5], "c": ["x", "y", "z"],
+                               "d": [1, 5, 7]}),
+        "extension": pd.DataFrame({
+            "t": pd.date_range("2020", periods=3, tz="Europe/Paris"),
+            "c": pd.Categorical(["a", "b", "a"]),
+            "i": pd.array([1, None, 3], dtype="Int64"),
+            "s": pd.array(["x", None, "z"], dtype="string"),
+            "td": pd.to_timedelta([1, 2, 3], unit="s"),
+            "iv": pd.arrays.IntervalArray.from_breaks([0, 1, 2, 3]),
+            "p": pd.period_range("2020-01", periods=3, freq="M"),
+            "sp": pd.arrays.SparseArray([0, 0, 1]),
+            "o": np.array([None, {"k": 1}, (1, 2)], dtype=object),
+        }),
+        "multiindex": pd.DataFrame(np.arange(12).reshape(3, 4),
+                                   index=pd.MultiIndex.from_tuples([(1, "a"), (1, "b"), (2, "a")]),
+                                   columns=pd.MultiIndex.from_product([["x", "y"], [1, 2]])),
+        "empty": pd.DataFrame(),
+        "no rows": pd.DataFrame({"a": pd.Series([], dtype=float)}),
+        "no columns": pd.DataFrame(index=[1, 2]),
+        "series": pd.Series([1, 2, 3], index=list("abc")),
+        "series tz": pd.Series(pd.date_range("2021", periods=2, tz="UTC")),
+        "series categorical": pd.Series(pd.Categorical(["a", "b"])),
+    }
+
+
+def _same(a, b):
+    if isinstance(a, pd.DataFrame):
+        pd.testing.assert_frame_equal(a, b)
+    else:
+        pd.testing.assert_series_equal(a, b)
+    assert type(b._mgr) in (BlockManager, SingleBlockManager)
+
+
+class _OldShape(pickle.Pickler):
+    """pickles managers the way pandas before 2.1 did: an empty manager
+    (copyreg.__newobj__) given the "0.14.1" state by BUILD"""
+
+    def reducer_override(self, obj):
+        if type(obj) in (BlockManager, SingleBlockManager):
+            return (copyreg.__newobj__, (type(obj),), _state(obj))
+        return NotImplemented
+
+
+def _state(mgr, locs=None):
+    blocks = [{"values": b.values, "mgr_locs": b.mgr_locs.indexer if locs is None else locs[i]}
+              for i, b in enumerate(mgr.blocks)]
+    axes = list(mgr.axes)
+    return (axes, [b["values"] for b in blocks], [], {"0.14.1": {"axes": axes, "blocks": blocks}})
+
+
+def _old_dumps(obj, protocol=5):
+    buf = io.BytesIO()
+    _OldShape(buf, protocol).dump(obj)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("label", sorted(_frames()))
+def test_legitimate_frames_load(tmp_path, label):
+    obj = _frames()[label]
+    streams = {f"p{p}": pickle.dumps(obj, p) for p in (2, 4, 5)}
+    streams["old shape"] = _old_dumps(obj)
+    for sname, data in streams.items():
+        _same(obj, pickle.loads(data))  # the stream is what pandas itself loads
+        for kind, blob in _containers(data).items():
+            path = tmp_path / f"ok.{kind}"
+            path.write_bytes(blob)
+            _same(obj, firkin.load(path))
+    path = tmp_path / "ok.firkin"
+    firkin.dump(obj, path)
+    _same(obj, firkin.load(path))
+    _same(obj, firkin.load(path, mmap_mode="r"))
+    import joblib
+
+    for compress in (0, 3):  # joblib's own files: array wrappers inside the blocks
+        path = tmp_path / f"ok{compress}.joblib"
+        joblib.dump(obj, path, compress=compress)
+        _same(obj, firkin.load(path))
+
+
+def _mutated(placements, old_shape=False):
+    """a legit 2-column int frame pickled with the given block placements"""
+    df = pd.DataFrame({"a": [1, 2], "b": [3, 4], "c": [5.0, 6.0]})
+    if old_shape:
+        class P(pickle.Pickler):
+            def reducer_override(self, obj):
+                if type(obj) is BlockManager:
+                    return (copyreg.__newobj__, (BlockManager,), _state(obj, placements))
+                return NotImplemented
+        buf = io.BytesIO()
+        P(buf, 5).dump(df)
+        return buf.getvalue()
+    for blk, locs in zip(df._mgr.blocks, placements):
+        blk._mgr_locs = BlockPlacement(locs)
+    return pickle.dumps(df, 5)
+
+
+# the int block holds 2 columns, the float block 1; the frame has 3
+BAD = {
+    "out of range": ([np.array([0, 7]), np.array([2])], "points past the 3 columns"),
+    "far out of range": ([np.array([0, 2**40]), np.array([1])], "points past the 3 columns"),
+    "slice out of range": ([slice(1, 3), slice(5, 6)], "points past the 3 columns"),
+    "twice": ([np.array([0, 1]), np.array([1])], "exactly once"),
+    "negative": ([np.array([0, -1]), np.array([2])], "negative"),
+    "too short": ([np.array([0]), np.array([2])], "its values hold 2"),
+}
+
+
+@pytest.mark.parametrize("old_shape", [False, True], ids=["pandas 3 shape", "old shape"])
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_placements_outside_the_frame_are_refused(tmp_path, case, old_shape):
+    placements, reason = BAD[case]
+    data = _mutated(placements, old_shape)
+    for kind, blob in _containers(data).items():
+        path = tmp_path / f"evil.{kind}"
+        path.write_bytes(blob)
+        with pytest.raises(firkin.UntrustedTypesError, match="while unpickling") as info:
+            firkin.load(path)
+        assert reason in str(info.value), (kind, str(info.value))
+        assert "a pandas " in str(info.value)
+
+
+def test_pandas_itself_takes_such_a_layout():
+    # the hazard: pandas' own constructor checks counts, not positions
+    data = _mutated([np.array([0, 7]), np.array([2])])
+    df = pickle.loads(data)
+    assert [list(b.mgr_locs.as_array) for b in df._mgr.blocks] == [[0, 7], [2]]
+
+
+def test_from_opcodes_a_huge_slice_is_measured_not_built(tmp_path):
+    # _unpickle_block(values, slice(0, 2**62, 1), 2): edited in the opcode stream
+    data = pickle.dumps(pd.DataFrame({"a": [1, 2]}), 2)
+    old = b"c__builtin__\nslice\n"
+    assert old in data or b"cbuiltins\nslice\n" in data
+    # the first slice(0, 1, 1): K\x00 K\x01 K\x01 -> (0, 2**62, 1)
+    i = data.index(b"K\x00K\x01K\x01\x87")
+    evil = data[:i] + b"K\x00\x8a\x08" + (2**62).to_bytes(8, "little") + b"K\x01\x87" + data[i + 7:]
+    for kind, blob in _containers(evil).items():
+        path = tmp_path / f"evil.{kind}"
+        path.write_bytes(blob)
+        with pytest.raises(firkin.UntrustedTypesError, match="its placement names"):
+            firkin.load(path)
+
+
+def test_a_manager_left_without_state_is_refused(tmp_path):
+    from test_corpus_containers import _g
+
+    data = b"\x80\x02" + _g("pandas.core.internals.managers", "SingleBlockManager") + b")\x81."
+    with pytest.raises(firkin.UntrustedTypesError, match="never given its state"):
+        _load_bytes(tmp_path, data)
+
+
+def _load_bytes(tmp_path, data):
+    path = tmp_path / "x.pkl"
+    path.write_bytes(data)
+    return firkin.load(path)
