@@ -201,6 +201,12 @@ PyObject *scan_pickle(PyObject *module, PyObject *data);
  * each NumpyArrayWrapper's BUILD; adds "arrays" and "complete". */
 PyObject *scan_joblib(PyObject *module, PyObject *data);
 
+/* ---- validate.c ---- */
+/* tree_links(left, right, feature, n_features) -> None or (code, node): the
+ * first node of a decision tree whose links or feature break what sklearn's
+ * compiled Tree loops assume (codes in validate.c). */
+PyObject *validate_tree_links(PyObject *module, PyObject *args);
+
 /* ---- little-endian helpers ---- */
 static inline void fk_put_u16(unsigned char *p, uint16_t v) {
     p[0] = (unsigned char)v; p[1] = (unsigned char)(v >> 8);

@@ -85,6 +85,11 @@ static PyMethodDef module_methods[] = {
      "scan_joblib(data) -> dict: scan_pickle of a joblib file's decompressed bytes, stepping over "
      "the array data joblib writes after each NumpyArrayWrapper; adds 'arrays' [(build_end, "
      "data_start, data_end, nested)] and 'complete'"},
+    {"tree_links", validate_tree_links, METH_VARARGS,
+     "tree_links(left, right, feature, n_features) -> None, or (code, node) for the first node "
+     "of a decision tree whose children or feature break the invariants of sklearn's compiled "
+     "tree loops: 1 children not later in-range nodes, 2 feature out of range, 3 leaf with a "
+     "right child, 4 a node with two parents"},
     {NULL, NULL, 0, NULL},
 };
 

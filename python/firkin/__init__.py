@@ -23,6 +23,7 @@ from ._api import (
 )
 
 from ._inspect import info, verify  # noqa: E402
+from ._validate import StoredPathWarning  # noqa: E402
 from ._sign import set_key  # noqa: E402
 
 __version__ = _core.__version__
@@ -37,6 +38,7 @@ __all__ = [
     "untrusted_types",
     "UntrustedTypesError",
     "VersionMismatchWarning",
+    "StoredPathWarning",
     "info",
     "verify",
     "set_key",

@@ -844,11 +844,21 @@ def _unpickler_class(base_cls, extra: frozenset[str], name: str, call: str):
 
         fk_name = name
 
+        def load(self):
+            # objects whose state compiled code trusts are checked before the
+            # load returns (firkin._validate)
+            with _validate.checking(self.fk_name) as check:
+                obj = super().load()
+                check.finish(obj)
+            return obj
+
         def find_class(self, module, qualname):
             mod, qual = module, qualname
             if isinstance(mod, str) and isinstance(qual, str):
                 mod, qual = _map_py2(mod, qual)
                 if _is_trusted(mod, qual, extra) and _map_py2(mod, qual) == (mod, qual):
+                    if (mod, qual) in _validate.WATCHED:
+                        _validate.current_check(self.fk_name).saw(mod, qual)
                     replacement = REPLACEMENTS.get((mod, qual))
                     if replacement is not None:
                         return replacement
@@ -882,3 +892,6 @@ def make_unpickler(base_cls, trusted=None, name: str = "<data>", *, call: str = 
 
 #: pickle.Unpickler under the default policy (the built-in list, nothing more)
 SafeUnpickler = make_unpickler(pickle.Unpickler)
+
+
+from . import _validate  # noqa: E402 - registers its REPLACEMENTS; uses this module
