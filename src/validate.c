@@ -87,3 +87,56 @@ done:
     PyBuffer_Release(&F);
     return result;
 }
+
+/* retype(obj, cls): make obj, an instance of a heap subclass of cls that adds
+ * nothing to cls's instance layout (firkin._validate's checked Tree), an
+ * instance of cls itself, as `obj.__class__ = cls` would if cls allowed it. */
+PyObject *validate_retype(PyObject *module, PyObject *args)
+{
+    (void)module;
+    PyObject *obj;
+    PyTypeObject *to;
+    if (!PyArg_ParseTuple(args, "OO!:retype", &obj, &PyType_Type, &to)) return NULL;
+    PyTypeObject *from = Py_TYPE(obj);
+    if (from == to) Py_RETURN_NONE;
+    const unsigned long gc = Py_TPFLAGS_HAVE_GC;
+    if (!(from->tp_flags & Py_TPFLAGS_HEAPTYPE) || from->tp_base != to ||
+        from->tp_basicsize != to->tp_basicsize || from->tp_itemsize != to->tp_itemsize ||
+        from->tp_dictoffset != to->tp_dictoffset ||
+        from->tp_weaklistoffset != to->tp_weaklistoffset || (from->tp_flags & gc) != (to->tp_flags & gc)) {
+        PyErr_Format(PyExc_TypeError, "retype: %s is not a layout-identical subclass of %s",
+                     from->tp_name, to->tp_name);
+        return NULL;
+    }
+    if (to->tp_flags & Py_TPFLAGS_HEAPTYPE) Py_INCREF(to);
+    Py_SET_TYPE(obj, to);
+    Py_DECREF(from); /* instances of heap types own a reference to their type */
+    Py_RETURN_NONE;
+}
+
+/* checked_subclass(base, name) -> a subclass of base (a type firkin rebuilds
+ * through a checked factory, sklearn's Tree) with base's instance layout:
+ * no __dict__, no weak references, no GC unless base has it, so retype()
+ * can make its instances plain base instances once their state is checked.
+ * Python sets its __setstate__. */
+PyObject *validate_checked_subclass(PyObject *module, PyObject *args)
+{
+    (void)module;
+    PyTypeObject *base;
+    const char *name;
+    if (!PyArg_ParseTuple(args, "O!s:checked_subclass", &PyType_Type, &base, &name)) return NULL;
+    if (base->tp_dictoffset || base->tp_weaklistoffset || base->tp_itemsize) {
+        PyErr_Format(PyExc_TypeError, "checked_subclass: %s instances are not fixed-size "
+                     "without a __dict__", base->tp_name);
+        return NULL;
+    }
+    PyType_Slot slots[] = {{0, NULL}};
+    PyType_Spec spec = {
+        .name = name,
+        .basicsize = 0, /* base's */
+        .itemsize = 0,
+        .flags = (unsigned int)(Py_TPFLAGS_DEFAULT | (base->tp_flags & Py_TPFLAGS_HAVE_GC)),
+        .slots = slots,
+    };
+    return PyType_FromSpecWithBases(&spec, (PyObject *)base);
+}

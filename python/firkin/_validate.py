@@ -78,12 +78,13 @@ def refuse(name: str, what: str, why: str) -> UntrustedTypesError:
 class Check:
     """The checks of one load: objects built through a factory, whether a walk is due."""
 
-    __slots__ = ("name", "built", "walk")
+    __slots__ = ("name", "built", "walk", "state_set")
 
     def __init__(self, name: str):
         self.name = name
-        self.built: list = []
+        self.built: list = []  # kept alive until finish(): state_set holds their ids
         self.walk = False
+        self.state_set: set[int] = set()
 
     def saw(self, module: str, qualname: str) -> None:
         """find_class resolved a watched name."""
@@ -93,10 +94,13 @@ class Check:
     def finish(self, obj) -> None:
         """Check everything this load built; raise UntrustedTypesError at the first violation."""
         for item in self.built:
-            _check_built(self.name, item)
+            _check_built(self, item)
         if self.walk:
             for found, owner in _walk(obj):
                 owner(self.name, found)
+        for item in self.built:  # all checked: the trees become sklearn's own Tree
+            if type(item) is _tree_cls:
+                _core.retype(item, _tree_cls.__base__)
 
 
 class _Checking:
@@ -165,29 +169,26 @@ def _guarded_tree_class():
     if _tree_cls is None:
         from sklearn.tree._tree import Tree  # noqa: PLC0415 - only when a file names it
 
-        class GuardedTree(Tree):
-            # Tree.__reduce__ names sklearn's Tree, so pickling (and copying)
-            # a loaded tree gives a plain Tree again
-            __slots__ = ("_fk_state",)
+        def __setstate__(self, d):
+            check = _current("sklearn.tree._tree.Tree")
+            if id(self) in check.state_set:
+                raise refuse(check.name, "a sklearn.tree._tree.Tree",
+                             "its state is set twice (a second BUILD on a Tree writes its "
+                             "new nodes into the buffer sized for the first)")
+            check.state_set.add(id(self))
+            _check_tree_state(check.name, self, d)
+            Tree.__setstate__(self, d)
+            # the structure is sound; now compiled code may walk it
+            depth = int(self.compute_node_depths().max()) - 1
+            if depth > self.max_depth:
+                raise refuse(check.name, "a sklearn.tree._tree.Tree",
+                             f"max_depth is {self.max_depth} but its nodes reach depth "
+                             f"{depth} (decision_path sizes its output by max_depth)")
 
-            def __setstate__(self, d):
-                check = _current("sklearn.tree._tree.Tree")
-                if getattr(self, "_fk_state", False):
-                    raise refuse(check.name, "a sklearn.tree._tree.Tree",
-                                 "its state is set twice (a second BUILD on a Tree writes its "
-                                 "new nodes into the buffer sized for the first)")
-                self._fk_state = True
-                _check_tree_state(check.name, self, d)
-                Tree.__setstate__(self, d)
-                # the structure is sound; now compiled code may walk it
-                depth = int(self.compute_node_depths().max()) - 1
-                if depth > self.max_depth:
-                    raise refuse(check.name, "a sklearn.tree._tree.Tree",
-                                 f"max_depth is {self.max_depth} but its nodes reach depth "
-                                 f"{depth} (decision_path sizes its output by max_depth)")
-
-        GuardedTree.__module__ = __name__
-        GuardedTree.__qualname__ = GuardedTree.__name__ = "Tree"
+        # Tree's exact instance layout: once checked, the load makes each one a
+        # plain Tree again (_core.retype), so no caller ever sees this class
+        GuardedTree = _core.checked_subclass(Tree, f"{__name__}.Tree")
+        GuardedTree.__setstate__ = __setstate__
         _tree_cls = GuardedTree
     return _tree_cls
 
@@ -366,10 +367,12 @@ def _check_binary_tree(name: str, tree) -> None:
 # ------------------------------------------------------------------ estimators (walked)
 
 def _tree_of(name, est, owner=""):
-    tree = getattr(est, "tree_", None)
-    if tree is None or type(tree) is not _tree_cls:
+    tree = vars(est).get("tree_")
+    # a Tree in a default load comes only from the checked factory: this load's
+    # (still of the checked class) or a nested one's (object arrays of joblib)
+    if _tree_cls is None or type(tree) not in (_tree_cls, _tree_cls.__base__):
         raise refuse(name, f"a {type(est).__qualname__}{owner}",
-                     "its tree_ is not a tree this load built and checked")
+                     "its tree_ is not a Tree built and checked while loading")
     return tree
 
 
@@ -590,9 +593,10 @@ WATCHED = frozenset(_WALKED | {("sklearn.tree._tree", "Tree")}
                     | {(m, q) for m in _BINARY_TREES for q in (_BINARY_TREES[m][0], "newObj")})
 
 
-def _check_built(name: str, obj) -> None:
+def _check_built(check: Check, obj) -> None:
+    name = check.name
     if type(obj) is _tree_cls:
-        if not getattr(obj, "_fk_state", False):
+        if id(obj) not in check.state_set:
             raise refuse(name, "a sklearn.tree._tree.Tree", "its state was never set (an empty "
                          "tree has no root node to start from)")
     else:
