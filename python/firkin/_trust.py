@@ -848,7 +848,13 @@ def _unpickler_class(base_cls, extra: frozenset[str], name: str, call: str):
             # objects whose state compiled code trusts are checked before the
             # load returns (firkin._validate)
             with _validate.checking(self.fk_name) as check:
-                obj = super().load()
+                try:
+                    obj = super().load()
+                finally:
+                    changed = check.restore_globals()
+                if changed:  # the static scan refuses this first (BUILD on a global)
+                    raise _error(self.fk_name, [f"<BUILD on the global {n}: undone>"
+                                                for n in changed], call, during_load=True)
                 check.finish(obj)
             return obj
 
@@ -862,7 +868,9 @@ def _unpickler_class(base_cls, extra: frozenset[str], name: str, call: str):
                     replacement = REPLACEMENTS.get((mod, qual))
                     if replacement is not None:
                         return replacement
-                    return super().find_class(mod, qual)
+                    found = super().find_class(mod, qual)
+                    _validate.current_check(self.fk_name).handed_out(found)
+                    return found
                 if (mod, qual) == ("builtins", "getattr"):
                     if self.fk_name == name:
                         return guarded

@@ -78,13 +78,31 @@ def refuse(name: str, what: str, why: str) -> UntrustedTypesError:
 class Check:
     """The checks of one load: objects built through a factory, whether a walk is due."""
 
-    __slots__ = ("name", "built", "walk", "state_set")
+    __slots__ = ("name", "built", "walk", "state_set", "globals")
 
     def __init__(self, name: str):
         self.name = name
         self.built: list = []  # kept alive until finish(): state_set holds their ids
         self.walk = False
         self.state_set: set[int] = set()
+        self.globals: dict[int, tuple] = {}  # id -> (object, its state when handed out)
+
+    def handed_out(self, obj) -> None:
+        """find_class returns obj: remember what a BUILD on it could change."""
+        if id(obj) not in self.globals:
+            state = _global_state(obj)
+            if state is not None:
+                self.globals[id(obj)] = (obj, state)
+
+    def restore_globals(self) -> list[str]:
+        """Undo any change to the classes and functions handed out (a BUILD on
+        a global sets attributes for the whole process); the changed names."""
+        changed = []
+        for obj, state in self.globals.values():
+            if not _same_state(state, _global_state(obj)):
+                _restore_global(obj, state)
+                changed.append(f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', '?')}")
+        return changed
 
     def saw(self, module: str, qualname: str) -> None:
         """find_class resolved a watched name."""
@@ -142,6 +160,56 @@ def current_check(name: str) -> Check:
 def _record(obj):
     _current(type(obj).__qualname__).built.append(obj)
     return obj
+
+
+# ------------------------------------------------------------------ globals
+
+_IMMUTABLE = 1 << 8  # Py_TPFLAGS_IMMUTABLETYPE
+_FUNC_ATTRS = ("__code__", "__defaults__", "__kwdefaults__", "__name__", "__qualname__")
+
+
+def _global_state(obj):
+    """What BUILD could change on a class or function find_class hands out:
+    (its attributes, other fields) holding the very objects, or None when it
+    cannot be changed."""
+    if isinstance(obj, type):
+        if obj.__flags__ & _IMMUTABLE:
+            return None
+        return (dict(vars(obj)), (obj.__bases__, obj.__name__, obj.__qualname__, type(obj)))
+    if isinstance(obj, types.FunctionType):
+        return (dict(vars(obj)), (vars(obj),) + tuple(getattr(obj, a) for a in _FUNC_ATTRS))
+    d = getattr(obj, "__dict__", None)
+    if type(d) is dict:  # other callables with an instance dict (numpy's dispatchers)
+        return (dict(d), (d,))
+    return None
+
+
+def _same_state(a, b) -> bool:
+    (attrs_a, rest_a), (attrs_b, rest_b) = a, b
+    return (len(attrs_a) == len(attrs_b) and all(x is y for x, y in zip(rest_a, rest_b))
+            and all(attrs_b.get(k, _same_state) is v for k, v in attrs_a.items()))
+
+
+def _restore_global(obj, state) -> None:
+    attrs, rest = state
+    if isinstance(obj, type):
+        for k in [k for k in vars(obj) if k not in attrs]:
+            delattr(obj, k)
+        for k, v in attrs.items():
+            if vars(obj).get(k, _same_state) is not v:
+                setattr(obj, k, v)
+        bases, name, qualname, _ = rest
+        if obj.__bases__ is not bases:
+            obj.__bases__ = bases
+        obj.__name__, obj.__qualname__ = name, qualname
+        return
+    d = rest[0]
+    if isinstance(obj, types.FunctionType):
+        obj.__dict__ = d
+        for a, v in zip(_FUNC_ATTRS, rest[1:]):
+            setattr(obj, a, v)
+    d.clear()
+    d.update(attrs)
 
 
 # ------------------------------------------------------------------ helpers
