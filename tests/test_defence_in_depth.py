@@ -141,3 +141,17 @@ def test_blinded_scan_still_loads_legitimate_files(blind, tmp_path):
         warnings.simplefilter("error")
         loaded = firkin.loads(firkin.dumps(rf))
     np.testing.assert_array_equal(loaded.predict(X), rf.predict(X))
+
+
+@pytest.mark.parametrize("put", [b"r\xff\xff\xff\x7f", b"p99999999\n", b"r\x0b\x00\x00\x00"])
+def test_memo_keys_beyond_the_stream_refused(put, tmp_path):
+    # CPython's unpickler sizes its memo from the largest key: 9 bytes would
+    # ask for 32 GiB. No pickler numbers an entry beyond the offset of its
+    # PUT; the scan refuses it (the C unpickler offers no hook to refuse it
+    # while loading, so this limit is the scan's alone)
+    stream = P4 + b"N" + put + b"."
+    _refused(stream, tmp_path, match="memo key larger than its offset")
+    assert firkin.untrusted_types(tmp_path / "pickle") == [
+        f"<{'PUT' if put[:1] == b'p' else 'LONG_BINPUT'} opcode at offset 3: a memo key larger "
+        "than its offset in the stream (the unpickler would size its memo from it)>"]
+    assert firkin.loads(P4 + b"Nr\x03\x00\x00\x00.") is None  # a small key is fine

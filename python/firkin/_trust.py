@@ -683,7 +683,8 @@ def untrusted(globals: Iterable[tuple[str, str]], unsafe_ops: Iterable[tuple[str
     then one ``"<OPCODE opcode at offset N[: why]>"`` per opcode that cannot
     be judged statically (extension registry, persistent ids, unresolvable
     STACK_GLOBAL, BUILD on a global, a numpy dtype whose flags hide objects,
-    a joblib array the scanner cannot size). ``trusted=True`` refuses nothing.
+    a joblib array the scanner cannot size, a memo key beyond its PUT's
+    offset). ``trusted=True`` refuses nothing.
     """
     extra = _normalize(trusted)
     if extra is True:
@@ -731,8 +732,8 @@ def _message(name: str, refused: list[str], call: str, during_load: bool = False
         lines.append(f"    {_call_hint(name, call, names)}")
     if ops:
         lines.append("Opcodes that cannot be checked (extension registry, persistent ids, "
-                     "computed globals, BUILD on a global, crafted numpy dtypes) can only be "
-                     "allowed with trusted=True.")
+                     "computed globals, BUILD on a global, crafted numpy dtypes, oversized memo "
+                     "keys) can only be allowed with trusted=True.")
     lines.append("trusted=True turns the check off entirely: that is as unsafe as pickle.load.")
     return "\n".join(lines)
 
