@@ -540,3 +540,135 @@ def test_joblib_memory_is_not_on_the_list(tmp_path):
     pipe = Pipeline([("s", StandardScaler())], memory=joblib.Memory(str(tmp_path / "c"), verbose=0))
     with pytest.raises(UntrustedTypesError, match="joblib.memory.Memory"):
         firkin.loads(pickle.dumps(pipe))
+
+
+# ---------------------------------------------------------------- scipy
+
+def _sparse_cases():
+    import scipy.sparse as sp
+
+    def m(fmt, kind="matrix"):
+        make = sp.random if kind == "matrix" else sp.random_array
+        shape = (6, 5) if kind == "matrix" else (6, 5)
+        return make(*((shape,) if kind == "array" else shape), density=0.5, format=fmt,
+                    random_state=0)
+
+    def with_attr(x, attr, change):
+        x = x.copy()
+        value = getattr(x, attr)
+        value = value.copy() if hasattr(value, "copy") else value
+        setattr(x, attr, change(value))
+        return x
+
+    def put(a, i, v):
+        a[i] = v
+        return a
+
+    def dok_outside(x):
+        f, (cls, base, items), state = x.__reduce_ex__(5)[:3]
+        items = dict(items)
+        items[(np.int32(60), np.int32(1))] = 1.0  # scipy refuses to set it
+        return _Reduce((f, (cls, base, items), dict(state, _dict=items)))
+
+    def lil_outside(x):
+        x = x.copy()
+        x.rows[0], x.data[0] = [99], [1.0]
+        return x
+
+    cases = {}
+    for kind in ("matrix", "array"):
+        cases.update({
+            f"csr indptr past the data ({kind})": (
+                with_attr(m("csr", kind), "indptr", lambda a: put(a, 2, 10**6)), "sparse structure"),
+            f"csr column outside the shape ({kind})": (
+                with_attr(m("csr", kind), "indices", lambda a: put(a, 0, 50)), "sparse structure"),
+            f"csc row index negative ({kind})": (
+                with_attr(m("csc", kind), "indices", lambda a: put(a, 0, -1)), "sparse structure"),
+            f"bsr indptr decreasing ({kind})": (
+                with_attr(m("bsr", kind), "indptr", lambda a: put(a, 1, a[-1] + 1)),
+                "sparse structure"),
+            f"coo row outside the shape ({kind})": (
+                with_attr(m("coo", kind), "coords", lambda c: (put(c[0].copy(), 0, 6), c[1])),
+                "axis-0 indices"),
+            f"dia offsets and data disagree ({kind})": (
+                with_attr(m("dia", kind), "offsets", lambda a: a[:-1]), "one row per offset"),
+            f"dok entry outside the shape ({kind})": (dok_outside(m("dok", kind)), "outside its shape"),
+            f"lil column outside the shape ({kind})": (lil_outside(m("lil", kind)), "outside its shape"),
+        })
+    return cases
+
+
+def test_sparse_containers_roundtrip(tmp_path, keys):
+    import scipy.sparse as sp
+
+    for i, fmt in enumerate(("csr", "csc", "bsr", "coo", "dia", "dok", "lil")):
+        x = sp.random(6, 5, density=0.5, format=fmt, random_state=0)
+        d = tmp_path / fmt
+        d.mkdir()
+        _roundtrips(x, d, lambda a: a.toarray())
+
+
+def test_sparse_state_refused(tmp_path, keys):
+    # never used: the corrupted copies are only pickled
+    for i, (label, (bad, match)) in enumerate(sorted(_sparse_cases().items())):
+        d = tmp_path / f"case{i}"
+        d.mkdir()
+        _refused({"X": bad}, d, match)
+
+
+def test_sparse_sortedness_claims_are_not_trusted(tmp_path, keys):
+    import scipy.sparse as sp
+
+    x = sp.random(6, 5, density=0.5, format="csr", random_state=0)
+    x.indices = x.indices.copy()
+    start, end = x.indptr[0], x.indptr[1]
+    x.indices[start:end] = x.indices[start:end][::-1].copy()  # unsorted, still valid
+    x._has_sorted_indices = True  # a false claim
+    data = firkin.dumps(x)
+    firkin.set_key(KEY_B)
+    loaded = firkin.loads(data)
+    assert "_has_sorted_indices" not in vars(loaded)
+    assert loaded.has_sorted_indices == (end - start < 2)
+
+
+def test_bspline_refused(tmp_path, keys):
+    from sklearn.preprocessing import SplineTransformer
+
+    st = SplineTransformer(n_knots=4).fit(X)
+    _roundtrips(st, tmp_path / "a", lambda m: m.transform(X))
+    for i, (attr, change, match) in enumerate([
+            ("_t", lambda t: t[:3].copy(), "knots"),
+            ("_c", lambda c: c[:2].copy(), "coefficients"),
+            ("k", lambda k: -1, "degree"),
+            ("axis", lambda a: 5, "axis")]):
+        bad = copy.copy(st)
+        spl = copy.copy(st.bsplines_[0])
+        vars(spl)[attr] = change(vars(spl)[attr])
+        bad.bsplines_ = [spl] + st.bsplines_[1:]
+        d = tmp_path / f"bspline{i}"
+        d.mkdir()
+        _refused(bad, d, match)
+
+
+def test_kmeans(tmp_path, keys):
+    import os
+
+    from sklearn.cluster import BisectingKMeans, KMeans, MiniBatchKMeans
+
+    for i, cls in enumerate((KMeans, MiniBatchKMeans, BisectingKMeans)):
+        km = cls(n_clusters=3, random_state=0, n_init=1).fit(X)
+        d = tmp_path / f"ok{i}"
+        d.mkdir()
+        _roundtrips(km, d, lambda m: m.predict(X))
+        for j, (attrs, match) in enumerate([
+                ({"cluster_centers_": km.cluster_centers_[:, :2].copy()}, "cluster_centers_"),
+                ({"_n_threads": 0}, "_n_threads")]):
+            d = tmp_path / f"bad{i}{j}"
+            d.mkdir()
+            _refused(_with_attrs(km, **attrs), d, match)
+    # an absurd thread count is brought down to this machine's
+    km = KMeans(n_clusters=3, random_state=0, n_init=1).fit(X)
+    firkin.set_key(KEY_A)
+    data = firkin.dumps(_with_attrs(km, _n_threads=10**6))
+    firkin.set_key(KEY_B)
+    assert firkin.loads(data)._n_threads == min(10**6, os.cpu_count())

@@ -65,9 +65,9 @@ def refuse(name: str, what: str, why: str) -> UntrustedTypesError:
     """The error for an object whose state breaks an invariant of its compiled code."""
     exc = UntrustedTypesError(
         f"{name}: refused while unpickling: {what} holds state its compiled code cannot "
-        f"use safely: {why}.\nscikit-learn runs this state through loops compiled without "
-        "bounds checks, so it could read or write outside its arrays (crash or memory "
-        "corruption). A model saved by scikit-learn never holds it: the file was modified or "
+        f"use safely: {why}.\nscikit-learn and SciPy run this state through loops compiled "
+        "without bounds checks, so it could read or write outside its arrays (crash or memory "
+        "corruption). An object saved by them never holds it: the file was modified or "
         "crafted.\nIf you trust this file anyway, trusted=True loads it without any check "
         "(as unsafe as pickle.load).")
     exc.names = []
@@ -614,6 +614,99 @@ def _check_csr(name: str, what: str, mat) -> None:
         raise refuse(name, what, f"its sparse structure is invalid ({exc})") from None
 
 
+def _check_kmeans(name: str, est) -> None:
+    """k-means: the compiled Lloyd/Elkan loops read cluster_centers_ with X's
+    column count and run on _n_threads OpenMP threads."""
+    d = vars(est)
+    what = f"a {type(est).__qualname__}"
+    if "_n_threads" in d:
+        n = d["_n_threads"]
+        if not (_is_int(n) and n >= 1):
+            raise refuse(name, what, f"_n_threads is {n!r}")
+        import os  # noqa: PLC0415
+
+        d["_n_threads"] = min(int(n), os.cpu_count() or 1)  # never more threads than this machine has
+    centers, nf = d.get("cluster_centers_"), d.get("n_features_in_")
+    if centers is not None and not (isinstance(centers, np.ndarray) and centers.ndim == 2
+                                    and centers.shape[0] >= 1 and centers.shape[1] == nf):
+        raise refuse(name, what, f"cluster_centers_ is not (n_clusters, n_features_in_={nf})")
+
+
+# ------------------------------------------------------------------ scipy
+
+def _check_sparse(name: str, m) -> None:
+    """scipy.sparse containers: sparsetools (C++, unchecked) indexes with their
+    index arrays, and the sorted/canonical flags they carry skip its sorting."""
+    what = f"a scipy.sparse {type(m).__qualname__}"
+    d = vars(m)
+    shape = d.get("_shape")
+    if not (isinstance(shape, tuple) and 1 <= len(shape) <= 2 and all(
+            _is_int(n) and 0 <= n < _MAX_COUNT for n in shape)):
+        raise refuse(name, what, f"its shape is {shape!r}")
+    fmt = m.format  # a property of the class
+    data = d.get("data")
+    if fmt in ("csr", "csc", "bsr"):
+        for flag in ("_has_sorted_indices", "_has_canonical_format"):
+            d.pop(flag, None)  # claims scipy recomputes when asked
+        _check_csr(name, what, m)
+    elif fmt == "coo":
+        coords = d.get("coords")
+        if not (isinstance(coords, tuple) and len(coords) == len(shape)
+                and isinstance(data, np.ndarray) and data.ndim == 1):
+            raise refuse(name, what, "its coords are not one index array per dimension")
+        for i, idx in enumerate(coords):
+            if not (_int_array(idx) and idx.shape == data.shape
+                    and (idx.size == 0 or (int(idx.min()) >= 0 and int(idx.max()) < shape[i]))):
+                raise refuse(name, what, f"its axis-{i} indices are not {data.shape[0]} indices "
+                             f"in [0, {shape[i]})")
+        d["has_canonical_format"] = False
+    elif fmt == "dia":
+        offsets = d.get("offsets")
+        if not (_int_array(offsets) and isinstance(data, np.ndarray) and data.ndim == 2
+                and data.shape[0] == offsets.shape[0]):
+            raise refuse(name, what, "its data does not hold one row per offset")
+    elif fmt == "dok":
+        entries = d.get("_dict")
+        if not isinstance(entries, dict):
+            raise refuse(name, what, "it holds no entry dict")
+        keys = list(entries)
+        ok = all(type(k) is tuple and len(k) == len(shape) for k in keys)
+        idx = np.array(keys, dtype=object).reshape(len(keys), len(shape)) if ok else None
+        if not ok or (keys and not all(
+                _is_int(v) and 0 <= v < n for col, n in zip(idx.T, shape) for v in col)):
+            raise refuse(name, what, "an entry's index is outside its shape")
+    elif fmt == "lil":
+        rows = d.get("rows")
+        if not (len(shape) == 2 and isinstance(rows, np.ndarray) and isinstance(data, np.ndarray)
+                and rows.shape == (shape[0],) and data.shape == (shape[0],)):
+            raise refuse(name, what, "it does not hold one row list per row")
+        for r, v in zip(rows.tolist(), data.tolist()):
+            if not (type(r) is list and type(v) is list and len(r) == len(v)
+                    and all(_is_int(j) and 0 <= j < shape[1] for j in r)):
+                raise refuse(name, what, "a row's column indices are outside its shape")
+    else:
+        raise refuse(name, what, f"its format is {fmt!r}")
+
+
+def _check_bspline(name: str, b) -> None:
+    """scipy.interpolate.BSpline: evaluation reads n = len(t) - k - 1
+    coefficients around the interval it finds in t."""
+    what = "a scipy.interpolate.BSpline"
+    d = vars(b)
+    t, c, k, axis = d.get("_t"), d.get("_c"), d.get("k"), d.get("axis")
+    if not (_is_int(k) and k >= 0):
+        raise refuse(name, what, f"its degree k is {k!r}")
+    if not (isinstance(t, np.ndarray) and t.ndim == 1 and t.dtype == np.float64
+            and t.flags.c_contiguous and t.shape[0] >= 2 * k + 2):
+        raise refuse(name, what, f"its knots are not a contiguous float64 vector of at least "
+                     f"2k+2 = {2 * k + 2} values")
+    if not (isinstance(c, np.ndarray) and c.ndim >= 1 and c.shape[0] >= t.shape[0] - k - 1):
+        raise refuse(name, what, f"it has fewer than len(t)-k-1 = {t.shape[0] - k - 1} "
+                     "coefficients")
+    if not (_is_int(axis) and 0 <= axis < c.ndim):
+        raise refuse(name, what, f"its axis is {axis!r}")
+
+
 # ------------------------------------------------------------------ stored paths
 
 def _drop_memory(name: str, est) -> None:
@@ -648,6 +741,12 @@ _ESTIMATOR_CHECKS: dict[tuple[str, str], object] = {
        for q in ("HistGradientBoostingClassifier", "HistGradientBoostingRegressor")},
     **{("sklearn.svm._classes", q): _check_libsvm
        for q in ("SVC", "NuSVC", "SVR", "NuSVR", "OneClassSVM")},
+    ("sklearn.cluster._kmeans", "KMeans"): _check_kmeans,
+    ("sklearn.cluster._kmeans", "MiniBatchKMeans"): _check_kmeans,
+    ("sklearn.cluster._bisect_k_means", "BisectingKMeans"): _check_kmeans,
+    **{(f"scipy.sparse._{fmt}", f"{fmt}_{kind}"): _check_sparse
+       for fmt in ("bsr", "coo", "csc", "csr", "dia", "dok", "lil") for kind in ("array", "matrix")},
+    ("scipy.interpolate._bsplines", "BSpline"): _check_bspline,
     # parameters naming a cache directory (joblib.Memory objects are not on the allowlist)
     ("sklearn.pipeline", "Pipeline"): _drop_memory,
     ("sklearn.cluster._agglomerative", "AgglomerativeClustering"): _drop_memory,
