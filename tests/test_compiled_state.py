@@ -672,3 +672,48 @@ def test_kmeans(tmp_path, keys):
     data = firkin.dumps(_with_attrs(km, _n_threads=10**6))
     firkin.set_key(KEY_B)
     assert firkin.loads(data)._n_threads == min(10**6, os.cpu_count())
+
+
+def test_bisecting_kmeans_tree(tmp_path, keys):
+    from sklearn.cluster import BisectingKMeans
+
+    km = BisectingKMeans(n_clusters=4, random_state=0).fit(X)
+
+    def tree_with(change):
+        root = copy.deepcopy(km._bisecting_tree)
+        change(root)
+        return _with_attrs(km, _bisecting_tree=root)
+
+    def narrow(root):
+        root.left.center = root.left.center[:2].copy()
+
+    def cycle(root):
+        root.right.left, root.right.right = root, root
+
+    def one_child(root):
+        root.right = None
+
+    for i, (change, match) in enumerate([(narrow, "centre"), (cycle, "not a tree"),
+                                         (one_child, "one child")]):
+        d = tmp_path / f"b{i}"
+        d.mkdir()
+        _refused(tree_with(change), d, match)
+
+
+def test_brute_force_neighbours(tmp_path, keys):
+    from sklearn.neighbors import KNeighborsClassifier, NearestNeighbors
+
+    knn = KNeighborsClassifier(algorithm="brute").fit(X, Y)
+    _roundtrips(knn, tmp_path / "a", lambda m: m.predict_proba(X))
+    for i, (attrs, match) in enumerate([({"_fit_X": X[:, :2].copy()}, "_fit_X has shape"),
+                                        ({"n_samples_fit_": 10**6}, "n_samples_fit_")]):
+        d = tmp_path / f"bad{i}"
+        d.mkdir()
+        _refused(_with_attrs(knn, **attrs), d, match)
+    # found wherever it sits, e.g. inside another estimator
+    from sklearn.manifold import Isomap
+
+    iso = Isomap(n_neighbors=5).fit(X)
+    bad = _with_attrs(iso, nbrs_=_with_attrs(iso.nbrs_, _fit_X=X[:, :1].copy()))
+    _refused(bad, tmp_path / "c", "_fit_X has shape")
+    assert isinstance(iso.nbrs_, NearestNeighbors)

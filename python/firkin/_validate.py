@@ -614,6 +614,24 @@ def _check_csr(name: str, what: str, mat) -> None:
         raise refuse(name, what, f"its sparse structure is invalid ({exc})") from None
 
 
+def _check_neighbors(name: str, est) -> None:
+    """Brute-force neighbour search measures distances over X's width between
+    X and _fit_X in compiled loops: _fit_X must be as wide as the X that
+    n_features_in_ lets through."""
+    d = vars(est)
+    fit_x, nf = d.get("_fit_X"), d.get("n_features_in_")
+    if fit_x is None:
+        return
+    what = f"a {type(est).__qualname__}"
+    shape = getattr(fit_x, "shape", None)
+    if not (isinstance(shape, tuple) and len(shape) == 2 and shape[1] == nf):
+        raise refuse(name, what, f"_fit_X has shape {shape}, not (n_samples_fit_, "
+                     f"n_features_in_={nf})")
+    n_fit = d.get("n_samples_fit_")
+    if n_fit is not None and n_fit != shape[0]:
+        raise refuse(name, what, f"n_samples_fit_ is {n_fit!r} but _fit_X has {shape[0]} rows")
+
+
 def _check_kmeans(name: str, est) -> None:
     """k-means: the compiled Lloyd/Elkan loops read cluster_centers_ with X's
     column count and run on _n_threads OpenMP threads."""
@@ -630,6 +648,27 @@ def _check_kmeans(name: str, est) -> None:
     if centers is not None and not (isinstance(centers, np.ndarray) and centers.ndim == 2
                                     and centers.shape[0] >= 1 and centers.shape[1] == nf):
         raise refuse(name, what, f"cluster_centers_ is not (n_clusters, n_features_in_={nf})")
+    root = d.get("_bisecting_tree")
+    if root is None:
+        return
+    # BisectingKMeans.predict descends its tree, running the same loops on the
+    # centres of each node's two children
+    seen, todo = set(), [root]
+    while todo:
+        node = todo.pop()
+        nd = vars(node) if hasattr(node, "__dict__") else None
+        if nd is None or id(node) in seen:
+            raise refuse(name, what, "its bisecting tree is not a tree of nodes")
+        seen.add(id(node))
+        left, right = nd.get("left"), nd.get("right")
+        if (left is None) != (right is None):
+            raise refuse(name, what, "a node of its bisecting tree has one child")
+        for child in (left, right) if left is not None else ():
+            c = vars(child).get("center") if hasattr(child, "__dict__") else None
+            if not (isinstance(c, np.ndarray) and c.shape == (nf,)):
+                raise refuse(name, what, f"a centre in its bisecting tree does not have "
+                             f"n_features_in_={nf} values")
+            todo.append(child)
 
 
 # ------------------------------------------------------------------ scipy
@@ -741,6 +780,15 @@ _ESTIMATOR_CHECKS: dict[tuple[str, str], object] = {
        for q in ("HistGradientBoostingClassifier", "HistGradientBoostingRegressor")},
     **{("sklearn.svm._classes", q): _check_libsvm
        for q in ("SVC", "NuSVC", "SVR", "NuSVR", "OneClassSVM")},
+    **{(m, q): _check_neighbors for m, q in (
+        ("sklearn.neighbors._classification", "KNeighborsClassifier"),
+        ("sklearn.neighbors._classification", "RadiusNeighborsClassifier"),
+        ("sklearn.neighbors._regression", "KNeighborsRegressor"),
+        ("sklearn.neighbors._regression", "RadiusNeighborsRegressor"),
+        ("sklearn.neighbors._unsupervised", "NearestNeighbors"),
+        ("sklearn.neighbors._graph", "KNeighborsTransformer"),
+        ("sklearn.neighbors._graph", "RadiusNeighborsTransformer"),
+        ("sklearn.neighbors._lof", "LocalOutlierFactor"))},
     ("sklearn.cluster._kmeans", "KMeans"): _check_kmeans,
     ("sklearn.cluster._kmeans", "MiniBatchKMeans"): _check_kmeans,
     ("sklearn.cluster._bisect_k_means", "BisectingKMeans"): _check_kmeans,
