@@ -116,8 +116,8 @@ def parse(raw: bytes | None, name: str) -> dict:
         return {}
     depth = _depth(raw)
     if depth > MAX_DEPTH:
-        raise _core.FormatError(f"{name}: the metadata section nests {depth} levels deep (at "
-                                f"most {MAX_DEPTH})")
+        raise _core.FormatError(f"{name}: the metadata section is not valid: it nests {depth} "
+                                f"levels deep (at most {MAX_DEPTH})")
     try:
         meta = json.loads(bytes(raw).decode("utf-8"), parse_constant=_CONSTANTS.__getitem__)
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
