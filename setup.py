@@ -23,7 +23,7 @@ import numpy
 from setuptools import Extension, setup
 
 SOURCES = ["src/module.c", "src/writer.c", "src/reader.c", "src/codec.c", "src/checksum.c", "src/scan.c",
-           "src/sign.c", "src/dtype.c"]
+           "src/sign.c", "src/dtype.c", "src/validate.c"]
 
 cflags = ["-std=c11", "-D_GNU_SOURCE", "-Wall", "-Wextra", "-Wno-missing-field-initializers",
           "-fvisibility=hidden"]

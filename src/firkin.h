@@ -228,6 +228,15 @@ PyObject *scan_joblib(PyObject *module, PyObject *data);
  * (its flags hide the Python objects it holds; it nests too deep). */
 PyObject *fk_dtype_problem(PyObject *module, PyObject *arg);
 int dtype_init_types(PyObject *module, fk_state *st);
+/* ---- validate.c ---- */
+/* tree_links(left, right, feature, n_features) -> None or (code, node): the
+ * first node of a decision tree whose links or feature break what sklearn's
+ * compiled Tree loops assume (codes in validate.c). */
+PyObject *validate_tree_links(PyObject *module, PyObject *args);
+/* retype(obj, cls): obj.__class__ = cls for a layout-identical heap subclass */
+PyObject *validate_retype(PyObject *module, PyObject *args);
+/* checked_subclass(base, name): a layout-identical heap subclass of base */
+PyObject *validate_checked_subclass(PyObject *module, PyObject *args);
 
 /* ---- little-endian helpers ---- */
 static inline void fk_put_u16(unsigned char *p, uint16_t v) {

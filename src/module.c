@@ -117,6 +117,17 @@ static PyMethodDef module_methods[] = {
     {"dtype_problem", fk_dtype_problem, METH_O,
      "dtype_problem(dtype) -> None, or why numpy must not be given this dtype: its flags hide the "
      "Python objects its fields or subarray hold, or it nests too deep"},
+    {"tree_links", validate_tree_links, METH_VARARGS,
+     "tree_links(left, right, feature, n_features) -> None, or (code, node) for the first node "
+     "of a decision tree whose children or feature break the invariants of sklearn's compiled "
+     "tree loops: 1 children not later in-range nodes, 2 feature out of range, 3 leaf with a "
+     "right child, 4 a node with two parents"},
+    {"retype", validate_retype, METH_VARARGS,
+     "retype(obj, cls): make obj, an instance of a heap subclass of cls that adds nothing to its "
+     "instance layout, an instance of cls"},
+    {"checked_subclass", validate_checked_subclass, METH_VARARGS,
+     "checked_subclass(base, name) -> a subclass of base with its exact instance layout (no "
+     "__dict__, GC only if base has it), whose instances retype() can turn into base instances"},
     {NULL, NULL, 0, NULL},
 };
 

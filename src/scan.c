@@ -10,7 +10,8 @@
  *               undecodable GLOBAL/INST) whose names are not constant
  *               strings, BUILD whose target is a global, numpy dtypes whose
  *               flags hide objects (see "records"), nesting deeper than
- *               SCAN_MAX_DEPTH (see "nesting")
+ *               SCAN_MAX_DEPTH (see "nesting"), a PUT of a memo key beyond
+ *               its own offset
  *   n_buffers   how many NEXT_BUFFER opcodes it has
  *   protocol    the highest of its PROTO argument and its opcodes' protocols
  *   end         the offset just after STOP (pickle ignores what follows)
@@ -35,7 +36,8 @@
  * against the bytes left before it is used, nothing is sized from the data
  * (memo keys far from the entry count go to a hash map), there is no
  * recursion, and every opcode costs O(1) plus the bytes it consumes (names
- * are decoded once per distinct string).
+ * are decoded once per distinct string). A PUT whose memo key is larger
+ * than its offset is unsafe: the unpickler would size its memo from it.
  */
 #include "firkin.h"
 #include <stdarg.h>
@@ -1413,6 +1415,14 @@ static scan_val scan_text_int(const unsigned char *p, Py_ssize_t len)
 static int scan_memo_store(scan_ctx *c, uint64_t key)
 {
     if (scan_need(c, 1) < 0) return -1;
+    /* CPython's unpickler sizes its memo from the largest key (a 9-byte stream
+     * with LONG_BINPUT 2**31 asks for 32 GiB); a pickler numbers its entries
+     * from 0, each after at least one opcode, so no real key exceeds the
+     * offset of its PUT */
+    if (key > (uint64_t)c->op_off &&
+        scan_unsafe_why(c, "a memo key larger than its offset in the stream (the unpickler "
+                           "would size its memo from it)") < 0)
+        return -1;
     return scan_memo_put(&c->memo, key, c->stack[c->depth - 1]);
 }
 

@@ -180,7 +180,9 @@ def test_metadata_that_is_not_an_object_is_a_format_error(tmp_path, raw):
     for fn in (firkin.load_metadata, firkin.info):
         with pytest.raises(firkin.FormatError, match="metadata section is not"):
             fn(path)
-    assert firkin.load(path) == 7  # the objects still load
+    # parsed before anything is unpickled (issue #17): load refuses it too
+    with pytest.raises(firkin.FormatError, match="metadata section is not"):
+        firkin.load(path)
     res = run_cli("info", path)
     assert res.returncode == 1 and b"metadata section is not" in res.stderr
 

@@ -316,7 +316,12 @@ class Auditor:
             for (m, q), rep in _trust.REPLACEMENTS.items():
                 if f"{m}.{q}" == name:
                     stand_in = rep
-            if isinstance(obj, type):
+            if isinstance(obj, type) and stand_in is not None and not isinstance(stand_in, type):
+                # a class handed out as a factory function (firkin._validate's
+                # Tree): what runs is the factory, then the real class's hooks
+                self.entry(name, stand_in, None, qual)
+                self.audit_class(name, obj)
+            elif isinstance(obj, type):
                 self.audit_class(name, obj, stand_in)
             elif callable(obj):
                 self.entry(name, stand_in or obj, None, qual)

@@ -24,6 +24,7 @@ from ._api import (
 
 from . import _scipy_stats  # noqa: F401,E402 - registers the scipy.stats rebuilds
 from ._inspect import info, verify  # noqa: E402
+from ._validate import StoredPathWarning  # noqa: E402
 from ._sign import set_key  # noqa: E402
 
 __version__ = _core.__version__
@@ -38,6 +39,7 @@ __all__ = [
     "untrusted_types",
     "UntrustedTypesError",
     "VersionMismatchWarning",
+    "StoredPathWarning",
     "info",
     "verify",
     "set_key",

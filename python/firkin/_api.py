@@ -555,12 +555,8 @@ def _mmap_policy_class(policy_cls):
     return type("_MmapPolicyUnpickler", (_MmapHooks, policy_cls), {})
 
 
-def _warn_versions(reader) -> None:
-    try:
-        raw = reader.metadata()
-        packages = _meta.parse(raw, reader.name).get("packages") if raw else None
-    except FormatError:
-        return  # load_metadata / verify report a damaged metadata section
+def _warn_versions(reader, meta: dict) -> None:
+    packages = meta.get("packages")
     if not isinstance(packages, dict):
         return
     diffs = [_text.printable(f"{pkg} {rec} (installed: {inst or 'not installed'})")
@@ -594,6 +590,7 @@ def _read_buffers(reader, verify, threads, progress, which=None, signed=None):
 
 
 def _load_reader(reader, verify, threads, progress=None, trusted=None):
+    meta = _meta.parse(reader.metadata(), reader.name)  # before anything is unpickled
     stream = reader.pickle_stream()
     policy, signed = _check_trust(reader, stream, trusted)
     buffers = _read_buffers(reader, _verify_buffers(reader, verify, False), threads, progress,
@@ -602,7 +599,7 @@ def _load_reader(reader, verify, threads, progress=None, trusted=None):
         buffers, records = buffers
         signed.check(records)
     obj = _unpickle(reader, stream, buffers, False, policy)
-    _warn_versions(reader)
+    _warn_versions(reader, meta)
     return obj
 
 
@@ -690,10 +687,11 @@ def load(filename, mmap_mode=None, *, trusted=None, verify=None, threads=None, p
 
 
 def _load_mapped(reader, f, mode, verify, threads, progress, trusted):
+    meta = _meta.parse(reader.metadata(), reader.name)  # before anything is unpickled
     stream = reader.pickle_stream()
     policy, signed = _check_trust(reader, stream, trusted)
     obj = _load_mapped_buffers(reader, f, mode, verify, threads, progress, stream, policy, signed)
-    _warn_versions(reader)
+    _warn_versions(reader, meta)
     return obj
 
 
@@ -834,8 +832,6 @@ def load_metadata(filename) -> dict:
         reader = _reader(filename, getattr(filename, "name", "<file>"), start)
         raw = reader.metadata()
         filename.seek(start)
-    if raw is None:
-        return {"size": reader.total_length}
     meta = _meta.parse(raw, reader.name)
     meta["size"] = reader.total_length
     return meta

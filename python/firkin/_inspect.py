@@ -81,7 +81,7 @@ def verify(filename) -> VerifyReport:
         stream = signature = None
         try:
             stream = reader.pickle_stream()
-            reader.metadata()
+            _meta.parse(reader.metadata(), path)
             reader.signature()
         except FormatError as exc:
             report.problems.append(str(exc))
@@ -167,7 +167,7 @@ class FileInfo:
             self.format = "%d.%d" % reader.format_version
             self.mutable_buffers = bool(reader.flags & _core.FLAG_BUFFERS_MUTABLE)
         # whatever shape a file's metadata has, it is shown, never trusted to be well formed
-        self.metadata = _meta.parse(meta_raw, path) if meta_raw else {}
+        self.metadata = _meta.parse(meta_raw, path)
         self.size_on_disk = os.path.getsize(path)
         self.raw_bytes = sum(s["raw"] for s in secs if s["kind"] in ("pickle stream", "buffer"))
         self.stored_bytes = sum(s["stored"] for s in secs if s["kind"] in ("pickle stream", "buffer"))

@@ -11,6 +11,7 @@ import sys
 import numpy as np
 
 from . import _core
+from ._core import FormatError
 
 _SKIP = {"builtins", "__main__", "__builtin__"}
 _STDLIB = frozenset(getattr(sys, "stdlib_module_names", ()))
@@ -51,28 +52,36 @@ def package_versions(modules) -> dict:
     return out
 
 
+#: how deeply the metadata JSON may nest arrays and objects (its top-level
+#: object and the user's dict under "user" included); deeper is refused when
+#: dumping and is a FormatError when reading
+MAX_DEPTH = 64
+
+
 def check_user_metadata(metadata) -> dict:
     if metadata is None:
         return {}
     if not isinstance(metadata, dict):
         raise TypeError(f"metadata must be a dict, not {type(metadata).__name__}")
 
-    def walk(value, path):
+    def walk(value, path, depth=2):  # the file's top-level object holds it under "user"
         if value is None or isinstance(value, (bool, int, float, str)):
             if isinstance(value, float) and not math.isfinite(value):
                 raise TypeError(f"metadata{path} is {value!r}: JSON has no NaN or infinity (store "
                                 "it as a string, e.g. 'inf', or as null)")
             return
+        if isinstance(value, (list, tuple, dict)) and depth > MAX_DEPTH:
+            raise ValueError(f"metadata{path} nests more than {MAX_DEPTH - 1} levels deep")
         if isinstance(value, (list, tuple)):
             for i, v in enumerate(value):
-                walk(v, f"{path}[{i}]")
+                walk(v, f"{path}[{i}]", depth + 1)
             return
         if isinstance(value, dict):
             for k, v in value.items():
                 if not isinstance(k, str):
                     raise TypeError(f"metadata{path} has a key {k!r} of type {type(k).__name__}; "
                                     "keys must be str")
-                walk(v, f"{path}[{k!r}]")
+                walk(v, f"{path}[{k!r}]", depth + 1)
             return
         raise TypeError(f"metadata{path} is not JSON-serialisable: {type(value).__name__} "
                         f"({value!r:.60})")
@@ -93,14 +102,24 @@ MAX_USER_METADATA = _core.MAX_METADATA - (1 << 20)
 _CONSTANTS = {"NaN": "NaN", "Infinity": "Infinity", "-Infinity": "-Infinity"}
 
 
-def parse(raw: bytes, name: str) -> dict:
+def parse(raw: bytes | None, name: str) -> dict:
     """The metadata section's JSON object, as strict JSON: NaN and infinities
     (which firkin never writes, but an older firkin let into user metadata,
     and anyone can put in a file) come back as the strings "NaN",
     "Infinity", "-Infinity". FormatError naming `name` for anything that
-    is not a JSON object (invalid UTF-8 or JSON, nesting too deep)."""
+    is not a JSON object (invalid UTF-8 or JSON, nesting deeper than
+    MAX_DEPTH). The nesting is measured before parsing (linear, vectorised,
+    no recursion), so a deeply nested section costs no more than its bytes.
+    None (a file without metadata) is {}. load (before unpickling),
+    load_metadata, info and verify all read the section here."""
+    if raw is None:
+        return {}
+    depth = _depth(raw)
+    if depth > MAX_DEPTH:
+        raise _core.FormatError(f"{name}: the metadata section is not valid: it nests {depth} "
+                                f"levels deep (at most {MAX_DEPTH})")
     try:
-        meta = json.loads(raw.decode("utf-8"), parse_constant=_CONSTANTS.__getitem__)
+        meta = json.loads(bytes(raw).decode("utf-8"), parse_constant=_CONSTANTS.__getitem__)
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         what = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
         raise _core.FormatError(f"{name}: the metadata section is not valid JSON: {what}") from None
@@ -138,3 +157,22 @@ def build(modules, user: dict, buffer_count: int, buffer_bytes: int, compress,
         # stripped), captured global names (docs/FORMAT.md, "Metadata")
         meta["by_value"] = list(by_value)
     return json.dumps(meta, sort_keys=True, separators=(",", ":")).encode("utf-8")
+
+
+def _depth(raw: bytes) -> int:
+    """The deepest nesting of arrays and objects in JSON text, without
+    parsing it: linear, vectorised, no recursion. Brackets inside strings do
+    not count (a quote preceded by an odd run of backslashes is escaped)."""
+    b = np.frombuffer(raw, dtype=np.uint8)
+    if b.size == 0:
+        return 0
+    pos = np.arange(b.size)
+    # where the run of backslashes that ends just before each byte starts
+    last_other = np.maximum.accumulate(np.where(b != 0x5C, pos, -1))
+    before = np.concatenate(([-1], last_other[:-1]))
+    run = pos - 1 - before
+    quote = (b == 0x22) & (run % 2 == 0)
+    inside = (np.cumsum(quote) - quote) % 2 == 1  # a quote itself belongs to no string
+    step = ((b == 0x7B) | (b == 0x5B)).astype(np.int64) - ((b == 0x7D) | (b == 0x5D))
+    step[inside] = 0
+    return int(np.cumsum(step).max())

@@ -186,7 +186,8 @@ def untrusted(globals: Iterable[tuple[str, str]], unsafe_ops: Iterable[tuple[str
     then one ``"<OPCODE opcode at offset N[: why]>"`` per opcode that cannot
     be judged statically (extension registry, persistent ids, unresolvable
     STACK_GLOBAL, BUILD on a global, a numpy dtype whose flags hide objects,
-    a joblib array the scanner cannot size). ``trusted=True`` refuses nothing.
+    a joblib array the scanner cannot size, a memo key beyond its PUT's
+    offset). ``trusted=True`` refuses nothing.
     """
     extra = _normalize(trusted)
     if extra is True:
@@ -234,8 +235,8 @@ def _message(name: str, refused: list[str], call: str, during_load: bool = False
         lines.append(f"    {_call_hint(name, call, names)}")
     if ops:
         lines.append("Opcodes that cannot be checked (extension registry, persistent ids, "
-                     "computed globals, BUILD on a global, crafted numpy dtypes) can only be "
-                     "allowed with trusted=True.")
+                     "computed globals, BUILD on a global, crafted numpy dtypes, oversized memo "
+                     "keys) can only be allowed with trusted=True.")
     lines.append("trusted=True turns the check off entirely: that is as unsafe as pickle.load.")
     return "\n".join(lines)
 
@@ -361,11 +362,20 @@ def _unpickler_class(base_cls, extra: frozenset[str], name: str, call: str):
         fk_name = name
 
         def load(self):
-            # dtypes and arrays the guards recorded are checked before the
-            # load returns (firkin._guards)
-            with _guards.loading(self.fk_name) as guard:
-                obj = super().load()
+            # dtypes and arrays the guards recorded (firkin._guards), and
+            # objects whose state compiled code trusts (firkin._validate), are
+            # checked before the load returns
+            with _guards.loading(self.fk_name) as guard, \
+                    _validate.checking(self.fk_name) as check:
+                try:
+                    obj = super().load()
+                finally:
+                    changed = check.restore_globals()
+                if changed:  # the static scan refuses this first (BUILD on a global)
+                    raise _error(self.fk_name, [f"<BUILD on the global {n}: undone>"
+                                                for n in changed], call, during_load=True)
                 guard.finish()
+                check.finish(obj)
             return obj
 
         def find_class(self, module, qualname):
@@ -373,10 +383,14 @@ def _unpickler_class(base_cls, extra: frozenset[str], name: str, call: str):
             if isinstance(mod, str) and isinstance(qual, str):
                 mod, qual = _map_py2(mod, qual)
                 if _is_trusted(mod, qual, extra) and _map_py2(mod, qual) == (mod, qual):
+                    if (mod, qual) in _validate.WATCHED:
+                        _validate.current_check(self.fk_name).saw(mod, qual)
                     replacement = REPLACEMENTS.get((mod, qual))
                     if replacement is not None:
                         return replacement
-                    return super().find_class(mod, qual)
+                    found = super().find_class(mod, qual)
+                    _validate.current_check(self.fk_name).handed_out(found)
+                    return found
                 if (mod, qual) == ("builtins", "getattr"):
                     if self.fk_name == name:
                         return guarded
@@ -408,4 +422,4 @@ def make_unpickler(base_cls, trusted=None, name: str = "<data>", *, call: str = 
 SafeUnpickler = make_unpickler(pickle.Unpickler)
 
 
-from . import _frames, _guards  # noqa: E402,F401 - register their REPLACEMENTS; use this module
+from . import _frames, _guards, _validate  # noqa: E402,F401 - register their REPLACEMENTS

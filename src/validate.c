@@ -1,0 +1,142 @@
+/* Checks of the integers that compiled code outside firkin trusts: one pass
+ * over a decision tree's links (python/firkin/_validate.py builds the
+ * messages). Nothing is sized from the data beyond one bit per node the
+ * arrays really hold. */
+#include "firkin.h"
+#include <string.h>
+
+/* a 1-d buffer of native int64 (any stride), or -1 with an exception */
+static int int64_view(PyObject *obj, Py_buffer *view, const char *what)
+{
+    if (PyObject_GetBuffer(obj, view, PyBUF_STRIDES | PyBUF_FORMAT) < 0) return -1;
+    const char *f = view->format ? view->format : "B";
+    if (*f == '@' || *f == '=' || (*f == '<' && PY_LITTLE_ENDIAN)) f++;
+    int int64 = view->itemsize == 8 && (!strcmp(f, "q") || (!strcmp(f, "l") && sizeof(long) == 8));
+    if (view->ndim != 1 || !int64) {
+        PyErr_Format(PyExc_TypeError, "tree_links: %s must be a 1-d array of native int64", what);
+        return -1;
+    }
+    return 0;
+}
+
+static inline int64_t int64_at(const Py_buffer *v, Py_ssize_t i)
+{
+    int64_t x;
+    memcpy(&x, (const char *)v->buf + i * v->strides[0], sizeof x); /* may be unaligned */
+    return x;
+}
+
+/* tree_links(left, right, feature, n_features) -> None, or (code, node) for
+ * the first node that breaks the invariants sklearn's Tree loops assume:
+ *   1  a split's children are not later nodes of the array (i < child < n)
+ *   2  a split's feature is outside [0, n_features)
+ *   3  a leaf (left == -1) has a right child
+ *   4  a node is the child of two splits */
+PyObject *validate_tree_links(PyObject *module, PyObject *args)
+{
+    (void)module;
+    PyObject *lo, *ro, *fo, *result = NULL;
+    long long n_features;
+    Py_buffer L = {0}, R = {0}, F = {0};
+    unsigned char *seen = NULL;
+    int code = 0;
+    Py_ssize_t bad = -1;
+    if (!PyArg_ParseTuple(args, "OOOL:tree_links", &lo, &ro, &fo, &n_features)) return NULL;
+    if (int64_view(lo, &L, "left") < 0 || int64_view(ro, &R, "right") < 0 ||
+        int64_view(fo, &F, "feature") < 0)
+        goto done;
+    const Py_ssize_t n = L.shape[0];
+    if (R.shape[0] != n || F.shape[0] != n) {
+        PyErr_SetString(PyExc_ValueError, "tree_links: the three arrays differ in length");
+        goto done;
+    }
+    seen = PyMem_Calloc((size_t)n / 8 + 1, 1);
+    if (!seen) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    PyThreadState *ts = n > (1 << 16) ? PyEval_SaveThread() : NULL;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        const int64_t l = int64_at(&L, i), r = int64_at(&R, i);
+        if (l == -1) {
+            if (r != -1) code = 3;
+        } else if (l <= i || r <= i || l >= n || r >= n) {
+            code = 1;
+        } else {
+            const int64_t f = int64_at(&F, i);
+            if (f < 0 || f >= n_features) {
+                code = 2;
+            } else if (l == r || (seen[l >> 3] >> (l & 7) & 1) || (seen[r >> 3] >> (r & 7) & 1)) {
+                code = 4;
+            } else {
+                seen[l >> 3] |= (unsigned char)(1u << (l & 7));
+                seen[r >> 3] |= (unsigned char)(1u << (r & 7));
+            }
+        }
+        if (code) {
+            bad = i;
+            break;
+        }
+    }
+    if (ts) PyEval_RestoreThread(ts);
+    result = code ? Py_BuildValue("(in)", code, bad) : Py_NewRef(Py_None);
+done:
+    PyMem_Free(seen);
+    PyBuffer_Release(&L);
+    PyBuffer_Release(&R);
+    PyBuffer_Release(&F);
+    return result;
+}
+
+/* retype(obj, cls): make obj, an instance of a heap subclass of cls that adds
+ * nothing to cls's instance layout (firkin._validate's checked Tree), an
+ * instance of cls itself, as `obj.__class__ = cls` would if cls allowed it. */
+PyObject *validate_retype(PyObject *module, PyObject *args)
+{
+    (void)module;
+    PyObject *obj;
+    PyTypeObject *to;
+    if (!PyArg_ParseTuple(args, "OO!:retype", &obj, &PyType_Type, &to)) return NULL;
+    PyTypeObject *from = Py_TYPE(obj);
+    if (from == to) Py_RETURN_NONE;
+    const unsigned long gc = Py_TPFLAGS_HAVE_GC;
+    if (!(from->tp_flags & Py_TPFLAGS_HEAPTYPE) || from->tp_base != to ||
+        from->tp_basicsize != to->tp_basicsize || from->tp_itemsize != to->tp_itemsize ||
+        from->tp_dictoffset != to->tp_dictoffset ||
+        from->tp_weaklistoffset != to->tp_weaklistoffset || (from->tp_flags & gc) != (to->tp_flags & gc)) {
+        PyErr_Format(PyExc_TypeError, "retype: %s is not a layout-identical subclass of %s",
+                     from->tp_name, to->tp_name);
+        return NULL;
+    }
+    if (to->tp_flags & Py_TPFLAGS_HEAPTYPE) Py_INCREF(to);
+    Py_SET_TYPE(obj, to);
+    Py_DECREF(from); /* instances of heap types own a reference to their type */
+    Py_RETURN_NONE;
+}
+
+/* checked_subclass(base, name) -> a subclass of base (a type firkin rebuilds
+ * through a checked factory, sklearn's Tree) with base's instance layout:
+ * no __dict__, no weak references, no GC unless base has it, so retype()
+ * can make its instances plain base instances once their state is checked.
+ * Python sets its __setstate__. */
+PyObject *validate_checked_subclass(PyObject *module, PyObject *args)
+{
+    (void)module;
+    PyTypeObject *base;
+    const char *name;
+    if (!PyArg_ParseTuple(args, "O!s:checked_subclass", &PyType_Type, &base, &name)) return NULL;
+    if (base->tp_dictoffset || base->tp_weaklistoffset || base->tp_itemsize) {
+        PyErr_Format(PyExc_TypeError, "checked_subclass: %s instances are not fixed-size "
+                     "without a __dict__", base->tp_name);
+        return NULL;
+    }
+    PyType_Slot slots[] = {{0, NULL}};
+    PyType_Spec spec = {
+        .name = name,
+        .basicsize = 0, /* base's */
+        .itemsize = 0,
+        .flags = (unsigned int)(Py_TPFLAGS_DEFAULT | (base->tp_flags & Py_TPFLAGS_HAVE_GC)),
+        .slots = slots,
+    };
+    return PyType_FromSpecWithBases(&spec, (PyObject *)base);
+}

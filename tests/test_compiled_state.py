@@ -1,0 +1,722 @@
+"""State that scikit-learn's compiled code trusts (issue #17, item 1) and state
+that names a place on disk (item 2).
+
+Every malicious file here is built from a legitimate fitted model: its state
+is copied, one invariant of the compiled code is broken in the copy, and the
+copy is written through a stand-in whose __reduce__ gives exactly what the
+real object would (so no corrupted object ever exists in this process, and
+nothing here ever calls predict on one). Each file must be refused by a
+default load in every container firkin reads; the unmodified model loads
+and predicts identically.
+"""
+import copy
+import gzip
+import io
+import pickle
+import warnings
+
+import joblib
+import numpy as np
+import pytest
+
+import firkin
+from firkin import UntrustedTypesError
+
+from test_corpus_containers import firkin_container  # the hand-written container writer
+
+KEY_A, KEY_B = "compiled-state key A (the author)", "compiled-state key B (the reader)"
+
+X = np.random.RandomState(0).rand(120, 5)
+Y = np.arange(120) % 3
+
+
+class _Reduce:
+    """Pickles as the given reduce tuple: a model's state, changed, with no
+    live object holding it."""
+
+    def __init__(self, rv):
+        self.rv = rv
+
+    def __reduce__(self):
+        return self.rv
+
+
+@pytest.fixture
+def keys():
+    firkin.set_key(KEY_A)
+    try:
+        yield
+    finally:
+        firkin.set_key(None)
+
+
+def _files(obj, tmp_path):
+    """(label, path) of obj written as firkin (signed with key A), joblib raw,
+    joblib compressed and pickle files."""
+    firkin.set_key(KEY_A)
+    out = []
+    p = tmp_path / "m.firkin"
+    firkin.dump(obj, p)
+    out.append(("firkin", p))
+    p = tmp_path / "m.joblib"
+    joblib.dump(obj, p)
+    out.append(("joblib", p))
+    p = tmp_path / "m.joblib.z"
+    joblib.dump(obj, p, compress=3)
+    out.append(("joblib compressed", p))
+    p = tmp_path / "m.pkl"
+    p.write_bytes(pickle.dumps(obj, 5))
+    out.append(("pickle", p))
+    return out
+
+
+def _stream_files(stream, tmp_path):
+    """A hand-made pickle stream in every container: plain pickle, gzip
+    (joblib compressed), firkin signed with another key."""
+    out = []
+    for label, data in (("pickle", stream), ("gzip", gzip.compress(stream)),
+                        ("firkin", firkin_container(stream, key=b"someone else"))):
+        p = tmp_path / f"s.{label}"
+        p.write_bytes(data)
+        out.append((label, p))
+    return out
+
+
+def _refused(obj, tmp_path, match):
+    """Every container of obj refuses to load under the default policy (with
+    key B: the signature is someone else's)."""
+    files = _files(obj, tmp_path)
+    firkin.set_key(KEY_B)
+    for label, path in files:
+        with pytest.raises(UntrustedTypesError, match=match) as info:
+            firkin.load(path)
+        assert "compiled code" in str(info.value), label
+        if label == "firkin":
+            with pytest.raises(UntrustedTypesError, match=match):
+                firkin.load(path, mmap_mode="r")
+            with pytest.raises(UntrustedTypesError, match=match):
+                firkin.loads(path.read_bytes())
+    return files
+
+
+def _roundtrips(model, tmp_path, out, *args):
+    """The unmodified model loads from every container and gives the same output."""
+    files = _files(model, tmp_path)
+    firkin.set_key(KEY_B)
+    want = out(model, *args)
+    for label, path in files:
+        for mode in (None, "r") if label == "firkin" else (None,):
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", firkin.StoredPathWarning)
+                loaded = firkin.load(path, mmap_mode=mode)
+            np.testing.assert_array_equal(out(loaded, *args), want, err_msg=label)
+
+
+def _tree_state(tree, change):
+    state = {k: (v.copy() if isinstance(v, np.ndarray) else v)
+             for k, v in tree.__getstate__().items()}
+    change(state)
+    f, args, _ = tree.__reduce__()
+    return _Reduce((f, args, state))
+
+
+def _with_tree(est, change):
+    c = copy.copy(est)
+    vars(c)["tree_"] = _tree_state(est.tree_, change)
+    return c
+
+
+def _first_split(state):
+    return int(np.flatnonzero(state["nodes"]["left_child"] != -1)[0])
+
+
+def _set(field, value, node=None):
+    def change(state):
+        i = _first_split(state) if node is None else node
+        state["nodes"][field][i] = value
+    return change
+
+
+@pytest.fixture(scope="module")
+def dtc():
+    from sklearn.tree import DecisionTreeClassifier
+
+    return DecisionTreeClassifier(random_state=0).fit(X, Y)
+
+
+TREE_CASES = {
+    "feature out of range": (_set("feature", 10**6), r"feature 1000000, outside \[0, n_features"),
+    "negative feature": (_set("feature", -3), "outside"),
+    "left child out of range": (_set("left_child", 10**6), "children"),
+    "right child out of range": (_set("right_child", -5), "children"),
+    "cycle to the root": (_set("left_child", 0), "later nodes"),
+    "child shared by two splits": (
+        lambda s: s["nodes"]["right_child"].__setitem__(
+            0, s["nodes"]["left_child"][0]), "another split has|later nodes"),
+    "node_count beyond the nodes": (lambda s: s.__setitem__("node_count", s["node_count"] + 50),
+                                    "node_count"),
+    "max_depth below the real depth": (lambda s: s.__setitem__("max_depth", 1), "max_depth"),
+    "leaf with a right child": (
+        lambda s: s["nodes"]["right_child"].__setitem__(
+            int(np.flatnonzero(s["nodes"]["left_child"] == -1)[0]), 1), "leaf"),
+}
+
+
+def test_tree_roundtrips(dtc, tmp_path, keys):
+    _roundtrips(dtc, tmp_path, lambda m: m.predict_proba(X))
+    loaded = firkin.loads(firkin.dumps(dtc))
+    np.testing.assert_array_equal(loaded.feature_importances_, dtc.feature_importances_)
+    np.testing.assert_array_equal(loaded.decision_path(X).toarray(), dtc.decision_path(X).toarray())
+    # the checked class never leaves the load: the tree is sklearn's own Tree
+    assert type(loaded.tree_) is type(dtc.tree_)
+    assert type(pickle.loads(pickle.dumps(loaded.tree_))) is type(dtc.tree_)
+
+
+@pytest.mark.parametrize("case", sorted(TREE_CASES))
+def test_tree_state_refused(case, dtc, tmp_path, keys):
+    change, match = TREE_CASES[case]
+    _refused(_with_tree(dtc, change), tmp_path, match)
+
+
+def test_tree_refusal_is_the_checks_not_a_broken_file(dtc, tmp_path, keys):
+    # sklearn itself accepts the state (it only checks dtypes and shapes):
+    # the refusal comes from firkin's check, trusted=True loads it (never used)
+    files = _refused(_with_tree(dtc, TREE_CASES["feature out of range"][0]), tmp_path, "feature")
+    for _, path in files:
+        loaded = firkin.load(path, trusted=True)
+        assert loaded.tree_.feature.max() == 10**6
+
+
+def test_tree_constructor_arguments_refused(dtc, tmp_path, keys):
+    f, (n_features, n_classes, n_outputs), state = dtc.tree_.__reduce__()
+    for args, match in [((0, n_classes, n_outputs), "n_features"),
+                        ((n_features, n_classes, 3), "n_classes is not"),
+                        ((n_features, n_classes[:0], n_outputs), "n_classes is not"),
+                        ((n_features, np.array([0]), 1), "below 1"),
+                        ((n_features, n_classes, -1), "n_outputs")]:
+        c = copy.copy(dtc)
+        vars(c)["tree_"] = _Reduce((f, args, state))
+        _refused(c, tmp_path, match)
+
+
+def _tree_stream(dtc, *states):
+    """Tree(...) then one BUILD per state, by hand (protocol 2: explicit memo keys)."""
+    f, args, state = dtc.tree_.__reduce__()
+    head = pickle.dumps(_Reduce((f, args)), 2)[:-1]  # GLOBAL Tree, args, REDUCE
+    body = b"".join(pickle.dumps(s, 2)[2:-1] + b"b" for s in states)
+    return head + body + b"."
+
+
+def test_tree_state_set_twice_refused(dtc, tmp_path):
+    # a second BUILD would copy the new (larger) node array into the buffer
+    # the first one sized: a heap overflow inside sklearn's __setstate__
+    from sklearn.tree import DecisionTreeClassifier
+
+    small = DecisionTreeClassifier(max_depth=1).fit(X, Y).tree_.__getstate__()
+    big = dtc.tree_.__getstate__()
+    assert big["node_count"] > small["node_count"]
+    stream = _tree_stream(dtc, small, big)
+    for label, path in _stream_files(stream, tmp_path):
+        with pytest.raises(UntrustedTypesError, match="set twice"):
+            firkin.load(path)
+    assert firkin.loads(_tree_stream(dtc, big)).node_count == big["node_count"]
+
+
+def test_tree_without_state_refused(dtc, tmp_path):
+    # an empty Tree has no root node: predict would read through a NULL pointer
+    for label, path in _stream_files(_tree_stream(dtc), tmp_path):
+        with pytest.raises(UntrustedTypesError, match="never set"):
+            firkin.load(path)
+
+
+def test_tree_only_through_its_constructor(dtc):
+    # NEWOBJ and copyreg need a class: the checked factory is none
+    from firkin import _trust
+
+    f, args, state = dtc.tree_.__reduce__()
+    newobj = (b"\x80\x02" + pickle.dumps(f, 2)[2:-1] + pickle.dumps(args, 2)[2:-1] + b"\x81"
+              + pickle.dumps(state, 2)[2:-1] + b"b.")
+    with pytest.raises(firkin.FormatError, match="NEWOBJ"):
+        firkin.loads(newobj)
+    factory = _trust.SafeUnpickler(io.BytesIO(b".")).find_class("sklearn.tree._tree", "Tree")
+    with pytest.raises(UntrustedTypesError, match="only while loading"):
+        factory(*args)
+
+
+# ---------------------------------------------------------------- forests, boosting
+
+def test_forest_roundtrips_and_tree_feature_count_checked(tmp_path, keys):
+    from sklearn.ensemble import GradientBoostingClassifier, RandomForestClassifier
+    from sklearn.tree import DecisionTreeClassifier
+
+    rf = RandomForestClassifier(n_estimators=5, random_state=0).fit(X, Y)
+    _roundtrips(rf, tmp_path / "a", lambda m: m.predict_proba(X))
+    # a forest hands X to its trees unchecked: a tree split on more features
+    # than the forest checks X against reads past each row
+    wide = DecisionTreeClassifier(random_state=0).fit(np.c_[X, X, X], Y)
+    bad = copy.copy(rf)
+    bad.estimators_ = [wide] + rf.estimators_[1:]
+    _refused(bad, tmp_path / "b", "splits on 15 features")
+    gb = GradientBoostingClassifier(n_estimators=3, random_state=0).fit(X, Y)
+    _roundtrips(gb, tmp_path / "c", lambda m: m.predict_proba(X))
+    bad = copy.copy(gb)
+    bad.n_trees_per_iteration_ = 2  # predict_stages writes K columns into a narrower array
+    _refused(bad, tmp_path / "d", "n_trees_per_iteration_")
+
+
+@pytest.fixture(autouse=True)
+def _dirs(tmp_path):
+    for p in ("a", "b", "c", "d", "e", "f"):
+        (tmp_path / p).mkdir()
+
+
+def test_decision_tree_feature_count_checked(dtc, tmp_path, keys):
+    bad = copy.copy(dtc)
+    bad.n_features_in_ = 2  # predict checks X against 2 columns, the tree reads 5
+    _refused(bad, tmp_path, "n_features_in_ is 2")
+
+
+def test_isolation_forest(tmp_path, keys):
+    from sklearn.ensemble import IsolationForest
+
+    iso = IsolationForest(n_estimators=4, max_features=3, random_state=0).fit(X)
+    _roundtrips(iso, tmp_path / "a", lambda m: m.score_samples(X))
+    bad = copy.copy(iso)
+    bad.estimators_features_ = [np.arange(2)] + iso.estimators_features_[1:]
+    _refused(bad, tmp_path / "b", "splits on 3 features, not the 2")
+
+
+# ---------------------------------------------------------------- neighbour trees
+
+def _with_binary_tree(est, change):
+    tree = est._tree
+    state = [v.copy() if isinstance(v, np.ndarray) else v for v in tree.__getstate__()]
+    change(state)
+    c = copy.copy(est)
+    vars(c)["_tree"] = _Reduce(tree.__reduce__()[:2] + (tuple(state),))
+    return c
+
+
+def _idx(f):
+    return lambda s: f(s[1])
+
+
+def _nodes(f):
+    return lambda s: f(s[2])
+
+
+BINARY_CASES = {
+    "index out of range": (_idx(lambda a: a.__setitem__(0, 10**6)), "permutation"),
+    "negative index": (_idx(lambda a: a.__setitem__(3, -1)), "permutation"),
+    "repeated index": (_idx(lambda a: a.__setitem__(0, a[1])), "permutation"),
+    "short index": (lambda s: s.__setitem__(1, s[1][:-1]), "idx_array has"),
+    "leaf range past the data": (_nodes(lambda a: a["idx_end"].__setitem__(2, 10**6)),
+                                 "children of node 0"),
+    "overlapping children": (_nodes(lambda a: a["idx_start"].__setitem__(2, 0)), "children"),
+    "root range": (_nodes(lambda a: a["idx_end"].__setitem__(0, 5)), "root"),
+    "inner node on the last level": (_nodes(lambda a: a["is_leaf"].__setitem__(slice(None), 0)),
+                                     "last level"),
+    "n_nodes": (lambda s: s.__setitem__(6, s[6] + 2), "n_levels/n_nodes"),
+    "leaf_size": (lambda s: s.__setitem__(4, 0), "leaf_size"),
+    "node_bounds": (lambda s: s.__setitem__(3, s[3][:, :-1]), "node_bounds"),
+    "sample_weight": (lambda s: s.__setitem__(12, np.ones(3)), "sample_weight"),
+}
+
+
+@pytest.fixture(scope="module")
+def knn():
+    from sklearn.neighbors import KNeighborsClassifier
+
+    return {alg: KNeighborsClassifier(algorithm=alg, leaf_size=4).fit(X, Y)
+            for alg in ("kd_tree", "ball_tree")}
+
+
+def test_neighbour_trees_roundtrip(knn, tmp_path, keys):
+    from sklearn.neighbors import KernelDensity, LocalOutlierFactor
+
+    _roundtrips(knn["kd_tree"], tmp_path / "a", lambda m: m.predict_proba(X))
+    _roundtrips(knn["ball_tree"], tmp_path / "b", lambda m: m.kneighbors(X)[1])
+    _roundtrips(KernelDensity(algorithm="kd_tree").fit(X), tmp_path / "c",
+                lambda m: m.score_samples(X))
+    lof = LocalOutlierFactor(novelty=True, algorithm="ball_tree").fit(X)
+    _roundtrips(lof, tmp_path / "d", lambda m: m.score_samples(X))
+
+
+@pytest.mark.parametrize("case", sorted(BINARY_CASES))
+@pytest.mark.parametrize("alg", ["kd_tree", "ball_tree"])
+def test_neighbour_tree_state_refused(case, alg, knn, tmp_path, keys):
+    change, match = BINARY_CASES[case]
+    _refused(_with_binary_tree(knn[alg], change), tmp_path, match)
+
+
+def test_neighbour_tree_other_classes_refused(knn, tmp_path, keys):
+    from sklearn.metrics._dist_metrics import DistanceMetric
+
+    # a metric firkin does not check (Minkowski with weights indexes them by feature)
+    metric = DistanceMetric.get_metric("minkowski", p=3, w=np.ones(2))
+    name = "sklearn.metrics._dist_metrics.MinkowskiDistance64"
+    bad = _with_binary_tree(knn["kd_tree"], lambda s: s.__setitem__(11, metric))
+    for label, path in _files(bad, tmp_path):
+        firkin.set_key(KEY_B)
+        with pytest.raises(UntrustedTypesError, match=name):
+            firkin.load(path)
+        # trusting the name does not trust a tree built with it
+        with pytest.raises(UntrustedTypesError, match="distance metric"):
+            firkin.load(path, trusted=[name])
+
+
+def test_neighbour_tree_newobj_only_rebuilds_its_tree(knn):
+    tree = knn["kd_tree"]._tree
+    new_obj, _, state = tree.__reduce__()
+    from sklearn.neighbors import BallTree
+
+    stream = pickle.dumps(_Reduce((new_obj, (BallTree,), state)), 2)
+    with pytest.raises(UntrustedTypesError, match="newObj"):
+        firkin.loads(stream)
+
+
+# ---------------------------------------------------------------- histogram gradient boosting
+
+@pytest.fixture(scope="module")
+def hgb():
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    return HistGradientBoostingClassifier(max_iter=4, random_state=0).fit(X, Y)
+
+
+def _with_predictor(est, change):
+    c = copy.copy(est)
+    c._predictors = [[copy.copy(p) for p in row] for row in est._predictors]
+    p = c._predictors[0][0]
+    p.nodes = p.nodes.copy()
+    change(p)
+    return c
+
+
+def _split0(p):
+    return int(np.flatnonzero(p.nodes["is_leaf"] == 0)[0])
+
+
+HGB_CASES = {
+    "feature out of range": (lambda p: p.nodes["feature_idx"].__setitem__(_split0(p), 77),
+                             r"feature outside \[0, 5\)"),
+    "child out of range": (lambda p: p.nodes["left"].__setitem__(_split0(p), 10**6), "children"),
+    "cycle": (lambda p: p.nodes["right"].__setitem__(_split0(p), 0), "children"),
+    "categorical split without a bitset": (
+        lambda p: p.nodes["is_categorical"].__setitem__(_split0(p), 1), "categorical"),
+}
+
+
+def test_hist_gradient_boosting_roundtrips(hgb, tmp_path, keys):
+    _roundtrips(hgb, tmp_path, lambda m: m.predict_proba(X))
+
+
+@pytest.mark.parametrize("case", sorted(HGB_CASES))
+def test_hist_gradient_boosting_refused(case, hgb, tmp_path, keys):
+    change, match = HGB_CASES[case]
+    _refused(_with_predictor(hgb, change), tmp_path, match)
+
+
+def test_hist_gradient_boosting_bin_mapper_refused(hgb, tmp_path, keys):
+    bad = copy.copy(hgb)
+    bad._bin_mapper = copy.copy(hgb._bin_mapper)
+    bad._bin_mapper.bin_thresholds_ = hgb._bin_mapper.bin_thresholds_[:2]
+    _refused(bad, tmp_path, "bin_thresholds_")
+
+
+# ---------------------------------------------------------------- libsvm
+
+@pytest.fixture(scope="module")
+def svms():
+    import scipy.sparse as sp
+    from sklearn.svm import SVC, SVR, OneClassSVM
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # probability= is deprecated
+        proba = SVC(probability=True, random_state=0).fit(X, Y)
+    return {"svc": SVC().fit(X, Y), "proba": proba, "sparse": SVC().fit(sp.csr_matrix(X), Y),
+            "svr": SVR().fit(X, X[:, 0]), "ocsvm": OneClassSVM().fit(X),
+            "precomputed": SVC(kernel="precomputed").fit(X @ X.T, Y)}
+
+
+def _with_attrs(est, **attrs):
+    c = copy.copy(est)
+    vars(c).update(attrs)
+    return c
+
+
+def test_svm_roundtrips(svms, tmp_path, keys):
+    import scipy.sparse as sp
+
+    for i, (label, m) in enumerate(sorted(svms.items())):
+        d = tmp_path / label
+        d.mkdir()
+        data = X @ X.T if label == "precomputed" else sp.csr_matrix(X) if label == "sparse" else X
+        out = (lambda e, a: e.predict_proba(a)) if label == "proba" else (lambda e, a: e.predict(a))
+        _roundtrips(m, d, out, data)
+
+
+def test_svm_state_refused(svms, tmp_path, keys):
+    svc, proba, sparse = svms["svc"], svms["proba"], svms["sparse"]
+    cases = [
+        (svc, {"_n_support": svc._n_support + 5}, "_n_support counts"),
+        (svc, {"_n_support": svc._n_support[:1]}, "at least 2"),
+        (svc, {"_intercept_": svc._intercept_[:1]}, "_intercept_"),
+        (svc, {"support_": svc.support_ + 10**6}, "support_ indexes"),
+        (svc, {"support_vectors_": svc.support_vectors_[:, :2].copy()}, "support_vectors_"),
+        (svc, {"_dual_coef_": svc._dual_coef_[:1].copy()}, "_dual_coef_"),
+        (proba, {"_probA": proba._probA[:1]}, "_probA"),
+        (svc, {"_probA": np.empty(0), "probability": True}, "probability is set"),
+        (sparse, {"_dual_coef_": sparse._dual_coef_[:, :3]}, "_dual_coef_"),
+        (svms["precomputed"], {"support_": svms["precomputed"].support_ + 200}, "support_"),
+        (svms["svr"], {"_intercept_": np.empty(0)}, "_intercept_"),
+    ]
+    for i, (est, attrs, match) in enumerate(cases):
+        d = tmp_path / f"case{i}"
+        d.mkdir()
+        _refused(_with_attrs(est, **attrs), d, match)
+
+
+def test_svm_sparse_structure_refused(svms, tmp_path, keys):
+    sv = copy.copy(svms["sparse"].support_vectors_)
+    sv.indptr = sv.indptr.copy()
+    sv.indptr[3] = 10**6  # libsvm slices the data with it
+    _refused(_with_attrs(svms["sparse"], support_vectors_=sv), tmp_path, "sparse structure")
+
+
+# ---------------------------------------------------------------- trusted and signed files
+
+def test_only_trusted_skips_the_checks(dtc, tmp_path, keys, monkeypatch):
+    # the signature is consulted only for files the allowlist refuses: checking
+    # an allowlisted file's compiled state costs less than verifying its
+    # signature would, so your own files are checked too
+    from firkin import _validate
+
+    calls = []
+    monkeypatch.setattr(_validate, "_check_tree_state",
+                        lambda *a: calls.append(a) or None)
+    p = tmp_path / "own.firkin"
+    firkin.dump(dtc, p)
+    firkin.load(p, trusted=True)
+    assert calls == []
+    firkin.load(p)  # signed with the reader's own key (A)
+    assert len(calls) == 1
+    firkin.set_key(KEY_B)
+    firkin.load(p)
+    assert len(calls) == 2
+
+
+# ---------------------------------------------------------------- stored paths
+
+def test_stored_cache_paths_dropped(tmp_path, keys):
+    from sklearn.cluster import OPTICS, AgglomerativeClustering, FeatureAgglomeration
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    cache = str(tmp_path / "attacker-chosen")
+    objs = {"pipeline": Pipeline([("s", StandardScaler())]).fit(X).set_params(memory=cache),
+            "agglomerative": AgglomerativeClustering(memory=cache),
+            "feature agglomeration": FeatureAgglomeration(memory=cache),
+            "optics": OPTICS(memory=cache)}
+    for label, obj in objs.items():
+        d = tmp_path / label.replace(" ", "_")
+        d.mkdir()
+        files = _files({"nested": [obj]}, d)
+        firkin.set_key(KEY_B)
+        for container, path in files:
+            with pytest.warns(firkin.StoredPathWarning, match="memory was .*attacker-chosen"):
+                loaded = firkin.load(path)
+            assert loaded["nested"][0].memory is None, (label, container)
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", firkin.StoredPathWarning)
+                assert firkin.load(path, trusted=True)["nested"][0].memory == cache
+        firkin.set_key(KEY_A)
+        with pytest.warns(firkin.StoredPathWarning):  # your own file too: trusted=True keeps it
+            assert firkin.load(files[0][1])["nested"][0].memory is None
+    assert not (tmp_path / "attacker-chosen").exists()
+
+
+def test_joblib_memory_is_not_on_the_list(tmp_path):
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    pipe = Pipeline([("s", StandardScaler())], memory=joblib.Memory(str(tmp_path / "c"), verbose=0))
+    with pytest.raises(UntrustedTypesError, match="joblib.memory.Memory"):
+        firkin.loads(pickle.dumps(pipe))
+
+
+# ---------------------------------------------------------------- scipy
+
+def _sparse_cases():
+    import scipy.sparse as sp
+
+    def m(fmt, kind="matrix"):
+        make = sp.random if kind == "matrix" else sp.random_array
+        shape = (6, 5) if kind == "matrix" else (6, 5)
+        return make(*((shape,) if kind == "array" else shape), density=0.5, format=fmt,
+                    random_state=0)
+
+    def with_attr(x, attr, change):
+        x = x.copy()
+        value = getattr(x, attr)
+        value = value.copy() if hasattr(value, "copy") else value
+        setattr(x, attr, change(value))
+        return x
+
+    def put(a, i, v):
+        a[i] = v
+        return a
+
+    def dok_outside(x):
+        f, (cls, base, items), state = x.__reduce_ex__(5)[:3]
+        items = dict(items)
+        items[(np.int32(60), np.int32(1))] = 1.0  # scipy refuses to set it
+        return _Reduce((f, (cls, base, items), dict(state, _dict=items)))
+
+    def lil_outside(x):
+        x = x.copy()
+        x.rows[0], x.data[0] = [99], [1.0]
+        return x
+
+    cases = {}
+    for kind in ("matrix", "array"):
+        cases.update({
+            f"csr indptr past the data ({kind})": (
+                with_attr(m("csr", kind), "indptr", lambda a: put(a, 2, 10**6)), "sparse structure"),
+            f"csr column outside the shape ({kind})": (
+                with_attr(m("csr", kind), "indices", lambda a: put(a, 0, 50)), "sparse structure"),
+            f"csc row index negative ({kind})": (
+                with_attr(m("csc", kind), "indices", lambda a: put(a, 0, -1)), "sparse structure"),
+            f"bsr indptr decreasing ({kind})": (
+                with_attr(m("bsr", kind), "indptr", lambda a: put(a, 1, a[-1] + 1)),
+                "sparse structure"),
+            f"coo row outside the shape ({kind})": (
+                with_attr(m("coo", kind), "coords", lambda c: (put(c[0].copy(), 0, 6), c[1])),
+                "axis-0 indices"),
+            f"dia offsets and data disagree ({kind})": (
+                with_attr(m("dia", kind), "offsets", lambda a: a[:-1]), "one row per offset"),
+            f"dok entry outside the shape ({kind})": (dok_outside(m("dok", kind)), "outside its shape"),
+            f"lil column outside the shape ({kind})": (lil_outside(m("lil", kind)), "outside its shape"),
+        })
+    return cases
+
+
+def test_sparse_containers_roundtrip(tmp_path, keys):
+    import scipy.sparse as sp
+
+    for i, fmt in enumerate(("csr", "csc", "bsr", "coo", "dia", "dok", "lil")):
+        x = sp.random(6, 5, density=0.5, format=fmt, random_state=0)
+        d = tmp_path / fmt
+        d.mkdir()
+        _roundtrips(x, d, lambda a: a.toarray())
+
+
+def test_sparse_state_refused(tmp_path, keys):
+    # never used: the corrupted copies are only pickled
+    for i, (label, (bad, match)) in enumerate(sorted(_sparse_cases().items())):
+        d = tmp_path / f"case{i}"
+        d.mkdir()
+        _refused({"X": bad}, d, match)
+
+
+def test_sparse_sortedness_claims_are_not_trusted(tmp_path, keys):
+    import scipy.sparse as sp
+
+    x = sp.random(6, 5, density=0.5, format="csr", random_state=0)
+    x.indices = x.indices.copy()
+    start, end = x.indptr[0], x.indptr[1]
+    x.indices[start:end] = x.indices[start:end][::-1].copy()  # unsorted, still valid
+    x._has_sorted_indices = True  # a false claim
+    data = firkin.dumps(x)
+    firkin.set_key(KEY_B)
+    loaded = firkin.loads(data)
+    assert "_has_sorted_indices" not in vars(loaded)
+    assert loaded.has_sorted_indices == (end - start < 2)
+
+
+def test_bspline_refused(tmp_path, keys):
+    from sklearn.preprocessing import SplineTransformer
+
+    st = SplineTransformer(n_knots=4).fit(X)
+    _roundtrips(st, tmp_path / "a", lambda m: m.transform(X))
+    for i, (attr, change, match) in enumerate([
+            ("_t", lambda t: t[:3].copy(), "knots"),
+            ("_c", lambda c: c[:2].copy(), "coefficients"),
+            ("k", lambda k: -1, "degree"),
+            ("axis", lambda a: 5, "axis")]):
+        bad = copy.copy(st)
+        spl = copy.copy(st.bsplines_[0])
+        vars(spl)[attr] = change(vars(spl)[attr])
+        bad.bsplines_ = [spl] + st.bsplines_[1:]
+        d = tmp_path / f"bspline{i}"
+        d.mkdir()
+        _refused(bad, d, match)
+
+
+def test_kmeans(tmp_path, keys):
+    import os
+
+    from sklearn.cluster import BisectingKMeans, KMeans, MiniBatchKMeans
+
+    for i, cls in enumerate((KMeans, MiniBatchKMeans, BisectingKMeans)):
+        km = cls(n_clusters=3, random_state=0, n_init=1).fit(X)
+        d = tmp_path / f"ok{i}"
+        d.mkdir()
+        _roundtrips(km, d, lambda m: m.predict(X))
+        for j, (attrs, match) in enumerate([
+                ({"cluster_centers_": km.cluster_centers_[:, :2].copy()}, "cluster_centers_"),
+                ({"_n_threads": 0}, "_n_threads")]):
+            d = tmp_path / f"bad{i}{j}"
+            d.mkdir()
+            _refused(_with_attrs(km, **attrs), d, match)
+    # an absurd thread count is brought down to this machine's
+    km = KMeans(n_clusters=3, random_state=0, n_init=1).fit(X)
+    firkin.set_key(KEY_A)
+    data = firkin.dumps(_with_attrs(km, _n_threads=10**6))
+    firkin.set_key(KEY_B)
+    assert firkin.loads(data)._n_threads == min(10**6, os.cpu_count())
+
+
+def test_bisecting_kmeans_tree(tmp_path, keys):
+    from sklearn.cluster import BisectingKMeans
+
+    km = BisectingKMeans(n_clusters=4, random_state=0).fit(X)
+
+    def tree_with(change):
+        root = copy.deepcopy(km._bisecting_tree)
+        change(root)
+        return _with_attrs(km, _bisecting_tree=root)
+
+    def narrow(root):
+        root.left.center = root.left.center[:2].copy()
+
+    def cycle(root):
+        root.right.left, root.right.right = root, root
+
+    def one_child(root):
+        root.right = None
+
+    for i, (change, match) in enumerate([(narrow, "centre"), (cycle, "not a tree"),
+                                         (one_child, "one child")]):
+        d = tmp_path / f"b{i}"
+        d.mkdir()
+        _refused(tree_with(change), d, match)
+
+
+def test_brute_force_neighbours(tmp_path, keys):
+    from sklearn.neighbors import KNeighborsClassifier, NearestNeighbors
+
+    knn = KNeighborsClassifier(algorithm="brute").fit(X, Y)
+    _roundtrips(knn, tmp_path / "a", lambda m: m.predict_proba(X))
+    for i, (attrs, match) in enumerate([({"_fit_X": X[:, :2].copy()}, "_fit_X has shape"),
+                                        ({"n_samples_fit_": 10**6}, "n_samples_fit_")]):
+        d = tmp_path / f"bad{i}"
+        d.mkdir()
+        _refused(_with_attrs(knn, **attrs), d, match)
+    # found wherever it sits, e.g. inside another estimator
+    from sklearn.manifold import Isomap
+
+    iso = Isomap(n_neighbors=5).fit(X)
+    bad = _with_attrs(iso, nbrs_=_with_attrs(iso.nbrs_, _fit_X=X[:, :1].copy()))
+    _refused(bad, tmp_path / "c", "_fit_X has shape")
+    assert isinstance(iso.nbrs_, NearestNeighbors)
