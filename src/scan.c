@@ -419,7 +419,7 @@ typedef struct {
 } scan_global;
 
 enum { ROLE_NONE = 0, ROLE_DTYPE = 1, ROLE_WRAPPER = 2, ROLE_RECONSTRUCTOR = 3, ROLE_BASE_NEW = 4,
-       ROLE_PYX = 5 };
+       ROLE_PYX = 5, ROLE_SIZED = 6 };
 
 /* TUPLE2 of (global or instance, string constant): a candidate getattr
  * argument tuple */
@@ -698,6 +698,11 @@ static unsigned char scan_role(PyObject *module, PyObject *name)
     if (strncmp(m, "pandas.", 7) == 0 && strncmp(q, "_new_", 5) == 0 && ql >= 10 &&
         strcmp(q + ql - 5, "Index") == 0)
         return ROLE_RECONSTRUCTOR;
+    /* bytes(n) allocates n bytes from a few bytes of stream; pickles call
+     * bytes only with no arguments (b"" below protocol 3). The name stays
+     * trusted as a value (a list of types), so calls are judged here. */
+    if (str_is(module, "builtins") && str_is(name, "bytes"))
+        return ROLE_SIZED;
     return ROLE_NONE;
 }
 
@@ -1021,10 +1026,23 @@ static int scan_instance_of(scan_ctx *c, scan_val cls, scan_val *out)
     return scan_new_node(c, SV_INSTANCE, sv_index(cls), 0, out);
 }
 
+static int scan_unsafe_why(scan_ctx *c, const char *why);
+
+/* a call of fn (or fn.__new__) with arguments, fn being a ROLE_SIZED global */
+static int scan_sized_call(scan_ctx *c, scan_val fn, int has_args)
+{
+    if (!has_args || sv_kind(fn) != SV_GLOBAL || c->gtab[sv_index(fn)].role != ROLE_SIZED) return 0;
+    return scan_unsafe_why(c, "builtins.bytes called with arguments: bytes(n) allocates n bytes, "
+                              "and pickles never call it so");
+}
+
 /* NEWOBJ / NEWOBJ_EX / OBJ: cls.__new__(cls, ...) with cls at stack[m] */
 static int scan_new_instance(scan_ctx *c, Py_ssize_t m)
 {
     scan_val v;
+    int has_args = c->op == OP_NEWOBJ ? sv_kind(c->stack[m + 1]) != SV_EMPTYT
+                                      : c->op == OP_NEWOBJ_EX || c->depth - m > 1;
+    if (scan_sized_call(c, c->stack[m], has_args) < 0) return -1;
     if (scan_instance_of(c, c->stack[m], &v) < 0) return -1;
     return scan_collapse_to(c, m, v);
 }
@@ -1262,6 +1280,7 @@ static int scan_reduce(scan_ctx *c)
             return rc;
         }
     }
+    if (scan_sized_call(c, fn, sv_kind(args) != SV_EMPTYT) < 0) return -1;
     if (sv_kind(fn) == SV_GLOBAL) {
         unsigned char role = c->gtab[sv_index(fn)].role;
         scan_val v;
@@ -1630,6 +1649,9 @@ static int scan_step(scan_ctx *c)
         return scan_stack_global(c);
     case OP_INST: {
         if (scan_text_global(c, 1) < 0) return -1;
+        if (c->nmarks && scan_sized_call(c, c->stack[c->depth - 1],
+                                          c->depth - 1 > c->marks[c->nmarks - 1]) < 0)
+            return -1;
         scan_val inst;
         if (scan_instance_of(c, c->stack[--c->depth], &inst) < 0) return -1;
         /* the class went: the instance replaces the arguments */

@@ -14,7 +14,7 @@ import warnings
 
 import numpy as np
 
-from . import _byvalue, _compress, _core, _guards, _meta, _progress, _sign, _text, _trust
+from . import _amplify, _byvalue, _compress, _core, _guards, _meta, _progress, _sign, _text, _trust
 from ._core import ChecksumError, FirkinError, FormatError, UntrustedTypesError
 
 __all__ = ["dump", "load", "dumps", "loads", "load_metadata", "codecs", "untrusted_types",
@@ -533,7 +533,7 @@ class _WholeStream:
         return len(data)
 
 
-def _unpickle(reader, stream, buffers, mmap: bool, policy):
+def _unpickle(reader, stream, buffers, mmap: bool, policy, budget=None):
     try:
         if policy is True and not mmap:
             return pickle.loads(stream, buffers=buffers)  # reads the bytes in place
@@ -545,7 +545,8 @@ def _unpickle(reader, stream, buffers, mmap: bool, policy):
                 cls = _mmap_policy_class(cls)
         unpickler = cls(_WholeStream(stream), buffers=buffers)
         unpickler.fk_name = reader.name  # refusals name the file
-        return unpickler.load()
+        with _amplify.active(budget if policy is not True else None):
+            return unpickler.load()
     except pickle.UnpicklingError as exc:
         raise FormatError(f"{reader.name}: the pickle stream is invalid: {exc}") from exc
 
@@ -589,16 +590,50 @@ def _read_buffers(reader, verify, threads, progress, which=None, signed=None):
         bar.close()
 
 
-def _load_reader(reader, verify, threads, progress=None, trusted=None):
+def _expansion(reader, kinds) -> int:
+    """Bytes the compressed sections of these kinds declare beyond what they store."""
+    return sum(s["raw"] - s["stored"] for s in reader.sections()
+               if s["kind"] in kinds and s["codec"] != "raw" and s["raw"] > s["stored"])
+
+
+def _budget(reader, trusted, max_memory):
+    """The load's amplification budget (None under trusted=True), charged
+    with what the pickle stream and metadata declare beyond their stored
+    bytes: checked before either is decoded."""
+    if trusted is True:
+        return None
+    budget = _amplify.Budget(max_memory, reader.name)
+    budget.charge(_expansion(reader, ("pickle stream", "metadata")),
+                  "decompressing the pickle stream and metadata")
+    return budget
+
+
+def _charge_buffers(reader, stream, budget, policy, which=None) -> None:
+    """Charge the compressed arrays' declared expansion before they are read,
+    unless the file is your own (signed with your key)."""
+    if budget is None or policy is True:
+        return
+    bufs = [s for s in reader.sections() if s["kind"] == "buffer"]
+    grown = sum(s["raw"] - s["stored"] for i, s in enumerate(bufs)
+                if (which is None or i in which) and s["codec"] != "raw" and s["raw"] > s["stored"])
+    if grown > budget.limit - budget.charged - budget.expansion:
+        if _sign.status(reader, stream) == _sign.VALID:
+            return
+    budget.charge(grown, f"decompressing {len(bufs)} compressed array(s)")
+
+
+def _load_reader(reader, verify, threads, progress=None, trusted=None, max_memory=None):
+    budget = _budget(reader, trusted, max_memory)
     meta = _meta.parse(reader.metadata(), reader.name)  # before anything is unpickled
     stream = reader.pickle_stream()
     policy, signed = _check_trust(reader, stream, trusted)
+    _charge_buffers(reader, stream, budget, policy)
     buffers = _read_buffers(reader, _verify_buffers(reader, verify, False), threads, progress,
                             signed=signed)
     if signed:
         buffers, records = buffers
         signed.check(records)
-    obj = _unpickle(reader, stream, buffers, False, policy)
+    obj = _unpickle(reader, stream, buffers, False, policy, budget)
     _warn_versions(reader, meta)
     return obj
 
@@ -643,7 +678,7 @@ def _load_foreign(f, name, mode, kwargs):
 
 
 def load(filename, mmap_mode=None, *, trusted=None, verify=None, threads=None, progress=None,
-         ensure_native_byte_order="auto"):
+         ensure_native_byte_order="auto", max_memory=None):
     """Load an object saved by `dump` from a path or a binary file object.
 
     mmap_mode: None reads every array into fresh writable memory. 'r', 'r+',
@@ -665,48 +700,63 @@ def load(filename, mmap_mode=None, *, trusted=None, verify=None, threads=None, p
     too, under the same allowlist (they are never signed); for them
     ensure_native_byte_order has joblib's meaning ('auto': arrays come back in
     native byte order unless memory-mapped).
+
+    max_memory: how many bytes a load may use beyond the bytes the file
+    holds (None: firkin._amplify.DEFAULT_MAX_MEMORY, 2 GiB; math.inf: no
+    bound). Decompression that grows data by more than that, and constructors
+    the stream calls with sizes instead of data (bytearray(n), range(n),
+    arrays whose shape their data does not back), are refused before the
+    work is done with UntrustedTypesError. Arrays and data the file holds
+    never count, nor do files signed with your key or trusted=True loads.
     """
     mode = _check_mmap_mode(mmap_mode)
+    _amplify.check_max_memory(max_memory)
     if _is_path(filename):
         path = os.fsdecode(os.fspath(filename))
         with open(path, "r+b" if mode == "r+" else "rb") as f:
             if not _looks_like_firkin(f.fileno()):
                 return _load_foreign(f, path, mmap_mode, {
-                    "trusted": trusted, "ensure_native_byte_order": ensure_native_byte_order})
+                    "trusted": trusted, "ensure_native_byte_order": ensure_native_byte_order,
+                    "max_memory": max_memory})
             reader = _reader(f.fileno(), path)
             if mode is None:
-                return _load_reader(reader, verify, threads, progress, trusted)
-            return _load_mapped(reader, f, mode, verify, threads, progress, trusted)
+                return _load_reader(reader, verify, threads, progress, trusted, max_memory)
+            return _load_mapped(reader, f, mode, verify, threads, progress, trusted, max_memory)
     if hasattr(filename, "read"):
         _check_binary(filename, "load")
         if mode is not None:
             warnings.warn("firkin.load: mmap_mode has no effect when loading from a file object; "
                           "the arrays are read into memory", UserWarning, stacklevel=2)
-        return _load_fileobj(filename, verify, threads, progress, trusted, ensure_native_byte_order)
+        return _load_fileobj(filename, verify, threads, progress, trusted, ensure_native_byte_order,
+                             max_memory)
     raise TypeError(f"firkin.load: expected a path or a binary file object, not {type(filename).__name__}")
 
 
-def _load_mapped(reader, f, mode, verify, threads, progress, trusted):
+def _load_mapped(reader, f, mode, verify, threads, progress, trusted, max_memory=None):
+    budget = _budget(reader, trusted, max_memory)
     meta = _meta.parse(reader.metadata(), reader.name)  # before anything is unpickled
     stream = reader.pickle_stream()
     policy, signed = _check_trust(reader, stream, trusted)
-    obj = _load_mapped_buffers(reader, f, mode, verify, threads, progress, stream, policy, signed)
+    obj = _load_mapped_buffers(reader, f, mode, verify, threads, progress, stream, policy, signed,
+                               budget)
     _warn_versions(reader, meta)
     return obj
 
 
-def _load_mapped_buffers(reader, f, mode, verify, threads, progress, stream, policy, signed):
+def _load_mapped_buffers(reader, f, mode, verify, threads, progress, stream, policy, signed,
+                         budget=None):
     """A file trusted by its signature (`signed`) has every mapped byte
     hashed and checked against the signature before anything is built."""
     if reader.buffer_count == 0:
         if signed:
             signed.check(b"")
-        return _unpickle(reader, stream, [], True, policy)
+        return _unpickle(reader, stream, [], True, policy, budget)
     spans = reader.buffer_spans()
     packed = [i for i, (_, _, mappable) in enumerate(spans) if not mappable]
     buffers = [None] * len(spans)
     records = b""
     if packed:
+        _charge_buffers(reader, stream, budget, policy, set(packed))
         warnings.warn(f"{reader.name}: {len(packed)} of {len(spans)} arrays are compressed; they are "
                       "decompressed into memory instead of being memory-mapped", UserWarning,
                       stacklevel=3)
@@ -729,10 +779,11 @@ def _load_mapped_buffers(reader, f, mode, verify, threads, progress, stream, pol
         for i, (off, n, mappable) in enumerate(spans):
             if mappable:
                 buffers[i] = mm[off:off + n]
-    return _unpickle(reader, stream, buffers, True, policy)
+    return _unpickle(reader, stream, buffers, True, policy, budget)
 
 
-def _load_fileobj(f, verify, threads, progress, trusted, ensure_native_byte_order="auto"):
+def _load_fileobj(f, verify, threads, progress, trusted, ensure_native_byte_order="auto",
+                  max_memory=None):
     name = getattr(f, "name", None)
     name = name if isinstance(name, str) else f"<{type(f).__name__}>"
     try:
@@ -741,7 +792,7 @@ def _load_fileobj(f, verify, threads, progress, trusted, ensure_native_byte_orde
         seekable = False
     if not seekable:
         return _loads_named(f.read(), name, trusted, verify, threads, progress,
-                            ensure_native_byte_order)
+                            ensure_native_byte_order, max_memory)
     start = f.tell()
     head = f.read(8)
     f.seek(start)
@@ -749,7 +800,7 @@ def _load_fileobj(f, verify, threads, progress, trusted, ensure_native_byte_orde
         from . import _compat  # noqa: PLC0415
 
         return _compat.load_fileobj(f, name, ensure_native_byte_order=ensure_native_byte_order,
-                                    trusted=trusted)
+                                    trusted=trusted, max_memory=max_memory)
     if isinstance(f, io.BytesIO):
         source = f.getvalue()  # shares the BytesIO's buffer in the common case
     else:
@@ -761,7 +812,7 @@ def _load_fileobj(f, verify, threads, progress, trusted, ensure_native_byte_orde
         except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
             pass
     reader = _reader(source, name, start)
-    obj = _load_reader(reader, verify, threads, progress, trusted)
+    obj = _load_reader(reader, verify, threads, progress, trusted, max_memory)
     f.seek(start + reader.total_length)  # like pickle: positioned after what was read
     return obj
 
@@ -774,26 +825,29 @@ def _check_bytes_like(data, what: str) -> None:
                         + (" (use firkin.load for paths)" if _is_path(data) else "")) from None
 
 
-def _loads_named(data, name, trusted, verify, threads, progress, ensure_native_byte_order):
+def _loads_named(data, name, trusted, verify, threads, progress, ensure_native_byte_order,
+                 max_memory=None):
     with memoryview(data) as mv:
         head, tail = bytes(mv[:8]), bytes(mv[-8:])
     if not _is_firkin_bytes(head, tail):
         from . import _compat  # noqa: PLC0415
 
         return _compat.loads_foreign(data, name, ensure_native_byte_order=ensure_native_byte_order,
-                                     trusted=trusted)
+                                     trusted=trusted, max_memory=max_memory)
     reader = _reader(data, name)
-    return _load_reader(reader, verify, threads, progress, trusted)
+    return _load_reader(reader, verify, threads, progress, trusted, max_memory)
 
 
 def loads(data, *, trusted=None, verify=None, threads=None, progress=None,
-          ensure_native_byte_order="auto"):
+          ensure_native_byte_order="auto", max_memory=None):
     """Load an object from the bytes `dumps` returned (any bytes-like object);
-    joblib and pickle bytes load too."""
+    joblib and pickle bytes load too. max_memory as for load."""
     if isinstance(data, str):
         raise TypeError("firkin.loads: expected a bytes-like object, not str (use firkin.load for paths)")
     _check_bytes_like(data, "loads")
-    return _loads_named(data, "<bytes>", trusted, verify, threads, progress, ensure_native_byte_order)
+    _amplify.check_max_memory(max_memory)
+    return _loads_named(data, "<bytes>", trusted, verify, threads, progress, ensure_native_byte_order,
+                        max_memory)
 
 
 def untrusted_types(filename, trusted=None) -> list[str]:

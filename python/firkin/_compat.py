@@ -53,7 +53,7 @@ import zlib
 
 import numpy as np
 
-from . import _core, _guards
+from . import _amplify, _core, _guards
 from ._core import FormatError
 
 __all__ = ["load_foreign", "load_fileobj", "loads_foreign", "detect", "inspect_stream",
@@ -167,6 +167,7 @@ _MEMMAP_NAMES = {("numpy", "memmap"), ("numpy.core.memmap", "memmap"), ("numpy._
 
 def _as_subclass(arr, subclass):
     """Give the array back the ndarray subclass it was saved as (np.matrix...)."""
+    subclass = _amplify.real(subclass)  # the class a trust-policy guard stands for
     if (subclass is None or subclass is np.ndarray or subclass is np.memmap or subclass is _SavedMemmap
             or not isinstance(subclass, type) or not issubclass(subclass, np.ndarray)
             or type(arr) is subclass):
@@ -332,6 +333,9 @@ class _Inflate:
         self.inbuf = inbuf
         self.out, self.o = b"", 0
         self.pos = 0  # decompressed bytes handed out
+        self.produced = 0  # decompressed bytes made
+        #: a firkin._amplify.Budget the expansion is charged to as it happens, or None
+        self.budget = None
 
     def _damaged(self, exc) -> FormatError:
         what = "zlib" if self.method == "zf" else self.method
@@ -351,11 +355,18 @@ class _Inflate:
 
     def _more(self) -> bytes:
         try:
-            return self._decompress()
+            out = self._decompress()
         except FormatError:
             raise
         except (zlib.error, lzma.LZMAError, OSError, EOFError, ValueError, RuntimeError) as exc:
             raise self._damaged(exc) from exc
+        self.produced += len(out)
+        if self.budget is not None:
+            what = "zlib" if self.method == "zf" else self.method
+            self.budget.expand(self.produced, self.raw.pos,
+                               f"the {what}-compressed stream (inflated {self.produced:,} bytes "
+                               f"from {self.raw.pos:,})")
+        return out
 
     def _decompress(self) -> bytes:
         while True:
@@ -445,9 +456,15 @@ def _zf_source(raw, name: str):
     return src
 
 
-def _read_zfile(path: str) -> bytes:
+def _read_zfile(path: str, expected: int, budget=None) -> bytes:
+    """The `expected` bytes of a joblib < 0.10 ZF companion file; its header's
+    length is checked against them before anything is allocated."""
     with open(path, "rb") as f:
         src = _zf_source(_FdSource(f.fileno(), 0, path), path)
+        if src.declared_length != expected:
+            raise FormatError(f"{path}: the ZF header says {src.declared_length} bytes, the "
+                              f"array needs {expected}")
+        src.budget = budget
         out = bytearray(src.declared_length)
         got = src.readinto(memoryview(out))
         if got != src.declared_length or src.read(1):
@@ -916,8 +933,11 @@ def _judge_mapped(fd, start, judge):
         return judge(mv)
 
 
-def _scan_materialized(src, name, kind, trusted):
-    """(_Materialized, spans) of src read into memory and judged by the policy."""
+def _scan_materialized(src, name, kind, trusted, budget=None):
+    """(_Materialized, spans) of src read into memory and judged by the policy;
+    a decompressor's expansion is charged to `budget` as it inflates."""
+    if isinstance(src, _Inflate):
+        src.budget = budget
     return _judge_materialized(src, lambda buf: _policy(buf, name, kind, trusted))
 
 
@@ -1031,8 +1051,10 @@ def _unpickler_classes(trusted, name):
 
 class _Loader:
     def __init__(self, name, make_reader, *, kind, mmap_mode=None, mmap_file=None,
-                 swap=True, dirname=None, trusted=True, spans=None, span_base=0):
+                 swap=True, dirname=None, trusted=True, spans=None, span_base=0, budget=None):
         self.name = name
+        self._trusted = trusted
+        self._budget = budget  # the amplification bound, None under trusted=True
         # (build_end, data_start, data_end, nested) of each joblib array as the
         # safety scan stepped over it (offsets from the reader's start), or None
         self._holes = spans
@@ -1057,10 +1079,11 @@ class _Loader:
 
     # -- driving
     def run(self):
-        try:
-            return self._load(c_mode=True)
-        except _Restart:
-            return self._load(c_mode=False)
+        with _amplify.active(self._budget):
+            try:
+                return self._load(c_mode=True)
+            except _Restart:
+                return self._load(c_mode=False)
 
     def _load(self, c_mode):
         self._c_mode = c_mode
@@ -1325,17 +1348,60 @@ class _Loader:
         if self._dirname is None:
             raise FormatError(f"{self.name}: this joblib < 0.10 file keeps its arrays in "
                               f"companion files ({filename}); load it by path")
-        return os.path.join(self._dirname, filename)
+        path = os.path.join(self._dirname, filename)
+        # a symlink may not lead out of the main file's folder
+        folder = os.path.realpath(self._dirname)
+        if os.path.commonpath([os.path.realpath(path), folder]) != folder:
+            raise FormatError(f"{self.name}: companion file {filename!r} is a link to "
+                              f"{os.path.realpath(path)}, outside the folder of the file")
+        return path
+
+    def _load_npy(self, path, mode):
+        """A joblib < 0.10 companion file. Arrays load with allow_pickle=False;
+        what numpy would unpickle (an object .npy, or a file that is not .npy
+        at all) goes through the trust policy like the main file."""
+        if self._trusted is True:
+            return np.load(path, mmap_mode=mode, allow_pickle=True)
+        with open(path, "rb") as f:
+            magic = f.read(len(np.lib.format.MAGIC_PREFIX))
+            pickled = not magic.startswith(np.lib.format.MAGIC_PREFIX) and magic[:2] != b"PK"
+            if not pickled:
+                f.seek(0)
+                version = np.lib.format.read_magic(f)
+                read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                               else np.lib.format.read_array_header_2_0)
+                shape, _, dtype = read_header(f)
+                pickled = dtype.hasobject  # numpy writes an object array as a pickle of it
+            if not pickled:
+                return np.load(path, mmap_mode=mode, allow_pickle=False)
+            data = f.read()
+        from . import _trust  # noqa: PLC0415
+
+        _trust.check_stream(data, self._trusted, name=path)
+        unpickler = _trust.make_unpickler(pickle.Unpickler, self._trusted)(io.BytesIO(data))
+        unpickler.fk_name = path
+        try:
+            arr = unpickler.load()
+        except (pickle.UnpicklingError, EOFError) as exc:
+            raise FormatError(f"{path}: the pickled companion array is damaged: {exc}") from exc
+        if not isinstance(arr, np.ndarray) or (magic.startswith(np.lib.format.MAGIC_PREFIX) and (
+                arr.dtype != dtype or arr.shape != shape)):
+            raise FormatError(f"{path}: holds a {type(arr).__name__}"
+                              f"{' ' + str(arr.dtype) + str(arr.shape) if isinstance(arr, np.ndarray) else ''}"
+                              ", not the array its header describes")
+        return arr
 
     def _read_companion(self, kind, state):
         path = self._companion_path(state.get("filename"))
         if kind == "NDArrayWrapper":
             mode = self._mm_mode if state.get("allow_mmap", True) else None
             try:
-                arr = np.load(path, mmap_mode=mode, allow_pickle=True)
+                arr = self._load_npy(path, mode)
             except FileNotFoundError as exc:
                 raise FormatError(f"{self.name}: companion file {path} is missing") from exc
             except ValueError as exc:
+                if isinstance(exc, FormatError):
+                    raise
                 raise FormatError(f"{path}: not a valid .npy file: {exc}") from exc
             if not isinstance(arr, np.ndarray):
                 raise FormatError(f"{path}: holds a {type(arr).__name__}, not an array")
@@ -1354,7 +1420,7 @@ class _Loader:
         if dtype.hasobject:
             raise FormatError(f"{path}: object arrays cannot be stored in ZF files")
         try:
-            data = _read_zfile(path)
+            data = _read_zfile(path, nbytes, self._budget)
         except FileNotFoundError as exc:
             raise FormatError(f"{self.name}: companion file {path} is missing") from exc
         if len(data) != nbytes:
@@ -1370,6 +1436,11 @@ class _Loader:
 
 # --------------------------------------------------------------------------- entry points
 
+def _budget(trusted, max_memory, name):
+    """The amplification bound of a load under the trust policy (None under trusted=True)."""
+    return None if trusted is True else _amplify.Budget(max_memory, name)
+
+
 def _make_source(kind, raw, name):
     if kind == "raw":
         return raw
@@ -1378,7 +1449,8 @@ def _make_source(kind, raw, name):
     return _Inflate(raw, kind, name)
 
 
-def load_foreign(f, name, mmap_mode=None, *, ensure_native_byte_order="auto", trusted=True):
+def load_foreign(f, name, mmap_mode=None, *, ensure_native_byte_order="auto", trusted=True,
+                 max_memory=None):
     """Load a joblib file or a plain pickle from `f`, an open binary file of a path.
 
     f must have a fileno(); it is read by position from offset 0 (its own file
@@ -1390,6 +1462,7 @@ def load_foreign(f, name, mmap_mode=None, *, ensure_native_byte_order="auto", tr
     trusted: True (default) lets the pickle name any global, as joblib.load
     does; anything else is handed to firkin._trust.make_unpickler (None: the
     default policy; a collection of extra "module.qualname" names).
+    max_memory: the amplification bound of a policy load (firkin._amplify).
     """
     if mmap_mode not in _MMAP_MODES:
         raise ValueError(f"mmap_mode must be one of None, 'r', 'r+', 'w+', 'c'; got {mmap_mode!r}")
@@ -1403,12 +1476,13 @@ def load_foreign(f, name, mmap_mode=None, *, ensure_native_byte_order="auto", tr
         mode = None
 
     spans, anon = None, None
+    budget = _budget(trusted, max_memory, name)
     if trusted is not True:  # judge every name before anything is built
         if kind == "raw":
             spans = _scan_mapped(fd, 0, name, kind, trusted)
         if spans is None:
             anon, spans = _scan_materialized(
-                _make_source(kind, _FdSource(fd, 0, name), name), name, kind, trusted)
+                _make_source(kind, _FdSource(fd, 0, name), name), name, kind, trusted, budget)
 
     def make_reader():
         if anon is not None:
@@ -1422,7 +1496,8 @@ def load_foreign(f, name, mmap_mode=None, *, ensure_native_byte_order="auto", tr
 
     loader = _Loader(name, make_reader, kind=kind, mmap_mode=mode if anon is None else None,
                      mmap_file=f if mode is not None else None, swap=swap,
-                     dirname=os.path.dirname(name) or ".", trusted=trusted, spans=spans)
+                     dirname=os.path.dirname(name) or ".", trusted=trusted, spans=spans,
+                     budget=budget)
     try:
         return loader.run()
     finally:
@@ -1430,7 +1505,8 @@ def load_foreign(f, name, mmap_mode=None, *, ensure_native_byte_order="auto", tr
             anon.close()
 
 
-def load_fileobj(fileobj, name=None, *, ensure_native_byte_order="auto", trusted=True):
+def load_fileobj(fileobj, name=None, *, ensure_native_byte_order="auto", trusted=True,
+                 max_memory=None):
     """Load a joblib file or a plain pickle from a binary file object's current position.
 
     Arrays are read into memory. A seekable file object is left positioned
@@ -1475,6 +1551,7 @@ def load_fileobj(fileobj, name=None, *, ensure_native_byte_order="auto", trusted
             return src
 
     spans, anon, mat_src, span_base = None, None, None, 0
+    budget = _budget(trusted, max_memory, name)
     if raw_source is not None:
         kind = detect(raw_source().read(8))
         if trusted is not True:  # judge every name before anything is built
@@ -1485,7 +1562,7 @@ def load_fileobj(fileobj, name=None, *, ensure_native_byte_order="auto", trusted
                     spans, span_base = _policy(mv, name, kind, trusted), start
             if spans is None:
                 mat_src = _make_source(kind, raw_source(), name)
-                anon, spans = _scan_materialized(mat_src, name, kind, trusted)
+                anon, spans = _scan_materialized(mat_src, name, kind, trusted, budget)
                 span_base = 0
 
         def make_reader():
@@ -1504,7 +1581,7 @@ def load_fileobj(fileobj, name=None, *, ensure_native_byte_order="auto", trusted
         fresh = [_Chain(head, src)]
         if trusted is not True:
             mat_src = _make_source(kind, fresh.pop(), name)
-            anon, spans = _scan_materialized(mat_src, name, kind, trusted)
+            anon, spans = _scan_materialized(mat_src, name, kind, trusted, budget)
 
         def make_reader():
             if anon is not None:
@@ -1515,7 +1592,7 @@ def load_fileobj(fileobj, name=None, *, ensure_native_byte_order="auto", trusted
             return _Stream(_make_source(kind, fresh.pop(), name))
 
     loader = _Loader(name, make_reader, kind=kind, swap=swap, dirname=dirname, trusted=trusted,
-                     spans=spans, span_base=span_base)
+                     spans=spans, span_base=span_base, budget=budget)
     try:
         obj = loader.run()
     finally:
@@ -1560,19 +1637,21 @@ class _Chain(_FileSource):
         return k + super().readinto(mv[k:])
 
 
-def loads_foreign(data, name="<bytes>", *, ensure_native_byte_order="auto", trusted=True):
+def loads_foreign(data, name="<bytes>", *, ensure_native_byte_order="auto", trusted=True,
+                  max_memory=None):
     """Load a joblib file's or a pickle's bytes (any bytes-like object)."""
     swap = _resolve_byte_order(ensure_native_byte_order, None)
     mv = memoryview(data).cast("B")
     kind = detect(bytes(mv[:8]))
 
     spans, anon = None, None
+    budget = _budget(trusted, max_memory, name)
     if trusted is not True:  # judge every name before anything is built
         if kind == "raw":
             spans = _policy(mv, name, kind, trusted)
         else:
             anon, spans = _scan_materialized(_make_source(kind, _BytesSource(mv, name), name),
-                                                name, kind, trusted)
+                                             name, kind, trusted, budget)
 
     def make_reader():
         if anon is not None:
@@ -1581,7 +1660,7 @@ def loads_foreign(data, name="<bytes>", *, ensure_native_byte_order="auto", trus
 
     try:
         return _Loader(name, make_reader, kind=kind, swap=swap, dirname=None, trusted=trusted,
-                       spans=spans).run()
+                       spans=spans, budget=budget).run()
     finally:
         if anon is not None:
             anon.close()
