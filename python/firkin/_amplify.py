@@ -70,13 +70,27 @@ def _size(n) -> str:
 class Budget:
     """What one load may still spend beyond its file's own bytes."""
 
-    __slots__ = ("limit", "name", "charged", "expansion", "call")
+    __slots__ = ("limit", "name", "charged", "expansion", "held", "call")
 
     def __init__(self, max_memory, name: str, call: str = "firkin.load"):
         self.limit = check_max_memory(max_memory)
         self.name, self.call = name, call
         self.charged = 0  # by the guarded constructors
         self.expansion = 0  # decompressed bytes beyond the compressed ones
+        self.held = 0  # the (decompressed) bytes the file holds, as far as known
+
+    def hold(self, n: int) -> None:
+        """The file holds (at least) n bytes."""
+        self.held = max(self.held, n)
+
+    def items(self, n: int, what: str) -> None:
+        """A lazily large iterable (a range) of n items: it costs nothing until
+        consumed, and then at least ITEM_BYTES per item. One item per byte the
+        file holds is allowed (a frame's RangeIndex has a row of data per
+        item), plus max_memory's worth; nothing is charged."""
+        allowed = self.held + self.limit // ITEM_BYTES
+        if n > allowed:
+            raise self.refuse(f"{what} of {n:,} items", n * ITEM_BYTES)
 
     def refuse(self, what: str, need: int) -> UntrustedTypesError:
         exc = UntrustedTypesError(
@@ -192,10 +206,15 @@ def _bytes_check(args, kwargs):
         _sized_source("builtins.bytes", kwargs["source"], args, kwargs)
 
 
+def _items(n: int, what) -> None:
+    budget = _ACTIVE.get()
+    if budget is not None:
+        budget.items(n, what() if callable(what) else what)
+
+
 def _range_guard(*args):
     r = range(*args)
-    _charge(len(r) * ITEM_BYTES if r else 0, lambda: _call_repr("builtins.range", args, {})
-            + f" has {len(r):,} items")
+    _items(len(r), lambda: _call_repr("builtins.range", args, {}))
     return r
 
 
@@ -366,7 +385,7 @@ def _charge_range(name, start, stop, step) -> None:
         n = len(range(*(operator.index(a) for a in args))) if args else 0
     except (TypeError, ValueError, OverflowError):
         return  # the constructor refuses these itself
-    _charge(n * ITEM_BYTES, lambda: f"{name} of {n:,} items")
+    _items(n, name)
 
 
 def _range_index_guard(cls):

@@ -603,6 +603,7 @@ def _budget(reader, trusted, max_memory):
     if trusted is True:
         return None
     budget = _amplify.Budget(max_memory, reader.name)
+    budget.hold(sum(s["raw"] for s in reader.sections()))
     budget.charge(_expansion(reader, ("pickle stream", "metadata")),
                   "decompressing the pickle stream and metadata")
     return budget

@@ -879,10 +879,13 @@ def judged_globals(globals_):
     return out
 
 
-def _policy(buf, name, kind, trusted, call="firkin.load"):
-    """Refuse before anything is built; returns the array spans for the loader."""
+def _policy(buf, name, kind, trusted, call="firkin.load", budget=None):
+    """Refuse before anything is built; returns the array spans for the loader.
+    The stream's size is what the file holds, for `budget`."""
     from . import _trust  # noqa: PLC0415
 
+    if budget is not None:
+        budget.hold(len(buf))
     info = scan(buf, name, kind)
     refused = _trust.untrusted(judged_globals(info["globals"]), info["unsafe_ops"], trusted)
     if refused:
@@ -938,12 +941,12 @@ def _scan_materialized(src, name, kind, trusted, budget=None):
     a decompressor's expansion is charged to `budget` as it inflates."""
     if isinstance(src, _Inflate):
         src.budget = budget
-    return _judge_materialized(src, lambda buf: _policy(buf, name, kind, trusted))
+    return _judge_materialized(src, lambda buf: _policy(buf, name, kind, trusted, budget=budget))
 
 
-def _scan_mapped(fd, start, name, kind, trusted):
+def _scan_mapped(fd, start, name, kind, trusted, budget=None):
     """The spans of the mapped stream at fd[start:] judged by the policy, or None."""
-    return _judge_mapped(fd, start, lambda buf: _policy(buf, name, kind, trusted))
+    return _judge_mapped(fd, start, lambda buf: _policy(buf, name, kind, trusted, budget=budget))
 
 
 def scan_fd(fd: int, name: str) -> dict:
@@ -1374,6 +1377,8 @@ class _Loader:
                 pickled = dtype.hasobject  # numpy writes an object array as a pickle of it
             if not pickled:
                 return np.load(path, mmap_mode=mode, allow_pickle=False)
+            if not magic.startswith(np.lib.format.MAGIC_PREFIX):
+                f.seek(0)  # the whole file is a pickle
             data = f.read()
         from . import _trust  # noqa: PLC0415
 
@@ -1384,11 +1389,11 @@ class _Loader:
             arr = unpickler.load()
         except (pickle.UnpicklingError, EOFError) as exc:
             raise FormatError(f"{path}: the pickled companion array is damaged: {exc}") from exc
-        if not isinstance(arr, np.ndarray) or (magic.startswith(np.lib.format.MAGIC_PREFIX) and (
-                arr.dtype != dtype or arr.shape != shape)):
-            raise FormatError(f"{path}: holds a {type(arr).__name__}"
-                              f"{' ' + str(arr.dtype) + str(arr.shape) if isinstance(arr, np.ndarray) else ''}"
-                              ", not the array its header describes")
+        if not isinstance(arr, np.ndarray):
+            raise FormatError(f"{path}: holds a {type(arr).__name__}, not an array")
+        if magic.startswith(np.lib.format.MAGIC_PREFIX) and (arr.dtype, arr.shape) != (dtype, shape):
+            raise FormatError(f"{path}: holds a {arr.dtype} array of shape {arr.shape}, not the "
+                              f"{dtype} array of shape {shape} its header describes")
         return arr
 
     def _read_companion(self, kind, state):
@@ -1479,7 +1484,7 @@ def load_foreign(f, name, mmap_mode=None, *, ensure_native_byte_order="auto", tr
     budget = _budget(trusted, max_memory, name)
     if trusted is not True:  # judge every name before anything is built
         if kind == "raw":
-            spans = _scan_mapped(fd, 0, name, kind, trusted)
+            spans = _scan_mapped(fd, 0, name, kind, trusted, budget)
         if spans is None:
             anon, spans = _scan_materialized(
                 _make_source(kind, _FdSource(fd, 0, name), name), name, kind, trusted, budget)
@@ -1556,10 +1561,10 @@ def load_fileobj(fileobj, name=None, *, ensure_native_byte_order="auto", trusted
         kind = detect(raw_source().read(8))
         if trusted is not True:  # judge every name before anything is built
             if kind == "raw" and fd is not None:
-                spans, span_base = _scan_mapped(fd, start, name, kind, trusted), start
+                spans, span_base = _scan_mapped(fd, start, name, kind, trusted, budget), start
             elif kind == "raw" and isinstance(fileobj, io.BytesIO):
                 with memoryview(data) as view, view[start:] as mv:
-                    spans, span_base = _policy(mv, name, kind, trusted), start
+                    spans, span_base = _policy(mv, name, kind, trusted, budget=budget), start
             if spans is None:
                 mat_src = _make_source(kind, raw_source(), name)
                 anon, spans = _scan_materialized(mat_src, name, kind, trusted, budget)
@@ -1648,7 +1653,7 @@ def loads_foreign(data, name="<bytes>", *, ensure_native_byte_order="auto", trus
     budget = _budget(trusted, max_memory, name)
     if trusted is not True:  # judge every name before anything is built
         if kind == "raw":
-            spans = _policy(mv, name, kind, trusted)
+            spans = _policy(mv, name, kind, trusted, budget=budget)
         else:
             anon, spans = _scan_materialized(_make_source(kind, _BytesSource(mv, name), name),
                                              name, kind, trusted, budget)
