@@ -385,3 +385,21 @@ def test_pre010_zfile_length_checked_before_allocating(tmp_path, monkeypatch):
     z.write_bytes(b"ZF" + hex(1 << 40).encode().ljust(19) + body[21:])
     with pytest.raises(firkin.FormatError, match="ZF header says"):
         firkin.load(tmp_path / "old.pkl")
+
+
+def test_cli_convert_max_memory(tmp_path, capsys):
+    from firkin import cli
+
+    src = tmp_path / "packed.joblib"
+    src.write_bytes(zlib.compress(pickle.dumps(bytes(4 << 20), protocol=4), 9))
+    out = tmp_path / "out.firkin"
+    assert cli.main(["convert", str(src), str(out), "--max-memory", "1M"]) == 1
+    err = capsys.readouterr().err
+    assert "UntrustedTypesError" in err and "max_memory" in err and not out.exists()
+    assert cli.main(["convert", str(src), str(out), "--max-memory", "8M"]) == 0, \
+        capsys.readouterr().err
+    assert firkin.load(out) == bytes(4 << 20)
+    assert cli.main(["convert", str(src), str(tmp_path / "o2.firkin"), "--max-memory", "inf"]) == 0
+    assert cli.main(["convert", str(src), str(out), "--max-memory", "lots"]) == 2
+    assert "not a byte count" in capsys.readouterr().err
+    assert cli._byte_count("2G") == 2 << 30 and cli._byte_count("512MiB") == 512 << 20

@@ -251,8 +251,9 @@ def _cmd_convert(args) -> int:
         raise _UsageError("OUT must be another file than IN (the original is needed to verify "
                           "the conversion)")
     trusted = True if args.trust_all else (args.trust or None)
+    limit = {"max_memory": args.max_memory} if args.max_memory is not None else {}
     try:
-        obj = firkin.load(src, trusted=trusted)
+        obj = firkin.load(src, trusted=trusted, **limit)
     except Exception as exc:  # noqa: BLE001 - any failure to load is reported, not raised
         _err(f"cannot load {src}: {type(exc).__name__}: {exc}")
         return 1
@@ -265,8 +266,8 @@ def _cmd_convert(args) -> int:
     verified = ""
     if not args.no_verify:
         try:
-            before = firkin.load(src, trusted=trusted)
-            after = firkin.load(dst, trusted=trusted)
+            before = firkin.load(src, trusted=trusted, **limit)
+            after = firkin.load(dst, trusted=trusted, **limit)
             problem = diff(before, after)
         except Exception as exc:  # noqa: BLE001
             problem = f"reloading failed: {type(exc).__name__}: {exc}"
@@ -472,6 +473,23 @@ def _cmd_untrusted(args) -> int:
     return 0
 
 
+def _byte_count(text: str):
+    """'4G' -> 4 << 30; 'inf' -> math.inf; a plain int as it is."""
+    import math  # noqa: PLC0415
+
+    t = text.strip().upper().removesuffix("B").removesuffix("I")
+    if t in ("INF", "INFINITY", "NONE"):
+        return math.inf
+    shift = {"K": 10, "M": 20, "G": 30, "T": 40}.get(t[-1:], 0)
+    try:
+        n = int(t[:-1] if shift else t)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a byte count: {text!r} (e.g. 4G, 512M, inf)") from None
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"not a byte count: {text!r}")
+    return n << shift
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="firkin", description="Convert joblib and pickle files to firkin files; inspect, "
@@ -492,6 +510,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="also trust this module.qualname while loading IN (repeatable)")
     c.add_argument("--trust-all", action="store_true",
                    help="load IN whatever it imports (as unsafe as pickle: only for your own files)")
+    c.add_argument("--max-memory", metavar="BYTES", type=_byte_count, default=None,
+                   help="how much memory loading IN may use beyond the size of its data "
+                   "(decompression, sizes the pickle asks for): bytes, or with a K/M/G/T "
+                   "suffix (binary); 'inf' for no bound; default 2G")
     i = sub.add_parser("info", help="describe a file without unpickling it",
                        description="Format, size, metadata and the arrays a firkin, joblib or "
                        "pickle file holds; nothing in the file is imported or run.")
