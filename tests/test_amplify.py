@@ -403,3 +403,29 @@ def test_cli_convert_max_memory(tmp_path, capsys):
     assert cli.main(["convert", str(src), str(out), "--max-memory", "lots"]) == 2
     assert "not a byte count" in capsys.readouterr().err
     assert cli._byte_count("2G") == 2 << 30 and cli._byte_count("512MiB") == 512 << 20
+
+
+def test_static_readers_are_bounded_too(tmp_path, monkeypatch):
+    """untrusted_types and info read a compressed stream whole: a bomb stops
+    at the bound there too."""
+    from firkin import _compat
+
+    path = tmp_path / "bomb.xz"
+    path.write_bytes(_bomb("xz", lambda: lzma.LZMACompressor(), 64 << 20))
+    with pytest.raises(firkin.UntrustedTypesError, match="xz-compressed stream"):
+        firkin.untrusted_types(path, max_memory=8 << 20)
+    assert firkin.untrusted_types(path, max_memory=128 << 20) == []
+    assert "error" not in _compat.inspect_file(str(path))
+    monkeypatch.setattr(_amplify, "DEFAULT_MAX_MEMORY", 8 << 20)  # info has no argument for it
+    assert "xz-compressed stream" in _compat.inspect_file(str(path))["error"]
+
+
+def test_pre010_zf_main_file_bomb(tmp_path):
+    """joblib < 0.10's compressed main file (b'ZF' + length + zlib) inflates
+    under the same bound, whatever length its header claims."""
+    c = zlib.compressobj(9)
+    body = b"".join(_zeros_pickle_stream(64 << 20, c.compress)) + c.flush()
+    path = tmp_path / "old.pkl"
+    path.write_bytes(b"ZF" + hex(10).encode().ljust(19) + body)
+    with pytest.raises(firkin.UntrustedTypesError, match="zlib-compressed stream"):
+        firkin.load(path, max_memory=8 << 20)

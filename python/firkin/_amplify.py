@@ -260,15 +260,16 @@ def _reconstruct_guard(real_fn, name: str):
     fills from the file's bytes; pickles pass shape (0,)."""
 
     def guard(subtype, shape, dtype, *rest):
-        import numpy as np  # noqa: PLC0415
-
         subtype = real(subtype)
-        try:
-            itemsize = np.dtype(dtype).itemsize
-        except TypeError:
-            itemsize = 1
-        _charge(_count(shape) * max(itemsize, 1),
-                lambda: _call_repr(name, (subtype, shape, dtype) + rest, {}))
+        if shape != (0,):  # what every pickle passes: nothing to charge
+            import numpy as np  # noqa: PLC0415
+
+            try:
+                itemsize = np.dtype(dtype).itemsize
+            except TypeError:
+                itemsize = 1
+            _charge(_count(shape) * max(itemsize, 1),
+                    lambda: _call_repr(name, (subtype, shape, dtype) + rest, {}))
         return real_fn(subtype, shape, dtype, *rest)
 
     guard.__name__ = guard.__qualname__ = real_fn.__name__

@@ -596,13 +596,13 @@ def _expansion(reader, kinds) -> int:
                if s["kind"] in kinds and s["codec"] != "raw" and s["raw"] > s["stored"])
 
 
-def _budget(reader, trusted, max_memory):
+def _budget(reader, trusted, max_memory, call="firkin.load"):
     """The load's amplification budget (None under trusted=True), charged
     with what the pickle stream and metadata declare beyond their stored
     bytes: checked before either is decoded."""
     if trusted is True:
         return None
-    budget = _amplify.Budget(max_memory, reader.name)
+    budget = _amplify.Budget(max_memory, reader.name, call)
     budget.hold(sum(s["raw"] for s in reader.sections()))
     budget.charge(_expansion(reader, ("pickle stream", "metadata")),
                   "decompressing the pickle stream and metadata")
@@ -851,11 +851,13 @@ def loads(data, *, trusted=None, verify=None, threads=None, progress=None,
                         max_memory)
 
 
-def untrusted_types(filename, trusted=None) -> list[str]:
+def untrusted_types(filename, trusted=None, *, max_memory=None) -> list[str]:
     """The sorted "module.qualname" names a default load of `filename` would
     refuse (like skops.io.get_untrusted_types), without constructing any
     object. A file signed with your key is still scanned: this lists what
-    it imports beyond the allowlist."""
+    it imports beyond the allowlist. A compressed stream that would inflate
+    past max_memory (as for load) raises UntrustedTypesError."""
+    _amplify.check_max_memory(max_memory)
     path = os.fsdecode(os.fspath(filename))
     with open(path, "rb") as f:
         if not _looks_like_firkin(f.fileno()):
@@ -864,10 +866,12 @@ def untrusted_types(filename, trusted=None) -> list[str]:
             if _trust._normalize(trusted) is True:  # noqa: SLF001
                 return []
             # joblib (any compressor; array data stepped over) or plain pickle
-            info = _compat.scan_fd(f.fileno(), path)
+            info = _compat.scan_fd(f.fileno(), path, max_memory)
             return _trust.untrusted(_compat.judged_globals(info["globals"]), info["unsafe_ops"],
                                     trusted)
-        stream = _reader(f.fileno(), path).pickle_stream()
+        reader = _reader(f.fileno(), path)
+        _budget(reader, None, max_memory, "firkin.untrusted_types")  # before it is decoded
+        stream = reader.pickle_stream()
     return _trust.untrusted_types(stream, trusted)
 
 

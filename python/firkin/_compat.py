@@ -949,8 +949,9 @@ def _scan_mapped(fd, start, name, kind, trusted, budget=None):
     return _judge_mapped(fd, start, lambda buf: _policy(buf, name, kind, trusted, budget=budget))
 
 
-def scan_fd(fd: int, name: str) -> dict:
-    """scan() of the joblib or pickle file open at fd (decompressed when compressed)."""
+def scan_fd(fd: int, name: str, max_memory=None) -> dict:
+    """scan() of the joblib or pickle file open at fd (decompressed when
+    compressed, within the amplification bound of max_memory)."""
     kind = detect(os.pread(fd, 8, 0))
 
     def judge(buf):
@@ -958,7 +959,9 @@ def scan_fd(fd: int, name: str) -> dict:
 
     info = _judge_mapped(fd, 0, judge) if kind == "raw" else None
     if info is None:
-        held, info = _judge_materialized(_make_source(kind, _FdSource(fd, 0, name), name), judge)
+        src = _make_source(kind, _FdSource(fd, 0, name), name)
+        src.budget = _amplify.Budget(max_memory, name, "firkin.untrusted_types")
+        held, info = _judge_materialized(src, judge)
         held.close()
     return info
 
@@ -2063,9 +2066,11 @@ def inspect_file(path: str) -> dict:
         sc = None
         try:
             src = _make_source(kind, _FdSource(fd, 0, path), path)
+            if isinstance(src, _Inflate):  # a bomb stops at the default bound
+                src.budget = _amplify.Budget(None, path, "firkin.load")
             sc = _Scanner(_Stream(src))
             sc.scan()
-        except ImportError as exc:
+        except (ImportError, _core.UntrustedTypesError) as exc:
             out["error"] = str(exc)
         except (ValueError, _ScanError, EOFError, IndexError, KeyError, struct.error) as exc:
             out["error"] = f"{type(exc).__name__}: {exc}"
