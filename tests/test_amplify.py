@@ -79,6 +79,13 @@ BOMBS = {
         + b"\x85" + _u("f8") + b"\x87R.", "_reconstruct"),
     "numpy.void(3<<30)": (P2 + _g("numpy", "void") + _int(3 << 30) + b"\x85R.",
                           "numpy.void(3221225472)"),
+    "numpy.void(numpy.int64(3<<30))": (
+        P2 + _g("numpy", "void") + _g("numpy", "int64") + _int(3 << 30) + b"\x85R\x85R.",
+        "numpy.void(np.int64(3221225472))"),
+    "numpy.ma _mareconstruct(huge)": (
+        P2 + _g("numpy.ma.core", "_mareconstruct") + b"(" + _g("numpy.ma.core", "MaskedArray")
+        + _g("numpy", "ndarray") + _int(10**11) + b"\x85" + _u("f8") + b"tR.",
+        "numpy.ma.core._mareconstruct"),
     "_new_Index(bytes, source=n)": (
         P2 + _g("pandas.core.indexes.base", "_new_Index") + _g("builtins", "bytes") + b"}"
         + _u("source") + _int(3 << 30) + b"s\x86R.", "pandas pickles name an Index class"),

@@ -35,7 +35,7 @@ import operator
 from . import _trust
 from ._core import UntrustedTypesError
 
-__all__ = ["DEFAULT_MAX_MEMORY", "Budget", "active", "check_max_memory", "guarded"]
+__all__ = ["DEFAULT_MAX_MEMORY", "Budget", "active", "check_max_memory", "real"]
 
 #: What a default load may spend beyond the bytes its file holds.
 DEFAULT_MAX_MEMORY = 2 << 30
@@ -181,14 +181,11 @@ def _sized_source(name: str, arg, args, kwargs) -> None:
     is consumed item by item."""
     if isinstance(arg, (str, bytes, bytearray, memoryview)):
         return
-    if isinstance(arg, int) or hasattr(type(arg), "__index__"):
-        try:
-            n = operator.index(arg)
-        except TypeError:
-            return
-        _charge(n, lambda: _call_repr(name, args, kwargs))
-        return
-    _charge(_length(arg) * ITEM_BYTES, lambda: _call_repr(name, args, kwargs))
+    try:
+        n = operator.index(arg)  # an int (numpy's too): that many zero bytes
+    except TypeError:
+        n = _length(arg) * ITEM_BYTES  # an iterable of ints, consumed item by item
+    _charge(n, lambda: _call_repr(name, args, kwargs))
 
 
 def _bytearray_guard(*args, **kwargs):
@@ -278,15 +275,16 @@ def _reconstruct_guard(real_fn, name: str):
 
 def _mareconstruct_guard(real_fn):
     def guard(subtype, baseclass, baseshape, basetype):
-        import numpy as np  # noqa: PLC0415
+        if baseshape != (0,):  # what every pickle passes
+            import numpy as np  # noqa: PLC0415
 
-        try:
-            itemsize = np.dtype(basetype).itemsize
-        except TypeError:
-            itemsize = 1
-        # the data and the mask: two arrays of baseshape
-        _charge(2 * _count(baseshape) * max(itemsize, 1), lambda: _call_repr(
-            "numpy.ma.core._mareconstruct", (subtype, baseclass, baseshape, basetype), {}))
+            try:
+                itemsize = np.dtype(basetype).itemsize
+            except TypeError:
+                itemsize = 1
+            # the data and the mask: two arrays of baseshape
+            _charge(2 * _count(baseshape) * max(itemsize, 1), lambda: _call_repr(
+                "numpy.ma.core._mareconstruct", (subtype, baseclass, baseshape, basetype), {}))
         return real_fn(real(subtype), real(baseclass), baseshape, basetype)
 
     guard.__name__ = guard.__qualname__ = "_mareconstruct"
@@ -296,8 +294,12 @@ def _mareconstruct_guard(real_fn):
 def _void_guard(*args, **kwargs):
     import numpy as np  # noqa: PLC0415
 
-    if args and isinstance(args[0], int):
-        _charge(args[0], lambda: _call_repr("numpy.void", args, kwargs))
+    if args and not isinstance(args[0], (bytes, bytearray, memoryview, str)):
+        try:
+            n = operator.index(args[0])  # np.void(n): n zero bytes
+        except TypeError:
+            n = 0
+        _charge(n, lambda: _call_repr("numpy.void", args, kwargs))
     return np.void(*args, **kwargs)
 
 
@@ -485,7 +487,7 @@ def _register_pandas() -> None:
 class _LazyGuard:
     """A guard for a name of a module imported on first use (pandas)."""
 
-    __slots__ = ("module", "name", "make", "guard", "cls", "__weakref__")
+    __slots__ = ("module", "name", "make", "guard", "cls")
 
     def __init__(self, module, name, make, cls=False):
         self.module, self.name, self.make, self.guard, self.cls = module, name, make, None, cls
@@ -509,8 +511,3 @@ class _LazyGuard:
 
 _register()
 _register_pandas()
-
-
-def guarded(module: str, name: str):
-    """The guard find_class hands out for module.name, or None (for tests)."""
-    return _trust.REPLACEMENTS.get((module, name))
