@@ -35,7 +35,7 @@ import operator
 from . import _trust
 from ._core import UntrustedTypesError
 
-__all__ = ["DEFAULT_MAX_MEMORY", "Budget", "active", "check_max_memory", "real"]
+__all__ = ["DEFAULT_MAX_MEMORY", "GUARDS", "Budget", "active", "check_max_memory", "real"]
 
 #: What a default load may spend beyond the bytes its file holds.
 DEFAULT_MAX_MEMORY = 2 << 30
@@ -209,9 +209,21 @@ def _items(n: int, what) -> None:
         budget.items(n, what() if callable(what) else what)
 
 
+def _range_len(r: range) -> int:
+    """len(r), also past sys.maxsize (where len() raises OverflowError)."""
+    if r.step > 0:
+        return max(0, (r.stop - r.start + r.step - 1) // r.step)
+    return max(0, (r.start - r.stop - r.step - 1) // -r.step)
+
+
+_FEW_ITEMS = 1 << 12  # ranges this short are never worth a look
+
+
 def _range_guard(*args):
     r = range(*args)
-    _items(len(r), lambda: _call_repr("builtins.range", args, {}))
+    n = _range_len(r)
+    if n > _FEW_ITEMS:
+        _items(n, lambda: _call_repr("builtins.range", args, {}))
     return r
 
 
@@ -256,8 +268,9 @@ def _reconstruct_guard(real_fn, name: str):
     """numpy's _reconstruct(subtype, shape, dtype): an empty array BUILD then
     fills from the file's bytes; pickles pass shape (0,)."""
 
-    def guard(subtype, shape, dtype, *rest):
-        subtype = real(subtype)
+    real_of = _REAL.get  # on every array of a pickle: kept to a dict lookup
+
+    def guard(subtype, shape, dtype):
         if shape != (0,):  # what every pickle passes: nothing to charge
             import numpy as np  # noqa: PLC0415
 
@@ -266,8 +279,8 @@ def _reconstruct_guard(real_fn, name: str):
             except TypeError:
                 itemsize = 1
             _charge(_count(shape) * max(itemsize, 1),
-                    lambda: _call_repr(name, (subtype, shape, dtype) + rest, {}))
-        return real_fn(subtype, shape, dtype, *rest)
+                    lambda: _call_repr(name, (real(subtype), shape, dtype), {}))
+        return real_fn(real_of(id(subtype), subtype), shape, dtype)
 
     guard.__name__ = guard.__qualname__ = real_fn.__name__
     return guard
@@ -315,7 +328,8 @@ def _range_check(args, kwargs):
 #: class -> check(args, kwargs), run where a copyreg helper is about to call
 #: cls.__new__(cls, *args) or base.__new__ / base.__init__(obj, state)
 _CHECKS = {bytes: _bytes_check, bytearray: _bytearray_check, range: _range_check}
-_ARRAY_GUARDS: dict[type, object] = {}
+#: array class -> the guard that stands for it
+GUARDS: dict[type, object] = {}
 
 
 def _check_construct(cls, args, kwargs) -> int:
@@ -326,7 +340,7 @@ def _check_construct(cls, args, kwargs) -> int:
         if check is not None:
             check(args, kwargs)
             return 0
-        if klass in _ARRAY_GUARDS:
+        if klass in GUARDS:
             n = _count(args[0] if args else kwargs.get("shape"))
             _charge(n, lambda: _call_repr(f"{cls.__module__}.{cls.__qualname__}", args, kwargs))
             return n
@@ -335,8 +349,8 @@ def _check_construct(cls, args, kwargs) -> int:
 
 def _after_construct(obj, charged: int, what) -> None:
     size, itemsize = getattr(obj, "size", None), getattr(obj, "itemsize", None)
-    if type(size) is int and type(itemsize) is int and _ARRAY_GUARDS and any(
-            k in _ARRAY_GUARDS for k in type(obj).__mro__):
+    if type(size) is int and type(itemsize) is int and GUARDS and any(
+            k in GUARDS for k in type(obj).__mro__):
         _charge(size * max(itemsize, 1) - charged, what)
 
 
@@ -385,8 +399,8 @@ def _index_helper_guard(real_fn, name: str):
 def _charge_range(name, start, stop, step) -> None:
     args = [a for a in (start, stop, step) if a is not None]
     try:
-        n = len(range(*(operator.index(a) for a in args))) if args else 0
-    except (TypeError, ValueError, OverflowError):
+        n = _range_len(range(*(operator.index(a) for a in args))) if args else 0
+    except (TypeError, ValueError):
         return  # the constructor refuses these itself
     _items(n, name)
 
@@ -453,9 +467,9 @@ def _register() -> None:
         ("numpy.core.defchararray", "chararray"): np.char.chararray,
     }
     for (module, name), cls in classes.items():
-        guard = _ARRAY_GUARDS.get(cls)
+        guard = GUARDS.get(cls)
         if guard is None:
-            guard = _ARRAY_GUARDS[cls] = _array_guard(cls, f"{module}.{name}")
+            guard = GUARDS[cls] = _array_guard(cls, f"{module}.{name}")
         reps[(module, name)] = guard
     for module in ("numpy.core.multiarray", "numpy._core.multiarray"):
         reps[(module, "_reconstruct")] = _reconstruct_guard(

@@ -1169,6 +1169,7 @@ class _Loader:
         mm, size, start = reader.mm, reader.size, reader._start  # noqa: SLF001
         src = reader.mv
         empty, dtype_t, ndarray, memmap = np.empty, np.dtype, np.ndarray, np.memmap
+        plain = _amplify.GUARDS.get(np.ndarray)  # what the policy hands out for numpy.ndarray
         slow = self.build
         small = _SMALL_COPY
         holes = self._holes
@@ -1207,7 +1208,7 @@ class _Loader:
                 except (TypeError, ValueError):  # dtypes without a buffer format
                     arr.reshape(-1, order=order).view(np.uint8)[:] = src[p:end]
             sub = state.get("subclass")
-            if sub is not ndarray and sub is not memmap and sub is not None:
+            if sub is not plain and sub is not ndarray and sub is not memmap and sub is not None:
                 arr = _as_subclass(arr, sub)
             loader.arrays += 1
             loader._pending = (_TOKEN, arr)  # noqa: SLF001
