@@ -61,6 +61,12 @@ BOMBS = {
     "deque(range(10**18), 0)": (P2 + _g("collections", "deque") + _g("builtins", "range")
                                 + _int(10**18) + b"\x85R" + b"K\x00\x86R.",
                                 "builtins.range(1000000000000000000)"),
+    "deque(range(10**20), 0)": (P2 + _g("collections", "deque") + _g("builtins", "range")
+                                + _int(10**20) + b"\x85R" + b"K\x00\x86R.",
+                                "builtins.range(100000000000000000000)"),  # len() would fail
+    "deque(RangeIndex(10**20), 0)": (
+        P2 + _g("collections", "deque") + _g("pandas", "RangeIndex") + b"K\x00" + _int(10**20)
+        + b"\x86R" + b"K\x00\x86R.", "pandas.RangeIndex of 100,000,000,000,000,000,000 items"),
     "copyreg.__newobj__(bytes, n)": (P2 + _g("copyreg", "__newobj__") + _g("builtins", "bytes")
                                      + _int(3 << 30) + b"\x86R.", "builtins.bytes(3221225472)"),
     "_reconstructor(numpy.bytes_, bytes, n)": (
