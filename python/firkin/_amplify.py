@@ -34,6 +34,7 @@ import operator
 
 from . import _trust
 from ._core import UntrustedTypesError
+from ._text import printable
 
 __all__ = ["DEFAULT_MAX_MEMORY", "GUARDS", "Budget", "active", "check_max_memory", "real"]
 
@@ -93,8 +94,10 @@ class Budget:
             raise self.refuse(f"{what} of {n:,} items", n * ITEM_BYTES)
 
     def refuse(self, what: str, need: int) -> UntrustedTypesError:
+        what = printable(what)  # built from values in the file
         exc = UntrustedTypesError(
-            f"{self.name}: refused: {what} needs {_size(need)} beyond the bytes the file holds; "
+            f"{printable(self.name)}: refused: {what} needs {_size(need)} beyond the bytes "
+            "the file holds; "
             f"a load may use at most max_memory={_size(self.limit)} more than that "
             f"({_size(self.charged + self.expansion)} used so far). A file that needs this is "
             "crafted to exhaust memory or time, or unusually compressible: if you trust it, "
@@ -440,8 +443,10 @@ def _ctor_guard(real_fn, name: str):
 def _refusal(what: str) -> UntrustedTypesError:
     budget = _ACTIVE.get()
     name = budget.name if budget is not None else "<data>"
-    exc = UntrustedTypesError(f"{name}: refused while unpickling: {what}; the file is crafted "
-                              "or damaged. trusted=True loads it anyway (as unsafe as pickle).")
+    what = printable(what)  # built from values in the file
+    exc = UntrustedTypesError(f"{printable(name)}: refused while unpickling: {what}; the file is "
+                              "crafted or damaged. trusted=True loads it anyway (as unsafe as "
+                              "pickle).")
     exc.names, exc.unsafe_ops = [], [what]
     return exc
 

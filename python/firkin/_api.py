@@ -847,8 +847,8 @@ def loads(data, *, trusted=None, verify=None, threads=None, progress=None,
         raise TypeError("firkin.loads: expected a bytes-like object, not str (use firkin.load for paths)")
     _check_bytes_like(data, "loads")
     _amplify.check_max_memory(max_memory)
-    return _loads_named(data, "<bytes>", trusted, verify, threads, progress, ensure_native_byte_order,
-                        max_memory)
+    return _loads_named(data, "<bytes>", trusted, verify, threads, progress,
+                        ensure_native_byte_order, max_memory)
 
 
 def untrusted_types(filename, trusted=None, *, max_memory=None) -> list[str]:

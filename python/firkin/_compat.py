@@ -1395,7 +1395,8 @@ class _Loader:
             raise FormatError(f"{path}: the pickled companion array is damaged: {exc}") from exc
         if not isinstance(arr, np.ndarray):
             raise FormatError(f"{path}: holds a {type(arr).__name__}, not an array")
-        if magic.startswith(np.lib.format.MAGIC_PREFIX) and (arr.dtype, arr.shape) != (dtype, shape):
+        npy = magic.startswith(np.lib.format.MAGIC_PREFIX)
+        if npy and (arr.dtype, arr.shape) != (dtype, shape):
             raise FormatError(f"{path}: holds a {arr.dtype} array of shape {arr.shape}, not the "
                               f"{dtype} array of shape {shape} its header describes")
         return arr

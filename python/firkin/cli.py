@@ -484,7 +484,8 @@ def _byte_count(text: str):
     try:
         n = int(t[:-1] if shift else t)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not a byte count: {text!r} (e.g. 4G, 512M, inf)") from None
+        raise argparse.ArgumentTypeError(
+            f"not a byte count: {text!r} (e.g. 4G, 512M, inf)") from None
     if n < 0:
         raise argparse.ArgumentTypeError(f"not a byte count: {text!r}")
     return n << shift
