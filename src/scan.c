@@ -698,11 +698,23 @@ static unsigned char scan_role(PyObject *module, PyObject *name)
     if (strncmp(m, "pandas.", 7) == 0 && strncmp(q, "_new_", 5) == 0 && ql >= 10 &&
         strcmp(q + ql - 5, "Index") == 0)
         return ROLE_RECONSTRUCTOR;
-    /* bytes(n) allocates n bytes from a few bytes of stream; pickles call
-     * bytes only with no arguments (b"" below protocol 3). The name stays
-     * trusted as a value (a list of types), so calls are judged here. */
-    if (str_is(module, "builtins") && str_is(name, "bytes"))
-        return ROLE_SIZED;
+    /* Classes whose arguments can ask for any amount of memory or work:
+     * bytes(n) allocates n bytes, a DataFrame or Series built from a
+     * scalar and two indexes fills their product, an ndarray of a shape
+     * and strides views 8 bytes as 10**12 items. Pickles never call them
+     * with arguments (b"" is bytes() below protocol 3; frames and arrays
+     * come back through NEWOBJ + BUILD or their reconstructors), and the
+     * names stay trusted as values (a list of types), so calls with
+     * arguments are refused here. firkin._amplify guards what reaches them
+     * through allowlisted helpers. */
+    static const char *const sized[][2] = {
+        {"builtins", "bytes"}, {"pandas", "DataFrame"}, {"pandas", "Series"},
+        {"numpy", "ndarray"}, {"numpy", "recarray"}, {"numpy.rec", "recarray"},
+        {"numpy.core.records", "recarray"}, {"numpy.char", "chararray"},
+        {"numpy.core.defchararray", "chararray"}, {"numpy", "void"},
+    };
+    for (size_t i = 0; i < sizeof sized / sizeof sized[0]; i++)
+        if (str_is(module, sized[i][0]) && str_is(name, sized[i][1])) return ROLE_SIZED;
     return ROLE_NONE;
 }
 
@@ -1032,8 +1044,16 @@ static int scan_unsafe_why(scan_ctx *c, const char *why);
 static int scan_sized_call(scan_ctx *c, scan_val fn, int has_args)
 {
     if (!has_args || sv_kind(fn) != SV_GLOBAL || c->gtab[sv_index(fn)].role != ROLE_SIZED) return 0;
-    return scan_unsafe_why(c, "builtins.bytes called with arguments: bytes(n) allocates n bytes, "
-                              "and pickles never call it so");
+    PyObject *key = c->gtab[sv_index(fn)].key;
+    PyObject *why = PyUnicode_FromFormat(
+        "%U.%U called with arguments: its arguments can ask for any amount of memory or work "
+        "(bytes(n), a frame of index x columns, a zero-stride array), and pickles never call it so",
+        PyTuple_GET_ITEM(key, 0), PyTuple_GET_ITEM(key, 1));
+    if (!why) return -1;
+    const char *text = PyUnicode_AsUTF8(why);
+    int rc = text ? scan_unsafe_why(c, text) : -1;
+    Py_DECREF(why);
+    return rc;
 }
 
 /* NEWOBJ / NEWOBJ_EX / OBJ: cls.__new__(cls, ...) with cls at stack[m] */

@@ -960,7 +960,8 @@ def scan_fd(fd: int, name: str, max_memory=None) -> dict:
     info = _judge_mapped(fd, 0, judge) if kind == "raw" else None
     if info is None:
         src = _make_source(kind, _FdSource(fd, 0, name), name)
-        src.budget = _amplify.Budget(max_memory, name, "firkin.untrusted_types")
+        if isinstance(src, _Inflate):
+            src.budget = _amplify.Budget(max_memory, name, "firkin.untrusted_types")
         held, info = _judge_materialized(src, judge)
         held.close()
     return info
