@@ -11,7 +11,9 @@
  *               strings, BUILD whose target is a global, numpy dtypes whose
  *               flags hide objects (see "records"), nesting deeper than
  *               SCAN_MAX_DEPTH (see "nesting"), a PUT of a memo key beyond
- *               its own offset
+ *               its own offset, a call with arguments of a class whose
+ *               arguments size the work (bytes(n), numpy.ndarray,
+ *               pandas.DataFrame, ...: see scan_role)
  *   n_buffers   how many NEXT_BUFFER opcodes it has
  *   protocol    the highest of its PROTO argument and its opcodes' protocols
  *   end         the offset just after STOP (pickle ignores what follows)
