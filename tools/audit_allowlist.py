@@ -285,7 +285,10 @@ class Auditor:
         # through variables the walker cannot resolve
         for fn, owner in getattr(stand_in, "_audit_entries", lambda: ())():
             self.entry(name, fn, owner, getattr(fn, "__name__", "?"))
-        for hooks, klass in ((LOAD_HOOKS, stand_in or cls), (AFTER_HOOKS, cls)):
+        # a stand-in that is a guarded factory (firkin._amplify), not a class,
+        # named its own code above and then calls the class itself
+        loading = stand_in if isinstance(stand_in, type) else cls
+        for hooks, klass in ((LOAD_HOOKS, loading), (AFTER_HOOKS, cls)):
             for hook in hooks:
                 for k in klass.__mro__:
                     if hook in vars(k):
@@ -323,6 +326,9 @@ class Auditor:
                 self.audit_class(name, obj)
             elif isinstance(obj, type):
                 self.audit_class(name, obj, stand_in)
+            elif callable(obj) and hasattr(stand_in, "_audit_entries"):
+                for fn, owner in stand_in._audit_entries():  # noqa: SLF001
+                    self.entry(name, fn, owner, getattr(fn, "__name__", qual))
             elif callable(obj):
                 self.entry(name, stand_in or obj, None, qual)
             # other objects (pandas.NA) are returned as they are: nothing runs

@@ -453,16 +453,26 @@ def _refusal(what: str) -> UntrustedTypesError:
 
 # ------------------------------------------------------------------ registration
 
+def _audited(guard, *also):
+    """Tell tools/audit_allowlist.py what loading through `guard` runs: its own
+    code, and what it calls through variables the audit cannot resolve (the
+    real function it stands for)."""
+    entries = ((guard, None),) + tuple((fn, None) for fn in also)
+    guard._audit_entries = lambda: entries  # noqa: SLF001
+    return guard
+
+
 def _register() -> None:
     import numpy as np  # noqa: PLC0415
 
     reps = _trust.REPLACEMENTS
-    reps[("builtins", "bytearray")] = _bytearray_guard
-    reps[("builtins", "range")] = _range_guard
-    reps[("copyreg", "__newobj__")] = _newobj_guard
-    reps[("copyreg", "__newobj_ex__")] = _newobj_ex_guard
-    reps[("copyreg", "_reconstructor")] = _reconstructor_guard
-    reps[("numpy", "void")] = _void_guard
+    reps[("builtins", "bytearray")] = _audited(_bytearray_guard)
+    reps[("builtins", "range")] = _audited(_range_guard)
+    reps[("copyreg", "__newobj__")] = _audited(_newobj_guard)
+    reps[("copyreg", "__newobj_ex__")] = _audited(_newobj_ex_guard)
+    reps[("copyreg", "_reconstructor")] = _audited(_reconstructor_guard,
+                                                   copyreg._reconstructor)  # noqa: SLF001
+    reps[("numpy", "void")] = _audited(_void_guard)
     classes = {
         ("numpy", "ndarray"): np.ndarray,
         ("numpy", "recarray"): np.recarray,
@@ -474,18 +484,19 @@ def _register() -> None:
     for (module, name), cls in classes.items():
         guard = GUARDS.get(cls)
         if guard is None:
-            guard = GUARDS[cls] = _array_guard(cls, f"{module}.{name}")
+            guard = GUARDS[cls] = _audited(_array_guard(cls, f"{module}.{name}"))
         reps[(module, name)] = guard
     for module in ("numpy.core.multiarray", "numpy._core.multiarray"):
-        reps[(module, "_reconstruct")] = _reconstruct_guard(
-            np._core.multiarray._reconstruct, f"{module}._reconstruct")  # noqa: SLF001
-    reps[("numpy.ma.core", "_mareconstruct")] = _mareconstruct_guard(np.ma.core._mareconstruct)
+        reps[(module, "_reconstruct")] = _audited(_reconstruct_guard(
+            np._core.multiarray._reconstruct, f"{module}._reconstruct"))  # noqa: SLF001
+    reps[("numpy.ma.core", "_mareconstruct")] = _audited(
+        _mareconstruct_guard(np.ma.core._mareconstruct), np.ma.core._mareconstruct)
     import numpy.random._pickle as npp  # noqa: PLC0415
 
     for fn_name in ("__generator_ctor", "__randomstate_ctor"):
         fn = getattr(npp, fn_name)
-        reps[("numpy.random._pickle", fn_name)] = _ctor_guard(
-            fn, f"numpy.random._pickle.{fn_name}")
+        reps[("numpy.random._pickle", fn_name)] = _audited(
+            _ctor_guard(fn, f"numpy.random._pickle.{fn_name}"), fn)
 
 
 def _register_pandas() -> None:
@@ -523,6 +534,17 @@ class _LazyGuard:
 
     def __call__(self, *args, **kwargs):
         return self._resolve()(*args, **kwargs)
+
+    def _audit_entries(self):
+        """For tools/audit_allowlist.py: the guard, what resolves it, and the
+        real function or class it calls."""
+        import importlib  # noqa: PLC0415
+
+        guard = self._resolve()
+        entries = [(guard, None), (_LazyGuard._resolve, _LazyGuard)]
+        if not self.cls:
+            entries.append((getattr(importlib.import_module(self.module), self.name), None))
+        return tuple(entries)
 
     def __repr__(self):
         return f"<firkin guard for {self.module}.{self.name}>"
