@@ -103,7 +103,7 @@ BOMBS = {
         "numpy.ma.core._mareconstruct"),
     "_new_Index(bytes, source=n)": (
         P2 + _g("pandas.core.indexes.base", "_new_Index") + _g("builtins", "bytes") + b"}"
-        + _u("source") + _int(3 << 30) + b"s\x86R.", "pandas pickles name an Index class"),
+        + _u("source") + _int(3 << 30) + b"s\x86R.", "builtins.bytes(source=3221225472)"),
     "deque(RangeIndex(10**18), 0)": (
         P2 + _g("collections", "deque") + _g("pandas", "RangeIndex") + b"K\x00" + _int(10**18)
         + b"\x86R" + b"K\x00\x86R.", "pandas.RangeIndex of 1,000,000,000,000,000,000 items"),

@@ -32,7 +32,7 @@ import copyreg
 import math
 import operator
 
-from . import _trust
+from . import _guards, _trust
 from ._core import UntrustedTypesError
 from ._text import printable
 
@@ -382,17 +382,21 @@ def _reconstructor_guard(cls, base, state):
 
 
 def _index_helper_guard(real_fn, name: str):
-    """pandas' _new_Index(cls, d) and friends: cls.__new__(cls, **d), where
-    pickles only ever name a pandas Index class."""
+    """pandas' _new_Index(cls, d) and friends: cls.__new__(cls, **d). Pickles
+    name a pandas Index class; any other class is charged like copyreg's
+    helpers charge it (bytes(source=n), an ndarray's shape)."""
 
     def guard(cls, d, *rest):
         import pandas as pd  # noqa: PLC0415
 
         cls = real(cls)
-        if not (isinstance(cls, type) and issubclass(cls, pd.Index)):
-            raise _refusal(f"{name}({_short(cls)}, ...): pandas pickles name an Index class here")
-        if issubclass(cls, pd.RangeIndex) and isinstance(d, dict):
+        if isinstance(cls, type) and issubclass(cls, pd.RangeIndex) and isinstance(d, dict):
             _charge_range(name, d.get("start"), d.get("stop"), d.get("step"))
+        if isinstance(cls, type) and not issubclass(cls, pd.Index) and isinstance(d, dict):
+            n = _check_construct(cls, (), d)
+            out = real_fn(cls, d, *rest)
+            _after_construct(out, n, lambda: _call_repr(name, (cls,), d))
+            return out
         return real_fn(cls, d, *rest)
 
     guard.__name__ = guard.__qualname__ = real_fn.__name__
@@ -486,11 +490,15 @@ def _register() -> None:
         if guard is None:
             guard = GUARDS[cls] = _audited(_array_guard(cls, f"{module}.{name}"))
         reps[(module, name)] = guard
+    # numpy's reconstructors are guarded by firkin._guards too (dtype checks):
+    # each guard runs inside the one registered before it
+    chain = _guards._chain  # noqa: SLF001
     for module in ("numpy.core.multiarray", "numpy._core.multiarray"):
-        reps[(module, "_reconstruct")] = _audited(_reconstruct_guard(
-            np._core.multiarray._reconstruct, f"{module}._reconstruct"))  # noqa: SLF001
-    reps[("numpy.ma.core", "_mareconstruct")] = _audited(
-        _mareconstruct_guard(np.ma.core._mareconstruct), np.ma.core._mareconstruct)
+        chain(reps, (module, "_reconstruct"), np._core.multiarray._reconstruct,  # noqa: SLF001
+              lambda inner, m=module: _audited(_reconstruct_guard(inner, f"{m}._reconstruct"),
+                                               inner))
+    chain(reps, ("numpy.ma.core", "_mareconstruct"), np.ma.core._mareconstruct,
+          lambda inner: _audited(_mareconstruct_guard(inner), inner))
     import numpy.random._pickle as npp  # noqa: PLC0415
 
     for fn_name in ("__generator_ctor", "__randomstate_ctor"):
