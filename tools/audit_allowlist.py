@@ -285,10 +285,7 @@ class Auditor:
         # through variables the walker cannot resolve
         for fn, owner in getattr(stand_in, "_audit_entries", lambda: ())():
             self.entry(name, fn, owner, getattr(fn, "__name__", "?"))
-        # a stand-in that is a guarded factory (firkin._amplify), not a class,
-        # named its own code above and then calls the class itself
-        loading = stand_in if isinstance(stand_in, type) else cls
-        for hooks, klass in ((LOAD_HOOKS, loading), (AFTER_HOOKS, cls)):
+        for hooks, klass in ((LOAD_HOOKS, stand_in or cls), (AFTER_HOOKS, cls)):
             for hook in hooks:
                 for k in klass.__mro__:
                     if hook in vars(k):
@@ -319,18 +316,25 @@ class Auditor:
             for (m, q), rep in _trust.REPLACEMENTS.items():
                 if f"{m}.{q}" == name:
                     stand_in = rep
+            # a stand-in that is not a class (a factory) names what it runs
+            # in _audit_entries() when its code calls through variables the
+            # walker cannot resolve (firkin._amplify's guards); else it is
+            # audited as one function
+            entries = getattr(stand_in, "_audit_entries", lambda: ((stand_in, None),))
             if isinstance(obj, type) and stand_in is not None and not isinstance(stand_in, type):
                 # a class handed out as a factory function (firkin._validate's
-                # Tree): what runs is the factory, then the real class's hooks
-                self.entry(name, stand_in, None, qual)
+                # Tree, firkin._amplify's guards): what runs is the factory,
+                # then the real class's hooks
+                for fn, owner in entries():
+                    self.entry(name, fn, owner, getattr(fn, "__name__", qual))
                 self.audit_class(name, obj)
             elif isinstance(obj, type):
                 self.audit_class(name, obj, stand_in)
-            elif callable(obj) and hasattr(stand_in, "_audit_entries"):
-                for fn, owner in stand_in._audit_entries():  # noqa: SLF001
+            elif callable(obj) and stand_in is not None:
+                for fn, owner in entries():
                     self.entry(name, fn, owner, getattr(fn, "__name__", qual))
             elif callable(obj):
-                self.entry(name, stand_in or obj, None, qual)
+                self.entry(name, obj, None, qual)
             # other objects (pandas.NA) are returned as they are: nothing runs
         return absent
 

@@ -261,8 +261,10 @@ def _array_guard(cls, name: str):
         _charge(arr.size * max(arr.itemsize, 1) - n, what)
         return arr
 
+    # named as the class it stands for: refusals of getattr(guard, ...) name
+    # "numpy.ndarray.tofile", as they would the class
     guard.__name__ = guard.__qualname__ = cls.__name__
-    guard.__module__ = __name__
+    guard.__module__ = name.rpartition(".")[0]
     _REAL[id(guard)] = cls
     return guard
 
@@ -419,6 +421,7 @@ def _range_index_guard(cls):
         return cls(start, stop, step, *args, **kwargs)
 
     guard.__name__ = guard.__qualname__ = "RangeIndex"
+    guard.__module__ = "pandas"
     _REAL[id(guard)] = cls
     return guard
 
