@@ -274,7 +274,7 @@ def test_decompression_bombs_stop_at_the_cap(method, make, tmp_path):
 
 def test_default_cap_refuses_what_inflates_past_it(tmp_path):
     path = tmp_path / "bomb.zlib"
-    path.write_bytes(_bomb("zlib", lambda: zlib.compressobj(9), _amplify.DEFAULT_MAX_MEMORY + (8 << 20)))
+    path.write_bytes(_bomb("zlib", lambda: zlib.compressobj(9), _amplify.DEFAULT_MAX_MEMORY + (256 << 20)))
     out = _load_in_child([path])
     assert out[str(path)].startswith("UntrustedTypesError"), out
     assert "zlib-compressed stream" in out[str(path)]
@@ -479,3 +479,27 @@ def test_pre010_zf_main_file_bomb(tmp_path):
     path.write_bytes(b"ZF" + hex(10).encode().ljust(19) + body)
     with pytest.raises(firkin.UntrustedTypesError, match="zlib-compressed stream"):
         firkin.load(path, max_memory=8 << 20)
+
+
+def test_compressible_data_is_what_the_file_holds(tmp_path, monkeypatch):
+    """Decompressed bytes up to FREE_EXPANSION times their compressed bytes
+    count as held by the file: a big, ordinarily compressible array (about
+    8x) written by someone else loads under a max_memory far below its size,
+    from a firkin file and from a joblib file, while a bomb does not."""
+    import joblib
+
+    value = np.random.default_rng(0).integers(0, 16, 8 << 20).astype(np.int64)  # 64 MiB
+    theirs = tmp_path / "theirs.firkin"
+    monkeypatch.setenv("FIRKIN_KEY", "someone else's key, long enough to be one")
+    firkin.dump(value, theirs, compress="zlib")
+    jl = tmp_path / "theirs.joblib"
+    joblib.dump(value, jl, compress=3)
+    monkeypatch.setenv("FIRKIN_KEY", "the reader's own key, long enough to be one")
+    for path in (theirs, jl):
+        assert path.stat().st_size * 4 < value.nbytes
+        np.testing.assert_array_equal(firkin.load(path, max_memory=4 << 20), value)
+    zeros = tmp_path / "zeros.joblib"
+    joblib.dump(np.zeros(8 << 20), zeros, compress=3)
+    assert zeros.stat().st_size * _amplify.FREE_EXPANSION < 32 << 20
+    with pytest.raises(firkin.UntrustedTypesError, match="max_memory"):
+        firkin.load(zeros, max_memory=4 << 20)

@@ -36,10 +36,24 @@ from . import _guards, _trust
 from ._core import UntrustedTypesError
 from ._text import printable
 
-__all__ = ["DEFAULT_MAX_MEMORY", "GUARDS", "Budget", "active", "check_max_memory", "real"]
+__all__ = ["DEFAULT_MAX_MEMORY", "FREE_EXPANSION", "GUARDS", "Budget", "active", "check_max_memory", "real"]
 
 #: What a default load may spend beyond the bytes its file holds.
 DEFAULT_MAX_MEMORY = 2 << 30
+
+#: Decompressed bytes up to this many times the compressed bytes they come
+#: from count as bytes the file holds: real data rarely compresses better
+#: (arrays of numbers 1.5-20x), so a legitimate compressed file of any size
+#: loads under the default, while a bomb (zlib, zstd and xz reach 1000x and
+#: more) gets no further than this factor of its size plus max_memory.
+FREE_EXPANSION = 64
+
+
+def excess(raw: int, stored: int) -> int:
+    """What `stored` compressed bytes decompressing to `raw` need beyond
+    what the file holds."""
+    return max(0, raw - FREE_EXPANSION * stored)
+
 
 #: What one item of a lazily large iterable (a range, a RangeIndex) is
 #: charged: at least a pointer for whatever consumes it.
@@ -114,7 +128,7 @@ class Budget:
 
     def expand(self, produced: int, consumed: int, what: str) -> None:
         """A decompressor produced `produced` bytes from `consumed` compressed ones."""
-        grown = produced - consumed
+        grown = excess(produced, consumed)
         if grown > self.expansion:
             if grown > self.limit - self.charged:
                 raise self.refuse(what, grown)

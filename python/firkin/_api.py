@@ -591,9 +591,10 @@ def _read_buffers(reader, verify, threads, progress, which=None, signed=None):
 
 
 def _expansion(reader, kinds) -> int:
-    """Bytes the compressed sections of these kinds declare beyond what they store."""
-    return sum(s["raw"] - s["stored"] for s in reader.sections()
-               if s["kind"] in kinds and s["codec"] != "raw" and s["raw"] > s["stored"])
+    """Bytes the compressed sections of these kinds declare beyond what the
+    file holds (_amplify.excess)."""
+    return sum(_amplify.excess(s["raw"], s["stored"]) for s in reader.sections()
+               if s["kind"] in kinds and s["codec"] != "raw")
 
 
 def _budget(reader, trusted, max_memory, call="firkin.load"):
@@ -615,8 +616,8 @@ def _charge_buffers(reader, stream, budget, policy, which=None) -> None:
     if budget is None or policy is True:
         return
     bufs = [s for s in reader.sections() if s["kind"] == "buffer"]
-    grown = sum(s["raw"] - s["stored"] for i, s in enumerate(bufs)
-                if (which is None or i in which) and s["codec"] != "raw" and s["raw"] > s["stored"])
+    grown = sum(_amplify.excess(s["raw"], s["stored"]) for i, s in enumerate(bufs)
+                if (which is None or i in which) and s["codec"] != "raw")
     if grown > budget.limit - budget.charged - budget.expansion:
         if _sign.status(reader, stream) == _sign.VALID:
             return
