@@ -196,11 +196,15 @@ static int module_exec(PyObject *module)
         }
         st->np_frombuffer = Py_NewRef(PyTuple_GET_ITEM(red, 0));
         Py_DECREF(red);
-        /* numpy >= 2.? reduces a transposed dense array to a PickleBuffer
-         * with order 'K'; older versions copy it in-band */
-        npy_intp dims[2] = {2, 3};
-        PyObject *m = PyArray_ZEROS(2, dims, NPY_UINT8, 0);
-        PyObject *t = m ? PyArray_Transpose((PyArrayObject *)m, NULL) : NULL;
+        /* numpy >= 2.3 reduces an axis-permuted dense array to a
+         * PickleBuffer with order 'K' and the axes; older versions copy it
+         * in-band. A 2-D transpose is Fortran-contiguous, which every numpy
+         * sends out-of-band, so the probe needs a permutation of 3 axes. */
+        npy_intp dims[3] = {2, 3, 4};
+        npy_intp perm_axes[3] = {1, 0, 2};
+        PyArray_Dims perm = {perm_axes, 3};
+        PyObject *m = PyArray_ZEROS(3, dims, NPY_UINT8, 0);
+        PyObject *t = m ? PyArray_Transpose((PyArrayObject *)m, &perm) : NULL;
         Py_XDECREF(m);
         red = t ? PyObject_CallMethod(t, "__reduce_ex__", "i", 5) : NULL;
         Py_XDECREF(t);

@@ -498,6 +498,31 @@ def test_large_noncontiguous_goes_out_of_band_default(tmp_path):
     assert meta["buffer_bytes"] == sum(v.nbytes for v in views)
 
 
+NUMPY_PICKLES_PERMUTED = np.lib.NumpyVersion(np.__version__) >= "2.3.0"
+
+
+@pytest.mark.parametrize("axes", [(1, 0, 2), (2, 0, 1), (0, 2, 1)])
+def test_large_axis_permuted_array_is_mapped_on_every_numpy(tmp_path, axes):
+    """An axis permutation of a contiguous array (neither C nor F ordered):
+    numpy >= 2.3 sends it out-of-band in its own memory order, older numpy
+    would copy it in-band; firkin maps it back on both (README, FORMAT.md)."""
+    a = np.arange(40 * 50 * 60, dtype=np.float64).reshape(40, 50, 60).transpose(axes)
+    assert not a.flags.c_contiguous and not a.flags.f_contiguous
+    p = tmp_path / "perm.firkin"
+    firkin.dump(a, p)
+    assert firkin.load_metadata(p)["buffers"] == 1
+    out = firkin.load(p, mmap_mode="r")
+    assert isinstance(out, np.memmap) and not out.flags.writeable
+    assert_array_equal(out, a, strict=True)
+    if NUMPY_PICKLES_PERMUTED:
+        assert out.strides == a.strides  # numpy's own reduction keeps the layout
+    else:
+        assert out.flags.c_contiguous  # firkin writes it in C order
+    fresh = firkin.load(p)
+    assert type(fresh) is np.ndarray and fresh.flags.writeable
+    assert_array_equal(fresh, a, strict=True)
+
+
 # ------------------------------------------------------------------ byte order
 
 @pytest.mark.parametrize("dtype", [">i2", ">i4", ">i8", ">u2", ">u4", ">u8", ">f2", ">f4", ">f8",
