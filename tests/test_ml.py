@@ -470,8 +470,11 @@ def test_sparse_special_cases(roundtrip):
                               np.array([0, 3])), shape=(1, 3))
     dup_coo = sp.coo_matrix((np.array([1.0, 2.0]), (np.array([0, 0]), np.array([1, 1]))),
                             shape=(2, 2))
-    big = sp.random_array((3000, 2000), density=0.02, format="csr", random_state=5,
-                          dtype=np.float64)  # ~1.4 MB of data + indices
+    if hasattr(sp, "random_array"):  # scipy >= 1.12: a sparse array, not a matrix
+        big = sp.random_array((3000, 2000), density=0.02, format="csr", random_state=5,
+                              dtype=np.float64)  # ~1.4 MB of data + indices
+    else:
+        big = sp.random(3000, 2000, density=0.02, format="csr", random_state=5, dtype=np.float64)
     idx64 = sp.csr_matrix(_dense(4, (20, 20), 0.3))
     idx64.indices = idx64.indices.astype(np.int64)
     idx64.indptr = idx64.indptr.astype(np.int64)

@@ -175,18 +175,20 @@ class LyingDtype:
         return (np.dtype, ("V16", False, True), _lying_dtype_state())
 
 
+# numpy's own reconstructors, wherever this numpy version keeps them
+# (numpy.core in 1.x, numpy._core in 2.x)
+_FROMBUFFER = np.zeros(1, np.uint8).__reduce_ex__(5)[0]
+_RECONSTRUCT = np.zeros(1, np.uint8).__reduce_ex__(2)[0]
+
+
 class Frombuffer:  # what firkin's writer emits for an array, with the lying dtype
     def __reduce__(self):
-        from numpy._core.numeric import _frombuffer
-
-        return (_frombuffer, (b"A" * 32, LyingDtype(), (2,), "C"))
+        return (_FROMBUFFER, (b"A" * 32, LyingDtype(), (2,), "C"))
 
 
 class Reconstructed:  # what numpy's own ndarray pickle emits, with the lying dtype
     def __reduce__(self):
-        from numpy._core.multiarray import _reconstruct
-
-        return (_reconstruct, (np.ndarray, (0,), b"b"), (1, (2,), LyingDtype(), False, b"A" * 32))
+        return (_RECONSTRUCT, (np.ndarray, (0,), b"b"), (1, (2,), LyingDtype(), False, b"A" * 32))
 
 
 def test_numpy_really_believes_the_flags():
