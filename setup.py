@@ -20,7 +20,14 @@ import sys
 import tempfile
 
 import numpy
+import setuptools
 from setuptools import Extension, setup
+
+if int(setuptools.__version__.split(".")[0]) < 77:
+    # pip builds in an isolated environment that has it (pyproject.toml's
+    # build-system); a direct `python setup.py ...` uses this environment's
+    sys.exit(f"firkin's build needs setuptools >= 77 (its license is an SPDX expression); this environment "
+             f"has {setuptools.__version__}: python -m pip install 'setuptools>=77'")
 
 SOURCES = ["src/module.c", "src/writer.c", "src/reader.c", "src/codec.c", "src/checksum.c", "src/scan.c",
            "src/sign.c", "src/dtype.c", "src/validate.c"]
