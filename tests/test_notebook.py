@@ -26,7 +26,12 @@ import textwrap
 
 import pytest
 
+import firkin
+
 HERE = os.path.dirname(os.path.abspath(__file__))
+#: where the firkin under test is imported from (the source tree with an in-place
+#: build, or an installed wheel): child processes import the same one
+FIRKIN_PATH = os.path.dirname(os.path.dirname(os.path.abspath(firkin.__file__)))
 KEY = "notebook-battery-key"
 
 NOTEBOOK = r'''
@@ -484,7 +489,7 @@ print(json.dumps(results))
 
 def _run(code, out_dir, *args, main_file=None):
     env = dict(os.environ, FIRKIN_KEY=KEY, PYTHONHASHSEED="0")
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (os.path.dirname(HERE) + "/python",
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (FIRKIN_PATH,
                                                     env.get("PYTHONPATH", "")) if p)
     prelude = f"TESTS_DIR = {HERE!r}\nOUT = {str(out_dir)!r}\n"
     if main_file:
@@ -638,7 +643,7 @@ def test_info_shows_what_code_a_file_carries_and_strip_paths_removes_its_path(tm
     assert "captured:        DB_PASSWORD, connect, np" in repr(sinfo)
 
     cli = subprocess.run([sys.executable, "-m", "firkin", "info", str(kept)], capture_output=True,
-                         text=True, env=dict(os.environ, PYTHONPATH=os.path.dirname(HERE) + "/python"))
+                         text=True, env=dict(os.environ, PYTHONPATH=FIRKIN_PATH))
     assert cli.returncode == 0, cli.stderr
     assert "captured     DB_PASSWORD, connect, np" in cli.stdout
     assert f"code files   {script}" in cli.stdout

@@ -48,11 +48,14 @@ BY_VALUE_TYPES = (
     abc.abstractclassmethod, abc.abstractstaticmethod, abc.abstractproperty,
     weakref.WeakSet,
     dataclasses._FIELD_BASE,  # noqa: SLF001 - the marker cloudpickle keeps identical
-    typing.TypeVar,
-    typing.ParamSpec, typing.TypeVarTuple,
+    typing.TypeVar, typing.ParamSpec,
     type(dataclasses.MISSING), type(dataclasses.KW_ONLY),
     type(dataclasses._HAS_DEFAULT_FACTORY),  # noqa: SLF001
 )
+
+#: the type parameters other than TypeVar this Python has (TypeVarTuple: 3.11+)
+PARAM_TYPES = (typing.ParamSpec,) + ((typing.TypeVarTuple,) if hasattr(typing, "TypeVarTuple") else ())
+BY_VALUE_TYPES += PARAM_TYPES[1:]
 
 #: dataclasses' sentinels, saved by name so that they stay the very objects
 #: dataclasses compares with ``is`` (cloudpickle 3.1 saves copies, after which
@@ -150,7 +153,7 @@ class Session:
             return _SENTINELS[id(obj)]  # pickle saves it as dataclasses.<name>
         if isinstance(obj, typing.TypeVar) and _resolves(obj.__module__, obj.__name__, obj):
             return NotImplemented  # importable: pickle's by-name path, as cloudpickle does
-        if isinstance(obj, (typing.ParamSpec, typing.TypeVarTuple)):
+        if isinstance(obj, PARAM_TYPES):
             if _resolves(obj.__module__, obj.__name__, obj):
                 return NotImplemented
             # cloudpickle saves these by name too, which the loading process lacks

@@ -14,7 +14,6 @@ import copyreg
 import functools
 import pickle
 import types
-import typing
 
 from . import _byvalue, _core
 
@@ -152,7 +151,7 @@ def explain(value, exc: BaseException, protocol: int = 5) -> BaseException:
                   "along; create that object inside the function, or pass it as an argument.")
     elif isinstance(culprit, types.GeneratorType):
         advice = "Save the values it yields instead: list(...) of it."
-    elif isinstance(culprit, (typing.ParamSpec, typing.TypeVarTuple)):
+    elif isinstance(culprit, _byvalue.PARAM_TYPES):
         advice = ""  # the by-value reducer's own message says what to do
     else:
         advice = _ADVICE

@@ -345,7 +345,10 @@ def _register() -> None:
     reps = _trust.REPLACEMENTS
     for module in ("numpy", "numpy.core.multiarray", "numpy._core.multiarray"):
         reps[(module, "dtype")] = DtypeFactory
-    from numpy._core import multiarray, numeric  # noqa: PLC0415
+    try:
+        from numpy._core import multiarray, numeric  # noqa: PLC0415
+    except ImportError:  # numpy 1.x: numpy._core is a stub without numeric
+        from numpy.core import multiarray, numeric  # noqa: PLC0415
 
     makers = {
         "scalar": (multiarray.scalar, 0, "dtype", True),

@@ -35,6 +35,7 @@ compiled code before its own invariants were checked.
 from __future__ import annotations
 
 import gc
+import sys
 import threading
 import types
 import warnings
@@ -729,10 +730,24 @@ def _check_sparse(name: str, m) -> None:
 
 def _check_bspline(name: str, b) -> None:
     """scipy.interpolate.BSpline: evaluation reads n = len(t) - k - 1
-    coefficients around the interval it finds in t."""
+    coefficients around the interval it finds in t. Where the state lives
+    depends on SciPy: plain attributes t and c (<= 1.16), _t and _c behind
+    properties (1.17), or a scipy _BSpline the BSpline delegates to (>= 1.18;
+    the walk reaches and checks that _BSpline itself)."""
     what = "a scipy.interpolate.BSpline"
     d = vars(b)
-    t, c, k, axis = d.get("_t"), d.get("_c"), d.get("k"), d.get("axis")
+    delegate = d.get("_delegate_to")
+    if delegate is not None:
+        inner = getattr(sys.modules.get(type(b).__module__), "_BSpline", None)
+        if not (isinstance(inner, type) and type(delegate) is inner and delegate is not b):
+            raise refuse(name, what, f"it delegates to a {type(delegate).__qualname__!r}, "
+                         "not to a scipy _BSpline")
+        return
+
+    def state(attr):  # the attribute a property of the class reads, else the attribute
+        return d.get(f"_{attr}" if isinstance(getattr(type(b), attr, None), property) else attr)
+
+    t, c, k, axis = state("t"), state("c"), d.get("k"), d.get("axis")
     if not (_is_int(k) and k >= 0):
         raise refuse(name, what, f"its degree k is {k!r}")
     if not (isinstance(t, np.ndarray) and t.ndim == 1 and t.dtype == np.float64
@@ -795,6 +810,7 @@ _ESTIMATOR_CHECKS: dict[tuple[str, str], object] = {
     **{(f"scipy.sparse._{fmt}", f"{fmt}_{kind}"): _check_sparse
        for fmt in ("bsr", "coo", "csc", "csr", "dia", "dok", "lil") for kind in ("array", "matrix")},
     ("scipy.interpolate._bsplines", "BSpline"): _check_bspline,
+    ("scipy.interpolate._bsplines", "_BSpline"): _check_bspline,  # SciPy >= 1.18
     # parameters naming a cache directory (joblib.Memory objects are not on the allowlist)
     ("sklearn.pipeline", "Pipeline"): _drop_memory,
     ("sklearn.cluster._agglomerative", "AgglomerativeClustering"): _drop_memory,
