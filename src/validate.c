@@ -123,8 +123,10 @@ PyObject *validate_checked_subclass(PyObject *module, PyObject *args)
 {
     (void)module;
     PyTypeObject *base;
-    const char *name;
-    if (!PyArg_ParseTuple(args, "O!s:checked_subclass", &PyType_Type, &base, &name)) return NULL;
+    PyObject *name_obj;
+    if (!PyArg_ParseTuple(args, "O!U:checked_subclass", &PyType_Type, &base, &name_obj)) return NULL;
+    const char *name = PyUnicode_AsUTF8(name_obj);
+    if (!name) return NULL;
     if (base->tp_dictoffset || base->tp_weaklistoffset || base->tp_itemsize) {
         PyErr_Format(PyExc_TypeError, "checked_subclass: %s instances are not fixed-size "
                      "without a __dict__", base->tp_name);
@@ -138,5 +140,9 @@ PyObject *validate_checked_subclass(PyObject *module, PyObject *args)
         .flags = (unsigned int)(Py_TPFLAGS_DEFAULT | (base->tp_flags & Py_TPFLAGS_HAVE_GC)),
         .slots = slots,
     };
-    return PyType_FromSpecWithBases(&spec, (PyObject *)base);
+    PyObject *type = PyType_FromSpecWithBases(&spec, (PyObject *)base);
+    /* Python < 3.12 keeps spec.name itself as tp_name: the type holds the
+     * str whose UTF-8 buffer that is, so the name lives as long as the type */
+    if (type && PyObject_SetAttrString(type, "__firkin_spec_name__", name_obj) < 0) Py_CLEAR(type);
+    return type;
 }
