@@ -83,6 +83,10 @@ def _rebuild_gen(obj, cls, state, name: str) -> None:
     if type(ctor) is not dict:
         raise _refuse(name, "its state has no _ctor_param dict")
     params = inspect.signature(cls.__init__).parameters
+    if "extradoc" in ctor and "extradoc" not in params:
+        # SciPy < 1.11 saved its docstring-only parameter, which later SciPy
+        # removed: it changes nothing but the distribution's __doc__
+        ctor = {k: v for k, v in ctor.items() if k != "extradoc"}
     for k, v in ctor.items():
         if type(k) is not str or k == "self" or k not in params:
             raise _refuse(name, f"_ctor_param names {k!r}, not a parameter of its constructor")

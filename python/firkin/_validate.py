@@ -248,7 +248,7 @@ def _guarded_tree_class():
             _check_tree_state(check.name, self, d)
             Tree.__setstate__(self, d)
             # the structure is sound; now compiled code may walk it
-            depth = int(self.compute_node_depths().max()) - 1
+            depth = _tree_depth(self, d["nodes"])
             if depth > self.max_depth:
                 raise refuse(check.name, "a sklearn.tree._tree.Tree",
                              f"max_depth is {self.max_depth} but its nodes reach depth "
@@ -285,6 +285,31 @@ def _tree_factory(*args, **kwargs):
     tree = _guarded_tree_class()(n_features, n_classes, n_outputs)
     check.built.append(tree)
     return tree
+
+
+def _tree_depth(tree, nodes) -> int:
+    """The depth of the deepest node (the root's is 0) of a tree whose links
+    tree_links() accepted. scikit-learn < 1.3 has no compute_node_depths:
+    there, pointer doubling over the parent array, O(n log depth) in numpy."""
+    if hasattr(tree, "compute_node_depths"):
+        return int(tree.compute_node_depths().max()) - 1
+    left = nodes["left_child"].astype(np.int64)
+    right = nodes["right_child"].astype(np.int64)
+    n = left.shape[0]
+    parent = np.full(n, -1, np.int64)
+    split = np.flatnonzero(left >= 0)
+    parent[left[split]] = split
+    parent[right[split]] = split
+    dist = (parent >= 0).astype(np.int64)  # distance to the ancestor `anc`
+    anc = parent
+    while True:
+        has = np.flatnonzero(anc >= 0)
+        if has.size == 0:
+            return int(dist.max())
+        up = anc[has]
+        dist[has] += dist[up]
+        anc = anc.copy()
+        anc[has] = anc[up]
 
 
 def _check_tree_state(name: str, tree, d) -> None:
@@ -691,6 +716,8 @@ def _check_sparse(name: str, m) -> None:
         _check_csr(name, what, m)
     elif fmt == "coo":
         coords = d.get("coords")
+        if coords is None and "row" in d and "col" in d:  # SciPy < 1.13: row and col
+            coords = (d["row"], d["col"])
         if not (isinstance(coords, tuple) and len(coords) == len(shape)
                 and isinstance(data, np.ndarray) and data.ndim == 1):
             raise refuse(name, what, "its coords are not one index array per dimension")
@@ -707,6 +734,8 @@ def _check_sparse(name: str, m) -> None:
             raise refuse(name, what, "its data does not hold one row per offset")
     elif fmt == "dok":
         entries = d.get("_dict")
+        if entries is None and isinstance(m, dict):  # SciPy < 1.11: the matrix is the dict
+            entries = dict(dict.items(m))
         if not isinstance(entries, dict):
             raise refuse(name, what, "it holds no entry dict")
         keys = list(entries)
