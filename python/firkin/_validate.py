@@ -386,11 +386,13 @@ def _binary_tree_factories(module: str):
 
 #: the distance metrics a neighbour tree may hold: the allowlisted ones, none
 #: of which indexes its weight vector or matrix
+#: (scikit-learn >= 1.3 names them ...Distance64, older ones ...Distance)
 _METRICS = frozenset({
-    "BrayCurtisDistance64", "CanberraDistance64", "ChebyshevDistance64", "DiceDistance64",
-    "EuclideanDistance64", "HammingDistance64", "JaccardDistance64", "ManhattanDistance64",
-    "RogersTanimotoDistance64", "RussellRaoDistance64", "SokalMichenerDistance64",
-    "SokalSneathDistance64",
+    "BrayCurtisDistance", "CanberraDistance", "ChebyshevDistance", "DiceDistance",
+    "EuclideanDistance", "HammingDistance", "JaccardDistance", "KulsinskiDistance",
+    "ManhattanDistance", "MatchingDistance",
+    "RogersTanimotoDistance", "RussellRaoDistance", "SokalMichenerDistance",
+    "SokalSneathDistance",
 })
 
 
@@ -429,7 +431,7 @@ def _check_binary_tree(name: str, tree) -> None:
     if sample_weight is not None and np.shape(sample_weight) != (n_samples,):
         raise refuse(name, what, "sample_weight does not have one weight per sample")
     if type(metric).__module__ != "sklearn.metrics._dist_metrics" or \
-            type(metric).__qualname__ not in _METRICS:
+            type(metric).__qualname__.removesuffix("64") not in _METRICS:
         raise refuse(name, what, f"its distance metric is a {type(metric).__qualname__}, not "
                      "one of the metrics firkin checks")
     # the nodes reachable from the root partition [0, n_samples): node i's
@@ -506,6 +508,9 @@ def _check_forest(name: str, est) -> None:
                          f"not the {want} it is given")
     if isinstance(ests, np.ndarray):  # gradient boosting: (n_iter, K) regression trees
         k = d.get("n_trees_per_iteration_")
+        if k is None and "n_trees_per_iteration_" not in d:  # scikit-learn < 1.3
+            n_classes = d.get("n_classes_")
+            k = int(n_classes) if _is_int(n_classes) and n_classes > 2 else 1
         if ests.ndim != 2 or ests.shape[1] != k:
             raise refuse(name, what, f"estimators_ has shape {ests.shape}, not "
                          f"(n_estimators, n_trees_per_iteration_={k})")
