@@ -665,6 +665,27 @@ def test_bspline_refused(tmp_path, keys):
         _refused(bad, d, match)
 
 
+def test_bspline_from_an_older_scipy_loads_as_pickle_would(tmp_path, keys):
+    # a spline written by SciPy <= 1.16 keeps plain t and c; SciPy 1.17 reads
+    # _t and _c through properties, so such a spline fails (AttributeError)
+    # before any compiled code could use it: it loads as pickle.load loads it
+    import scipy.interpolate as si
+
+    if not (isinstance(vars(si.BSpline).get("t"), property) and "_delegate_to" not in
+            vars(si.BSpline(np.arange(8.0), np.ones(4), 3))):
+        pytest.skip("only SciPy 1.17 keeps a BSpline's knots behind a property")
+    spl = si.BSpline(np.arange(8.0), np.ones(4), 3)
+    old = copy.copy(spl)
+    d = vars(old)
+    d["t"], d["c"] = d.pop("_t"), d.pop("_c")  # the SciPy <= 1.16 layout
+    firkin.set_key(KEY_A)
+    data = firkin.dumps(old)
+    firkin.set_key(KEY_B)
+    loaded = firkin.loads(data)
+    with pytest.raises(AttributeError):
+        loaded.t
+
+
 def test_kmeans(tmp_path, keys):
     import os
 

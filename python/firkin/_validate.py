@@ -778,6 +778,13 @@ def _check_bspline(name: str, b) -> None:
                          "not to a scipy _BSpline")
         return
 
+    if isinstance(getattr(type(b), "t", None), property) and "_t" not in d and "t" in d:
+        # written by a SciPy that kept plain t and c (<= 1.16): this SciPy's
+        # properties read _t and _c, which the object lacks, so evaluating it
+        # fails with AttributeError before any compiled code runs, exactly as
+        # after pickle.load; nothing here can reach an unchecked loop
+        return
+
     def state(attr):  # the attribute a property of the class reads, else the attribute
         return d.get(f"_{attr}" if isinstance(getattr(type(b), attr, None), property) else attr)
 
