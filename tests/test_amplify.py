@@ -458,16 +458,16 @@ def test_cli_convert_max_memory(tmp_path, capsys):
 def test_static_readers_are_bounded_too(tmp_path, monkeypatch):
     """untrusted_types and info read a compressed stream whole: a bomb stops
     at the bound there too."""
-    from firkin import _compat
+    from firkin import _joblib
 
     path = tmp_path / "bomb.xz"
     path.write_bytes(_bomb("xz", lambda: lzma.LZMACompressor(), 64 << 20))
     with pytest.raises(firkin.UntrustedTypesError, match="xz-compressed stream"):
         firkin.untrusted_types(path, max_memory=8 << 20)
     assert firkin.untrusted_types(path, max_memory=128 << 20) == []
-    assert "error" not in _compat.inspect_file(str(path))
+    assert "error" not in _joblib.inspect_file(str(path))
     monkeypatch.setattr(_amplify, "DEFAULT_MAX_MEMORY", 8 << 20)  # info has no argument for it
-    assert "xz-compressed stream" in _compat.inspect_file(str(path))["error"]
+    assert "xz-compressed stream" in _joblib.inspect_file(str(path))["error"]
 
 
 def test_pre010_zf_main_file_bomb(tmp_path):

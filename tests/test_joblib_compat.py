@@ -2,7 +2,7 @@
 0.10 (uncompressed and through each of joblib's compressors), the pre-0.10
 multi-file and ZF layouts (built here by hand), and plain pickles.
 
-joblib is only used to write fixtures; firkin._compat never imports it.
+joblib is only used to write fixtures; firkin._joblib never imports it.
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 import firkin
-from firkin import _compat
+from firkin import _joblib
 
 pytestmark = pytest.mark.filterwarnings("ignore::PendingDeprecationWarning")  # np.matrix
 
@@ -97,7 +97,7 @@ def maps_of(path) -> int:
 
 def _load_foreign(path, **kwargs):
     with open(path, "rb") as f:
-        return _compat.load_foreign(f, str(path), **kwargs)
+        return _joblib.load_foreign(f, str(path), **kwargs)
 
 
 # --------------------------------------------------------------------------- joblib >= 0.10
@@ -347,7 +347,7 @@ def test_unpadded_layout(tmp_path):
     with open(path, "wb") as f:
         joblib.dump(data, _NoTell(f))
     assert "numpy_array_alignment_bytes" in path.read_bytes().decode("latin1")
-    info = _compat.inspect_file(str(path))
+    info = _joblib.inspect_file(str(path))
     assert info["layout"] == "joblib >= 0.10, single file"
     assert_same(firkin.load(path), data)
     with warnings.catch_warnings(record=True) as caught:
@@ -504,7 +504,7 @@ def test_pre010_zfile(tmp_path, monkeypatch, protocol, wide):
         warnings.simplefilter("ignore", DeprecationWarning)
         ref = joblib.load(path)
     np.testing.assert_array_equal(ref["a"], got["a"])
-    info = _compat.inspect_file(str(path))
+    info = _joblib.inspect_file(str(path))
     assert info["format"] == "joblib" and info["layout"].startswith("joblib < 0.10")
     assert [a["shape"] for a in info["arrays"]] == [[10], [3, 4], [1, 2], [2, 3]]
 
@@ -659,14 +659,14 @@ def test_file_objects_and_bytes(tmp_path):
         path = tmp_path / f"fo{compress}.pkl"
         joblib.dump(data, path, compress=compress)
         raw = path.read_bytes()
-        assert_same(_compat.loads_foreign(raw), data)
-        assert_same(_compat.loads_foreign(memoryview(raw)), data)
+        assert_same(_joblib.loads_foreign(raw), data)
+        assert_same(_joblib.loads_foreign(memoryview(raw)), data)
         bio = io.BytesIO(b"prefix" + raw + b"suffix")
         bio.seek(6)
-        assert_same(_compat.load_fileobj(bio), data)
+        assert_same(_joblib.load_fileobj(bio), data)
         assert bio.read() == b"suffix"
         with open(path, "rb") as f:
-            assert_same(_compat.load_fileobj(f), data)
+            assert_same(_joblib.load_fileobj(f), data)
             assert f.read() == b""
 
         class Pipe(io.RawIOBase):  # a stream that cannot seek
@@ -679,7 +679,7 @@ def test_file_objects_and_bytes(tmp_path):
             def readinto(self, b):
                 return self._b.readinto(b)
 
-        assert_same(_compat.load_fileobj(io.BufferedReader(Pipe(raw))), data)
+        assert_same(_joblib.load_fileobj(io.BufferedReader(Pipe(raw))), data)
 
 
 def test_does_not_import_joblib(tmp_path):
@@ -715,7 +715,7 @@ def test_inspect_without_unpickling(tmp_path):
     class_pickle = (b"\x80\x02cno_such_module_anywhere\nKlass\nq\x00)\x81q\x01}q\x02b.")
     path = tmp_path / "unknown.pkl"
     path.write_bytes(class_pickle)
-    info = _compat.inspect_file(str(path))
+    info = _joblib.inspect_file(str(path))
     assert info["globals"] == ["no_such_module_anywhere.Klass"]
     assert "no_such_module_anywhere" not in sys.modules
 
@@ -723,7 +723,7 @@ def test_inspect_without_unpickling(tmp_path):
             "o": np.array([1, None], dtype=object), "m": np.matrix([[1.0]])}
     jpath = tmp_path / "j.pkl"
     joblib.dump(data, jpath)
-    info = _compat.inspect_file(str(jpath))
+    info = _joblib.inspect_file(str(jpath))
     assert info["format"] == "joblib" and info["protocol"] == 4
     assert info["layout"] == "joblib >= 1.2, single file, aligned arrays"
     by_shape = {tuple(a["shape"]): a for a in info["arrays"]}

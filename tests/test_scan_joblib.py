@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 import firkin
-from firkin import _compat, _core
+from firkin import _core, _joblib
 
 from test_corpus_containers import firkin_container  # tests/ is on sys.path
 
@@ -72,7 +72,7 @@ def test_joblib_files_scan_clean_and_load(tmp_path, compress, protocol):
     joblib.dump(obj, path, compress=compress, protocol=protocol)
     assert firkin.untrusted_types(path) == []
     with open(path, "rb") as f:
-        info = _compat.scan_fd(f.fileno(), str(path))
+        info = _joblib.scan_fd(f.fileno(), str(path))
     assert info["complete"] and len(info["arrays"]) == 11
     assert sum(nested for *_, nested in info["arrays"]) == 1  # the object array
     _same(obj, firkin.load(path))
@@ -124,23 +124,23 @@ def test_non_seekable_and_mmap_loads_are_scanned(tmp_path):
 def test_loader_checks_it_read_what_the_scan_judged(tmp_path, monkeypatch):
     path = tmp_path / "a.joblib"
     joblib.dump({"a": np.arange(10.0), "b": np.arange(20.0)}, path)
-    real = _compat._policy
+    real = _joblib.policy._policy
 
     def shifted(*args, **kwargs):  # as if the scan had stepped over other bytes
         spans = real(*args, **kwargs)
         return [(a + 1, b + 1, c + 1, d) for a, b, c, d in spans]
 
-    monkeypatch.setattr(_compat, "_policy", shifted)
+    monkeypatch.setattr(_joblib.policy, "_policy", shifted)
     with pytest.raises(firkin.FormatError, match="not where the safety scan found it"):
         firkin.load(path)
 
     def missing(*args, **kwargs):
         return real(*args, **kwargs)[:1]
 
-    monkeypatch.setattr(_compat, "_policy", missing)
+    monkeypatch.setattr(_joblib.policy, "_policy", missing)
     with pytest.raises(firkin.FormatError, match="array #1 is not where"):
         firkin.load(path)
-    monkeypatch.setattr(_compat, "_policy", real)
+    monkeypatch.setattr(_joblib.policy, "_policy", real)
     _same({"a": np.arange(10.0), "b": np.arange(20.0)}, firkin.load(path))
 
 

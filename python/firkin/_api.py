@@ -674,9 +674,9 @@ def _looks_like_firkin(fd: int) -> bool:
 
 def _load_foreign(f, name, mode, kwargs):
     """Files that are not firkin containers: joblib and pickle files."""
-    from . import _compat  # noqa: PLC0415 - only needed for foreign files
+    from . import _joblib  # noqa: PLC0415 - only needed for foreign files
 
-    return _compat.load_foreign(f, name, mode, **kwargs)
+    return _joblib.load_foreign(f, name, mode, **kwargs)
 
 
 def load(filename, mmap_mode=None, *, trusted=None, verify=None, threads=None, progress=None,
@@ -799,9 +799,9 @@ def _load_fileobj(f, verify, threads, progress, trusted, ensure_native_byte_orde
     head = f.read(8)
     f.seek(start)
     if not _is_firkin_bytes(head):
-        from . import _compat  # noqa: PLC0415
+        from . import _joblib  # noqa: PLC0415
 
-        return _compat.load_fileobj(f, name, ensure_native_byte_order=ensure_native_byte_order,
+        return _joblib.load_fileobj(f, name, ensure_native_byte_order=ensure_native_byte_order,
                                     trusted=trusted, max_memory=max_memory)
     if isinstance(f, io.BytesIO):
         source = f.getvalue()  # shares the BytesIO's buffer in the common case
@@ -832,9 +832,9 @@ def _loads_named(data, name, trusted, verify, threads, progress, ensure_native_b
     with memoryview(data) as mv:
         head, tail = bytes(mv[:8]), bytes(mv[-8:])
     if not _is_firkin_bytes(head, tail):
-        from . import _compat  # noqa: PLC0415
+        from . import _joblib  # noqa: PLC0415
 
-        return _compat.loads_foreign(data, name, ensure_native_byte_order=ensure_native_byte_order,
+        return _joblib.loads_foreign(data, name, ensure_native_byte_order=ensure_native_byte_order,
                                      trusted=trusted, max_memory=max_memory)
     reader = _reader(data, name)
     return _load_reader(reader, verify, threads, progress, trusted, max_memory)
@@ -862,13 +862,13 @@ def untrusted_types(filename, trusted=None, *, max_memory=None) -> list[str]:
     path = os.fsdecode(os.fspath(filename))
     with open(path, "rb") as f:
         if not _looks_like_firkin(f.fileno()):
-            from . import _compat  # noqa: PLC0415
+            from . import _joblib  # noqa: PLC0415
 
             if _trust._normalize(trusted) is True:  # noqa: SLF001
                 return []
             # joblib (any compressor; array data stepped over) or plain pickle
-            info = _compat.scan_fd(f.fileno(), path, max_memory)
-            return _trust.untrusted(_compat.judged_globals(info["globals"]), info["unsafe_ops"],
+            info = _joblib.scan_fd(f.fileno(), path, max_memory)
+            return _trust.untrusted(_joblib.judged_globals(info["globals"]), info["unsafe_ops"],
                                     trusted)
         reader = _reader(f.fileno(), path)
         _budget(reader, None, max_memory, "firkin.untrusted_types")  # before it is decoded

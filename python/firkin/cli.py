@@ -227,9 +227,9 @@ def _kind(path: str) -> str:
     head = _head(path)
     if head[:4] in _FIRKIN_HEADS or not head:
         return "firkin"
-    from . import _compat  # noqa: PLC0415
+    from . import _joblib  # noqa: PLC0415
 
-    if _compat.detect(head) != "raw":
+    if _joblib.detect(head) != "raw":
         return "joblib"
     return "joblib or pickle"
 
@@ -286,7 +286,7 @@ def _cmd_convert(args) -> int:
 
 def _firkin_info(path: str) -> dict:
     import firkin  # noqa: PLC0415
-    from . import _compat, _compress, _core  # noqa: PLC0415
+    from . import _compress, _core, _joblib  # noqa: PLC0415
 
     meta = firkin.load_metadata(path)
     with open(path, "rb") as f:
@@ -302,8 +302,8 @@ def _firkin_info(path: str) -> dict:
         arrays = []
         try:
             stream = reader.pickle_stream()
-            scan = _compat.inspect_stream(_compat._Stream(_compat._BytesSource(stream, path)),
-                                          joblib_aware=False)
+            scan = _joblib.inspect_stream(
+                _joblib.stream._Stream(_joblib.sources._BytesSource(stream, path)), joblib_aware=False)
             out["protocol"] = scan["protocol"]
             out["globals"] = scan["globals"]
             arrays = scan["arrays"]
@@ -324,9 +324,9 @@ def _firkin_info(path: str) -> dict:
 
 
 def _foreign_info(path: str) -> dict:
-    from . import _compat  # noqa: PLC0415
+    from . import _joblib  # noqa: PLC0415
 
-    info = _compat.inspect_file(path)
+    info = _joblib.inspect_file(path)
     out = {"path": path, "format": info.get("format"), "size": os.path.getsize(path)}
     out.update((k, v) for k, v in info.items() if k not in out)
     out["metadata"] = {k: info.get(k) for k in ("layout", "compression", "protocol")}

@@ -1,0 +1,219 @@
+"""Entry points: load a joblib file or a pickle from a file, a file object or bytes."""
+from __future__ import annotations
+
+import io
+import os
+import warnings
+
+from .. import _amplify
+from .._core import FormatError
+from .facts import _MMAP_MODES, _resolve_byte_order, detect
+from .loader import _Loader
+from .policy import _policy, _scan_mapped, _scan_materialized
+from .sources import (
+    _BytesSource,
+    _Chain,
+    _FdSource,
+    _FileSource,
+    _Inflate,
+    _make_source,
+)
+from .stream import _AnonReader, _MapReader, _Stream
+
+
+def _budget(trusted, max_memory, name):
+    """The amplification bound of a load under the trust policy (None under trusted=True)."""
+    return None if trusted is True else _amplify.Budget(max_memory, name)
+
+
+def load_foreign(f, name, mmap_mode=None, *, ensure_native_byte_order="auto", trusted=True,
+                 max_memory=None):
+    """Load a joblib file or a plain pickle from `f`, an open binary file of a path.
+
+    f must have a fileno(); it is read by position from offset 0 (its own file
+    offset is not used). name: the path, for messages and for the companion
+    files of joblib < 0.10. mmap_mode: as given to firkin.load; honoured for
+    uncompressed joblib files, where every array becomes a view of ONE
+    np.memmap of the whole file. ensure_native_byte_order: joblib >= 1.4's
+    keyword: 'auto' (native order when mmap_mode is None), True, False.
+    trusted: True (default) lets the pickle name any global, as joblib.load
+    does; anything else is handed to firkin._trust.make_unpickler (None: the
+    default policy; a collection of extra "module.qualname" names).
+    max_memory: the amplification bound of a policy load (firkin._amplify).
+    """
+    if mmap_mode not in _MMAP_MODES:
+        raise ValueError(f"mmap_mode must be one of None, 'r', 'r+', 'w+', 'c'; got {mmap_mode!r}")
+    swap = _resolve_byte_order(ensure_native_byte_order, mmap_mode)
+    fd = f.fileno()
+    kind = detect(os.pread(fd, 8, 0))
+    mode = _MMAP_MODES[mmap_mode]
+    if kind != "raw" and mode is not None:
+        warnings.warn(f"mmap_mode={mmap_mode!r} has no effect on the compressed joblib file "
+                      f"{name}: its arrays are read into memory", UserWarning, stacklevel=4)
+        mode = None
+
+    spans, anon = None, None
+    budget = _budget(trusted, max_memory, name)
+    if trusted is not True:  # judge every name before anything is built
+        if kind == "raw":
+            spans = _scan_mapped(fd, 0, name, kind, trusted, budget)
+        if spans is None:
+            anon, spans = _scan_materialized(
+                _make_source(kind, _FdSource(fd, 0, name), name), name, kind, trusted, budget)
+
+    def make_reader():
+        if anon is not None:
+            return _AnonReader(anon, name)
+        if kind == "raw":
+            try:
+                return _MapReader(fd, name)
+            except (OSError, ValueError):  # not mappable (a pipe, some FUSE file systems)
+                pass
+        return _Stream(_make_source(kind, _FdSource(fd, 0, name), name))
+
+    loader = _Loader(name, make_reader, kind=kind, mmap_mode=mode if anon is None else None,
+                     mmap_file=f if mode is not None else None, swap=swap,
+                     dirname=os.path.dirname(name) or ".", trusted=trusted, spans=spans,
+                     budget=budget)
+    try:
+        return loader.run()
+    finally:
+        if anon is not None:
+            anon.close()
+
+
+def load_fileobj(fileobj, name=None, *, ensure_native_byte_order="auto", trusted=True,
+                 max_memory=None):
+    """Load a joblib file or a plain pickle from a binary file object's current position.
+
+    Arrays are read into memory. A seekable file object is left positioned
+    right after the data that was read (for compressed data: after the
+    compressed stream when that end is known).
+    """
+    fname = getattr(fileobj, "name", None)
+    if name is None:
+        name = fname if isinstance(fname, str) else f"<{type(fileobj).__name__}>"
+    dirname = (os.path.dirname(fname) or ".") if isinstance(fname, str) else None
+    swap = _resolve_byte_order(ensure_native_byte_order, None)
+    try:
+        seekable = fileobj.seekable()
+    except (AttributeError, OSError, ValueError):
+        seekable = False
+    start = fileobj.tell() if seekable else 0
+    fd = None
+    if seekable and not isinstance(fileobj, io.BytesIO):
+        try:
+            if fileobj.writable():
+                fileobj.flush()
+            fd = fileobj.fileno()
+        except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
+            fd = None
+
+    raw_source = None
+    if isinstance(fileobj, io.BytesIO):
+        data = fileobj.getvalue()  # shares the BytesIO's buffer in the common case
+
+        def raw_source():
+            src = _BytesSource(data, name)
+            src.pos = start
+            return src
+    elif fd is not None:
+        def raw_source():
+            return _FdSource(fd, start, name)
+    elif seekable:
+        def raw_source():
+            fileobj.seek(start)
+            src = _FileSource(fileobj, name)
+            src.pos = start
+            return src
+
+    spans, anon, mat_src, span_base = None, None, None, 0
+    budget = _budget(trusted, max_memory, name)
+    if raw_source is not None:
+        kind = detect(raw_source().read(8))
+        if trusted is not True:  # judge every name before anything is built
+            if kind == "raw" and fd is not None:
+                spans, span_base = _scan_mapped(fd, start, name, kind, trusted, budget), start
+            elif kind == "raw" and isinstance(fileobj, io.BytesIO):
+                with memoryview(data) as view, view[start:] as mv:
+                    spans, span_base = _policy(mv, name, kind, trusted, budget=budget), start
+            if spans is None:
+                mat_src = _make_source(kind, raw_source(), name)
+                anon, spans = _scan_materialized(mat_src, name, kind, trusted, budget)
+                span_base = 0
+
+        def make_reader():
+            if anon is not None:
+                return _AnonReader(anon, name)
+            if kind == "raw" and fd is not None:
+                try:
+                    return _MapReader(fd, name, start)
+                except (OSError, ValueError):
+                    pass
+            return _Stream(_make_source(kind, raw_source(), name))
+    else:
+        src = _FileSource(fileobj, name)
+        head = src.read(8)
+        kind = detect(head)
+        fresh = [_Chain(head, src)]
+        if trusted is not True:
+            mat_src = _make_source(kind, fresh.pop(), name)
+            anon, spans = _scan_materialized(mat_src, name, kind, trusted, budget)
+
+        def make_reader():
+            if anon is not None:
+                return _AnonReader(anon, name)
+            if not fresh:
+                raise FormatError(f"{name}: this file needs a second pass, which a "
+                                  "non-seekable stream cannot give; load it by path")
+            return _Stream(_make_source(kind, fresh.pop(), name))
+
+    loader = _Loader(name, make_reader, kind=kind, swap=swap, dirname=dirname, trusted=trusted,
+                     spans=spans, span_base=span_base, budget=budget)
+    try:
+        obj = loader.run()
+    finally:
+        if anon is not None:
+            anon.close()
+    if seekable:
+        end = None
+        reader = loader.reader
+        if anon is not None:
+            end = (start + reader.tell() if kind == "raw" else
+                   mat_src.raw_consumed() if isinstance(mat_src, _Inflate) else None)
+        elif kind == "raw":
+            end = reader.tell()
+        elif isinstance(reader, _Stream) and isinstance(reader._src, _Inflate):  # noqa: SLF001
+            end = reader._src.raw_consumed()  # noqa: SLF001
+        if end is not None:
+            fileobj.seek(end)
+    return obj
+
+
+def loads_foreign(data, name="<bytes>", *, ensure_native_byte_order="auto", trusted=True,
+                  max_memory=None):
+    """Load a joblib file's or a pickle's bytes (any bytes-like object)."""
+    swap = _resolve_byte_order(ensure_native_byte_order, None)
+    mv = memoryview(data).cast("B")
+    kind = detect(bytes(mv[:8]))
+
+    spans, anon = None, None
+    budget = _budget(trusted, max_memory, name)
+    if trusted is not True:  # judge every name before anything is built
+        if kind == "raw":
+            spans = _policy(mv, name, kind, trusted, budget=budget)
+        else:
+            anon, spans = _scan_materialized(_make_source(kind, _BytesSource(mv, name), name),
+                                             name, kind, trusted, budget)
+
+    def make_reader():
+        if anon is not None:
+            return _AnonReader(anon, name)
+        return _Stream(_make_source(kind, _BytesSource(mv, name), name))
+
+    try:
+        return _Loader(name, make_reader, kind=kind, swap=swap, dirname=None, trusted=trusted,
+                       spans=spans, budget=budget).run()
+    finally:
+        if anon is not None:
+            anon.close()

@@ -1,0 +1,137 @@
+"""The trust policy's static judgement of a joblib or pickle stream before it is loaded."""
+from __future__ import annotations
+
+import mmap
+import os
+import pickle
+
+from .. import _amplify, _core
+from .._core import FormatError
+from .facts import (
+    _MEMMAP_NAMES,
+    _WRAPPERS,
+    _describe_head,
+    _is_joblib_module,
+    _numpy_module,
+    detect,
+)
+from .sources import _FdSource, _Inflate, _make_source
+from .stream import _materialize, _Materialized
+
+
+def _scan_error(name, kind, head, exc):
+    if kind != "raw" or (len(head) >= 2 and head[0] == 0x80 and head[1] <= pickle.HIGHEST_PROTOCOL):
+        what = "joblib" if kind != "raw" else "pickle"
+        return FormatError(f"{name}: the {what} stream is damaged or truncated: {exc}")
+    return FormatError(f"{name}: not a firkin file, nor a joblib or pickle file (it starts with "
+                       f"bytes {_describe_head(head)}), or it is damaged: {exc}")
+
+
+def scan(buf, name: str, kind: str = "raw") -> dict:
+    """firkin._core.scan_joblib of a joblib or pickle stream (decompressed),
+    with its errors worded for `name`."""
+    try:
+        return _core.scan_joblib(buf)
+    except FormatError as exc:
+        raise _scan_error(name, kind, bytes(memoryview(buf)[:4]), exc) from None
+
+
+def judged_globals(globals_):
+    """The globals a scan found, as the loader's find_class hands them to the
+    trust policy: joblib's wrappers and numpy.memmap are never imported (the
+    loader answers them with its own stand-ins), numpy.core / numpy._core
+    are renamed for the installed NumPy."""
+    out = []
+    for module, name in globals_:
+        if (module, name) in _MEMMAP_NAMES or (name in _WRAPPERS and _is_joblib_module(module)):
+            continue
+        out.append((_numpy_module(module), name))
+    return out
+
+
+def _policy(buf, name, kind, trusted, call="firkin.load", budget=None):
+    """Refuse before anything is built; returns the array spans for the loader.
+    The stream's size is what the file holds, for `budget`."""
+    from .. import _trust  # noqa: PLC0415
+
+    if budget is not None:
+        budget.hold(len(buf))
+    info = scan(buf, name, kind)
+    refused = _trust.untrusted(judged_globals(info["globals"]), info["unsafe_ops"], trusted)
+    if refused:
+        raise _trust._error(name, refused, call)  # noqa: SLF001
+    return info["arrays"]
+
+
+def _judge_materialized(src, judge):
+    """Read (decompress) src into memory and judge(buffer) it:
+    (_Materialized, judgement); the caller closes the first."""
+    # The first compressed stream alone: the unpickler stops at STOP, so what
+    # follows a pickle that ends inside it is never read (as when loading
+    # without the policy). A pickle that goes on into further concatenated
+    # streams (the gzip module reads those) is judged once more with all of
+    # them (not once per stream: a file of many tiny streams would cost
+    # quadratic time).
+    inflate = isinstance(src, _Inflate)
+    if inflate:
+        src.one_stream = True
+    mm, n = _materialize(src)
+    try:
+        try:
+            with memoryview(mm) as view, view[:n] as mv:
+                return _Materialized(mm, n), judge(mv)
+        except FormatError as first:
+            if not (inflate and src.next_stream()):
+                raise
+            src.one_stream = False
+            try:
+                mm, n = _materialize(src, into=(mm, n))
+            except FormatError:
+                raise first from None  # what follows the first stream is not a compressed stream
+        with memoryview(mm) as view, view[:n] as mv:
+            return _Materialized(mm, n), judge(mv)
+    except BaseException:
+        mm.close()
+        raise
+
+
+def _judge_mapped(fd, start, judge):
+    """judge(buffer) of the uncompressed stream at fd[start:] through a
+    mapping; None when the file cannot be mapped."""
+    try:
+        mm = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
+    except (OSError, ValueError):  # empty, or not mappable (a pipe, some FUSE file systems)
+        return None
+    with mm, memoryview(mm) as view, view[start:] as mv:
+        return judge(mv)
+
+
+def _scan_materialized(src, name, kind, trusted, budget=None):
+    """(_Materialized, spans) of src read into memory and judged by the policy;
+    a decompressor's expansion is charged to `budget` as it inflates."""
+    if isinstance(src, _Inflate):
+        src.budget = budget
+    return _judge_materialized(src, lambda buf: _policy(buf, name, kind, trusted, budget=budget))
+
+
+def _scan_mapped(fd, start, name, kind, trusted, budget=None):
+    """The spans of the mapped stream at fd[start:] judged by the policy, or None."""
+    return _judge_mapped(fd, start, lambda buf: _policy(buf, name, kind, trusted, budget=budget))
+
+
+def scan_fd(fd: int, name: str, max_memory=None) -> dict:
+    """scan() of the joblib or pickle file open at fd (decompressed when
+    compressed, within the amplification bound of max_memory)."""
+    kind = detect(os.pread(fd, 8, 0))
+
+    def judge(buf):
+        return scan(buf, name, kind)
+
+    info = _judge_mapped(fd, 0, judge) if kind == "raw" else None
+    if info is None:
+        src = _make_source(kind, _FdSource(fd, 0, name), name)
+        if isinstance(src, _Inflate):
+            src.budget = _amplify.Budget(max_memory, name, "firkin.untrusted_types")
+        held, info = _judge_materialized(src, judge)
+        held.close()
+    return info
