@@ -14,7 +14,8 @@ import warnings
 
 import numpy as np
 
-from . import _amplify, _byvalue, _compress, _core, _guards, _meta, _progress, _sign, _text, _trust
+from . import (_amplify, _byvalue, _compress, _core, _guards, _meta, _progress, _remote, _sign,
+               _text, _trust)
 from ._core import ChecksumError, FirkinError, FormatError, UntrustedTypesError
 
 __all__ = ["dump", "load", "dumps", "loads", "load_metadata", "codecs", "untrusted_types",
@@ -348,8 +349,9 @@ def _dump_path(value, filename, protocol, user_meta, compress, threads, progress
 
 
 def dump(value, filename, compress=0, protocol=None, *, metadata=None, threads=None,
-         progress=None, strip_paths=False):
-    """Persist `value` to `filename` (str, os.PathLike or a binary file object).
+         progress=None, strip_paths=False, storage_options=None):
+    """Persist `value` to `filename` (str, os.PathLike, an fsspec URL or
+    OpenFile, or a binary file object).
 
     Paths are written atomically: a temporary file next to the target is
     written, fsynced and renamed over it, so an interrupted dump never leaves
@@ -370,10 +372,21 @@ def dump(value, filename, compress=0, protocol=None, *, metadata=None, threads=N
     saved by value, with the values of the globals they use and their source
     file's path (the metadata's record, a script's __file__);
     strip_paths=True leaves every path out.
+
+    URLs (s3://, gs://, memory://, ...; storage_options as in pandas) are
+    written as one stream that appears only once complete: to S3 as a
+    multipart upload aborted on failure (firkin._remote).
     """
     protocol = _check_protocol(protocol)
     threads = _check_threads(threads)
     user_meta = _meta.check_user_metadata(metadata)
+    filename = _remote.local_path(filename)
+    _remote.check_options(filename, storage_options)
+    if _remote.is_url(filename):
+        comp = _compress.resolve(compress, filename if isinstance(filename, str) else filename.path)
+        return [_remote.dump(filename, storage_options, lambda f, name: _write(
+            value, f, protocol, user_meta, comp, threads, progress, name=name,
+            strip_paths=strip_paths))]
     if _is_path(filename):
         comp = _compress.resolve(compress, os.fsdecode(os.fspath(filename)))
         _dump_path(value, filename, protocol, user_meta, comp, threads, progress, strip_paths)
@@ -680,7 +693,7 @@ def _load_foreign(f, name, mode, kwargs):
 
 
 def load(filename, mmap_mode=None, *, trusted=None, verify=None, threads=None, progress=None,
-         ensure_native_byte_order="auto", max_memory=None):
+         ensure_native_byte_order="auto", max_memory=None, storage_options=None):
     """Load an object saved by `dump` from a path or a binary file object.
 
     mmap_mode: None reads every array into fresh writable memory. 'r', 'r+',
@@ -710,9 +723,27 @@ def load(filename, mmap_mode=None, *, trusted=None, verify=None, threads=None, p
     arrays whose shape their data does not back), are refused before the
     work is done with UntrustedTypesError. Arrays and data the file holds
     never count, nor do files signed with your key or trusted=True loads.
+
+    filename may be an fsspec URL or OpenFile (storage_options as in
+    pandas): the file is read with ranged, parallel reads; with mmap_mode, a
+    local copy in $FIRKIN_CACHE_DIR is mapped (firkin._remote).
     """
     mode = _check_mmap_mode(mmap_mode)
     _amplify.check_max_memory(max_memory)
+    filename = _remote.local_path(filename)
+    _remote.check_options(filename, storage_options)
+    if _remote.is_url(filename):
+        with _remote.open_input(filename, storage_options) as f:
+            if mode is None:
+                return _load_fileobj(f, verify, threads, progress, trusted,
+                                     ensure_native_byte_order, max_memory)
+            if mode == "r+":
+                raise ValueError(f"firkin.load: mmap_mode={mmap_mode!r} would write to a local "
+                                 f"copy of {f.name}, never to the object; use 'r' or 'c'")
+            local = _remote.cached_copy(f, _check_copy)
+        return load(local, mmap_mode, trusted=trusted, verify=verify, threads=threads,
+                    progress=progress, ensure_native_byte_order=ensure_native_byte_order,
+                    max_memory=max_memory)
     if _is_path(filename):
         path = os.fsdecode(os.fspath(filename))
         with open(path, "r+b" if mode == "r+" else "rb") as f:
@@ -732,6 +763,22 @@ def load(filename, mmap_mode=None, *, trusted=None, verify=None, threads=None, p
         return _load_fileobj(filename, verify, threads, progress, trusted, ensure_native_byte_order,
                              max_memory)
     raise TypeError(f"firkin.load: expected a path or a binary file object, not {type(filename).__name__}")
+
+
+def _check_copy(path: str) -> None:
+    """Every checksum of a freshly downloaded firkin file (others have none)."""
+    with open(path, "rb") as f:
+        if not _looks_like_firkin(f.fileno()):
+            return
+        reader = _reader(f.fileno(), path)
+        reader.pickle_stream()
+        if reader.buffer_count:
+            mm = np.memmap(f, dtype=np.uint8, mode="r", shape=(reader.total_length,))
+            reader.verify_mapped(mm, verify=True)
+            spans = reader.buffer_spans()
+            for i, (_, _, mappable) in enumerate(spans):
+                if not mappable:
+                    reader.read_buffers(verify=True, which=[i])
 
 
 def _load_mapped(reader, f, mode, verify, threads, progress, trusted, max_memory=None):
@@ -852,36 +899,45 @@ def loads(data, *, trusted=None, verify=None, threads=None, progress=None,
                         ensure_native_byte_order, max_memory)
 
 
-def untrusted_types(filename, trusted=None, *, max_memory=None) -> list[str]:
+def untrusted_types(filename, trusted=None, *, max_memory=None, storage_options=None) -> list[str]:
     """The sorted "module.qualname" names a default load of `filename` would
     refuse (like skops.io.get_untrusted_types), without constructing any
     object. A file signed with your key is still scanned: this lists what
     it imports beyond the allowlist. A compressed stream that would inflate
     past max_memory (as for load) raises UntrustedTypesError."""
     _amplify.check_max_memory(max_memory)
-    path = os.fsdecode(os.fspath(filename))
-    with open(path, "rb") as f:
-        if not _looks_like_firkin(f.fileno()):
+    with _remote.opened(filename, storage_options) as (f, source, path, _):
+        if f is source:  # remote
+            firkin = _is_firkin_bytes(*_remote.head_tail(f))
+        else:
+            firkin = _looks_like_firkin(source)
+        if not firkin:
             from . import _joblib  # noqa: PLC0415
 
             if _trust._normalize(trusted) is True:  # noqa: SLF001
                 return []
             # joblib (any compressor; array data stepped over) or plain pickle
-            info = _joblib.scan_fd(f.fileno(), path, max_memory)
+            if f is source:
+                with _remote.local_file(f) as tmp:
+                    info = _joblib.scan_fd(tmp.fileno(), path, max_memory)
+            else:
+                info = _joblib.scan_fd(source, path, max_memory)
             return _trust.untrusted(_joblib.judged_globals(info["globals"]), info["unsafe_ops"],
                                     trusted)
-        reader = _reader(f.fileno(), path)
+        reader = _reader(source, path)
         _budget(reader, None, max_memory, "firkin.untrusted_types")  # before it is decoded
         stream = reader.pickle_stream()
     return _trust.untrusted_types(stream, trusted)
 
 
-def load_metadata(filename) -> dict:
-    """The metadata recorded in a firkin file, without loading its objects."""
-    if _is_path(filename):
-        path = os.fsdecode(os.fspath(filename))
-        with open(path, "rb") as f:
-            reader = _reader(f.fileno(), path)
+def load_metadata(filename, *, storage_options=None) -> dict:
+    """The metadata recorded in a firkin file, without loading its objects
+    (of a URL: a few ranged reads)."""
+    filename = _remote.local_path(filename)
+    _remote.check_options(filename, storage_options)
+    if _is_path(filename) or _remote.is_url(filename):
+        with _remote.opened(filename, storage_options) as (_, source, path, _):
+            reader = _reader(source, path)
             raw = reader.metadata()
     elif isinstance(filename, (bytearray, memoryview)):
         reader = _reader(filename, "<bytes>")

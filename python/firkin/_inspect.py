@@ -2,19 +2,18 @@
 from __future__ import annotations
 
 import html
-import os
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import _byvalue, _core, _meta, _sign, _text
+from . import _byvalue, _core, _meta, _remote, _sign, _text
 from ._core import FormatError
 
 
-def _open_reader(f, path):
+def _open_reader(source, path):
     from ._api import _reader  # noqa: PLC0415 - the one place readers are made
 
-    return _reader(f.fileno(), path)
+    return _reader(source, path)
 
 
 # ------------------------------------------------------------------ verify
@@ -61,16 +60,16 @@ class VerifyReport:
         return "\n".join(lines)
 
 
-def verify(filename) -> VerifyReport:
+def verify(filename, *, storage_options=None) -> VerifyReport:
     """Check every checksum and the signature of a firkin file without
     loading its objects; a signature that covers the array data (format
     1.1) is checked against every chunk of it. Never raises for a damaged
-    file: the report says what is wrong (``report.ok``, ``report.problems``)."""
-    path = os.fsdecode(os.fspath(filename))
-    report = VerifyReport(path)
-    with open(path, "rb") as f:
+    file: the report says what is wrong (``report.ok``, ``report.problems``).
+    A URL's arrays are read (ranged, in parallel) one at a time."""
+    with _remote.opened(filename, storage_options) as (f, source, path, _):
+        report = VerifyReport(path)
         try:
-            reader = _open_reader(f, path)
+            reader = _open_reader(source, path)
         except FormatError as exc:
             report.problems.append(str(exc))
             return report
@@ -96,14 +95,15 @@ def verify(filename) -> VerifyReport:
         records = []
         spans = reader.buffer_spans()
         try:
-            if any(m for _, _, m in spans):
+            local = f is not source
+            if local and any(m for _, _, m in spans):
                 mm = np.memmap(f, dtype=np.uint8, mode="r", shape=(reader.total_length,))
                 try:
                     records.append(reader.verify_mapped(mm, hash_key=key))
                 finally:
                     del mm
             for i, (_, _, mappable) in enumerate(spans):
-                if not mappable:  # compressed: decoded one at a time, then dropped
+                if not (mappable and local):  # compressed or remote: one at a time, then dropped
                     got = reader.read_buffers(verify=True, which=[i], hash_key=key)
                     records.append(got[1] if hashing else None)
         except FormatError as exc:
@@ -146,10 +146,10 @@ class FileInfo:
     ``to_dict()`` gives the same facts as plain data.
     """
 
-    def __init__(self, path: str):
-        self.path = path
-        with open(path, "rb") as f:
-            reader = _open_reader(f, path)
+    def __init__(self, filename, storage_options=None):
+        with _remote.opened(filename, storage_options) as (_, source, path, size):
+            self.path = path
+            reader = _open_reader(source, path)
             secs = reader.sections()
             meta_raw = reader.metadata()
             stream = reader.pickle_stream()
@@ -168,7 +168,7 @@ class FileInfo:
             self.mutable_buffers = bool(reader.flags & _core.FLAG_BUFFERS_MUTABLE)
         # whatever shape a file's metadata has, it is shown, never trusted to be well formed
         self.metadata = _meta.parse(meta_raw, path)
-        self.size_on_disk = os.path.getsize(path)
+        self.size_on_disk = size
         self.raw_bytes = sum(s["raw"] for s in secs if s["kind"] in ("pickle stream", "buffer"))
         self.stored_bytes = sum(s["stored"] for s in secs if s["kind"] in ("pickle stream", "buffer"))
         self.stream_bytes = secs[0]["raw"] if secs else 0
@@ -305,9 +305,9 @@ class FileInfo:
         return "".join(out)
 
 
-def info(filename) -> FileInfo:
+def info(filename, *, storage_options=None) -> FileInfo:
     """What a firkin file holds — format, creation time, sizes, compression,
     the array table, recorded versus installed package versions, untrusted
     types, signature status, user metadata — without loading its objects.
     Displays as a table in Jupyter."""
-    return FileInfo(os.fsdecode(os.fspath(filename)))
+    return FileInfo(filename, storage_options)
