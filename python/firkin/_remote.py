@@ -90,6 +90,8 @@ def resolve(urlpath, storage_options=None):
     except ImportError as exc:
         raise ImportError(f"firkin: {urlpath}: {exc} (pip install 'firkin[remote]' installs "
                           "fsspec and s3fs)") from exc
+    except ValueError as exc:  # a protocol fsspec does not know
+        raise ValueError(f"firkin: {urlpath}: {exc}") from None
     return fs, path, urlpath
 
 
