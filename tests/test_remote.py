@@ -359,3 +359,23 @@ def test_s3_malicious_payloads_refused(s3, tmp_path):
             with pytest.raises(firkin.UntrustedTypesError, match="before unpickling"):
                 firkin.load(url, storage_options=so)
             assert not sentinel.exists(), (case, kind)
+
+
+def test_s3_joblib_memory(s3):
+    location = f"s3://firkin/{uuid.uuid4().hex}/cache"
+    memory = firkin.Memory(location, verbose=0,
+                           backend_options={"storage_options": s3.storage_options()})
+    calls = []
+
+    @memory.cache
+    def f(n):
+        calls.append(n)
+        return {"a": np.arange(n), "n": n}
+
+    f(50_000)
+    got = f(50_000)
+    assert calls == [50_000] and got["n"] == 50_000
+    np.testing.assert_array_equal(got["a"], np.arange(50_000))
+    assert len(memory.store_backend.get_items()) == 1
+    memory.clear(warn=False)
+    assert memory.store_backend.get_items() == []

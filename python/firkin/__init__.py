@@ -29,6 +29,23 @@ from ._sign import set_key  # noqa: E402
 
 __version__ = _core.__version__
 
+
+def Memory(location=None, **kwargs):  # noqa: N802 - it makes a joblib.Memory
+    """``joblib.Memory(location, backend="firkin", **kwargs)``: a joblib cache
+    whose results are firkin files, in a local directory or at any fsspec URL
+    (``backend_options={"storage_options": {...}}``). Needs joblib."""
+    from ._memory import Memory as make  # noqa: PLC0415 - joblib only when asked
+
+    return make(location, **kwargs)
+
+
+def register_joblib_backend() -> str:
+    """Register the "firkin" store backend with joblib, so that
+    ``joblib.Memory(location, backend="firkin")`` works; returns "firkin"."""
+    from ._memory import register  # noqa: PLC0415
+
+    return register()
+
 __all__ = [
     "dump",
     "load",
@@ -43,6 +60,8 @@ __all__ = [
     "info",
     "verify",
     "set_key",
+    "Memory",
+    "register_joblib_backend",
     "FirkinError",
     "FormatError",
     "ChecksumError",

@@ -1,0 +1,127 @@
+"""joblib.Memory(backend="firkin"): results cached as firkin files."""
+import os
+import subprocess
+import sys
+import textwrap
+import uuid
+
+import numpy as np
+import pytest
+
+import firkin
+
+joblib = pytest.importorskip("joblib")
+
+
+class Custom:  # not on the allowlist: loads on the signature of the user who cached it
+    def __init__(self, v):
+        self.v = v
+
+
+def test_cache_hits_load_from_firkin_files(tmp_path):
+    calls = []
+    memory = firkin.Memory(tmp_path, verbose=0)
+
+    @memory.cache
+    def f(n):
+        calls.append(n)
+        return {"a": np.arange(n, dtype=np.float64), "c": Custom(n)}
+
+    first = f(100_000)
+    again = f(100_000)
+    assert calls == [100_000]
+    np.testing.assert_array_equal(again["a"], first["a"])
+    assert isinstance(again["c"], Custom) and again["c"].v == 100_000
+    outputs = [os.path.join(r, n) for r, _, names in os.walk(tmp_path) for n in names
+               if n == "output.pkl"]
+    assert len(outputs) == 1
+    with open(outputs[0], "rb") as fh:
+        assert fh.read(4) == b"\x89FRK"  # a firkin file, signed with this user's key
+    assert firkin.verify(outputs[0]).signature == "valid"
+    # joblib's own housekeeping still works on the store
+    assert len(memory.store_backend.get_items()) == 1
+    memory.reduce_size(bytes_limit=0)
+    assert memory.store_backend.get_items() == []
+
+
+def test_joblib_memory_by_backend_name(tmp_path):
+    assert firkin.register_joblib_backend() == "firkin"
+    memory = joblib.Memory(tmp_path, backend="firkin", mmap_mode="r", verbose=0)
+    g = memory.cache(lambda n: np.ones(n))
+    g(100_000)
+    got = g(100_000)
+    assert isinstance(got, np.memmap) and got.sum() == 100_000
+
+
+def test_results_from_another_key_are_recomputed(tmp_path, monkeypatch, caplog):
+    calls = []
+    memory = firkin.Memory(tmp_path, verbose=0)
+
+    @memory.cache
+    def f(n):
+        calls.append(n)
+        return Custom(n)
+
+    f(1)
+    monkeypatch.setenv("FIRKIN_KEY", "someone else's key, long enough")
+    assert f(1).v == 1  # refused as untrusted (joblib logs it), so computed again
+    assert calls == [1, 1]
+    assert "UntrustedTypesError" in caplog.text and "another key" in caplog.text
+
+
+def test_pipeline_memory(tmp_path):
+    from sklearn.decomposition import PCA
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import Pipeline
+
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(200, 6)), rng.integers(0, 2, 200)
+    memory = firkin.Memory(tmp_path, verbose=0)
+    p1 = Pipeline([("pca", PCA(3)), ("lr", LogisticRegression())], memory=memory).fit(X, y)
+    p2 = Pipeline([("pca", PCA(3)), ("lr", LogisticRegression())], memory=memory).fit(X, y)
+    np.testing.assert_allclose(p1.predict_proba(X), p2.predict_proba(X))
+    assert len(memory.store_backend.get_items()) == 1  # the PCA fit, cached once
+
+
+def test_memory_on_a_url():
+    fsspec = pytest.importorskip("fsspec")
+    location = f"memory://firkin-memory/{uuid.uuid4().hex}"
+    memory = firkin.Memory(location, verbose=0)
+    calls = []
+
+    @memory.cache
+    def f(n):
+        calls.append(n)
+        return np.arange(n)
+
+    f(10)
+    np.testing.assert_array_equal(f(10), np.arange(10))
+    assert calls == [10]
+    found = fsspec.filesystem("memory").find(location)
+    assert sum(p.endswith("/output.pkl") for p in found) == 1
+    assert len(memory.store_backend.get_items()) == 1
+    memory.clear(warn=False)
+    assert not fsspec.filesystem("memory").find(location)
+
+
+def test_two_processes_computing_the_same_item(tmp_path):
+    """Writers that publish the same item again and again never let a reader
+    see a torn file."""
+    code = textwrap.dedent(f"""
+        import sys, numpy as np, firkin
+        memory = firkin.Memory({str(tmp_path)!r}, verbose=0)
+        def big(n):
+            return np.full(n, 7.0)
+        f = memory.cache(big)
+        for _ in range(15):
+            f.call(400_000)            # computes and publishes, hit or not
+            got = f(400_000)           # a hit, whoever wrote it last
+            assert got.shape == (400_000,) and got[0] == got[-1] == 7.0
+    """)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    procs = [subprocess.Popen([sys.executable, "-c", code], env=env, stderr=subprocess.PIPE)
+             for _ in range(2)]
+    for p in procs:
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err.decode()
+        assert b"Exception while loading" not in err, err.decode()
