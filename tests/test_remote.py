@@ -379,3 +379,26 @@ def test_s3_joblib_memory(s3):
     assert len(memory.store_backend.get_items()) == 1
     memory.clear(warn=False)
     assert memory.store_backend.get_items() == []
+
+
+def test_cli_on_urls(capsys, tmp_path):
+    import joblib
+
+    from firkin import cli
+
+    src = _mem("model.joblib")
+    with fsspec.open(src, "wb") as f:
+        joblib.dump({"a": np.arange(1000)}, f)
+    dst = _mem("model.firkin")
+    assert cli.main(["convert", src, dst, "--storage-options", "{}"]) == 0
+    assert "verified" in capsys.readouterr().out
+    np.testing.assert_array_equal(firkin.load(dst)["a"], np.arange(1000))
+    for cmd in (["info", dst], ["info", src], ["verify", dst], ["untrusted", dst],
+                ["untrusted", src]):
+        assert cli.main(cmd) == 0, cmd
+    out = capsys.readouterr().out
+    assert dst in out and src in out
+    missing = _mem("missing.firkin")
+    assert cli.main(["info", missing]) == 1
+    assert missing in capsys.readouterr().err
+    assert cli.main(["info", dst, "--storage-options", "[1]"]) == 2

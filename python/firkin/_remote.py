@@ -493,7 +493,7 @@ def opened(filename, storage_options=None):
 def local_file(f):
     """A local temporary copy of a remote object, for the joblib and pickle
     scanners that read file descriptors."""
-    with tempfile.TemporaryFile() as tmp:
+    with tempfile.NamedTemporaryFile(prefix="firkin-") as tmp:
         f.seek(0)
         part = bytearray(READ_PART)
         while True:

@@ -8,6 +8,10 @@ info FILE [--json]
     What a file is and which arrays it holds, read without unpickling it:
     nothing in the file is imported or run.
 
+IN, OUT and FILE may be fsspec URLs (s3://bucket/key, gs://..., memory://...);
+--storage-options '{"key": ..., "secret": ...}' (JSON) passes credentials and
+endpoints to fsspec, as storage_options= does in Python.
+
 Exit status: 0 success, 1 failure, 2 usage error. Errors go to stderr.
 """
 from __future__ import annotations
@@ -218,13 +222,32 @@ def _err(msg: str):
     print("\n".join(printable(line) for line in f"firkin: {msg}".split("\n")), file=sys.stderr)
 
 
-def _head(path: str) -> bytes:
-    with open(path, "rb") as f:
+def _is_url(path: str) -> bool:
+    from . import _remote  # noqa: PLC0415
+
+    return _remote.is_url(path)
+
+
+def _exists(path: str) -> bool:
+    return _is_url(path) or os.path.isfile(path)  # a missing object is reported when read
+
+
+def _size(path: str, so) -> int:
+    from . import _remote  # noqa: PLC0415
+
+    with _remote.opened(path, so if _is_url(path) else None) as (_, _, _, size):
+        return size
+
+
+def _head(path: str, so=None) -> bytes:
+    from . import _remote  # noqa: PLC0415
+
+    with _remote.opened(path, so if _is_url(path) else None) as (f, _, _, _):
         return f.read(8)
 
 
-def _kind(path: str) -> str:
-    head = _head(path)
+def _kind(path: str, so=None) -> str:
+    head = _head(path, so)
     if head[:4] in _FIRKIN_HEADS or not head:
         return "firkin"
     from . import _joblib  # noqa: PLC0415
@@ -239,26 +262,29 @@ def _cmd_convert(args) -> int:
     from . import _compress  # noqa: PLC0415
 
     src, dst = args.input, args.output
+    so_in = args.storage_options if _is_url(src) else None
+    so_out = args.storage_options if _is_url(dst) else None
     compress = parse_compress(args.compress)
     try:
         _compress.resolve(compress, dst)
     except ValueError as exc:
         raise _UsageError(f"--compress {args.compress!r}: {exc}") from exc
-    if not os.path.isfile(src):
+    if not _exists(src):
         _err(f"{src}: no such file")
         return 1
-    if os.path.exists(dst) and os.path.samefile(src, dst):
+    if src == dst or (not _is_url(src) and not _is_url(dst) and os.path.exists(dst)
+                      and os.path.samefile(src, dst)):
         raise _UsageError("OUT must be another file than IN (the original is needed to verify "
                           "the conversion)")
     trusted = True if args.trust_all else (args.trust or None)
     limit = {"max_memory": args.max_memory} if args.max_memory is not None else {}
     try:
-        obj = firkin.load(src, trusted=trusted, **limit)
+        obj = firkin.load(src, trusted=trusted, storage_options=so_in, **limit)
     except Exception as exc:  # noqa: BLE001 - any failure to load is reported, not raised
         _err(f"cannot load {src}: {type(exc).__name__}: {exc}")
         return 1
     try:
-        firkin.dump(obj, dst, compress=compress)
+        firkin.dump(obj, dst, compress=compress, storage_options=so_out)
     except Exception as exc:  # noqa: BLE001
         _err(f"cannot write {dst}: {type(exc).__name__}: {exc}")
         return 1
@@ -266,39 +292,46 @@ def _cmd_convert(args) -> int:
     verified = ""
     if not args.no_verify:
         try:
-            before = firkin.load(src, trusted=trusted, **limit)
-            after = firkin.load(dst, trusted=trusted, **limit)
+            before = firkin.load(src, trusted=trusted, storage_options=so_in, **limit)
+            after = firkin.load(dst, trusted=trusted, storage_options=so_out, **limit)
             problem = diff(before, after)
         except Exception as exc:  # noqa: BLE001
             problem = f"reloading failed: {type(exc).__name__}: {exc}"
         if problem:
             try:
-                os.unlink(dst)
+                if _is_url(dst):
+                    from . import _remote  # noqa: PLC0415
+
+                    fs, path, _ = _remote.resolve(dst, so_out)
+                    fs.rm(path)
+                else:
+                    os.unlink(dst)
             except OSError:
                 pass
             _err(f"verification failed, {dst} removed: {problem}")
             return 1
         verified = ", verified"
-    _say(f"{src} ({os.path.getsize(src):,} bytes) -> {dst} ({os.path.getsize(dst):,} bytes, "
+    _say(f"{src} ({_size(src, so_in):,} bytes) -> {dst} ({_size(dst, so_out):,} bytes, "
           f"firkin{'' if not compress else f', compress={compress!r}'}){verified}")
     return 0
 
 
-def _firkin_info(path: str) -> dict:
+def _firkin_info(path: str, so=None) -> dict:
     import firkin  # noqa: PLC0415
-    from . import _compress, _core, _joblib  # noqa: PLC0415
+    from . import _compress, _core, _joblib, _remote  # noqa: PLC0415
 
-    meta = firkin.load_metadata(path)
-    with open(path, "rb") as f:
+    so = so if _is_url(path) else None
+    meta = firkin.load_metadata(path, storage_options=so)
+    with _remote.opened(path, so) as (_, source, _, size):
         try:
-            reader = _core.Reader(f.fileno(), name=path, py_codec=_compress.PY_CODEC)
+            reader = _core.Reader(source, name=path, py_codec=_compress.PY_CODEC)
         except TypeError:  # a core without the py_codec keyword
-            reader = _core.Reader(f.fileno(), name=path)
+            reader = _core.Reader(source, name=path)
         sections = reader.sections()
         spans = reader.buffer_spans()
         version = reader.format_version
         out = {"path": path, "format": "firkin", "format_version": ".".join(map(str, version)),
-               "size": os.path.getsize(path), "metadata": meta, "sections": sections}
+               "size": size, "metadata": meta, "sections": sections}
         arrays = []
         try:
             stream = reader.pickle_stream()
@@ -323,11 +356,16 @@ def _firkin_info(path: str) -> dict:
     return out
 
 
-def _foreign_info(path: str) -> dict:
-    from . import _joblib  # noqa: PLC0415
+def _foreign_info(path: str, so=None) -> dict:
+    from . import _joblib, _remote  # noqa: PLC0415
 
-    info = _joblib.inspect_file(path)
-    out = {"path": path, "format": info.get("format"), "size": os.path.getsize(path)}
+    if _is_url(path):
+        with _remote.opened(path, so) as (f, _, _, size), _remote.local_file(f) as tmp:
+            info = _joblib.inspect_file(tmp.name)
+    else:
+        info = _joblib.inspect_file(path)
+        size = os.path.getsize(path)
+    out = {"path": path, "format": info.get("format"), "size": size}
     out.update((k, v) for k, v in info.items() if k not in out)
     out["metadata"] = {k: info.get(k) for k in ("layout", "compression", "protocol")}
     return out
@@ -412,13 +450,13 @@ def _print_info(info: dict):
 
 
 def _cmd_info(args) -> int:
-    path = args.file
-    if not os.path.isfile(path):
+    path, so = args.file, args.storage_options
+    if not _exists(path):
         _err(f"{path}: no such file")
         return 1
     try:
-        kind = _kind(path)
-        info = _firkin_info(path) if kind == "firkin" else _foreign_info(path)
+        kind = _kind(path, so)
+        info = _firkin_info(path, so) if kind == "firkin" else _foreign_info(path, so)
     except Exception as exc:  # noqa: BLE001 - a damaged file is a failure, reported
         _err(f"{path}: {type(exc).__name__}: {exc}")
         return 1
@@ -436,10 +474,14 @@ def _cmd_info(args) -> int:
 def _cmd_verify(args) -> int:
     import firkin  # noqa: PLC0415
 
-    if not os.path.isfile(args.file):
+    if not _exists(args.file):
         _err(f"{args.file}: no such file")
         return 1
-    report = firkin.verify(args.file)
+    try:
+        report = firkin.verify(args.file, storage_options=_options(args))
+    except OSError as exc:  # an object store that cannot be reached, or no such object
+        _err(str(exc))
+        return 1
     if args.json:
         print(json.dumps(report.to_dict(), indent=2, allow_nan=False))
     else:
@@ -455,11 +497,11 @@ def _cmd_verify(args) -> int:
 def _cmd_untrusted(args) -> int:
     import firkin  # noqa: PLC0415
 
-    if not os.path.isfile(args.file):
+    if not _exists(args.file):
         _err(f"{args.file}: no such file")
         return 1
     try:
-        names = firkin.untrusted_types(args.file)
+        names = firkin.untrusted_types(args.file, storage_options=_options(args))
     except (firkin.FirkinError, OSError) as exc:
         _err(str(exc))
         return 1
@@ -491,12 +533,30 @@ def _byte_count(text: str):
     return n << shift
 
 
+def _options(args):
+    return args.storage_options if _is_url(args.file) else None
+
+
+def _storage_options(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("must be a JSON object")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="firkin", description="Convert joblib and pickle files to firkin files; inspect, "
         "verify and check firkin, joblib and pickle files.")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
-    c = sub.add_parser("convert", help="save a joblib/pickle/firkin file as a firkin file",
+    remote = argparse.ArgumentParser(add_help=False)
+    remote.add_argument("--storage-options", metavar="JSON", type=_storage_options, default=None,
+                        help="options for fsspec URLs (credentials, endpoint), a JSON object")
+    c = sub.add_parser("convert", parents=[remote],
+                       help="save a joblib/pickle/firkin file as a firkin file",
                        description="Load IN (joblib, pickle or firkin), save it to OUT with "
                        "firkin.dump, then reload both and compare them deeply.")
     c.add_argument("input", metavar="IN")
@@ -515,17 +575,20 @@ def _parser() -> argparse.ArgumentParser:
                    help="how much memory loading IN may use beyond the size of its data "
                    "(decompression, sizes the pickle asks for): bytes, or with a K/M/G/T "
                    "suffix (binary); 'inf' for no bound; default 2G")
-    i = sub.add_parser("info", help="describe a file without unpickling it",
+    i = sub.add_parser("info", parents=[remote],
+                       help="describe a file without unpickling it",
                        description="Format, size, metadata and the arrays a firkin, joblib or "
                        "pickle file holds; nothing in the file is imported or run.")
     i.add_argument("file", metavar="FILE")
     i.add_argument("--json", action="store_true", help="print one JSON object")
-    v = sub.add_parser("verify", help="check every checksum and the signature of a firkin file",
+    v = sub.add_parser("verify", parents=[remote],
+                       help="check every checksum and the signature of a firkin file",
                        description="Exit status 0 when every checksum matches and the signature "
                        "is not invalid, 1 otherwise; nothing is unpickled.")
     v.add_argument("file", metavar="FILE")
     v.add_argument("--json", action="store_true", help="print one JSON object")
-    u = sub.add_parser("untrusted", help="list what a default load would refuse",
+    u = sub.add_parser("untrusted", parents=[remote],
+                       help="list what a default load would refuse",
                        description="The module.qualname names (and unjudgeable opcodes) in a "
                        "firkin or pickle file that are not on firkin's allowlist; nothing is "
                        "unpickled.")
