@@ -30,8 +30,8 @@ from . import _text
 
 #: Remote reads: parts fetched ahead while a load reads sequentially, and
 #: how many of them are in flight at once.
-READ_PART = 4 << 20
-READ_AHEAD = 8
+READ_PART = 8 << 20
+READ_AHEAD = 4
 #: The first read near either end of an object fetches this much, so that
 #: header, trailer, index and metadata take one or two requests.
 SMALL_READ = 64 << 10
