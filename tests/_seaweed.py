@@ -75,10 +75,15 @@ class SeaweedFS:
             f"-s3.config={self.config}", "-master.volumeSizeLimitMB=64", "-volume.max=0",
         ]
         self.endpoint = f"http://{HOST}:{p['s3']}"
-        self.log = open(os.path.join(self.dir, "weed.log"), "wb")  # noqa: SIM115
+        self.log = open(os.path.join(self.dir, "weed.log"), "ab")  # noqa: SIM115
+        self.proc = None
+        atexit.register(self.stop)
+        self.start(timeout)
+
+    def start(self, timeout: float = 60.0) -> None:
+        """Start weed (again, on the same ports and data) and wait until it answers."""
         self.proc = subprocess.Popen(self.args, stdout=self.log, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL, start_new_session=True)
-        atexit.register(self.stop)
         try:
             self._wait(timeout)
         except BaseException:
@@ -126,26 +131,33 @@ class SeaweedFS:
 
         return s3fs.S3FileSystem(skip_instance_cache=True, **self.storage_options(**extra))
 
-    def stop(self, timeout: float = 3.0) -> None:
-        if self.proc is None:
-            return
+    def kill(self, timeout: float = 3.0) -> None:
+        """End weed's process group, keeping its data for start()."""
         proc, self.proc = self.proc, None
-        try:
-            if proc.poll() is None:
-                try:
-                    os.killpg(proc.pid, signal.SIGTERM)
-                except ProcessLookupError:
-                    pass
-                try:
-                    proc.wait(timeout)
-                except subprocess.TimeoutExpired:
-                    pass
-            # the group may hold children even once weed itself is gone
+        if proc is None:
+            return
+        if proc.poll() is None:
             try:
-                os.killpg(proc.pid, signal.SIGKILL)
+                os.killpg(proc.pid, signal.SIGTERM)
             except ProcessLookupError:
                 pass
-            proc.wait()
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                pass
+        # the group may hold children even once weed itself is gone
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait()
+
+    def stop(self, timeout: float = 3.0) -> None:
+        """End weed and remove its data; safe to call twice (atexit calls it too)."""
+        if self.log.closed:
+            return
+        try:
+            self.kill(timeout)
         finally:
             self.log.close()
             shutil.rmtree(self.dir, ignore_errors=True)

@@ -402,3 +402,31 @@ def test_cli_on_urls(capsys, tmp_path):
     assert cli.main(["info", missing]) == 1
     assert missing in capsys.readouterr().err
     assert cli.main(["info", dst, "--storage-options", "[1]"]) == 2
+
+
+def test_s3_server_stopped_mid_upload_leaves_the_old_object(monkeypatch):
+    server = _seaweed.SeaweedFS(_seaweed.weed_binary())
+    try:
+        # fail fast once the server is gone instead of retrying for long
+        so = server.storage_options(config_kwargs={
+            "connect_timeout": 2, "read_timeout": 10, "retries": {"max_attempts": 1}})
+        server.filesystem().mkdir("firkin")
+        url = "s3://firkin/model.firkin"
+        firkin.dump({"v": "old"}, url, storage_options=so)
+        sent = _remote._MultipartSink._send_part  # noqa: SLF001
+
+        def send(self):
+            sent(self)
+            if len(self.parts) == 2:
+                server.kill(timeout=0.5)  # the server goes away mid-upload
+
+        monkeypatch.setattr(_remote._MultipartSink, "_send_part", send)  # noqa: SLF001
+        with pytest.raises(OSError):
+            firkin.dump(np.ones(5 * _remote.WRITE_PART // 8), url, storage_options=so)
+        monkeypatch.undo()
+        server.start()
+        fresh = server.storage_options()
+        assert firkin.load(url, storage_options=fresh) == {"v": "old"}
+        assert server.filesystem().ls("firkin/", detail=False) == ["firkin/model.firkin"]
+    finally:
+        server.stop()
