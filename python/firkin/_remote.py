@@ -287,6 +287,18 @@ def head_tail(f: RangeFile) -> tuple[bytes, bytes]:
     return head, tail
 
 
+def copy_to(f: RangeFile, out) -> None:
+    """The whole object into the binary file `out`, part by part (parallel
+    ranged reads ahead)."""
+    f.seek(0)
+    part = bytearray(READ_PART)
+    while True:
+        got = f.readinto(part)
+        if not got:
+            return
+        out.write(memoryview(part)[:got])
+
+
 # ------------------------------------------------------------------ writing
 
 class _MultipartSink(io.RawIOBase):
@@ -453,13 +465,7 @@ def cached_copy(f: RangeFile, check) -> str:
     tmp = f"{data}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
     try:
         with open(tmp, "wb") as out:
-            f.seek(0)
-            part = bytearray(READ_PART)
-            while True:
-                got = f.readinto(part)
-                if not got:
-                    break
-                out.write(memoryview(part)[:got])
+            copy_to(f, out)
         check(tmp)
         os.replace(tmp, data)
         with open(tag + ".tmp", "w", encoding="utf-8") as t:
@@ -494,13 +500,7 @@ def local_file(f):
     """A local temporary copy of a remote object, for the joblib and pickle
     scanners that read file descriptors."""
     with tempfile.NamedTemporaryFile(prefix="firkin-") as tmp:
-        f.seek(0)
-        part = bytearray(READ_PART)
-        while True:
-            got = f.readinto(part)
-            if not got:
-                break
-            tmp.write(memoryview(part)[:got])
+        copy_to(f, tmp)
         tmp.flush()
         tmp.seek(0)
         yield tmp
