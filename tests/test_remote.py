@@ -421,7 +421,7 @@ def test_s3_server_stopped_mid_upload_leaves_the_old_object(monkeypatch):
                 server.kill(timeout=0.5)  # the server goes away mid-upload
 
         monkeypatch.setattr(_remote._MultipartSink, "_send_part", send)  # noqa: SLF001
-        with pytest.raises(OSError):
+        with pytest.raises(OSError, match=url):  # a ConnectionError naming the URL
             firkin.dump(np.ones(5 * _remote.WRITE_PART // 8), url, storage_options=so)
         monkeypatch.undo()
         server.start()

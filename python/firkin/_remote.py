@@ -114,6 +114,8 @@ def _stat(fs, path, name) -> dict:
                               "credentials in storage_options or the environment)") from None
     except OSError as exc:
         raise type(exc)(f"firkin: cannot reach {name}: {_why(exc)}") from exc
+    except Exception as exc:
+        raise _transport(exc, f"firkin: cannot reach {name}") from exc
     if info.get("type") == "directory":
         raise IsADirectoryError(21, f"firkin: {name} is a directory, not an object")
     return info
@@ -121,6 +123,19 @@ def _stat(fs, path, name) -> dict:
 
 def _why(exc) -> str:
     return _text.printable(str(exc) or type(exc).__name__)[:300]
+
+
+_CLIENT_LIBRARIES = ("botocore", "aiobotocore", "aiohttp", "urllib3", "requests", "google",
+                     "azure", "gcsfs", "adlfs")
+
+
+def _transport(exc: Exception, what: str) -> Exception:
+    """A storage client's own connection error (botocore's
+    EndpointConnectionError is no OSError) as a ConnectionError naming the
+    URL; other exceptions as they are."""
+    if type(exc).__module__.split(".")[0] in _CLIENT_LIBRARIES:
+        return ConnectionError(f"{what}: {type(exc).__name__}: {_why(exc)}")
+    return exc
 
 
 def etag(info: dict):
@@ -187,6 +202,11 @@ class RangeFile(io.RawIOBase):
         except FileNotFoundError as exc:
             raise FileNotFoundError(2, f"firkin: {self.name} disappeared while being read "
                                     f"({_why(exc)})") from None
+        except OSError as exc:
+            raise OSError(exc.errno, f"firkin: reading {self.name} (bytes {start}-{end}): "
+                          f"{_why(exc)}") from exc
+        except Exception as exc:
+            raise _transport(exc, f"firkin: reading {self.name} (bytes {start}-{end})") from exc
         if len(data) != end - start:
             from ._core import FormatError  # noqa: PLC0415
 
@@ -349,6 +369,11 @@ class _MultipartSink(io.RawIOBase):
         except PermissionError as exc:
             raise PermissionError(13, f"firkin.dump: access denied writing {self.name}: "
                                   f"{_why(exc)} (check the credentials)") from None
+        except OSError as exc:
+            raise OSError(exc.errno, f"firkin.dump: writing {self.name} ({method}): "
+                          f"{_why(exc)}") from exc
+        except Exception as exc:
+            raise _transport(exc, f"firkin.dump: writing {self.name} ({method})") from exc
 
     def _send_part(self) -> None:
         if self.upload_id is None:
