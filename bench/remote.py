@@ -104,7 +104,7 @@ def bench_transfer(fs, so, name, value, repeat, tmpdir):
     times = {m: ([], []) for m in table}
     for r in range(repeat):
         for m, (dump, load) in table.items():
-            times[m][0].append(timed(lambda: dump(value)))
+            times[m][0].append(timed(lambda dump=dump: dump(value)))
             times[m][1].append(timed(load))
         log(f"  {name}: round {r + 1}/{repeat}")
     med = {m: (statistics.median(d), statistics.median(ld)) for m, (d, ld) in times.items()}

@@ -5,12 +5,11 @@ import sys
 import textwrap
 import uuid
 
+import fsspec
+import joblib
 import numpy as np
-import pytest
 
 import firkin
-
-joblib = pytest.importorskip("joblib")
 
 
 class Custom:  # not on the allowlist: loads on the signature of the user who cached it
@@ -84,7 +83,6 @@ def test_pipeline_memory(tmp_path):
 
 
 def test_memory_on_a_url():
-    fsspec = pytest.importorskip("fsspec")
     location = f"memory://firkin-memory/{uuid.uuid4().hex}"
     memory = firkin.Memory(location, verbose=0)
     calls = []
