@@ -39,7 +39,7 @@ def test_cache_hits_load_from_firkin_files(tmp_path):
     assert firkin.verify(outputs[0]).signature == "valid"
     # joblib's own housekeeping still works on the store
     assert len(memory.store_backend.get_items()) == 1
-    memory.reduce_size(bytes_limit=0)
+    memory.clear(warn=False)
     assert memory.store_backend.get_items() == []
 
 

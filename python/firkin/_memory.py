@@ -45,7 +45,8 @@ class FirkinStoreBackend(FileSystemStoreBackend):
         self.verbose = verbose
 
     # ---- the results: firkin files
-    def load_item(self, call_id, verbose=1, timestamp=None, metadata=None):
+    # joblib 1.2 passes msg=, later versions timestamp= and metadata=: none is needed here
+    def load_item(self, call_id, verbose=1, *args, **kwargs):
         filename = self._join(*call_id, "output.pkl")
         if verbose > 1:
             print(f"[Memory] Loading {os.path.basename(call_id[0])} from {filename}")
