@@ -17,12 +17,14 @@ from __future__ import annotations
 import os
 import warnings
 
-from joblib import register_store_backend
-from joblib._store_backends import CacheItemInfo, CacheWarning, FileSystemStoreBackend
+from joblib import _store_backends, register_store_backend
+from joblib._store_backends import CacheItemInfo, FileSystemStoreBackend
 
 from . import _api, _remote
 
 NAME = "firkin"
+# joblib >= 1.3 warns with its own class when a result cannot be cached, 1.2 with UserWarning
+CacheWarning = getattr(_store_backends, "CacheWarning", UserWarning)
 
 
 class FirkinStoreBackend(FileSystemStoreBackend):
