@@ -322,6 +322,28 @@ def test_s3_errors_name_the_url(s3):
     assert firkin.load(url, storage_options=so) == 1
 
 
+def test_verify_quick_reads_little_and_skips_the_arrays(monkeypatch):
+    from firkin import cli
+
+    url = _mem()
+    firkin.dump({"a": np.zeros(8 << 20, np.uint8)}, url)
+    fetched = []
+    real = _remote.RangeFile._fetch  # noqa: SLF001
+    monkeypatch.setattr(_remote.RangeFile, "_fetch",
+                        lambda self, a, b: fetched.append(b - a) or real(self, a, b))
+    report = firkin.verify(url, quick=True)
+    assert report.ok and report.quick and report.signature == "valid"
+    assert sum(fetched) <= 2 * _remote.SMALL_READ
+    # damaged array bytes: the quick check cannot see them, the full one does
+    blob = bytearray(fsspec.filesystem("memory").cat_file(url))
+    blob[len(blob) // 2] ^= 1
+    fsspec.filesystem("memory").pipe_file(url, bytes(blob))
+    assert firkin.verify(url, quick=True).ok
+    assert not firkin.verify(url).ok
+    assert cli.main(["verify", "--quick", url]) == 0
+    assert cli.main(["verify", url]) == 1
+
+
 def test_s3_corrupted_object_raises_checksum_error(s3):
     so = s3.storage_options()
     fs = s3.filesystem()

@@ -32,6 +32,8 @@ class VerifyReport:
     mutable_buffers: bool = False
     #: what the signature covers (None when unsigned); verify checks all of it
     signature_covers: str | None = None
+    #: verify(quick=True): the array data was not read
+    quick: bool = False
 
     @property
     def ok(self) -> bool:
@@ -45,12 +47,13 @@ class VerifyReport:
                 "signature": self.signature, "problems": list(self.problems),
                 "sections": self.sections, "buffers": self.buffers,
                 "bytes_checked": self.bytes_checked, "mutable_buffers": self.mutable_buffers,
-                "signature_covers": self.signature_covers}
+                "signature_covers": self.signature_covers, "quick": self.quick}
 
     def __str__(self) -> str:
         lines = [f"{self.path}: {'OK' if self.ok else 'FAILED'}",
                  f"  checksums: {'all match' if self.checksums_ok else 'MISMATCH'} "
-                 f"({self.sections} sections, {self.buffers} buffers, {self.bytes_checked:,} bytes)",
+                 f"({self.sections} sections, {self.buffers} buffers, {self.bytes_checked:,} bytes"
+                 + ("; quick: array data not read)" if self.quick else ")"),
                  f"  signature: {self.signature}"
                  + (f" (covers {self.signature_covers})" if self.signature_covers else "")]
         if self.mutable_buffers:
@@ -60,14 +63,16 @@ class VerifyReport:
         return "\n".join(lines)
 
 
-def verify(filename, *, storage_options=None) -> VerifyReport:
+def verify(filename, *, quick=False, storage_options=None) -> VerifyReport:
     """Check every checksum and the signature of a firkin file without
     loading its objects; a signature that covers the array data (format
     1.1) is checked against every chunk of it. Never raises for a damaged
     file: the report says what is wrong (``report.ok``, ``report.problems``).
+    quick=True checks the header, index, pickle stream, metadata and the
+    signature over them, not the array data (a few ranged reads on a URL).
     A URL's arrays are read (ranged, in parallel) one at a time."""
     with _remote.opened(filename, storage_options) as (f, source, path, _):
-        report = VerifyReport(path)
+        report = VerifyReport(path, quick=bool(quick))
         try:
             reader = _open_reader(source, path)
         except FormatError as exc:
@@ -93,7 +98,7 @@ def verify(filename, *, storage_options=None) -> VerifyReport:
         hashing = signature is not None and signature.status == _sign.VALID and signature.covers_buffers
         key = signature.hash_key if hashing else None
         records = []
-        spans = reader.buffer_spans()
+        spans = [] if quick else reader.buffer_spans()
         try:
             local = f is not source
             if local and any(m for _, _, m in spans):
@@ -108,7 +113,8 @@ def verify(filename, *, storage_options=None) -> VerifyReport:
                     records.append(got[1] if hashing else None)
         except FormatError as exc:
             report.problems.append(str(exc))
-        report.bytes_checked = sum(s["stored"] for s in secs)
+        report.bytes_checked = sum(s["stored"] for s in secs
+                                   if not (quick and s["kind"] == "buffer"))
         report.checksums_ok = not report.problems
         if signature is not None:
             report.signature = signature.status
@@ -116,7 +122,7 @@ def verify(filename, *, storage_options=None) -> VerifyReport:
             if hashing and not report.checksums_ok:
                 # the buffer bytes are not those written, so not those signed either
                 report.signature = _sign.INVALID
-            elif hashing:
+            elif hashing and not quick:
                 problem = signature.buffer_problem(b"".join(r or b"" for r in records),
                                                    reader.buffer_count)
                 if problem:

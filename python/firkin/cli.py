@@ -478,7 +478,7 @@ def _cmd_verify(args) -> int:
         _err(f"{args.file}: no such file")
         return 1
     try:
-        report = firkin.verify(args.file, storage_options=_options(args))
+        report = firkin.verify(args.file, quick=args.quick, storage_options=_options(args))
     except OSError as exc:  # an object store that cannot be reached, or no such object
         _err(str(exc))
         return 1
@@ -587,6 +587,9 @@ def _parser() -> argparse.ArgumentParser:
                        "is not invalid, 1 otherwise; nothing is unpickled.")
     v.add_argument("file", metavar="FILE")
     v.add_argument("--json", action="store_true", help="print one JSON object")
+    v.add_argument("--quick", action="store_true",
+                   help="check the header, index, pickle stream, metadata and their signature, "
+                   "not the array data (a few ranged reads of a URL)")
     u = sub.add_parser("untrusted", parents=[remote],
                        help="list what a default load would refuse",
                        description="The module.qualname names (and unjudgeable opcodes) in a "
