@@ -954,9 +954,9 @@ static int wr_write_buffers(WriterObject *w)
 
 static PyObject *Writer_dump(WriterObject *w, PyObject *args)
 {
-    PyObject *obj, *pickler = NULL, *res = NULL, *r;
+    PyObject *obj, *extra = Py_None, *pickler = NULL, *res = NULL, *mods = NULL, *r;
     int protocol;
-    if (!PyArg_ParseTuple(args, "Oi:dump", &obj, &protocol)) return NULL;
+    if (!PyArg_ParseTuple(args, "Oi|O:dump", &obj, &protocol, &extra)) return NULL;
     if (w->stage != 0) {
         PyErr_SetString(PyExc_RuntimeError, "a Writer dumps one object");
         return NULL;
@@ -990,6 +990,23 @@ static PyObject *Writer_dump(WriterObject *w, PyObject *args)
         WriterObject *prev = fk_current_writer;
         fk_current_writer = w;
         r = PyObject_CallMethodOneArg(pickler, w->st->str_dump, obj);
+        if (r && extra != Py_None) {
+            /* the modules of `obj` alone: the packages the file's object needs */
+            Py_DECREF(r);
+            mods = PySequence_List(w->modules);
+            if (mods && PyList_Sort(mods) < 0) Py_CLEAR(mods);
+            r = NULL;
+            if (mods) {
+                /* a second, independent pickle after the first STOP (which
+                 * ends what any unpickler of the stream reads): a fresh memo,
+                 * its out-of-band buffers after the first object's */
+                r = PyObject_CallMethod(pickler, "clear_memo", NULL);
+                if (r) {
+                    Py_DECREF(r);
+                    r = PyObject_CallMethodOneArg(pickler, w->st->str_dump, extra);
+                }
+            }
+        }
         fk_current_writer = prev;
         if (!r) goto done;
         Py_DECREF(r);
@@ -1002,12 +1019,18 @@ static PyObject *Writer_dump(WriterObject *w, PyObject *args)
     if (wr_write_buffers(w) < 0) goto done;
     if (wr_report_progress(w, 0, 1) < 0) goto done;
     w->stage = 1;
-    res = PySequence_List(w->modules);
-    if (res && PyList_Sort(res) < 0) Py_CLEAR(res);
+    if (mods) {
+        res = mods;
+        mods = NULL;
+    } else {
+        res = PySequence_List(w->modules);
+        if (res && PyList_Sort(res) < 0) Py_CLEAR(res);
+    }
 done:
     w->stream_open = 0;
     if (!res) wr_abort_pipeline(w);
     Py_XDECREF(pickler);
+    Py_XDECREF(mods);
     Py_XDECREF(cb);
     free(w->sbuf);
     w->sbuf = NULL;
@@ -1371,7 +1394,8 @@ static PyObject *Writer_get_signed_bytes(WriterObject *w, void *c)
 
 static PyMethodDef Writer_methods[] = {
     {"dump", (PyCFunction)Writer_dump, METH_VARARGS,
-     "dump(obj, protocol) -> sorted list of the top-level modules whose objects occur"},
+     "dump(obj, protocol, extra=None) -> sorted list of the top-level modules whose objects occur "
+     "in obj; `extra` (when not None) is pickled after obj's STOP as a second pickle"},
     {"finish", (PyCFunction)Writer_finish, METH_VARARGS,
      "finish(metadata_json: bytes, fsync=True, signature=b'') -> container length"},
     {"sign_digest", (PyCFunction)Writer_sign_digest, METH_O,

@@ -208,7 +208,7 @@ def test_info_failures(tmp_path, capsys, joblib_file):
 
 def test_usage(capsys):
     code, _, err = run_main(capsys)
-    assert code == 2 and "convert, info, verify or untrusted" in err
+    assert code == 2 and "convert, info, verify, untrusted or check" in err
     code, out, _ = run_main(capsys, "--help")
     assert code == 0 and "convert" in out
     code, _, err = run_main(capsys, "convert", "only-one")

@@ -8,6 +8,10 @@ atomic writes.
 from . import _byvalue, _core  # noqa: F401 - _byvalue registers the __main__ reducer
 from ._api import (
     TEMP_SUFFIX,
+    CheckResult,
+    ModelCheckError,
+    ModelCheckWarning,
+    check,
     UntrustedTypesError,
     VersionMismatchWarning,
     codecs,
@@ -56,6 +60,10 @@ __all__ = [
     "untrusted_types",
     "UntrustedTypesError",
     "VersionMismatchWarning",
+    "ModelCheckWarning",
+    "ModelCheckError",
+    "CheckResult",
+    "check",
     "StoredPathWarning",
     "info",
     "verify",

@@ -14,18 +14,26 @@ import warnings
 
 import numpy as np
 
-from . import (_amplify, _byvalue, _compress, _core, _guards, _meta, _progress, _remote, _sign,
-               _text, _trust)
+from . import (_amplify, _byvalue, _compress, _core, _guards, _meta, _model, _progress, _remote,
+               _sign, _text, _trust)
 from ._core import ChecksumError, FirkinError, FormatError, UntrustedTypesError
+from ._model import CheckResult, ModelCheckError
 
 __all__ = ["dump", "load", "dumps", "loads", "load_metadata", "codecs", "untrusted_types",
-           "FirkinError", "FormatError", "ChecksumError", "UntrustedTypesError",
-           "VersionMismatchWarning", "TEMP_SUFFIX"]
+           "check", "FirkinError", "FormatError", "ChecksumError", "UntrustedTypesError",
+           "ModelCheckError", "CheckResult", "VersionMismatchWarning", "ModelCheckWarning",
+           "TEMP_SUFFIX"]
 
 
 class VersionMismatchWarning(UserWarning):
     """A package whose objects a file holds is installed in another version
     than the one that wrote it."""
+
+
+class ModelCheckWarning(VersionMismatchWarning):
+    """load(..., check=True): the loaded model did not reproduce the outputs
+    its file stored for its check sample, or the file holds none. The
+    message is the check's report (firkin.check returns it as an object)."""
 
 codecs = _compress.codecs
 
@@ -83,8 +91,10 @@ OOB_THRESHOLD = _core.DEFAULT_THRESHOLD
 
 
 def _write(value, target, protocol, user_meta, compress, threads, progress=None, name=None,
-           strip_paths=False) -> int:
+           strip_paths=False, check_data=None) -> int:
     codec, level, described = compress
+    models = _model.signatures(value)
+    payload, check_entry = (None, None) if check_data is None else _model.prepare(value, check_data)
     byvalue = _byvalue.Session(strip_paths)
     key = _sign.current_key()
     signer = _sign.Signer(key) if key is not None else None
@@ -95,7 +105,7 @@ def _write(value, target, protocol, user_meta, compress, threads, progress=None,
                          progress=bar if progress is not False else None, name=name,
                          byvalue=byvalue, **(signer.writer_kwargs() if signer else {}))
         try:
-            modules = w.dump(value, protocol)
+            modules = w.dump(value, protocol, payload)
         except (pickle.PicklingError, TypeError, AttributeError) as exc:
             from . import _explain  # noqa: PLC0415 - only needed when a dump fails
 
@@ -105,7 +115,8 @@ def _write(value, target, protocol, user_meta, compress, threads, progress=None,
             raise located from exc
         top = type(value)
         meta = _meta.build(modules, user_meta, w.buffer_count, w.oob_bytes, described,
-                           f"{top.__module__}.{top.__qualname__}", w.arrays, byvalue.summary())
+                           f"{top.__module__}.{top.__qualname__}", w.arrays, byvalue.summary(),
+                           models, check_entry)
         return w.finish(meta, True, signer.finish(meta, w) if signer else b"")
     finally:
         bar.close()
@@ -295,7 +306,7 @@ def _create_temp(dir_fd: int, base: str) -> tuple[int, str]:
 
 
 def _dump_path(value, filename, protocol, user_meta, compress, threads, progress,
-               strip_paths=False) -> None:
+               strip_paths=False, check_data=None) -> None:
     path = os.fsdecode(os.fspath(filename))
     # write where the data will live: through a (checked) symlink, next to its target
     dirname, base = _resolve_target(path)
@@ -325,7 +336,7 @@ def _dump_path(value, filename, protocol, user_meta, compress, threads, progress
                 # a failed write (disk full, file size limit) names the user's
                 # file: the temporary one is gone by the time they read it
                 _write(value, fd, protocol, user_meta, compress, threads, progress, name=path,
-                       strip_paths=strip_paths)
+                       strip_paths=strip_paths, check_data=check_data)
                 os.fchmod(fd, _final_mode(old))  # widened only now that it is written
                 # renamed while still locked, so no cleaner takes it in between
                 os.rename(tmp, base, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
@@ -349,7 +360,7 @@ def _dump_path(value, filename, protocol, user_meta, compress, threads, progress
 
 
 def dump(value, filename, compress=0, protocol=None, *, metadata=None, threads=None,
-         progress=None, strip_paths=False, storage_options=None):
+         progress=None, strip_paths=False, storage_options=None, check_data=None):
     """Persist `value` to `filename` (str, os.PathLike, an fsspec URL or
     OpenFile, or a binary file object).
 
@@ -376,6 +387,12 @@ def dump(value, filename, compress=0, protocol=None, *, metadata=None, threads=N
     URLs (s3://, gs://, memory://, ...; storage_options as in pandas) are
     written as one stream that appears only once complete: to S3 as a
     multipart upload aborted on failure (firkin._remote).
+
+    A scikit-learn-style model's signature (class, pipeline steps, feature
+    count and names, classes, output methods) goes into the metadata.
+    check_data (an array, DataFrame, Series, sparse matrix or list): its
+    first firkin._model.CHECK_ROWS rows and the model's outputs on them are
+    stored too, for firkin.check and load(..., check=True).
     """
     protocol = _check_protocol(protocol)
     threads = _check_threads(threads)
@@ -386,29 +403,30 @@ def dump(value, filename, compress=0, protocol=None, *, metadata=None, threads=N
         comp = _compress.resolve(compress, filename if isinstance(filename, str) else filename.path)
         return [_remote.dump(filename, storage_options, lambda f, name: _write(
             value, f, protocol, user_meta, comp, threads, progress, name=name,
-            strip_paths=strip_paths))]
+            strip_paths=strip_paths, check_data=check_data))]
     if _is_path(filename):
         comp = _compress.resolve(compress, os.fsdecode(os.fspath(filename)))
-        _dump_path(value, filename, protocol, user_meta, comp, threads, progress, strip_paths)
+        _dump_path(value, filename, protocol, user_meta, comp, threads, progress, strip_paths,
+                   check_data)
         return [os.fsdecode(os.fspath(filename)) if not isinstance(filename, str) else filename]
     if hasattr(filename, "write"):
         _check_binary(filename, "dump")
         _write(value, filename, protocol, user_meta, _compress.resolve(compress), threads, progress,
-               strip_paths=strip_paths)
+               strip_paths=strip_paths, check_data=check_data)
         return None
     raise TypeError("firkin.dump: the second argument must be a path or a binary file object, "
                     f"not {type(filename).__name__} (did you swap value and filename?)")
 
 
 def dumps(value, compress=0, protocol=None, *, metadata=None, threads=None, progress=None,
-          strip_paths=False) -> bytes:
+          strip_paths=False, check_data=None) -> bytes:
     """The bytes of the firkin file `dump` would write."""
     protocol = _check_protocol(protocol)
     threads = _check_threads(threads)
     user_meta = _meta.check_user_metadata(metadata)
     bio = io.BytesIO()
     _write(value, bio, protocol, user_meta, _compress.resolve(compress), threads, progress,
-           strip_paths=strip_paths)
+           strip_paths=strip_paths, check_data=check_data)
     return bio.getvalue()
 
 
@@ -637,7 +655,8 @@ def _charge_buffers(reader, stream, budget, policy, which=None) -> None:
     budget.charge(grown, f"decompressing {len(bufs)} compressed array(s)")
 
 
-def _load_reader(reader, verify, threads, progress=None, trusted=None, max_memory=None):
+def _load_reader(reader, verify, threads, progress=None, trusted=None, max_memory=None,
+                 extra=None):
     budget = _budget(reader, trusted, max_memory)
     meta = _meta.parse(reader.metadata(), reader.name)  # before anything is unpickled
     stream = reader.pickle_stream()
@@ -650,7 +669,33 @@ def _load_reader(reader, verify, threads, progress=None, trusted=None, max_memor
         signed.check(records)
     obj = _unpickle(reader, stream, buffers, False, policy, budget)
     _warn_versions(reader, meta)
+    if extra is not None:
+        extra.update(name=reader.name, meta=meta,
+                     payload=_check_payload(reader, meta, stream, buffers, False, policy, budget))
     return obj
+
+
+def _check_payload(reader, meta, stream, buffers, mmap, policy, budget):
+    """The check sample a file declares (metadata "check"): the second pickle
+    of the stream, after the object's STOP, whose out-of-band buffers follow
+    the object's (docs/FORMAT.md, "Check sample"). It is judged by the same
+    policy as the object (the allowlist, or the signature that let the object
+    load), never a looser one. None when the file declares none."""
+    if not isinstance(meta.get("check"), dict):
+        return None
+    where = f"{reader.name} (check sample)"
+    info = _trust._scan(stream, reader.name)
+    end, first = info["end"], info["n_buffers"]
+    if end >= len(stream) or first > len(buffers):
+        raise FormatError(f"{reader.name}: the metadata declares a check sample, but the pickle "
+                          "stream ends with the object")
+    rest = bytes(memoryview(stream)[end:])
+    if policy is not True:
+        judged = _trust._scan(rest, where)
+        refused = _trust.untrusted(judged["globals"], judged["unsafe_ops"], policy)
+        if refused:
+            raise _trust._error(where, refused, "firkin.check")
+    return _unpickle(reader, rest, list(buffers[first:]), mmap, policy, budget)
 
 
 def _verify_buffers(reader, verify, mapped: bool) -> bool:
@@ -693,7 +738,7 @@ def _load_foreign(f, name, mode, kwargs):
 
 
 def load(filename, mmap_mode=None, *, trusted=None, verify=None, threads=None, progress=None,
-         ensure_native_byte_order="auto", max_memory=None, storage_options=None):
+         ensure_native_byte_order="auto", max_memory=None, storage_options=None, check=False):
     """Load an object saved by `dump` from a path or a binary file object.
 
     mmap_mode: None reads every array into fresh writable memory. 'r', 'r+',
@@ -727,42 +772,61 @@ def load(filename, mmap_mode=None, *, trusted=None, verify=None, threads=None, p
     filename may be an fsspec URL or OpenFile (storage_options as in
     pandas): the file is read with ranged, parallel reads; with mmap_mode, a
     local copy in $FIRKIN_CACHE_DIR is mapped (firkin._remote).
+
+    check: True reruns the check sample the file stores (dump(...,
+    check_data=)) through the loaded model and warns with ModelCheckWarning
+    (a VersionMismatchWarning) when an output is not reproduced or the file
+    holds no sample; "strict" raises ModelCheckError instead. The sample
+    loads under the same policy as the model; firkin.check returns the report.
     """
     mode = _check_mmap_mode(mmap_mode)
     _amplify.check_max_memory(max_memory)
+    how = _model.check_mode(check)
+    extra = None if how is None else {}
     filename = _remote.local_path(filename)
     _remote.check_options(filename, storage_options)
     if _remote.is_url(filename):
         with _remote.open_input(filename, storage_options) as f:
-            if mode is None:
-                return _load_fileobj(f, verify, threads, progress, trusted,
-                                     ensure_native_byte_order, max_memory)
             if mode == "r+":
                 raise ValueError(f"firkin.load: mmap_mode={mmap_mode!r} would write to a local "
                                  f"copy of {f.name}, never to the object; use 'r' or 'c'")
-            local = _remote.cached_copy(f, _check_copy)
-        return load(local, mmap_mode, trusted=trusted, verify=verify, threads=threads,
-                    progress=progress, ensure_native_byte_order=ensure_native_byte_order,
-                    max_memory=max_memory)
-    if _is_path(filename):
+            if mode is None:
+                obj = _load_fileobj(f, verify, threads, progress, trusted,
+                                    ensure_native_byte_order, max_memory, extra)
+            else:
+                local = _remote.cached_copy(f, _check_copy)
+        if mode is not None:
+            return load(local, mmap_mode, trusted=trusted, verify=verify, threads=threads,
+                        progress=progress, ensure_native_byte_order=ensure_native_byte_order,
+                        max_memory=max_memory, check=check)
+    elif _is_path(filename):
         path = os.fsdecode(os.fspath(filename))
         with open(path, "r+b" if mode == "r+" else "rb") as f:
             if not _looks_like_firkin(f.fileno()):
-                return _load_foreign(f, path, mmap_mode, {
+                obj = _load_foreign(f, path, mmap_mode, {
                     "trusted": trusted, "ensure_native_byte_order": ensure_native_byte_order,
                     "max_memory": max_memory})
-            reader = _reader(f.fileno(), path)
-            if mode is None:
-                return _load_reader(reader, verify, threads, progress, trusted, max_memory)
-            return _load_mapped(reader, f, mode, verify, threads, progress, trusted, max_memory)
-    if hasattr(filename, "read"):
+            elif mode is None:
+                obj = _load_reader(_reader(f.fileno(), path), verify, threads, progress, trusted,
+                                   max_memory, extra)
+            else:
+                obj = _load_mapped(_reader(f.fileno(), path), f, mode, verify, threads, progress,
+                                   trusted, max_memory, extra)
+    elif hasattr(filename, "read"):
         _check_binary(filename, "load")
         if mode is not None:
             warnings.warn("firkin.load: mmap_mode has no effect when loading from a file object; "
                           "the arrays are read into memory", UserWarning, stacklevel=2)
-        return _load_fileobj(filename, verify, threads, progress, trusted, ensure_native_byte_order,
-                             max_memory)
-    raise TypeError(f"firkin.load: expected a path or a binary file object, not {type(filename).__name__}")
+        obj = _load_fileobj(filename, verify, threads, progress, trusted, ensure_native_byte_order,
+                            max_memory, extra)
+    else:
+        raise TypeError("firkin.load: expected a path or a binary file object, not "
+                        f"{type(filename).__name__}")
+    if how is not None:
+        name = extra.get("name") or (os.fsdecode(os.fspath(filename)) if _is_path(filename)
+                                     else str(getattr(filename, "name", "<file>")))
+        _model.enforce(_model.run(name, obj, extra.get("payload"), extra.get("meta"), how), how)
+    return obj
 
 
 def _check_copy(path: str) -> None:
@@ -781,25 +845,44 @@ def _check_copy(path: str) -> None:
                     reader.read_buffers(verify=True, which=[i])
 
 
-def _load_mapped(reader, f, mode, verify, threads, progress, trusted, max_memory=None):
+def check(filename, *, trusted=None, mmap_mode=None, verify=None, threads=None, max_memory=None,
+          storage_options=None, rtol=_model.RTOL, atol=_model.ATOL) -> CheckResult:
+    """Load the model in `filename` (a path, fsspec URL or binary file object) under the
+    same trust policy as load, and rerun the check sample its file stores
+    (dump(..., check_data=)) through it: labels must match exactly, floats
+    within |got - stored| <= atol + rtol * |stored|. The CheckResult (true
+    when every output was reproduced; text with str(), a table in Jupyter)
+    names the outputs that differ, by how much, and the recorded package
+    versions that differ from the installed ones. A file without a sample
+    gives a result that says so. Never raises for a mismatch."""
+    collect = _model.Collect(rtol, atol)
+    load(filename, mmap_mode, trusted=trusted, verify=verify, threads=threads, progress=False,
+         max_memory=max_memory, storage_options=storage_options, check=collect)
+    return collect.result
+
+
+def _load_mapped(reader, f, mode, verify, threads, progress, trusted, max_memory=None, extra=None):
     budget = _budget(reader, trusted, max_memory)
     meta = _meta.parse(reader.metadata(), reader.name)  # before anything is unpickled
     stream = reader.pickle_stream()
     policy, signed = _check_trust(reader, stream, trusted)
-    obj = _load_mapped_buffers(reader, f, mode, verify, threads, progress, stream, policy, signed,
-                               budget)
+    obj, buffers = _load_mapped_buffers(reader, f, mode, verify, threads, progress, stream, policy,
+                                        signed, budget)
     _warn_versions(reader, meta)
+    if extra is not None:
+        extra.update(name=reader.name, meta=meta,
+                     payload=_check_payload(reader, meta, stream, buffers, True, policy, budget))
     return obj
 
 
 def _load_mapped_buffers(reader, f, mode, verify, threads, progress, stream, policy, signed,
                          budget=None):
-    """A file trusted by its signature (`signed`) has every mapped byte
-    hashed and checked against the signature before anything is built."""
+    """(object, buffers): a file trusted by its signature (`signed`) has every
+    mapped byte hashed and checked against the signature before anything is built."""
     if reader.buffer_count == 0:
         if signed:
             signed.check(b"")
-        return _unpickle(reader, stream, [], True, policy, budget)
+        return _unpickle(reader, stream, [], True, policy, budget), []
     spans = reader.buffer_spans()
     packed = [i for i, (_, _, mappable) in enumerate(spans) if not mappable]
     buffers = [None] * len(spans)
@@ -828,11 +911,11 @@ def _load_mapped_buffers(reader, f, mode, verify, threads, progress, stream, pol
         for i, (off, n, mappable) in enumerate(spans):
             if mappable:
                 buffers[i] = mm[off:off + n]
-    return _unpickle(reader, stream, buffers, True, policy, budget)
+    return _unpickle(reader, stream, buffers, True, policy, budget), buffers
 
 
 def _load_fileobj(f, verify, threads, progress, trusted, ensure_native_byte_order="auto",
-                  max_memory=None):
+                  max_memory=None, extra=None):
     name = getattr(f, "name", None)
     name = name if isinstance(name, str) else f"<{type(f).__name__}>"
     try:
@@ -841,7 +924,7 @@ def _load_fileobj(f, verify, threads, progress, trusted, ensure_native_byte_orde
         seekable = False
     if not seekable:
         return _loads_named(f.read(), name, trusted, verify, threads, progress,
-                            ensure_native_byte_order, max_memory)
+                            ensure_native_byte_order, max_memory, extra)
     start = f.tell()
     head = f.read(8)
     f.seek(start)
@@ -861,7 +944,7 @@ def _load_fileobj(f, verify, threads, progress, trusted, ensure_native_byte_orde
         except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
             pass
     reader = _reader(source, name, start)
-    obj = _load_reader(reader, verify, threads, progress, trusted, max_memory)
+    obj = _load_reader(reader, verify, threads, progress, trusted, max_memory, extra)
     f.seek(start + reader.total_length)  # like pickle: positioned after what was read
     return obj
 
@@ -875,7 +958,7 @@ def _check_bytes_like(data, what: str) -> None:
 
 
 def _loads_named(data, name, trusted, verify, threads, progress, ensure_native_byte_order,
-                 max_memory=None):
+                 max_memory=None, extra=None):
     with memoryview(data) as mv:
         head, tail = bytes(mv[:8]), bytes(mv[-8:])
     if not _is_firkin_bytes(head, tail):
@@ -884,7 +967,7 @@ def _loads_named(data, name, trusted, verify, threads, progress, ensure_native_b
         return _joblib.loads_foreign(data, name, ensure_native_byte_order=ensure_native_byte_order,
                                      trusted=trusted, max_memory=max_memory)
     reader = _reader(data, name)
-    return _load_reader(reader, verify, threads, progress, trusted, max_memory)
+    return _load_reader(reader, verify, threads, progress, trusted, max_memory, extra)
 
 
 def loads(data, *, trusted=None, verify=None, threads=None, progress=None,

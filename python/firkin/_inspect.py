@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import _byvalue, _core, _meta, _remote, _sign, _text
+from . import _byvalue, _core, _meta, _model, _remote, _sign, _text
 from ._core import FormatError
 
 
@@ -197,6 +197,12 @@ class FileInfo:
         #: what was saved by value (classes and functions defined in __main__ ...):
         #: [{"name", "kind", "file", "globals", "closure"}], as the writer recorded it
         self.by_value = [e for e in by_value if isinstance(e, dict)] if isinstance(by_value, list) else []
+        models = self.metadata.get("models")
+        #: scikit-learn-style models' signatures, as the writer recorded them (firkin._model)
+        self.models = [m for m in models if isinstance(m, dict)] if isinstance(models, list) else []
+        check = self.metadata.get("check")
+        #: the check sample's description (dump(..., check_data=)), or None
+        self.check_sample = check if isinstance(check, dict) else None
         self.packages = []
         packages = self.metadata.get("packages")
         for pkg, recorded in sorted(packages.items() if isinstance(packages, dict) else ()):
@@ -230,7 +236,8 @@ class FileInfo:
             "packages": self.packages, "untrusted_types": self.untrusted,
             "signature": self.signature, "signature_covers": self.signature_covers,
             "mutable_buffers": self.mutable_buffers,
-            "by_value": self.by_value, "user": self.user,
+            "by_value": self.by_value, "models": self.models, "check_sample": self.check_sample,
+            "user": self.user,
         }
 
     def _summary(self):
@@ -253,7 +260,8 @@ class FileInfo:
             ("signature", self.signature + (f" (covers {self.signature_covers})"
                                             if self.signature_covers else "")),
             ("untrusted types", ", ".join(self.untrusted) if self.untrusted else "none"),
-        ] + (_byvalue.summary_rows(self.by_value) if self.by_value else [])
+        ] + (_byvalue.summary_rows(self.by_value) if self.by_value else []) \
+            + _model.summary_rows(self.models, self.check_sample)
 
     def __repr__(self) -> str:
         lines = [f"{k + ':':17}{v}" for k, v in self._summary()]

@@ -133,7 +133,7 @@ MAX_ARRAYS_LISTED = 1000
 
 
 def build(modules, user: dict, buffer_count: int, buffer_bytes: int, compress,
-          top_type: str = "", arrays=(), by_value=()) -> bytes:
+          top_type: str = "", arrays=(), by_value=(), models=(), check=None) -> bytes:
     now = datetime.datetime.now(datetime.timezone.utc)
     listed = [None if a is None else {"dtype": a[0], "shape": list(a[1])}
               for a in list(arrays)[:MAX_ARRAYS_LISTED]]
@@ -156,6 +156,12 @@ def build(modules, user: dict, buffer_count: int, buffer_bytes: int, compress,
         # classes and functions saved by value: name, source file (None when
         # stripped), captured global names (docs/FORMAT.md, "Metadata")
         meta["by_value"] = list(by_value)
+    if models:
+        # scikit-learn-style estimators' signatures (firkin._model, docs/FORMAT.md)
+        meta["models"] = list(models)
+    if check is not None:
+        # the check sample stored after the object's pickle (docs/FORMAT.md, "Check sample")
+        meta["check"] = check
     return json.dumps(meta, sort_keys=True, separators=(",", ":")).encode("utf-8")
 
 

@@ -7,6 +7,10 @@ convert IN OUT [--compress SPEC]
 info FILE [--json]
     What a file is and which arrays it holds, read without unpickling it:
     nothing in the file is imported or run.
+check FILE [--json] [--rtol R] [--atol A] [--trust NAME] [--trust-all]
+    Load the model (under firkin's trust policy) and rerun the check sample
+    its file stores (dump(..., check_data=)); exit 1 when an output differs
+    or the file holds no sample.
 
 IN, OUT and FILE may be fsspec URLs (s3://bucket/key, gs://..., memory://...);
 --storage-options '{"key": ..., "secret": ...}' (JSON) passes credentials and
@@ -410,6 +414,10 @@ def _print_info(info: dict):
 
             for key, value in _byvalue.summary_rows([e for e in by_value if isinstance(e, dict)]):
                 print(f"  {key:<12} {value}")
+        from . import _model  # noqa: PLC0415
+
+        for key, value in _model.summary_rows(meta.pop("models", None), meta.pop("check", None)):
+            _say(f"  {key:<12} {value}")
         for key in sorted(meta):
             if key in ("size", "format"):
                 continue
@@ -515,6 +523,37 @@ def _cmd_untrusted(args) -> int:
     return 0
 
 
+def _cmd_check(args) -> int:
+    import firkin  # noqa: PLC0415
+
+    if not os.path.isfile(args.file):
+        _err(f"{args.file}: no such file")
+        return 1
+    trusted = True if args.trust_all else (args.trust or None)
+    try:
+        result = firkin.check(args.file, trusted=trusted, rtol=args.rtol, atol=args.atol,
+                              max_memory=args.max_memory)
+    except (firkin.FirkinError, OSError) as exc:
+        _err(str(exc))
+        return 1
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2, default=str, allow_nan=False))
+    else:
+        for line in str(result).split("\n"):
+            _say(line)
+    return 0 if result.ok else 1
+
+
+def _float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0: {text!r}")
+    return value
+
+
 def _byte_count(text: str):
     """'4G' -> 4 << 30; 'inf' -> math.inf; a plain int as it is."""
     import math  # noqa: PLC0415
@@ -597,6 +636,22 @@ def _parser() -> argparse.ArgumentParser:
                        "unpickled.")
     u.add_argument("file", metavar="FILE")
     u.add_argument("--json", action="store_true", help="print a JSON list")
+    k = sub.add_parser("check", help="rerun a model's stored check sample and compare",
+                       description="Load the model in FILE under firkin's trust policy, rerun the "
+                       "check sample stored with dump(..., check_data=) and compare its outputs: "
+                       "labels exactly, floats within |got - stored| <= atol + rtol * |stored|. "
+                       "Exit status 0 when every output is reproduced, 1 otherwise (also when "
+                       "FILE holds no sample).")
+    k.add_argument("file", metavar="FILE")
+    k.add_argument("--json", action="store_true", help="print one JSON object")
+    k.add_argument("--rtol", type=_float, default=1e-7, help="relative tolerance (default 1e-7)")
+    k.add_argument("--atol", type=_float, default=1e-10, help="absolute tolerance (default 1e-10)")
+    k.add_argument("--trust", action="append", metavar="NAME", default=[],
+                   help="also trust this module.qualname while loading FILE (repeatable)")
+    k.add_argument("--trust-all", action="store_true",
+                   help="load FILE whatever it imports (as unsafe as pickle: only for your own files)")
+    k.add_argument("--max-memory", metavar="BYTES", type=_byte_count, default=None,
+                   help="as for convert")
     return p
 
 
@@ -609,11 +664,11 @@ def main(argv=None) -> int:
         return exc.code if isinstance(exc.code, int) else 2
     if args.command is None:
         parser.print_usage(sys.stderr)
-        _err("a command is required: convert, info, verify or untrusted")
+        _err("a command is required: convert, info, verify, untrusted or check")
         return 2
     try:
         commands = {"convert": _cmd_convert, "info": _cmd_info, "verify": _cmd_verify,
-                    "untrusted": _cmd_untrusted}
+                    "untrusted": _cmd_untrusted, "check": _cmd_check}
         return commands[args.command](args)
     except _UsageError as exc:
         parser.print_usage(sys.stderr)
