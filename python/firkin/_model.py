@@ -399,8 +399,8 @@ class _Diff:
                 same_inf = np.isinf(wf) & (wf == gf)
                 diff = np.where(both | same_inf, 0.0, diff)
                 diff = np.where(wnan ^ gnan, np.inf, diff)
-                bad = ~(diff <= self.atol + self.rtol * np.abs(wf))
-                scale = np.abs(wf)
+                scale = np.where(np.isfinite(wf), np.abs(wf), 0.0)
+                bad = ~(diff <= self.atol + self.rtol * scale)
                 rel = np.where(scale > 0, diff / np.where(scale > 0, scale, 1), np.where(diff > 0, np.inf, 0))
             self.n_differ += int(bad.sum())
             if diff.size:
