@@ -668,7 +668,8 @@ def _load_reader(reader, verify, threads, progress=None, trusted=None, max_memor
         buffers, records = buffers
         signed.check(records)
     obj = _unpickle(reader, stream, buffers, False, policy, budget)
-    _warn_versions(reader, meta)
+    if extra is None or not extra.get("quiet"):  # firkin.check reports the versions itself
+        _warn_versions(reader, meta)
     if extra is not None:
         extra.update(name=reader.name, meta=meta,
                      payload=_check_payload(reader, meta, stream, buffers, False, policy, budget))
@@ -782,7 +783,8 @@ def load(filename, mmap_mode=None, *, trusted=None, verify=None, threads=None, p
     mode = _check_mmap_mode(mmap_mode)
     _amplify.check_max_memory(max_memory)
     how = _model.check_mode(check)
-    extra = None if how is None else {}
+    # firkin.check's report names the versions that differ: no warning for them then
+    extra = None if how is None else {"quiet": isinstance(how, _model.Collect)}
     filename = _remote.local_path(filename)
     _remote.check_options(filename, storage_options)
     if _remote.is_url(filename):
@@ -853,8 +855,9 @@ def check(filename, *, trusted=None, mmap_mode=None, verify=None, threads=None, 
     within |got - stored| <= atol + rtol * |stored|. The CheckResult (true
     when every output was reproduced; text with str(), a table in Jupyter)
     names the outputs that differ, by how much, and the recorded package
-    versions that differ from the installed ones. A file without a sample
-    gives a result that says so. Never raises for a mismatch."""
+    versions that differ from the installed ones (so no VersionMismatchWarning
+    is issued). A file without a sample gives a result that says so. Never
+    raises for a mismatch."""
     collect = _model.Collect(rtol, atol)
     load(filename, mmap_mode, trusted=trusted, verify=verify, threads=threads, progress=False,
          max_memory=max_memory, storage_options=storage_options, check=collect)
@@ -868,7 +871,8 @@ def _load_mapped(reader, f, mode, verify, threads, progress, trusted, max_memory
     policy, signed = _check_trust(reader, stream, trusted)
     obj, buffers = _load_mapped_buffers(reader, f, mode, verify, threads, progress, stream, policy,
                                         signed, budget)
-    _warn_versions(reader, meta)
+    if extra is None or not extra.get("quiet"):  # firkin.check reports the versions itself
+        _warn_versions(reader, meta)
     if extra is not None:
         extra.update(name=reader.name, meta=meta,
                      payload=_check_payload(reader, meta, stream, buffers, True, policy, budget))

@@ -108,10 +108,19 @@ def _listing(values):
     return out
 
 
-def _estimator_type(est):
+def _estimator_type(est, classes=None):
+    """classifier, regressor, clusterer, transformer, ... or None. The cheap
+    answers first: the tags of a pipeline cost more than the rest of its
+    signature (they walk the steps)."""
     kind = _attr(est, "_estimator_type")  # scikit-learn < 1.6
     if isinstance(kind, str):
         return kind
+    if classes is not None:
+        return "classifier"
+    steps = _attr(est, "steps")
+    if isinstance(steps, list) and steps and isinstance(steps[-1], tuple) and len(steps[-1]) == 2 \
+            and _is_estimator(steps[-1][1]):
+        return _estimator_type(steps[-1][1])
     tags = None
     if _has(est, "__sklearn_tags__"):
         try:
@@ -156,7 +165,7 @@ def _describe(est, path: str) -> dict:
     classes = _listing(_attr(est, "classes_"))
     if classes is not None:
         sig["classes"] = classes
-    kind = _estimator_type(est)
+    kind = _estimator_type(est, classes)
     if kind:
         sig["estimator_type"] = kind
     sig["methods"] = _output_methods(est)

@@ -536,6 +536,17 @@ def _cmd_check(args) -> int:
     except (firkin.FirkinError, OSError) as exc:
         _err(str(exc))
         return 1
+    except Exception as exc:  # noqa: BLE001 - the model does not load here: the check failed
+        _err(f"{args.file}: the model does not load with the installed packages: "
+             f"{type(exc).__name__}: {exc}")
+        try:
+            from . import _model  # noqa: PLC0415
+
+            for v in _model.version_differences(firkin.load_metadata(args.file)):
+                _err(f"  {v['package']} recorded {v['recorded']}, installed {v['installed']}")
+        except (firkin.FirkinError, OSError):
+            pass
+        return 1
     if args.json:
         print(json.dumps(result.to_dict(), indent=2, default=str, allow_nan=False))
     else:

@@ -1,0 +1,56 @@
+"""What the model signature (always recorded) and a check sample (opt-in)
+cost a dump, on bench.py's forest and pipeline workloads.
+
+    python bench/model_signature_cost.py [--repeat N]
+
+Prints, per workload: the median CPU time of firkin._model.signatures(),
+of a whole dump to a file (fsync and rename included; the signature is part
+of it), and of a dump with check_data= (1,000 rows), over interleaved runs.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import bench  # noqa: E402 - the workloads, built as bench.py builds them
+import firkin  # noqa: E402
+from firkin import _model  # noqa: E402
+
+
+def cpu(fn, repeat: int) -> float:
+    times = []
+    for _ in range(repeat):
+        t0 = time.process_time()
+        fn()
+        times.append(time.process_time() - t0)
+    return statistics.median(times)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--repeat", type=int, default=15)
+    args = ap.parse_args()
+    from sklearn.datasets import make_classification
+
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "m.firkin")
+        for name in ("forest", "pipeline"):
+            p = bench.SIZES["full"][name]
+            value, _ = bench.build_workload(name, p)
+            X, _ = make_classification(n_samples=1000, n_features=p["n_features"], random_state=1)
+            sig = cpu(lambda: _model.signatures(value), args.repeat * 20)
+            plain = cpu(lambda: firkin.dump(value, path), args.repeat)
+            checked = cpu(lambda: firkin.dump(value, path, check_data=X), args.repeat)
+            print(f"{name:9} signatures() {sig * 1e6:8.1f} us   dump {plain * 1e3:8.2f} ms "
+                  f"(signature {sig / plain:.2%} of it)   dump with check_data "
+                  f"{checked * 1e3:8.2f} ms ({checked / plain:.2f}x)")
+
+
+if __name__ == "__main__":
+    main()
