@@ -18,9 +18,10 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import bench  # noqa: E402 - the workloads, built as bench.py builds them
-import firkin  # noqa: E402
-from firkin import _model  # noqa: E402
+import firkin
+from firkin import _model
+
+import bench  # the workloads, built as bench.py builds them
 
 
 def cpu(fn, repeat: int) -> float:
@@ -44,9 +45,9 @@ def main() -> None:
             p = bench.SIZES["full"][name]
             value, _ = bench.build_workload(name, p)
             X, _ = make_classification(n_samples=1000, n_features=p["n_features"], random_state=1)
-            sig = cpu(lambda: _model.signatures(value), args.repeat * 20)
-            plain = cpu(lambda: firkin.dump(value, path), args.repeat)
-            checked = cpu(lambda: firkin.dump(value, path, check_data=X), args.repeat)
+            sig = cpu(lambda v=value: _model.signatures(v), args.repeat * 20)
+            plain = cpu(lambda v=value: firkin.dump(v, path), args.repeat)
+            checked = cpu(lambda v=value, x=X: firkin.dump(v, path, check_data=x), args.repeat)
             print(f"{name:9} signatures() {sig * 1e6:8.1f} us   dump {plain * 1e3:8.2f} ms "
                   f"(signature {sig / plain:.2%} of it)   dump with check_data "
                   f"{checked * 1e3:8.2f} ms ({checked / plain:.2f}x)")

@@ -15,9 +15,11 @@ import sys
 import textwrap
 import warnings
 
+import firkin
 import numpy as np
 import pandas as pd
 import pytest
+from firkin import _api, _model, _sign, cli
 from sklearn.cluster import AgglomerativeClustering, KMeans
 from sklearn.compose import ColumnTransformer
 from sklearn.datasets import load_iris
@@ -26,11 +28,9 @@ from sklearn.linear_model import LinearRegression, LogisticRegression
 from sklearn.neighbors import KernelDensity
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
-
-import firkin
-from firkin import _api, _model, _sign, cli
-
-from test_corpus_containers import firkin_container  # docs/FORMAT.md's builder (tests/ on sys.path)
+from test_corpus_containers import (
+    firkin_container,  # docs/FORMAT.md's builder (tests/ on sys.path)
+)
 from test_trust import _payloads  # the hand-written exploits
 
 PYTHONPATH = os.pathsep.join(p for p in (os.path.dirname(os.path.dirname(firkin.__file__)),
@@ -93,7 +93,7 @@ def test_pipeline_signature_recorded_and_shown(tmp_path):
 
 
 def test_signatures_inside_a_top_level_dict_and_list(tmp_path):
-    model, X, y = _pipeline()
+    model, X, _ = _pipeline()
     km = KMeans(n_clusters=2, n_init=2, random_state=0).fit(X.to_numpy())
     firkin.dump({"clf": model, "clusters": km, "note": "x"}, tmp_path / "d.firkin")
     sigs = firkin.load_metadata(tmp_path / "d.firkin")["models"]
@@ -246,7 +246,7 @@ def test_transformers_and_clusterers_use_their_own_outputs(tmp_path):
 
 
 def test_check_data_errors(tmp_path):
-    model, X, y = _pipeline()
+    model, X, _ = _pipeline()
     with pytest.raises(ValueError, match=r"holds 2 estimators with output methods \(\['a'\], \['b'\]\)"):
         firkin.dump({"a": model, "b": model}, tmp_path / "x.firkin", check_data=X)
     with pytest.raises(ValueError, match="has no rows"):
@@ -266,7 +266,7 @@ def test_check_data_errors(tmp_path):
 
 
 def test_files_without_a_sample(tmp_path):
-    model, X, _ = _pipeline()
+    model, _, _ = _pipeline()
     path = tmp_path / "m.firkin"
     firkin.dump(model, path)
     result = firkin.check(path)

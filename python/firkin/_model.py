@@ -233,8 +233,9 @@ def summary_rows(models, check=None) -> list:
         sample = check.get("sample") if isinstance(check.get("sample"), dict) else {}
         outputs = check.get("outputs") if isinstance(check.get("outputs"), dict) else {}
         at = f" for the model at {check['path']}" if check.get("path") else ""
-        rows.append(("check sample", f"{check.get('rows', '?')} rows ({sample.get('type', '?')})"
-                     f"{at}; stored outputs: {', '.join(str(k) for k in outputs) or 'none'}"))
+        stored = ", ".join(str(k) for k in outputs) or "none"
+        text = f"{check.get('rows', '?')} rows ({sample.get('type', '?')}){at}; stored outputs: "
+        rows.append(("check sample", text + stored))
     return rows
 
 
@@ -447,8 +448,10 @@ class _Diff:
 
 
 def _same(a, b) -> bool:
+    def nan(x) -> bool:
+        return isinstance(x, float) and math.isnan(x)
     try:
-        return bool(a == b) or (a != a and b != b)
+        return bool(a == b) or (nan(a) and nan(b))
     except Exception:  # noqa: BLE001 - objects whose comparison is not a bool
         return a is b
 
@@ -551,8 +554,8 @@ class CheckResult:
         def e(text) -> str:
             return html.escape(_text.printable(str(text)))
         color = "#dfd" if self.ok else "#fdd"
-        out = [f"<div class='firkin-check'><p style='background:{color}'>{e(self.path)}: "
-               f"{e(self._verdict())}</p>"]
+        head = f"{e(self.path)}: {e(self._verdict())}"
+        out = [f"<div class='firkin-check'><p style='background:{color}'>{head}</p>"]
         if self.outputs:
             bad = " style='background:#fdd'"
             rows = "".join(
