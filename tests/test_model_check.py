@@ -10,6 +10,7 @@ import argparse
 import json
 import os
 import pickle
+import struct
 import subprocess
 import sys
 import textwrap
@@ -19,7 +20,7 @@ import firkin
 import numpy as np
 import pandas as pd
 import pytest
-from firkin import _api, _model, _sign, cli
+from firkin import _api, _core, _model, _sign, cli
 from sklearn.cluster import AgglomerativeClustering, KMeans
 from sklearn.compose import ColumnTransformer
 from sklearn.datasets import load_iris
@@ -490,3 +491,67 @@ def test_compare_reports_what_differs():
     assert multi.status == "differs" and multi.n_differ == 4 and multi.max_abs_diff == 0.5
     frame = _model.compare("transform", pd.DataFrame({"a": [1.0]}), pd.DataFrame({"b": [1.0]}))
     assert frame.status == "differs" and "columns ['a'] now ['b']" in frame.detail
+
+
+def test_the_sample_is_checksummed_and_signed(tmp_path):
+    rng = np.random.default_rng(2)
+    X = rng.normal(size=(1000, 20))  # 160 KB: the sample is a buffer section of its own
+    model = LinearRegression().fit(X, X[:, 0])
+    path = tmp_path / "r.firkin"
+    firkin.dump(model, path, check_data=X)
+    stream, meta, buffers = _parts(path)
+    assert buffers[-1] == X.tobytes()
+    # a byte of the stored sample changed on disk: its chunk checksum says so
+    data = bytearray(path.read_bytes())
+    at = bytes(data).index(X.tobytes()[:64]) + 100
+    data[at] ^= 0x01
+    path.write_bytes(bytes(data))
+    with pytest.raises(firkin.ChecksumError):
+        firkin.check(path)
+    # a byte of the sample changed and every checksum recomputed: the signature still tells
+    firkin.dump(model, path, check_data=X)
+    path.write_bytes(_flip_in_last_buffer(path.read_bytes(), 7))  # X[0, 0]'s exponent
+    report = firkin.verify(path)
+    assert report.checksums_ok and report.signature == _sign.INVALID
+    result = firkin.check(path)  # the changed row no longer gives the stored prediction
+    assert not result.ok and result.outputs[0].n_differ == 1
+
+
+def _flip_in_last_buffer(data: bytes, where: int) -> bytes:
+    """Flip a byte of the last buffer section (raw chunks) and recompute its
+    chunk CRC, the index CRC and the trailer CRC (docs/FORMAT.md)."""
+    out = bytearray(data)
+    index_off, index_len = struct.unpack_from("<QQ", out, len(out) - 40)
+    n, s_len, c_len = struct.unpack_from("<III", out, index_off + 4)
+    entries = [struct.unpack_from("<HHIQQQQQ", out, index_off + 16 + i * s_len) for i in range(n)]
+    kind, _, _, offset, _, _, _, first = [e for e in entries if e[0] == 2][-1]
+    out[offset + where] ^= 0x01
+    chunk_at = index_off + 16 + n * s_len + first * c_len
+    stored = struct.unpack_from("<Q", out, chunk_at)[0]
+    struct.pack_into("<I", out, chunk_at + 8, _core.crc32c(bytes(out[offset:offset + stored])))
+    struct.pack_into("<I", out, len(out) - 16, _core.crc32c(bytes(out[index_off:index_off + index_len])))
+    struct.pack_into("<I", out, len(out) - 12, _core.crc32c(bytes(out[len(out) - 40:len(out) - 12])))
+    return bytes(out)
+
+
+def test_cli_check_of_a_model_that_no_longer_loads(tmp_path, capsys):
+    mod = tmp_path / "gone_module.py"
+    mod.write_text(textwrap.dedent("""
+        from sklearn.linear_model import LinearRegression
+
+        class MyRegression(LinearRegression):
+            pass
+        """))
+    path = tmp_path / "m.firkin"
+    r = _run(f"""
+        import sys
+        sys.path.insert(0, {str(tmp_path)!r})
+        import numpy as np, firkin, gone_module
+        X = np.arange(20.0).reshape(10, 2)
+        firkin.dump(gone_module.MyRegression().fit(X, X[:, 0]), {str(path)!r}, check_data=X)
+        """)
+    assert r.returncode == 0, r.stderr
+    mod.unlink()
+    assert cli.main(["check", str(path), "--trust", "gone_module.MyRegression"]) == 1
+    err = capsys.readouterr().err
+    assert "the model does not load with the installed packages: ModuleNotFoundError" in err
