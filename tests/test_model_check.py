@@ -499,7 +499,7 @@ def test_the_sample_is_checksummed_and_signed(tmp_path):
     model = LinearRegression().fit(X, X[:, 0])
     path = tmp_path / "r.firkin"
     firkin.dump(model, path, check_data=X)
-    stream, meta, buffers = _parts(path)
+    buffers = _parts(path)[2]
     assert buffers[-1] == X.tobytes()
     # a byte of the stored sample changed on disk: its chunk checksum says so
     data = bytearray(path.read_bytes())
@@ -524,7 +524,7 @@ def _flip_in_last_buffer(data: bytes, where: int) -> bytes:
     index_off, index_len = struct.unpack_from("<QQ", out, len(out) - 40)
     n, s_len, c_len = struct.unpack_from("<III", out, index_off + 4)
     entries = [struct.unpack_from("<HHIQQQQQ", out, index_off + 16 + i * s_len) for i in range(n)]
-    kind, _, _, offset, _, _, _, first = [e for e in entries if e[0] == 2][-1]
+    _, _, _, offset, _, _, _, first = [e for e in entries if e[0] == 2][-1]
     out[offset + where] ^= 0x01
     chunk_at = index_off + 16 + n * s_len + first * c_len
     stored = struct.unpack_from("<Q", out, chunk_at)[0]
