@@ -178,6 +178,27 @@ def test_pipeline_on_a_dataframe_checks_identical(tmp_path):
     assert (loaded.predict(X) == model.predict(X)).all()
 
 
+def test_mixed_dtype_dataframe_round_trips(tmp_path):
+    """Strings, categoricals, floats and ints in one frame: the sample comes
+    back with its columns and dtypes, so the column transformer accepts it."""
+    from sklearn.compose import make_column_transformer
+
+    rng = np.random.default_rng(0)
+    df = pd.DataFrame({"city": pd.Series(rng.choice(["a", "b", "c"], 200), dtype="string"),
+                       "kind": pd.Categorical(rng.choice(["x", "y"], 200)),
+                       "v": rng.normal(size=200), "n": rng.integers(0, 5, 200)})
+    model = make_pipeline(make_column_transformer((OneHotEncoder(), ["city", "kind"]),
+                                                  (StandardScaler(), ["v", "n"])),
+                          LogisticRegression()).fit(df, (df.v > 0).astype(int))
+    path = tmp_path / "m.firkin"
+    firkin.dump(model, path, check_data=df)
+    assert firkin.load_metadata(path)["models"][0]["feature_names_in"] == ["city", "kind", "v", "n"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        result = firkin.check(path)
+    assert result.ok and len(result.outputs) == 3, str(result)
+
+
 @pytest.mark.parametrize("how", ["plain", "mmap", "zstd", "fileobj"])
 def test_large_sample_out_of_band_every_way_of_loading(tmp_path, how):
     rng = np.random.default_rng(0)

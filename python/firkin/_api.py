@@ -588,12 +588,9 @@ def _mmap_policy_class(policy_cls):
 
 
 def _warn_versions(reader, meta: dict) -> None:
-    packages = meta.get("packages")
-    if not isinstance(packages, dict):
-        return
-    diffs = [_text.printable(f"{pkg} {rec} (installed: {inst or 'not installed'})")
-             for pkg, rec in sorted(packages.items())
-             if isinstance(rec, str) and (inst := _meta.package_version(pkg)) != rec]
+    diffs = [_text.printable(f"{d['package']} {d['recorded']} (installed: "
+                             f"{d['installed'] or 'not installed'})")
+             for d in _meta.version_differences(meta)]
     if diffs:
         warnings.warn(f"{reader.name} was written with " + ", ".join(diffs)
                       + "; objects may behave differently or fail to load", VersionMismatchWarning,

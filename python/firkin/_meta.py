@@ -42,6 +42,21 @@ def package_version(top: str) -> str | None:
     return None
 
 
+def version_differences(meta: dict, python: bool = False) -> list:
+    """[{"package", "recorded", "installed"}] for each package version the
+    metadata records that is not the installed one (and Python's, with
+    `python`): what load warns about and firkin.check reports."""
+    out = []
+    py = meta.get("python")
+    if python and isinstance(py, str) and py != platform.python_version():
+        out.append({"package": "python", "recorded": py, "installed": platform.python_version()})
+    packages = meta.get("packages")
+    for pkg, rec in sorted(packages.items() if isinstance(packages, dict) else ()):
+        if isinstance(rec, str) and (inst := package_version(pkg)) != rec:
+            out.append({"package": pkg, "recorded": rec, "installed": inst})
+    return out
+
+
 def package_versions(modules) -> dict:
     """{top-level package: version} for the third-party packages in `modules`."""
     out = {}

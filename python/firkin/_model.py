@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import html
 import math
-import platform
 import warnings
 from dataclasses import dataclass, field
 
@@ -476,20 +475,6 @@ def compare(method, want, got, rtol=RTOL, atol=ATOL) -> OutputCheck:
 
 # ------------------------------------------------------------------ the result
 
-def version_differences(meta: dict) -> list:
-    """[{"package", "recorded", "installed"}] for each recorded version that
-    is not the installed one (Python included)."""
-    out = []
-    py = meta.get("python")
-    if isinstance(py, str) and py != platform.python_version():
-        out.append({"package": "python", "recorded": py, "installed": platform.python_version()})
-    packages = meta.get("packages")
-    for pkg, rec in sorted(packages.items() if isinstance(packages, dict) else ()):
-        if isinstance(rec, str) and (inst := _meta.package_version(pkg)) != rec:
-            out.append({"package": pkg, "recorded": rec, "installed": inst})
-    return out
-
-
 @dataclass
 class CheckResult:
     """What ``firkin.check`` (and ``load(..., check=...)``) found: True when
@@ -583,8 +568,8 @@ def run(name: str, model, payload, meta, check) -> CheckResult:
         return CheckResult(name, problem="not a firkin file: it stores no check sample and no "
                            "versions", rtol=rtol, atol=atol)
     models = meta.get("models")
-    result = CheckResult(name, versions=version_differences(meta), rtol=rtol, atol=atol,
-                         models=models if isinstance(models, list) else [])
+    result = CheckResult(name, versions=_meta.version_differences(meta, python=True), rtol=rtol,
+                         atol=atol, models=models if isinstance(models, list) else [])
     if payload is None:
         result.problem = "the file holds no check sample (dump it with check_data=)"
         return result

@@ -540,9 +540,9 @@ def _cmd_check(args) -> int:
         _err(f"{args.file}: the model does not load with the installed packages: "
              f"{type(exc).__name__}: {exc}")
         try:
-            from . import _model  # noqa: PLC0415
+            from . import _meta  # noqa: PLC0415
 
-            for v in _model.version_differences(firkin.load_metadata(args.file)):
+            for v in _meta.version_differences(firkin.load_metadata(args.file), python=True):
                 _err(f"  {v['package']} recorded {v['recorded']}, installed {v['installed']}")
         except (firkin.FirkinError, OSError):
             pass
