@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import html
 import math
+import sys
 import warnings
 from dataclasses import dataclass, field
 
@@ -264,8 +265,19 @@ def _head(x, n: int):
                     f"sparse matrix or a list, not {type(x).__name__}")
 
 
+def _public_name(t) -> str:
+    """pandas.DataFrame rather than pandas.core.frame.DataFrame, where the
+    top-level package exports the type (looked up in sys.modules: nothing is
+    imported); else module.qualname."""
+    top = str(getattr(t, "__module__", "")).split(".")[0]
+    name = getattr(t, "__qualname__", "")
+    if top and "." not in name and getattr(sys.modules.get(top), name, None) is t:
+        return f"{top}.{name}"
+    return _qualname(t)
+
+
 def _describe_output(out) -> dict:
-    d = {"type": _qualname(type(out))}
+    d = {"type": _public_name(type(out))}
     shape = getattr(out, "shape", None)
     if isinstance(shape, tuple):
         d["shape"] = [int(s) for s in shape]
