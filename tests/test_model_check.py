@@ -25,6 +25,7 @@ from sklearn.cluster import AgglomerativeClustering, KMeans
 from sklearn.compose import ColumnTransformer
 from sklearn.datasets import load_iris
 from sklearn.decomposition import PCA
+from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LinearRegression, LogisticRegression
 from sklearn.neighbors import KernelDensity
 from sklearn.pipeline import make_pipeline
@@ -36,6 +37,9 @@ from test_trust import _payloads  # the hand-written exploits
 
 PYTHONPATH = os.pathsep.join(p for p in (os.path.dirname(os.path.dirname(firkin.__file__)),
                                          os.environ.get("PYTHONPATH")) if p)
+
+
+DOCS = ["the cat sat", "a dog ran", "the dog sat on the cat", "cats and dogs"] * 5
 
 
 def _iris():
@@ -249,6 +253,7 @@ def test_transformers_and_clusterers_use_their_own_outputs(tmp_path):
         "density": (KernelDensity().fit(Xn), Xn, ["score_samples"]),
         "pandas-out": (StandardScaler().set_output(transform="pandas").fit(X), X, ["transform"]),
         "sparse-out": (OneHotEncoder().fit(X.round()), X.round(), ["transform"]),
+        "text-list": (TfidfVectorizer().fit(DOCS), DOCS, ["transform"]),
         "columns": (ColumnTransformer([("s", StandardScaler(), ["sepal length (cm)"]),
                                        ("o", OneHotEncoder(), ["petal width (cm)"])]).fit(X.round(1)),
                     X.round(1), ["transform"]),
