@@ -1,7 +1,6 @@
 """Looking inside a firkin file without loading its objects: `info` and `verify`."""
 from __future__ import annotations
 
-import html
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -288,8 +287,7 @@ class FileInfo:
         return "\n".join(_text.printable(line) for line in lines)
 
     def _repr_html_(self) -> str:
-        def e(text) -> str:
-            return html.escape(_text.printable(text))
+        e = _text.html
         rows = "".join(f"<tr><th style='text-align:left'>{e(k)}</th><td style='text-align:left'>"
                        f"{e(str(v))}</td></tr>" for k, v in self._summary())
         out = [f"<div class='firkin-info'><table>{rows}</table>"]

@@ -14,7 +14,6 @@ check sample whose stored outputs a loaded model must reproduce.
 """
 from __future__ import annotations
 
-import html
 import math
 import sys
 import warnings
@@ -548,8 +547,7 @@ class CheckResult:
     __repr__ = __str__
 
     def _repr_html_(self) -> str:
-        def e(text) -> str:
-            return html.escape(_text.printable(str(text)))
+        e = _text.html
         color = "#dfd" if self.ok else "#fdd"
         head = f"{e(self.path)}: {e(self._verdict())}"
         out = [f"<div class='firkin-check'><p style='background:{color}'>{head}</p>"]

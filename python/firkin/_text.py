@@ -5,9 +5,11 @@ raw, control characters in them could move the cursor, erase lines, fake a
 verdict, set a terminal's title or plant hyperlinks; a lone surrogate makes
 printing fail. `printable` is the one place that escapes them: every string
 that comes from a file goes through it before reaching a terminal or an
-exception message (HTML output escapes with html.escape instead).
+exception message; `html` does the same for HTML (Jupyter displays).
 """
 from __future__ import annotations
+
+import html as _html
 
 
 def _escape(ch: str) -> str:
@@ -29,3 +31,8 @@ def printable(value) -> str:
     if text.isprintable():
         return text
     return "".join(ch if ch.isprintable() else _escape(ch) for ch in text)
+
+
+def html(value) -> str:
+    """`printable(value)`, HTML-escaped: text from a file in a Jupyter table."""
+    return _html.escape(printable(value))
