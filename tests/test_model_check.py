@@ -581,3 +581,16 @@ def test_cli_check_of_a_model_that_no_longer_loads(tmp_path, capsys):
     assert cli.main(["check", str(path), "--trust", "gone_module.MyRegression"]) == 1
     err = capsys.readouterr().err
     assert "the model does not load with the installed packages: ModuleNotFoundError" in err
+
+
+def test_check_through_a_url(capsys):
+    import uuid
+
+    model, X, _ = _pipeline()
+    url = f"memory://firkin-tests/{uuid.uuid4().hex}/m.firkin"
+    firkin.dump(model, url, check_data=X)
+    assert firkin.load_metadata(url)["models"][0]["n_features_in"] == 4
+    assert firkin.check(url).ok
+    assert type(firkin.load(url, check="strict")).__name__ == "Pipeline"
+    assert cli.main(["check", url, "--storage-options", "{}"]) == 0
+    assert "OK: the model reproduces" in capsys.readouterr().out

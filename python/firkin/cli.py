@@ -526,13 +526,13 @@ def _cmd_untrusted(args) -> int:
 def _cmd_check(args) -> int:
     import firkin  # noqa: PLC0415
 
-    if not os.path.isfile(args.file):
+    if not _exists(args.file):
         _err(f"{args.file}: no such file")
         return 1
     trusted = True if args.trust_all else (args.trust or None)
     try:
         result = firkin.check(args.file, trusted=trusted, rtol=args.rtol, atol=args.atol,
-                              max_memory=args.max_memory)
+                              max_memory=args.max_memory, storage_options=_options(args))
     except (firkin.FirkinError, OSError) as exc:
         _err(str(exc))
         return 1
@@ -542,7 +542,8 @@ def _cmd_check(args) -> int:
         try:
             from . import _meta  # noqa: PLC0415
 
-            for v in _meta.version_differences(firkin.load_metadata(args.file), python=True):
+            meta = firkin.load_metadata(args.file, storage_options=_options(args))
+            for v in _meta.version_differences(meta, python=True):
                 _err(f"  {v['package']} recorded {v['recorded']}, installed {v['installed']}")
         except (firkin.FirkinError, OSError):
             pass
@@ -647,7 +648,7 @@ def _parser() -> argparse.ArgumentParser:
                        "unpickled.")
     u.add_argument("file", metavar="FILE")
     u.add_argument("--json", action="store_true", help="print a JSON list")
-    k = sub.add_parser("check", help="rerun a model's stored check sample and compare",
+    k = sub.add_parser("check", parents=[remote], help="rerun a model's stored check sample and compare",
                        description="Load the model in FILE under firkin's trust policy, rerun the "
                        "check sample stored with dump(..., check_data=) and compare its outputs: "
                        "labels exactly, floats within |got - stored| <= atol + rtol * |stored|. "
