@@ -1,11 +1,33 @@
 """Progress bars: byte-based, from the C loops, only for big transfers unless asked."""
+import fcntl
+import os
+import pty
+import struct
+import subprocess
 import sys
+import termios
+import textwrap
+import types
 
 import numpy as np
 import pytest
 
 import firkin
 from firkin import _progress
+
+
+@pytest.fixture(autouse=True)
+def _default_progress(monkeypatch):
+    monkeypatch.delenv("FIRKIN_PROGRESS", raising=False)
+    previous = firkin.set_defaults(progress=None)
+    yield
+    firkin.set_defaults(**previous)
+
+
+@pytest.fixture
+def watched(monkeypatch):
+    """As if stderr were a terminal (pytest captures it into a file)."""
+    monkeypatch.setattr(_progress, "watched", lambda: True)
 
 
 @pytest.fixture
@@ -39,7 +61,7 @@ def test_no_bar_for_small_objects(tmp_path, value, capsys, progress):
     assert capsys.readouterr().err == ""
 
 
-def test_auto_bar_above_threshold(tmp_path, value, capsys, monkeypatch):
+def test_auto_bar_above_threshold(tmp_path, value, capsys, monkeypatch, watched):
     monkeypatch.setattr(_progress, "AUTO_THRESHOLD", 1 << 20)
     path = tmp_path / "p.firkin"
     firkin.dump(value, path)
@@ -81,7 +103,7 @@ def test_bad_progress_value(tmp_path):
         firkin.dump([1], tmp_path / "x.firkin", progress="yes")
 
 
-def test_without_tqdm(tmp_path, value, monkeypatch, capsys):
+def test_without_tqdm(tmp_path, value, monkeypatch, capsys, watched):
     monkeypatch.setitem(sys.modules, "tqdm.auto", None)  # import fails
     path = tmp_path / "p.firkin"
     with pytest.raises(ImportError, match="tqdm"):
@@ -90,3 +112,100 @@ def test_without_tqdm(tmp_path, value, monkeypatch, capsys):
     firkin.dump(value, path)  # auto mode without tqdm: silently no bar
     np.testing.assert_array_equal(firkin.load(path)["a"], value["a"])
     assert capsys.readouterr().err == ""
+
+
+def test_auto_bar_only_where_someone_watches(tmp_path, value, capsys, monkeypatch):
+    # stderr is pytest's capture file, not a terminal: no bar into logs
+    monkeypatch.setattr(_progress, "AUTO_THRESHOLD", 1 << 20)
+    assert not _progress.watched()
+    path = tmp_path / "p.firkin"
+    firkin.dump(value, path)
+    firkin.load(path)
+    assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize("how", ["env", "set_defaults"])
+def test_forcing_the_bar_on_and_off(tmp_path, value, capsys, monkeypatch, how):
+    monkeypatch.setattr(_progress, "AUTO_THRESHOLD", 1 << 20)
+    path = tmp_path / "p.firkin"
+
+    def force(on):
+        if how == "env":
+            monkeypatch.setenv("FIRKIN_PROGRESS", "1" if on else "0")
+        else:
+            firkin.set_defaults(progress=on)
+
+    force(True)  # into a log, and below the threshold too
+    firkin.dump([1, 2], path)
+    assert "firkin.dump" in capsys.readouterr().err
+    firkin.dump(value, path, progress=False)  # the argument wins
+    assert capsys.readouterr().err == ""
+    force(False)
+    monkeypatch.setattr(_progress, "watched", lambda: True)
+    firkin.dump(value, path)
+    firkin.load(path)
+    assert capsys.readouterr().err == ""
+    firkin.load(path, progress=True)
+    assert "firkin.load" in capsys.readouterr().err
+
+
+def test_environment_auto(tmp_path, value, capsys, monkeypatch, watched):
+    monkeypatch.setattr(_progress, "AUTO_THRESHOLD", 1 << 20)
+    monkeypatch.setenv("FIRKIN_PROGRESS", "auto")
+    firkin.dump(value, tmp_path / "p.firkin")
+    assert "firkin.dump" in capsys.readouterr().err
+
+
+def test_jupyter_kernel_counts_as_watched(monkeypatch):
+    monkeypatch.setattr(sys, "stderr", open(os.devnull, "w"))  # noqa: SIM115 - closed by gc
+    shell = types.SimpleNamespace(kernel=None)
+    ipython = types.ModuleType("IPython")
+    ipython.get_ipython = lambda: shell
+    monkeypatch.setitem(sys.modules, "IPython", ipython)
+    monkeypatch.setitem(sys.modules, "ipykernel", types.ModuleType("ipykernel"))
+    assert not _progress.watched()  # a terminal IPython: no kernel, and stderr is no tty
+    shell.kernel = object()
+    assert _progress.watched()
+    monkeypatch.delitem(sys.modules, "ipykernel")
+    assert not _progress.watched()
+
+
+TTY_CHILD = textwrap.dedent("""
+    import sys, numpy as np, firkin
+    from firkin import _progress
+    _progress.AUTO_THRESHOLD = 1 << 20
+    print("tty" if sys.stderr.isatty() else "notty", flush=True)
+    firkin.dump(np.arange(1_000_000.0), sys.argv[1])
+""")
+
+
+@pytest.mark.parametrize("terminal", [True, False])
+def test_bar_on_a_real_terminal_only(tmp_path, terminal):
+    """A child whose stderr is a pseudo-terminal shows the bar by default;
+    the same child writing stderr to a pipe (a log) does not."""
+    env = {k: v for k, v in os.environ.items() if k != "FIRKIN_PROGRESS"}
+    if terminal:
+        main, sub = pty.openpty()
+        # a new pseudo-terminal is 0 columns wide: tqdm would draw an empty bar
+        fcntl.ioctl(sub, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
+        proc = subprocess.Popen([sys.executable, "-c", TTY_CHILD, str(tmp_path / "t.firkin")],
+                                stdout=subprocess.PIPE, stderr=sub, env=env)
+        os.close(sub)
+        err = b""
+        while True:
+            try:
+                chunk = os.read(main, 4096)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not chunk:
+                break
+            err += chunk
+        os.close(main)
+        out = proc.communicate(timeout=120)[0]
+    else:
+        proc = subprocess.run([sys.executable, "-c", TTY_CHILD, str(tmp_path / "t.firkin")],
+                              capture_output=True, env=env, timeout=120)
+        out, err = proc.stdout, proc.stderr
+    assert proc.returncode == 0, err[-3000:]
+    assert out.strip() == (b"tty" if terminal else b"notty")
+    assert (b"firkin.dump" in err) == terminal, err[-3000:]

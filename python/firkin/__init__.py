@@ -30,6 +30,7 @@ from . import _scipy_stats  # noqa: F401,E402 - registers the scipy.stats rebuil
 from ._inspect import info, verify  # noqa: E402
 from ._validate import StoredPathWarning  # noqa: E402
 from ._sign import set_key  # noqa: E402
+from ._defaults import set_defaults  # noqa: E402
 
 __version__ = _core.__version__
 
@@ -70,6 +71,7 @@ __all__ = [
     "set_key",
     "Memory",
     "register_joblib_backend",
+    "set_defaults",
     "FirkinError",
     "FormatError",
     "ChecksumError",

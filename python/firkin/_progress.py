@@ -1,9 +1,33 @@
 """Byte-based progress bars for big dumps and loads (tqdm.auto: a widget in
-Jupyter, text in a terminal), fed from the C write/read loops every 8 MiB."""
+Jupyter, text in a terminal), fed from the C write/read loops every 8 MiB.
+By default only where someone watches: never into logs or CI output."""
 from __future__ import annotations
+
+import sys
+
+from . import _defaults
 
 #: dumps and loads that move more than this show a bar when progress=None
 AUTO_THRESHOLD = 256 << 20
+
+
+def watched() -> bool:
+    """Whether a person is likely watching this process's progress: stderr
+    is a terminal, or the process is a Jupyter kernel (its bars are widgets
+    in the notebook)."""
+    try:
+        if sys.stderr is not None and sys.stderr.isatty():
+            return True
+    except (AttributeError, OSError, ValueError):
+        pass
+    ipython = sys.modules.get("IPython")
+    if ipython is None or "ipykernel" not in sys.modules:
+        return False
+    try:
+        shell = ipython.get_ipython()
+    except Exception:  # noqa: BLE001 - a broken IPython install means no kernel
+        return False
+    return shell is not None and getattr(shell, "kernel", None) is not None
 
 
 class Progress:
@@ -12,6 +36,9 @@ class Progress:
     def __init__(self, mode, desc: str, total: int | None = None):
         if mode not in (None, True, False):
             raise TypeError(f"progress must be None, True or False, not {mode!r}")
+        mode = _defaults.progress(mode)  # firkin.set_defaults, FIRKIN_PROGRESS
+        if mode is None and not watched():
+            mode = False  # nobody to show it to: keep bars out of logs
         self.mode = mode
         self.desc = desc
         self.total = total or None
