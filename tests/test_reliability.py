@@ -120,10 +120,12 @@ class _Dumper:
     """A child process that builds object `seed`, then (on go()) dumps it over
     `target`. Building overlaps with the parent checking the previous result."""
 
-    def __init__(self, target, seed, mb, compress):
+    def __init__(self, target, seed, mb, compress, durable="1"):
+        # durable= reaches the child's dump through its process-wide default
+        env = dict(os.environ, FIRKIN_DURABLE=durable)
         self.proc = subprocess.Popen([sys.executable, "-c", KILL_CHILD, str(target), str(seed), str(mb),
                                       compress], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, preexec_fn=_no_core_dumps)
+                                     stderr=subprocess.PIPE, preexec_fn=_no_core_dumps, env=env)
 
     def go(self):
         line = self.proc.stdout.readline()
@@ -168,7 +170,10 @@ class _Dumper:
 
 
 @pytest.mark.slow
-def test_sigkill_at_random_moments_never_tears_the_target(tmp_path):
+@pytest.mark.parametrize("durable", ["1", "0"])
+def test_sigkill_at_random_moments_never_tears_the_target(tmp_path, durable):
+    """Both durable modes: skipping the fsyncs must not weaken what a killed
+    process leaves behind (the previous file or the new one, never a torn one)."""
     kills_wanted = int(os.environ.get("FIRKIN_KILLS", "10" if SANITIZED else "30"))
     mb = int(os.environ.get("FIRKIN_KILL_MB", "40" if SANITIZED else "200"))
     ns = _kill_namespace()
@@ -192,7 +197,7 @@ def test_sigkill_at_random_moments_never_tears_the_target(tmp_path):
     # slower: cold caches, a busy machine), so kills keep landing inside dumps.
     seen = {"0": [], FAST_CODEC: []}
     for seed, comp in ((1, "0"), (2, FAST_CODEC), (1, "0"), (2, FAST_CODEC), (1, "0")):
-        seen[comp].append(_Dumper(target, seed, mb, comp).go().wait_done())
+        seen[comp].append(_Dumper(target, seed, mb, comp, durable).go().wait_done())
         assert current() == seed
         assert temps(tmp_path) == []
     held = 1
@@ -203,7 +208,7 @@ def test_sigkill_at_random_moments_never_tears_the_target(tmp_path):
     rng = random.Random(1234)
     phases = collections.Counter()
     kills = attempts = 0
-    nxt = _Dumper(target, 2, mb, FAST_CODEC)
+    nxt = _Dumper(target, 2, mb, FAST_CODEC, durable)
     while kills < kills_wanted:
         attempts += 1
         assert attempts < kills_wanted * 3, f"only {kills} kills hit a running dump: {phases}"
@@ -219,7 +224,8 @@ def test_sigkill_at_random_moments_never_tears_the_target(tmp_path):
             seen[comp].append(took)
         mine = [n for n in temps(tmp_path) if f".{d.proc.pid}." in n]
         # the next child builds its object while this one's result is checked
-        nxt = _Dumper(target, 6 - held - new, mb, "0" if attempts % 2 else FAST_CODEC)  # half compressed
+        nxt = _Dumper(target, 6 - held - new, mb, "0" if attempts % 2 else FAST_CODEC,
+                      durable)  # half compressed
         now = current()
         if not killed_running:
             phases["finished before the kill"] += 1
@@ -242,7 +248,7 @@ def test_sigkill_at_random_moments_never_tears_the_target(tmp_path):
     assert current() == last
     assert temps(tmp_path) == [], temps(tmp_path)
     assert sorted(os.listdir(tmp_path)) == ["model.fk"]
-    print(f"\nkill test: {kills} kills in {attempts} dumps of {mb} MB "
+    print(f"\nkill test (durable={durable}): {kills} kills in {attempts} dumps of {mb} MB "
           f"(a dump takes {duration('0'):.2f}s raw, {duration(FAST_CODEC):.2f}s {FAST_CODEC}); "
           f"phases: {dict(phases)}; torn files: 0")
     assert phases["before rename, temp file written"] > 0

@@ -14,8 +14,8 @@ import warnings
 
 import numpy as np
 
-from . import (_amplify, _byvalue, _compress, _core, _guards, _meta, _model, _progress, _remote,
-               _sign, _text, _trust)
+from . import (_amplify, _byvalue, _compress, _core, _defaults, _guards, _meta, _model,
+               _progress, _remote, _sign, _text, _trust)
 from ._core import ChecksumError, FirkinError, FormatError, UntrustedTypesError
 from ._model import CheckResult, ModelCheckError
 
@@ -91,7 +91,7 @@ OOB_THRESHOLD = _core.DEFAULT_THRESHOLD
 
 
 def _write(value, target, protocol, user_meta, compress, threads, progress=None, name=None,
-           strip_paths=False, check_data=None) -> int:
+           strip_paths=False, check_data=None, fsync=True) -> int:
     codec, level, described = compress
     models = _model.signatures(value)
     payload, check_entry = (None, None) if check_data is None else _model.prepare(value, check_data)
@@ -102,7 +102,7 @@ def _write(value, target, protocol, user_meta, compress, threads, progress=None,
     try:
         w = _core.Writer(target, threshold=OOB_THRESHOLD, codec=codec, level=level,
                          py_codec=_compress.PY_CODEC, threads=threads,
-                         progress=bar if progress is not False else None, name=name,
+                         progress=bar if bar.mode is not False else None, name=name,
                          byvalue=byvalue, **(signer.writer_kwargs() if signer else {}))
         try:
             modules = w.dump(value, protocol, payload)
@@ -117,7 +117,7 @@ def _write(value, target, protocol, user_meta, compress, threads, progress=None,
         meta = _meta.build(modules, user_meta, w.buffer_count, w.oob_bytes, described,
                            f"{top.__module__}.{top.__qualname__}", w.arrays, byvalue.summary(),
                            models, check_entry)
-        return w.finish(meta, True, signer.finish(meta, w) if signer else b"")
+        return w.finish(meta, fsync, signer.finish(meta, w) if signer else b"")
     finally:
         bar.close()
 
@@ -306,7 +306,7 @@ def _create_temp(dir_fd: int, base: str) -> tuple[int, str]:
 
 
 def _dump_path(value, filename, protocol, user_meta, compress, threads, progress,
-               strip_paths=False, check_data=None) -> None:
+               strip_paths=False, check_data=None, durable=True) -> None:
     path = os.fsdecode(os.fspath(filename))
     # write where the data will live: through a (checked) symlink, next to its target
     dirname, base = _resolve_target(path)
@@ -336,7 +336,7 @@ def _dump_path(value, filename, protocol, user_meta, compress, threads, progress
                 # a failed write (disk full, file size limit) names the user's
                 # file: the temporary one is gone by the time they read it
                 _write(value, fd, protocol, user_meta, compress, threads, progress, name=path,
-                       strip_paths=strip_paths, check_data=check_data)
+                       strip_paths=strip_paths, check_data=check_data, fsync=durable)
                 os.fchmod(fd, _final_mode(old))  # widened only now that it is written
                 # renamed while still locked, so no cleaner takes it in between
                 os.rename(tmp, base, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
@@ -351,16 +351,18 @@ def _dump_path(value, filename, protocol, user_meta, compress, threads, progress
         finally:
             with _active_lock:
                 _active_temps.discard((dir_key, tmp))
-        try:
-            os.fsync(dir_fd)
-        except OSError:
-            pass
+        if durable:
+            try:
+                os.fsync(dir_fd)  # the rename itself reaches the disk
+            except OSError:
+                pass
     finally:
         os.close(dir_fd)
 
 
 def dump(value, filename, compress=0, protocol=None, *, metadata=None, threads=None,
-         progress=None, strip_paths=False, storage_options=None, check_data=None):
+         progress=None, strip_paths=False, storage_options=None, check_data=None,
+         durable=None):
     """Persist `value` to `filename` (str, os.PathLike, an fsspec URL or
     OpenFile, or a binary file object).
 
@@ -369,6 +371,14 @@ def dump(value, filename, compress=0, protocol=None, *, metadata=None, threads=N
     a torn file and never damages the previous one. Returns ``[str(filename)]``
     for a path and ``None`` for a file object, like joblib.dump.
 
+    durable: True (the default, unless firkin.set_defaults or FIRKIN_DURABLE
+    say otherwise) fsyncs the file and then its directory, so the new file
+    survives a power loss once dump returns. False skips both fsyncs and
+    keeps the temporary file and rename: a killed process still never
+    leaves a torn file, but after a power loss or OS crash the target may
+    hold the previous file, or be empty or torn on file systems that do not
+    order the rename after the data. File objects are never fsynced.
+
     compress takes every form joblib.dump takes: False/0, True (zlib level
     3), a level 0-9 (zlib), a method name ('zlib', 'gzip', 'bz2', 'lzma',
     'xz', 'lz4', 'zstd') or a (method, level) tuple; without an explicit
@@ -376,8 +386,10 @@ def dump(value, filename, compress=0, protocol=None, *, metadata=None, threads=N
     Chunks are compressed in parallel on `threads` native threads (None: all
     cores); chunks that do not shrink are stored raw.
 
-    progress: None shows a byte-based bar (tqdm) for dumps over 256 MB,
-    True always, False never.
+    progress: None shows a byte-based bar (tqdm) for dumps over 256 MB
+    when someone watches (stderr is a terminal, or a Jupyter kernel), True
+    always, False never; firkin.set_defaults and FIRKIN_PROGRESS change what
+    None means.
 
     Classes and functions defined in __main__ (a notebook, a script) are
     saved by value, with the values of the globals they use and their source
@@ -397,6 +409,7 @@ def dump(value, filename, compress=0, protocol=None, *, metadata=None, threads=N
     protocol = _check_protocol(protocol)
     threads = _check_threads(threads)
     user_meta = _meta.check_user_metadata(metadata)
+    durable = _defaults.durable(durable)
     filename = _remote.local_path(filename)
     _remote.check_options(filename, storage_options)
     if _remote.is_url(filename):
@@ -407,7 +420,7 @@ def dump(value, filename, compress=0, protocol=None, *, metadata=None, threads=N
     if _is_path(filename):
         comp = _compress.resolve(compress, os.fsdecode(os.fspath(filename)))
         _dump_path(value, filename, protocol, user_meta, comp, threads, progress, strip_paths,
-                   check_data)
+                   check_data, durable)
         return [os.fsdecode(os.fspath(filename)) if not isinstance(filename, str) else filename]
     if hasattr(filename, "write"):
         _check_binary(filename, "dump")
@@ -744,8 +757,9 @@ def load(filename, mmap_mode=None, *, trusted=None, verify=None, threads=None, p
     that one mapping (read-only, write-through, copy-on-write); 'w+' acts as
     'r+'. verify: checksums of array data are verified when read (not when
     mapped) by default; True also verifies mapped data, False skips it.
-    progress: None shows a bar when more than 256 MB are read, True always,
-    False never.
+    progress: None shows a bar when more than 256 MB are read and someone
+    watches (a terminal on stderr, a Jupyter kernel), True always, False
+    never (firkin.set_defaults, FIRKIN_PROGRESS).
 
     trusted: what may be imported while loading. By default a file loads
     when every class and function it names is on firkin's allowlist (data

@@ -1,0 +1,134 @@
+"""dump(durable=...): fsync of the file and its directory, or neither, with
+the atomic temp file + rename either way; firkin.set_defaults and
+FIRKIN_DURABLE as the process-wide default. The kill test for both modes is
+in test_reliability.py."""
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+import firkin
+from firkin import _defaults
+
+
+@pytest.fixture(autouse=True)
+def _clean_defaults(monkeypatch):
+    monkeypatch.delenv("FIRKIN_DURABLE", raising=False)
+    monkeypatch.delenv("FIRKIN_PROGRESS", raising=False)
+    previous = firkin.set_defaults(durable=None, progress=None)
+    yield
+    firkin.set_defaults(**previous)
+
+
+CHILD = textwrap.dedent("""
+    import sys, numpy as np, firkin
+    target, arg = sys.argv[1], sys.argv[2]
+    kw = {} if arg == "default" else {"durable": arg == "1"}
+    firkin._sign.current_key()  # a first use creates the signing key file (and syncs it)
+    import os; os.getppid()  # marks where the dump starts in strace's log
+    firkin.dump({"a": np.arange(300_000), "b": [1, 2]}, target, **kw)
+    print("dumped", flush=True)
+""")
+
+
+def _fsyncs(tmp_path, arg, env=None):
+    """The fsync-family system calls a dump makes in a child, counted by strace."""
+    log = tmp_path / "strace.log"
+    target = tmp_path / "m.firkin"
+    full_env = dict(os.environ, **(env or {}))
+    proc = subprocess.run(["strace", "-f", "-qq", "-o", str(log), "-e",
+                           "trace=getppid,fsync,fdatasync,sync_file_range,syncfs,sync",
+                           sys.executable, "-c", CHILD, str(target), arg],
+                          capture_output=True, text=True, env=full_env, timeout=300)
+    assert proc.returncode == 0 and "dumped" in proc.stdout, proc.stderr[-3000:]
+    np.testing.assert_array_equal(firkin.load(target)["a"], np.arange(300_000))
+    lines = log.read_text().splitlines()
+    start = max(i for i, line in enumerate(lines) if "getppid" in line)
+    return [line for line in lines[start:] if "sync" in line]
+
+
+@pytest.mark.skipif(shutil.which("strace") is None, reason="needs strace to see system calls")
+def test_durable_dump_fsyncs_file_and_directory_and_durable_false_none(tmp_path):
+    assert len(_fsyncs(tmp_path, "1")) == 2  # the temp file, then the directory
+    assert len(_fsyncs(tmp_path, "default")) == 2
+    assert _fsyncs(tmp_path, "0") == []
+    assert _fsyncs(tmp_path, "default", {"FIRKIN_DURABLE": "0"}) == []
+    assert len(_fsyncs(tmp_path, "1", {"FIRKIN_DURABLE": "0"})) == 2  # the argument wins
+
+
+class _Counter:
+    def __init__(self):
+        self.fds = []
+
+    def __call__(self, fd):
+        self.fds.append(fd)
+
+
+def test_directory_fsync_follows_durable(tmp_path, monkeypatch):
+    # the directory's fsync is Python's os.fsync; the file's is in the C writer
+    counter = _Counter()
+    monkeypatch.setattr(os, "fsync", counter)
+    path = tmp_path / "m.firkin"
+    firkin.dump([1, 2, 3], path)
+    assert len(counter.fds) == 1
+    firkin.dump([1, 2, 3], path, durable=False)
+    assert len(counter.fds) == 1
+    firkin.set_defaults(durable=False)
+    firkin.dump([1, 2, 3], path)
+    assert len(counter.fds) == 1
+    firkin.dump([1, 2, 3], path, durable=True)
+    assert len(counter.fds) == 2
+    firkin.set_defaults(durable=None)
+    monkeypatch.setenv("FIRKIN_DURABLE", "off")
+    firkin.dump([1, 2, 3], path)
+    assert len(counter.fds) == 2
+    assert firkin.load(path) == [1, 2, 3]
+
+
+def test_durable_false_is_still_atomic_and_leaves_no_temp(tmp_path):
+    path = tmp_path / "m.firkin"
+    firkin.dump({"v": 1}, path, durable=False)
+
+    class Boom:
+        def __reduce__(self):
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        firkin.dump({"v": 2, "x": Boom()}, path, durable=False)
+    assert firkin.load(path) == {"v": 1}  # the failed dump did not touch the target
+    assert os.listdir(tmp_path) == ["m.firkin"]
+
+
+def test_set_defaults_returns_previous_and_restores():
+    assert firkin.set_defaults(durable=False) == {"durable": None, "progress": None}
+    assert firkin.set_defaults(progress=True) == {"durable": False, "progress": None}
+    assert _defaults.durable() is False and _defaults.progress() is True
+    prev = firkin.set_defaults(durable=None, progress=None)
+    assert prev == {"durable": False, "progress": True}
+    assert _defaults.durable() is True and _defaults.progress() is None
+    firkin.set_defaults(**prev)
+    assert _defaults.durable() is False and _defaults.progress() is True
+
+
+@pytest.mark.parametrize("kw", [{"durable": 1}, {"durable": "no"}, {"progress": "yes"}])
+def test_set_defaults_rejects_non_bools(kw):
+    with pytest.raises(TypeError, match=next(iter(kw))):
+        firkin.set_defaults(**kw)
+
+
+def test_dump_rejects_bad_durable(tmp_path):
+    with pytest.raises(TypeError, match="durable"):
+        firkin.dump([1], tmp_path / "x.firkin", durable="no")
+    assert not (tmp_path / "x.firkin").exists()
+
+
+@pytest.mark.parametrize("env, raw", [("FIRKIN_DURABLE", "maybe"), ("FIRKIN_DURABLE", "auto"),
+                                      ("FIRKIN_PROGRESS", "sometimes")])
+def test_bad_environment_value_names_the_variable(tmp_path, monkeypatch, env, raw):
+    monkeypatch.setenv(env, raw)
+    with pytest.raises(ValueError, match=env):
+        firkin.dump([1], tmp_path / "x.firkin")
