@@ -1,6 +1,6 @@
 /* Checks of the integers that compiled code outside firkin trusts: one pass
- * over a decision tree's links (python/firkin/_validate.py builds the
- * messages). Nothing is sized from the data beyond one bit per node the
+ * over a decision tree's links and depths (python/firkin/_validate.py builds
+ * the messages). Nothing is sized from the data beyond one word per node the
  * arrays really hold. */
 #include "firkin.h"
 #include <string.h>
@@ -26,19 +26,23 @@ static inline int64_t int64_at(const Py_buffer *v, Py_ssize_t i)
     return x;
 }
 
-/* tree_links(left, right, feature, n_features) -> None, or (code, node) for
- * the first node that breaks the invariants sklearn's Tree loops assume:
+/* tree_links(left, right, feature, n_features) -> the depth of the deepest
+ * node (the root's is 0) when the links form the tree sklearn's Tree loops
+ * assume, else (code, node) for the first node that breaks it:
  *   1  a split's children are not later nodes of the array (i < child < n)
  *   2  a split's feature is outside [0, n_features)
  *   3  a leaf (left == -1) has a right child
- *   4  a node is the child of two splits */
+ *   4  a node is the child of two splits
+ * Children come after their parent, so one forward pass knows each parent's
+ * depth before it reaches the children. */
 PyObject *validate_tree_links(PyObject *module, PyObject *args)
 {
     (void)module;
     PyObject *lo, *ro, *fo, *result = NULL;
     long long n_features;
     Py_buffer L = {0}, R = {0}, F = {0};
-    unsigned char *seen = NULL;
+    uint32_t *depth = NULL; /* depth + 1 of each node that is a child, 0 for the others */
+    uint32_t deepest = 0;
     int code = 0;
     Py_ssize_t bad = -1;
     if (!PyArg_ParseTuple(args, "OOOL:tree_links", &lo, &ro, &fo, &n_features)) return NULL;
@@ -50,8 +54,14 @@ PyObject *validate_tree_links(PyObject *module, PyObject *args)
         PyErr_SetString(PyExc_ValueError, "tree_links: the three arrays differ in length");
         goto done;
     }
-    seen = PyMem_Calloc((size_t)n / 8 + 1, 1);
-    if (!seen) {
+    if ((uint64_t)n >= UINT32_MAX) {
+        PyErr_Format(PyExc_ValueError, "tree_links: %zd nodes; at most %lu are supported", n,
+                     (unsigned long)UINT32_MAX - 1);
+        goto done;
+    }
+    /* one word per node the arrays really hold (each node is 24+ bytes of them) */
+    depth = PyMem_Calloc((size_t)n + 1, sizeof *depth);
+    if (!depth) {
         PyErr_NoMemory();
         goto done;
     }
@@ -66,11 +76,13 @@ PyObject *validate_tree_links(PyObject *module, PyObject *args)
             const int64_t f = int64_at(&F, i);
             if (f < 0 || f >= n_features) {
                 code = 2;
-            } else if (l == r || (seen[l >> 3] >> (l & 7) & 1) || (seen[r >> 3] >> (r & 7) & 1)) {
+            } else if (l == r || depth[l] || depth[r]) {
                 code = 4;
             } else {
-                seen[l >> 3] |= (unsigned char)(1u << (l & 7));
-                seen[r >> 3] |= (unsigned char)(1u << (r & 7));
+                /* a node that is no child (the root) is at depth 0 */
+                const uint32_t d = (depth[i] ? depth[i] : 1u) + 1u;
+                depth[l] = depth[r] = d;
+                if (d - 1u > deepest) deepest = d - 1u;
             }
         }
         if (code) {
@@ -79,9 +91,9 @@ PyObject *validate_tree_links(PyObject *module, PyObject *args)
         }
     }
     if (ts) PyEval_RestoreThread(ts);
-    result = code ? Py_BuildValue("(in)", code, bad) : Py_NewRef(Py_None);
+    result = code ? Py_BuildValue("(in)", code, bad) : PyLong_FromUnsignedLong(deepest);
 done:
-    PyMem_Free(seen);
+    PyMem_Free(depth);
     PyBuffer_Release(&L);
     PyBuffer_Release(&R);
     PyBuffer_Release(&F);

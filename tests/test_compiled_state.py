@@ -172,6 +172,35 @@ def test_tree_roundtrips(dtc, tmp_path, keys):
     assert type(pickle.loads(pickle.dumps(loaded.tree_))) is type(dtc.tree_)
 
 
+def _depths(tree):
+    """Every node's depth (the root's is 0), by walking down from the root."""
+    depth = np.full(tree.node_count, -1)
+    depth[0] = 0
+    for i in range(tree.node_count):  # children come after their parent
+        if tree.children_left[i] != -1:
+            depth[tree.children_left[i]] = depth[tree.children_right[i]] = depth[i] + 1
+    return depth
+
+
+@pytest.mark.parametrize("max_depth", [None, 1, 3, 12])
+def test_tree_links_measures_the_depth(max_depth):
+    # the depth check rests on the link pass's depth: it must be the tree's
+    from sklearn.ensemble import RandomForestRegressor
+    from sklearn.tree import DecisionTreeClassifier
+
+    models = [DecisionTreeClassifier(max_depth=max_depth, random_state=0).fit(X, Y),
+              *RandomForestRegressor(n_estimators=5, max_depth=max_depth,
+                                     random_state=0).fit(X, X[:, 0]).estimators_]
+    for model in models:
+        tree = model.tree_
+        nodes = tree.__getstate__()["nodes"]
+        got = firkin._core.tree_links(nodes["left_child"], nodes["right_child"],
+                                      nodes["feature"], tree.n_features)
+        assert got == _depths(tree).max() == tree.max_depth
+    leaf = np.array([-1], np.int64)
+    assert firkin._core.tree_links(leaf, leaf, np.array([-2], np.int64), 1) == 0
+
+
 @pytest.mark.parametrize("case", sorted(TREE_CASES))
 def test_tree_state_refused(case, dtc, tmp_path, keys):
     change, match = TREE_CASES[case]

@@ -246,13 +246,8 @@ def _guarded_tree_class():
                              "new nodes into the buffer sized for the first)")
             check.state_set.add(id(self))
             _check_tree_state(check.name, self, d)
-            Tree.__setstate__(self, d)
             # the structure is sound; now compiled code may walk it
-            depth = _tree_depth(self, d["nodes"])
-            if depth > self.max_depth:
-                raise refuse(check.name, "a sklearn.tree._tree.Tree",
-                             f"max_depth is {self.max_depth} but its nodes reach depth "
-                             f"{depth} (decision_path sizes its output by max_depth)")
+            Tree.__setstate__(self, d)
 
         # Tree's exact instance layout: once checked, the load makes each one a
         # plain Tree again (_core.retype), so no caller ever sees this class
@@ -287,31 +282,6 @@ def _tree_factory(*args, **kwargs):
     return tree
 
 
-def _tree_depth(tree, nodes) -> int:
-    """The depth of the deepest node (the root's is 0) of a tree whose links
-    tree_links() accepted. scikit-learn < 1.3 has no compute_node_depths:
-    there, pointer doubling over the parent array, O(n log depth) in numpy."""
-    if hasattr(tree, "compute_node_depths"):
-        return int(tree.compute_node_depths().max()) - 1
-    left = nodes["left_child"].astype(np.int64)
-    right = nodes["right_child"].astype(np.int64)
-    n = left.shape[0]
-    parent = np.full(n, -1, np.int64)
-    split = np.flatnonzero(left >= 0)
-    parent[left[split]] = split
-    parent[right[split]] = split
-    dist = (parent >= 0).astype(np.int64)  # distance to the ancestor `anc`
-    anc = parent
-    while True:
-        has = np.flatnonzero(anc >= 0)
-        if has.size == 0:
-            return int(dist.max())
-        up = anc[has]
-        dist[has] += dist[up]
-        anc = anc.copy()
-        anc[has] = anc[up]
-
-
 def _check_tree_state(name: str, tree, d) -> None:
     what = "a sklearn.tree._tree.Tree"
     if type(d) is not dict:
@@ -333,19 +303,24 @@ def _check_tree_state(name: str, tree, d) -> None:
                             for f in ("left_child", "right_child", "feature"))
     # one pass in C (firkin._core.tree_links): children come after their
     # parent in the array, as sklearn adds a node before its children, which
-    # with in-range indices makes the graph acyclic
+    # with in-range indices makes the graph acyclic; the same pass measures
+    # the depth (on every scikit-learn, whether or not it has compute_node_depths)
     found = _core.tree_links(left, right, feature, tree.n_features)
-    if found is not None:
-        code, i = found
-        raise refuse(name, what, {
-            1: f"node {i} has children ({left[i]}, {right[i]}) outside ({i}, {n}) (children "
-               "must be later nodes of the array)",
-            2: f"split node {i} uses feature {feature[i]}, outside "
-               f"[0, n_features={tree.n_features})",
-            3: f"leaf {i} (left child -1) has a right child ({right[i]})",
-            4: f"node {i} has a child that another split has too (the nodes do not form a "
-               "tree)",
-        }[code])
+    if type(found) is int:
+        if found > max_depth:
+            raise refuse(name, what, f"max_depth is {max_depth} but its nodes reach depth "
+                         f"{found} (decision_path sizes its output by max_depth)")
+        return
+    code, i = found
+    raise refuse(name, what, {
+        1: f"node {i} has children ({left[i]}, {right[i]}) outside ({i}, {n}) (children "
+           "must be later nodes of the array)",
+        2: f"split node {i} uses feature {feature[i]}, outside "
+           f"[0, n_features={tree.n_features})",
+        3: f"leaf {i} (left child -1) has a right child ({right[i]})",
+        4: f"node {i} has a child that another split has too (the nodes do not form a "
+           "tree)",
+    }[code])
 
 
 # ------------------------------------------------------------------ neighbour trees
