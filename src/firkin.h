@@ -229,14 +229,16 @@ PyObject *scan_joblib(PyObject *module, PyObject *data);
 PyObject *fk_dtype_problem(PyObject *module, PyObject *arg);
 int dtype_init_types(PyObject *module, fk_state *st);
 /* ---- validate.c ---- */
-/* tree_links(left, right, feature, n_features) -> None or (code, node): the
- * first node of a decision tree whose links or feature break what sklearn's
- * compiled Tree loops assume (codes in validate.c). */
+/* tree_links(left, right, feature, n_features) -> the tree's depth, or
+ * (code, node): the first node of a decision tree whose links or feature
+ * break what sklearn's compiled Tree loops assume (codes in validate.c). */
 PyObject *validate_tree_links(PyObject *module, PyObject *args);
 /* retype(obj, cls): obj.__class__ = cls for a layout-identical heap subclass */
 PyObject *validate_retype(PyObject *module, PyObject *args);
 /* checked_subclass(base, name): a layout-identical heap subclass of base */
 PyObject *validate_checked_subclass(PyObject *module, PyObject *args);
+/* walk(root, name, by_class, leaves, skip, expand): the estimator walk */
+PyObject *validate_walk(PyObject *module, PyObject *args);
 
 /* ---- little-endian helpers ---- */
 static inline void fk_put_u16(unsigned char *p, uint16_t v) {

@@ -118,7 +118,8 @@ static PyMethodDef module_methods[] = {
      "dtype_problem(dtype) -> None, or why numpy must not be given this dtype: its flags hide the "
      "Python objects its fields or subarray hold, or it nests too deep"},
     {"tree_links", validate_tree_links, METH_VARARGS,
-     "tree_links(left, right, feature, n_features) -> None, or (code, node) for the first node "
+     "tree_links(left, right, feature, n_features) -> the depth of the deepest node (the root's "
+     "is 0), or (code, node) for the first node "
      "of a decision tree whose children or feature break the invariants of sklearn's compiled "
      "tree loops: 1 children not later in-range nodes, 2 feature out of range, 3 leaf with a "
      "right child, 4 a node with two parents"},
@@ -128,6 +129,11 @@ static PyMethodDef module_methods[] = {
     {"checked_subclass", validate_checked_subclass, METH_VARARGS,
      "checked_subclass(base, name) -> a subclass of base with its exact instance layout (no "
      "__dict__, GC only if base has it), whose instances retype() can turn into base instances"},
+    {"walk", validate_walk, METH_VARARGS,
+     "walk(root, name, by_class, leaves, skip, expand): call by_class[type(o)](name, o) for every "
+     "object o reachable from root (dict values and keys, list and tuple items, gc referents, "
+     "expand(array) for object arrays) whose exact type is a key, stopping at types in leaves, "
+     "at arrays and at instances of skip; each object once"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -2,7 +2,11 @@
  * over a decision tree's links and depths (python/firkin/_validate.py builds
  * the messages). Nothing is sized from the data beyond one word per node the
  * arrays really hold. */
+#define NPY_NO_DEPRECATED_API NPY_1_7_API_VERSION
+#define PY_ARRAY_UNIQUE_SYMBOL firkin_ARRAY_API
+#define NO_IMPORT_ARRAY
 #include "firkin.h"
+#include <numpy/arrayobject.h>
 #include <string.h>
 
 /* a 1-d buffer of native int64 (any stride), or -1 with an exception */
@@ -157,4 +161,111 @@ PyObject *validate_checked_subclass(PyObject *module, PyObject *args)
      * str whose UTF-8 buffer that is, so the name lives as long as the type */
     if (type && PyObject_SetAttrString(type, "__firkin_spec_name__", name_obj) < 0) Py_CLEAR(type);
     return type;
+}
+
+/* ---- the estimator walk ---- */
+
+static int walk_visit(PyObject *obj, void *todo)
+{
+    return PyList_Append((PyObject *)todo, obj);
+}
+
+/* todo.extend(seq) for a list or tuple */
+static int walk_extend(PyObject *todo, PyObject *seq)
+{
+    return PyList_SetSlice(todo, PY_SSIZE_T_MAX, PY_SSIZE_T_MAX, seq);
+}
+
+/* What one popped object adds to the walk: 1 when it was new (`held` keeps
+ * it alive to the end, so no address is seen twice), 0 when skipped, -1 on
+ * error. */
+static int walk_one(PyObject *obj, PyObject *todo, PyObject *seen, PyObject *held, PyObject *name,
+                    PyObject *by_class, PyObject *leaves, PyObject *skip, PyObject *expand)
+{
+    PyTypeObject *t = Py_TYPE(obj);
+    int rc = PySet_Contains(leaves, (PyObject *)t);
+    if (rc != 0) return rc < 0 ? -1 : 0;
+    PyObject *key = PyLong_FromVoidPtr(obj);
+    if (!key) return -1;
+    rc = PySet_Contains(seen, key);
+    if (rc == 0) rc = PySet_Add(seen, key) < 0 ? -1 : 0;
+    else if (rc > 0) rc = 2;
+    Py_DECREF(key);
+    if (rc != 0) return rc < 0 ? -1 : 0;
+    if (PyList_Append(held, obj) < 0) return -1;
+    if (PyDict_CheckExact(obj)) {
+        /* values, then keys, as the walk has always pushed them */
+        PyObject *values = PyDict_Values(obj), *keys = values ? PyDict_Keys(obj) : NULL;
+        const int bad = !keys || walk_extend(todo, values) < 0 || walk_extend(todo, keys) < 0;
+        Py_XDECREF(values);
+        Py_XDECREF(keys);
+        return bad ? -1 : 1;
+    }
+    if (PyList_CheckExact(obj) || PyTuple_CheckExact(obj)) return walk_extend(todo, obj) < 0 ? -1 : 1;
+    PyObject *fn = PyDict_GetItemWithError(by_class, (PyObject *)t); /* borrowed */
+    if (fn) {
+        Py_INCREF(fn);
+        PyObject *r = PyObject_CallFunctionObjArgs(fn, name, obj, NULL);
+        Py_DECREF(fn);
+        if (!r) return -1;
+        Py_DECREF(r);
+    } else if (PyErr_Occurred()) {
+        return -1;
+    }
+    if (PyArray_Check(obj)) {
+        if (!PyDataType_REFCHK(PyArray_DESCR((PyArrayObject *)obj))) return 1;
+        PyObject *more = PyObject_CallOneArg(expand, obj); /* the objects it holds: a list */
+        if (!more) return -1;
+        const int bad = !PyList_Check(more) ? (PyErr_SetString(PyExc_TypeError,
+                                                               "walk: expand() must return a list"), 1)
+                                            : walk_extend(todo, more) < 0;
+        Py_DECREF(more);
+        return bad ? -1 : 1;
+    }
+    rc = PyObject_IsInstance(obj, skip);
+    if (rc != 0) return rc < 0 ? -1 : 1;
+    if (PyObject_IS_GC(obj) && t->tp_traverse) {
+        /* what gc.get_referents(obj) lists */
+        if (t->tp_traverse(obj, walk_visit, todo) != 0) return -1;
+    }
+    return 1;
+}
+
+/* walk(root, name, by_class, leaves, skip, expand): calls by_class[type(o)](name, o)
+ * for every object o reachable from root whose exact class is a key of
+ * by_class, as soon as it reaches o (before going into it). Follows the
+ * values and keys of dicts, the items of lists and tuples, what the garbage
+ * collector sees an object refer to, and expand(a) for numpy arrays that
+ * hold objects; stops at objects whose type is in `leaves`, at arrays and
+ * at instances of the `skip` types. Each object once. */
+PyObject *validate_walk(PyObject *module, PyObject *args)
+{
+    (void)module;
+    PyObject *root, *name, *by_class, *leaves, *skip, *expand;
+    PyObject *todo = NULL, *seen = NULL, *held = NULL, *result = NULL;
+    if (!PyArg_ParseTuple(args, "OOO!O!O!O:walk", &root, &name, &PyDict_Type, &by_class,
+                          &PyFrozenSet_Type, &leaves, &PyTuple_Type, &skip, &expand))
+        return NULL;
+    todo = PyList_New(0);
+    seen = PySet_New(NULL);
+    held = PyList_New(0);
+    if (!todo || !seen || !held || PyList_Append(todo, root) < 0) goto done;
+    while (PyList_GET_SIZE(todo) > 0) {
+        const Py_ssize_t last = PyList_GET_SIZE(todo) - 1;
+        PyObject *obj = PyList_GET_ITEM(todo, last);
+        Py_INCREF(obj);
+        if (PyList_SetSlice(todo, last, last + 1, NULL) < 0) {
+            Py_DECREF(obj);
+            goto done;
+        }
+        const int rc = walk_one(obj, todo, seen, held, name, by_class, leaves, skip, expand);
+        Py_DECREF(obj);
+        if (rc < 0) goto done;
+    }
+    result = Py_NewRef(Py_None);
+done:
+    Py_XDECREF(todo);
+    Py_XDECREF(seen);
+    Py_XDECREF(held);
+    return result;
 }

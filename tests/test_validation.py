@@ -20,6 +20,7 @@ import pytest
 
 import firkin
 import firkin._api
+from firkin import _core
 from firkin._core import crc32c
 
 HEADER_LEN = 64
@@ -738,3 +739,36 @@ def test_errors_from_file_object_name_it(small_file, tmp_path):
         with pytest.raises(firkin.FormatError) as info:
             firkin.load(f)
     assert str(path) in str(info.value)
+
+
+def test_the_estimator_walk_reaches_every_place_once():
+    # firkin._core.walk: what the load-time walk follows, each object once, in C
+    from firkin import _validate
+
+    class Found:
+        pass
+
+    class Holder:
+        def __init__(self, *items):
+            self.items = items
+
+    seen = []
+    f = [Found() for _ in range(8)]
+    arr = np.empty(2, dtype=object)
+    arr[:] = [f[4], [f[5]]]
+    rec = np.zeros(1, dtype=[("x", "i8"), ("o", "O")])
+    rec["o"][0] = f[6]
+    key = (f[7],)
+    root = {"a": [f[0], (f[1], f[1])], key: Holder(f[2], {"deep": f[3]}), "arr": arr, "rec": rec}
+    root["self"] = root  # a cycle
+    _core.walk(root, "<test>", {Found: lambda name, o: seen.append((name, o))},
+               _validate._LEAVES, _validate._SKIP, _validate._expand)
+    assert sorted(id(o) for _, o in seen) == sorted(map(id, f))
+    assert {name for name, _ in seen} == {"<test>"}
+
+    def refuse(name, o):
+        raise firkin.UntrustedTypesError(f"{name}: no")
+
+    with pytest.raises(firkin.UntrustedTypesError, match="<test>: no"):
+        _core.walk([f[0]], "<test>", {Found: refuse}, _validate._LEAVES, _validate._SKIP,
+                   _validate._expand)

@@ -34,7 +34,7 @@ compiled code before its own invariants were checked.
 """
 from __future__ import annotations
 
-import gc
+import functools
 import sys
 import threading
 import types
@@ -115,8 +115,7 @@ class Check:
         for item in self.built:
             _check_built(self, item)
         if self.walk:
-            for found, owner in _walk(obj):
-                owner(self.name, found)
+            _walk(obj, self.name)
         for item in self.built:  # all checked: the trees become sklearn's own Tree
             if type(item) is _tree_cls:
                 _core.retype(item, _tree_cls.__base__)
@@ -282,25 +281,36 @@ def _tree_factory(*args, **kwargs):
     return tree
 
 
+@functools.lru_cache(maxsize=16)
+def _node_dtype_problem(dtype) -> str | None:
+    """What makes `dtype` no array of tree nodes (a forest's trees share one)."""
+    if not (dtype.names and {"left_child", "right_child", "feature"} <= set(dtype.names)):
+        return "'nodes' is not a 1-d array of tree nodes"
+    for field in ("left_child", "right_child", "feature"):
+        if dtype[field].kind != "i":
+            return f"the node field {field!r} is not a signed integer"
+    return None
+
+
 def _check_tree_state(name: str, tree, d) -> None:
     what = "a sklearn.tree._tree.Tree"
     if type(d) is not dict:
         raise refuse(name, what, f"its state is a {type(d).__name__}, not a dict")
     nodes, node_count, max_depth = d.get("nodes"), d.get("node_count"), d.get("max_depth")
-    if not (isinstance(nodes, np.ndarray) and nodes.ndim == 1 and nodes.dtype.names
-            and {"left_child", "right_child", "feature"} <= set(nodes.dtype.names)):
+    if not (isinstance(nodes, np.ndarray) and nodes.ndim == 1):
         raise refuse(name, what, "'nodes' is not a 1-d array of tree nodes")
+    problem = _node_dtype_problem(nodes.dtype)
+    if problem:
+        raise refuse(name, what, problem)
     n = nodes.shape[0]
     if not (_is_int(node_count) and node_count == n and n >= 1):
         raise refuse(name, what, f"node_count is {node_count!r} but the node array holds {n} "
                      "nodes (it must be their number, at least 1)")
     if not (_is_int(max_depth) and 0 <= max_depth < n):
         raise refuse(name, what, f"max_depth is {max_depth!r}, not in [0, node_count)")
-    for field in ("left_child", "right_child", "feature"):
-        if nodes.dtype[field].kind != "i":
-            raise refuse(name, what, f"the node field {field!r} is not a signed integer")
-    left, right, feature = (nodes[f].astype(np.int64, copy=False)
-                            for f in ("left_child", "right_child", "feature"))
+    left = nodes["left_child"].astype(np.int64, copy=False)
+    right = nodes["right_child"].astype(np.int64, copy=False)
+    feature = nodes["feature"].astype(np.int64, copy=False)
     # one pass in C (firkin._core.tree_links): children come after their
     # parent in the array, as sklearn adds a node before its children, which
     # with in-range indices makes the graph acyclic; the same pass measures
@@ -867,41 +877,21 @@ def _checks_by_class() -> dict:
     return out
 
 
-def _walk(root):
-    """(object, check) for every object reachable from root whose exact class has
-    a check. Follows gc referents and the elements of object arrays."""
+def _expand(arr) -> list:
+    """The objects an object array holds (for the walk)."""
+    if arr.dtype.fields:
+        return [arr[f] for f, (dt, *_) in arr.dtype.fields.items() if dt.hasobject]
+    return arr.ravel(order="K").tolist() if arr.ndim else [arr[()]]
+
+
+def _walk(root, name: str) -> None:
+    """Call the estimator check of every object reachable from root whose
+    exact class has one, as the walk reaches it: in C (firkin._core.walk),
+    following dict values and keys, list and tuple items, gc referents and
+    the elements of object arrays; leaves, arrays and _SKIP end a branch."""
     by_class = _checks_by_class()
-    if not by_class:
-        return
-    seen: set[int] = set()
-    todo = [root]
-    ndarray, leaves, referents = np.ndarray, _LEAVES, gc.get_referents
-    while todo:
-        obj = todo.pop()
-        t = type(obj)
-        if t in leaves or id(obj) in seen:
-            continue
-        seen.add(id(obj))
-        if t is dict:
-            todo.extend(obj.values())
-            todo.extend(obj)
-            continue
-        if t is list or t is tuple:
-            todo.extend(obj)
-            continue
-        fn = by_class.get(t)
-        if fn is not None:
-            yield obj, fn
-        if isinstance(obj, ndarray):
-            if obj.dtype.hasobject:
-                if obj.dtype.fields:
-                    todo.extend(obj[f] for f, (dt, *_) in obj.dtype.fields.items() if dt.hasobject)
-                else:
-                    todo.extend(obj.ravel(order="K").tolist() if obj.ndim else [obj[()]])
-            continue
-        if isinstance(obj, _SKIP):
-            continue
-        todo.extend(referents(obj))
+    if by_class:
+        _core.walk(root, name, by_class, _LEAVES, _SKIP, _expand)
 
 
 def _register() -> None:
