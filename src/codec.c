@@ -8,6 +8,7 @@
  * parallel. One pool per dump/load call keeps concurrent calls independent.
  */
 #include "firkin.h"
+#include <errno.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -556,10 +557,32 @@ static void job_decompress(codec_pool *p, codec_job *job)
     if (job->hash_key) fk_poly1305(job->hash_key, job->dst, job->dst_len, job->hash, 0);
 }
 
+/* A raw chunk read on the worker, so that reading and verifying overlap
+ * across the pool's threads instead of the caller reading every chunk. */
+static int job_read(codec_job *job)
+{
+    size_t done = 0;
+    while (done < job->dst_len) {
+        ssize_t k = pread(job->read_fd, job->dst + done, job->dst_len - done,
+                          (off_t)(job->read_off + done));
+        if (k < 0 && errno == EINTR) continue;
+        if (k <= 0) {
+            job->read_errno = k < 0 ? errno : 0;
+            job_fail(job, CODEC_ERR_IO, k < 0 ? strerror(errno) : "the file ends inside this chunk");
+            return -1;
+        }
+        done += (size_t)k;
+    }
+    job->src = job->dst;
+    job->src_len = job->dst_len;
+    return 0;
+}
+
 static void job_run(codec_pool *p, codec_job *job)
 {
     job->status = 0;
     job->err[0] = 0;
+    if (job->read_first && job_read(job) < 0) return;
     if (job->op == CODEC_OP_COMPRESS) job_compress(p, job);
     else job_decompress(p, job);
 }

@@ -116,6 +116,7 @@ enum {
     CODEC_ERR_DATA = 2,
     CODEC_ERR_UNAVAILABLE = 3,
     CODEC_ERR_MEMORY = 4,
+    CODEC_ERR_IO = 5,       /* the job's own read failed: read_errno, or 0 for a short file */
 };
 
 typedef struct codec_job {
@@ -134,6 +135,10 @@ typedef struct codec_job {
     size_t scratch_cap;
     int scratch_owned;      /* scratch was malloc'ed by the job (python codecs) */
     void *owned;            /* a buffer the job's owner frees after use */
+    int read_first;         /* decompress, raw chunk: first pread dst_len bytes of read_fd at
+                             * read_off into dst, which then is src (reading on the worker) */
+    int read_fd;
+    uint64_t read_off;
     /* out */
     int out_codec;          /* compress: codec actually stored (raw when it didn't pay) */
     const unsigned char *out; /* compress: stored bytes (src or scratch) */
@@ -141,6 +146,7 @@ typedef struct codec_job {
     uint32_t crc;           /* compress: CRC-32C of the stored bytes */
     unsigned char hash[16]; /* with hash_key: Poly1305 of the raw bytes */
     int status;
+    int read_errno;
     char err[160];
     int done;
 } codec_job;

@@ -636,6 +636,16 @@ static int rd_job_error(ReaderObject *r, rd_job *j)
 {
     const rd_section *s = j->s;
     if (j->job.status == CODEC_ERR_CHECKSUM) return report_crc_mismatch(r, s, j->chunk);
+    if (j->job.status == CODEC_ERR_IO) { /* read on the worker: as rd_read reports it */
+        if (j->job.read_errno) {
+            errno = j->job.read_errno;
+            PyErr_SetFromErrno(PyExc_OSError);
+        } else {
+            FORMAT_ERR(r, "truncated: file ends inside the %zu bytes at offset %llu", j->raw_len,
+                       (unsigned long long)j->file_off);
+        }
+        return -1;
+    }
     char what[64];
     if (s->kind == FK_SEC_BUFFER)
         snprintf(what, sizeof what, "buffer %ld", buffer_ordinal(r, s));
@@ -736,7 +746,15 @@ static int rd_sections_into(ReaderObject *r, const rd_section **secs, unsigned c
                 j->job.expect_crc = fk_get_u32(ce + 8);
                 j->job.hash_key = hash_key;
                 j->raw_len = rawc;
-                if (codec == FK_CODEC_RAW) {
+                if (codec == FK_CODEC_RAW && r->fd >= 0 && !r->has_mem) {
+                    /* the worker reads it, then verifies it while it is hot in
+                     * its cache, and the pool's threads read in parallel */
+                    j->job.read_first = 1;
+                    j->job.read_fd = r->fd;
+                    j->job.read_off = r->base + soff;
+                    j->job.dst = dsts[i] + roff;
+                    j->job.dst_len = rawc;
+                } else if (codec == FK_CODEC_RAW) {
                     if (rd_read(r, soff, dsts[i] + roff, rawc) < 0) { rd_job_free(j); goto done; }
                     j->job.src = dsts[i] + roff;
                     j->job.src_len = rawc;

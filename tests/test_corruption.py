@@ -317,3 +317,24 @@ def test_fuzz_regression_scan(path):
 
 if __name__ == "__main__":
     _child_main(sys.argv[1:])
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_file_cut_while_workers_read_it(tmp_path, threads):
+    """Raw array chunks are read by the pool's threads, which verify them as
+    they go: a file cut short under a load in progress is a FormatError that
+    says so, wherever the cut lands, not garbage or a crash."""
+    from firkin import _api
+
+    a = np.arange(3 << 20, dtype=np.float64)  # 24 MiB: 24 chunks, enough for the pool
+    path = tmp_path / "cut.firkin"
+    firkin.dump({"a": a}, path)
+    np.testing.assert_array_equal(firkin.load(path, threads=threads)["a"], a)
+    size = path.stat().st_size
+    for cut in (size // 2, size // 2 + 12345, 4096):
+        with open(path, "r+b") as f:
+            reader = _api._reader(f.fileno(), str(path))
+            f.truncate(cut)
+            with pytest.raises(firkin.FormatError, match="truncated"):
+                reader.read_buffers(verify=True, threads=threads)
+        firkin.dump({"a": a}, path)
