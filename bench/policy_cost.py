@@ -27,7 +27,7 @@ import firkin
 
 RSS_CHILD = """
 import resource, sys
-import firkin, firkin._compat
+import firkin, firkin._joblib
 path, trusted = sys.argv[1], sys.argv[2] == "1"
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 value = firkin.load(path, trusted=True) if trusted else firkin.load(path)
