@@ -232,6 +232,34 @@ def _measure(spec: dict, timeout: float, label: str, samples: list, errors: dict
     log(f"{label}: {res['time_s']:8.4f} s  peak +{res['peak_rss_delta'] / MB:8.1f} MB")
 
 
+def _rounds(cache: str, files: dict, dumpers: list, reads: dict, repeat: int, measure,
+            errors: dict) -> dict:
+    """Every dumper, then every loader (reads: loader -> the file it reads),
+    round-robin, rotated each repetition; measure(op, name, rep) takes one
+    measurement. Returns the files' sizes; removes the files."""
+    warm_read(cache)
+    for rep in range(repeat):
+        for d in rotated(dumpers, rep):
+            if os.path.exists(files[d]):
+                os.unlink(files[d])
+            measure("dump", d, rep)
+    sizes = {d: os.path.getsize(p) for d, p in files.items() if os.path.exists(p)}
+    for p in files.values():
+        if os.path.exists(p):
+            warm_read(p)
+    loaders = list(reads)
+    for rep in range(repeat):
+        for c in rotated(loaders, rep):
+            if not os.path.exists(reads[c]):
+                errors.setdefault(("load", c), "no file: its dump failed")
+                continue
+            measure("load", c, rep)
+    for p in files.values():
+        if os.path.exists(p):
+            os.unlink(p)
+    return sizes
+
+
 def bench_workload(name: str, size: str, repeat: int, workdir: str, cache_info: dict,
                    timeout: float) -> dict:
     """The default suite on one workload: every dumper, then every loader on
@@ -248,26 +276,8 @@ def bench_workload(name: str, size: str, repeat: int, workdir: str, cache_info: 
         _measure(spec, timeout, f"[{name}] {op:4s} {contender:24s} rep {rep + 1}/{repeat}",
                  samples[(op, contender)], errors, (op, contender))
 
-    warm_read(cache)
-    for rep in range(repeat):
-        for d in rotated(dumpers, rep):
-            if os.path.exists(files[d]):
-                os.unlink(files[d])
-            measure("dump", d, files[d], rep)
-    sizes = {d: os.path.getsize(p) for d, p in files.items() if os.path.exists(p)}
-    for p in files.values():
-        if os.path.exists(p):
-            warm_read(p)
-    for rep in range(repeat):
-        for c in rotated(loaders, rep):
-            src = files[loader_file(c)]
-            if not os.path.exists(src):
-                errors.setdefault(("load", c), "no file: its dump failed")
-                continue
-            measure("load", c, src, rep)
-    for p in files.values():
-        if os.path.exists(p):
-            os.unlink(p)
+    sizes = _rounds(cache, files, dumpers, {c: files[loader_file(c)] for c in loaders}, repeat,
+                    lambda op, c, rep: measure(op, c, files[loader_file(c)], rep), errors)
 
     rows = []
     for c in dumpers + [c for c in loaders if c not in dumpers]:
@@ -362,25 +372,7 @@ def bench_compress_workload(name: str, size: str, repeat: int, workdir: str, cac
         _measure(spec, timeout, f"[{name}] {op:4s} {n:24s} rep {rep + 1}/{repeat}",
                  samples[(op, n)], errors, (op, n))
 
-    warm_read(cache)
-    for rep in range(repeat):
-        for n in rotated(names, rep):
-            if os.path.exists(files[n]):
-                os.unlink(files[n])
-            measure("dump", n, rep)
-    sizes = {n: os.path.getsize(p) for n, p in files.items() if os.path.exists(p)}
-    for p in files.values():
-        if os.path.exists(p):
-            warm_read(p)
-    for rep in range(repeat):
-        for n in rotated(names, rep):
-            if not os.path.exists(files[n]):
-                errors.setdefault(("load", n), "no file: its dump failed")
-                continue
-            measure("load", n, rep)
-    for p in files.values():
-        if os.path.exists(p):
-            os.unlink(p)
+    sizes = _rounds(cache, files, names, files, repeat, measure, errors)
 
     threads = os.cpu_count() or 1
     array_bytes = cache_info.get("array_bytes")
