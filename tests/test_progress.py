@@ -9,10 +9,9 @@ import termios
 import textwrap
 import types
 
+import firkin
 import numpy as np
 import pytest
-
-import firkin
 from firkin import _progress
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["set_defaults", "durable", "progress"]
+__all__ = ["durable", "progress", "set_defaults"]
 
 _UNSET = object()
 _TRUE = {"1", "true", "yes", "on"}
