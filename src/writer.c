@@ -473,6 +473,11 @@ static void wr_header_bytes(unsigned char *h, uint64_t total, uint64_t index_off
 static int wr_flush_stream(WriterObject *w)
 {
     if (!w->sbuf_len) return 0;
+    /* the oldest chunk in flight is usually written by now: retire it, so
+     * that its memory stages the next chunk instead of a fresh megabyte the
+     * kernel must fault in and zero (a quarter of a 10 MB forest's dump) */
+    while (w->stream_open && !w->spare && w->ring_count && w->ring[w->ring_head]->job.done)
+        if (wr_retire_one(w) < 0) return -1;
     unsigned char *full = w->sbuf;
     size_t n = w->sbuf_len;
     int last = !w->stream_open; /* the final, partial chunk: no new staging buffer */
