@@ -22,7 +22,7 @@
 #define FK_MAGIC_LEN 8
 #define FK_END_MAGIC "\nFRKEND\x89"
 #define FK_FORMAT_MAJOR 1
-#define FK_FORMAT_MINOR 1
+#define FK_FORMAT_MINOR 2
 #define FK_HEADER_LEN 64
 #define FK_TRAILER_LEN 40
 #define FK_INDEX_HEAD_LEN 16
@@ -32,7 +32,9 @@
 #define FK_INDEX_MAGIC "FIDX"
 
 /* header feature flags */
-#define FK_REQ_KNOWN 0ULL                 /* required features this reader knows */
+#define FK_REQ_STREAMED (1ULL << 0)        /* body cut into length-prefixed frames (a stream) */
+#define FK_REQ_KNOWN FK_REQ_STREAMED      /* required features this reader knows */
+#define FK_MAX_FRAME ((size_t)1 << 30)    /* largest frame of the streamed layout */
 #define FK_OPT_BUFFERS_MUTABLE (1ULL << 0) /* opened with mmap_mode='r+' */
 
 /* section kinds and flags */

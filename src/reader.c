@@ -107,8 +107,10 @@ typedef struct {
     Py_buffer mem;
     int has_mem;
     uint64_t base;        /* absolute position of the container start */
+    int deframed;         /* a streamed-layout container, its frames already removed */
     uint64_t total;       /* container length */
     uint64_t opt_flags;
+    uint64_t req_flags;
     uint16_t major, minor;
     uint64_t index_off;
     unsigned char *index;
@@ -310,6 +312,7 @@ static int rd_parse(ReaderObject *r)
     uint32_t hlen = fk_get_u32(h + 12);
     uint64_t req = fk_get_u64(h + 16);
     r->opt_flags = fk_get_u64(h + 24);
+    r->req_flags = req;
     uint64_t htotal = fk_get_u64(h + 32), hindex = fk_get_u64(h + 40);
     if (r->major != FK_FORMAT_MAJOR) {
         FORMAT_ERR(r, "written by a newer firkin (container format %u.%u); this firkin reads format "
@@ -323,6 +326,15 @@ static int rd_parse(ReaderObject *r)
     }
     if (hlen != FK_HEADER_LEN)
         return FORMAT_ERR(r, "bad header length %u (expected 64)", hlen), -1;
+    if ((req & FK_REQ_STREAMED) && !r->deframed) {
+        FORMAT_ERR(r, "written to a stream (pipe or socket) in the streamed layout; this "
+                      "reader was given its frames: read it through firkin.load");
+        return -1;
+    }
+    if (!(req & FK_REQ_STREAMED) && r->deframed) {
+        FORMAT_ERR(r, "frames removed from a container that is not in the streamed layout");
+        return -1;
+    }
 
     /* where the container ends: the header says so when the writer could seek */
     if (htotal) {
@@ -970,8 +982,10 @@ static PyObject *Reader_buffer_spans(ReaderObject *r, PyObject *unused)
     if (!out) return NULL;
     for (size_t i = 0; i < r->nbuf; i++) {
         const rd_section *s = &r->sections[r->buf_secs[i]];
+        /* frames removed: the bytes do not lie at these offsets in the file */
+        int mappable = s->all_raw && !r->deframed;
         PyObject *t = Py_BuildValue("(KKO)", (unsigned long long)(r->base + s->offset),
-                                    (unsigned long long)s->raw, s->all_raw ? Py_True : Py_False);
+                                    (unsigned long long)s->raw, mappable ? Py_True : Py_False);
         if (!t) { Py_DECREF(out); return NULL; }
         PyList_SET_ITEM(out, (Py_ssize_t)i, t);
     }
@@ -1021,10 +1035,12 @@ static PyObject *Reader_sections(ReaderObject *r, PyObject *unused)
 
 static PyObject *Reader_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"source", "name", "base", "py_codec", NULL};
+    static char *kwlist[] = {"source", "name", "base", "py_codec", "deframed", NULL};
     PyObject *source, *name = NULL, *py_codec = Py_None;
     unsigned long long base = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|OKO:Reader", kwlist, &source, &name, &base, &py_codec))
+    int deframed = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|OKOp:Reader", kwlist, &source, &name, &base,
+                                     &py_codec, &deframed))
         return NULL;
     if (py_codec != Py_None && (!PyTuple_Check(py_codec) || PyTuple_GET_SIZE(py_codec) != 2)) {
         PyErr_SetString(PyExc_TypeError, "py_codec must be a (compress, decompress) tuple");
@@ -1036,6 +1052,7 @@ static PyObject *Reader_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     r->fd = -1;
     r->pickle_sec = r->meta_sec = r->sig_sec = -1;
     r->base = base;
+    r->deframed = deframed;
     r->py_codec = py_codec == Py_None ? NULL : Py_NewRef(py_codec);
     r->name = name && name != Py_None ? PyObject_Str(name) : PyUnicode_FromString("<firkin data>");
     if (!r->name) goto fail;
@@ -1140,11 +1157,17 @@ static PyObject *Reader_get_name(ReaderObject *r, void *c)
     return Py_NewRef(r->name);
 }
 
+static PyObject *Reader_get_required_flags(ReaderObject *r, void *c)
+{
+    (void)c;
+    return PyLong_FromUnsignedLongLong(r->req_flags);
+}
 static PyGetSetDef Reader_getset[] = {
     {"name", (getter)Reader_get_name, NULL, "the name used in error messages", NULL},
     {"total_length", (getter)Reader_get_total, NULL, "container length in bytes", NULL},
     {"format_version", (getter)Reader_get_version, NULL, "(major, minor)", NULL},
     {"flags", (getter)Reader_get_flags, NULL, "optional header flags", NULL},
+    {"required_flags", (getter)Reader_get_required_flags, NULL, "required header flags", NULL},
     {"buffer_count", (getter)Reader_get_nbuf, NULL, "number of out-of-band buffers", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };

@@ -40,6 +40,8 @@ typedef struct {
     PyObject *name;      /* the file's name for OSError (the user's path, not the temp file), or NULL */
     PyObject *write_meth;
     uint64_t pos;        /* bytes of the container written so far */
+    int streamed;        /* streamed layout (FK_REQ_STREAMED): the sink cannot seek */
+    int framing;         /* streamed and past the header: writes go out as frames */
     PyObject *start_pos; /* fileobj.tell() at start, for patching, or None */
     size_t chunk_size;
     Py_ssize_t threshold;
@@ -209,12 +211,32 @@ static int write_all_pyfile(WriterObject *w, const unsigned char *p, size_t n)
     return 0;
 }
 
+static int wr_sink(WriterObject *w, const unsigned char *p, size_t n)
+{
+    return w->fd >= 0 ? write_all_fd(w, p, n, n >= 65536) : write_all_pyfile(w, p, n);
+}
+
+/* Container bytes. In the streamed layout every write after the header goes
+ * out as frames (u32 length, then the bytes), so that a reader of a pipe or
+ * socket knows how much to read next and stops at the end; `pos` counts
+ * container bytes only. */
 static int wr_out(WriterObject *w, const void *p, size_t n)
 {
-    int rc = w->fd >= 0 ? write_all_fd(w, (const unsigned char *)p, n, n >= 65536)
-                        : write_all_pyfile(w, (const unsigned char *)p, n);
-    if (rc == 0) w->pos += n;
-    return rc;
+    const unsigned char *b = (const unsigned char *)p;
+    if (!w->framing) {
+        if (wr_sink(w, b, n) < 0) return -1;
+    } else {
+        for (size_t left = n; left;) {
+            size_t k = left > FK_MAX_FRAME ? FK_MAX_FRAME : left;
+            unsigned char len[4];
+            fk_put_u32(len, (uint32_t)k);
+            if (wr_sink(w, len, 4) < 0 || wr_sink(w, b, k) < 0) return -1;
+            b += k;
+            left -= k;
+        }
+    }
+    w->pos += n;
+    return 0;
 }
 
 static int wr_pad(WriterObject *w)
@@ -454,14 +476,15 @@ static int wr_blob_section(WriterObject *w, uint16_t kind, uint16_t flags,
     return wr_drain(w);
 }
 
-static void wr_header_bytes(unsigned char *h, uint64_t total, uint64_t index_off)
+static void wr_header_bytes(const WriterObject *w, unsigned char *h, uint64_t total,
+                            uint64_t index_off)
 {
     memset(h, 0, FK_HEADER_LEN);
     memcpy(h, FK_MAGIC, FK_MAGIC_LEN);
     fk_put_u16(h + 8, FK_FORMAT_MAJOR);
     fk_put_u16(h + 10, FK_FORMAT_MINOR);
     fk_put_u32(h + 12, FK_HEADER_LEN);
-    fk_put_u64(h + 16, 0);      /* required features */
+    fk_put_u64(h + 16, w->streamed ? FK_REQ_STREAMED : 0); /* required features */
     fk_put_u64(h + 24, 0);      /* optional features */
     fk_put_u64(h + 32, total);
     fk_put_u64(h + 40, index_off);
@@ -969,8 +992,9 @@ static PyObject *Writer_dump(WriterObject *w, PyObject *args)
     w->stage = -1;
     w->protocol = protocol;
     unsigned char h[FK_HEADER_LEN];
-    wr_header_bytes(h, 0, 0);
+    wr_header_bytes(w, h, 0, 0);
     if (wr_out(w, h, FK_HEADER_LEN) < 0) return NULL;
+    w->framing = w->streamed;
 
     w->sbuf = (unsigned char *)malloc(w->chunk_size);
     if (!w->sbuf) return PyErr_NoMemory();
@@ -1116,9 +1140,18 @@ static PyObject *Writer_finish(WriterObject *w, PyObject *args)
         memcpy(t + 32, FK_END_MAGIC, 8);
         if (wr_out(w, t, FK_TRAILER_LEN) < 0) goto done;
 
-        /* patch the header with the container length and index offset */
         unsigned char h[FK_HEADER_LEN];
-        wr_header_bytes(h, total, index_off);
+        if (w->streamed) {
+            /* the empty frame ends the stream; nothing to patch */
+            static const unsigned char end[4];
+            if (wr_sink(w, end, sizeof end) < 0) goto done;
+            w->framing = 0;
+            w->stage = 2;
+            ret = PyLong_FromUnsignedLongLong(total);
+            goto done;
+        }
+        /* patch the header with the container length and index offset */
+        wr_header_bytes(w, h, total, index_off);
         if (w->fd >= 0) {
             ssize_t k = pwrite(w->fd, h, FK_HEADER_LEN, 0);
             if (k != FK_HEADER_LEN) {
@@ -1172,16 +1205,16 @@ static PyObject *Writer_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
     static char *kwlist[] = {"target", "threads", "chunk_size", "threshold", "codec", "level",
                              "py_codec", "progress", "signer", "name", "sign_key", "sign_prefix",
-                             "byvalue", "hash_key", NULL};
+                             "byvalue", "hash_key", "streamed", NULL};
     PyObject *target, *py_codec = Py_None, *progress = Py_None, *signer = Py_None, *name = Py_None;
     PyObject *byvalue = Py_None;
     Py_buffer sign_key = {0}, sign_prefix = {0}, hash_key = {0};
-    int threads = 0, codec = FK_CODEC_RAW, level = 0;
+    int threads = 0, codec = FK_CODEC_RAW, level = 0, streamed = 0;
     Py_ssize_t chunk_size = FK_DEFAULT_CHUNK, threshold = FK_DEFAULT_THRESHOLD;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|inniiOOOOy*y*Oy*:Writer", kwlist, &target,
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|inniiOOOOy*y*Oy*p:Writer", kwlist, &target,
                                      &threads, &chunk_size, &threshold, &codec, &level, &py_codec,
                                      &progress, &signer, &name, &sign_key, &sign_prefix, &byvalue,
-                                     &hash_key))
+                                     &hash_key, &streamed))
         return NULL;
     WriterObject *w = NULL;
     if (hash_key.buf && hash_key.len != 32) {
@@ -1227,6 +1260,7 @@ static PyObject *Writer_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     if (!w) goto fail;
     w->st = (fk_state *)PyType_GetModuleState(type);
     w->fd = -1;
+    w->streamed = streamed;
     w->chunk_size = (size_t)chunk_size;
     w->threshold = threshold;
     w->threads = threads > 0 ? threads : codec_default_threads();

@@ -131,6 +131,40 @@ def joblib_array_prefix(values=8) -> bytes:
     return wrapper + struct.pack(f"<{values}d", *range(values)) + b"0\x80\x02"
 
 
+def streamed_layout(container: bytes, frame: int = 1000) -> bytes:
+    """`container` in the streamed layout of docs/FORMAT.md (what a dump into
+    a pipe or socket writes): required feature bit 0 set in the header, the
+    rest cut into frames of a u32 length and that many bytes, ended by an
+    empty frame. Written from the format page alone."""
+    header = bytearray(container[:64])
+    header[16:24] = struct.pack("<Q", 1)
+    header[32:48] = bytes(16)  # a stream cannot patch its header: no length, no index offset
+    header[60:64] = struct.pack("<I", _core.crc32c(bytes(header[:60])))
+    body = container[64:]
+    out = bytearray(header)
+    for i in range(0, len(body), frame):
+        part = body[i:i + frame]
+        out += struct.pack("<I", len(part)) + part
+    return bytes(out + bytes(4))
+
+
+class OneWayStream:
+    """A stream that cannot seek and hands out at most `step` bytes per read,
+    like a socket: whatever follows `data` is never reached without waiting."""
+
+    def __init__(self, data: bytes, step: int = 4096):
+        self._data, self._pos, self._step = data, 0, step
+
+    def seekable(self):
+        return False
+
+    def read(self, n=-1):
+        n = len(self._data) if n is None or n < 0 else n
+        out = self._data[self._pos:self._pos + min(n, self._step)]
+        self._pos += len(out)
+        return out
+
+
 def _containers(data: bytes):
     in_joblib = joblib_array_prefix() + data  # a payload after a real array's bytes
     return {
@@ -142,6 +176,9 @@ def _containers(data: bytes):
         "firkin-other-key": firkin_container(data, key=b"mallory's key"),
         "firkin-1.1-other-key": firkin_container(data, key=b"mallory's key", version=2),
         "firkin-unsigned": firkin_container(data),
+        "firkin-streamed": streamed_layout(firkin_container(data)),
+        "firkin-streamed-other-key": streamed_layout(firkin_container(data, key=b"mallory's key",
+                                                                      version=2)),
     }
 
 
@@ -179,6 +216,8 @@ def test_malicious_payloads_refused_in_every_container(case, tmp_path):
         with open(path, "rb") as f:  # and from a file object, the way joblib.load(f) reads
             with pytest.raises(firkin.UntrustedTypesError, match="before unpickling"):
                 firkin.load(f)
+        with pytest.raises(firkin.UntrustedTypesError, match="before unpickling"):
+            firkin.load(OneWayStream(blob))  # a pipe or socket
         assert not sentinel.exists(), (case, kind)
         named = firkin.untrusted_types(path)
         assert all(c in named for c in culprits), (case, kind, named)

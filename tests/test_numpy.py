@@ -42,13 +42,15 @@ def threshold(value):
 
 
 def _route(obj, route, path):
+    # arrays as stored, byte order included: ensure_native_byte_order=False
+    # (the default converts them to native order, tested on its own below)
     if route == "file":
         assert firkin.dump(obj, path) == [str(path)]
-        return firkin.load(path)
+        return firkin.load(path, ensure_native_byte_order=False)
     if route == "bytes":
         data = firkin.dumps(obj)
         assert isinstance(data, bytes)
-        return firkin.loads(data)
+        return firkin.loads(data, ensure_native_byte_order=False)
     if route == "mmap_r":
         firkin.dump(obj, path)
         return firkin.load(path, mmap_mode="r")
@@ -556,6 +558,33 @@ def test_big_endian_values_not_swapped(roundtrip):
     assert out.tolist() == [1, 256, 65536, -2]
 
 
+@pytest.mark.parametrize("size", [4, 100_000])  # in the pickle stream and out-of-band
+def test_default_load_returns_native_byte_order(tmp_path, size):
+    """joblib's ensure_native_byte_order='auto' for firkin files too: arrays
+    of the other byte order come back native unless memory-mapped; True
+    with a mapping is refused (joblib's ValueError) before the file is opened."""
+    foreign = ">" if np.little_endian else "<"
+    a = np.arange(size, dtype=foreign + "i4")
+    rec = np.zeros(3, dtype=[("x", foreign + "f8"), ("y", foreign + "i2")])
+    rec["x"], rec["y"] = [1.5, 2.5, 3.5], [1, 2, 3]
+    p = tmp_path / "be.firkin"
+    firkin.dump([a, rec], p)
+    for out in (firkin.load(p), firkin.loads(firkin.dumps([a, rec])),
+                firkin.load(p, ensure_native_byte_order=True)):
+        assert out[0].dtype == np.dtype("=i4") and out[0].dtype.isnative
+        assert out[0].tolist() == a.tolist() and out[0].flags.writeable
+        assert all(out[1].dtype[f].isnative for f in ("x", "y"))
+        assert out[1]["x"].tolist() == [1.5, 2.5, 3.5] and out[1]["y"].tolist() == [1, 2, 3]
+    mapped = firkin.load(p, mmap_mode="r")
+    assert mapped[0].dtype == a.dtype and mapped[0].tolist() == a.tolist()
+    kept = firkin.load(p, ensure_native_byte_order=False)
+    assert kept[0].dtype == a.dtype and kept[1].dtype == rec.dtype
+    with pytest.raises(ValueError, match="Native byte ordering can only be enforced"):
+        firkin.load(tmp_path / "missing.firkin", mmap_mode="r", ensure_native_byte_order=True)
+    with pytest.raises(ValueError, match="ensure_native_byte_order must be"):
+        firkin.load(tmp_path / "missing.firkin", ensure_native_byte_order="yes")
+
+
 def test_byteswapped_view_of_native(roundtrip):
     a = np.arange(10, dtype="<u4")
     v = a.view(">u4")
@@ -822,7 +851,7 @@ def test_protocols_with_arrays(tmp_path, monkeypatch):
         monkeypatch.setattr(fk_api, "OOB_THRESHOLD", th)
         for proto in (0, 1, 2, 3, 4, 5, -1, None):
             data = firkin.dumps(a, protocol=proto)
-            out = firkin.loads(data)
+            out = firkin.loads(data, ensure_native_byte_order=False)
             for k in a:
                 if proto in (5, -1, None):
                     assert out[k].dtype == a[k].dtype
@@ -894,7 +923,7 @@ HYP = settings(max_examples=60, deadline=None, database=None,
 def test_hypothesis_dumps_loads(arr, th):
     with threshold(th):
         data = firkin.dumps([arr, arr])
-    out = firkin.loads(data)
+    out = firkin.loads(data, ensure_native_byte_order=False)
     assert out[0] is out[1]
     check_array(out[0], arr)
     if arr.flags.writeable:
@@ -913,7 +942,7 @@ def test_hypothesis_file_mmap(hyp_dir, arr, th, mode):
     p = hyp_dir / "h.firkin"
     with threshold(th):
         firkin.dump({"x": arr, "meta": arr.shape}, p)
-    out = firkin.load(p, mmap_mode=mode)
+    out = firkin.load(p, mmap_mode=mode, ensure_native_byte_order=False)
     assert out["meta"] == arr.shape
     res = out["x"]
     check_array(res, arr, exact_type=False)

@@ -9,13 +9,14 @@ import os
 import pickle
 import secrets
 import stat
+import struct
 import threading
 import warnings
 
 import numpy as np
 
-from . import (_amplify, _byvalue, _compress, _core, _defaults, _guards, _meta, _model,
-               _progress, _remote, _sign, _text, _trust)
+from . import (_amplify, _byteorder, _byvalue, _compress, _core, _defaults, _guards, _meta,
+               _model, _progress, _remote, _sign, _text, _trust)
 from ._core import ChecksumError, FirkinError, FormatError, UntrustedTypesError
 from ._model import CheckResult, ModelCheckError
 
@@ -23,6 +24,10 @@ __all__ = ["dump", "load", "dumps", "loads", "load_metadata", "codecs", "untrust
            "check", "FirkinError", "FormatError", "ChecksumError", "UntrustedTypesError",
            "ModelCheckError", "CheckResult", "VersionMismatchWarning", "ModelCheckWarning",
            "TEMP_SUFFIX"]
+
+
+class _ArgumentError(TypeError, ValueError):
+    """An argument of the wrong kind: a TypeError, and the ValueError joblib raises."""
 
 
 class VersionMismatchWarning(UserWarning):
@@ -90,20 +95,32 @@ def _check_threads(threads) -> int:
 OOB_THRESHOLD = _core.DEFAULT_THRESHOLD
 
 
+def _seekable(f) -> bool:
+    try:
+        return bool(f.seekable())
+    except (AttributeError, OSError, ValueError):
+        return False
+
+
 def _write(value, target, protocol, user_meta, compress, threads, progress=None, name=None,
            strip_paths=False, check_data=None, fsync=True) -> int:
     codec, level, described = compress
     models = _model.signatures(value)
     payload, check_entry = (None, None) if check_data is None else _model.prepare(value, check_data)
     byvalue = _byvalue.Session(strip_paths)
+    # a sink that cannot seek (a pipe, a socket) gets the streamed layout, which
+    # a reader of the stream can delimit without seeking (docs/FORMAT.md)
+    streamed = not isinstance(target, int) and not _seekable(target)
     key = _sign.current_key()
-    signer = _sign.Signer(key) if key is not None else None
+    signer = (_sign.Signer(key, _core.REQ_STREAMED if streamed else 0) if key is not None
+              else None)
     bar = _progress.Progress(progress, "firkin.dump")
     try:
         w = _core.Writer(target, threshold=OOB_THRESHOLD, codec=codec, level=level,
                          py_codec=_compress.PY_CODEC, threads=threads,
                          progress=bar if bar.mode is not False else None, name=name,
-                         byvalue=byvalue, **(signer.writer_kwargs() if signer else {}))
+                         byvalue=byvalue, streamed=streamed,
+                         **(signer.writer_kwargs() if signer else {}))
         try:
             modules = w.dump(value, protocol, payload)
         except (pickle.PicklingError, TypeError, AttributeError) as exc:
@@ -406,6 +423,11 @@ def dump(value, filename, compress=0, protocol=None, *, metadata=None, threads=N
     first firkin._model.CHECK_ROWS rows and the model's outputs on them are
     stored too, for firkin.check and load(..., check=True).
     """
+    is_path = _is_path(filename)
+    if not is_path and not hasattr(filename, "write") and not _remote.is_url(filename):
+        raise _ArgumentError("firkin.dump: the second argument must be a path or a binary file "
+                             f"object, not {type(filename).__name__} (did you swap value and "
+                             "filename?)")
     protocol = _check_protocol(protocol)
     threads = _check_threads(threads)
     user_meta = _meta.check_user_metadata(metadata)
@@ -417,18 +439,15 @@ def dump(value, filename, compress=0, protocol=None, *, metadata=None, threads=N
         return [_remote.dump(filename, storage_options, lambda f, name: _write(
             value, f, protocol, user_meta, comp, threads, progress, name=name,
             strip_paths=strip_paths, check_data=check_data))]
-    if _is_path(filename):
-        comp = _compress.resolve(compress, os.fsdecode(os.fspath(filename)))
+    comp = _compress.resolve(compress, os.fsdecode(os.fspath(filename)) if is_path else None)
+    if is_path:
         _dump_path(value, filename, protocol, user_meta, comp, threads, progress, strip_paths,
                    check_data, durable)
         return [os.fsdecode(os.fspath(filename)) if not isinstance(filename, str) else filename]
-    if hasattr(filename, "write"):
-        _check_binary(filename, "dump")
-        _write(value, filename, protocol, user_meta, _compress.resolve(compress), threads, progress,
-               strip_paths=strip_paths, check_data=check_data)
-        return None
-    raise TypeError("firkin.dump: the second argument must be a path or a binary file object, "
-                    f"not {type(filename).__name__} (did you swap value and filename?)")
+    _check_binary(filename, "dump")
+    _write(value, filename, protocol, user_meta, comp, threads, progress, strip_paths=strip_paths,
+           check_data=check_data)
+    return None
 
 
 def dumps(value, compress=0, protocol=None, *, metadata=None, threads=None, progress=None,
@@ -464,23 +483,39 @@ def _frombuffer_mmap(buf, dtype, shape, order, axis_order=None):
     return _NP_FROMBUFFER(buf, dtype, shape, order, axis_order)
 
 
-class _MmapHooks:
+def _frombuffer_native(buf, dtype, shape, order, axis_order=None):
+    """numpy's _frombuffer, converting an array of the other byte order to
+    this machine's (joblib's ensure_native_byte_order)."""
+    if axis_order is None:
+        return _byteorder.to_native(_NP_FROMBUFFER(buf, dtype, shape, order))
+    return _byteorder.to_native(_NP_FROMBUFFER(buf, dtype, shape, order, axis_order))
+
+
+class _Hooks:
     """Put before an unpickler class (the policy's too, whose find_class would
-    hand out its own guard first): numpy's _frombuffer becomes
-    _frombuffer_mmap, behind the runtime dtype check (firkin._guards)."""
+    hand out its own guard first): numpy's _frombuffer becomes FROMBUFFER,
+    behind the runtime dtype check (firkin._guards)."""
+
+    FROMBUFFER = None
 
     def find_class(self, module, name):
         if (module, name) in _NP_FROMBUFFER_NAMES:
-            return _FROMBUFFER_MMAP
+            return self.FROMBUFFER
         return super().find_class(module, name)
 
 
-_FROMBUFFER_MMAP = _guards.checked_maker(_frombuffer_mmap, "numpy._core.numeric._frombuffer", 1,
-                                         "dtype", True)
+class _MmapHooks(_Hooks):
+    """Arrays over the file's mapping stay np.memmap."""
+
+    FROMBUFFER = _guards.checked_maker(_frombuffer_mmap, "numpy._core.numeric._frombuffer", 1,
+                                       "dtype", True)
 
 
-class _MmapUnpickler(_MmapHooks, pickle.Unpickler):
-    pass
+class _NativeHooks(_Hooks):
+    """Arrays come back in native byte order."""
+
+    FROMBUFFER = _guards.checked_maker(_frombuffer_native, "numpy._core.numeric._frombuffer", 1,
+                                       "dtype", True)
 
 
 _SIGNATURE_NOTES = {
@@ -577,16 +612,16 @@ class _WholeStream:
         return len(data)
 
 
-def _unpickle(reader, stream, buffers, mmap: bool, policy, budget=None):
+def _unpickle(reader, stream, buffers, mmap: bool, policy, budget=None, native=False):
+    """native: arrays of the other byte order come back in this machine's
+    (never for mapped arrays: firkin._byteorder.resolve)."""
+    hooks = _MmapHooks if mmap else _NativeHooks if native else None
     try:
-        if policy is True and not mmap:
+        if policy is True and hooks is None:
             return pickle.loads(stream, buffers=buffers)  # reads the bytes in place
-        if policy is True:
-            cls = _MmapUnpickler
-        else:
-            cls = _trust.make_unpickler(pickle.Unpickler, policy)
-            if mmap:
-                cls = _mmap_policy_class(cls)
+        cls = pickle.Unpickler if policy is True else _trust.make_unpickler(pickle.Unpickler, policy)
+        if hooks is not None:
+            cls = _hooked_class(hooks, cls)
         unpickler = cls(_WholeStream(stream), buffers=buffers)
         unpickler.fk_name = reader.name  # refusals name the file
         with _amplify.active(budget if policy is not True else None):
@@ -596,8 +631,9 @@ def _unpickle(reader, stream, buffers, mmap: bool, policy, budget=None):
 
 
 @functools.lru_cache(maxsize=64)
-def _mmap_policy_class(policy_cls):
-    return type("_MmapPolicyUnpickler", (_MmapHooks, policy_cls), {})
+def _hooked_class(hooks, unpickler_cls):
+    return type(f"_{hooks.__name__.strip('_')}{unpickler_cls.__name__.lstrip('_')}",
+                (hooks, unpickler_cls), {})
 
 
 def _warn_versions(reader, meta: dict) -> None:
@@ -610,8 +646,51 @@ def _warn_versions(reader, meta: dict) -> None:
                       stacklevel=4)
 
 
-def _reader(source, name, base=0):
-    return _core.Reader(source, name=name, base=base, py_codec=_compress.PY_CODEC)
+def _is_streamed(head: bytes) -> bool:
+    """A whole, undamaged header of the streamed layout (docs/FORMAT.md)."""
+    return (len(head) >= _core.HEADER_LEN and head[:8] == _MAGIC
+            and bool(struct.unpack_from("<Q", head, 16)[0] & _core.REQ_STREAMED)
+            and _core.crc32c(bytes(head[:60])) == struct.unpack_from("<I", head, 60)[0])
+
+
+def _header_at(source, base: int) -> bytes:
+    """Up to the 64 header bytes of the container at `base` in `source` (a
+    descriptor, bytes-like data or a seekable file object)."""
+    if isinstance(source, int):
+        return os.pread(source, _core.HEADER_LEN, base)
+    if hasattr(source, "read"):
+        source.seek(base)
+        return _read_upto(source, _core.HEADER_LEN)
+    with memoryview(source) as mv:
+        return bytes(mv[base:base + _core.HEADER_LEN])
+
+
+def _reader(source, name, base=0, deframed=False):
+    """The reader of the container at `base` in `source`. One in the streamed
+    layout (written to a pipe or socket, then saved) has its frames removed
+    first: it is read into memory."""
+    if not deframed and _is_streamed(_header_at(source, base)):
+        f = (_FdStream(source, base) if isinstance(source, int) else
+             source if hasattr(source, "read") else io.BytesIO(memoryview(source)[base:]))
+        if hasattr(source, "read"):
+            source.seek(base)
+        source, deframed = _read_container(f, b"", name)
+        base = 0
+    return _core.Reader(source, name=name, base=base, py_codec=_compress.PY_CODEC,
+                        deframed=deframed)
+
+
+class _FdStream:
+    """read() over a descriptor from an offset, with pread (the descriptor's
+    own position is left alone)."""
+
+    def __init__(self, fd: int, pos: int):
+        self.fd, self.pos = fd, pos
+
+    def read(self, n: int) -> bytes:
+        data = os.pread(self.fd, n, self.pos)
+        self.pos += len(data)
+        return data
 
 
 def _buffer_bytes(reader, which=None) -> int:
@@ -666,7 +745,7 @@ def _charge_buffers(reader, stream, budget, policy, which=None) -> None:
 
 
 def _load_reader(reader, verify, threads, progress=None, trusted=None, max_memory=None,
-                 extra=None):
+                 extra=None, native=True):
     budget = _budget(reader, trusted, max_memory)
     meta = _meta.parse(reader.metadata(), reader.name)  # before anything is unpickled
     stream = reader.pickle_stream()
@@ -677,7 +756,7 @@ def _load_reader(reader, verify, threads, progress=None, trusted=None, max_memor
     if signed:
         buffers, records = buffers
         signed.check(records)
-    obj = _unpickle(reader, stream, buffers, False, policy, budget)
+    obj = _unpickle(reader, stream, buffers, False, policy, budget, native)
     if extra is None or not extra.get("quiet"):  # firkin.check reports the versions itself
         _warn_versions(reader, meta)
     if extra is not None:
@@ -741,6 +820,24 @@ def _looks_like_firkin(fd: int) -> bool:
     return _is_firkin_bytes(os.pread(fd, 8, 0), os.pread(fd, 8, size - 8) if size >= 8 else b"")
 
 
+def _compressed_firkin(source, name, mmap_mode, trusted, max_memory, verify, threads, progress,
+                       ensure_native_byte_order, extra=None):
+    """A firkin file compressed as a whole (dumped into a gzip.GzipFile,
+    bz2.BZ2File or lzma.LZMAFile, or compressed afterwards), loaded from its
+    decompressed bytes, as joblib loads a compressed file: `source` is
+    firkin._joblib's source of the raw bytes. (False, None) when it is not one."""
+    from . import _joblib  # noqa: PLC0415 - only needed for foreign files
+
+    data = _joblib.inflate_firkin(source, name, trusted, max_memory)
+    if data is None:
+        return False, None
+    if mmap_mode is not None:
+        warnings.warn(f'mmap_mode "{mmap_mode}" is not compatible with compressed file {name}. '
+                      f'"{mmap_mode}" flag will be ignored.', UserWarning, stacklevel=4)
+    return True, _loads_named(data, name, trusted, verify, threads, progress,
+                              ensure_native_byte_order, max_memory, extra)
+
+
 def _load_foreign(f, name, mode, kwargs):
     """Files that are not firkin containers: joblib and pickle files."""
     from . import _joblib  # noqa: PLC0415 - only needed for foreign files
@@ -791,11 +888,14 @@ def load(filename, mmap_mode=None, *, trusted=None, verify=None, threads=None, p
     holds no sample; "strict" raises ModelCheckError instead. The sample
     loads under the same policy as the model; firkin.check returns the report.
     """
+    # every argument is checked before the file system is touched, as joblib does
     mode = _check_mmap_mode(mmap_mode)
+    native = _byteorder.resolve(ensure_native_byte_order, mmap_mode)
     _amplify.check_max_memory(max_memory)
     how = _model.check_mode(check)
     # firkin.check's report names the versions that differ: no warning for them then
     extra = None if how is None else {"quiet": isinstance(how, _model.Collect)}
+    _check_threads(threads)
     filename = _remote.local_path(filename)
     _remote.check_options(filename, storage_options)
     if _remote.is_url(filename):
@@ -816,25 +916,46 @@ def load(filename, mmap_mode=None, *, trusted=None, verify=None, threads=None, p
         path = os.fsdecode(os.fspath(filename))
         with open(path, "r+b" if mode == "r+" else "rb") as f:
             if not _looks_like_firkin(f.fileno()):
-                obj = _load_foreign(f, path, mmap_mode, {
-                    "trusted": trusted, "ensure_native_byte_order": ensure_native_byte_order,
-                    "max_memory": max_memory})
-            elif mode is None:
-                obj = _load_reader(_reader(f.fileno(), path), verify, threads, progress, trusted,
-                                   max_memory, extra)
+                from . import _joblib  # noqa: PLC0415 - only needed for foreign files
+
+                done, obj = _compressed_firkin(_joblib.sources._FdSource(f.fileno(), 0, path), path,
+                                               mmap_mode, trusted, max_memory, verify, threads,
+                                               progress, ensure_native_byte_order, extra)
+                if not done:
+                    obj = _load_foreign(f, path, mmap_mode, {
+                        "trusted": trusted, "ensure_native_byte_order": ensure_native_byte_order,
+                        "max_memory": max_memory})
             else:
-                obj = _load_mapped(_reader(f.fileno(), path), f, mode, verify, threads, progress,
-                                   trusted, max_memory, extra)
+                reader = _reader(f.fileno(), path)
+                if mode is not None and reader.required_flags & _core.REQ_STREAMED:
+                    warnings.warn(f"{path} was written to a stream (the streamed layout): its "
+                                  "arrays are read into memory instead of being memory-mapped",
+                                  UserWarning, stacklevel=2)
+                    mode = None
+                if mode is None:
+                    obj = _load_reader(reader, verify, threads, progress, trusted, max_memory,
+                                       extra, native)
+                else:
+                    obj = _load_mapped(reader, f, mode, verify, threads, progress, trusted,
+                                       max_memory, extra)
     elif hasattr(filename, "read"):
         _check_binary(filename, "load")
         if mode is not None:
-            warnings.warn("firkin.load: mmap_mode has no effect when loading from a file object; "
-                          "the arrays are read into memory", UserWarning, stacklevel=2)
+            # joblib's warnings, word for word: code matches on them
+            if isinstance(filename, io.BytesIO):
+                msg = ("In memory persistence is not compatible with mmap_mode "
+                       f'"{mmap_mode}" flag passed. mmap_mode option will be ignored.')
+            elif _plain_fd(filename) is None:
+                msg = f'"{filename!r}" is not a raw file, mmap_mode "{mmap_mode}" flag will be ignored.'
+            else:
+                msg = ("firkin.load: mmap_mode has no effect when loading from a file object; "
+                       "the arrays are read into memory")
+            warnings.warn(msg, UserWarning, stacklevel=2)
         obj = _load_fileobj(filename, verify, threads, progress, trusted, ensure_native_byte_order,
                             max_memory, extra)
     else:
-        raise TypeError("firkin.load: expected a path or a binary file object, not "
-                        f"{type(filename).__name__}")
+        raise _ArgumentError("firkin.load: expected a path or a binary file object, not "
+                             f"{type(filename).__name__}")
     if how is not None:
         name = extra.get("name") or (os.fsdecode(os.fspath(filename)) if _is_path(filename)
                                      else str(getattr(filename, "name", "<file>")))
@@ -894,19 +1015,24 @@ def _load_mapped_buffers(reader, f, mode, verify, threads, progress, stream, pol
                          budget=None):
     """(object, buffers): a file trusted by its signature (`signed`) has every
     mapped byte hashed and checked against the signature before anything is built."""
+    spans = reader.buffer_spans()
+    packed = [i for i, (_, _, mappable) in enumerate(spans) if not mappable]
+    if len(packed) == len(spans) and any(sec["codec"] != "raw" for sec in reader.sections()):
+        # nothing can be mapped: joblib's warning, word for word (code matches on it)
+        warnings.warn(f'mmap_mode "{mode}" is not compatible with compressed file {reader.name}. '
+                      f'"{mode}" flag will be ignored.', UserWarning, stacklevel=3)
+    elif packed:
+        warnings.warn(f"{reader.name}: {len(packed)} of {len(spans)} arrays are compressed; they are "
+                      "decompressed into memory instead of being memory-mapped", UserWarning,
+                      stacklevel=3)
     if reader.buffer_count == 0:
         if signed:
             signed.check(b"")
         return _unpickle(reader, stream, [], True, policy, budget), []
-    spans = reader.buffer_spans()
-    packed = [i for i, (_, _, mappable) in enumerate(spans) if not mappable]
     buffers = [None] * len(spans)
     records = b""
     if packed:
         _charge_buffers(reader, stream, budget, policy, set(packed))
-        warnings.warn(f"{reader.name}: {len(packed)} of {len(spans)} arrays are compressed; they are "
-                      "decompressed into memory instead of being memory-mapped", UserWarning,
-                      stacklevel=3)
         buffers = _read_buffers(reader, _verify_buffers(reader, verify, False), threads, progress,
                                 packed, signed)
         if signed:
@@ -929,37 +1055,163 @@ def _load_mapped_buffers(reader, f, mode, verify, threads, progress, stream, pol
     return _unpickle(reader, stream, buffers, True, policy, budget), buffers
 
 
+def _plain_fd(f):
+    """The descriptor of a file object that is a plain file (io.FileIO, or a
+    buffered reader, writer or random-access file over one, on a regular
+    file), whose bytes are those of its descriptor; None for every other file
+    object (decompressing wrappers, BytesIO, sockets, fsspec and user files),
+    which are read through their own read()/readinto()."""
+    raw = f.raw if isinstance(f, (io.BufferedReader, io.BufferedWriter, io.BufferedRandom)) else f
+    if type(raw) is not io.FileIO:
+        return None
+    try:
+        fd = raw.fileno()
+        return fd if stat.S_ISREG(os.fstat(fd).st_mode) else None
+    except (OSError, ValueError):
+        return None
+
+
+def _read_upto(f, n: int) -> bytes:
+    """Up to n bytes from f, fewer only at its end: never more than n."""
+    parts, got = [], 0
+    while got < n:
+        b = f.read(n - got)
+        if not b:
+            break
+        parts.append(b)
+        got += len(b)
+    return b"".join(parts)
+
+
+_PIECE = 16 << 20  # bytes read from a stream at a time: memory grows with what arrives
+
+
+def _read_into(f, out: bytearray, n: int, name: str, what: str) -> None:
+    """Append exactly n bytes of f to out; FormatError when the stream ends first."""
+    while n:
+        b = _read_upto(f, min(n, _PIECE))
+        out += b
+        n -= len(b)
+        if n and len(b) < min(n + len(b), _PIECE):
+            raise FormatError(f"{name}: truncated: the stream ended inside {what} "
+                              f"({n} bytes missing after byte {len(out)})")
+
+
+def _read_container(f, head: bytes, name: str):
+    """The bytes of the firkin container that starts with `head` in the
+    stream f, read up to its last byte and never past it (a pipe or socket
+    that stays open afterwards is not waited on). Returns (data, deframed):
+    a container in the streamed layout comes back without its frames."""
+    out = bytearray(head)
+    _read_into(f, out, _core.HEADER_LEN - len(out), name, "the header")
+    if _core.crc32c(bytes(out[:60])) != struct.unpack_from("<I", out, 60)[0]:
+        return out, False  # the reader names the damage
+    required, = struct.unpack_from("<Q", out, 16)
+    total, = struct.unpack_from("<Q", out, 32)
+    if required & _core.REQ_STREAMED:
+        frames = 0
+        while True:
+            ln = _read_upto(f, 4)
+            if len(ln) < 4:
+                raise FormatError(f"{name}: truncated: the stream ended after {len(out)} bytes "
+                                  f"of the container ({frames} frames), before its end mark")
+            n, = struct.unpack("<I", ln)
+            if n == 0:
+                return out, True
+            if n > _core.MAX_FRAME:
+                raise FormatError(f"{name}: frame {frames} at container offset {len(out)} claims "
+                                  f"{n} bytes; frames hold at most {_core.MAX_FRAME}")
+            _read_into(f, out, n, name, f"frame {frames}")
+            frames += 1
+    if total:  # written to a seekable output: the header says where it ends
+        if total > len(out):
+            _read_into(f, out, total - len(out), name, f"the {total}-byte container")
+        return out, False
+    # written by firkin < 1.2 to an output that could not seek: it ends at EOF
+    while b := f.read(_PIECE):
+        out += b
+    return out, False
+
+
+class _Replay:
+    """A non-seekable stream whose first bytes were already read."""
+
+    def __init__(self, head: bytes, f):
+        self._head, self._f = head, f
+        self.name = getattr(f, "name", None)
+
+    def seekable(self):
+        return False
+
+    def read(self, n=-1):
+        if self._head:
+            if n is None or n < 0:
+                data, self._head = self._head + self._f.read(), b""
+                return data
+            data, self._head = self._head[:n], self._head[n:]
+            return data
+        return self._f.read(n)
+
+    def readinto(self, b):
+        data = self.read(len(b))
+        b[:len(data)] = data
+        return len(data)
+
+
 def _load_fileobj(f, verify, threads, progress, trusted, ensure_native_byte_order="auto",
                   max_memory=None, extra=None):
     name = getattr(f, "name", None)
     name = name if isinstance(name, str) else f"<{type(f).__name__}>"
-    try:
-        seekable = f.seekable()
-    except (AttributeError, OSError, ValueError):
-        seekable = False
+    native = _byteorder.resolve(ensure_native_byte_order, None)
+    seekable = _seekable(f)
     if not seekable:
-        return _loads_named(f.read(), name, trusted, verify, threads, progress,
-                            ensure_native_byte_order, max_memory, extra)
+        head = _read_upto(f, 8)
+        if not _is_firkin_bytes(head):
+            from . import _joblib  # noqa: PLC0415
+
+            return _joblib.load_fileobj(_Replay(head, f), name,
+                                        ensure_native_byte_order=ensure_native_byte_order,
+                                        trusted=trusted, max_memory=max_memory)
+        data, deframed = _read_container(f, head, name)
+        reader = _reader(data, name, deframed=deframed)
+        return _load_reader(reader, verify, threads, progress, trusted, max_memory, extra, native)
     start = f.tell()
-    head = f.read(8)
+    head = _read_upto(f, _core.HEADER_LEN)
+    if not head and start > 0 and f.seek(0, io.SEEK_END) == start:
+        # positioned exactly at its end: a file object just dumped into, loaded
+        # without seek(0) -- joblib reads such a file from its start
+        start = 0
+        f.seek(0)
+        head = _read_upto(f, _core.HEADER_LEN)
     f.seek(start)
-    if not _is_firkin_bytes(head):
+    if not _is_firkin_bytes(head[:8]):
         from . import _joblib  # noqa: PLC0415
 
+        fd = _plain_fd(f)
+        src = (_joblib.sources._FdSource(fd, start, name) if fd is not None else
+               _joblib.sources._BytesSource(f.getvalue(), name) if isinstance(f, io.BytesIO) else None)
+        if src is not None:
+            src.pos = start
+            done, obj = _compressed_firkin(src, name, None, trusted, max_memory, verify, threads,
+                                           progress, ensure_native_byte_order, extra)
+            if done:
+                return obj
+            f.seek(start)
         return _joblib.load_fileobj(f, name, ensure_native_byte_order=ensure_native_byte_order,
                                     trusted=trusted, max_memory=max_memory)
+    if _is_streamed(head):
+        data, _ = _read_container(f, b"", name)  # leaves f right after the container
+        reader = _reader(data, name, deframed=True)
+        return _load_reader(reader, verify, threads, progress, trusted, max_memory, extra, native)
     if isinstance(f, io.BytesIO):
         source = f.getvalue()  # shares the BytesIO's buffer in the common case
     else:
-        source = f
-        try:
-            if f.writable():
-                f.flush()
-            source = f.fileno()
-        except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
-            pass
+        source = _plain_fd(f)
+        if source is not None and f.writable():
+            f.flush()
+        source = f if source is None else source
     reader = _reader(source, name, start)
-    obj = _load_reader(reader, verify, threads, progress, trusted, max_memory, extra)
+    obj = _load_reader(reader, verify, threads, progress, trusted, max_memory, extra, native)
     f.seek(start + reader.total_length)  # like pickle: positioned after what was read
     return obj
 
@@ -981,8 +1233,9 @@ def _loads_named(data, name, trusted, verify, threads, progress, ensure_native_b
 
         return _joblib.loads_foreign(data, name, ensure_native_byte_order=ensure_native_byte_order,
                                      trusted=trusted, max_memory=max_memory)
+    native = _byteorder.resolve(ensure_native_byte_order, None)
     reader = _reader(data, name)
-    return _load_reader(reader, verify, threads, progress, trusted, max_memory, extra)
+    return _load_reader(reader, verify, threads, progress, trusted, max_memory, extra, native)
 
 
 def loads(data, *, trusted=None, verify=None, threads=None, progress=None,

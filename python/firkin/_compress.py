@@ -75,22 +75,25 @@ def resolve(compress, filename=None):
         method, level = "zlib", DEFAULT_LEVEL
     elif isinstance(compress, tuple):
         if len(compress) != 2:
-            raise ValueError(f"compress as a tuple must be (method, level), got {compress!r}")
+            raise ValueError("Compress argument tuple should contain exactly 2 elements "
+                             f"(method, level), got {compress!r}")
         method, level = compress
         explicit_method = True
-        if not isinstance(method, str):
-            raise ValueError(f"compression method must be a str, got {method!r}; valid: {valid}")
     elif isinstance(compress, str):
         method, level = compress, None
         explicit_method = True
     elif isinstance(compress, int):
         level = compress
     else:
-        raise ValueError(f"compress={compress!r} is not valid: use False/True, a level 0-9, "
-                         f"a method name {valid} or a (method, level) tuple")
+        raise ValueError(f'Non valid compress level given: "{compress}": compress={compress!r} is '
+                         f"not valid: use False/True, a level 0-9, a method name {valid} or a "
+                         "(method, level) tuple")
 
+    # joblib's messages begin these errors ("Non valid ..."): code matches on them
     if method is not None and method not in METHODS:
-        raise ValueError(f"unknown compression method {method!r}; valid methods: {valid}")
+        kind = "unknown compression method" if isinstance(method, str) else "the method must be a str"
+        raise ValueError(f'Non valid compression method given: "{method}" ({kind}); valid '
+                         f"methods: {valid}")
 
     if filename is not None and not explicit_method:
         # joblib: without an explicit method, the file's ending chooses one
@@ -105,14 +108,15 @@ def resolve(compress, filename=None):
     if level is None:
         level = DEFAULT_LEVEL
     if isinstance(level, bool) or not isinstance(level, int):
-        raise ValueError(f"compression level must be an int, got {level!r}")
+        raise ValueError(f'Non valid compress level given: "{level}": the level must be an int')
     if level == 0:
         return 0, 0, None
     method = method or "zlib"
     allowed = _LEVELS.get(method, range(0, 10))
     if level not in allowed:
-        raise ValueError(f"compression level {level} is not valid for {method!r}: "
-                         f"possible values are {allowed.start}..{allowed.stop - 1}")
+        raise ValueError(f'Non valid compress level given: "{level}": compression level {level} '
+                         f"is not valid for {method!r}: possible values are "
+                         f"{allowed.start}..{allowed.stop - 1}")
     if method == "zstd" and not _native["zstd"]:
         raise ValueError(_unavailable("zstd"))
     if method == "lz4" and not _native["lz4"] and _lz4_block is None:

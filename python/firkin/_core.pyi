@@ -3,6 +3,9 @@ from typing import Any, Callable, Optional, Sequence
 
 __version__: str
 FLAG_BUFFERS_MUTABLE: int
+REQ_STREAMED: int  # required feature bit 0: the streamed layout (docs/FORMAT.md)
+MAX_FRAME: int  # largest frame of the streamed layout
+HEADER_LEN: int
 DEFAULT_THRESHOLD: int
 DEFAULT_CHUNK_SIZE: int
 MAX_INDEX: int
@@ -62,6 +65,7 @@ class Writer:
         # reduces what pickle cannot save by reference (firkin._byvalue.Session)
         byvalue: Optional[Callable[[Any], Any]] = None,
         hash_key: Optional[bytes] = None,  # 32-byte Poly1305 key: hash every buffer chunk
+        streamed: bool = False,  # the streamed layout, for sinks that cannot seek
     ) -> None: ...
     signed_bytes: Optional[int]
     buffer_hashes: Optional[bytes]  # with hash_key: 32-byte records (buffer, chunk, raw length, hash)
@@ -80,6 +84,7 @@ class Reader:
     total_length: int
     format_version: tuple[int, int]
     flags: int
+    required_flags: int
     buffer_count: int
     def __init__(
         self,
@@ -87,6 +92,7 @@ class Reader:
         name: Optional[str] = None,
         base: int = 0,
         py_codec: Optional[tuple[Callable[..., bytes], Callable[..., bytes]]] = None,
+        deframed: bool = False,  # a streamed-layout container whose frames were removed
     ) -> None: ...
     def pickle_stream(self) -> bytes: ...
     def metadata(self) -> Optional[bytes]: ...

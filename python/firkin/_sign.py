@@ -48,10 +48,17 @@ HEAD2_LEN = 96                 # a version 2 signature section before its chunk 
 ENTRY_LEN = 32                 # one chunk entry (and one record from _core)
 SALT_LEN = 16
 _info = _core.build_info()
-#: the fixed part of every header this firkin writes: magic, format version,
-#: header length 64, no required features (docs/FORMAT.md)
-HEADER_FIXED = b"\x89FRK\r\n\x1a\n" + struct.pack("<HHIQ", _info["format_major"],
-                                                   _info["format_minor"], 64, 0)
+
+
+def header_fixed(required: int = 0) -> bytes:
+    """The fixed part of a header this firkin writes: magic, format version,
+    header length 64, the required feature flags (docs/FORMAT.md)."""
+    return b"\x89FRK\r\n\x1a\n" + struct.pack("<HHIQ", _info["format_major"],
+                                                _info["format_minor"], 64, required)
+
+
+#: the fixed part of a header with no required features (a file, not a stream)
+HEADER_FIXED = header_fixed()
 
 _lock = threading.Lock()
 _process_key: bytes | None = None
@@ -341,10 +348,10 @@ class Signer:
 
     native = False  # set below, once: does this build's native signer work here?
 
-    def __init__(self, key: bytes):
+    def __init__(self, key: bytes, required: int = 0):
         self._key = key
         self._salt = secrets.token_bytes(SALT_LEN)
-        self._prefix = _PREFIX2 + HEADER_FIXED + self._salt
+        self._prefix = _PREFIX2 + header_fixed(required) + self._salt
         self._h = None if self.native else hmac.new(key, self._prefix, hashlib.sha256)
         self._n = 0
 

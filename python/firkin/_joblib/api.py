@@ -7,7 +7,7 @@ import warnings
 
 from .. import _amplify
 from .._core import FormatError
-from .facts import _MMAP_MODES, _resolve_byte_order, detect
+from .facts import _MMAP_MODES, _OUT_CHUNK, _resolve_byte_order, detect
 from .loader import _Loader
 from .policy import _policy, _scan_mapped, _scan_materialized
 from .sources import (
@@ -24,6 +24,31 @@ from .stream import _AnonReader, _MapReader, _Stream
 def _budget(trusted, max_memory, name):
     """The amplification bound of a load under the trust policy (None under trusted=True)."""
     return None if trusted is True else _amplify.Budget(max_memory, name)
+
+
+def inflate_firkin(raw, name, trusted=True, max_memory=None):
+    """The decompressed bytes of a firkin file compressed as a whole (a dump
+    into gzip.GzipFile, bz2.BZ2File, lzma.LZMAFile, or a gzipped copy), read
+    from `raw` (an _FdSource or _BytesSource) at its position; None when
+    `raw` is not compressed or holds no firkin file (`raw` is then consumed
+    in part). Decompression is bounded by max_memory as for joblib files
+    (not under trusted=True)."""
+    start = raw.pos
+    kind = detect(raw.read(8))
+    if kind in ("raw", "zf"):
+        return None
+    raw.pos = start
+    src = _Inflate(raw, kind, name)
+    src.budget = _budget(trusted, max_memory, name)
+    head = src.read(8)
+    from .._api import _is_firkin_bytes  # noqa: PLC0415 - one test of "firkin data"
+
+    if not head or not _is_firkin_bytes(head):
+        return None
+    out = bytearray(head)
+    while data := src.read(_OUT_CHUNK):
+        out += data
+    return out
 
 
 def load_foreign(f, name, mmap_mode=None, *, ensure_native_byte_order="auto", trusted=True,
@@ -101,13 +126,12 @@ def load_fileobj(fileobj, name=None, *, ensure_native_byte_order="auto", trusted
         seekable = False
     start = fileobj.tell() if seekable else 0
     fd = None
-    if seekable and not isinstance(fileobj, io.BytesIO):
-        try:
-            if fileobj.writable():
-                fileobj.flush()
-            fd = fileobj.fileno()
-        except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
-            fd = None
+    if seekable:
+        from .._api import _plain_fd  # noqa: PLC0415 - one test of "a plain file" for both loaders
+
+        fd = _plain_fd(fileobj)  # other file objects are read through their read()
+        if fd is not None and fileobj.writable():
+            fileobj.flush()
 
     raw_source = None
     if isinstance(fileobj, io.BytesIO):
@@ -166,7 +190,7 @@ def load_fileobj(fileobj, name=None, *, ensure_native_byte_order="auto", trusted
             if not fresh:
                 raise FormatError(f"{name}: this file needs a second pass, which a "
                                   "non-seekable stream cannot give; load it by path")
-            return _Stream(_make_source(kind, fresh.pop(), name))
+            return _Stream(_make_source(kind, fresh.pop(), name), exact=kind == "raw")
 
     loader = _Loader(name, make_reader, kind=kind, swap=swap, dirname=dirname, trusted=trusted,
                      spans=spans, span_base=span_base, budget=budget)

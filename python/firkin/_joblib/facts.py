@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 import struct
-import sys
 
 import numpy as np
 
 from .. import _amplify
+from .._byteorder import mismatch as _byte_order_mismatch  # noqa: F401 - the loader's name for it
+from .._byteorder import resolve as _resolve_byte_order  # noqa: F401 - api's name for it
 
 _ZF_PREFIX = b"ZF"
 _ZF_HEADER = 2 + 19  # b"ZF" + hex length padded to len("0x10000000000000000")
@@ -72,33 +73,6 @@ def _numpy_module(module: str) -> str:
     elif module == "numpy._core" or module.startswith("numpy._core."):
         return "numpy.core" + module[len("numpy._core"):]
     return module
-
-
-def _resolve_byte_order(ensure_native_byte_order, mmap_mode) -> bool:
-    if ensure_native_byte_order == "auto":
-        return mmap_mode is None
-    if ensure_native_byte_order not in (True, False):
-        raise ValueError("ensure_native_byte_order must be True, False or 'auto', "
-                         f"got {ensure_native_byte_order!r}")
-    if ensure_native_byte_order and mmap_mode is not None:
-        raise ValueError("native byte order can only be enforced when mmap_mode is None, "
-                         f"got mmap_mode={mmap_mode!r}")
-    return bool(ensure_native_byte_order)
-
-
-def _byte_order_mismatch(dtype: np.dtype) -> bool:
-    """True when `dtype` is stored in the other byte order than this machine's.
-
-    Structured dtypes count only when every field has the foreign order, as in joblib.
-    """
-    if dtype.isnative:
-        return False
-    foreign = ">" if sys.byteorder == "little" else "<"
-    if dtype.byteorder == foreign:
-        return True
-    if dtype.byteorder == "|" and dtype.fields:
-        return all(f[0].byteorder == foreign for f in dtype.fields.values())
-    return False
 
 
 class _SavedMemmap:

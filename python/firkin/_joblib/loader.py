@@ -85,9 +85,11 @@ class _Loader:
         except (pickle.UnpicklingError, EOFError) as exc:
             raise self._format_error(head, exc) from exc
         except UnicodeDecodeError as exc:
+            # joblib's sentence included: code matches on it
             raise FormatError(f"{self.name}: the pickle holds Python 2 byte strings that are not "
-                              f"ASCII (written by Python 2?); they cannot be read as str: "
-                              f"{exc}") from exc
+                              "ASCII; they cannot be read as str. You may be trying to read with "
+                              "python 3 a joblib pickle generated with python 2. "
+                              f"({exc})") from exc
         except ValueError as exc:
             if "pickle protocol" in str(exc):
                 raise FormatError(f"{self.name}: {exc}") from exc

@@ -17,8 +17,11 @@ class _Stream:
     would run ahead of the opcodes it has executed.
     """
 
-    def __init__(self, src):
+    def __init__(self, src, exact=False):
         self._src = src
+        #: read no byte beyond what the unpickler asks for: a stream that cannot
+        #: seek (a pipe, a socket) may hold other data after the pickle, or stay open
+        self._ahead = 1 if exact else _CHUNK
         self._buf = b""
         self._i = 0
         self._n = 0
@@ -54,7 +57,7 @@ class _Stream:
             return data
         buf = self._buf[self._i:self._n]
         while len(buf) < n:
-            more = self._src.read(_CHUNK)
+            more = self._src.read(max(self._ahead, n - len(buf)))
             if not more:
                 break
             buf = buf + more if buf else more
@@ -82,7 +85,7 @@ class _Stream:
         pieces = [buf[i:self._n]]
         self._buf, self._i, self._n = b"", 0, 0
         while True:
-            more = self._src.read(_CHUNK)
+            more = self._src.read(self._ahead)
             if not more:
                 break
             k = more.find(b"\n")
@@ -153,7 +156,7 @@ class _Stream:
     def prefetch(self, n: int) -> bytes:
         """Up to `n` next bytes, left unread."""
         while self._n - self._i < n:
-            more = self._src.read(_CHUNK)
+            more = self._src.read(max(self._ahead, n - (self._n - self._i)))
             if not more:
                 break
             self._buf = self._buf[self._i:self._n] + more
