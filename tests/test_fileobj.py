@@ -508,3 +508,147 @@ def test_gzip_file_objects_round_trip():
         out = firkin.load(g)
     np.testing.assert_array_equal(out["a"], value["a"])
     assert out["s"] == "x"
+
+
+# ------------------------------------------- file objects of every kind
+
+def _fsspec_memory_file(name):
+    fsspec = pytest.importorskip("fsspec")
+    fs = fsspec.filesystem("memory")
+    return fs, f"/dropin/{name}"
+
+
+def _write_kind(kind, writer_kind, obj, path):
+    """Dump `obj` with `writer_kind` ('firkin', 'joblib', 'pickle') through a
+    file object of `kind`; returns a function that opens it for reading."""
+    import bz2
+    import gzip
+    import lzma
+    import pickle
+
+    import joblib
+
+    write = {"firkin": firkin.dump, "joblib": joblib.dump,
+             "pickle": lambda o, f: pickle.dump(o, f, protocol=5)}[writer_kind]
+    wrappers = {"gzip": gzip.GzipFile, "bz2": bz2.BZ2File, "lzma": lzma.LZMAFile}
+    if kind in wrappers:
+        with wrappers[kind](path, "wb") as f:
+            write(obj, f)
+        return lambda: wrappers[kind](path, "rb")
+    if kind == "bytesio":
+        buf = io.BytesIO()
+        write(obj, buf)
+        return lambda: io.BytesIO(buf.getvalue())
+    if kind == "user":
+        f = SeekableNoFileno()
+        write(obj, f)
+        return lambda: SeekableNoFileno(f.getvalue())
+    if kind == "fsspec":
+        fs, name = _fsspec_memory_file(path.name)
+        with fs.open(name, "wb") as f:
+            write(obj, f)
+        return lambda: fs.open(name, "rb")
+    raise AssertionError(kind)
+
+
+@pytest.mark.parametrize("writer_kind", ["firkin", "joblib", "pickle"])
+@pytest.mark.parametrize("kind", ["gzip", "bz2", "lzma", "bytesio", "user", "fsspec"])
+def test_file_objects_are_read_through_their_own_read(tmp_path, kind, writer_kind):
+    """Decompressing wrappers, BytesIO, fsspec and user file objects: what a
+    dump wrote through them loads back through the same kind of object
+    (never through the descriptor underneath), for firkin, joblib and
+    pickle files, under the default policy."""
+    obj = make_obj(21)
+    opener = _write_kind(kind, writer_kind, obj, tmp_path / f"through.{kind}")
+    with opener() as f:
+        assert_same(firkin.load(f), obj)
+    if kind in ("gzip", "bz2", "lzma"):
+        # the raw compressed file loads too, as joblib loads it
+        assert_same(firkin.load(tmp_path / f"through.{kind}"), obj)
+        with open(tmp_path / f"through.{kind}", "rb") as f:
+            assert_same(firkin.load(f), obj)
+
+
+def test_plain_file_test():
+    """Only plain files are read through their descriptor."""
+    import gzip
+
+    r, w = os.pipe()
+    try:
+        with os.fdopen(r, "rb") as pipe:
+            assert firkin._api._plain_fd(pipe) is None  # a pipe: not a regular file
+    finally:
+        os.close(w)
+    with open(__file__, "rb") as f:
+        assert firkin._api._plain_fd(f) == f.fileno()
+        assert firkin._api._plain_fd(gzip.GzipFile(fileobj=f)) is None
+    assert firkin._api._plain_fd(io.BytesIO()) is None
+
+
+def test_compressed_firkin_file_bomb_is_bounded(tmp_path):
+    """A gzipped firkin file inflates under max_memory like a joblib file."""
+    import gzip
+
+    fn = tmp_path / "bomb.gz"
+    with gzip.GzipFile(fn, "wb") as f:
+        f.write(firkin.dumps([1]))
+        f.write(bytes(200 << 20))
+    with pytest.raises(firkin.UntrustedTypesError, match="max_memory"):
+        firkin.load(fn, max_memory=1 << 20)
+
+
+# ------------------------------------------------ joblib's argument semantics
+
+def test_arguments_checked_before_the_file_system(tmp_path):
+    missing = tmp_path / "missing.pkl"
+    with pytest.raises(ValueError, match="mmap_mode"):
+        firkin.load(missing, mmap_mode="rw")
+    with pytest.raises(ValueError, match="Native byte ordering can only be enforced"):
+        firkin.load(missing, mmap_mode="r+", ensure_native_byte_order=True)
+    with pytest.raises(ValueError, match="threads"):
+        firkin.load(missing, threads=0)
+    with pytest.raises(ValueError, match='Non valid compress level given: "10"'):
+        firkin.dump([1], tmp_path / "sub" / "x.pkl", compress=10)
+    with pytest.raises(ValueError, match='Non valid compression method given: "wrong"'):
+        firkin.dump([1], tmp_path / "sub" / "x.pkl", compress=("wrong", 3))
+    with pytest.raises(ValueError, match="Compress argument tuple should contain exactly 2"):
+        firkin.dump([1], tmp_path / "sub" / "x.pkl", compress=("zlib", 3, "x"))
+    with pytest.raises(ValueError, match='Non valid compress level given: "{}"'):
+        firkin.dump([1], tmp_path / "sub" / "x.pkl", compress={})
+    assert not os.listdir(tmp_path)
+
+
+def test_swapped_dump_arguments_raise_joblibs_value_error():
+    for exc in (ValueError, TypeError):
+        with pytest.raises(exc, match="swap"):
+            firkin.dump("foo", {})
+
+
+def test_file_object_at_its_end_after_a_dump_loads_from_its_start(tmp_path):
+    obj = make_obj(22)
+    for make in (io.BytesIO, lambda: open(tmp_path / "end.fk", "w+b")):
+        with make() as f:
+            firkin.dump(obj, f)
+            assert f.read(1) == b""
+            assert_same(firkin.load(f), obj)
+
+
+def test_mmap_mode_on_file_objects_warns_as_joblib(tmp_path):
+    import gzip
+
+    obj = make_obj(23)
+    buf = io.BytesIO()
+    firkin.dump(obj, buf)
+    buf.seek(0)
+    with pytest.warns(UserWarning, match="In memory persistence is not compatible with mmap_mode"):
+        assert_same(firkin.load(buf, mmap_mode="r+"), obj)
+    with gzip.GzipFile(tmp_path / "o.gz", "wb") as f:
+        firkin.dump(obj, f)
+    with gzip.GzipFile(tmp_path / "o.gz", "rb") as f:
+        with pytest.warns(UserWarning, match="is not a raw file, mmap_mode"):
+            assert_same(firkin.load(f, mmap_mode="r"), obj)
+    zeros = {"z": np.zeros(100_000), "small": np.arange(3)}  # compresses: nothing to map
+    firkin.dump(zeros, tmp_path / "c.firkin", compress=3)
+    with pytest.warns(UserWarning, match='mmap_mode "r" is not compatible with compressed file'):
+        out = firkin.load(tmp_path / "c.firkin", mmap_mode="r")
+    assert not isinstance(out["z"], np.memmap) and not out["z"].any()
