@@ -46,7 +46,7 @@ def same(a, b):
             same(a[k], b[k])
     elif isinstance(a, (list, tuple)):
         assert type(a) is type(b) and len(a) == len(b)
-        for x, y in zip(a, b):
+        for x, y in zip(a, b, strict=True):
             same(x, y)
     else:
         assert a == b
@@ -128,7 +128,7 @@ def test_mixed_kinds_back_to_back():
     """firkin, joblib and pickle containers one after another in one stream."""
     objs = objects() + [{"last": "pickle"}]
     buf = io.BytesIO()
-    for obj, kind in zip(objs, ("firkin", "joblib", "firkin-zstd", "pickle")):
+    for obj, kind in zip(objs, ("firkin", "joblib", "firkin-zstd", "pickle"), strict=True):
         WRITERS[kind](obj, buf)
     stream = OneWayStream(buf.getvalue(), step=1000)
     for obj in objs:

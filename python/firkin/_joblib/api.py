@@ -7,7 +7,8 @@ import warnings
 
 from .. import _amplify
 from .._core import FormatError
-from .facts import _MMAP_MODES, _OUT_CHUNK, _resolve_byte_order, detect
+from .._byteorder import resolve as _resolve_byte_order
+from .facts import _MMAP_MODES, _OUT_CHUNK, detect
 from .loader import _Loader
 from .policy import _policy, _scan_mapped, _scan_materialized
 from .sources import (

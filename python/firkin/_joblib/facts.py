@@ -6,8 +6,6 @@ import struct
 import numpy as np
 
 from .. import _amplify
-from .._byteorder import mismatch as _byte_order_mismatch  # noqa: F401 - the loader's name for it
-from .._byteorder import resolve as _resolve_byte_order  # noqa: F401 - api's name for it
 
 _ZF_PREFIX = b"ZF"
 _ZF_HEADER = 2 + 19  # b"ZF" + hex length padded to len("0x10000000000000000")

@@ -10,6 +10,7 @@ import warnings
 import numpy as np
 
 from .. import _amplify, _core, _guards
+from .._byteorder import mismatch as _byte_order_mismatch
 from .._core import FormatError
 from .facts import (
     _BUILD,
@@ -20,7 +21,6 @@ from .facts import (
     _TOKEN,
     _WRAPPERS,
     _as_subclass,
-    _byte_order_mismatch,
     _describe_head,
     _is_joblib_module,
     _SavedMemmap,
