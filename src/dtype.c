@@ -134,13 +134,16 @@ PyObject *fk_dtype_problem(PyObject *module, PyObject *arg)
  * position `at` is a structured numpy dtype (fields or a subarray: the only
  * kind a state can make lie), or that passes keywords, goes to slow (the
  * Python guard that checks and records); every other call goes straight to
- * fn, so that loading many plain arrays costs one C test each.
+ * fn, so that loading many plain arrays costs one C test each. With
+ * native=True a plain dtype of the other byte order than the machine's goes
+ * to slow too (which converts: ensure_native_byte_order).
  */
 typedef struct {
     PyObject_HEAD
     PyObject *fn;
     PyObject *slow;
     Py_ssize_t at;
+    int native;
 } DtypeGuardObject;
 
 static PyObject *DtypeGuard_call(DtypeGuardObject *g, PyObject *args, PyObject *kwargs)
@@ -148,7 +151,8 @@ static PyObject *DtypeGuard_call(DtypeGuardObject *g, PyObject *args, PyObject *
     PyObject *dt = PyTuple_GET_SIZE(args) > g->at ? PyTuple_GET_ITEM(args, g->at) : NULL;
     int plain = dt && (!kwargs || PyDict_GET_SIZE(kwargs) == 0) &&
                 (!PyArray_DescrCheck(dt) || (!PyDataType_HASFIELDS((PyArray_Descr *)dt) &&
-                                             !PyDataType_HASSUBARRAY((PyArray_Descr *)dt)));
+                                             !PyDataType_HASSUBARRAY((PyArray_Descr *)dt) &&
+                                             (!g->native || PyDataType_ISNOTSWAPPED(dt))));
     return PyObject_Call(plain ? g->fn : g->slow, args, kwargs);
 }
 
@@ -156,8 +160,10 @@ static PyObject *DtypeGuard_new(PyTypeObject *type, PyObject *args, PyObject *kw
 {
     PyObject *fn, *slow;
     Py_ssize_t at;
-    static char *kwlist[] = {"fn", "slow", "at", NULL};
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOn:DtypeGuard", kwlist, &fn, &slow, &at))
+    int native = 0;
+    static char *kwlist[] = {"fn", "slow", "at", "native", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOn|p:DtypeGuard", kwlist, &fn, &slow, &at,
+                                     &native))
         return NULL;
     if (!PyCallable_Check(fn) || !PyCallable_Check(slow) || at < 0) {
         PyErr_SetString(PyExc_TypeError, "DtypeGuard(fn, slow, at): two callables and a position");
@@ -168,6 +174,7 @@ static PyObject *DtypeGuard_new(PyTypeObject *type, PyObject *args, PyObject *kw
     g->fn = Py_NewRef(fn);
     g->slow = Py_NewRef(slow);
     g->at = at;
+    g->native = native;
     return (PyObject *)g;
 }
 

@@ -173,7 +173,7 @@ def expect_error(path, exc=firkin.FormatError, *words, loader=None):
 def test_helpers_round_trip(small_file):
     path, data = small_file
     p = parse(data)
-    assert p["header"]["major"] == 1 and p["header"]["minor"] == 1
+    assert p["header"]["major"] == 1 and p["header"]["minor"] == 2
     assert p["header"]["header_len"] == 64
     assert p["header"]["total"] == len(data)
     assert p["header"]["index_off"] == p["index_off"]
@@ -426,11 +426,21 @@ def test_newer_minor_version_loads(small_file):
     assert equal_small(firkin.load(path), small_object())
 
 
-@pytest.mark.parametrize("bit", [0, 1, 17, 63])
+@pytest.mark.parametrize("bit", [1, 17, 63])  # bit 0 is format 1.2's streamed layout
 def test_unknown_required_feature_is_newer_firkin(small_file, bit):
     path, data = small_file
     path.write_bytes(set_header(data, required=1 << bit))
     expect_error(path, firkin.FormatError, "newer firkin")
+
+
+def test_streamed_bit_on_a_plain_container_is_refused(small_file):
+    """Required bit 0 claims frames that a plain container does not have."""
+    path, data = small_file
+    path.write_bytes(set_header(data, required=1))
+    for load in (lambda: firkin.load(path), lambda: firkin.load(path, mmap_mode="r"),
+                 lambda: firkin.loads(path.read_bytes())):
+        with pytest.raises(firkin.FormatError):
+            load()
 
 
 @pytest.mark.parametrize("bit", [5, 40, 63])

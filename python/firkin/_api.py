@@ -515,7 +515,7 @@ class _NativeHooks(_Hooks):
     """Arrays come back in native byte order."""
 
     FROMBUFFER = _guards.checked_maker(_frombuffer_native, "numpy._core.numeric._frombuffer", 1,
-                                       "dtype", True)
+                                       "dtype", True, native_fast=_NP_FROMBUFFER)
 
 
 _SIGNATURE_NOTES = {

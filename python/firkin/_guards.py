@@ -314,14 +314,16 @@ DtypeFactory.__module__ = "numpy"
 DtypeFactory.__qualname__ = DtypeFactory.__name__ = "dtype"
 
 
-def checked_maker(fn, what, dtype_at, dtype_key, record):
+def checked_maker(fn, what, dtype_at, dtype_key, record, native_fast=None):
     """fn, which builds an array or scalar from bytes with the dtype given at
     position dtype_at (or keyword dtype_key): a structured dtype is checked
     before fn runs. record: keep the result for the load's checks, "always"
     (its dtype comes later by BUILD) or True when the dtype is structured (a
     later BUILD on that dtype is caught at the end, and the result must not
     be freed before then). These makers read no element of their arguments,
-    so they are no checkpoint; a plain dtype costs two attribute reads."""
+    so they are no checkpoint; a plain dtype costs two attribute reads.
+    native_fast: fn converts arrays to native byte order, and native_fast is
+    fn without that: calls with a plain native dtype go straight to it."""
     def guard(*args, **kwargs):
         dt = args[dtype_at] if len(args) > dtype_at else kwargs.get(dtype_key)
         structured = isinstance(dt, np.dtype) and (dt.names is not None
@@ -338,6 +340,8 @@ def checked_maker(fn, what, dtype_at, dtype_key, record):
     if record == "always":
         return guard
     # calls with a plain dtype go straight to fn, tested in C
+    if native_fast is not None:
+        return _core.DtypeGuard(native_fast, guard, dtype_at, native=True)
     return _core.DtypeGuard(fn, guard, dtype_at)
 
 
