@@ -320,8 +320,11 @@ static int rd_parse(ReaderObject *r)
         return -1;
     }
     if (req & ~(uint64_t)FK_REQ_KNOWN) {
-        FORMAT_ERR(r, "written by a newer firkin: it needs features 0x%llx that this firkin lacks; "
-                      "upgrade firkin to load it", (unsigned long long)(req & ~(uint64_t)FK_REQ_KNOWN));
+        /* PyUnicode_FromFormat has no %llx before Python 3.12 */
+        char bits[24];
+        snprintf(bits, sizeof bits, "0x%llx", (unsigned long long)(req & ~(uint64_t)FK_REQ_KNOWN));
+        FORMAT_ERR(r, "written by a newer firkin: it needs features %s that this firkin lacks; "
+                      "upgrade firkin to load it", bits);
         return -1;
     }
     if (hlen != FK_HEADER_LEN)

@@ -431,6 +431,7 @@ def test_unknown_required_feature_is_newer_firkin(small_file, bit):
     path, data = small_file
     path.write_bytes(set_header(data, required=1 << bit))
     expect_error(path, firkin.FormatError, "newer firkin")
+    expect_error(path, firkin.FormatError, f"needs features {1 << bit:#x} ")
 
 
 def test_streamed_bit_on_a_plain_container_is_refused(small_file):
