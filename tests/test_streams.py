@@ -210,6 +210,10 @@ def test_streamed_dump_saved_to_a_file_loads_everywhere(tmp_path):
     assert firkin.verify(path).checksums_ok
     assert firkin.untrusted_types(path) == []
     assert firkin.load_metadata(path)["format"] == "1.2"
+    from firkin import cli
+
+    for cmd in ("info", "verify", "untrusted"):
+        assert cli.main([cmd, str(path)]) == 0, cmd
 
 
 def test_signed_streamed_dump_trusted_by_its_signature():

@@ -322,15 +322,13 @@ def _cmd_convert(args) -> int:
 
 def _firkin_info(path: str, so=None) -> dict:
     import firkin  # noqa: PLC0415
-    from . import _compress, _core, _joblib, _remote  # noqa: PLC0415
+    from . import _joblib, _remote  # noqa: PLC0415
+    from ._api import _reader  # noqa: PLC0415 - the one place readers are made
 
     so = so if _is_url(path) else None
     meta = firkin.load_metadata(path, storage_options=so)
     with _remote.opened(path, so) as (_, source, _, size):
-        try:
-            reader = _core.Reader(source, name=path, py_codec=_compress.PY_CODEC)
-        except TypeError:  # a core without the py_codec keyword
-            reader = _core.Reader(source, name=path)
+        reader = _reader(source, path)  # a streamed file too
         sections = reader.sections()
         spans = reader.buffer_spans()
         version = reader.format_version
