@@ -103,14 +103,14 @@ def _seekable(f) -> bool:
 
 
 def _write(value, target, protocol, user_meta, compress, threads, progress=None, name=None,
-           strip_paths=False, check_data=None, fsync=True) -> int:
+           strip_paths=False, check_data=None, fsync=True, streamed=False) -> int:
+    """streamed: write the streamed layout (docs/FORMAT.md), which a reader of
+    a pipe or socket can delimit without seeking. Sinks whose readers seek
+    (files, object stores through firkin._remote) keep the plain layout."""
     codec, level, described = compress
     models = _model.signatures(value)
     payload, check_entry = (None, None) if check_data is None else _model.prepare(value, check_data)
     byvalue = _byvalue.Session(strip_paths)
-    # a sink that cannot seek (a pipe, a socket) gets the streamed layout, which
-    # a reader of the stream can delimit without seeking (docs/FORMAT.md)
-    streamed = not isinstance(target, int) and not _seekable(target)
     key = _sign.current_key()
     signer = (_sign.Signer(key, _core.REQ_STREAMED if streamed else 0) if key is not None
               else None)
@@ -445,8 +445,9 @@ def dump(value, filename, compress=0, protocol=None, *, metadata=None, threads=N
                    check_data, durable)
         return [os.fsdecode(os.fspath(filename)) if not isinstance(filename, str) else filename]
     _check_binary(filename, "dump")
+    # a file object that cannot seek is a pipe or a socket to its reader
     _write(value, filename, protocol, user_meta, comp, threads, progress, strip_paths=strip_paths,
-           check_data=check_data)
+           check_data=check_data, streamed=not _seekable(filename))
     return None
 
 
