@@ -230,6 +230,9 @@ PyObject *scan_pickle(PyObject *module, PyObject *data);
 /* scan_joblib(data): the same for joblib's stream, whose array bytes follow
  * each NumpyArrayWrapper's BUILD; adds "arrays" and "complete". */
 PyObject *scan_joblib(PyObject *module, PyObject *data);
+/* scan_records(data, joblib) -> scan_pickle's (joblib: scan_joblib's) dict plus
+ * "records": one dict per array, for `firkin info` (scan.c, "array records") */
+PyObject *scan_records(PyObject *module, PyObject *args);
 
 /* ---- dtype.c ---- */
 /* dtype_problem(dtype) -> None, or why numpy must not be given the dtype

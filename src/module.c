@@ -114,6 +114,9 @@ static PyMethodDef module_methods[] = {
      "scan_joblib(data) -> dict: scan_pickle of a joblib file's decompressed bytes, stepping over "
      "the array data joblib writes after each NumpyArrayWrapper; adds 'arrays' [(build_end, "
      "data_start, data_end, nested)] and 'complete'"},
+    {"scan_records", scan_records, METH_VARARGS,
+     "scan_records(data, joblib) -> dict: scan_pickle (joblib: scan_joblib) plus 'records', one "
+     "dict per array the stream holds (kind, dtype, shape, order, ...), for firkin info"},
     {"dtype_problem", fk_dtype_problem, METH_O,
      "dtype_problem(dtype) -> None, or why numpy must not be given this dtype: its flags hide the "
      "Python objects its fields or subarray hold, or it nests too deep"},

@@ -17,6 +17,9 @@
  *   n_buffers   how many NEXT_BUFFER opcodes it has
  *   protocol    the highest of its PROTO argument and its opcodes' protocols
  *   end         the offset just after STOP (pickle ignores what follows)
+ * scan_records(data, joblib) adds "records": what `firkin info` lists of
+ * the arrays the stream holds, read from the same walk (see "array
+ * records" below).
  * The trust policy (python/firkin/_trust.py) judges the names before the
  * real unpickler runs.
  *
@@ -366,15 +369,18 @@ enum {                /* dict bits */
     D_OTHER = 2,      /* a value is not a (dtype, ...) tuple: not a valid fields dict */
     D_OPAQUE_KEY = 4, /* a key that is not a constant string */
 };
-/* joblib wrapper state keys, in scan_rec.f */
-enum { JK_SHAPE = 0, JK_DTYPE = 1, JK_ALIGN = 2 };
+/* joblib wrapper state keys, in scan_rec.f; a dtype record keeps its
+ * typestr and byte order there (DK_*) for the array records */
+enum { JK_SHAPE = 0, JK_DTYPE = 1, JK_ALIGN = 2, JK_ORDER = 3, JK_SUBCLASS = 4, JK_FILE = 5,
+       JK_STATE = 6, JK_COUNT = 7 };
+enum { DK_TYPESTR = 0, DK_BYTEORDER = 1 };
 
 typedef struct {
     uint8_t kind, bits;
     uint16_t n;       /* tuple: number of items */
     Py_ssize_t first; /* tuple: index of its first item in items */
     int64_t size;     /* dtype: itemsize, -1 when unknown */
-    scan_val f[3];    /* dict: the joblib keys' values (0: not set) */
+    scan_val f[JK_COUNT]; /* dict: the joblib keys' values (0: not set); dtype: DK_* */
     uint32_t depth;   /* nesting depth (see "nesting" below) */
 } scan_rec;
 
@@ -398,7 +404,11 @@ typedef struct {
 
 typedef struct {
     uint32_t depth;
-    int32_t gi; /* SV_INSTANCE: its class in gtab; -1 otherwise */
+    int32_t gi;     /* SV_INSTANCE: its class in gtab; -1 otherwise */
+    int32_t recon;  /* records: what numpy's _reconstruct made (an in-band array
+                     * awaiting its BUILD): its class in gtab, -2 when not a
+                     * global; -1 otherwise */
+    int32_t buffer; /* records: the index of the NEXT_BUFFER that made it; -1 otherwise */
 } scan_node;
 
 /* ------------------------------------------------------------ scanner state */
@@ -421,7 +431,9 @@ typedef struct {
 } scan_global;
 
 enum { ROLE_NONE = 0, ROLE_DTYPE = 1, ROLE_WRAPPER = 2, ROLE_RECONSTRUCTOR = 3, ROLE_BASE_NEW = 4,
-       ROLE_PYX = 5, ROLE_SIZED = 6 };
+       ROLE_PYX = 5, ROLE_SIZED = 6,
+       /* followed for the array records only; otherwise as ROLE_NONE */
+       ROLE_ND_WRAPPER = 7, ROLE_ZND_WRAPPER = 8, ROLE_NDRECON = 9, ROLE_FROMBUFFER = 10 };
 
 /* TUPLE2 of (global or instance, string constant): a candidate getattr
  * argument tuple */
@@ -476,6 +488,7 @@ typedef struct {
     int joblib;       /* step over joblib's array data */
     PyObject *arrays; /* joblib: list of (build_end, data_start, data_end, nested) */
     int stopped;      /* joblib: an array the scanner cannot step over ended the walk */
+    PyObject *records; /* scan_records: list of dicts, one per array; NULL otherwise */
 } scan_ctx;
 
 static int scan_fail(scan_ctx *c, const char *fmt, ...)
@@ -658,6 +671,26 @@ static int str_is(PyObject *s, const char *ascii)
     return PyUnicode_CompareWithASCIIString(s, ascii) == 0;
 }
 
+/* joblib.numpy_pickle, or joblib as scikit-learn once vendored it
+ * (sklearn.externals.joblib.numpy_pickle); compat: numpy_pickle_compat too */
+static int scan_joblib_module(PyObject *module, int compat)
+{
+    static const char *const suffixes[] = {".joblib.numpy_pickle", ".joblib.numpy_pickle_compat"};
+    Py_ssize_t n;
+    const char *m = PyUnicode_AsUTF8AndSize(module, &n);
+    if (!m) {
+        PyErr_Clear();
+        return 0;
+    }
+    for (int i = 0; i <= compat; i++) {
+        size_t k = strlen(suffixes[i]);
+        if (((size_t)n == k - 1 && memcmp(m, suffixes[i] + 1, k - 1) == 0) ||
+            ((size_t)n > k && memcmp(m + n - k, suffixes[i], k) == 0))
+            return 1;
+    }
+    return 0;
+}
+
 static unsigned char scan_role(PyObject *module, PyObject *name)
 {
     if (str_is(module, "numpy.dtypes") ||
@@ -666,18 +699,17 @@ static unsigned char scan_role(PyObject *module, PyObject *name)
         return ROLE_DTYPE;
     if (str_is(name, "NumpyArrayWrapper")) {
         /* joblib, or joblib as scikit-learn once vendored it (sklearn.externals.joblib) */
-        static const char suffix[] = ".joblib.numpy_pickle";
-        Py_ssize_t n;
-        const char *m = PyUnicode_AsUTF8AndSize(module, &n);
-        if (!m) {
-            PyErr_Clear();
-            return ROLE_NONE;
-        }
-        size_t k = sizeof suffix - 1;
-        if (str_is(module, "joblib.numpy_pickle") ||
-            ((size_t)n > k && memcmp(m + n - k, suffix, k) == 0))
-            return ROLE_WRAPPER;
+        if (scan_joblib_module(module, 0)) return ROLE_WRAPPER;
     }
+    /* joblib < 0.10's wrappers of arrays kept in companion files */
+    if (str_is(name, "NDArrayWrapper") && scan_joblib_module(module, 1)) return ROLE_ND_WRAPPER;
+    if (str_is(name, "ZNDArrayWrapper") && scan_joblib_module(module, 1)) return ROLE_ZND_WRAPPER;
+    if (str_is(name, "_reconstruct") &&
+        (str_is(module, "numpy.core.multiarray") || str_is(module, "numpy._core.multiarray")))
+        return ROLE_NDRECON;
+    if (str_is(name, "_frombuffer") &&
+        (str_is(module, "numpy.core.numeric") || str_is(module, "numpy._core.numeric")))
+        return ROLE_FROMBUFFER;
     /* functions that make an instance of the class given first:
      * copyreg's cls.__new__(cls, ...) helpers, pandas' _new_*Index(cls, d) */
     if (str_is(module, "copyreg") && str_is(name, "_reconstructor")) return ROLE_BASE_NEW;
@@ -858,6 +890,8 @@ static int scan_new_node(scan_ctx *c, unsigned kind, Py_ssize_t gi, uint32_t dep
         return -1;
     c->nodes[c->nnodes].depth = depth;
     c->nodes[c->nnodes].gi = (int32_t)gi;
+    c->nodes[c->nnodes].recon = -1;
+    c->nodes[c->nnodes].buffer = -1;
     *out = ((scan_val)kind << 60) | (scan_val)c->nnodes++;
     return 0;
 }
@@ -1023,6 +1057,7 @@ static int scan_make_dtype(scan_ctx *c, scan_val args, scan_val *out)
     if (scan_new_rec(c, REC_DTYPE, out) < 0) return -1;
     c->recs[sv_index(*out)].bits = (uint8_t)bits;
     c->recs[sv_index(*out)].size = size;
+    if (!(bits & DT_UNKNOWN)) c->recs[sv_index(*out)].f[DK_TYPESTR] = s;
     return 0;
 }
 
@@ -1095,6 +1130,10 @@ static void scan_dict_set(scan_ctx *c, scan_rec *d, scan_val key, scan_val val)
     if (scan_key_is(c, key, "shape")) d->f[JK_SHAPE] = val;
     else if (scan_key_is(c, key, "dtype")) d->f[JK_DTYPE] = val;
     else if (scan_key_is(c, key, "numpy_array_alignment_bytes")) d->f[JK_ALIGN] = val;
+    else if (scan_key_is(c, key, "order")) d->f[JK_ORDER] = val;
+    else if (scan_key_is(c, key, "subclass")) d->f[JK_SUBCLASS] = val;
+    else if (scan_key_is(c, key, "filename")) d->f[JK_FILE] = val;
+    else if (scan_key_is(c, key, "state")) d->f[JK_STATE] = val;
 }
 
 static int scan_unsafe_why(scan_ctx *c, const char *why)
@@ -1112,6 +1151,9 @@ static int scan_dtype_build(scan_ctx *c, Py_ssize_t ri, scan_val state)
     scan_rec *dt = &c->recs[ri];
     int again = (dt->bits & (DT_BUILT | DT_USED)) != 0;
     dt->bits |= DT_BUILT;
+    scan_rec *bo = scan_rec_of(c, state, REC_TUPLE);
+    if (bo && bo->n >= 5 && bo->n <= 9) /* the byte order: first of 5 items, else second */
+        dt->f[DK_BYTEORDER] = c->items[bo->first + (bo->n == 5 ? 0 : 1)];
     if (!(dt->bits & (DT_FLEX | DT_UNKNOWN))) return 0; /* numpy ignores fields and flags */
     scan_rec *st = scan_rec_of(c, state, REC_TUPLE);
     if (!st || (st->n != 8 && st->n != 9))
@@ -1157,6 +1199,161 @@ static int scan_may_be_dtype_state(scan_ctx *c, scan_val state)
     if (!st || st->n < 5 || st->n > 9) return 0;
     k = sv_kind(c->items[st->first + (st->n == 5 ? 0 : 1)]);
     return k == SV_UTF8 || k == SV_ASCII || k == SV_RAWUNI || k == SV_OPAQUE || k == SV_INSTANCE;
+}
+
+
+/* ------------------------------------------------------------ array records
+ *
+ * scan_records: one dict per array the walk meets, in stream order, for
+ * `firkin info` (python/firkin/_inspect.py): nothing is imported or built.
+ *   kind      "joblib" / "joblib (object)" (a NumpyArrayWrapper: its bytes
+ *             follow the wrapper), "companion .npy" / "companion .npy.z"
+ *             (joblib < 0.10's NDArrayWrapper / ZNDArrayWrapper), "in-band"
+ *             (numpy's _reconstruct + BUILD, or _frombuffer of bytes),
+ *             "out-of-band" (_frombuffer of a NEXT_BUFFER: "buffer", its index)
+ *   dtype     "<byte order><typestr>" as numpy pickled it ("<f8", "|V16"),
+ *             None where the dtype is not a numpy.dtype(typestr) call
+ *   shape     [int, ...] or None; order "C"/"F" where the stream says it
+ *             in a string (joblib's wrapper state), else None
+ *   joblib arrays: offset, nbytes (the span stepped over), aligned (padded,
+ *   joblib >= 1.2), subclass ("module.name", numpy.ndarray left out);
+ *   companion files: file (the name the wrapper holds, unchecked).
+ * Structured dtypes are reported by their size ("|V16"), not their fields.
+ */
+
+/* takes v (a new reference, or NULL on error) */
+static int scan_set(PyObject *d, const char *key, PyObject *v)
+{
+    if (!v) return -1;
+    int rc = PyDict_SetItemString(d, key, v);
+    Py_DECREF(v);
+    return rc;
+}
+
+/* the text of a string constant, else None (new reference) */
+static PyObject *scan_text_or_none(scan_ctx *c, scan_val v)
+{
+    PyObject *s = NULL;
+    int r = scan_val_str(c, v, &s);
+    if (r < 0) return NULL;
+    return r ? Py_NewRef(s) : Py_NewRef(Py_None);
+}
+
+/* "<byte order><typestr>" of a dtype record, else None */
+static PyObject *scan_descr(scan_ctx *c, scan_val v)
+{
+    scan_rec *dt = scan_rec_of(c, v, REC_DTYPE);
+    if (!dt || !dt->f[DK_TYPESTR]) return Py_NewRef(Py_None);
+    scan_val ts = dt->f[DK_TYPESTR], bo = dt->f[DK_BYTEORDER];
+    char text[16];
+    Py_ssize_t n = 0, len = sv_len(ts); /* 2..11 ASCII characters: scan_make_dtype checked */
+    if (bo && scan_plain_str(c, bo) && sv_len(bo) == 1 && c->buf[sv_off(bo)] &&
+        strchr("<>|=", c->buf[sv_off(bo)]))
+        text[n++] = (char)c->buf[sv_off(bo)];
+    memcpy(text + n, c->buf + sv_off(ts), (size_t)len);
+    return PyUnicode_DecodeASCII(text, n + len, "strict");
+}
+
+/* a shape tuple of non-negative ints as a list, else None */
+static PyObject *scan_shape(scan_ctx *c, scan_val v)
+{
+    if (sv_kind(v) == SV_EMPTYT) return PyList_New(0);
+    scan_rec *t = scan_rec_of(c, v, REC_TUPLE);
+    if (!t) return Py_NewRef(Py_None);
+    for (uint16_t i = 0; i < t->n; i++) {
+        scan_val x = c->items[t->first + i];
+        if (sv_kind(x) != SV_INT || sv_intval(x) < 0) return Py_NewRef(Py_None);
+    }
+    PyObject *out = PyList_New(t->n);
+    for (uint16_t i = 0; out && i < t->n; i++) {
+        PyObject *x = PyLong_FromLongLong(sv_intval(c->items[t->first + i]));
+        if (!x) Py_CLEAR(out);
+        else PyList_SET_ITEM(out, i, x);
+    }
+    return out;
+}
+
+/* "module.name" of a global other than numpy.ndarray, else None */
+static PyObject *scan_subclass(scan_ctx *c, Py_ssize_t gi)
+{
+    if (gi < 0) return Py_NewRef(Py_None);
+    PyObject *key = c->gtab[gi].key;
+    if (str_is(PyTuple_GET_ITEM(key, 0), "numpy") && str_is(PyTuple_GET_ITEM(key, 1), "ndarray"))
+        return Py_NewRef(Py_None);
+    return PyUnicode_FromFormat("%U.%U", PyTuple_GET_ITEM(key, 0), PyTuple_GET_ITEM(key, 1));
+}
+
+static Py_ssize_t scan_global_of(scan_val v)
+{
+    return sv_kind(v) == SV_GLOBAL ? sv_index(v) : -1;
+}
+
+/* appends {kind, dtype, shape, order} and returns it (borrowed) for more keys */
+static PyObject *scan_record(scan_ctx *c, const char *kind, scan_val dtype, scan_val shape,
+                             scan_val order)
+{
+    PyObject *d = PyDict_New(), *out = NULL;
+    if (!d) goto done;
+    if (scan_set(d, "kind", PyUnicode_FromString(kind)) < 0 ||
+        scan_set(d, "dtype", scan_descr(c, dtype)) < 0 ||
+        scan_set(d, "shape", scan_shape(c, shape)) < 0 ||
+        scan_set(d, "order", order ? scan_text_or_none(c, order) : Py_NewRef(Py_None)) < 0 ||
+        PyList_Append(c->records, d) < 0)
+        goto done;
+    out = d; /* the list holds it */
+done:
+    Py_XDECREF(d);
+    return out;
+}
+
+/* _frombuffer(buffer, dtype, shape, order): numpy's reduction of arrays
+ * (firkin's too, with a NEXT_BUFFER for the out-of-band ones) */
+static int scan_frombuffer_record(scan_ctx *c, scan_val args)
+{
+    scan_rec *t = scan_rec_of(c, args, REC_TUPLE);
+    if (!t || t->n != 4) return 0;
+    const scan_val *it = c->items + t->first;
+    scan_val buf = it[0];
+    int32_t index = (sv_kind(buf) == SV_OPAQUE && sv_index(buf)) ? c->nodes[sv_index(buf)].buffer : -1;
+    PyObject *r = scan_record(c, index >= 0 ? "out-of-band" : "in-band", it[1], it[2], it[3]);
+    if (!r) return -1;
+    return index >= 0 ? scan_set(r, "buffer", PyLong_FromLong(index)) : 0;
+}
+
+/* BUILD of an array numpy's _reconstruct made: state (version, shape,
+ * dtype, is_fortran, data) */
+static int scan_inband_record(scan_ctx *c, Py_ssize_t node, scan_val state)
+{
+    int32_t cls = c->nodes[node].recon;
+    c->nodes[node].recon = -1;
+    scan_rec *st = scan_rec_of(c, state, REC_TUPLE);
+    if (!st || st->n < 4) return 0; /* not an ndarray state: listed nowhere */
+    const scan_val *it = c->items + st->first;
+    PyObject *r = scan_record(c, "in-band", it[2], it[1], 0);
+    if (!r) return -1;
+    return scan_set(r, "subclass", scan_subclass(c, cls));
+}
+
+/* BUILD of joblib < 0.10's NDArrayWrapper {filename, subclass[, allow_mmap]}
+ * or ZNDArrayWrapper {filename, init_args, state} */
+static int scan_old_wrapper_record(scan_ctx *c, int role, scan_val state)
+{
+    scan_rec *d = scan_rec_of(c, state, REC_DICT);
+    if (!d) return 0;
+    scan_val file = d->f[JK_FILE], sub = d->f[JK_SUBCLASS], dtype = 0, shape = 0;
+    if (role == ROLE_ZND_WRAPPER) {
+        scan_rec *st = scan_rec_of(c, d->f[JK_STATE], REC_TUPLE);
+        if (st && st->n >= 4) {
+            shape = c->items[st->first + 1];
+            dtype = c->items[st->first + 2];
+        }
+    }
+    PyObject *r = scan_record(c, role == ROLE_ZND_WRAPPER ? "companion .npy.z" : "companion .npy",
+                              dtype, shape, 0);
+    if (!r) return -1;
+    if (scan_set(r, "file", scan_text_or_none(c, file)) < 0) return -1;
+    return role == ROLE_ND_WRAPPER ? scan_set(r, "subclass", scan_subclass(c, scan_global_of(sub)))
+                                   : 0;
 }
 
 static int scan_run(scan_ctx *c);
@@ -1226,6 +1423,8 @@ static int scan_wrapper_build(scan_ctx *c, scan_val target, scan_val state)
         c->stopped = 1;
         return scan_unsafe_why(c, why) < 0 ? -1 : 1;
     }
+    scan_val rdtype = d->f[JK_DTYPE], rshape = d->f[JK_SHAPE], rorder = d->f[JK_ORDER];
+    Py_ssize_t rsub = scan_global_of(d->f[JK_SUBCLASS]);
     Py_ssize_t build_end = c->pos, p = c->pos, end;
     if (align && !objects) { /* arrays of objects are a pickle, never padded */
         if (p >= c->size || c->buf[p] > c->size - p - 1)
@@ -1254,6 +1453,14 @@ static int scan_wrapper_build(scan_ctx *c, scan_val target, scan_val state)
     int rc = PyList_Append(c->arrays, rec);
     Py_DECREF(rec);
     if (rc < 0) return -1;
+    if (c->records) {
+        PyObject *r = scan_record(c, objects ? "joblib (object)" : "joblib", rdtype, rshape, rorder);
+        if (!r || scan_set(r, "offset", PyLong_FromSsize_t(p)) < 0 ||
+            scan_set(r, "nbytes", PyLong_FromSsize_t(end - p)) < 0 ||
+            scan_set(r, "aligned", PyBool_FromLong(align && !objects)) < 0 ||
+            scan_set(r, "subclass", scan_subclass(c, rsub)) < 0)
+            return -1;
+    }
     c->pos = end;
     return 0;
 }
@@ -1315,6 +1522,13 @@ static int scan_reduce(scan_ctx *c)
             return scan_collapse_to(c, c->depth - 2, v);
         }
         scan_rec *t = scan_rec_of(c, args, REC_TUPLE);
+        if (c->records && role == ROLE_FROMBUFFER && scan_frombuffer_record(c, args) < 0) return -1;
+        if (c->records && role == ROLE_NDRECON) { /* an in-band array, recorded at its BUILD */
+            Py_ssize_t cls = t && t->n >= 1 ? scan_global_of(c->items[t->first]) : -1;
+            if (scan_collapse(c, c->depth - 2) < 0) return -1;
+            c->nodes[sv_index(c->stack[c->depth - 1])].recon = cls >= 0 ? (int32_t)cls : -2;
+            return 0;
+        }
         if ((role == ROLE_RECONSTRUCTOR || role == ROLE_BASE_NEW) && sv_kind(args) == SV_PAIR) {
             /* (cls, "<str>") was made a pair for getattr */
             if (scan_instance_of(c, c->pairs[sv_index(args)].obj, &v) < 0) return -1;
@@ -1507,6 +1721,13 @@ static int scan_step(scan_ctx *c)
     }
     case OP_NEXT_BUFFER:
         c->n_buffers++;
+        if (c->records) { /* its own value, so that _frombuffer knows its index */
+            scan_val v;
+            if (c->n_buffers > INT32_MAX) return scan_push(c, SV_MAKE_OPAQUE);
+            if (scan_new_node(c, SV_OPAQUE, -1, 0, &v) < 0) return -1;
+            c->nodes[sv_index(v)].buffer = (int32_t)(c->n_buffers - 1);
+            return scan_push(c, v);
+        }
         return scan_push(c, SV_MAKE_OPAQUE);
     case OP_BININT1:
         return (p = scan_take(c, 1)) ? scan_push(c, sv_int(p[0])) : -1;
@@ -1710,6 +1931,16 @@ static int scan_step(scan_ctx *c)
         int wrapper = c->joblib && sv_kind(target) == SV_INSTANCE &&
                       c->gtab[sv_gi(c, target)].role == ROLE_WRAPPER;
         if (scan_pop(c, 1) < 0) return -1;
+        if (c->records && sv_kind(target) == SV_OPAQUE && sv_index(target) &&
+            c->nodes[sv_index(target)].recon != -1 &&
+            scan_inband_record(c, sv_index(target), state) < 0)
+            return -1;
+        if (c->records && c->joblib && sv_kind(target) == SV_INSTANCE) {
+            int role = c->gtab[sv_gi(c, target)].role;
+            if ((role == ROLE_ND_WRAPPER || role == ROLE_ZND_WRAPPER) &&
+                scan_old_wrapper_record(c, role, state) < 0)
+                return -1;
+        }
         return wrapper ? scan_wrapper_build(c, target, state) : 0;
     }
     case OP_EXT1: case OP_EXT2: case OP_EXT4: {
@@ -1898,6 +2129,7 @@ static void scan_ctx_free(scan_ctx *c)
     Py_XDECREF(c->name_mapping);
     Py_XDECREF(c->import_mapping);
     Py_XDECREF(c->arrays);
+    Py_XDECREF(c->records);
 }
 
 /* unsafe: the list to report unsafe opcodes into (shared with a nested
@@ -1913,6 +2145,8 @@ static int scan_ctx_init(scan_ctx *c, PyObject *FormatError, const unsigned char
     if (scan_grow((void **)&c->nodes, &c->nodes_cap, sizeof(scan_node), 256) < 0) return -1;
     c->nodes[0].depth = 0; /* the constants' node */
     c->nodes[0].gi = -1;
+    c->nodes[0].recon = -1;
+    c->nodes[0].buffer = -1;
     c->nnodes = 1;
     if (!(c->globals = PyList_New(0))) return -1;
     if (!(c->gindex = PyDict_New())) return -1;
@@ -1938,7 +2172,7 @@ static int scan_run(scan_ctx *c)
     }
 }
 
-static PyObject *scan_entry(PyObject *module, PyObject *data, int joblib)
+static PyObject *scan_entry(PyObject *module, PyObject *data, int joblib, int records)
 {
     fk_state *st = (fk_state *)PyModule_GetState(module);
     PyObject *result = NULL;
@@ -1954,6 +2188,7 @@ static PyObject *scan_entry(PyObject *module, PyObject *data, int joblib)
         goto done;
     c.joblib = joblib;
     if (joblib && !(c.arrays = PyList_New(0))) goto done;
+    if (records && !(c.records = PyList_New(0))) goto done;
     if (scan_run(&c) < 0) goto done;
     result = Py_BuildValue("{s:O,s:O,s:n,s:i,s:n}", "globals", c.globals, "unsafe_ops", c.unsafe,
                            "n_buffers", c.n_buffers, "protocol", c.max_proto, "end", c.pos);
@@ -1963,6 +2198,7 @@ static PyObject *scan_entry(PyObject *module, PyObject *data, int joblib)
             PyDict_SetItemString(result, "complete", done_flag) < 0)
             Py_CLEAR(result);
     }
+    if (result && records && PyDict_SetItemString(result, "records", c.records) < 0) Py_CLEAR(result);
 done:
     if (have_view) PyBuffer_Release(&view);
     scan_ctx_free(&c);
@@ -1971,10 +2207,18 @@ done:
 
 PyObject *scan_pickle(PyObject *module, PyObject *data)
 {
-    return scan_entry(module, data, 0);
+    return scan_entry(module, data, 0, 0);
 }
 
 PyObject *scan_joblib(PyObject *module, PyObject *data)
 {
-    return scan_entry(module, data, 1);
+    return scan_entry(module, data, 1, 0);
+}
+
+PyObject *scan_records(PyObject *module, PyObject *args)
+{
+    PyObject *data;
+    int joblib;
+    if (!PyArg_ParseTuple(args, "Op:scan_records", &data, &joblib)) return NULL;
+    return scan_entry(module, data, joblib, 1);
 }

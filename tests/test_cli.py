@@ -189,6 +189,39 @@ def test_info_joblib_and_pickle(tmp_path, capsys, joblib_file):
     assert info["arrays"][0]["dtype"] == "int8" and info["arrays"][0]["shape"] == [7]
 
 
+def test_info_lists_the_names_a_load_judges(tmp_path, capsys):
+    """info reads the stream with the trust policy's own scanner: Python 2
+    names mapped below protocol 3, getattr(<class>, "<name>") folded into
+    the name it fetches (the CLI once listed __builtin__.getattr here)."""
+    import zoneinfo
+
+    from firkin._core import scan_pickle
+
+    stream = pickle.dumps([zoneinfo.ZoneInfo("Europe/Paris"), {1, 2}], protocol=2)
+    path = tmp_path / "z.pkl"
+    path.write_bytes(stream)
+    code, out, err = run_main(capsys, "info", str(path), "--json")
+    assert code == 0, err
+    listed = json.loads(out)["globals"]
+    assert "zoneinfo.ZoneInfo._unpickle" in listed and "builtins.set" in listed
+    assert not any(g.endswith(".getattr") or g.startswith("__builtin__") for g in listed)
+    assert listed == sorted(f"{m}.{n}" for m, n in scan_pickle(stream)["globals"])
+
+
+def test_info_of_a_firkin_file_agrees_with_firkin_info(tmp_path, capsys):
+    """The CLI listed builtins.getattr for a ZoneInfo while firkin.info()
+    found nothing untrusted: both read one scan now."""
+    import zoneinfo
+
+    path = tmp_path / "z.firkin"
+    firkin.dump({"tz": zoneinfo.ZoneInfo("Europe/Paris")}, path)
+    code, out, err = run_main(capsys, "info", str(path), "--json")
+    assert code == 0, err
+    listed = json.loads(out)["globals"]
+    assert "zoneinfo.ZoneInfo._unpickle" in listed and "builtins.getattr" not in listed
+    assert firkin.info(path).untrusted == [] and firkin.untrusted_types(path) == []
+
+
 def test_info_failures(tmp_path, capsys, joblib_file):
     code, _, err = run_main(capsys, "info", str(tmp_path / "nope"))
     assert code == 1 and "no such file" in err

@@ -809,3 +809,60 @@ def test_fuzz_random_bytes():
             scan_pickle(data)
         except FormatError:
             pass
+
+
+# --------------------------------------------------------------------------- array records
+
+def test_records_do_not_change_the_judgement():
+    """scan_records is the same walk: globals, unsafe opcodes, buffers,
+    protocol and end as scan_pickle for every stream of the corpus."""
+    from firkin._core import scan_records
+
+    for obj, proto, data in DUMPS:
+        plain, rec = scan_pickle(data), scan_records(data, False)
+        assert {k: rec[k] for k in plain} == plain, f"{type(obj).__name__} protocol {proto}"
+        assert isinstance(rec["records"], list)
+
+
+def test_records_of_in_band_and_out_of_band_arrays():
+    from firkin._core import scan_records
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PendingDeprecationWarning)  # np.matrix
+        matrix = np.matrix([[1.0, 2.0]])
+    data = {"i": np.arange(6, dtype=">i2").reshape(2, 3), "m": matrix,
+            "s": np.zeros(2, dtype=[("a", "<i4"), ("b", "<f8")])}
+    for proto in (2, 4):
+        recs = scan_records(pickle.dumps(data, proto), False)["records"]
+        assert [(r["kind"], r["dtype"], r["shape"]) for r in recs] == [
+            ("in-band", ">i2", [2, 3]), ("in-band", "<f8", [1, 2]), ("in-band", "|V12", [2])]
+        assert recs[1]["subclass"] == "numpy.matrix" and recs[0]["subclass"] is None
+    bufs = []
+    stream = pickle.dumps([np.arange(4.0), np.ones((2, 2), np.float32)], 5, buffer_callback=bufs.append)
+    recs = scan_records(stream, False)["records"]
+    assert [(r["kind"], r["buffer"], r["dtype"], r["shape"], r["order"]) for r in recs] == [
+        ("out-of-band", 0, "<f8", [4], "C"), ("out-of-band", 1, "<f4", [2, 2], "C")]
+
+
+def test_records_of_hand_made_streams_never_crash():
+    """Records read what the walk saw and nothing more: a dtype typestr that
+    is not numpy's, a shape that is not ints, a _frombuffer with three
+    arguments, a _reconstruct whose BUILD state is not an array's."""
+    from firkin._core import scan_records
+
+    dtype = b"cnumpy\ndtype\n(X\x02\x00\x00\x00zzK\x00K\x01tR"  # dtype("zz", 0, 1)
+    frombuffer = b"cnumpy._core.numeric\n_frombuffer\n"
+    recon = b"cnumpy._core.multiarray\n_reconstruct\n"
+    shape_str = b"(X\x01\x00\x00\x00at"  # ("a",)
+    streams = [
+        b"\x80\x02" + frombuffer + b"(C\x00" + dtype + shape_str + b"X\x01\x00\x00\x00CtR.",
+        b"\x80\x02" + frombuffer + b"(C\x00" + dtype + b"tR.",
+        b"\x80\x02" + recon + b"(cnumpy\nndarray\nK\x00\x85C\x01btR}b.",
+        b"\x80\x02" + recon + b"(cnumpy\nndarray\nK\x00\x85C\x01btR(K\x01" + shape_str + dtype
+        + b"\x89C\x00tb.",
+    ]
+    got = [scan_records(s, False)["records"] for s in streams]
+    assert got[0] == [{"kind": "in-band", "dtype": None, "shape": None, "order": "C"}]
+    assert got[1] == [] and got[2] == []
+    assert got[3] == [{"kind": "in-band", "dtype": None, "shape": None, "order": None,
+                       "subclass": None}]

@@ -336,12 +336,10 @@ def _firkin_info(path: str, so=None) -> dict:
                "size": size, "metadata": meta, "sections": sections}
         arrays = []
         try:
-            stream = reader.pickle_stream()
-            scan = _joblib.inspect_stream(
-                _joblib.stream._Stream(_joblib.sources._BytesSource(stream, path)), joblib_aware=False)
+            scan = _core.scan_records(reader.pickle_stream(), False)
             out["protocol"] = scan["protocol"]
-            out["globals"] = scan["globals"]
-            arrays = scan["arrays"]
+            out["globals"] = sorted(f"{m}.{n}" for m, n in scan["globals"])
+            arrays = _joblib.inspect.array_table(scan["records"])
         except Exception as exc:  # noqa: BLE001 - the table is a convenience
             out["note"] = f"dtypes and shapes unavailable: {exc}"
     by_buffer = {a.get("buffer"): a for a in arrays if a.get("kind") == "out-of-band"}

@@ -41,15 +41,15 @@ rules built on them), `sources` (bytes from a descriptor, a buffer or a file
 object, and the decompressors over them), `stream` (what the unpickler
 reads), `policy` (the trust policy's static judgement before loading),
 `unpickler` (the joblib-aware unpickler classes), `loader` (puts each array
-in its wrapper's place), `api` (load_foreign, load_fileobj, loads_foreign), `inspect` (the
-static walk behind `firkin info`).
+in its wrapper's place), `api` (load_foreign, load_fileobj, loads_foreign), `inspect`
+(what `firkin info` shows of these files, from the C scanner's walk).
 """
 from __future__ import annotations
 
 from .api import inflate_firkin, load_fileobj, load_foreign, loads_foreign
 from .facts import LZ4_MISSING, detect
-from .inspect import inspect_file, inspect_stream
+from .inspect import inspect_file
 from .policy import judged_globals, scan, scan_fd
 
-__all__ = ["LZ4_MISSING", "detect", "inflate_firkin", "inspect_file", "inspect_stream",
-           "judged_globals", "load_fileobj", "load_foreign", "loads_foreign", "scan", "scan_fd"]
+__all__ = ["LZ4_MISSING", "detect", "inflate_firkin", "inspect_file", "judged_globals",
+           "load_fileobj", "load_foreign", "loads_foreign", "scan", "scan_fd"]

@@ -27,11 +27,12 @@ def _scan_error(name, kind, head, exc):
                        f"bytes {_describe_head(head)}), or it is damaged: {exc}")
 
 
-def scan(buf, name: str, kind: str = "raw") -> dict:
+def scan(buf, name: str, kind: str = "raw", records: bool = False) -> dict:
     """firkin._core.scan_joblib of a joblib or pickle stream (decompressed),
-    with its errors worded for `name`."""
+    with its errors worded for `name`; records: scan_records, which adds the
+    arrays' records (for info)."""
     try:
-        return _core.scan_joblib(buf)
+        return _core.scan_records(buf, True) if records else _core.scan_joblib(buf)
     except FormatError as exc:
         raise _scan_error(name, kind, bytes(memoryview(buf)[:4]), exc) from None
 
@@ -119,19 +120,21 @@ def _scan_mapped(fd, start, name, kind, trusted, budget=None):
     return _judge_mapped(fd, start, lambda buf: _policy(buf, name, kind, trusted, budget=budget))
 
 
-def scan_fd(fd: int, name: str, max_memory=None) -> dict:
+def scan_fd(fd: int, name: str, max_memory=None, *, records: bool = False,
+            call: str = "firkin.untrusted_types") -> dict:
     """scan() of the joblib or pickle file open at fd (decompressed when
-    compressed, within the amplification bound of max_memory)."""
+    compressed, within the amplification bound of max_memory; `call` names
+    the caller when the bound stops it)."""
     kind = detect(os.pread(fd, 8, 0))
 
     def judge(buf):
-        return scan(buf, name, kind)
+        return scan(buf, name, kind, records)
 
     info = _judge_mapped(fd, 0, judge) if kind == "raw" else None
     if info is None:
         src = _make_source(kind, _FdSource(fd, 0, name), name)
         if isinstance(src, _Inflate):
-            src.budget = _amplify.Budget(max_memory, name, "firkin.untrusted_types")
+            src.budget = _amplify.Budget(max_memory, name, call)
         held, info = _judge_materialized(src, judge)
         held.close()
     return info
