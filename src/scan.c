@@ -1215,7 +1215,7 @@ static int scan_may_be_dtype_state(scan_ctx *c, scan_val state)
  *             None where the dtype is not a numpy.dtype(typestr) call
  *   shape     [int, ...] or None; order "C"/"F" where the stream says it
  *             in a string (joblib's wrapper state), else None
- *   joblib arrays: offset, nbytes (the span stepped over), aligned (padded,
+ *   joblib arrays: offset, bytes (the span stepped over), aligned (padded,
  *   joblib >= 1.2), subclass ("module.name", numpy.ndarray left out);
  *   companion files: file (the name the wrapper holds, unchecked).
  * Structured dtypes are reported by their size ("|V16"), not their fields.
@@ -1456,7 +1456,7 @@ static int scan_wrapper_build(scan_ctx *c, scan_val target, scan_val state)
     if (c->records) {
         PyObject *r = scan_record(c, objects ? "joblib (object)" : "joblib", rdtype, rshape, rorder);
         if (!r || scan_set(r, "offset", PyLong_FromSsize_t(p)) < 0 ||
-            scan_set(r, "nbytes", PyLong_FromSsize_t(end - p)) < 0 ||
+            scan_set(r, "bytes", PyLong_FromSsize_t(end - p)) < 0 ||
             scan_set(r, "aligned", PyBool_FromLong(align && !objects)) < 0 ||
             scan_set(r, "subclass", scan_subclass(c, rsub)) < 0)
             return -1;

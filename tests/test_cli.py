@@ -154,11 +154,14 @@ def test_info_firkin(tmp_path, capsys):
     code, out, err = run_main(capsys, "info", str(path), "--json")
     assert code == 0, err
     info = json.loads(out)
-    assert info["format"] == "firkin" and info["size"] == path.stat().st_size
-    assert info["metadata"]["user"] == {"owner": "tests"}
+    assert info["kind"] == "firkin" and info["size_on_disk"] == path.stat().st_size
+    assert info == firkin.info(path).to_dict()  # the CLI prints the one model
+    assert info["user"] == {"owner": "tests"}
     oob = [a for a in info["arrays"] if a["kind"] == "out-of-band"]
     assert oob and oob[0]["dtype"] == "float32" and oob[0]["shape"] == [400, 500]
-    assert oob[0]["nbytes"] == big.nbytes and oob[0]["mmap"] is True
+    assert oob[0]["bytes"] == big.nbytes and oob[0]["mmap"] is True
+    inband = [a for a in info["arrays"] if a["kind"] == "in-band"]
+    assert [(a["dtype"], a["shape"]) for a in inband] == [("int64", [3])]
     with open(path, "rb") as f:
         f.seek(oob[0]["offset"])
         assert f.read(16) == big.tobytes()[:16]
@@ -168,7 +171,7 @@ def test_info_joblib_and_pickle(tmp_path, capsys, joblib_file):
     code, out, err = run_main(capsys, "info", str(joblib_file[0]), "--json")
     assert code == 0, err
     info = json.loads(out)
-    assert info["format"] == "joblib" and info["compression"] is None
+    assert info["kind"] == "joblib" and info["compression"] is None
     assert info["protocol"] == 4 and len(info["arrays"]) == 5
     big = next(a for a in info["arrays"] if a["shape"] == [300_000])
     assert big["dtype"] == "float64" and big["offset"] % 16 == 0 and big["mmap"] is True
@@ -185,7 +188,7 @@ def test_info_joblib_and_pickle(tmp_path, capsys, joblib_file):
         pickle.dump([np.arange(7, dtype=np.int8), "x"], f, protocol=5)
     code, out, _ = run_main(capsys, "info", str(ppath), "--json")
     info = json.loads(out)
-    assert code == 0 and info["format"] == "pickle" and info["protocol"] == 5
+    assert code == 0 and info["kind"] == "pickle" and info["protocol"] == 5
     assert info["arrays"][0]["dtype"] == "int8" and info["arrays"][0]["shape"] == [7]
 
 
@@ -257,7 +260,7 @@ def test_python_m(tmp_path, joblib_file):
     assert r.returncode == 0, r.stderr
     r = python_m("info", out, "--json")
     assert r.returncode == 0, r.stderr
-    assert json.loads(r.stdout)["metadata"]["compress"] == {"method": "zlib", "level": 1}
+    assert json.loads(r.stdout)["compression"] == {"method": "zlib", "level": 1}
     r = python_m("info", os.path.join(str(tmp_path), "missing"))
     assert r.returncode == 1 and "no such file" in r.stderr and r.stdout == ""
     r = python_m()

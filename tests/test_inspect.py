@@ -150,12 +150,17 @@ def test_info_facts(model_file):
     assert d["size_on_disk"] == os.path.getsize(path)
     assert d["size_in_memory"] >= value["weights"].nbytes
     assert d["compression"] is None and d["untrusted_types"] == []
-    assert d["arrays"] == [{"index": 0, "dtype": "<f4", "shape": [400, 500], "bytes": 800_000,
-                            "stored": 800_000, "codec": "raw", "ratio": 1.0}]
+    offset = d["arrays"][0]["offset"]
+    assert d["arrays"] == [{"index": 0, "kind": "out-of-band", "dtype": "float32",
+                            "shape": [400, 500], "bytes": 800_000, "stored": 800_000,
+                            "codec": "raw", "ratio": 1.0, "offset": offset, "mmap": True}]
+    with open(path, "rb") as f:
+        f.seek(offset)
+        assert f.read(64) == value["weights"].tobytes()[:64]
     assert d["user"] == {"run": 7}
     assert {p["package"] for p in d["packages"]} == {"numpy"}
     text = repr(info)
-    for needle in ("builtins.dict", "(400, 500)", "<f4", "signature:", "valid", "run=7"):
+    for needle in ("builtins.dict", "(400, 500)", "float32", "signature:", "valid", "run=7"):
         assert needle in text
     page = info._repr_html_()
     assert page.startswith("<div class='firkin-info'>") and "<table>" in page and "(400, 500)" in page

@@ -730,7 +730,7 @@ def test_inspect_without_unpickling(tmp_path):
     raw = jpath.read_bytes()
     x = by_shape[(100,)]
     assert x["dtype"] == "int16" and x["mmap"] and x["offset"] % 16 == 0
-    assert raw[x["offset"]:x["offset"] + x["nbytes"]] == data["x"].tobytes()
+    assert raw[x["offset"]:x["offset"] + x["bytes"]] == data["x"].tobytes()
     y = by_shape[(3, 4)]
     assert y["dtype"] == ">f8" and raw[y["offset"]:y["offset"] + 96] == data["y"].tobytes()
     assert by_shape[(2,)]["kind"] == "joblib (object)"

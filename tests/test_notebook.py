@@ -645,8 +645,8 @@ def test_info_shows_what_code_a_file_carries_and_strip_paths_removes_its_path(tm
     cli = subprocess.run([sys.executable, "-m", "firkin", "info", str(kept)], capture_output=True,
                          text=True, env=dict(os.environ, PYTHONPATH=FIRKIN_PATH))
     assert cli.returncode == 0, cli.stderr
-    assert "captured     DB_PASSWORD, connect, np" in cli.stdout
-    assert f"code files   {script}" in cli.stdout
+    assert "captured:        DB_PASSWORD, connect, np" in cli.stdout  # the same model as info()
+    assert f"code files:      {script}" in cli.stdout
 
     # a fresh process: the stripped code still runs; its tracebacks name no path
     got = _run(CHECK_STRIPPED, tmp_path)

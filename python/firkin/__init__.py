@@ -15,7 +15,6 @@ from ._api import (
     UntrustedTypesError,
     VersionMismatchWarning,
     codecs,
-    untrusted_types,
     ChecksumError,
     FirkinError,
     FormatError,
@@ -27,7 +26,7 @@ from ._api import (
 )
 
 from . import _scipy_stats  # noqa: F401,E402 - registers the scipy.stats rebuilds
-from ._inspect import info, verify  # noqa: E402
+from ._inspect import info, untrusted_types, verify  # noqa: E402
 from ._validate import StoredPathWarning  # noqa: E402
 from ._sign import set_key  # noqa: E402
 from ._defaults import set_defaults  # noqa: E402

@@ -20,7 +20,7 @@ from . import (_amplify, _byteorder, _byvalue, _compress, _core, _defaults, _gua
 from ._core import ChecksumError, FirkinError, FormatError, UntrustedTypesError
 from ._model import CheckResult, ModelCheckError
 
-__all__ = ["dump", "load", "dumps", "loads", "load_metadata", "codecs", "untrusted_types",
+__all__ = ["dump", "load", "dumps", "loads", "load_metadata", "codecs",
            "check", "FirkinError", "FormatError", "ChecksumError", "UntrustedTypesError",
            "ModelCheckError", "CheckResult", "VersionMismatchWarning", "ModelCheckWarning",
            "TEMP_SUFFIX"]
@@ -1249,37 +1249,6 @@ def loads(data, *, trusted=None, verify=None, threads=None, progress=None,
     _amplify.check_max_memory(max_memory)
     return _loads_named(data, "<bytes>", trusted, verify, threads, progress,
                         ensure_native_byte_order, max_memory)
-
-
-def untrusted_types(filename, trusted=None, *, max_memory=None, storage_options=None) -> list[str]:
-    """The sorted "module.qualname" names a default load of `filename` would
-    refuse (like skops.io.get_untrusted_types), without constructing any
-    object. A file signed with your key is still scanned: this lists what
-    it imports beyond the allowlist. A compressed stream that would inflate
-    past max_memory (as for load) raises UntrustedTypesError."""
-    _amplify.check_max_memory(max_memory)
-    with _remote.opened(filename, storage_options) as (f, source, path, _):
-        if f is source:  # remote
-            firkin = _is_firkin_bytes(*_remote.head_tail(f))
-        else:
-            firkin = _looks_like_firkin(source)
-        if not firkin:
-            from . import _joblib  # noqa: PLC0415
-
-            if _trust._normalize(trusted) is True:  # noqa: SLF001
-                return []
-            # joblib (any compressor; array data stepped over) or plain pickle
-            if f is source:
-                with _remote.local_file(f) as tmp:
-                    info = _joblib.scan_fd(tmp.fileno(), path, max_memory)
-            else:
-                info = _joblib.scan_fd(source, path, max_memory)
-            return _trust.untrusted(_joblib.judged_globals(info["globals"]), info["unsafe_ops"],
-                                    trusted)
-        reader = _reader(source, path)
-        _budget(reader, None, max_memory, "firkin.untrusted_types")  # before it is decoded
-        stream = reader.pickle_stream()
-    return _trust.untrusted_types(stream, trusted)
 
 
 def load_metadata(filename, *, storage_options=None) -> dict:

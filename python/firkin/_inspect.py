@@ -1,11 +1,20 @@
-"""Looking inside a firkin file without loading its objects: `info` and `verify`."""
+"""Looking inside a file without loading its objects: `info`, `verify`, `untrusted_types`.
+
+`FileInfo` is the one model of what a file holds, for every kind of file
+firkin reads (firkin, joblib, pickle): `firkin.info()` returns it, the
+command line prints it (`repr`) or its `to_dict()` (--json; the schema is
+docs/info.md). The names a file references come from the trust policy's
+own scanner (src/scan.c), so info and untrusted_types list what a load
+judges.
+"""
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import _byvalue, _core, _meta, _model, _remote, _sign, _text
+from . import _amplify, _byvalue, _core, _joblib, _meta, _model, _remote, _sign, _text, _trust
 from ._core import FormatError
 
 
@@ -130,6 +139,52 @@ def verify(filename, *, quick=False, storage_options=None) -> VerifyReport:
     return report
 
 
+# ------------------------------------------------------------ untrusted types
+
+def _is_firkin(f, source) -> bool:
+    """firkin._core.sniff of what _remote.opened gave: a local file by its
+    descriptor, a URL by two ranged reads."""
+    from ._api import _is_firkin_bytes, _looks_like_firkin  # the one rule, _core.sniff
+
+    return _is_firkin_bytes(*_remote.head_tail(f)) if f is source else _looks_like_firkin(source)
+
+
+@contextlib.contextmanager
+def _local_fd(f, source):
+    """A file descriptor of the file: the local file's own, or a URL's
+    object copied to a temporary file (the joblib and pickle scanners read
+    descriptors)."""
+    if f is not source:
+        yield source
+        return
+    with _remote.local_file(f) as tmp:
+        yield tmp.fileno()
+
+
+def untrusted_types(filename, trusted=None, *, max_memory=None, storage_options=None) -> list[str]:
+    """The sorted "module.qualname" names a default load of `filename` would
+    refuse (like skops.io.get_untrusted_types), without constructing any
+    object. A file signed with your key is still scanned: this lists what
+    it imports beyond the allowlist. A compressed stream that would inflate
+    past max_memory (as for load) raises UntrustedTypesError."""
+    _amplify.check_max_memory(max_memory)
+    with _remote.opened(filename, storage_options) as (f, source, path, _):
+        if not _is_firkin(f, source):
+            if _trust._normalize(trusted) is True:  # noqa: SLF001
+                return []
+            # joblib (any compressor; array data stepped over) or plain pickle
+            with _local_fd(f, source) as fd:
+                info = _joblib.scan_fd(fd, path, max_memory)
+            return _trust.untrusted(_joblib.judged_globals(info["globals"]), info["unsafe_ops"],
+                                    trusted)
+        from ._api import _budget  # noqa: PLC0415
+
+        reader = _open_reader(source, path)
+        _budget(reader, None, max_memory, "firkin.untrusted_types")  # before it is decoded
+        stream = reader.pickle_stream()
+    return _trust.untrusted_types(stream, trusted)
+
+
 # -------------------------------------------------------------------- info
 
 def _installed_version(pkg: str):
@@ -144,54 +199,85 @@ def _fmt_bytes(n: int) -> str:
     return str(n)
 
 
+def _fmt_shape(shape) -> str:
+    if not isinstance(shape, (list, tuple)):
+        return "?" if shape is None else str(shape)
+    return "(" + ", ".join(str(s) for s in shape) + ("," if len(shape) == 1 else "") + ")"
+
+
+def _names(pairs) -> list[str]:
+    return sorted(f"{m}.{n}" for m, n in pairs)
+
+
+_ROWS = 50  # array rows shown as text (to_dict lists all)
+
+
 class FileInfo:
-    """What a firkin file holds, read without loading its objects.
+    """What a file holds, read without loading its objects: a firkin file,
+    a joblib file or a pickle (`kind`).
 
     Shown as a table in Jupyter (``_repr_html_``) and as text elsewhere;
-    ``to_dict()`` gives the same facts as plain data.
+    ``to_dict()`` gives the same facts as plain data (docs/info.md).
     """
 
     def __init__(self, filename, storage_options=None):
-        with _remote.opened(filename, storage_options) as (_, source, path, size):
-            self.path = path
-            reader = _open_reader(source, path)
-            secs = reader.sections()
-            meta_raw = reader.metadata()
-            stream = reader.pickle_stream()
-            try:
-                from . import _trust  # noqa: PLC0415
+        #: the names the pickle references, as the trust policy judges them
+        self.globals: list[str] = []
+        self.protocol = None
+        self.error = None
+        self.layout = None
+        self.format = None
+        self.metadata: dict = {}
+        self.signature = self.signature_covers = None
+        self.mutable_buffers = False
+        self.sections: list = []
+        self.by_value: list = []
+        self.models: list = []
+        self.check_sample = None
+        self.packages: list = []
+        self.raw_bytes = self.stored_bytes = self.stream_bytes = 0
+        with _remote.opened(filename, storage_options) as (f, source, path, size):
+            self.path, self.size_on_disk = path, size
+            if _is_firkin(f, source):
+                self.kind = "firkin"
+                self._read_firkin(source)
+            else:
+                with _local_fd(f, source) as fd:
+                    self._read_other(fd, local=f is not source)
 
-                self.untrusted = _trust.untrusted_types(stream)
-            except FormatError as exc:
-                self.untrusted = [f"<unreadable pickle stream: {exc}>"]
-            signature = _sign.check(reader, stream)
-            self.signature = signature.status
-            #: what the signature covers (None when unsigned); info checks the
-            #: stream, metadata and chunk table, verify also the array data
-            self.signature_covers = signature.covers
-            self.format = "%d.%d" % reader.format_version
-            self.mutable_buffers = bool(reader.flags & _core.FLAG_BUFFERS_MUTABLE)
+    # -- reading
+    def _read_firkin(self, source):
+        path = self.path
+        reader = _open_reader(source, path)
+        secs = reader.sections()
+        meta_raw = reader.metadata()
+        stream = reader.pickle_stream()
+        spans = reader.buffer_spans()
+        try:
+            self.untrusted = _trust.untrusted_types(stream)
+        except FormatError as exc:
+            self.untrusted = [f"<unreadable pickle stream: {exc}>"]
+        records = []
+        try:
+            scan = _core.scan_records(stream, False)
+            self.globals, self.protocol = _names(scan["globals"]), scan["protocol"]
+            records = scan["records"]
+        except FormatError as exc:
+            self.error = str(exc)
+        signature = _sign.check(reader, stream)
+        self.signature = signature.status
+        #: what the signature covers (None when unsigned); info checks the
+        #: stream, metadata and chunk table, verify also the array data
+        self.signature_covers = signature.covers
+        self.format = "%d.%d" % reader.format_version
+        self.mutable_buffers = bool(reader.flags & _core.FLAG_BUFFERS_MUTABLE)
+        self.sections = secs
         # whatever shape a file's metadata has, it is shown, never trusted to be well formed
         self.metadata = _meta.parse(meta_raw, path)
-        self.size_on_disk = size
         self.raw_bytes = sum(s["raw"] for s in secs if s["kind"] in ("pickle stream", "buffer"))
         self.stored_bytes = sum(s["stored"] for s in secs if s["kind"] in ("pickle stream", "buffer"))
         self.stream_bytes = secs[0]["raw"] if secs else 0
-        described = self.metadata.get("arrays")
-        described = described if isinstance(described, list) else []
-        self.arrays = []
-        for i, s in enumerate(s for s in secs if s["kind"] == "buffer"):
-            d = described[i] if i < len(described) and isinstance(described[i], dict) else {}
-            shape = d.get("shape")
-            self.arrays.append({
-                "index": i,
-                "dtype": d.get("dtype"),
-                "shape": tuple(shape) if isinstance(shape, list) else shape,
-                "bytes": s["raw"],
-                "stored": s["stored"],
-                "codec": s["codec"],
-                "ratio": s["raw"] / s["stored"] if s["stored"] else 1.0,
-            })
+        self.arrays = self._firkin_arrays(secs, spans, records)
         by_value = self.metadata.get("by_value")
         #: what was saved by value (classes and functions defined in __main__ ...):
         #: [{"name", "kind", "file", "globals", "closure"}], as the writer recorded it
@@ -202,16 +288,56 @@ class FileInfo:
         check = self.metadata.get("check")
         #: the check sample's description (dump(..., check_data=)), or None
         self.check_sample = check if isinstance(check, dict) else None
-        self.packages = []
         packages = self.metadata.get("packages")
         for pkg, recorded in sorted(packages.items() if isinstance(packages, dict) else ()):
             installed = _installed_version(pkg)
             self.packages.append({"package": pkg, "recorded": recorded, "installed": installed,
                                   "mismatch": recorded is not None and installed != recorded})
 
+    def _firkin_arrays(self, secs, spans, records):
+        """One row per out-of-band buffer (dtype and shape as the writer
+        recorded them, else as the stream says), then the in-band arrays."""
+        described = self.metadata.get("arrays")
+        described = described if isinstance(described, list) else []
+        scanned = {r.get("buffer"): r for r in records if r["kind"] == "out-of-band"}
+        table = _joblib.inspect.array_table(records)
+        out = []
+        for i, s in enumerate(s for s in secs if s["kind"] == "buffer"):
+            d = described[i] if i < len(described) and isinstance(described[i], dict) else {}
+            rec = scanned.get(i) or {}
+            dtype = d.get("dtype") if "dtype" in d else rec.get("dtype")
+            shape = d.get("shape") if "shape" in d else rec.get("shape")
+            offset, _, mappable = spans[i] if i < len(spans) else (None, None, False)
+            out.append({
+                "index": i, "kind": "out-of-band",
+                "dtype": _joblib.inspect.dtype_text(dtype) if isinstance(dtype, str) else dtype,
+                "shape": list(shape) if isinstance(shape, tuple) else shape,
+                "bytes": s["raw"], "stored": s["stored"], "codec": s["codec"],
+                "ratio": s["raw"] / s["stored"] if s["stored"] else 1.0,
+                "offset": offset, "mmap": bool(mappable),
+            })
+        for a in table:
+            if a["kind"] == "in-band":
+                out.append(dict(a, index=len(out)))
+        return out
+
+    def _read_other(self, fd, local):
+        got = _joblib.inspect_file(self.path, fd, companions=local)
+        self.kind = got["format"]
+        self._compression = got["compression"]
+        self.layout = got.get("layout")
+        self.error = got.get("error")
+        self.protocol = got.get("protocol")
+        self.globals = got.get("globals", [])
+        self.arrays = got.get("arrays", [])
+        self.untrusted = got.get("untrusted", [])
+
+    # -- facts
     @property
     def compression(self):
-        return self.metadata.get("compress")
+        """firkin: the metadata's {"method", "level"} (None: none); joblib:
+        the compressor's name (None: none)."""
+        return self.metadata.get("compress") if self.kind == "firkin" else self._compression
 
     @property
     def user(self):
@@ -224,30 +350,50 @@ class FileInfo:
         return self.raw_bytes / self.stored_bytes if self.stored_bytes else 1.0
 
     def to_dict(self) -> dict:
+        """The facts as plain data: the schema in docs/info.md."""
         m = self.metadata
-        return {
-            "path": self.path, "format": self.format, "created": m.get("created"),
-            "firkin": m.get("firkin"), "python": m.get("python"), "type": m.get("type"),
-            "size_on_disk": self.size_on_disk, "size_in_memory": self.raw_bytes,
-            "compression": self.compression, "ratio": round(self.ratio, 3),
+        out = {
+            "path": self.path, "kind": self.kind, "format": self.format,
+            "size_on_disk": self.size_on_disk, "compression": self.compression,
+            "protocol": self.protocol, "globals": list(self.globals),
+            "untrusted_types": list(self.untrusted),
             "arrays": [dict(a, shape=list(a["shape"]) if isinstance(a["shape"], tuple) else a["shape"])
                        for a in self.arrays],
-            "packages": self.packages, "untrusted_types": self.untrusted,
-            "signature": self.signature, "signature_covers": self.signature_covers,
-            "mutable_buffers": self.mutable_buffers,
-            "by_value": self.by_value, "models": self.models, "check_sample": self.check_sample,
-            "user": self.user,
         }
+        if self.kind == "firkin":
+            out.update({
+                "created": m.get("created"), "firkin": m.get("firkin"), "python": m.get("python"),
+                "type": m.get("type"), "size_in_memory": self.raw_bytes,
+                "ratio": round(self.ratio, 3), "packages": self.packages,
+                "signature": self.signature, "signature_covers": self.signature_covers,
+                "mutable_buffers": self.mutable_buffers,
+                "by_value": self.by_value, "models": self.models, "check_sample": self.check_sample,
+                "user": self.user, "sections": self.sections,
+            })
+        else:
+            out["layout"] = self.layout
+        if self.error:
+            out["error"] = self.error
+        return out
 
-    def _summary(self):
-        m = self.metadata
+    # -- display
+    def _compression_text(self) -> str:
         comp = self.compression
         if not comp:
-            comp_s = "none"
-        elif isinstance(comp, dict):
-            comp_s = f"{comp.get('method')} level {comp.get('level')}"
-        else:
-            comp_s = repr(comp)
+            return "none"
+        if isinstance(comp, dict):
+            return f"{comp.get('method')} level {comp.get('level')} (ratio {self.ratio:.2f})"
+        return str(comp)
+
+    def _summary(self):
+        if self.kind != "firkin":
+            rows = [("file", self.path), ("format", self.kind + (f" ({self.layout})" if self.layout else "")),
+                    ("compression", self._compression_text()),
+                    ("pickle", "?" if self.protocol is None else f"protocol {self.protocol}"),
+                    ("size", f"{_fmt_bytes(self.size_on_disk)} on disk"),
+                    ("untrusted types", ", ".join(self.untrusted) if self.untrusted else "none")]
+            return rows + ([("error", self.error)] if self.error else [])
+        m = self.metadata
         return [
             ("file", self.path),
             ("object", m.get("type") or "?"),
@@ -255,12 +401,33 @@ class FileInfo:
             ("written by", f"firkin {m.get('firkin', '?')}, Python {m.get('python', '?')}, "
                            f"NumPy {m.get('numpy', '?')}; format {self.format}"),
             ("size", f"{_fmt_bytes(self.size_on_disk)} on disk, {_fmt_bytes(self.raw_bytes)} in memory"),
-            ("compression", f"{comp_s} (ratio {self.ratio:.2f})"),
+            ("compression", self._compression_text()),
             ("signature", self.signature + (f" (covers {self.signature_covers})"
                                             if self.signature_covers else "")),
             ("untrusted types", ", ".join(self.untrusted) if self.untrusted else "none"),
         ] + (_byvalue.summary_rows(self.by_value) if self.by_value else []) \
-            + _model.summary_rows(self.models, self.check_sample)
+            + _model.summary_rows(self.models, self.check_sample) + (
+            [("error", self.error)] if self.error else [])
+
+    def _array_rows(self):
+        """(header, rows, right-aligned columns) of the array table: firkin's
+        show their storage, joblib's their offsets."""
+        if self.kind == "firkin":
+            head = ("#", "kind", "dtype", "shape", "bytes", "codec", "ratio")
+            rows = [(a["index"], a["kind"], a["dtype"], _fmt_shape(a["shape"]),
+                     f"{a['bytes']:,}" if isinstance(a.get("bytes"), int) else "?",
+                     a.get("codec", ""), f"{a['ratio']:.2f}" if "ratio" in a else "")
+                    for a in self.arrays]
+        else:
+            star = "*" if self.compression else ""
+            head = ("#", "kind", "dtype", "shape", "offset" + star, "bytes", "mmap")
+            rows = [(a["index"], a["kind"], a.get("dtype"), _fmt_shape(a.get("shape")),
+                     "" if a.get("offset") is None else f"{a['offset']:,}",
+                     "" if a.get("bytes") is None else f"{a['bytes']:,}",
+                     "" if a.get("mmap") is None else ("yes" if a["mmap"] else "no"))
+                    for a in self.arrays]
+        right = {0, 4, 6} if self.kind == "firkin" else {0, 4, 5}  # the numbers' columns
+        return head, [tuple("?" if v is None else str(v) for v in r) for r in rows], right
 
     def __repr__(self) -> str:
         lines = [f"{k + ':':17}{v}" for k, v in self._summary()]
@@ -271,14 +438,18 @@ class FileInfo:
                 lines.append(f"  {p['package']:14} recorded {p['recorded']}, installed "
                              f"{p['installed']}{flag}")
         if self.arrays:
+            head, rows, right = self._array_rows()
+            widths = [max([len(h)] + [len(r[i]) for r in rows[:_ROWS]]) for i, h in enumerate(head)]
             lines.append(f"arrays ({len(self.arrays)}):")
-            lines.append(f"  {'#':>4} {'dtype':10} {'shape':20} {'bytes':>12} {'codec':6} ratio")
-            for a in self.arrays[:50]:
-                shape = "?" if a["shape"] is None else str(a["shape"])
-                lines.append(f"  {a['index']:>4} {str(a['dtype'] or '?'):10} {shape:20} "
-                             f"{a['bytes']:>12,} {a['codec']:6} {a['ratio']:.2f}")
-            if len(self.arrays) > 50:
-                lines.append(f"  ... and {len(self.arrays) - 50} more")
+            for r in [head] + rows[:_ROWS]:
+                lines.append("  " + " ".join(v.rjust(w) if i in right else v.ljust(w)
+                                             for i, (v, w) in enumerate(zip(r, widths))).rstrip())
+            if len(self.arrays) > _ROWS:
+                lines.append(f"  ... and {len(self.arrays) - _ROWS} more")
+            if self.kind != "firkin" and self.compression:
+                lines.append("  * offsets in the decompressed stream")
+        if self.globals:
+            lines.append(f"names ({len(self.globals)}): " + ", ".join(self.globals))
         user = self.user
         if user:
             lines.append("user metadata: " + (", ".join(f"{k}={v!r}" for k, v in user.items())
@@ -300,13 +471,11 @@ class FileInfo:
             out.append("<details open><summary>packages</summary><table><tr><th>package</th>"
                        f"<th>recorded</th><th>installed</th></tr>{prow}</table></details>")
         if self.arrays:
-            arow = "".join(
-                f"<tr><td>{a['index']}</td><td>{e(str(a['dtype']))}</td><td>{e(str(a['shape']))}</td>"
-                f"<td style='text-align:right'>{a['bytes']:,}</td><td>{e(a['codec'])}</td>"
-                f"<td>{a['ratio']:.2f}</td></tr>" for a in self.arrays[:200])
+            head, rows, _ = self._array_rows()
+            hrow = "".join(f"<th>{e(h)}</th>" for h in head)
+            arow = "".join("<tr>" + "".join(f"<td>{e(v)}</td>" for v in r) + "</tr>" for r in rows[:200])
             more = f"<p>... and {len(self.arrays) - 200} more</p>" if len(self.arrays) > 200 else ""
-            out.append(f"<details><summary>arrays ({len(self.arrays)})</summary><table><tr><th>#</th>"
-                       f"<th>dtype</th><th>shape</th><th>bytes</th><th>codec</th><th>ratio</th></tr>"
+            out.append(f"<details><summary>arrays ({len(self.arrays)})</summary><table><tr>{hrow}</tr>"
                        f"{arow}</table>{more}</details>")
         user = self.user
         if user:
@@ -318,8 +487,10 @@ class FileInfo:
 
 
 def info(filename, *, storage_options=None) -> FileInfo:
-    """What a firkin file holds — format, creation time, sizes, compression,
-    the array table, recorded versus installed package versions, untrusted
-    types, signature status, user metadata — without loading its objects.
-    Displays as a table in Jupyter."""
+    """What a file holds — for a firkin file its format, creation time, sizes,
+    compression, the array table, recorded versus installed package
+    versions, untrusted types, signature status, user metadata; for a joblib
+    file or a pickle its layout, compression, arrays and the names it
+    references — without loading its objects (of a URL: ranged reads for a
+    firkin file). Displays as a table in Jupyter."""
     return FileInfo(filename, storage_options)

@@ -34,8 +34,6 @@ from ._text import printable
 
 __all__ = ["main", "diff", "parse_compress"]
 
-_FIRKIN_HEADS = (b"\x89FRK", b"\x09FRK")
-_TABLE_ROWS = 40
 
 
 class _UsageError(Exception):
@@ -243,24 +241,6 @@ def _size(path: str, so) -> int:
         return size
 
 
-def _head(path: str, so=None) -> bytes:
-    from . import _remote  # noqa: PLC0415
-
-    with _remote.opened(path, so if _is_url(path) else None) as (f, _, _, _):
-        return f.read(8)
-
-
-def _kind(path: str, so=None) -> str:
-    head = _head(path, so)
-    if head[:4] in _FIRKIN_HEADS or not head:
-        return "firkin"
-    from . import _joblib  # noqa: PLC0415
-
-    if _joblib.detect(head) != "raw":
-        return "joblib"
-    return "joblib or pickle"
-
-
 def _cmd_convert(args) -> int:
     import firkin  # noqa: PLC0415
     from . import _compress  # noqa: PLC0415
@@ -320,157 +300,25 @@ def _cmd_convert(args) -> int:
     return 0
 
 
-def _firkin_info(path: str, so=None) -> dict:
-    import firkin  # noqa: PLC0415
-    from . import _joblib, _remote  # noqa: PLC0415
-    from ._api import _reader  # noqa: PLC0415 - the one place readers are made
-
-    so = so if _is_url(path) else None
-    meta = firkin.load_metadata(path, storage_options=so)
-    with _remote.opened(path, so) as (_, source, _, size):
-        reader = _reader(source, path)  # a streamed file too
-        sections = reader.sections()
-        spans = reader.buffer_spans()
-        version = reader.format_version
-        out = {"path": path, "format": "firkin", "format_version": ".".join(map(str, version)),
-               "size": size, "metadata": meta, "sections": sections}
-        arrays = []
-        try:
-            scan = _core.scan_records(reader.pickle_stream(), False)
-            out["protocol"] = scan["protocol"]
-            out["globals"] = sorted(f"{m}.{n}" for m, n in scan["globals"])
-            arrays = _joblib.inspect.array_table(scan["records"])
-        except Exception as exc:  # noqa: BLE001 - the table is a convenience
-            out["note"] = f"dtypes and shapes unavailable: {exc}"
-    by_buffer = {a.get("buffer"): a for a in arrays if a.get("kind") == "out-of-band"}
-    table = []
-    for i, (offset, length, mappable) in enumerate(spans):
-        rec = dict(by_buffer.get(i) or {"kind": "out-of-band", "dtype": None, "shape": None})
-        rec.update(index=len(table), buffer=i, offset=offset, nbytes=length, mmap=bool(mappable))
-        table.append(rec)
-    for rec in arrays:
-        if rec.get("kind") == "in-band":
-            rec = dict(rec, index=len(table))
-            table.append(rec)
-    out["arrays"] = table
-    return out
-
-
-def _foreign_info(path: str, so=None) -> dict:
-    from . import _joblib, _remote  # noqa: PLC0415
-
-    if _is_url(path):
-        with _remote.opened(path, so) as (f, _, _, size), _remote.local_file(f) as tmp:
-            info = _joblib.inspect_file(tmp.name)
-    else:
-        info = _joblib.inspect_file(path)
-        size = os.path.getsize(path)
-    out = {"path": path, "format": info.get("format"), "size": size}
-    out.update((k, v) for k, v in info.items() if k not in out)
-    out["metadata"] = {k: info.get(k) for k in ("layout", "compression", "protocol")}
-    return out
-
-
-def _fmt_shape(shape):
-    if shape is None:
-        return "?"
-    if len(shape) == 1:
-        return f"({shape[0]},)"
-    return "(" + ", ".join(str(s) for s in shape) + ")"
-
-
-def _print_info(info: dict):
-    _say(info["path"])
-    rows = [("format", info["format"] + (f" {info['format_version']}"
-                                          if info.get("format_version") else ""))]
-    if info.get("layout"):
-        rows.append(("layout", info["layout"]))
-    if info["format"] != "firkin":
-        rows.append(("compression", info.get("compression") or "none"))
-    if info.get("protocol") is not None:
-        rows.append(("pickle", f"protocol {info['protocol']}"))
-    elif info["format"] != "firkin" and "error" not in info:
-        rows.append(("pickle", "protocol 0 or 1"))
-    rows.append(("size", f"{info['size']:,} bytes"))
-    arrays = info.get("arrays") or []
-    total = sum(a.get("nbytes") or 0 for a in arrays)
-    rows.append(("arrays", f"{len(arrays)} ({total:,} bytes)"))
-    glob = info.get("globals") or []
-    if glob:
-        shown = ", ".join(glob[:8]) + (f", ... ({len(glob)} in all)" if len(glob) > 8 else "")
-        rows.append(("globals", shown))
-    for key, value in rows:
-        _say(f"  {key:<12} {value}")
-    if info["format"] == "firkin":
-        meta = dict(info.get("metadata") or {})
-        user = meta.pop("user", None)
-        by_value = meta.pop("by_value", None)
-        if isinstance(by_value, list) and by_value:
-            from . import _byvalue  # noqa: PLC0415
-
-            for key, value in _byvalue.summary_rows([e for e in by_value if isinstance(e, dict)]):
-                print(f"  {key:<12} {value}")
-        from . import _model  # noqa: PLC0415
-
-        for key, value in _model.summary_rows(meta.pop("models", None), meta.pop("check", None)):
-            _say(f"  {key:<12} {value}")
-        for key in sorted(meta):
-            if key in ("size", "format"):
-                continue
-            value = meta[key]
-            if isinstance(value, (dict, list)):
-                value = json.dumps(value, sort_keys=True)
-            _say(f"  {key:<12} {value}")
-        if user:
-            _say(f"  {'user':<12} {json.dumps(user, sort_keys=True)}")
-        for sec in info.get("sections", []):
-            _say(f"  section      {sec.get('kind')}: offset {sec.get('offset'):,}, "
-                  f"{sec.get('stored'):,} bytes stored, {sec.get('raw'):,} raw, "
-                  f"{sec.get('codec')}")
-    for key in ("note", "error"):
-        if info.get(key):
-            _say(f"  {key:<12} {info[key]}")
-    if arrays:
-        compressed = info["format"] != "firkin" and info.get("compression")
-        _say()
-        head = "offset*" if compressed else "offset"
-        _say(f"  {'#':>5}  {'kind':<16} {'dtype':<16} {'shape':<16} {'order':<5} "
-              f"{head:>14} {'bytes':>14}  mmap")
-        for a in arrays[:_TABLE_ROWS]:
-            off = a.get("offset")
-            dtype = a.get("dtype")
-            if a.get("fields"):
-                dtype = f"struct({a['fields']} fields)"
-            mm = a.get("mmap")
-            _say(f"  {a['index']:>5}  {a.get('kind', ''):<16.16} {str(dtype):<16.16} "
-                  f"{_fmt_shape(a.get('shape')):<16.16} {a.get('order') or '':<5} "
-                  f"{'' if off is None else format(off, ','):>14} "
-                  f"{'' if a.get('nbytes') is None else format(a['nbytes'], ','):>14}  "
-                  f"{'' if mm is None else ('yes' if mm else 'no')}")
-        if len(arrays) > _TABLE_ROWS:
-            _say(f"  ... {len(arrays) - _TABLE_ROWS} more arrays (--json lists all)")
-        if compressed and any(a.get("offset") is not None for a in arrays):
-            _say("  * offsets in the decompressed stream")
-
-
 def _cmd_info(args) -> int:
-    path, so = args.file, args.storage_options
+    from . import _inspect  # noqa: PLC0415
+
+    path = args.file
     if not _exists(path):
         _err(f"{path}: no such file")
         return 1
     try:
-        kind = _kind(path, so)
-        info = _firkin_info(path, so) if kind == "firkin" else _foreign_info(path, so)
+        info = _inspect.FileInfo(path, _options(args))
     except Exception as exc:  # noqa: BLE001 - a damaged file is a failure, reported
         _err(f"{path}: {type(exc).__name__}: {exc}")
         return 1
     if args.json:
         # strict JSON, ASCII only: metadata never holds NaN or infinities (_meta.parse)
-        print(json.dumps(info, indent=2, default=str, allow_nan=False))
+        print(json.dumps(info.to_dict(), indent=2, default=str, allow_nan=False))
     else:
-        _print_info(info)
-    if info.get("error"):
-        _err(f"{path}: {info['error']}")
+        print(repr(info))  # escaped by FileInfo: text from the file cannot drive the terminal
+    if info.error:
+        _err(f"{path}: {info.error}")
         return 1
     return 0
 

@@ -12,13 +12,13 @@ import os
 
 import numpy as np
 
-from .. import _core
+from .. import _core, _trust
 from .._core import FormatError
 from .facts import detect
-from .policy import scan_fd
+from .policy import judged_globals, scan_fd
 
 
-def _dtype_text(descr):
+def dtype_text(descr):
     """numpy's name of a "<byte order><typestr>" the scanner read ("<f8" -> float64)."""
     if descr is None:
         return None
@@ -50,7 +50,7 @@ def _npy_header(rec, dirname):
         rec["missing"] = True
         return
     rec.update(dtype=str(dtype), shape=list(shape), order="F" if fortran else "C")
-    rec["nbytes"] = dtype.itemsize * math.prod(shape)
+    rec["bytes"] = dtype.itemsize * math.prod(shape)
 
 
 def array_table(records, *, mappable: bool = False, dirname: str | None = None) -> list:
@@ -60,14 +60,14 @@ def array_table(records, *, mappable: bool = False, dirname: str | None = None) 
     dirname is given."""
     out = []
     for rec in records:
-        a = {k: v for k, v in rec.items() if v is not None}
-        a["index"] = len(out)
-        a["dtype"] = _dtype_text(rec["dtype"])
+        a = {"index": len(out)}
+        a.update((k, v) for k, v in rec.items() if v is not None)
+        a["dtype"] = dtype_text(rec["dtype"])
         a["shape"] = rec["shape"]
         if rec["kind"].startswith("joblib"):
             a["mmap"] = mappable and rec["kind"] == "joblib"
-        if a.get("nbytes") is None and a["shape"] is not None and rec["dtype"] is not None:
-            a["nbytes"] = _nbytes(rec)
+        if a.get("bytes") is None and a["shape"] is not None and rec["dtype"] is not None:
+            a["bytes"] = _nbytes(rec)
         if rec["kind"] == "companion .npy" and dirname is not None:
             _npy_header(a, dirname)
         out.append(a)
@@ -82,35 +82,40 @@ def _layout(kind, kinds, aligned):
     return "compressed pickle" if kind != "raw" else "plain pickle"
 
 
-def inspect_file(path: str) -> dict:
+def inspect_file(path: str, fd: int | None = None, *, companions: bool = True) -> dict:
     """What a joblib or pickle file holds, read statically (nothing is unpickled).
 
+    fd: the file open for reading (else `path` is opened); companions: read
+    the headers of joblib < 0.10's companion files beside `path`.
     Returns {format, compression, protocol, layout, arrays, globals,
-    unsafe_ops} and, when the walk fails, 'error' instead of the last five.
+    untrusted} and, when the walk fails, 'error' instead of the last five
+    (untrusted: what a default load refuses, as firkin.untrusted_types).
     """
-    with open(path, "rb") as f:
-        fd = f.fileno()
-        kind = detect(os.pread(fd, 8, 0))
-        out = {"format": "pickle", "compression": None if kind == "raw" else
-               ("zlib (joblib < 0.10 ZF)" if kind == "zf" else kind)}
-        try:
-            # a compressed stream is bounded as a load is: a bomb stops at the default bound
-            info = scan_fd(fd, path, records=True, call="firkin.load")
-        except (ImportError, _core.UntrustedTypesError) as exc:
-            out["error"] = str(exc)
-            return out
-        except (FormatError, OSError) as exc:
-            out["error"] = f"{type(exc).__name__}: {exc}"
-            return out
+    if fd is None:
+        with open(path, "rb") as f:
+            return inspect_file(path, f.fileno(), companions=companions)
+    kind = detect(os.pread(fd, 8, 0))
+    out = {"format": "pickle", "compression": None if kind == "raw" else
+           ("zlib (joblib < 0.10 ZF)" if kind == "zf" else kind)}
+    try:
+        # a compressed stream is bounded as a load is: a bomb stops at the default bound
+        info = scan_fd(fd, path, records=True, call="firkin.load")
+    except (ImportError, _core.UntrustedTypesError) as exc:
+        out["error"] = str(exc)
+        return out
+    except (FormatError, OSError) as exc:
+        out["error"] = f"{type(exc).__name__}: {exc}"
+        return out
     records = info["records"]
     kinds = {r["kind"] for r in records}
     if kinds - {"in-band", "out-of-band"} or kind != "raw":
         out["format"] = "joblib"
     aligned = any(r.get("aligned") for r in records)
     out.update(protocol=info["protocol"], layout=_layout(kind, kinds, aligned),
-               arrays=array_table(records, mappable=kind == "raw", dirname=os.path.dirname(path)),
+               arrays=array_table(records, mappable=kind == "raw",
+                                  dirname=os.path.dirname(path) if companions else None),
                globals=sorted(f"{m}.{n}" for m, n in info["globals"]),
-               unsafe_ops=[list(u) for u in info["unsafe_ops"]])
+               untrusted=_trust.untrusted(judged_globals(info["globals"]), info["unsafe_ops"], None))
     if not info["complete"]:
         out["error"] = "the walk stopped at an array whose size the scanner cannot read"
     return out
