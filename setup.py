@@ -68,8 +68,19 @@ def _links(func, header, lib):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _project_version():
+    """pyproject.toml's version, the one place it is written: the C core
+    reports it as firkin.__version__ (FIRKIN_VERSION)."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    with open(os.path.join(here, "pyproject.toml"), encoding="utf-8") as f:
+        for line in f:
+            if line.startswith("version = "):
+                return line.split("=", 1)[1].strip().strip('"')
+    sys.exit("pyproject.toml has no version = line under [project]")
+
+
 libraries = ["z"]
-macros = []
+macros = [("FIRKIN_VERSION", '"%s"' % _project_version())]
 if not _links("deflate", "zlib.h", "z"):
     sys.exit("firkin needs zlib's headers and library: install zlib1g-dev (Debian/Ubuntu) or zlib-devel")
 if not os.environ.get("FIRKIN_NO_LIBDEFLATE") and _links("libdeflate_zlib_compress", "libdeflate.h",
@@ -86,7 +97,8 @@ if not os.environ.get("FIRKIN_NO_OPENSSL") and _links("EVP_MAC_fetch", "openssl/
     libraries.append("crypto")
     macros.append(("FIRKIN_HAVE_OPENSSL", "1"))
 print("firkin: building with zlib" + "".join(
-    ", " + m[0][len("FIRKIN_HAVE_"):].lower() for m in macros), file=sys.stderr)
+    ", " + m[0][len("FIRKIN_HAVE_"):].lower() for m in macros if m[0].startswith("FIRKIN_HAVE_")),
+    file=sys.stderr)
 
 setup(
     ext_modules=[

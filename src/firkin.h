@@ -15,7 +15,9 @@
 #include <stdint.h>
 #include <string.h>
 
-#define FIRKIN_VERSION "0.1.0"
+#ifndef FIRKIN_VERSION /* setup.py defines it from pyproject.toml's version */
+#error "FIRKIN_VERSION is not defined: build with setup.py"
+#endif
 
 /* ---- container constants (docs/FORMAT.md) ---- */
 #define FK_MAGIC "\x89" "FRK\r\n\x1a\n"
@@ -30,6 +32,14 @@
 #define FK_CHUNK_ENTRY_LEN 16
 #define FK_ALIGN 64
 #define FK_INDEX_MAGIC "FIDX"
+
+/* What the first and last bytes of some data say it is: the one rule
+ * (module.c), used by the reader and, as firkin._core.sniff, by Python.
+ * FK_DAMAGED is a firkin container whose magic is damaged (a few bytes
+ * wrong, or only its end marker is right) or empty data (an interrupted
+ * dump): read as firkin, so that the reader names the damage. */
+enum { FK_OTHER = 0, FK_FIRKIN = 1, FK_DAMAGED = 2 };
+int fk_sniff(const unsigned char *head, size_t hlen, const unsigned char *tail, size_t tlen);
 
 /* header feature flags */
 #define FK_REQ_STREAMED (1ULL << 0)        /* body cut into length-prefixed frames (a stream) */

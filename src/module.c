@@ -50,6 +50,33 @@ done:
     return ret;
 }
 
+int fk_sniff(const unsigned char *head, size_t hlen, const unsigned char *tail, size_t tlen)
+{
+    if (hlen == 0) return FK_DAMAGED;
+    if (hlen >= FK_MAGIC_LEN && memcmp(head, FK_MAGIC, FK_MAGIC_LEN) == 0) return FK_FIRKIN;
+    int same = 0;
+    for (size_t i = 0; i < FK_MAGIC_LEN && i < hlen; i++) same += head[i] == (unsigned char)FK_MAGIC[i];
+    if (same >= 5 || (hlen >= 4 && memcmp(head + 1, "FRK", 3) == 0)) return FK_DAMAGED;
+    if (tlen == FK_MAGIC_LEN && memcmp(tail, FK_END_MAGIC, FK_MAGIC_LEN) == 0) return FK_DAMAGED;
+    return FK_OTHER;
+}
+
+static PyObject *fk_sniff_py(PyObject *module, PyObject *args)
+{
+    (void)module;
+    Py_buffer head = {0}, tail = {0};
+    PyObject *ret = NULL;
+    if (!PyArg_ParseTuple(args, "y*|y*:sniff", &head, &tail)) return NULL;
+    switch (fk_sniff(head.buf, (size_t)head.len, tail.buf, (size_t)tail.len)) {
+    case FK_FIRKIN: ret = PyUnicode_FromString("firkin"); break;
+    case FK_DAMAGED: ret = PyUnicode_FromString("damaged firkin"); break;
+    default: ret = Py_NewRef(Py_None); break;
+    }
+    PyBuffer_Release(&head);
+    if (tail.obj) PyBuffer_Release(&tail);
+    return ret;
+}
+
 static PyObject *fk_build_info(PyObject *module, PyObject *unused)
 {
     (void)module;
@@ -107,6 +134,11 @@ static PyMethodDef module_methods[] = {
     {"poly1305", (PyCFunction)(void (*)(void))fk_poly1305_py, METH_VARARGS | METH_KEYWORDS,
      "poly1305(key, data, portable=False) -> the 16-byte Poly1305 tag (RFC 8439) of data under a "
      "32-byte key; portable=True uses firkin's own code instead of OpenSSL's"},
+    {"sniff", fk_sniff_py, METH_VARARGS,
+     "sniff(head, tail=b'') -> 'firkin', 'damaged firkin' or None: what the first 8 bytes (and "
+     "the last 8) of some data say it is; a damaged firkin file (a few bytes of its magic wrong, "
+     "or only its end marker right) or empty data is read as firkin, so that the reader names "
+     "the damage"},
     {"scan_pickle", scan_pickle, METH_O,
      "scan_pickle(data) -> dict: the globals, unsafe opcodes, buffer count and protocol of a "
      "pickle stream, found without executing it"},
@@ -157,6 +189,16 @@ static int add_exception(PyObject *module, PyObject **slot, const char *name, co
     *slot = PyErr_NewExceptionWithDoc(full, doc, bases, NULL);
     if (!*slot) return -1;
     return PyModule_AddObjectRef(module, name, *slot);
+}
+
+/* an 8-byte marker of the format as a module constant */
+static int add_bytes(PyObject *module, const char *name, const char *marker)
+{
+    PyObject *b = PyBytes_FromStringAndSize(marker, FK_MAGIC_LEN);
+    if (!b) return -1;
+    int rc = PyModule_AddObjectRef(module, name, b);
+    Py_DECREF(b);
+    return rc;
 }
 
 static int module_exec(PyObject *module)
@@ -244,6 +286,8 @@ static int module_exec(PyObject *module)
         PyModule_AddIntConstant(module, "MAX_SECTIONS", (long)FK_MAX_SECTIONS) < 0 ||
         PyModule_AddIntConstant(module, "MAX_METADATA", (long)FK_MAX_METADATA) < 0) return -1;
     if (PyModule_AddStringConstant(module, "__version__", FIRKIN_VERSION) < 0) return -1;
+    if (add_bytes(module, "MAGIC", FK_MAGIC) < 0 || add_bytes(module, "END_MAGIC", FK_END_MAGIC) < 0)
+        return -1;
     if (PyModule_AddIntConstant(module, "CODEC_RAW", FK_CODEC_RAW) < 0 ||
         PyModule_AddIntConstant(module, "CODEC_ZLIB", FK_CODEC_ZLIB) < 0 ||
         PyModule_AddIntConstant(module, "CODEC_ZSTD", FK_CODEC_ZSTD) < 0 ||

@@ -180,7 +180,7 @@ static int rd_read(ReaderObject *r, uint64_t off, void *dst, size_t n)
         Py_END_ALLOW_THREADS
         if (err) {
             errno = err;
-            PyErr_SetFromErrno(PyExc_OSError);
+            PyErr_SetFromErrnoWithFilenameObject(PyExc_OSError, r->name);
             return -1;
         }
         if (done < n) {
@@ -209,7 +209,7 @@ static int rd_read(ReaderObject *r, uint64_t off, void *dst, size_t n)
         if (k < 0 && PyErr_Occurred()) return -1;
         if (k <= 0) break;
         if ((size_t)k > want) {
-            PyErr_SetString(PyExc_OSError, "file object's readinto() returned more than asked");
+            rd_error(r, PyExc_OSError, "the file object's readinto() returned more than asked");
             return -1;
         }
         done += (size_t)k;
@@ -231,7 +231,7 @@ static int rd_size(ReaderObject *r, uint64_t *size)
     if (r->fd >= 0) {
         struct stat sb;
         if (fstat(r->fd, &sb) < 0) {
-            PyErr_SetFromErrno(PyExc_OSError);
+            PyErr_SetFromErrnoWithFilenameObject(PyExc_OSError, r->name);
             return -1;
         }
         *size = (uint64_t)sb.st_size;
@@ -274,6 +274,18 @@ static int check_magic(ReaderObject *r, const unsigned char *h, uint64_t avail)
     if (h[0] == 0x80) {
         FORMAT_ERR(r, "not a firkin file: it starts like a pickle stream (protocol %d)",
                    avail > 1 ? (int)h[1] : -1);
+        return -1;
+    }
+    if (avail >= FK_MAGIC_LEN && fk_sniff(h, FK_MAGIC_LEN, NULL, 0) == FK_DAMAGED) {
+        /* firkin's magic with bytes changed: say which (firkin._core.sniff reads it as firkin) */
+        char where[FK_MAGIC_LEN * 20];
+        size_t n = 0;
+        for (size_t i = 0; i < FK_MAGIC_LEN; i++)
+            if (h[i] != (unsigned char)FK_MAGIC[i])
+                n += (size_t)snprintf(where + n, sizeof where - n, "%s%zu (%02x, not %02x)",
+                                      n ? ", " : "", i, h[i], (unsigned char)FK_MAGIC[i]);
+        FORMAT_ERR(r, "damaged firkin file: its magic number differs at offset %s; the file was "
+                      "changed after it was written", where);
         return -1;
     }
     FORMAT_ERR(r, "not a firkin file (starts with bytes %02x %02x %02x %02x)", h[0],
@@ -1011,7 +1023,7 @@ static PyObject *Reader_set_flag(ReaderObject *r, PyObject *arg)
     fk_put_u64(h + 24, nf);
     fk_put_u32(h + 60, checksum_crc32c(0, h, 60));
     if (pwrite(r->fd, h, FK_HEADER_LEN, (off_t)r->base) != FK_HEADER_LEN) {
-        PyErr_SetFromErrno(PyExc_OSError);
+        PyErr_SetFromErrnoWithFilenameObject(PyExc_OSError, r->name);
         return NULL;
     }
     r->opt_flags = nf;

@@ -237,6 +237,63 @@ def test_format_error_is_value_error(tmp_path):
     assert issubclass(firkin.FormatError, firkin.FirkinError)
 
 
+def test_sniff_is_the_one_rule(tmp_path):
+    """firkin._core.sniff: what the reader, load, info and the CLI take for
+    firkin data, damaged included (read as firkin so that the damage is named)."""
+    sniff = firkin._core.sniff
+    assert firkin._core.MAGIC == MAGIC and firkin._core.END_MAGIC == END_MAGIC
+    assert sniff(MAGIC) == "firkin" and sniff(MAGIC + b"more") == "firkin"
+    assert sniff(b"") == "damaged firkin"  # an interrupted dump
+    assert sniff(b"\x76" + MAGIC[1:]) == "damaged firkin"
+    assert sniff(b"\x09FRK\r\n\x1a\n") == "damaged firkin"  # a 7-bit transfer
+    assert sniff(b"\x89FRK\n\x1a\n") == "damaged firkin"  # CRLF -> LF
+    assert sniff(b"abcdefgh", END_MAGIC) == "damaged firkin"
+    assert sniff(b"abcdefgh") is None and sniff(pickle.dumps(1, 5)[:8]) is None
+    assert sniff(b"\x78\x9c" + bytes(6)) is None  # a zlib stream (compressed joblib)
+
+
+def test_a_flipped_first_byte_is_named_the_same_everywhere(small_file, capsys):
+    """load said 'not a firkin file' while the CLI read the file as a pickle
+    ('could not convert string to float'): one sniff, one message now."""
+    from firkin import cli
+
+    path, data = small_file
+    damaged = bytearray(data)
+    damaged[0] ^= 0xFF
+    path.write_bytes(bytes(damaged))
+    want = "damaged firkin file: its magic number differs at offset 0 (76, not 89)"
+    expect_error(path, firkin.FormatError, want)
+    expect_error(path, firkin.FormatError, want, loader=firkin.info)
+    expect_error(path, firkin.FormatError, want, loader=firkin.untrusted_types)
+    with open(path, "rb") as f:
+        expect_error(path, firkin.FormatError, want, loader=lambda _: firkin.load(f))
+    with pytest.raises(firkin.FormatError, match=r"<bytes>: damaged firkin file: its magic number"):
+        firkin.loads(path.read_bytes())
+    assert want in " ".join(firkin.verify(path).problems)
+    for command in ("info", "verify", "untrusted"):
+        assert cli.main([command, str(path)]) == 1
+        err = capsys.readouterr().err
+        assert want in err and "pickle" not in err, (command, err)
+
+
+def test_reader_os_errors_name_the_file(tmp_path):
+    fd = os.open(tmp_path, os.O_RDONLY)  # reads fail with EISDIR
+    try:
+        with pytest.raises(OSError) as info:
+            firkin._core.Reader(fd, name=str(tmp_path))
+    finally:
+        os.close(fd)
+    assert info.value.filename == str(tmp_path) and str(tmp_path) in str(info.value)
+
+
+def test_version_is_written_once():
+    """pyproject.toml's version is the version the C core reports."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with open(os.path.join(root, "pyproject.toml"), encoding="utf-8") as f:
+        line = next(ln for ln in f if ln.startswith("version = "))
+    assert firkin.__version__ == firkin._core.__version__ == line.split('"')[1]
+
+
 def test_text_mode_crlf_to_lf(small_file):
     path, data = small_file
     damaged = data.replace(b"\r\n", b"\n")

@@ -803,17 +803,11 @@ def _check_mmap_mode(mmap_mode):
     return _MMAP_MODES[mmap_mode]
 
 
-_MAGIC = b"\x89FRK\r\n\x1a\n"
-_END_MAGIC = b"\nFRKEND\x89"
-
-
 def _is_firkin_bytes(head: bytes, tail: bytes = b"") -> bool:
     """True for firkin data, damaged included, so that the reader names the
-    damage instead of the data being taken for another format: the magic
-    with a few bytes wrong (text-mode or 7-bit transfers, bit flips), a
-    firkin end marker, or nothing at all."""
-    return (not head or sum(a == b for a, b in zip(head, _MAGIC)) >= 5 or head[1:4] == b"FRK"
-            or tail == _END_MAGIC)
+    damage instead of the data being taken for another format (the rule is
+    firkin._core.sniff's, the reader's own)."""
+    return _core.sniff(head, tail) is not None
 
 
 def _looks_like_firkin(fd: int) -> bool:

@@ -53,8 +53,7 @@ _info = _core.build_info()
 def header_fixed(required: int = 0) -> bytes:
     """The fixed part of a header this firkin writes: magic, format version,
     header length 64, the required feature flags (docs/FORMAT.md)."""
-    return b"\x89FRK\r\n\x1a\n" + struct.pack("<HHIQ", _info["format_major"],
-                                                _info["format_minor"], 64, required)
+    return _core.MAGIC + struct.pack("<HHIQ", _info["format_major"], _info["format_minor"], 64, required)
 
 
 #: the fixed part of a header with no required features (a file, not a stream)

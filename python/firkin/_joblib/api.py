@@ -6,9 +6,10 @@ import os
 import warnings
 
 from .. import _amplify
+from .._api import _check_mmap_mode
 from .._core import FormatError
 from .._byteorder import resolve as _resolve_byte_order
-from .facts import _MMAP_MODES, _OUT_CHUNK, detect
+from .facts import _OUT_CHUNK, detect
 from .loader import _Loader
 from .policy import _policy, _scan_mapped, _scan_materialized
 from .sources import (
@@ -67,12 +68,10 @@ def load_foreign(f, name, mmap_mode=None, *, ensure_native_byte_order="auto", tr
     default policy; a collection of extra "module.qualname" names).
     max_memory: the amplification bound of a policy load (firkin._amplify).
     """
-    if mmap_mode not in _MMAP_MODES:
-        raise ValueError(f"mmap_mode must be one of None, 'r', 'r+', 'w+', 'c'; got {mmap_mode!r}")
+    mode = _check_mmap_mode(mmap_mode)
     swap = _resolve_byte_order(ensure_native_byte_order, mmap_mode)
     fd = f.fileno()
     kind = detect(os.pread(fd, 8, 0))
-    mode = _MMAP_MODES[mmap_mode]
     if kind != "raw" and mode is not None:
         warnings.warn(f"mmap_mode={mmap_mode!r} has no effect on the compressed joblib file "
                       f"{name}: its arrays are read into memory", UserWarning, stacklevel=4)

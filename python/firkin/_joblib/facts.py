@@ -23,7 +23,6 @@ _MAGICS = (
 _WRAPPERS = ("NumpyArrayWrapper", "NDArrayWrapper", "ZNDArrayWrapper")
 _JOBLIB_MODULES = ("joblib.numpy_pickle", "joblib.numpy_pickle_compat")
 
-_MMAP_MODES = {None: None, "r": "r", "r+": "r+", "w+": "r+", "c": "c"}
 _BUILD = 0x62  # pickle BUILD opcode
 _CHUNK = 1 << 18  # stream buffer refill size
 _RAW_CHUNK = 1 << 18  # compressed bytes fed to a decompressor at a time
