@@ -3,20 +3,12 @@ dtype whose flags hide the object field it holds, through every way the
 allowlist lets a stream construct a numpy dtype and set its state; and
 streams that put such a dtype to use (an array or scalar over the file's
 bytes). Shared by the scanner's and the loader's tests."""
-import struct
+
+from _pickles import _binunicode as _u, _g
 
 # numpy.dtype's BUILD state: (version, byte order, subarray, names, fields,
 # itemsize, alignment, flags); 'a' is an object field at offset 0
 V16 = "V16"
-
-
-def _g(module, name):
-    return b"c" + module.encode() + b"\n" + name.encode() + b"\n"
-
-
-def _u(s):
-    b = s.encode()
-    return b"X" + struct.pack("<I", len(b)) + b
 
 
 def _long(n):

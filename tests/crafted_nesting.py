@@ -3,9 +3,7 @@ n deep: arrays of objects free their items without CPython's recursion
 guard, so a deep enough chain overflows the C stack when it is freed."""
 import struct
 
-
-def _g(module, name):
-    return b"c" + module.encode() + b"\n" + name.encode() + b"\n"
+from _pickles import _g
 
 
 def _put(k):

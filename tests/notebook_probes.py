@@ -74,7 +74,7 @@ def factory_dataclass(value):
 
 
 def dataclass_frame(value):
-    import pandas as pd  # noqa: PLC0415
+    import pandas as pd
 
     cls, rows = value
     df = pd.DataFrame(rows)

@@ -6,7 +6,6 @@ passed; legitimate big files still load under the default."""
 from __future__ import annotations
 
 import bz2
-import gzip
 import json
 import lzma
 import math
@@ -24,22 +23,13 @@ import pytest
 import firkin
 from firkin import _amplify
 
-from test_corpus_containers import _containers  # tests/ is on sys.path
-from test_trust import _same
-from test_joblib_compat import _old_joblib_module, dump_pre010
-
-
-def _g(module, name):
-    return b"c" + module.encode() + b"\n" + name.encode() + b"\n"
+from _pickles import _binunicode as _u, _containers, _g
+from _support import _old_joblib_module, _same, dump_pre010
 
 
 def _int(n):  # LONG1
     raw = n.to_bytes((n.bit_length() + 8) // 8, "little", signed=True)
     return b"\x8a" + bytes([len(raw)]) + raw
-
-
-def _u(s):
-    return b"X" + struct.pack("<I", len(s)) + s.encode()
 
 
 P2 = b"\x80\x02"
@@ -226,7 +216,7 @@ def _compressors():
     yield "bz2", lambda: bz2.BZ2Compressor(9)
     yield "xz", lambda: lzma.LZMACompressor()
     try:
-        import lz4.frame as lz4f  # noqa: PLC0415
+        import lz4.frame as lz4f
     except ImportError:
         return
 

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools"))
-import audit_allowlist as audit  # noqa: E402
+import audit_allowlist as audit
 
 
 def test_every_flag_is_reviewed_and_no_line_is_stale():
@@ -29,6 +29,7 @@ def test_every_flag_is_reviewed_and_no_line_is_stale():
 def test_the_audit_finds_what_it_looks_for():
     # the scipy.stats finding: rv_generic.__setstate__ reaches exec
     import scipy.stats._continuous_distns as c
+
     from firkin import _trust
 
     exec_flag = "sink scipy.stats._distn_infrastructure.rv_generic._attach_argparser_methods -> builtins.exec"

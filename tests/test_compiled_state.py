@@ -22,23 +22,13 @@ import pytest
 import firkin
 from firkin import UntrustedTypesError
 
-from test_corpus_containers import firkin_container  # the hand-written container writer
+from _container import firkin_container
+from _support import _Reduce, _set, _with_tree
 
 KEY_A, KEY_B = "compiled-state key A (the author)", "compiled-state key B (the reader)"
 
 X = np.random.RandomState(0).rand(120, 5)
 Y = np.arange(120) % 3
-
-
-class _Reduce:
-    """Pickles as the given reduce tuple: a model's state, changed, with no
-    live object holding it."""
-
-    def __init__(self, rv):
-        self.rv = rv
-
-    def __reduce__(self):
-        return self.rv
 
 
 @pytest.fixture
@@ -110,31 +100,6 @@ def _roundtrips(model, tmp_path, out, *args):
                 warnings.simplefilter("error", firkin.StoredPathWarning)
                 loaded = firkin.load(path, mmap_mode=mode)
             np.testing.assert_array_equal(out(loaded, *args), want, err_msg=label)
-
-
-def _tree_state(tree, change):
-    state = {k: (v.copy() if isinstance(v, np.ndarray) else v)
-             for k, v in tree.__getstate__().items()}
-    change(state)
-    f, args, _ = tree.__reduce__()
-    return _Reduce((f, args, state))
-
-
-def _with_tree(est, change):
-    c = copy.copy(est)
-    vars(c)["tree_"] = _tree_state(est.tree_, change)
-    return c
-
-
-def _first_split(state):
-    return int(np.flatnonzero(state["nodes"]["left_child"] != -1)[0])
-
-
-def _set(field, value, node=None):
-    def change(state):
-        i = _first_split(state) if node is None else node
-        state["nodes"][field][i] = value
-    return change
 
 
 @pytest.fixture(scope="module")

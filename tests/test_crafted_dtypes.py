@@ -18,7 +18,8 @@ import firkin
 from firkin import _core
 
 import crafted_dtypes as cd
-from test_corpus_containers import _containers
+from _pickles import _containers
+from _support import _here, run_isolated
 
 REASONS = ("hide the objects", "cannot check", "cannot follow")
 
@@ -75,60 +76,7 @@ def test_numpy_needs_all_three_object_flags():
     assert any("hide the objects" in r for r in _scan_reasons(data))
 
 
-def _here():
-    import pathlib
-
-    return pathlib.Path(__file__).parent
-
-
 # ------------------------------------------------------------------ at run time, without the scan
-
-def without_scan():
-    """firkin with its static scan reporting nothing unsafe: what is refused
-    then is refused by the loader's own checks"""
-    real_p, real_j = _core.scan_pickle, _core.scan_joblib
-    _core.scan_pickle = lambda data: {**real_p(data), "globals": [], "unsafe_ops": []}
-    _core.scan_joblib = lambda data: {**real_j(data), "globals": [], "unsafe_ops": []}
-
-
-def _isolated(code: str, expect_crash: bool = False) -> list[str]:
-    """Runs code in a fresh interpreter (a crash must fail the test, not kill
-    pytest); returns its output lines."""
-    import os
-
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    res = subprocess.run([sys.executable, "-c", code], cwd=str(_here()), capture_output=True,
-                         text=True, env=env, timeout=900)
-    if expect_crash:
-        assert res.returncode < 0, (res.returncode, res.stderr[-2000:])
-    else:
-        assert res.returncode == 0, f"the loader crashed or failed (rc {res.returncode}):\n{res.stderr[-3000:]}"
-    return res.stdout.splitlines()
-
-
-def run_isolated(cases_code: str) -> list[str]:
-    """cases_code run in a fresh interpreter with the static scan switched off"""
-    return _isolated("import test_crafted_dtypes as t\nt.without_scan()\n" + cases_code)
-
-
-run_isolated.__wrapped__ = _isolated  # the same, with the scan on
-
-
-def load_each(blobs, tmp):
-    """loads each (label, blob) from a file; prints 'label: outcome'"""
-    import os
-
-    for label, blob in blobs:
-        path = os.path.join(tmp, "x")
-        with open(path, "wb") as f:
-            f.write(blob)
-        try:
-            firkin.load(path)
-            print(f"{label}: LOADED", flush=True)
-        except firkin.UntrustedTypesError as exc:
-            print(f"{label}: refused {' '.join(str(exc).split())}", flush=True)
-        except Exception as exc:  # noqa: BLE001 - reported to the test
-            print(f"{label}: {type(exc).__name__} {' '.join(str(exc).split())}", flush=True)
 
 
 def _runtime_cases():
@@ -144,8 +92,8 @@ def _runtime_cases():
 
 def test_the_runtime_check_alone_refuses_every_crafted_dtype(tmp_path):
     out = run_isolated(
-        "import test_crafted_dtypes as t, sys\n"
-        f"t.load_each(t._runtime_cases(), {str(tmp_path)!r})\n")
+        "import test_crafted_dtypes as t, _support\n"
+        f"_support.load_each(t._runtime_cases(), {str(tmp_path)!r})\n")
     cases = _runtime_cases()
     assert len(out) == len(cases), out[-5:]
     for line in out:
@@ -186,7 +134,6 @@ def test_the_dtype_check_itself():
     lying = pickle.loads(cd.dtype_stream("REDUCE numpy.dtype", "BININT version"))
     assert "flags say it does not" in dtype_problem(lying)
     # nested: the outer's flags are honest, the inner one lies
-    outer = np.dtype([("x", "i8"), ("y", "V16")])
     inner = lying
     state = (3, "|", None, ("x", "y"), {"x": (np.dtype("i8"), 0), "y": (inner, 8)}, 24, 8, 0x1b)
     d = np.dtype("V24")

@@ -14,8 +14,8 @@ import pytest
 import firkin
 from firkin import FormatError, UntrustedTypesError, _core
 
-from test_corpus_containers import firkin_container
-from test_trust import P4, _g, _payloads, _sg, _u
+from _container import firkin_container
+from _pickles import P4, _g, _payloads, _sg, _u
 
 
 @pytest.fixture
@@ -121,7 +121,7 @@ def test_compiled_state_checked_without_the_scan(blind, tmp_path):
     import numpy as np
     from sklearn.tree import DecisionTreeClassifier
 
-    from test_compiled_state import _set, _with_tree
+    from _support import _set, _with_tree
 
     X = np.random.RandomState(0).rand(50, 3)
     bad = _with_tree(DecisionTreeClassifier(random_state=0).fit(X, np.arange(50) % 2),

@@ -15,7 +15,7 @@ from pandas.core.internals.managers import BlockManager, SingleBlockManager
 
 import firkin
 
-from test_corpus_containers import _containers
+from _pickles import _containers
 
 
 def _frames():
@@ -164,7 +164,7 @@ def test_from_opcodes_a_huge_slice_is_measured_not_built(tmp_path):
 
 
 def test_a_manager_left_without_state_is_refused(tmp_path):
-    from test_corpus_containers import _g
+    from _pickles import _g
 
     data = b"\x80\x02" + _g("pandas.core.internals.managers", "SingleBlockManager") + b")\x81."
     with pytest.raises(firkin.UntrustedTypesError, match="never given its state"):

@@ -1,6 +1,5 @@
 """firkin.verify, firkin.info and file signatures."""
 import os
-import struct
 
 import numpy as np
 import pytest
@@ -8,28 +7,7 @@ import pytest
 import firkin
 from firkin import _core, _meta, _sign
 
-
-def _rewrite_index_crcs(data: bytearray, changed_offset: int) -> None:
-    """After bytes inside a raw chunk changed, recompute that chunk's CRC and
-    the index and trailer CRCs, so that only the signature can notice."""
-    total = len(data)
-    ioff, ilen = struct.unpack_from("<QQ", data, total - 40)
-    index = bytearray(data[ioff:ioff + ilen])
-    nsec, sstride, cstride = struct.unpack_from("<III", index, 4)
-    table = 16 + nsec * sstride
-    for i in range(nsec):
-        e = 16 + i * sstride
-        _, _, nch, off, _, _, csize, first = struct.unpack_from("<HHIQQQQQ", index, e)
-        pos = off
-        for c in range(nch):
-            ce = table + (first + c) * cstride
-            stored = struct.unpack_from("<Q", index, ce)[0]
-            if pos <= changed_offset < pos + stored:
-                struct.pack_into("<I", index, ce + 8, _core.crc32c(bytes(data[pos:pos + stored])))
-            pos += stored
-    data[ioff:ioff + ilen] = index
-    struct.pack_into("<I", data, total - 40 + 24, _core.crc32c(bytes(index)))
-    struct.pack_into("<I", data, total - 40 + 28, _core.crc32c(bytes(data[total - 40:total - 12])))
+from _container import rewrite_index_crcs
 
 
 @pytest.fixture
@@ -86,7 +64,7 @@ def test_one_changed_stream_byte_makes_the_file_unsigned(model_file):
     raw = bytes(data[stream_sec["offset"]:stream_sec["offset"] + stream_sec["stored"]])
     pos = stream_sec["offset"] + raw.index(b"alpha")
     data[pos] = ord("A")  # 'alpha' -> 'Alpha'
-    _rewrite_index_crcs(data, pos)
+    rewrite_index_crcs(data, pos)
     path.write_bytes(bytes(data))
     report = firkin.verify(path)
     assert report.checksums_ok and report.signature == "invalid" and not report.ok

@@ -11,7 +11,6 @@ import os
 import pickle
 import subprocess
 import sys
-import types
 import warnings
 import zlib
 
@@ -21,6 +20,8 @@ import pytest
 
 import firkin
 from firkin import _joblib
+
+from _support import _old_joblib_module, _zfile, dump_pre010
 
 pytestmark = pytest.mark.filterwarnings("ignore::PendingDeprecationWarning")  # np.matrix
 
@@ -408,63 +409,6 @@ def test_sklearn_externals_module_name(tmp_path):
 
 
 # --------------------------------------------------------------------------- joblib < 0.10
-
-def _zfile(data: bytes, wide: bool = False) -> bytes:
-    header = hex(len(data)).encode().ljust(19)
-    return b"ZF" + header + (b" " if wide else b"") + zlib.compress(data, 1)
-
-
-def _old_joblib_module():
-    """Stand-ins for joblib 0.9's wrapper classes, pickled under their real names."""
-    mod = types.ModuleType("joblib.numpy_pickle")
-
-    class NDArrayWrapper:
-        def __init__(self, filename, subclass, allow_mmap=True):
-            self.filename, self.subclass, self.allow_mmap = filename, subclass, allow_mmap
-
-    class ZNDArrayWrapper:
-        def __init__(self, filename, init_args, state):
-            self.filename, self.init_args, self.state = filename, init_args, state
-
-    for cls in (NDArrayWrapper, ZNDArrayWrapper):
-        cls.__module__ = "joblib.numpy_pickle"
-        cls.__qualname__ = cls.__name__
-        setattr(mod, cls.__name__, cls)
-    return mod
-
-
-def dump_pre010(value, path, monkeypatch, compress=False, protocol=2, wide_header=False):
-    """Write `value` as joblib 0.9 did: a main pickle (a ZF file when compressing)
-    plus one companion file per array: NAME_01.npy (np.save) or NAME_01.npy.z
-    (ZF file of the raw bytes, the array's metadata in the wrapper)."""
-    mod = _old_joblib_module()
-    monkeypatch.setitem(sys.modules, "joblib.numpy_pickle", mod)
-    path = str(path)
-    folder, base = os.path.split(path)
-    count = [0]
-
-    class OldPickler(pickle._Pickler):
-        def save(self, obj, save_persistent_id=True):
-            if type(obj) in (np.ndarray, np.matrix):
-                count[0] += 1
-                name = "%s_%02i.npy" % (base, count[0])
-                if compress:
-                    name += ".z"
-                    _, init_args, state = obj.__reduce__()
-                    with open(os.path.join(folder, name), "wb") as f:
-                        f.write(_zfile(state[-1]))
-                    obj = mod.ZNDArrayWrapper(name, init_args, state[:-1])
-                else:
-                    np.save(os.path.join(folder, name), obj, allow_pickle=True)
-                    obj = mod.NDArrayWrapper(name, type(obj),
-                                             allow_mmap=not obj.dtype.hasobject)
-            return pickle._Pickler.save(self, obj, save_persistent_id)
-
-    buf = io.BytesIO()
-    OldPickler(buf, protocol=protocol).dump(value)
-    monkeypatch.undo()
-    with open(path, "wb") as f:
-        f.write(_zfile(buf.getvalue(), wide_header) if compress else buf.getvalue())
 
 
 def old_data():

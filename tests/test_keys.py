@@ -24,7 +24,7 @@ UNTRUSTED_STREAM = b"\x80\x04cbuiltins\nlen\n\x8c\x02ab\x85R."
 
 
 def forged_firkin(key: bytes) -> bytes:
-    from test_corpus_containers import firkin_container  # noqa: PLC0415 - the one builder
+    from _container import firkin_container  # the one builder
 
     return firkin_container(UNTRUSTED_STREAM, key=key)
 
@@ -98,7 +98,7 @@ def _signed_elsewhere(tmp_path):
 def test_set_key_refuses_empty_and_short_keys(keyhome, value):
     with pytest.raises(ValueError, match=r"firkin.set_key\(\): the signing key is"):
         firkin.set_key(value)
-    assert _sign._process_key is None  # noqa: SLF001
+    assert _sign._process_key is None
 
 
 def test_set_key_accepts_a_long_enough_key(keyhome, tmp_path):
@@ -189,7 +189,7 @@ RACER = textwrap.dedent("""
 
 
 def test_racing_first_uses_agree_on_one_complete_key(keyhome):
-    import time  # noqa: PLC0415
+    import time
 
     env = dict(os.environ, XDG_CONFIG_HOME=str(keyhome))
     env.pop("FIRKIN_KEY", None)

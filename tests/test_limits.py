@@ -11,7 +11,8 @@ import pytest
 
 import firkin
 from firkin import _core, _sign
-from test_corpus_containers import firkin_container
+
+from _container import firkin_container, make_trailer
 
 MiB = 1 << 20
 
@@ -23,8 +24,7 @@ def sparse_with_trailer(path, size: int, index_len: int, index_head: bytes = b""
     index_off = size - 40 - index_len
     header = _sign.HEADER_FIXED + struct.pack("<QQQ12x", 0, 0, 0)
     header += struct.pack("<I", _core.crc32c(header))
-    trailer = struct.pack("<QQQI", index_off, index_len, size, 0)
-    trailer += struct.pack("<I", _core.crc32c(trailer)) + b"\nFRKEND\x89"
+    trailer = make_trailer(index_off, index_len, size, 0)
     with open(path, "wb") as f:
         f.write(header)
         f.truncate(size)

@@ -4,15 +4,15 @@ verify; a section that is not a JSON object, or nests deeper than
 MAX_DEPTH, is a FormatError (issue #17, item 4). Keys of unexpected types
 are tolerated (info shows them; load ignores them)."""
 import json
-import re
 import pickle
+import re
 
 import pytest
 
 import firkin
 from firkin import FormatError, _meta
 
-from test_corpus_containers import firkin_container
+from _container import firkin_container
 
 # an invalid pickle stream: had it been read first, the error would name it
 BAD_STREAM = b"\x80\x05not a pickle"

@@ -20,30 +20,9 @@ from pandas.testing import assert_frame_equal, assert_index_equal, assert_series
 import firkin
 import firkin._api as fk_api
 
-DEFAULT_THRESHOLD = fk_api.OOB_THRESHOLD
-ROUTES = ("file", "mmap_r", "bytes")
-THRESHOLDS = {"default": DEFAULT_THRESHOLD, "oob0": 0}
-
-
-@pytest.fixture(params=[(r, t) for t in THRESHOLDS for r in ROUTES],
-                ids=lambda p: f"{p[0]}-{p[1]}")
-def roundtrip(request, tmp_path, monkeypatch):
-    route, tname = request.param
-    monkeypatch.setattr(fk_api, "OOB_THRESHOLD", THRESHOLDS[tname])
-    path = tmp_path / "ml.firkin"
-
-    def rt(obj):
-        if route == "file":
-            assert firkin.dump(obj, path) == [str(path)]
-            return firkin.load(path)
-        if route == "mmap_r":
-            firkin.dump(obj, path)
-            return firkin.load(path, mmap_mode="r")
-        return firkin.loads(firkin.dumps(obj))
-
-    rt.route = route
-    rt.threshold = THRESHOLDS[tname]
-    return rt
+# the roundtrip fixture (tests/conftest.py)
+ROUNDTRIP_ROUTES = ("file", "mmap_r", "bytes")
+ROUNDTRIP_THRESHOLDS = ("default", "oob0")
 
 
 class _Unmapper(pickle.Pickler):

@@ -15,8 +15,8 @@ import pytest
 import firkin
 
 import crafted_nesting as cn
-from test_corpus_containers import _containers
-from test_crafted_dtypes import run_isolated
+from _pickles import _containers
+from _support import run_isolated
 
 DEEP = 20000  # arrays: far past the limits, and past what crashes when freed
 
@@ -44,8 +44,8 @@ def test_the_hazard_is_real():
 def _outcomes(tmp_path, scan=True, tail=b""):
     """each deep file loaded in a fresh interpreter: one outcome line each"""
     run = run_isolated.__wrapped__ if scan else run_isolated
-    out = run("import test_nesting as t, test_crafted_dtypes as d\n"
-              f"d.load_each(t._cases({tail!r}), {str(tmp_path)!r})\n")
+    out = run("import test_nesting as t, _support\n"
+              f"_support.load_each(t._cases({tail!r}), {str(tmp_path)!r})\n")
     assert len(out) == 2 * len(_containers(pickle.dumps(None))), out
     return out
 
@@ -67,7 +67,7 @@ def test_the_loader_alone_refuses_deep_chains(tmp_path):
 def test_a_load_refused_midway_frees_a_deep_chain(tmp_path):
     # the chain is built, then the stream names something off the list: the
     # refusal drops the half-built graph
-    from test_corpus_containers import _g
+    from _pickles import _g
 
     for line in _outcomes(tmp_path, scan=False, tail=_g("os", "system") + b"0"):
         assert "refused while unpickling" in line and "os.system" in line, line

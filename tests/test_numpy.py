@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import os
 import decimal
 import fractions
+import os
 import pickle
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 from hypothesis.extra import numpy as hnp
 from numpy.testing import assert_array_equal
 
@@ -27,8 +26,12 @@ import firkin._api as fk_api
 pytestmark = pytest.mark.filterwarnings("ignore:the matrix subclass:PendingDeprecationWarning")
 
 DEFAULT_THRESHOLD = fk_api.OOB_THRESHOLD
-ROUTES = ("file", "bytes", "mmap_r")
-THRESHOLDS = {"oob0": 0, "default": DEFAULT_THRESHOLD}
+# the roundtrip fixture (tests/conftest.py)
+ROUNDTRIP_ROUTES = ("file", "bytes", "mmap_r")
+ROUNDTRIP_THRESHOLDS = ("oob0", "default")
+# arrays as stored, byte order included (the default converts them to native
+# order, tested on its own below)
+ROUNDTRIP_LOAD_KWARGS = {"ensure_native_byte_order": False}
 
 
 @contextlib.contextmanager
@@ -39,48 +42,6 @@ def threshold(value):
         yield
     finally:
         fk_api.OOB_THRESHOLD = old
-
-
-def _route(obj, route, path):
-    # arrays as stored, byte order included: ensure_native_byte_order=False
-    # (the default converts them to native order, tested on its own below)
-    if route == "file":
-        assert firkin.dump(obj, path) == [str(path)]
-        return firkin.load(path, ensure_native_byte_order=False)
-    if route == "bytes":
-        data = firkin.dumps(obj)
-        assert isinstance(data, bytes)
-        return firkin.loads(data, ensure_native_byte_order=False)
-    if route == "mmap_r":
-        firkin.dump(obj, path)
-        return firkin.load(path, mmap_mode="r")
-    raise AssertionError(route)
-
-
-class RoundTrip:
-    def __init__(self, route, threshold_value, path):
-        self.route = route
-        self.threshold = threshold_value
-        self.path = path
-
-    @property
-    def mapped(self):
-        return self.route == "mmap_r"
-
-    @property
-    def all_oob(self):
-        return self.threshold == 0
-
-    def __call__(self, obj):
-        return _route(obj, self.route, self.path)
-
-
-@pytest.fixture(params=[(r, t) for t in THRESHOLDS for r in ROUTES],
-                ids=lambda p: f"{p[0]}-{p[1]}")
-def roundtrip(request, tmp_path, monkeypatch):
-    route, tname = request.param
-    monkeypatch.setattr(fk_api, "OOB_THRESHOLD", THRESHOLDS[tname])
-    return RoundTrip(route, THRESHOLDS[tname], tmp_path / "arr.firkin")
 
 
 # ------------------------------------------------------------------ helpers

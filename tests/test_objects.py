@@ -10,7 +10,6 @@ import decimal
 import enum
 import fractions
 import functools
-import gc
 import io
 import json
 import math
@@ -29,32 +28,9 @@ import pytest
 
 import firkin
 
-ROUTES = ("file", "bytes", "fileobj", "mmap_r")
+from _support import _refcount_stable
 
-
-@pytest.fixture(params=ROUTES)
-def roundtrip(request, tmp_path):
-    route = request.param
-    path = tmp_path / "obj.firkin"
-
-    def rt(obj, **kw):
-        if route == "file":
-            assert firkin.dump(obj, path, **kw) == [str(path)]
-            return firkin.load(path)
-        if route == "bytes":
-            return firkin.loads(firkin.dumps(obj, **kw))
-        if route == "fileobj":
-            bio = io.BytesIO()
-            assert firkin.dump(obj, bio, **kw) is None
-            bio.seek(0)
-            out = firkin.load(bio)
-            assert bio.tell() == len(bio.getvalue())  # positioned after what was read
-            return out
-        firkin.dump(obj, path, **kw)
-        return firkin.load(path, mmap_mode="r")
-
-    rt.route = route
-    return rt
+ROUNDTRIP_ROUTES = ("file", "bytes", "fileobj", "mmap_r")  # the roundtrip fixture: tests/conftest.py
 
 
 def same(a, b):
@@ -276,7 +252,8 @@ def test_nested_containers(roundtrip):
         "frozenset": frozenset({"x", 1, (2, 3)}),
         "empty": [[], (), {}, set(), frozenset(), "", b""],
         "dict_keys": {1: "int", "s": "str", (1, 2): "tuple", None: "none", 2.5: "float",
-                      frozenset({1}): "fs", b"b": "bytes", True: "bool-overwrites-1"},
+                      frozenset({1}): "fs", b"b": "bytes",
+                      True: "bool-overwrites-1"},  # noqa: F601 - True is 1: the later value wins, as in pickle
         "deep": functools.reduce(lambda acc, i: [acc, i], range(200), []),
     }
     out = roundtrip(value)
@@ -708,8 +685,8 @@ def test_metadata_standard_keys(tmp_path):
 
 
 def test_metadata_packages_numpy_and_sklearn(tmp_path):
-    from sklearn.linear_model import LinearRegression
     import sklearn
+    from sklearn.linear_model import LinearRegression
 
     p = tmp_path / "m.firkin"
     firkin.dump([np.arange(3)], p)
@@ -805,17 +782,6 @@ def test_dump_replaces_existing(tmp_path):
 
 
 # ------------------------------------------------------------------ refcounts
-
-def _refcount_stable(fn, objs, n=50):
-    for _ in range(3):
-        fn()  # warm caches (interned strings, imports, memo structures)
-    gc.collect()
-    before = [sys.getrefcount(o) for o in objs]
-    for _ in range(n):
-        fn()
-    gc.collect()
-    after = [sys.getrefcount(o) for o in objs]
-    return before, after
 
 
 def test_refcount_inputs_not_leaked(tmp_path):

@@ -13,7 +13,8 @@ import pytest
 
 import firkin
 from firkin import _text
-from test_corpus_containers import firkin_container
+
+from _container import firkin_container
 
 # what a file may carry to a terminal: erase the line, move up, set the title,
 # plant a hyperlink, ring, reverse the text direction, a lone surrogate
@@ -83,13 +84,13 @@ def test_untrusted_types_error_message_is_escaped(tmp_path):
         # the suggested call is a valid Python literal of the exact name
         hint = [line for line in msg.splitlines() if "trusted=[" in line][0]
         listed = hint[hint.index("trusted=") + len("trusted="):-1]
-        assert eval(listed) == info.value.names  # noqa: S307 - a literal we just checked is ASCII
+        assert eval(listed) == info.value.names
 
 
 def test_a_refusal_while_unpickling_is_escaped_too():
-    import io  # noqa: PLC0415
+    import io
 
-    from firkin import _trust  # noqa: PLC0415
+    from firkin import _trust
 
     u = _trust.make_unpickler(pickle.Unpickler, None)(io.BytesIO(HIDDEN_EXEC))
     with pytest.raises(firkin.UntrustedTypesError) as info:
@@ -214,9 +215,9 @@ def test_cli_errors_are_escaped(tmp_path):
 def test_array_table_of_any_shape(tmp_path, monkeypatch, described):
     """A real file with an out-of-band array whose metadata describes it
     oddly (written through the real writer with _meta.build replaced)."""
-    import numpy as np  # noqa: PLC0415
+    import numpy as np
 
-    from firkin import _meta  # noqa: PLC0415
+    from firkin import _meta
 
     monkeypatch.setattr(_meta, "build", lambda *a, **k: crafted_metadata(arrays=described))
     path = tmp_path / "arr.firkin"

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import collections
 import errno
-import gc
 import io
 import os
 import random
@@ -36,8 +35,8 @@ import numpy as np
 import pytest
 
 import firkin
-from firkin import _api
-from test_objects import _refcount_stable
+
+from _support import _refcount_stable
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 # under .ci/variant --sanitize: smaller runs (the point there is memory errors,

@@ -8,7 +8,6 @@ over exactly the same bytes. Also here: numpy dtypes whose pickled flags
 hide the objects they hold, which would make numpy read object pointers from
 the file.
 """
-import copyreg
 import os
 import pickle
 
@@ -19,7 +18,7 @@ import pytest
 import firkin
 from firkin import _core, _joblib
 
-from test_corpus_containers import firkin_container  # tests/ is on sys.path
+from _container import firkin_container
 
 COMPRESSORS = [0, "zlib", "gzip", "bz2", "xz", "lzma"]
 
@@ -147,7 +146,7 @@ def test_loader_checks_it_read_what_the_scan_judged(tmp_path, monkeypatch):
 def test_an_array_the_scanner_cannot_size_is_refused(tmp_path):
     import struct
 
-    from test_corpus_containers import _g, _u
+    from _pickles import _binunicode as _u, _g
 
     # dtype('<f8'): numpy accepts the byte order in the type string; pickle never writes it
     dtype = _g("numpy", "dtype") + _u("<f8") + b"\x89\x88\x87R"
@@ -222,7 +221,7 @@ def test_honest_object_dtypes_pass():
 
 
 def test_a_dtype_changed_after_use_is_refused():
-    from test_corpus_containers import _g, _u
+    from _pickles import _binunicode as _u, _g
 
     def new_v8():
         return _g("numpy", "dtype") + _u("V8") + b"\x89\x88\x87R"

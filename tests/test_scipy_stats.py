@@ -17,9 +17,8 @@ from scipy.stats._distn_infrastructure import rv_frozen, rv_generic
 import firkin
 from firkin import _core, _scipy_stats, _trust
 
-from test_corpus_containers import _containers
-from test_joblib_compat import _zfile
-from test_trust import KEY_A, KEY_B, P4, _sg, _u
+from _pickles import P4, _containers, _sg, _u
+from _support import KEY_A, KEY_B, _zfile
 
 U = _trust.make_unpickler(pickle.Unpickler)
 NORM = ("scipy.stats._continuous_distns", "norm_gen")

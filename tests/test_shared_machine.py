@@ -98,7 +98,7 @@ def private_dir(parent, uid, name, mode=0o700):
 def evil_file(path: str, key: bytes) -> None:
     """A firkin file whose stream imports an untrusted name, signed with `key`."""
     sys.path.insert(0, os.path.dirname(__file__))
-    from test_corpus_containers import firkin_container  # noqa: PLC0415 - the one builder
+    from _container import firkin_container  # the one builder
 
     with open(path, "wb") as f:
         f.write(firkin_container(UNTRUSTED_STREAM, key=key))

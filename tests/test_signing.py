@@ -192,8 +192,7 @@ def test_openssl_without_hmac_falls_back_to_the_python_signer(tmp_path):
 
 # ------------------------------------------- signatures that cover every byte
 
-from test_corpus_containers import HEADER_1_0, firkin_container, signature_v2  # noqa: E402
-from test_inspect import _rewrite_index_crcs  # noqa: E402
+from _container import HEADER_1_0, firkin_container, rewrite_index_crcs, signature_v2  # noqa: E402
 
 
 class Holder:
@@ -216,7 +215,7 @@ def _tamper_buffer(path, where=0.5):
     data = bytearray(path.read_bytes())
     pos = buf["offset"] + (where if isinstance(where, int) else int(buf["stored"] * where))
     data[pos] ^= 0x40
-    _rewrite_index_crcs(data, pos)
+    rewrite_index_crcs(data, pos)
     path.write_bytes(bytes(data))
     return pos
 
@@ -354,7 +353,7 @@ def test_allowlisted_files_cost_no_signature_work(tmp_path, monkeypatch):
 def test_a_moved_chunk_boundary_is_refused(tmp_path):
     """The signed table names each chunk's buffer, number and length: an
     index that cuts the same bytes into other chunks does not verify."""
-    from test_validation import KIND_BUFFER, crc32c, parse, rebuild_parsed
+    from _container import KIND_BUFFER, crc32c, parse, rebuild_parsed
 
     path = tmp_path / "m.firkin"
     firkin.dump(Holder(np.arange(3 * CHUNK // 8, dtype=np.float64)), path)

@@ -22,7 +22,8 @@ import pytest
 import firkin
 from firkin import _core
 
-from test_corpus_containers import OneWayStream, streamed_layout
+from _container import streamed_layout
+from _support import OneWayStream
 
 TIMEOUT = 30  # seconds a socket read may wait: only a broken load gets near it
 

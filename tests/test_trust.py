@@ -37,21 +37,31 @@ import warnings
 import zoneinfo
 
 import numpy as np
+import pandas as pd
 import pytest
+import scipy.sparse as sp
 
 import firkin
 from firkin import _core, _trust
-from firkin._trust import (ALLOWED, UntrustedTypesError, check_stream, make_unpickler, untrusted,
-                           untrusted_types)
-
-import pandas as pd
-import scipy.sparse as sp
+from firkin._trust import ALLOWED, UntrustedTypesError, check_stream, make_unpickler, untrusted, untrusted_types
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools"))
-from allowlist_corpus import (FORBIDDEN_MODULES, FORBIDDEN_NAMES, NAME_PROTOCOLS,  # noqa: E402
-                              _same, _same_estimator, _single_threaded, corpus_names, data_corpus,
-                              scan_names, sklearn_corpus, sklearn_extras)
-from audit_allowlist import resolve  # noqa: E402
+from _pickles import P4, _g, _payloads, _sg, _u
+from _support import KEY_A, KEY_B
+from allowlist_corpus import (
+    FORBIDDEN_MODULES,
+    FORBIDDEN_NAMES,
+    NAME_PROTOCOLS,
+    _same,
+    _same_estimator,
+    _single_threaded,
+    corpus_names,
+    data_corpus,
+    scan_names,
+    sklearn_corpus,
+    sklearn_extras,
+)
+from audit_allowlist import resolve
 
 # library deprecation notices about the corpus' own objects (numpy.core, BDay periods, ...)
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning",
@@ -303,7 +313,6 @@ def test_guarded_getattr():
 # ========================================================= no false refusals
 
 
-
 def _load_checked(data):
     """Load through both lines of defence, as firkin.load will."""
     check_stream(data)
@@ -365,8 +374,6 @@ def test_firkin_containers_pass_the_check(sk_corpus, data_objs):
 # with firkin.load by someone with another key (a colleague, a CI machine).
 # The signature says "other key", so nothing is trusted by signature and
 # every file must pass on the allowlist alone (issue #5).
-
-KEY_A, KEY_B = "firkin-test-key-A (the author)", "firkin-test-key-B (the reader)"
 
 
 @pytest.fixture
@@ -470,108 +477,6 @@ def test_no_false_refusals_foreign_key_data(data_objs, tmp_path, foreign_key, mo
 # Each payload is written opcode by opcode. Loaded with plain pickle, each
 # creates the sentinel file (checked, so every payload is a real exploit);
 # through the policy, nothing runs.
-
-
-def _s0(s):  # protocol 0 STRING
-    return b"S" + repr(s).encode() + b"\n"
-
-
-def _u(s):  # SHORT_BINUNICODE / BINUNICODE
-    b = s.encode()
-    return (b"\x8c" + bytes([len(b)]) + b) if len(b) < 256 else (b"X" + struct.pack("<I", len(b)) + b)
-
-
-def _g(module, name):  # GLOBAL
-    return b"c" + module.encode() + b"\n" + name.encode() + b"\n"
-
-
-def _sg(module, name):  # STACK_GLOBAL through the memo
-    return _u(module) + b"\x94" + _u(name) + b"\x94" + b"\x93"
-
-
-def _frame(body):  # FRAME around the rest of the stream
-    return b"\x95" + struct.pack("<Q", len(body)) + body
-
-
-def _bytes(b):  # SHORT_BINBYTES / BINBYTES
-    return (b"C" + bytes([len(b)]) + b) if len(b) < 256 else (b"B" + struct.pack("<I", len(b)) + b)
-
-
-P4 = b"\x80\x04"
-
-
-def _payloads(sentinel):
-    """name -> (payload bytes, culprit names untrusted_types must list, finisher)"""
-    path = str(sentinel)
-    cmd = "touch " + shlex.quote(path)
-    code = f"open({path!r}, 'w').close()"
-    done = None  # nothing to finish: the load itself creates the file
-
-    def wait(popen):
-        popen.wait()
-
-    def close(f):
-        f.close()
-
-    inner = _g("os", "system") + b"(" + _s0(cmd) + b"tR."
-    p = {
-        "os.system GLOBAL+REDUCE": (_g("os", "system") + b"(" + _s0(cmd) + b"tR.", ["os.system"], done),
-        "os.system INST": (b"(" + _s0(cmd) + b"i" + b"os\nsystem\n.", ["os.system"], done),
-        "os.system OBJ": (b"(" + _g("os", "system") + _s0(cmd) + b"o.", ["os.system"], done),
-        "posix.system": (_g("posix", "system") + b"(" + _s0(cmd) + b"tR.", ["posix.system"], done),
-        "__builtin__.eval protocol 0": (_g("__builtin__", "eval") + b"(" + _s0(code) + b"tR.",
-                                        ["builtins.eval"], done),
-        "builtins.exec": (P4 + _sg("builtins", "exec") + _u(code) + b"\x85R.", ["builtins.exec"], done),
-        "builtins.eval": (P4 + _g("builtins", "eval") + _u(code) + b"\x85R.", ["builtins.eval"], done),
-        "builtins.open": (P4 + _g("builtins", "open") + _u(path) + _u("w") + b"\x86R.",
-                          ["builtins.open"], close),
-        "__import__ + getattr chain": (
-            P4 + _g("builtins", "getattr") + _g("builtins", "__import__") + _u("os") + b"\x85R"
-            + _u("system") + b"\x86R" + _u(cmd) + b"\x85R.",
-            ["builtins.__import__", "builtins.getattr"], done),
-        "STACK_GLOBAL through memo and FRAME": (
-            P4 + _frame(_u("os") + b"q\x07" + b"0" + _u("sys") + b"h\x07" + b"2" + b"0" + b"q\x08"
-                        + b"0" + _u("system") + b"r\x09\x00\x00\x00" + b"0"
-                        + b"h\x07j\x09\x00\x00\x00\x93" + _u(cmd) + b"\x85R."),
-            ["os.system"], done),
-        "sklearn + __builtins__.get": (
-            P4 + _sg("sklearn", "__builtins__.get") + _u("eval") + b"\x85R" + _u(code) + b"\x85R.",
-            ["sklearn.__builtins__.get"], done),
-        "numpy + ndarray.tofile": (
-            P4 + _sg("numpy", "ndarray.tofile") + _sg("numpy._core.multiarray", "_reconstruct")
-            + _g("numpy", "ndarray") + b"K\x00\x85" + _bytes(b"b") + b"\x87R" + _u(path) + b"\x86R.",
-            ["numpy.ndarray.tofile"], done),
-        "pathlib + Path.touch": (
-            P4 + _sg("pathlib", "Path.touch") + _sg("pathlib", "Path") + _u(path) + b"\x85R\x85R.",
-            ["pathlib.Path", "pathlib.Path.touch"], done),
-        "pkgutil.resolve_name": (
-            P4 + _g("pkgutil", "resolve_name") + _u("os:system") + b"\x85R" + _u(cmd) + b"\x85R.",
-            ["pkgutil.resolve_name"], done),
-        "importlib.import_module + operator.attrgetter": (
-            P4 + _g("operator", "attrgetter") + _u("system") + b"\x85R"
-            + _g("importlib", "import_module") + _u("os") + b"\x85R\x85R" + _u(cmd) + b"\x85R.",
-            ["importlib.import_module", "operator.attrgetter"], done),
-        "subprocess.Popen": (
-            P4 + _g("subprocess", "Popen") + b"(" + _u("touch") + _u(path) + b"l\x85R.",
-            ["subprocess.Popen"], wait),
-        "os.popen": (P4 + _g("os", "popen") + _u(cmd) + b"\x85R.", ["os.popen"], close),
-        "cProfile.run": (P4 + _g("cProfile", "run") + _u(code) + b"\x85R.", ["cProfile.run"], done),
-        "nested pickle.loads": (P4 + _g("pickle", "loads") + _bytes(inner) + b"\x85R.",
-                                ["pickle.loads"], done),
-        "_pickle.loads": (P4 + _g("_pickle", "loads") + _bytes(inner) + b"\x85R.",
-                          ["_pickle.loads"], done),
-        "runpy via code string": (P4 + _g("runpy", "_run_code") + _u(code) + b"}\x86R.",
-                                  ["runpy._run_code"], done),
-        "BUILD shadowing __setstate__ on an estimator": (
-            # a LogisticRegression whose first BUILD puts os.system in its
-            # __dict__ as __setstate__; the second BUILD then calls it
-            P4 + _g("copyreg", "_reconstructor")
-            + _sg("sklearn.linear_model._logistic", "LogisticRegression")
-            + _g("builtins", "object") + b"N\x87R"
-            + b"}" + _u("__setstate__") + _g("os", "system") + b"sb"
-            + _u(cmd) + b"b.", ["os.system"], done),
-    }
-    return p
 
 
 def _const(v):

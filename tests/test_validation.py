@@ -12,7 +12,6 @@ import json
 import os
 import pickle
 import random
-import struct
 import tracemalloc
 
 import numpy as np
@@ -23,110 +22,25 @@ import firkin._api
 from firkin import _core
 from firkin._core import crc32c
 
-HEADER_LEN = 64
-TRAILER_LEN = 40
-INDEX_HEAD_LEN = 16
-SECTION_ENTRY_LEN = 64
-CHUNK_ENTRY_LEN = 16
-MAGIC = b"\x89FRK\r\n\x1a\n"
-END_MAGIC = b"\nFRKEND\x89"
-KIND_PICKLE, KIND_BUFFER, KIND_METADATA, KIND_SIGNATURE = 1, 2, 3, 4
-SECF_REQUIRED = 1
-
-_SECTION_FMT = "<HHIQQQQQ16x"
-_SECTION_FIELDS = ("kind", "flags", "nchunks", "offset", "stored", "raw", "chunk_size", "first_chunk")
-_CHUNK_FMT = "<QIB3x"
-_HEADER_FIELDS = {  # name: (offset, struct format)
-    "major": (8, "<H"),
-    "minor": (10, "<H"),
-    "header_len": (12, "<I"),
-    "required": (16, "<Q"),
-    "optional": (24, "<Q"),
-    "total": (32, "<Q"),
-    "index_off": (40, "<Q"),
-}
-
-assert struct.calcsize(_SECTION_FMT) == SECTION_ENTRY_LEN
-assert struct.calcsize(_CHUNK_FMT) == CHUNK_ENTRY_LEN
-
+from _container import (
+    END_MAGIC,
+    HEADER_LEN,
+    KIND_BUFFER,
+    KIND_METADATA,
+    KIND_PICKLE,
+    MAGIC,
+    SECF_REQUIRED,
+    TRAILER_LEN,
+    make_trailer,
+    parse,
+    rebuild,
+    rebuild_parsed,
+    section,
+    set_header,
+    used_ranges,
+)
 
 # ----------------------------------------------------------------- helpers
-
-def parse(data: bytes) -> dict:
-    """Split a container into header fields, trailer, section and chunk tables."""
-    data = bytes(data)
-    assert data[:8] == MAGIC
-    header = {name: struct.unpack_from(fmt, data, off)[0] for name, (off, fmt) in _HEADER_FIELDS.items()}
-    assert struct.unpack_from("<I", data, 60)[0] == crc32c(data[:60])
-    t = data[-TRAILER_LEN:]
-    assert t[32:] == END_MAGIC
-    ioff, ilen, total, icrc, tcrc = struct.unpack_from("<QQQII", t)
-    assert tcrc == crc32c(t[:28]) and total == len(data)
-    ix = data[ioff:ioff + ilen]
-    assert icrc == crc32c(ix)
-    magic, nsec, sstride, cstride = struct.unpack_from("<4sIII", ix)
-    assert (magic, sstride, cstride) == (b"FIDX", SECTION_ENTRY_LEN, CHUNK_ENTRY_LEN)
-    sections = [dict(zip(_SECTION_FIELDS, struct.unpack_from(_SECTION_FMT, ix, INDEX_HEAD_LEN + i * sstride)))
-                for i in range(nsec)]
-    ct = INDEX_HEAD_LEN + nsec * sstride
-    nchunks = (ilen - ct) // cstride
-    chunks = [dict(zip(("stored", "crc", "codec"), struct.unpack_from(_CHUNK_FMT, ix, ct + i * cstride)))
-              for i in range(nchunks)]
-    return {"header": header, "sections": sections, "chunks": chunks, "index_off": ioff,
-            "index_len": ilen, "area": data[:ioff]}
-
-
-def set_header(data: bytes, **fields) -> bytes:
-    """Patch header fields and recompute the header CRC."""
-    h = bytearray(data[:HEADER_LEN])
-    for name, value in fields.items():
-        off, fmt = _HEADER_FIELDS[name]
-        struct.pack_into(fmt, h, off, value)
-    struct.pack_into("<I", h, 60, crc32c(bytes(h[:60])))
-    return bytes(h) + bytes(data[HEADER_LEN:])
-
-
-def build_index(sections, chunks, *, nsec=None, sstride=SECTION_ENTRY_LEN, cstride=CHUNK_ENTRY_LEN,
-                magic=b"FIDX") -> bytes:
-    out = bytearray(struct.pack("<4sIII", magic, len(sections) if nsec is None else nsec, sstride, cstride))
-    for s in sections:
-        out += struct.pack(_SECTION_FMT, *(s[f] for f in _SECTION_FIELDS))
-    for c in chunks:
-        out += struct.pack(_CHUNK_FMT, c["stored"], c["crc"], c["codec"])
-    return bytes(out)
-
-
-def make_trailer(ioff, ilen, total, icrc) -> bytes:
-    t = struct.pack("<QQQI", ioff, ilen, total, icrc)
-    return t + struct.pack("<I", crc32c(t)) + END_MAGIC
-
-
-def rebuild(area: bytes, sections, chunks, *, fix_header=True, **index_kw) -> bytes:
-    """Container from the bytes before the index (header included) and the tables;
-    index CRC, trailer and (unless told not to) header length/offset recomputed."""
-    index = build_index(sections, chunks, **index_kw)
-    ioff = len(area)
-    total = ioff + len(index) + TRAILER_LEN
-    if fix_header:
-        area = set_header(area, total=total, index_off=ioff)
-    return bytes(area) + index + make_trailer(ioff, len(index), total, crc32c(index))
-
-
-def rebuild_parsed(p: dict, **kw) -> bytes:
-    return rebuild(p["area"], p["sections"], p["chunks"], **kw)
-
-
-def section(p: dict, kind: int) -> dict:
-    return next(s for s in p["sections"] if s["kind"] == kind)
-
-
-def used_ranges(data: bytes) -> list[tuple[int, int]]:
-    """Byte ranges the format gives a meaning to (everything but alignment padding)."""
-    p = parse(data)
-    ranges = [(0, HEADER_LEN)]
-    ranges += [(s["offset"], s["offset"] + s["stored"]) for s in p["sections"]]
-    ranges.append((p["index_off"], len(data)))
-    return ranges
 
 
 def small_object():

@@ -17,7 +17,7 @@ import numpy as np
 os.environ["FIRKIN_KEY"] = "firkin-fuzz-seed-key"
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import fuzzlib  # noqa: E402
+import fuzzlib
 
 
 def values():

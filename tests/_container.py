@@ -1,0 +1,203 @@
+"""The reference reader and writer of docs/FORMAT.md for the tests (and
+fuzzing): written from the document alone, independently of firkin's C
+reader and writer, so that a test can check a file firkin wrote byte by
+byte, or hand-craft one firkin must refuse.
+
+parse() splits a container into header fields, trailer, section and chunk
+tables; rebuild() puts one back together with every CRC recomputed;
+firkin_container() writes a whole container around a pickle stream (signed
+with signature_v2 when asked); rewrite_index_crcs() repairs the CRCs after
+bytes of a raw chunk were changed, so that only a signature can notice.
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import struct
+
+from firkin import _core, _sign
+from firkin._core import crc32c
+
+HEADER_LEN = 64
+TRAILER_LEN = 40
+INDEX_HEAD_LEN = 16
+SECTION_ENTRY_LEN = 64
+CHUNK_ENTRY_LEN = 16
+MAGIC = b"\x89FRK\r\n\x1a\n"
+END_MAGIC = b"\nFRKEND\x89"
+KIND_PICKLE, KIND_BUFFER, KIND_METADATA, KIND_SIGNATURE, KIND_SIGNATURE_V2 = 1, 2, 3, 4, 5
+SECF_REQUIRED = 1
+CHUNK = 1 << 20  # the chunk size firkin_container writes
+HEADER_1_0 = MAGIC + struct.pack("<HHIQ", 1, 0, 64, 0)  # magic, format 1.0, header length, no features
+HEADER_1_1 = MAGIC + struct.pack("<HHIQ", 1, 1, 64, 0)
+
+_SECTION_FMT = "<HHIQQQQQ16x"
+_SECTION_FIELDS = ("kind", "flags", "nchunks", "offset", "stored", "raw", "chunk_size", "first_chunk")
+_CHUNK_FMT = "<QIB3x"
+_HEADER_FIELDS = {  # name: (offset, struct format)
+    "major": (8, "<H"),
+    "minor": (10, "<H"),
+    "header_len": (12, "<I"),
+    "required": (16, "<Q"),
+    "optional": (24, "<Q"),
+    "total": (32, "<Q"),
+    "index_off": (40, "<Q"),
+}
+
+assert struct.calcsize(_SECTION_FMT) == SECTION_ENTRY_LEN
+assert struct.calcsize(_CHUNK_FMT) == CHUNK_ENTRY_LEN
+
+
+def parse(data: bytes) -> dict:
+    """Split a container into header fields, trailer, section and chunk tables."""
+    data = bytes(data)
+    assert data[:8] == MAGIC
+    header = {name: struct.unpack_from(fmt, data, off)[0] for name, (off, fmt) in _HEADER_FIELDS.items()}
+    assert struct.unpack_from("<I", data, 60)[0] == crc32c(data[:60])
+    t = data[-TRAILER_LEN:]
+    assert t[32:] == END_MAGIC
+    ioff, ilen, total, icrc, tcrc = struct.unpack_from("<QQQII", t)
+    assert tcrc == crc32c(t[:28]) and total == len(data)
+    ix = data[ioff:ioff + ilen]
+    assert icrc == crc32c(ix)
+    magic, nsec, sstride, cstride = struct.unpack_from("<4sIII", ix)
+    assert (magic, sstride, cstride) == (b"FIDX", SECTION_ENTRY_LEN, CHUNK_ENTRY_LEN)
+    sections = [dict(zip(_SECTION_FIELDS, struct.unpack_from(_SECTION_FMT, ix, INDEX_HEAD_LEN + i * sstride)))
+                for i in range(nsec)]
+    ct = INDEX_HEAD_LEN + nsec * sstride
+    nchunks = (ilen - ct) // cstride
+    chunks = [dict(zip(("stored", "crc", "codec"), struct.unpack_from(_CHUNK_FMT, ix, ct + i * cstride)))
+              for i in range(nchunks)]
+    return {"header": header, "sections": sections, "chunks": chunks, "index_off": ioff,
+            "index_len": ilen, "area": data[:ioff]}
+
+
+def set_header(data: bytes, **fields) -> bytes:
+    """Patch header fields and recompute the header CRC."""
+    h = bytearray(data[:HEADER_LEN])
+    for name, value in fields.items():
+        off, fmt = _HEADER_FIELDS[name]
+        struct.pack_into(fmt, h, off, value)
+    struct.pack_into("<I", h, 60, crc32c(bytes(h[:60])))
+    return bytes(h) + bytes(data[HEADER_LEN:])
+
+
+def build_index(sections, chunks, *, nsec=None, sstride=SECTION_ENTRY_LEN, cstride=CHUNK_ENTRY_LEN,
+                magic=b"FIDX") -> bytes:
+    out = bytearray(struct.pack("<4sIII", magic, len(sections) if nsec is None else nsec, sstride, cstride))
+    for s in sections:
+        out += struct.pack(_SECTION_FMT, *(s[f] for f in _SECTION_FIELDS))
+    for c in chunks:
+        out += struct.pack(_CHUNK_FMT, c["stored"], c["crc"], c["codec"])
+    return bytes(out)
+
+
+def make_trailer(ioff, ilen, total, icrc) -> bytes:
+    t = struct.pack("<QQQI", ioff, ilen, total, icrc)
+    return t + struct.pack("<I", crc32c(t)) + END_MAGIC
+
+
+def rebuild(area: bytes, sections, chunks, *, fix_header=True, **index_kw) -> bytes:
+    """Container from the bytes before the index (header included) and the tables;
+    index CRC, trailer and (unless told not to) header length/offset recomputed."""
+    index = build_index(sections, chunks, **index_kw)
+    ioff = len(area)
+    total = ioff + len(index) + TRAILER_LEN
+    if fix_header:
+        area = set_header(area, total=total, index_off=ioff)
+    return bytes(area) + index + make_trailer(ioff, len(index), total, crc32c(index))
+
+
+def rebuild_parsed(p: dict, **kw) -> bytes:
+    return rebuild(p["area"], p["sections"], p["chunks"], **kw)
+
+
+def section(p: dict, kind: int) -> dict:
+    return next(s for s in p["sections"] if s["kind"] == kind)
+
+
+def used_ranges(data: bytes) -> list[tuple[int, int]]:
+    """Byte ranges the format gives a meaning to (everything but alignment padding)."""
+    p = parse(data)
+    ranges = [(0, HEADER_LEN)]
+    ranges += [(s["offset"], s["offset"] + s["stored"]) for s in p["sections"]]
+    ranges.append((p["index_off"], len(data)))
+    return ranges
+
+
+def signature_v2(key: bytes, header_fixed: bytes, stream: bytes, metadata: bytes, buffers=(),
+                 salt: bytes = b"\x07" * 16) -> bytes:
+    """A version 2 signature section computed from docs/FORMAT.md alone
+    (hmac, hashlib and firkin's Poly1305), independently of firkin._sign."""
+    def mac(*parts):
+        return hmac.new(key, b"".join(parts), hashlib.sha256).digest()
+
+    poly_key = mac(b"firkin-buffer-hash-v2\0", salt)[:16] + bytes(16)
+    entries = b""
+    for b, buf in enumerate(buffers):
+        for c, off in enumerate(range(0, len(buf), CHUNK)):
+            part = bytes(buf[off:off + CHUNK])
+            head = struct.pack("<IIQ", b, c, len(part))
+            entries += head + mac(b"firkin-chunk-v2\0", salt, head, _core.poly1305(poly_key, part))[:16]
+    table = struct.pack("<QQ8x", len(buffers), len(entries) // 32) + entries
+    digest = mac(b"firkin-signature-v2\0", header_fixed, salt, stream, struct.pack("<Q", len(stream)),
+                 metadata, struct.pack("<Q", len(metadata)), table)
+    return (b"FSIG" + struct.pack("<HH", 2, 2) + salt + mac(b"firkin-key-id-v2\0", salt)[:16]
+            + digest + table)
+
+
+def firkin_container(stream: bytes, metadata: bytes = b"{}", key: bytes | None = None,
+                     buffers=(), version: int = 1) -> bytes:
+    """A firkin container holding `stream` as its pickle stream and
+    `buffers` as its buffer sections (raw chunks of CHUNK bytes): format 1.0
+    signed (version 1 signature) with `key` when version=1, format 1.1
+    signed (version 2) when version=2."""
+    header_fixed = HEADER_1_0 if version == 1 else HEADER_1_1
+    payloads = [(KIND_PICKLE, 1, stream)] + [(KIND_BUFFER, 1, bytes(b)) for b in buffers]
+    payloads.append((KIND_METADATA, 0, metadata))
+    if key is not None and version == 1:
+        payloads.append((KIND_SIGNATURE, 0, _sign.signature_payload(key, stream, metadata, header_fixed)))
+    elif key is not None:
+        payloads.append((KIND_SIGNATURE_V2, 0, signature_v2(key, header_fixed, stream, metadata, buffers)))
+    area = bytearray(header_fixed + bytes(HEADER_LEN - len(header_fixed)))
+    sections, chunks = [], []
+    for kind, flags, payload in payloads:
+        area.extend(bytes(-len(area) % 64))  # sections start 64-byte aligned
+        parts = [payload[i:i + CHUNK] for i in range(0, len(payload), CHUNK)]
+        sections.append({"kind": kind, "flags": flags, "nchunks": len(parts), "offset": len(area),
+                         "stored": len(payload), "raw": len(payload), "chunk_size": CHUNK,
+                         "first_chunk": len(chunks)})
+        chunks += [{"stored": len(c), "crc": crc32c(c), "codec": 0} for c in parts]
+        area.extend(payload)
+    area.extend(bytes(-len(area) % 64))
+    return rebuild(bytes(area), sections, chunks)
+
+
+def rewrite_index_crcs(data: bytearray, changed_offset: int) -> None:
+    """After bytes inside a raw chunk changed, recompute that chunk's CRC and
+    the index and trailer CRCs (in place), so that only a signature can notice."""
+    p = parse(data)
+    for s in p["sections"]:
+        pos = s["offset"]
+        for c in p["chunks"][s["first_chunk"]:s["first_chunk"] + s["nchunks"]]:
+            if pos <= changed_offset < pos + c["stored"]:
+                c["crc"] = crc32c(bytes(data[pos:pos + c["stored"]]))
+            pos += c["stored"]
+    data[:] = rebuild_parsed(p, fix_header=False)
+
+
+def streamed_layout(container: bytes, frame: int = 1000) -> bytes:
+    """`container` in the streamed layout of docs/FORMAT.md (what a dump into
+    a pipe or socket writes): required feature bit 0 set in the header, the
+    rest cut into frames of a u32 length and that many bytes, ended by an
+    empty frame. Written from the format page alone."""
+    header = bytearray(container[:64])
+    header[16:24] = struct.pack("<Q", 1)
+    header[32:48] = bytes(16)  # a stream cannot patch its header: no length, no index offset
+    header[60:64] = struct.pack("<I", crc32c(bytes(header[:60])))
+    body = container[64:]
+    out = bytearray(header)
+    for i in range(0, len(body), frame):
+        part = body[i:i + frame]
+        out += struct.pack("<I", len(part)) + part
+    return bytes(out + bytes(4))
