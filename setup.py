@@ -33,6 +33,8 @@ SOURCES = ["src/module.c", "src/writer.c", "src/reader.c", "src/codec.c", "src/c
            "src/sign.c", "src/dtype.c", "src/validate.c"]
 
 cflags = ["-std=c11", "-D_GNU_SOURCE", "-Wall", "-Wextra", "-Wno-missing-field-initializers",
+          # the C lint set, clean on every source (errors under FIRKIN_WERROR=1)
+          "-Wshadow", "-Wconversion", "-Wpointer-arith", "-Wstrict-prototypes", "-Wformat=2",
           "-fvisibility=hidden"]
 ldflags = ["-pthread"]
 if os.environ.get("FIRKIN_DEBUG"):
