@@ -75,7 +75,7 @@ class SeaweedFS:
             f"-s3.config={self.config}", "-master.volumeSizeLimitMB=64", "-volume.max=0",
         ]
         self.endpoint = f"http://{HOST}:{p['s3']}"
-        self.log = open(os.path.join(self.dir, "weed.log"), "ab")  # noqa: SIM115
+        self.log = open(os.path.join(self.dir, "weed.log"), "ab")
         self.proc = None
         atexit.register(self.stop)
         self.start(timeout)
@@ -127,7 +127,7 @@ class SeaweedFS:
             "endpoint_url": self.endpoint, "region_name": "us-east-1"}, **extra}
 
     def filesystem(self, **extra):
-        import s3fs  # noqa: PLC0415
+        import s3fs
 
         return s3fs.S3FileSystem(skip_instance_cache=True, **self.storage_options(**extra))
 

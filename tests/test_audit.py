@@ -51,20 +51,20 @@ def test_the_audit_finds_what_it_looks_for():
 
 
 # getattr / setattr with a constant name (False) or a computed one (True)
-def _c1(o): return getattr(o, "x")  # noqa: E704
-def _c2(self): return getattr(self.dtype, "tz", None)  # noqa: E704
-def _c3(data): return getattr(data[0], "ndim", 1)  # noqa: E704
-def _c4(o): return getattr(sys.modules.get("m"), "A", None)  # noqa: E704
-def _c5(o): setattr(o, "x", o.y)  # noqa: E704
-def _c6(o): return getattr(o, "x", getattr(o, "y"))  # noqa: E704
-def _n1(o, n): return getattr(o, n)  # noqa: E704
-def _n2(o, k): return getattr(o, "a" + k)  # noqa: E704
-def _n3(o, k): setattr(o, k, 1)  # noqa: E704
-def _n4(o, n): return getattr(o, n if n else "x")  # noqa: E704
-def _n5(o, k): return getattr(o, "%s" % k)  # noqa: E704
-def _n6(o, k): return getattr(o, f"{k}")  # noqa: E704
-def _n7(o, k): return getattr(o, "x", getattr(o, k))  # noqa: E704
-def _n8(o, a): return getattr(o, *a)  # noqa: E704
+def _c1(o): return getattr(o, "x")
+def _c2(self): return getattr(self.dtype, "tz", None)
+def _c3(data): return getattr(data[0], "ndim", 1)
+def _c4(o): return getattr(sys.modules.get("m"), "A", None)
+def _c5(o): setattr(o, "x", o.y)
+def _c6(o): return getattr(o, "x", getattr(o, "y"))
+def _n1(o, n): return getattr(o, n)
+def _n2(o, k): return getattr(o, "a" + k)
+def _n3(o, k): setattr(o, k, 1)
+def _n4(o, n): return getattr(o, n if n else "x")
+def _n5(o, k): return getattr(o, "%s" % k)
+def _n6(o, k): return getattr(o, f"{k}")
+def _n7(o, k): return getattr(o, "x", getattr(o, k))
+def _n8(o, a): return getattr(o, *a)
 
 
 def _n9(o, k):

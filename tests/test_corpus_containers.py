@@ -9,6 +9,7 @@ import firkin
 
 from _container import firkin_container
 from _pickles import _containers, _payloads, joblib_array_prefix
+from _support import OneWayStream
 
 
 def test_the_container_builder_makes_valid_files(tmp_path):

@@ -8,9 +8,10 @@ import subprocess
 import sys
 import textwrap
 
-import firkin
 import numpy as np
 import pytest
+
+import firkin
 from firkin import _defaults
 
 

@@ -87,7 +87,6 @@ def outcomes(tmp_path_factory):
 def test_the_plugin_replaces_joblibs_functions():
     """What the child run patches is firkin's, with trusted=True as joblib."""
     import joblib_plugin
-
     from joblib import numpy_pickle
 
     old = {n: (getattr(joblib, n), getattr(numpy_pickle, n)) for n in joblib_plugin.PATCHED}

@@ -16,11 +16,9 @@ import sys
 import textwrap
 import warnings
 
-import firkin
 import numpy as np
 import pandas as pd
 import pytest
-from firkin import _api, _core, _model, _sign, cli
 from sklearn.cluster import AgglomerativeClustering, KMeans
 from sklearn.compose import ColumnTransformer
 from sklearn.datasets import load_iris
@@ -34,6 +32,9 @@ from test_corpus_containers import (
     firkin_container,  # docs/FORMAT.md's builder (tests/ on sys.path)
 )
 from test_trust import _payloads  # the hand-written exploits
+
+import firkin
+from firkin import _api, _core, _model, _sign, cli
 
 PYTHONPATH = os.pathsep.join(p for p in (os.path.dirname(os.path.dirname(firkin.__file__)),
                                          os.environ.get("PYTHONPATH")) if p)

@@ -9,9 +9,10 @@ import termios
 import textwrap
 import types
 
-import firkin
 import numpy as np
 import pytest
+
+import firkin
 from firkin import _progress
 
 
@@ -156,7 +157,7 @@ def test_environment_auto(tmp_path, value, capsys, monkeypatch, watched):
 
 
 def test_jupyter_kernel_counts_as_watched(monkeypatch):
-    monkeypatch.setattr(sys, "stderr", open(os.devnull, "w"))  # noqa: SIM115 - closed by gc
+    monkeypatch.setattr(sys, "stderr", open(os.devnull, "w"))  # closed by gc
     shell = types.SimpleNamespace(kernel=None)
     ipython = types.ModuleType("IPython")
     ipython.get_ipython = lambda: shell

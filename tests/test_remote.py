@@ -9,16 +9,15 @@ import textwrap
 import time
 import uuid
 
+import _seaweed
 import fsspec  # the "remote" extra; the test extra and the .ci pins install it
 import numpy as np
 import pytest
+from test_corpus_containers import _containers
+from test_trust import _payloads
 
 import firkin
 from firkin import _remote
-
-import _seaweed
-from test_corpus_containers import _containers
-from test_trust import _payloads
 
 
 def _mem(name="obj.firkin"):
@@ -147,12 +146,12 @@ def test_range_reads_fetch_little_for_metadata():
     firkin.dump({"a": np.zeros(8 << 20, np.uint8), "meta": "m"}, url)
     f = _remote.open_input(url)
     with f:
-        reader = firkin._api._reader(f, f.name)  # noqa: SLF001
+        reader = firkin._api._reader(f, f.name)
         reader.metadata()
         reader.pickle_stream()
         assert f.bytes_fetched <= 2 * _remote.SMALL_READ
     with _remote.open_input(url) as f:
-        got = firkin._api._load_fileobj(f, None, None, False, None)  # noqa: SLF001
+        got = firkin._api._load_fileobj(f, None, None, False, None)
         assert got["meta"] == "m"
         # every byte once, plus at most the read-ahead at the end
         assert f.size <= f.bytes_fetched <= f.size + 2 * _remote.SMALL_READ
@@ -223,7 +222,7 @@ def test_s3_round_trips(s3):
 
 
 def test_s3_many_small_arrays(s3, monkeypatch):
-    monkeypatch.setattr(firkin._api, "OOB_THRESHOLD", 64)  # noqa: SLF001 - every array out-of-band
+    monkeypatch.setattr(firkin._api, "OOB_THRESHOLD", 64)  # every array out-of-band
     so = s3.storage_options()
     arrays = [np.full(16, i, dtype=np.int64) for i in range(10_000)]
     url = _key()
@@ -252,9 +251,9 @@ def test_s3_metadata_reads_little(s3):
     firkin.dump({"a": np.zeros(64 << 20, np.uint8)}, url, storage_options=so)
     fs, path, name = _remote.resolve(url, so)
     with _remote.RangeFile(fs, path, name, fs.info(path)) as f:
-        reader = firkin._api._reader(f, name)  # noqa: SLF001
+        reader = firkin._api._reader(f, name)
         reader.metadata()
-        firkin._trust.untrusted_types(reader.pickle_stream())  # noqa: SLF001
+        firkin._trust.untrusted_types(reader.pickle_stream())
         assert f.bytes_fetched < 256 << 10
 
 
@@ -329,7 +328,7 @@ def test_verify_quick_reads_little_and_skips_the_arrays(monkeypatch):
     url = _mem()
     firkin.dump({"a": np.zeros(8 << 20, np.uint8)}, url)
     fetched = []
-    real = _remote.RangeFile._fetch  # noqa: SLF001
+    real = _remote.RangeFile._fetch
     monkeypatch.setattr(_remote.RangeFile, "_fetch",
                         lambda self, a, b: fetched.append(b - a) or real(self, a, b))
     report = firkin.verify(url, quick=True)
@@ -436,14 +435,14 @@ def test_s3_server_stopped_mid_upload_leaves_the_old_object(monkeypatch):
         server.filesystem().mkdir("firkin")
         url = "s3://firkin/model.firkin"
         firkin.dump({"v": "old"}, url, storage_options=so)
-        sent = _remote._MultipartSink._send_part  # noqa: SLF001
+        sent = _remote._MultipartSink._send_part
 
         def send(self):
             sent(self)
             if len(self.parts) == 2:
                 server.kill(timeout=0.5)  # the server goes away mid-upload
 
-        monkeypatch.setattr(_remote._MultipartSink, "_send_part", send)  # noqa: SLF001
+        monkeypatch.setattr(_remote._MultipartSink, "_send_part", send)
         with pytest.raises(OSError, match=url):  # a ConnectionError naming the URL
             firkin.dump(np.ones(5 * _remote.WRITE_PART // 8), url, storage_options=so)
         monkeypatch.undo()

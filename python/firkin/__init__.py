@@ -25,20 +25,20 @@ from ._api import (
     loads,
 )
 
-from . import _scipy_stats  # noqa: F401,E402 - registers the scipy.stats rebuilds
-from ._inspect import info, untrusted_types, verify  # noqa: E402
-from ._validate import StoredPathWarning  # noqa: E402
-from ._sign import set_key  # noqa: E402
-from ._defaults import set_defaults  # noqa: E402
+from . import _scipy_stats  # noqa: F401 - registers the scipy.stats rebuilds
+from ._inspect import info, untrusted_types, verify
+from ._validate import StoredPathWarning
+from ._sign import set_key
+from ._defaults import set_defaults
 
 __version__ = _core.__version__
 
 
-def Memory(location=None, **kwargs):  # noqa: N802 - it makes a joblib.Memory
+def Memory(location=None, **kwargs):  # it makes a joblib.Memory
     """``joblib.Memory(location, backend="firkin", **kwargs)``: a joblib cache
     whose results are firkin files, in a local directory or at any fsspec URL
     (``backend_options={"storage_options": {...}}``). Needs joblib."""
-    from ._memory import Memory as make  # noqa: PLC0415 - joblib only when asked
+    from ._memory import Memory as make  # joblib only when asked
 
     return make(location, **kwargs)
 
@@ -46,7 +46,7 @@ def Memory(location=None, **kwargs):  # noqa: N802 - it makes a joblib.Memory
 def register_joblib_backend() -> str:
     """Register the "firkin" store backend with joblib, so that
     ``joblib.Memory(location, backend="firkin")`` works; returns "firkin"."""
-    from ._memory import register  # noqa: PLC0415
+    from ._memory import register
 
     return register()
 

@@ -167,7 +167,7 @@ _REAL: dict[int, type] = {}  # id(guard) -> the class it stands for
 def real(obj):
     """The class a guard stands for, or obj itself."""
     if isinstance(obj, _LazyGuard):
-        obj._resolve()  # noqa: SLF001
+        obj._resolve()
     return _REAL.get(id(obj), obj) if callable(obj) else obj
 
 
@@ -291,7 +291,7 @@ def _reconstruct_guard(real_fn, name: str):
 
     def guard(subtype, shape, dtype):
         if shape != (0,):  # what every pickle passes: nothing to charge
-            import numpy as np  # noqa: PLC0415
+            import numpy as np
 
             try:
                 itemsize = np.dtype(dtype).itemsize
@@ -308,7 +308,7 @@ def _reconstruct_guard(real_fn, name: str):
 def _mareconstruct_guard(real_fn):
     def guard(subtype, baseclass, baseshape, basetype):
         if baseshape != (0,):  # what every pickle passes
-            import numpy as np  # noqa: PLC0415
+            import numpy as np
 
             try:
                 itemsize = np.dtype(basetype).itemsize
@@ -324,7 +324,7 @@ def _mareconstruct_guard(real_fn):
 
 
 def _void_guard(*args, **kwargs):
-    import numpy as np  # noqa: PLC0415
+    import numpy as np
 
     if args and not isinstance(args[0], (bytes, bytearray, memoryview, str)):
         try:
@@ -394,7 +394,7 @@ def _reconstructor_guard(cls, base, state):
     cls, base = real(cls), real(base)
     if base is not object:
         _check_construct(base, (state,), {})
-    return copyreg._reconstructor(cls, base, state)  # noqa: SLF001
+    return copyreg._reconstructor(cls, base, state)
 
 
 def _index_helper_guard(real_fn, name: str):
@@ -403,7 +403,7 @@ def _index_helper_guard(real_fn, name: str):
     helpers charge it (bytes(source=n), an ndarray's shape)."""
 
     def guard(cls, d, *rest):
-        import pandas as pd  # noqa: PLC0415
+        import pandas as pd
 
         cls = real(cls)
         if isinstance(cls, type) and issubclass(cls, pd.RangeIndex) and isinstance(d, dict):
@@ -445,13 +445,13 @@ def _ctor_guard(real_fn, name: str):
     ctor is called, so it must be numpy's own bit-generator constructor or class."""
 
     def guard(bit_generator_name="MT19937", bit_generator_ctor=None):
-        import numpy.random._pickle as npp  # noqa: PLC0415
-        from numpy.random import BitGenerator  # noqa: PLC0415
+        import numpy.random._pickle as npp
+        from numpy.random import BitGenerator
 
         if bit_generator_ctor is None:
             return real_fn(bit_generator_name)
         ctor = real(bit_generator_ctor)
-        if not (ctor is npp.__bit_generator_ctor or (  # noqa: SLF001
+        if not (ctor is npp.__bit_generator_ctor or (
                 isinstance(ctor, type) and issubclass(ctor, BitGenerator))):
             raise _refusal(f"{name}(..., {_short(ctor)}): numpy pickles pass its bit-generator "
                            "constructor here")
@@ -479,12 +479,12 @@ def _audited(guard, *also):
     code, and what it calls through variables the audit cannot resolve (the
     real function it stands for)."""
     entries = ((guard, None),) + tuple((fn, None) for fn in also)
-    guard._audit_entries = lambda: entries  # noqa: SLF001
+    guard._audit_entries = lambda: entries
     return guard
 
 
 def _register() -> None:
-    import numpy as np  # noqa: PLC0415
+    import numpy as np
 
     reps = _trust.REPLACEMENTS
     reps[("builtins", "bytearray")] = _audited(_bytearray_guard)
@@ -492,7 +492,7 @@ def _register() -> None:
     reps[("copyreg", "__newobj__")] = _audited(_newobj_guard)
     reps[("copyreg", "__newobj_ex__")] = _audited(_newobj_ex_guard)
     reps[("copyreg", "_reconstructor")] = _audited(_reconstructor_guard,
-                                                   copyreg._reconstructor)  # noqa: SLF001
+                                                   copyreg._reconstructor)
     reps[("numpy", "void")] = _audited(_void_guard)
     classes = {
         ("numpy", "ndarray"): np.ndarray,
@@ -509,14 +509,14 @@ def _register() -> None:
         reps[(module, name)] = guard
     # numpy's reconstructors are guarded by firkin._guards too (dtype checks):
     # each guard runs inside the one registered before it
-    chain = _guards._chain  # noqa: SLF001
+    chain = _guards._chain
     for module in ("numpy.core.multiarray", "numpy._core.multiarray"):
-        chain(reps, (module, "_reconstruct"), np._core.multiarray._reconstruct,  # noqa: SLF001
+        chain(reps, (module, "_reconstruct"), np._core.multiarray._reconstruct,
               lambda inner, m=module: _audited(_reconstruct_guard(inner, f"{m}._reconstruct"),
                                                inner))
     chain(reps, ("numpy.ma.core", "_mareconstruct"), np.ma.core._mareconstruct,
           lambda inner: _audited(_mareconstruct_guard(inner), inner))
-    import numpy.random._pickle as npp  # noqa: PLC0415
+    import numpy.random._pickle as npp
 
     for fn_name in ("__generator_ctor", "__randomstate_ctor"):
         fn = getattr(npp, fn_name)
@@ -549,7 +549,7 @@ class _LazyGuard:
 
     def _resolve(self):
         if self.guard is None:
-            import importlib  # noqa: PLC0415
+            import importlib
 
             obj = getattr(importlib.import_module(self.module), self.name)
             self.guard = self.make(obj)
@@ -563,7 +563,7 @@ class _LazyGuard:
     def _audit_entries(self):
         """For tools/audit_allowlist.py: the guard, what resolves it, and the
         real function or class it calls."""
-        import importlib  # noqa: PLC0415
+        import importlib
 
         guard = self._resolve()
         entries = [(guard, None), (_LazyGuard._resolve, _LazyGuard)]

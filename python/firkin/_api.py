@@ -12,13 +12,39 @@ import stat
 import struct
 import threading
 import warnings
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from . import (_amplify, _byteorder, _byvalue, _compress, _core, _defaults, _guards, _meta,
-               _model, _progress, _remote, _sign, _text, _trust)
+from . import (
+    _amplify,
+    _byteorder,
+    _byvalue,
+    _compress,
+    _core,
+    _defaults,
+    _guards,
+    _meta,
+    _model,
+    _progress,
+    _remote,
+    _sign,
+    _text,
+    _trust,
+)
 from ._core import ChecksumError, FirkinError, FormatError, UntrustedTypesError
 from ._model import CheckResult, ModelCheckError
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Mapping
+    from typing import Any, BinaryIO, Literal, Union
+
+    #: the public API's argument types (checked by tests/test_typing.py)
+    Target = Union[str, "os.PathLike[str]", BinaryIO]  # a path or a binary file object
+    Compress = Union[bool, int, str, tuple[str, int]]  # as joblib.dump's compress
+    MmapMode = Literal[None, "r", "r+", "w+", "c"]
+    Trusted = Union[bool, Iterable[str], None]  # True, or extra "module.qualname" names
+    Buffer = Union[bytes, bytearray, memoryview]
 
 __all__ = ["dump", "load", "dumps", "loads", "load_metadata", "codecs",
            "check", "FirkinError", "FormatError", "ChecksumError", "UntrustedTypesError",
@@ -124,7 +150,7 @@ def _write(value, target, protocol, user_meta, compress, threads, progress=None,
         try:
             modules = w.dump(value, protocol, payload)
         except (pickle.PicklingError, TypeError, AttributeError) as exc:
-            from . import _explain  # noqa: PLC0415 - only needed when a dump fails
+            from . import _explain  # only needed when a dump fails
 
             located = _explain.explain(value, exc, protocol)
             if located is exc:
@@ -377,9 +403,11 @@ def _dump_path(value, filename, protocol, user_meta, compress, threads, progress
         os.close(dir_fd)
 
 
-def dump(value, filename, compress=0, protocol=None, *, metadata=None, threads=None,
-         progress=None, strip_paths=False, storage_options=None, check_data=None,
-         durable=None):
+def dump(value: Any, filename: Target, compress: Compress = 0, protocol: int | None = None, *,
+         metadata: Mapping[str, Any] | None = None, threads: int | None = None,
+         progress: bool | None = None, strip_paths: bool = False,
+         storage_options: dict[str, Any] | None = None,
+         check_data: Any = None, durable: bool | None = None) -> list[str] | None:
     """Persist `value` to `filename` (str, os.PathLike, an fsspec URL or
     OpenFile, or a binary file object).
 
@@ -451,8 +479,10 @@ def dump(value, filename, compress=0, protocol=None, *, metadata=None, threads=N
     return None
 
 
-def dumps(value, compress=0, protocol=None, *, metadata=None, threads=None, progress=None,
-          strip_paths=False, check_data=None) -> bytes:
+def dumps(value: Any, compress: Compress = 0, protocol: int | None = None, *,
+          metadata: Mapping[str, Any] | None = None, threads: int | None = None,
+          progress: bool | None = None, strip_paths: bool = False,
+          check_data: Any = None) -> bytes:
     """The bytes of the firkin file `dump` would write."""
     protocol = _check_protocol(protocol)
     threads = _check_threads(threads)
@@ -649,7 +679,7 @@ def _warn_versions(reader, meta: dict) -> None:
 
 def _is_streamed(head: bytes) -> bool:
     """A whole, undamaged header of the streamed layout (docs/FORMAT.md)."""
-    return (len(head) >= _core.HEADER_LEN and head[:8] == _MAGIC
+    return (len(head) >= _core.HEADER_LEN and head[:8] == _core.MAGIC
             and bool(struct.unpack_from("<Q", head, 16)[0] & _core.REQ_STREAMED)
             and _core.crc32c(bytes(head[:60])) == struct.unpack_from("<I", head, 60)[0])
 
@@ -821,7 +851,7 @@ def _compressed_firkin(source, name, mmap_mode, trusted, max_memory, verify, thr
     bz2.BZ2File or lzma.LZMAFile, or compressed afterwards), loaded from its
     decompressed bytes, as joblib loads a compressed file: `source` is
     firkin._joblib's source of the raw bytes. (False, None) when it is not one."""
-    from . import _joblib  # noqa: PLC0415 - only needed for foreign files
+    from . import _joblib  # only needed for foreign files
 
     data = _joblib.inflate_firkin(source, name, trusted, max_memory)
     if data is None:
@@ -835,13 +865,16 @@ def _compressed_firkin(source, name, mmap_mode, trusted, max_memory, verify, thr
 
 def _load_foreign(f, name, mode, kwargs):
     """Files that are not firkin containers: joblib and pickle files."""
-    from . import _joblib  # noqa: PLC0415 - only needed for foreign files
+    from . import _joblib  # only needed for foreign files
 
     return _joblib.load_foreign(f, name, mode, **kwargs)
 
 
-def load(filename, mmap_mode=None, *, trusted=None, verify=None, threads=None, progress=None,
-         ensure_native_byte_order="auto", max_memory=None, storage_options=None, check=False):
+def load(filename: Target, mmap_mode: MmapMode = None, *, trusted: Trusted = None,
+         verify: bool | None = None, threads: int | None = None, progress: bool | None = None,
+         ensure_native_byte_order: bool | Literal["auto"] = "auto",
+         max_memory: float | None = None, storage_options: dict[str, Any] | None = None,
+         check: bool = False) -> Any:
     """Load an object saved by `dump` from a path or a binary file object.
 
     mmap_mode: None reads every array into fresh writable memory. 'r', 'r+',
@@ -911,7 +944,7 @@ def load(filename, mmap_mode=None, *, trusted=None, verify=None, threads=None, p
         path = os.fsdecode(os.fspath(filename))
         with open(path, "r+b" if mode == "r+" else "rb") as f:
             if not _looks_like_firkin(f.fileno()):
-                from . import _joblib  # noqa: PLC0415 - only needed for foreign files
+                from . import _joblib  # only needed for foreign files
 
                 done, obj = _compressed_firkin(_joblib.sources._FdSource(f.fileno(), 0, path), path,
                                                mmap_mode, trusted, max_memory, verify, threads,
@@ -1162,7 +1195,7 @@ def _load_fileobj(f, verify, threads, progress, trusted, ensure_native_byte_orde
     if not seekable:
         head = _read_upto(f, 8)
         if not _is_firkin_bytes(head):
-            from . import _joblib  # noqa: PLC0415
+            from . import _joblib
 
             return _joblib.load_fileobj(_Replay(head, f), name,
                                         ensure_native_byte_order=ensure_native_byte_order,
@@ -1180,7 +1213,7 @@ def _load_fileobj(f, verify, threads, progress, trusted, ensure_native_byte_orde
         head = _read_upto(f, _core.HEADER_LEN)
     f.seek(start)
     if not _is_firkin_bytes(head[:8]):
-        from . import _joblib  # noqa: PLC0415
+        from . import _joblib
 
         fd = _plain_fd(f)
         src = (_joblib.sources._FdSource(fd, start, name) if fd is not None else
@@ -1224,7 +1257,7 @@ def _loads_named(data, name, trusted, verify, threads, progress, ensure_native_b
     with memoryview(data) as mv:
         head, tail = bytes(mv[:8]), bytes(mv[-8:])
     if not _is_firkin_bytes(head, tail):
-        from . import _joblib  # noqa: PLC0415
+        from . import _joblib
 
         return _joblib.loads_foreign(data, name, ensure_native_byte_order=ensure_native_byte_order,
                                      trusted=trusted, max_memory=max_memory)
@@ -1233,8 +1266,10 @@ def _loads_named(data, name, trusted, verify, threads, progress, ensure_native_b
     return _load_reader(reader, verify, threads, progress, trusted, max_memory, extra, native)
 
 
-def loads(data, *, trusted=None, verify=None, threads=None, progress=None,
-          ensure_native_byte_order="auto", max_memory=None):
+def loads(data: Buffer, *, trusted: Trusted = None, verify: bool | None = None,
+          threads: int | None = None, progress: bool | None = None,
+          ensure_native_byte_order: bool | Literal["auto"] = "auto",
+          max_memory: float | None = None) -> Any:
     """Load an object from the bytes `dumps` returned (any bytes-like object);
     joblib and pickle bytes load too. max_memory as for load."""
     if isinstance(data, str):
@@ -1245,7 +1280,8 @@ def loads(data, *, trusted=None, verify=None, threads=None, progress=None,
                         ensure_native_byte_order, max_memory)
 
 
-def load_metadata(filename, *, storage_options=None) -> dict:
+def load_metadata(filename: Target | bytearray | memoryview, *,
+                  storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
     """The metadata recorded in a firkin file, without loading its objects
     (of a URL: a few ranged reads)."""
     filename = _remote.local_path(filename)

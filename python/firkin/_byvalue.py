@@ -47,10 +47,10 @@ BY_VALUE_TYPES = (
     type(collections.OrderedDict().items()),
     abc.abstractclassmethod, abc.abstractstaticmethod, abc.abstractproperty,
     weakref.WeakSet,
-    dataclasses._FIELD_BASE,  # noqa: SLF001 - the marker cloudpickle keeps identical
+    dataclasses._FIELD_BASE,
     typing.TypeVar, typing.ParamSpec,
     type(dataclasses.MISSING), type(dataclasses.KW_ONLY),
-    type(dataclasses._HAS_DEFAULT_FACTORY),  # noqa: SLF001
+    type(dataclasses._HAS_DEFAULT_FACTORY),
 )
 
 #: the type parameters other than TypeVar this Python has (TypeVarTuple: 3.11+)
@@ -88,7 +88,7 @@ _MISSING = object()
 def _global_names(code: types.CodeType) -> set[str]:
     """The global names a code object (and the code nested in it) uses:
     those whose values cloudpickle saves with the function."""
-    from cloudpickle import cloudpickle as cp  # noqa: PLC0415
+    from cloudpickle import cloudpickle as cp
 
     extract = getattr(cp, "_extract_code_globals", None)
     if extract is not None:
@@ -130,7 +130,7 @@ class Session:
 
     def _cloudpickler(self):
         if self._pickler is None:
-            import cloudpickle  # noqa: PLC0415 - only needed for code saved by value
+            import cloudpickle  # only needed for code saved by value
 
             self._pickler = cloudpickle.Pickler(io.BytesIO(), protocol=5)
         return self._pickler

@@ -36,7 +36,7 @@ DEFAULT_LEVEL = 3
 _LEVELS = {"zstd": range(1, 23), "lz4": range(0, 17)}  # others: joblib's 0..9
 
 
-def codecs() -> dict:
+def codecs() -> dict[str, str]:
     """{method: how this build runs it} for every method `compress` accepts here."""
     engine = _native["zlib"]
     out = {"zlib": f"native ({engine})", "gzip": f"native ({engine})"}

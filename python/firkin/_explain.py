@@ -72,7 +72,7 @@ def _children(obj, protocol: int):
         return
     if isinstance(obj, types.FunctionType):
         code = obj.__code__
-        for name in sorted(_byvalue._global_names(code) & obj.__globals__.keys()):  # noqa: SLF001
+        for name in sorted(_byvalue._global_names(code) & obj.__globals__.keys()):
             yield f".__globals__[{name!r}]", obj.__globals__[name]
         for name, cell in zip(code.co_freevars, obj.__closure__ or ()):
             try:

@@ -35,15 +35,15 @@ _MANAGERS = "pandas.core.internals.managers"
 
 
 def _refuse(what: str, why: str):
-    cur = _guards._current()  # noqa: SLF001
+    cur = _guards._current()
     name = cur.name if cur is not None else "<data>"
-    return _trust._error(name, [f"<{what}: {why}>"], "firkin.load", during_load=True)  # noqa: SLF001
+    return _trust._error(name, [f"<{what}: {why}>"], "firkin.load", during_load=True)
 
 
 def _real(qual: str):
     module = sys.modules.get(_MANAGERS)
     if module is None:
-        import importlib  # noqa: PLC0415
+        import importlib
 
         module = importlib.import_module(_MANAGERS)
     return getattr(module, qual)
@@ -60,7 +60,7 @@ def placement(locs, what: str, *, n_items: int | None = None, count: int | None 
     integer array) names, as an intp array. Refused unless every position is
     in [0, n_items) (when given) and there are ``count`` of them (when
     given); a slice is measured before it is materialized."""
-    from pandas._libs.internals import BlockPlacement  # noqa: PLC0415
+    from pandas._libs.internals import BlockPlacement
 
     if isinstance(locs, BlockPlacement):
         locs = locs.indexer
@@ -139,8 +139,8 @@ def check_layout(what: str, axes, blocks) -> None:
 def _blocks_of_call(qual, args, kwargs, what):
     """(axes, [(placement, values)]) of BlockManager(blocks, axes) /
     SingleBlockManager(block, axis)"""
-    from pandas import Index  # noqa: PLC0415
-    from pandas.core.internals.blocks import Block  # noqa: PLC0415
+    from pandas import Index
+    from pandas.core.internals.blocks import Block
 
     names = ("block", "axis") if qual == "SingleBlockManager" else ("blocks", "axes")
     given = dict(zip(names, args))
@@ -160,7 +160,7 @@ def _blocks_of_call(qual, args, kwargs, what):
     for blk in blocks:
         if not isinstance(blk, Block) or blk.ndim != len(axes):
             raise _refuse(what, f"a block is {type(blk).__name__} of the wrong dimensions")
-        out.append((blk._mgr_locs, blk.values))  # noqa: SLF001
+        out.append((blk._mgr_locs, blk.values))
     return axes, out
 
 
@@ -231,7 +231,7 @@ def _checked_subclass(real):
     cannot become) whose BUILD checks the state, then becomes ``real``"""
     sub = _SUBCLASSES.get(real)
     if sub is None:
-        def __setstate__(self, state):  # noqa: N807
+        def __setstate__(self, state):
             _set_checked_state(self, real.__name__, state)
 
         sub = type(real.__name__, (real,), {"__slots__": (), "__setstate__": __setstate__,
@@ -249,7 +249,7 @@ def _stand_in(qual):
 def _unpickle_block(values, placement_, ndim, *rest, **kwargs):
     """pandas._libs.internals._unpickle_block, after checking that its
     placement is well formed for its values (the manager checks the range)"""
-    from pandas._libs import internals  # noqa: PLC0415
+    from pandas._libs import internals
 
     what = "a pandas block"
     _guards.checkpoint()
@@ -260,7 +260,7 @@ def _unpickle_block(values, placement_, ndim, *rest, **kwargs):
     if ndim == 2 and getattr(values, "ndim", None) in (1, 2):
         count = values.shape[0] if values.ndim == 2 else 1
     placement(placement_, what, count=count)
-    return internals._unpickle_block(values, placement_, ndim, *rest, **kwargs)  # noqa: SLF001
+    return internals._unpickle_block(values, placement_, ndim, *rest, **kwargs)
 
 
 _unpickle_block.__module__ = "pandas._libs.internals"

@@ -350,13 +350,13 @@ def _register() -> None:
     for module in ("numpy", "numpy.core.multiarray", "numpy._core.multiarray"):
         reps[(module, "dtype")] = DtypeFactory
     try:
-        from numpy._core import multiarray, numeric  # noqa: PLC0415
+        from numpy._core import multiarray, numeric
     except ImportError:  # numpy 1.x: numpy._core is a stub without numeric
-        from numpy.core import multiarray, numeric  # noqa: PLC0415
+        from numpy.core import multiarray, numeric
 
     makers = {
         "scalar": (multiarray.scalar, 0, "dtype", True),
-        "_reconstruct": (multiarray._reconstruct, 2, "dtype", "always"),  # noqa: SLF001
+        "_reconstruct": (multiarray._reconstruct, 2, "dtype", "always"),
     }
     for module in ("numpy.core.multiarray", "numpy._core.multiarray"):
         for name, (fn, at, key, record) in makers.items():
@@ -364,9 +364,9 @@ def _register() -> None:
                    lambda f, m=module, n=name, a=at, k=key, r=record:
                    checked_maker(f, f"{m}.{n}", a, k, r))
     for module in ("numpy.core.numeric", "numpy._core.numeric"):
-        _chain(reps, (module, "_frombuffer"), numeric._frombuffer,  # noqa: SLF001
+        _chain(reps, (module, "_frombuffer"), numeric._frombuffer,
                lambda f, m=module: checked_maker(f, f"{m}._frombuffer", 1, "dtype", True))
-    _chain(reps, ("numpy.ma.core", "_mareconstruct"), np.ma.core._mareconstruct,  # noqa: SLF001
+    _chain(reps, ("numpy.ma.core", "_mareconstruct"), np.ma.core._mareconstruct,
            _masked_maker)
 
 
@@ -393,7 +393,7 @@ class _MaskedState:
     __slots__ = ("ref",)
 
     def __init__(self, arr):
-        import weakref  # noqa: PLC0415
+        import weakref
 
         self.ref = weakref.ref(arr)
 

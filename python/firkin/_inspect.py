@@ -10,7 +10,10 @@ judges.
 from __future__ import annotations
 
 import contextlib
+import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -19,7 +22,7 @@ from ._core import FormatError
 
 
 def _open_reader(source, path):
-    from ._api import _reader  # noqa: PLC0415 - the one place readers are made
+    from ._api import _reader  # the one place readers are made
 
     return _reader(source, path)
 
@@ -71,7 +74,8 @@ class VerifyReport:
         return "\n".join(lines)
 
 
-def verify(filename, *, quick=False, storage_options=None) -> VerifyReport:
+def verify(filename: str | os.PathLike[str], *, quick: bool = False,
+           storage_options: dict[str, Any] | None = None) -> VerifyReport:
     """Check every checksum and the signature of a firkin file without
     loading its objects; a signature that covers the array data (format
     1.1) is checked against every chunk of it. Never raises for a damaged
@@ -161,7 +165,9 @@ def _local_fd(f, source):
         yield tmp.fileno()
 
 
-def untrusted_types(filename, trusted=None, *, max_memory=None, storage_options=None) -> list[str]:
+def untrusted_types(filename: str | os.PathLike[str], trusted: bool | Iterable[str] | None = None, *,
+                    max_memory: float | None = None,
+                    storage_options: dict[str, Any] | None = None) -> list[str]:
     """The sorted "module.qualname" names a default load of `filename` would
     refuse (like skops.io.get_untrusted_types), without constructing any
     object. A file signed with your key is still scanned: this lists what
@@ -170,14 +176,14 @@ def untrusted_types(filename, trusted=None, *, max_memory=None, storage_options=
     _amplify.check_max_memory(max_memory)
     with _remote.opened(filename, storage_options) as (f, source, path, _):
         if not _is_firkin(f, source):
-            if _trust._normalize(trusted) is True:  # noqa: SLF001
+            if _trust._normalize(trusted) is True:
                 return []
             # joblib (any compressor; array data stepped over) or plain pickle
             with _local_fd(f, source) as fd:
                 info = _joblib.scan_fd(fd, path, max_memory)
             return _trust.untrusted(_joblib.judged_globals(info["globals"]), info["unsafe_ops"],
                                     trusted)
-        from ._api import _budget  # noqa: PLC0415
+        from ._api import _budget
 
         reader = _open_reader(source, path)
         _budget(reader, None, max_memory, "firkin.untrusted_types")  # before it is decoded
@@ -486,7 +492,8 @@ class FileInfo:
         return "".join(out)
 
 
-def info(filename, *, storage_options=None) -> FileInfo:
+def info(filename: str | os.PathLike[str], *,
+         storage_options: dict[str, Any] | None = None) -> FileInfo:
     """What a file holds — for a firkin file its format, creation time, sizes,
     compression, the array table, recorded versus installed package
     versions, untrusted types, signature status, user metadata; for a joblib

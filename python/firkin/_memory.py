@@ -79,7 +79,7 @@ class FirkinStoreBackend(FileSystemStoreBackend):
 
     def _open_item(self, f, mode):
         if self.fs is None:
-            return open(f, mode)  # noqa: SIM115 - the caller closes it
+            return open(f, mode)  # the caller closes it
         return self.fs.open(f, mode)
 
     def _item_exists(self, location):
@@ -108,7 +108,7 @@ class FirkinStoreBackend(FileSystemStoreBackend):
     def get_items(self):
         if self.fs is None:
             return super().get_items()
-        import datetime  # noqa: PLC0415
+        import datetime
 
         items = []
         for path, info in self.fs.find(self.location, detail=True).items():
@@ -127,9 +127,9 @@ def register() -> str:
     return NAME
 
 
-def Memory(location=None, **kwargs):  # noqa: N802 - it makes a joblib.Memory
+def Memory(location=None, **kwargs):  # it makes a joblib.Memory
     """A joblib.Memory whose results are firkin files (local or any fsspec
     URL; storage options in backend_options={"storage_options": {...}})."""
-    import joblib  # noqa: PLC0415
+    import joblib
 
     return joblib.Memory(location, backend=register(), **kwargs)

@@ -11,7 +11,6 @@ import sys
 import numpy as np
 
 from . import _core
-from ._core import FormatError
 
 _SKIP = {"builtins", "__main__", "__builtin__"}
 _STDLIB = frozenset(getattr(sys, "stdlib_module_names", ()))
@@ -32,7 +31,7 @@ def package_version(top: str) -> str | None:
     if _dist_map is None:
         try:
             _dist_map = importlib.metadata.packages_distributions()
-        except Exception:  # pragma: no cover - broken environments
+        except Exception:  # noqa: BLE001 - broken environments  # pragma: no cover
             _dist_map = {}
     for dist in _dist_map.get(top, ()):
         try:

@@ -632,7 +632,7 @@ def enforce(result: CheckResult, check, stacklevel: int = 3) -> None:
         return
     if check == "strict":
         raise ModelCheckError(str(result), result)
-    from ._api import ModelCheckWarning  # noqa: PLC0415 - _api imports this module
+    from ._api import ModelCheckWarning  # _api imports this module
 
     warnings.warn(str(result), ModelCheckWarning, stacklevel=stacklevel)
 

@@ -48,7 +48,7 @@ class Progress:
 
     def _open(self):
         try:
-            from tqdm.auto import tqdm  # noqa: PLC0415 - optional dependency
+            from tqdm.auto import tqdm  # optional dependency
         except ImportError:
             if self.mode is True:
                 raise ImportError("progress=True needs tqdm: pip install tqdm "

@@ -68,7 +68,7 @@ def check_options(filename, storage_options) -> None:
 
 def _fsspec():
     try:
-        import fsspec  # noqa: PLC0415 - optional: only URLs need it
+        import fsspec  # optional: only URLs need it
     except ImportError:
         raise ImportError("firkin: URLs need fsspec (and s3fs for s3://, gcsfs for gs://, adlfs "
                           "for az://): pip install 'firkin[remote]'") from None
@@ -103,7 +103,7 @@ def _stat(fs, path, name) -> dict:
     """The object's info (size, ETag), with errors that name the URL."""
     try:
         fs.invalidate_cache(path)
-    except Exception:  # noqa: BLE001,S110 - a filesystem without a cache
+    except Exception:  # noqa: BLE001 - a filesystem without a cache
         pass
     try:
         info = fs.info(path)
@@ -208,7 +208,7 @@ class RangeFile(io.RawIOBase):
         except Exception as exc:
             raise _transport(exc, f"firkin: reading {self.name} (bytes {start}-{end})") from exc
         if len(data) != end - start:
-            from ._core import FormatError  # noqa: PLC0415
+            from ._core import FormatError
 
             raise FormatError(f"{self.name}: the object changed or ended while being read: asked "
                               f"for bytes {start}-{end}, got {len(data)} (size was {self.size})")
@@ -426,7 +426,7 @@ def dump(urlpath, storage_options, write) -> str:
         except BaseException:
             try:
                 sink.abort()
-            except Exception:  # noqa: BLE001,S110 - the dump's own error matters more
+            except Exception:  # noqa: BLE001 - the dump's own error matters more
                 pass
             raise
         finally:
@@ -443,7 +443,7 @@ def dump(urlpath, storage_options, write) -> str:
     except BaseException:
         try:
             fs.rm(tmp)
-        except Exception:  # noqa: BLE001,S110
+        except Exception:  # noqa: BLE001
             pass
         raise
     finally:
@@ -454,7 +454,7 @@ def dump(urlpath, storage_options, write) -> str:
 def _invalidate(fs, path) -> None:
     try:
         fs.invalidate_cache(path)
-    except Exception:  # noqa: BLE001,S110
+    except Exception:  # noqa: BLE001
         pass
 
 

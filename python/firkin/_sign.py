@@ -107,7 +107,7 @@ def key_source() -> str:
     return f"the key file {key_path()}"
 
 
-def set_key(key) -> None:
+def set_key(key: str | bytes | None) -> None:
     """Use `key` (str or bytes, at least MIN_KEY_LEN bytes besides whitespace)
     as this process's signing key; None goes back to FIRKIN_KEY / the key file.
     FIRKIN_KEY, when set, overrides it: a warning says so."""

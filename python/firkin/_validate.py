@@ -235,7 +235,7 @@ def _guarded_tree_class():
     """Tree, with a __setstate__ that checks the state first and runs once."""
     global _tree_cls
     if _tree_cls is None:
-        from sklearn.tree._tree import Tree  # noqa: PLC0415 - only when a file names it
+        from sklearn.tree._tree import Tree  # only when a file names it
 
         def __setstate__(self, d):
             check = _current("sklearn.tree._tree.Tree")
@@ -342,7 +342,7 @@ _BINARY_TREES = {
 
 
 def _binary_tree_class(module: str):
-    import importlib  # noqa: PLC0415
+    import importlib
 
     return getattr(importlib.import_module(module), _BINARY_TREES[module][0])
 
@@ -513,8 +513,7 @@ def _check_hist_gb(name: str, est) -> None:
     mapper = d.get("_bin_mapper")
     if not (_is_int(nf) and nf >= 1):
         raise refuse(name, what, f"n_features_in_ is {nf!r}")
-    from sklearn.ensemble._hist_gradient_boosting.common import (  # noqa: PLC0415
-        PREDICTOR_RECORD_DTYPE, X_BITSET_INNER_DTYPE)
+    from sklearn.ensemble._hist_gradient_boosting.common import PREDICTOR_RECORD_DTYPE, X_BITSET_INNER_DTYPE
 
     mvars = vars(mapper) if hasattr(mapper, "__dict__") else {}
     is_cat = mvars.get("is_categorical_")
@@ -657,7 +656,7 @@ def _check_kmeans(name: str, est) -> None:
         n = d["_n_threads"]
         if not (_is_int(n) and n >= 1):
             raise refuse(name, what, f"_n_threads is {n!r}")
-        import os  # noqa: PLC0415
+        import os
 
         d["_n_threads"] = min(int(n), os.cpu_count() or 1)  # never more threads than this machine has
     centers, nf = d.get("cluster_centers_"), d.get("n_features_in_")
@@ -866,7 +865,7 @@ _SKIP = (type, types.ModuleType, types.FunctionType, types.BuiltinFunctionType, 
 
 
 def _checks_by_class() -> dict:
-    import sys  # noqa: PLC0415
+    import sys
 
     out = {}
     for (module, qual), fn in _ESTIMATOR_CHECKS.items():
@@ -895,7 +894,7 @@ def _walk(root, name: str) -> None:
 
 
 def _register() -> None:
-    from . import _trust  # noqa: PLC0415
+    from . import _trust
 
     _trust.REPLACEMENTS[("sklearn.tree._tree", "Tree")] = _tree_factory
     for module, (qual, _) in _BINARY_TREES.items():

@@ -225,7 +225,7 @@ def _err(msg: str):
 
 
 def _is_url(path: str) -> bool:
-    from . import _remote  # noqa: PLC0415
+    from . import _remote
 
     return _remote.is_url(path)
 
@@ -235,15 +235,16 @@ def _exists(path: str) -> bool:
 
 
 def _size(path: str, so) -> int:
-    from . import _remote  # noqa: PLC0415
+    from . import _remote
 
     with _remote.opened(path, so if _is_url(path) else None) as (_, _, _, size):
         return size
 
 
 def _cmd_convert(args) -> int:
-    import firkin  # noqa: PLC0415
-    from . import _compress  # noqa: PLC0415
+    import firkin
+
+    from . import _compress
 
     src, dst = args.input, args.output
     so_in = args.storage_options if _is_url(src) else None
@@ -284,7 +285,7 @@ def _cmd_convert(args) -> int:
         if problem:
             try:
                 if _is_url(dst):
-                    from . import _remote  # noqa: PLC0415
+                    from . import _remote
 
                     fs, path, _ = _remote.resolve(dst, so_out)
                     fs.rm(path)
@@ -301,7 +302,7 @@ def _cmd_convert(args) -> int:
 
 
 def _cmd_info(args) -> int:
-    from . import _inspect  # noqa: PLC0415
+    from . import _inspect
 
     path = args.file
     if not _exists(path):
@@ -324,7 +325,7 @@ def _cmd_info(args) -> int:
 
 
 def _cmd_verify(args) -> int:
-    import firkin  # noqa: PLC0415
+    import firkin
 
     if not _exists(args.file):
         _err(f"{args.file}: no such file")
@@ -347,7 +348,7 @@ def _cmd_verify(args) -> int:
 
 
 def _cmd_untrusted(args) -> int:
-    import firkin  # noqa: PLC0415
+    import firkin
 
     if not _exists(args.file):
         _err(f"{args.file}: no such file")
@@ -368,7 +369,7 @@ def _cmd_untrusted(args) -> int:
 
 
 def _cmd_check(args) -> int:
-    import firkin  # noqa: PLC0415
+    import firkin
 
     if not _exists(args.file):
         _err(f"{args.file}: no such file")
@@ -384,7 +385,7 @@ def _cmd_check(args) -> int:
         _err(f"{args.file}: the model does not load with the installed packages: "
              f"{type(exc).__name__}: {exc}")
         try:
-            from . import _meta  # noqa: PLC0415
+            from . import _meta
 
             meta = firkin.load_metadata(args.file, storage_options=_options(args))
             for v in _meta.version_differences(meta, python=True):
@@ -412,7 +413,7 @@ def _float(text: str) -> float:
 
 def _byte_count(text: str):
     """'4G' -> 4 << 30; 'inf' -> math.inf; a plain int as it is."""
-    import math  # noqa: PLC0415
+    import math
 
     t = text.strip().upper().removesuffix("B").removesuffix("I")
     if t in ("INF", "INFINITY", "NONE"):

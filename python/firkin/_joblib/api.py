@@ -7,8 +7,8 @@ import warnings
 
 from .. import _amplify
 from .._api import _check_mmap_mode
-from .._core import FormatError
 from .._byteorder import resolve as _resolve_byte_order
+from .._core import FormatError
 from .facts import _OUT_CHUNK, detect
 from .loader import _Loader
 from .policy import _policy, _scan_mapped, _scan_materialized
@@ -43,7 +43,7 @@ def inflate_firkin(raw, name, trusted=True, max_memory=None):
     src = _Inflate(raw, kind, name)
     src.budget = _budget(trusted, max_memory, name)
     head = src.read(8)
-    from .._api import _is_firkin_bytes  # noqa: PLC0415 - one test of "firkin data"
+    from .._api import _is_firkin_bytes  # one test of "firkin data"
 
     if not head or not _is_firkin_bytes(head):
         return None
@@ -127,7 +127,7 @@ def load_fileobj(fileobj, name=None, *, ensure_native_byte_order="auto", trusted
     start = fileobj.tell() if seekable else 0
     fd = None
     if seekable:
-        from .._api import _plain_fd  # noqa: PLC0415 - one test of "a plain file" for both loaders
+        from .._api import _plain_fd  # one test of "a plain file" for both loaders
 
         fd = _plain_fd(fileobj)  # other file objects are read through their read()
         if fd is not None and fileobj.writable():
@@ -207,8 +207,8 @@ def load_fileobj(fileobj, name=None, *, ensure_native_byte_order="auto", trusted
                    mat_src.raw_consumed() if isinstance(mat_src, _Inflate) else None)
         elif kind == "raw":
             end = reader.tell()
-        elif isinstance(reader, _Stream) and isinstance(reader._src, _Inflate):  # noqa: SLF001
-            end = reader._src.raw_consumed()  # noqa: SLF001
+        elif isinstance(reader, _Stream) and isinstance(reader._src, _Inflate):
+            end = reader._src.raw_consumed()
         if end is not None:
             fileobj.seek(end)
     return obj

@@ -124,12 +124,12 @@ class _Loader:
             if t is None:
                 loader = self
 
-                def __setstate__(self, state, _kind=name):  # noqa: N807
+                def __setstate__(self, state, _kind=name):
                     loader.build(_kind, state)
 
                 if (name == "NumpyArrayWrapper" and self._c_mode and self._mm_mode is None
                         and isinstance(self.reader, _MapReader)):
-                    __setstate__ = self._fast_setstate()  # noqa: N806
+                    __setstate__ = self._fast_setstate()
                 t = type(name, (_Placeholder,), {"__slots__": (), "__setstate__": __setstate__,
                                                   "__module__": __name__})
                 self._types[name] = t
@@ -143,7 +143,7 @@ class _Loader:
         anything else (and every error) goes through build().
         """
         loader, reader = self, self.reader
-        mm, size, start = reader.mm, reader.size, reader._start  # noqa: SLF001
+        mm, size, start = reader.mm, reader.size, reader._start
         src = reader.mv
         empty, dtype_t, ndarray, memmap = np.empty, np.dtype, np.ndarray, np.memmap
         plain = _amplify.GUARDS.get(np.ndarray)  # what the policy hands out for numpy.ndarray
@@ -151,7 +151,7 @@ class _Loader:
         small = _SMALL_COPY
         holes = self._holes
 
-        def __setstate__(self, state):  # noqa: N807
+        def __setstate__(self, state):
             try:
                 dtype, shape, order = state["dtype"], state["shape"], state["order"]
                 if (not isinstance(dtype, dtype_t) or dtype.hasobject or not dtype.isnative
@@ -177,7 +177,7 @@ class _Loader:
             except (TypeError, KeyError):
                 return slow("NumpyArrayWrapper", state)
             if holes is not None:
-                loader._check_span(build_end, end)  # noqa: SLF001
+                loader._check_span(build_end, end)
             arr = empty(shape, dtype, order)
             if nbytes:
                 try:
@@ -188,11 +188,11 @@ class _Loader:
             if sub is not plain and sub is not ndarray and sub is not memmap and sub is not None:
                 arr = _as_subclass(arr, sub)
             loader.arrays += 1
-            loader._pending = (_TOKEN, arr)  # noqa: SLF001
-            if reader._scratch is None:  # noqa: SLF001
+            loader._pending = (_TOKEN, arr)
+            if reader._scratch is None:
                 mm[start:start + 7] = _INJECT
-                reader._scratch = _INJECT  # noqa: SLF001
-            reader._resume = end  # noqa: SLF001
+                reader._scratch = _INJECT
+            reader._resume = end
             mm.seek(start)
 
         return __setstate__
@@ -361,7 +361,7 @@ class _Loader:
             if not magic.startswith(np.lib.format.MAGIC_PREFIX):
                 f.seek(0)  # the whole file is a pickle
             data = f.read()
-        from .. import _trust  # noqa: PLC0415
+        from .. import _trust
 
         _trust.check_stream(data, self._trusted, name=path)
         unpickler = _trust.make_unpickler(pickle.Unpickler, self._trusted)(io.BytesIO(data))

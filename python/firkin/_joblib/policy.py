@@ -53,14 +53,14 @@ def judged_globals(globals_):
 def _policy(buf, name, kind, trusted, call="firkin.load", budget=None):
     """Refuse before anything is built; returns the array spans for the loader.
     The stream's size is what the file holds, for `budget`."""
-    from .. import _trust  # noqa: PLC0415
+    from .. import _trust
 
     if budget is not None:
         budget.hold(len(buf))
     info = scan(buf, name, kind)
     refused = _trust.untrusted(judged_globals(info["globals"]), info["unsafe_ops"], trusted)
     if refused:
-        raise _trust._error(name, refused, call)  # noqa: SLF001
+        raise _trust._error(name, refused, call)
     return info["arrays"]
 
 

@@ -137,7 +137,7 @@ def _decompressor_factory(method: str, name: str):
         return lzma.LZMADecompressor  # FORMAT_AUTO: .xz and .lzma (alone)
     if method == "lz4":
         try:
-            import lz4.frame as lz4_frame  # noqa: PLC0415 - optional dependency
+            import lz4.frame as lz4_frame  # optional dependency
         except ImportError as exc:
             err = ImportError(LZ4_MISSING.format(name=name), name="lz4")
             raise err from exc

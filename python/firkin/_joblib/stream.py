@@ -310,7 +310,7 @@ class _AnonReader(_MapReader):
 
     mappable = False
 
-    def __init__(self, held: _Materialized, name: str):  # noqa: D107 - no super().__init__: no fd
+    def __init__(self, held: _Materialized, name: str):
         if held.released:
             raise FormatError(f"{name}: this file needs a second pass after its array data was "
                               "read (an old joblib wrapper after a new one); it is not a file "

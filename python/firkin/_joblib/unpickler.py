@@ -51,10 +51,10 @@ class _PyBuildHook:
     """The pure-Python unpickler, for pre-0.10 files whose framed pickles put a
     wrapper's BUILD mid-frame: the array replaces the wrapper on its stack."""
 
-    dispatch = dict(pickle._Unpickler.dispatch)  # noqa: SLF001
+    dispatch = dict(pickle._Unpickler.dispatch)
 
     def _fk_load_build(self):
-        pickle._Unpickler.load_build(self)  # noqa: SLF001
+        pickle._Unpickler.load_build(self)
         if isinstance(self.stack[-1], _Placeholder):
             self.stack[-1] = self._fk.take_result()
 
@@ -69,7 +69,7 @@ class _NestedUnpickler(_NestedHooks, pickle.Unpickler):
     pass
 
 
-class _PyUnpickler(_PyBuildHook, _LoaderHooks, pickle._Unpickler):  # noqa: SLF001
+class _PyUnpickler(_PyBuildHook, _LoaderHooks, pickle._Unpickler):
     pass
 
 
@@ -80,11 +80,11 @@ def _unpickler_classes(trusted, name):
     """
     if trusted is True:
         return _CUnpickler, _NestedUnpickler, _PyUnpickler
-    from .. import _trust  # noqa: PLC0415
+    from .. import _trust
 
     # the policy classes are shared; the file's name (for refusals) rides on these
     c_base = _trust.make_unpickler(pickle.Unpickler, trusted)
-    py_base = _trust.make_unpickler(pickle._Unpickler, trusted)  # noqa: SLF001
+    py_base = _trust.make_unpickler(pickle._Unpickler, trusted)
     named = {"fk_name": name}
     return (type("_CUnpickler", (_LoaderHooks, c_base), dict(named)),
             type("_NestedUnpickler", (_NestedHooks, c_base), dict(named)),
