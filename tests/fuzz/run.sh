@@ -66,7 +66,9 @@ with open(out, "w") as f:
     f.write(f"#define FUZZ_SYS_PATH {c(repr(path))}\n")
 PY
 
-defs=()
+# the version, as setup.py defines it: pyproject.toml's, written nowhere else
+version="$(sed -n 's/^version = "\(.*\)"$/\1/p' "$root/pyproject.toml" | head -n 1)"
+defs=(-DFIRKIN_VERSION="\"$version\"")
 libs=(-lz)
 probe() {  # probe HEADER FUNC LIB: does a call to FUNC from HEADER link with -lLIB?
   printf '#include <%s>\nint main(void){(void)&%s;return 0;}\n' "$1" "$2" |
