@@ -9,15 +9,15 @@ import textwrap
 import time
 import uuid
 
-import _seaweed
 import fsspec  # the "remote" extra; the test extra and the .ci pins install it
 import numpy as np
 import pytest
-from test_corpus_containers import _containers
-from test_trust import _payloads
 
 import firkin
 from firkin import _remote
+
+import _seaweed
+from _pickles import _containers, _payloads
 
 
 def _mem(name="obj.firkin"):
