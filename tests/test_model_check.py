@@ -28,13 +28,12 @@ from sklearn.linear_model import LinearRegression, LogisticRegression
 from sklearn.neighbors import KernelDensity
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
-from test_corpus_containers import (
-    firkin_container,  # docs/FORMAT.md's builder (tests/ on sys.path)
-)
-from test_trust import _payloads  # the hand-written exploits
 
 import firkin
 from firkin import _api, _core, _model, _sign, cli
+
+from _container import firkin_container  # docs/FORMAT.md's builder
+from _pickles import _payloads  # the hand-written exploits
 
 PYTHONPATH = os.pathsep.join(p for p in (os.path.dirname(os.path.dirname(firkin.__file__)),
                                          os.environ.get("PYTHONPATH")) if p)
@@ -488,7 +487,7 @@ def test_cli_check(tmp_path, capsys):
     assert cli.main(["check", str(good), "--rtol", "-1"]) == 2
     assert cli.main(["info", str(good)]) == 0
     out = capsys.readouterr().out
-    assert "check sample 150 rows (pandas.DataFrame)" in out and "steps" in out
+    assert "check sample:    150 rows (pandas.DataFrame)" in out and "steps:" in out  # repr(firkin.info())
 
 
 def test_report_from_the_file_is_escaped(tmp_path):
