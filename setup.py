@@ -30,7 +30,7 @@ if int(setuptools.__version__.split(".")[0]) < 77:
              f"has {setuptools.__version__}: python -m pip install 'setuptools>=77'")
 
 SOURCES = ["src/module.c", "src/writer.c", "src/reader.c", "src/codec.c", "src/checksum.c", "src/scan.c",
-           "src/sign.c", "src/dtype.c", "src/validate.c"]
+           "src/sign.c", "src/dtype.c", "src/validate.c", "src/filter.c"]
 
 cflags = ["-std=c11", "-D_GNU_SOURCE", "-Wall", "-Wextra", "-Wno-missing-field-initializers",
           # the C lint set, clean on every source (errors under FIRKIN_WERROR=1)

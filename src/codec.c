@@ -200,7 +200,8 @@ typedef struct {
     int dc_level;
     struct libdeflate_decompressor *dd;
 #endif
-    int unused;
+    unsigned char *fbuf; /* a chunk's filtered bytes, on their way to or from the codec */
+    size_t fcap;
 } codec_ctx;
 
 static pthread_key_t ctx_key;
@@ -219,6 +220,7 @@ static void ctx_free(void *p)
     if (c->dc) libdeflate_free_compressor(c->dc);
     if (c->dd) libdeflate_free_decompressor(c->dd);
 #endif
+    free(c->fbuf);
     free(c);
 }
 
@@ -228,7 +230,6 @@ static void ctx_key_init(void)
 }
 
 /* This thread's contexts, or NULL (then callers set up a one-off context). */
-__attribute__((unused)) /* unused in a build without zstd and libdeflate */
 static codec_ctx *thread_ctx(void)
 {
     pthread_once(&ctx_once, ctx_key_init);
@@ -384,6 +385,41 @@ static PyObject *py_codec_call(codec_pool *p, int which, const unsigned char *sr
     return res;
 }
 
+/* Compress with a native codec: 0 done (*out set), 1 did not fit, -1
+ * failed, -2 not a native codec in this build. */
+static int native_compress(int codec, int level, const unsigned char *src, size_t n, unsigned char *dst,
+                           size_t cap, size_t *out)
+{
+    switch (codec) {
+    case FK_CODEC_ZLIB: {
+        int rc = zlib_compress(src, n, dst, cap, level, out);
+        return rc < 0 && *out >= cap ? 1 : rc;
+    }
+#ifdef FIRKIN_HAVE_ZSTD
+    case FK_CODEC_ZSTD: {
+        codec_ctx *ctx = thread_ctx();
+        if (ctx && !ctx->zc) ctx->zc = ZSTD_createCCtx();
+        size_t r = ctx && ctx->zc ? ZSTD_compressCCtx(ctx->zc, dst, cap, src, n, level)
+                                  : ZSTD_compress(dst, cap, src, n, level);
+        if (ZSTD_isError(r)) return 1; /* did not fit (stored raw) */
+        *out = r;
+        return 0;
+    }
+#endif
+#ifdef FIRKIN_HAVE_LZ4
+    case FK_CODEC_LZ4: {
+        int r = level >= 3 ? LZ4_compress_HC((const char *)src, (char *)dst, (int)n, (int)cap, level)
+                           : LZ4_compress_default((const char *)src, (char *)dst, (int)n, (int)cap);
+        if (r <= 0) return 1;
+        *out = (size_t)r;
+        return 0;
+    }
+#endif
+    default:
+        return -2;
+    }
+}
+
 /* Does a fast trial on a slice say the chunk compresses? Used before
  * spending a slow codec on data like random floats. */
 static int worth_compressing(const unsigned char *src, size_t n)
@@ -403,6 +439,76 @@ static int worth_compressing(const unsigned char *src, size_t n)
     return total < saved_enough - saved_enough / 16;
 }
 
+/* Space of n bytes for a chunk's filtered bytes: this thread's, or a fresh
+ * block put in *fresh for the caller to free. NULL when out of memory. */
+static unsigned char *filter_space(size_t n, unsigned char **fresh)
+{
+    codec_ctx *ctx = thread_ctx();
+    *fresh = NULL;
+    if (!ctx) return *fresh = (unsigned char *)malloc(n ? n : 1);
+    if (ctx->fcap < n) {
+        unsigned char *b = (unsigned char *)malloc(n);
+        if (!b) return NULL;
+        free(ctx->fbuf);
+        ctx->fbuf = b;
+        ctx->fcap = n;
+    }
+    return ctx->fbuf;
+}
+
+/* Sampling for codec_choose_filter: up to 4 slices, 256 KiB in all and at
+ * most a quarter of the buffer; the sample codec is the chunk codec at its
+ * fastest setting where it is native, else zlib level 1. */
+enum { FILTER_SAMPLE_TOTAL = 256 * 1024, FILTER_SAMPLE_MIN = 16 * 1024, FILTER_SLICES = 4 };
+
+int codec_choose_filter(int codec, int level, const unsigned char *p, size_t n, size_t elem)
+{
+    static const int order[] = {FK_FILTER_SHUFFLE, FK_FILTER_DELTA, FK_FILTER_BITSHUFFLE};
+    if (elem < 1 || elem > FK_FILTER_MAX_ELEM) return FK_FILTER_NONE;
+    int scodec = codec, slevel = 1;
+    if (codec == FK_CODEC_LZ4 || codec == FK_CODEC_ZSTD) {
+        if (!codec_available(codec)) scodec = FK_CODEC_ZLIB;
+    } else {
+        scodec = FK_CODEC_ZLIB;
+    }
+    if (codec == FK_CODEC_ZSTD && level < slevel) slevel = level;
+    size_t total = n / 4 < FILTER_SAMPLE_TOTAL ? n / 4 : FILTER_SAMPLE_TOTAL;
+    size_t unit = 8 * elem; /* whole groups of 8 elements */
+    size_t slice = total / FILTER_SLICES / unit * unit;
+    if (slice * FILTER_SLICES < FILTER_SAMPLE_MIN) return FK_FILTER_NONE;
+    size_t cap = codec_bound(scodec, slice);
+    unsigned char *work = (unsigned char *)malloc(slice + cap);
+    if (!work) return FK_FILTER_NONE; /* a filter is an optimisation: go without */
+    unsigned char *out = work + slice;
+    size_t sizes[FK_FILTER_MAX + 1] = {0};
+    int ok = 1;
+    for (int f = FK_FILTER_NONE; f <= FK_FILTER_MAX && ok; f++) {
+        if (f != FK_FILTER_NONE && !filter_valid(f, elem)) { sizes[f] = SIZE_MAX; continue; }
+        for (size_t k = 0; k < FILTER_SLICES; k++) {
+            /* slices spread over the buffer, element-aligned */
+            size_t at = (n - slice) / (FILTER_SLICES - 1) * k / elem * elem;
+            const unsigned char *src = p + at;
+            if (f != FK_FILTER_NONE) {
+                filter_encode(f, elem, src, slice, work);
+                src = work;
+            }
+            size_t got = 0;
+            int rc = native_compress(scodec, slevel, src, slice, out, cap, &got);
+            if (rc < 0) { ok = 0; break; }
+            sizes[f] += rc ? slice : got;
+        }
+    }
+    free(work);
+    if (!ok) return FK_FILTER_NONE;
+    /* cheapest first; a costlier filter must save another 3 % of the sample */
+    int best = FK_FILTER_NONE;
+    for (size_t i = 0; i < sizeof order / sizeof *order; i++) {
+        int f = order[i];
+        if (sizes[f] != SIZE_MAX && sizes[f] < sizes[best] - sizes[best] / 32) best = f;
+    }
+    return best;
+}
+
 static void job_compress(codec_pool *p, codec_job *job)
 {
     const unsigned char *src = job->src;
@@ -411,42 +517,30 @@ static void job_compress(codec_pool *p, codec_job *job)
     job->out_codec = FK_CODEC_RAW;
     job->out = src;
     job->out_len = n;
+    unsigned char *fresh = NULL;
     if (job->codec != FK_CODEC_RAW && n >= 64) {
+        const unsigned char *in = src; /* what the codec compresses: src, or src filtered */
+        if (job->filter != FK_FILTER_NONE) {
+            unsigned char *f = filter_space(n, &fresh);
+            if (!f) {
+                job_fail(job, CODEC_ERR_MEMORY, "out of memory");
+                return;
+            }
+            filter_encode(job->filter, job->elem, src, n, f);
+            in = f;
+        }
         /* codecs that are slow on data that does not compress try a sample
          * first (zstd at low levels and lz4's fast mode detect it themselves) */
         int slow = job->codec == FK_CODEC_ZLIB || job->codec == FK_CODEC_BZ2 || job->codec == FK_CODEC_LZMA ||
                    (job->codec == FK_CODEC_LZ4 && job->level >= 3) ||
                    (job->codec == FK_CODEC_ZSTD && job->level >= 10);
-        if (!slow || worth_compressing(src, n)) {
+        if (!slow || worth_compressing(in, n)) {
             size_t got = 0;
-            int rc = -1;
-            if (job->codec == FK_CODEC_ZLIB) {
-                rc = zlib_compress(src, n, job->scratch, job->scratch_cap, job->level, &got);
-                if (rc < 0 && got >= job->scratch_cap) rc = 1; /* did not fit: store raw */
-            }
-#ifdef FIRKIN_HAVE_ZSTD
-            else if (job->codec == FK_CODEC_ZSTD) {
-                codec_ctx *ctx = thread_ctx();
-                if (ctx && !ctx->zc) ctx->zc = ZSTD_createCCtx();
-                size_t r = ctx && ctx->zc
-                               ? ZSTD_compressCCtx(ctx->zc, job->scratch, job->scratch_cap, src, n, job->level)
-                               : ZSTD_compress(job->scratch, job->scratch_cap, src, n, job->level);
-                if (!ZSTD_isError(r)) { got = r; rc = 0; }
-            }
-#endif
-#ifdef FIRKIN_HAVE_LZ4
-            else if (job->codec == FK_CODEC_LZ4) {
-                int r = job->level >= 3
-                            ? LZ4_compress_HC((const char *)src, (char *)job->scratch, (int)n,
-                                              (int)job->scratch_cap, job->level)
-                            : LZ4_compress_default((const char *)src, (char *)job->scratch, (int)n,
-                                                   (int)job->scratch_cap);
-                if (r > 0) { got = (size_t)r; rc = 0; }
-            }
-#endif
-            else if (p->py_codec) {
+            int rc = native_compress(job->codec, job->level, in, n, job->scratch, job->scratch_cap, &got);
+            if (rc == -2 && p->py_codec) {
+                rc = -1;
                 PyGILState_STATE g = PyGILState_Ensure();
-                PyObject *res = py_codec_call(p, 0, src, n, job->level, job);
+                PyObject *res = py_codec_call(p, 0, in, n, job->level, job);
                 if (res) {
                     Py_buffer v;
                     if (PyObject_GetBuffer(res, &v, PyBUF_SIMPLE) == 0) {
@@ -472,16 +566,16 @@ static void job_compress(codec_pool *p, codec_job *job)
                     Py_DECREF(res);
                 }
                 PyGILState_Release(g);
-                if (job->status) return;
-            } else {
+                if (job->status) goto done;
+            } else if (rc == -2) {
                 job_fail(job, CODEC_ERR_UNAVAILABLE, "codec not available in this build");
-                return;
-            }
-            if (rc < 0 && job->codec == FK_CODEC_ZLIB) {
+                goto done;
+            } else if (rc < 0 && job->codec == FK_CODEC_ZLIB) {
                 job_fail(job, CODEC_ERR_DATA, "zlib failed");
-                return;
+                goto done;
             }
-            /* keep it compressed only when it saves at least 1/64 */
+            /* keep it compressed only when it saves at least 1/64; a chunk
+             * stored raw holds its bytes unfiltered */
             if (rc == 0 && got < n - n / 64) {
                 job->out_codec = job->codec;
                 job->out = job->scratch;
@@ -490,6 +584,8 @@ static void job_compress(codec_pool *p, codec_job *job)
         }
     }
     job->crc = checksum_crc32c(0, job->out, job->out_len);
+done:
+    free(fresh);
 }
 
 static void job_decompress(codec_pool *p, codec_job *job)
@@ -498,28 +594,37 @@ static void job_decompress(codec_pool *p, codec_job *job)
         job_fail(job, CODEC_ERR_CHECKSUM, "checksum mismatch");
         return;
     }
-    int ok = 0;
-    switch (job->codec) {
-    case FK_CODEC_RAW:
+    if (job->codec == FK_CODEC_RAW) {
         /* raw chunks were read in place: only the checksum (and hash) matter */
         if (job->hash_key) fk_poly1305(job->hash_key, job->src, job->src_len, job->hash, 0);
         return;
+    }
+    /* a filtered chunk decodes into this thread's scratch, then the filter
+     * is undone from there into its destination */
+    unsigned char *fresh = NULL;
+    unsigned char *dst = job->dst;
+    if (job->filter != FK_FILTER_NONE && !(dst = filter_space(job->dst_len, &fresh))) {
+        job_fail(job, CODEC_ERR_MEMORY, "out of memory");
+        return;
+    }
+    int ok = 0;
+    switch (job->codec) {
     case FK_CODEC_ZLIB:
-        ok = zlib_decompress(job->src, job->src_len, job->dst, job->dst_len) == 0;
+        ok = zlib_decompress(job->src, job->src_len, dst, job->dst_len) == 0;
         break;
 #ifdef FIRKIN_HAVE_ZSTD
     case FK_CODEC_ZSTD: {
         codec_ctx *ctx = thread_ctx();
         if (ctx && !ctx->zd) ctx->zd = ZSTD_createDCtx();
-        size_t r = ctx && ctx->zd ? ZSTD_decompressDCtx(ctx->zd, job->dst, job->dst_len, job->src, job->src_len)
-                                  : ZSTD_decompress(job->dst, job->dst_len, job->src, job->src_len);
+        size_t r = ctx && ctx->zd ? ZSTD_decompressDCtx(ctx->zd, dst, job->dst_len, job->src, job->src_len)
+                                  : ZSTD_decompress(dst, job->dst_len, job->src, job->src_len);
         ok = !ZSTD_isError(r) && r == job->dst_len;
         break;
     }
 #endif
 #ifdef FIRKIN_HAVE_LZ4
     case FK_CODEC_LZ4: {
-        int r = LZ4_decompress_safe((const char *)job->src, (char *)job->dst, (int)job->src_len,
+        int r = LZ4_decompress_safe((const char *)job->src, (char *)dst, (int)job->src_len,
                                     (int)job->dst_len);
         ok = r >= 0 && (size_t)r == job->dst_len;
         break;
@@ -528,7 +633,7 @@ static void job_decompress(codec_pool *p, codec_job *job)
     default:
         if (!p->py_codec) {
             job_fail(job, CODEC_ERR_UNAVAILABLE, "codec not available in this build");
-            return;
+            goto done;
         }
         {
             PyGILState_STATE g = PyGILState_Ensure();
@@ -537,7 +642,7 @@ static void job_decompress(codec_pool *p, codec_job *job)
                 Py_buffer v;
                 if (PyObject_GetBuffer(res, &v, PyBUF_SIMPLE) == 0) {
                     if ((size_t)v.len == job->dst_len) {
-                        memcpy(job->dst, v.buf, job->dst_len);
+                        memcpy(dst, v.buf, job->dst_len);
                         ok = 1;
                     }
                     PyBuffer_Release(&v);
@@ -547,14 +652,17 @@ static void job_decompress(codec_pool *p, codec_job *job)
                 Py_DECREF(res);
             }
             PyGILState_Release(g);
-            if (job->status) return;
+            if (job->status) goto done;
         }
     }
     if (!ok) {
         job_fail(job, CODEC_ERR_DATA, "compressed data is invalid or does not decode to its recorded length");
-        return;
+        goto done;
     }
+    if (dst != job->dst) filter_decode(job->filter, job->elem, dst, job->dst_len, job->dst);
     if (job->hash_key) fk_poly1305(job->hash_key, job->dst, job->dst_len, job->hash, 0);
+done:
+    free(fresh);
 }
 
 /* A raw chunk read on the worker, so that reading and verifying overlap

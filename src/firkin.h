@@ -43,7 +43,8 @@ int fk_sniff(const unsigned char *head, size_t hlen, const unsigned char *tail, 
 
 /* header feature flags */
 #define FK_REQ_STREAMED (1ULL << 0)        /* body cut into length-prefixed frames (a stream) */
-#define FK_REQ_KNOWN FK_REQ_STREAMED      /* required features this reader knows */
+#define FK_REQ_FILTERS (1ULL << 1)        /* buffer sections may be filtered (format 1.2) */
+#define FK_REQ_KNOWN (FK_REQ_STREAMED | FK_REQ_FILTERS) /* required features this reader knows */
 #define FK_MAX_FRAME ((size_t)1 << 30)    /* largest frame of the streamed layout */
 #define FK_OPT_BUFFERS_MUTABLE (1ULL << 0) /* opened with mmap_mode='r+' */
 
@@ -54,6 +55,18 @@ int fk_sniff(const unsigned char *head, size_t hlen, const unsigned char *tail, 
 #define FK_SEC_SIGNATURE 4    /* format 1.0 signature: stream and metadata */
 #define FK_SEC_SIGNATURE2 5   /* format 1.1 signature: also every buffer chunk */
 #define FK_SECF_REQUIRED 0x0001
+#define FK_SECF_FILTER_SHIFT 1        /* bits 1-3: the filter of a buffer section's compressed chunks */
+#define FK_SECF_FILTER_MASK 0x000E
+#define FK_SEC_FILTER_ELEM_OFF 48     /* u16 in the section entry: the filter's element size */
+
+/* filters (docs/FORMAT.md, "Filters"): the value of section flag bits 1-3 */
+#define FK_FILTER_NONE 0
+#define FK_FILTER_SHUFFLE 1
+#define FK_FILTER_BITSHUFFLE 2
+#define FK_FILTER_DELTA 3
+#define FK_FILTER_MAX 3
+#define FK_FILTER_AUTO (-1)           /* writer: choose per buffer by sampling */
+#define FK_FILTER_MAX_ELEM 255
 
 /* chunk codecs (the codec byte of a chunk entry) */
 #define FK_CODEC_RAW 0
@@ -120,6 +133,12 @@ void checksum_init(void);
 uint32_t checksum_crc32c(uint32_t crc, const void *buf, size_t len);
 const char *checksum_impl_name(void);
 
+/* ---- filter.c: reversible byte transforms of one chunk (no GIL needed) ---- */
+int filter_valid(int filter, uint64_t elem);  /* does `filter` take elements of `elem` bytes? */
+const char *filter_name(int filter);
+void filter_encode(int filter, size_t elem, const unsigned char *src, size_t n, unsigned char *dst);
+void filter_decode(int filter, size_t elem, const unsigned char *src, size_t n, unsigned char *dst);
+
 /* ---- codec.c: chunk engine (worker pool + codecs) ---- */
 enum { CODEC_OP_COMPRESS = 0, CODEC_OP_DECOMPRESS = 1 };
 enum {
@@ -137,6 +156,8 @@ typedef struct codec_job {
     int codec;              /* compress: wanted codec; decompress: the chunk's codec */
     int level;
     int verify;             /* decompress: check expect_crc over src first */
+    int filter;             /* FK_FILTER_*: applied before compressing, undone after decompressing */
+    size_t elem;            /* the filter's element size */
     const unsigned char *src;
     size_t src_len;
     unsigned char *dst;     /* decompress: destination of dst_len raw bytes */
@@ -177,6 +198,10 @@ void codec_pool_free(codec_pool *p);                     /* with the GIL */
 int codec_default_threads(void);
 int codec_available(int codec);
 size_t codec_bound(int codec, size_t n);
+/* The filter that makes the sampled slices of p (n bytes of elements of
+ * `elem` bytes) compress best with `codec`, or FK_FILTER_NONE when none
+ * pays. Without the GIL. */
+int codec_choose_filter(int codec, int level, const unsigned char *p, size_t n, size_t elem);
 
 /* ---- sign.c: Poly1305 of buffer chunks; HMAC-SHA256 of the pickle stream ---- */
 void fk_poly1305_init(void);
@@ -211,6 +236,7 @@ void fk_hasher_free(fk_hasher *h);                /* with the GIL */
 
 /* ---- writer.c ---- */
 int writer_init_types(PyObject *module, fk_state *st);
+uint64_t writer_required_flags(int codec, int filters, int streamed);
 
 /* ---- reader.c ---- */
 int reader_init_types(PyObject *module, fk_state *st);

@@ -124,7 +124,51 @@ static PyObject *fk_set_byvalue_types(PyObject *module, PyObject *types)
     Py_RETURN_NONE;
 }
 
+/* required_flags(codec, filters, streamed=False): the header's required
+ * feature flags of a dump with these settings (what a signer must put in
+ * its header bytes). */
+static PyObject *fk_required_flags(PyObject *module, PyObject *args)
+{
+    (void)module;
+    int codec, filters, streamed = 0;
+    if (!PyArg_ParseTuple(args, "ii|p:required_flags", &codec, &filters, &streamed)) return NULL;
+    return PyLong_FromUnsignedLongLong(writer_required_flags(codec, filters, streamed));
+}
+
+/* filter_bytes(filter, elem, data, undo=False) -> bytes: one chunk's bytes
+ * through a filter (docs/FORMAT.md, "Filters"), or back. */
+static PyObject *fk_filter_bytes(PyObject *module, PyObject *args)
+{
+    (void)module;
+    int filter, undo = 0;
+    Py_ssize_t elem;
+    Py_buffer data;
+    if (!PyArg_ParseTuple(args, "iny*|p:filter_bytes", &filter, &elem, &data, &undo)) return NULL;
+    PyObject *out = NULL;
+    if (elem < 0 || !filter_valid(filter, (uint64_t)elem)) {
+        PyErr_Format(PyExc_ValueError, "filter %d does not take elements of %zd bytes", filter, elem);
+        goto done;
+    }
+    out = PyBytes_FromStringAndSize(NULL, data.len);
+    if (!out) goto done;
+    Py_BEGIN_ALLOW_THREADS
+    if (undo)
+        filter_decode(filter, (size_t)elem, (const unsigned char *)data.buf, (size_t)data.len,
+                      (unsigned char *)PyBytes_AS_STRING(out));
+    else
+        filter_encode(filter, (size_t)elem, (const unsigned char *)data.buf, (size_t)data.len,
+                      (unsigned char *)PyBytes_AS_STRING(out));
+    Py_END_ALLOW_THREADS
+done:
+    PyBuffer_Release(&data);
+    return out;
+}
+
 static PyMethodDef module_methods[] = {
+    {"required_flags", fk_required_flags, METH_VARARGS,
+     "required_flags(codec, filters, streamed=False) -> the header's required feature flags of such a dump"},
+    {"filter_bytes", fk_filter_bytes, METH_VARARGS,
+     "filter_bytes(filter, elem, data, undo=False) -> data through a chunk filter, or back"},
     {"set_byvalue_types", fk_set_byvalue_types, METH_O,
      "set_byvalue_types(types): instances of exactly these types go to a Writer's byvalue reducer "
      "(which pickle cannot save, or saves wrongly, inside code saved by value)"},
@@ -294,6 +338,13 @@ static int module_exec(PyObject *module)
         PyModule_AddIntConstant(module, "CODEC_LZ4", FK_CODEC_LZ4) < 0 ||
         PyModule_AddIntConstant(module, "CODEC_BZ2", FK_CODEC_BZ2) < 0 ||
         PyModule_AddIntConstant(module, "CODEC_LZMA", FK_CODEC_LZMA) < 0)
+        return -1;
+    if (PyModule_AddIntConstant(module, "FILTER_AUTO", FK_FILTER_AUTO) < 0 ||
+        PyModule_AddIntConstant(module, "FILTER_NONE", FK_FILTER_NONE) < 0 ||
+        PyModule_AddIntConstant(module, "FILTER_SHUFFLE", FK_FILTER_SHUFFLE) < 0 ||
+        PyModule_AddIntConstant(module, "FILTER_BITSHUFFLE", FK_FILTER_BITSHUFFLE) < 0 ||
+        PyModule_AddIntConstant(module, "FILTER_DELTA", FK_FILTER_DELTA) < 0 ||
+        PyModule_AddIntConstant(module, "REQ_FILTERS", (long)FK_REQ_FILTERS) < 0)
         return -1;
     return 0;
 }

@@ -96,6 +96,8 @@ typedef struct {
     int all_raw;          /* no chunk is compressed: the bytes can be mapped */
     int codec;            /* codec of the first compressed chunk, for messages */
     uint32_t buf_no;      /* buffer sections: their number, in index order */
+    int filter;           /* FK_FILTER_* undone after decompressing each compressed chunk */
+    size_t elem;          /* its element size */
 } rd_section;
 
 typedef struct {
@@ -322,7 +324,7 @@ static int rd_parse(ReaderObject *r)
     r->major = fk_get_u16(h + 8);
     r->minor = fk_get_u16(h + 10);
     uint32_t hlen = fk_get_u32(h + 12);
-    uint64_t req = fk_get_u64(h + 16);
+    uint64_t req = r->req_flags = fk_get_u64(h + 16);
     r->opt_flags = fk_get_u64(h + 24);
     r->req_flags = req;
     uint64_t htotal = fk_get_u64(h + 32), hindex = fk_get_u64(h + 40);
@@ -459,6 +461,24 @@ static int rd_parse(ReaderObject *r)
         s.chunk_size = fk_get_u64(e + 32);
         s.first_chunk = fk_get_u64(e + 40);
         unsigned long long si = (unsigned long long)i;
+        s.filter = (s.flags & FK_SECF_FILTER_MASK) >> FK_SECF_FILTER_SHIFT;
+        s.elem = 0;
+        if (s.filter) {
+            /* docs/FORMAT.md, "Filters": buffer sections only, declared in the header */
+            s.elem = fk_get_u16(e + FK_SEC_FILTER_ELEM_OFF);
+            if (s.filter > FK_FILTER_MAX)
+                return FORMAT_ERR(r, "written by a newer firkin: section %llu uses filter %d, which this "
+                                     "firkin does not know; upgrade firkin to load it", si, s.filter), -1;
+            if (!(r->req_flags & FK_REQ_FILTERS))
+                return FORMAT_ERR(r, "section %llu is filtered (%s) but the header does not declare "
+                                     "filters (required feature bit 1)", si, filter_name(s.filter)), -1;
+            if (s.kind != FK_SEC_BUFFER)
+                return FORMAT_ERR(r, "section %llu of kind %u has a filter (%s); only buffer sections "
+                                     "may", si, s.kind, filter_name(s.filter)), -1;
+            if (!filter_valid(s.filter, s.elem))
+                return FORMAT_ERR(r, "buffer section %llu: filter %s with elements of %llu bytes is not "
+                                     "valid", si, filter_name(s.filter), (unsigned long long)s.elem), -1;
+        }
         if (s.offset < prev_end || add_overflows(s.offset, s.stored, ioff) || s.offset + s.stored > ioff)
             return FORMAT_ERR(r, "section %llu (offset %llu, %llu bytes) overlaps another or lies "
                                  "outside the data area", si, (unsigned long long)s.offset,
@@ -772,6 +792,8 @@ static int rd_sections_into(ReaderObject *r, const rd_section **secs, unsigned c
                 j->job.verify = verify;
                 j->job.expect_crc = fk_get_u32(ce + 8);
                 j->job.hash_key = hash_key;
+                j->job.filter = s->filter;
+                j->job.elem = s->elem;
                 j->raw_len = rawc;
                 if (codec == FK_CODEC_RAW && r->fd >= 0 && !r->has_mem) {
                     /* the worker reads it, then verifies it while it is hot in
@@ -1037,11 +1059,13 @@ static PyObject *Reader_sections(ReaderObject *r, PyObject *unused)
     if (!out) return NULL;
     for (size_t i = 0; i < r->nsections; i++) {
         const rd_section *s = &r->sections[i];
-        PyObject *d = Py_BuildValue("{s:s,s:K,s:K,s:K,s:I,s:K,s:s}", "kind", kind_name(s->kind), "offset",
-                                    (unsigned long long)s->offset, "stored", (unsigned long long)s->stored,
-                                    "raw", (unsigned long long)s->raw, "chunks", (unsigned)s->nchunks,
-                                    "chunk_size", (unsigned long long)s->chunk_size, "codec",
-                                    codec_name(s->all_raw ? FK_CODEC_RAW : s->codec));
+        PyObject *d = Py_BuildValue("{s:s,s:K,s:K,s:K,s:I,s:K,s:s,s:s,s:K}", "kind", kind_name(s->kind),
+                                    "offset", (unsigned long long)s->offset, "stored",
+                                    (unsigned long long)s->stored, "raw", (unsigned long long)s->raw,
+                                    "chunks", (unsigned)s->nchunks, "chunk_size",
+                                    (unsigned long long)s->chunk_size, "codec",
+                                    codec_name(s->all_raw ? FK_CODEC_RAW : s->codec), "filter",
+                                    filter_name(s->filter), "filter_elem", (unsigned long long)s->elem);
         if (!d) { Py_DECREF(out); return NULL; }
         PyList_SET_ITEM(out, (Py_ssize_t)i, d);
     }

@@ -30,6 +30,9 @@ typedef struct {
     uint64_t offset, stored, raw, chunk_size;
     size_t first_chunk, nchunks;
     uint32_t buf_no;      /* buffer sections: their number, in order */
+    int filter;           /* FK_FILTER_* for its compressed chunks */
+    size_t elem;          /* the filter's element size */
+    int filtered;         /* some chunk was stored compressed, so filtered */
 } wr_section;
 
 typedef struct {
@@ -67,6 +70,8 @@ typedef struct {
     PyObject *byvalue;    /* callable(obj) -> reduce value: by-value reducer of this dump, or NULL */
     /* chunk pipeline */
     int codec, level;
+    int filters;          /* FK_FILTER_AUTO, FK_FILTER_NONE or one filter for every numeric buffer */
+    uint64_t required;    /* the header's required feature flags */
     PyObject *py_codec;
     codec_pool *pool;
     struct wr_job **ring; /* in-flight chunks, oldest first */
@@ -372,6 +377,7 @@ static int wr_retire_one(WriterObject *w)
         fk_put_hash_record(w->hrec + w->nhrec++ * FK_HASH_RECORD_LEN, s->buf_no, (uint32_t)s->nchunks,
                            j->job.src_len, j->job.hash);
     }
+    if (j->job.out_codec != FK_CODEC_RAW && j->job.filter != FK_FILTER_NONE) s->filtered = 1;
     s->nchunks++;
     s->stored += j->job.out_len;
     s->raw += j->job.src_len;
@@ -441,6 +447,8 @@ static int wr_submit(WriterObject *w, const unsigned char *p, size_t n, void *ow
     j->job.src_len = n;
     j->job.owned = owned;
     if (w->hashing && w->sections[j->section].kind == FK_SEC_BUFFER) j->job.hash_key = w->hash_key;
+    j->job.filter = w->sections[j->section].filter;
+    j->job.elem = w->sections[j->section].elem;
     if (w->codec != FK_CODEC_RAW) {
         size_t cap = codec_bound(w->codec, n);
         if (cap) {
@@ -484,7 +492,7 @@ static void wr_header_bytes(const WriterObject *w, unsigned char *h, uint64_t to
     fk_put_u16(h + 8, FK_FORMAT_MAJOR);
     fk_put_u16(h + 10, FK_FORMAT_MINOR);
     fk_put_u32(h + 12, FK_HEADER_LEN);
-    fk_put_u64(h + 16, w->streamed ? FK_REQ_STREAMED : 0); /* required features */
+    fk_put_u64(h + 16, w->required); /* required features */
     fk_put_u64(h + 24, 0);      /* optional features */
     fk_put_u64(h + 32, total);
     fk_put_u64(h + 40, index_off);
@@ -563,13 +571,13 @@ static PyObject *Writer_write(WriterObject *w, PyObject *data)
 
 /* ------------------------------------------------ pickler hooks (C side) */
 
-/* (dtype.str, shape) of the array behind an out-of-band buffer, or None. */
-static PyObject *describe_array(fk_state *st, PyObject *pb)
+/* The array behind an out-of-band buffer (borrowed), or NULL. */
+static PyArrayObject *buffer_array(fk_state *st, PyObject *pb)
 {
     PyObject *obj = strided_source(st, pb);
     if (!obj) {
         const Py_buffer *v = PyPickleBuffer_GetBuffer(pb);
-        if (!v) { PyErr_Clear(); Py_RETURN_NONE; }
+        if (!v) { PyErr_Clear(); return NULL; }
         obj = v->obj;
         /* our raw-byte views stand for the array they were made from */
         if (obj && PyArray_Check(obj) && PyArray_BASE((PyArrayObject *)obj) &&
@@ -577,8 +585,54 @@ static PyObject *describe_array(fk_state *st, PyObject *pb)
             PyArray_Check(PyArray_BASE((PyArrayObject *)obj)))
             obj = PyArray_BASE((PyArrayObject *)obj);
     }
-    if (!obj || !PyArray_Check(obj)) Py_RETURN_NONE;
-    PyArrayObject *a = (PyArrayObject *)obj;
+    return obj && PyArray_Check(obj) ? (PyArrayObject *)obj : NULL;
+}
+
+/* The element size a filter works on for an out-of-band buffer: its
+ * array's scalar size for numbers (bool, integers, floats, the parts of
+ * complex numbers, datetimes), else 0 (no filter). */
+static size_t filter_elem_size(fk_state *st, PyObject *pb)
+{
+    PyArrayObject *a = buffer_array(st, pb);
+    if (!a) return 0;
+    PyArray_Descr *d = PyArray_DESCR(a);
+    if (PyDataType_HASFIELDS(d) || PyDataType_HASSUBARRAY(d)) return 0;
+    size_t size = (size_t)PyArray_ITEMSIZE(a);
+    switch (d->kind) {
+    case 'b': case 'i': case 'u': case 'f': case 'm': case 'M':
+        break;
+    case 'c':
+        size /= 2;
+        break;
+    default:
+        return 0;
+    }
+    return size <= FK_FILTER_MAX_ELEM ? size : 0;
+}
+
+/* Set a buffer section's filter from its data: w->filters forced, or the
+ * codec layer's sampling of `n` bytes at p. Without an exception. */
+static void wr_choose_filter(WriterObject *w, wr_section *s, size_t elem, const unsigned char *p, size_t n)
+{
+    s->filter = FK_FILTER_NONE;
+    s->elem = elem;
+    if (!elem || w->codec == FK_CODEC_RAW || w->filters == FK_FILTER_NONE) return;
+    if (w->filters != FK_FILTER_AUTO) {
+        if (filter_valid(w->filters, elem)) s->filter = w->filters;
+        return;
+    }
+    int f;
+    Py_BEGIN_ALLOW_THREADS
+    f = codec_choose_filter(w->codec, w->level, p, n, elem);
+    Py_END_ALLOW_THREADS
+    s->filter = f;
+}
+
+/* (dtype.str, shape) of the array behind an out-of-band buffer, or None. */
+static PyObject *describe_array(fk_state *st, PyObject *pb)
+{
+    PyArrayObject *a = buffer_array(st, pb);
+    if (!a) Py_RETURN_NONE;
     PyObject *dstr = PyObject_GetAttrString((PyObject *)PyArray_DESCR(a), "str");
     if (!dstr) return NULL;
     PyObject *shape = PyTuple_New(PyArray_NDIM(a));
@@ -936,12 +990,14 @@ static int wr_write_buffers(WriterObject *w)
         size_t len = (size_t)v.len;
         int rc = -1;
         Py_ssize_t *idx = NULL;
+        size_t elem = filter_elem_size(w->st, pb);
         if (!wr_begin_section(w, FK_SEC_BUFFER, FK_SECF_REQUIRED, len == 0)) goto next;
         w->sections[w->nsections - 1].buf_no = (uint32_t)i;
         if (PyBuffer_IsContiguous(&v, 'A')) {
             /* straight from the exporter's memory; the PickleBuffer in
              * w->buffers keeps it alive and unresizable until the end */
             const unsigned char *p = (const unsigned char *)v.buf;
+            wr_choose_filter(w, &w->sections[w->nsections - 1], elem, p, len);
             for (size_t off = 0; off < len; off += w->chunk_size) {
                 size_t k = len - off < w->chunk_size ? len - off : w->chunk_size;
                 if (wr_submit(w, p + off, k, NULL) < 0) goto next;
@@ -959,6 +1015,7 @@ static int wr_write_buffers(WriterObject *w)
                 Py_BEGIN_ALLOW_THREADS
                 gather_strided(&v, idx, &inner, stage, k);
                 Py_END_ALLOW_THREADS
+                if (off == 0) wr_choose_filter(w, &w->sections[w->nsections - 1], elem, stage, k);
                 if (wr_submit(w, stage, k, stage) < 0) goto next;
                 if (PyErr_CheckSignals() < 0) goto next;
             }
@@ -1113,7 +1170,12 @@ static PyObject *Writer_finish(WriterObject *w, PyObject *args)
             wr_section *s = &w->sections[i];
             unsigned char *e = idx + FK_INDEX_HEAD_LEN + i * FK_SECTION_ENTRY_LEN;
             fk_put_u16(e + 0, s->kind);
-            fk_put_u16(e + 2, s->flags);
+            if (s->filtered) {
+                fk_put_u16(e + 2, (uint16_t)(s->flags | (s->filter << FK_SECF_FILTER_SHIFT)));
+                fk_put_u16(e + FK_SEC_FILTER_ELEM_OFF, (uint16_t)s->elem);
+            } else {
+                fk_put_u16(e + 2, s->flags);
+            }
             fk_put_u32(e + 4, (uint32_t)s->nchunks);
             fk_put_u64(e + 8, s->offset);
             fk_put_u64(e + 16, s->stored);
@@ -1201,20 +1263,30 @@ done:
 
 /* --------------------------------------------------------------- type */
 
+/* The required feature flags of a file written with this codec, filter
+ * setting and layout. They are fixed before the first byte (a signature
+ * covers them), so a dump that may filter says so even when no buffer ends
+ * up filtered. */
+uint64_t writer_required_flags(int codec, int filters, int streamed)
+{
+    return (codec != FK_CODEC_RAW && filters != FK_FILTER_NONE ? FK_REQ_FILTERS : 0) |
+           (streamed ? FK_REQ_STREAMED : 0);
+}
+
 static PyObject *Writer_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
     static char *kwlist[] = {"target", "threads", "chunk_size", "threshold", "codec", "level",
                              "py_codec", "progress", "signer", "name", "sign_key", "sign_prefix",
-                             "byvalue", "hash_key", "streamed", NULL};
+                             "byvalue", "hash_key", "streamed", "filters", NULL};
     PyObject *target, *py_codec = Py_None, *progress = Py_None, *signer = Py_None, *name = Py_None;
     PyObject *byvalue = Py_None;
     Py_buffer sign_key = {0}, sign_prefix = {0}, hash_key = {0};
-    int threads = 0, codec = FK_CODEC_RAW, level = 0, streamed = 0;
+    int threads = 0, codec = FK_CODEC_RAW, level = 0, streamed = 0, filters = FK_FILTER_NONE;
     Py_ssize_t chunk_size = FK_DEFAULT_CHUNK, threshold = FK_DEFAULT_THRESHOLD;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|inniiOOOOy*y*Oy*p:Writer", kwlist, &target,
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|inniiOOOOy*y*Oy*pi:Writer", kwlist, &target,
                                      &threads, &chunk_size, &threshold, &codec, &level, &py_codec,
                                      &progress, &signer, &name, &sign_key, &sign_prefix, &byvalue,
-                                     &hash_key, &streamed))
+                                     &hash_key, &streamed, &filters))
         return NULL;
     WriterObject *w = NULL;
     if (hash_key.buf && hash_key.len != 32) {
@@ -1233,6 +1305,10 @@ static PyObject *Writer_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 #endif
     if (codec < 0 || codec > FK_CODEC_MAX) {
         PyErr_Format(PyExc_ValueError, "unknown codec id %d", codec);
+        goto fail;
+    }
+    if (filters < FK_FILTER_AUTO || filters > FK_FILTER_MAX) {
+        PyErr_Format(PyExc_ValueError, "unknown filter id %d", filters);
         goto fail;
     }
     if (!codec_available(codec) && py_codec == Py_None) {
@@ -1266,6 +1342,8 @@ static PyObject *Writer_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     w->threads = threads > 0 ? threads : codec_default_threads();
     w->codec = codec;
     w->level = level;
+    w->filters = filters;
+    w->required = writer_required_flags(codec, filters, streamed);
     w->py_codec = py_codec == Py_None ? NULL : Py_NewRef(py_codec);
     w->progress = progress == Py_None ? NULL : Py_NewRef(progress);
     w->signer = signer == Py_None ? NULL : Py_NewRef(signer);

@@ -31,8 +31,9 @@ CHUNK = 1 << 20  # the chunk size firkin_container writes
 HEADER_1_0 = MAGIC + struct.pack("<HHIQ", 1, 0, 64, 0)  # magic, format 1.0, header length, no features
 HEADER_1_1 = MAGIC + struct.pack("<HHIQ", 1, 1, 64, 0)
 
-_SECTION_FMT = "<HHIQQQQQ16x"
-_SECTION_FIELDS = ("kind", "flags", "nchunks", "offset", "stored", "raw", "chunk_size", "first_chunk")
+_SECTION_FMT = "<HHIQQQQQH14x"  # offset 48: the filter element size (format 1.2)
+_SECTION_FIELDS = ("kind", "flags", "nchunks", "offset", "stored", "raw", "chunk_size", "first_chunk",
+                   "filter_elem")
 _CHUNK_FMT = "<QIB3x"
 _HEADER_FIELDS = {  # name: (offset, struct format)
     "major": (8, "<H"),
@@ -86,7 +87,7 @@ def build_index(sections, chunks, *, nsec=None, sstride=SECTION_ENTRY_LEN, cstri
                 magic=b"FIDX") -> bytes:
     out = bytearray(struct.pack("<4sIII", magic, len(sections) if nsec is None else nsec, sstride, cstride))
     for s in sections:
-        out += struct.pack(_SECTION_FMT, *(s[f] for f in _SECTION_FIELDS))
+        out += struct.pack(_SECTION_FMT, *(s.get(f, 0) for f in _SECTION_FIELDS))
     for c in chunks:
         out += struct.pack(_CHUNK_FMT, c["stored"], c["crc"], c["codec"])
     return bytes(out)

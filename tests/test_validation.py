@@ -397,7 +397,7 @@ def test_newer_minor_version_loads(small_file):
     assert equal_small(firkin.load(path), small_object())
 
 
-@pytest.mark.parametrize("bit", [1, 17, 63])  # bit 0 is format 1.2's streamed layout
+@pytest.mark.parametrize("bit", [2, 17, 63])  # bit 0: the streamed layout, bit 1: filters (format 1.2)
 def test_unknown_required_feature_is_newer_firkin(small_file, bit):
     path, data = small_file
     path.write_bytes(set_header(data, required=1 << bit))

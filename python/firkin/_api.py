@@ -133,16 +133,16 @@ def _write(value, target, protocol, user_meta, compress, threads, progress=None,
     """streamed: write the streamed layout (docs/FORMAT.md), which a reader of
     a pipe or socket can delimit without seeking. Sinks whose readers seek
     (files, object stores through firkin._remote) keep the plain layout."""
-    codec, level, described = compress
+    codec, level, described, filters = compress
     models = _model.signatures(value)
     payload, check_entry = (None, None) if check_data is None else _model.prepare(value, check_data)
     byvalue = _byvalue.Session(strip_paths)
     key = _sign.current_key()
-    signer = (_sign.Signer(key, _core.REQ_STREAMED if streamed else 0) if key is not None
+    signer = (_sign.Signer(key, _core.required_flags(codec, filters, streamed)) if key is not None
               else None)
     bar = _progress.Progress(progress, "firkin.dump")
     try:
-        w = _core.Writer(target, threshold=OOB_THRESHOLD, codec=codec, level=level,
+        w = _core.Writer(target, threshold=OOB_THRESHOLD, codec=codec, level=level, filters=filters,
                          py_codec=_compress.PY_CODEC, threads=threads,
                          progress=bar if bar.mode is not False else None, name=name,
                          byvalue=byvalue, streamed=streamed,
@@ -407,7 +407,8 @@ def dump(value: Any, filename: Target, compress: Compress = 0, protocol: int | N
          metadata: Mapping[str, Any] | None = None, threads: int | None = None,
          progress: bool | None = None, strip_paths: bool = False,
          storage_options: dict[str, Any] | None = None,
-         check_data: Any = None, durable: bool | None = None) -> list[str] | None:
+         check_data: Any = None, durable: bool | None = None,
+         filters: str | None = "auto") -> list[str] | None:
     """Persist `value` to `filename` (str, os.PathLike, an fsspec URL or
     OpenFile, or a binary file object).
 
@@ -429,7 +430,14 @@ def dump(value: Any, filename: Target, compress: Compress = 0, protocol: int | N
     'xz', 'lz4', 'zstd') or a (method, level) tuple; without an explicit
     method, a path ending in .z .gz .bz2 .xz .lzma .lz4 .zst chooses one.
     Chunks are compressed in parallel on `threads` native threads (None: all
-    cores); chunks that do not shrink are stored raw.
+    cores); chunks that do not shrink are stored raw. 'lz4' without a level
+    is LZ4's fast mode; ('lz4', 3..16) is LZ4-HC.
+
+    filters: with compression, numeric arrays are rearranged before they
+    are compressed by the filter ('shuffle', 'bitshuffle' or 'delta') that
+    a sample of each array says compresses best, or none ("auto"); None
+    turns filters off (files that firkin readers of format 1.1 can load),
+    a filter name applies that filter to every numeric array.
 
     progress: None shows a byte-based bar (tqdm) for dumps over 256 MB
     when someone watches (stderr is a terminal, or a Jupyter kernel), True
@@ -463,11 +471,12 @@ def dump(value: Any, filename: Target, compress: Compress = 0, protocol: int | N
     filename = _remote.local_path(filename)
     _remote.check_options(filename, storage_options)
     if _remote.is_url(filename):
-        comp = _compress.resolve(compress, filename if isinstance(filename, str) else filename.path)
+        comp = _compress.resolve(compress, filename if isinstance(filename, str) else filename.path,
+                                 filters)
         return [_remote.dump(filename, storage_options, lambda f, name: _write(
             value, f, protocol, user_meta, comp, threads, progress, name=name,
             strip_paths=strip_paths, check_data=check_data))]
-    comp = _compress.resolve(compress, os.fsdecode(os.fspath(filename)) if is_path else None)
+    comp = _compress.resolve(compress, os.fsdecode(os.fspath(filename)) if is_path else None, filters)
     if is_path:
         _dump_path(value, filename, protocol, user_meta, comp, threads, progress, strip_paths,
                    check_data, durable)
@@ -482,13 +491,13 @@ def dump(value: Any, filename: Target, compress: Compress = 0, protocol: int | N
 def dumps(value: Any, compress: Compress = 0, protocol: int | None = None, *,
           metadata: Mapping[str, Any] | None = None, threads: int | None = None,
           progress: bool | None = None, strip_paths: bool = False,
-          check_data: Any = None) -> bytes:
+          check_data: Any = None, filters: str | None = "auto") -> bytes:
     """The bytes of the firkin file `dump` would write."""
     protocol = _check_protocol(protocol)
     threads = _check_threads(threads)
     user_meta = _meta.check_user_metadata(metadata)
     bio = io.BytesIO()
-    _write(value, bio, protocol, user_meta, _compress.resolve(compress), threads, progress,
+    _write(value, bio, protocol, user_meta, _compress.resolve(compress, None, filters), threads, progress,
            strip_paths=strip_paths, check_data=check_data)
     return bio.getvalue()
 

@@ -33,7 +33,18 @@ METHODS = {
 EXTENSIONS = {".z": "zlib", ".gz": "gzip", ".bz2": "bz2", ".lzma": "lzma", ".xz": "xz",
               ".lz4": "lz4", ".zst": "zstd"}
 DEFAULT_LEVEL = 3
+#: a method named without a level: lz4 means its fast mode (levels 1-2;
+#: 3-16 are LZ4-HC, slower to write for a few per cent of size)
+_DEFAULT_LEVELS = {"lz4": 1}
 _LEVELS = {"zstd": range(1, 23), "lz4": range(0, 17)}  # others: joblib's 0..9
+
+#: filters= values -> the filter id firkin._core takes (docs/FORMAT.md, "Filters")
+FILTERS = {
+    "auto": _core.FILTER_AUTO,
+    "shuffle": _core.FILTER_SHUFFLE,
+    "bitshuffle": _core.FILTER_BITSHUFFLE,
+    "delta": _core.FILTER_DELTA,
+}
 
 
 def codecs() -> dict[str, str]:
@@ -60,12 +71,15 @@ def _unavailable(method: str) -> str:
     return f"compression method {method!r} is not available: {hint}"
 
 
-def resolve(compress, filename=None):
-    """(codec id, level, description) for a joblib-style `compress` value.
+def resolve(compress, filename=None, filters="auto"):
+    """(codec id, level, description, filter id) for a joblib-style
+    `compress` value and dump's `filters`.
 
-    codec id 0 means no compression. `filename` (a str path) enables joblib's
-    extension inference when `compress` is not a (method, level) tuple.
+    codec id 0 means no compression (and then no filter). `filename` (a str
+    path) enables joblib's extension inference when `compress` is not a
+    (method, level) tuple.
     """
+    filter_id = resolve_filters(filters)
     valid = sorted(METHODS)
     method, level = None, None
     explicit_method = False
@@ -101,16 +115,16 @@ def resolve(compress, filename=None):
         for ext, name in EXTENSIONS.items():
             if lower.endswith(ext):
                 method = name
-                if level in (None, 0):
-                    level = DEFAULT_LEVEL
+                if level == 0:
+                    level = None
                 break
 
     if level is None:
-        level = DEFAULT_LEVEL
+        level = _DEFAULT_LEVELS.get(method, DEFAULT_LEVEL)
     if isinstance(level, bool) or not isinstance(level, int):
         raise ValueError(f'Non valid compress level given: "{level}": the level must be an int')
     if level == 0:
-        return 0, 0, None
+        return 0, 0, None, _core.FILTER_NONE
     method = method or "zlib"
     allowed = _LEVELS.get(method, range(0, 10))
     if level not in allowed:
@@ -121,7 +135,19 @@ def resolve(compress, filename=None):
         raise ValueError(_unavailable("zstd"))
     if method == "lz4" and not _native["lz4"] and _lz4_block is None:
         raise ValueError(_unavailable("lz4"))
-    return METHODS[method], level, {"method": method, "level": level}
+    return METHODS[method], level, {"method": method, "level": level}, filter_id
+
+
+def resolve_filters(filters) -> int:
+    """The filter id for dump's `filters` argument: "auto" (each numeric
+    array's filter chosen by sampling), None/False (none), or one filter
+    for every numeric array that can take it."""
+    if filters is None or filters is False:
+        return _core.FILTER_NONE
+    if isinstance(filters, str) and filters in FILTERS:
+        return FILTERS[filters]
+    raise ValueError(f"filters={filters!r} is not valid: use 'auto', None, or one of "
+                     f"{sorted(set(FILTERS) - {'auto'})}")
 
 
 def _py_compress(data, level, codec):

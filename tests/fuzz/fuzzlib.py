@@ -140,7 +140,7 @@ def fuzz_scan(data: bytes) -> None:
 # ---------------------------------------------------------------- valid files
 
 def build_container(value, codec: int = 0, level: int = 0, *, chunk_size: int = 4096,
-                    threshold: int = 64, protocol: int = 5, metadata=None) -> bytes:
+                    threshold: int = 64, protocol: int = 5, metadata=None, filters: int = 0) -> bytes:
     """A valid container written by firkin's own writer, with small chunks and
     a low out-of-band threshold so small files still have many sections and
     multi-chunk sections (what firkin.dumps writes, with other knobs)."""
@@ -150,7 +150,7 @@ def build_container(value, codec: int = 0, level: int = 0, *, chunk_size: int = 
 
     bio = io.BytesIO()
     w = core.Writer(bio, threshold=threshold, codec=codec, level=level, chunk_size=chunk_size,
-                    py_codec=_compress.PY_CODEC, threads=1)
+                    py_codec=_compress.PY_CODEC, threads=1, filters=filters)
     modules = w.dump(value, protocol)
     described = None if codec == 0 else {"method": str(codec), "level": level}
     meta = _meta.build(modules, metadata or {}, w.buffer_count, w.oob_bytes, described)

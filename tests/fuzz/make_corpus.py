@@ -57,6 +57,14 @@ def main(out):
                 save(reader_dir, bytes([mode]) + blob)
                 n_reader += 1
             assert fuzzlib.decode_reader_input(b"\x07" + blob) == blob, "fixup changed a valid file"
+            if cname in ("zstd", "zlib") and label in ("oob_arrays", "multi_chunk", "layouts"):
+                # filtered buffer sections (format 1.2): every filter, forced
+                for filt in (fuzzlib.core.FILTER_SHUFFLE, fuzzlib.core.FILTER_BITSHUFFLE,
+                             fuzzlib.core.FILTER_DELTA):
+                    fblob = fuzzlib.build_container(value, codec, level, metadata={"seed": label},
+                                                    filters=filt)
+                    save(reader_dir, b"\x07" + fblob)
+                    n_reader += 1
             if codec == 0:
                 stream = fuzzlib.core.Reader(blob).pickle_stream()
                 save(scan_dir, stream)

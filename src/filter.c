@@ -1,0 +1,234 @@
+/* Filters: reversible rearrangements of a buffer chunk's bytes that make
+ * numeric arrays compress better (docs/FORMAT.md, "Filters").
+ *
+ * Each works on one chunk alone, on elements of `elem` bytes; the bytes
+ * past the last whole element (and, for bit shuffle, past the last whole
+ * group of 8 elements) are copied unchanged at the end. They are pure byte
+ * loops, run on the chunk workers without the GIL, written so that the
+ * compiler can keep them in registers: every transform reads and writes
+ * each byte once.
+ *
+ *   shuffle        byte j of element i goes to out[j * m + i] (m elements):
+ *                  all first bytes, then all second bytes, ...
+ *   bit shuffle    bit k of byte j of element i goes to bit (i % 8) of
+ *                  out[(8 j + k) * G + i / 8] (G = whole groups of 8
+ *                  elements): one plane per bit of the element
+ *   delta shuffle  each element, read as a little-endian unsigned integer
+ *                  of 1, 2, 4 or 8 bytes, is replaced by its difference
+ *                  from the previous one (the first from 0), modulo
+ *                  2^(8 elem); the differences are then shuffled
+ */
+#include "firkin.h"
+
+int filter_valid(int filter, uint64_t elem)
+{
+    switch (filter) {
+    case FK_FILTER_SHUFFLE:
+        return elem >= 2 && elem <= FK_FILTER_MAX_ELEM;
+    case FK_FILTER_BITSHUFFLE:
+        return elem >= 1 && elem <= FK_FILTER_MAX_ELEM;
+    case FK_FILTER_DELTA:
+        return elem == 1 || elem == 2 || elem == 4 || elem == 8;
+    default:
+        return 0;
+    }
+}
+
+const char *filter_name(int filter)
+{
+    switch (filter) {
+    case FK_FILTER_NONE: return "none";
+    case FK_FILTER_SHUFFLE: return "shuffle";
+    case FK_FILTER_BITSHUFFLE: return "bitshuffle";
+    case FK_FILTER_DELTA: return "delta";
+    default: return "unknown";
+    }
+}
+
+/* ------------------------------------------------------------ shuffle */
+
+/* The common element sizes get loops with every plane in the body: one
+ * sequential read, `elem` sequential writes. */
+#define SHUFFLE_FIXED(E)                                                         \
+    static void shuffle_##E(const unsigned char *in, unsigned char *out, size_t m) \
+    {                                                                            \
+        for (size_t i = 0; i < m; i++)                                           \
+            for (size_t j = 0; j < E; j++) out[j * m + i] = in[i * E + j];       \
+    }                                                                            \
+    static void unshuffle_##E(const unsigned char *in, unsigned char *out, size_t m) \
+    {                                                                            \
+        for (size_t i = 0; i < m; i++)                                           \
+            for (size_t j = 0; j < E; j++) out[i * E + j] = in[j * m + i];       \
+    }
+SHUFFLE_FIXED(2)
+SHUFFLE_FIXED(4)
+SHUFFLE_FIXED(8)
+SHUFFLE_FIXED(16)
+
+static void shuffle(const unsigned char *in, unsigned char *out, size_t n, size_t elem)
+{
+    size_t m = n / elem;
+    switch (elem) {
+    case 2: shuffle_2(in, out, m); break;
+    case 4: shuffle_4(in, out, m); break;
+    case 8: shuffle_8(in, out, m); break;
+    case 16: shuffle_16(in, out, m); break;
+    default:
+        for (size_t j = 0; j < elem; j++)
+            for (size_t i = 0; i < m; i++) out[j * m + i] = in[i * elem + j];
+    }
+    memcpy(out + m * elem, in + m * elem, n - m * elem);
+}
+
+static void unshuffle(const unsigned char *in, unsigned char *out, size_t n, size_t elem)
+{
+    size_t m = n / elem;
+    switch (elem) {
+    case 2: unshuffle_2(in, out, m); break;
+    case 4: unshuffle_4(in, out, m); break;
+    case 8: unshuffle_8(in, out, m); break;
+    case 16: unshuffle_16(in, out, m); break;
+    default:
+        for (size_t j = 0; j < elem; j++)
+            for (size_t i = 0; i < m; i++) out[i * elem + j] = in[j * m + i];
+    }
+    memcpy(out + m * elem, in + m * elem, n - m * elem);
+}
+
+/* -------------------------------------------------------- bit shuffle */
+
+/* Transpose the 8x8 bit matrix whose row r is byte r of x (bit c of row r
+ * is bit 8r + c): three rounds of swapping the off-diagonal halves of 2x2,
+ * 4x4 and 8x8 blocks. Its own inverse. */
+static inline uint64_t transpose8(uint64_t x)
+{
+    uint64_t t;
+    t = (x ^ (x >> 7)) & 0x00AA00AA00AA00AAULL;
+    x ^= t ^ (t << 7);
+    t = (x ^ (x >> 14)) & 0x0000CCCC0000CCCCULL;
+    x ^= t ^ (t << 14);
+    t = (x ^ (x >> 28)) & 0x00000000F0F0F0F0ULL;
+    x ^= t ^ (t << 28);
+    return x;
+}
+
+/* Bit planes are written and read a block of groups at a time through a
+ * small staging area: each plane then takes one contiguous run per block
+ * instead of one byte per group (planes lie a power of two apart, so
+ * byte-wise access would keep evicting its own cache lines). */
+enum { BIT_STAGE = 16384 };
+
+static size_t bit_block(size_t elem)
+{
+    return elem <= BIT_STAGE / 64 / 8 ? 64 : 8; /* groups per block: 8 * elem * block <= BIT_STAGE */
+}
+
+static void bitshuffle(const unsigned char *in, unsigned char *out, size_t n, size_t elem)
+{
+    unsigned char stage[BIT_STAGE];
+    size_t groups = n / elem / 8, done = groups * 8 * elem, block = bit_block(elem);
+    for (size_t g0 = 0; g0 < groups; g0 += block) {
+        size_t nb = groups - g0 < block ? groups - g0 : block;
+        for (size_t g = 0; g < nb; g++) {
+            const unsigned char *e = in + (g0 + g) * 8 * elem;
+            for (size_t j = 0; j < elem; j++) {
+                uint64_t x = 0;
+                for (unsigned i = 0; i < 8; i++) x |= (uint64_t)e[i * elem + j] << (8 * i);
+                x = transpose8(x);
+                unsigned char *o = stage + j * 8 * nb + g;
+                for (unsigned k = 0; k < 8; k++) o[k * nb] = (unsigned char)(x >> (8 * k));
+            }
+        }
+        for (size_t plane = 0; plane < 8 * elem; plane++)
+            memcpy(out + plane * groups + g0, stage + plane * nb, nb);
+    }
+    memcpy(out + done, in + done, n - done);
+}
+
+static void unbitshuffle(const unsigned char *in, unsigned char *out, size_t n, size_t elem)
+{
+    unsigned char stage[BIT_STAGE];
+    size_t groups = n / elem / 8, done = groups * 8 * elem, block = bit_block(elem);
+    for (size_t g0 = 0; g0 < groups; g0 += block) {
+        size_t nb = groups - g0 < block ? groups - g0 : block;
+        for (size_t plane = 0; plane < 8 * elem; plane++)
+            memcpy(stage + plane * nb, in + plane * groups + g0, nb);
+        for (size_t g = 0; g < nb; g++) {
+            unsigned char *e = out + (g0 + g) * 8 * elem;
+            for (size_t j = 0; j < elem; j++) {
+                const unsigned char *s = stage + j * 8 * nb + g;
+                uint64_t x = 0;
+                for (unsigned k = 0; k < 8; k++) x |= (uint64_t)s[k * nb] << (8 * k);
+                x = transpose8(x);
+                for (unsigned i = 0; i < 8; i++) e[i * elem + j] = (unsigned char)(x >> (8 * i));
+            }
+        }
+    }
+    memcpy(out + done, in + done, n - done);
+}
+
+/* ------------------------------------------------------ delta shuffle */
+
+/* Differences of little-endian unsigned integers, written shuffled (one
+ * byte plane after the other); the byte arithmetic is the same on any
+ * host. */
+#define DELTA_FIXED(E, T)                                                        \
+    static void delta_##E(const unsigned char *in, unsigned char *out, size_t m) \
+    {                                                                            \
+        T prev = 0;                                                              \
+        for (size_t i = 0; i < m; i++) {                                         \
+            T v = 0;                                                             \
+            for (unsigned j = 0; j < E; j++) v |= (T)((T)in[i * E + j] << (8 * j)); \
+            T d = (T)(v - prev);                                                 \
+            prev = v;                                                            \
+            for (unsigned j = 0; j < E; j++) out[j * m + i] = (unsigned char)(d >> (8 * j)); \
+        }                                                                        \
+    }                                                                            \
+    static void undelta_##E(const unsigned char *in, unsigned char *out, size_t m) \
+    {                                                                            \
+        T prev = 0;                                                              \
+        for (size_t i = 0; i < m; i++) {                                         \
+            T d = 0;                                                             \
+            for (unsigned j = 0; j < E; j++) d |= (T)((T)in[j * m + i] << (8 * j)); \
+            prev = (T)(prev + d);                                                \
+            for (unsigned j = 0; j < E; j++) out[i * E + j] = (unsigned char)(prev >> (8 * j)); \
+        }                                                                        \
+    }
+DELTA_FIXED(1, uint8_t)
+DELTA_FIXED(2, uint16_t)
+DELTA_FIXED(4, uint32_t)
+DELTA_FIXED(8, uint64_t)
+
+static void delta(const unsigned char *in, unsigned char *out, size_t n, size_t elem, int undo)
+{
+    size_t m = n / elem;
+    switch (elem) {
+    case 1: (undo ? undelta_1 : delta_1)(in, out, m); break;
+    case 2: (undo ? undelta_2 : delta_2)(in, out, m); break;
+    case 4: (undo ? undelta_4 : delta_4)(in, out, m); break;
+    default: (undo ? undelta_8 : delta_8)(in, out, m); break;
+    }
+    memcpy(out + m * elem, in + m * elem, n - m * elem);
+}
+
+/* ---------------------------------------------------------- interface */
+
+void filter_encode(int filter, size_t elem, const unsigned char *src, size_t n, unsigned char *dst)
+{
+    switch (filter) {
+    case FK_FILTER_SHUFFLE: shuffle(src, dst, n, elem); break;
+    case FK_FILTER_BITSHUFFLE: bitshuffle(src, dst, n, elem); break;
+    case FK_FILTER_DELTA: delta(src, dst, n, elem, 0); break;
+    default: memcpy(dst, src, n);
+    }
+}
+
+void filter_decode(int filter, size_t elem, const unsigned char *src, size_t n, unsigned char *dst)
+{
+    switch (filter) {
+    case FK_FILTER_SHUFFLE: unshuffle(src, dst, n, elem); break;
+    case FK_FILTER_BITSHUFFLE: unbitshuffle(src, dst, n, elem); break;
+    case FK_FILTER_DELTA: delta(src, dst, n, elem, 1); break;
+    default: memcpy(dst, src, n);
+    }
+}
