@@ -59,7 +59,7 @@ def _fsync(path):
 def _firkin(compress, filters):
     def dump(a, path):
         import firkin
-        firkin.dump(a, path, compress=compress, filters=filters)
+        firkin.dump(a, path, compress=compress, filters=filters, progress=False)
 
     def load(path):
         import firkin
@@ -214,10 +214,10 @@ def main(argv=None) -> int:
             os.unlink(os.path.join(work, f))
         os.rmdir(work)
 
-    lines = [f"{args.mb} MB per workload, {args.repeats} interleaved rounds, medians; "
-             f"{os.cpu_count()} CPUs; dumps end with fsync; loads from the page cache; "
-             "RSS: peak over what the process held before the operation (a load's includes "
-             "the array it returns).", ""]
+    lines = [(f"{args.mb} MB per workload, {args.repeats} interleaved rounds, medians; "
+              f"{os.cpu_count()} CPUs; dumps end with fsync; loads from the page cache; "
+              "RSS: peak over what the process held before the operation (a load's includes "
+              "the array it returns)."), ""]
     med = statistics.median
     for w in workloads:
         ref = results[w].get("joblib compress=3")

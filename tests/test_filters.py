@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 import firkin
 from firkin import _core
-from test_validation import (KIND_BUFFER, KIND_METADATA, expect_error, parse, rebuild,
+from test_validation import (KIND_BUFFER, KIND_METADATA, expect_error, parse, rebuild,  # tests/ is on sys.path
                              rebuild_parsed, section, set_header)
 
 SHUFFLE, BITSHUFFLE, DELTA = _core.FILTER_SHUFFLE, _core.FILTER_BITSHUFFLE, _core.FILTER_DELTA
