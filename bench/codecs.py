@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -115,12 +114,25 @@ CONTENDERS = {
 
 # ------------------------------------------------------------ child side
 
-def _rss_kb() -> int:
+def _status_kb(field: str) -> int:
     with open("/proc/self/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1])
     return 0
+
+
+def _reset_peak() -> int:
+    """Reset the peak RSS (Linux: clear_refs 5; the peak that ru_maxrss
+    reports is inherited from the parent across fork and exec) and return
+    the RSS now, in kB."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    return _status_kb("VmRSS")
+
+
+def _peak_mb(base_kb: int) -> float:
+    return (_status_kb("VmHWM") - base_kb) / 1024
 
 
 def child(op: str, contender: str, npy: str, path: str) -> dict:
@@ -131,21 +143,20 @@ def child(op: str, contender: str, npy: str, path: str) -> dict:
         a = np.load(npy)
         dump(np.zeros(1000), path + ".warm")  # imports and first-call setup, outside the timing
         os.unlink(path + ".warm")
-        base = _rss_kb()
+        base = _reset_peak()
         t = time.perf_counter()
         dump(a, path)
         dt = time.perf_counter() - t
-        return {"s": dt, "rss_mb": (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024,
-                "size": os.path.getsize(path), "nbytes": a.nbytes}
+        return {"s": dt, "rss_mb": _peak_mb(base), "size": os.path.getsize(path), "nbytes": a.nbytes}
     ref = np.load(npy, mmap_mode="r")
     dump(np.zeros(1000), path + ".warm")
     load(path + ".warm")
     os.unlink(path + ".warm")
-    base = _rss_kb()
+    base = _reset_peak()
     t = time.perf_counter()
     b = load(path)
     dt = time.perf_counter() - t
-    peak = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024
+    peak = _peak_mb(base)
     if not (b.dtype == ref.dtype and b.shape == ref.shape and np.array_equal(b, ref)):
         raise SystemExit(f"{contender}: the loaded array differs from the workload")
     return {"s": dt, "rss_mb": peak}
