@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 
 import firkin
 from firkin import _core
-from test_validation import (KIND_BUFFER, KIND_METADATA, expect_error, parse, rebuild,  # tests/ is on sys.path
-                             rebuild_parsed, section, set_header)
+from _container import KIND_BUFFER, KIND_METADATA, parse, rebuild, rebuild_parsed, section, set_header
+from test_validation import expect_error  # tests/ is on sys.path
 
 SHUFFLE, BITSHUFFLE, DELTA = _core.FILTER_SHUFFLE, _core.FILTER_BITSHUFFLE, _core.FILTER_DELTA
 NAMES = {"shuffle": SHUFFLE, "bitshuffle": BITSHUFFLE, "delta": DELTA}
