@@ -8,13 +8,13 @@ import struct
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
+from test_validation import expect_error  # tests/ is on sys.path
 
 import firkin
 from firkin import _core
+
 from _container import KIND_BUFFER, KIND_METADATA, parse, rebuild, rebuild_parsed, section, set_header
-from test_validation import expect_error  # tests/ is on sys.path
 
 SHUFFLE, BITSHUFFLE, DELTA = _core.FILTER_SHUFFLE, _core.FILTER_BITSHUFFLE, _core.FILTER_DELTA
 NAMES = {"shuffle": SHUFFLE, "bitshuffle": BITSHUFFLE, "delta": DELTA}
