@@ -21,7 +21,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import firkin
 from firkin import _model
 
-import bench  # the workloads, built as bench.py builds them
+import workloads  # the workloads, built as bench.py builds them
 
 
 def cpu(fn, repeat: int) -> float:
@@ -42,8 +42,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as d:
         path = os.path.join(d, "m.firkin")
         for name in ("forest", "pipeline"):
-            p = bench.SIZES["full"][name]
-            value, _ = bench.build_workload(name, p)
+            p = workloads.SIZES["full"][name]
+            value, _ = workloads.WORKLOADS[name].build(p)
             X, _ = make_classification(n_samples=1000, n_features=p["n_features"], random_state=1)
             sig = cpu(lambda v=value: _model.signatures(v), args.repeat * 20)
             plain = cpu(lambda v=value: firkin.dump(v, path), args.repeat)

@@ -32,7 +32,12 @@ sys.path.insert(0, HERE)
 import numpy as np  # noqa: E402
 
 import _seaweed  # noqa: E402
-from bench import SIZES, build_workload  # noqa: E402 - the workloads bench.py defines
+from workloads import SIZES, WORKLOADS  # noqa: E402 - the workloads bench.py runs
+
+
+def build_workload(name: str, params: dict):
+    """(value, info) of workload `name` built with `params` (an entry of SIZES)."""
+    return WORKLOADS[name].build(params)
 
 MB = 1 << 20
 
