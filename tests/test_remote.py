@@ -19,6 +19,8 @@ from firkin import _remote
 import _seaweed
 from _pickles import _containers, _payloads
 
+FAST = "zstd" if "zstd" in firkin.codecs() else "zlib"  # CI also runs a build without zstd
+
 
 def _mem(name="obj.firkin"):
     return f"memory://firkin-tests/{uuid.uuid4().hex}/{name}"
@@ -65,9 +67,10 @@ def test_compressed_and_joblib_files_on_memory():
     import joblib
 
     obj = {"a": np.arange(300_000) % 7, "b": list(range(10))}
-    url = _mem("obj.firkin.zst")
+    ending, method = (".zst", "zstd") if "zstd" in firkin.codecs() else (".bz2", "bz2")
+    url = _mem("obj.firkin" + ending)
     firkin.dump(obj, url)  # the ending chooses the codec, as for paths
-    assert "zstd" in str(firkin.info(url).to_dict()["compression"])
+    assert method in str(firkin.info(url).to_dict()["compression"])
     np.testing.assert_array_equal(firkin.load(url)["a"], obj["a"])
     for compress in (0, 3):
         jurl = _mem(f"obj{compress}.joblib")
@@ -205,7 +208,7 @@ def test_s3_round_trips(s3):
     frame = pd.DataFrame({"x": np.arange(1000), "s": ["a", "b"] * 500})
     big = rng.normal(size=3 << 20)  # 24 MiB: several multipart parts
     for name, obj in [("forest", forest), ("frame", frame), ("big", big)]:
-        for compress in (0, "zstd"):
+        for compress in (0, FAST):
             url = _key(f"{name}.firkin")
             firkin.dump(obj, url, compress=compress, storage_options=so)
             got = firkin.load(url, storage_options=so)
