@@ -193,10 +193,6 @@ def untrusted_types(filename: str | os.PathLike[str], trusted: bool | Iterable[s
 
 # -------------------------------------------------------------------- info
 
-def _installed_version(pkg: str):
-    return _meta.package_version(pkg)
-
-
 def _fmt_bytes(n: int) -> str:
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if abs(n) < 1024 or unit == "TiB":
@@ -294,11 +290,7 @@ class FileInfo:
         check = self.metadata.get("check")
         #: the check sample's description (dump(..., check_data=)), or None
         self.check_sample = check if isinstance(check, dict) else None
-        packages = self.metadata.get("packages")
-        for pkg, recorded in sorted(packages.items() if isinstance(packages, dict) else ()):
-            installed = _installed_version(pkg)
-            self.packages.append({"package": pkg, "recorded": recorded, "installed": installed,
-                                  "mismatch": recorded is not None and installed != recorded})
+        self.packages += _meta.package_table(self.metadata)
 
     def _firkin_arrays(self, secs, spans, records):
         """One row per out-of-band buffer (dtype and shape as the writer

@@ -49,10 +49,22 @@ def version_differences(meta: dict, python: bool = False) -> list:
     py = meta.get("python")
     if python and isinstance(py, str) and py != platform.python_version():
         out.append({"package": "python", "recorded": py, "installed": platform.python_version()})
+    out += [{k: p[k] for k in ("package", "recorded", "installed")}
+            for p in package_table(meta) if p["mismatch"]]
+    return out
+
+
+def package_table(meta: dict) -> list:
+    """[{"package", "recorded", "installed", "mismatch"}] for every package the
+    metadata records, sorted: the one place that decides whether a recorded
+    version differs from the installed one (a version the writer could not
+    read, recorded as null, never does)."""
     packages = meta.get("packages")
+    out = []
     for pkg, rec in sorted(packages.items() if isinstance(packages, dict) else ()):
-        if isinstance(rec, str) and (inst := package_version(pkg)) != rec:
-            out.append({"package": pkg, "recorded": rec, "installed": inst})
+        inst = package_version(pkg)
+        out.append({"package": pkg, "recorded": rec, "installed": inst,
+                    "mismatch": isinstance(rec, str) and inst != rec})
     return out
 
 
