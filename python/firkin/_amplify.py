@@ -31,6 +31,7 @@ import contextvars
 import copyreg
 import math
 import operator
+import warnings
 
 from . import _guards, _trust
 from ._core import UntrustedTypesError
@@ -494,13 +495,18 @@ def _register() -> None:
     reps[("copyreg", "_reconstructor")] = _audited(_reconstructor_guard,
                                                    copyreg._reconstructor)
     reps[("numpy", "void")] = _audited(_void_guard)
+    # NumPy 2.5 deprecates the public name (reading np.char.chararray warns);
+    # files that hold one still name it, and the class is unchanged
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        chararray = np.char.chararray
     classes = {
         ("numpy", "ndarray"): np.ndarray,
         ("numpy", "recarray"): np.recarray,
         ("numpy.rec", "recarray"): np.recarray,
         ("numpy.core.records", "recarray"): np.recarray,
-        ("numpy.char", "chararray"): np.char.chararray,
-        ("numpy.core.defchararray", "chararray"): np.char.chararray,
+        ("numpy.char", "chararray"): chararray,
+        ("numpy.core.defchararray", "chararray"): chararray,
     }
     for (module, name), cls in classes.items():
         guard = GUARDS.get(cls)
