@@ -29,8 +29,10 @@ if int(setuptools.__version__.split(".")[0]) < 77:
     sys.exit(f"firkin's build needs setuptools >= 77 (its license is an SPDX expression); this environment "
              f"has {setuptools.__version__}: python -m pip install 'setuptools>=77'")
 
-SOURCES = ["src/module.c", "src/writer.c", "src/reader.c", "src/codec.c", "src/checksum.c", "src/scan.c",
-           "src/sign.c", "src/dtype.c", "src/validate.c", "src/filter.c"]
+SOURCES = ["src/module.c", "src/container.c", "src/io.c", "src/ring.c", "src/pickler.c", "src/npy.c",
+           "src/writer.c", "src/reader.c", "src/codec.c", "src/checksum.c", "src/scan.c", "src/scan_values.c",
+           "src/scan_records.c", "src/sign.c",
+           "src/dtype.c", "src/validate.c", "src/filter.c"]
 
 cflags = ["-std=c11", "-D_GNU_SOURCE", "-Wall", "-Wextra", "-Wno-missing-field-initializers",
           # the C lint set, clean on every source (errors under FIRKIN_WERROR=1)
@@ -107,7 +109,7 @@ setup(
         Extension(
             "firkin._core",
             sources=SOURCES,
-            depends=["src/firkin.h"],
+            depends=["src/firkin.h", "src/container.h", "src/scan.h"],
             include_dirs=[numpy.get_include(), "src"],
             libraries=libraries,
             define_macros=macros,

@@ -1,9 +1,16 @@
 /* firkin._core: shared declarations of the C units.
  *
- * Units: module.c (init, state, exported functions), writer.c (container
- * writer and the pickler glue), reader.c (container reader, aligned buffers),
- * codec.c (chunk worker pool), checksum.c (CRC-32C), scan.c (static pickle
- * scanner), sign.c (HMAC of the pickle stream on a native thread).
+ * Units: module.c (init, state, exported functions), container.c (the
+ * container of docs/FORMAT.md, encoded and parsed), io.c (the Writer's
+ * sinks, the Reader's sources), ring.c (the chunk rings in front of the
+ * codec pool), pickler.c (the pickler subclass and buffer callback), npy.c
+ * (array reductions, out-of-band data, the Buffer type), writer.c and
+ * reader.c (the Writer and Reader types; container.h is their private
+ * header), codec.c (chunk worker pool and codecs), filter.c, checksum.c
+ * (CRC-32C), scan.c with scan_values.c and scan_records.c (static pickle
+ * scanner; scan.h is its private header), sign.c (Poly1305 of chunks, HMAC
+ * of the pickle stream on a native thread), dtype.c and validate.c
+ * (load-time checks).
  * docs/FORMAT.md is the normative description of every constant below.
  */
 #ifndef FIRKIN_H
@@ -236,6 +243,7 @@ void fk_hasher_free(fk_hasher *h);                /* with the GIL */
 
 /* ---- writer.c ---- */
 int writer_init_types(PyObject *module, fk_state *st);
+/* container.c */
 uint64_t writer_required_flags(int codec, int filters, int streamed);
 
 /* ---- reader.c ---- */

@@ -29,7 +29,7 @@ freed without following pointers from the file and without deep recursion.
 Nesting: numpy arrays of objects free their items without CPython's
 recursion guard, so a chain of a few thousand of them overflows the C stack
 when it is freed (a few hundred on a thread with a 1 MiB stack). The scanner
-bounds every stream's nesting (SCAN_MAX_DEPTH in src/scan.c); at the end of
+bounds every stream's nesting (SCAN_MAX_DEPTH in src/scan.h); at the end of
 a load this module measures the nesting of the object arrays it recorded and
 refuses more than ``MAX_ARRAY_NESTING`` (chains of the arrays numpy's own
 pickles make, through ``_reconstruct``; the scanner bounds every chain).

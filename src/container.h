@@ -1,0 +1,197 @@
+/* The Writer and Reader objects and what the container units share:
+ * container.c (docs/FORMAT.md both ways), io.c (sinks and sources),
+ * ring.c (the chunk rings), npy.c (arrays, Buffer), pickler.c (the
+ * pickler glue), writer.c and reader.c (the types). Private to src/.
+ */
+#ifndef FIRKIN_CONTAINER_H
+#define FIRKIN_CONTAINER_H
+
+#include "firkin.h"
+
+/* ---- the Writer ---- */
+typedef struct {
+    uint64_t stored;
+    uint32_t crc;
+    uint16_t codec;
+} wr_chunk;
+
+typedef struct {
+    uint16_t kind, flags;
+    uint64_t offset, stored, raw, chunk_size;
+    size_t first_chunk, nchunks;
+    uint32_t buf_no;      /* buffer sections: their number, in order */
+    int filter;           /* FK_FILTER_* for its compressed chunks */
+    size_t elem;          /* the filter's element size */
+    int filtered;         /* some chunk was stored compressed, so filtered */
+} wr_section;
+typedef struct {
+    PyObject_HEAD
+    fk_state *st;
+    int fd;              /* >= 0: write with write(2) */
+    PyObject *fileobj;   /* else: a Python binary file object */
+    PyObject *name;      /* the file's name for OSError (the user's path, not the temp file), or NULL */
+    PyObject *write_meth;
+    uint64_t pos;        /* bytes of the container written so far */
+    int streamed;        /* streamed layout (FK_REQ_STREAMED): the sink cannot seek */
+    int framing;         /* streamed and past the header: writes go out as frames */
+    PyObject *start_pos; /* fileobj.tell() at start, for patching, or None */
+    size_t chunk_size;
+    Py_ssize_t threshold;
+    int threads;
+    int protocol;
+    int stage;           /* 0 new, 1 dumped, 2 finished, -1 failed */
+    /* pickle stream staging */
+    unsigned char *sbuf;
+    size_t sbuf_len;
+    int stream_open;
+    /* tables */
+    wr_chunk *chunks;
+    size_t nchunks, chunks_cap;
+    wr_section *sections;
+    size_t nsections, sections_cap;
+    /* collected during the pickle */
+    PyObject *buffers;    /* list of PickleBuffer, out-of-band, in order */
+    PyObject *arrays;     /* per out-of-band buffer: (dtype str, shape) of its array, or None */
+    PyObject *modules;    /* set of module names whose objects occur */
+    PyObject *seen_types; /* set of types already recorded */
+    uint64_t oob_bytes;
+    Py_ssize_t by_value;  /* classes/functions saved by value */
+    PyObject *byvalue;    /* callable(obj) -> reduce value: by-value reducer of this dump, or NULL */
+    /* chunk pipeline */
+    int codec, level;
+    int filters;          /* FK_FILTER_AUTO, FK_FILTER_NONE or one filter for every numeric buffer */
+    uint64_t required;    /* the header's required feature flags */
+    PyObject *py_codec;
+    codec_pool *pool;
+    struct wr_job **ring; /* in-flight chunks, oldest first */
+    size_t ring_cap, ring_head, ring_count;
+    uint64_t submitted;  /* raw bytes handed to the pipeline */
+    PyObject *progress;  /* callable(bytes_done) or NULL */
+    PyObject *signer;    /* callable(memoryview) fed every raw pickle stream byte, or NULL */
+#ifdef FIRKIN_HAVE_OPENSSL
+    fk_hasher *hasher;   /* or: the stream's HMAC computed on a native thread (sign.c) */
+#endif
+    int hashing;                /* hash every buffer chunk (a signed dump) ... */
+    unsigned char hash_key[32]; /* ... with Poly1305 under this key, on the workers */
+    unsigned char *hrec;        /* FK_HASH_RECORD_LEN bytes per hashed chunk, in file order */
+    size_t nhrec, hrec_cap;
+    uint64_t progress_done, progress_last;
+    uint64_t progress_total; /* raw bytes the dump will write, once known (0 before) */
+    unsigned char *spare;    /* a retired stream staging buffer, reused (fresh ones page-fault) */
+} WriterObject;
+
+typedef struct wr_job {
+    codec_job job;
+    size_t section;       /* index into w->sections */
+    int recycle;          /* job.owned is a chunk_size staging buffer to reuse */
+    uint64_t hash_seq;    /* a stream chunk the hasher reads: its number there, else 0 */
+} wr_job;
+
+typedef struct {
+    uint16_t kind, flags;
+    uint32_t nchunks;
+    uint64_t offset, stored, raw, chunk_size, first_chunk;
+    int all_raw;          /* no chunk is compressed: the bytes can be mapped */
+    int codec;            /* codec of the first compressed chunk, for messages */
+    uint32_t buf_no;      /* buffer sections: their number, in index order */
+    int filter;           /* FK_FILTER_* undone after decompressing each compressed chunk */
+    size_t elem;          /* its element size */
+} rd_section;
+
+typedef struct {
+    PyObject_HEAD
+    fk_state *st;
+    PyObject *name;       /* for messages */
+    int fd;
+    PyObject *fileobj;
+    Py_buffer mem;
+    int has_mem;
+    uint64_t base;        /* absolute position of the container start */
+    int deframed;         /* a streamed-layout container, its frames already removed */
+    uint64_t total;       /* container length */
+    uint64_t opt_flags;
+    uint64_t req_flags;
+    uint16_t major, minor;
+    uint64_t index_off;
+    unsigned char *index;
+    size_t index_len;
+    const unsigned char *chunk_table;
+    uint64_t nchunks_total;
+    size_t chunk_stride;
+    rd_section *sections;
+    size_t nsections;
+    Py_ssize_t pickle_sec, meta_sec, sig_sec;
+    size_t *buf_secs;
+    size_t nbuf;
+    PyObject *py_codec;   /* (compress, decompress) for codecs done in Python */
+} ReaderObject;
+
+#define FORMAT_ERR(r, ...) rd_error((r), (r)->st->FormatError, __VA_ARGS__)
+#define CHECKSUM_ERR(r, ...) rd_error((r), (r)->st->ChecksumError, __VA_ARGS__)
+
+/* Poly1305 records of hashed buffer chunks (FK_HASH_RECORD_LEN bytes each) */
+typedef struct {
+    unsigned char *p;
+    size_t n, cap;
+} rd_records;
+
+
+/* ---- io.c ---- */
+void wr_errno(WriterObject *w);  /* an OSError from errno, naming the file when known */
+int write_all_pyfile(WriterObject *w, const unsigned char *p, size_t n);
+int wr_sink(WriterObject *w, const unsigned char *p, size_t n);
+int wr_out(WriterObject *w, const void *p, size_t n);
+int wr_pad(WriterObject *w);
+int wr_flush_stream(WriterObject *w);
+PyObject *Writer_write(WriterObject *w, PyObject *data);
+int rd_read(ReaderObject *r, uint64_t off, void *dst, size_t n);
+int rd_size(ReaderObject *r, uint64_t *size);
+
+/* ---- container.c ---- */
+wr_section *wr_new_section(WriterObject *w, uint16_t kind, uint16_t flags);
+int wr_reserve_chunks(WriterObject *w, size_t more);
+void wr_header_bytes(const WriterObject *w, unsigned char *h, uint64_t total, uint64_t index_off);
+int rd_parse(ReaderObject *r);
+uint32_t chunk_crc(ReaderObject *r, const rd_section *s, uint32_t c);
+const char *kind_name(uint16_t kind);
+const char *codec_name(int codec);
+long buffer_ordinal(ReaderObject *r, const rd_section *s);
+int report_crc_mismatch(ReaderObject *r, const rd_section *s, uint32_t c);
+
+/* ---- ring.c ---- */
+int wr_report_progress(WriterObject *w, uint64_t n, int force);
+int wr_retire_one(WriterObject *w);
+int wr_drain(WriterObject *w);
+void wr_abort_pipeline(WriterObject *w);
+int wr_submit(WriterObject *w, const unsigned char *p, size_t n, void *owned);
+wr_section *wr_begin_section(WriterObject *w, uint16_t kind, uint16_t flags, int empty);
+int wr_blob_section(WriterObject *w, uint16_t kind, uint16_t flags, const unsigned char *p, size_t n);
+int rd_add_record(rd_records *rec, uint32_t buffer, uint32_t chunk, uint64_t raw,
+                  const unsigned char hash[16]);
+PyObject *rd_records_bytes(rd_records *rec);
+int rd_sections_into(ReaderObject *r, const rd_section **secs, unsigned char **dsts, size_t n,
+                     int verify, int threads, PyObject *progress, const unsigned char *hash_key,
+                     rd_records *records);
+
+/* ---- npy.c ---- */
+int npy_init_types(PyObject *module, fk_state *st);
+PyObject *strided_source(fk_state *st, PyObject *pb);
+PyObject *describe_array(fk_state *st, PyObject *pb);
+PyObject *reduce_array(WriterObject *w, PyObject *obj);
+int wr_write_buffers(WriterObject *w);
+typedef struct {
+    PyObject_HEAD
+    unsigned char *data;
+    Py_ssize_t len;
+} BufferObject;
+BufferObject *buffer_new(fk_state *st, size_t len);
+
+/* ---- pickler.c ---- */
+int pickler_init_types(PyObject *module, fk_state *st);
+extern __thread WriterObject *fk_current_writer; /* the writer a pickler of this thread reports to */
+PyObject *Writer_buffer_callback(WriterObject *w, PyObject *pb);
+
+/* ---- reader.c ---- */
+PyObject *rd_error(ReaderObject *r, PyObject *exc, const char *fmt, ...);
+
+#endif

@@ -1,0 +1,296 @@
+/* Bytes in and out of a container: the Writer's sinks (a file descriptor
+ * or a Python binary file object; the streamed layout's frames; the
+ * pickler's sink that stages the pickle stream into chunks) and the
+ * Reader's sources (pread on a file descriptor, memory, or a Python file
+ * object's seek + readinto).
+ */
+#include "container.h"
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+/* ------------------------------------------------------------------ I/O */
+
+/* an OSError from errno, naming the file when its name is known */
+void wr_errno(WriterObject *w)
+{
+    if (w->name) PyErr_SetFromErrnoWithFilenameObject(PyExc_OSError, w->name);
+    else PyErr_SetFromErrno(PyExc_OSError);
+}
+
+static int write_all_fd(WriterObject *w, const unsigned char *p, size_t n, int release_gil)
+{
+    int fd = w->fd;
+    while (n) {
+        ssize_t k;
+        size_t want = n > ((size_t)1 << 30) ? ((size_t)1 << 30) : n;
+        if (release_gil) {
+            Py_BEGIN_ALLOW_THREADS
+            k = write(fd, p, want);
+            Py_END_ALLOW_THREADS
+        } else {
+            k = write(fd, p, want);
+        }
+        if (k < 0) {
+            if (errno == EINTR) {
+                if (PyErr_CheckSignals() < 0) return -1;
+                continue;
+            }
+            wr_errno(w);
+            return -1;
+        }
+        if (k == 0) {
+            errno = EIO;
+            wr_errno(w);
+            return -1;
+        }
+        p += k;
+        n -= (size_t)k;
+    }
+    return 0;
+}
+
+int write_all_pyfile(WriterObject *w, const unsigned char *p, size_t n)
+{
+    while (n) {
+        size_t want = n > ((size_t)1 << 30) ? ((size_t)1 << 30) : n;
+        PyObject *mv = PyMemoryView_FromMemory((char *)p, (Py_ssize_t)want, PyBUF_READ);
+        if (!mv) return -1;
+        PyObject *r = PyObject_CallOneArg(w->write_meth, mv);
+        /* the file must not keep our view of memory it does not own */
+        if (fk_release_view(mv) < 0) {
+            Py_XDECREF(r);
+            return -1;
+        }
+        size_t k = want;
+        if (r != Py_None) {
+            Py_ssize_t v = PyLong_AsSsize_t(r);
+            if (v == -1 && PyErr_Occurred()) { Py_DECREF(r); return -1; }
+            if (v <= 0 || (size_t)v > want) {
+                Py_DECREF(r);
+                PyErr_Format(PyExc_OSError, "file object's write() returned %zd for %zu bytes", v, want);
+                return -1;
+            }
+            k = (size_t)v;
+        }
+        Py_DECREF(r);
+        p += k;
+        n -= k;
+    }
+    return 0;
+}
+
+int wr_sink(WriterObject *w, const unsigned char *p, size_t n)
+{
+    return w->fd >= 0 ? write_all_fd(w, p, n, n >= 65536) : write_all_pyfile(w, p, n);
+}
+
+/* Container bytes. In the streamed layout every write after the header goes
+ * out as frames (u32 length, then the bytes), so that a reader of a pipe or
+ * socket knows how much to read next and stops at the end; `pos` counts
+ * container bytes only. */
+int wr_out(WriterObject *w, const void *p, size_t n)
+{
+    const unsigned char *b = (const unsigned char *)p;
+    if (!w->framing) {
+        if (wr_sink(w, b, n) < 0) return -1;
+    } else {
+        for (size_t left = n; left;) {
+            size_t k = left > FK_MAX_FRAME ? FK_MAX_FRAME : left;
+            unsigned char len[4];
+            fk_put_u32(len, (uint32_t)k);
+            if (wr_sink(w, len, 4) < 0 || wr_sink(w, b, k) < 0) return -1;
+            b += k;
+            left -= k;
+        }
+    }
+    w->pos += n;
+    return 0;
+}
+
+int wr_pad(WriterObject *w)
+{
+    static const unsigned char zeros[FK_ALIGN];
+    size_t pad = (size_t)((FK_ALIGN - (w->pos % FK_ALIGN)) % FK_ALIGN);
+    return pad ? wr_out(w, zeros, pad) : 0;
+}
+
+/* ------------------------------------------------- pickler sink (write) */
+
+int wr_flush_stream(WriterObject *w)
+{
+    if (!w->sbuf_len) return 0;
+    /* the oldest chunk in flight is usually written by now: retire it, so
+     * that its memory stages the next chunk instead of a fresh megabyte the
+     * kernel must fault in and zero (a quarter of a 10 MB forest's dump) */
+    while (w->stream_open && !w->spare && w->ring_count && w->ring[w->ring_head]->job.done)
+        if (wr_retire_one(w) < 0) return -1;
+    unsigned char *full = w->sbuf;
+    size_t n = w->sbuf_len;
+    int last = !w->stream_open; /* the final, partial chunk: no new staging buffer */
+    if (w->signer) { /* the Python signer (no native one) */
+        /* the signature covers the stream exactly as the unpickler reads it */
+        PyObject *mv = PyMemoryView_FromMemory((char *)full, (Py_ssize_t)n, PyBUF_READ);
+        PyObject *r = mv ? PyObject_CallOneArg(w->signer, mv) : NULL;
+        if (mv && fk_release_view(mv) < 0) Py_CLEAR(r);
+        if (!r) return -1;
+        Py_DECREF(r);
+    }
+    w->sbuf_len = 0;
+    if (last) {
+        w->sbuf = NULL;
+    } else if (w->spare) {
+        w->sbuf = w->spare;
+        w->spare = NULL;
+    } else if (!(w->sbuf = (unsigned char *)malloc(w->chunk_size))) {
+        free(full);
+        PyErr_NoMemory();
+        return -1;
+    }
+    if (wr_submit(w, full, n, full) < 0) return -1; /* the pipeline frees `full` */
+    wr_job *j = w->ring[(w->ring_head + w->ring_count - 1) % w->ring_cap];
+    j->recycle = 1;
+#ifdef FIRKIN_HAVE_OPENSSL
+    /* after the job is in the ring: its retirement waits for the hasher,
+     * so `full` outlives the hasher's reading of it */
+    if (w->hasher && !(j->hash_seq = fk_hasher_submit(w->hasher, full, n))) return -1;
+#endif
+    return 0;
+}
+
+PyObject *Writer_write(WriterObject *w, PyObject *data)
+{
+    Py_buffer view;
+    if (!w->stream_open) {
+        PyErr_SetString(PyExc_RuntimeError, "Writer.write() is the pickler's sink; call dump()");
+        return NULL;
+    }
+    if (PyObject_GetBuffer(data, &view, PyBUF_SIMPLE) < 0) return NULL;
+    const unsigned char *p = (const unsigned char *)view.buf;
+    size_t n = (size_t)view.len;
+    while (n) {
+        size_t room = w->chunk_size - w->sbuf_len;
+        size_t k = n < room ? n : room;
+        memcpy(w->sbuf + w->sbuf_len, p, k);
+        w->sbuf_len += k;
+        p += k;
+        n -= k;
+        if (w->sbuf_len == w->chunk_size && wr_flush_stream(w) < 0) {
+            PyBuffer_Release(&view);
+            return NULL;
+        }
+    }
+    Py_ssize_t len = view.len;
+    PyBuffer_Release(&view);
+    return PyLong_FromSsize_t(len);
+}
+
+/* ------------------------------------------------------------ read */
+
+/* Read n bytes at container-relative offset `off`. GIL held on entry; the
+ * fd and memory backends release it for large reads. */
+int rd_read(ReaderObject *r, uint64_t off, void *dst, size_t n)
+{
+    uint64_t abs = r->base + off;
+    unsigned char *d = (unsigned char *)dst;
+    if (r->has_mem) {
+        if (abs > (uint64_t)r->mem.len || n > (uint64_t)r->mem.len - abs) {
+            FORMAT_ERR(r, "truncated: %zu bytes at offset %llu lie past the end of the data", n,
+                       (unsigned long long)off);
+            return -1;
+        }
+        if (n >= 65536) {
+            Py_BEGIN_ALLOW_THREADS
+            memcpy(d, (const unsigned char *)r->mem.buf + abs, n);
+            Py_END_ALLOW_THREADS
+        } else {
+            memcpy(d, (const unsigned char *)r->mem.buf + abs, n);
+        }
+        return 0;
+    }
+    if (r->fd >= 0) {
+        size_t done = 0;
+        int err = 0;
+        Py_BEGIN_ALLOW_THREADS
+        while (done < n) {
+            size_t want = n - done > ((size_t)1 << 30) ? ((size_t)1 << 30) : n - done;
+            ssize_t k = pread(r->fd, d + done, want, (off_t)(abs + done));
+            if (k < 0) {
+                if (errno == EINTR) continue;
+                err = errno;
+                break;
+            }
+            if (k == 0) break;
+            done += (size_t)k;
+        }
+        Py_END_ALLOW_THREADS
+        if (err) {
+            errno = err;
+            PyErr_SetFromErrnoWithFilenameObject(PyExc_OSError, r->name);
+            return -1;
+        }
+        if (done < n) {
+            FORMAT_ERR(r, "truncated: file ends inside the %zu bytes at offset %llu", n,
+                       (unsigned long long)off);
+            return -1;
+        }
+        return 0;
+    }
+    /* Python file object */
+    PyObject *res = PyObject_CallMethod(r->fileobj, "seek", "K", (unsigned long long)abs);
+    if (!res) return -1;
+    Py_DECREF(res);
+    size_t done = 0;
+    while (done < n) {
+        size_t want = n - done > ((size_t)1 << 30) ? ((size_t)1 << 30) : n - done;
+        PyObject *mv = PyMemoryView_FromMemory((char *)d + done, (Py_ssize_t)want, PyBUF_WRITE);
+        if (!mv) return -1;
+        res = PyObject_CallMethodOneArg(r->fileobj, r->st->str_readinto, mv);
+        if (fk_release_view(mv) < 0) {
+            Py_XDECREF(res);
+            return -1;
+        }
+        Py_ssize_t k = res == Py_None ? 0 : PyLong_AsSsize_t(res);
+        Py_DECREF(res);
+        if (k < 0 && PyErr_Occurred()) return -1;
+        if (k <= 0) break;
+        if ((size_t)k > want) {
+            rd_error(r, PyExc_OSError, "the file object's readinto() returned more than asked");
+            return -1;
+        }
+        done += (size_t)k;
+    }
+    if (done < n) {
+        FORMAT_ERR(r, "truncated: file ends inside the %zu bytes at offset %llu", n,
+                   (unsigned long long)off);
+        return -1;
+    }
+    return 0;
+}
+
+int rd_size(ReaderObject *r, uint64_t *size)
+{
+    if (r->has_mem) {
+        *size = (uint64_t)r->mem.len;
+        return 0;
+    }
+    if (r->fd >= 0) {
+        struct stat sb;
+        if (fstat(r->fd, &sb) < 0) {
+            PyErr_SetFromErrnoWithFilenameObject(PyExc_OSError, r->name);
+            return -1;
+        }
+        *size = (uint64_t)sb.st_size;
+        return 0;
+    }
+    PyObject *res = PyObject_CallMethod(r->fileobj, "seek", "ii", 0, 2);
+    if (!res) return -1;
+    unsigned long long v = PyLong_AsUnsignedLongLong(res);
+    Py_DECREF(res);
+    if (v == (unsigned long long)-1 && PyErr_Occurred()) return -1;
+    *size = v;
+    return 0;
+}
+

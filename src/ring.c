@@ -1,0 +1,421 @@
+/* The bounded, in-order chunk rings between the container and the codec
+ * pool (codec.c): the Writer's, which checksums/compresses chunks on the
+ * workers and writes them in order, and the Reader's, which reads chunks
+ * and has the workers verify, decompress and hash them in place.
+ */
+#include "container.h"
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ---------------------------------------------------- chunk pipeline
+ *
+ * Every chunk of every section goes through here: submitted to the pool
+ * (checksum, and compression when asked), retired strictly in order by the
+ * calling thread, which writes it. At most ring_cap chunks are in flight, so
+ * memory stays bounded whatever the size of the object. A section's offset
+ * is fixed when its first chunk is written. */
+
+static int wr_ensure_pool(WriterObject *w)
+{
+    /* threads pay off from a couple of chunks on when compressing, from a few
+     * MiB when they only checksum; small dumps stay inline */
+    uint64_t from = (w->codec == FK_CODEC_RAW ? 8 : 2) * (uint64_t)w->chunk_size;
+    int want = w->submitted >= from ? w->threads : 0;
+    if (w->pool && (codec_pool_threads(w->pool) || !want)) return 0;
+    if (w->pool && w->ring_count) return 0; /* upgrade only when idle */
+    codec_pool *np = codec_pool_new(want, w->py_codec);
+    if (!np) return -1;
+    codec_pool_free(w->pool);
+    w->pool = np;
+    if (!w->ring) {
+        w->ring_cap = (size_t)(w->threads < 1 ? 1 : w->threads) * 4;
+        w->ring = (wr_job **)PyMem_Calloc(w->ring_cap, sizeof(wr_job *));
+        if (!w->ring) { PyErr_NoMemory(); return -1; }
+    }
+    return 0;
+}
+
+static void wr_job_free(wr_job *j)
+{
+    if (!j) return;
+    if (j->job.scratch) free(j->job.scratch);
+    free(j->job.owned);
+    free(j);
+}
+
+/* progress(done, total): called every 8 MiB of raw bytes written, and
+ * once at the end; total is 0 until the pickle stream is complete. */
+int wr_report_progress(WriterObject *w, uint64_t n, int force)
+{
+    w->progress_done += n;
+    if (!w->progress || (!force && w->progress_done - w->progress_last < ((uint64_t)8 << 20))) return 0;
+    w->progress_last = w->progress_done;
+    PyObject *r = PyObject_CallFunction(w->progress, "KK", (unsigned long long)w->progress_done,
+                                        (unsigned long long)w->progress_total);
+    Py_XDECREF(r);
+    return r ? 0 : -1;
+}
+
+int wr_retire_one(WriterObject *w)
+{
+    wr_job *j = w->ring[w->ring_head];
+    w->ring[w->ring_head] = NULL;
+    w->ring_head = (w->ring_head + 1) % w->ring_cap;
+    w->ring_count--;
+    int rc = -1;
+    if (!j->job.done) {
+        Py_BEGIN_ALLOW_THREADS
+        codec_pool_wait_job(w->pool, &j->job);
+        Py_END_ALLOW_THREADS
+    }
+    if (j->job.status) {
+        PyErr_Format(j->job.status == CODEC_ERR_UNAVAILABLE ? PyExc_ValueError : w->st->FirkinError,
+                     "compressing chunk failed: %s", j->job.err);
+        goto done;
+    }
+    wr_section *s = &w->sections[j->section];
+    if (s->nchunks == 0) {
+        /* earlier sections' chunks were still in flight when this one began */
+        if (wr_pad(w) < 0) goto done;
+        s->offset = w->pos;
+        s->first_chunk = w->nchunks;
+    }
+    if (wr_out(w, j->job.out, j->job.out_len) < 0) goto done;
+    if (wr_reserve_chunks(w, 1) < 0) goto done;
+    w->chunks[w->nchunks++] = (wr_chunk){j->job.out_len, j->job.crc, (uint16_t)j->job.out_codec};
+    if (j->job.hash_key) {
+        if (w->nhrec == w->hrec_cap) {
+            size_t ncap = w->hrec_cap ? w->hrec_cap * 2 : 64;
+            unsigned char *nr = (unsigned char *)realloc(w->hrec, ncap * FK_HASH_RECORD_LEN);
+            if (!nr) { PyErr_NoMemory(); goto done; }
+            w->hrec = nr;
+            w->hrec_cap = ncap;
+        }
+        fk_put_hash_record(w->hrec + w->nhrec++ * FK_HASH_RECORD_LEN, s->buf_no, (uint32_t)s->nchunks,
+                           j->job.src_len, j->job.hash);
+    }
+    if (j->job.out_codec != FK_CODEC_RAW && j->job.filter != FK_FILTER_NONE) s->filtered = 1;
+    s->nchunks++;
+    s->stored += j->job.out_len;
+    s->raw += j->job.src_len;
+    if (wr_report_progress(w, j->job.src_len, 0) < 0) goto done;
+    rc = 0;
+done:
+#ifdef FIRKIN_HAVE_OPENSSL
+    if (j->hash_seq) { /* the hasher may still be reading this chunk's memory */
+        Py_BEGIN_ALLOW_THREADS
+        fk_hasher_wait(w->hasher, j->hash_seq);
+        Py_END_ALLOW_THREADS
+    }
+#endif
+    if (j->recycle && !w->spare) {
+        w->spare = (unsigned char *)j->job.owned;
+        j->job.owned = NULL;
+    }
+    wr_job_free(j);
+    return rc;
+}
+
+int wr_drain(WriterObject *w)
+{
+    while (w->ring_count)
+        if (wr_retire_one(w) < 0) return -1;
+    return 0;
+}
+
+/* After an error: let the workers finish with memory we are about to free. */
+void wr_abort_pipeline(WriterObject *w)
+{
+#ifdef FIRKIN_HAVE_OPENSSL
+    if (w->hasher) {
+        Py_BEGIN_ALLOW_THREADS
+        fk_hasher_stop(w->hasher);
+        Py_END_ALLOW_THREADS
+    }
+#endif
+    if (w->pool) {
+        Py_BEGIN_ALLOW_THREADS
+        codec_pool_wait_all(w->pool);
+        Py_END_ALLOW_THREADS
+    }
+    while (w->ring_count) {
+        wr_job_free(w->ring[w->ring_head]);
+        w->ring[w->ring_head] = NULL;
+        w->ring_head = (w->ring_head + 1) % w->ring_cap;
+        w->ring_count--;
+    }
+}
+
+/* Hand one chunk of the current (last) section to the pipeline. `owned`, if
+ * not NULL, is a malloc'ed block holding the data, freed once written. */
+int wr_submit(WriterObject *w, const unsigned char *p, size_t n, void *owned)
+{
+    w->submitted += n;
+    if (wr_ensure_pool(w) < 0) { free(owned); return -1; }
+    while (w->ring_count >= w->ring_cap)
+        if (wr_retire_one(w) < 0) { free(owned); return -1; }
+    wr_job *j = (wr_job *)calloc(1, sizeof(wr_job));
+    if (!j) { free(owned); PyErr_NoMemory(); return -1; }
+    j->section = w->nsections - 1;
+    j->job.op = CODEC_OP_COMPRESS;
+    j->job.codec = w->codec;
+    j->job.level = w->level;
+    j->job.src = p;
+    j->job.src_len = n;
+    j->job.owned = owned;
+    if (w->hashing && w->sections[j->section].kind == FK_SEC_BUFFER) j->job.hash_key = w->hash_key;
+    j->job.filter = w->sections[j->section].filter;
+    j->job.elem = w->sections[j->section].elem;
+    if (w->codec != FK_CODEC_RAW) {
+        size_t cap = codec_bound(w->codec, n);
+        if (cap) {
+            j->job.scratch = (unsigned char *)malloc(cap);
+            if (!j->job.scratch) { wr_job_free(j); PyErr_NoMemory(); return -1; }
+            j->job.scratch_cap = cap;
+        }
+    }
+    w->ring[(w->ring_head + w->ring_count) % w->ring_cap] = j;
+    w->ring_count++;
+    codec_pool_submit(w->pool, &j->job);
+    return 0;
+}
+
+/* Start a section. Empty sections get their offset now (nothing to retire). */
+wr_section *wr_begin_section(WriterObject *w, uint16_t kind, uint16_t flags, int empty)
+{
+    if (empty) {
+        if (wr_drain(w) < 0 || wr_pad(w) < 0) return NULL;
+    }
+    return wr_new_section(w, kind, flags);
+}
+
+/* Write a whole in-memory blob as a section (metadata); drains before return. */
+int wr_blob_section(WriterObject *w, uint16_t kind, uint16_t flags,
+                           const unsigned char *p, size_t n)
+{
+    if (!wr_begin_section(w, kind, flags, n == 0)) return -1;
+    for (size_t off = 0; off < n; off += w->chunk_size) {
+        size_t k = n - off < w->chunk_size ? n - off : w->chunk_size;
+        if (wr_submit(w, p + off, k, NULL) < 0) return -1;
+    }
+    return wr_drain(w);
+}
+
+/* ------------------------------------------------------------ read */
+
+typedef struct rd_job {
+    codec_job job;
+    const rd_section *s;
+    uint32_t chunk;
+    uint64_t file_off;
+    uint64_t raw_len;
+} rd_job;
+
+int rd_add_record(rd_records *rec, uint32_t buffer, uint32_t chunk, uint64_t raw,
+                         const unsigned char hash[16])
+{
+    if (rec->n == rec->cap) {
+        size_t ncap = rec->cap ? rec->cap * 2 : 64;
+        unsigned char *np = (unsigned char *)PyMem_Realloc(rec->p, ncap * FK_HASH_RECORD_LEN);
+        if (!np) { PyErr_NoMemory(); return -1; }
+        rec->p = np;
+        rec->cap = ncap;
+    }
+    fk_put_hash_record(rec->p + rec->n++ * FK_HASH_RECORD_LEN, buffer, chunk, raw, hash);
+    return 0;
+}
+
+PyObject *rd_records_bytes(rd_records *rec)
+{
+    PyObject *b = PyBytes_FromStringAndSize((const char *)rec->p, (Py_ssize_t)(rec->n * FK_HASH_RECORD_LEN));
+    PyMem_Free(rec->p);
+    rec->p = NULL;
+    rec->n = rec->cap = 0;
+    return b;
+}
+
+typedef struct {
+    ReaderObject *r;
+    codec_pool *pool;
+    rd_job **ring;
+    size_t cap, head, count;
+    rd_records *records;  /* hashed chunks go here (hash_key given), else NULL */
+} rd_pipe;
+
+static void rd_job_free(rd_job *j)
+{
+    if (!j) return;
+    free(j->job.owned);
+    free(j);
+}
+
+static int rd_job_error(ReaderObject *r, rd_job *j)
+{
+    const rd_section *s = j->s;
+    if (j->job.status == CODEC_ERR_CHECKSUM) return report_crc_mismatch(r, s, j->chunk);
+    if (j->job.status == CODEC_ERR_IO) { /* read on the worker: as rd_read reports it */
+        if (j->job.read_errno) {
+            errno = j->job.read_errno;
+            PyErr_SetFromErrno(PyExc_OSError);
+        } else {
+            FORMAT_ERR(r, "truncated: file ends inside the %zu bytes at offset %llu", j->raw_len,
+                       (unsigned long long)j->file_off);
+        }
+        return -1;
+    }
+    char what[64];
+    if (s->kind == FK_SEC_BUFFER)
+        snprintf(what, sizeof what, "buffer %ld", buffer_ordinal(r, s));
+    else
+        snprintf(what, sizeof what, "the %s", kind_name(s->kind));
+    if (j->job.status == CODEC_ERR_UNAVAILABLE)
+        FORMAT_ERR(r, "%s is compressed with %s, which this build of firkin lacks (%s)", what,
+                   codec_name(j->job.codec), j->job.err);
+    else
+        FORMAT_ERR(r, "%s, chunk %u (file offset %llu, %s): %s", what, j->chunk,
+                   (unsigned long long)j->file_off, codec_name(j->job.codec), j->job.err);
+    return -1;
+}
+
+static int rd_retire_one(rd_pipe *pp)
+{
+    rd_job *j = pp->ring[pp->head];
+    pp->ring[pp->head] = NULL;
+    pp->head = (pp->head + 1) % pp->cap;
+    pp->count--;
+    if (!j->job.done) {
+        Py_BEGIN_ALLOW_THREADS
+        codec_pool_wait_job(pp->pool, &j->job);
+        Py_END_ALLOW_THREADS
+    }
+    int rc = j->job.status ? rd_job_error(pp->r, j) : 0;
+    if (rc == 0 && j->job.hash_key)
+        rc = rd_add_record(pp->records, j->s->buf_no, j->chunk, j->raw_len, j->job.hash);
+    rd_job_free(j);
+    return rc;
+}
+
+static void rd_pipe_close(rd_pipe *pp)
+{
+    if (pp->pool) {
+        Py_BEGIN_ALLOW_THREADS
+        codec_pool_wait_all(pp->pool);
+        Py_END_ALLOW_THREADS
+    }
+    while (pp->count) {
+        rd_job_free(pp->ring[pp->head]);
+        pp->head = (pp->head + 1) % pp->cap;
+        pp->count--;
+    }
+    codec_pool_free(pp->pool);
+    PyMem_Free(pp->ring);
+}
+
+/* Read whole sections into dsts[i] (each secs[i]->raw bytes): raw chunks
+ * straight into place, compressed ones through a bounded scratch buffer,
+ * decoded and verified by the pool while the next chunks are read. With
+ * hash_key (buffer sections of a signed file), the pool also hashes each
+ * chunk's raw bytes into `records`. */
+int rd_sections_into(ReaderObject *r, const rd_section **secs, unsigned char **dsts, size_t n,
+                            int verify, int threads, PyObject *progress, const unsigned char *hash_key,
+                            rd_records *records)
+{
+    uint64_t done_bytes = 0, reported = 0;
+    uint64_t total = 0;
+    int packed = 0;
+    for (size_t i = 0; i < n; i++) {
+        total += secs[i]->raw;
+        packed |= !secs[i]->all_raw;
+    }
+    if (threads <= 0) threads = codec_default_threads();
+    rd_pipe pp = {r, NULL, NULL, 0, 0, 0, records};
+    int rc = -1;
+    /* workers pay off from a couple of compressed chunks, or from a few MiB
+     * of checksumming; below that everything runs inline */
+    uint64_t from = (packed ? 2 : 8) * (uint64_t)FK_DEFAULT_CHUNK;
+    if (!verify && !packed && !hash_key) from = UINT64_MAX; /* nothing for workers to do */
+    pp.pool = codec_pool_new(total >= from ? threads : 0, r->py_codec);
+    if (!pp.pool) return -1;
+    pp.cap = (size_t)threads * 4;
+    pp.ring = (rd_job **)PyMem_Calloc(pp.cap, sizeof(rd_job *));
+    if (!pp.ring) { PyErr_NoMemory(); goto done; }
+    for (size_t i = 0; i < n; i++) {
+        const rd_section *s = secs[i];
+        uint64_t soff = s->offset, roff = 0;
+        for (uint32_t c = 0; c < s->nchunks; c++) {
+            const unsigned char *ce = r->chunk_table + (s->first_chunk + c) * r->chunk_stride;
+            uint64_t stored = fk_get_u64(ce);
+            int codec = ce[12];
+            size_t rawc = (size_t)(c + 1 < s->nchunks ? s->chunk_size : s->raw - roff);
+            if (codec == FK_CODEC_RAW && !verify && !hash_key) {
+                if (rd_read(r, soff, dsts[i] + roff, rawc) < 0) goto done;
+            } else {
+                while (pp.count >= pp.cap)
+                    if (rd_retire_one(&pp) < 0) goto done;
+                rd_job *j = (rd_job *)calloc(1, sizeof(rd_job));
+                if (!j) { PyErr_NoMemory(); goto done; }
+                j->s = s;
+                j->chunk = c;
+                j->file_off = soff;
+                j->job.op = CODEC_OP_DECOMPRESS;
+                j->job.codec = codec;
+                j->job.verify = verify;
+                j->job.expect_crc = fk_get_u32(ce + 8);
+                j->job.hash_key = hash_key;
+                j->job.filter = s->filter;
+                j->job.elem = s->elem;
+                j->raw_len = rawc;
+                if (codec == FK_CODEC_RAW && r->fd >= 0 && !r->has_mem) {
+                    /* the worker reads it, then verifies it while it is hot in
+                     * its cache, and the pool's threads read in parallel */
+                    j->job.read_first = 1;
+                    j->job.read_fd = r->fd;
+                    j->job.read_off = r->base + soff;
+                    j->job.dst = dsts[i] + roff;
+                    j->job.dst_len = rawc;
+                } else if (codec == FK_CODEC_RAW) {
+                    if (rd_read(r, soff, dsts[i] + roff, rawc) < 0) { rd_job_free(j); goto done; }
+                    j->job.src = dsts[i] + roff;
+                    j->job.src_len = rawc;
+                } else {
+                    /* stored < rawc <= 64 MiB: validated by rd_parse */
+                    unsigned char *tmp = (unsigned char *)malloc((size_t)stored ? (size_t)stored : 1);
+                    if (!tmp) { rd_job_free(j); PyErr_NoMemory(); goto done; }
+                    j->job.owned = tmp;
+                    if (rd_read(r, soff, tmp, (size_t)stored) < 0) { rd_job_free(j); goto done; }
+                    j->job.src = tmp;
+                    j->job.src_len = (size_t)stored;
+                    j->job.dst = dsts[i] + roff;
+                    j->job.dst_len = rawc;
+                }
+                pp.ring[(pp.head + pp.count) % pp.cap] = j;
+                pp.count++;
+                codec_pool_submit(pp.pool, &j->job);
+            }
+            soff += stored;
+            roff += rawc;
+            done_bytes += rawc;
+            if ((c & 63) == 63 && PyErr_CheckSignals() < 0) goto done;
+            if (progress && done_bytes - reported >= ((uint64_t)8 << 20)) {
+                reported = done_bytes;
+                PyObject *res = PyObject_CallFunction(progress, "K", (unsigned long long)done_bytes);
+                if (!res) goto done;
+                Py_DECREF(res);
+            }
+        }
+    }
+    while (pp.count)
+        if (rd_retire_one(&pp) < 0) goto done;
+    if (progress && done_bytes != reported) {
+        PyObject *res = PyObject_CallFunction(progress, "K", (unsigned long long)done_bytes);
+        if (!res) goto done;
+        Py_DECREF(res);
+    }
+    rc = 0;
+done:
+    rd_pipe_close(&pp);
+    return rc;
+}
+

@@ -1,0 +1,637 @@
+/* Records the scanner follows: tuples, dicts and numpy dtypes (whose
+ * BUILD it judges), joblib's array wrappers (whose data it steps over),
+ * the array records `firkin info` lists, and the calls and global loads
+ * that make them.
+ */
+#include "scan.h"
+#include <stdlib.h>
+#include <string.h>
+
+/* ------------------------------------------------------------ records */
+
+scan_rec *scan_rec_of(scan_ctx *c, scan_val v, int kind)
+{
+    if (sv_kind(v) != SV_REC) return NULL;
+    scan_rec *r = &c->recs[sv_index(v)];
+    return r->kind == kind ? r : NULL;
+}
+
+/* a new record; pointers into c->recs do not survive this call */
+int scan_new_rec(scan_ctx *c, int kind, scan_val *out)
+{
+    if (c->nrecs == c->recs_cap &&
+        scan_grow((void **)&c->recs, &c->recs_cap, sizeof(scan_rec), 64) < 0)
+        return -1;
+    scan_rec *r = &c->recs[c->nrecs];
+    memset(r, 0, sizeof *r);
+    r->kind = (uint8_t)kind;
+    r->size = -1;
+    *out = ((scan_val)SV_REC << 60) | (scan_val)c->nrecs++;
+    return 0;
+}
+
+/* replaces stack[m:] by the tuple of them */
+int scan_make_tuple(scan_ctx *c, Py_ssize_t m)
+{
+    Py_ssize_t n = c->depth - m;
+    if (n == 0) return scan_push(c, (scan_val)SV_EMPTYT << 60);
+    if (n > REC_MAX_TUPLE) return scan_collapse(c, m);
+    uint32_t d = scan_depth_of(c, m, c->depth);
+    if (scan_check_depth(c, &d) < 0) return -1;
+    if (scan_consume(c, m, c->depth) < 0) return -1;
+    while (c->nitems + n > c->items_cap)
+        if (scan_grow((void **)&c->items, &c->items_cap, sizeof(scan_val), 256) < 0) return -1;
+    scan_val v;
+    if (scan_new_rec(c, REC_TUPLE, &v) < 0) return -1;
+    scan_rec *r = &c->recs[sv_index(v)];
+    r->n = (uint16_t)n;
+    r->depth = d;
+    r->first = c->nitems;
+    memcpy(c->items + c->nitems, c->stack + m, (size_t)n * sizeof(scan_val));
+    c->nitems += n;
+    c->depth = m;
+    return scan_push(c, v);
+}
+
+/* a string constant whose bytes are its ASCII text (no escapes to decode) */
+static int scan_plain_str(scan_ctx *c, scan_val v)
+{
+    unsigned k = sv_kind(v);
+    if (k == SV_UTF8 || k == SV_ASCII) return 1;
+    if (k != SV_RAWUNI) return 0;
+    const unsigned char *p = c->buf + sv_off(v);
+    for (Py_ssize_t i = 0; i < sv_len(v); i++)
+        if (p[i] == '\\' || (p[i] & 0x80)) return 0;
+    return 1;
+}
+
+/* a dtype made by a numpy dtype global from args: numpy pickles dtypes as
+ * dtype(typestr, align, copy) with typestr a kind letter and a size */
+static int scan_make_dtype(scan_ctx *c, scan_val args, scan_val *out)
+{
+    unsigned bits = DT_UNKNOWN;
+    int64_t size = -1;
+    scan_rec *t = scan_rec_of(c, args, REC_TUPLE);
+    scan_val s = t && t->n >= 1 ? c->items[t->first] : SV_MAKE_OPAQUE;
+    if (scan_plain_str(c, s)) {
+        const unsigned char *p = c->buf + sv_off(s);
+        Py_ssize_t n = sv_len(s);
+        int64_t num = 0;
+        int digits = n >= 2 && n <= 11;
+        for (Py_ssize_t i = 1; digits && i < n; i++) {
+            if (p[i] < '0' || p[i] > '9') digits = 0;
+            else num = num * 10 + (p[i] - '0');
+        }
+        if (digits) {
+            switch (p[0]) {
+            case 'b': case 'i': case 'u': case 'f': case 'c': case 'M': case 'm':
+                bits = 0; size = num; break;
+            case 'O':
+                bits = DT_OBJTYPE; size = (int64_t)sizeof(void *); break;
+            case 'V': case 'S': case 'a':
+                bits = DT_FLEX; size = num; break;
+            case 'U':
+                bits = DT_FLEX; size = num * 4; break;
+            }
+        }
+    }
+    if (scan_new_rec(c, REC_DTYPE, out) < 0) return -1;
+    c->recs[sv_index(*out)].bits = (uint8_t)bits;
+    c->recs[sv_index(*out)].size = size;
+    if (!(bits & DT_UNKNOWN)) c->recs[sv_index(*out)].f[DK_TYPESTR] = s;
+    return 0;
+}
+
+static int scan_is_dtype_class(scan_ctx *c, scan_val v)
+{
+    return sv_kind(v) == SV_GLOBAL && c->gtab[sv_index(v)].role == ROLE_DTYPE;
+}
+
+/* what calling or instantiating cls makes, as far as the scanner follows */
+int scan_instance_of(scan_ctx *c, scan_val cls, scan_val *out)
+{
+    *out = SV_MAKE_OPAQUE;
+    if (sv_kind(cls) != SV_GLOBAL) return 0;
+    if (c->gtab[sv_index(cls)].role == ROLE_DTYPE) return scan_make_dtype(c, SV_MAKE_OPAQUE, out);
+    return scan_new_node(c, SV_INSTANCE, sv_index(cls), 0, out);
+}
+
+
+/* a call of fn (or fn.__new__) with arguments, fn being a ROLE_SIZED global */
+int scan_sized_call(scan_ctx *c, scan_val fn, int has_args)
+{
+    if (!has_args || sv_kind(fn) != SV_GLOBAL || c->gtab[sv_index(fn)].role != ROLE_SIZED) return 0;
+    PyObject *key = c->gtab[sv_index(fn)].key;
+    PyObject *why = PyUnicode_FromFormat(
+        "%U.%U called with arguments: its arguments can ask for any amount of memory or work "
+        "(bytes(n), a frame of index x columns, a zero-stride array), and pickles never call it so",
+        PyTuple_GET_ITEM(key, 0), PyTuple_GET_ITEM(key, 1));
+    if (!why) return -1;
+    const char *text = PyUnicode_AsUTF8(why);
+    int rc = text ? scan_unsafe_why(c, text) : -1;
+    Py_DECREF(why);
+    return rc;
+}
+
+/* NEWOBJ / NEWOBJ_EX / OBJ: cls.__new__(cls, ...) with cls at stack[m] */
+int scan_new_instance(scan_ctx *c, Py_ssize_t m)
+{
+    scan_val v;
+    int has_args = c->op == OP_NEWOBJ ? sv_kind(c->stack[m + 1]) != SV_EMPTYT
+                                      : c->op == OP_NEWOBJ_EX || c->depth - m > 1;
+    if (scan_sized_call(c, c->stack[m], has_args) < 0) return -1;
+    if (scan_instance_of(c, c->stack[m], &v) < 0) return -1;
+    return scan_collapse_to(c, m, v);
+}
+
+static int scan_key_is(scan_ctx *c, scan_val key, const char *name)
+{
+    size_t n = strlen(name);
+    return (size_t)sv_len(key) == n && memcmp(c->buf + sv_off(key), name, n) == 0;
+}
+
+/* d[key] = val on a dict record */
+void scan_dict_set(scan_ctx *c, scan_rec *d, scan_val key, scan_val val)
+{
+    if (!(d->bits & D_OTHER)) {
+        /* dtype fields: {name: (dtype, offset[, title])} */
+        scan_rec *t = scan_rec_of(c, val, REC_TUPLE);
+        scan_rec *dt = t && t->n >= 2 ? scan_rec_of(c, c->items[t->first], REC_DTYPE) : NULL;
+        if (!dt)
+            d->bits |= D_OTHER;
+        else if (dt->bits & (DT_OBJTYPE | DT_OBJ | DT_FLAGOBJ | DT_UNKNOWN))
+            d->bits |= D_OBJ;
+    }
+    if (!c->joblib) return;
+    if (!scan_plain_str(c, key)) {
+        d->bits |= D_OPAQUE_KEY;
+        return;
+    }
+    if (scan_key_is(c, key, "shape")) d->f[JK_SHAPE] = val;
+    else if (scan_key_is(c, key, "dtype")) d->f[JK_DTYPE] = val;
+    else if (scan_key_is(c, key, "numpy_array_alignment_bytes")) d->f[JK_ALIGN] = val;
+    else if (scan_key_is(c, key, "order")) d->f[JK_ORDER] = val;
+    else if (scan_key_is(c, key, "subclass")) d->f[JK_SUBCLASS] = val;
+    else if (scan_key_is(c, key, "filename")) d->f[JK_FILE] = val;
+    else if (scan_key_is(c, key, "state")) d->f[JK_STATE] = val;
+}
+
+int scan_unsafe_why(scan_ctx *c, const char *why)
+{
+    PyObject *t = Py_BuildValue("(sns)", scan_ops[c->op].name, c->op_off, why);
+    if (!t) return -1;
+    int rc = PyList_Append(c->unsafe, t);
+    Py_DECREF(t);
+    return rc;
+}
+
+/* BUILD on a dtype record with state: see "records" above */
+int scan_dtype_build(scan_ctx *c, Py_ssize_t ri, scan_val state)
+{
+    scan_rec *dt = &c->recs[ri];
+    int again = (dt->bits & (DT_BUILT | DT_USED)) != 0;
+    dt->bits |= DT_BUILT;
+    scan_rec *bo = scan_rec_of(c, state, REC_TUPLE);
+    if (bo && bo->n >= 5 && bo->n <= 9) /* the byte order: first of 5 items, else second */
+        dt->f[DK_BYTEORDER] = c->items[bo->first + (bo->n == 5 ? 0 : 1)];
+    if (!(dt->bits & (DT_FLEX | DT_UNKNOWN))) return 0; /* numpy ignores fields and flags */
+    scan_rec *st = scan_rec_of(c, state, REC_TUPLE);
+    if (!st || (st->n != 8 && st->n != 9))
+        return scan_unsafe_why(c, "a numpy dtype state the scanner cannot check");
+    const scan_val *it = c->items + st->first;
+    /* numpy's flags for a dtype holding objects: NPY_ITEM_REFCOUNT (1),
+     * NPY_LIST_PICKLE (2), NPY_NEEDS_INIT (8), all three: without 2 arrays
+     * take their object pointers from the pickle's bytes, without 8 from
+     * uninitialized memory */
+    int64_t flags = sv_kind(it[7]) == SV_INT ? sv_intval(it[7]) : 0;
+    int honest = (flags & 0x0b) == 0x0b;
+    int obj = 0;
+    if (sv_kind(it[2]) != SV_PYNONE) { /* subarray: (base dtype, shape) */
+        scan_rec *t = scan_rec_of(c, it[2], REC_TUPLE);
+        scan_rec *b = t && t->n >= 1 ? scan_rec_of(c, c->items[t->first], REC_DTYPE) : NULL;
+        if (!b || (b->bits & (DT_OBJTYPE | DT_OBJ | DT_FLAGOBJ | DT_UNKNOWN))) obj = 1;
+    }
+    if (sv_kind(it[4]) != SV_PYNONE) { /* fields */
+        scan_rec *d = scan_rec_of(c, it[4], REC_DICT);
+        if (!d || (d->bits & (D_OBJ | D_OTHER))) obj = 1;
+    }
+    if (obj) dt->bits |= DT_OBJ;
+    if (flags & 1) dt->bits |= DT_FLAGOBJ;
+    dt->size = (dt->bits & DT_FLEX) && sv_kind(it[5]) == SV_INT && sv_intval(it[5]) >= 0
+                   ? sv_intval(it[5]) : -1;
+    if (again) return scan_unsafe_why(c, "a numpy dtype whose state is set twice or after use");
+    if (obj && !honest)
+        return scan_unsafe_why(c, "a numpy dtype whose flags hide the objects it holds "
+                                  "(arrays of it would read object pointers from the file)");
+    return 0;
+}
+
+/* Could dtype.__setstate__ take this state? It takes a tuple of 5 to 9
+ * items whose byte order (the first item of 5, else the second) is a str or
+ * bytes, whatever opcodes wrote the version and the other items. A value
+ * the scanner does not see into (a tuple made by a call, an instance) could
+ * be one. ndarray and MaskedArray states hold a shape there. */
+int scan_may_be_dtype_state(scan_ctx *c, scan_val state)
+{
+    unsigned k = sv_kind(state);
+    if (k == SV_OPAQUE || k == SV_INSTANCE) return 1;
+    scan_rec *st = scan_rec_of(c, state, REC_TUPLE);
+    if (!st || st->n < 5 || st->n > 9) return 0;
+    k = sv_kind(c->items[st->first + (st->n == 5 ? 0 : 1)]);
+    return k == SV_UTF8 || k == SV_ASCII || k == SV_RAWUNI || k == SV_OPAQUE || k == SV_INSTANCE;
+}
+
+
+/* ------------------------------------------------------------ array records
+ *
+ * scan_records: one dict per array the walk meets, in stream order, for
+ * `firkin info` (python/firkin/_inspect.py): nothing is imported or built.
+ *   kind      "joblib" / "joblib (object)" (a NumpyArrayWrapper: its bytes
+ *             follow the wrapper), "companion .npy" / "companion .npy.z"
+ *             (joblib < 0.10's NDArrayWrapper / ZNDArrayWrapper), "in-band"
+ *             (numpy's _reconstruct + BUILD, or _frombuffer of bytes),
+ *             "out-of-band" (_frombuffer of a NEXT_BUFFER: "buffer", its index)
+ *   dtype     "<byte order><typestr>" as numpy pickled it ("<f8", "|V16"),
+ *             None where the dtype is not a numpy.dtype(typestr) call
+ *   shape     [int, ...] or None; order "C"/"F" where the stream says it
+ *             in a string (joblib's wrapper state), else None
+ *   joblib arrays: offset, bytes (the span stepped over), aligned (padded,
+ *   joblib >= 1.2), subclass ("module.name", numpy.ndarray left out);
+ *   companion files: file (the name the wrapper holds, unchecked).
+ * Structured dtypes are reported by their size ("|V16"), not their fields.
+ */
+
+/* takes v (a new reference, or NULL on error) */
+static int scan_set(PyObject *d, const char *key, PyObject *v)
+{
+    if (!v) return -1;
+    int rc = PyDict_SetItemString(d, key, v);
+    Py_DECREF(v);
+    return rc;
+}
+
+/* the text of a string constant, else None (new reference) */
+static PyObject *scan_text_or_none(scan_ctx *c, scan_val v)
+{
+    PyObject *s = NULL;
+    int r = scan_val_str(c, v, &s);
+    if (r < 0) return NULL;
+    return r ? Py_NewRef(s) : Py_NewRef(Py_None);
+}
+
+/* "<byte order><typestr>" of a dtype record, else None */
+static PyObject *scan_descr(scan_ctx *c, scan_val v)
+{
+    scan_rec *dt = scan_rec_of(c, v, REC_DTYPE);
+    if (!dt || !dt->f[DK_TYPESTR]) return Py_NewRef(Py_None);
+    scan_val ts = dt->f[DK_TYPESTR], bo = dt->f[DK_BYTEORDER];
+    char text[16];
+    Py_ssize_t n = 0, len = sv_len(ts); /* 2..11 ASCII characters: scan_make_dtype checked */
+    if (bo && scan_plain_str(c, bo) && sv_len(bo) == 1 && c->buf[sv_off(bo)] &&
+        strchr("<>|=", c->buf[sv_off(bo)]))
+        text[n++] = (char)c->buf[sv_off(bo)];
+    memcpy(text + n, c->buf + sv_off(ts), (size_t)len);
+    return PyUnicode_DecodeASCII(text, n + len, "strict");
+}
+
+/* a shape tuple of non-negative ints as a list, else None */
+static PyObject *scan_shape(scan_ctx *c, scan_val v)
+{
+    if (sv_kind(v) == SV_EMPTYT) return PyList_New(0);
+    scan_rec *t = scan_rec_of(c, v, REC_TUPLE);
+    if (!t) return Py_NewRef(Py_None);
+    for (uint16_t i = 0; i < t->n; i++) {
+        scan_val x = c->items[t->first + i];
+        if (sv_kind(x) != SV_INT || sv_intval(x) < 0) return Py_NewRef(Py_None);
+    }
+    PyObject *out = PyList_New(t->n);
+    for (uint16_t i = 0; out && i < t->n; i++) {
+        PyObject *x = PyLong_FromLongLong(sv_intval(c->items[t->first + i]));
+        if (!x) Py_CLEAR(out);
+        else PyList_SET_ITEM(out, i, x);
+    }
+    return out;
+}
+
+/* "module.name" of a global other than numpy.ndarray, else None */
+static PyObject *scan_subclass(scan_ctx *c, Py_ssize_t gi)
+{
+    if (gi < 0) return Py_NewRef(Py_None);
+    PyObject *key = c->gtab[gi].key;
+    if (str_is(PyTuple_GET_ITEM(key, 0), "numpy") && str_is(PyTuple_GET_ITEM(key, 1), "ndarray"))
+        return Py_NewRef(Py_None);
+    return PyUnicode_FromFormat("%U.%U", PyTuple_GET_ITEM(key, 0), PyTuple_GET_ITEM(key, 1));
+}
+
+static Py_ssize_t scan_global_of(scan_val v)
+{
+    return sv_kind(v) == SV_GLOBAL ? sv_index(v) : -1;
+}
+
+/* appends {kind, dtype, shape, order} and returns it (borrowed) for more keys */
+static PyObject *scan_record(scan_ctx *c, const char *kind, scan_val dtype, scan_val shape,
+                             scan_val order)
+{
+    PyObject *d = PyDict_New(), *out = NULL;
+    if (!d) goto done;
+    if (scan_set(d, "kind", PyUnicode_FromString(kind)) < 0 ||
+        scan_set(d, "dtype", scan_descr(c, dtype)) < 0 ||
+        scan_set(d, "shape", scan_shape(c, shape)) < 0 ||
+        scan_set(d, "order", order ? scan_text_or_none(c, order) : Py_NewRef(Py_None)) < 0 ||
+        PyList_Append(c->records, d) < 0)
+        goto done;
+    out = d; /* the list holds it */
+done:
+    Py_XDECREF(d);
+    return out;
+}
+
+/* _frombuffer(buffer, dtype, shape, order): numpy's reduction of arrays
+ * (firkin's too, with a NEXT_BUFFER for the out-of-band ones) */
+static int scan_frombuffer_record(scan_ctx *c, scan_val args)
+{
+    scan_rec *t = scan_rec_of(c, args, REC_TUPLE);
+    if (!t || t->n != 4) return 0;
+    const scan_val *it = c->items + t->first;
+    scan_val buf = it[0];
+    int32_t index = (sv_kind(buf) == SV_OPAQUE && sv_index(buf)) ? c->nodes[sv_index(buf)].buffer : -1;
+    PyObject *r = scan_record(c, index >= 0 ? "out-of-band" : "in-band", it[1], it[2], it[3]);
+    if (!r) return -1;
+    return index >= 0 ? scan_set(r, "buffer", PyLong_FromLong(index)) : 0;
+}
+
+/* BUILD of an array numpy's _reconstruct made: state (version, shape,
+ * dtype, is_fortran, data) */
+int scan_inband_record(scan_ctx *c, Py_ssize_t node, scan_val state)
+{
+    int32_t cls = c->nodes[node].recon;
+    c->nodes[node].recon = -1;
+    scan_rec *st = scan_rec_of(c, state, REC_TUPLE);
+    if (!st || st->n < 4) return 0; /* not an ndarray state: listed nowhere */
+    const scan_val *it = c->items + st->first;
+    PyObject *r = scan_record(c, "in-band", it[2], it[1], 0);
+    if (!r) return -1;
+    return scan_set(r, "subclass", scan_subclass(c, cls));
+}
+
+/* BUILD of joblib < 0.10's NDArrayWrapper {filename, subclass[, allow_mmap]}
+ * or ZNDArrayWrapper {filename, init_args, state} */
+int scan_old_wrapper_record(scan_ctx *c, int role, scan_val state)
+{
+    scan_rec *d = scan_rec_of(c, state, REC_DICT);
+    if (!d) return 0;
+    scan_val file = d->f[JK_FILE], sub = d->f[JK_SUBCLASS], dtype = 0, shape = 0;
+    if (role == ROLE_ZND_WRAPPER) {
+        scan_rec *st = scan_rec_of(c, d->f[JK_STATE], REC_TUPLE);
+        if (st && st->n >= 4) {
+            shape = c->items[st->first + 1];
+            dtype = c->items[st->first + 2];
+        }
+    }
+    PyObject *r = scan_record(c, role == ROLE_ZND_WRAPPER ? "companion .npy.z" : "companion .npy",
+                              dtype, shape, 0);
+    if (!r) return -1;
+    if (scan_set(r, "file", scan_text_or_none(c, file)) < 0) return -1;
+    return role == ROLE_ND_WRAPPER ? scan_set(r, "subclass", scan_subclass(c, scan_global_of(sub)))
+                                   : 0;
+}
+
+/* a self-contained pickle at start (joblib's arrays of objects): scanned
+ * into c's globals and unsafe opcodes; *depth: how deep it nests. Returns
+ * its end or -1 */
+static Py_ssize_t scan_nested(scan_ctx *c, Py_ssize_t start, uint32_t *depth)
+{
+    scan_ctx n;
+    Py_ssize_t end = -1;
+    if (scan_ctx_init(&n, c->FormatError, c->buf, c->size, c->unsafe) < 0) goto done;
+    n.pos = start;
+    if (scan_run(&n) < 0) goto done;
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(n.globals); i++) {
+        PyObject *key = PyList_GET_ITEM(n.globals, i);
+        Py_ssize_t gi = scan_global_index(c, PyTuple_GET_ITEM(key, 0), PyTuple_GET_ITEM(key, 1), 0);
+        if (gi < 0 || scan_report(c, gi) < 0) goto done;
+    }
+    end = n.pos;
+    *depth = n.max_depth;
+done:
+    scan_ctx_free(&n);
+    return end;
+}
+
+/* joblib: the BUILD of a NumpyArrayWrapper ended at c->pos; step over its
+ * array. Returns 0 to go on, 1 when the array cannot be sized (the walk
+ * stops there, reported as unsafe), -1 on error. */
+int scan_wrapper_build(scan_ctx *c, scan_val target, scan_val state)
+{
+    Py_ssize_t index = PyList_GET_SIZE(c->arrays);
+    const char *why = NULL;
+    uint64_t count = 1;
+    int64_t size = -1;
+    int objects = 0, align = 0;
+    scan_rec *d = scan_rec_of(c, state, REC_DICT);
+    if (!d) {
+        why = "a joblib array whose state is not a dict the scanner can read";
+    } else if (d->bits & D_OPAQUE_KEY) {
+        why = "a joblib array whose state has computed keys";
+    } else {
+        scan_val sh = d->f[JK_SHAPE];
+        scan_rec *t = scan_rec_of(c, sh, REC_TUPLE);
+        if (sv_kind(sh) != SV_EMPTYT && !t) why = "a joblib array whose shape is not a tuple of ints";
+        for (uint16_t i = 0; t && !why && i < t->n; i++) {
+            scan_val x = c->items[t->first + i];
+            if (sv_kind(x) != SV_INT || sv_intval(x) < 0)
+                why = "a joblib array whose shape is not a tuple of ints";
+            else if (sv_intval(x) && count > ((uint64_t)1 << 48) / (uint64_t)sv_intval(x))
+                why = "a joblib array of implausible size";
+            else
+                count *= (uint64_t)sv_intval(x);
+        }
+        scan_rec *dt = scan_rec_of(c, d->f[JK_DTYPE], REC_DTYPE);
+        if (!why && (!dt || dt->size < 0)) why = "a joblib array whose dtype the scanner cannot size";
+        if (!why) {
+            size = dt->size;
+            objects = (dt->bits & DT_OBJTYPE) || ((dt->bits & DT_FLEX) && (dt->bits & DT_FLAGOBJ));
+            align = d->f[JK_ALIGN] != 0 && sv_kind(d->f[JK_ALIGN]) != SV_PYNONE;
+        }
+    }
+    if (why) {
+        c->stopped = 1;
+        return scan_unsafe_why(c, why) < 0 ? -1 : 1;
+    }
+    scan_val rdtype = d->f[JK_DTYPE], rshape = d->f[JK_SHAPE], rorder = d->f[JK_ORDER];
+    Py_ssize_t rsub = scan_global_of(d->f[JK_SUBCLASS]);
+    Py_ssize_t build_end = c->pos, p = c->pos, end;
+    if (align && !objects) { /* arrays of objects are a pickle, never padded */
+        if (p >= c->size || c->buf[p] > c->size - p - 1)
+            return scan_fail(c, "the file is truncated: it ends inside the padding of joblib array #%zd",
+                             index);
+        p += 1 + c->buf[p];
+    }
+    if (objects) {
+        uint32_t nested = 0;
+        end = scan_nested(c, p, &nested);
+        if (end < 0) return -1;
+        if (scan_deepen(c, target, nested + 1) < 0) return -1; /* the wrapper holds that array */
+    } else {
+        uint64_t nbytes = count * (uint64_t)size;
+        if (size && count > ((uint64_t)1 << 48) / (uint64_t)size) {
+            c->stopped = 1;
+            return scan_unsafe_why(c, "a joblib array of implausible size") < 0 ? -1 : 1;
+        }
+        if (nbytes > (uint64_t)(c->size - p))
+            return scan_fail(c, "the file is truncated: it ends inside the data of joblib array "
+                                "#%zd (%zd of %llu bytes)", index, c->size - p, (unsigned long long)nbytes);
+        end = p + (Py_ssize_t)nbytes;
+    }
+    PyObject *rec = Py_BuildValue("(nnnO)", build_end, p, end, objects ? Py_True : Py_False);
+    if (!rec) return -1;
+    int rc = PyList_Append(c->arrays, rec);
+    Py_DECREF(rec);
+    if (rc < 0) return -1;
+    if (c->records) {
+        PyObject *r = scan_record(c, objects ? "joblib (object)" : "joblib", rdtype, rshape, rorder);
+        if (!r || scan_set(r, "offset", PyLong_FromSsize_t(p)) < 0 ||
+            scan_set(r, "bytes", PyLong_FromSsize_t(end - p)) < 0 ||
+            scan_set(r, "aligned", PyBool_FromLong(align && !objects)) < 0 ||
+            scan_set(r, "subclass", scan_subclass(c, rsub)) < 0)
+            return -1;
+    }
+    c->pos = end;
+    return 0;
+}
+
+/* TUPLE2 (or TUPLE of two): (global or instance, string) becomes a pair
+ * value, anything else an opaque tuple */
+int scan_tuple2(scan_ctx *c)
+{
+    scan_val a = c->stack[c->depth - 2], b = c->stack[c->depth - 1];
+    unsigned ka = sv_kind(a), kb = sv_kind(b);
+    if ((ka != SV_GLOBAL && ka != SV_INSTANCE) || (kb != SV_UTF8 && kb != SV_ASCII && kb != SV_RAWUNI))
+        return scan_make_tuple(c, c->depth - 2);
+    if (c->npairs == c->pairs_cap &&
+        scan_grow((void **)&c->pairs, &c->pairs_cap, sizeof(scan_pair), 16) < 0)
+        return -1;
+    uint32_t d = sv_depth(c, a) + 1;
+    if (scan_check_depth(c, &d) < 0) return -1;
+    c->pairs[c->npairs].obj = a;
+    c->pairs[c->npairs].attr = b;
+    c->pairs[c->npairs].depth = d;
+    c->depth -= 2;
+    return scan_push(c, ((scan_val)SV_PAIR << 60) | (scan_val)c->npairs++);
+}
+
+/* REDUCE: getattr(<global or instance>, "<constant>") loads the dotted
+ * global; any other call consumes its operands */
+int scan_reduce(scan_ctx *c)
+{
+    if (scan_need(c, 2) < 0) return -1;
+    scan_val fn = c->stack[c->depth - 2], args = c->stack[c->depth - 1];
+    if (sv_kind(fn) == SV_GLOBAL && c->gtab[sv_index(fn)].deferred && sv_kind(args) == SV_PAIR) {
+        scan_pair pr = c->pairs[sv_index(args)];
+        PyObject *attr = NULL;
+        int r = scan_val_str(c, pr.attr, &attr);
+        if (r < 0) return -1;
+        PyObject *owner = c->gtab[sv_gi(c, pr.obj)].key;
+        /* a chain of getattrs builds ever longer names: past a sane length
+         * (keeping the scan linear) it is judged as getattr itself */
+        if (r && PyUnicode_GET_LENGTH(PyTuple_GET_ITEM(owner, 1)) + PyUnicode_GET_LENGTH(attr) <
+                     SCAN_MAX_DOTTED) {
+            PyObject *dotted = PyUnicode_FromFormat("%U.%U", PyTuple_GET_ITEM(owner, 1), attr);
+            if (!dotted) return -1;
+            c->depth -= 2;
+            int rc = scan_push_global(c, PyTuple_GET_ITEM(owner, 0), dotted, 0, 1);
+            Py_DECREF(dotted);
+            return rc;
+        }
+    }
+    if (scan_sized_call(c, fn, sv_kind(args) != SV_EMPTYT) < 0) return -1;
+    if (sv_kind(fn) == SV_GLOBAL) {
+        unsigned char role = c->gtab[sv_index(fn)].role;
+        scan_val v;
+        if (role == ROLE_DTYPE) {
+            if (scan_make_dtype(c, args, &v) < 0) return -1;
+            return scan_collapse_to(c, c->depth - 2, v);
+        }
+        if (role == ROLE_WRAPPER || role == ROLE_PYX) { /* an instance, not a dtype */
+            if (scan_instance_of(c, fn, &v) < 0) return -1;
+            return scan_collapse_to(c, c->depth - 2, v);
+        }
+        scan_rec *t = scan_rec_of(c, args, REC_TUPLE);
+        if (c->records && role == ROLE_FROMBUFFER && scan_frombuffer_record(c, args) < 0) return -1;
+        if (c->records && role == ROLE_NDRECON) { /* an in-band array, recorded at its BUILD */
+            Py_ssize_t cls = t && t->n >= 1 ? scan_global_of(c->items[t->first]) : -1;
+            if (scan_collapse(c, c->depth - 2) < 0) return -1;
+            c->nodes[sv_index(c->stack[c->depth - 1])].recon = cls >= 0 ? (int32_t)cls : -2;
+            return 0;
+        }
+        if ((role == ROLE_RECONSTRUCTOR || role == ROLE_BASE_NEW) && sv_kind(args) == SV_PAIR) {
+            /* (cls, "<str>") was made a pair for getattr */
+            if (scan_instance_of(c, c->pairs[sv_index(args)].obj, &v) < 0) return -1;
+            return scan_collapse_to(c, c->depth - 2, v);
+        }
+        if ((role == ROLE_RECONSTRUCTOR || role == ROLE_BASE_NEW) && t && t->n >= 1) {
+            /* they make a cls (args[0]); copyreg._reconstructor(cls, base, state)
+             * makes it with base.__new__: a dtype when either is a dtype class */
+            scan_val cls = c->items[t->first];
+            if (role == ROLE_BASE_NEW && t->n >= 2 && scan_is_dtype_class(c, c->items[t->first + 1]))
+                cls = c->items[t->first + 1];
+            if (scan_instance_of(c, cls, &v) < 0) return -1;
+            return scan_collapse_to(c, c->depth - 2, v);
+        }
+    }
+    return scan_collapse(c, c->depth - 2);
+}
+
+/* GLOBAL / INST: "module\nname\n" */
+int scan_text_global(scan_ctx *c, int is_inst)
+{
+    int rc = -1;
+    PyObject *module = NULL, *name = NULL;
+    Py_ssize_t mlen, nlen;
+    const unsigned char *m = scan_line(c, &mlen);
+    if (!m) goto done;
+    const unsigned char *n = scan_line(c, &nlen);
+    if (!n) goto done;
+    if (mlen == 0 || nlen == 0) {
+        scan_fail(c, "empty module or name");
+        goto done;
+    }
+    if (is_inst) {
+        module = PyUnicode_DecodeASCII((const char *)m, mlen, "strict");
+        name = module ? PyUnicode_DecodeASCII((const char *)n, nlen, "strict") : NULL;
+    } else {
+        module = PyUnicode_DecodeUTF8((const char *)m, mlen, "strict");
+        name = module ? PyUnicode_DecodeUTF8((const char *)n, nlen, "strict") : NULL;
+    }
+    if (!name) {
+        /* the unpickler would fail on this name too; reported, not judged */
+        if (!PyErr_ExceptionMatches(PyExc_UnicodeDecodeError)) goto done;
+        PyErr_Clear();
+        rc = scan_unsafe(c) < 0 ? -1 : scan_push(c, SV_MAKE_OPAQUE);
+        goto done;
+    }
+    /* INST calls the class at once: nothing is deferred */
+    rc = scan_push_global(c, module, name, 1, is_inst);
+done:
+    Py_XDECREF(module);
+    Py_XDECREF(name);
+    return rc;
+}
+
+int scan_stack_global(scan_ctx *c)
+{
+    if (scan_need(c, 2) < 0) return -1;
+    scan_val mv = c->stack[c->depth - 2], nv = c->stack[c->depth - 1];
+    PyObject *module = NULL, *name = NULL;
+    int rm = scan_val_str(c, mv, &module);
+    if (rm < 0) return -1;
+    int rn = scan_val_str(c, nv, &name);
+    if (rn < 0) return -1;
+    if (!rm || !rn) {
+        if (scan_unsafe(c) < 0) return -1;
+        return scan_collapse(c, c->depth - 2);
+    }
+    c->depth -= 2;
+    return scan_push_global(c, module, name, 1, 0);
+}
+
