@@ -8,6 +8,32 @@
 
 #include "firkin.h"
 
+/* ---- ring.c: the chunk ring ---- */
+typedef struct {
+    codec_pool *pool;
+    codec_job **slot;     /* jobs in flight, oldest at head */
+    size_t cap, head, count;
+} fk_ring;
+int ring_pool(fk_ring *rg, int nthreads, size_t cap, PyObject *py_codec);
+static inline int ring_full(const fk_ring *rg) { return rg->count >= rg->cap; }
+static inline codec_job *ring_newest(const fk_ring *rg) { return rg->slot[(rg->head + rg->count - 1) % rg->cap]; }
+static inline codec_job *ring_oldest(const fk_ring *rg) { return rg->slot[rg->head]; }
+void ring_push(fk_ring *rg, codec_job *job);
+codec_job *ring_pop(fk_ring *rg);
+void ring_job_free(codec_job *job);
+void ring_abort(fk_ring *rg);
+void ring_free(fk_ring *rg);
+
+/* Poly1305 records of hashed buffer chunks (FK_HASH_RECORD_LEN bytes each) */
+typedef struct {
+    unsigned char *p;
+    size_t n, cap;
+} hash_records;
+int hash_records_add(hash_records *rec, uint32_t buffer, uint32_t chunk, uint64_t raw,
+                     const unsigned char hash[16]);
+PyObject *hash_records_bytes(const hash_records *rec);
+void hash_records_free(hash_records *rec);
+
 /* ---- the Writer ---- */
 typedef struct {
     uint64_t stored;
@@ -62,9 +88,7 @@ typedef struct {
     int filters;          /* FK_FILTER_AUTO, FK_FILTER_NONE or one filter for every numeric buffer */
     uint64_t required;    /* the header's required feature flags */
     PyObject *py_codec;
-    codec_pool *pool;
-    struct wr_job **ring; /* in-flight chunks, oldest first */
-    size_t ring_cap, ring_head, ring_count;
+    fk_ring ring;         /* chunks in flight (ring.c) */
     uint64_t submitted;  /* raw bytes handed to the pipeline */
     PyObject *progress;  /* callable(bytes_done) or NULL */
     PyObject *signer;    /* callable(memoryview) fed every raw pickle stream byte, or NULL */
@@ -73,8 +97,7 @@ typedef struct {
 #endif
     int hashing;                /* hash every buffer chunk (a signed dump) ... */
     unsigned char hash_key[32]; /* ... with Poly1305 under this key, on the workers */
-    unsigned char *hrec;        /* FK_HASH_RECORD_LEN bytes per hashed chunk, in file order */
-    size_t nhrec, hrec_cap;
+    hash_records hrec;          /* a record per hashed chunk, in file order */
     uint64_t progress_done, progress_last;
     uint64_t progress_total; /* raw bytes the dump will write, once known (0 before) */
     unsigned char *spare;    /* a retired stream staging buffer, reused (fresh ones page-fault) */
@@ -129,11 +152,6 @@ typedef struct {
 #define FORMAT_ERR(r, ...) rd_error((r), (r)->st->FormatError, __VA_ARGS__)
 #define CHECKSUM_ERR(r, ...) rd_error((r), (r)->st->ChecksumError, __VA_ARGS__)
 
-/* Poly1305 records of hashed buffer chunks (FK_HASH_RECORD_LEN bytes each) */
-typedef struct {
-    unsigned char *p;
-    size_t n, cap;
-} rd_records;
 
 
 /* ---- io.c ---- */
@@ -166,12 +184,9 @@ void wr_abort_pipeline(WriterObject *w);
 int wr_submit(WriterObject *w, const unsigned char *p, size_t n, void *owned);
 wr_section *wr_begin_section(WriterObject *w, uint16_t kind, uint16_t flags, int empty);
 int wr_blob_section(WriterObject *w, uint16_t kind, uint16_t flags, const unsigned char *p, size_t n);
-int rd_add_record(rd_records *rec, uint32_t buffer, uint32_t chunk, uint64_t raw,
-                  const unsigned char hash[16]);
-PyObject *rd_records_bytes(rd_records *rec);
 int rd_sections_into(ReaderObject *r, const rd_section **secs, unsigned char **dsts, size_t n,
                      int verify, int threads, PyObject *progress, const unsigned char *hash_key,
-                     rd_records *records);
+                     hash_records *records);
 
 /* ---- npy.c ---- */
 int npy_init_types(PyObject *module, fk_state *st);

@@ -125,7 +125,7 @@ int wr_flush_stream(WriterObject *w)
     /* the oldest chunk in flight is usually written by now: retire it, so
      * that its memory stages the next chunk instead of a fresh megabyte the
      * kernel must fault in and zero (a quarter of a 10 MB forest's dump) */
-    while (w->stream_open && !w->spare && w->ring_count && w->ring[w->ring_head]->job.done)
+    while (w->stream_open && !w->spare && w->ring.count && ring_oldest(&w->ring)->done)
         if (wr_retire_one(w) < 0) return -1;
     unsigned char *full = w->sbuf;
     size_t n = w->sbuf_len;
@@ -150,7 +150,7 @@ int wr_flush_stream(WriterObject *w)
         return -1;
     }
     if (wr_submit(w, full, n, full) < 0) return -1; /* the pipeline frees `full` */
-    wr_job *j = w->ring[(w->ring_head + w->ring_count - 1) % w->ring_cap];
+    wr_job *j = (wr_job *)ring_newest(&w->ring);
     j->recycle = 1;
 #ifdef FIRKIN_HAVE_OPENSSL
     /* after the job is in the ring: its retirement waits for the hasher,

@@ -86,7 +86,7 @@ static PyObject *Reader_read_buffers(ReaderObject *r, PyObject *args, PyObject *
     int verify = 1, threads = 0;
     PyObject *which = Py_None, *progress = Py_None;
     Py_buffer key = {0};
-    rd_records rec = {NULL, 0, 0};
+    hash_records rec = {NULL, 0, 0};
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "|piOOz*:read_buffers", kwlist, &verify, &threads, &which,
                                      &progress, &key))
         return NULL;
@@ -124,7 +124,8 @@ static PyObject *Reader_read_buffers(ReaderObject *r, PyObject *args, PyObject *
     PyMem_Free(dsts);
     if (hashing) {
         PyBuffer_Release(&key);
-        PyObject *records = rd_records_bytes(&rec);
+        PyObject *records = hash_records_bytes(&rec);
+        hash_records_free(&rec);
         return records ? Py_BuildValue("(NN)", out, records) : (Py_DECREF(out), NULL);
     }
     return out;
@@ -132,7 +133,7 @@ fail:
     Py_XDECREF(out);
     PyMem_Free(secs);
     PyMem_Free(dsts);
-    PyMem_Free(rec.p);
+    hash_records_free(&rec);
     if (hashing) PyBuffer_Release(&key);
     return NULL;
 }
@@ -147,7 +148,7 @@ static PyObject *Reader_verify_mapped(ReaderObject *r, PyObject *args, PyObject 
     PyObject *obj;
     int verify = 1;
     Py_buffer key = {0};
-    rd_records rec = {NULL, 0, 0};
+    hash_records rec = {NULL, 0, 0};
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|pz*:verify_mapped", kwlist, &obj, &verify, &key))
         return NULL;
     int hashing = hash_key_arg(&key, "verify_mapped");
@@ -179,15 +180,15 @@ static PyObject *Reader_verify_mapped(ReaderObject *r, PyObject *args, PyObject 
                 report_crc_mismatch(r, s, c);
                 goto done;
             }
-            if (hashing && rd_add_record(&rec, s->buf_no, c, k, hash) < 0) goto done;
+            if (hashing && hash_records_add(&rec, s->buf_no, c, k, hash) < 0) goto done;
             off += k;
             if ((c & 63) == 63 && PyErr_CheckSignals() < 0) goto done;
         }
     }
-    ret = hashing ? rd_records_bytes(&rec) : Py_NewRef(Py_None);
+    ret = hashing ? hash_records_bytes(&rec) : Py_NewRef(Py_None);
 done:
     PyBuffer_Release(&v);
-    PyMem_Free(rec.p);
+    hash_records_free(&rec);
     if (hashing) PyBuffer_Release(&key);
     return ret;
 }

@@ -1,7 +1,11 @@
-/* The bounded, in-order chunk rings between the container and the codec
- * pool (codec.c): the Writer's, which checksums/compresses chunks on the
- * workers and writes them in order, and the Reader's, which reads chunks
- * and has the workers verify, decompress and hash them in place.
+/* The chunk ring: every chunk that goes between a container and the codec
+ * pool (codec.c) passes through one ring, bounded and retired in order.
+ * The Writer submits each chunk (checksum, compression, Poly1305 when
+ * signing) and writes it when it retires; the Reader submits each chunk it
+ * reads (verify, decompress, hash) and retires it into place. At most `cap`
+ * chunks are in flight, so memory stays bounded whatever the size of the
+ * data. Below the ring, the two sides' chunk loops; beside it, the hash
+ * records the workers' Poly1305 values become.
  */
 #include "container.h"
 #include <errno.h>
@@ -9,41 +13,115 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* ---------------------------------------------------- chunk pipeline
- *
- * Every chunk of every section goes through here: submitted to the pool
- * (checksum, and compression when asked), retired strictly in order by the
- * calling thread, which writes it. At most ring_cap chunks are in flight, so
- * memory stays bounded whatever the size of the object. A section's offset
- * is fixed when its first chunk is written. */
+/* ------------------------------------------------------------ the ring */
 
-static int wr_ensure_pool(WriterObject *w)
+/* (Re)make the ring's pool with `nthreads` workers (0: inline), once the
+ * ring is idle; a pool that has threads is kept. The first call sizes the
+ * ring at `cap` chunks in flight. */
+int ring_pool(fk_ring *rg, int nthreads, size_t cap, PyObject *py_codec)
 {
-    /* threads pay off from a couple of chunks on when compressing, from a few
-     * MiB when they only checksum; small dumps stay inline */
-    uint64_t from = (w->codec == FK_CODEC_RAW ? 8 : 2) * (uint64_t)w->chunk_size;
-    int want = w->submitted >= from ? w->threads : 0;
-    if (w->pool && (codec_pool_threads(w->pool) || !want)) return 0;
-    if (w->pool && w->ring_count) return 0; /* upgrade only when idle */
-    codec_pool *np = codec_pool_new(want, w->py_codec);
-    if (!np) return -1;
-    codec_pool_free(w->pool);
-    w->pool = np;
-    if (!w->ring) {
-        w->ring_cap = (size_t)(w->threads < 1 ? 1 : w->threads) * 4;
-        w->ring = (wr_job **)PyMem_Calloc(w->ring_cap, sizeof(wr_job *));
-        if (!w->ring) { PyErr_NoMemory(); return -1; }
+    if (!rg->slot) {
+        rg->slot = (codec_job **)PyMem_Calloc(cap ? cap : 1, sizeof(codec_job *));
+        if (!rg->slot) { PyErr_NoMemory(); return -1; }
+        rg->cap = cap ? cap : 1;
     }
+    if (rg->pool && (codec_pool_threads(rg->pool) || nthreads <= 0)) return 0;
+    if (rg->pool && rg->count) return 0; /* upgrade only when idle */
+    codec_pool *np = codec_pool_new(nthreads, py_codec);
+    if (!np) return -1;
+    codec_pool_free(rg->pool);
+    rg->pool = np;
     return 0;
 }
 
-static void wr_job_free(wr_job *j)
+/* Hand a job to the pool as the newest in flight; the ring must not be full. */
+void ring_push(fk_ring *rg, codec_job *job)
 {
-    if (!j) return;
-    if (j->job.scratch) free(j->job.scratch);
-    free(j->job.owned);
-    free(j);
+    rg->slot[(rg->head + rg->count) % rg->cap] = job;
+    rg->count++;
+    codec_pool_submit(rg->pool, job);
 }
+
+/* Take the oldest job out of the ring once it is done (GIL held on entry,
+ * released while waiting). The caller retires it, then ring_job_free. */
+codec_job *ring_pop(fk_ring *rg)
+{
+    codec_job *job = rg->slot[rg->head];
+    rg->slot[rg->head] = NULL;
+    rg->head = (rg->head + 1) % rg->cap;
+    rg->count--;
+    if (!job->done) {
+        Py_BEGIN_ALLOW_THREADS
+        codec_pool_wait_job(rg->pool, job);
+        Py_END_ALLOW_THREADS
+    }
+    return job;
+}
+
+/* A job allocated whole with its codec_job first, and what it owns. */
+void ring_job_free(codec_job *job)
+{
+    if (!job) return;
+    free(job->scratch);
+    free(job->owned);
+    free(job);
+}
+
+/* After an error: let the workers finish with memory about to be freed,
+ * then free the jobs still in flight. */
+void ring_abort(fk_ring *rg)
+{
+    if (rg->pool) {
+        Py_BEGIN_ALLOW_THREADS
+        codec_pool_wait_all(rg->pool);
+        Py_END_ALLOW_THREADS
+    }
+    while (rg->count) ring_job_free(ring_pop(rg));
+}
+
+/* The pool and the slots (after ring_abort, or with nothing in flight). */
+void ring_free(fk_ring *rg)
+{
+    codec_pool_free(rg->pool);
+    rg->pool = NULL;
+    PyMem_Free(rg->slot);
+    rg->slot = NULL;
+    rg->cap = rg->head = rg->count = 0;
+}
+
+/* ------------------------------------------------------------ hash records */
+
+/* Append one hashed chunk's record (FK_HASH_RECORD_LEN bytes). */
+int hash_records_add(hash_records *rec, uint32_t buffer, uint32_t chunk, uint64_t raw,
+                     const unsigned char hash[16])
+{
+    if (rec->n == rec->cap) {
+        size_t ncap = rec->cap ? rec->cap * 2 : 64;
+        unsigned char *np = (unsigned char *)PyMem_Realloc(rec->p, ncap * FK_HASH_RECORD_LEN);
+        if (!np) { PyErr_NoMemory(); return -1; }
+        rec->p = np;
+        rec->cap = ncap;
+    }
+    fk_put_hash_record(rec->p + rec->n++ * FK_HASH_RECORD_LEN, buffer, chunk, raw, hash);
+    return 0;
+}
+
+PyObject *hash_records_bytes(const hash_records *rec)
+{
+    return PyBytes_FromStringAndSize((const char *)rec->p, (Py_ssize_t)(rec->n * FK_HASH_RECORD_LEN));
+}
+
+void hash_records_free(hash_records *rec)
+{
+    PyMem_Free(rec->p);
+    rec->p = NULL;
+    rec->n = rec->cap = 0;
+}
+
+/* ------------------------------------------------------------ writing
+ *
+ * Every chunk of every section is submitted here and written when it
+ * retires. A section's offset is fixed when its first chunk is written. */
 
 /* progress(done, total): called every 8 MiB of raw bytes written, and
  * once at the end; total is 0 until the pickle stream is complete. */
@@ -60,16 +138,8 @@ int wr_report_progress(WriterObject *w, uint64_t n, int force)
 
 int wr_retire_one(WriterObject *w)
 {
-    wr_job *j = w->ring[w->ring_head];
-    w->ring[w->ring_head] = NULL;
-    w->ring_head = (w->ring_head + 1) % w->ring_cap;
-    w->ring_count--;
+    wr_job *j = (wr_job *)ring_pop(&w->ring);
     int rc = -1;
-    if (!j->job.done) {
-        Py_BEGIN_ALLOW_THREADS
-        codec_pool_wait_job(w->pool, &j->job);
-        Py_END_ALLOW_THREADS
-    }
     if (j->job.status) {
         PyErr_Format(j->job.status == CODEC_ERR_UNAVAILABLE ? PyExc_ValueError : w->st->FirkinError,
                      "compressing chunk failed: %s", j->job.err);
@@ -85,17 +155,9 @@ int wr_retire_one(WriterObject *w)
     if (wr_out(w, j->job.out, j->job.out_len) < 0) goto done;
     if (wr_reserve_chunks(w, 1) < 0) goto done;
     w->chunks[w->nchunks++] = (wr_chunk){j->job.out_len, j->job.crc, (uint16_t)j->job.out_codec};
-    if (j->job.hash_key) {
-        if (w->nhrec == w->hrec_cap) {
-            size_t ncap = w->hrec_cap ? w->hrec_cap * 2 : 64;
-            unsigned char *nr = (unsigned char *)realloc(w->hrec, ncap * FK_HASH_RECORD_LEN);
-            if (!nr) { PyErr_NoMemory(); goto done; }
-            w->hrec = nr;
-            w->hrec_cap = ncap;
-        }
-        fk_put_hash_record(w->hrec + w->nhrec++ * FK_HASH_RECORD_LEN, s->buf_no, (uint32_t)s->nchunks,
-                           j->job.src_len, j->job.hash);
-    }
+    if (j->job.hash_key &&
+        hash_records_add(&w->hrec, s->buf_no, (uint32_t)s->nchunks, j->job.src_len, j->job.hash) < 0)
+        goto done;
     if (j->job.out_codec != FK_CODEC_RAW && j->job.filter != FK_FILTER_NONE) s->filtered = 1;
     s->nchunks++;
     s->stored += j->job.out_len;
@@ -114,13 +176,13 @@ done:
         w->spare = (unsigned char *)j->job.owned;
         j->job.owned = NULL;
     }
-    wr_job_free(j);
+    ring_job_free(&j->job);
     return rc;
 }
 
 int wr_drain(WriterObject *w)
 {
-    while (w->ring_count)
+    while (w->ring.count)
         if (wr_retire_one(w) < 0) return -1;
     return 0;
 }
@@ -135,17 +197,7 @@ void wr_abort_pipeline(WriterObject *w)
         Py_END_ALLOW_THREADS
     }
 #endif
-    if (w->pool) {
-        Py_BEGIN_ALLOW_THREADS
-        codec_pool_wait_all(w->pool);
-        Py_END_ALLOW_THREADS
-    }
-    while (w->ring_count) {
-        wr_job_free(w->ring[w->ring_head]);
-        w->ring[w->ring_head] = NULL;
-        w->ring_head = (w->ring_head + 1) % w->ring_cap;
-        w->ring_count--;
-    }
+    ring_abort(&w->ring);
 }
 
 /* Hand one chunk of the current (last) section to the pipeline. `owned`, if
@@ -153,8 +205,15 @@ void wr_abort_pipeline(WriterObject *w)
 int wr_submit(WriterObject *w, const unsigned char *p, size_t n, void *owned)
 {
     w->submitted += n;
-    if (wr_ensure_pool(w) < 0) { free(owned); return -1; }
-    while (w->ring_count >= w->ring_cap)
+    /* threads pay off from a couple of chunks on when compressing, from a few
+     * MiB when they only checksum; small dumps stay inline */
+    uint64_t from = (w->codec == FK_CODEC_RAW ? 8 : 2) * (uint64_t)w->chunk_size;
+    size_t inflight = (size_t)(w->threads < 1 ? 1 : w->threads) * 4;
+    if (ring_pool(&w->ring, w->submitted >= from ? w->threads : 0, inflight, w->py_codec) < 0) {
+        free(owned);
+        return -1;
+    }
+    while (ring_full(&w->ring))
         if (wr_retire_one(w) < 0) { free(owned); return -1; }
     wr_job *j = (wr_job *)calloc(1, sizeof(wr_job));
     if (!j) { free(owned); PyErr_NoMemory(); return -1; }
@@ -172,13 +231,11 @@ int wr_submit(WriterObject *w, const unsigned char *p, size_t n, void *owned)
         size_t cap = codec_bound(w->codec, n);
         if (cap) {
             j->job.scratch = (unsigned char *)malloc(cap);
-            if (!j->job.scratch) { wr_job_free(j); PyErr_NoMemory(); return -1; }
+            if (!j->job.scratch) { ring_job_free(&j->job); PyErr_NoMemory(); return -1; }
             j->job.scratch_cap = cap;
         }
     }
-    w->ring[(w->ring_head + w->ring_count) % w->ring_cap] = j;
-    w->ring_count++;
-    codec_pool_submit(w->pool, &j->job);
+    ring_push(&w->ring, &j->job);
     return 0;
 }
 
@@ -203,7 +260,7 @@ int wr_blob_section(WriterObject *w, uint16_t kind, uint16_t flags,
     return wr_drain(w);
 }
 
-/* ------------------------------------------------------------ read */
+/* ------------------------------------------------------------ reading */
 
 typedef struct rd_job {
     codec_job job;
@@ -212,44 +269,6 @@ typedef struct rd_job {
     uint64_t file_off;
     uint64_t raw_len;
 } rd_job;
-
-int rd_add_record(rd_records *rec, uint32_t buffer, uint32_t chunk, uint64_t raw,
-                         const unsigned char hash[16])
-{
-    if (rec->n == rec->cap) {
-        size_t ncap = rec->cap ? rec->cap * 2 : 64;
-        unsigned char *np = (unsigned char *)PyMem_Realloc(rec->p, ncap * FK_HASH_RECORD_LEN);
-        if (!np) { PyErr_NoMemory(); return -1; }
-        rec->p = np;
-        rec->cap = ncap;
-    }
-    fk_put_hash_record(rec->p + rec->n++ * FK_HASH_RECORD_LEN, buffer, chunk, raw, hash);
-    return 0;
-}
-
-PyObject *rd_records_bytes(rd_records *rec)
-{
-    PyObject *b = PyBytes_FromStringAndSize((const char *)rec->p, (Py_ssize_t)(rec->n * FK_HASH_RECORD_LEN));
-    PyMem_Free(rec->p);
-    rec->p = NULL;
-    rec->n = rec->cap = 0;
-    return b;
-}
-
-typedef struct {
-    ReaderObject *r;
-    codec_pool *pool;
-    rd_job **ring;
-    size_t cap, head, count;
-    rd_records *records;  /* hashed chunks go here (hash_key given), else NULL */
-} rd_pipe;
-
-static void rd_job_free(rd_job *j)
-{
-    if (!j) return;
-    free(j->job.owned);
-    free(j);
-}
 
 static int rd_job_error(ReaderObject *r, rd_job *j)
 {
@@ -279,38 +298,14 @@ static int rd_job_error(ReaderObject *r, rd_job *j)
     return -1;
 }
 
-static int rd_retire_one(rd_pipe *pp)
+static int rd_retire_one(ReaderObject *r, fk_ring *rg, hash_records *records)
 {
-    rd_job *j = pp->ring[pp->head];
-    pp->ring[pp->head] = NULL;
-    pp->head = (pp->head + 1) % pp->cap;
-    pp->count--;
-    if (!j->job.done) {
-        Py_BEGIN_ALLOW_THREADS
-        codec_pool_wait_job(pp->pool, &j->job);
-        Py_END_ALLOW_THREADS
-    }
-    int rc = j->job.status ? rd_job_error(pp->r, j) : 0;
+    rd_job *j = (rd_job *)ring_pop(rg);
+    int rc = j->job.status ? rd_job_error(r, j) : 0;
     if (rc == 0 && j->job.hash_key)
-        rc = rd_add_record(pp->records, j->s->buf_no, j->chunk, j->raw_len, j->job.hash);
-    rd_job_free(j);
+        rc = hash_records_add(records, j->s->buf_no, j->chunk, j->raw_len, j->job.hash);
+    ring_job_free(&j->job);
     return rc;
-}
-
-static void rd_pipe_close(rd_pipe *pp)
-{
-    if (pp->pool) {
-        Py_BEGIN_ALLOW_THREADS
-        codec_pool_wait_all(pp->pool);
-        Py_END_ALLOW_THREADS
-    }
-    while (pp->count) {
-        rd_job_free(pp->ring[pp->head]);
-        pp->head = (pp->head + 1) % pp->cap;
-        pp->count--;
-    }
-    codec_pool_free(pp->pool);
-    PyMem_Free(pp->ring);
 }
 
 /* Read whole sections into dsts[i] (each secs[i]->raw bytes): raw chunks
@@ -319,8 +314,8 @@ static void rd_pipe_close(rd_pipe *pp)
  * hash_key (buffer sections of a signed file), the pool also hashes each
  * chunk's raw bytes into `records`. */
 int rd_sections_into(ReaderObject *r, const rd_section **secs, unsigned char **dsts, size_t n,
-                            int verify, int threads, PyObject *progress, const unsigned char *hash_key,
-                            rd_records *records)
+                     int verify, int threads, PyObject *progress, const unsigned char *hash_key,
+                     hash_records *records)
 {
     uint64_t done_bytes = 0, reported = 0;
     uint64_t total = 0;
@@ -330,17 +325,13 @@ int rd_sections_into(ReaderObject *r, const rd_section **secs, unsigned char **d
         packed |= !secs[i]->all_raw;
     }
     if (threads <= 0) threads = codec_default_threads();
-    rd_pipe pp = {r, NULL, NULL, 0, 0, 0, records};
+    fk_ring rg = {0};
     int rc = -1;
     /* workers pay off from a couple of compressed chunks, or from a few MiB
      * of checksumming; below that everything runs inline */
     uint64_t from = (packed ? 2 : 8) * (uint64_t)FK_DEFAULT_CHUNK;
     if (!verify && !packed && !hash_key) from = UINT64_MAX; /* nothing for workers to do */
-    pp.pool = codec_pool_new(total >= from ? threads : 0, r->py_codec);
-    if (!pp.pool) return -1;
-    pp.cap = (size_t)threads * 4;
-    pp.ring = (rd_job **)PyMem_Calloc(pp.cap, sizeof(rd_job *));
-    if (!pp.ring) { PyErr_NoMemory(); goto done; }
+    if (ring_pool(&rg, total >= from ? threads : 0, (size_t)threads * 4, r->py_codec) < 0) goto done;
     for (size_t i = 0; i < n; i++) {
         const rd_section *s = secs[i];
         uint64_t soff = s->offset, roff = 0;
@@ -352,8 +343,8 @@ int rd_sections_into(ReaderObject *r, const rd_section **secs, unsigned char **d
             if (codec == FK_CODEC_RAW && !verify && !hash_key) {
                 if (rd_read(r, soff, dsts[i] + roff, rawc) < 0) goto done;
             } else {
-                while (pp.count >= pp.cap)
-                    if (rd_retire_one(&pp) < 0) goto done;
+                while (ring_full(&rg))
+                    if (rd_retire_one(r, &rg, records) < 0) goto done;
                 rd_job *j = (rd_job *)calloc(1, sizeof(rd_job));
                 if (!j) { PyErr_NoMemory(); goto done; }
                 j->s = s;
@@ -376,23 +367,21 @@ int rd_sections_into(ReaderObject *r, const rd_section **secs, unsigned char **d
                     j->job.dst = dsts[i] + roff;
                     j->job.dst_len = rawc;
                 } else if (codec == FK_CODEC_RAW) {
-                    if (rd_read(r, soff, dsts[i] + roff, rawc) < 0) { rd_job_free(j); goto done; }
+                    if (rd_read(r, soff, dsts[i] + roff, rawc) < 0) { ring_job_free(&j->job); goto done; }
                     j->job.src = dsts[i] + roff;
                     j->job.src_len = rawc;
                 } else {
                     /* stored < rawc <= 64 MiB: validated by rd_parse */
                     unsigned char *tmp = (unsigned char *)malloc((size_t)stored ? (size_t)stored : 1);
-                    if (!tmp) { rd_job_free(j); PyErr_NoMemory(); goto done; }
+                    if (!tmp) { ring_job_free(&j->job); PyErr_NoMemory(); goto done; }
                     j->job.owned = tmp;
-                    if (rd_read(r, soff, tmp, (size_t)stored) < 0) { rd_job_free(j); goto done; }
+                    if (rd_read(r, soff, tmp, (size_t)stored) < 0) { ring_job_free(&j->job); goto done; }
                     j->job.src = tmp;
                     j->job.src_len = (size_t)stored;
                     j->job.dst = dsts[i] + roff;
                     j->job.dst_len = rawc;
                 }
-                pp.ring[(pp.head + pp.count) % pp.cap] = j;
-                pp.count++;
-                codec_pool_submit(pp.pool, &j->job);
+                ring_push(&rg, &j->job);
             }
             soff += stored;
             roff += rawc;
@@ -406,8 +395,8 @@ int rd_sections_into(ReaderObject *r, const rd_section **secs, unsigned char **d
             }
         }
     }
-    while (pp.count)
-        if (rd_retire_one(&pp) < 0) goto done;
+    while (rg.count)
+        if (rd_retire_one(r, &rg, records) < 0) goto done;
     if (progress && done_bytes != reported) {
         PyObject *res = PyObject_CallFunction(progress, "K", (unsigned long long)done_bytes);
         if (!res) goto done;
@@ -415,7 +404,8 @@ int rd_sections_into(ReaderObject *r, const rd_section **secs, unsigned char **d
     }
     rc = 0;
 done:
-    rd_pipe_close(&pp);
+    ring_abort(&rg);
+    ring_free(&rg);
     return rc;
 }
 

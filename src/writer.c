@@ -412,17 +412,16 @@ static void Writer_dealloc(WriterObject *w)
     PyObject_GC_UnTrack(w);
     Writer_clear(w);
     wr_abort_pipeline(w);
-    if (w->pool) codec_pool_free(w->pool);
+    ring_free(&w->ring);
 #ifdef FIRKIN_HAVE_OPENSSL
     fk_hasher_free(w->hasher);
 #endif
     Py_CLEAR(w->py_codec); /* after the pool: its workers may use it */
-    PyMem_Free(w->ring);
     free(w->spare);
     free(w->sbuf);
     free(w->chunks);
     free(w->sections);
-    free(w->hrec);
+    hash_records_free(&w->hrec);
     tp->tp_free((PyObject *)w);
     Py_DECREF(tp);
 }
@@ -505,7 +504,7 @@ static PyObject *Writer_get_buffer_hashes(WriterObject *w, void *c)
 {
     (void)c;
     if (!w->hashing) Py_RETURN_NONE;
-    return PyBytes_FromStringAndSize((const char *)w->hrec, (Py_ssize_t)(w->nhrec * FK_HASH_RECORD_LEN));
+    return hash_records_bytes(&w->hrec);
 }
 
 static PyGetSetDef Writer_getset[] = {
