@@ -203,7 +203,7 @@ BufferObject *buffer_new(fk_state *st, size_t len);
 
 /* ---- pickler.c ---- */
 int pickler_init_types(PyObject *module, fk_state *st);
-extern __thread WriterObject *fk_current_writer; /* the writer a pickler of this thread reports to */
+PyObject *pickler_new(WriterObject *w, int protocol);
 PyObject *Writer_buffer_callback(WriterObject *w, PyObject *pb);
 
 /* ---- reader.c ---- */

@@ -119,6 +119,7 @@ typedef struct {
     PyTypeObject *BufferType;
     PyTypeObject *DtypeGuardType;
     PyTypeObject *PicklerType;  /* subclass of _pickle.Pickler */
+    Py_ssize_t pickler_writer_off; /* where a PicklerType object keeps its Writer (pickler.c) */
     PyTypeObject *StridedType;  /* stands for a non-contiguous array in a PickleBuffer */
     PyObject *pickle_Pickler;   /* _pickle.Pickler */
     PyObject *PickleBuffer;     /* pickle.PickleBuffer */

@@ -9,8 +9,18 @@
 #include "container.h"
 #include <numpy/arrayobject.h>
 
-/* The writer a pickler of this thread reports to (dump may nest). */
-__thread WriterObject *fk_current_writer = NULL;
+/* A pickler is _pickle.Pickler's object followed by the Writer it reports
+ * to. The base's size is private to _pickle, so the slot's offset is found
+ * when the type is made (st->pickler_writer_off). */
+static PyObject **writer_slot(fk_state *st, PyObject *pickler)
+{
+    return (PyObject **)(void *)((char *)pickler + st->pickler_writer_off);
+}
+
+static fk_state *pickler_state(PyObject *pickler)
+{
+    return (fk_state *)PyType_GetModuleState(Py_TYPE(pickler));
+}
 
 static int record_array(WriterObject *w, PyObject *pb)
 {
@@ -135,8 +145,9 @@ static int record_module(WriterObject *w, PyObject *obj, int *by_value)
 
 static PyObject *Pickler_reducer_override(PyObject *self, PyObject *obj)
 {
-    (void)self;
-    WriterObject *w = fk_current_writer;
+    fk_state *st = pickler_state(self);
+    if (!st) return NULL;
+    WriterObject *w = (WriterObject *)*writer_slot(st, self);
     if (!w) Py_RETURN_NOTIMPLEMENTED;
     int by_value;
     if (record_module(w, obj, &by_value) < 0) return NULL;
@@ -165,6 +176,8 @@ static void FkPickler_dealloc(PyObject *self)
 {
     PyTypeObject *tp = Py_TYPE(self);
     PyTypeObject *base = tp->tp_base;
+    PyObject_GC_UnTrack(self);
+    Py_CLEAR(*writer_slot((fk_state *)PyType_GetModuleState(tp), self));
     base->tp_dealloc(self);
     /* a static base's dealloc does not release our heap type */
     if (!(base->tp_flags & Py_TPFLAGS_HEAPTYPE)) Py_DECREF(tp);
@@ -174,11 +187,13 @@ static int FkPickler_traverse(PyObject *self, visitproc visit, void *arg)
 {
     PyTypeObject *base = Py_TYPE(self)->tp_base;
     if (!(base->tp_flags & Py_TPFLAGS_HEAPTYPE)) Py_VISIT(Py_TYPE(self));
+    Py_VISIT(*writer_slot((fk_state *)PyType_GetModuleState(Py_TYPE(self)), self));
     return base->tp_traverse(self, visit, arg);
 }
 
 static int FkPickler_clear(PyObject *self)
 {
+    Py_CLEAR(*writer_slot((fk_state *)PyType_GetModuleState(Py_TYPE(self)), self));
     return Py_TYPE(self)->tp_base->tp_clear(self);
 }
 
@@ -200,11 +215,40 @@ static PyType_Spec FkPickler_spec = {
 };
 
 
+/* A pickler for w's dump: the Writer is its sink (write), its buffer
+ * callback (protocol 5) and, through the pickler's slot, what its
+ * reducer_override reports to. */
+PyObject *pickler_new(WriterObject *w, int protocol)
+{
+    PyObject *cb = NULL, *kw = NULL, *args = NULL, *p = NULL;
+    if (protocol >= 5 && !(cb = PyObject_GetAttrString((PyObject *)w, "_buffer_callback"))) goto done;
+    kw = Py_BuildValue("{s:O}", "buffer_callback", cb ? cb : Py_None);
+    args = Py_BuildValue("(Oi)", (PyObject *)w, protocol);
+    if (!kw || !args) goto done;
+    p = PyObject_Call((PyObject *)w->st->PicklerType, args, kw);
+    if (p) Py_XSETREF(*writer_slot(w->st, p), Py_NewRef((PyObject *)w));
+done:
+    Py_XDECREF(cb);
+    Py_XDECREF(kw);
+    Py_XDECREF(args);
+    return p;
+}
+
 int pickler_init_types(PyObject *module, fk_state *st)
 {
+    PyTypeObject *base = (PyTypeObject *)st->pickle_Pickler;
+    if (base->tp_itemsize != 0) {
+        PyErr_SetString(PyExc_ImportError, "_pickle.Pickler has items: firkin cannot extend it");
+        return -1;
+    }
+    /* the Writer's slot after the base's fields, pointer-aligned */
+    Py_ssize_t align = (Py_ssize_t)sizeof(PyObject *);
+    st->pickler_writer_off = (base->tp_basicsize + align - 1) / align * align;
+    PyType_Spec spec = FkPickler_spec;
+    spec.basicsize = (int)(st->pickler_writer_off + align);
     PyObject *bases = PyTuple_Pack(1, st->pickle_Pickler);
     if (!bases) return -1;
-    st->PicklerType = (PyTypeObject *)PyType_FromModuleAndSpec(module, &FkPickler_spec, bases);
+    st->PicklerType = (PyTypeObject *)PyType_FromModuleAndSpec(module, &spec, bases);
     Py_DECREF(bases);
     return st->PicklerType ? 0 : -1;
 }

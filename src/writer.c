@@ -38,44 +38,28 @@ static PyObject *Writer_dump(WriterObject *w, PyObject *args)
     w->sections[w->nsections - 1].offset = w->pos;
     w->stream_open = 1;
 
-    PyObject *cb = NULL;
-    if (protocol >= 5) {
-        cb = PyObject_GetAttrString((PyObject *)w, "_buffer_callback");
-        if (!cb) goto done;
-    }
-    {
-        PyObject *kw = Py_BuildValue("{s:O}", "buffer_callback", cb ? cb : Py_None);
-        PyObject *pargs = Py_BuildValue("(Oi)", (PyObject *)w, protocol);
-        if (kw && pargs) pickler = PyObject_Call((PyObject *)w->st->PicklerType, pargs, kw);
-        Py_XDECREF(kw);
-        Py_XDECREF(pargs);
-        if (!pickler) goto done;
-    }
-    {
-        WriterObject *prev = fk_current_writer;
-        fk_current_writer = w;
-        r = PyObject_CallMethodOneArg(pickler, w->st->str_dump, obj);
-        if (r && extra != Py_None) {
-            /* the modules of `obj` alone: the packages the file's object needs */
-            Py_DECREF(r);
-            mods = PySequence_List(w->modules);
-            if (mods && PyList_Sort(mods) < 0) Py_CLEAR(mods);
-            r = NULL;
-            if (mods) {
-                /* a second, independent pickle after the first STOP (which
-                 * ends what any unpickler of the stream reads): a fresh memo,
-                 * its out-of-band buffers after the first object's */
-                r = PyObject_CallMethod(pickler, "clear_memo", NULL);
-                if (r) {
-                    Py_DECREF(r);
-                    r = PyObject_CallMethodOneArg(pickler, w->st->str_dump, extra);
-                }
+    pickler = pickler_new(w, protocol);
+    if (!pickler) goto done;
+    r = PyObject_CallMethodOneArg(pickler, w->st->str_dump, obj);
+    if (r && extra != Py_None) {
+        /* the modules of `obj` alone: the packages the file's object needs */
+        Py_DECREF(r);
+        mods = PySequence_List(w->modules);
+        if (mods && PyList_Sort(mods) < 0) Py_CLEAR(mods);
+        r = NULL;
+        if (mods) {
+            /* a second, independent pickle after the first STOP (which
+             * ends what any unpickler of the stream reads): a fresh memo,
+             * its out-of-band buffers after the first object's */
+            r = PyObject_CallMethod(pickler, "clear_memo", NULL);
+            if (r) {
+                Py_DECREF(r);
+                r = PyObject_CallMethodOneArg(pickler, w->st->str_dump, extra);
             }
         }
-        fk_current_writer = prev;
-        if (!r) goto done;
-        Py_DECREF(r);
     }
+    if (!r) goto done;
+    Py_DECREF(r);
     Py_CLEAR(pickler);
     w->stream_open = 0;
     w->progress_total = w->submitted + w->sbuf_len + w->oob_bytes;
@@ -96,7 +80,6 @@ done:
     if (!res) wr_abort_pipeline(w);
     Py_XDECREF(pickler);
     Py_XDECREF(mods);
-    Py_XDECREF(cb);
     free(w->sbuf);
     w->sbuf = NULL;
     return res;

@@ -876,3 +876,44 @@ def test_open_files_and_memoryviews_are_refused_not_copied(tmp_path):
         for value in ({"log": fh}, {"view": memoryview(b"abc")}):
             with pytest.raises(TypeError):
                 firkin.dumps(value)
+
+
+class _DumpsWhilePickled:
+    """Its reduction runs a whole firkin dump in the middle of the outer one."""
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    def __reduce__(self):
+        return bytes, (firkin.dumps(self.inner),)
+
+
+def test_a_dump_nested_in_a_reduction_keeps_each_pickler_with_its_own_writer():
+    # each pickler reports to the Writer it was made for (not to whichever
+    # dump ran last on the thread): the strided arrays after the nested dump
+    # still go out-of-band into the outer file
+    base = np.arange(400_000, dtype=np.float64)
+    a, b, inner = base[::2], base[1::2] * 3, base[::4] + 7
+    data = firkin.dumps([a, _DumpsWhilePickled(inner), b])
+    out = firkin.loads(data)
+    assert np.array_equal(out[0], a) and np.array_equal(out[2], b)
+    assert np.array_equal(firkin.loads(out[1]), inner)
+    assert firkin._core.Reader(data).buffer_count == 2
+
+
+def test_dumps_on_many_threads_keep_their_arrays_apart():
+    base = np.arange(300_000, dtype=np.int64)
+    values = [[base[k::5] * (k + 1), base[k::5][::-1]] for k in range(5)]  # strided: out-of-band
+    results = [None] * len(values)
+
+    def work(k):
+        for _ in range(3):
+            results[k] = firkin.loads(firkin.dumps(values[k]))
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(len(values))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for v, r in zip(values, results):
+        assert np.array_equal(v[0], r[0]) and np.array_equal(v[1], r[1])
