@@ -14,7 +14,7 @@ typedef struct {
     codec_job **slot;     /* jobs in flight, oldest at head */
     size_t cap, head, count;
 } fk_ring;
-int ring_pool(fk_ring *rg, int nthreads, size_t cap, PyObject *py_codec);
+int ring_pool(fk_ring *rg, fk_state *st, int nthreads, size_t cap);
 static inline int ring_full(const fk_ring *rg) { return rg->count >= rg->cap; }
 static inline codec_job *ring_newest(const fk_ring *rg) { return rg->slot[(rg->head + rg->count - 1) % rg->cap]; }
 static inline codec_job *ring_oldest(const fk_ring *rg) { return rg->slot[rg->head]; }
@@ -87,7 +87,6 @@ typedef struct {
     int codec, level;
     int filters;          /* FK_FILTER_AUTO, FK_FILTER_NONE or one filter for every numeric buffer */
     uint64_t required;    /* the header's required feature flags */
-    PyObject *py_codec;
     fk_ring ring;         /* chunks in flight (ring.c) */
     uint64_t submitted;  /* raw bytes handed to the pipeline */
     PyObject *progress;  /* callable(bytes_done) or NULL */
@@ -146,7 +145,6 @@ typedef struct {
     Py_ssize_t pickle_sec, meta_sec, sig_sec;
     size_t *buf_secs;
     size_t nbuf;
-    PyObject *py_codec;   /* (compress, decompress) for codecs done in Python */
 } ReaderObject;
 
 #define FORMAT_ERR(r, ...) rd_error((r), (r)->st->FormatError, __VA_ARGS__)

@@ -134,6 +134,7 @@ typedef struct {
     PyObject *str_qualname;
     PyObject *str_dot;
     PyObject *byvalue_types;    /* tuple: types a Writer's by-value reducer is asked about (code, cell, ...) */
+    PyObject *py_codec;         /* (compress, decompress) for codecs done in Python (set_py_codec), or NULL */
 } fk_state;
 
 /* ---- checksum.c ---- */

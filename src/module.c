@@ -124,6 +124,21 @@ static PyObject *fk_set_byvalue_types(PyObject *module, PyObject *types)
     Py_RETURN_NONE;
 }
 
+/* set_py_codec((compress, decompress)): the callables of the codecs done
+ * by Python modules (firkin._compress), set once when it is imported; every
+ * Writer's and Reader's chunk workers call them. */
+static PyObject *fk_set_py_codec(PyObject *module, PyObject *pair)
+{
+    fk_state *st = get_state(module);
+    if (!PyTuple_Check(pair) || PyTuple_GET_SIZE(pair) != 2 || !PyCallable_Check(PyTuple_GET_ITEM(pair, 0)) ||
+        !PyCallable_Check(PyTuple_GET_ITEM(pair, 1))) {
+        PyErr_SetString(PyExc_TypeError, "py_codec must be a (compress, decompress) tuple of callables");
+        return NULL;
+    }
+    Py_XSETREF(st->py_codec, Py_NewRef(pair));
+    Py_RETURN_NONE;
+}
+
 /* required_flags(codec, filters, streamed=False): the header's required
  * feature flags of a dump with these settings (what a signer must put in
  * its header bytes). */
@@ -172,6 +187,9 @@ static PyMethodDef module_methods[] = {
     {"set_byvalue_types", fk_set_byvalue_types, METH_O,
      "set_byvalue_types(types): instances of exactly these types go to a Writer's byvalue reducer "
      "(which pickle cannot save, or saves wrongly, inside code saved by value)"},
+    {"set_py_codec", fk_set_py_codec, METH_O,
+     "set_py_codec((compress, decompress)): the codecs done by Python modules, for every Writer "
+     "and Reader"},
     {"native_codecs", fk_native_codecs, METH_NOARGS, "which codecs are compiled in"},
     {"crc32c", fk_crc32c, METH_VARARGS, "crc32c(data, value=0) -> CRC-32C of data, continuing value"},
     {"build_info", fk_build_info, METH_NOARGS, "facts about this build of the extension"},
@@ -367,6 +385,7 @@ static int module_traverse(PyObject *module, visitproc visit, void *arg)
     Py_VISIT(st->np_frombuffer);
     Py_VISIT(st->np_memmap);
     Py_VISIT(st->byvalue_types);
+    Py_VISIT(st->py_codec);
     return 0;
 }
 
@@ -395,6 +414,7 @@ static int module_clear(PyObject *module)
     Py_CLEAR(st->str_qualname);
     Py_CLEAR(st->str_dot);
     Py_CLEAR(st->byvalue_types);
+    Py_CLEAR(st->py_codec);
     return 0;
 }
 

@@ -255,17 +255,13 @@ static PyObject *Reader_sections(ReaderObject *r, PyObject *unused)
 
 static PyObject *Reader_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"source", "name", "base", "py_codec", "deframed", NULL};
-    PyObject *source, *name = NULL, *py_codec = Py_None;
+    static char *kwlist[] = {"source", "name", "base", "deframed", NULL};
+    PyObject *source, *name = NULL;
     unsigned long long base = 0;
     int deframed = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|OKOp:Reader", kwlist, &source, &name, &base,
-                                     &py_codec, &deframed))
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|OKp:Reader", kwlist, &source, &name, &base,
+                                     &deframed))
         return NULL;
-    if (py_codec != Py_None && (!PyTuple_Check(py_codec) || PyTuple_GET_SIZE(py_codec) != 2)) {
-        PyErr_SetString(PyExc_TypeError, "py_codec must be a (compress, decompress) tuple");
-        return NULL;
-    }
     ReaderObject *r = (ReaderObject *)type->tp_alloc(type, 0);
     if (!r) return NULL;
     r->st = (fk_state *)PyType_GetModuleState(type);
@@ -273,7 +269,6 @@ static PyObject *Reader_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     r->pickle_sec = r->meta_sec = r->sig_sec = -1;
     r->base = base;
     r->deframed = deframed;
-    r->py_codec = py_codec == Py_None ? NULL : Py_NewRef(py_codec);
     r->name = name && name != Py_None ? PyObject_Str(name) : PyUnicode_FromString("<firkin data>");
     if (!r->name) goto fail;
     if (PyLong_Check(source)) {
@@ -300,7 +295,6 @@ static int Reader_traverse(ReaderObject *r, visitproc visit, void *arg)
 {
     Py_VISIT(Py_TYPE(r));
     Py_VISIT(r->fileobj);
-    Py_VISIT(r->py_codec);
     if (r->has_mem) Py_VISIT(r->mem.obj);
     return 0;
 }
@@ -308,7 +302,6 @@ static int Reader_traverse(ReaderObject *r, visitproc visit, void *arg)
 static int Reader_clear(ReaderObject *r)
 {
     Py_CLEAR(r->fileobj);
-    Py_CLEAR(r->py_codec);
     if (r->has_mem) {
         r->has_mem = 0;
         PyBuffer_Release(&r->mem);

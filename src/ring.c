@@ -18,7 +18,7 @@
 /* (Re)make the ring's pool with `nthreads` workers (0: inline), once the
  * ring is idle; a pool that has threads is kept. The first call sizes the
  * ring at `cap` chunks in flight. */
-int ring_pool(fk_ring *rg, int nthreads, size_t cap, PyObject *py_codec)
+int ring_pool(fk_ring *rg, fk_state *st, int nthreads, size_t cap)
 {
     if (!rg->slot) {
         rg->slot = (codec_job **)PyMem_Calloc(cap ? cap : 1, sizeof(codec_job *));
@@ -27,7 +27,7 @@ int ring_pool(fk_ring *rg, int nthreads, size_t cap, PyObject *py_codec)
     }
     if (rg->pool && (codec_pool_threads(rg->pool) || nthreads <= 0)) return 0;
     if (rg->pool && rg->count) return 0; /* upgrade only when idle */
-    codec_pool *np = codec_pool_new(nthreads, py_codec);
+    codec_pool *np = codec_pool_new(nthreads, st->py_codec);
     if (!np) return -1;
     codec_pool_free(rg->pool);
     rg->pool = np;
@@ -209,7 +209,7 @@ int wr_submit(WriterObject *w, const unsigned char *p, size_t n, void *owned)
      * MiB when they only checksum; small dumps stay inline */
     uint64_t from = (w->codec == FK_CODEC_RAW ? 8 : 2) * (uint64_t)w->chunk_size;
     size_t inflight = (size_t)(w->threads < 1 ? 1 : w->threads) * 4;
-    if (ring_pool(&w->ring, w->submitted >= from ? w->threads : 0, inflight, w->py_codec) < 0) {
+    if (ring_pool(&w->ring, w->st, w->submitted >= from ? w->threads : 0, inflight) < 0) {
         free(owned);
         return -1;
     }
@@ -331,7 +331,7 @@ int rd_sections_into(ReaderObject *r, const rd_section **secs, unsigned char **d
      * of checksumming; below that everything runs inline */
     uint64_t from = (packed ? 2 : 8) * (uint64_t)FK_DEFAULT_CHUNK;
     if (!verify && !packed && !hash_key) from = UINT64_MAX; /* nothing for workers to do */
-    if (ring_pool(&rg, total >= from ? threads : 0, (size_t)threads * 4, r->py_codec) < 0) goto done;
+    if (ring_pool(&rg, r->st, total >= from ? threads : 0, (size_t)threads * 4) < 0) goto done;
     for (size_t i = 0; i < n; i++) {
         const rd_section *s = secs[i];
         uint64_t soff = s->offset, roff = 0;

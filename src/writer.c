@@ -226,15 +226,15 @@ done:
 static PyObject *Writer_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
     static char *kwlist[] = {"target", "threads", "chunk_size", "threshold", "codec", "level",
-                             "py_codec", "progress", "signer", "name", "sign_key", "sign_prefix",
+                             "progress", "signer", "name", "sign_key", "sign_prefix",
                              "byvalue", "hash_key", "streamed", "filters", NULL};
-    PyObject *target, *py_codec = Py_None, *progress = Py_None, *signer = Py_None, *name = Py_None;
+    PyObject *target, *progress = Py_None, *signer = Py_None, *name = Py_None;
     PyObject *byvalue = Py_None;
     Py_buffer sign_key = {0}, sign_prefix = {0}, hash_key = {0};
     int threads = 0, codec = FK_CODEC_RAW, level = 0, streamed = 0, filters = FK_FILTER_NONE;
     Py_ssize_t chunk_size = FK_DEFAULT_CHUNK, threshold = FK_DEFAULT_THRESHOLD;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|inniiOOOOy*y*Oy*pi:Writer", kwlist, &target,
-                                     &threads, &chunk_size, &threshold, &codec, &level, &py_codec,
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|inniiOOOy*y*Oy*pi:Writer", kwlist, &target,
+                                     &threads, &chunk_size, &threshold, &codec, &level,
                                      &progress, &signer, &name, &sign_key, &sign_prefix, &byvalue,
                                      &hash_key, &streamed, &filters))
         return NULL;
@@ -261,12 +261,8 @@ static PyObject *Writer_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
         PyErr_Format(PyExc_ValueError, "unknown filter id %d", filters);
         goto fail;
     }
-    if (!codec_available(codec) && py_codec == Py_None) {
+    if (!codec_available(codec) && !((fk_state *)PyType_GetModuleState(type))->py_codec) {
         PyErr_Format(PyExc_ValueError, "codec id %d is not available in this build", codec);
-        goto fail;
-    }
-    if (py_codec != Py_None && (!PyTuple_Check(py_codec) || PyTuple_GET_SIZE(py_codec) != 2)) {
-        PyErr_SetString(PyExc_TypeError, "py_codec must be a (compress, decompress) tuple");
         goto fail;
     }
     if (chunk_size < 4096 || (uint64_t)chunk_size > FK_MAX_CHUNK) {
@@ -294,7 +290,6 @@ static PyObject *Writer_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     w->level = level;
     w->filters = filters;
     w->required = writer_required_flags(codec, filters, streamed);
-    w->py_codec = py_codec == Py_None ? NULL : Py_NewRef(py_codec);
     w->progress = progress == Py_None ? NULL : Py_NewRef(progress);
     w->signer = signer == Py_None ? NULL : Py_NewRef(signer);
     w->name = name == Py_None ? NULL : Py_NewRef(name);
@@ -365,7 +360,6 @@ static int Writer_traverse(WriterObject *w, visitproc visit, void *arg)
     Py_VISIT(w->arrays);
     Py_VISIT(w->modules);
     Py_VISIT(w->seen_types);
-    Py_VISIT(w->py_codec);
     Py_VISIT(w->progress);
     Py_VISIT(w->signer);
     Py_VISIT(w->name);
@@ -399,7 +393,6 @@ static void Writer_dealloc(WriterObject *w)
 #ifdef FIRKIN_HAVE_OPENSSL
     fk_hasher_free(w->hasher);
 #endif
-    Py_CLEAR(w->py_codec); /* after the pool: its workers may use it */
     free(w->spare);
     free(w->sbuf);
     free(w->chunks);

@@ -143,7 +143,7 @@ def _write(value, target, protocol, user_meta, compress, threads, progress=None,
     bar = _progress.Progress(progress, "firkin.dump")
     try:
         w = _core.Writer(target, threshold=OOB_THRESHOLD, codec=codec, level=level, filters=filters,
-                         py_codec=_compress.PY_CODEC, threads=threads,
+                         threads=threads,
                          progress=bar if bar.mode is not False else None, name=name,
                          byvalue=byvalue, streamed=streamed,
                          **(signer.writer_kwargs() if signer else {}))
@@ -716,8 +716,7 @@ def _reader(source, name, base=0, deframed=False):
             source.seek(base)
         source, deframed = _read_container(f, b"", name)
         base = 0
-    return _core.Reader(source, name=name, base=base, py_codec=_compress.PY_CODEC,
-                        deframed=deframed)
+    return _core.Reader(source, name=name, base=base, deframed=deframed)
 
 
 class _FdStream:

@@ -183,5 +183,6 @@ def _py_decompress(data, raw_len, codec):
     raise ValueError(f"no Python implementation for codec {codec}")
 
 
-#: handed to the C core, which calls these from its worker threads
+#: handed to the C core once, which calls these from its worker threads
 PY_CODEC = (_py_compress, _py_decompress)
+_core.set_py_codec(PY_CODEC)

@@ -20,7 +20,6 @@ from __future__ import annotations
 import struct
 
 import firkin
-import firkin._compress as _compress
 import firkin._core as core
 
 FIX_HEADER, FIX_INDEX, FIX_CHUNKS = 1, 2, 4
@@ -104,7 +103,7 @@ def exercise_reader(container: bytes) -> None:
     """Everything the loader does with a container short of unpickling it
     (unpickling arbitrary streams would run arbitrary code)."""
     try:
-        r = core.Reader(container, name="<fuzz>", py_codec=_compress.PY_CODEC)
+        r = core.Reader(container, name="<fuzz>")
     except firkin.FirkinError:
         return
     r.total_length, r.format_version, r.flags, r.buffer_count
@@ -150,7 +149,7 @@ def build_container(value, codec: int = 0, level: int = 0, *, chunk_size: int = 
 
     bio = io.BytesIO()
     w = core.Writer(bio, threshold=threshold, codec=codec, level=level, chunk_size=chunk_size,
-                    py_codec=_compress.PY_CODEC, threads=1, filters=filters)
+                    threads=1, filters=filters)
     modules = w.dump(value, protocol)
     described = None if codec == 0 else {"method": str(codec), "level": level}
     meta = _meta.build(modules, metadata or {}, w.buffer_count, w.oob_bytes, described)
