@@ -10,7 +10,7 @@
 
 /* --------------------------------------------------------------- tables */
 
-wr_section *wr_new_section(WriterObject *w, uint16_t kind, uint16_t flags)
+fk_section *wr_new_section(WriterObject *w, uint16_t kind, uint16_t flags)
 {
     if ((uint64_t)w->nsections >= FK_MAX_SECTIONS) {
         PyErr_Format(PyExc_ValueError, "more than %llu sections (out-of-band buffers): a firkin file "
@@ -20,12 +20,12 @@ wr_section *wr_new_section(WriterObject *w, uint16_t kind, uint16_t flags)
     }
     if (w->nsections == w->sections_cap) {
         size_t ncap = w->sections_cap ? w->sections_cap * 2 : 16;
-        wr_section *ns = (wr_section *)realloc(w->sections, ncap * sizeof(*ns));
+        fk_section *ns = (fk_section *)realloc(w->sections, ncap * sizeof(*ns));
         if (!ns) { PyErr_NoMemory(); return NULL; }
         w->sections = ns;
         w->sections_cap = ncap;
     }
-    wr_section *s = &w->sections[w->nsections++];
+    fk_section *s = &w->sections[w->nsections++];
     memset(s, 0, sizeof(*s));
     s->kind = kind;
     s->flags = flags;
@@ -62,7 +62,88 @@ void wr_header_bytes(const WriterObject *w, unsigned char *h, uint64_t total,
     fk_put_u32(h + 60, checksum_crc32c(0, h, 60));
 }
 
-/* --------------------------------------------------------------- type */
+/* A section entry (FK_SECTION_ENTRY_LEN bytes, zeroed) from s: the filter
+ * bits and element size only when some chunk was stored filtered. */
+static void section_put(unsigned char *e, const fk_section *s)
+{
+    fk_put_u16(e + 0, s->kind);
+    if (s->filtered) {
+        fk_put_u16(e + 2, (uint16_t)(s->flags | (s->filter << FK_SECF_FILTER_SHIFT)));
+        fk_put_u16(e + FK_SEC_FILTER_ELEM_OFF, (uint16_t)s->elem);
+    } else {
+        fk_put_u16(e + 2, s->flags);
+    }
+    fk_put_u32(e + 4, s->nchunks);
+    fk_put_u64(e + 8, s->offset);
+    fk_put_u64(e + 16, s->stored);
+    fk_put_u64(e + 24, s->raw);
+    fk_put_u64(e + 32, s->chunk_size);
+    fk_put_u64(e + 40, s->first_chunk);
+}
+
+/* The fields of a section entry, unchecked (rd_parse checks them). */
+static void section_get(const unsigned char *e, fk_section *s)
+{
+    uint16_t flags = fk_get_u16(e + 2);
+    memset(s, 0, sizeof *s);
+    s->kind = fk_get_u16(e);
+    s->flags = (uint16_t)(flags & ~FK_SECF_FILTER_MASK);
+    s->filter = (flags & FK_SECF_FILTER_MASK) >> FK_SECF_FILTER_SHIFT;
+    if (s->filter) s->elem = fk_get_u16(e + FK_SEC_FILTER_ELEM_OFF);
+    s->nchunks = fk_get_u32(e + 4);
+    s->offset = fk_get_u64(e + 8);
+    s->stored = fk_get_u64(e + 16);
+    s->raw = fk_get_u64(e + 24);
+    s->chunk_size = fk_get_u64(e + 32);
+    s->first_chunk = fk_get_u64(e + 40);
+}
+
+/* Write the index and the trailer after the sections (the position is
+ * aligned); *index_off and *total (the container's length) for the header. */
+int wr_index(WriterObject *w, uint64_t *index_off, uint64_t *total)
+{
+    int rc = -1;
+    unsigned char *idx = NULL;
+    *index_off = w->pos;
+    size_t ilen = FK_INDEX_HEAD_LEN + w->nsections * FK_SECTION_ENTRY_LEN + w->nchunks * FK_CHUNK_ENTRY_LEN;
+    if ((uint64_t)ilen > FK_MAX_INDEX) {
+        PyErr_Format(PyExc_ValueError, "the index would be %zu bytes (%zu chunks); a firkin file "
+                     "holds at most %llu (docs/FORMAT.md, Limits): use larger chunks",
+                     ilen, (size_t)w->nchunks, (unsigned long long)FK_MAX_INDEX);
+        goto done;
+    }
+    idx = (unsigned char *)PyMem_Calloc(ilen, 1);
+    if (!idx) { PyErr_NoMemory(); goto done; }
+    memcpy(idx, FK_INDEX_MAGIC, 4);
+    fk_put_u32(idx + 4, (uint32_t)w->nsections);
+    fk_put_u32(idx + 8, FK_SECTION_ENTRY_LEN);
+    fk_put_u32(idx + 12, FK_CHUNK_ENTRY_LEN);
+    for (size_t i = 0; i < w->nsections; i++)
+        section_put(idx + FK_INDEX_HEAD_LEN + i * FK_SECTION_ENTRY_LEN, &w->sections[i]);
+    unsigned char *ct = idx + FK_INDEX_HEAD_LEN + w->nsections * FK_SECTION_ENTRY_LEN;
+    for (size_t i = 0; i < w->nchunks; i++) {
+        unsigned char *e = ct + i * FK_CHUNK_ENTRY_LEN;
+        fk_put_u64(e, w->chunks[i].stored);
+        fk_put_u32(e + 8, w->chunks[i].crc);
+        e[12] = (unsigned char)w->chunks[i].codec;
+    }
+    uint32_t icrc = checksum_crc32c(0, idx, ilen);
+    if (wr_out(w, idx, ilen) < 0) goto done;
+    unsigned char t[FK_TRAILER_LEN];
+    *total = w->pos + FK_TRAILER_LEN;
+    fk_put_u64(t, *index_off);
+    fk_put_u64(t + 8, ilen);
+    fk_put_u64(t + 16, *total);
+    fk_put_u32(t + 24, icrc);
+    fk_put_u32(t + 28, checksum_crc32c(0, t, 28));
+    memcpy(t + 32, FK_END_MAGIC, 8);
+    if (wr_out(w, t, FK_TRAILER_LEN) < 0) goto done;
+    rc = 0;
+done:
+    PyMem_Free(idx);
+    return rc;
+}
+
 
 /* The required feature flags of a file written with this codec, filter
  * setting and layout. They are fixed before the first byte (a signature
@@ -272,28 +353,18 @@ int rd_parse(ReaderObject *r)
     r->nchunks_total = ctbytes / cstride;
     r->chunk_stride = (size_t)cstride;
     r->chunk_table = ix + FK_INDEX_HEAD_LEN + nsec * sstride;
-    r->sections = (rd_section *)PyMem_Calloc(nsec ? (size_t)nsec : 1, sizeof(rd_section));
+    r->sections = (fk_section *)PyMem_Calloc(nsec ? (size_t)nsec : 1, sizeof(fk_section));
     r->buf_secs = (size_t *)PyMem_Calloc(nsec ? (size_t)nsec : 1, sizeof(size_t));
     if (!r->sections || !r->buf_secs) { PyErr_NoMemory(); return -1; }
 
     uint64_t prev_end = FK_HEADER_LEN;
     for (uint64_t i = 0; i < nsec; i++) {
         const unsigned char *e = ix + FK_INDEX_HEAD_LEN + i * sstride;
-        rd_section s;
-        s.kind = fk_get_u16(e);
-        s.flags = fk_get_u16(e + 2);
-        s.nchunks = fk_get_u32(e + 4);
-        s.offset = fk_get_u64(e + 8);
-        s.stored = fk_get_u64(e + 16);
-        s.raw = fk_get_u64(e + 24);
-        s.chunk_size = fk_get_u64(e + 32);
-        s.first_chunk = fk_get_u64(e + 40);
+        fk_section s;
+        section_get(e, &s);
         unsigned long long si = (unsigned long long)i;
-        s.filter = (s.flags & FK_SECF_FILTER_MASK) >> FK_SECF_FILTER_SHIFT;
-        s.elem = 0;
         if (s.filter) {
             /* docs/FORMAT.md, "Filters": buffer sections only, declared in the header */
-            s.elem = fk_get_u16(e + FK_SEC_FILTER_ELEM_OFF);
             if (s.filter > FK_FILTER_MAX)
                 return FORMAT_ERR(r, "written by a newer firkin: section %llu uses filter %d, which this "
                                      "firkin does not know; upgrade firkin to load it", si, s.filter), -1;
@@ -406,7 +477,7 @@ int rd_parse(ReaderObject *r)
     return 0;
 }
 
-uint32_t chunk_crc(ReaderObject *r, const rd_section *s, uint32_t c)
+uint32_t chunk_crc(ReaderObject *r, const fk_section *s, uint32_t c)
 {
     return fk_get_u32(r->chunk_table + (s->first_chunk + c) * r->chunk_stride + 8);
 }
@@ -423,14 +494,14 @@ const char *kind_name(uint16_t kind)
     }
 }
 
-long buffer_ordinal(ReaderObject *r, const rd_section *s)
+long buffer_ordinal(ReaderObject *r, const fk_section *s)
 {
     for (size_t i = 0; i < r->nbuf; i++)
         if (&r->sections[r->buf_secs[i]] == s) return (long)i;
     return -1;
 }
 
-int report_crc_mismatch(ReaderObject *r, const rd_section *s, uint32_t c)
+int report_crc_mismatch(ReaderObject *r, const fk_section *s, uint32_t c)
 {
     uint64_t off = s->offset + (uint64_t)c * s->chunk_size;
     if (s->kind == FK_SEC_BUFFER)

@@ -41,15 +41,19 @@ typedef struct {
     uint16_t codec;
 } wr_chunk;
 
+/* One section of the index (docs/FORMAT.md, "Section entry"), as the
+ * writer builds it and the reader validates it. */
 typedef struct {
-    uint16_t kind, flags;
-    uint64_t offset, stored, raw, chunk_size;
-    size_t first_chunk, nchunks;
+    uint16_t kind, flags; /* flags without the filter bits (see filter) */
+    uint32_t nchunks;
+    uint64_t offset, stored, raw, chunk_size, first_chunk;
     uint32_t buf_no;      /* buffer sections: their number, in order */
-    int filter;           /* FK_FILTER_* for its compressed chunks */
+    int filter;           /* FK_FILTER_* of its compressed chunks */
     size_t elem;          /* the filter's element size */
-    int filtered;         /* some chunk was stored compressed, so filtered */
-} wr_section;
+    int filtered;         /* writer: some chunk was stored compressed, so filtered */
+    int all_raw;          /* reader: no chunk is compressed, so the bytes can be mapped */
+    int codec;            /* reader: codec of the first compressed chunk, for messages */
+} fk_section;
 typedef struct {
     PyObject_HEAD
     fk_state *st;
@@ -73,7 +77,7 @@ typedef struct {
     /* tables */
     wr_chunk *chunks;
     size_t nchunks, chunks_cap;
-    wr_section *sections;
+    fk_section *sections;
     size_t nsections, sections_cap;
     /* collected during the pickle */
     PyObject *buffers;    /* list of PickleBuffer, out-of-band, in order */
@@ -109,16 +113,6 @@ typedef struct wr_job {
     uint64_t hash_seq;    /* a stream chunk the hasher reads: its number there, else 0 */
 } wr_job;
 
-typedef struct {
-    uint16_t kind, flags;
-    uint32_t nchunks;
-    uint64_t offset, stored, raw, chunk_size, first_chunk;
-    int all_raw;          /* no chunk is compressed: the bytes can be mapped */
-    int codec;            /* codec of the first compressed chunk, for messages */
-    uint32_t buf_no;      /* buffer sections: their number, in index order */
-    int filter;           /* FK_FILTER_* undone after decompressing each compressed chunk */
-    size_t elem;          /* its element size */
-} rd_section;
 
 typedef struct {
     PyObject_HEAD
@@ -140,7 +134,7 @@ typedef struct {
     const unsigned char *chunk_table;
     uint64_t nchunks_total;
     size_t chunk_stride;
-    rd_section *sections;
+    fk_section *sections;
     size_t nsections;
     Py_ssize_t pickle_sec, meta_sec, sig_sec;
     size_t *buf_secs;
@@ -159,20 +153,22 @@ int wr_sink(WriterObject *w, const unsigned char *p, size_t n);
 int wr_out(WriterObject *w, const void *p, size_t n);
 int wr_pad(WriterObject *w);
 int wr_flush_stream(WriterObject *w);
+int wr_patch_header(WriterObject *w, const unsigned char *h, int do_fsync);
 PyObject *Writer_write(WriterObject *w, PyObject *data);
 int rd_read(ReaderObject *r, uint64_t off, void *dst, size_t n);
 int rd_size(ReaderObject *r, uint64_t *size);
 
 /* ---- container.c ---- */
-wr_section *wr_new_section(WriterObject *w, uint16_t kind, uint16_t flags);
+fk_section *wr_new_section(WriterObject *w, uint16_t kind, uint16_t flags);
 int wr_reserve_chunks(WriterObject *w, size_t more);
 void wr_header_bytes(const WriterObject *w, unsigned char *h, uint64_t total, uint64_t index_off);
+int wr_index(WriterObject *w, uint64_t *index_off, uint64_t *total);
 int rd_parse(ReaderObject *r);
-uint32_t chunk_crc(ReaderObject *r, const rd_section *s, uint32_t c);
+uint32_t chunk_crc(ReaderObject *r, const fk_section *s, uint32_t c);
 const char *kind_name(uint16_t kind);
 const char *codec_name(int codec);
-long buffer_ordinal(ReaderObject *r, const rd_section *s);
-int report_crc_mismatch(ReaderObject *r, const rd_section *s, uint32_t c);
+long buffer_ordinal(ReaderObject *r, const fk_section *s);
+int report_crc_mismatch(ReaderObject *r, const fk_section *s, uint32_t c);
 
 /* ---- ring.c ---- */
 int wr_report_progress(WriterObject *w, uint64_t n, int force);
@@ -180,9 +176,9 @@ int wr_retire_one(WriterObject *w);
 int wr_drain(WriterObject *w);
 void wr_abort_pipeline(WriterObject *w);
 int wr_submit(WriterObject *w, const unsigned char *p, size_t n, void *owned);
-wr_section *wr_begin_section(WriterObject *w, uint16_t kind, uint16_t flags, int empty);
+fk_section *wr_begin_section(WriterObject *w, uint16_t kind, uint16_t flags, int empty);
 int wr_blob_section(WriterObject *w, uint16_t kind, uint16_t flags, const unsigned char *p, size_t n);
-int rd_sections_into(ReaderObject *r, const rd_section **secs, unsigned char **dsts, size_t n,
+int fk_sections_into(ReaderObject *r, const fk_section **secs, unsigned char **dsts, size_t n,
                      int verify, int threads, PyObject *progress, const unsigned char *hash_key,
                      hash_records *records);
 

@@ -187,6 +187,48 @@ PyObject *Writer_write(WriterObject *w, PyObject *data)
     return PyLong_FromSsize_t(len);
 }
 
+/* Write the final header over the provisional one: pwrite and fsync on a
+ * file descriptor; seek, write and seek back to the end on a seekable file
+ * object (one that refuses to go back, such as gzip in write mode, keeps
+ * the provisional header, which is valid: the trailer says it all). */
+int wr_patch_header(WriterObject *w, const unsigned char *h, int do_fsync)
+{
+    if (w->fd >= 0) {
+        ssize_t k = pwrite(w->fd, h, FK_HEADER_LEN, 0);
+        if (k != FK_HEADER_LEN) {
+            if (k >= 0) errno = EIO;
+            wr_errno(w);
+            return -1;
+        }
+        if (do_fsync) {
+            int rc;
+            Py_BEGIN_ALLOW_THREADS
+            rc = fsync(w->fd);
+            Py_END_ALLOW_THREADS
+            if (rc < 0) { wr_errno(w); return -1; }
+        }
+        return 0;
+    }
+    if (w->start_pos == Py_None) return 0;
+    PyObject *r = PyObject_CallMethod(w->fileobj, "seek", "O", w->start_pos);
+    if (!r) {
+        if (!PyErr_ExceptionMatches(PyExc_OSError)) return -1;
+        PyErr_Clear();
+        return 0;
+    }
+    Py_DECREF(r);
+    if (write_all_pyfile(w, h, FK_HEADER_LEN) < 0) return -1;
+    PyObject *tot = PyLong_FromUnsignedLongLong(fk_get_u64(h + 32));
+    PyObject *end = tot ? PyNumber_Add(w->start_pos, tot) : NULL;
+    Py_XDECREF(tot);
+    if (!end) return -1;
+    r = PyObject_CallMethod(w->fileobj, "seek", "O", end);
+    Py_DECREF(end);
+    if (!r) return -1;
+    Py_DECREF(r);
+    return 0;
+}
+
 /* ------------------------------------------------------------ read */
 
 /* Read n bytes at container-relative offset `off`. GIL held on entry; the

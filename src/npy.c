@@ -100,7 +100,7 @@ static size_t filter_elem_size(fk_state *st, PyObject *pb)
 
 /* Set a buffer section's filter from its data: w->filters forced, or the
  * codec layer's sampling of `n` bytes at p. Without an exception. */
-static void wr_choose_filter(WriterObject *w, wr_section *s, size_t elem, const unsigned char *p, size_t n)
+static void wr_choose_filter(WriterObject *w, fk_section *s, size_t elem, const unsigned char *p, size_t n)
 {
     s->filter = FK_FILTER_NONE;
     s->elem = elem;

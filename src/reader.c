@@ -27,12 +27,12 @@ PyObject *rd_error(ReaderObject *r, PyObject *exc, const char *fmt, ...)
     return NULL;
 }
 
-static PyObject *rd_section_bytes(ReaderObject *r, const rd_section *s)
+static PyObject *fk_section_bytes(ReaderObject *r, const fk_section *s)
 {
     PyObject *b = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)s->raw); /* raw <= file size or 64 MiB/chunk */
     if (!b) return NULL;
     unsigned char *dst = (unsigned char *)PyBytes_AS_STRING(b);
-    if (rd_sections_into(r, &s, &dst, 1, 1, 0, NULL, NULL, NULL) < 0) {
+    if (fk_sections_into(r, &s, &dst, 1, 1, 0, NULL, NULL, NULL) < 0) {
         Py_DECREF(b);
         return NULL;
     }
@@ -42,21 +42,21 @@ static PyObject *rd_section_bytes(ReaderObject *r, const rd_section *s)
 static PyObject *Reader_pickle_stream(ReaderObject *r, PyObject *unused)
 {
     (void)unused;
-    return rd_section_bytes(r, &r->sections[r->pickle_sec]);
+    return fk_section_bytes(r, &r->sections[r->pickle_sec]);
 }
 
 static PyObject *Reader_metadata(ReaderObject *r, PyObject *unused)
 {
     (void)unused;
     if (r->meta_sec < 0) Py_RETURN_NONE;
-    return rd_section_bytes(r, &r->sections[r->meta_sec]);
+    return fk_section_bytes(r, &r->sections[r->meta_sec]);
 }
 
 static PyObject *Reader_signature(ReaderObject *r, PyObject *unused)
 {
     (void)unused;
     if (r->sig_sec < 0) Py_RETURN_NONE;
-    return rd_section_bytes(r, &r->sections[r->sig_sec]);
+    return fk_section_bytes(r, &r->sections[r->sig_sec]);
 }
 
 static PyObject *Reader_header_bytes(ReaderObject *r, PyObject *unused)
@@ -93,7 +93,7 @@ static PyObject *Reader_read_buffers(ReaderObject *r, PyObject *args, PyObject *
     int hashing = hash_key_arg(&key, "read_buffers");
     if (hashing < 0) return NULL;
     PyObject *out = PyList_New((Py_ssize_t)r->nbuf);
-    const rd_section **secs = (const rd_section **)PyMem_Calloc(r->nbuf ? r->nbuf : 1, sizeof(*secs));
+    const fk_section **secs = (const fk_section **)PyMem_Calloc(r->nbuf ? r->nbuf : 1, sizeof(*secs));
     unsigned char **dsts = (unsigned char **)PyMem_Calloc(r->nbuf ? r->nbuf : 1, sizeof(*dsts));
     size_t n = 0;
     if (!out || !secs || !dsts) {
@@ -109,7 +109,7 @@ static PyObject *Reader_read_buffers(ReaderObject *r, PyObject *args, PyObject *
             if (in < 0) goto fail;
             if (!in) continue;
         }
-        const rd_section *s = &r->sections[r->buf_secs[i]];
+        const fk_section *s = &r->sections[r->buf_secs[i]];
         BufferObject *b = buffer_new(r->st, (size_t)s->raw);
         if (!b) goto fail;
         PyList_SetItem(out, (Py_ssize_t)i, (PyObject *)b);
@@ -117,7 +117,7 @@ static PyObject *Reader_read_buffers(ReaderObject *r, PyObject *args, PyObject *
         dsts[n] = b->data;
         n++;
     }
-    if (rd_sections_into(r, secs, dsts, n, verify, threads, progress == Py_None ? NULL : progress,
+    if (fk_sections_into(r, secs, dsts, n, verify, threads, progress == Py_None ? NULL : progress,
                          hashing ? (const unsigned char *)key.buf : NULL, &rec) < 0)
         goto fail;
     PyMem_Free(secs);
@@ -164,7 +164,7 @@ static PyObject *Reader_verify_mapped(ReaderObject *r, PyObject *args, PyObject 
         goto done;
     }
     for (size_t i = 0; i < r->nbuf; i++) {
-        const rd_section *s = &r->sections[r->buf_secs[i]];
+        const fk_section *s = &r->sections[r->buf_secs[i]];
         if (!s->all_raw) continue; /* compressed buffers are verified when decoded */
         const unsigned char *p = (const unsigned char *)v.buf + s->offset;
         uint64_t off = 0;
@@ -199,7 +199,7 @@ static PyObject *Reader_buffer_spans(ReaderObject *r, PyObject *unused)
     PyObject *out = PyList_New((Py_ssize_t)r->nbuf);
     if (!out) return NULL;
     for (size_t i = 0; i < r->nbuf; i++) {
-        const rd_section *s = &r->sections[r->buf_secs[i]];
+        const fk_section *s = &r->sections[r->buf_secs[i]];
         /* frames removed: the bytes do not lie at these offsets in the file */
         int mappable = s->all_raw && !r->deframed;
         PyObject *t = Py_BuildValue("(KKO)", (unsigned long long)(r->base + s->offset),
@@ -239,7 +239,7 @@ static PyObject *Reader_sections(ReaderObject *r, PyObject *unused)
     PyObject *out = PyList_New((Py_ssize_t)r->nsections);
     if (!out) return NULL;
     for (size_t i = 0; i < r->nsections; i++) {
-        const rd_section *s = &r->sections[i];
+        const fk_section *s = &r->sections[i];
         PyObject *d = Py_BuildValue("{s:s,s:K,s:K,s:K,s:I,s:K,s:s,s:s,s:K}", "kind", kind_name(s->kind),
                                     "offset", (unsigned long long)s->offset, "stored",
                                     (unsigned long long)s->stored, "raw", (unsigned long long)s->raw,

@@ -145,7 +145,7 @@ int wr_retire_one(WriterObject *w)
                      "compressing chunk failed: %s", j->job.err);
         goto done;
     }
-    wr_section *s = &w->sections[j->section];
+    fk_section *s = &w->sections[j->section];
     if (s->nchunks == 0) {
         /* earlier sections' chunks were still in flight when this one began */
         if (wr_pad(w) < 0) goto done;
@@ -240,7 +240,7 @@ int wr_submit(WriterObject *w, const unsigned char *p, size_t n, void *owned)
 }
 
 /* Start a section. Empty sections get their offset now (nothing to retire). */
-wr_section *wr_begin_section(WriterObject *w, uint16_t kind, uint16_t flags, int empty)
+fk_section *wr_begin_section(WriterObject *w, uint16_t kind, uint16_t flags, int empty)
 {
     if (empty) {
         if (wr_drain(w) < 0 || wr_pad(w) < 0) return NULL;
@@ -264,7 +264,7 @@ int wr_blob_section(WriterObject *w, uint16_t kind, uint16_t flags,
 
 typedef struct rd_job {
     codec_job job;
-    const rd_section *s;
+    const fk_section *s;
     uint32_t chunk;
     uint64_t file_off;
     uint64_t raw_len;
@@ -272,7 +272,7 @@ typedef struct rd_job {
 
 static int rd_job_error(ReaderObject *r, rd_job *j)
 {
-    const rd_section *s = j->s;
+    const fk_section *s = j->s;
     if (j->job.status == CODEC_ERR_CHECKSUM) return report_crc_mismatch(r, s, j->chunk);
     if (j->job.status == CODEC_ERR_IO) { /* read on the worker: as rd_read reports it */
         if (j->job.read_errno) {
@@ -313,7 +313,7 @@ static int rd_retire_one(ReaderObject *r, fk_ring *rg, hash_records *records)
  * decoded and verified by the pool while the next chunks are read. With
  * hash_key (buffer sections of a signed file), the pool also hashes each
  * chunk's raw bytes into `records`. */
-int rd_sections_into(ReaderObject *r, const rd_section **secs, unsigned char **dsts, size_t n,
+int fk_sections_into(ReaderObject *r, const fk_section **secs, unsigned char **dsts, size_t n,
                      int verify, int threads, PyObject *progress, const unsigned char *hash_key,
                      hash_records *records)
 {
@@ -333,7 +333,7 @@ int rd_sections_into(ReaderObject *r, const rd_section **secs, unsigned char **d
     if (!verify && !packed && !hash_key) from = UINT64_MAX; /* nothing for workers to do */
     if (ring_pool(&rg, r->st, total >= from ? threads : 0, (size_t)threads * 4) < 0) goto done;
     for (size_t i = 0; i < n; i++) {
-        const rd_section *s = secs[i];
+        const fk_section *s = secs[i];
         uint64_t soff = s->offset, roff = 0;
         for (uint32_t c = 0; c < s->nchunks; c++) {
             const unsigned char *ce = r->chunk_table + (s->first_chunk + c) * r->chunk_stride;

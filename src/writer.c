@@ -90,7 +90,6 @@ static PyObject *Writer_finish(WriterObject *w, PyObject *args)
     Py_buffer meta, sig = {0};
     int do_fsync = 1;
     PyObject *ret = NULL;
-    unsigned char *idx = NULL;
     if (!PyArg_ParseTuple(args, "y*|py*:finish", &meta, &do_fsync, &sig)) return NULL;
     if (w->stage != 1) {
         PyErr_SetString(PyExc_RuntimeError, "finish() comes once, after a successful dump()");
@@ -112,112 +111,23 @@ static PyObject *Writer_finish(WriterObject *w, PyObject *args)
         if (rc < 0) goto done;
     }
     if (wr_pad(w) < 0) goto done;
-    {
-        uint64_t index_off = w->pos;
-        size_t ilen = FK_INDEX_HEAD_LEN + w->nsections * FK_SECTION_ENTRY_LEN +
-                      w->nchunks * FK_CHUNK_ENTRY_LEN;
-        if ((uint64_t)ilen > FK_MAX_INDEX) {
-            PyErr_Format(PyExc_ValueError, "the index would be %zu bytes (%zu chunks); a firkin file "
-                         "holds at most %llu (docs/FORMAT.md, Limits): use larger chunks",
-                         ilen, (size_t)w->nchunks, (unsigned long long)FK_MAX_INDEX);
-            goto done;
-        }
-        idx = (unsigned char *)PyMem_Calloc(ilen, 1);
-        if (!idx) { PyErr_NoMemory(); goto done; }
-        memcpy(idx, FK_INDEX_MAGIC, 4);
-        fk_put_u32(idx + 4, (uint32_t)w->nsections);
-        fk_put_u32(idx + 8, FK_SECTION_ENTRY_LEN);
-        fk_put_u32(idx + 12, FK_CHUNK_ENTRY_LEN);
-        for (size_t i = 0; i < w->nsections; i++) {
-            wr_section *s = &w->sections[i];
-            unsigned char *e = idx + FK_INDEX_HEAD_LEN + i * FK_SECTION_ENTRY_LEN;
-            fk_put_u16(e + 0, s->kind);
-            if (s->filtered) {
-                fk_put_u16(e + 2, (uint16_t)(s->flags | (s->filter << FK_SECF_FILTER_SHIFT)));
-                fk_put_u16(e + FK_SEC_FILTER_ELEM_OFF, (uint16_t)s->elem);
-            } else {
-                fk_put_u16(e + 2, s->flags);
-            }
-            fk_put_u32(e + 4, (uint32_t)s->nchunks);
-            fk_put_u64(e + 8, s->offset);
-            fk_put_u64(e + 16, s->stored);
-            fk_put_u64(e + 24, s->raw);
-            fk_put_u64(e + 32, s->chunk_size);
-            fk_put_u64(e + 40, s->first_chunk);
-        }
-        unsigned char *ct = idx + FK_INDEX_HEAD_LEN + w->nsections * FK_SECTION_ENTRY_LEN;
-        for (size_t i = 0; i < w->nchunks; i++) {
-            unsigned char *e = ct + i * FK_CHUNK_ENTRY_LEN;
-            fk_put_u64(e, w->chunks[i].stored);
-            fk_put_u32(e + 8, w->chunks[i].crc);
-            e[12] = (unsigned char)w->chunks[i].codec;
-        }
-        uint32_t icrc = checksum_crc32c(0, idx, ilen);
-        if (wr_out(w, idx, ilen) < 0) goto done;
-        unsigned char t[FK_TRAILER_LEN];
-        uint64_t total = w->pos + FK_TRAILER_LEN;
-        fk_put_u64(t, index_off);
-        fk_put_u64(t + 8, ilen);
-        fk_put_u64(t + 16, total);
-        fk_put_u32(t + 24, icrc);
-        fk_put_u32(t + 28, checksum_crc32c(0, t, 28));
-        memcpy(t + 32, FK_END_MAGIC, 8);
-        if (wr_out(w, t, FK_TRAILER_LEN) < 0) goto done;
-
-        unsigned char h[FK_HEADER_LEN];
-        if (w->streamed) {
-            /* the empty frame ends the stream; nothing to patch */
-            static const unsigned char end[4];
-            if (wr_sink(w, end, sizeof end) < 0) goto done;
-            w->framing = 0;
-            w->stage = 2;
-            ret = PyLong_FromUnsignedLongLong(total);
-            goto done;
-        }
+    uint64_t index_off, total;
+    if (wr_index(w, &index_off, &total) < 0) goto done;
+    if (w->streamed) {
+        /* the empty frame ends the stream; nothing to patch */
+        static const unsigned char end[4];
+        if (wr_sink(w, end, sizeof end) < 0) goto done;
+        w->framing = 0;
+    } else {
         /* patch the header with the container length and index offset */
+        unsigned char h[FK_HEADER_LEN];
         wr_header_bytes(w, h, total, index_off);
-        if (w->fd >= 0) {
-            ssize_t k = pwrite(w->fd, h, FK_HEADER_LEN, 0);
-            if (k != FK_HEADER_LEN) {
-                if (k >= 0) errno = EIO;
-                wr_errno(w);
-                goto done;
-            }
-            if (do_fsync) {
-                int rc;
-                Py_BEGIN_ALLOW_THREADS
-                rc = fsync(w->fd);
-                Py_END_ALLOW_THREADS
-                if (rc < 0) { wr_errno(w); goto done; }
-            }
-        } else if (w->start_pos != Py_None) {
-            PyObject *r = PyObject_CallMethod(w->fileobj, "seek", "O", w->start_pos);
-            if (!r) {
-                /* some "seekable" streams refuse to go back (gzip in write
-                 * mode): the unpatched header is valid, the trailer says it all */
-                if (!PyErr_ExceptionMatches(PyExc_OSError)) goto done;
-                PyErr_Clear();
-                w->stage = 2;
-                ret = PyLong_FromUnsignedLongLong(total);
-                goto done;
-            }
-            Py_DECREF(r);
-            if (write_all_pyfile(w, h, FK_HEADER_LEN) < 0) goto done;
-            PyObject *tot = PyLong_FromUnsignedLongLong(total);
-            PyObject *end = tot ? PyNumber_Add(w->start_pos, tot) : NULL;
-            Py_XDECREF(tot);
-            if (!end) goto done;
-            r = PyObject_CallMethod(w->fileobj, "seek", "O", end);
-            Py_DECREF(end);
-            if (!r) goto done;
-            Py_DECREF(r);
-        }
-        w->stage = 2;
-        ret = PyLong_FromUnsignedLongLong(total);
+        if (wr_patch_header(w, h, do_fsync) < 0) goto done;
     }
+    w->stage = 2;
+    ret = PyLong_FromUnsignedLongLong(total);
 done:
     if (!ret) wr_abort_pipeline(w);
-    PyMem_Free(idx);
     PyBuffer_Release(&meta);
     if (sig.obj) PyBuffer_Release(&sig);
     return ret;
