@@ -2,7 +2,7 @@
  *
  * Units: module.c (init, state, exported functions), container.c (the
  * container of docs/FORMAT.md, encoded and parsed), io.c (the Writer's
- * sinks, the Reader's sources), ring.c (the chunk rings in front of the
+ * sinks, the Reader's sources), ring.c (the one chunk ring in front of the
  * codec pool), pickler.c (the pickler subclass and buffer callback), npy.c
  * (array reductions, out-of-band data, the Buffer type), writer.c and
  * reader.c (the Writer and Reader types; container.h is their private
