@@ -43,12 +43,18 @@
  * recursion, and every opcode costs O(1) plus the bytes it consumes (names
  * are decoded once per distinct string). A PUT whose memo key is larger
  * than its offset is unsafe: the unpickler would size its memo from it.
+ *
+ * This file is the walk (the opcode table, scan_step, the entry points);
+ * scan_values.c models the unpickler's memo, stack, names and nesting, and
+ * scan_records.c the records (tuples, dicts, dtypes, joblib wrappers, array
+ * records); scan.h is their shared model.
  */
 #include "scan.h"
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
 
+/* name == NULL: not an opcode */
 const scan_opinfo scan_ops[256] = {
     [OP_MARK] = {"MARK", 0}, [OP_STOP] = {"STOP", 0}, [OP_POP] = {"POP", 0},
     [OP_POP_MARK] = {"POP_MARK", 1}, [OP_DUP] = {"DUP", 0}, [OP_FLOAT] = {"FLOAT", 0},
