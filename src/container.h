@@ -156,6 +156,7 @@ int wr_flush_stream(WriterObject *w);
 int wr_patch_header(WriterObject *w, const unsigned char *h, int do_fsync);
 PyObject *Writer_write(WriterObject *w, PyObject *data);
 int rd_read(ReaderObject *r, uint64_t off, void *dst, size_t n);
+int rd_truncated(ReaderObject *r, size_t n, uint64_t off);
 int rd_size(ReaderObject *r, uint64_t *size);
 
 /* ---- container.c ---- */

@@ -231,6 +231,13 @@ int wr_patch_header(WriterObject *w, const unsigned char *h, int do_fsync)
 
 /* ------------------------------------------------------------ read */
 
+/* The error of a read that the file's end cut short: -1. */
+int rd_truncated(ReaderObject *r, size_t n, uint64_t off)
+{
+    FORMAT_ERR(r, "truncated: file ends inside the %zu bytes at offset %llu", n, (unsigned long long)off);
+    return -1;
+}
+
 /* Read n bytes at container-relative offset `off`. GIL held on entry; the
  * fd and memory backends release it for large reads. */
 int rd_read(ReaderObject *r, uint64_t off, void *dst, size_t n)
@@ -273,12 +280,7 @@ int rd_read(ReaderObject *r, uint64_t off, void *dst, size_t n)
             PyErr_SetFromErrnoWithFilenameObject(PyExc_OSError, r->name);
             return -1;
         }
-        if (done < n) {
-            FORMAT_ERR(r, "truncated: file ends inside the %zu bytes at offset %llu", n,
-                       (unsigned long long)off);
-            return -1;
-        }
-        return 0;
+        return done < n ? rd_truncated(r, n, off) : 0;
     }
     /* Python file object */
     PyObject *res = PyObject_CallMethod(r->fileobj, "seek", "K", (unsigned long long)abs);
@@ -304,12 +306,7 @@ int rd_read(ReaderObject *r, uint64_t off, void *dst, size_t n)
         }
         done += (size_t)k;
     }
-    if (done < n) {
-        FORMAT_ERR(r, "truncated: file ends inside the %zu bytes at offset %llu", n,
-                   (unsigned long long)off);
-        return -1;
-    }
-    return 0;
+    return done < n ? rd_truncated(r, n, off) : 0;
 }
 
 int rd_size(ReaderObject *r, uint64_t *size)

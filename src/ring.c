@@ -275,13 +275,9 @@ static int rd_job_error(ReaderObject *r, rd_job *j)
     const fk_section *s = j->s;
     if (j->job.status == CODEC_ERR_CHECKSUM) return report_crc_mismatch(r, s, j->chunk);
     if (j->job.status == CODEC_ERR_IO) { /* read on the worker: as rd_read reports it */
-        if (j->job.read_errno) {
-            errno = j->job.read_errno;
-            PyErr_SetFromErrno(PyExc_OSError);
-        } else {
-            FORMAT_ERR(r, "truncated: file ends inside the %zu bytes at offset %llu", j->raw_len,
-                       (unsigned long long)j->file_off);
-        }
+        if (!j->job.read_errno) return rd_truncated(r, (size_t)j->raw_len, j->file_off);
+        errno = j->job.read_errno;
+        PyErr_SetFromErrnoWithFilenameObject(PyExc_OSError, r->name);
         return -1;
     }
     char what[64];
