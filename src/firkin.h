@@ -251,23 +251,9 @@ uint64_t writer_required_flags(int codec, int filters, int streamed);
 /* ---- reader.c ---- */
 int reader_init_types(PyObject *module, fk_state *st);
 
+/* ---- io.c ---- */
 /* Release a memoryview over memory we own, keeping any pending exception. */
-static inline int fk_release_view(PyObject *mv)
-{
-    PyObject *type, *value, *tb;
-    PyErr_Fetch(&type, &value, &tb);
-    PyObject *r = PyObject_CallMethod(mv, "release", NULL);
-    Py_DECREF(mv);
-    if (type) {
-        Py_XDECREF(r);
-        PyErr_Clear();
-        PyErr_Restore(type, value, tb);
-        return -1;
-    }
-    if (!r) return -1;
-    Py_DECREF(r);
-    return 0;
-}
+int fk_release_view(PyObject *mv);
 
 /* ---- scan.c ---- */
 /* scan_pickle(data) -> {"globals", "unsafe_ops", "n_buffers", "protocol", "end"}:

@@ -229,6 +229,24 @@ int wr_patch_header(WriterObject *w, const unsigned char *h, int do_fsync)
     return 0;
 }
 
+/* Release a memoryview over memory we own, keeping any pending exception. */
+int fk_release_view(PyObject *mv)
+{
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    PyObject *r = PyObject_CallMethod(mv, "release", NULL);
+    Py_DECREF(mv);
+    if (type) {
+        Py_XDECREF(r);
+        PyErr_Clear();
+        PyErr_Restore(type, value, tb);
+        return -1;
+    }
+    if (!r) return -1;
+    Py_DECREF(r);
+    return 0;
+}
+
 /* ------------------------------------------------------------ read */
 
 /* The error of a read that the file's end cut short: -1. */
