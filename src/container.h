@@ -1,6 +1,6 @@
 /* The Writer and Reader objects and what the container units share:
  * container.c (docs/FORMAT.md both ways), io.c (sinks and sources),
- * ring.c (the chunk rings), npy.c (arrays, Buffer), pickler.c (the
+ * ring.c (the chunk ring), npy.c (arrays, Buffer), pickler.c (the
  * pickler glue), writer.c and reader.c (the types). Private to src/.
  */
 #ifndef FIRKIN_CONTAINER_H
@@ -54,6 +54,7 @@ typedef struct {
     int all_raw;          /* reader: no chunk is compressed, so the bytes can be mapped */
     int codec;            /* reader: codec of the first compressed chunk, for messages */
 } fk_section;
+
 typedef struct {
     PyObject_HEAD
     fk_state *st;
@@ -113,7 +114,7 @@ typedef struct wr_job {
     uint64_t hash_seq;    /* a stream chunk the hasher reads: its number there, else 0 */
 } wr_job;
 
-
+/* ---- the Reader ---- */
 typedef struct {
     PyObject_HEAD
     fk_state *st;
@@ -143,8 +144,6 @@ typedef struct {
 
 #define FORMAT_ERR(r, ...) rd_error((r), (r)->st->FormatError, __VA_ARGS__)
 #define CHECKSUM_ERR(r, ...) rd_error((r), (r)->st->ChecksumError, __VA_ARGS__)
-
-
 
 /* ---- io.c ---- */
 void wr_errno(WriterObject *w);  /* an OSError from errno, naming the file when known */
@@ -179,7 +178,7 @@ void wr_abort_pipeline(WriterObject *w);
 int wr_submit(WriterObject *w, const unsigned char *p, size_t n, void *owned);
 fk_section *wr_begin_section(WriterObject *w, uint16_t kind, uint16_t flags, int empty);
 int wr_blob_section(WriterObject *w, uint16_t kind, uint16_t flags, const unsigned char *p, size_t n);
-int fk_sections_into(ReaderObject *r, const fk_section **secs, unsigned char **dsts, size_t n,
+int rd_sections_into(ReaderObject *r, const fk_section **secs, unsigned char **dsts, size_t n,
                      int verify, int threads, PyObject *progress, const unsigned char *hash_key,
                      hash_records *records);
 

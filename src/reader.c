@@ -32,7 +32,7 @@ static PyObject *fk_section_bytes(ReaderObject *r, const fk_section *s)
     PyObject *b = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)s->raw); /* raw <= file size or 64 MiB/chunk */
     if (!b) return NULL;
     unsigned char *dst = (unsigned char *)PyBytes_AS_STRING(b);
-    if (fk_sections_into(r, &s, &dst, 1, 1, 0, NULL, NULL, NULL) < 0) {
+    if (rd_sections_into(r, &s, &dst, 1, 1, 0, NULL, NULL, NULL) < 0) {
         Py_DECREF(b);
         return NULL;
     }
@@ -117,7 +117,7 @@ static PyObject *Reader_read_buffers(ReaderObject *r, PyObject *args, PyObject *
         dsts[n] = b->data;
         n++;
     }
-    if (fk_sections_into(r, secs, dsts, n, verify, threads, progress == Py_None ? NULL : progress,
+    if (rd_sections_into(r, secs, dsts, n, verify, threads, progress == Py_None ? NULL : progress,
                          hashing ? (const unsigned char *)key.buf : NULL, &rec) < 0)
         goto fail;
     PyMem_Free(secs);

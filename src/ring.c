@@ -309,7 +309,7 @@ static int rd_retire_one(ReaderObject *r, fk_ring *rg, hash_records *records)
  * decoded and verified by the pool while the next chunks are read. With
  * hash_key (buffer sections of a signed file), the pool also hashes each
  * chunk's raw bytes into `records`. */
-int fk_sections_into(ReaderObject *r, const fk_section **secs, unsigned char **dsts, size_t n,
+int rd_sections_into(ReaderObject *r, const fk_section **secs, unsigned char **dsts, size_t n,
                      int verify, int threads, PyObject *progress, const unsigned char *hash_key,
                      hash_records *records)
 {
