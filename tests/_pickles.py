@@ -5,7 +5,9 @@ containers() puts a stream in every kind of file firkin reads.
 """
 from __future__ import annotations
 
+import bz2
 import gzip
+import lzma
 import shlex
 import struct
 import zlib
@@ -154,4 +156,12 @@ def _containers(data: bytes):
         "firkin-streamed": streamed_layout(firkin_container(data)),
         "firkin-streamed-other-key": streamed_layout(firkin_container(data, key=b"mallory's key",
                                                                       version=2)),
+        # firkin files compressed as a whole (dump(..., compress='gzip') and the like)
+        "firkin-gzip-streamed-other-key": gzip.compress(streamed_layout(firkin_container(
+            data, key=b"mallory's key", version=2))),
+        "firkin-zlib-unsigned": zlib.compress(firkin_container(data), 3),
+        "firkin-bz2-streamed": bz2.compress(streamed_layout(firkin_container(data))),
+        "firkin-xz-other-key": lzma.compress(firkin_container(data, key=b"mallory's key")),
+        "firkin-lzma-streamed": lzma.compress(streamed_layout(firkin_container(data)),
+                                              format=lzma.FORMAT_ALONE),
     }

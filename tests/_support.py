@@ -201,3 +201,18 @@ class OneWayStream:
         out = self._data[self._pos:self._pos + min(n, self._step)]
         self._pos += len(out)
         return out
+
+
+class PipeSink(io.RawIOBase):
+    """A sink that cannot seek, like a pipe: dump writes the streamed layout
+    to it; the bytes written are in `data`."""
+
+    def __init__(self):
+        self.data = bytearray()
+
+    def writable(self):
+        return True
+
+    def write(self, b):
+        self.data += b
+        return len(b)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import firkin
-from firkin import _compress, _core
+from firkin import _compress, _core, _outer
 
 
 def _sections(path):
@@ -49,7 +49,7 @@ def _available_methods():
 @pytest.mark.parametrize("method", _available_methods())
 def test_every_available_method_round_trips(tmp_path, payload, method):
     path = tmp_path / "m.firkin"
-    firkin.dump(payload, path, compress=method)
+    firkin.dump(payload, path, compress=method, whole_file=False)  # firkin's chunks
     _assert_same(payload, firkin.load(path))
     meta = firkin.load_metadata(path)
     # a method named alone: level 3 as in joblib, except lz4, whose fast mode is level 1
@@ -76,7 +76,7 @@ def test_every_available_method_round_trips(tmp_path, payload, method):
 def test_joblib_compress_forms(tmp_path, compress, expected):
     value = {"a": np.arange(200_000) % 7, "b": "x" * 1000}
     path = tmp_path / "f.firkin"
-    firkin.dump(value, path, compress=compress)
+    firkin.dump(value, path, compress=compress, whole_file=False)  # firkin's chunks
     assert firkin.load_metadata(path)["compress"] == expected
     out = firkin.load(path)
     np.testing.assert_array_equal(out["a"], value["a"])
@@ -97,14 +97,18 @@ def test_extension_inference(tmp_path, suffix, method):
         assert not os.listdir(tmp_path)
         return
     firkin.dump({"a": np.zeros(100_000)}, path)
+    # joblib's methods compress the whole file (a real .gz, .bz2, ... file)
+    whole = {"whole_file": True} if method in _outer.METHODS else {}
     # the method's own default level: lz4 alone is its fast mode
     assert firkin.load_metadata(path)["compress"] == {"method": method,
-                                                      "level": 1 if method == "lz4" else 3}
+                                                      "level": 1 if method == "lz4" else 3, **whole}
+    assert firkin.info(path).outer == (method if whole else None)
     # an explicit method wins over the ending; compress=0 with the ending still compresses
     firkin.dump({"a": np.zeros(100_000)}, path, compress="zlib")
     assert firkin.load_metadata(path)["compress"]["method"] == "zlib"
+    assert firkin.info(path).outer == "zlib"
     firkin.dump({"a": np.zeros(100_000)}, path, compress=5)
-    assert firkin.load_metadata(path)["compress"] == {"method": method, "level": 5}
+    assert firkin.load_metadata(path)["compress"] == {"method": method, "level": 5, **whole}
 
 
 def test_tuple_compress_disables_inference(tmp_path):
@@ -230,7 +234,7 @@ def _chunk_table(path):
 def test_flipped_byte_in_any_compressed_chunk_is_caught(tmp_path, method):
     value = {"a": (np.arange(2_500_000) % 11).astype(np.int32), "s": ["ab"] * 50_000}
     path = tmp_path / "c.firkin"
-    firkin.dump(value, path, compress=method)
+    firkin.dump(value, path, compress=method, whole_file=False)
     good = path.read_bytes()
     secs = _chunk_table(path)
     for sec in secs:
@@ -254,7 +258,7 @@ def test_flipped_byte_in_any_compressed_chunk_is_caught(tmp_path, method):
 def test_verify_false_skips_buffer_checksums_but_not_decoding(tmp_path):
     value = np.arange(1_000_000) % 3
     path = tmp_path / "c.firkin"
-    firkin.dump(value, path, compress="zlib")
+    firkin.dump(value, path, compress="zlib", whole_file=False)
     sec = [s for s in _chunk_table(path) if s["kind"] == "buffer"][0]
     bad = bytearray(path.read_bytes())
     bad[sec["offset"] + 10] ^= 0xFF  # inside the zlib stream of chunk 0
@@ -270,7 +274,7 @@ def test_chunk_that_decodes_to_wrong_length_is_refused(tmp_path):
     import zlib
 
     path = tmp_path / "c.firkin"
-    firkin.dump(np.zeros(100_000), path, compress="zlib")  # one chunk
+    firkin.dump(np.zeros(100_000), path, compress="zlib", whole_file=False)  # one chunk
     data = bytearray(path.read_bytes())
     sec = [s for s in _chunk_table(path) if s["kind"] == "buffer"][0]
     # replace the chunk with a valid zlib stream of the wrong length, fix its CRC
@@ -320,7 +324,7 @@ def test_zlib_chunks_are_standard_zlib_streams(tmp_path):
 
     a = (np.arange(100_000) % 13).astype(np.int64)  # 800 KB: one chunk
     path = tmp_path / "z.firkin"
-    firkin.dump(a, path, compress=("zlib", 3), filters=None)  # the stored bytes are the array's
+    firkin.dump(a, path, compress=("zlib", 3), filters=None, whole_file=False)  # the stored bytes are the array's
     sec = [s for s in _chunk_table(path) if s["kind"] == "buffer"][0]
     assert sec["chunks"] == 1 and sec["codec"] == "zlib"
     stored = path.read_bytes()[sec["offset"]:sec["offset"] + sec["stored"]]

@@ -83,9 +83,9 @@ def make_file(kind: str) -> bytes:
     if kind in ("raw", "big"):
         return firkin.dumps(value, metadata=meta)
     if kind == "zlib":
-        return firkin.dumps(value, compress=("zlib", 1), metadata=meta)
+        return firkin.dumps(value, compress=("zlib", 1), metadata=meta, whole_file=False)
     if kind in ("zstd", "lz4", "bz2", "xz"):
-        return firkin.dumps(value, compress=(kind, 1), metadata=meta)
+        return firkin.dumps(value, compress=(kind, 1), metadata=meta, whole_file=False)
     if kind == "small_oob":
         from firkin import _api
         old = _api.OOB_THRESHOLD

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import io
+import math
 import os
+import struct
 import threading
 
 import numpy as np
@@ -10,6 +12,8 @@ import pytest
 
 import firkin
 import firkin._api
+
+from _support import PipeSink
 
 
 def make_obj(seed=0):
@@ -585,13 +589,29 @@ def test_plain_file_test():
 
 
 def test_compressed_firkin_file_bomb_is_bounded(tmp_path):
-    """A gzipped firkin file inflates under max_memory like a joblib file."""
+    """A gzipped firkin file inflates under max_memory like a joblib file;
+    what follows the container inside the compressed data is refused at
+    once, whatever max_memory allows."""
     import gzip
 
     fn = tmp_path / "bomb.gz"
     with gzip.GzipFile(fn, "wb") as f:
         f.write(firkin.dumps([1]))
         f.write(bytes(200 << 20))
+    for limit in (1 << 20, math.inf):
+        with pytest.raises(firkin.FormatError, match="goes on after the firkin container"):
+            firkin.load(fn, max_memory=limit)
+    # inside the container: a streamed container's frames of zeros inflate
+    # as they arrive, charged to max_memory
+    out = PipeSink()  # cannot seek: firkin writes the streamed layout
+    firkin.dump([1], out)
+    header = bytes(out.data[:64])
+    assert struct.unpack_from("<Q", header, 16)[0] & firkin._core.REQ_STREAMED
+    frame = 1 << 20
+    with gzip.GzipFile(fn, "wb") as f:
+        f.write(header)
+        for _ in range(200):
+            f.write(struct.pack("<I", frame) + bytes(frame))
     with pytest.raises(firkin.UntrustedTypesError, match="max_memory"):
         firkin.load(fn, max_memory=1 << 20)
 

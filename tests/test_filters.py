@@ -15,6 +15,7 @@ import firkin
 from firkin import _core
 
 from _container import KIND_BUFFER, KIND_METADATA, parse, rebuild, rebuild_parsed, section, set_header
+from _support import PipeSink
 
 SHUFFLE, BITSHUFFLE, DELTA = _core.FILTER_SHUFFLE, _core.FILTER_BITSHUFFLE, _core.FILTER_DELTA
 NAMES = {"shuffle": SHUFFLE, "bitshuffle": BITSHUFFLE, "delta": DELTA}
@@ -106,7 +107,7 @@ def _arrays():
 @pytest.mark.parametrize("method", _codec_names())
 def test_filtered_arrays_round_trip(filters, method):
     value = dict(_arrays())
-    data = firkin.dumps(value, compress=(method, 1), filters=filters)
+    data = firkin.dumps(value, compress=(method, 1), filters=filters, whole_file=False)
     back = firkin.load(io.BytesIO(data))
     for name, a in value.items():
         # (a big-endian array comes back in native order: ensure_native_byte_order='auto')
@@ -165,8 +166,8 @@ def test_auto_picks_per_buffer_and_never_costs_ratio():
     method = ("zstd", 3) if "zstd" in firkin.codecs() else ("zlib", 3)
     chosen = {}
     for name, a in cases.items():
-        auto = firkin.dumps(a, compress=method)
-        plain = firkin.dumps(a, compress=method, filters=None)
+        auto = firkin.dumps(a, compress=method, whole_file=False)
+        plain = firkin.dumps(a, compress=method, filters=None, whole_file=False)
         assert len(auto) <= len(plain), name
         chosen[name] = _sections(auto)[0]["filter"]
         assert np.array_equal(firkin.load(io.BytesIO(auto)), a)
@@ -208,7 +209,7 @@ def test_raw_chunks_of_a_filtered_section_hold_the_array_bytes():
     filtered section: random floats next to compressible ints."""
     rng = np.random.default_rng(5)
     a = np.concatenate([rng.integers(0, 9, CHUNK // 8), rng.integers(-2**62, 2**62, CHUNK // 8)])
-    data = firkin.dumps(a, compress=("zlib", 1), filters="shuffle")
+    data = firkin.dumps(a, compress=("zlib", 1), filters="shuffle", whole_file=False)
     p = parse(data)
     s = section(p, KIND_BUFFER)
     codecs = [c["codec"] for c in p["chunks"][s["first_chunk"]:s["first_chunk"] + s["nchunks"]]]
@@ -234,7 +235,7 @@ def test_bad_filters_argument(filters):
 def filtered_file(tmp_path):
     a = np.random.default_rng(2).integers(0, 50, 200_000)
     path = tmp_path / "f.firkin"
-    firkin.dump({"a": a}, path, compress=("zlib", 1), filters="shuffle")
+    firkin.dump({"a": a}, path, compress=("zlib", 1), filters="shuffle", whole_file=False)
     data = path.read_bytes()
     assert (section(parse(data), KIND_BUFFER)["flags"] >> 1) & 7 == SHUFFLE
     return path, data
@@ -285,25 +286,12 @@ def test_filter_on_a_section_that_is_not_a_buffer_is_refused(filtered_file):
     expect_error(path, firkin.FormatError, "only buffer sections")
 
 
-class _Pipe(io.RawIOBase):
-    """A sink that cannot seek: dump writes the streamed layout to it."""
-
-    def __init__(self):
-        self.data = bytearray()
-
-    def writable(self):
-        return True
-
-    def write(self, b):
-        self.data += b
-        return len(b)
-
 
 def test_streamed_and_filtered():
     """Both format 1.2 features at once: the streamed layout (to a sink that
     cannot seek) and filtered arrays, each with its required bit."""
     a = np.random.default_rng(4).integers(0, 50, 300_000)
-    pipe = _Pipe()
+    pipe = PipeSink()
     firkin.dump({"a": a}, pipe, compress=3, filters="shuffle")
     data = bytes(pipe.data)
     assert struct.unpack_from("<Q", data, 16)[0] == _core.REQ_STREAMED | _core.REQ_FILTERS

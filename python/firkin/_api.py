@@ -26,6 +26,7 @@ from . import (
     _guards,
     _meta,
     _model,
+    _outer,
     _progress,
     _remote,
     _sign,
@@ -134,6 +135,11 @@ def _write(value, target, protocol, user_meta, compress, threads, progress=None,
     a pipe or socket can delimit without seeking. Sinks whose readers seek
     (files, object stores through firkin._remote) keep the plain layout."""
     codec, level, described, filters = compress
+    outer = None
+    if described and described.get("whole_file"):
+        # one gzip/zlib/bz2/lzma/xz file around the container, as joblib writes
+        outer = _outer.Compressor(target, described["method"], level, threads)
+        target, streamed = outer, True
     models = _model.signatures(value)
     payload, check_entry = (None, None) if check_data is None else _model.prepare(value, check_data)
     byvalue = _byvalue.Session(strip_paths)
@@ -160,8 +166,15 @@ def _write(value, target, protocol, user_meta, compress, threads, progress=None,
         meta = _meta.build(modules, user_meta, w.buffer_count, w.oob_bytes, described,
                            f"{top.__module__}.{top.__qualname__}", w.arrays, byvalue.summary(),
                            models, check_entry)
-        return w.finish(meta, fsync, signer.finish(meta, w) if signer else b"")
+        n = w.finish(meta, fsync, signer.finish(meta, w) if signer else b"")
+        if outer is not None:
+            outer.close()
+            if fsync and isinstance(outer.target, int):
+                os.fsync(outer.target)
+        return n
     finally:
+        if outer is not None:
+            outer.abort()
         bar.close()
 
 
@@ -408,7 +421,7 @@ def dump(value: Any, filename: Target, compress: Compress = 0, protocol: int | N
          progress: bool | None = None, strip_paths: bool = False,
          storage_options: dict[str, Any] | None = None,
          check_data: Any = None, durable: bool | None = None,
-         filters: str | None = "auto") -> list[str] | None:
+         filters: str | None = "auto", whole_file: bool | None = None) -> list[str] | None:
     """Persist `value` to `filename` (str, os.PathLike, an fsspec URL or
     OpenFile, or a binary file object).
 
@@ -432,6 +445,17 @@ def dump(value: Any, filename: Target, compress: Compress = 0, protocol: int | N
     Chunks are compressed in parallel on `threads` native threads (None: all
     cores); chunks that do not shrink are stored raw. 'lz4' without a level
     is LZ4's fast mode; ('lz4', 3..16) is LZ4-HC.
+
+    whole_file: None (the default) does what joblib does with a method it
+    names: compress='zlib', 'gzip', 'bz2', 'lzma', 'xz' (alone, in a tuple,
+    or picked by a path ending .z .gz .bz2 .lzma .xz) writes a real file of
+    that kind (gunzip, bunzip2, xz open it) holding the firkin container;
+    gzip, bz2 and xz compress blocks of it in parallel. Such a file loads
+    into memory (mmap_mode warns and is ignored, as joblib does).
+    compress=True, a level, 'zstd' and 'lz4' compress each chunk of the
+    container instead (in parallel; raw arrays stay memory-mappable).
+    False: chunks for every method; True: the whole file (zlib for True or
+    a level).
 
     filters: with compression, numeric arrays are rearranged before they
     are compressed by the filter ('shuffle', 'bitshuffle' or 'delta') that
@@ -472,11 +496,12 @@ def dump(value: Any, filename: Target, compress: Compress = 0, protocol: int | N
     _remote.check_options(filename, storage_options)
     if _remote.is_url(filename):
         comp = _compress.resolve(compress, filename if isinstance(filename, str) else filename.path,
-                                 filters)
+                                 filters, whole_file)
         return [_remote.dump(filename, storage_options, lambda f, name: _write(
             value, f, protocol, user_meta, comp, threads, progress, name=name,
             strip_paths=strip_paths, check_data=check_data))]
-    comp = _compress.resolve(compress, os.fsdecode(os.fspath(filename)) if is_path else None, filters)
+    comp = _compress.resolve(compress, os.fsdecode(os.fspath(filename)) if is_path else None, filters,
+                             whole_file)
     if is_path:
         _dump_path(value, filename, protocol, user_meta, comp, threads, progress, strip_paths,
                    check_data, durable)
@@ -491,14 +516,16 @@ def dump(value: Any, filename: Target, compress: Compress = 0, protocol: int | N
 def dumps(value: Any, compress: Compress = 0, protocol: int | None = None, *,
           metadata: Mapping[str, Any] | None = None, threads: int | None = None,
           progress: bool | None = None, strip_paths: bool = False,
-          check_data: Any = None, filters: str | None = "auto") -> bytes:
+          check_data: Any = None, filters: str | None = "auto",
+          whole_file: bool | None = None) -> bytes:
     """The bytes of the firkin file `dump` would write."""
     protocol = _check_protocol(protocol)
     threads = _check_threads(threads)
     user_meta = _meta.check_user_metadata(metadata)
     bio = io.BytesIO()
-    _write(value, bio, protocol, user_meta, _compress.resolve(compress, None, filters), threads, progress,
-           strip_paths=strip_paths, check_data=check_data)
+    comp = _compress.resolve(compress, None, filters, whole_file)
+    _write(value, bio, protocol, user_meta, comp, threads, progress, strip_paths=strip_paths,
+           check_data=check_data)
     return bio.getvalue()
 
 
@@ -853,22 +880,24 @@ def _looks_like_firkin(fd: int) -> bool:
     return _is_firkin_bytes(os.pread(fd, 8, 0), os.pread(fd, 8, size - 8) if size >= 8 else b"")
 
 
-def _compressed_firkin(source, name, mmap_mode, trusted, max_memory, verify, threads, progress,
-                       ensure_native_byte_order, extra=None):
-    """A firkin file compressed as a whole (dumped into a gzip.GzipFile,
-    bz2.BZ2File or lzma.LZMAFile, or compressed afterwards), loaded from its
-    decompressed bytes, as joblib loads a compressed file: `source` is
-    firkin._joblib's source of the raw bytes. (False, None) when it is not one."""
-    from . import _joblib  # only needed for foreign files
-
-    data = _joblib.inflate_firkin(source, name, trusted, max_memory)
-    if data is None:
+def _compressed_firkin(open_raw, name, mmap_mode, trusted, max_memory, verify, threads, progress,
+                       ensure_native_byte_order, extra=None, stream=False):
+    """A firkin file compressed as a whole (dumped with compress='gzip' and
+    the like, into a gzip.GzipFile, bz2.BZ2File or lzma.LZMAFile, or
+    compressed afterwards), its container read through the decompressor, as
+    joblib loads a compressed file. open_raw() makes firkin._joblib's source
+    of the raw bytes at their first byte. (False, None) when it is not one."""
+    budget = None if trusted is True else _amplify.Budget(max_memory, name)
+    got = _outer.unwrap(open_raw, name, budget, stream)
+    if got is None:
         return False, None
-    if mmap_mode is not None:
+    _, data, deframed = got
+    if mmap_mode is not None:  # joblib's warning, word for word
         warnings.warn(f'mmap_mode "{mmap_mode}" is not compatible with compressed file {name}. '
                       f'"{mmap_mode}" flag will be ignored.', UserWarning, stacklevel=4)
-    return True, _loads_named(data, name, trusted, verify, threads, progress,
-                              ensure_native_byte_order, max_memory, extra)
+    native = _byteorder.resolve(ensure_native_byte_order, None)
+    reader = _reader(data, name, deframed=deframed)
+    return True, _load_reader(reader, verify, threads, progress, trusted, max_memory, extra, native)
 
 
 def _load_foreign(f, name, mode, kwargs):
@@ -954,7 +983,8 @@ def load(filename: Target, mmap_mode: MmapMode = None, *, trusted: Trusted = Non
             if not _looks_like_firkin(f.fileno()):
                 from . import _joblib  # only needed for foreign files
 
-                done, obj = _compressed_firkin(_joblib.sources._FdSource(f.fileno(), 0, path), path,
+                done, obj = _compressed_firkin(
+                    functools.partial(_joblib.sources._FdSource, f.fileno(), 0, path), path,
                                                mmap_mode, trusted, max_memory, verify, threads,
                                                progress, ensure_native_byte_order, extra)
                 if not done:
@@ -1205,6 +1235,14 @@ def _load_fileobj(f, verify, threads, progress, trusted, ensure_native_byte_orde
         if not _is_firkin_bytes(head):
             from . import _joblib
 
+            if _joblib.detect(head) not in ("raw", "zf"):  # a firkin file compressed as a whole?
+                seen = bytearray()
+                done, obj = _compressed_firkin(
+                    lambda: _outer.StreamRaw(head, f, seen, name), name, None, trusted, max_memory,
+                    verify, threads, progress, ensure_native_byte_order, extra, stream=True)
+                if done:
+                    return obj
+                head += bytes(seen)  # what the attempt read, handed on
             return _joblib.load_fileobj(_Replay(head, f), name,
                                         ensure_native_byte_order=ensure_native_byte_order,
                                         trusted=trusted, max_memory=max_memory)
@@ -1224,15 +1262,22 @@ def _load_fileobj(f, verify, threads, progress, trusted, ensure_native_byte_orde
         from . import _joblib
 
         fd = _plain_fd(f)
-        src = (_joblib.sources._FdSource(fd, start, name) if fd is not None else
-               _joblib.sources._BytesSource(f.getvalue(), name) if isinstance(f, io.BytesIO) else None)
-        if src is not None:
-            src.pos = start
-            done, obj = _compressed_firkin(src, name, None, trusted, max_memory, verify, threads,
-                                           progress, ensure_native_byte_order, extra)
-            if done:
-                return obj
-            f.seek(start)
+        if fd is not None:
+            open_raw = functools.partial(_joblib.sources._FdSource, fd, start, name)
+        elif isinstance(f, io.BytesIO):
+            def open_raw(data=f.getvalue()):
+                src = _joblib.sources._BytesSource(data, name)
+                src.pos = start
+                return src
+        else:
+            def open_raw():
+                f.seek(start)
+                return _joblib.sources._FileSource(f, name)
+        done, obj = _compressed_firkin(open_raw, name, None, trusted, max_memory, verify, threads,
+                                       progress, ensure_native_byte_order, extra)
+        if done:
+            return obj
+        f.seek(start)
         return _joblib.load_fileobj(f, name, ensure_native_byte_order=ensure_native_byte_order,
                                     trusted=trusted, max_memory=max_memory)
     if _is_streamed(head):
@@ -1267,6 +1312,11 @@ def _loads_named(data, name, trusted, verify, threads, progress, ensure_native_b
     if not _is_firkin_bytes(head, tail):
         from . import _joblib
 
+        done, obj = _compressed_firkin(functools.partial(_joblib.sources._BytesSource, data, name),
+                                       name, None, trusted, max_memory, verify, threads, progress,
+                                       ensure_native_byte_order, extra)
+        if done:
+            return obj
         return _joblib.loads_foreign(data, name, ensure_native_byte_order=ensure_native_byte_order,
                                      trusted=trusted, max_memory=max_memory)
     native = _byteorder.resolve(ensure_native_byte_order, None)
@@ -1295,8 +1345,10 @@ def load_metadata(filename: Target | bytearray | memoryview, *,
     filename = _remote.local_path(filename)
     _remote.check_options(filename, storage_options)
     if _is_path(filename) or _remote.is_url(filename):
-        with _remote.opened(filename, storage_options) as (_, source, path, _):
-            reader = _reader(source, path)
+        from ._inspect import _open_reader, _opened  # a file compressed as a whole too
+
+        with _opened(filename, storage_options, call="firkin.load_metadata") as (_, source, path, _):
+            reader = _open_reader(source, path)
             raw = reader.metadata()
     elif isinstance(filename, (bytearray, memoryview)):
         reader = _reader(filename, "<bytes>")

@@ -10,7 +10,7 @@ import bz2
 import lzma
 import os
 
-from . import _core
+from . import _core, _outer
 
 try:  # optional: only used when the build lacks liblz4
     import lz4.block as _lz4_block
@@ -71,9 +71,15 @@ def _unavailable(method: str) -> str:
     return f"compression method {method!r} is not available: {hint}"
 
 
-def resolve(compress, filename=None, filters="auto"):
+def resolve(compress, filename=None, filters="auto", whole_file=None):
     """(codec id, level, description, filter id) for a joblib-style
-    `compress` value and dump's `filters`.
+    `compress` value and dump's `filters` and `whole_file`.
+
+    whole_file: None follows joblib: a method named in `compress` or by the
+    file's ending that joblib writes as one compressed file (firkin._outer's
+    METHODS) compresses the whole file, the container inside; compress=True
+    or a level compress firkin's chunks. False: always chunks; True: a
+    whole file (zlib for True or a level).
 
     codec id 0 means no compression (and then no filter). `filename` (a str
     path) enables joblib's extension inference when `compress` is not a
@@ -115,6 +121,7 @@ def resolve(compress, filename=None, filters="auto"):
         for ext, name in EXTENSIONS.items():
             if lower.endswith(ext):
                 method = name
+                explicit_method = True
                 if level == 0:
                     level = None
                 break
@@ -135,6 +142,14 @@ def resolve(compress, filename=None, filters="auto"):
         raise ValueError(_unavailable("zstd"))
     if method == "lz4" and not _native["lz4"] and _lz4_block is None:
         raise ValueError(_unavailable("lz4"))
+    if whole_file is True and method not in _outer.METHODS:
+        if explicit_method:
+            raise ValueError(f"whole_file=True: {method!r} cannot compress a whole file; "
+                             f"use one of {list(_outer.METHODS)}")
+        method = "zlib"
+    if method in _outer.METHODS and (whole_file or (whole_file is None and explicit_method)):
+        # as joblib: a file of that kind around the container (firkin._outer)
+        return 0, level, {"method": method, "level": level, "whole_file": True}, _core.FILTER_NONE
     return METHODS[method], level, {"method": method, "level": level}, filter_id
 
 

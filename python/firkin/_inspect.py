@@ -17,14 +17,64 @@ from typing import Any
 
 import numpy as np
 
-from . import _amplify, _byvalue, _core, _joblib, _meta, _model, _remote, _sign, _text, _trust
-from ._core import FormatError
+from . import (
+    _amplify,
+    _byvalue,
+    _core,
+    _joblib,
+    _meta,
+    _model,
+    _outer,
+    _remote,
+    _sign,
+    _text,
+    _trust,
+)
+from ._core import FormatError, UntrustedTypesError
 
 
 def _open_reader(source, path):
     from ._api import _reader  # the one place readers are made
 
+    if isinstance(source, _Unwrapped):
+        if source.error is not None:
+            raise source.error
+        return _reader(source.data, path, deframed=source.deframed)
     return _reader(source, path)
+
+
+class _Unwrapped:
+    """The container of a firkin file compressed as a whole (firkin._outer),
+    read out through its decompressor: `method` the compressor's name."""
+
+    def __init__(self, got, error=None):
+        self.method, self.data, self.deframed = got
+        #: why the container could not be read out (raised when a reader is made)
+        self.error = error
+
+
+@contextlib.contextmanager
+def _opened(filename, storage_options=None, max_memory=None, call="firkin.info"):
+    """_remote.opened, except that a firkin file compressed as a whole
+    comes with its container as the source (an _Unwrapped): the one way in
+    for info, verify and untrusted_types. Its decompression is bounded by
+    max_memory as a load's is."""
+    with _remote.opened(filename, storage_options) as (f, source, path, size):
+        got = None
+        if not _is_firkin(f, source):
+            if f is source:
+                def open_raw():
+                    f.seek(0)
+                    return _joblib.sources._FileSource(f, path)
+            else:
+                def open_raw():
+                    return _joblib.sources._FdSource(source, 0, path)
+            try:
+                got = _outer.unwrap(open_raw, path, _amplify.Budget(max_memory, path, call))
+                got = got and _Unwrapped(got)
+            except (FormatError, UntrustedTypesError) as exc:
+                got = _Unwrapped((_joblib.detect(open_raw().read(8)), b"", False), exc)
+        yield f, (source if got is None else got), path, size
 
 
 # ------------------------------------------------------------------ verify
@@ -83,7 +133,7 @@ def verify(filename: str | os.PathLike[str], *, quick: bool = False,
     quick=True checks the header, index, pickle stream, metadata and the
     signature over them, not the array data (a few ranged reads on a URL).
     A URL's arrays are read (ranged, in parallel) one at a time."""
-    with _remote.opened(filename, storage_options) as (f, source, path, _):
+    with _opened(filename, storage_options, call="firkin.verify") as (f, source, path, _):
         report = VerifyReport(path, quick=bool(quick))
         try:
             reader = _open_reader(source, path)
@@ -112,7 +162,7 @@ def verify(filename: str | os.PathLike[str], *, quick: bool = False,
         records = []
         spans = [] if quick else reader.buffer_spans()
         try:
-            local = f is not source
+            local = f is not source and not isinstance(source, _Unwrapped)
             if local and any(m for _, _, m in spans):
                 mm = np.memmap(f, dtype=np.uint8, mode="r", shape=(reader.total_length,))
                 try:
@@ -174,8 +224,9 @@ def untrusted_types(filename: str | os.PathLike[str], trusted: bool | Iterable[s
     it imports beyond the allowlist. A compressed stream that would inflate
     past max_memory (as for load) raises UntrustedTypesError."""
     _amplify.check_max_memory(max_memory)
-    with _remote.opened(filename, storage_options) as (f, source, path, _):
-        if not _is_firkin(f, source):
+    with _opened(filename, storage_options, max_memory, "firkin.untrusted_types") as (
+            f, source, path, _):
+        if not isinstance(source, _Unwrapped) and not _is_firkin(f, source):
             if _trust._normalize(trusted) is True:
                 return []
             # joblib (any compressor; array data stepped over) or plain pickle
@@ -238,9 +289,15 @@ class FileInfo:
         self.check_sample = None
         self.packages: list = []
         self.raw_bytes = self.stored_bytes = self.stream_bytes = 0
-        with _remote.opened(filename, storage_options) as (f, source, path, size):
+        #: the compressor around a firkin container compressed as a whole
+        #: (dump(..., compress='gzip'), firkin._outer), else None
+        self.outer = None
+        with _opened(filename, storage_options) as (f, source, path, size):
             self.path, self.size_on_disk = path, size
-            if _is_firkin(f, source):
+            if isinstance(source, _Unwrapped):
+                self.kind, self.outer = "firkin", source.method
+                self._read_firkin(source)
+            elif _is_firkin(f, source):
                 self.kind = "firkin"
                 self._read_firkin(source)
             else:
@@ -272,6 +329,8 @@ class FileInfo:
         #: stream, metadata and chunk table, verify also the array data
         self.signature_covers = signature.covers
         self.format = "%d.%d" % reader.format_version
+        #: the container's length (inside the compressed file when `outer`)
+        self.container_bytes = reader.total_length
         self.mutable_buffers = bool(reader.flags & _core.FLAG_BUFFERS_MUTABLE)
         self.sections = secs
         # whatever shape a file's metadata has, it is shown, never trusted to be well formed
@@ -335,7 +394,15 @@ class FileInfo:
     def compression(self):
         """firkin: the metadata's {"method", "level"} (None: none); joblib:
         the compressor's name (None: none)."""
-        return self.metadata.get("compress") if self.kind == "firkin" else self._compression
+        if self.kind != "firkin":
+            return self._compression
+        comp = self.metadata.get("compress")
+        if self.outer is None:
+            return comp
+        # the file's own bytes say how it is compressed; the metadata may add the level
+        level = comp.get("level") if isinstance(comp, dict) and comp.get("method") == self.outer \
+            else None
+        return {"method": self.outer, "level": level, "whole_file": True}
 
     @property
     def user(self):
@@ -379,6 +446,10 @@ class FileInfo:
         comp = self.compression
         if not comp:
             return "none"
+        if isinstance(comp, dict) and comp.get("whole_file") and self.outer is not None:
+            level = "" if comp.get("level") is None else f" level {comp['level']}"
+            ratio = self.container_bytes / self.size_on_disk if self.size_on_disk else 1.0
+            return f"{comp['method']}{level}, the whole file (ratio {ratio:.2f})"
         if isinstance(comp, dict):
             return f"{comp.get('method')} level {comp.get('level')} (ratio {self.ratio:.2f})"
         return str(comp)

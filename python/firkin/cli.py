@@ -251,7 +251,7 @@ def _cmd_convert(args) -> int:
     so_out = args.storage_options if _is_url(dst) else None
     compress = parse_compress(args.compress)
     try:
-        _compress.resolve(compress, dst)
+        _compress.resolve(compress, dst, whole_file=False)
     except ValueError as exc:
         raise _UsageError(f"--compress {args.compress!r}: {exc}") from exc
     if not _exists(src):
@@ -269,7 +269,8 @@ def _cmd_convert(args) -> int:
         _err(f"cannot load {src}: {type(exc).__name__}: {exc}")
         return 1
     try:
-        firkin.dump(obj, dst, compress=compress, storage_options=so_out)
+        # firkin's own compression of chunks (parallel both ways), whatever OUT's ending
+        firkin.dump(obj, dst, compress=compress, storage_options=so_out, whole_file=False)
     except Exception as exc:  # noqa: BLE001
         _err(f"cannot write {dst}: {type(exc).__name__}: {exc}")
         return 1

@@ -46,10 +46,10 @@ in its wrapper's place), `api` (load_foreign, load_fileobj, loads_foreign), `ins
 """
 from __future__ import annotations
 
-from .api import inflate_firkin, load_fileobj, load_foreign, loads_foreign
+from .api import load_fileobj, load_foreign, loads_foreign
 from .facts import LZ4_MISSING, detect
 from .inspect import inspect_file
 from .policy import judged_globals, scan, scan_fd
 
-__all__ = ["LZ4_MISSING", "detect", "inflate_firkin", "inspect_file", "judged_globals",
+__all__ = ["LZ4_MISSING", "detect", "inspect_file", "judged_globals",
            "load_fileobj", "load_foreign", "loads_foreign", "scan", "scan_fd"]

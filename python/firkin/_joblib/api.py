@@ -9,7 +9,7 @@ from .. import _amplify
 from .._api import _check_mmap_mode
 from .._byteorder import resolve as _resolve_byte_order
 from .._core import FormatError
-from .facts import _OUT_CHUNK, detect
+from .facts import detect
 from .loader import _Loader
 from .policy import _policy, _scan_mapped, _scan_materialized
 from .sources import (
@@ -26,31 +26,6 @@ from .stream import _AnonReader, _MapReader, _Stream
 def _budget(trusted, max_memory, name):
     """The amplification bound of a load under the trust policy (None under trusted=True)."""
     return None if trusted is True else _amplify.Budget(max_memory, name)
-
-
-def inflate_firkin(raw, name, trusted=True, max_memory=None):
-    """The decompressed bytes of a firkin file compressed as a whole (a dump
-    into gzip.GzipFile, bz2.BZ2File, lzma.LZMAFile, or a gzipped copy), read
-    from `raw` (an _FdSource or _BytesSource) at its position; None when
-    `raw` is not compressed or holds no firkin file (`raw` is then consumed
-    in part). Decompression is bounded by max_memory as for joblib files
-    (not under trusted=True)."""
-    start = raw.pos
-    kind = detect(raw.read(8))
-    if kind in ("raw", "zf"):
-        return None
-    raw.pos = start
-    src = _Inflate(raw, kind, name)
-    src.budget = _budget(trusted, max_memory, name)
-    head = src.read(8)
-    from .._api import _is_firkin_bytes  # one test of "firkin data"
-
-    if not head or not _is_firkin_bytes(head):
-        return None
-    out = bytearray(head)
-    while data := src.read(_OUT_CHUNK):
-        out += data
-    return out
 
 
 def load_foreign(f, name, mmap_mode=None, *, ensure_native_byte_order="auto", trusted=True,

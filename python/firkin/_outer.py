@@ -1,0 +1,198 @@
+"""Whole-file compression: a firkin container inside one gzip, zlib, bz2,
+lzma or xz stream, as joblib writes its compressed files.
+
+`dump(..., compress='gzip')` (or ('bz2', 3), or a path ending .gz, ...)
+writes a real file of that kind, which `gunzip`, `bunzip2`, `xz -d`, the
+gzip/bz2/lzma modules and joblib's own tests open: the container inside is
+in the streamed layout (docs/FORMAT.md), which needs no seek. Writing is
+parallel where the format allows concatenation (gzip members, bz2 and xz
+streams: blocks of `_BLOCK` bytes, each compressed on its own thread, in
+order); zlib and lzma (.lzma, "alone") are one stream, compressed as the
+container is written. Reading goes through firkin._joblib's decompressors:
+the container is read exactly to its end through the decompressor (never a
+temporary file), and nothing may follow it inside the compressed data.
+"""
+from __future__ import annotations
+
+import bz2
+import collections
+import lzma
+import os
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+
+from ._core import FormatError
+
+#: the joblib method names (and the file endings that pick them) written as
+#: one compressed file around the container
+METHODS = ("zlib", "gzip", "bz2", "lzma", "xz")
+#: methods whose format concatenates: each block is its own member/stream
+_CONCAT = ("gzip", "bz2", "xz")
+_BLOCK = 4 << 20  # raw bytes per independently compressed block
+_XZ_BLOCK = 16 << 20  # xz's dictionary is 4-8 MiB at the usual presets: larger blocks
+
+
+def _block(method: str, level: int, data: bytes) -> bytes:
+    """One whole member (gzip) or stream (bz2, xz) of `data`."""
+    if method == "gzip":
+        c = zlib.compressobj(level, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+        return c.compress(data) + c.flush()
+    if method == "bz2":
+        return bz2.compress(data, level)
+    return lzma.compress(data, format=lzma.FORMAT_XZ, preset=level)
+
+
+def _streaming(method: str, level: int):
+    if method == "zlib":
+        return zlib.compressobj(level, zlib.DEFLATED, zlib.MAX_WBITS)
+    return lzma.LZMACompressor(format=lzma.FORMAT_ALONE, preset=level)
+
+
+class Compressor:
+    """A write-only file object, not seekable, that compresses what the
+    container writer writes into `target` (a descriptor or a binary file
+    object) with `method` at `level`. close() ends the compressed data; on
+    failure call abort()."""
+
+    def __init__(self, target, method: str, level: int, threads: int = 0):
+        self.target, self.method, self.level = target, method, level
+        self.written = 0  # compressed bytes handed to the target
+        self._stream = None if method in _CONCAT else _streaming(method, level)
+        self._size = _XZ_BLOCK if method == "xz" else _BLOCK
+        self._buf = bytearray()
+        self._pending: collections.deque = collections.deque()
+        workers = threads or os.cpu_count() or 1
+        self._pool = (ThreadPoolExecutor(workers, thread_name_prefix="firkin-outer")
+                      if self._stream is None and workers > 1 else None)
+        self._depth = 2 * workers  # blocks in flight: memory is bounded by this many
+
+    def seekable(self) -> bool:
+        return False
+
+    def writable(self) -> bool:
+        return True
+
+    def _emit(self, data) -> None:
+        mv = memoryview(data)
+        self.written += len(mv)
+        if isinstance(self.target, int):
+            while mv:
+                mv = mv[os.write(self.target, mv):]
+            return
+        while mv:
+            k = self.target.write(mv)
+            if k is None or k >= len(mv):
+                return
+            if k <= 0:
+                raise OSError(f"write() of the output returned {k} for {len(mv)} bytes")
+            mv = mv[k:]
+
+    def _submit(self, data: bytes) -> None:
+        if self._pool is None:
+            self._emit(_block(self.method, self.level, data))
+            return
+        self._pending.append(self._pool.submit(_block, self.method, self.level, data))
+        while len(self._pending) > self._depth:
+            self._emit(self._pending.popleft().result())
+
+    def write(self, b) -> int:
+        mv = memoryview(b).cast("B")
+        n = len(mv)
+        if self._stream is not None:
+            out = self._stream.compress(mv)
+            if out:
+                self._emit(out)
+            return n
+        size, i = self._size, 0
+        if self._buf:
+            i = min(size - len(self._buf), n)
+            self._buf += mv[:i]
+            if len(self._buf) == size:
+                self._submit(bytes(self._buf))
+                self._buf = bytearray()
+        while n - i >= size:
+            self._submit(bytes(mv[i:i + size]))  # a copy: the view is the writer's
+            i += size
+        self._buf += mv[i:]
+        return n
+
+    def close(self) -> None:
+        """Compress what is left and end the compressed data."""
+        if self._stream is not None:
+            self._emit(self._stream.flush())
+        else:
+            if self._buf or not self.written and not self._pending:
+                self._submit(bytes(self._buf))
+                self._buf = bytearray()
+            while self._pending:
+                self._emit(self._pending.popleft().result())
+        self.abort()
+
+    def abort(self) -> None:
+        if self._pool is not None:
+            for fut in self._pending:
+                fut.cancel()
+            self._pending.clear()
+            self._pool.shutdown(wait=True)
+            self._pool = None
+
+
+class StreamRaw:
+    """The raw bytes of a stream that cannot seek (a pipe, a socket) for
+    unwrap(): `head` (already read from it), then one read1() (or read())
+    at a time, so that a stream that stays open is never waited on for more
+    than its sender has sent. Every byte taken from `f` is kept in `seen`
+    (a bytearray shared by the sources of one stream), so a caller can hand
+    them on when the data turns out not to be a firkin container."""
+
+    def __init__(self, head: bytes, f, seen: bytearray, name: str = "<stream>"):
+        self.head, self.f, self.seen, self.name, self.pos = head, f, seen, name, 0
+        self._read = getattr(f, "read1", None) or f.read
+
+    def read(self, n: int) -> bytes:
+        if self.head:
+            data, self.head = self.head[:n], self.head[n:]
+        else:
+            data = self._read(n)
+            self.seen += data
+        self.pos += len(data)
+        return data
+
+
+def unwrap(open_raw, name: str, budget=None, stream: bool = False):
+    """(method, container, deframed) of a firkin container compressed as a
+    whole, read through the decompressor from the source open_raw() returns
+    (a firkin._joblib source at the data's first byte; called twice),
+    exactly to the container's end; None when the bytes are not compressed
+    or the decompressed data is not a firkin container. The decompression's expansion is
+    charged to `budget` (firkin._amplify.Budget, or None: unbounded). Data
+    that goes on after the container inside the compressed stream is refused
+    with FormatError after at most one decompressed piece of it: a file
+    cannot inflate past what its container declares. stream: the source is
+    a pipe or socket (a StreamRaw): after the container only the end of the
+    compressed stream it ends in is read, never what the sender may send
+    next."""
+    from ._api import _is_firkin_bytes, _read_container, _read_upto
+    from ._joblib.facts import detect
+    from ._joblib.sources import _Inflate
+
+    kind = detect(open_raw().read(8))
+    if kind in ("raw", "zf"):
+        return None
+    src = _Inflate(open_raw(), kind, name)
+    src.budget = budget
+    try:
+        head = _read_upto(src, 8)
+    except FormatError:
+        return None  # damaged compressed data of another kind of file: its loader says so
+    if not _is_firkin_bytes(head):
+        return None
+    data, deframed = _read_container(src, head, name)
+    if deframed or len(data) > len(head):  # a whole container (a damaged header: the reader says so)
+        src.one_stream = stream  # a stream: up to the end of this compressed stream, no further
+        extra = src.read(1)
+        if extra:
+            raise FormatError(f"{name}: the {kind}-compressed data goes on after the firkin "
+                              f"container it holds ({len(data):,} bytes); refused without "
+                              "inflating the rest")
+    return kind, data, deframed
