@@ -358,6 +358,40 @@ def test_unpadded_layout(tmp_path):
     assert type(mapped["b"]) is np.memmap
     if not all(a["offset"] % 8 == 0 for a in info["arrays"] if a["dtype"] == "float64"):
         assert any("not aligned" in str(w.message) for w in caught)
+    # as joblib: one warning per mapped array off a 16-byte boundary, naming the file
+    off = [a for a in info["arrays"] if a["kind"] != "in-band" and a["dtype"] != "object"
+           and a["offset"] % 16]
+    unaligned = [w for w in caught if "not aligned" in str(w.message)]
+    assert len(unaligned) == len(off)
+    assert all(str(path) in str(w.message) and "segmentation fault" in str(w.message)
+               and w.filename == __file__ for w in unaligned)
+
+
+def _joblib_data(name):
+    import joblib.test.data as data
+
+    return os.path.join(os.path.dirname(data.__file__), name)
+
+
+@pytest.mark.parametrize("name", ["joblib_0.9.2_pickle_py34_np19.pkl",
+                                  "joblib_0.9.2_compressed_pickle_py34_np19.gz"])
+def test_files_of_joblib_before_0_10_warn_as_joblib_does(name):
+    path = _joblib_data(name)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        firkin.load(path, trusted=True)
+        with open(path, "rb") as f:
+            firkin.load(f, trusted=True)
+    deprecations = [w for w in caught if issubclass(w.category, DeprecationWarning)]
+    # joblib's sentence, word for word (code filters on it), at the caller's line
+    assert [str(w.message) for w in deprecations] == [
+        f"The file '{path}' has been generated with a joblib version less than 0.10. "
+        "Please regenerate this pickle file."] * 2
+    assert all(w.filename == __file__ for w in deprecations)
+    with warnings.catch_warnings(record=True) as caught:  # current files: none
+        warnings.simplefilter("always")
+        firkin.load(_joblib_data("joblib_0.11.0_pickle_py36_np111.pkl"), trusted=True)
+    assert not [w for w in caught if issubclass(w.category, DeprecationWarning)]
 
 
 # --------------------------------------------------------------------------- models
