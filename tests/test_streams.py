@@ -73,13 +73,14 @@ def socket_pair():
         b.close()
 
 
+@pytest.mark.parametrize("trusted", [None, True], ids=["policy", "trusted"])
 @pytest.mark.parametrize("kind", sorted(WRITERS))
-def test_back_to_back_over_a_socket_that_stays_open(socket_pair, kind):
+def test_back_to_back_over_a_socket_that_stays_open(socket_pair, kind, trusted):
     """Three dumps written back to back; the writing side keeps the socket
     open until every object has been loaded on the other side. joblib and
-    pickle streams stop at their end when loaded as joblib.load loads them
-    (trusted=True: the unpickler reads exactly what it needs); under the
-    default policy they are read to the end of the stream first (docs/joblib.md)."""
+    pickle streams stop at their end under the default policy too: a
+    delimiting run of the unpickler over inert placeholders reads exactly
+    their bytes, which the policy then judges (docs/joblib.md)."""
     sender, receiver = socket_pair
     objs = objects()
     done = threading.Event()
@@ -97,7 +98,7 @@ def test_back_to_back_over_a_socket_that_stays_open(socket_pair, kind):
         with receiver.makefile("rb") as src:
             assert not src.seekable()
             for obj in objs:
-                same(obj, firkin.load(src, trusted=None if kind.startswith("firkin") else True))
+                same(obj, firkin.load(src, trusted=trusted))
     finally:
         done.set()
         t.join(TIMEOUT)
@@ -138,14 +139,37 @@ def test_mixed_kinds_back_to_back():
     assert stream.read(1) == b""
 
 
+@pytest.mark.parametrize("protocol", [0, 2, 3, 4, 5])
 @pytest.mark.parametrize("kind", ["joblib", "pickle"])
-def test_foreign_streams_under_the_policy_read_to_the_end(kind):
-    """The default policy scans a joblib or pickle stream whole before
-    building anything: from a stream that cannot seek it reads to the end."""
-    obj = objects()[1]
+def test_foreign_streams_under_the_policy_stop_at_their_end(kind, protocol):
+    """The default policy judges a joblib or pickle stream whole before
+    building anything, and takes from a stream that cannot seek exactly
+    its bytes: what follows is left for the next reader."""
+    obj = objects()[1] + [np.array([1, "a", None], dtype=object), list(range(3000))]
     buf = io.BytesIO()
-    WRITERS[kind](obj, buf)
-    same(obj, firkin.load(OneWayStream(buf.getvalue(), step=999)))
+    if kind == "joblib":
+        joblib.dump(obj, buf, protocol=protocol)
+    else:
+        pickle.dump(obj, buf, protocol=protocol)
+    stream = OneWayStream(buf.getvalue() + b"what follows", step=999)
+    same(obj, firkin.load(stream))
+    assert stream.read(100) == b"what follows"
+
+
+def test_a_refused_stream_is_refused_without_waiting_or_running_anything(socket_pair, tmp_path):
+    """A pickle naming os.system, sent over a socket that stays open: refused
+    at once, before anything it names is called (the delimiting run calls
+    nothing), and the stream is left after it."""
+    sentinel = tmp_path / "ran"
+    evil = (b"\x80\x04cos\nsystem\n" + pickle.dumps(f"touch {sentinel}", protocol=4)[2:-1]
+            + b"\x85R.")
+    sender, receiver = socket_pair
+    sender.sendall(evil + pickle.dumps([1, 2], protocol=4))
+    with receiver.makefile("rb") as src:
+        with pytest.raises(firkin.UntrustedTypesError, match="os.system"):
+            firkin.load(src)
+        assert not sentinel.exists()
+        assert firkin.load(src) == [1, 2]  # the next object, from where the refused one ended
 
 
 def test_streamed_layout_on_the_wire():
@@ -253,9 +277,8 @@ def test_a_stream_that_ends_early_raises_format_error(kind):
     for cut in cuts:
         with pytest.raises(firkin.FormatError):
             firkin.load(OneWayStream(data[:cut], step=97), trusted=True)
-        if kind != "pickle":  # the policy path too (a pickle's tail may still scan whole)
-            with pytest.raises((firkin.FormatError, firkin.UntrustedTypesError)):
-                firkin.load(OneWayStream(data[:cut], step=97))
+        with pytest.raises(firkin.FormatError):  # the policy path too
+            firkin.load(OneWayStream(data[:cut], step=97))
 
 
 def test_a_socket_closed_early_raises_format_error():

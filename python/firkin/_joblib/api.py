@@ -9,7 +9,7 @@ from .. import _amplify
 from .._api import _check_mmap_mode
 from .._byteorder import resolve as _resolve_byte_order
 from .._core import FormatError
-from .facts import detect
+from .facts import _CHUNK, detect
 from .loader import _Loader
 from .policy import _policy, _scan_mapped, _scan_materialized
 from .sources import (
@@ -19,6 +19,7 @@ from .sources import (
     _FileSource,
     _Inflate,
     _make_source,
+    _skip_by_reading,
 )
 from .stream import _AnonReader, _MapReader, _Stream
 
@@ -80,6 +81,51 @@ def load_foreign(f, name, mmap_mode=None, *, ensure_native_byte_order="auto", tr
     finally:
         if anon is not None:
             anon.close()
+
+
+class _Recorded:
+    """A source whose every byte read is kept (in `data`)."""
+
+    def __init__(self, src):
+        self._src, self.name, self.data = src, src.name, bytearray()
+        self.pos = 0
+
+    def read(self, n):
+        data = self._src.read(n)
+        self.data += data
+        self.pos += len(data)
+        return data
+
+    def readinto(self, mv):
+        k = self._src.readinto(mv)
+        self.data += mv[:k]
+        self.pos += k
+        return k
+
+    def skip(self, n):
+        return _skip_by_reading(self.read, n, _CHUNK)
+
+
+def _delimit(src, name) -> bytearray:
+    """The bytes of the uncompressed pickle (with the bytes of its joblib
+    arrays) at the start of the stream `src`, read exactly to its end and
+    no further: the loader runs over it with every global but numpy.dtype
+    standing for an inert placeholder, so the C unpickler asks for exactly
+    the bytes of each opcode (whole frames) and the loader for each array's
+    bytes. Nothing the stream names is built or called; the bytes are then
+    judged by the policy like a file's. A stream that ends inside the
+    pickle raises FormatError."""
+    rec = _Recorded(src)
+    fresh = [rec]
+
+    def make_reader():
+        if not fresh:
+            raise FormatError(f"{name}: this stream needs a second pass, which a non-seekable "
+                              "stream cannot give; load it by path")
+        return _Stream(fresh.pop(), exact=True)
+
+    _Loader(name, make_reader, kind="raw", swap=False, trusted=True, dry=True).run()
+    return rec.data
 
 
 def load_fileobj(fileobj, name=None, *, ensure_native_byte_order="auto", trusted=True,
@@ -156,6 +202,8 @@ def load_fileobj(fileobj, name=None, *, ensure_native_byte_order="auto", trusted
         kind = detect(head)
         fresh = [_Chain(head, src)]
         if trusted is not True:
+            if kind == "raw":  # a pipe or socket may stay open: take exactly the pickle's bytes
+                fresh = [_BytesSource(_delimit(fresh.pop(), name), name)]
             mat_src = _make_source(kind, fresh.pop(), name)
             anon, spans = _scan_materialized(mat_src, name, kind, trusted, budget)
 

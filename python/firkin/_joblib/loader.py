@@ -29,7 +29,7 @@ from .facts import (
 )
 from .sources import _read_zfile
 from .stream import _MapReader, _Stream
-from .unpickler import _Placeholder, _Restart, _unpickler_classes
+from .unpickler import _dry_classes, _Inert, _Placeholder, _Restart, _unpickler_classes
 
 
 def _user_level() -> int:
@@ -44,7 +44,8 @@ def _user_level() -> int:
 
 class _Loader:
     def __init__(self, name, make_reader, *, kind, mmap_mode=None, mmap_file=None,
-                 swap=True, dirname=None, trusted=True, spans=None, span_base=0, budget=None):
+                 swap=True, dirname=None, trusted=True, spans=None, span_base=0, budget=None,
+                 dry=False):
         self.name = name
         self._trusted = trusted
         self._budget = budget  # the amplification bound, None under trusted=True
@@ -53,7 +54,9 @@ class _Loader:
         self._holes = spans
         self._span_base = span_base
         self._inline = 0
-        self._classes = _unpickler_classes(trusted, name)
+        #: a delimiting run: reads exactly the stream's bytes, builds nothing
+        self._dry = dry
+        self._classes = _dry_classes() if dry else _unpickler_classes(trusted, name)
         self._make_reader = make_reader
         self.kind = kind
         self._mm_mode = mmap_mode
@@ -113,7 +116,7 @@ class _Loader:
             raise FormatError(f"{self.name}: the pickle stream ends right after an array")
         if self._holes is not None and self._inline != len(self._holes):
             raise self._span_error(self._inline)
-        if self._old_layout or self.kind == "zf":
+        if not self._dry and (self._old_layout or self.kind == "zf"):
             # joblib's warning, word for word (its tests and users' filters match on it);
             # `python -m firkin convert` writes the file anew
             warnings.warn(f"The file '{self.name}' has been generated with a joblib version less "
@@ -299,6 +302,15 @@ class _Loader:
         dtype, shape, order, nbytes = self._check_meta(state, what)
         reader = self.reader
         subclass = state.get("subclass")
+        if self._dry:  # step over the array's bytes, reading them (the stream records them)
+            if dtype.hasobject:
+                self._classes[1](reader.file).load()
+                return _Inert()
+            if state.get("numpy_array_alignment_bytes") is not None:
+                reader.skip(reader.read_exact(1, f"the padding of {what}")[0],
+                            f"the padding of {what}")
+            reader.skip(nbytes, f"the data of {what}")
+            return _Inert()
         if dtype.hasobject:
             arr = self._classes[1](reader.file).load()
             if not isinstance(arr, np.ndarray):

@@ -73,6 +73,72 @@ class _PyUnpickler(_PyBuildHook, _LoaderHooks, pickle._Unpickler):
     pass
 
 
+class _Inert:
+    """What every global but numpy.dtype stands for in a delimiting run
+    (_dry_classes): it accepts any construction, state and items and keeps
+    nothing, so no code the stream names runs."""
+
+    __slots__ = ()
+
+    def __new__(cls, *args, **kwargs):
+        return object.__new__(_Inert)
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def __call__(self, *args, **kwargs):
+        return _Inert()
+
+    def __setstate__(self, state):
+        pass
+
+    def __setitem__(self, key, value):
+        pass
+
+    def append(self, item):
+        pass
+
+    def extend(self, items):
+        pass
+
+    def add(self, item):
+        pass
+
+
+class _DryHooks:
+    """find_class of a delimiting run: joblib's wrappers are the loader's
+    (they read each array's bytes), numpy.dtype is what the default policy
+    gives for it (a wrapper's state needs the real dtype to size its bytes),
+    everything else is _Inert."""
+
+    def find_class(self, module, name):
+        if name == "dtype" and _numpy_module(module).startswith("numpy"):
+            from .._trust import SafeUnpickler
+
+            return SafeUnpickler.find_class(self, _numpy_module(module), name)
+        if module in ("copyreg", "copy_reg") and name in ("_reconstructor", "__newobj__"):
+            return _dry_new  # protocols 0 and 1 make joblib's wrappers through these
+        return _Inert
+
+
+def _dry_new(cls, *args):
+    """copyreg._reconstructor / __newobj__ in a delimiting run: a loader
+    placeholder (a joblib wrapper) is made, so that its BUILD reads the
+    array's bytes; anything else is _Inert."""
+    if isinstance(cls, type) and issubclass(cls, _Placeholder):
+        return object.__new__(cls)
+    return _Inert()
+
+
+def _dry_classes():
+    """(C, nested, pure-Python) unpickler classes of a delimiting run: the
+    loader drives them over a stream to learn exactly how many bytes the
+    pickle and its joblib arrays take, before the policy judges those bytes."""
+    return (type("_CUnpickler", (_LoaderHooks, _DryHooks, pickle.Unpickler), {}),
+            type("_NestedUnpickler", (_DryHooks, pickle.Unpickler), {}),
+            type("_PyUnpickler", (_PyBuildHook, _LoaderHooks, _DryHooks, pickle._Unpickler), {}))
+
+
 def _unpickler_classes(trusted, name):
     """(C, nested, pure-Python) unpickler classes; `trusted` as firkin._trust takes it.
 
