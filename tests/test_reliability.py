@@ -371,9 +371,11 @@ def test_missing_parent_error_names_the_directory(tmp_path):
 # 5. leaks: refcounts, RSS over 10,000 cycles
 # =====================================================================
 
+@pytest.mark.parametrize("whole_file", [False, None], ids=["chunks", "whole-file"])
 @pytest.mark.parametrize("comp", [("zlib", 1), (FAST_CODEC, 1), ("bz2", 1)], ids=lambda c: c[0])
-def test_refcount_compressed_paths(tmp_path, comp):
-    """Compressed dump/load (worker threads, Python codecs) keep no references."""
+def test_refcount_compressed_paths(tmp_path, comp, whole_file):
+    """Compressed dump/load (worker threads, Python codecs; whole-file
+    compression for joblib's named methods) keep no references."""
     # several 1 MiB chunks (the worker pool runs); bz2 runs in Python and is slow: keep it small
     arr = np.arange(20_000 if comp[0] == "bz2" else 300_000, dtype=np.float64)
     small = np.arange(10)
@@ -383,9 +385,9 @@ def test_refcount_compressed_paths(tmp_path, comp):
     p = tmp_path / "c.fk"
 
     def cycle():
-        firkin.dump(obj, p, compress=comp, metadata=meta)
+        firkin.dump(obj, p, compress=comp, metadata=meta, whole_file=whole_file)
         out = firkin.load(p)
-        data = firkin.dumps(obj, compress=comp)
+        data = firkin.dumps(obj, compress=comp, whole_file=whole_file)
         out2 = firkin.loads(data)
         with pytest.warns(UserWarning):
             out3 = firkin.load(p, mmap_mode="r")
@@ -616,7 +618,7 @@ def test_threads_load_same_file(tmp_path, comp):
     p = tmp_path / "shared.fk"
     value = _value(7)
     value["big"] = np.arange(600_000, dtype=np.float64)   # 5 chunks: the worker pool runs
-    firkin.dump(value, p, compress=comp)
+    firkin.dump(value, p, compress=comp, whole_file=False)  # firkin's chunks: raw ones map
     data = p.read_bytes()
 
     def work(i):
