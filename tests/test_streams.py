@@ -309,3 +309,19 @@ def test_frame_lengths_are_bounded():
     data[64:68] = struct.pack("<I", _core.MAX_FRAME + 1)
     with pytest.raises(firkin.FormatError, match="frames hold at most"):
         firkin.load(OneWayStream(bytes(data)))
+
+
+def test_a_length_no_memory_can_hold_is_a_format_error():
+    """A counted object (BINBYTES8) claiming 2**60 bytes, on a socket that
+    stays open: CPython's unpickler reserves the length before it reads, so
+    under the default policy the delimiting run must turn the failed
+    reservation into a FormatError that names the stream (it must neither
+    wait for the bytes nor report a bare MemoryError). With trusted=True the
+    stream is unpickled as pickle.load would, MemoryError included."""
+    a, b = socket.socketpair()
+    b.settimeout(TIMEOUT)
+    with a, b:
+        a.sendall(b"\x80\x04\x8e" + struct.pack("<Q", 2**60) + b"x" * 10)
+        with b.makefile("rb") as src, pytest.raises(firkin.FormatError,
+                                                    match="larger than this process can allocate"):
+            firkin.load(src)

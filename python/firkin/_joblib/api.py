@@ -124,7 +124,15 @@ def _delimit(src, name) -> bytearray:
                               "stream cannot give; load it by path")
         return _Stream(fresh.pop(), exact=True)
 
-    _Loader(name, make_reader, kind="raw", swap=False, trusted=True, dry=True).run()
+    try:
+        _Loader(name, make_reader, kind="raw", swap=False, trusted=True, dry=True).run()
+    except MemoryError:
+        # CPython's unpickler reserves a counted object's length before it
+        # reads its bytes: a length no memory can hold is a damaged or
+        # hostile stream, not a reason to report an out-of-memory machine
+        raise FormatError(f"{name}: the pickle stream declares an object larger than this "
+                          f"process can allocate after {rec.pos:,} bytes (a damaged or hostile "
+                          "length); nothing it names was built") from None
     return rec.data
 
 
