@@ -438,6 +438,20 @@ int rd_parse(ReaderObject *r)
             s.buf_no = (uint32_t)r->nbuf;
             r->buf_secs[r->nbuf++] = r->nsections;
             break;
+        case FK_SEC_PACKED:
+            /* docs/FORMAT.md, "Packed buffers": one at most, declared in the header */
+            if (!(r->req_flags & FK_REQ_PACKED))
+                return FORMAT_ERR(r, "section %llu holds packed buffers but the header does not declare "
+                                     "them (required feature bit 2)", si), -1;
+            if (r->packed_sec >= 0) return FORMAT_ERR(r, "more than one packed-buffers section"), -1;
+            if (s.offset % FK_ALIGN)
+                return FORMAT_ERR(r, "the packed-buffers section at offset %llu is not 64-byte aligned",
+                                  (unsigned long long)s.offset), -1;
+            if (s.filter)
+                return FORMAT_ERR(r, "the packed-buffers section (section %llu) has a filter", si), -1;
+            s.buf_no = FK_PACKED_BUFNO;
+            r->packed_sec = (Py_ssize_t)r->nsections;
+            break;
         case FK_SEC_METADATA:
             if (r->meta_sec >= 0) return FORMAT_ERR(r, "more than one metadata section"), -1;
             if (s.raw > FK_MAX_METADATA)
@@ -465,10 +479,14 @@ int rd_parse(ReaderObject *r)
         r->sections[r->nsections++] = s;
     }
     if (r->pickle_sec < 0) return FORMAT_ERR(r, "no pickle section in the index"), -1;
+    if ((r->req_flags & FK_REQ_PACKED) && r->packed_sec < 0)
+        return FORMAT_ERR(r, "the header declares packed buffers (required feature bit 2) but the "
+                             "index has no packed-buffers section"), -1;
     if (r->sig_sec >= 0 && r->sections[r->sig_sec].kind == FK_SEC_SIGNATURE2) {
         /* 96 bytes and a 32-byte entry per buffer chunk (docs/FORMAT.md, "Signature") */
         uint64_t buffer_chunks = 0;
         for (size_t i = 0; i < r->nbuf; i++) buffer_chunks += r->sections[r->buf_secs[i]].nchunks;
+        if (r->packed_sec >= 0) buffer_chunks += r->sections[r->packed_sec].nchunks;
         if (r->sections[r->sig_sec].raw > 96 + 32 * buffer_chunks)
             return FORMAT_ERR(r, "signature section of %llu bytes is too long for %llu buffer chunks",
                               (unsigned long long)r->sections[r->sig_sec].raw,
@@ -490,6 +508,7 @@ const char *kind_name(uint16_t kind)
     case FK_SEC_METADATA: return "metadata";
     case FK_SEC_SIGNATURE:
     case FK_SEC_SIGNATURE2: return "signature";
+    case FK_SEC_PACKED: return "packed buffers";
     default: return "section";
     }
 }

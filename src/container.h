@@ -86,6 +86,12 @@ typedef struct {
     PyObject *modules;    /* set of module names whose objects occur */
     PyObject *seen_types; /* set of types already recorded */
     uint64_t oob_bytes;
+    /* packed buffers (format 1.3, docs/FORMAT.md "Packed buffers") */
+    int packing;          /* small contiguous array buffers go to the packed section */
+    PyObject *packed;     /* list of their PickleBuffers, in order */
+    uint64_t packed_bytes;
+    unsigned char *ptab;  /* the table's entries: one varint per out-of-band buffer */
+    size_t ptab_len, ptab_cap;
     Py_ssize_t by_value;  /* classes/functions saved by value */
     PyObject *byvalue;    /* callable(obj) -> reduce value: by-value reducer of this dump, or NULL */
     /* chunk pipeline */
@@ -140,6 +146,9 @@ typedef struct {
     Py_ssize_t pickle_sec, meta_sec, sig_sec;
     size_t *buf_secs;
     size_t nbuf;
+    Py_ssize_t packed_sec; /* the packed-buffers section (format 1.3), or -1 */
+    fk_lbuf *lbufs;       /* with one: every out-of-band buffer, in NEXT_BUFFER order, once parsed */
+    size_t nlbuf, npacked;
 } ReaderObject;
 
 #define FORMAT_ERR(r, ...) rd_error((r), (r)->st->FormatError, __VA_ARGS__)
@@ -188,6 +197,7 @@ PyObject *strided_source(fk_state *st, PyObject *pb);
 PyObject *describe_array(fk_state *st, PyObject *pb);
 PyObject *reduce_array(WriterObject *w, PyObject *obj);
 int wr_write_buffers(WriterObject *w);
+int buffer_is_array(fk_state *st, PyObject *pb); /* an out-of-band buffer of a NumPy array? */
 typedef struct {
     PyObject_HEAD
     unsigned char *data;
@@ -202,5 +212,14 @@ PyObject *Writer_buffer_callback(WriterObject *w, PyObject *pb);
 
 /* ---- reader.c ---- */
 PyObject *rd_error(ReaderObject *r, PyObject *exc, const char *fmt, ...);
+
+/* ---- packed.c: the packed-buffers section, written and read ---- */
+int wr_write_packed(WriterObject *w); /* after the buffer sections; nothing when none was packed */
+int rd_take_table(ReaderObject *r, const unsigned char *p, size_t avail); /* p: the section's raw bytes */
+int rd_table(ReaderObject *r);        /* parse the table once (reads what it needs) */
+size_t rd_nlogical(ReaderObject *r);  /* out-of-band buffers, in NEXT_BUFFER order (table parsed) */
+/* where buffer i lies: its buffer section (*ord its ordinal), or NULL for a
+ * packed buffer *off bytes into the packed section */
+const fk_section *rd_logical(ReaderObject *r, size_t i, size_t *ord, uint64_t *off, uint64_t *len);
 
 #endif

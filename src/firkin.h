@@ -31,7 +31,7 @@
 #define FK_MAGIC_LEN 8
 #define FK_END_MAGIC "\nFRKEND\x89"
 #define FK_FORMAT_MAJOR 1
-#define FK_FORMAT_MINOR 2
+#define FK_FORMAT_MINOR 3
 #define FK_HEADER_LEN 64
 #define FK_TRAILER_LEN 40
 #define FK_INDEX_HEAD_LEN 16
@@ -51,7 +51,8 @@ int fk_sniff(const unsigned char *head, size_t hlen, const unsigned char *tail, 
 /* header feature flags */
 #define FK_REQ_STREAMED (1ULL << 0)        /* body cut into length-prefixed frames (a stream) */
 #define FK_REQ_FILTERS (1ULL << 1)        /* buffer sections may be filtered (format 1.2) */
-#define FK_REQ_KNOWN (FK_REQ_STREAMED | FK_REQ_FILTERS) /* required features this reader knows */
+#define FK_REQ_PACKED (1ULL << 2)         /* a packed-buffers section is present (format 1.3) */
+#define FK_REQ_KNOWN (FK_REQ_STREAMED | FK_REQ_FILTERS | FK_REQ_PACKED) /* required features this reader knows */
 #define FK_MAX_FRAME ((size_t)1 << 30)    /* largest frame of the streamed layout */
 #define FK_OPT_BUFFERS_MUTABLE (1ULL << 0) /* opened with mmap_mode='r+' */
 
@@ -61,6 +62,7 @@ int fk_sniff(const unsigned char *head, size_t hlen, const unsigned char *tail, 
 #define FK_SEC_METADATA 3
 #define FK_SEC_SIGNATURE 4    /* format 1.0 signature: stream and metadata */
 #define FK_SEC_SIGNATURE2 5   /* format 1.1 signature: also every buffer chunk */
+#define FK_SEC_PACKED 6       /* format 1.3: the small out-of-band buffers, packed with a length table */
 #define FK_SECF_REQUIRED 0x0001
 #define FK_SECF_FILTER_SHIFT 1        /* bits 1-3: the filter of a buffer section's compressed chunks */
 #define FK_SECF_FILTER_MASK 0x000E
@@ -242,6 +244,28 @@ uint64_t fk_hasher_bytes(fk_hasher *h);
 int fk_hasher_final(fk_hasher *h, const unsigned char *tail, size_t tail_len, unsigned char *out);
 void fk_hasher_free(fk_hasher *h);                /* with the GIL */
 #endif
+
+/* ---- packed.c: the packed-buffers section's table (docs/FORMAT.md, "Packed buffers") ---- */
+#define FK_PACKED_ALIGN 16           /* each packed buffer starts at a multiple of this in the section */
+#define FK_PACKED_BUFNO UINT32_MAX   /* the buffer number of the packed section's chunks when hashed */
+#define FK_VARINT_MAX 9              /* bytes of the longest varint (values below 2^63) */
+/* Append v (< 2^63) as a varint to *buf (grown as needed); -1 with MemoryError. */
+int packed_put_varint(unsigned char **buf, size_t *len, size_t *cap, uint64_t v);
+/* One out-of-band buffer as the packed table places it: packed (`off` its
+ * offset in the section's raw bytes) or the `sec`-th buffer section. */
+typedef struct {
+    uint64_t off, len;
+    uint32_t sec;   /* buffer section ordinal, or FK_PACKED_BUFNO for a packed buffer */
+} fk_lbuf;
+/* Parse the table at the start of a packed section of `raw` bytes, of which
+ * `p` holds the first `avail`; `nsec` buffer sections exist. On success,
+ * *out (PyMem_Malloc'ed) holds *n entries in NEXT_BUFFER order, *npacked of
+ * them packed. On error returns -1 with *why set (no Python exception). */
+int packed_parse(const unsigned char *p, size_t avail, uint64_t raw, size_t nsec, fk_lbuf **out,
+                 size_t *n, size_t *npacked, char *why, size_t why_len);
+/* The bytes of a packed section's table whose first bytes are p[0..avail):
+ * how many to read so that packed_parse sees the whole table (<= raw). */
+uint64_t packed_table_bytes(const unsigned char *p, size_t avail, uint64_t raw);
 
 /* ---- writer.c ---- */
 int writer_init_types(PyObject *module, fk_state *st);

@@ -340,6 +340,7 @@ static int module_exec(PyObject *module)
     if (dtype_init_types(module, st) < 0) return -1;
     if (PyModule_AddIntConstant(module, "FLAG_BUFFERS_MUTABLE", (long)FK_OPT_BUFFERS_MUTABLE) < 0) return -1;
     if (PyModule_AddIntConstant(module, "REQ_STREAMED", (long)FK_REQ_STREAMED) < 0) return -1;
+    if (PyModule_AddIntConstant(module, "REQ_PACKED", (long)FK_REQ_PACKED) < 0) return -1;
     if (PyModule_AddIntConstant(module, "MAX_FRAME", (long)FK_MAX_FRAME) < 0) return -1;
     if (PyModule_AddIntConstant(module, "HEADER_LEN", FK_HEADER_LEN) < 0) return -1;
     if (PyModule_AddIntConstant(module, "DEFAULT_THRESHOLD", FK_DEFAULT_THRESHOLD) < 0) return -1;

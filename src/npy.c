@@ -79,6 +79,11 @@ static PyArrayObject *buffer_array(fk_state *st, PyObject *pb)
 /* The element size a filter works on for an out-of-band buffer: its
  * array's scalar size for numbers (bool, integers, floats, the parts of
  * complex numbers, datetimes), else 0 (no filter). */
+int buffer_is_array(fk_state *st, PyObject *pb)
+{
+    return buffer_array(st, pb) != NULL;
+}
+
 static size_t filter_elem_size(fk_state *st, PyObject *pb)
 {
     PyArrayObject *a = buffer_array(st, pb);

@@ -36,6 +36,7 @@ PyObject *Writer_buffer_callback(WriterObject *w, PyObject *pb)
     Py_buffer view;
     PyObject *src = strided_source(w->st, pb);
     if (src) {
+        if (w->packing && packed_put_varint(&w->ptab, &w->ptab_len, &w->ptab_cap, 0) < 0) return NULL;
         if (PyList_Append(w->buffers, pb) < 0 || record_array(w, pb) < 0) return NULL;
         w->oob_bytes += (uint64_t)PyArray_NBYTES((PyArrayObject *)src);
         Py_RETURN_FALSE;
@@ -44,7 +45,17 @@ PyObject *Writer_buffer_callback(WriterObject *w, PyObject *pb)
     int contiguous = PyBuffer_IsContiguous(&view, 'A');
     Py_ssize_t len = view.len;
     PyBuffer_Release(&view);
-    if (contiguous && len < w->threshold) Py_RETURN_TRUE; /* in-band */
+    if (contiguous && len < w->threshold) {
+        /* small: an array's bytes go to the packed section (so that they can
+         * be mapped), anything else stays in-band */
+        if (!w->packing || !buffer_is_array(w->st, pb)) Py_RETURN_TRUE;
+        if (packed_put_varint(&w->ptab, &w->ptab_len, &w->ptab_cap, (uint64_t)len + 1) < 0 ||
+            PyList_Append(w->packed, pb) < 0)
+            return NULL;
+        w->packed_bytes += (uint64_t)len;
+        Py_RETURN_FALSE;
+    }
+    if (w->packing && packed_put_varint(&w->ptab, &w->ptab_len, &w->ptab_cap, 0) < 0) return NULL;
     if (PyList_Append(w->buffers, pb) < 0 || record_array(w, pb) < 0) return NULL;
     w->oob_bytes += (uint64_t)len;
     Py_RETURN_FALSE; /* out-of-band */

@@ -78,64 +78,116 @@ static int hash_key_arg(Py_buffer *key, const char *fn)
 }
 
 /* read_buffers(verify=True, threads=0, which=None, progress=None, hash_key=None) -> list:
- * a Buffer for each out-of-band buffer (or for those numbered in `which`;
- * None elsewhere). With hash_key: (list, records of the chunks' Poly1305). */
+ * a Buffer for each out-of-band buffer, in NEXT_BUFFER order (or for those
+ * numbered in `which`; None elsewhere): a buffer section's own, or a fresh
+ * bytearray copied from the packed section (read once, whole). With
+ * hash_key: (list, records of the chunks' Poly1305). */
 static PyObject *Reader_read_buffers(ReaderObject *r, PyObject *args, PyObject *kwds)
 {
     static char *kwlist[] = {"verify", "threads", "which", "progress", "hash_key", NULL};
     int verify = 1, threads = 0;
-    PyObject *which = Py_None, *progress = Py_None;
+    PyObject *which = Py_None, *progress = Py_None, *want = NULL, *out = NULL;
     Py_buffer key = {0};
     hash_records rec = {NULL, 0, 0};
+    const fk_section **secs = NULL;
+    unsigned char **dsts = NULL, *ptmp = NULL;
+    char *asked = NULL;
+    BufferObject **bufs = NULL;
+    size_t n = 0, nl = 0;
+    int want_packed = 0;
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "|piOOz*:read_buffers", kwlist, &verify, &threads, &which,
                                      &progress, &key))
         return NULL;
     int hashing = hash_key_arg(&key, "read_buffers");
     if (hashing < 0) return NULL;
-    PyObject *out = PyList_New((Py_ssize_t)r->nbuf);
-    const fk_section **secs = (const fk_section **)PyMem_Calloc(r->nbuf ? r->nbuf : 1, sizeof(*secs));
-    unsigned char **dsts = (unsigned char **)PyMem_Calloc(r->nbuf ? r->nbuf : 1, sizeof(*dsts));
-    size_t n = 0;
-    if (!out || !secs || !dsts) {
-        if (out) PyErr_NoMemory();
+    if (which != Py_None) {
+        /* a set: membership in O(1) for each of (maybe) many small buffers */
+        if (!(want = PySet_New(which))) goto fail;
+        if (rd_table(r) < 0) goto fail;
+    }
+    secs = (const fk_section **)PyMem_Calloc(r->nbuf + 1, sizeof(*secs));
+    dsts = (unsigned char **)PyMem_Calloc(r->nbuf + 1, sizeof(*dsts));
+    bufs = (BufferObject **)PyMem_Calloc(r->nbuf + 1, sizeof(*bufs));
+    if (!secs || !dsts || !bufs) {
+        PyErr_NoMemory();
         goto fail;
     }
-    for (size_t i = 0; i < r->nbuf; i++) {
-        PyList_SET_ITEM(out, (Py_ssize_t)i, Py_NewRef(Py_None));
-        if (which != Py_None) {
+    if (!want) {
+        for (size_t k = 0; k < r->nbuf; k++) bufs[k] = (BufferObject *)Py_None; /* marks: read it */
+        want_packed = r->packed_sec >= 0;
+    } else {
+        nl = rd_nlogical(r);
+        if (!(asked = (char *)PyMem_Calloc(nl ? nl : 1, 1))) {
+            PyErr_NoMemory();
+            goto fail;
+        }
+        for (size_t i = 0; i < nl; i++) {
             PyObject *k = PyLong_FromSize_t(i);
-            int in = k ? PySequence_Contains(which, k) : -1;
+            int in = k ? PySet_Contains(want, k) : -1;
             Py_XDECREF(k);
             if (in < 0) goto fail;
             if (!in) continue;
+            size_t ord;
+            uint64_t off, len;
+            asked[i] = 1;
+            if (rd_logical(r, i, &ord, &off, &len)) bufs[ord] = (BufferObject *)Py_None;
+            else want_packed = 1;
         }
-        const fk_section *s = &r->sections[r->buf_secs[i]];
-        BufferObject *b = buffer_new(r->st, (size_t)s->raw);
-        if (!b) goto fail;
-        PyList_SetItem(out, (Py_ssize_t)i, (PyObject *)b);
+    }
+    for (size_t k = 0; k < r->nbuf; k++) {
+        if (!bufs[k]) continue;
+        const fk_section *s = &r->sections[r->buf_secs[k]];
+        if (!(bufs[k] = buffer_new(r->st, (size_t)s->raw))) goto fail;
         secs[n] = s;
-        dsts[n] = b->data;
-        n++;
+        dsts[n++] = bufs[k]->data;
+    }
+    if (want_packed) {
+        const fk_section *s = &r->sections[r->packed_sec];
+        if (!(ptmp = (unsigned char *)malloc(s->raw ? (size_t)s->raw : 1))) {
+            PyErr_NoMemory();
+            goto fail;
+        }
+        secs[n] = s;
+        dsts[n++] = ptmp;
     }
     if (rd_sections_into(r, secs, dsts, n, verify, threads, progress == Py_None ? NULL : progress,
                          hashing ? (const unsigned char *)key.buf : NULL, &rec) < 0)
         goto fail;
+    if (want_packed && !r->lbufs && rd_take_table(r, ptmp, (size_t)r->sections[r->packed_sec].raw) < 0)
+        goto fail;
+    nl = rd_nlogical(r);
+    if (!(out = PyList_New((Py_ssize_t)nl))) goto fail;
+    for (size_t i = 0; i < nl; i++) {
+        size_t ord = 0;
+        uint64_t off, len;
+        const fk_section *s = rd_logical(r, i, &ord, &off, &len);
+        PyObject *item;
+        if (asked && !asked[i]) item = Py_NewRef(Py_None);
+        else if (s) item = Py_NewRef((PyObject *)bufs[ord]);
+        else item = PyByteArray_FromStringAndSize((const char *)ptmp + off, (Py_ssize_t)len);
+        if (!item) goto fail;
+        PyList_SET_ITEM(out, (Py_ssize_t)i, item);
+    }
+    goto done;
+fail:
+    Py_CLEAR(out);
+done:
+    for (size_t k = 0; bufs && k < r->nbuf; k++)
+        if (bufs[k] != (BufferObject *)Py_None) Py_XDECREF(bufs[k]);
+    Py_XDECREF(want);
     PyMem_Free(secs);
     PyMem_Free(dsts);
-    if (hashing) {
-        PyBuffer_Release(&key);
+    PyMem_Free(bufs);
+    PyMem_Free(asked);
+    free(ptmp);
+    if (hashing) PyBuffer_Release(&key);
+    if (out && hashing) {
         PyObject *records = hash_records_bytes(&rec);
         hash_records_free(&rec);
         return records ? Py_BuildValue("(NN)", out, records) : (Py_DECREF(out), NULL);
     }
-    return out;
-fail:
-    Py_XDECREF(out);
-    PyMem_Free(secs);
-    PyMem_Free(dsts);
     hash_records_free(&rec);
-    if (hashing) PyBuffer_Release(&key);
-    return NULL;
+    return out;
 }
 
 /* verify_mapped(mapping, verify=True, hash_key=None): check the raw buffer
@@ -163,8 +215,10 @@ static PyObject *Reader_verify_mapped(ReaderObject *r, PyObject *args, PyObject 
         FORMAT_ERR(r, "mapping is shorter than the container");
         goto done;
     }
-    for (size_t i = 0; i < r->nbuf; i++) {
-        const fk_section *s = &r->sections[r->buf_secs[i]];
+    for (size_t i = 0; i <= r->nbuf; i++) {
+        /* the buffer sections, then the packed section */
+        if (i == r->nbuf && r->packed_sec < 0) break;
+        const fk_section *s = &r->sections[i < r->nbuf ? r->buf_secs[i] : (size_t)r->packed_sec];
         if (!s->all_raw) continue; /* compressed buffers are verified when decoded */
         const unsigned char *p = (const unsigned char *)v.buf + s->offset;
         uint64_t off = 0;
@@ -196,16 +250,36 @@ done:
 static PyObject *Reader_buffer_spans(ReaderObject *r, PyObject *unused)
 {
     (void)unused;
-    PyObject *out = PyList_New((Py_ssize_t)r->nbuf);
+    if (rd_table(r) < 0) return NULL;
+    size_t nl = rd_nlogical(r);
+    PyObject *out = PyList_New((Py_ssize_t)nl);
     if (!out) return NULL;
-    for (size_t i = 0; i < r->nbuf; i++) {
-        const fk_section *s = &r->sections[r->buf_secs[i]];
+    for (size_t i = 0; i < nl; i++) {
+        size_t ord;
+        uint64_t off, len;
+        const fk_section *s = rd_logical(r, i, &ord, &off, &len);
+        if (!s) s = &r->sections[r->packed_sec];
         /* frames removed: the bytes do not lie at these offsets in the file */
         int mappable = s->all_raw && !r->deframed;
-        PyObject *t = Py_BuildValue("(KKO)", (unsigned long long)(r->base + s->offset),
-                                    (unsigned long long)s->raw, mappable ? Py_True : Py_False);
+        PyObject *t = Py_BuildValue("(KKO)", (unsigned long long)(r->base + s->offset + off),
+                                    (unsigned long long)len, mappable ? Py_True : Py_False);
         if (!t) { Py_DECREF(out); return NULL; }
         PyList_SET_ITEM(out, (Py_ssize_t)i, t);
+    }
+    return out;
+}
+
+/* packed_buffers() -> the numbers (NEXT_BUFFER order) of the packed buffers */
+static PyObject *Reader_packed_buffers(ReaderObject *r, PyObject *unused)
+{
+    (void)unused;
+    if (rd_table(r) < 0) return NULL;
+    PyObject *out = PyList_New(0);
+    for (size_t i = 0; out && r->packed_sec >= 0 && i < r->nlbuf; i++) {
+        if (r->lbufs[i].sec != FK_PACKED_BUFNO) continue;
+        PyObject *k = PyLong_FromSize_t(i);
+        if (!k || PyList_Append(out, k) < 0) Py_CLEAR(out);
+        Py_XDECREF(k);
     }
     return out;
 }
@@ -266,7 +340,7 @@ static PyObject *Reader_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     if (!r) return NULL;
     r->st = (fk_state *)PyType_GetModuleState(type);
     r->fd = -1;
-    r->pickle_sec = r->meta_sec = r->sig_sec = -1;
+    r->pickle_sec = r->meta_sec = r->sig_sec = r->packed_sec = -1;
     r->base = base;
     r->deframed = deframed;
     r->name = name && name != Py_None ? PyObject_Str(name) : PyUnicode_FromString("<firkin data>");
@@ -318,6 +392,7 @@ static void Reader_dealloc(ReaderObject *r)
     PyMem_Free(r->index);
     PyMem_Free(r->sections);
     PyMem_Free(r->buf_secs);
+    PyMem_Free(r->lbufs);
     tp->tp_free((PyObject *)r);
     Py_DECREF(tp);
 }
@@ -355,7 +430,9 @@ static PyMethodDef Reader_methods[] = {
      "read_buffers(verify=True, threads=0, which=None, progress=None, hash_key=None) -> list of "
      "Buffer (progress(bytes_done) is called every 8 MiB); with hash_key, (list, Poly1305 records)"},
     {"buffer_spans", (PyCFunction)Reader_buffer_spans, METH_NOARGS,
-     "[(absolute offset, length, mappable)] of the out-of-band buffers"},
+     "[(absolute offset, length, mappable)] of the out-of-band buffers, in NEXT_BUFFER order"},
+    {"packed_buffers", (PyCFunction)Reader_packed_buffers, METH_NOARGS,
+     "the numbers (NEXT_BUFFER order) of the buffers held by the packed section"},
     {"verify_mapped", (PyCFunction)(void (*)(void))Reader_verify_mapped, METH_VARARGS | METH_KEYWORDS,
      "verify_mapped(mapping, verify=True, hash_key=None): check the CRCs of the raw buffer chunks "
      "inside a mapping of the whole container; with hash_key, return their Poly1305 records"},
@@ -381,7 +458,8 @@ static PyGetSetDef Reader_getset[] = {
     {"format_version", (getter)Reader_get_version, NULL, "(major, minor)", NULL},
     {"flags", (getter)Reader_get_flags, NULL, "optional header flags", NULL},
     {"required_flags", (getter)Reader_get_required_flags, NULL, "required header flags", NULL},
-    {"buffer_count", (getter)Reader_get_nbuf, NULL, "number of out-of-band buffers", NULL},
+    {"buffer_count", (getter)Reader_get_nbuf, NULL,
+     "number of buffer sections (the packed section's buffers not counted)", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 

@@ -224,7 +224,9 @@ int wr_submit(WriterObject *w, const unsigned char *p, size_t n, void *owned)
     j->job.src = p;
     j->job.src_len = n;
     j->job.owned = owned;
-    if (w->hashing && w->sections[j->section].kind == FK_SEC_BUFFER) j->job.hash_key = w->hash_key;
+    if (w->hashing && (w->sections[j->section].kind == FK_SEC_BUFFER ||
+                       w->sections[j->section].kind == FK_SEC_PACKED))
+        j->job.hash_key = w->hash_key;
     j->job.filter = w->sections[j->section].filter;
     j->job.elem = w->sections[j->section].elem;
     if (w->codec != FK_CODEC_RAW) {

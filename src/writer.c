@@ -27,6 +27,11 @@ static PyObject *Writer_dump(WriterObject *w, PyObject *args)
     }
     w->stage = -1;
     w->protocol = protocol;
+    /* only where it serves mmap_mode: a file descriptor (whose header is
+     * patched at the end: it says whether the section is there), written
+     * uncompressed (a compressed file loads into memory, as joblib's do,
+     * and its small arrays compress with the stream as before) */
+    w->packing = protocol >= 5 && w->fd >= 0 && !w->streamed && w->codec == FK_CODEC_RAW;
     unsigned char h[FK_HEADER_LEN];
     wr_header_bytes(w, h, 0, 0);
     if (wr_out(w, h, FK_HEADER_LEN) < 0) return NULL;
@@ -62,10 +67,11 @@ static PyObject *Writer_dump(WriterObject *w, PyObject *args)
     Py_DECREF(r);
     Py_CLEAR(pickler);
     w->stream_open = 0;
-    w->progress_total = w->submitted + w->sbuf_len + w->oob_bytes;
+    w->progress_total = w->submitted + w->sbuf_len + w->oob_bytes + w->packed_bytes;
     if (wr_flush_stream(w) < 0) goto done;
     if (wr_drain(w) < 0) goto done;
     if (wr_write_buffers(w) < 0) goto done;
+    if (wr_write_packed(w) < 0) goto done;
     if (wr_report_progress(w, 0, 1) < 0) goto done;
     w->stage = 1;
     if (mods) {
@@ -218,9 +224,10 @@ static PyObject *Writer_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     w->start_pos = Py_NewRef(Py_None);
     w->buffers = PyList_New(0);
     w->arrays = PyList_New(0);
+    w->packed = PyList_New(0);
     w->modules = PySet_New(NULL);
     w->seen_types = PySet_New(NULL);
-    if (!w->buffers || !w->arrays || !w->modules || !w->seen_types) goto fail;
+    if (!w->buffers || !w->arrays || !w->packed || !w->modules || !w->seen_types) goto fail;
     if (PyLong_Check(target)) {
         long fd = PyLong_AsLong(target);
         w->fd = (fd >= 0 && fd <= INT32_MAX) ? (int)fd : -1;
@@ -268,6 +275,7 @@ static int Writer_traverse(WriterObject *w, visitproc visit, void *arg)
     Py_VISIT(w->start_pos);
     Py_VISIT(w->buffers);
     Py_VISIT(w->arrays);
+    Py_VISIT(w->packed);
     Py_VISIT(w->modules);
     Py_VISIT(w->seen_types);
     Py_VISIT(w->progress);
@@ -284,6 +292,7 @@ static int Writer_clear(WriterObject *w)
     Py_CLEAR(w->start_pos);
     Py_CLEAR(w->buffers);
     Py_CLEAR(w->arrays);
+    Py_CLEAR(w->packed);
     Py_CLEAR(w->modules);
     Py_CLEAR(w->seen_types);
     Py_CLEAR(w->progress);
@@ -308,6 +317,7 @@ static void Writer_dealloc(WriterObject *w)
     free(w->chunks);
     free(w->sections);
     hash_records_free(&w->hrec);
+    PyMem_Free(w->ptab);
     tp->tp_free((PyObject *)w);
     Py_DECREF(tp);
 }

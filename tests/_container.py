@@ -8,12 +8,15 @@ tables; rebuild() puts one back together with every CRC recomputed;
 firkin_container() writes a whole container around a pickle stream (signed
 with signature_v2 when asked); rewrite_index_crcs() repairs the CRCs after
 bytes of a raw chunk were changed, so that only a signature can notice.
+packed_table()/packed_payload() write a packed-buffers section's raw bytes
+(format 1.3), section_raw() decodes any section's raw bytes.
 """
 from __future__ import annotations
 
 import hashlib
 import hmac
 import struct
+import zlib
 
 from firkin import _core, _sign
 from firkin._core import crc32c
@@ -26,6 +29,10 @@ CHUNK_ENTRY_LEN = 16
 MAGIC = b"\x89FRK\r\n\x1a\n"
 END_MAGIC = b"\nFRKEND\x89"
 KIND_PICKLE, KIND_BUFFER, KIND_METADATA, KIND_SIGNATURE, KIND_SIGNATURE_V2 = 1, 2, 3, 4, 5
+KIND_PACKED = 6  # format 1.3: the packed buffers
+REQ_PACKED = 1 << 2  # required feature bit 2: the file has a packed-buffers section
+PACKED_ALIGN = 16
+PACKED_BUFNO = 0xFFFFFFFF  # the buffer number of the packed section's chunks in a signature
 SECF_REQUIRED = 1
 CHUNK = 1 << 20  # the chunk size firkin_container writes
 HEADER_1_0 = MAGIC + struct.pack("<HHIQ", 1, 0, 64, 0)  # magic, format 1.0, header length, no features
@@ -126,16 +133,63 @@ def used_ranges(data: bytes) -> list[tuple[int, int]]:
     return ranges
 
 
+def varint(v: int) -> bytes:
+    out = bytearray()
+    while True:
+        out.append((v & 0x7F) | (0x80 if v > 0x7F else 0))
+        v >>= 7
+        if not v:
+            return bytes(out)
+
+
+def packed_table(entries) -> bytes:
+    """The table of a packed-buffers section: `entries` in NEXT_BUFFER
+    order, each the bytes of a packed buffer or None for "the next buffer
+    section"."""
+    return varint(len(entries)) + b"".join(varint(0) if e is None else varint(len(e) + 1)
+                                           for e in entries)
+
+
+def packed_payload(entries, table: bytes | None = None) -> bytes:
+    """The raw bytes of a packed-buffers section: its table (packed_table's
+    unless given), then each packed buffer at a multiple of 16."""
+    out = bytearray(packed_table(entries) if table is None else table)
+    for e in entries:
+        if e is not None:
+            out += bytes(-len(out) % PACKED_ALIGN) + bytes(e)
+    return bytes(out)
+
+
+def section_raw(data: bytes, s: dict) -> bytes:
+    """The raw bytes of section `s` (a parse() entry) of container `data`:
+    its chunks, decoded (raw and zlib chunks; no filter)."""
+    p = parse(data)
+    out, pos = bytearray(), s["offset"]
+    for c in p["chunks"][s["first_chunk"]:s["first_chunk"] + s["nchunks"]]:
+        stored = bytes(data[pos:pos + c["stored"]])
+        assert c["codec"] in (0, 1)
+        out += stored if c["codec"] == 0 else zlib.decompress(stored)
+        pos += c["stored"]
+    return bytes(out)
+
+
 def signature_v2(key: bytes, header_fixed: bytes, stream: bytes, metadata: bytes, buffers=(),
-                 salt: bytes = b"\x07" * 16) -> bytes:
+                 salt: bytes = b"\x07" * 16, packed: bytes | None = None) -> bytes:
     """A version 2 signature section computed from docs/FORMAT.md alone
-    (hmac, hashlib and firkin's Poly1305), independently of firkin._sign."""
+    (hmac, hashlib and firkin's Poly1305), independently of firkin._sign.
+    `buffers`: the buffer sections' raw bytes; `packed`: the packed
+    section's, whose chunks are buffer 0xFFFFFFFF's (format 1.3)."""
     def mac(*parts):
         return hmac.new(key, b"".join(parts), hashlib.sha256).digest()
 
+    # required bit 2 is not signed: the writer sets it after the stream is signed
+    header_fixed = bytearray(header_fixed)
+    header_fixed[16] &= ~REQ_PACKED & 0xFF
+    header_fixed = bytes(header_fixed)
     poly_key = mac(b"firkin-buffer-hash-v2\0", salt)[:16] + bytes(16)
     entries = b""
-    for b, buf in enumerate(buffers):
+    numbered = list(enumerate(buffers)) + ([] if packed is None else [(PACKED_BUFNO, packed)])
+    for b, buf in numbered:
         for c, off in enumerate(range(0, len(buf), CHUNK)):
             part = bytes(buf[off:off + CHUNK])
             head = struct.pack("<IIQ", b, c, len(part))
@@ -147,19 +201,29 @@ def signature_v2(key: bytes, header_fixed: bytes, stream: bytes, metadata: bytes
             + digest + table)
 
 
+HEADER_1_3_PACKED = MAGIC + struct.pack("<HHIQ", 1, 3, 64, REQ_PACKED)
+
+
 def firkin_container(stream: bytes, metadata: bytes = b"{}", key: bytes | None = None,
-                     buffers=(), version: int = 1) -> bytes:
+                     buffers=(), version: int = 1, packed: bytes | None = None) -> bytes:
     """A firkin container holding `stream` as its pickle stream and
     `buffers` as its buffer sections (raw chunks of CHUNK bytes): format 1.0
     signed (version 1 signature) with `key` when version=1, format 1.1
-    signed (version 2) when version=2."""
-    header_fixed = HEADER_1_0 if version == 1 else HEADER_1_1
+    signed (version 2) when version=2. With `packed` (the raw bytes of a
+    packed-buffers section, packed_payload): format 1.3, required bit 2 set,
+    the section after the buffer sections (signed with version 2)."""
+    header_fixed = HEADER_1_0 if version == 1 and packed is None else HEADER_1_1
+    if packed is not None:
+        header_fixed, version = HEADER_1_3_PACKED, 2
     payloads = [(KIND_PICKLE, 1, stream)] + [(KIND_BUFFER, 1, bytes(b)) for b in buffers]
+    if packed is not None:
+        payloads.append((KIND_PACKED, SECF_REQUIRED, bytes(packed)))
     payloads.append((KIND_METADATA, 0, metadata))
     if key is not None and version == 1:
         payloads.append((KIND_SIGNATURE, 0, _sign.signature_payload(key, stream, metadata, header_fixed)))
     elif key is not None:
-        payloads.append((KIND_SIGNATURE_V2, 0, signature_v2(key, header_fixed, stream, metadata, buffers)))
+        payloads.append((KIND_SIGNATURE_V2, 0, signature_v2(key, header_fixed, stream, metadata, buffers,
+                                                             packed=packed)))
     area = bytearray(header_fixed + bytes(HEADER_LEN - len(header_fixed)))
     sections, chunks = [], []
     for kind, flags, payload in payloads:

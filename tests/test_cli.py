@@ -160,11 +160,14 @@ def test_info_firkin(tmp_path, capsys):
     oob = [a for a in info["arrays"] if a["kind"] == "out-of-band"]
     assert oob and oob[0]["dtype"] == "float32" and oob[0]["shape"] == [400, 500]
     assert oob[0]["bytes"] == big.nbytes and oob[0]["mmap"] is True
-    inband = [a for a in info["arrays"] if a["kind"] == "in-band"]
-    assert [(a["dtype"], a["shape"]) for a in inband] == [("int64", [3])]
+    # the small array is packed (format 1.3), and mapped where it lies like the big one
+    packed = [a for a in info["arrays"] if a["kind"] == "packed"]
+    assert [(a["dtype"], a["shape"], a["mmap"]) for a in packed] == [("int64", [3], True)]
     with open(path, "rb") as f:
         f.seek(oob[0]["offset"])
         assert f.read(16) == big.tobytes()[:16]
+        f.seek(packed[0]["offset"])
+        assert f.read(24) == np.arange(3).tobytes()
 
 
 def test_info_joblib_and_pickle(tmp_path, capsys, joblib_file):

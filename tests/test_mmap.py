@@ -224,16 +224,16 @@ def test_bad_mmap_mode(dumped):
             firkin.load(path, mmap_mode=bad)
 
 
-def test_in_band_arrays_with_mmap(tmp_path):
-    """Default threshold: small arrays live in the pickle stream and load as ordinary
-    arrays; big ones are mapped."""
+def test_small_arrays_with_mmap(tmp_path):
+    """Default threshold: small arrays live in the packed section (format 1.3)
+    and are mapped like the big ones, which have sections of their own."""
     path = tmp_path / "mixed.fk"
     small = np.arange(10)
     big = np.arange(100_000, dtype=np.float64)
     firkin.dump({"small": small, "big": big}, path)
     loaded = firkin.load(path, mmap_mode="r")
     assert isinstance(loaded["big"], np.memmap)
-    assert not isinstance(loaded["small"], np.memmap)
+    assert isinstance(loaded["small"], np.memmap)
     np.testing.assert_array_equal(loaded["small"], small)
     np.testing.assert_array_equal(loaded["big"], big)
 

@@ -192,7 +192,8 @@ def test_openssl_without_hmac_falls_back_to_the_python_signer(tmp_path):
 
 # ------------------------------------------- signatures that cover every byte
 
-from _container import HEADER_1_0, firkin_container, rewrite_index_crcs, signature_v2  # noqa: E402
+from _container import (HEADER_1_0, KIND_PACKED, firkin_container, parse,  # noqa: E402
+                        rewrite_index_crcs, section, section_raw, signature_v2)
 
 
 class Holder:
@@ -247,14 +248,21 @@ def test_both_signers_write_the_documented_signature(tmp_path, impl, compress):
     with open(path, "rb") as f:
         r = _core.Reader(f.fileno())
         stream, meta, payload = r.pickle_stream(), r.metadata(), r.signature()
-        buffers = [bytes(b) for b in r.read_buffers()]
         header = r.header_bytes()[:24]
-    # format 1.2; a compressed dump may filter its arrays and says so in the required flags
-    required = _core.REQ_FILTERS if compress else 0
-    assert header == _sign.header_fixed(required) and header[8:12] == b"\x01\x00\x02\x00"
+        in_packed = set(r.packed_buffers())
+        buffers = [bytes(b) for i, b in enumerate(r.read_buffers()) if i not in in_packed]
+    # the packed section's raw bytes (never filtered), decoded from docs/FORMAT.md alone
+    data = path.read_bytes()
+    packed = section_raw(data, section(parse(data), KIND_PACKED))  # "e", under 64 KiB
+    # format 1.3; a compressed dump may filter its arrays and says so in the required flags;
+    # the small array is packed (bit 2)
+    required = (_core.REQ_FILTERS if compress else 0) | _core.REQ_PACKED
+    assert header == _sign.header_fixed(required) and header[8:12] == b"\x01\x00\x03\x00"
     assert [s["kind"] for s in _sections(path, "signature")] == ["signature"]
-    assert payload == signature_v2(_sign.current_key(), header, stream, meta, buffers, payload[8:24])
-    assert len(buffers) == 2 and len(payload) == 96 + 32 * (4 + 2)  # chunks: 3 + 1, 2
+    assert payload == signature_v2(_sign.current_key(), header, stream, meta, buffers, payload[8:24],
+                                   packed=packed)
+    # chunks: 3 + 1, 2, and the packed section's 1
+    assert len(buffers) == 2 and len(payload) == 96 + 32 * (4 + 2 + 1)
 
 
 def test_key_id_is_salted_and_keyed(tmp_path):

@@ -776,6 +776,17 @@ def _read_buffers(reader, verify, threads, progress, which=None, signed=None):
         bar.close()
 
 
+def _unmapped_batches(reader, spans):
+    """The buffers that cannot be mapped, in batches to read: one buffer
+    section at a time (then dropped), the packed section's buffers together
+    (it is read whole once)."""
+    packed = set(reader.packed_buffers())
+    unmapped = [i for i, (_, _, mappable) in enumerate(spans) if not mappable]
+    batches = [[i] for i in unmapped if i not in packed]
+    together = [i for i in unmapped if i in packed]
+    return batches + [together] if together else batches
+
+
 def _expansion(reader, kinds) -> int:
     """Bytes the compressed sections of these kinds declare beyond what the
     file holds (_amplify.excess)."""
@@ -798,16 +809,24 @@ def _budget(reader, trusted, max_memory, call="firkin.load"):
 
 def _charge_buffers(reader, stream, budget, policy, which=None) -> None:
     """Charge the compressed arrays' declared expansion before they are read,
-    unless the file is your own (signed with your key)."""
+    unless the file is your own (signed with your key). `which`: the
+    buffers (NEXT_BUFFER numbers) to be read, else all."""
     if budget is None or policy is True:
         return
-    bufs = [s for s in reader.sections() if s["kind"] == "buffer"]
-    grown = sum(_amplify.excess(s["raw"], s["stored"]) for i, s in enumerate(bufs)
-                if (which is None or i in which) and s["codec"] != "raw")
+    secs = reader.sections()
+    bufs = [s for s in secs if s["kind"] == "buffer"]
+    packed = [s for s in secs if s["kind"] == "packed buffers"]  # read whole, for any of its buffers
+    if which is not None:
+        in_packed = set(reader.packed_buffers()) if packed else set()
+        # buffer section k holds the k-th buffer that is not packed
+        sectioned = [i for i in range(len(bufs) + len(in_packed)) if i not in in_packed]
+        bufs = [s for k, s in enumerate(bufs) if sectioned[k] in which]
+        packed = packed if not in_packed.isdisjoint(which) else []
+    grown = sum(_amplify.excess(s["raw"], s["stored"]) for s in bufs + packed if s["codec"] != "raw")
     if grown > budget.limit - budget.charged - budget.expansion:
         if _sign.status(reader, stream) == _sign.VALID:
             return
-    budget.charge(grown, f"decompressing {len(bufs)} compressed array(s)")
+    budget.charge(grown, f"decompressing {len(bufs) + len(packed)} compressed array section(s)")
 
 
 def _load_reader(reader, verify, threads, progress=None, trusted=None, max_memory=None,
@@ -1036,13 +1055,12 @@ def _check_copy(path: str) -> None:
             return
         reader = _reader(f.fileno(), path)
         reader.pickle_stream()
-        if reader.buffer_count:
+        spans = reader.buffer_spans()
+        if spans:
             mm = np.memmap(f, dtype=np.uint8, mode="r", shape=(reader.total_length,))
             reader.verify_mapped(mm, verify=True)
-            spans = reader.buffer_spans()
-            for i, (_, _, mappable) in enumerate(spans):
-                if not mappable:
-                    reader.read_buffers(verify=True, which=[i])
+            for batch in _unmapped_batches(reader, spans):
+                reader.read_buffers(verify=True, which=batch)
 
 
 def check(filename, *, trusted=None, mmap_mode=None, verify=None, threads=None, max_memory=None,
@@ -1091,7 +1109,7 @@ def _load_mapped_buffers(reader, f, mode, verify, threads, progress, stream, pol
         warnings.warn(f"{reader.name}: {len(packed)} of {len(spans)} arrays are compressed; they are "
                       "decompressed into memory instead of being memory-mapped", UserWarning,
                       stacklevel=3)
-    if reader.buffer_count == 0:
+    if not spans:
         if signed:
             signed.check(b"")
         return _unpickle(reader, stream, [], True, policy, budget), []
@@ -1117,7 +1135,9 @@ def _load_mapped_buffers(reader, f, mode, verify, threads, progress, stream, pol
             reader.set_flag(_core.FLAG_BUFFERS_MUTABLE)
         for i, (off, n, mappable) in enumerate(spans):
             if mappable:
-                buffers[i] = mm[off:off + n]
+                view = buffers[i] = mm[off:off + n]
+                if isinstance(view, np.memmap):  # numpy maps no empty array
+                    view.offset = off  # where its bytes start in the file, as np.memmap(offset=)
     return _unpickle(reader, stream, buffers, True, policy, budget), buffers
 
 

@@ -4,6 +4,7 @@ from typing import Any, Callable, Optional, Sequence
 __version__: str
 FLAG_BUFFERS_MUTABLE: int
 REQ_STREAMED: int  # required feature bit 0: the streamed layout (docs/FORMAT.md)
+REQ_PACKED: int  # required feature bit 2: a packed-buffers section (format 1.3)
 MAX_FRAME: int  # largest frame of the streamed layout
 HEADER_LEN: int
 DEFAULT_THRESHOLD: int
@@ -96,7 +97,7 @@ class Reader:
     format_version: tuple[int, int]
     flags: int
     required_flags: int
-    buffer_count: int
+    buffer_count: int  # buffer sections; the packed section's buffers are not counted
     def __init__(
         self,
         source: Any,
@@ -115,8 +116,9 @@ class Reader:
         which: Optional[Sequence[int]] = None,
         progress: Optional[Callable[[int], None]] = None,
         hash_key: Optional[bytes] = None,
-    ) -> Any: ...  # list[Optional[Buffer]]; with hash_key: (that list, hash records)
-    def buffer_spans(self) -> list[tuple[int, int, bool]]: ...
+    ) -> Any: ...  # list[Optional[Buffer | bytearray]] in NEXT_BUFFER order; with hash_key: (that list, hash records)
+    def buffer_spans(self) -> list[tuple[int, int, bool]]: ...  # NEXT_BUFFER order
+    def packed_buffers(self) -> list[int]: ...  # the NEXT_BUFFER numbers of the packed buffers
     def verify_mapped(self, mapping: Any, verify: bool = True,
                       hash_key: Optional[bytes] = None) -> Optional[bytes]: ...
     def set_flag(self, flag: int, /) -> None: ...

@@ -142,7 +142,7 @@ def verify(filename: str | os.PathLike[str], *, quick: bool = False,
             return report
         secs = reader.sections()
         report.sections = len(secs)
-        report.buffers = reader.buffer_count
+        report.buffers = reader.buffer_count + len(reader.packed_buffers())
         report.mutable_buffers = bool(reader.flags & _core.FLAG_BUFFERS_MUTABLE)
         stream = signature = None
         try:
@@ -169,14 +169,17 @@ def verify(filename: str | os.PathLike[str], *, quick: bool = False,
                     records.append(reader.verify_mapped(mm, hash_key=key))
                 finally:
                     del mm
-            for i, (_, _, mappable) in enumerate(spans):
-                if not (mappable and local):  # compressed or remote: one at a time, then dropped
-                    got = reader.read_buffers(verify=True, which=[i], hash_key=key)
-                    records.append(got[1] if hashing else None)
+            from ._api import _unmapped_batches
+
+            if not local:
+                spans = [(off, n, False) for off, n, _ in spans]
+            for batch in _unmapped_batches(reader, spans):  # compressed or remote: then dropped
+                got = reader.read_buffers(verify=True, which=batch, hash_key=key)
+                records.append(got[1] if hashing else None)
         except FormatError as exc:
             report.problems.append(str(exc))
         report.bytes_checked = sum(s["stored"] for s in secs
-                                   if not (quick and s["kind"] == "buffer"))
+                                   if not (quick and s["kind"] in ("buffer", "packed buffers")))
         report.checksums_ok = not report.problems
         if signature is not None:
             report.signature = signature.status
@@ -335,10 +338,11 @@ class FileInfo:
         self.sections = secs
         # whatever shape a file's metadata has, it is shown, never trusted to be well formed
         self.metadata = _meta.parse(meta_raw, path)
-        self.raw_bytes = sum(s["raw"] for s in secs if s["kind"] in ("pickle stream", "buffer"))
-        self.stored_bytes = sum(s["stored"] for s in secs if s["kind"] in ("pickle stream", "buffer"))
+        data = ("pickle stream", "buffer", "packed buffers")
+        self.raw_bytes = sum(s["raw"] for s in secs if s["kind"] in data)
+        self.stored_bytes = sum(s["stored"] for s in secs if s["kind"] in data)
         self.stream_bytes = secs[0]["raw"] if secs else 0
-        self.arrays = self._firkin_arrays(secs, spans, records)
+        self.arrays = self._firkin_arrays(secs, spans, records, reader.packed_buffers())
         by_value = self.metadata.get("by_value")
         #: what was saved by value (classes and functions defined in __main__ ...):
         #: [{"name", "kind", "file", "globals", "closure"}], as the writer recorded it
@@ -351,26 +355,40 @@ class FileInfo:
         self.check_sample = check if isinstance(check, dict) else None
         self.packages += _meta.package_table(self.metadata)
 
-    def _firkin_arrays(self, secs, spans, records):
-        """One row per out-of-band buffer (dtype and shape as the writer
-        recorded them, else as the stream says), then the in-band arrays."""
+    def _firkin_arrays(self, secs, spans, records, packed=()):
+        """One row per out-of-band buffer, in the stream's order (dtype and
+        shape as the writer recorded them for buffer sections, else as the
+        stream says), then the in-band arrays. `packed`: the numbers of the
+        buffers in the packed section (docs/FORMAT.md, "Packed buffers")."""
         described = self.metadata.get("arrays")
         described = described if isinstance(described, list) else []
         scanned = {r.get("buffer"): r for r in records if r["kind"] == "out-of-band"}
         table = _joblib.inspect.array_table(records)
+        packed = set(packed)
+        bufs = iter(s for s in secs if s["kind"] == "buffer")
+        pack = next((s for s in secs if s["kind"] == "packed buffers"), None)
         out = []
-        for i, s in enumerate(s for s in secs if s["kind"] == "buffer"):
-            d = described[i] if i < len(described) and isinstance(described[i], dict) else {}
+        k = 0  # buffer sections seen
+        for i, (offset, n, mappable) in enumerate(spans):
+            if i in packed:
+                d, codec = {}, pack["codec"]
+                # compressed with its neighbours: the section's ratio
+                stored = n if codec == "raw" else None
+                ratio = pack["raw"] / pack["stored"] if pack["stored"] else 1.0
+            else:
+                s = next(bufs)
+                d = described[k] if k < len(described) and isinstance(described[k], dict) else {}
+                k += 1
+                codec, stored = s["codec"], s["stored"]
+                ratio = n / stored if stored else 1.0
             rec = scanned.get(i) or {}
             dtype = d.get("dtype") if "dtype" in d else rec.get("dtype")
             shape = d.get("shape") if "shape" in d else rec.get("shape")
-            offset, _, mappable = spans[i] if i < len(spans) else (None, None, False)
             out.append({
-                "index": i, "kind": "out-of-band",
+                "index": i, "kind": "packed" if i in packed else "out-of-band",
                 "dtype": _joblib.inspect.dtype_text(dtype) if isinstance(dtype, str) else dtype,
                 "shape": list(shape) if isinstance(shape, tuple) else shape,
-                "bytes": s["raw"], "stored": s["stored"], "codec": s["codec"],
-                "ratio": s["raw"] / s["stored"] if s["stored"] else 1.0,
+                "bytes": n, "stored": stored, "codec": codec, "ratio": ratio,
                 "offset": offset, "mmap": bool(mappable),
             })
         for a in table:

@@ -59,6 +59,17 @@ def header_fixed(required: int = 0) -> bytes:
 #: the fixed part of a header with no required features (a file, not a stream)
 HEADER_FIXED = header_fixed()
 
+
+def signed_header(reader) -> bytes:
+    """The header bytes 0-23 a signature covers: as in the file, with
+    required bit 2 (packed buffers, format 1.3) clear. The writer learns
+    whether it packs only after the stream is signed; the bit only says that
+    the packed section is there, which the signature covers itself
+    (docs/FORMAT.md, "Signature")."""
+    head = bytearray(reader.header_bytes()[:24])
+    head[16] &= ~_core.REQ_PACKED & 0xFF
+    return bytes(head)
+
 _lock = threading.Lock()
 _process_key: bytes | None = None
 _file_cache: dict[str, bytes] = {}
@@ -502,7 +513,7 @@ def check(reader, stream: bytes) -> Signature:
             return Signature(NO_KEY, 1)
         if payload[8:16] != key_id(key):
             return Signature(OTHER_KEY, 1)
-        good = _digest(key, reader.header_bytes()[:24], stream, reader.metadata() or b"")
+        good = _digest(key, signed_header(reader), stream, reader.metadata() or b"")
         return Signature(VALID if hmac.compare_digest(good, payload[16:48]) else INVALID, 1)
     if version != 2 or alg != _ALG_HMAC_SHA256_POLY1305:
         return Signature(INVALID, version)
@@ -517,7 +528,7 @@ def check(reader, stream: bytes) -> Signature:
     salt, table = payload[8:24], payload[72:]
     if not hmac.compare_digest(payload[24:40], key_id2(key, salt)):
         return Signature(OTHER_KEY, 2)
-    h = hmac.new(key, _PREFIX2 + reader.header_bytes()[:24] + salt, hashlib.sha256)
+    h = hmac.new(key, _PREFIX2 + signed_header(reader) + salt, hashlib.sha256)
     h.update(stream)
     h.update(_tail(len(stream), reader.metadata() or b"") + table)
     if not hmac.compare_digest(h.digest(), payload[40:72]):
