@@ -142,7 +142,7 @@ def verify(filename: str | os.PathLike[str], *, quick: bool = False,
             return report
         secs = reader.sections()
         report.sections = len(secs)
-        report.buffers = reader.buffer_count + len(reader.packed_buffers())
+        report.buffers = reader.buffer_count
         report.mutable_buffers = bool(reader.flags & _core.FLAG_BUFFERS_MUTABLE)
         stream = signature = None
         try:
@@ -160,8 +160,9 @@ def verify(filename: str | os.PathLike[str], *, quick: bool = False,
         hashing = signature is not None and signature.status == _sign.VALID and signature.covers_buffers
         key = signature.hash_key if hashing else None
         records = []
-        spans = [] if quick else reader.buffer_spans()
         try:
+            spans = [] if quick else reader.buffer_spans()  # parses a packed section's table
+            report.buffers = len(spans) if spans else report.buffers
             local = f is not source and not isinstance(source, _Unwrapped)
             if local and any(m for _, _, m in spans):
                 mm = np.memmap(f, dtype=np.uint8, mode="r", shape=(reader.total_length,))
