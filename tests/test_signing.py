@@ -251,18 +251,18 @@ def test_both_signers_write_the_documented_signature(tmp_path, impl, compress):
         header = r.header_bytes()[:24]
         in_packed = set(r.packed_buffers())
         buffers = [bytes(b) for i, b in enumerate(r.read_buffers()) if i not in in_packed]
-    # the packed section's raw bytes (never filtered), decoded from docs/FORMAT.md alone
+    # the packed section's raw bytes (never filtered), decoded from docs/FORMAT.md alone:
+    # "e", under 64 KiB, is packed in an uncompressed dump (bit 2), in the stream otherwise
     data = path.read_bytes()
-    packed = section_raw(data, section(parse(data), KIND_PACKED))  # "e", under 64 KiB
-    # format 1.3; a compressed dump may filter its arrays and says so in the required flags;
-    # the small array is packed (bit 2)
-    required = (_core.REQ_FILTERS if compress else 0) | _core.REQ_PACKED
+    packed = None if compress else section_raw(data, section(parse(data), KIND_PACKED))
+    # format 1.3; a compressed dump may filter its arrays and says so in the required flags
+    required = _core.REQ_FILTERS if compress else _core.REQ_PACKED
     assert header == _sign.header_fixed(required) and header[8:12] == b"\x01\x00\x03\x00"
     assert [s["kind"] for s in _sections(path, "signature")] == ["signature"]
     assert payload == signature_v2(_sign.current_key(), header, stream, meta, buffers, payload[8:24],
                                    packed=packed)
     # chunks: 3 + 1, 2, and the packed section's 1
-    assert len(buffers) == 2 and len(payload) == 96 + 32 * (4 + 2 + 1)
+    assert len(buffers) == 2 and len(payload) == 96 + 32 * (4 + 2 + (not compress))
 
 
 def test_key_id_is_salted_and_keyed(tmp_path):
