@@ -108,7 +108,9 @@ def exercise_reader(container: bytes) -> None:
         return
     r.total_length, r.format_version, r.flags, r.buffer_count
     r.sections()
-    r.buffer_spans()
+    if hasattr(r, "packed_buffers"):  # format 1.3: parses a packed section's table
+        _expect_firkin_error(r.packed_buffers)
+    _expect_firkin_error(r.buffer_spans)
     stream = _expect_firkin_error(r.pickle_stream)
     _expect_firkin_error(r.metadata)
     for extra in ("signature", "header_bytes"):  # newer Reader methods, when present
@@ -118,6 +120,7 @@ def exercise_reader(container: bytes) -> None:
     _expect_firkin_error(r.read_buffers, verify=False, threads=1)
     if r.buffer_count:
         _expect_firkin_error(r.read_buffers, verify=True, threads=1, which=[r.buffer_count - 1])
+    _expect_firkin_error(r.read_buffers, verify=True, threads=1, which=[0])  # packed, if any
     _expect_firkin_error(r.verify_mapped, container)
     # what a signature-trusted load and verify() do with the buffers: hash every chunk
     _expect_firkin_error(r.read_buffers, verify=False, threads=1, hash_key=bytes(range(32)))
@@ -139,22 +142,30 @@ def fuzz_scan(data: bytes) -> None:
 # ---------------------------------------------------------------- valid files
 
 def build_container(value, codec: int = 0, level: int = 0, *, chunk_size: int = 4096,
-                    threshold: int = 64, protocol: int = 5, metadata=None, filters: int = 0) -> bytes:
+                    threshold: int = 64, protocol: int = 5, metadata=None, filters: int = 0,
+                    packed: bool = False) -> bytes:
     """A valid container written by firkin's own writer, with small chunks and
     a low out-of-band threshold so small files still have many sections and
-    multi-chunk sections (what firkin.dumps writes, with other knobs)."""
+    multi-chunk sections (what firkin.dumps writes, with other knobs).
+    packed: written to a file, as firkin.dump(path) does, so that the arrays
+    under the threshold go to a packed-buffers section (format 1.3)."""
     import io
+    import tempfile
 
     from firkin import _meta
 
-    bio = io.BytesIO()
-    w = core.Writer(bio, threshold=threshold, codec=codec, level=level, chunk_size=chunk_size,
-                    threads=1, filters=filters)
-    modules = w.dump(value, protocol)
-    described = None if codec == 0 else {"method": str(codec), "level": level}
-    meta = _meta.build(modules, metadata or {}, w.buffer_count, w.oob_bytes, described)
-    w.finish(meta)
-    return bio.getvalue()
+    with tempfile.TemporaryFile() as f:
+        bio = io.BytesIO()
+        w = core.Writer(f.fileno() if packed else bio, threshold=threshold, codec=codec, level=level,
+                        chunk_size=chunk_size, threads=1, filters=filters)
+        modules = w.dump(value, protocol)
+        described = None if codec == 0 else {"method": str(codec), "level": level}
+        meta = _meta.build(modules, metadata or {}, w.buffer_count, w.oob_bytes, described)
+        w.finish(meta, False)
+        if not packed:
+            return bio.getvalue()
+        f.seek(0)
+        return f.read()
 
 
 def available_codecs() -> dict:

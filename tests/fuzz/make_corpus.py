@@ -66,6 +66,11 @@ def main(out):
                     save(reader_dir, b"\x07" + fblob)
                     n_reader += 1
             if codec == 0:
+                # small arrays packed (format 1.3), as a dump to a path writes them
+                pblob = fuzzlib.build_container(value, metadata={"seed": label}, packed=True)
+                for mode in (0, 7):
+                    save(reader_dir, bytes([mode]) + pblob)
+                    n_reader += 1
                 stream = fuzzlib.core.Reader(blob).pickle_stream()
                 save(scan_dir, stream)
                 n_scan += 1
