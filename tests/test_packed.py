@@ -14,14 +14,26 @@ import zlib
 
 import numpy as np
 import pytest
+from test_mmap import maps_for
 
 import firkin
 from firkin import _core
 
-from _container import (KIND_PACKED, REQ_PACKED, SECF_REQUIRED, crc32c, firkin_container,
-                        packed_payload, packed_table, parse, rebuild_parsed, rewrite_index_crcs, section,
-                        set_header, varint)
-from test_mmap import maps_for
+from _container import (
+    KIND_PACKED,
+    REQ_PACKED,
+    SECF_REQUIRED,
+    crc32c,
+    firkin_container,
+    packed_payload,
+    packed_table,
+    parse,
+    rebuild_parsed,
+    rewrite_index_crcs,
+    section,
+    set_header,
+    varint,
+)
 
 
 class Holder:

@@ -192,8 +192,16 @@ def test_openssl_without_hmac_falls_back_to_the_python_signer(tmp_path):
 
 # ------------------------------------------- signatures that cover every byte
 
-from _container import (HEADER_1_0, KIND_PACKED, firkin_container, parse,  # noqa: E402
-                        rewrite_index_crcs, section, section_raw, signature_v2)
+from _container import (  # noqa: E402
+    HEADER_1_0,
+    KIND_PACKED,
+    firkin_container,
+    parse,
+    rewrite_index_crcs,
+    section,
+    section_raw,
+    signature_v2,
+)
 
 
 class Holder:
