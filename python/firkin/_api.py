@@ -5,6 +5,7 @@ import errno
 import fcntl
 import functools
 import io
+import math
 import os
 import pickle
 import secrets
@@ -531,17 +532,32 @@ def dumps(value: Any, compress: Compress = 0, protocol: int | None = None, *,
 
 # ---------------------------------------------------------------- loading
 
+#: the mappings of the mapped loads in progress: id of the ndarray view whose
+#: slices _load_mapped_buffers hands out -> (its np.memmap, its address)
+_MAPPINGS: dict[int, tuple] = {}
+
+
 def _frombuffer_mmap(buf, dtype, shape, order, axis_order=None):
-    """numpy's _frombuffer, but arrays over the file's mapping stay np.memmap."""
+    """numpy's _frombuffer, but an array over the file's mapping (a plain
+    slice of an ndarray view of the np.memmap, as _load_mapped_buffers hands
+    them out) is an np.memmap made straight on that mapping, as np.memmap
+    makes itself: one object per array (small arrays are many), with the
+    mapping's mode and filename, flush() and its offset in the file."""
     base, readonly = buf, False
     if isinstance(buf, memoryview):
         base, readonly = buf.obj, buf.readonly
-    if isinstance(base, np.memmap) and base.ndim == 1 and base.dtype == np.uint8:
-        flat = base.view(dtype)
-        if order == "K" and axis_order is not None:
-            arr = flat.reshape(shape, order="C").transpose(axis_order)
-        else:
-            arr = flat.reshape(shape, order=order)
+    mapped = _MAPPINGS.get(id(base.base)) if type(base) is np.ndarray else None
+    if (mapped is not None and base.base is mapped[0] and base.nbytes
+            and math.prod(shape) * np.dtype(dtype).itemsize == base.nbytes):
+        whole, root, start = mapped
+        off = base.__array_interface__["data"][0] - start  # = the offset in the file
+        permuted = order == "K" and axis_order is not None
+        # on the mmap object itself, as np.memmap does (base: the mmap, so flush() works)
+        arr = np.ndarray.__new__(np.memmap, shape, dtype, buffer=root._mmap, offset=off,
+                                 order="C" if permuted else order)
+        arr._mmap, arr.filename, arr.offset, arr.mode = root._mmap, root.filename, off, root.mode
+        if permuted:
+            arr = arr.transpose(axis_order)
         if readonly and arr.flags.writeable:
             arr.flags.writeable = False
         return arr
@@ -1133,11 +1149,15 @@ def _load_mapped_buffers(reader, f, mode, verify, threads, progress, stream, pol
         if mode == "r+":
             # from here on the array bytes are the user's to change (verified first, if asked)
             reader.set_flag(_core.FLAG_BUFFERS_MUTABLE)
+        whole = mm.view(np.ndarray)  # plain slices of it: _frombuffer_mmap makes the np.memmaps
         for i, (off, n, mappable) in enumerate(spans):
             if mappable:
-                view = buffers[i] = mm[off:off + n]
-                if isinstance(view, np.memmap):  # numpy maps no empty array
-                    view.offset = off  # where its bytes start in the file, as np.memmap(offset=)
+                buffers[i] = whole[off:off + n]
+        _MAPPINGS[id(whole)] = (whole, mm, whole.__array_interface__["data"][0])
+        try:
+            return _unpickle(reader, stream, buffers, True, policy, budget), buffers
+        finally:
+            del _MAPPINGS[id(whole)]
     return _unpickle(reader, stream, buffers, True, policy, budget), buffers
 
 
