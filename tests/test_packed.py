@@ -15,6 +15,7 @@ import zlib
 import numpy as np
 import pytest
 from test_mmap import maps_for
+from test_signing import Holder  # not on the allowlist: trusted by its signature only
 
 import firkin
 from firkin import _core
@@ -34,14 +35,6 @@ from _container import (
     set_header,
     varint,
 )
-
-
-class Holder:
-    """Not on the allowlist: a default load trusts a file holding one only
-    by its signature."""
-
-    def __init__(self, arrays):
-        self.arrays = arrays
 
 
 def small_arrays():
@@ -268,7 +261,7 @@ def test_signed_packed_arrays_are_checked(tmp_path):
     assert firkin.verify(path).signature == "valid"
     for mode in (None, "r"):
         got = firkin.load(path, mmap_mode=mode)
-        assert got.arrays[0].tolist() == list(range(10))
+        assert got.arr[0].tolist() == list(range(10))
     p = parse(path.read_bytes())
     pos = section(p, KIND_PACKED)["offset"] + 20  # inside the first packed array
     data = bytearray(path.read_bytes())
