@@ -324,7 +324,7 @@ def test_file_cut_while_workers_read_it(tmp_path, threads):
     """Raw array chunks are read by the pool's threads, which verify them as
     they go: a file cut short under a load in progress is a FormatError that
     says so, wherever the cut lands, not garbage or a crash."""
-    from firkin import _api
+    from firkin import _source
 
     a = np.arange(3 << 20, dtype=np.float64)  # 24 MiB: 24 chunks, enough for the pool
     path = tmp_path / "cut.firkin"
@@ -333,7 +333,7 @@ def test_file_cut_while_workers_read_it(tmp_path, threads):
     size = path.stat().st_size
     for cut in (size // 2, size // 2 + 12345, 4096):
         with open(path, "r+b") as f:
-            reader = _api._reader(f.fileno(), str(path))
+            reader = _source.open_reader(f.fileno(), str(path))
             f.truncate(cut)
             with pytest.raises(firkin.FormatError, match="truncated"):
                 reader.read_buffers(verify=True, threads=threads)

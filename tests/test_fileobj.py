@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import firkin
-import firkin._api
+import firkin._source
 
 from _support import PipeSink
 
@@ -582,13 +582,13 @@ def test_plain_file_test():
     r, w = os.pipe()
     try:
         with os.fdopen(r, "rb") as pipe:
-            assert firkin._api._plain_fd(pipe) is None  # a pipe: not a regular file
+            assert firkin._source.plain_fd(pipe) is None  # a pipe: not a regular file
     finally:
         os.close(w)
     with open(__file__, "rb") as f:
-        assert firkin._api._plain_fd(f) == f.fileno()
-        assert firkin._api._plain_fd(gzip.GzipFile(fileobj=f)) is None
-    assert firkin._api._plain_fd(io.BytesIO()) is None
+        assert firkin._source.plain_fd(f) == f.fileno()
+        assert firkin._source.plain_fd(gzip.GzipFile(fileobj=f)) is None
+    assert firkin._source.plain_fd(io.BytesIO()) is None
 
 
 def test_compressed_firkin_file_bomb_is_bounded(tmp_path):

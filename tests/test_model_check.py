@@ -30,7 +30,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
 import firkin
-from firkin import _api, _core, _model, _sign, cli
+from firkin import _core, _model, _sign, _source, cli
 
 from _container import firkin_container  # docs/FORMAT.md's builder
 from _pickles import _payloads  # the hand-written exploits
@@ -61,7 +61,7 @@ def _run(code: str, **env) -> subprocess.CompletedProcess:
 def _parts(path):
     """(stream, metadata, buffers) of a firkin file, as a reader sees them."""
     with open(path, "rb") as f:
-        reader = _api._reader(f.fileno(), str(path))
+        reader = _source.open_reader(f.fileno(), str(path))
         stream, meta = reader.pickle_stream(), reader.metadata()
         buffers = [bytes(memoryview(b)) for b in reader.read_buffers()]
     return stream, meta, buffers

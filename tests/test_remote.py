@@ -149,12 +149,12 @@ def test_range_reads_fetch_little_for_metadata():
     firkin.dump({"a": np.zeros(8 << 20, np.uint8), "meta": "m"}, url)
     f = _remote.open_input(url)
     with f:
-        reader = firkin._api._reader(f, f.name)
+        reader = firkin._source.open_reader(f, f.name)
         reader.metadata()
         reader.pickle_stream()
         assert f.bytes_fetched <= 2 * _remote.SMALL_READ
     with _remote.open_input(url) as f:
-        got = firkin._api._load_fileobj(f, None, None, False, None)
+        got = firkin._load.load_fileobj(f, None, None, False, None)
         assert got["meta"] == "m"
         # every byte once, plus at most the read-ahead at the end
         assert f.size <= f.bytes_fetched <= f.size + 2 * _remote.SMALL_READ
@@ -254,7 +254,7 @@ def test_s3_metadata_reads_little(s3):
     firkin.dump({"a": np.zeros(64 << 20, np.uint8)}, url, storage_options=so)
     fs, path, name = _remote.resolve(url, so)
     with _remote.RangeFile(fs, path, name, fs.info(path)) as f:
-        reader = firkin._api._reader(f, name)
+        reader = firkin._source.open_reader(f, name)
         reader.metadata()
         firkin._trust.untrusted_types(reader.pickle_stream())
         assert f.bytes_fetched < 256 << 10

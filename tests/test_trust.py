@@ -360,11 +360,11 @@ def test_no_false_refusals_old_protocols(data_objs):
 def test_firkin_containers_pass_the_check(sk_corpus, data_objs):
     # the stream firkin's own writer produces (its array reducer, out-of-band
     # buffers) needs nothing beyond the list either
-    from firkin import _api
+    from firkin import _source
 
     objs = [est for _, est, args in sk_corpus if args is not None][::4] + [o for _, o in data_objs][::3]
     for obj in objs:
-        stream = _api._reader(firkin.dumps(obj), "<test>").pickle_stream()
+        stream = _source.open_reader(firkin.dumps(obj), "<test>").pickle_stream()
         check_stream(stream)
         assert _core.scan_pickle(stream)["unsafe_ops"] == []
 

@@ -4,7 +4,7 @@ joblib >= 1.3 returns arrays stored in the other byte order than this
 machine's converted to native order unless they are memory-mapped
 ('auto'); True asks for it always (and then refuses mmap_mode), False
 never. One implementation for firkin files (the `_frombuffer` hook in
-firkin._api) and joblib / pickle files (firkin._compat).
+firkin._unpickle) and joblib / pickle files (firkin._joblib).
 """
 from __future__ import annotations
 

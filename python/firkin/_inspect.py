@@ -22,11 +22,13 @@ from . import (
     _byvalue,
     _core,
     _joblib,
+    _load,
     _meta,
     _model,
     _outer,
     _remote,
     _sign,
+    _source,
     _text,
     _trust,
 )
@@ -34,13 +36,11 @@ from ._core import FormatError, UntrustedTypesError
 
 
 def _open_reader(source, path):
-    from ._api import _reader  # the one place readers are made
-
     if isinstance(source, _Unwrapped):
         if source.error is not None:
             raise source.error
-        return _reader(source.data, path, deframed=source.deframed)
-    return _reader(source, path)
+        return _source.open_reader(source.data, path, deframed=source.deframed)
+    return _source.open_reader(source, path)
 
 
 class _Unwrapped:
@@ -170,11 +170,9 @@ def verify(filename: str | os.PathLike[str], *, quick: bool = False,
                     records.append(reader.verify_mapped(mm, hash_key=key))
                 finally:
                     del mm
-            from ._api import _unmapped_batches
-
             if not local:
                 spans = [(off, n, False) for off, n, _ in spans]
-            for batch in _unmapped_batches(reader, spans):  # compressed or remote: then dropped
+            for batch in _load.unmapped_batches(reader, spans):  # compressed or remote: then dropped
                 got = reader.read_buffers(verify=True, which=batch, hash_key=key)
                 records.append(got[1] if hashing else None)
         except FormatError as exc:
@@ -202,9 +200,9 @@ def verify(filename: str | os.PathLike[str], *, quick: bool = False,
 def _is_firkin(f, source) -> bool:
     """firkin._core.sniff of what _remote.opened gave: a local file by its
     descriptor, a URL by two ranged reads."""
-    from ._api import _is_firkin_bytes, _looks_like_firkin  # the one rule, _core.sniff
-
-    return _is_firkin_bytes(*_remote.head_tail(f)) if f is source else _looks_like_firkin(source)
+    if f is source:
+        return _source.is_firkin_bytes(*_remote.head_tail(f))
+    return _source.looks_like_firkin(source)
 
 
 @contextlib.contextmanager
@@ -238,10 +236,8 @@ def untrusted_types(filename: str | os.PathLike[str], trusted: bool | Iterable[s
                 info = _joblib.scan_fd(fd, path, max_memory)
             return _trust.untrusted(_joblib.judged_globals(info["globals"]), info["unsafe_ops"],
                                     trusted)
-        from ._api import _budget
-
         reader = _open_reader(source, path)
-        _budget(reader, None, max_memory, "firkin.untrusted_types")  # before it is decoded
+        _load.start_budget(reader, None, max_memory, "firkin.untrusted_types")  # before it is decoded
         stream = reader.pickle_stream()
     return _trust.untrusted_types(stream, trusted)
 

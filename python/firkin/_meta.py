@@ -17,6 +17,11 @@ _STDLIB = frozenset(getattr(sys, "stdlib_module_names", ()))
 _dist_map = None
 
 
+class VersionMismatchWarning(UserWarning):
+    """A package whose objects a file holds is installed in another version
+    than the one that wrote it."""
+
+
 def package_version(top: str) -> str | None:
     """The installed version of a top-level import name (sklearn -> scikit-learn's), or None."""
     mod = sys.modules.get(top)

@@ -48,6 +48,12 @@ class ModelCheckError(FirkinError):
         self.result = result
 
 
+class ModelCheckWarning(_meta.VersionMismatchWarning):
+    """load(..., check=True): the loaded model did not reproduce the outputs
+    its file stored for its check sample, or the file holds none. The
+    message is the check's report (firkin.check returns it as an object)."""
+
+
 # ------------------------------------------------------------------ signature
 
 def _is_estimator(obj) -> bool:
@@ -632,8 +638,6 @@ def enforce(result: CheckResult, check, stacklevel: int = 3) -> None:
         return
     if check == "strict":
         raise ModelCheckError(str(result), result)
-    from ._api import ModelCheckWarning  # _api imports this module
-
     warnings.warn(str(result), ModelCheckWarning, stacklevel=stacklevel)
 
 

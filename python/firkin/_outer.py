@@ -21,6 +21,7 @@ import os
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 
+from . import _source
 from ._core import FormatError
 
 #: the joblib method names (and the file endings that pick them) written as
@@ -172,7 +173,6 @@ def unwrap(open_raw, name: str, budget=None, stream: bool = False):
     a pipe or socket (a StreamRaw): after the container only the end of the
     compressed stream it ends in is read, never what the sender may send
     next."""
-    from ._api import _is_firkin_bytes, _read_container, _read_upto
     from ._joblib.facts import detect
     from ._joblib.sources import _Inflate
 
@@ -182,12 +182,12 @@ def unwrap(open_raw, name: str, budget=None, stream: bool = False):
     src = _Inflate(open_raw(), kind, name)
     src.budget = budget
     try:
-        head = _read_upto(src, 8)
+        head = _source.read_upto(src, 8)
     except FormatError:
         return None  # damaged compressed data of another kind of file: its loader says so
-    if not _is_firkin_bytes(head):
+    if not _source.is_firkin_bytes(head):
         return None
-    data, deframed = _read_container(src, head, name)
+    data, deframed = _source.read_container(src, head, name)
     if deframed or len(data) > len(head):  # a whole container (a damaged header: the reader says so)
         src.one_stream = stream  # a stream: up to the end of this compressed stream, no further
         extra = src.read(1)

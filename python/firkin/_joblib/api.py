@@ -5,8 +5,7 @@ import io
 import os
 import warnings
 
-from .. import _amplify
-from .._api import _check_mmap_mode
+from .. import _amplify, _args, _source
 from .._byteorder import resolve as _resolve_byte_order
 from .._core import FormatError
 from .facts import _CHUNK, detect
@@ -44,7 +43,7 @@ def load_foreign(f, name, mmap_mode=None, *, ensure_native_byte_order="auto", tr
     default policy; a collection of extra "module.qualname" names).
     max_memory: the amplification bound of a policy load (firkin._amplify).
     """
-    mode = _check_mmap_mode(mmap_mode)
+    mode = _args.check_mmap_mode(mmap_mode)
     swap = _resolve_byte_order(ensure_native_byte_order, mmap_mode)
     fd = f.fileno()
     kind = detect(os.pread(fd, 8, 0))
@@ -149,16 +148,11 @@ def load_fileobj(fileobj, name=None, *, ensure_native_byte_order="auto", trusted
         name = fname if isinstance(fname, str) else f"<{type(fileobj).__name__}>"
     dirname = (os.path.dirname(fname) or ".") if isinstance(fname, str) else None
     swap = _resolve_byte_order(ensure_native_byte_order, None)
-    try:
-        seekable = fileobj.seekable()
-    except (AttributeError, OSError, ValueError):
-        seekable = False
+    seekable = _source.seekable(fileobj)
     start = fileobj.tell() if seekable else 0
     fd = None
     if seekable:
-        from .._api import _plain_fd  # one test of "a plain file" for both loaders
-
-        fd = _plain_fd(fileobj)  # other file objects are read through their read()
+        fd = _source.plain_fd(fileobj)  # other file objects are read through their read()
         if fd is not None and fileobj.writable():
             fileobj.flush()
 

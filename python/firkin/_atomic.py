@@ -1,0 +1,263 @@
+"""Writing a path atomically: a dump goes to a locked temporary file next to
+its target (symbolic links followed only where the kernel's
+protected_symlinks rule would), which is fsynced and renamed over the
+target; temporary files of dumps that died are removed by the next dump of
+the same target."""
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import secrets
+import stat
+import threading
+from typing import Callable
+
+from . import _text
+
+#: Temporary files of a dump in progress are named ``.<target>.<pid>.<random>.firkin-tmp``
+#: in the target's directory; the dump holds a lock on its own, and the next dump of the
+#: same target removes those no live dump holds.
+TEMP_SUFFIX = ".firkin-tmp"
+
+_active_temps: set[tuple] = set()  # (directory, name) of this process's dumps
+_active_lock = threading.Lock()
+
+_O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+_O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_O_DIRECTORY = getattr(os, "O_DIRECTORY", 0)
+_MAX_SYMLINKS = 40  # as the kernel
+
+
+def _check_protected_symlink(link: str, link_st, directory: str) -> None:
+    """Follow `link` only where the kernel's protected_symlinks rule would:
+    in a sticky, world-writable directory (/tmp, a shared project folder), a
+    link is followed only when it belongs to the follower or to the
+    directory's owner. Anyone can plant a link there; following it would
+    let them choose which file this dump replaces or creates."""
+    dst = os.stat(directory)
+    shared = dst.st_mode & stat.S_ISVTX and dst.st_mode & stat.S_IWOTH
+    if shared and link_st.st_uid not in (os.geteuid(), dst.st_uid):
+        raise PermissionError(
+            errno.EACCES, "firkin.dump: refusing to follow the symbolic link "
+            f"{_text.printable(link)}: it belongs to uid {link_st.st_uid}, neither you nor the "
+            "owner of the shared (sticky, world-writable) directory it lies in, so its owner "
+            "would choose which file this dump replaces (the kernel's protected_symlinks rule). "
+            "Remove the link or dump elsewhere")
+
+
+def _resolve_target(path: str) -> tuple[str, str]:
+    """The real directory and the name a dump of `path` writes: every
+    symbolic link on the way is followed (each one checked by
+    `_check_protected_symlink`), and a link whose target does not exist is
+    refused rather than followed to create a file where it points."""
+    if path.endswith(os.sep) or (os.altsep and path.endswith(os.altsep)):
+        raise IsADirectoryError(errno.EISDIR,
+                                f"firkin.dump: {path!r} names a directory, not a file")
+    pending = list(reversed(os.path.join(os.getcwd(), path).split(os.sep)))
+    resolved, hops, final_link = os.sep, 0, None
+    while pending:
+        name = pending.pop()
+        if name in ("", "."):
+            continue
+        if name == "..":
+            resolved = os.path.dirname(resolved)
+            continue
+        candidate = os.path.join(resolved, name)
+        last = not any(p not in ("", ".") for p in pending)
+        try:
+            st = os.lstat(candidate)
+        except FileNotFoundError:
+            if not last:
+                raise FileNotFoundError(errno.ENOENT, f"firkin.dump: directory {candidate!r} does "
+                                        f"not exist (writing {path!r})") from None
+            if final_link is not None:
+                raise FileNotFoundError(
+                    errno.ENOENT, f"firkin.dump: {path!r} is a symbolic link whose target "
+                    f"{candidate!r} does not exist; firkin does not create files through dangling "
+                    "links (dump to the target's path if you mean it)") from None
+            return resolved, name
+        if stat.S_ISLNK(st.st_mode):
+            hops += 1
+            if hops > _MAX_SYMLINKS:
+                raise OSError(errno.ELOOP,
+                              f"firkin.dump: too many levels of symbolic links in {path!r}")
+            _check_protected_symlink(candidate, st, resolved)
+            target = os.readlink(candidate)
+            if last:
+                final_link = candidate
+            if os.path.isabs(target):
+                resolved = os.sep
+            pending.extend(reversed(target.split(os.sep)))
+            continue
+        if last:
+            if stat.S_ISDIR(st.st_mode):
+                raise IsADirectoryError(errno.EISDIR, f"firkin.dump: {path!r} is a directory")
+            return resolved, name
+        resolved = candidate
+    raise IsADirectoryError(errno.EISDIR, f"firkin.dump: {path!r} names a directory, not a file")
+
+
+def _umask() -> int:
+    """This process's umask, read without changing it where Linux tells it."""
+    try:
+        with open("/proc/self/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    with _active_lock:
+        old = os.umask(0o077)
+        os.umask(old)
+    return old
+
+
+def _final_mode(old) -> int:
+    """Permissions of the new file: the old file's permission bits when the
+    old file is yours (never setuid, setgid or sticky), else what the umask
+    gives a new file, as open() would."""
+    if old is not None and old.st_uid == os.geteuid():
+        return stat.S_IMODE(old.st_mode) & 0o777
+    return 0o666 & ~_umask()
+
+
+_NO_LOCKS = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EINVAL, errno.ENOSYS}
+
+
+def _lock_temp(fd: int) -> None:
+    """Hold an exclusive advisory lock on a temp file for as long as its dump
+    runs: other dumps remove only temp files nobody holds (`_remove_stale_temps`).
+    flock locks work across PID namespaces, and over NFS where the mount
+    supports locks; without lock support nothing is locked and nothing is
+    removed."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+    except OSError as exc:
+        if exc.errno not in _NO_LOCKS:
+            raise
+
+
+def _remove_stale_temps(dir_fd: int, dir_key, base: str) -> None:
+    """Remove temp files of earlier dumps of `base` that no live dump holds:
+    your own regular files whose lock can be taken. A file that cannot be
+    opened, belongs to someone else, or is locked (a dump in progress, in
+    this or another process, PID namespace or host) is left alone."""
+    prefix = "." + base + "."
+    try:
+        names = os.listdir(dir_fd)
+    except OSError:
+        return
+    for name in names:
+        if not (name.startswith(prefix) and name.endswith(TEMP_SUFFIX)):
+            continue
+        middle = name[len(prefix):-len(TEMP_SUFFIX)].split(".")
+        if len(middle) != 2 or not middle[0].isdigit():
+            continue
+        with _active_lock:
+            if (dir_key, name) in _active_temps:
+                continue
+        try:
+            fd = os.open(name, os.O_RDONLY | _O_NOFOLLOW | os.O_NONBLOCK | _O_CLOEXEC,
+                         dir_fd=dir_fd)
+        except OSError:
+            continue
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid():
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                continue  # a live dump holds it (or locks are not supported here)
+            now = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+            if (now.st_dev, now.st_ino) == (st.st_dev, st.st_ino):
+                os.unlink(name, dir_fd=dir_fd)  # while locked: see _create_temp
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+
+
+def _create_temp(dir_fd: int, base: str) -> tuple[int, str]:
+    """A new temp file for a dump of `base` in the directory `dir_fd`: mode
+    0600, never through a link, locked. A cleaner unlinks a file only while
+    holding its lock, so once the lock is ours and the name still leads to
+    our file, nobody removes it."""
+    for _ in range(100):
+        name = f".{base}.{os.getpid()}.{secrets.token_hex(4)}{TEMP_SUFFIX}"
+        try:
+            fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_NOFOLLOW | _O_CLOEXEC,
+                         0o600, dir_fd=dir_fd)
+        except FileExistsError:
+            continue
+        try:
+            _lock_temp(fd)
+            st = os.fstat(fd)
+            now = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+            if (now.st_dev, now.st_ino) == (st.st_dev, st.st_ino):
+                return fd, name
+        except FileNotFoundError:
+            pass  # removed by a cleaner before we held the lock: take another name
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)
+    raise FileExistsError(errno.EEXIST, "firkin.dump: could not create a temporary file")
+
+
+def replace(path: str, write: Callable[[int, str], object], durable: bool = True) -> None:
+    """Replace the file `path` (or create it) with what `write(fd, path)`
+    writes to a new file's descriptor: the target appears whole or not at
+    all. durable: the directory is fsynced after the rename (`write` fsyncs
+    the file itself, before it returns)."""
+    # write where the data will live: through a (checked) symlink, next to its target
+    dirname, base = _resolve_target(path)
+    try:
+        dir_fd = os.open(dirname, os.O_RDONLY | _O_DIRECTORY | _O_NOFOLLOW | _O_CLOEXEC)
+    except PermissionError:
+        if not hasattr(os, "O_PATH"):
+            raise
+        # a directory you may write but not list (a drop box): *at calls work
+        # through an O_PATH descriptor; listing (stale temps) and fsync do not
+        dir_fd = os.open(dirname, os.O_PATH | _O_DIRECTORY | _O_NOFOLLOW | _O_CLOEXEC)
+    try:
+        dst = os.fstat(dir_fd)
+        dir_key = (dst.st_dev, dst.st_ino)
+        try:
+            old = os.stat(base, dir_fd=dir_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            old = None
+        if old is not None and stat.S_ISDIR(old.st_mode):
+            raise IsADirectoryError(errno.EISDIR, f"firkin.dump: {path!r} is a directory")
+        _remove_stale_temps(dir_fd, dir_key, base)
+        fd, tmp = _create_temp(dir_fd, base)
+        with _active_lock:
+            _active_temps.add((dir_key, tmp))
+        try:
+            try:
+                # a failed write (disk full, file size limit) names the user's
+                # file: the temporary one is gone by the time they read it
+                write(fd, path)
+                os.fchmod(fd, _final_mode(old))  # widened only now that it is written
+                # renamed while still locked, so no cleaner takes it in between
+                os.rename(tmp, base, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+            finally:
+                os.close(fd)
+        except BaseException:
+            try:
+                os.unlink(tmp, dir_fd=dir_fd)
+            except OSError:
+                pass
+            raise
+        finally:
+            with _active_lock:
+                _active_temps.discard((dir_key, tmp))
+        if durable:
+            try:
+                os.fsync(dir_fd)  # the rename itself reaches the disk
+            except OSError:
+                pass
+    finally:
+        os.close(dir_fd)
+
