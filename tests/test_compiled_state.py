@@ -493,10 +493,10 @@ def test_only_trusted_skips_the_checks(dtc, tmp_path, keys, monkeypatch):
     # the signature is consulted only for files the allowlist refuses: checking
     # an allowlisted file's compiled state costs less than verifying its
     # signature would, so your own files are checked too
-    from firkin import _validate
+    from firkin import _validate_trees
 
     calls = []
-    monkeypatch.setattr(_validate, "_check_tree_state",
+    monkeypatch.setattr(_validate_trees, "_check_tree_state",
                         lambda *a: calls.append(a) or None)
     p = tmp_path / "own.firkin"
     firkin.dump(dtc, p)

@@ -322,7 +322,7 @@ class Auditor:
             # audited as one function
             entries = getattr(stand_in, "_audit_entries", lambda: ((stand_in, None),))
             if isinstance(obj, type) and stand_in is not None and not isinstance(stand_in, type):
-                # a class handed out as a factory function (firkin._validate's
+                # a class handed out as a factory function (firkin._validate_trees'
                 # Tree, firkin._amplify's guards): what runs is the factory,
                 # then the real class's hooks
                 for fn, owner in entries():

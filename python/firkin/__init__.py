@@ -27,7 +27,7 @@ from ._api import (
 
 from . import _scipy_stats  # noqa: F401 - registers the scipy.stats rebuilds
 from ._inspect import info, untrusted_types, verify
-from ._validate import StoredPathWarning
+from ._validate_models import StoredPathWarning
 from ._sign import set_key
 from ._defaults import set_defaults
 

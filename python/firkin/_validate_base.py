@@ -1,0 +1,64 @@
+"""What every load-time check of compiled state (firkin._validate) shares:
+the checks of the loads in progress on this thread, the refusal they raise,
+and small predicates over the values they judge."""
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+
+from ._core import UntrustedTypesError
+
+_local = threading.local()
+
+
+def _stack() -> list:
+    st = getattr(_local, "stack", None)
+    if st is None:
+        st = _local.stack = []
+    return st
+
+
+def refuse(name: str, what: str, why: str) -> UntrustedTypesError:
+    """The error for an object whose state breaks an invariant of its compiled code."""
+    exc = UntrustedTypesError(
+        f"{name}: refused while unpickling: {what} holds state its compiled code cannot "
+        f"use safely: {why}.\nscikit-learn and SciPy run this state through loops compiled "
+        "without bounds checks, so it could read or write outside its arrays (crash or memory "
+        "corruption). An object saved by them never holds it: the file was modified or "
+        "crafted.\nIf you trust this file anyway, trusted=True loads it without any check "
+        "(as unsafe as pickle.load).")
+    exc.names = []
+    exc.unsafe_ops = [f"<{what}: {why}>"]
+    return exc
+
+
+def _current(what: str):
+    """The Check (firkin._validate) of the load in progress on this thread;
+    refused outside a load."""
+    st = _stack()
+    if not st:
+        raise UntrustedTypesError(f"<no load>: refused {what}: firkin builds it only while "
+                                  "loading, where its state is checked")
+    return st[-1]
+
+
+def _record(obj):
+    _current(type(obj).__qualname__).built.append(obj)
+    return obj
+
+
+#: counts and sizes beyond this are no real model's
+_MAX_COUNT = 1 << 40
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+
+
+def _int_array(a, ndim: int = 1) -> bool:
+    return isinstance(a, np.ndarray) and a.ndim == ndim and a.dtype.kind in "iu"
+
+
+def _all(mask) -> bool:
+    return bool(np.all(mask))
