@@ -313,12 +313,8 @@ def load(filename: Target, mmap_mode: MmapMode = None, *, trusted: Trusted = Non
                                   "arrays are read into memory instead of being memory-mapped",
                                   UserWarning, stacklevel=2)
                     mode = None
-                if mode is None:
-                    obj = _load.load_reader(reader, verify, threads, progress, trusted,
-                                            max_memory, extra, native)
-                else:
-                    obj = _load.load_mapped(reader, f, mode, verify, threads, progress, trusted,
-                                            max_memory, extra)
+                obj = _load.load_reader(reader, verify, threads, progress, trusted, max_memory,
+                                        extra, native, None if mode is None else (f, mode))
     elif hasattr(filename, "read"):
         _args.check_binary(filename, "load")
         if mode is not None:

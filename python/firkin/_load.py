@@ -100,23 +100,30 @@ def _charge_buffers(reader, stream, budget, policy, which=None) -> None:
 
 
 def load_reader(reader, verify, threads, progress=None, trusted=None, max_memory=None,
-                extra=None, native=True):
+                extra=None, native=True, mapped=None):
+    """The object in the container `reader` reads. mapped: (file, mmap mode)
+    to map its arrays from; else they are read into memory (in this
+    machine's byte order when `native`)."""
     budget = start_budget(reader, trusted, max_memory)
     meta = _meta.parse(reader.metadata(), reader.name)  # before anything is unpickled
     stream = reader.pickle_stream()
     policy, signed = check_trust(reader, stream, trusted)
-    _charge_buffers(reader, stream, budget, policy)
-    buffers = _read_buffers(reader, _verify_buffers(reader, verify, False), threads, progress,
-                            signed=signed)
-    if signed:
-        buffers, records = buffers
-        signed.check(records)
-    obj = unpickle(reader, stream, buffers, False, policy, budget, native)
+    if mapped is not None:
+        obj, buffers = _load_mapped_buffers(reader, *mapped, verify, threads, progress, stream,
+                                            policy, signed, budget)
+    else:
+        _charge_buffers(reader, stream, budget, policy)
+        buffers = _read_buffers(reader, _verify_buffers(reader, verify, False), threads, progress,
+                                signed=signed)
+        if signed:
+            buffers, records = buffers
+            signed.check(records)
+        obj = unpickle(reader, stream, buffers, False, policy, budget, native)
     if extra is None or not extra.get("quiet"):  # firkin.check reports the versions itself
         _warn_versions(reader, meta)
     if extra is not None:
-        extra.update(name=reader.name, meta=meta,
-                     payload=_check_payload(reader, meta, stream, buffers, False, policy, budget))
+        extra.update(name=reader.name, meta=meta, payload=_check_payload(
+            reader, meta, stream, buffers, mapped is not None, policy, budget))
     return obj
 
 
@@ -149,21 +156,6 @@ def _verify_buffers(reader, verify, mapped: bool) -> bool:
     if verify is None:
         return not mapped
     return bool(verify)
-
-
-def load_mapped(reader, f, mode, verify, threads, progress, trusted, max_memory=None, extra=None):
-    budget = start_budget(reader, trusted, max_memory)
-    meta = _meta.parse(reader.metadata(), reader.name)  # before anything is unpickled
-    stream = reader.pickle_stream()
-    policy, signed = check_trust(reader, stream, trusted)
-    obj, buffers = _load_mapped_buffers(reader, f, mode, verify, threads, progress, stream, policy,
-                                        signed, budget)
-    if extra is None or not extra.get("quiet"):  # firkin.check reports the versions itself
-        _warn_versions(reader, meta)
-    if extra is not None:
-        extra.update(name=reader.name, meta=meta,
-                     payload=_check_payload(reader, meta, stream, buffers, True, policy, budget))
-    return obj
 
 
 def _load_mapped_buffers(reader, f, mode, verify, threads, progress, stream, policy, signed,
