@@ -7,6 +7,7 @@ import os
 import zlib
 
 from .._core import FormatError
+from .._source import read_upto
 from .facts import _CHUNK, _OUT_CHUNK, _RAW_CHUNK, _ZF_HEADER, LZ4_MISSING
 
 
@@ -95,14 +96,7 @@ class _FileSource:
         self.f, self.pos, self.name = f, 0, name
 
     def read(self, n: int) -> bytes:
-        parts, need = [], n
-        while need > 0:
-            data = self.f.read(need)
-            if not data:
-                break
-            parts.append(data)
-            need -= len(data)
-        data = b"".join(parts)
+        data = read_upto(self.f, n)
         self.pos += len(data)
         return data
 

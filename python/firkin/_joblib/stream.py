@@ -6,6 +6,7 @@ import mmap
 import os
 
 from .._core import FormatError
+from .._source import read_upto
 from .facts import _CHUNK, _INJECT, _RELEASE_MIN, _RELEASE_STEP, _SMALL_COPY
 from .sources import _FdSource, _Inflate
 
@@ -50,7 +51,7 @@ class _Stream:
         if n > _CHUNK:
             head = self._buf[self._i:self._n]
             self._buf, self._i, self._n = b"", 0, 0
-            rest = self._read_full(n - have)
+            rest = read_upto(self._src, n - have)
             data = head + rest if head else rest
             if data:
                 self._last = data[-1]
@@ -64,16 +65,6 @@ class _Stream:
         k = min(n, len(buf))
         self._buf, self._i, self._n = buf, k, len(buf)
         return buf[:k]
-
-    def _read_full(self, n):
-        parts = []
-        while n > 0:
-            data = self._src.read(n)
-            if not data:
-                break
-            parts.append(data)
-            n -= len(data)
-        return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def readline(self):
         self._settle()
