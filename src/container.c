@@ -462,8 +462,9 @@ int rd_parse(ReaderObject *r)
             break;
         case FK_SEC_SIGNATURE:
         case FK_SEC_SIGNATURE2:
-            /* a version 2 signature's length is checked against the buffer
-             * chunks once every section is known (below) */
+        case FK_SEC_SIGNATURE3:
+            /* a version 2 or 3 signature's length is checked against the
+             * chunks it covers once every section is known (below) */
             if (r->sig_sec >= 0) return FORMAT_ERR(r, "more than one signature section"), -1;
             if (s.kind == FK_SEC_SIGNATURE && s.raw > 4096)
                 return FORMAT_ERR(r, "signature section of %llu bytes is too long",
@@ -482,15 +483,18 @@ int rd_parse(ReaderObject *r)
     if ((r->req_flags & FK_REQ_PACKED) && r->packed_sec < 0)
         return FORMAT_ERR(r, "the header declares packed buffers (required feature bit 2) but the "
                              "index has no packed-buffers section"), -1;
-    if (r->sig_sec >= 0 && r->sections[r->sig_sec].kind == FK_SEC_SIGNATURE2) {
-        /* 96 bytes and a 32-byte entry per buffer chunk (docs/FORMAT.md, "Signature") */
-        uint64_t buffer_chunks = 0;
-        for (size_t i = 0; i < r->nbuf; i++) buffer_chunks += r->sections[r->buf_secs[i]].nchunks;
-        if (r->packed_sec >= 0) buffer_chunks += r->sections[r->packed_sec].nchunks;
-        if (r->sections[r->sig_sec].raw > 96 + 32 * buffer_chunks)
-            return FORMAT_ERR(r, "signature section of %llu bytes is too long for %llu buffer chunks",
+    if (r->sig_sec >= 0 && r->sections[r->sig_sec].kind != FK_SEC_SIGNATURE) {
+        /* 96 bytes and a 32-byte entry per buffer (and packed-buffers) chunk
+         * (version 2), per stream and buffer chunk (version 3;
+         * docs/FORMAT.md, "Signature") */
+        int v3 = r->sections[r->sig_sec].kind == FK_SEC_SIGNATURE3;
+        uint64_t covered = v3 ? r->sections[r->pickle_sec].nchunks : 0;
+        for (size_t i = 0; i < r->nbuf; i++) covered += r->sections[r->buf_secs[i]].nchunks;
+        if (r->packed_sec >= 0) covered += r->sections[r->packed_sec].nchunks;
+        if (r->sections[r->sig_sec].raw > 96 + 32 * covered)
+            return FORMAT_ERR(r, "signature section of %llu bytes is too long for %llu %s chunks",
                               (unsigned long long)r->sections[r->sig_sec].raw,
-                              (unsigned long long)buffer_chunks), -1;
+                              (unsigned long long)covered, v3 ? "stream and buffer" : "buffer"), -1;
     }
     return 0;
 }
@@ -507,7 +511,8 @@ const char *kind_name(uint16_t kind)
     case FK_SEC_BUFFER: return "buffer";
     case FK_SEC_METADATA: return "metadata";
     case FK_SEC_SIGNATURE:
-    case FK_SEC_SIGNATURE2: return "signature";
+    case FK_SEC_SIGNATURE2:
+    case FK_SEC_SIGNATURE3: return "signature";
     case FK_SEC_PACKED: return "packed buffers";
     default: return "section";
     }

@@ -63,6 +63,7 @@ int fk_sniff(const unsigned char *head, size_t hlen, const unsigned char *tail, 
 #define FK_SEC_SIGNATURE 4    /* format 1.0 signature: stream and metadata */
 #define FK_SEC_SIGNATURE2 5   /* format 1.1 signature: also every buffer chunk */
 #define FK_SEC_PACKED 6       /* format 1.3: the small out-of-band buffers, packed with a length table */
+#define FK_SEC_SIGNATURE3 7   /* format 1.3 signature: every chunk of the stream and the buffers */
 #define FK_SECF_REQUIRED 0x0001
 #define FK_SECF_FILTER_SHIFT 1        /* bits 1-3: the filter of a buffer section's compressed chunks */
 #define FK_SECF_FILTER_MASK 0x000E
@@ -221,8 +222,10 @@ const char *fk_poly1305_impl(void); /* "openssl" or "portable" */
 void fk_poly1305(const unsigned char key[32], const unsigned char *m, size_t n, unsigned char out[16],
                  int portable);
 #define FK_HASH_RECORD_LEN 32
-/* One hashed buffer chunk as firkin._sign reads it: buffer number, chunk
- * number, raw length, Poly1305 value (docs/FORMAT.md, "Signature"). */
+#define FK_HASH_STREAM 0xFFFFFFFEu /* the "buffer number" of a pickle stream chunk's record */
+/* One hashed chunk as firkin._sign reads it: buffer number (FK_HASH_STREAM
+ * for the pickle stream), chunk number, raw length, Poly1305 value
+ * (docs/FORMAT.md, "Signature"). */
 static inline void fk_put_hash_record(unsigned char *p, uint32_t buffer, uint32_t chunk, uint64_t raw,
                                       const unsigned char hash[16])
 {

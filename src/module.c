@@ -343,6 +343,10 @@ static int module_exec(PyObject *module)
     if (PyModule_AddIntConstant(module, "REQ_PACKED", (long)FK_REQ_PACKED) < 0) return -1;
     if (PyModule_AddIntConstant(module, "MAX_FRAME", (long)FK_MAX_FRAME) < 0) return -1;
     if (PyModule_AddIntConstant(module, "HEADER_LEN", FK_HEADER_LEN) < 0) return -1;
+    PyObject *hash_stream = PyLong_FromUnsignedLong(FK_HASH_STREAM);
+    rc = hash_stream ? PyModule_AddObjectRef(module, "HASH_STREAM", hash_stream) : -1;
+    Py_XDECREF(hash_stream);
+    if (rc < 0) return -1;
     if (PyModule_AddIntConstant(module, "DEFAULT_THRESHOLD", FK_DEFAULT_THRESHOLD) < 0) return -1;
     if (PyModule_AddIntConstant(module, "DEFAULT_CHUNK_SIZE", (long)FK_DEFAULT_CHUNK) < 0) return -1;
     if (PyModule_AddIntConstant(module, "MAX_INDEX", (long)FK_MAX_INDEX) < 0 ||

@@ -156,7 +156,8 @@ int wr_retire_one(WriterObject *w)
     if (wr_reserve_chunks(w, 1) < 0) goto done;
     w->chunks[w->nchunks++] = (wr_chunk){j->job.out_len, j->job.crc, (uint16_t)j->job.out_codec};
     if (j->job.hash_key &&
-        hash_records_add(&w->hrec, s->buf_no, (uint32_t)s->nchunks, j->job.src_len, j->job.hash) < 0)
+        hash_records_add(&w->hrec, s->kind == FK_SEC_PICKLE ? FK_HASH_STREAM : s->buf_no,
+                         (uint32_t)s->nchunks, j->job.src_len, j->job.hash) < 0)
         goto done;
     if (j->job.out_codec != FK_CODEC_RAW && j->job.filter != FK_FILTER_NONE) s->filtered = 1;
     s->nchunks++;
@@ -224,8 +225,9 @@ int wr_submit(WriterObject *w, const unsigned char *p, size_t n, void *owned)
     j->job.src = p;
     j->job.src_len = n;
     j->job.owned = owned;
-    if (w->hashing && (w->sections[j->section].kind == FK_SEC_BUFFER ||
-                       w->sections[j->section].kind == FK_SEC_PACKED))
+    /* signed: the stream's, every buffer's and the packed buffers' chunks (signature version 3) */
+    uint16_t kind = w->sections[j->section].kind;
+    if (w->hashing && (kind == FK_SEC_BUFFER || kind == FK_SEC_PACKED || kind == FK_SEC_PICKLE))
         j->job.hash_key = w->hash_key;
     j->job.filter = w->sections[j->section].filter;
     j->job.elem = w->sections[j->section].elem;

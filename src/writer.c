@@ -112,7 +112,7 @@ static PyObject *Writer_finish(WriterObject *w, PyObject *args)
     if (sig.buf && sig.len) {
         int codec = w->codec;
         w->codec = FK_CODEC_RAW; /* random-looking bytes: nothing to gain */
-        int rc = wr_blob_section(w, FK_SEC_SIGNATURE2, 0, (const unsigned char *)sig.buf, (size_t)sig.len);
+        int rc = wr_blob_section(w, FK_SEC_SIGNATURE3, 0, (const unsigned char *)sig.buf, (size_t)sig.len);
         w->codec = codec;
         if (rc < 0) goto done;
     }
@@ -396,7 +396,7 @@ static PyObject *Writer_get_arrays(WriterObject *w, void *c)
     return Py_NewRef(w->arrays);
 }
 
-static PyObject *Writer_get_buffer_hashes(WriterObject *w, void *c)
+static PyObject *Writer_get_chunk_hashes(WriterObject *w, void *c)
 {
     (void)c;
     if (!w->hashing) Py_RETURN_NONE;
@@ -404,9 +404,9 @@ static PyObject *Writer_get_buffer_hashes(WriterObject *w, void *c)
 }
 
 static PyGetSetDef Writer_getset[] = {
-    {"buffer_hashes", (getter)Writer_get_buffer_hashes, NULL,
-     "with hash_key: a 32-byte record per buffer chunk written (buffer, chunk, raw length, "
-     "Poly1305 of its raw bytes), else None", NULL},
+    {"chunk_hashes", (getter)Writer_get_chunk_hashes, NULL,
+     "with hash_key: a 32-byte record per pickle stream and buffer chunk written, in file order "
+     "(buffer number or HASH_STREAM, chunk, raw length, Poly1305 of its raw bytes), else None", NULL},
     {"arrays", (getter)Writer_get_arrays, NULL,
      "per out-of-band buffer: (dtype str, shape) of its array, or None", NULL},
     {"by_value", (getter)Writer_get_by_value, NULL,

@@ -6,7 +6,7 @@ byte, or hand-craft one firkin must refuse.
 parse() splits a container into header fields, trailer, section and chunk
 tables; rebuild() puts one back together with every CRC recomputed;
 firkin_container() writes a whole container around a pickle stream (signed
-with signature_v2 when asked); rewrite_index_crcs() repairs the CRCs after
+with signature_v2 or signature_v3 when asked); rewrite_index_crcs() repairs the CRCs after
 bytes of a raw chunk were changed, so that only a signature can notice.
 packed_table()/packed_payload() write a packed-buffers section's raw bytes
 (format 1.3), section_raw() decodes any section's raw bytes.
@@ -28,7 +28,8 @@ SECTION_ENTRY_LEN = 64
 CHUNK_ENTRY_LEN = 16
 MAGIC = b"\x89FRK\r\n\x1a\n"
 END_MAGIC = b"\nFRKEND\x89"
-KIND_PICKLE, KIND_BUFFER, KIND_METADATA, KIND_SIGNATURE, KIND_SIGNATURE_V2 = 1, 2, 3, 4, 5
+KIND_PICKLE, KIND_BUFFER, KIND_METADATA, KIND_SIGNATURE, KIND_SIGNATURE_V2, KIND_SIGNATURE_V3 = (
+    1, 2, 3, 4, 5, 7)
 KIND_PACKED = 6  # format 1.3: the packed buffers
 REQ_PACKED = 1 << 2  # required feature bit 2: the file has a packed-buffers section
 PACKED_ALIGN = 16
@@ -37,6 +38,7 @@ SECF_REQUIRED = 1
 CHUNK = 1 << 20  # the chunk size firkin_container writes
 HEADER_1_0 = MAGIC + struct.pack("<HHIQ", 1, 0, 64, 0)  # magic, format 1.0, header length, no features
 HEADER_1_1 = MAGIC + struct.pack("<HHIQ", 1, 1, 64, 0)
+HEADER_1_3 = MAGIC + struct.pack("<HHIQ", 1, 3, 64, 0)
 
 _SECTION_FMT = "<HHIQQQQQH14x"  # offset 48: the filter element size (format 1.2)
 _SECTION_FIELDS = ("kind", "flags", "nchunks", "offset", "stored", "raw", "chunk_size", "first_chunk",
@@ -204,25 +206,62 @@ def signature_v2(key: bytes, header_fixed: bytes, stream: bytes, metadata: bytes
 HEADER_1_3_PACKED = MAGIC + struct.pack("<HHIQ", 1, 3, 64, REQ_PACKED)
 
 
+def signature_v3(key: bytes, header_fixed: bytes, stream: bytes, metadata: bytes, buffers=(),
+                 salt: bytes = b"\x07" * 16, stream_chunk: int = CHUNK,
+                 packed: bytes | None = None) -> bytes:
+    """A version 3 signature section computed from docs/FORMAT.md alone
+    (hmac, hashlib and firkin's Poly1305), independently of firkin._sign:
+    the stream cut into chunks of `stream_chunk` bytes, buffers (and the
+    packed section, buffer 0xFFFFFFFF) into CHUNK."""
+    def mac(*parts):
+        return hmac.new(key, b"".join(parts), hashlib.sha256).digest()
+
+    header_fixed = bytearray(header_fixed)  # required bit 2 is not signed (as in version 2)
+    header_fixed[16] &= ~REQ_PACKED & 0xFF
+    header_fixed = bytes(header_fixed)
+    poly_key = mac(b"firkin-buffer-hash-v2\0", salt)[:16] + bytes(16)
+
+    def entries(number, data, size):
+        out = b""
+        for c, off in enumerate(range(0, len(data), size)):
+            part = bytes(data[off:off + size])
+            head = struct.pack("<IIQ", number, c, len(part))
+            out += head + mac(b"firkin-chunk-v3\0", salt, head, _core.poly1305(poly_key, part))[:16]
+        return out
+
+    head = entries(0xFFFFFFFE, stream, stream_chunk)
+    numbered = list(enumerate(buffers)) + ([] if packed is None else [(PACKED_BUFNO, packed)])
+    body = b"".join(entries(b, buf, CHUNK) for b, buf in numbered)
+    table = struct.pack("<QQQ", len(buffers), (len(head) + len(body)) // 32, len(head) // 32) + head + body
+    digest = mac(b"firkin-signature-v3\0", header_fixed, salt, struct.pack("<Q", len(metadata)), metadata,
+                 table)
+    return (b"FSIG" + struct.pack("<HH", 3, 3) + salt + mac(b"firkin-key-id-v2\0", salt)[:16]
+            + digest + table)
+
+
 def firkin_container(stream: bytes, metadata: bytes = b"{}", key: bytes | None = None,
                      buffers=(), version: int = 1, packed: bytes | None = None) -> bytes:
     """A firkin container holding `stream` as its pickle stream and
     `buffers` as its buffer sections (raw chunks of CHUNK bytes): format 1.0
     signed (version 1 signature) with `key` when version=1, format 1.1
-    signed (version 2) when version=2. With `packed` (the raw bytes of a
-    packed-buffers section, packed_payload): format 1.3, required bit 2 set,
-    the section after the buffer sections (signed with version 2)."""
-    header_fixed = HEADER_1_0 if version == 1 and packed is None else HEADER_1_1
+    signed (version 2) when version=2, format 1.3 signed (version 3) when
+    version=3. With `packed` (the raw bytes of a packed-buffers section,
+    packed_payload): format 1.3, required bit 2 set, the section after the
+    buffer sections (signed with version 2 unless version=3)."""
+    header_fixed = {1: HEADER_1_0, 2: HEADER_1_1, 3: HEADER_1_3}[version]
     if packed is not None:
-        header_fixed, version = HEADER_1_3_PACKED, 2
+        header_fixed, version = HEADER_1_3_PACKED, max(version, 2)
     payloads = [(KIND_PICKLE, 1, stream)] + [(KIND_BUFFER, 1, bytes(b)) for b in buffers]
     if packed is not None:
         payloads.append((KIND_PACKED, SECF_REQUIRED, bytes(packed)))
     payloads.append((KIND_METADATA, 0, metadata))
     if key is not None and version == 1:
         payloads.append((KIND_SIGNATURE, 0, _sign.signature_payload(key, stream, metadata, header_fixed)))
-    elif key is not None:
+    elif key is not None and version == 2:
         payloads.append((KIND_SIGNATURE_V2, 0, signature_v2(key, header_fixed, stream, metadata, buffers,
+                                                             packed=packed)))
+    elif key is not None:
+        payloads.append((KIND_SIGNATURE_V3, 0, signature_v3(key, header_fixed, stream, metadata, buffers,
                                                              packed=packed)))
     area = bytearray(header_fixed + bytes(HEADER_LEN - len(header_fixed)))
     sections, chunks = [], []

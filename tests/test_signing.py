@@ -1,10 +1,9 @@
-"""The two implementations of the dump signature: native (OpenSSL's HMAC on
-a thread of the C writer, build_info()["signer"] == "native") and Python
-(firkin._sign hashing on the pickling thread, for builds without OpenSSL).
-
-Both must produce the signature docs/FORMAT.md defines; load and verify
-check it with a third, independent computation (_sign._digest over the
-stream read back)."""
+"""The dump signature (docs/FORMAT.md, "Signature", version 3): every chunk
+of the pickle stream and of the buffers hashed with Poly1305 on the chunk
+workers, and one HMAC-SHA256 over the header, the metadata and the table of
+chunk tags. OpenSSL's Poly1305 and firkin's portable one (a build without
+OpenSSL) must give the same signatures; load and verify check them with an
+independent computation over the stream read back (_sign.check)."""
 import hashlib
 import os
 import struct
@@ -17,18 +16,9 @@ import numpy as np
 import pytest
 
 import firkin
-from firkin import _api, _core, _sign
+from firkin import _core, _sign
 
-NATIVE = _core.build_info()["signer"] == "native"
 CHUNK = _core.build_info()["chunk_size"]
-IMPLS = [pytest.param("native", marks=pytest.mark.skipif(not NATIVE, reason="built without OpenSSL")),
-         "python"]
-
-
-@pytest.fixture
-def impl(request, monkeypatch):
-    monkeypatch.setattr(_sign.Signer, "native", request.param == "native")
-    return request.param
 
 
 def _stream_of(n):
@@ -36,11 +26,10 @@ def _stream_of(n):
     return {"blob": bytes(range(256)) * (n // 256), "tail": list(range(100)), "arr": np.arange(50_000.0)}
 
 
-@pytest.mark.parametrize("impl", IMPLS, indirect=True)
 @pytest.mark.parametrize("size", [100, CHUNK - 300, CHUNK + 1, 5 * CHUNK + 12345])
 @pytest.mark.parametrize("compress", [0, ("zlib", 1)])
 @pytest.mark.parametrize("threads", [1, 2])
-def test_signature_verifies(tmp_path, impl, size, compress, threads):
+def test_signature_verifies(tmp_path, size, compress, threads):
     value = _stream_of(size)
     path = tmp_path / "s.firkin"
     firkin.dump(value, path, compress=compress, threads=threads)
@@ -51,9 +40,8 @@ def test_signature_verifies(tmp_path, impl, size, compress, threads):
     np.testing.assert_array_equal(got["arr"], value["arr"])
 
 
-@pytest.mark.parametrize("impl", IMPLS, indirect=True)
 @pytest.mark.parametrize("compress", [0, ("zlib", 1)])
-def test_signature_of_dumps_and_file_objects(tmp_path, impl, compress):
+def test_signature_of_dumps_and_file_objects(tmp_path, compress):
     value = _stream_of(3 * CHUNK + 5)
     (tmp_path / "b.firkin").write_bytes(firkin.dumps(value, compress=compress))
     with open(tmp_path / "f.firkin", "wb") as f:
@@ -63,8 +51,7 @@ def test_signature_of_dumps_and_file_objects(tmp_path, impl, compress):
         assert firkin.load(tmp_path / name)["blob"] == value["blob"]
 
 
-@pytest.mark.parametrize("impl", IMPLS, indirect=True)
-def test_signed_under_the_key_of_the_moment(tmp_path, impl, monkeypatch):
+def test_signed_under_the_key_of_the_moment(tmp_path, monkeypatch):
     path = tmp_path / "k.firkin"
     monkeypatch.setenv("FIRKIN_KEY", "one key, long enough")
     firkin.dump(_stream_of(3 * CHUNK), path)
@@ -78,8 +65,7 @@ class Boom:
         raise RuntimeError("boom while pickling")
 
 
-@pytest.mark.parametrize("impl", IMPLS, indirect=True)
-def test_a_failed_dump_stops_the_signer_cleanly(tmp_path, impl):
+def test_a_failed_dump_stops_the_signer_cleanly(tmp_path):
     """The pickler fails after the hasher got several chunks: the dump raises
     the pickler's error, the target keeps its old contents, and the writer
     frees the chunks only after the hasher let go of them (ASan checks that
@@ -97,8 +83,7 @@ def test_a_failed_dump_stops_the_signer_cleanly(tmp_path, impl):
     assert firkin.verify(path).signature == "valid"
 
 
-@pytest.mark.parametrize("impl", IMPLS, indirect=True)
-def test_concurrent_dumps_each_signed(tmp_path, impl):
+def test_concurrent_dumps_each_signed(tmp_path):
     errors = []
 
     def work(k):
@@ -119,45 +104,31 @@ def test_concurrent_dumps_each_signed(tmp_path, impl):
     assert not errors, errors
 
 
-@pytest.mark.skipif(not NATIVE, reason="built without OpenSSL")
-def test_native_writer_contract(tmp_path):
-    key, prefix = b"k", _sign._PREFIX + _sign.HEADER_FIXED
-    value = {"x": 1, "blob": b"z" * (3 * CHUNK)}
-    with open(tmp_path / "w.bin", "wb") as f:
-        with pytest.raises(ValueError, match="not both"):
-            _core.Writer(f.fileno(), signer=lambda b: None, sign_key=key, sign_prefix=prefix)
-        w = _core.Writer(f.fileno(), sign_key=key, sign_prefix=prefix)
-        with pytest.raises(RuntimeError, match="after a successful dump"):
-            w.sign_digest(b"")
-        w.dump(value, 5)
-        stream_len = w.signed_bytes
-        digest = w.sign_digest(_sign._tail(stream_len, b"{}"))
-        with pytest.raises(RuntimeError, match="signing the pickle stream failed"):
-            w.sign_digest(b"")  # final once
-    # the same stream, collected by a Python signer callback, under Python's HMAC
-    chunks = []
-    with open(tmp_path / "p.bin", "wb") as f:
-        _core.Writer(f.fileno(), signer=lambda mv: chunks.append(bytes(mv))).dump(value, 5)
-    stream = b"".join(chunks)
-    assert len(chunks) >= 3 and len(stream) == stream_len
-    assert digest == _sign._digest(key, _sign.HEADER_FIXED, stream, b"{}")
+def _dump_in_child(path, value_code, env=None):
+    code = textwrap.dedent(f"""
+        import sys, numpy as np, firkin
+        firkin.dump({value_code}, sys.argv[1])
+        print(firkin._core.build_info()["poly1305"], firkin.verify(sys.argv[1]).signature)
+    """)
+    proc = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True,
+                          env=dict(os.environ, **(env or {})), timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.split()
 
 
-def test_python_signer_without_native(tmp_path, monkeypatch):
-    """What a build without OpenSSL does, on this build: the writer feeds
-    Signer.update, which hashes on the spot."""
-    monkeypatch.setattr(_sign.Signer, "native", False)
-    seen = []
-    real = _sign.Signer.update
-
-    def spy(self, chunk):
-        seen.append(len(chunk))
-        real(self, chunk)
-
-    monkeypatch.setattr(_sign.Signer, "update", spy)
-    path = tmp_path / "py.firkin"
-    _api.dump(_stream_of(3 * CHUNK), path)
-    assert len(seen) >= 3 and firkin.verify(path).signature == "valid"
+def test_portable_and_openssl_poly1305_sign_alike(tmp_path):
+    """What a build without OpenSSL computes (the portable Poly1305, forced
+    here with FIRKIN_POLY1305_PORTABLE) verifies in this process, and a
+    file signed here verifies in that one: the same signature either way."""
+    value = '{"blob": bytes(range(256)) * 12_000, "a": np.arange(400_000.0)}'
+    assert _dump_in_child(tmp_path / "p.firkin", value, {"FIRKIN_POLY1305_PORTABLE": "1"}) \
+        == ["portable", "valid"]
+    assert firkin.verify(tmp_path / "p.firkin").signature == "valid"
+    firkin.dump({"blob": bytes(range(256)) * 12_000, "a": np.arange(400_000.0)}, tmp_path / "o.firkin")
+    code = "import sys, firkin; print(firkin.verify(sys.argv[1]).signature)"
+    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path / "o.firkin")], capture_output=True,
+                          text=True, env=dict(os.environ, FIRKIN_POLY1305_PORTABLE="1"), timeout=120)
+    assert proc.returncode == 0 and proc.stdout.split() == ["valid"], proc.stderr
 
 
 NULL_PROVIDER_CONF = """openssl_conf = openssl_init
@@ -170,22 +141,14 @@ activate = 1
 """
 
 
-def test_openssl_without_hmac_falls_back_to_the_python_signer(tmp_path):
-    """An OpenSSL configured with no usable provider cannot give HMAC-SHA256:
-    dumps are still signed (by hashlib's own SHA-256), never refused."""
+def test_openssl_without_poly1305_falls_back_to_the_portable_one(tmp_path):
+    """An OpenSSL configured with no usable provider cannot give Poly1305
+    (nor HMAC-SHA256): dumps are still signed (the portable Poly1305,
+    hashlib's own SHA-256), never refused."""
     conf = tmp_path / "null.cnf"
     conf.write_text(NULL_PROVIDER_CONF)
-    code = textwrap.dedent("""
-        import sys, firkin
-        from firkin import _sign
-        firkin.dump({"blob": b"x" * 3_000_000}, sys.argv[1])
-        print(_sign.Signer.native, firkin.verify(sys.argv[1]).signature)
-    """)
-    env = dict(os.environ, OPENSSL_CONF=str(conf))
-    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path / "n.firkin")],
-                          capture_output=True, text=True, env=env, timeout=120)
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.split() == ["False", "valid"], proc.stdout
+    got = _dump_in_child(tmp_path / "n.firkin", '{"blob": b"x" * 3_000_000}', {"OPENSSL_CONF": str(conf)})
+    assert got == ["portable", "valid"], got
     # and the file verifies here too, under the normal OpenSSL configuration
     assert firkin.verify(tmp_path / "n.firkin").signature == "valid"
 
@@ -195,12 +158,14 @@ def test_openssl_without_hmac_falls_back_to_the_python_signer(tmp_path):
 from _container import (  # noqa: E402
     HEADER_1_0,
     KIND_PACKED,
+    KIND_SIGNATURE_V2,
+    KIND_SIGNATURE_V3,
     firkin_container,
     parse,
     rewrite_index_crcs,
     section,
     section_raw,
-    signature_v2,
+    signature_v3,
 )
 
 
@@ -215,6 +180,10 @@ class Holder:
 def _sections(path, kind):
     with open(path, "rb") as f:
         return [s for s in _core.Reader(f.fileno()).sections() if s["kind"] == kind]
+
+
+def _kind_numbers(path):
+    return [s["kind"] for s in parse(path.read_bytes())["sections"]]
 
 
 def _tamper_buffer(path, where=0.5):
@@ -244,11 +213,10 @@ def test_poly1305_matches_rfc_8439_and_openssl():
         _core.poly1305(b"short", b"x")
 
 
-@pytest.mark.parametrize("impl", IMPLS, indirect=True)
 @pytest.mark.parametrize("compress", [0, ("zlib", 1)])
-def test_both_signers_write_the_documented_signature(tmp_path, impl, compress):
+def test_dumps_write_the_documented_signature(tmp_path, compress):
     """The signature section equals one computed from docs/FORMAT.md alone
-    (tests/test_corpus_containers.signature_v2), from the file's own salt."""
+    (tests/_container.signature_v3), from the file's own salt."""
     value = {"a": np.arange(3 * CHUNK // 8 + 5, dtype=np.float64), "e": np.zeros(0),
              "b": bytes(range(256)) * 999, "c": np.ones((700, 300)) % 7}
     path = tmp_path / "d.firkin"
@@ -267,10 +235,12 @@ def test_both_signers_write_the_documented_signature(tmp_path, impl, compress):
     required = _core.REQ_FILTERS if compress else _core.REQ_PACKED
     assert header == _sign.header_fixed(required) and header[8:12] == b"\x01\x00\x03\x00"
     assert [s["kind"] for s in _sections(path, "signature")] == ["signature"]
-    assert payload == signature_v2(_sign.current_key(), header, stream, meta, buffers, payload[8:24],
+    assert _kind_numbers(path)[-1] == KIND_SIGNATURE_V3
+    assert payload == signature_v3(_sign.current_key(), header, stream, meta, buffers, payload[8:24],
                                    packed=packed)
-    # chunks: 3 + 1, 2, and the packed section's 1
-    assert len(buffers) == 2 and len(payload) == 96 + 32 * (4 + 2 + (not compress))
+    # chunks: the stream's 1, the buffers' 3 + 1 and 2, and the packed section's 1
+    assert len(buffers) == 2 and len(payload) == 96 + 32 * (1 + 4 + 2 + (not compress))
+    assert struct.unpack_from("<QQQ", payload, 72) == (2, 7 + (not compress), 1)
 
 
 def test_key_id_is_salted_and_keyed(tmp_path):
@@ -288,8 +258,7 @@ def test_key_id_is_salted_and_keyed(tmp_path):
     assert all(kid != hashlib.sha256(b"firkin key id\0" + key).digest()[:16] for _, kid in ids)
 
 
-@pytest.mark.parametrize("impl", IMPLS, indirect=True)
-def test_changed_array_bytes_refuse_a_signature_trusted_load(tmp_path, impl):
+def test_changed_array_bytes_refuse_a_signature_trusted_load(tmp_path):
     arr = np.arange(2 * CHUNK // 8 + 100, dtype=np.float64)
     path = tmp_path / "h.firkin"
     firkin.dump(Holder(arr), path)
@@ -386,7 +355,8 @@ def test_a_moved_chunk_boundary_is_refused(tmp_path):
             p["chunks"].append({"stored": size, "crc": crc32c(part), "codec": 0})
         path.write_bytes(rebuild_parsed(p))
         if pieces == 1:  # fewer chunks than signed entries: refused as the file is parsed
-            with pytest.raises(firkin.FormatError, match="signature section .* too long for 1 buffer"):
+            with pytest.raises(firkin.FormatError,
+                               match="signature section .* too long for 2 stream and buffer chunks"):
                 firkin.load(path)
             continue
         with pytest.raises(firkin.UntrustedTypesError, match="buffer 0, chunk 0 .* does not match"):
@@ -423,26 +393,6 @@ def test_format_1_0_signatures_still_trust_with_their_weaker_guarantee(tmp_path)
     path.write_bytes(firkin_container(stream, key=b"someone else", buffers=[arr.tobytes()]))
     with pytest.raises(firkin.UntrustedTypesError, match="another key"):
         firkin.load(path)
-
-
-def test_hand_built_1_1_file_loads_and_is_checked(tmp_path):
-    """A format 1.1 file written from docs/FORMAT.md alone: trusted under
-    the key that signed it, refused once a buffer byte changed."""
-    import pickle
-
-    arr = np.arange(CHUNK // 8 + 3, dtype=np.float64)
-    stream = pickle.dumps(Holder(arr), protocol=5, buffer_callback=lambda b: False)
-    path = tmp_path / "new.firkin"
-    path.write_bytes(firkin_container(stream, key=_sign.current_key(), buffers=[arr.tobytes()],
-                                      version=2))
-    np.testing.assert_array_equal(firkin.load(path).arr, arr)
-    report = firkin.verify(path)
-    assert report.ok and "every byte" in report.signature_covers
-    _tamper_buffer(path, CHUNK + 10)
-    with pytest.raises(firkin.UntrustedTypesError, match="buffer 0, chunk 1"):
-        firkin.load(path)
-    with pytest.raises(firkin.UntrustedTypesError, match="buffer 0, chunk 1"):
-        firkin.load(path, mmap_mode="r")
 
 
 def test_arrays_changed_through_r_plus_no_longer_match_the_signature(tmp_path):
@@ -488,3 +438,176 @@ def test_a_notebook_class_saved_by_value_with_a_changed_array_is_refused(tmp_pat
     for kwargs in ({}, {"mmap_mode": "r"}):
         with pytest.raises(firkin.UntrustedTypesError, match="(?s)saved by value.*buffer 0, chunk 1"):
             firkin.load(path, **kwargs)
+
+
+# ------------------------------- version 3: the pickle stream's chunks are signed too
+
+from _container import KIND_PICKLE, crc32c, rebuild  # noqa: E402
+
+
+def _stream_file(path, seed=0):
+    """A signed file whose pickle stream is 3.5 chunks, holding a class the
+    allowlist refuses (so a default load trusts it only by its signature):
+    a random blob fills the stream from chunk 0 to the last."""
+    blob = np.random.default_rng(seed).bytes(3 * CHUNK + CHUNK // 2)
+    firkin.dump(Holder(blob), path)
+    stream = _sections(path, "pickle stream")[0]
+    assert stream["chunks"] == 4 and stream["codec"] == "raw"
+    return blob
+
+
+def _stream_chunks(data):
+    p = parse(data)
+    sec = next(s for s in p["sections"] if s["kind"] == KIND_PICKLE)
+    out, pos = [], sec["offset"]
+    for c in p["chunks"][sec["first_chunk"]:sec["first_chunk"] + sec["nchunks"]]:
+        out.append(bytes(data[pos:pos + c["stored"]]))
+        pos += c["stored"]
+    return out
+
+
+def _with_stream_chunks(data, chunks, chunk_size=None, signature=None):
+    """The container `data` with its (raw) pickle stream chunks replaced by
+    `chunks` (and its signature section's bytes by `signature`), laid out
+    again with every CRC and offset recomputed: only a signature can tell."""
+    p = parse(data)
+    area, table = bytearray(data[:64]), []
+    for sec in p["sections"]:
+        own = p["chunks"][sec["first_chunk"]:sec["first_chunk"] + sec["nchunks"]]
+        payload = bytes(data[sec["offset"]:sec["offset"] + sec["stored"]])
+        if sec["kind"] == KIND_PICKLE:
+            payload = b"".join(chunks)
+            own = [{"stored": len(c), "crc": crc32c(c), "codec": 0} for c in chunks]
+            sec.update(nchunks=len(chunks), stored=len(payload), raw=len(payload),
+                       chunk_size=chunk_size or sec["chunk_size"])
+        elif sec["kind"] == KIND_SIGNATURE_V3 and signature is not None:
+            payload = signature
+            own = [{"stored": len(payload), "crc": crc32c(payload), "codec": 0}]
+            sec.update(stored=len(payload), raw=len(payload))
+        area.extend(bytes(-len(area) % 64))
+        sec.update(offset=len(area), first_chunk=len(table))
+        area.extend(payload)
+        table += own
+    area.extend(bytes(-len(area) % 64))
+    return rebuild(bytes(area), p["sections"], table)
+
+
+def _refused_by_signature(path, match):
+    report = firkin.verify(path)
+    assert report.signature == "invalid" and not report.ok, report
+    for kwargs in ({}, {"mmap_mode": "r"}):
+        with pytest.raises(firkin.UntrustedTypesError, match=match) as info:
+            firkin.load(path, **kwargs)
+        assert "test_signing.Holder" in str(info.value)
+    with pytest.raises(firkin.UntrustedTypesError, match=match):
+        firkin.loads(path.read_bytes())
+    return report
+
+
+def test_swapped_stream_chunks_are_refused(tmp_path):
+    """Chunks 1 and 2 of the stream swapped (both inside the blob, so the
+    stream is still a valid pickle and every CRC matches)."""
+    path = tmp_path / "s.firkin"
+    blob = _stream_file(path)
+    assert firkin.load(path).arr == blob  # trusted by its signature
+    c = _stream_chunks(path.read_bytes())
+    path.write_bytes(_with_stream_chunks(path.read_bytes(), [c[0], c[2], c[1], c[3]]))
+    report = _refused_by_signature(path, "pickle stream's chunk 1 .* does not match the signature")
+    assert any("pickle stream's chunk 1" in p for p in report.problems), report.problems
+
+
+def test_a_changed_stream_byte_is_refused(tmp_path):
+    path = tmp_path / "b.firkin"
+    _stream_file(path)
+    data = bytearray(path.read_bytes())
+    pos = _sections(path, "pickle stream")[0]["offset"] + 2 * CHUNK + 1000  # in chunk 2, in the blob
+    data[pos] ^= 1
+    rewrite_index_crcs(data, pos)
+    path.write_bytes(bytes(data))
+    _refused_by_signature(path, "pickle stream's chunk 2 ")
+
+
+def test_a_truncated_stream_is_refused(tmp_path):
+    """The last chunk dropped: fewer chunks than the signature names, refused
+    as the file is parsed; the last chunk cut short: its signed length differs."""
+    path = tmp_path / "t.firkin"
+    _stream_file(path)
+    data = path.read_bytes()
+    c = _stream_chunks(data)
+    path.write_bytes(_with_stream_chunks(data, c[:3]))
+    with pytest.raises(firkin.FormatError, match="signature section .* too long"):
+        firkin.load(path)
+    assert not firkin.verify(path).ok
+    path.write_bytes(_with_stream_chunks(data, c[:3] + [c[3][:len(c[3]) // 2]]))
+    report = firkin.verify(path)
+    assert report.checksums_ok and report.signature == "invalid"
+    assert any("pickle stream's chunk 3" in p for p in report.problems), report.problems
+    with pytest.raises(firkin.FormatError):  # the stream no longer ends with STOP
+        firkin.load(path)
+
+
+def test_stream_chunks_spliced_from_another_signed_file_are_refused(tmp_path):
+    """Two files signed with the same key: a chunk of one in the other, or
+    one's stream under the other's signature, does not verify (each file has
+    its own salt, so its own Poly1305 key and tags)."""
+    a, b = tmp_path / "a.firkin", tmp_path / "b.firkin"
+    _stream_file(a, seed=1)
+    _stream_file(b, seed=2)
+    ca, cb = _stream_chunks(a.read_bytes()), _stream_chunks(b.read_bytes())
+    data_a = a.read_bytes()
+    a.write_bytes(_with_stream_chunks(data_a, [ca[0], cb[1], ca[2], ca[3]]))
+    _refused_by_signature(a, "pickle stream's chunk 1 ")
+    with open(b, "rb") as f:
+        sig_b = _core.Reader(f.fileno()).signature()
+    a.write_bytes(_with_stream_chunks(data_a, ca, signature=sig_b))  # b's signature on a's stream
+    _refused_by_signature(a, "changed after signing")
+    a.write_bytes(_with_stream_chunks(data_a, cb, signature=sig_b))  # b's stream and signature in a
+    _refused_by_signature(a, "changed after signing")  # a's metadata is not b's
+
+
+def test_the_stream_is_cut_where_the_signature_says(tmp_path):
+    """The signed entries give each stream chunk's length; the reader cuts
+    the stream read back at those lengths, not at the index's chunk size:
+    the same bytes in other chunks verify, other bytes never do."""
+    path = tmp_path / "c.firkin"
+    blob = _stream_file(path)
+    data = path.read_bytes()
+    whole = b"".join(_stream_chunks(data))
+    half = CHUNK // 2
+    path.write_bytes(_with_stream_chunks(data, [whole[i:i + half] for i in range(0, len(whole), half)],
+                                         chunk_size=half))
+    assert firkin.verify(path).signature == "valid" and firkin.load(path).arr == blob
+
+
+@pytest.mark.parametrize("version", [2, 3])
+def test_hand_built_signed_file_loads_and_is_checked(tmp_path, version):
+    """A file written from docs/FORMAT.md alone, signed with version 2
+    (format 1.1) or 3 (format 1.3): trusted under the key that signed it,
+    refused once a buffer byte or a stream byte changed."""
+    import pickle
+
+    arr = np.arange(CHUNK // 8 + 3, dtype=np.float64)
+    holder = Holder(arr)
+    holder.blob = bytes(range(256)) * (CHUNK // 128)  # a stream of 2 chunks and a bit
+    stream = pickle.dumps(holder, protocol=5, buffer_callback=lambda b: False)
+    path = tmp_path / "hand.firkin"
+    data = firkin_container(stream, key=_sign.current_key(), buffers=[arr.tobytes()], version=version)
+    path.write_bytes(data)
+    assert len(_stream_chunks(data)) == 3
+    assert _kind_numbers(path)[-1] == (KIND_SIGNATURE_V3 if version == 3 else KIND_SIGNATURE_V2)
+    np.testing.assert_array_equal(firkin.load(path).arr, arr)
+    report = firkin.verify(path)
+    assert report.ok and "every byte" in report.signature_covers
+    _tamper_buffer(path, CHUNK + 10)
+    for kwargs in ({}, {"mmap_mode": "r"}):
+        with pytest.raises(firkin.UntrustedTypesError, match="buffer 0, chunk 1"):
+            firkin.load(path, **kwargs)
+    tampered = bytearray(data)
+    pos = _sections(path, "pickle stream")[0]["offset"] + CHUNK + 5
+    tampered[pos] ^= 1
+    rewrite_index_crcs(tampered, pos)
+    path.write_bytes(bytes(tampered))
+    # version 3 names the stream chunk; version 2's HMAC over the whole stream cannot
+    with pytest.raises(firkin.UntrustedTypesError,
+                       match="pickle stream's chunk 1 " if version == 3 else "changed after signing"):
+        firkin.load(path)

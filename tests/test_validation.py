@@ -447,7 +447,7 @@ def _with_extra_section(data: bytes, kind: int, flags: int, payload: bytes) -> b
     return rebuild(bytes(area), sections, chunks)
 
 
-@pytest.mark.parametrize("kind", [7, 99, 0xFFFF])  # kind 6: packed buffers (format 1.3)
+@pytest.mark.parametrize("kind", [8, 99, 0xFFFF])  # 6: packed buffers, 7: signature v3 (1.3)
 def test_unknown_optional_section_is_skipped(small_file, kind):
     path, data = small_file
     crafted = _with_extra_section(data, kind, 0, b"something from the future" * 10)
@@ -459,7 +459,7 @@ def test_unknown_optional_section_is_skipped(small_file, kind):
     assert firkin.load_metadata(path)["buffers"] == 1
 
 
-@pytest.mark.parametrize("kind", [7, 99])
+@pytest.mark.parametrize("kind", [8, 99])
 def test_unknown_required_section_is_newer_firkin(small_file, kind):
     path, data = small_file
     path.write_bytes(_with_extra_section(data, kind, SECF_REQUIRED, b"must understand me"))

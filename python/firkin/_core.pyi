@@ -7,6 +7,7 @@ REQ_STREAMED: int  # required feature bit 0: the streamed layout (docs/FORMAT.md
 REQ_PACKED: int  # required feature bit 2: a packed-buffers section (format 1.3)
 MAX_FRAME: int  # largest frame of the streamed layout
 HEADER_LEN: int
+HASH_STREAM: int  # the buffer number of a pickle stream chunk's hash record (0xFFFFFFFE)
 DEFAULT_THRESHOLD: int
 DEFAULT_CHUNK_SIZE: int
 MAX_INDEX: int
@@ -75,12 +76,12 @@ class Writer:
         sign_prefix: Optional[bytes] = None,
         # reduces what pickle cannot save by reference (firkin._byvalue.Session)
         byvalue: Optional[Callable[[Any], Any]] = None,
-        hash_key: Optional[bytes] = None,  # 32-byte Poly1305 key: hash every buffer chunk
+        hash_key: Optional[bytes] = None,  # 32-byte Poly1305 key: hash every stream and buffer chunk
         streamed: bool = False,  # the streamed layout, for sinks that cannot seek
         filters: int = 0,  # FILTER_*: for every numeric buffer, or FILTER_AUTO to sample
     ) -> None: ...
     signed_bytes: Optional[int]
-    buffer_hashes: Optional[bytes]  # with hash_key: 32-byte records (buffer, chunk, raw length, hash)
+    chunk_hashes: Optional[bytes]  # with hash_key: 32-byte records (buffer or HASH_STREAM, chunk, raw length, hash)
     def sign_digest(self, tail: bytes, /) -> bytes: ...
     # extra: pickled after obj's STOP as a second pickle (its buffers after obj's); the
     # modules returned are obj's

@@ -183,6 +183,8 @@ def verify(filename: str | os.PathLike[str], *, quick: bool = False,
         if signature is not None:
             report.signature = signature.status
             report.signature_covers = signature.covers
+            if signature.detail:  # a changed pickle stream (version 3)
+                report.problems.append(signature.detail)
             if hashing and not report.checksums_ok:
                 # the buffer bytes are not those written, so not those signed either
                 report.signature = _sign.INVALID

@@ -1,15 +1,17 @@
 """Signing firkin files with the user's key (HMAC-SHA256 over every byte).
 
 A file you dumped yourself carries an HMAC-SHA256, under your key, of its
-header's fixed part, its pickle stream, its metadata and a table with a tag
-for every chunk of array data (docs/FORMAT.md, "Signature"). The chunks are
-hashed where they are checksummed, on the C chunk workers, with Poly1305
-under a key derived from yours and a random per-file salt; each tag is an
-HMAC of that hash. load trusts a file the allowlist refuses when its
-signature verifies under the current key and, before anything is built,
-every array chunk it reads or maps matches its tag. Format 1.0 files carry
-the older signature of the stream and metadata only: they still load, and
-verify/info say that their array bytes are not covered.
+header's fixed part, its metadata and a table with a tag for every chunk of
+its pickle stream and of its array data (docs/FORMAT.md, "Signature",
+version 3). The chunks are hashed where they are checksummed, on the C
+chunk workers, with Poly1305 under a key derived from yours and a random
+per-file salt; each tag is an HMAC of that hash. load trusts a file the
+allowlist refuses when its signature verifies under the current key, its
+stream matches the stream entries, and, before anything is built, every
+array chunk it reads or maps matches its tag. Format 1.1 and 1.2 files
+(version 2: the HMAC runs over the whole stream) load the same way; format
+1.0 files carry the older signature of the stream and metadata only: they
+still load, and verify/info say that their array bytes are not covered.
 
 The key: FIRKIN_KEY (any string of at least MIN_KEY_LEN bytes) when set,
 else what `set_key()` gave this process, else the file
@@ -24,7 +26,6 @@ from __future__ import annotations
 import errno
 import hashlib
 import hmac
-import io
 import os
 import secrets
 import stat
@@ -36,17 +37,21 @@ from . import _core
 from ._core import FormatError
 
 _PREFIX = b"firkin-signature-v1\0"  # format 1.0 signatures (section kind 4), still checked
-_PREFIX2 = b"firkin-signature-v2\0"  # format 1.1 signatures (section kind 5), written
-_LABEL_KEY_ID = b"firkin-key-id-v2\0"
-_LABEL_HASH_KEY = b"firkin-buffer-hash-v2\0"
+_PREFIX2 = b"firkin-signature-v2\0"  # format 1.1 and 1.2 signatures (section kind 5), still checked
+_PREFIX3 = b"firkin-signature-v3\0"  # format 1.3 signatures (section kind 6), written
+_LABEL_KEY_ID = b"firkin-key-id-v2\0"     # versions 2 and 3
+_LABEL_HASH_KEY = b"firkin-buffer-hash-v2\0"  # versions 2 and 3
 _LABEL_CHUNK = b"firkin-chunk-v2\0"
+_LABEL_CHUNK3 = b"firkin-chunk-v3\0"
 _MAGIC = b"FSIG"
 _ALG_HMAC_SHA256 = 1           # version 1: stream and metadata
 _ALG_HMAC_SHA256_POLY1305 = 2  # version 2: also every buffer chunk
+_ALG_V3 = 3                    # version 3: HMAC-SHA256 of a table of every chunk's Poly1305
 PAYLOAD_LEN = 64               # a version 1 signature section
-HEAD2_LEN = 96                 # a version 2 signature section before its chunk entries
+HEAD2_LEN = 96                 # a version 2 or 3 signature section before its chunk entries
 ENTRY_LEN = 32                 # one chunk entry (and one record from _core)
 SALT_LEN = 16
+_STREAM_ID = struct.pack("<I", _core.HASH_STREAM)  # the "buffer" of a pickle stream chunk's entry
 _info = _core.build_info()
 
 
@@ -327,84 +332,64 @@ def hash_key(key: bytes, salt: bytes) -> bytes:
     return _mac(key, _LABEL_HASH_KEY, salt)[:16] + bytes(16)
 
 
-def _entries(key: bytes, salt: bytes, records: bytes) -> bytes:
-    """Chunk entries of a version 2 signature from _core's hash records
+def _tag(key: bytes, salt: bytes, record: bytes, version: int) -> bytes:
+    """The tag of a chunk entry: HMAC of its record (head and Poly1305 value)."""
+    return _mac(key, _LABEL_CHUNK3 if version == 3 else _LABEL_CHUNK, salt, record)[:16]
+
+
+def _entries(key: bytes, salt: bytes, records: bytes, version: int = 3) -> bytes:
+    """Chunk entries of a version 2 or 3 signature from _core's hash records
     (buffer u32, chunk u32, raw length u64, Poly1305 16 bytes): the first
     16 bytes of each, then its tag."""
     out = bytearray()
     for i in range(0, len(records), ENTRY_LEN):
         rec = records[i:i + ENTRY_LEN]
-        out += rec[:16] + _mac(key, _LABEL_CHUNK, salt, rec)[:16]
+        out += rec[:16] + _tag(key, salt, rec, version)
     return bytes(out)
 
 
-def _table(nbuf: int, entries: bytes) -> bytes:
-    """Bytes 72.. of a version 2 signature section: what the HMAC covers after the metadata."""
-    return struct.pack("<QQ8x", nbuf, len(entries) // ENTRY_LEN) + entries
+def _stream_records(records: bytes) -> int:
+    """How many of the leading hash records are the pickle stream's."""
+    n = 0
+    while records[n * ENTRY_LEN:n * ENTRY_LEN + 4] == _STREAM_ID:
+        n += 1
+    return n
 
 
 class Signer:
-    """The signature of one dump.
+    """The signature of one dump (version 3, docs/FORMAT.md "Signature").
 
-    With OpenSSL (build_info()["signer"] == "native") the C writer hashes
-    the stream itself, in order, on a thread of its own that needs no GIL:
-    give the Writer `writer_kwargs()`, then `finish(metadata, writer)`.
-    Otherwise the writer feeds `update` every raw pickle stream chunk and
-    the hashing happens right there, on the pickling thread. (A Python
-    thread gains nothing: it needs the GIL between chunks, which the pickler
-    holds, and the forest benchmark dumped slower with one than without.)
-    Either way the chunk workers hash every buffer chunk (`hash_key`), and
-    `finish` turns those hashes into the signed chunk table."""
-
-    native = False  # set below, once: does this build's native signer work here?
+    The chunk workers hash every chunk of the pickle stream and of the
+    buffers with Poly1305 under `hash_key` while they checksum it (give the
+    Writer `writer_kwargs()`); `finish` turns those hashes into the signed
+    chunk table and computes the HMAC-SHA256 over the header's fixed part,
+    the metadata and that table: a short input, whatever the stream's size,
+    so no thread hashes the whole stream. A build without OpenSSL computes
+    the same values with its portable Poly1305 and hashlib's HMAC."""
 
     def __init__(self, key: bytes, required: int = 0):
         self._key = key
         self._salt = secrets.token_bytes(SALT_LEN)
-        self._prefix = _PREFIX2 + header_fixed(required) + self._salt
-        self._h = None if self.native else hmac.new(key, self._prefix, hashlib.sha256)
-        self._n = 0
+        self._header = header_fixed(required)
 
     def writer_kwargs(self) -> dict:
-        """What the Writer needs to sign: the buffer hash key, and a native
-        signer's key and prefix or this object's update."""
-        kwargs = {"hash_key": hash_key(self._key, self._salt)}
-        if self.native:
-            kwargs.update(sign_key=self._key, sign_prefix=self._prefix)
-        else:
-            kwargs["signer"] = self.update
-        return kwargs
-
-    def update(self, chunk) -> None:
-        self._n += len(chunk)
-        self._h.update(chunk)
+        """What the Writer needs to sign: the chunk hash key."""
+        return {"hash_key": hash_key(self._key, self._salt)}
 
     def finish(self, metadata: bytes, writer) -> bytes:
         """The signature section's payload, once the stream and the buffers are written."""
-        table = _table(writer.buffer_count, _entries(self._key, self._salt, writer.buffer_hashes))
-        if self.native:
-            digest = writer.sign_digest(_tail(writer.signed_bytes, metadata) + table)
-        else:
-            self._h.update(_tail(self._n, metadata) + table)
-            digest = self._h.digest()
-        return (_MAGIC + struct.pack("<HH", 2, _ALG_HMAC_SHA256_POLY1305) + self._salt
-                + key_id2(self._key, self._salt) + digest + table)
+        records = writer.chunk_hashes
+        table = (struct.pack("<QQQ", writer.buffer_count, len(records) // ENTRY_LEN,
+                             _stream_records(records))
+                 + _entries(self._key, self._salt, records))
+        return (_MAGIC + struct.pack("<HH", 3, _ALG_V3) + self._salt + key_id2(self._key, self._salt)
+                + _digest3(self._key, self._header, self._salt, metadata, table) + table)
 
 
-def _native_signer_works() -> bool:
-    """A build with OpenSSL signs natively, unless this process's OpenSSL
-    cannot give HMAC-SHA256 (a restrictive provider configuration): then
-    the Python signer (hashlib, which has its own SHA-256) takes over."""
-    if _core.build_info()["signer"] != "native":
-        return False
-    try:
-        _core.Writer(io.BytesIO(), sign_key=b"probe", sign_prefix=_PREFIX)
-    except RuntimeError:
-        return False
-    return True
-
-
-Signer.native = _native_signer_works()
+def _digest3(key: bytes, header_fixed: bytes, salt: bytes, metadata: bytes, table: bytes) -> bytes:
+    """The HMAC of a version 3 signature: no stream bytes, only the table
+    that names and tags its chunks (and the buffers')."""
+    return _mac(key, _PREFIX3, header_fixed, salt, struct.pack("<Q", len(metadata)), metadata, table)
 
 
 def _tail(stream_len: int, metadata: bytes) -> bytes:
@@ -423,7 +408,7 @@ def _digest(key: bytes, header_fixed: bytes, stream: bytes, metadata: bytes) -> 
 def signature_payload(key: bytes, stream: bytes, metadata: bytes, header_fixed: bytes) -> bytes:
     """The version 1 signature section of a format 1.0 file holding `stream`
     and `metadata` and no buffers, whose header starts with `header_fixed`
-    (tests build such files by hand: this firkin writes version 2)."""
+    (tests build such files by hand: this firkin writes version 3)."""
     return (_MAGIC + struct.pack("<HH", 1, _ALG_HMAC_SHA256) + key_id(key)
             + _digest(key, header_fixed, stream, metadata) + bytes(PAYLOAD_LEN - 48))
 
@@ -435,6 +420,7 @@ VALID, UNSIGNED, OTHER_KEY, INVALID, NO_KEY = "valid", "unsigned", "other key", 
 COVERS = {
     1: "the pickle stream and metadata only: array bytes are not covered (format 1.0 signature)",
     2: "every byte: the pickle stream, the metadata and every chunk of array data",
+    3: "every byte: the pickle stream, the metadata and every chunk of array data",
 }
 
 
@@ -442,13 +428,18 @@ class Signature:
     """A file's signature as checked under the current key.
 
     status: VALID / UNSIGNED / OTHER_KEY / INVALID / NO_KEY. version: 0
-    (unsigned), 1 (format 1.0: stream and metadata) or 2 (every byte). A
-    VALID version 2 signature vouches for the array data only once
-    `buffer_problem` found every chunk's hash matching its tag."""
+    (unsigned), 1 (format 1.0: stream and metadata), 2 or 3 (every byte;
+    `check` has checked the stream). A VALID version 2 or 3 signature
+    vouches for the array data only once `buffer_problem` found every
+    chunk's hash matching its tag. detail: what an INVALID one found
+    changed, when it can say."""
 
-    def __init__(self, status: str, version: int = 0, key=None, salt=b"", table=b""):
-        self.status, self.version = status, version
+    def __init__(self, status: str, version: int = 0, key=None, salt=b"", table=b"", detail=None):
+        self.status, self.version, self.detail = status, version, detail
         self._key, self._salt, self._table = key, salt, table
+        # version 3: the stream's entries come first; buffer_problem looks past them
+        self._first = 24 + ENTRY_LEN * (struct.unpack_from("<Q", table, 16)[0]
+                                        if version == 3 and table else 0)
 
     @property
     def covers(self):
@@ -456,7 +447,7 @@ class Signature:
 
     @property
     def covers_buffers(self) -> bool:
-        return self.version == 2
+        return self.version in (2, 3)
 
     @property
     def hash_key(self) -> bytes:
@@ -471,21 +462,46 @@ class Signature:
         if nbuf != buffer_count:
             return f"the file has {buffer_count} buffers, its signature covers {nbuf}"
         signed = {}
-        for i in range(24, len(self._table), ENTRY_LEN):
+        for i in range(self._first, len(self._table), ENTRY_LEN):
             signed[self._table[i:i + 16]] = self._table[i + 16:i + ENTRY_LEN]
         seen = {}
         for i in range(0, len(records), ENTRY_LEN):
             seen[records[i:i + 16]] = records[i:i + ENTRY_LEN]
         for head, tag in signed.items():
             rec = seen.pop(head, None)
-            if rec is None or not hmac.compare_digest(_mac(self._key, _LABEL_CHUNK, self._salt,
-                                                           rec)[:16], tag):
+            if rec is None or not hmac.compare_digest(_tag(self._key, self._salt, rec, self.version),
+                                                      tag):
                 b, c, raw = struct.unpack_from("<IIQ", head)
                 return (f"buffer {b}, chunk {c} ({raw:,} bytes) does not match the signature: the "
                         "array data was changed after signing")
         if seen:
             b, c, raw = struct.unpack_from("<IIQ", next(iter(seen)))
             return f"buffer {b}, chunk {c} ({raw:,} bytes) is not covered by the signature"
+        return None
+
+    def stream_problem(self, stream) -> str | None:
+        """Version 3: None when `stream` (the raw pickle stream), cut at the
+        signed chunk lengths, matches every stream entry's tag; else what
+        differs. The cut comes from the signature, not from the file's index."""
+        nstream = struct.unpack_from("<Q", self._table, 16)[0]
+        key, pos = self.hash_key, 0
+        with memoryview(stream) as view:
+            for c in range(nstream):
+                off = 24 + c * ENTRY_LEN
+                head = self._table[off:off + 16]
+                _, num, raw = struct.unpack_from("<IIQ", head)
+                if head[:4] != _STREAM_ID or num != c:
+                    return f"entry {c} of the signature's chunk table is not the pickle stream's chunk {c}"
+                part = view[pos:pos + raw]
+                if len(part) != raw or not hmac.compare_digest(
+                        _tag(self._key, self._salt, head + _core.poly1305(key, part), 3),
+                        self._table[off + 16:off + ENTRY_LEN]):
+                    return (f"the pickle stream's chunk {c} ({raw:,} bytes at stream offset {pos:,}) "
+                            "does not match the signature: the stream was changed after signing")
+                pos += raw
+            if pos != len(view):
+                return (f"the pickle stream has {len(view):,} bytes, its signature covers {pos:,}: "
+                        "the stream was changed after signing")
         return None
 
 
@@ -496,7 +512,7 @@ def _malformed(reader):
 def check(reader, stream: bytes) -> Signature:
     """The signature of the file `reader` reads, whose pickle stream is
     `stream`, checked under the current key (stream, metadata and, for a
-    version 2 signature, its chunk table; not the buffers themselves)."""
+    version 2 or 3 signature, its chunk table; not the buffers themselves)."""
     payload = reader.signature()
     if payload is None:
         return Signature(UNSIGNED)
@@ -515,25 +531,32 @@ def check(reader, stream: bytes) -> Signature:
             return Signature(OTHER_KEY, 1)
         good = _digest(key, signed_header(reader), stream, reader.metadata() or b"")
         return Signature(VALID if hmac.compare_digest(good, payload[16:48]) else INVALID, 1)
-    if version != 2 or alg != _ALG_HMAC_SHA256_POLY1305:
-        return Signature(INVALID, version)
+    if (version, alg) not in ((2, _ALG_HMAC_SHA256_POLY1305), (3, _ALG_V3)):
+        return Signature(INVALID, version if version in (2, 3) else 0)
     if len(payload) < HEAD2_LEN:
         raise _malformed(reader)
-    n = struct.unpack_from("<Q", payload, 80)[0]
-    if len(payload) != HEAD2_LEN + n * ENTRY_LEN:
+    n, nstream = struct.unpack_from("<QQ", payload, 80)
+    if len(payload) != HEAD2_LEN + n * ENTRY_LEN or (version == 3 and nstream > n):
         raise _malformed(reader)
     key = current_key()
     if key is None:
-        return Signature(NO_KEY, 2)
+        return Signature(NO_KEY, version)
     salt, table = payload[8:24], payload[72:]
     if not hmac.compare_digest(payload[24:40], key_id2(key, salt)):
-        return Signature(OTHER_KEY, 2)
-    h = hmac.new(key, _PREFIX2 + signed_header(reader) + salt, hashlib.sha256)
-    h.update(stream)
-    h.update(_tail(len(stream), reader.metadata() or b"") + table)
-    if not hmac.compare_digest(h.digest(), payload[40:72]):
-        return Signature(INVALID, 2)
-    return Signature(VALID, 2, key, salt, table)
+        return Signature(OTHER_KEY, version)
+    header, metadata = signed_header(reader), reader.metadata() or b""
+    if version == 3:
+        good = _digest3(key, header, salt, metadata, table)
+    else:
+        h = hmac.new(key, _PREFIX2 + header + salt, hashlib.sha256)
+        h.update(stream)
+        h.update(_tail(len(stream), metadata) + table)
+        good = h.digest()
+    if not hmac.compare_digest(good, payload[40:72]):
+        return Signature(INVALID, version)
+    signature = Signature(VALID, version, key, salt, table)
+    problem = signature.stream_problem(stream) if version == 3 else None
+    return Signature(INVALID, version, detail=problem) if problem else signature
 
 
 def status(reader, stream: bytes) -> str:

@@ -146,7 +146,7 @@ def check_trust(reader, stream, trusted):
     if signature.status == _sign.VALID:
         # your own file: no friction (a format 1.0 signature vouches for the stream only)
         return True, _SignedBuffers(reader, refused, signature) if signature.covers_buffers else None
-    raise _refusal(reader, refused, signature.status)
+    raise _refusal(reader, refused, signature.status, signature.detail)
 
 
 def _by_value_entries(reader) -> list:
