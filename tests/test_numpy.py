@@ -531,7 +531,8 @@ def test_default_load_returns_native_byte_order(tmp_path, size):
     p = tmp_path / "be.firkin"
     firkin.dump([a, rec], p)
     for out in (firkin.load(p), firkin.loads(firkin.dumps([a, rec])),
-                firkin.load(p, ensure_native_byte_order=True)):
+                firkin.load(p, ensure_native_byte_order=True),
+                firkin.load(p, trusted=True)):  # trusted: no checks, the same conversion
         assert out[0].dtype == np.dtype("=i4") and out[0].dtype.isnative
         assert out[0].tolist() == a.tolist() and out[0].flags.writeable
         assert all(out[1].dtype[f].isnative for f in ("x", "y"))
