@@ -10,9 +10,8 @@ Environment switches:
 zlib is required (Debian: zlib1g-dev). zstd and lz4 are linked when their
 headers and libraries are found (Debian: libzstd-dev, liblz4-dev), and
 libdeflate (libdeflate-dev), a faster engine for the zlib codec. OpenSSL 3's
-libcrypto (libssl-dev) signs the pickle stream on a native thread while it
-is written; without it, the signature is computed in Python, on the
-pickling thread.
+libcrypto (libssl-dev) gives a faster Poly1305 for the chunks a signature
+covers; without it, firkin's portable Poly1305 computes the same values.
 """
 import os
 import shutil

@@ -101,11 +101,7 @@ typedef struct {
     fk_ring ring;         /* chunks in flight (ring.c) */
     uint64_t submitted;  /* raw bytes handed to the pipeline */
     PyObject *progress;  /* callable(bytes_done) or NULL */
-    PyObject *signer;    /* callable(memoryview) fed every raw pickle stream byte, or NULL */
-#ifdef FIRKIN_HAVE_OPENSSL
-    fk_hasher *hasher;   /* or: the stream's HMAC computed on a native thread (sign.c) */
-#endif
-    int hashing;                /* hash every buffer chunk (a signed dump) ... */
+    int hashing;                /* hash every stream and buffer chunk (a signed dump) ... */
     unsigned char hash_key[32]; /* ... with Poly1305 under this key, on the workers */
     hash_records hrec;          /* a record per hashed chunk, in file order */
     uint64_t progress_done, progress_last;
@@ -117,7 +113,6 @@ typedef struct wr_job {
     codec_job job;
     size_t section;       /* index into w->sections */
     int recycle;          /* job.owned is a chunk_size staging buffer to reuse */
-    uint64_t hash_seq;    /* a stream chunk the hasher reads: its number there, else 0 */
 } wr_job;
 
 /* ---- the Reader ---- */

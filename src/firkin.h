@@ -8,8 +8,8 @@
  * reader.c (the Writer and Reader types; container.h is their private
  * header), codec.c (chunk worker pool and codecs), filter.c, checksum.c
  * (CRC-32C), scan.c with scan_values.c and scan_records.c (static pickle
- * scanner; scan.h is its private header), sign.c (Poly1305 of chunks, HMAC
- * of the pickle stream on a native thread), dtype.c and validate.c
+ * scanner; scan.h is its private header), sign.c (Poly1305 of the chunks a
+ * signature covers), dtype.c and validate.c
  * (load-time checks).
  * docs/FORMAT.md is the normative description of every constant below.
  */
@@ -215,7 +215,7 @@ size_t codec_bound(int codec, size_t n);
  * pays. Without the GIL. */
 int codec_choose_filter(int codec, int level, const unsigned char *p, size_t n, size_t elem);
 
-/* ---- sign.c: Poly1305 of buffer chunks; HMAC-SHA256 of the pickle stream ---- */
+/* ---- sign.c: Poly1305 of the chunks a signature covers ---- */
 void fk_poly1305_init(void);
 const char *fk_poly1305_impl(void); /* "openssl" or "portable" */
 /* without the GIL; `portable` forces the portable code (tests compare both) */
@@ -234,19 +234,6 @@ static inline void fk_put_hash_record(unsigned char *p, uint32_t buffer, uint32_
     for (int i = 0; i < 8; i++) p[8 + i] = (unsigned char)(raw >> (8 * i));
     memcpy(p + 16, hash, 16);
 }
-
-#ifdef FIRKIN_HAVE_OPENSSL
-typedef struct fk_hasher fk_hasher;
-/* with the GIL; NULL with an exception set */
-fk_hasher *fk_hasher_new(const unsigned char *key, size_t key_len, const unsigned char *prefix,
-                         size_t prefix_len);
-uint64_t fk_hasher_submit(fk_hasher *h, const unsigned char *p, size_t n); /* GIL; 0: error */
-void fk_hasher_wait(fk_hasher *h, uint64_t seq);  /* without the GIL */
-void fk_hasher_stop(fk_hasher *h);                /* without the GIL */
-uint64_t fk_hasher_bytes(fk_hasher *h);
-int fk_hasher_final(fk_hasher *h, const unsigned char *tail, size_t tail_len, unsigned char *out);
-void fk_hasher_free(fk_hasher *h);                /* with the GIL */
-#endif
 
 /* ---- packed.c: the packed-buffers section's table (docs/FORMAT.md, "Packed buffers") ---- */
 #define FK_PACKED_ALIGN 16           /* each packed buffer starts at a multiple of this in the section */

@@ -130,14 +130,6 @@ int wr_flush_stream(WriterObject *w)
     unsigned char *full = w->sbuf;
     size_t n = w->sbuf_len;
     int last = !w->stream_open; /* the final, partial chunk: no new staging buffer */
-    if (w->signer) { /* the Python signer (no native one) */
-        /* the signature covers the stream exactly as the unpickler reads it */
-        PyObject *mv = PyMemoryView_FromMemory((char *)full, (Py_ssize_t)n, PyBUF_READ);
-        PyObject *r = mv ? PyObject_CallOneArg(w->signer, mv) : NULL;
-        if (mv && fk_release_view(mv) < 0) Py_CLEAR(r);
-        if (!r) return -1;
-        Py_DECREF(r);
-    }
     w->sbuf_len = 0;
     if (last) {
         w->sbuf = NULL;
@@ -150,13 +142,7 @@ int wr_flush_stream(WriterObject *w)
         return -1;
     }
     if (wr_submit(w, full, n, full) < 0) return -1; /* the pipeline frees `full` */
-    wr_job *j = (wr_job *)ring_newest(&w->ring);
-    j->recycle = 1;
-#ifdef FIRKIN_HAVE_OPENSSL
-    /* after the job is in the ring: its retirement waits for the hasher,
-     * so `full` outlives the hasher's reading of it */
-    if (w->hasher && !(j->hash_seq = fk_hasher_submit(w->hasher, full, n))) return -1;
-#endif
+    ((wr_job *)ring_newest(&w->ring))->recycle = 1;
     return 0;
 }
 

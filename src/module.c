@@ -81,16 +81,11 @@ static PyObject *fk_build_info(PyObject *module, PyObject *unused)
 {
     (void)module;
     (void)unused;
-#ifdef FIRKIN_HAVE_OPENSSL
-    const char *signer = "native";  /* sign.c: OpenSSL's HMAC on a thread of its own */
-#else
-    const char *signer = "python";  /* firkin._sign, on the pickling thread */
-#endif
-    return Py_BuildValue("{s:s,s:i,s:i,s:s,s:i,s:i,s:i,s:s,s:s}", "version", FIRKIN_VERSION,
+    return Py_BuildValue("{s:s,s:i,s:i,s:s,s:i,s:i,s:i,s:s}", "version", FIRKIN_VERSION,
                          "format_major", FK_FORMAT_MAJOR, "format_minor", FK_FORMAT_MINOR, "crc32c",
                          checksum_impl_name(), "cpu_count", codec_default_threads(), "chunk_size",
-                         (int)FK_DEFAULT_CHUNK, "threshold", FK_DEFAULT_THRESHOLD, "signer", signer,
-                         "poly1305", fk_poly1305_impl());
+                         (int)FK_DEFAULT_CHUNK, "threshold", FK_DEFAULT_THRESHOLD, "poly1305",
+                         fk_poly1305_impl());
 }
 
 static PyObject *fk_native_codecs(PyObject *module, PyObject *unused)

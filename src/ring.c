@@ -166,13 +166,6 @@ int wr_retire_one(WriterObject *w)
     if (wr_report_progress(w, j->job.src_len, 0) < 0) goto done;
     rc = 0;
 done:
-#ifdef FIRKIN_HAVE_OPENSSL
-    if (j->hash_seq) { /* the hasher may still be reading this chunk's memory */
-        Py_BEGIN_ALLOW_THREADS
-        fk_hasher_wait(w->hasher, j->hash_seq);
-        Py_END_ALLOW_THREADS
-    }
-#endif
     if (j->recycle && !w->spare) {
         w->spare = (unsigned char *)j->job.owned;
         j->job.owned = NULL;
@@ -191,13 +184,6 @@ int wr_drain(WriterObject *w)
 /* After an error: let the workers finish with memory we are about to free. */
 void wr_abort_pipeline(WriterObject *w)
 {
-#ifdef FIRKIN_HAVE_OPENSSL
-    if (w->hasher) {
-        Py_BEGIN_ALLOW_THREADS
-        fk_hasher_stop(w->hasher);
-        Py_END_ALLOW_THREADS
-    }
-#endif
     ring_abort(&w->ring);
 }
 

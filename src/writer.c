@@ -142,33 +142,22 @@ done:
 static PyObject *Writer_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
     static char *kwlist[] = {"target", "threads", "chunk_size", "threshold", "codec", "level",
-                             "progress", "signer", "name", "sign_key", "sign_prefix",
-                             "byvalue", "hash_key", "streamed", "filters", NULL};
-    PyObject *target, *progress = Py_None, *signer = Py_None, *name = Py_None;
+                             "progress", "name", "byvalue", "hash_key", "streamed", "filters",
+                             NULL};
+    PyObject *target, *progress = Py_None, *name = Py_None;
     PyObject *byvalue = Py_None;
-    Py_buffer sign_key = {0}, sign_prefix = {0}, hash_key = {0};
+    Py_buffer hash_key = {0};
     int threads = 0, codec = FK_CODEC_RAW, level = 0, streamed = 0, filters = FK_FILTER_NONE;
     Py_ssize_t chunk_size = FK_DEFAULT_CHUNK, threshold = FK_DEFAULT_THRESHOLD;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|inniiOOOy*y*Oy*pi:Writer", kwlist, &target,
-                                     &threads, &chunk_size, &threshold, &codec, &level,
-                                     &progress, &signer, &name, &sign_key, &sign_prefix, &byvalue,
-                                     &hash_key, &streamed, &filters))
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|inniiOOOy*pi:Writer", kwlist, &target,
+                                     &threads, &chunk_size, &threshold, &codec, &level, &progress,
+                                     &name, &byvalue, &hash_key, &streamed, &filters))
         return NULL;
     WriterObject *w = NULL;
     if (hash_key.buf && hash_key.len != 32) {
         PyErr_Format(PyExc_ValueError, "hash_key must be 32 bytes, not %zd", hash_key.len);
         goto fail;
     }
-    if (sign_key.buf && signer != Py_None) {
-        PyErr_SetString(PyExc_ValueError, "give signer or sign_key, not both");
-        goto fail;
-    }
-#ifndef FIRKIN_HAVE_OPENSSL
-    if (sign_key.buf) {
-        PyErr_SetString(PyExc_ValueError, "this build signs in Python (no OpenSSL): pass signer");
-        goto fail;
-    }
-#endif
     if (codec < 0 || codec > FK_CODEC_MAX) {
         PyErr_Format(PyExc_ValueError, "unknown codec id %d", codec);
         goto fail;
@@ -207,20 +196,12 @@ static PyObject *Writer_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     w->filters = filters;
     w->required = writer_required_flags(codec, filters, streamed);
     w->progress = progress == Py_None ? NULL : Py_NewRef(progress);
-    w->signer = signer == Py_None ? NULL : Py_NewRef(signer);
     w->name = name == Py_None ? NULL : Py_NewRef(name);
     w->byvalue = byvalue == Py_None ? NULL : Py_NewRef(byvalue);
     if (hash_key.buf) {
         memcpy(w->hash_key, hash_key.buf, 32);
         w->hashing = 1;
     }
-#ifdef FIRKIN_HAVE_OPENSSL
-    if (sign_key.buf) {
-        w->hasher = fk_hasher_new((const unsigned char *)sign_key.buf, (size_t)sign_key.len,
-                                  (const unsigned char *)sign_prefix.buf, (size_t)sign_prefix.len);
-        if (!w->hasher) goto fail;
-    }
-#endif
     w->start_pos = Py_NewRef(Py_None);
     w->buffers = PyList_New(0);
     w->arrays = PyList_New(0);
@@ -255,13 +236,9 @@ static PyObject *Writer_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
             }
         }
     }
-    if (sign_key.buf) PyBuffer_Release(&sign_key);
-    if (sign_prefix.buf) PyBuffer_Release(&sign_prefix);
     if (hash_key.buf) PyBuffer_Release(&hash_key);
     return (PyObject *)w;
 fail:
-    if (sign_key.buf) PyBuffer_Release(&sign_key);
-    if (sign_prefix.buf) PyBuffer_Release(&sign_prefix);
     if (hash_key.buf) PyBuffer_Release(&hash_key);
     Py_XDECREF(w);
     return NULL;
@@ -279,7 +256,6 @@ static int Writer_traverse(WriterObject *w, visitproc visit, void *arg)
     Py_VISIT(w->modules);
     Py_VISIT(w->seen_types);
     Py_VISIT(w->progress);
-    Py_VISIT(w->signer);
     Py_VISIT(w->name);
     Py_VISIT(w->byvalue);
     return 0;
@@ -296,7 +272,6 @@ static int Writer_clear(WriterObject *w)
     Py_CLEAR(w->modules);
     Py_CLEAR(w->seen_types);
     Py_CLEAR(w->progress);
-    Py_CLEAR(w->signer);
     Py_CLEAR(w->name);
     Py_CLEAR(w->byvalue);
     return 0;
@@ -309,9 +284,6 @@ static void Writer_dealloc(WriterObject *w)
     Writer_clear(w);
     wr_abort_pipeline(w);
     ring_free(&w->ring);
-#ifdef FIRKIN_HAVE_OPENSSL
-    fk_hasher_free(w->hasher);
-#endif
     free(w->spare);
     free(w->sbuf);
     free(w->chunks);
@@ -334,51 +306,12 @@ static PyObject *Writer_get_oob_bytes(WriterObject *w, void *c)
     return PyLong_FromUnsignedLongLong(w->oob_bytes);
 }
 
-static PyObject *Writer_sign_digest(WriterObject *w, PyObject *arg)
-{
-#ifdef FIRKIN_HAVE_OPENSSL
-    if (!w->hasher) {
-        PyErr_SetString(PyExc_RuntimeError, "this Writer was not given sign_key");
-        return NULL;
-    }
-    if (w->stage != 1) {
-        PyErr_SetString(PyExc_RuntimeError, "sign_digest() comes once, after a successful dump()");
-        return NULL;
-    }
-    Py_buffer tail;
-    if (PyObject_GetBuffer(arg, &tail, PyBUF_SIMPLE) < 0) return NULL;
-    unsigned char out[32];
-    int rc = fk_hasher_final(w->hasher, (const unsigned char *)tail.buf, (size_t)tail.len, out);
-    PyBuffer_Release(&tail);
-    if (rc < 0) return NULL;
-    return PyBytes_FromStringAndSize((const char *)out, 32);
-#else
-    (void)w;
-    (void)arg;
-    PyErr_SetString(PyExc_RuntimeError, "this Writer was not given sign_key");
-    return NULL;
-#endif
-}
-
-static PyObject *Writer_get_signed_bytes(WriterObject *w, void *c)
-{
-    (void)c;
-#ifdef FIRKIN_HAVE_OPENSSL
-    if (w->hasher) return PyLong_FromUnsignedLongLong(fk_hasher_bytes(w->hasher));
-#else
-    (void)w;
-#endif
-    Py_RETURN_NONE;
-}
-
 static PyMethodDef Writer_methods[] = {
     {"dump", (PyCFunction)Writer_dump, METH_VARARGS,
      "dump(obj, protocol, extra=None) -> sorted list of the top-level modules whose objects occur "
      "in obj; `extra` (when not None) is pickled after obj's STOP as a second pickle"},
     {"finish", (PyCFunction)Writer_finish, METH_VARARGS,
      "finish(metadata_json: bytes, fsync=True, signature=b'') -> container length"},
-    {"sign_digest", (PyCFunction)Writer_sign_digest, METH_O,
-     "sign_digest(tail: bytes) -> the stream's HMAC-SHA256 (sign_key) once `tail` is added"},
     {"write", (PyCFunction)Writer_write, METH_O, "pickler sink (internal)"},
     {"_buffer_callback", (PyCFunction)Writer_buffer_callback, METH_O, "buffer callback (internal)"},
     {NULL, NULL, 0, NULL},
@@ -411,8 +344,6 @@ static PyGetSetDef Writer_getset[] = {
      "per out-of-band buffer: (dtype str, shape) of its array, or None", NULL},
     {"by_value", (getter)Writer_get_by_value, NULL,
      "classes/functions saved by value (defined in __main__, or out of reach by name)", NULL},
-    {"signed_bytes", (getter)Writer_get_signed_bytes, NULL,
-     "stream bytes the native signer was given (sign_key), else None", NULL},
     {"buffer_count", (getter)Writer_get_buffer_count, NULL, "out-of-band buffers written", NULL},
     {"oob_bytes", (getter)Writer_get_oob_bytes, NULL, "bytes of out-of-band buffers", NULL},
     {NULL, NULL, NULL, NULL, NULL},

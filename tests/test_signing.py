@@ -66,10 +66,10 @@ class Boom:
 
 
 def test_a_failed_dump_stops_the_signer_cleanly(tmp_path):
-    """The pickler fails after the hasher got several chunks: the dump raises
-    the pickler's error, the target keeps its old contents, and the writer
-    frees the chunks only after the hasher let go of them (ASan checks that
-    under .ci/variant --sanitize)."""
+    """The pickler fails after the workers got several stream chunks to hash:
+    the dump raises the pickler's error, the target keeps its old contents,
+    and the writer frees the chunks only after the workers let go of them
+    (ASan checks that under .ci/variant --sanitize)."""
     path = tmp_path / "t.firkin"
     firkin.dump({"old": 1}, path)
     before = path.read_bytes()

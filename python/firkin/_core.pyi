@@ -70,19 +70,14 @@ class Writer:
         codec: int = 0,
         level: int = 0,
         progress: Optional[Callable[[int, int], None]] = None,
-        signer: Optional[Callable[[memoryview], None]] = None,
         name: Optional[str] = None,  # the file name a write error (OSError) carries
-        sign_key: Optional[bytes] = None,  # native signer (build_info()["signer"] == "native")
-        sign_prefix: Optional[bytes] = None,
         # reduces what pickle cannot save by reference (firkin._byvalue.Session)
         byvalue: Optional[Callable[[Any], Any]] = None,
         hash_key: Optional[bytes] = None,  # 32-byte Poly1305 key: hash every stream and buffer chunk
         streamed: bool = False,  # the streamed layout, for sinks that cannot seek
         filters: int = 0,  # FILTER_*: for every numeric buffer, or FILTER_AUTO to sample
     ) -> None: ...
-    signed_bytes: Optional[int]
     chunk_hashes: Optional[bytes]  # with hash_key: 32-byte records (buffer or HASH_STREAM, chunk, raw length, hash)
-    def sign_digest(self, tail: bytes, /) -> bytes: ...
     # extra: pickled after obj's STOP as a second pickle (its buffers after obj's); the
     # modules returned are obj's
     def dump(self, obj: Any, protocol: int, extra: Any = None, /) -> list[str]: ...
