@@ -37,9 +37,13 @@ def _buffer_bytes(reader, which=None) -> int:
 def _read_buffers(reader, verify, threads, progress, which=None, signed=None):
     """The buffers (those numbered in `which`); with `signed`, their chunks
     are hashed as they are read, and (buffers, hash records) come back."""
+    threads = _args.check_threads(threads)
+    if reader.buffer_count == 0 and not reader.required_flags & _core.REQ_PACKED:
+        # most small objects: no out-of-band buffer at all, no progress bar to set up
+        return ([], b"") if signed else []
     bar = _progress.Progress(progress, "firkin.load", _buffer_bytes(reader, which))
     try:
-        return reader.read_buffers(verify=verify, threads=_args.check_threads(threads), which=which,
+        return reader.read_buffers(verify=verify, threads=threads, which=which,
                                    progress=bar if bar.mode is not False else None,
                                    hash_key=signed.hash_key if signed else None)
     finally:

@@ -145,12 +145,14 @@ def parse(raw: bytes | None, name: str) -> dict:
     load_metadata, info and verify all read the section here."""
     if raw is None:
         return {}
-    depth = _depth(raw)
+    raw = bytes(raw)
+    # the depth is at most the number of opening brackets: most sections need no measuring
+    depth = 0 if raw.count(b"{") + raw.count(b"[") <= MAX_DEPTH else _depth(raw)
     if depth > MAX_DEPTH:
         raise _core.FormatError(f"{name}: the metadata section is not valid: it nests {depth} "
                                 f"levels deep (at most {MAX_DEPTH})")
     try:
-        meta = json.loads(bytes(raw).decode("utf-8"), parse_constant=_CONSTANTS.__getitem__)
+        meta = json.loads(raw.decode("utf-8"), parse_constant=_CONSTANTS.__getitem__)
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         what = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
         raise _core.FormatError(f"{name}: the metadata section is not valid JSON: {what}") from None
