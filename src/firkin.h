@@ -188,7 +188,9 @@ typedef struct codec_job {
     int out_codec;          /* compress: codec actually stored (raw when it didn't pay) */
     const unsigned char *out; /* compress: stored bytes (src or scratch) */
     size_t out_len;
-    uint32_t crc;           /* compress: CRC-32C of the stored bytes */
+    uint32_t crc;           /* compress: CRC-32C of the stored bytes; read_first: of the bytes
+                             * read, when verify asked for it (read_crc set) */
+    int read_crc;           /* read_first: crc holds the CRC-32C of the chunk as read */
     unsigned char hash[16]; /* with hash_key: Poly1305 of the raw bytes */
     int status;
     int read_errno;

@@ -755,3 +755,20 @@ def test_the_estimator_walk_reaches_every_place_once():
     with pytest.raises(firkin.UntrustedTypesError, match="<test>: no"):
         _core.walk([f[0]], "<test>", {Found: refuse}, _validate._LEAVES, _validate._SKIP,
                    _validate._expand)
+
+
+@pytest.mark.parametrize("where", [5, 300_000, 700_000, (1 << 20) - 1])
+def test_damage_anywhere_in_a_raw_chunk_read_on_the_workers(tmp_path, where):
+    """Workers read raw chunks in slices and checksum each as it lands: a
+    changed byte in any slice of any chunk (here chunk 1 of 3) is caught."""
+    path = tmp_path / "slices.firkin"
+    firkin.dump({"a": np.arange(3 << 17, dtype=np.float64)}, path)  # 3 MiB: chunks of 1 MiB
+    data = bytearray(path.read_bytes())
+    buf = section(parse(bytes(data)), KIND_BUFFER)
+    data[buf["offset"] + (1 << 20) + where] ^= 0x04
+    path.write_bytes(bytes(data))
+    for threads in (1, 2):
+        msg = expect_error(path, firkin.ChecksumError, "chunk 1",
+                           loader=lambda q: firkin.load(q, threads=threads))
+        assert "buffer 0" in msg
+    assert firkin.load(path, verify=False)["a"][(1 << 17) + where // 8] != (1 << 17) + where // 8
