@@ -325,3 +325,32 @@ def test_a_length_no_memory_can_hold_is_a_format_error():
         with b.makefile("rb") as src, pytest.raises(firkin.FormatError,
                                                     match="larger than this process can allocate"):
             firkin.load(src)
+
+
+@pytest.mark.parametrize("trusted", [None, True], ids=["policy", "trusted"])
+@pytest.mark.parametrize("method", ["zlib", "gzip", "bz2", "lzma", "xz"])
+def test_a_compressed_joblib_stream_returns_while_the_socket_stays_open(method, trusted):
+    """joblib.dump(compress=(method, 3)) into a socket the sender keeps open:
+    the load takes what the socket holds (read1), ends with the compressed
+    stream and returns, instead of waiting for bytes that never come."""
+    obj = objects()[0]
+    a, b = socket.socketpair()
+    b.settimeout(TIMEOUT)
+    done = threading.Event()
+
+    def send():
+        with a.makefile("wb") as out:
+            joblib.dump(obj, out, compress=(method, 3))
+            out.flush()
+        done.wait(TIMEOUT)  # the sender keeps the socket open
+
+    t = threading.Thread(target=send)
+    t.start()
+    try:
+        with b.makefile("rb") as src:
+            same(obj, firkin.load(src, trusted=trusted))
+    finally:
+        done.set()
+        t.join(TIMEOUT)
+        a.close()
+        b.close()

@@ -117,6 +117,14 @@ class Replay:
             return data
         return self._f.read(n)
 
+    def read1(self, n=-1):
+        """What the stream holds now, as the file's own read1 gives it (a
+        pipe or socket may stay open after the data)."""
+        if self._head:
+            return self.read(n)
+        read1 = getattr(self._f, "read1", None)
+        return read1(n) if read1 is not None else self._f.read(n)
+
     def readinto(self, b):
         data = self.read(len(b))
         b[:len(data)] = data

@@ -206,7 +206,7 @@ def load_fileobj(fileobj, name=None, *, ensure_native_byte_order="auto", trusted
         if trusted is not True:
             if kind == "raw":  # a pipe or socket may stay open: take exactly the pickle's bytes
                 fresh = [_BytesSource(_delimit(fresh.pop(), name), name)]
-            mat_src = _make_source(kind, fresh.pop(), name)
+            mat_src = _make_source(kind, fresh.pop(), name, one_stream=True)
             anon, spans = _scan_materialized(mat_src, name, kind, trusted, budget)
 
         def make_reader():
@@ -215,7 +215,8 @@ def load_fileobj(fileobj, name=None, *, ensure_native_byte_order="auto", trusted
             if not fresh:
                 raise FormatError(f"{name}: this file needs a second pass, which a "
                                   "non-seekable stream cannot give; load it by path")
-            return _Stream(_make_source(kind, fresh.pop(), name), exact=kind == "raw")
+            return _Stream(_make_source(kind, fresh.pop(), name, one_stream=True),
+                           exact=kind == "raw")
 
     loader = _Loader(name, make_reader, kind=kind, swap=swap, dirname=dirname, trusted=trusted,
                      spans=spans, span_base=span_base, budget=budget)

@@ -100,6 +100,15 @@ class _FileSource:
         self.pos += len(data)
         return data
 
+    def read_some(self, n: int) -> bytes:
+        """Up to n bytes, at least one unless the file ends: what a pipe or a
+        socket holds now (read1), so that a decompressor feeding on it never
+        waits for bytes beyond the compressed data's end."""
+        read1 = getattr(self.f, "read1", None)
+        data = read1(n) if read1 is not None else self.f.read(n)
+        self.pos += len(data)
+        return data
+
     def readinto(self, mv) -> int:
         total, n = 0, len(mv)
         readinto = getattr(self.f, "readinto", None)
@@ -146,6 +155,7 @@ class _Inflate:
 
     def __init__(self, raw, method: str, name: str, inbuf: bytes = b""):
         self.raw, self.method, self.name = raw, method, name
+        self._raw_read = getattr(raw, "read_some", raw.read)
         self.one_stream = False  # True: end at the end of the first compressed stream
         self._new = _decompressor_factory(method, name)
         self._zlib = method in ("zlib", "gzip", "zf")
@@ -167,7 +177,7 @@ class _Inflate:
     def next_stream(self) -> bool:
         """At the end of a compressed stream: start the next concatenated one;
         False when the source ends there."""
-        rest = self.d.unused_data or self.inbuf or self.raw.read(_RAW_CHUNK)
+        rest = self.d.unused_data or self.inbuf or self._raw_read(_RAW_CHUNK)
         if not rest:
             return False
         self.d, self.inbuf = self._new(), rest
@@ -197,7 +207,7 @@ class _Inflate:
                 d = self.d
             if self._zlib:
                 if not self.inbuf:
-                    self.inbuf = self.raw.read(_RAW_CHUNK)
+                    self.inbuf = self._raw_read(_RAW_CHUNK)
                     if not self.inbuf:
                         out = d.flush()
                         if out:
@@ -206,7 +216,7 @@ class _Inflate:
                 out = d.decompress(self.inbuf, _OUT_CHUNK)
                 self.inbuf = d.unconsumed_tail
             elif d.needs_input:
-                data, self.inbuf = self.inbuf or self.raw.read(_RAW_CHUNK), b""
+                data, self.inbuf = self.inbuf or self._raw_read(_RAW_CHUNK), b""
                 if not data:
                     raise EOFError("the compressed stream ends before its end marker")
                 out = d.decompress(data, _OUT_CHUNK)
@@ -294,12 +304,17 @@ def _read_zfile(path: str, expected: int, budget=None) -> bytes:
 
 
 
-def _make_source(kind, raw, name):
+def _make_source(kind, raw, name, one_stream=False):
+    """one_stream: a pipe or socket, which may stay open after the data: the
+    decompressed data ends with the first compressed stream (joblib writes
+    one), instead of waiting there for a concatenated next one."""
     if kind == "raw":
         return raw
     if kind == "zf":
         return _zf_source(raw, name)
-    return _Inflate(raw, kind, name)
+    src = _Inflate(raw, kind, name)
+    src.one_stream = one_stream
+    return src
 
 
 class _Chain(_FileSource):
@@ -324,3 +339,10 @@ class _Chain(_FileSource):
             self._head = self._head[k:]
             self.pos += k
         return k + super().readinto(mv[k:])
+
+    def read_some(self, n):
+        if self._head:
+            data, self._head = self._head[:n], self._head[n:]
+            self.pos += len(data)
+            return data
+        return super().read_some(n)
