@@ -115,8 +115,10 @@ def test_chunks_stay_firkins_for_true_levels_and_other_codecs(tmp_path):
     # whole_file=False keeps firkin's chunks for a named method, True makes a whole file
     assert firkin.dumps(_value(), compress="bz2", whole_file=False)[:8] == _core.MAGIC
     assert firkin.dumps(_value(), compress=3, whole_file=True)[:1] == b"\x78"
-    with pytest.raises(ValueError, match="cannot compress a whole file"):
-        firkin.dumps(_value(), compress="lz4", whole_file=True)
+    for name in ("lz4", "zstd"):  # firkin's own codecs, where this build has them
+        if name in firkin.codecs():
+            with pytest.raises(ValueError, match="cannot compress a whole file"):
+                firkin.dumps(_value(), compress=name, whole_file=True)
 
 
 def test_mmap_mode_warns_as_joblib_and_loads_into_memory(tmp_path):

@@ -68,7 +68,7 @@ def _write(value, target, protocol, user_meta, compress, threads, progress=None,
     outer = None
     if described and described.get("whole_file"):
         # one gzip/zlib/bz2/lzma/xz file around the container, as joblib writes
-        outer = _outer.Compressor(target, described["method"], level, threads)
+        outer = _outer.Compressor(target, described["method"], level, threads, name=name)
         target, streamed = outer, True
     models = _model.signatures(value)
     payload, check_entry = (None, None) if check_data is None else _model.prepare(value, check_data)

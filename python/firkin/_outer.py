@@ -53,10 +53,11 @@ class Compressor:
     """A write-only file object, not seekable, that compresses what the
     container writer writes into `target` (a descriptor or a binary file
     object) with `method` at `level`. close() ends the compressed data; on
-    failure call abort()."""
+    failure call abort(). `name`: the file an OSError of the target names
+    (the user's path, not the temporary file written)."""
 
-    def __init__(self, target, method: str, level: int, threads: int = 0):
-        self.target, self.method, self.level = target, method, level
+    def __init__(self, target, method: str, level: int, threads: int = 0, name=None):
+        self.target, self.method, self.level, self.name = target, method, level, name
         self.written = 0  # compressed bytes handed to the target
         self._stream = None if method in _CONCAT else _streaming(method, level)
         self._size = _XZ_BLOCK if method == "xz" else _BLOCK
@@ -77,8 +78,13 @@ class Compressor:
         mv = memoryview(data)
         self.written += len(mv)
         if isinstance(self.target, int):
-            while mv:
-                mv = mv[os.write(self.target, mv):]
+            try:
+                while mv:
+                    mv = mv[os.write(self.target, mv):]
+            except OSError as exc:  # a full disk, a file size limit: say which file
+                if exc.filename is None and self.name is not None:
+                    exc.filename = self.name
+                raise
             return
         while mv:
             k = self.target.write(mv)
