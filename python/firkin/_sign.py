@@ -34,6 +34,7 @@ import threading
 import warnings
 
 from . import _core
+from ._atomic import _O_CLOEXEC, _O_DIRECTORY, _O_NOFOLLOW  # the one place they are looked up
 from ._core import FormatError
 
 _PREFIX = b"firkin-signature-v1\0"  # format 1.0 signatures (section kind 4), still checked
@@ -140,11 +141,6 @@ def set_key(key: str | bytes | None) -> None:
                           UserWarning, stacklevel=2)
     with _lock:
         _process_key = key
-
-
-_O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
-_O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
-_O_DIRECTORY = getattr(os, "O_DIRECTORY", 0)
 
 
 def _mode(st) -> str:
