@@ -335,7 +335,7 @@ def load(filename: Target, mmap_mode: MmapMode = None, *, trusted: Trusted = Non
                                   f"{type(filename).__name__}")
     if how is not None:
         name = extra.get("name") or (os.fsdecode(os.fspath(filename)) if _args.is_path(filename)
-                                     else str(getattr(filename, "name", "<file>")))
+                                     else _source.display_name(filename))
         _model.enforce(_model.run(name, obj, extra.get("payload"), extra.get("meta"), how), how)
     return obj
 
@@ -389,7 +389,7 @@ def load_metadata(filename: Target | bytearray | memoryview, *,
     else:
         _args.check_binary(filename, "load_metadata")
         start = filename.tell()
-        reader = _source.open_reader(filename, getattr(filename, "name", "<file>"), start)
+        reader = _source.open_reader(filename, _source.display_name(filename), start)
         raw = reader.metadata()
         filename.seek(start)
     meta = _meta.parse(raw, reader.name)

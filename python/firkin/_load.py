@@ -251,8 +251,7 @@ def load_foreign(f, name, mode, kwargs):
 
 def load_fileobj(f, verify, threads, progress, trusted, ensure_native_byte_order="auto",
                  max_memory=None, extra=None):
-    name = getattr(f, "name", None)
-    name = name if isinstance(name, str) else f"<{type(f).__name__}>"
+    name = _source.display_name(f)
     native = _byteorder.resolve(ensure_native_byte_order, None)
     seekable = _source.seekable(f)
     if not seekable:

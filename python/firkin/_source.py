@@ -150,6 +150,13 @@ def _header_at(source, base: int) -> bytes:
         return bytes(mv[base:base + _core.HEADER_LEN])
 
 
+def display_name(f) -> str:
+    """How errors and messages name a file object: its `name` when that is
+    a path, else its type (a BytesIO, a socket's file, a GzipFile on a pipe)."""
+    name = getattr(f, "name", None)
+    return name if isinstance(name, str) else f"<{type(f).__name__}>"
+
+
 def open_reader(source, name, base=0, deframed=False):
     """The reader of the container at `base` in `source`. One in the streamed
     layout (written to a pipe or socket, then saved) has its frames removed

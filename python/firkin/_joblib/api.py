@@ -145,7 +145,7 @@ def load_fileobj(fileobj, name=None, *, ensure_native_byte_order="auto", trusted
     """
     fname = getattr(fileobj, "name", None)
     if name is None:
-        name = fname if isinstance(fname, str) else f"<{type(fileobj).__name__}>"
+        name = _source.display_name(fileobj)
     dirname = (os.path.dirname(fname) or ".") if isinstance(fname, str) else None
     swap = _resolve_byte_order(ensure_native_byte_order, None)
     seekable = _source.seekable(fileobj)
