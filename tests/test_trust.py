@@ -583,3 +583,40 @@ def test_refusal_reports_every_culprit_once():
     data = (P4 + _g("os", "system") + b"0" + _g("os", "system") + b"0" + _g("subprocess", "call")
             + b"0" + _g("numpy", "dtype") + b".")
     assert untrusted_types(data) == ["os.system", "subprocess.call"]
+
+
+def test_cython_top_level_alias_is_judged_and_resolved_as_the_real_module(tmp_path, monkeypatch):
+    """scikit-learn 1.7's wheels register sklearn._loss._loss as "_loss" too, so
+    their gradient-boosting models pickle "_loss.CyHalfSquaredError". Such a file
+    loads by default, resolved from sklearn's module: a "_loss.py" planted on
+    sys.path (the working directory of a notebook) is never imported."""
+    from sklearn.ensemble import HistGradientBoostingRegressor
+
+    X = np.random.default_rng(0).random((60, 3))
+    model = HistGradientBoostingRegressor(max_iter=4, random_state=0).fit(X, X[:, 0])
+    real = pickle.dumps(model, 2)
+    assert b"csklearn._loss._loss\n" in real
+    data = real.replace(b"csklearn._loss._loss\n", b"c_loss\n")  # as scikit-learn 1.7 writes it
+    assert b"c_loss\nCyHalfSquaredError\n" in data
+
+    planted = tmp_path / "_loss.py"
+    ran = tmp_path / "ran"
+    planted.write_text(f"open({str(ran)!r}, 'w').close()\nCyHalfSquaredError = object\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "_loss", raising=False)
+
+    assert untrusted_types(data) == []
+    got = firkin.loads(data)
+    np.testing.assert_array_equal(got.predict(X), model.predict(X))
+    assert type(got._loss.closs) is type(model._loss.closs)
+    path = tmp_path / "gb.joblib"  # the same stream as a joblib file
+    path.write_bytes(data)
+    np.testing.assert_array_equal(firkin.load(path).predict(X), model.predict(X))
+    assert not ran.exists() and "_loss" not in sys.modules
+
+    # an alias is a spelling of the real module's names, not a second allowlist
+    evil = b"\x80\x02c_loss\nsystem\nq\x00."
+    assert untrusted_types(evil) == ["sklearn._loss._loss.system"]
+    with pytest.raises(UntrustedTypesError, match=r"sklearn\._loss\._loss\.system"):
+        firkin.loads(evil)
+    assert not ran.exists()

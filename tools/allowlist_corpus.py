@@ -34,6 +34,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from firkin import _core
+from firkin._trust import MODULE_ALIASES
 
 NAME_PROTOCOLS = (2, 5)  # names are collected from both; 2 adds the <= 2 spellings (bytes, ...)
 
@@ -413,10 +414,12 @@ def _has(module):
 
 
 def scan_pairs(obj, protocols=NAME_PROTOCOLS):
-    """{(module, qualname)} a pickle of obj names, at each protocol."""
+    """{(module, qualname)} a pickle of obj names, at each protocol, as the
+    policy judges them (firkin._trust.MODULE_ALIASES applied)."""
     pairs = set()
     for proto in protocols:
-        pairs.update(_core.scan_pickle(pickle.dumps(obj, proto))["globals"])
+        for m, q in _core.scan_pickle(pickle.dumps(obj, proto))["globals"]:
+            pairs.add((MODULE_ALIASES.get(m, m), q))
     return pairs
 
 

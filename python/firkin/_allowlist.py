@@ -11,6 +11,7 @@ is audited by tools/audit_allowlist.py (tests/test_audit.py).
 #: the environments whose names are merged here (tools/allowlist/*.json)
 ENVIRONMENTS: tuple[str, ...] = (
     "Python 3.10.13, numpy 1.26.4, pandas 2.0.3, scikit-learn 1.2.2, scipy 1.10.1",
+    "Python 3.10.13, numpy 2.2.6, pandas 2.3.3, scikit-learn 1.7.2, scipy 1.15.3",
     "Python 3.11.7, numpy 2.4.6, pandas 3.1.1, scikit-learn 1.9.1, scipy 1.17.1",
     "Python 3.13.0, numpy 2.5.5, pandas 3.1.1, scikit-learn 1.9.1, scipy 1.18.1",
 )
@@ -89,7 +90,7 @@ GENERATED: dict[str, tuple[str, ...]] = {
         "IntervalArray",
     ),
     "pandas.core.arrays.numpy_": (
-        "PandasArray",
+        "NumpyExtensionArray", "PandasArray",
     ),
     "pandas.core.arrays.period": (
         "PeriodArray",
@@ -108,7 +109,7 @@ GENERATED: dict[str, tuple[str, ...]] = {
     ),
     "pandas.core.dtypes.dtypes": (
         "CategoricalDtype", "DatetimeTZDtype", "IntervalDtype", "NumpyEADtype", "PandasDtype",
-        "PeriodDtype",
+        "PeriodDtype", "SparseDtype",
     ),
     "pandas.core.frame": (
         "DataFrame",

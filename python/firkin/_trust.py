@@ -192,7 +192,9 @@ def untrusted(globals: Iterable[tuple[str, str]], unsafe_ops: Iterable[tuple[str
     extra = _normalize(trusted)
     if extra is True:
         return []
-    names = sorted({f"{m}.{n}" for m, n in globals if not _is_trusted(m, n, extra)})
+    # the scanner has applied the Python 2 renaming already
+    named = ((MODULE_ALIASES.get(m, m), n) for m, n in globals)
+    names = sorted({f"{m}.{n}" for m, n in named if not _is_trusted(m, n, extra)})
     ops = [_describe_unsafe(*u) for u in sorted(unsafe_ops, key=lambda t: t[1])]
     return names + ops
 
@@ -271,6 +273,22 @@ def _map_py2(module: str, name: str) -> tuple[str, str]:
     if key in _compat_pickle.NAME_MAPPING:
         return _compat_pickle.NAME_MAPPING[key]
     return _compat_pickle.IMPORT_MAPPING.get(module, module), name
+
+
+#: Top-level names under which some compiled modules also register
+#: themselves: scikit-learn 1.7's wheels (Cython 3.1) put sklearn._loss._loss
+#: in sys.modules as "_loss" too, so its fitted losses pickle as
+#: "_loss.CyHalfSquaredError". The policy judges, guards and resolves such a
+#: name as the real module's, and never imports a top-level "_loss" from
+#: sys.path (a file of that name in the working directory would run).
+MODULE_ALIASES = {"_loss": "sklearn._loss._loss"}
+
+
+def canonical_global(module: str, name: str) -> tuple[str, str]:
+    """The name a global is judged and resolved under: the Python 2 -> 3
+    renaming (below protocol 3), then MODULE_ALIASES."""
+    module, name = _map_py2(module, name)
+    return MODULE_ALIASES.get(module, module), name
 
 
 def _resolve_loaded(module: str, qualname: str):
@@ -381,8 +399,8 @@ def _unpickler_class(base_cls, extra: frozenset[str], name: str, call: str):
         def find_class(self, module, qualname):
             mod, qual = module, qualname
             if isinstance(mod, str) and isinstance(qual, str):
-                mod, qual = _map_py2(mod, qual)
-                if _is_trusted(mod, qual, extra) and _map_py2(mod, qual) == (mod, qual):
+                mod, qual = canonical_global(mod, qual)
+                if _is_trusted(mod, qual, extra) and canonical_global(mod, qual) == (mod, qual):
                     if (mod, qual) in _validate.WATCHED:
                         _validate.current_check(self.fk_name).saw(mod, qual)
                     replacement = REPLACEMENTS.get((mod, qual))
