@@ -8,6 +8,7 @@ import struct
 import subprocess
 import sys
 import textwrap
+import warnings
 
 import numpy as np
 import pytest
@@ -449,3 +450,20 @@ def test_mapping_released_when_arrays_die(tmp_path, oob0):
     del keep
     gc.collect()
     assert maps_for(path) == []
+
+
+def test_mmap_warnings_name_the_callers_line(tmp_path):
+    """Warnings raised deep inside a load point at the line that called
+    firkin.load, as joblib's do, not at firkin's own code (or "sys:1")."""
+    import joblib
+
+    a = np.arange(200_000)
+    paths = [tmp_path / "chunks.firkin", tmp_path / "whole.firkin.gz", tmp_path / "j.joblib"]
+    firkin.dump(a, paths[0], compress=3)
+    firkin.dump(a, paths[1])
+    joblib.dump(a, paths[2], compress=3)
+    for path in paths:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            np.testing.assert_array_equal(firkin.load(path, mmap_mode="r"), a)
+        assert [w.filename for w in caught] == [__file__], (path, [(w.filename, w.lineno) for w in caught])

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import functools
 import io
-import warnings
 
 import numpy as np
 
@@ -23,6 +22,7 @@ from . import (
     _source,
     _text,
     _trust,
+    _warn,
 )
 from ._core import FormatError
 from ._meta import VersionMismatchWarning
@@ -170,12 +170,11 @@ def _load_mapped_buffers(reader, f, mode, verify, threads, progress, stream, pol
     packed = [i for i, (_, _, mappable) in enumerate(spans) if not mappable]
     if len(packed) == len(spans) and any(sec["codec"] != "raw" for sec in reader.sections()):
         # nothing can be mapped: joblib's warning, word for word (code matches on it)
-        warnings.warn(f'mmap_mode "{mode}" is not compatible with compressed file {reader.name}. '
-                      f'"{mode}" flag will be ignored.', UserWarning, stacklevel=3)
+        _warn.warn(f'mmap_mode "{mode}" is not compatible with compressed file {reader.name}. '
+                   f'"{mode}" flag will be ignored.')
     elif packed:
-        warnings.warn(f"{reader.name}: {len(packed)} of {len(spans)} arrays are compressed; they are "
-                      "decompressed into memory instead of being memory-mapped", UserWarning,
-                      stacklevel=3)
+        _warn.warn(f"{reader.name}: {len(packed)} of {len(spans)} arrays are compressed; they are "
+                   "decompressed into memory instead of being memory-mapped")
     if not spans:
         if signed:
             signed.check(b"")
@@ -217,9 +216,8 @@ def _warn_versions(reader, meta: dict) -> None:
                              f"{d['installed'] or 'not installed'})")
              for d in _meta.version_differences(meta)]
     if diffs:
-        warnings.warn(f"{reader.name} was written with " + ", ".join(diffs)
-                      + "; objects may behave differently or fail to load", VersionMismatchWarning,
-                      stacklevel=4)
+        _warn.warn(f"{reader.name} was written with " + ", ".join(diffs)
+                   + "; objects may behave differently or fail to load", VersionMismatchWarning)
 
 
 def compressed_firkin(open_raw, name, mmap_mode, trusted, max_memory, verify, threads, progress,
@@ -235,8 +233,8 @@ def compressed_firkin(open_raw, name, mmap_mode, trusted, max_memory, verify, th
         return False, None
     _, data, deframed = got
     if mmap_mode is not None:  # joblib's warning, word for word
-        warnings.warn(f'mmap_mode "{mmap_mode}" is not compatible with compressed file {name}. '
-                      f'"{mmap_mode}" flag will be ignored.', UserWarning, stacklevel=4)
+        _warn.warn(f'mmap_mode "{mmap_mode}" is not compatible with compressed file {name}. '
+                   f'"{mmap_mode}" flag will be ignored.')
     native = _byteorder.resolve(ensure_native_byte_order, None)
     reader = _source.open_reader(data, name, deframed=deframed)
     return True, load_reader(reader, verify, threads, progress, trusted, max_memory, extra, native)

@@ -3,9 +3,8 @@ from __future__ import annotations
 
 import io
 import os
-import warnings
 
-from .. import _amplify, _args, _source
+from .. import _amplify, _args, _source, _warn
 from .._byteorder import resolve as _resolve_byte_order
 from .._core import FormatError
 from .facts import _CHUNK, detect
@@ -48,8 +47,8 @@ def load_foreign(f, name, mmap_mode=None, *, ensure_native_byte_order="auto", tr
     fd = f.fileno()
     kind = detect(os.pread(fd, 8, 0))
     if kind != "raw" and mode is not None:
-        warnings.warn(f"mmap_mode={mmap_mode!r} has no effect on the compressed joblib file "
-                      f"{name}: its arrays are read into memory", UserWarning, stacklevel=4)
+        _warn.warn(f"mmap_mode={mmap_mode!r} has no effect on the compressed joblib file "
+                   f"{name}: its arrays are read into memory")
         mode = None
 
     spans, anon = None, None

@@ -5,12 +5,10 @@ import io
 import operator
 import os
 import pickle
-import sys
-import warnings
 
 import numpy as np
 
-from .. import _amplify, _core, _guards
+from .. import _amplify, _core, _guards, _warn
 from .._byteorder import mismatch as _byte_order_mismatch
 from .._core import FormatError
 from .facts import (
@@ -30,16 +28,6 @@ from .facts import (
 from .sources import _read_zfile
 from .stream import _MapReader, _Stream
 from .unpickler import _dry_classes, _Inert, _Placeholder, _Restart, _unpickler_classes
-
-
-def _user_level() -> int:
-    """The stacklevel of the first caller outside firkin: a warning raised
-    deep in a load (from inside the unpickler) names the user's line."""
-    frame, level = sys._getframe(1), 1
-    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    while frame is not None and frame.f_code.co_filename.startswith(package + os.sep):
-        frame, level = frame.f_back, level + 1
-    return level
 
 
 class _Loader:
@@ -119,9 +107,8 @@ class _Loader:
         if not self._dry and (self._old_layout or self.kind == "zf"):
             # joblib's warning, word for word (its tests and users' filters match on it);
             # `python -m firkin convert` writes the file anew
-            warnings.warn(f"The file '{self.name}' has been generated with a joblib version less "
-                          "than 0.10. Please regenerate this pickle file.", DeprecationWarning,
-                          stacklevel=_user_level())
+            _warn.warn(f"The file '{self.name}' has been generated with a joblib version less "
+                       "than 0.10. Please regenerate this pickle file.", DeprecationWarning)
         return obj
 
     def _format_error(self, head, exc):
@@ -326,12 +313,11 @@ class _Loader:
             arr = self._mapped(offset, dtype, shape, order, nbytes)
             if state.get("numpy_array_alignment_bytes") is None and offset % _ALIGNMENT:
                 # one warning per array, as joblib gives (joblib >= 1.2 pads every array)
-                warnings.warn(f"The memmapped {dtype} array #{self.arrays} of shape {shape} at "
-                              f"offset {offset} of the file {self.name} is not aligned to "
-                              f"{_ALIGNMENT} bytes (written by joblib < 1.2): BLAS, PyTorch and "
-                              "other libraries may reject it or end in a segmentation fault. "
-                              "`python -m firkin convert` writes the file anew.", UserWarning,
-                              stacklevel=_user_level())
+                _warn.warn(f"The memmapped {dtype} array #{self.arrays} of shape {shape} at "
+                           f"offset {offset} of the file {self.name} is not aligned to "
+                           f"{_ALIGNMENT} bytes (written by joblib < 1.2): BLAS, PyTorch and "
+                           "other libraries may reject it or end in a segmentation fault. "
+                           "`python -m firkin convert` writes the file anew.")
         else:
             arr = self._read_new(dtype, shape, order, nbytes, what)
         return _as_subclass(arr, subclass)
