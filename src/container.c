@@ -4,6 +4,7 @@
  * from it, and the names of section kinds and codecs in its messages.
  */
 #include "container.h"
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -47,19 +48,11 @@ int wr_reserve_chunks(WriterObject *w, size_t more)
     return 0;
 }
 
-void wr_header_bytes(const WriterObject *w, unsigned char *h, uint64_t total,
-                            uint64_t index_off)
+void wr_header_bytes(const WriterObject *w, unsigned char *h, uint64_t total, uint64_t index_off)
 {
+    fk_header hd = {FK_FORMAT_MAJOR, FK_FORMAT_MINOR, FK_HEADER_LEN, w->required, 0, total, index_off, 1, 1};
     memset(h, 0, FK_HEADER_LEN);
-    memcpy(h, FK_MAGIC, FK_MAGIC_LEN);
-    fk_put_u16(h + 8, FK_FORMAT_MAJOR);
-    fk_put_u16(h + 10, FK_FORMAT_MINOR);
-    fk_put_u32(h + 12, FK_HEADER_LEN);
-    fk_put_u64(h + 16, w->required); /* required features */
-    fk_put_u64(h + 24, 0);      /* optional features */
-    fk_put_u64(h + 32, total);
-    fk_put_u64(h + 40, index_off);
-    fk_put_u32(h + 60, checksum_crc32c(0, h, 60));
+    header_encode(h, &hd);
 }
 
 /* A section entry (FK_SECTION_ENTRY_LEN bytes, zeroed) from s: the filter
@@ -155,38 +148,79 @@ uint64_t writer_required_flags(int codec, int filters, int streamed)
            (streamed ? FK_REQ_STREAMED : 0);
 }
 
-/* ------------------------------------------------------------ read */
+/* ------------------------------------------------------------ header
+ *
+ * docs/FORMAT.md, "Header": the one place its field offsets are written
+ * down. The writer encodes it (wr_header_bytes, Reader.set_flag), the
+ * reader decodes and checks it (rd_parse), and Python asks through
+ * firkin._core.parse_header / header_fixed instead of knowing offsets. */
 
-static int check_magic(ReaderObject *r, const unsigned char *h, uint64_t avail)
+void header_decode(const unsigned char *h, fk_header *hd)
 {
-    if (avail == 0) {
-        FORMAT_ERR(r, "empty file: not a firkin file (was the dump interrupted before it started?)");
-        return -1;
-    }
+    hd->magic_ok = memcmp(h, FK_MAGIC, FK_MAGIC_LEN) == 0;
+    hd->major = fk_get_u16(h + 8);
+    hd->minor = fk_get_u16(h + 10);
+    hd->length = fk_get_u32(h + 12);
+    hd->required = fk_get_u64(h + 16);
+    hd->optional = fk_get_u64(h + 24);
+    hd->total = fk_get_u64(h + 32);
+    hd->index_off = fk_get_u64(h + 40);
+    hd->crc_ok = checksum_crc32c(0, h, 60) == fk_get_u32(h + 60);
+}
+
+void header_encode(unsigned char *h, const fk_header *hd)
+{
+    memcpy(h, FK_MAGIC, FK_MAGIC_LEN);
+    fk_put_u16(h + 8, hd->major);
+    fk_put_u16(h + 10, hd->minor);
+    fk_put_u32(h + 12, hd->length);
+    fk_put_u64(h + 16, hd->required);
+    fk_put_u64(h + 24, hd->optional);
+    fk_put_u64(h + 32, hd->total);
+    fk_put_u64(h + 40, hd->index_off);
+    fk_put_u32(h + 60, checksum_crc32c(0, h, 60));
+}
+
+PyObject *fk_named_verror(PyObject *exc, PyObject *name, const char *fmt, va_list va)
+{
+    PyObject *msg = PyUnicode_FromFormatV(fmt, va);
+    if (!msg) return NULL;
+    PyErr_Format(exc, "%U: %U", name, msg);
+    Py_DECREF(msg);
+    return NULL;
+}
+
+static int named_error(PyObject *exc, PyObject *name, const char *fmt, ...)
+{
+    va_list va;
+    va_start(va, fmt);
+    fk_named_verror(exc, name, fmt, va);
+    va_end(va);
+    return -1;
+}
+
+#define HDR_FORMAT_ERR(...) named_error(st->FormatError, name, __VA_ARGS__)
+
+int header_check_magic(fk_state *st, PyObject *name, const unsigned char *h, uint64_t avail)
+{
+    if (avail == 0)
+        return HDR_FORMAT_ERR("empty file: not a firkin file (was the dump interrupted before it started?)");
     if (avail >= FK_MAGIC_LEN && memcmp(h, FK_MAGIC, FK_MAGIC_LEN) == 0) return 0;
     if (avail >= 4 && memcmp(h, "\x89" "FRK", 4) == 0) {
-        if (avail >= 7 && memcmp(h + 4, "\n\x1a\n", 3) == 0) {
-            FORMAT_ERR(r, "damaged by a text-mode transfer (CRLF turned into LF at offset 4); "
-                          "copy the file in binary mode");
-            return -1;
-        }
-        if (avail >= 6 && memcmp(h + 4, "\r\r\n", 3) == 0) {
-            FORMAT_ERR(r, "damaged by a text-mode transfer (LF turned into CRLF at offset 5); "
-                          "copy the file in binary mode");
-            return -1;
-        }
-        FORMAT_ERR(r, "damaged firkin magic at offset 4");
-        return -1;
+        if (avail >= 7 && memcmp(h + 4, "\n\x1a\n", 3) == 0)
+            return HDR_FORMAT_ERR("damaged by a text-mode transfer (CRLF turned into LF at offset 4); "
+                                  "copy the file in binary mode");
+        if (avail >= 6 && memcmp(h + 4, "\r\r\n", 3) == 0)
+            return HDR_FORMAT_ERR("damaged by a text-mode transfer (LF turned into CRLF at offset 5); "
+                                  "copy the file in binary mode");
+        return HDR_FORMAT_ERR("damaged firkin magic at offset 4");
     }
-    if (avail >= 4 && memcmp(h, "\x09" "FRK", 4) == 0) {
-        FORMAT_ERR(r, "damaged by a 7-bit transfer (high bit of byte 0 stripped); copy the file in binary mode");
-        return -1;
-    }
-    if (h[0] == 0x80) {
-        FORMAT_ERR(r, "not a firkin file: it starts like a pickle stream (protocol %d)",
-                   avail > 1 ? (int)h[1] : -1);
-        return -1;
-    }
+    if (avail >= 4 && memcmp(h, "\x09" "FRK", 4) == 0)
+        return HDR_FORMAT_ERR("damaged by a 7-bit transfer (high bit of byte 0 stripped); copy the file "
+                              "in binary mode");
+    if (h[0] == 0x80)
+        return HDR_FORMAT_ERR("not a firkin file: it starts like a pickle stream (protocol %d)",
+                              avail > 1 ? (int)h[1] : -1);
     if (avail >= FK_MAGIC_LEN && fk_sniff(h, FK_MAGIC_LEN, NULL, 0) == FK_DAMAGED) {
         /* firkin's magic with bytes changed: say which (firkin._core.sniff reads it as firkin) */
         char where[FK_MAGIC_LEN * 20];
@@ -195,14 +229,97 @@ static int check_magic(ReaderObject *r, const unsigned char *h, uint64_t avail)
             if (h[i] != (unsigned char)FK_MAGIC[i])
                 n += (size_t)snprintf(where + n, sizeof where - n, "%s%zu (%02x, not %02x)",
                                       n ? ", " : "", i, h[i], (unsigned char)FK_MAGIC[i]);
-        FORMAT_ERR(r, "damaged firkin file: its magic number differs at offset %s; the file was "
-                      "changed after it was written", where);
-        return -1;
+        return HDR_FORMAT_ERR("damaged firkin file: its magic number differs at offset %s; the file was "
+                              "changed after it was written", where);
     }
-    FORMAT_ERR(r, "not a firkin file (starts with bytes %02x %02x %02x %02x)", h[0],
-               avail > 1 ? h[1] : 0, avail > 2 ? h[2] : 0, avail > 3 ? h[3] : 0);
-    return -1;
+    return HDR_FORMAT_ERR("not a firkin file (starts with bytes %02x %02x %02x %02x)", h[0],
+                          avail > 1 ? h[1] : 0, avail > 2 ? h[2] : 0, avail > 3 ? h[3] : 0);
 }
+
+int header_check(fk_state *st, PyObject *name, const fk_header *hd)
+{
+    if (!hd->crc_ok)
+        return named_error(st->ChecksumError, name, "header checksum mismatch (bytes 0-63): the header is "
+                                                    "corrupted");
+    if (hd->major != FK_FORMAT_MAJOR)
+        return HDR_FORMAT_ERR("written by a newer firkin (container format %u.%u); this firkin reads format "
+                              "%d.x: upgrade firkin to load it", hd->major, hd->minor, FK_FORMAT_MAJOR);
+    if (hd->required & ~(uint64_t)FK_REQ_KNOWN) {
+        /* PyUnicode_FromFormat has no %llx before Python 3.12 */
+        char bits[24];
+        snprintf(bits, sizeof bits, "0x%llx", (unsigned long long)(hd->required & ~(uint64_t)FK_REQ_KNOWN));
+        return HDR_FORMAT_ERR("written by a newer firkin: it needs features %s that this firkin lacks; "
+                              "upgrade firkin to load it", bits);
+    }
+    if (hd->length != FK_HEADER_LEN)
+        return HDR_FORMAT_ERR("bad header length %u (expected 64)", hd->length);
+    return 0;
+}
+
+/* parse_header(data, name=None, check=True) */
+PyObject *fk_parse_header_py(PyObject *module, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"data", "name", "check", NULL};
+    fk_state *st = (fk_state *)PyModule_GetState(module);
+    Py_buffer b;
+    PyObject *name_arg = Py_None, *name = NULL, *ret = NULL;
+    int check = 1;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "y*|Op:parse_header", kwlist, &b, &name_arg, &check))
+        return NULL;
+    name = name_arg == Py_None ? PyUnicode_FromString("<firkin data>") : PyObject_Str(name_arg);
+    if (!name) goto done;
+    const unsigned char *h = (const unsigned char *)b.buf;
+    uint64_t avail = (uint64_t)b.len;
+    if (check && header_check_magic(st, name, h, avail) < 0) goto done;
+    if (avail < FK_HEADER_LEN) {
+        named_error(st->FormatError, name, "truncated: %llu bytes is shorter than the %d-byte header",
+                    (unsigned long long)avail, FK_HEADER_LEN);
+        goto done;
+    }
+    fk_header hd;
+    header_decode(h, &hd);
+    if (check && header_check(st, name, &hd) < 0) goto done;
+    ret = Py_BuildValue("{s:H,s:H,s:I,s:K,s:K,s:K,s:K,s:O,s:O}", "major", hd.major, "minor", hd.minor,
+                        "header_length", hd.length, "required", (unsigned long long)hd.required,
+                        "optional", (unsigned long long)hd.optional, "total", (unsigned long long)hd.total,
+                        "index_offset", (unsigned long long)hd.index_off,
+                        "magic_ok", hd.magic_ok ? Py_True : Py_False, "crc_ok", hd.crc_ok ? Py_True : Py_False);
+done:
+    Py_XDECREF(name);
+    PyBuffer_Release(&b);
+    return ret;
+}
+
+/* header_fixed(required, major=FORMAT_MAJOR, minor=FORMAT_MINOR) */
+PyObject *fk_header_fixed_py(PyObject *module, PyObject *args)
+{
+    (void)module;
+    unsigned long long required;
+    unsigned short major = FK_FORMAT_MAJOR, minor = FK_FORMAT_MINOR;
+    if (!PyArg_ParseTuple(args, "K|HH:header_fixed", &required, &major, &minor)) return NULL;
+    unsigned char h[FK_HEADER_LEN];
+    fk_header hd = {major, minor, FK_HEADER_LEN, (uint64_t)required, 0, 0, 0, 1, 1};
+    memset(h, 0, sizeof h);
+    header_encode(h, &hd);
+    return PyBytes_FromStringAndSize((const char *)h, FK_HEADER_FIXED_LEN);
+}
+
+/* frame_length(prefix) */
+PyObject *fk_frame_length_py(PyObject *module, PyObject *arg)
+{
+    (void)module;
+    Py_buffer b;
+    if (PyObject_GetBuffer(arg, &b, PyBUF_SIMPLE) < 0) return NULL;
+    PyObject *ret = NULL;
+    if (b.len != FK_FRAME_PREFIX_LEN)
+        PyErr_Format(PyExc_ValueError, "a frame length is %d bytes, not %zd", FK_FRAME_PREFIX_LEN, b.len);
+    else
+        ret = PyLong_FromUnsignedLong(fk_get_u32((const unsigned char *)b.buf));
+    PyBuffer_Release(&b);
+    return ret;
+}
+
+/* ------------------------------------------------------------ read */
 
 static int add_overflows(uint64_t a, uint64_t b, uint64_t limit)
 {
@@ -220,38 +337,20 @@ int rd_parse(ReaderObject *r)
     size_t first = avail < FK_HEADER_LEN ? (size_t)avail : FK_HEADER_LEN;
     memset(h, 0, sizeof h);
     if (first && rd_read(r, 0, h, first) < 0) return -1;
-    if (check_magic(r, h, avail) < 0) return -1;
+    if (header_check_magic(r->st, r->name, h, avail) < 0) return -1;
     if (avail < FK_HEADER_LEN + FK_INDEX_HEAD_LEN + FK_TRAILER_LEN) {
         FORMAT_ERR(r, "truncated: %llu bytes is shorter than the smallest firkin file",
                    (unsigned long long)avail);
         return -1;
     }
-    if (checksum_crc32c(0, h, 60) != fk_get_u32(h + 60)) {
-        CHECKSUM_ERR(r, "header checksum mismatch (bytes 0-63): the header is corrupted");
-        return -1;
-    }
-    r->major = fk_get_u16(h + 8);
-    r->minor = fk_get_u16(h + 10);
-    uint32_t hlen = fk_get_u32(h + 12);
-    uint64_t req = r->req_flags = fk_get_u64(h + 16);
-    r->opt_flags = fk_get_u64(h + 24);
-    r->req_flags = req;
-    uint64_t htotal = fk_get_u64(h + 32), hindex = fk_get_u64(h + 40);
-    if (r->major != FK_FORMAT_MAJOR) {
-        FORMAT_ERR(r, "written by a newer firkin (container format %u.%u); this firkin reads format "
-                      "%d.x: upgrade firkin to load it", r->major, r->minor, FK_FORMAT_MAJOR);
-        return -1;
-    }
-    if (req & ~(uint64_t)FK_REQ_KNOWN) {
-        /* PyUnicode_FromFormat has no %llx before Python 3.12 */
-        char bits[24];
-        snprintf(bits, sizeof bits, "0x%llx", (unsigned long long)(req & ~(uint64_t)FK_REQ_KNOWN));
-        FORMAT_ERR(r, "written by a newer firkin: it needs features %s that this firkin lacks; "
-                      "upgrade firkin to load it", bits);
-        return -1;
-    }
-    if (hlen != FK_HEADER_LEN)
-        return FORMAT_ERR(r, "bad header length %u (expected 64)", hlen), -1;
+    fk_header hd;
+    header_decode(h, &hd);
+    if (header_check(r->st, r->name, &hd) < 0) return -1;
+    r->major = hd.major;
+    r->minor = hd.minor;
+    uint64_t req = r->req_flags = hd.required;
+    r->opt_flags = hd.optional;
+    uint64_t htotal = hd.total, hindex = hd.index_off;
     if ((req & FK_REQ_STREAMED) && !r->deframed) {
         FORMAT_ERR(r, "written to a stream (pipe or socket) in the streamed layout; this "
                       "reader was given its frames: read it through firkin.load");

@@ -207,6 +207,8 @@ PyObject *Writer_buffer_callback(WriterObject *w, PyObject *pb);
 
 /* ---- reader.c ---- */
 PyObject *rd_error(ReaderObject *r, PyObject *exc, const char *fmt, ...);
+/* ---- container.c: exc with "name: message" (the reader's messages); returns NULL ---- */
+PyObject *fk_named_verror(PyObject *exc, PyObject *name, const char *fmt, va_list va);
 
 /* ---- packed.c: the packed-buffers section, written and read ---- */
 int wr_write_packed(WriterObject *w); /* after the buffer sections; nothing when none was packed */

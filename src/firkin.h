@@ -261,7 +261,32 @@ uint64_t packed_table_bytes(const unsigned char *p, size_t avail, uint64_t raw);
 
 /* ---- writer.c ---- */
 int writer_init_types(PyObject *module, fk_state *st);
-/* container.c */
+
+/* ---- container.c: the header (docs/FORMAT.md, "Header"), both ways ---- */
+#define FK_HEADER_FIXED_LEN 24  /* magic, version, header length, required flags: what a signature covers */
+#define FK_FRAME_PREFIX_LEN 4   /* a frame's u32 length (docs/FORMAT.md, "The streamed layout") */
+typedef struct {
+    uint16_t major, minor;
+    uint32_t length;            /* the header length field (64) */
+    uint64_t required, optional;
+    uint64_t total, index_off;  /* 0 when the writer could not seek */
+    int magic_ok, crc_ok;       /* decoded only */
+} fk_header;
+/* The fields of h[0..FK_HEADER_LEN), unchecked. */
+void header_decode(const unsigned char *h, fk_header *hd);
+/* Write hd's fields (magic included) and the CRC into h; reserved bytes are left as they are. */
+void header_encode(unsigned char *h, const fk_header *hd);
+/* The reader's checks of data that should start with a header, in its order
+ * and with its messages ("name: ..."): the magic (avail bytes of h, the
+ * damage named), then -- when the magic is right and the whole header is
+ * there -- its CRC (ChecksumError), major version, required flags and
+ * length. 0, or -1 with FormatError/ChecksumError set. */
+int header_check_magic(fk_state *st, PyObject *name, const unsigned char *h, uint64_t avail);
+int header_check(fk_state *st, PyObject *name, const fk_header *hd);
+/* firkin._core.parse_header, header_fixed and frame_length (docstrings in module.c) */
+PyObject *fk_parse_header_py(PyObject *module, PyObject *args, PyObject *kwds);
+PyObject *fk_header_fixed_py(PyObject *module, PyObject *args);
+PyObject *fk_frame_length_py(PyObject *module, PyObject *arg);
 uint64_t writer_required_flags(int codec, int filters, int streamed);
 
 /* ---- reader.c ---- */

@@ -99,9 +99,9 @@ int wr_out(WriterObject *w, const void *p, size_t n)
     } else {
         for (size_t left = n; left;) {
             size_t k = left > FK_MAX_FRAME ? FK_MAX_FRAME : left;
-            unsigned char len[4];
+            unsigned char len[FK_FRAME_PREFIX_LEN];
             fk_put_u32(len, (uint32_t)k);
-            if (wr_sink(w, len, 4) < 0 || wr_sink(w, b, k) < 0) return -1;
+            if (wr_sink(w, len, sizeof len) < 0 || wr_sink(w, b, k) < 0) return -1;
             b += k;
             left -= k;
         }
@@ -204,7 +204,9 @@ int wr_patch_header(WriterObject *w, const unsigned char *h, int do_fsync)
     }
     Py_DECREF(r);
     if (write_all_pyfile(w, h, FK_HEADER_LEN) < 0) return -1;
-    PyObject *tot = PyLong_FromUnsignedLongLong(fk_get_u64(h + 32));
+    fk_header hd;
+    header_decode(h, &hd);
+    PyObject *tot = PyLong_FromUnsignedLongLong(hd.total);
     PyObject *end = tot ? PyNumber_Add(w->start_pos, tot) : NULL;
     Py_XDECREF(tot);
     if (!end) return -1;

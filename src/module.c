@@ -191,6 +191,19 @@ static PyMethodDef module_methods[] = {
     {"poly1305", (PyCFunction)(void (*)(void))fk_poly1305_py, METH_VARARGS | METH_KEYWORDS,
      "poly1305(key, data, portable=False) -> the 16-byte Poly1305 tag (RFC 8439) of data under a "
      "32-byte key; portable=True uses firkin's own code instead of OpenSSL's"},
+    {"parse_header", (PyCFunction)(void (*)(void))fk_parse_header_py, METH_VARARGS | METH_KEYWORDS,
+     "parse_header(data, name=None, check=True) -> dict: the header fields (docs/FORMAT.md, "
+     "\"Header\") of the container whose first bytes are data: major, minor, header_length, "
+     "required, optional, total, index_offset, magic_ok, crc_ok. check=True refuses what the "
+     "reader refuses (damaged magic, bad CRC, newer major version or required feature, bad "
+     "length) with its message, naming `name`; data shorter than the header is always refused "
+     "(FormatError)"},
+    {"header_fixed", fk_header_fixed_py, METH_VARARGS,
+     "header_fixed(required, major=FORMAT_MAJOR, minor=FORMAT_MINOR) -> bytes: the header's fixed "
+     "part (bytes 0-23: magic, version, header length, required flags), as a signature covers it"},
+    {"frame_length", fk_frame_length_py, METH_O,
+     "frame_length(prefix) -> int: the length a streamed-layout frame's FRAME_PREFIX_LEN-byte "
+     "prefix gives (0: the end)"},
     {"sniff", fk_sniff_py, METH_VARARGS,
      "sniff(head, tail=b'') -> 'firkin', 'damaged firkin' or None: what the first 8 bytes (and "
      "the last 8) of some data say it is; a damaged firkin file (a few bytes of its magic wrong, "
@@ -337,7 +350,11 @@ static int module_exec(PyObject *module)
     if (PyModule_AddIntConstant(module, "REQ_STREAMED", (long)FK_REQ_STREAMED) < 0) return -1;
     if (PyModule_AddIntConstant(module, "REQ_PACKED", (long)FK_REQ_PACKED) < 0) return -1;
     if (PyModule_AddIntConstant(module, "MAX_FRAME", (long)FK_MAX_FRAME) < 0) return -1;
-    if (PyModule_AddIntConstant(module, "HEADER_LEN", FK_HEADER_LEN) < 0) return -1;
+    if (PyModule_AddIntConstant(module, "HEADER_LEN", FK_HEADER_LEN) < 0 ||
+        PyModule_AddIntConstant(module, "HEADER_FIXED_LEN", FK_HEADER_FIXED_LEN) < 0 ||
+        PyModule_AddIntConstant(module, "FRAME_PREFIX_LEN", FK_FRAME_PREFIX_LEN) < 0 ||
+        PyModule_AddIntConstant(module, "FORMAT_MAJOR", FK_FORMAT_MAJOR) < 0 ||
+        PyModule_AddIntConstant(module, "FORMAT_MINOR", FK_FORMAT_MINOR) < 0) return -1;
     PyObject *hash_stream = PyLong_FromUnsignedLong(FK_HASH_STREAM);
     rc = hash_stream ? PyModule_AddObjectRef(module, "HASH_STREAM", hash_stream) : -1;
     Py_XDECREF(hash_stream);

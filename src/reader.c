@@ -19,11 +19,8 @@ PyObject *rd_error(ReaderObject *r, PyObject *exc, const char *fmt, ...)
 {
     va_list va;
     va_start(va, fmt);
-    PyObject *msg = PyUnicode_FromFormatV(fmt, va);
+    fk_named_verror(exc, r->name, fmt, va);
     va_end(va);
-    if (!msg) return NULL;
-    PyErr_Format(exc, "%U: %U", r->name, msg);
-    Py_DECREF(msg);
     return NULL;
 }
 
@@ -296,14 +293,15 @@ static PyObject *Reader_set_flag(ReaderObject *r, PyObject *arg)
     if ((r->opt_flags & flag) == flag) Py_RETURN_NONE;
     unsigned char h[FK_HEADER_LEN];
     if (rd_read(r, 0, h, FK_HEADER_LEN) < 0) return NULL;
-    uint64_t nf = fk_get_u64(h + 24) | flag;
-    fk_put_u64(h + 24, nf);
-    fk_put_u32(h + 60, checksum_crc32c(0, h, 60));
+    fk_header hd;
+    header_decode(h, &hd);
+    hd.optional |= flag;
+    header_encode(h, &hd);
     if (pwrite(r->fd, h, FK_HEADER_LEN, (off_t)r->base) != FK_HEADER_LEN) {
         PyErr_SetFromErrnoWithFilenameObject(PyExc_OSError, r->name);
         return NULL;
     }
-    r->opt_flags = nf;
+    r->opt_flags = hd.optional;
     Py_RETURN_NONE;
 }
 

@@ -121,7 +121,7 @@ static PyObject *Writer_finish(WriterObject *w, PyObject *args)
     if (wr_index(w, &index_off, &total) < 0) goto done;
     if (w->streamed) {
         /* the empty frame ends the stream; nothing to patch */
-        static const unsigned char end[4];
+        static const unsigned char end[FK_FRAME_PREFIX_LEN];
         if (wr_sink(w, end, sizeof end) < 0) goto done;
         w->framing = 0;
     } else {

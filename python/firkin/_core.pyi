@@ -1,12 +1,16 @@
 """Type stubs of firkin's C core (src/). The public API is firkin/__init__.py."""
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence, TypedDict
 
 __version__: str
 FLAG_BUFFERS_MUTABLE: int
 REQ_STREAMED: int  # required feature bit 0: the streamed layout (docs/FORMAT.md)
 REQ_PACKED: int  # required feature bit 2: a packed-buffers section (format 1.3)
 MAX_FRAME: int  # largest frame of the streamed layout
-HEADER_LEN: int
+HEADER_LEN: int  # the header's length (docs/FORMAT.md, "Header")
+HEADER_FIXED_LEN: int  # its fixed part (magic, version, length, required flags): what a signature covers
+FRAME_PREFIX_LEN: int  # a streamed-layout frame's length prefix
+FORMAT_MAJOR: int  # the container format this firkin writes
+FORMAT_MINOR: int
 HASH_STREAM: int  # the buffer number of a pickle stream chunk's hash record (0xFFFFFFFE)
 DEFAULT_THRESHOLD: int
 DEFAULT_CHUNK_SIZE: int
@@ -37,6 +41,20 @@ def crc32c(data: bytes, value: int = 0, /) -> int: ...
 def build_info() -> dict[str, Any]: ...
 def poly1305(key: bytes, data: bytes, portable: bool = False) -> bytes: ...
 def native_codecs() -> dict[str, Any]: ...
+class Header(TypedDict):
+    major: int
+    minor: int
+    header_length: int
+    required: int
+    optional: int
+    total: int  # 0: the writer could not seek
+    index_offset: int
+    magic_ok: bool
+    crc_ok: bool
+
+def parse_header(data: bytes | bytearray | memoryview, name: object = None, check: bool = True) -> Header: ...
+def header_fixed(required: int, major: int = ..., minor: int = ..., /) -> bytes: ...
+def frame_length(prefix: bytes | bytearray | memoryview, /) -> int: ...
 def required_flags(codec: int, filters: int, streamed: bool = False, /) -> int: ...
 def filter_bytes(filter: int, elem: int, data: bytes, undo: bool = False, /) -> bytes: ...
 def set_byvalue_types(types: tuple[type, ...], /) -> None: ...

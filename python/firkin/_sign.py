@@ -53,13 +53,12 @@ HEAD2_LEN = 96                 # a version 2 or 3 signature section before its c
 ENTRY_LEN = 32                 # one chunk entry (and one record from _core)
 SALT_LEN = 16
 _STREAM_ID = struct.pack("<I", _core.HASH_STREAM)  # the "buffer" of a pickle stream chunk's entry
-_info = _core.build_info()
 
 
 def header_fixed(required: int = 0) -> bytes:
     """The fixed part of a header this firkin writes: magic, format version,
     header length 64, the required feature flags (docs/FORMAT.md)."""
-    return _core.MAGIC + struct.pack("<HHIQ", _info["format_major"], _info["format_minor"], 64, required)
+    return _core.header_fixed(required)
 
 
 #: the fixed part of a header with no required features (a file, not a stream)
@@ -72,9 +71,7 @@ def signed_header(reader) -> bytes:
     whether it packs only after the stream is signed; the bit only says that
     the packed section is there, which the signature covers itself
     (docs/FORMAT.md, "Signature")."""
-    head = bytearray(reader.header_bytes()[:24])
-    head[16] &= ~_core.REQ_PACKED & 0xFF
-    return bytes(head)
+    return _core.header_fixed(reader.required_flags & ~_core.REQ_PACKED, *reader.format_version)
 
 _lock = threading.Lock()
 _process_key: bytes | None = None

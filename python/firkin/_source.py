@@ -7,7 +7,6 @@ from __future__ import annotations
 import io
 import os
 import stat
-import struct
 
 from . import _core
 from ._core import FormatError
@@ -69,18 +68,18 @@ def read_container(f, head: bytes, name: str):
     a container in the streamed layout comes back without its frames."""
     out = bytearray(head)
     _read_into(f, out, _core.HEADER_LEN - len(out), name, "the header")
-    if _core.crc32c(bytes(out[:60])) != struct.unpack_from("<I", out, 60)[0]:
+    header = _core.parse_header(out, name, check=False)
+    if not header["crc_ok"]:
         return out, False  # the reader names the damage
-    required, = struct.unpack_from("<Q", out, 16)
-    total, = struct.unpack_from("<Q", out, 32)
-    if required & _core.REQ_STREAMED:
+    total = header["total"]
+    if header["required"] & _core.REQ_STREAMED:
         frames = 0
         while True:
-            ln = read_upto(f, 4)
-            if len(ln) < 4:
+            ln = read_upto(f, _core.FRAME_PREFIX_LEN)
+            if len(ln) < _core.FRAME_PREFIX_LEN:
                 raise FormatError(f"{name}: truncated: the stream ended after {len(out)} bytes "
                                   f"of the container ({frames} frames), before its end mark")
-            n, = struct.unpack("<I", ln)
+            n = _core.frame_length(ln)
             if n == 0:
                 return out, True
             if n > _core.MAX_FRAME:
@@ -133,9 +132,10 @@ class Replay:
 
 def is_streamed(head: bytes) -> bool:
     """A whole, undamaged header of the streamed layout (docs/FORMAT.md)."""
-    return (len(head) >= _core.HEADER_LEN and head[:8] == _core.MAGIC
-            and bool(struct.unpack_from("<Q", head, 16)[0] & _core.REQ_STREAMED)
-            and _core.crc32c(bytes(head[:60])) == struct.unpack_from("<I", head, 60)[0])
+    if len(head) < _core.HEADER_LEN:
+        return False
+    header = _core.parse_header(head, check=False)
+    return header["magic_ok"] and header["crc_ok"] and bool(header["required"] & _core.REQ_STREAMED)
 
 
 def _header_at(source, base: int) -> bytes:
