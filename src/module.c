@@ -50,6 +50,9 @@ done:
     return ret;
 }
 
+/* the end magic is as long as the magic: sniff reads FK_MAGIC_LEN bytes at each end (SNIFF_LEN) */
+_Static_assert(sizeof FK_END_MAGIC - 1 == FK_MAGIC_LEN, "sniff's tail window is the magic's length");
+
 int fk_sniff(const unsigned char *head, size_t hlen, const unsigned char *tail, size_t tlen)
 {
     if (hlen == 0) return FK_DAMAGED;
@@ -205,8 +208,8 @@ static PyMethodDef module_methods[] = {
      "frame_length(prefix) -> int: the length a streamed-layout frame's FRAME_PREFIX_LEN-byte "
      "prefix gives (0: the end)"},
     {"sniff", fk_sniff_py, METH_VARARGS,
-     "sniff(head, tail=b'') -> 'firkin', 'damaged firkin' or None: what the first 8 bytes (and "
-     "the last 8) of some data say it is; a damaged firkin file (a few bytes of its magic wrong, "
+     "sniff(head, tail=b'') -> 'firkin', 'damaged firkin' or None: what the first SNIFF_LEN bytes "
+     "(and the last SNIFF_LEN) of some data say it is; a damaged firkin file (a few bytes of its magic wrong, "
      "or only its end marker right) or empty data is read as firkin, so that the reader names "
      "the damage"},
     {"scan_pickle", scan_pickle, METH_O,
@@ -353,6 +356,7 @@ static int module_exec(PyObject *module)
     if (PyModule_AddIntConstant(module, "HEADER_LEN", FK_HEADER_LEN) < 0 ||
         PyModule_AddIntConstant(module, "HEADER_FIXED_LEN", FK_HEADER_FIXED_LEN) < 0 ||
         PyModule_AddIntConstant(module, "FRAME_PREFIX_LEN", FK_FRAME_PREFIX_LEN) < 0 ||
+        PyModule_AddIntConstant(module, "SNIFF_LEN", FK_MAGIC_LEN) < 0 ||
         PyModule_AddIntConstant(module, "FORMAT_MAJOR", FK_FORMAT_MAJOR) < 0 ||
         PyModule_AddIntConstant(module, "FORMAT_MINOR", FK_FORMAT_MINOR) < 0) return -1;
     PyObject *hash_stream = PyLong_FromUnsignedLong(FK_HASH_STREAM);

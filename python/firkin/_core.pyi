@@ -9,6 +9,7 @@ MAX_FRAME: int  # largest frame of the streamed layout
 HEADER_LEN: int  # the header's length (docs/FORMAT.md, "Header")
 HEADER_FIXED_LEN: int  # its fixed part (magic, version, length, required flags): what a signature covers
 FRAME_PREFIX_LEN: int  # a streamed-layout frame's length prefix
+SNIFF_LEN: int  # sniff reads this many bytes at the start (and the end) of some data
 FORMAT_MAJOR: int  # the container format this firkin writes
 FORMAT_MINOR: int
 HASH_STREAM: int  # the buffer number of a pickle stream chunk's hash record (0xFFFFFFFE)

@@ -253,7 +253,7 @@ def load_fileobj(f, verify, threads, progress, trusted, ensure_native_byte_order
     native = _byteorder.resolve(ensure_native_byte_order, None)
     seekable = _source.seekable(f)
     if not seekable:
-        head = _source.read_upto(f, 8)
+        head = _source.read_upto(f, _core.SNIFF_LEN)
         if not _source.is_firkin_bytes(head):
             from . import _joblib
 
@@ -280,7 +280,7 @@ def load_fileobj(f, verify, threads, progress, trusted, ensure_native_byte_order
         f.seek(0)
         head = _source.read_upto(f, _core.HEADER_LEN)
     f.seek(start)
-    if not _source.is_firkin_bytes(head[:8]):
+    if not _source.is_firkin_bytes(head[:_core.SNIFF_LEN]):
         from . import _joblib
 
         fd = _source.plain_fd(f)
@@ -322,7 +322,7 @@ def load_fileobj(f, verify, threads, progress, trusted, ensure_native_byte_order
 def loads_named(data, name, trusted, verify, threads, progress, ensure_native_byte_order,
                 max_memory=None, extra=None):
     with memoryview(data) as mv:
-        head, tail = bytes(mv[:8]), bytes(mv[-8:])
+        head, tail = bytes(mv[:_core.SNIFF_LEN]), bytes(mv[-_core.SNIFF_LEN:])
     if not _source.is_firkin_bytes(head, tail):
         from . import _joblib
 

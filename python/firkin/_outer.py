@@ -21,7 +21,7 @@ import os
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 
-from . import _source
+from . import _core, _source
 from ._core import FormatError
 
 #: the joblib method names (and the file endings that pick them) written as
@@ -188,7 +188,7 @@ def unwrap(open_raw, name: str, budget=None, stream: bool = False):
     src = _Inflate(open_raw(), kind, name)
     src.budget = budget
     try:
-        head = _source.read_upto(src, 8)
+        head = _source.read_upto(src, _core.SNIFF_LEN)
     except FormatError:
         return None  # damaged compressed data of another kind of file: its loader says so
     if not _source.is_firkin_bytes(head):

@@ -26,7 +26,7 @@ import secrets
 import tempfile
 import threading
 
-from . import _text
+from . import _core, _text
 
 #: Remote reads: parts fetched ahead while a load reads sequentially, and
 #: how many of them are in flight at once.
@@ -299,10 +299,11 @@ def open_input(urlpath, storage_options=None) -> RangeFile:
 
 
 def head_tail(f: RangeFile) -> tuple[bytes, bytes]:
+    n = _core.SNIFF_LEN
     f.seek(0)
-    head = f.read(8)
-    f.seek(max(0, f.size - 8))
-    tail = f.read(8) if f.size >= 8 else b""
+    head = f.read(n)
+    f.seek(max(0, f.size - n))
+    tail = f.read(n) if f.size >= n else b""
     f.seek(0)
     return head, tail
 

@@ -192,5 +192,5 @@ def is_firkin_bytes(head: bytes, tail: bytes = b"") -> bool:
 
 
 def looks_like_firkin(fd: int) -> bool:
-    size = os.fstat(fd).st_size
-    return is_firkin_bytes(os.pread(fd, 8, 0), os.pread(fd, 8, size - 8) if size >= 8 else b"")
+    size, n = os.fstat(fd).st_size, _core.SNIFF_LEN
+    return is_firkin_bytes(os.pread(fd, n, 0), os.pread(fd, n, size - n) if size >= n else b"")
