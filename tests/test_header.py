@@ -162,3 +162,11 @@ def test_fuzz_damaged_headers_agree_with_the_reader(plain, edits, fix_crc):
         return
     fields = _core.parse_header(data, check=False)
     assert fields["magic_ok"] and fields["crc_ok"]
+
+
+def test_sniff_window():
+    """_core.sniff reads SNIFF_LEN bytes at each end: the magic and the end magic."""
+    assert _core.SNIFF_LEN == len(_core.MAGIC) == len(_core.END_MAGIC)
+    data = firkin.dumps([1])
+    assert _core.sniff(data[:_core.SNIFF_LEN], data[-_core.SNIFF_LEN:]) == "firkin"
+    assert _core.sniff(b"x" * _core.SNIFF_LEN, data[-_core.SNIFF_LEN:]) == "damaged firkin"
