@@ -156,6 +156,7 @@ int wr_sink(WriterObject *w, const unsigned char *p, size_t n);
 int wr_out(WriterObject *w, const void *p, size_t n);
 int wr_pad(WriterObject *w);
 int wr_flush_stream(WriterObject *w);
+int wr_can_patch(WriterObject *w);
 int wr_patch_header(WriterObject *w, const unsigned char *h, int do_fsync);
 PyObject *Writer_write(WriterObject *w, PyObject *data);
 int rd_read(ReaderObject *r, uint64_t off, void *dst, size_t n);

@@ -173,6 +173,35 @@ PyObject *Writer_write(WriterObject *w, PyObject *data)
     return PyLong_FromSsize_t(len);
 }
 
+/* Whether the header can be patched at the end: always on a file
+ * descriptor; on a file object, when it can go back to where the container
+ * starts. Called once the provisional header is out, it seeks back there and
+ * forward again (gzip in write mode and others say "seekable" but refuse to
+ * go back; those keep the provisional header). 1 yes, 0 no, -1 error. */
+int wr_can_patch(WriterObject *w)
+{
+    if (w->fd >= 0) return 1;
+    if (w->start_pos == Py_None) return 0;
+    PyObject *r = PyObject_CallMethod(w->fileobj, "seek", "O", w->start_pos);
+    if (!r) {
+        if (!PyErr_ExceptionMatches(PyExc_OSError) && !PyErr_ExceptionMatches(PyExc_ValueError))
+            return -1;
+        PyErr_Clear();
+        Py_SETREF(w->start_pos, Py_NewRef(Py_None)); /* nor at the end */
+        return 0;
+    }
+    Py_DECREF(r);
+    PyObject *len = PyLong_FromUnsignedLongLong(w->pos);
+    PyObject *back = len ? PyNumber_Add(w->start_pos, len) : NULL;
+    Py_XDECREF(len);
+    if (!back) return -1;
+    r = PyObject_CallMethod(w->fileobj, "seek", "O", back);
+    Py_DECREF(back);
+    if (!r) return -1;
+    Py_DECREF(r);
+    return 1;
+}
+
 /* Write the final header over the provisional one: pwrite and fsync on a
  * file descriptor; seek, write and seek back to the end on a seekable file
  * object (one that refuses to go back, such as gzip in write mode, keeps

@@ -27,14 +27,19 @@ static PyObject *Writer_dump(WriterObject *w, PyObject *args)
     }
     w->stage = -1;
     w->protocol = protocol;
-    /* only where it serves mmap_mode: a file descriptor (whose header is
-     * patched at the end: it says whether the section is there), written
-     * uncompressed (a compressed file loads into memory, as joblib's do,
-     * and its small arrays compress with the stream as before) */
-    w->packing = protocol >= 5 && w->fd >= 0 && !w->streamed && w->codec == FK_CODEC_RAW;
     unsigned char h[FK_HEADER_LEN];
     wr_header_bytes(w, h, 0, 0);
     if (wr_out(w, h, FK_HEADER_LEN) < 0) return NULL;
+    /* only where it serves mmap_mode: a file descriptor or a file object
+     * that can go back to patch the header at the end (it says whether the
+     * section is there), written uncompressed (a compressed file loads into
+     * memory, as joblib's do, and its small arrays compress with the stream
+     * as before) */
+    if (protocol >= 5 && !w->streamed && w->codec == FK_CODEC_RAW) {
+        int can = wr_can_patch(w);
+        if (can < 0) return NULL;
+        w->packing = can;
+    }
     w->framing = w->streamed;
 
     w->sbuf = (unsigned char *)malloc(w->chunk_size);

@@ -227,14 +227,14 @@ def test_file_object_without_fileno():
 def test_dumps_loads_match_dump(tmp_path):
     obj = make_obj(3)
     fn = tmp_path / "m.fk"
-    with open(fn, "wb") as f:  # a file object: small arrays in the stream, as dumps writes them
+    with open(fn, "wb") as f:  # a file object: small arrays packed, as dumps writes them
         firkin.dump(obj, f)
     b = firkin.dumps(obj)
     assert isinstance(b, bytes)
     assert len(b) == fn.stat().st_size
     assert_same(firkin.loads(fn.read_bytes()), obj)
     assert_same(firkin.loads(b), obj)
-    firkin.dump(obj, fn)  # a path: small arrays packed (format 1.3), loaded the same
+    firkin.dump(obj, fn)  # a path: the same layout (format 1.3 packed section)
     assert_same(firkin.loads(fn.read_bytes()), obj)
 
 

@@ -1,14 +1,20 @@
 """Packed buffers (format 1.3, docs/FORMAT.md "Packed buffers"): small arrays
-dumped to a file go out of band into one packed section, so that mmap_mode
-maps every uncompressed array (as joblib returns np.memmap for every array),
-while a plain load still gives fresh arrays; and hand-built packed sections
+dumped to a file (a path or a seekable file object) go out of band into one
+packed section, so that mmap_mode maps every uncompressed array (as joblib
+returns np.memmap for every array), while a plain load still gives fresh
+arrays; and hand-built packed sections
 that lie are refused, in every firkin container they can be in."""
 from __future__ import annotations
 
+import datetime
 import gc
+import gzip
 import io
+import os
 import pickle
 import struct
+import threading
+import types
 import warnings
 import zlib
 
@@ -18,6 +24,8 @@ from test_mmap import maps_for
 from test_signing import Holder  # not on the allowlist: trusted by its signature only
 
 import firkin
+import firkin._meta
+import firkin._sign
 from firkin import _core
 
 from _container import (
@@ -223,13 +231,10 @@ def test_header_bit_only_with_a_packed_section(tmp_path):
         assert flags(path) == (3, 0) and "packed buffers" not in kinds(path)
 
 
-def test_file_objects_protocol_4_and_non_arrays_stay_in_band(tmp_path):
-    """Only dumps to a path pack (the header is patched at the end and the
-    file can be mapped); protocol 4 has no out-of-band buffers; a
-    PickleBuffer that is not an array keeps pickle's in-band type."""
+def test_protocol_4_and_non_arrays_stay_in_band(tmp_path):
+    """protocol 4 has no out-of-band buffers; a PickleBuffer that is not an
+    array keeps pickle's in-band type."""
     small = [np.arange(3)]
-    data = firkin.dumps(small)
-    assert struct.unpack_from("<Q", data, 16)[0] & REQ_PACKED == 0
     path = tmp_path / "p4.firkin"
     firkin.dump(small, path, protocol=4)
     assert "packed buffers" not in kinds(path)
@@ -237,6 +242,107 @@ def test_file_objects_protocol_4_and_non_arrays_stay_in_band(tmp_path):
     firkin.dump({"pb": pickle.PickleBuffer(bytearray(b"abc"))}, path)
     assert "packed buffers" not in kinds(path)
     assert firkin.load(path) == {"pb": bytearray(b"abc")}
+
+
+# --------------------------------------------- file objects pack as paths do
+
+@pytest.fixture
+def fixed_clock_and_salt(monkeypatch):
+    """The two things that differ between two dumps of one value: the
+    metadata's "created" time and the signature's salt."""
+    class Then(datetime.datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return datetime.datetime(2026, 1, 2, 3, 4, 5, 678, tzinfo=tz)
+
+    monkeypatch.setattr(firkin._meta, "datetime",
+                        types.SimpleNamespace(datetime=Then, timezone=datetime.timezone))
+    monkeypatch.setattr(firkin._sign.secrets, "token_bytes", lambda n: bytes(range(n)))
+
+
+def test_file_object_dumps_are_the_bytes_of_a_path_dump(tmp_path, fixed_clock_and_salt):
+    """A dump into a seekable file object (open(p, "wb"), "w+b", BytesIO,
+    dumps) patches its header at the end as a path dump does, so it packs
+    its small arrays too: the same bytes, signature included."""
+    value = dict(small_arrays(), big=np.arange(20_000, dtype=np.float64), text="x")
+    path = tmp_path / "path.firkin"
+    firkin.dump(value, path)
+    want = path.read_bytes()
+    assert flags(path) == (3, REQ_PACKED) and firkin.verify(path).signature == "valid"
+    with open(tmp_path / "wb.firkin", "wb") as f:
+        firkin.dump(value, f)
+    with open(tmp_path / "wplus.firkin", "w+b") as f:
+        f.write(b"prefix")  # a container that starts further in
+        firkin.dump(value, f)
+    bio = io.BytesIO()
+    firkin.dump(value, bio)
+    assert (tmp_path / "wb.firkin").read_bytes() == want
+    assert (tmp_path / "wplus.firkin").read_bytes() == b"prefix" + want
+    assert bio.getvalue() == want
+    assert firkin.dumps(value) == want
+
+
+def test_file_object_dumps_map_every_array(tmp_path):
+    """What a user does: dump into open(p, "wb") or into a BytesIO written
+    to disk later, then load the path with mmap_mode: every array is an
+    np.memmap of the one mapping, small ones included, at the offset of its
+    bytes in the file."""
+    value = dict(small_arrays(), big=np.arange(20_000, dtype=np.float64))
+    via_open = tmp_path / "open.firkin"
+    with open(via_open, "wb") as f:
+        firkin.dump(value, f)
+    bio = io.BytesIO()
+    firkin.dump(value, bio)
+    via_bytesio = tmp_path / "bytesio.firkin"
+    via_bytesio.write_bytes(bio.getvalue())
+    for path in (via_open, via_bytesio):
+        assert kinds(path).count("packed buffers") == 1
+        data = path.read_bytes()
+        loaded = firkin.load(path, mmap_mode="r")
+        assert len(maps_for(path)) == 1
+        for k, want in value.items():
+            got = loaded[k]
+            assert isinstance(got, np.memmap), (path.name, k)
+            np.testing.assert_array_equal(got, want)
+            order = "F" if k == "fortran" else "C"
+            assert data[got.offset:got.offset + got.nbytes] == want.tobytes(order=order), k
+        del loaded, got
+        gc.collect()
+        assert maps_for(path) == []
+        # and without mmap_mode: fresh arrays, writable unless dumped read-only
+        fresh = firkin.load(path)
+        for k, want in value.items():
+            assert type(fresh[k]) is np.ndarray, k
+            assert fresh[k].flags.writeable == want.flags.writeable, k
+
+
+def test_sinks_that_cannot_go_back_keep_small_arrays_in_the_stream(tmp_path):
+    """A pipe (the streamed layout) and gzip in write mode (says seekable,
+    refuses to seek back, so the header stays provisional) cannot say at the
+    end that a packed section is there: their small arrays stay in the
+    pickle stream, and the files load as before."""
+    value = {"a": np.arange(5), "b": np.ones((2, 3), dtype=np.float32)}
+    r, w = os.pipe()
+    got = []
+    t = threading.Thread(target=lambda: got.append(os.fdopen(r, "rb").read()))
+    t.start()
+    with os.fdopen(w, "wb") as wf:
+        firkin.dump(value, wf)
+    t.join(timeout=60)
+    piped = tmp_path / "piped.firkin"
+    piped.write_bytes(got[0])
+    assert flags(piped)[1] & REQ_PACKED == 0
+    for k, v in firkin.loads(got[0]).items():
+        np.testing.assert_array_equal(v, value[k])
+    gz = tmp_path / "small.firkin.gz"
+    with gzip.GzipFile(gz, "wb") as f:
+        firkin.dump(value, f)
+    raw = gzip.decompress(gz.read_bytes())
+    assert struct.unpack_from("<Q", raw, 16)[0] & REQ_PACKED == 0
+    assert struct.unpack_from("<Q", raw, 32)[0] == 0  # provisional: no length
+    with gzip.GzipFile(gz, "rb") as f:
+        for k, v in firkin.load(f).items():
+            np.testing.assert_array_equal(v, value[k])
 
 
 def test_info_lists_packed_arrays_where_they_lie(tmp_path):

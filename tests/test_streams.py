@@ -179,8 +179,9 @@ def test_streamed_layout_on_the_wire():
     """A dump into a stream that cannot seek writes the streamed layout of
     docs/FORMAT.md: format 1.2, required feature bit 0, no length in the
     header, frames ended by an empty one. Seekable outputs do not need it:
-    their header carries the container length and no required feature, so
-    firkin 1.1 readers read them."""
+    their header carries the container length and no streamed bit, so
+    firkin 1.1 readers read them when they have no small arrays (which a
+    seekable output packs, format 1.3, as a path dump does)."""
     obj = objects()[0]
     out = OneWayStreamWriter()
     firkin.dump(obj, out)
@@ -204,6 +205,12 @@ def test_streamed_layout_on_the_wire():
 
     seekable = io.BytesIO()
     firkin.dump(obj, seekable)
+    plain = seekable.getvalue()
+    major, minor, hlen, required = struct.unpack_from("<HHIQ", plain, 8)
+    assert (minor, required) == (3, _core.REQ_PACKED)  # obj["small"]
+    assert struct.unpack_from("<Q", plain, 32)[0] == len(plain)
+    seekable = io.BytesIO()
+    firkin.dump(obj["big"], seekable)
     plain = seekable.getvalue()
     major, minor, hlen, required = struct.unpack_from("<HHIQ", plain, 8)
     assert (minor, required) == (3, 0) and struct.unpack_from("<Q", plain, 32)[0] == len(plain)
