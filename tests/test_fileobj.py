@@ -267,6 +267,27 @@ def test_several_objects_in_one_file_object(tmp_path, kind):
         assert f.read() == b""
 
 
+@pytest.mark.parametrize("mode", ["ab", "a+b"])
+def test_dumps_appended_to_a_file_load_in_turn(tmp_path, mode):
+    """A file opened for appending writes only at its end, so the header
+    cannot be patched: it gets the streamed layout, which delimits itself."""
+    fn = tmp_path / "appended.fk"
+    fn.write_bytes(b"")
+    objs = [make_obj(1), [np.arange(3)], 42]
+    for o in objs:
+        with open(fn, mode) as f:
+            assert firkin.dump(o, f) is None
+    assert_same(firkin.load(fn), objs[0])  # the first, from its path
+    with open(fn, "rb") as f:
+        for o in objs:
+            got = firkin.load(f)
+            if isinstance(o, dict):
+                assert_same(got, o)
+            else:
+                np.testing.assert_equal(got, o)
+        assert f.read() == b""
+
+
 def test_several_objects_then_other_data(tmp_path):
     fn = tmp_path / "mixed.bin"
     with open(fn, "wb") as f:

@@ -200,9 +200,9 @@ def dump(value: Any, filename: Target, compress: Compress = 0, protocol: int | N
             strip_paths=strip_paths, check_data=check_data, fsync=durable), durable)
         return [os.fsdecode(os.fspath(filename)) if not isinstance(filename, str) else filename]
     _args.check_binary(filename, "dump")
-    # a file object that cannot seek is a pipe or a socket to its reader
+    # a file object that cannot seek (or only appends) is a pipe or a socket to its reader
     _write(value, filename, protocol, user_meta, comp, threads, progress, strip_paths=strip_paths,
-           check_data=check_data, streamed=not _source.seekable(filename))
+           check_data=check_data, streamed=not _source.writes_in_place(filename))
     return None
 
 

@@ -19,6 +19,15 @@ def seekable(f) -> bool:
         return False
 
 
+def writes_in_place(f) -> bool:
+    """Whether a dump into f can go back and patch the container's header:
+    f is seekable and not opened for appending (mode "ab", "a+b"), where
+    every write lands at the end. Other outputs are streams to their reader
+    and get the streamed layout (docs/FORMAT.md)."""
+    mode = getattr(f, "mode", None)
+    return seekable(f) and not (isinstance(mode, str) and "a" in mode)
+
+
 def plain_fd(f):
     """The descriptor of a file object that is a plain file (io.FileIO, or a
     buffered reader, writer or random-access file over one, on a regular
