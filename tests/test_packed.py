@@ -107,6 +107,43 @@ def test_mmap_returns_memmaps_of_the_one_mapping(tmp_path):
     assert maps_for(path) == []
 
 
+@pytest.mark.parametrize("mode", ["r", "r+", "c"])
+def test_mapped_arrays_are_what_np_memmap_makes(tmp_path, mode):
+    """Each mapped array, small or large, C or Fortran, is the object numpy
+    makes for np.memmap(path, dtype, mode, offset, shape, order) over its
+    bytes: type, filename, offset, mode, flags, base, flush(), what a view,
+    np.asarray and a pickle round trip of it give."""
+    path = tmp_path / "sem.firkin"
+    value = {"small": np.arange(10.0), "fortran": np.asfortranarray(np.arange(12.0).reshape(3, 4)),
+             "permuted": np.arange(24, dtype=np.int16).reshape(2, 3, 4).transpose(1, 2, 0),
+             "big": np.arange(20_000.0)}
+    firkin.dump(value, path)
+
+    def traits(m):
+        view = m[1:]
+        back = pickle.loads(pickle.dumps(m))
+        return (type(m), m.filename, m.offset, m.mode, m.dtype, m.shape, m.strides,
+                m.flags.writeable, m.flags.aligned, type(m.base), type(np.asarray(m)),
+                type(view), view.filename, view.offset, view.mode, view._mmap is m._mmap,
+                type(back), back._mmap, back.filename)
+
+    loaded = firkin.load(path, mmap_mode=mode)
+    for k, got in loaded.items():
+        np.testing.assert_array_equal(got, value[k])
+        if k == "permuted" and got.flags.c_contiguous:
+            continue  # numpy < 2.3 pickles it C-ordered: "big"'s case
+        layout = got if k != "permuted" else got.transpose(np.argsort(value[k].strides)[::-1])
+        order = "F" if k == "fortran" else "C"
+        made = np.memmap(str(path), dtype=got.dtype, mode=mode, offset=got.offset, shape=layout.shape,
+                         order=order)
+        if k == "permuted":
+            made = made.transpose(np.argsort(np.argsort(value[k].strides)[::-1]))
+        assert traits(got) == traits(made), k
+        got.flush()
+    del loaded, got, made, layout
+    gc.collect()
+
+
 def test_default_load_gives_fresh_arrays(tmp_path):
     """Without mmap_mode the packed arrays are copies of their own, as the
     in-band arrays were: writable, and no two share (or pin) one block."""

@@ -26,7 +26,7 @@ from . import (
 )
 from ._core import FormatError
 from ._meta import VersionMismatchWarning
-from ._unpickle import MAPPINGS, check_trust, unpickle
+from ._unpickle import check_trust, mapped_arrays, unpickle
 
 
 def _buffer_bytes(reader, which=None) -> int:
@@ -122,16 +122,16 @@ def load_reader(reader, verify, threads, progress=None, trusted=None, max_memory
         if signed:
             buffers, records = buffers
             signed.check(records)
-        obj = unpickle(reader, stream, buffers, False, policy, budget, native)
+        obj = unpickle(reader, stream, buffers, None, policy, budget, native)
     if extra is None or not extra.get("quiet"):  # firkin.check reports the versions itself
         _warn_versions(reader, meta)
     if extra is not None:
         extra.update(name=reader.name, meta=meta, payload=_check_payload(
-            reader, meta, stream, buffers, mapped is not None, policy, budget))
+            reader, meta, stream, buffers, policy, budget))
     return obj
 
 
-def _check_payload(reader, meta, stream, buffers, mmap, policy, budget):
+def _check_payload(reader, meta, stream, buffers, policy, budget):
     """The check sample a file declares (metadata "check"): the second pickle
     of the stream, after the object's STOP, whose out-of-band buffers follow
     the object's (docs/FORMAT.md, "Check sample"). It is judged by the same
@@ -151,7 +151,7 @@ def _check_payload(reader, meta, stream, buffers, mmap, policy, budget):
         refused = _trust.untrusted(judged["globals"], judged["unsafe_ops"], policy)
         if refused:
             raise _trust._error(where, refused, "firkin.check")
-    return unpickle(reader, rest, list(buffers[first:]), mmap, policy, budget)
+    return unpickle(reader, rest, list(buffers[first:]), None, policy, budget)
 
 
 def _verify_buffers(reader, verify, mapped: bool) -> bool:
@@ -178,7 +178,7 @@ def _load_mapped_buffers(reader, f, mode, verify, threads, progress, stream, pol
     if not spans:
         if signed:
             signed.check(b"")
-        return unpickle(reader, stream, [], True, policy, budget), []
+        return unpickle(reader, stream, [], None, policy, budget), []
     buffers = [None] * len(spans)
     records = b""
     if packed:
@@ -199,16 +199,13 @@ def _load_mapped_buffers(reader, f, mode, verify, threads, progress, stream, pol
         if mode == "r+":
             # from here on the array bytes are the user's to change (verified first, if asked)
             reader.set_flag(_core.FLAG_BUFFERS_MUTABLE)
-        whole = mm.view(np.ndarray)  # plain slices of it: _frombuffer_mmap makes the np.memmaps
+        # slices of one view of it (the cheapest kind): mapped_arrays makes the np.memmaps
+        whole = memoryview(mm.view(np.ndarray))
         for i, (off, n, mappable) in enumerate(spans):
             if mappable:
                 buffers[i] = whole[off:off + n]
-        MAPPINGS[id(whole)] = (whole, mm, whole.__array_interface__["data"][0])
-        try:
-            return unpickle(reader, stream, buffers, True, policy, budget), buffers
-        finally:
-            del MAPPINGS[id(whole)]
-    return unpickle(reader, stream, buffers, True, policy, budget), buffers
+        return unpickle(reader, stream, buffers, mapped_arrays(mm), policy, budget), buffers
+    return unpickle(reader, stream, buffers, None, policy, budget), buffers
 
 
 def _warn_versions(reader, meta: dict) -> None:

@@ -5,7 +5,6 @@ check; arrays over the file's mapping kept as np.memmap)."""
 from __future__ import annotations
 
 import functools
-import math
 import pickle
 
 import numpy as np
@@ -18,40 +17,6 @@ _NP_FROMBUFFER = np.zeros(1, np.uint8).__reduce_ex__(5)[0]
 _NP_FROMBUFFER_NAMES = {
     (mod, "_frombuffer") for mod in ("numpy.core.numeric", "numpy._core.numeric")
 }
-
-
-#: the mappings of the mapped loads in progress: id of the ndarray view whose
-#: slices firkin._load hands out -> (its np.memmap, its address)
-MAPPINGS: dict[int, tuple] = {}
-
-
-def _frombuffer_mmap(buf, dtype, shape, order, axis_order=None):
-    """numpy's _frombuffer, but an array over the file's mapping (a plain
-    slice of an ndarray view of the np.memmap, as firkin._load hands them
-    out) is an np.memmap made straight on that mapping, as np.memmap makes
-    itself: one object per array (small arrays are many), with the
-    mapping's mode and filename, flush() and its offset in the file."""
-    base, readonly = buf, False
-    if isinstance(buf, memoryview):
-        base, readonly = buf.obj, buf.readonly
-    mapped = MAPPINGS.get(id(base.base)) if type(base) is np.ndarray else None
-    if (mapped is not None and base.base is mapped[0] and base.nbytes
-            and math.prod(shape) * np.dtype(dtype).itemsize == base.nbytes):
-        whole, root, start = mapped
-        off = base.__array_interface__["data"][0] - start  # = the offset in the file
-        permuted = order == "K" and axis_order is not None
-        # on the mmap object itself, as np.memmap does (base: the mmap, so flush() works)
-        arr = np.ndarray.__new__(np.memmap, shape, dtype, buffer=root._mmap, offset=off,
-                                 order="C" if permuted else order)
-        arr._mmap, arr.filename, arr.offset, arr.mode = root._mmap, root.filename, off, root.mode
-        if permuted:
-            arr = arr.transpose(axis_order)
-        if readonly and arr.flags.writeable:
-            arr.flags.writeable = False
-        return arr
-    if axis_order is None:
-        return _NP_FROMBUFFER(buf, dtype, shape, order)
-    return _NP_FROMBUFFER(buf, dtype, shape, order, axis_order)
 
 
 def _frombuffer_native(buf, dtype, shape, order, axis_order=None):
@@ -75,11 +40,19 @@ class _Hooks:
         return super().find_class(module, name)
 
 
-class _MmapHooks(_Hooks):
-    """Arrays over the file's mapping stay np.memmap."""
+def mapped_arrays(mm):
+    """numpy's _frombuffer for a load over the np.memmap `mm` of the whole
+    container, behind the dtype check: an array whose bytes lie in mm is an
+    np.memmap made straight on that mapping, as np.memmap makes itself (one
+    C call per array: small arrays are many), with the mapping's mode and
+    filename, flush() and its offset in the file (firkin._core.MappedArrays)."""
+    return _guards.checked_maker(_core.MappedArrays(mm), "numpy._core.numeric._frombuffer", 1,
+                                 "dtype", True)
 
-    FROMBUFFER = _guards.checked_maker(_frombuffer_mmap, "numpy._core.numeric._frombuffer", 1,
-                                       "dtype", True)
+
+class _MmapHooks(_Hooks):
+    """Arrays over the file's mapping stay np.memmap: FROMBUFFER is the
+    load's own mapped_arrays, set on the unpickler."""
 
 
 class _NativeHooks(_Hooks):
@@ -192,10 +165,11 @@ class _WholeStream:
         return len(data)
 
 
-def unpickle(reader, stream, buffers, mmap: bool, policy, budget=None, native=False):
-    """native: arrays of the other byte order come back in this machine's
-    (never for mapped arrays: firkin._byteorder.resolve)."""
-    hooks = (_MmapHooks if mmap else None if not native else
+def unpickle(reader, stream, buffers, mapped, policy, budget=None, native=False):
+    """mapped: the load's mapped_arrays when its buffers are slices of a
+    mapping, else None. native: arrays of the other byte order come back in
+    this machine's (never for mapped arrays: firkin._byteorder.resolve)."""
+    hooks = (_MmapHooks if mapped is not None else None if not native else
              _TrustedNativeHooks if policy is True else _NativeHooks)
     try:
         if policy is True and hooks is None:
@@ -204,6 +178,8 @@ def unpickle(reader, stream, buffers, mmap: bool, policy, budget=None, native=Fa
         if hooks is not None:
             cls = _hooked_class(hooks, cls)
         unpickler = cls(_WholeStream(stream), buffers=buffers)
+        if mapped is not None:
+            unpickler.FROMBUFFER = mapped
         unpickler.fk_name = reader.name  # refusals name the file
         with _amplify.active(budget if policy is not True else None):
             return unpickler.load()
