@@ -144,6 +144,31 @@ def test_mapped_arrays_are_what_np_memmap_makes(tmp_path, mode):
     gc.collect()
 
 
+def test_load_leaves_the_cyclic_collector_as_it_was(tmp_path, monkeypatch):
+    """A load pauses the cyclic collector while it builds (firkin._load):
+    it runs again afterwards, after a refused file too, and one the caller
+    turned off stays off."""
+    path = tmp_path / "small.firkin"
+    firkin.dump(small_arrays(), path)
+    monkeypatch.setenv("FIRKIN_KEY", "one key, long enough")
+    bad = tmp_path / "other_key.firkin"
+    firkin.dump(Holder([np.arange(3)]), bad)  # trusted by its signature only
+    monkeypatch.setenv("FIRKIN_KEY", "another key, long enough")
+    assert gc.isenabled()
+    for mode in (None, "r"):
+        firkin.load(path, mmap_mode=mode)
+        assert gc.isenabled()
+        with pytest.raises(firkin.UntrustedTypesError):
+            firkin.load(bad, mmap_mode=mode)
+        assert gc.isenabled()
+    gc.disable()
+    try:
+        firkin.load(path, mmap_mode="r")
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+
+
 def test_default_load_gives_fresh_arrays(tmp_path):
     """Without mmap_mode the packed arrays are copies of their own, as the
     in-band arrays were: writable, and no two share (or pin) one block."""

@@ -6,6 +6,7 @@ firkin files, and the foreign files handed to firkin._joblib."""
 from __future__ import annotations
 
 import functools
+import gc
 import io
 
 import numpy as np
@@ -108,6 +109,23 @@ def load_reader(reader, verify, threads, progress=None, trusted=None, max_memory
     """The object in the container `reader` reads. mapped: (file, mmap mode)
     to map its arrays from; else they are read into memory (in this
     machine's byte order when `native`)."""
+    paused = gc.isenabled()
+    if paused:
+        # what a load builds lives on, and the cyclic collector would walk it
+        # again and again while it grows (the spans, the buffers, the
+        # objects; a mapped load's np.memmaps are tracked objects): 100,000
+        # small arrays cost more in collections than in their making. The
+        # next collection sees them once.
+        gc.disable()
+    try:
+        return _load_reader(reader, verify, threads, progress, trusted, max_memory, extra, native,
+                            mapped)
+    finally:
+        if paused:
+            gc.enable()
+
+
+def _load_reader(reader, verify, threads, progress, trusted, max_memory, extra, native, mapped):
     budget = start_budget(reader, trusted, max_memory)
     meta = _meta.parse(reader.metadata(), reader.name)  # before anything is unpickled
     stream = reader.pickle_stream()
@@ -199,8 +217,9 @@ def _load_mapped_buffers(reader, f, mode, verify, threads, progress, stream, pol
         if mode == "r+":
             # from here on the array bytes are the user's to change (verified first, if asked)
             reader.set_flag(_core.FLAG_BUFFERS_MUTABLE)
-        # slices of one view of it (the cheapest kind): mapped_arrays makes the np.memmaps
-        whole = memoryview(mm.view(np.ndarray))
+        # plain slices of it (not tracked by the cyclic collector, as
+        # memoryviews are): mapped_arrays makes the np.memmaps
+        whole = mm.view(np.ndarray)
         for i, (off, n, mappable) in enumerate(spans):
             if mappable:
                 buffers[i] = whole[off:off + n]
