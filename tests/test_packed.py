@@ -12,6 +12,7 @@ import gzip
 import io
 import os
 import pickle
+import re
 import struct
 import threading
 import types
@@ -142,6 +143,39 @@ def test_mapped_arrays_are_what_np_memmap_makes(tmp_path, mode):
         got.flush()
     del loaded, got, made, layout
     gc.collect()
+
+
+def test_mapped_arrays_does_what_numpy_does_outside_its_fast_path(tmp_path):
+    """firkin._core.MappedArrays stands for numpy's _frombuffer during a
+    mapped load: whatever it does not map itself (object dtypes, sizes that
+    do not match, other orders, bytes outside the mapping) gives numpy's
+    own result or error."""
+    path = tmp_path / "bytes.bin"
+    path.write_bytes(bytes(range(256)) * 4)
+    mm = np.memmap(str(path), dtype=np.uint8, mode="r")
+    whole = mm.view(np.ndarray)
+    made = _core.MappedArrays(mm)
+    numpy_own = np.zeros(1).__reduce_ex__(5)[0]
+    b = whole[128:208]
+    for args in [(b, np.dtype("O"), (10,), "C"), (b, np.dtype([("a", "O")]), (10,), "C"),
+                 (b, np.dtype("f8"), (11,), "C"), (b, np.dtype("f8"), (-10,), "C"),
+                 (b, np.dtype("f8"), (10,), "A"), (b, np.dtype("V0"), (10,), "C"),
+                 (b, np.dtype("f8"), (2**62, 2**62), "C"), (bytearray(80), np.dtype("f8"), (10,), "C"),
+                 (b, np.dtype("(2,)f8"), (5,), "C")]:
+        try:
+            want = numpy_own(*args)
+        except (ValueError, TypeError) as exc:
+            with pytest.raises(type(exc), match=re.escape(str(exc))):
+                made(*args)
+        else:
+            got = made(*args)
+            assert type(got) is type(want) and got.shape == want.shape
+            np.testing.assert_array_equal(got, want)
+    got = made(memoryview(b).toreadonly(), np.dtype("<f8"), (5, 2), "F")
+    assert type(got) is np.memmap and got.offset == 128 and got.flags.f_contiguous
+    assert not got.flags.writeable and got.base is mm._mmap
+    with pytest.raises(TypeError, match="np.memmap"):
+        _core.MappedArrays(whole)
 
 
 def test_load_leaves_the_cyclic_collector_as_it_was(tmp_path, monkeypatch):
