@@ -173,6 +173,34 @@ PyObject *Writer_write(WriterObject *w, PyObject *data)
     return PyLong_FromSsize_t(len);
 }
 
+/* Seek the file object to start_pos + delta: 0, or -1 with an exception. */
+static int seek_from_start(WriterObject *w, uint64_t delta)
+{
+    PyObject *d = PyLong_FromUnsignedLongLong(delta);
+    PyObject *to = d ? PyNumber_Add(w->start_pos, d) : NULL;
+    Py_XDECREF(d);
+    if (!to) return -1;
+    PyObject *r = PyObject_CallMethod(w->fileobj, "seek", "O", to);
+    Py_DECREF(to);
+    if (!r) return -1;
+    Py_DECREF(r);
+    return 0;
+}
+
+/* Back to where the container starts: 1; 0 where the file object cannot
+ * seek or refuses to go back (its OSError or ValueError cleared, and the
+ * start forgotten); -1 on any other error. */
+static int seek_back(WriterObject *w)
+{
+    if (w->start_pos == Py_None) return 0;
+    if (seek_from_start(w, 0) == 0) return 1;
+    if (!PyErr_ExceptionMatches(PyExc_OSError) && !PyErr_ExceptionMatches(PyExc_ValueError))
+        return -1;
+    PyErr_Clear();
+    Py_SETREF(w->start_pos, Py_NewRef(Py_None));
+    return 0;
+}
+
 /* Whether the header can be patched at the end: always on a file
  * descriptor; on a file object, when it can go back to where the container
  * starts. Called once the provisional header is out, it seeks back there and
@@ -181,31 +209,16 @@ PyObject *Writer_write(WriterObject *w, PyObject *data)
 int wr_can_patch(WriterObject *w)
 {
     if (w->fd >= 0) return 1;
-    if (w->start_pos == Py_None) return 0;
-    PyObject *r = PyObject_CallMethod(w->fileobj, "seek", "O", w->start_pos);
-    if (!r) {
-        if (!PyErr_ExceptionMatches(PyExc_OSError) && !PyErr_ExceptionMatches(PyExc_ValueError))
-            return -1;
-        PyErr_Clear();
-        Py_SETREF(w->start_pos, Py_NewRef(Py_None)); /* nor at the end */
-        return 0;
-    }
-    Py_DECREF(r);
-    PyObject *len = PyLong_FromUnsignedLongLong(w->pos);
-    PyObject *back = len ? PyNumber_Add(w->start_pos, len) : NULL;
-    Py_XDECREF(len);
-    if (!back) return -1;
-    r = PyObject_CallMethod(w->fileobj, "seek", "O", back);
-    Py_DECREF(back);
-    if (!r) return -1;
-    Py_DECREF(r);
-    return 1;
+    int rc = seek_back(w);
+    if (rc <= 0) return rc;
+    return seek_from_start(w, w->pos) < 0 ? -1 : 1;
 }
 
 /* Write the final header over the provisional one: pwrite and fsync on a
  * file descriptor; seek, write and seek back to the end on a seekable file
  * object (one that refuses to go back, such as gzip in write mode, keeps
- * the provisional header, which is valid: the trailer says it all). */
+ * the provisional header, which is valid: the trailer says it all; but a
+ * file with a packed section needs the header to say so). */
 int wr_patch_header(WriterObject *w, const unsigned char *h, int do_fsync)
 {
     if (w->fd >= 0) {
@@ -224,26 +237,18 @@ int wr_patch_header(WriterObject *w, const unsigned char *h, int do_fsync)
         }
         return 0;
     }
-    if (w->start_pos == Py_None) return 0;
-    PyObject *r = PyObject_CallMethod(w->fileobj, "seek", "O", w->start_pos);
-    if (!r) {
-        if (!PyErr_ExceptionMatches(PyExc_OSError)) return -1;
-        PyErr_Clear();
-        return 0;
+    int rc = seek_back(w);
+    if (rc < 0) return -1;
+    if (rc == 0) {
+        if (!(w->required & FK_REQ_PACKED)) return 0;
+        PyErr_SetString(PyExc_OSError, "the file object refused to seek back to the start of the "
+                        "container to write its final header (it went back when the dump began)");
+        return -1;
     }
-    Py_DECREF(r);
     if (write_all_pyfile(w, h, FK_HEADER_LEN) < 0) return -1;
     fk_header hd;
     header_decode(h, &hd);
-    PyObject *tot = PyLong_FromUnsignedLongLong(hd.total);
-    PyObject *end = tot ? PyNumber_Add(w->start_pos, tot) : NULL;
-    Py_XDECREF(tot);
-    if (!end) return -1;
-    r = PyObject_CallMethod(w->fileobj, "seek", "O", end);
-    Py_DECREF(end);
-    if (!r) return -1;
-    Py_DECREF(r);
-    return 0;
+    return seek_from_start(w, hd.total);
 }
 
 /* Release a memoryview over memory we own, keeping any pending exception. */

@@ -378,6 +378,24 @@ def test_file_object_dumps_are_the_bytes_of_a_path_dump(tmp_path, fixed_clock_an
     assert firkin.dumps(value) == want
 
 
+def test_file_object_that_stops_going_back_fails_the_dump():
+    """A file object that went back when the dump began (so small arrays
+    were packed) but refuses at the end would leave a header that does not
+    declare the packed section: the dump fails instead; without small
+    arrays the provisional header is valid and the dump succeeds."""
+    class GoesBackOnce(io.BytesIO):
+        def seek(self, pos, whence=0):
+            if whence == 0 and pos < self.tell() and self.getbuffer().nbytes > 64:
+                raise OSError("no going back now")
+            return super().seek(pos, whence)
+
+    with pytest.raises(OSError, match="refused to seek back .* final header"):
+        firkin.dump([np.arange(3)], GoesBackOnce())
+    f = GoesBackOnce()
+    firkin.dump([1, 2], f)
+    assert firkin.loads(f.getvalue()) == [1, 2]
+
+
 def test_file_object_dumps_map_every_array(tmp_path):
     """What a user does: dump into open(p, "wb") or into a BytesIO written
     to disk later, then load the path with mmap_mode: every array is an
