@@ -45,7 +45,8 @@ def test_round_trip_and_inspection_on_memory():
     meta = firkin.load_metadata(url)
     assert meta["user"] == {"run": 7} and meta["size"] == fsspec.filesystem("memory").size(url)
     report = firkin.verify(url)
-    assert report.ok and report.path == url and report.buffers == 1
+    # a memory file can seek: "small" is packed out of band, as a path dump packs it
+    assert report.ok and report.path == url and report.buffers == 2
     info = firkin.info(url)
     assert info.path == url and info.size_on_disk == meta["size"]
     assert firkin.untrusted_types(url) == []
