@@ -41,12 +41,19 @@ struct codec_pool {
     PyObject *py_codec; /* (compress, decompress) callables, or NULL */
 };
 
+/* Called with the GIL held by every dump and load: glibc answers
+ * _SC_NPROCESSORS_ONLN by reading /sys (three system calls), so the answer
+ * is kept for the process. */
 int codec_default_threads(void)
 {
-    long n = sysconf(_SC_NPROCESSORS_ONLN);
-    if (n < 1) n = 1;
-    if (n > 64) n = 64;
-    return (int)n;
+    static int cached;
+    if (!cached) {
+        long n = sysconf(_SC_NPROCESSORS_ONLN);
+        if (n < 1) n = 1;
+        if (n > 64) n = 64;
+        cached = (int)n;
+    }
+    return cached;
 }
 
 static void job_run(codec_pool *p, codec_job *job);
