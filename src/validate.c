@@ -165,21 +165,40 @@ PyObject *validate_checked_subclass(PyObject *module, PyObject *args)
 
 /* ---- the estimator walk ---- */
 
-static int walk_visit(PyObject *obj, void *todo)
+/* What the walk pushes and pops, and the leaf types it never goes into. */
+typedef struct {
+    PyObject *todo;   /* list */
+    PyObject *leaves; /* frozenset of types */
+} walk_stack;
+
+/* Push obj unless its type is a leaf, which walk_one would only pop and
+ * drop (a model's dicts hold mostly str keys and numbers). */
+static int walk_push(walk_stack *ws, PyObject *obj)
 {
-    return PyList_Append((PyObject *)todo, obj);
+    const int rc = PySet_Contains(ws->leaves, (PyObject *)Py_TYPE(obj));
+    if (rc != 0) return rc < 0 ? -1 : 0;
+    return PyList_Append(ws->todo, obj);
 }
 
-/* todo.extend(seq) for a list or tuple */
-static int walk_extend(PyObject *todo, PyObject *seq)
+static int walk_visit(PyObject *obj, void *ws)
 {
-    return PyList_SetSlice(todo, PY_SSIZE_T_MAX, PY_SSIZE_T_MAX, seq);
+    return walk_push((walk_stack *)ws, obj);
+}
+
+/* todo.extend(seq) for a list or tuple, less its leaves */
+static int walk_extend(walk_stack *ws, PyObject *seq)
+{
+    const Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    PyObject **items = PySequence_Fast_ITEMS(seq);
+    for (Py_ssize_t i = 0; i < n; i++)
+        if (walk_push(ws, items[i]) < 0) return -1;
+    return 0;
 }
 
 /* What one popped object adds to the walk: 1 when it was new (`held` keeps
  * it alive to the end, so no address is seen twice), 0 when skipped, -1 on
  * error. */
-static int walk_one(PyObject *obj, PyObject *todo, PyObject *seen, PyObject *held, PyObject *name,
+static int walk_one(PyObject *obj, walk_stack *ws, PyObject *seen, PyObject *held, PyObject *name,
                     PyObject *by_class, PyObject *leaves, PyObject *skip, PyObject *expand)
 {
     PyTypeObject *t = Py_TYPE(obj);
@@ -196,12 +215,12 @@ static int walk_one(PyObject *obj, PyObject *todo, PyObject *seen, PyObject *hel
     if (PyDict_CheckExact(obj)) {
         /* values, then keys, as the walk has always pushed them */
         PyObject *values = PyDict_Values(obj), *keys = values ? PyDict_Keys(obj) : NULL;
-        const int bad = !keys || walk_extend(todo, values) < 0 || walk_extend(todo, keys) < 0;
+        const int bad = !keys || walk_extend(ws, values) < 0 || walk_extend(ws, keys) < 0;
         Py_XDECREF(values);
         Py_XDECREF(keys);
         return bad ? -1 : 1;
     }
-    if (PyList_CheckExact(obj) || PyTuple_CheckExact(obj)) return walk_extend(todo, obj) < 0 ? -1 : 1;
+    if (PyList_CheckExact(obj) || PyTuple_CheckExact(obj)) return walk_extend(ws, obj) < 0 ? -1 : 1;
     PyObject *fn = PyDict_GetItemWithError(by_class, (PyObject *)t); /* borrowed */
     if (fn) {
         Py_INCREF(fn);
@@ -218,7 +237,7 @@ static int walk_one(PyObject *obj, PyObject *todo, PyObject *seen, PyObject *hel
         if (!more) return -1;
         const int bad = !PyList_Check(more) ? (PyErr_SetString(PyExc_TypeError,
                                                                "walk: expand() must return a list"), 1)
-                                            : walk_extend(todo, more) < 0;
+                                            : walk_extend(ws, more) < 0;
         Py_DECREF(more);
         return bad ? -1 : 1;
     }
@@ -226,7 +245,7 @@ static int walk_one(PyObject *obj, PyObject *todo, PyObject *seen, PyObject *hel
     if (rc != 0) return rc < 0 ? -1 : 1;
     if (PyObject_IS_GC(obj) && t->tp_traverse) {
         /* what gc.get_referents(obj) lists */
-        if (t->tp_traverse(obj, walk_visit, todo) != 0) return -1;
+        if (t->tp_traverse(obj, walk_visit, ws) != 0) return -1;
     }
     return 1;
 }
@@ -243,6 +262,7 @@ PyObject *validate_walk(PyObject *module, PyObject *args)
     (void)module;
     PyObject *root, *name, *by_class, *leaves, *skip, *expand;
     PyObject *todo = NULL, *seen = NULL, *held = NULL, *result = NULL;
+    walk_stack ws;
     if (!PyArg_ParseTuple(args, "OOO!O!O!O:walk", &root, &name, &PyDict_Type, &by_class,
                           &PyFrozenSet_Type, &leaves, &PyTuple_Type, &skip, &expand))
         return NULL;
@@ -250,15 +270,15 @@ PyObject *validate_walk(PyObject *module, PyObject *args)
     seen = PySet_New(NULL);
     held = PyList_New(0);
     if (!todo || !seen || !held || PyList_Append(todo, root) < 0) goto done;
+    ws.todo = todo;
+    ws.leaves = leaves;
     while (PyList_GET_SIZE(todo) > 0) {
+        /* pop: the list's reference becomes ours (as list.pop, without a call) */
         const Py_ssize_t last = PyList_GET_SIZE(todo) - 1;
         PyObject *obj = PyList_GET_ITEM(todo, last);
-        Py_INCREF(obj);
-        if (PyList_SetSlice(todo, last, last + 1, NULL) < 0) {
-            Py_DECREF(obj);
-            goto done;
-        }
-        const int rc = walk_one(obj, todo, seen, held, name, by_class, leaves, skip, expand);
+        PyList_SET_ITEM(todo, last, NULL);
+        Py_SET_SIZE(todo, last);
+        const int rc = walk_one(obj, &ws, seen, held, name, by_class, leaves, skip, expand);
         Py_DECREF(obj);
         if (rc < 0) goto done;
     }

@@ -195,6 +195,43 @@ def test_tree_state_refused(case, dtc, tmp_path, keys):
     _refused(_with_tree(dtc, change), tmp_path, match)
 
 
+#: the node fields that are intp: int32 in a tree pickled on a 32-bit platform
+_INTP_FIELDS = ("left_child", "right_child", "feature", "n_node_samples")
+
+
+def _links32(change=None):
+    """A tree's nodes as a 32-bit platform pickles them (scikit-learn converts
+    them when it loads them), then `change`: the check reads native int64
+    links directly and converts any other integer fields first."""
+    def go(state):
+        nodes = state["nodes"]
+        dt = np.dtype([(f, np.int32 if f in _INTP_FIELDS else nodes.dtype[f])
+                       for f in nodes.dtype.names])
+        narrow = np.empty(nodes.shape, dt)
+        for f in nodes.dtype.names:
+            narrow[f] = nodes[f]
+        state["nodes"] = narrow
+        if change is not None:
+            change(state)
+    return go
+
+
+@pytest.mark.parametrize("case", ["left child out of range", "feature out of range",
+                                  "cycle to the root", "leaf with a right child"])
+def test_tree_state_with_int32_links_refused(case, dtc, tmp_path, keys):
+    change, match = TREE_CASES[case]
+    _refused(_with_tree(dtc, _links32(change)), tmp_path, match)
+
+
+def test_tree_with_int32_links_loads(dtc, tmp_path, keys):
+    files = _files(_with_tree(dtc, _links32()), tmp_path)
+    firkin.set_key(KEY_B)
+    for label, path in files:
+        loaded = firkin.load(path)
+        assert loaded.tree_.__getstate__()["nodes"].dtype == dtc.tree_.__getstate__()["nodes"].dtype
+        np.testing.assert_array_equal(loaded.predict_proba(X), dtc.predict_proba(X), err_msg=label)
+
+
 def test_tree_refusal_is_the_checks_not_a_broken_file(dtc, tmp_path, keys):
     # sklearn itself accepts the state (it only checks dtypes and shapes):
     # the refusal comes from firkin's check, trusted=True loads it (never used)

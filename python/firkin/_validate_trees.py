@@ -76,6 +76,16 @@ def _node_dtype_problem(dtype) -> str | None:
     return None
 
 
+_INT64 = np.dtype(np.int64)
+
+
+@functools.lru_cache(maxsize=16)
+def _node_links_int64(dtype) -> bool:
+    """Whether the link fields of a node dtype are native int64 already
+    (scikit-learn's are), so that tree_links can read them as they are."""
+    return all(dtype[field] == _INT64 for field in ("left_child", "right_child", "feature"))
+
+
 def _check_tree_state(name: str, tree, d) -> None:
     what = "a sklearn.tree._tree.Tree"
     if type(d) is not dict:
@@ -92,9 +102,9 @@ def _check_tree_state(name: str, tree, d) -> None:
                      "nodes (it must be their number, at least 1)")
     if not (_is_int(max_depth) and 0 <= max_depth < n):
         raise refuse(name, what, f"max_depth is {max_depth!r}, not in [0, node_count)")
-    left = nodes["left_child"].astype(np.int64, copy=False)
-    right = nodes["right_child"].astype(np.int64, copy=False)
-    feature = nodes["feature"].astype(np.int64, copy=False)
+    left, right, feature = nodes["left_child"], nodes["right_child"], nodes["feature"]
+    if not _node_links_int64(nodes.dtype):
+        left, right, feature = left.astype(np.int64), right.astype(np.int64), feature.astype(np.int64)
     # one pass in C (firkin._core.tree_links): children come after their
     # parent in the array, as sklearn adds a node before its children, which
     # with in-range indices makes the graph acyclic; the same pass measures
