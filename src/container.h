@@ -200,6 +200,7 @@ typedef struct {
     Py_ssize_t len;
 } BufferObject;
 BufferObject *buffer_new(fk_state *st, size_t len);
+void fk_advise_huge(void *p, size_t len);
 
 /* ---- pickler.c ---- */
 int pickler_init_types(PyObject *module, fk_state *st);

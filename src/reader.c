@@ -29,6 +29,7 @@ static PyObject *fk_section_bytes(ReaderObject *r, const fk_section *s)
     PyObject *b = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)s->raw); /* raw <= file size or 64 MiB/chunk */
     if (!b) return NULL;
     unsigned char *dst = (unsigned char *)PyBytes_AS_STRING(b);
+    fk_advise_huge(dst, (size_t)s->raw); /* a big stream: a few page faults, not thousands */
     if (rd_sections_into(r, &s, &dst, 1, 1, 0, NULL, NULL, NULL) < 0) {
         Py_DECREF(b);
         return NULL;
@@ -144,6 +145,7 @@ static PyObject *Reader_read_buffers(ReaderObject *r, PyObject *args, PyObject *
             PyErr_NoMemory();
             goto fail;
         }
+        fk_advise_huge(ptmp, (size_t)s->raw); /* a forest's 10 MB: a few faults, not 2,500 */
         secs[n] = s;
         dsts[n++] = ptmp;
     }
