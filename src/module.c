@@ -5,6 +5,11 @@
 #define PY_ARRAY_UNIQUE_SYMBOL firkin_ARRAY_API
 #include "firkin.h"
 #include <numpy/arrayobject.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 static fk_state *get_state(PyObject *module)
 {
@@ -177,6 +182,46 @@ done:
     return out;
 }
 
+/* exchange(dir_fd, src, dst) -> True once src and dst (names in the directory
+ * dir_fd) have swapped files atomically (renameat2 RENAME_EXCHANGE), False
+ * where the kernel or file system cannot (nothing changed: rename instead);
+ * OSError for any other failure. firkin._atomic replaces a file this way when
+ * the dump need not be durable: ext4 writes a file renamed over another out
+ * before the rename returns (auto_da_alloc), which an exchange does not ask. */
+static PyObject *fk_exchange(PyObject *module, PyObject *args)
+{
+    (void)module;
+    int dir_fd;
+    PyObject *src = NULL, *dst = NULL, *result = NULL;
+    if (!PyArg_ParseTuple(args, "iO&O&:exchange", &dir_fd, PyUnicode_FSConverter, &src,
+                          PyUnicode_FSConverter, &dst))
+        goto done;
+#if defined(SYS_renameat2) && defined(RENAME_EXCHANGE)
+    long rc;
+    int err;
+    Py_BEGIN_ALLOW_THREADS
+    rc = syscall(SYS_renameat2, dir_fd, PyBytes_AS_STRING(src), dir_fd, PyBytes_AS_STRING(dst),
+                 (unsigned int)RENAME_EXCHANGE);
+    err = errno;
+    Py_END_ALLOW_THREADS
+    if (rc == 0) {
+        result = Py_NewRef(Py_True);
+    } else if (err == ENOSYS || err == EINVAL || err == EOPNOTSUPP || err == ENOTSUP) {
+        result = Py_NewRef(Py_False);
+    } else {
+        errno = err;
+        PyErr_SetFromErrnoWithFilenameObjects(PyExc_OSError, src, dst);
+    }
+#else
+    (void)dir_fd;
+    result = Py_NewRef(Py_False);
+#endif
+done:
+    Py_XDECREF(src);
+    Py_XDECREF(dst);
+    return result;
+}
+
 static PyMethodDef module_methods[] = {
     {"required_flags", fk_required_flags, METH_VARARGS,
      "required_flags(codec, filters, streamed=False) -> the header's required feature flags of such a dump"},
@@ -190,6 +235,9 @@ static PyMethodDef module_methods[] = {
      "and Reader"},
     {"native_codecs", fk_native_codecs, METH_NOARGS, "which codecs are compiled in"},
     {"crc32c", fk_crc32c, METH_VARARGS, "crc32c(data, value=0) -> CRC-32C of data, continuing value"},
+    {"exchange", fk_exchange, METH_VARARGS,
+     "exchange(dir_fd, src, dst) -> True once the names src and dst in the directory dir_fd have "
+     "swapped files atomically, False where the kernel or file system cannot (nothing changed)"},
     {"build_info", fk_build_info, METH_NOARGS, "facts about this build of the extension"},
     {"poly1305", (PyCFunction)(void (*)(void))fk_poly1305_py, METH_VARARGS | METH_KEYWORDS,
      "poly1305(key, data, portable=False) -> the 16-byte Poly1305 tag (RFC 8439) of data under a "

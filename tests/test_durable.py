@@ -103,6 +103,64 @@ def test_durable_false_is_still_atomic_and_leaves_no_temp(tmp_path):
     assert os.listdir(tmp_path) == ["m.firkin"]
 
 
+def test_durable_false_swaps_a_file_of_yours_and_renames_otherwise(tmp_path, monkeypatch):
+    from firkin import _atomic, _core
+
+    path = tmp_path / "m.firkin"
+    swaps, renames = [], []
+    real_exchange, real_rename = _core.exchange, os.rename
+    monkeypatch.setattr(_core, "exchange", lambda *a: swaps.append(a) or real_exchange(*a))
+    monkeypatch.setattr(os, "rename", lambda *a, **k: renames.append(a) or real_rename(*a, **k))
+    firkin.dump({"v": 1}, path, durable=False)  # nothing to replace: renamed
+    assert (len(swaps), len(renames)) == (0, 1)
+    os.link(path, tmp_path / "old")
+    firkin.dump({"v": 2}, path, durable=False)  # a file of yours: swapped, then removed
+    assert len(swaps) == 1 and len(renames) == 1
+    assert firkin.load(path) == {"v": 2}
+    assert firkin.load(tmp_path / "old") == {"v": 1}  # as a rename leaves another link
+    assert sorted(os.listdir(tmp_path)) == ["m.firkin", "old"]
+    assert os.stat(path).st_ino != os.stat(tmp_path / "old").st_ino
+    firkin.dump({"v": 3}, path)  # durable: renamed, as ever
+    assert (len(swaps), len(renames)) == (1, 2)
+    assert firkin.load(path) == {"v": 3}
+    # a kernel or file system without the swap: a rename, nothing lost
+    monkeypatch.setattr(_core, "exchange", lambda *a: False)
+    firkin.dump({"v": 4}, path, durable=False)
+    assert firkin.load(path) == {"v": 4} and len(renames) == 3
+    assert sorted(os.listdir(tmp_path)) == ["m.firkin", "old"]
+    # the old file went away between the look and the swap: the rename creates it
+    monkeypatch.setattr(_core, "exchange", real_exchange)
+    real_stat = os.stat
+
+    def vanish(name, *a, **k):
+        st = real_stat(name, *a, **k)
+        if name == "m.firkin":
+            os.unlink(path)
+        return st
+
+    monkeypatch.setattr(os, "stat", vanish)
+    firkin.dump({"v": 5}, path, durable=False)
+    monkeypatch.setattr(os, "stat", real_stat)
+    assert firkin.load(path) == {"v": 5}
+    assert sorted(os.listdir(tmp_path)) == ["m.firkin", "old"]
+    assert _atomic._yours(os.stat(path)) and not _atomic._yours(os.stat(tmp_path))
+
+
+def test_exchange_swaps_two_names(tmp_path):
+    from firkin import _core
+
+    (tmp_path / "a").write_bytes(b"A")
+    (tmp_path / "b").write_bytes(b"B")
+    fd = os.open(tmp_path, os.O_RDONLY)
+    try:
+        assert _core.exchange(fd, "a", "b") is True
+        with pytest.raises(FileNotFoundError):
+            _core.exchange(fd, "a", "missing")
+    finally:
+        os.close(fd)
+    assert (tmp_path / "a").read_bytes() == b"B" and (tmp_path / "b").read_bytes() == b"A"
+
+
 def test_set_defaults_returns_previous_and_restores():
     assert firkin.set_defaults(durable=False) == {"durable": None, "progress": None}
     assert firkin.set_defaults(progress=True) == {"durable": False, "progress": None}

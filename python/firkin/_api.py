@@ -125,10 +125,11 @@ def dump(value: Any, filename: Target, compress: Compress = 0, protocol: int | N
     durable: True (the default, unless firkin.set_defaults or FIRKIN_DURABLE
     say otherwise) fsyncs the file and then its directory, so the new file
     survives a power loss once dump returns. False skips both fsyncs and
-    keeps the temporary file and rename: a killed process still never
-    leaves a torn file, but after a power loss or OS crash the target may
-    hold the previous file, or be empty or torn on file systems that do not
-    order the rename after the data. File objects are never fsynced.
+    keeps the temporary file and its atomic replacement (a file of yours is
+    swapped with it, renameat2 RENAME_EXCHANGE, so that ext4 does not write
+    it out first): a killed process still never leaves a torn file, but
+    after a power loss or OS crash the target may hold the previous file,
+    or be empty or torn. File objects are never fsynced.
 
     compress takes every form joblib.dump takes: False/0, True (zlib level
     3), a level 0-9 (zlib), a method name ('zlib', 'gzip', 'bz2', 'lzma',
