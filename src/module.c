@@ -6,7 +6,6 @@
 #include "firkin.h"
 #include <numpy/arrayobject.h>
 #include <errno.h>
-#include <fcntl.h>
 #include <stdio.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -197,11 +196,12 @@ static PyObject *fk_exchange(PyObject *module, PyObject *args)
                           PyUnicode_FSConverter, &dst))
         goto done;
 #if defined(SYS_renameat2) && defined(RENAME_EXCHANGE)
+    const char *from = PyBytes_AS_STRING(src), *to = PyBytes_AS_STRING(dst);
     long rc;
     int err;
+    /* a metadata call the file system may make wait (a journal commit), as os.rename */
     Py_BEGIN_ALLOW_THREADS
-    rc = syscall(SYS_renameat2, dir_fd, PyBytes_AS_STRING(src), dir_fd, PyBytes_AS_STRING(dst),
-                 (unsigned int)RENAME_EXCHANGE);
+    rc = syscall(SYS_renameat2, dir_fd, from, dir_fd, to, (unsigned int)RENAME_EXCHANGE);
     err = errno;
     Py_END_ALLOW_THREADS
     if (rc == 0) {
