@@ -251,7 +251,9 @@ typedef struct {
 enum { ROLE_NONE = 0, ROLE_DTYPE = 1, ROLE_WRAPPER = 2, ROLE_RECONSTRUCTOR = 3, ROLE_BASE_NEW = 4,
        ROLE_PYX = 5, ROLE_SIZED = 6,
        /* followed for the array records only; otherwise as ROLE_NONE */
-       ROLE_ND_WRAPPER = 7, ROLE_ZND_WRAPPER = 8, ROLE_NDRECON = 9, ROLE_FROMBUFFER = 10 };
+       ROLE_ND_WRAPPER = 7, ROLE_ZND_WRAPPER = 8, ROLE_NDRECON = 9, ROLE_FROMBUFFER = 10,
+       /* numpy's StringDType factory: a dtype whose arrays hold Python strings */
+       ROLE_STRINGDTYPE = 11 };
 
 /* TUPLE2 of (global or instance, string constant): a candidate getattr
  * argument tuple */

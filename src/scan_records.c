@@ -552,6 +552,12 @@ int scan_reduce(scan_ctx *c)
             if (scan_make_dtype(c, args, &v) < 0) return -1;
             return scan_collapse_to(c, c->depth - 2, v);
         }
+        if (role == ROLE_STRINGDTYPE) { /* whatever its arguments: a dtype of objects */
+            if (scan_new_rec(c, REC_DTYPE, &v) < 0) return -1;
+            c->recs[sv_index(v)].bits = DT_OBJTYPE;
+            c->recs[sv_index(v)].size = (int64_t)(2 * sizeof(void *));
+            return scan_collapse_to(c, c->depth - 2, v);
+        }
         if (role == ROLE_WRAPPER || role == ROLE_PYX) { /* an instance, not a dtype */
             if (scan_instance_of(c, fn, &v) < 0) return -1;
             return scan_collapse_to(c, c->depth - 2, v);

@@ -323,6 +323,11 @@ static unsigned char scan_role(PyObject *module, PyObject *name)
         (str_is(name, "dtype") && (str_is(module, "numpy") || str_is(module, "numpy.core.multiarray") ||
                                    str_is(module, "numpy._core.multiarray"))))
         return ROLE_DTYPE;
+    /* numpy pickles a StringDType as _convert_to_stringdtype_kwargs(coerce,
+     * na_object): its arrays hold Python strings (dtype.hasobject), so joblib
+     * writes them as a pickle of their own, never as raw bytes */
+    if (str_is(module, "numpy._core._internal") && str_is(name, "_convert_to_stringdtype_kwargs"))
+        return ROLE_STRINGDTYPE;
     if (str_is(name, "NumpyArrayWrapper")) {
         /* joblib, or joblib as scikit-learn once vendored it (sklearn.externals.joblib) */
         if (scan_joblib_module(module, 0)) return ROLE_WRAPPER;

@@ -101,6 +101,60 @@ def test_a_name_only_inside_an_object_array(tmp_path):
     assert firkin.untrusted_types(path) == ["test_scan_joblib.Custom"]
 
 
+def _string_dtype():
+    if not hasattr(np.dtypes, "StringDType"):
+        pytest.skip("NumPy < 2 has no StringDType")
+    return np.dtypes.StringDType
+
+
+@pytest.mark.parametrize("compress", [0, 3])
+def test_string_dtype_arrays_load(tmp_path, compress):
+    """NumPy 2's StringDType holds Python strings (dtype.hasobject): joblib
+    writes such an array as a pickle of its own, which the scanner follows as
+    an object array's (it refused them: "a joblib array whose dtype the
+    scanner cannot size")."""
+    sdt = _string_dtype()
+    path = tmp_path / "s.joblib"
+    for a in (np.array(["a", "bc", "h\xe9llo" * 40], dtype=sdt()),
+              np.array(["x", None], dtype=sdt(na_object=None)),
+              np.array(["x", "y"], dtype=sdt(na_object=np.nan, coerce=False))):
+        joblib.dump({"s": a, "n": np.arange(5)}, path, compress=compress)
+        assert firkin.untrusted_types(path) == []
+        for kw in ({}, {"mmap_mode": "r"}) if not compress else ({},):
+            got = firkin.load(path, **kw)
+            assert got["s"].dtype == a.dtype and got["s"].tolist() == a.tolist()
+            np.testing.assert_array_equal(got["n"], np.arange(5))
+        assert [r["kind"] for r in firkin.info(path).arrays] == ["joblib (object)", "joblib"]
+
+
+def _string_array_file(nested: bytes) -> bytes:
+    from _pickles import _binunicode as _u, _g
+
+    dtype = _g("numpy._core._internal", "_convert_to_stringdtype_kwargs") + b"K\x01N\x86R"
+    state = (b"}(" + _u("subclass") + _g("numpy", "ndarray") + _u("shape") + b"K\x02\x85"
+             + _u("order") + _u("C") + _u("dtype") + dtype + _u("allow_mmap") + b"\x89u")
+    return (b"\x80\x04" + _g("joblib.numpy_pickle", "NumpyArrayWrapper") + b")\x81" + state + b"b"
+            + nested + b".")
+
+
+def test_the_pickle_of_a_string_dtype_array_is_judged(tmp_path):
+    from _pickles import _binunicode as _u, _g
+
+    sdt = _string_dtype()
+    path = tmp_path / "s.joblib"
+    honest = np.array(["a", "bc"], dtype=sdt())
+    path.write_bytes(_string_array_file(pickle.dumps(honest, 2)))  # joblib's layout, by hand
+    assert joblib.load(path).tolist() == ["a", "bc"]
+    assert firkin.load(path).tolist() == ["a", "bc"]
+
+    path.write_bytes(_string_array_file(b"\x80\x04" + _g("os", "system") + _u("echo owned")
+                                        + b"\x85R."))
+    assert firkin.untrusted_types(path) == ["os.system"]
+    for kw in ({}, {"mmap_mode": "r"}):
+        with pytest.raises(firkin.UntrustedTypesError, match=r"os\.system"):
+            firkin.load(path, **kw)
+
+
 def test_non_seekable_and_mmap_loads_are_scanned(tmp_path):
     path = tmp_path / "c.joblib"
     joblib.dump({"x": np.arange(10.0), "c": Custom()}, path, compress=3)
