@@ -312,9 +312,11 @@ PyObject *scan_records(PyObject *module, PyObject *args);
  * (its flags hide the Python objects it holds; it nests too deep). */
 PyObject *fk_dtype_problem(PyObject *module, PyObject *arg);
 int dtype_init_types(PyObject *module, fk_state *st);
+
 /* ---- mapped.c ---- */
 /* MappedArrays(mm): numpy's _frombuffer that makes np.memmap views of mm's mapping */
 int mapped_init_types(PyObject *module);
+
 /* ---- validate.c ---- */
 /* tree_links(left, right, feature, n_features) -> the tree's depth, or
  * (code, node): the first node of a decision tree whose links or feature
