@@ -233,7 +233,7 @@ def test_dumps_write_the_documented_signature(tmp_path, compress):
     packed = None if compress else section_raw(data, section(parse(data), KIND_PACKED))
     # format 1.3; a compressed dump may filter its arrays and says so in the required flags
     required = _core.REQ_FILTERS if compress else _core.REQ_PACKED
-    assert header == _sign.header_fixed(required) and header[8:12] == b"\x01\x00\x03\x00"
+    assert header == _core.header_fixed(required) and header[8:12] == b"\x01\x00\x03\x00"
     assert [s["kind"] for s in _sections(path, "signature")] == ["signature"]
     assert _kind_numbers(path)[-1] == KIND_SIGNATURE_V3
     assert payload == signature_v3(_sign.current_key(), header, stream, meta, buffers, payload[8:24],

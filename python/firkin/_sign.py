@@ -55,16 +55,6 @@ SALT_LEN = 16
 _STREAM_ID = struct.pack("<I", _core.HASH_STREAM)  # the "buffer" of a pickle stream chunk's entry
 
 
-def header_fixed(required: int = 0) -> bytes:
-    """The fixed part of a header this firkin writes: magic, format version,
-    header length 64, the required feature flags (docs/FORMAT.md)."""
-    return _core.header_fixed(required)
-
-
-#: the fixed part of a header with no required features (a file, not a stream)
-HEADER_FIXED = header_fixed()
-
-
 def signed_header(reader) -> bytes:
     """The header bytes 0-23 a signature covers: as in the file, with
     required bit 2 (packed buffers, format 1.3) clear. The writer learns
@@ -72,6 +62,7 @@ def signed_header(reader) -> bytes:
     the packed section is there, which the signature covers itself
     (docs/FORMAT.md, "Signature")."""
     return _core.header_fixed(reader.required_flags & ~_core.REQ_PACKED, *reader.format_version)
+
 
 _lock = threading.Lock()
 _process_key: bytes | None = None
@@ -377,7 +368,7 @@ class Signer:
     def __init__(self, key: bytes, required: int = 0):
         self._key = key
         self._salt = secrets.token_bytes(SALT_LEN)
-        self._header = header_fixed(required)
+        self._header = _core.header_fixed(required)  # magic, version, 64, required flags
 
     def writer_kwargs(self) -> dict:
         """What the Writer needs to sign: the chunk hash key."""
