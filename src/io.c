@@ -246,9 +246,7 @@ int wr_patch_header(WriterObject *w, const unsigned char *h, int do_fsync)
         return -1;
     }
     if (write_all_pyfile(w, h, FK_HEADER_LEN) < 0) return -1;
-    fk_header hd;
-    header_decode(h, &hd);
-    return seek_from_start(w, hd.total);
+    return seek_from_start(w, w->pos); /* back to the container's end */
 }
 
 /* Release a memoryview over memory we own, keeping any pending exception. */
