@@ -138,7 +138,7 @@ def _string_array_file(nested: bytes) -> bytes:
 
 
 def test_the_pickle_of_a_string_dtype_array_is_judged(tmp_path):
-    from _pickles import _binunicode as _u, _g
+    from _pickles import _binunicode as _u, _containers, _g
 
     sdt = _string_dtype()
     path = tmp_path / "s.joblib"
@@ -147,12 +147,17 @@ def test_the_pickle_of_a_string_dtype_array_is_judged(tmp_path):
     assert joblib.load(path).tolist() == ["a", "bc"]
     assert firkin.load(path).tolist() == ["a", "bc"]
 
-    path.write_bytes(_string_array_file(b"\x80\x04" + _g("os", "system") + _u("echo owned")
-                                        + b"\x85R."))
+    evil = _string_array_file(b"\x80\x04" + _g("os", "system") + _u("echo owned") + b"\x85R.")
+    path.write_bytes(evil)
     assert firkin.untrusted_types(path) == ["os.system"]
     for kw in ({}, {"mmap_mode": "r"}):
         with pytest.raises(firkin.UntrustedTypesError, match=r"os\.system"):
             firkin.load(path, **kw)
+    for kind, blob in _containers(evil).items():  # compressed joblib files, firkin containers
+        bad = tmp_path / f"evil.{kind}"
+        bad.write_bytes(blob)
+        with pytest.raises(firkin.UntrustedTypesError, match=r"os\.system"):
+            firkin.load(bad)
 
 
 def test_non_seekable_and_mmap_loads_are_scanned(tmp_path):

@@ -46,7 +46,7 @@ from firkin import _core, _trust
 from firkin._trust import ALLOWED, UntrustedTypesError, check_stream, make_unpickler, untrusted, untrusted_types
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools"))
-from _pickles import P4, _g, _payloads, _sg, _u
+from _pickles import P4, _containers, _g, _payloads, _sg, _u
 from _support import KEY_A, KEY_B
 from allowlist_corpus import (
     FORBIDDEN_MODULES,
@@ -614,9 +614,14 @@ def test_cython_top_level_alias_is_judged_and_resolved_as_the_real_module(tmp_pa
     np.testing.assert_array_equal(firkin.load(path).predict(X), model.predict(X))
     assert not ran.exists() and "_loss" not in sys.modules
 
-    # an alias is a spelling of the real module's names, not a second allowlist
+    # an alias is a spelling of the real module's names, not a second
+    # allowlist: refused in every container, the planted module never run
     evil = b"\x80\x02c_loss\nsystem\nq\x00."
     assert untrusted_types(evil) == ["sklearn._loss._loss.system"]
-    with pytest.raises(UntrustedTypesError, match=r"sklearn\._loss\._loss\.system"):
-        firkin.loads(evil)
-    assert not ran.exists()
+    for kind, blob in _containers(evil).items():
+        bad = tmp_path / f"evil.{kind}"
+        bad.write_bytes(blob)
+        with pytest.raises(UntrustedTypesError, match=r"sklearn\._loss\._loss\.system"):
+            firkin.load(bad)
+        assert firkin.untrusted_types(bad) == ["sklearn._loss._loss.system"], kind
+    assert not ran.exists() and "_loss" not in sys.modules
