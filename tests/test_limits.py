@@ -10,7 +10,7 @@ import tracemalloc
 import pytest
 
 import firkin
-from firkin import _core, _sign
+from firkin import _core
 
 from _container import firkin_container, make_trailer
 
@@ -22,7 +22,7 @@ def sparse_with_trailer(path, size: int, index_len: int, index_head: bytes = b""
     the index offset, and a valid trailer claiming an index of `index_len`
     bytes just before it. Only a few KiB are really written."""
     index_off = size - 40 - index_len
-    header = _sign.HEADER_FIXED + struct.pack("<QQQ12x", 0, 0, 0)
+    header = _core.header_fixed(0) + struct.pack("<QQQ12x", 0, 0, 0)
     header += struct.pack("<I", _core.crc32c(header))
     trailer = make_trailer(index_off, index_len, size, 0)
     with open(path, "wb") as f:
