@@ -255,6 +255,55 @@ def test_stale_temp_rules(tmp_path):
     assert names["live_elsewhere"] not in left and names["live_here"] not in left
 
 
+def test_big_directory_is_listed_for_stale_temps_once_per_interval(tmp_path, monkeypatch):
+    """Listing a directory costs in proportion to its size: a loop of dumps
+    into one of more than _BIG_DIR entries lists it once per _LIST_EVERY_S
+    seconds, not once per dump; a small directory is listed by every dump."""
+    from types import SimpleNamespace
+
+    from firkin import _atomic
+
+    clock = [1000.0]
+    monkeypatch.setattr(_atomic, "time", SimpleNamespace(monotonic=lambda: clock[0]))
+    listings = []
+    real_listdir = os.listdir
+
+    def counting_listdir(where):
+        listings.append(where)
+        return real_listdir(where)
+
+    monkeypatch.setattr(_atomic.os, "listdir", counting_listdir)
+    big = tmp_path / "big"
+    big.mkdir()
+    for i in range(_atomic._BIG_DIR):
+        (big / f"f{i}").touch()
+    target = big / "t.fk"
+    stale = [big / f".t.fk.1.{i:08x}{TEMP}" for i in range(3)]
+
+    stale[0].write_bytes(b"partial")
+    firkin.dump([1], target)  # the first dump lists it and cleans
+    assert len(listings) == 1 and not stale[0].exists()
+    stale[1].write_bytes(b"partial")
+    for i in range(20):
+        firkin.dump([i], target)
+    assert len(listings) == 1, "a big directory was listed again within the interval"
+    assert stale[1].exists()
+    clock[0] += _atomic._LIST_EVERY_S
+    firkin.dump([2], target)  # the interval is over: listed and cleaned again
+    assert len(listings) == 2 and not stale[1].exists()
+    assert firkin.load(target) == [2]
+
+    # once it is small again, every dump lists it
+    for i in range(_atomic._BIG_DIR):
+        (big / f"f{i}").unlink()
+    clock[0] += _atomic._LIST_EVERY_S
+    firkin.dump([3], target)
+    stale[2].write_bytes(b"partial")
+    firkin.dump([4], target)
+    assert len(listings) == 4 and not stale[2].exists()
+    assert temps(big) == []
+
+
 def test_temp_file_of_another_pid_namespace_is_kept(old_file, tmp_path):
     """A real dump in its own PID namespace (as in a container sharing the
     directory): its pid means nothing here, yet its temp file survives our
