@@ -203,6 +203,38 @@ def test_load_leaves_the_cyclic_collector_as_it_was(tmp_path, monkeypatch):
         gc.enable()
 
 
+class GcProbe:
+    """Records whether the cyclic collector runs while it is unpickled."""
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self.gc_was_on = gc.isenabled()
+
+
+@pytest.mark.parametrize("kind", ["firkin", "joblib", "joblib-zlib"])
+def test_collector_is_paused_while_any_file_loads(tmp_path, monkeypatch, kind):
+    """firkin files and joblib files alike are built with the collector off,
+    and it is back on afterwards, after a refused file too."""
+    import joblib
+
+    monkeypatch.setenv("FIRKIN_KEY", "one key, long enough")
+    probe = GcProbe()
+    probe.arrays = [np.arange(3)]
+    path = tmp_path / f"probe.{kind}"
+    if kind == "firkin":
+        firkin.dump(probe, path)
+    else:
+        joblib.dump(probe, path, compress=("zlib", 3) if kind == "joblib-zlib" else 0)
+    monkeypatch.setenv("FIRKIN_KEY", "another key, long enough")  # not signed by you
+    assert gc.isenabled()
+    got = firkin.load(path, trusted=True)
+    assert got.gc_was_on is False and gc.isenabled()
+    np.testing.assert_array_equal(got.arrays[0], np.arange(3))
+    with pytest.raises(firkin.UntrustedTypesError):
+        firkin.load(path)  # GcProbe is on no allowlist
+    assert gc.isenabled()
+
+
 def test_default_load_gives_fresh_arrays(tmp_path):
     """Without mmap_mode the packed arrays are copies of their own, as the
     in-band arrays were: writable, and no two share (or pin) one block."""

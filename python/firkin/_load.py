@@ -5,6 +5,7 @@ the check sample; file objects and pipes, bytes, whole-file compressed
 firkin files, and the foreign files handed to firkin._joblib."""
 from __future__ import annotations
 
+import contextlib
 import functools
 import gc
 import io
@@ -104,25 +105,31 @@ def _charge_buffers(reader, stream, budget, policy, which=None) -> None:
     budget.charge(grown, f"decompressing {len(bufs) + len(packed)} compressed array section(s)")
 
 
+@contextlib.contextmanager
+def gc_paused():
+    """The cyclic garbage collector off while a load builds, as it was after.
+    What a load builds lives on, and the collector would walk it again and
+    again while it grows (the spans, the buffers, the objects; a mapped
+    load's np.memmaps are tracked objects): 100,000 small arrays cost more
+    in collections than in their making. The next collection sees them once."""
+    paused = gc.isenabled()
+    if paused:
+        gc.disable()
+    try:
+        yield
+    finally:
+        if paused:
+            gc.enable()
+
+
 def load_reader(reader, verify, threads, progress=None, trusted=None, max_memory=None,
                 extra=None, native=True, mapped=None):
     """The object in the container `reader` reads. mapped: (file, mmap mode)
     to map its arrays from; else they are read into memory (in this
     machine's byte order when `native`)."""
-    paused = gc.isenabled()
-    if paused:
-        # what a load builds lives on, and the cyclic collector would walk it
-        # again and again while it grows (the spans, the buffers, the
-        # objects; a mapped load's np.memmaps are tracked objects): 100,000
-        # small arrays cost more in collections than in their making. The
-        # next collection sees them once.
-        gc.disable()
-    try:
+    with gc_paused():
         return _load_reader(reader, verify, threads, progress, trusted, max_memory, extra, native,
                             mapped)
-    finally:
-        if paused:
-            gc.enable()
 
 
 def _load_reader(reader, verify, threads, progress, trusted, max_memory, extra, native, mapped):

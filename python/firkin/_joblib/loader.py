@@ -8,7 +8,7 @@ import pickle
 
 import numpy as np
 
-from .. import _amplify, _core, _guards, _warn
+from .. import _amplify, _core, _guards, _load, _warn
 from .._byteorder import mismatch as _byte_order_mismatch
 from .._core import FormatError
 from .facts import (
@@ -63,7 +63,7 @@ class _Loader:
 
     # -- driving
     def run(self):
-        with _amplify.active(self._budget):
+        with _amplify.active(self._budget), _load.gc_paused():
             try:
                 return self._load(c_mode=True)
             except _Restart:
