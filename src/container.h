@@ -106,7 +106,7 @@ typedef struct {
     hash_records hrec;          /* a record per hashed chunk, in file order */
     uint64_t progress_done, progress_last;
     uint64_t progress_total; /* raw bytes the dump will write, once known (0 before) */
-    unsigned char *spare;    /* a retired stream staging buffer, reused (fresh ones page-fault) */
+    unsigned char *spare;    /* a retired staging buffer, reused (wr_stage: fresh ones page-fault) */
 } WriterObject;
 
 typedef struct wr_job {
@@ -181,6 +181,8 @@ int wr_retire_one(WriterObject *w);
 int wr_drain(WriterObject *w);
 void wr_abort_pipeline(WriterObject *w);
 int wr_submit(WriterObject *w, const unsigned char *p, size_t n, void *owned);
+unsigned char *wr_stage(WriterObject *w);
+int wr_submit_staged(WriterObject *w, unsigned char *p, size_t n);
 fk_section *wr_begin_section(WriterObject *w, uint16_t kind, uint16_t flags, int empty);
 int wr_blob_section(WriterObject *w, uint16_t kind, uint16_t flags, const unsigned char *p, size_t n);
 int rd_sections_into(ReaderObject *r, const fk_section **secs, unsigned char **dsts, size_t n,

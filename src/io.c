@@ -122,28 +122,15 @@ int wr_pad(WriterObject *w)
 int wr_flush_stream(WriterObject *w)
 {
     if (!w->sbuf_len) return 0;
-    /* the oldest chunk in flight is usually written by now: retire it, so
-     * that its memory stages the next chunk instead of a fresh megabyte the
-     * kernel must fault in and zero (a quarter of a 10 MB forest's dump) */
-    while (w->stream_open && !w->spare && w->ring.count && ring_oldest(&w->ring)->done)
-        if (wr_retire_one(w) < 0) return -1;
     unsigned char *full = w->sbuf;
     size_t n = w->sbuf_len;
-    int last = !w->stream_open; /* the final, partial chunk: no new staging buffer */
     w->sbuf_len = 0;
-    if (last) {
-        w->sbuf = NULL;
-    } else if (w->spare) {
-        w->sbuf = w->spare;
-        w->spare = NULL;
-    } else if (!(w->sbuf = (unsigned char *)malloc(w->chunk_size))) {
+    w->sbuf = NULL; /* the final, partial chunk needs no new staging buffer */
+    if (w->stream_open && !(w->sbuf = wr_stage(w))) {
         free(full);
-        PyErr_NoMemory();
         return -1;
     }
-    if (wr_submit(w, full, n, full) < 0) return -1; /* the pipeline frees `full` */
-    ((wr_job *)ring_newest(&w->ring))->recycle = 1;
-    return 0;
+    return wr_submit_staged(w, full, n);
 }
 
 PyObject *Writer_write(WriterObject *w, PyObject *data)

@@ -149,7 +149,7 @@ fail:
 /* ------------------------------------------------------------- writing */
 
 /* The packed section being written: its raw bytes staged into chunk_size
- * blocks, each handed to the pipeline (which frees it) once full. */
+ * blocks (wr_stage), each handed to the pipeline once full. */
 typedef struct {
     unsigned char *stage;
     size_t fill;
@@ -160,8 +160,7 @@ static int wr_packed_append(WriterObject *w, wr_packer *pk, const unsigned char 
 {
     while (n) {
         if (!pk->stage) {
-            pk->stage = (unsigned char *)malloc(w->chunk_size);
-            if (!pk->stage) { PyErr_NoMemory(); return -1; }
+            if (!(pk->stage = wr_stage(w))) return -1;
             pk->fill = 0;
         }
         size_t k = w->chunk_size - pk->fill;
@@ -174,7 +173,7 @@ static int wr_packed_append(WriterObject *w, wr_packer *pk, const unsigned char 
         if (pk->fill == w->chunk_size) {
             unsigned char *full = pk->stage;
             pk->stage = NULL;
-            if (wr_submit(w, full, w->chunk_size, full) < 0) return -1; /* frees `full` */
+            if (wr_submit_staged(w, full, w->chunk_size) < 0) return -1; /* frees `full` */
         }
     }
     return 0;
@@ -215,7 +214,7 @@ int wr_write_packed(WriterObject *w)
     if (pk.fill) {
         unsigned char *last = pk.stage;
         pk.stage = NULL;
-        if (wr_submit(w, last, pk.fill, last) < 0) goto done; /* frees `last` */
+        if (wr_submit_staged(w, last, pk.fill) < 0) goto done; /* frees `last` */
     }
     rc = wr_drain(w);
 done:

@@ -229,6 +229,30 @@ int wr_submit(WriterObject *w, const unsigned char *p, size_t n, void *owned)
     return 0;
 }
 
+/* A chunk_size buffer to stage the next chunk of a section filled by copying
+ * (the pickle stream, the packed section). The oldest chunk in flight is
+ * usually written by now: it is retired so that its buffer is reused, not a
+ * fresh megabyte the kernel must fault in and zero (for a forest's 10 MB of
+ * small arrays, a tenth of its dump). NULL with an exception set on error. */
+unsigned char *wr_stage(WriterObject *w)
+{
+    while (!w->spare && w->ring.count && ring_oldest(&w->ring)->done)
+        if (wr_retire_one(w) < 0) return NULL;
+    unsigned char *p = w->spare;
+    w->spare = NULL;
+    if (!p && !(p = (unsigned char *)malloc(w->chunk_size))) PyErr_NoMemory();
+    return p;
+}
+
+/* Submit n bytes staged in a wr_stage buffer; the pipeline owns it, and it
+ * becomes the spare once its chunk is written. */
+int wr_submit_staged(WriterObject *w, unsigned char *p, size_t n)
+{
+    if (wr_submit(w, p, n, p) < 0) return -1; /* frees `p` */
+    ((wr_job *)ring_newest(&w->ring))->recycle = 1;
+    return 0;
+}
+
 /* Start a section. Empty sections get their offset now (nothing to retire). */
 fk_section *wr_begin_section(WriterObject *w, uint16_t kind, uint16_t flags, int empty)
 {

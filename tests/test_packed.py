@@ -31,6 +31,7 @@ from firkin import _core
 
 from _container import (
     KIND_PACKED,
+    KIND_PICKLE,
     REQ_PACKED,
     SECF_REQUIRED,
     crc32c,
@@ -524,6 +525,32 @@ def test_signed_packed_arrays_are_checked(tmp_path):
         with pytest.raises(firkin.UntrustedTypesError, match="0xffffffff|4294967295|does not match"):
             firkin.load(path, mmap_mode=mode)
     assert firkin.verify(path).signature == "invalid"
+
+
+def test_staging_buffers_reused_across_many_chunks(tmp_path):
+    """The stream and the packed section are copied into 1 MiB staging
+    buffers that are reused once their chunk is written (ring.c wr_stage),
+    also after the chunk workers start (from 8 MiB): each of many chunks is
+    written whole, its CRC (recomputed here) and its signature hash cover
+    the bytes on disk, and every array and string comes back as dumped."""
+    rng = np.random.default_rng(19)
+    arrays = [rng.integers(0, 2**62, 7_000 + i) for i in range(200)]  # 56-58 KB each: packed
+    strings = [bytes([i % 251]) * 30_000 + i.to_bytes(4, "little") for i in range(120)]  # in the stream
+    path = tmp_path / "many.firkin"
+    firkin.dump(Holder([arrays, strings]), path)
+    data = path.read_bytes()
+    p = parse(data)
+    packed, stream = section(p, KIND_PACKED), section(p, KIND_PICKLE)
+    assert packed["nchunks"] >= 11 and stream["nchunks"] >= 3
+    for s in p["sections"]:
+        pos = s["offset"]
+        for c in p["chunks"][s["first_chunk"]:s["first_chunk"] + s["nchunks"]]:
+            assert c["codec"] == 0 and c["crc"] == crc32c(data[pos:pos + c["stored"]])
+            pos += c["stored"]
+    assert firkin.verify(path).signature == "valid"
+    got = firkin.load(path)
+    assert got.arr[1] == strings
+    assert all(np.array_equal(a, b) for a, b in zip(got.arr[0], arrays, strict=True))
 
 
 def test_header_bit_is_not_signed_but_cannot_be_flipped(tmp_path):
