@@ -43,7 +43,7 @@ def _read_buffers(reader, verify, threads, progress, which=None, signed=None):
     if reader.buffer_count == 0 and not reader.required_flags & _core.REQ_PACKED:
         # most small objects: no out-of-band buffer at all, no progress bar to set up
         return ([], b"") if signed else []
-    bar = _progress.Progress(progress, "firkin.load", _buffer_bytes(reader, which))
+    bar = _progress.Progress(progress, "firkin.load", lambda: _buffer_bytes(reader, which))
     try:
         return reader.read_buffers(verify=verify, threads=threads, which=which,
                                    progress=bar if bar.mode is not False else None,

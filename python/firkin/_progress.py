@@ -33,7 +33,9 @@ def watched() -> bool:
 class Progress:
     """Callable handed to the C core: progress(done) or progress(done, total)."""
 
-    def __init__(self, mode, desc: str, total: int | None = None):
+    def __init__(self, mode, desc: str, total=None):
+        """total: the bytes to come, or a callable that returns them, called
+        only where a bar may be shown (a load's count walks every buffer)."""
         if mode not in (None, True, False):
             raise TypeError(f"progress must be None, True or False, not {mode!r}")
         mode = _defaults.progress(mode)  # firkin.set_defaults, FIRKIN_PROGRESS
@@ -41,6 +43,8 @@ class Progress:
             mode = False  # nobody to show it to: keep bars out of logs
         self.mode = mode
         self.desc = desc
+        if callable(total):
+            total = total() if mode is not False else None
         self.total = total or None
         self.bar = None
         if mode is True or (mode is None and self.total and self.total > AUTO_THRESHOLD):
