@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import firkin
-from firkin import _core
+from firkin import _byteorder, _core
 
 import crafted_dtypes as cd
 from _pickles import _containers
@@ -182,3 +182,34 @@ def test_the_c_guard_sends_only_structured_dtypes_to_the_check():
     assert g(b"x")[0] == "slow"  # no dtype where it belongs: the slow path decides
     assert g(b"x", np.dtype("f8"), k=1)[0] == "slow"
     assert len(calls) == 4
+
+
+def test_the_trusted_guard_sends_native_structured_dtypes_to_numpy():
+    """structured=True (trusted loads: only the byte order to convert): a
+    structured dtype numpy calls native goes to fn; one with a foreign field
+    anywhere (nested, in a subarray) or a foreign plain dtype still goes to
+    the converter; and the policy's guard (structured=False) is as before."""
+    fn = lambda *a: "fn"  # noqa: E731
+    slow = lambda *a, **k: "slow"  # noqa: E731
+    g = _core.DtypeGuard(fn, slow, 1, native=True, structured=True)
+    other = ">" if sys.byteorder == "little" else "<"
+    node = np.dtype([("left", "=i8"), ("value", "=f8"), ("pad", "V48")])
+    assert g(b"x", node, (1,)) == "fn"
+    assert g(b"x", np.dtype(("=f8", (2,)))) == "fn"
+    assert g(b"x", np.dtype([("a", [("b", other + "i4")])])) == "slow"
+    assert g(b"x", np.dtype([("a", "=i4"), ("b", other + "f8")])) == "slow"
+    for dt in (np.dtype((other + "f8", (2,))), np.dtype([("a", other + "i4", (2,))])):
+        # what numpy calls native is what the converter leaves alone
+        assert (g(b"x", dt) == "fn") == (dt.isnative and not _byteorder.mismatch(dt))
+    assert g(b"x", np.dtype(other + "f8")) == "slow"
+    assert g(b"x", node, k=1) == "slow"
+    assert _core.DtypeGuard(fn, slow, 1, native=True)(b"x", node) == "slow"
+    with pytest.raises(ValueError, match="structured=True only with native=True"):
+        _core.DtypeGuard(fn, slow, 1, structured=True)
+    # end to end: a trusted load converts a foreign-order structured array, keeps a native one
+    rec = np.zeros(3, dtype=[("a", other + "i4"), ("b", other + "f8")])
+    rec["a"] = [1, 2, 3]
+    from firkin import _unpickle
+
+    made = _unpickle._TrustedNativeHooks.FROMBUFFER(bytearray(rec.tobytes()), rec.dtype, (3,), "C")
+    assert made.dtype.isnative and made["a"].tolist() == [1, 2, 3]

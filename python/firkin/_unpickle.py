@@ -64,11 +64,12 @@ class _NativeHooks(_Hooks):
 
 class _TrustedNativeHooks(_Hooks):
     """Arrays come back in native byte order, with nothing checked or
-    recorded (trusted=True, or a file trusted by its signature): a plain
-    native dtype goes straight to numpy, tested in C, and only structured or
+    recorded (trusted=True, or a file trusted by its signature): a native
+    dtype, plain or structured, goes straight to numpy, tested in C, and only
     foreign dtypes through the Python converter."""
 
-    FROMBUFFER = _core.DtypeGuard(_NP_FROMBUFFER, _frombuffer_native, 1, native=True)
+    FROMBUFFER = _core.DtypeGuard(_NP_FROMBUFFER, _frombuffer_native, 1, native=True,
+                                  structured=True)
 
 
 _SIGNATURE_NOTES = {
