@@ -625,3 +625,36 @@ def test_cython_top_level_alias_is_judged_and_resolved_as_the_real_module(tmp_pa
             firkin.load(bad)
         assert firkin.untrusted_types(bad) == ["sklearn._loss._loss.system"], kind
     assert not ran.exists() and "_loss" not in sys.modules
+
+
+def test_a_trusted_module_is_never_imported_from_the_working_directory(tmp_path, monkeypatch):
+    """pytz._p is on the list (pandas < 3 pickles its timezones so), and pytz
+    is not imported by firkin or pandas 3. A "pytz.py" planted next to a
+    downloaded model, loaded from that folder (a notebook's working directory
+    is on sys.path as ''), would be imported by the default load and run.
+    A trusted name whose top-level module is not imported yet and would come
+    from the working directory is refused in every container, unrun."""
+    planted = tmp_path / "pytz.py"
+    ran = tmp_path / "ran"
+    planted.write_text(f"open({str(ran)!r}, 'w').close()\ndef _p(*a):\n    return a\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend("")
+    monkeypatch.delitem(sys.modules, "pytz", raising=False)
+    data = b"\x80\x02cpytz\n_p\n)R."
+    assert untrusted_types(data) == []  # the name itself is trusted
+    for kind, blob in _containers(data).items():
+        bad = tmp_path / f"evil.{kind}"
+        bad.write_bytes(blob)
+        with pytest.raises(UntrustedTypesError, match=r"pytz\._p.*working directory"):
+            firkin.load(bad)
+        with open(bad, "rb") as f:
+            with pytest.raises(UntrustedTypesError, match="working directory"):
+                firkin.load(f)
+        assert not ran.exists() and "pytz" not in sys.modules, kind
+    with pytest.raises(UntrustedTypesError, match="working directory"):
+        firkin.loads(data)
+    assert not ran.exists() and "pytz" not in sys.modules
+    # a module already imported is the one the name resolves to: nothing new is imported
+    monkeypatch.setitem(sys.modules, "pytz", types.SimpleNamespace(_p=lambda *a: ("real",) + a))
+    assert firkin.loads(data) == ("real",)
+    assert not ran.exists()

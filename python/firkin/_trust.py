@@ -46,7 +46,9 @@ same names while loading.
 from __future__ import annotations
 
 import _compat_pickle
+import importlib.util
 import json
+import os
 import pickle
 import sys
 from functools import lru_cache
@@ -291,6 +293,37 @@ def canonical_global(module: str, name: str) -> tuple[str, str]:
     return MODULE_ALIASES.get(module, module), name
 
 
+def _from_working_directory(top: str):
+    """Where the top-level module ``top`` would be imported from, when that is
+    the working directory (sys.path's '' entry, a notebook's folder: where a
+    downloaded model's own files lie); else None."""
+    try:
+        spec = importlib.util.find_spec(top)
+    except (ImportError, ValueError):
+        return None
+    if spec is None:
+        return None
+    places = list(spec.submodule_search_locations or ())  # a package: its folder(s)
+    if not places and spec.origin and os.path.isabs(spec.origin):
+        places = [spec.origin]
+    here = os.path.realpath(os.getcwd())
+    for place in places:
+        if os.path.realpath(os.path.dirname(place)) == here:
+            return place
+    return None
+
+
+def _planted_module_error(name: str, module: str, qualname: str, top: str, place: str, call: str):
+    exc = UntrustedTypesError(
+        f"{printable(name)}: refused while unpickling: the pickle stream names "
+        f"{printable(module)}.{printable(qualname)}, and its module {top!r} is not imported yet "
+        f"and would be imported from the working directory ({printable(place)}), where a file "
+        f"placed next to the data would run. If that copy of {top} is the one you mean, import "
+        f"it yourself before calling {call}.")
+    exc.names, exc.unsafe_ops = [f"{module}.{qualname}"], []
+    return exc
+
+
 def _resolve_loaded(module: str, qualname: str):
     """module.qualname among modules already imported, or a sentinel."""
     obj = sys.modules.get(module)
@@ -406,6 +439,14 @@ def _unpickler_class(base_cls, extra: frozenset[str], name: str, call: str):
                     replacement = REPLACEMENTS.get((mod, qual))
                     if replacement is not None:
                         return replacement
+                    top = mod.partition(".")[0]
+                    if top not in sys.modules:
+                        # trusted names, not trusted files: a module named on
+                        # the list but not installed (pytz under pandas 3) is
+                        # never imported from beside the data
+                        place = _from_working_directory(top)
+                        if place is not None:
+                            raise _planted_module_error(self.fk_name, mod, qual, top, place, call)
                     found = super().find_class(mod, qual)
                     _validate.current_check(self.fk_name).handed_out(found)
                     return found
