@@ -33,6 +33,63 @@ static int dtc_part(PyObject *part, int depth, PyObject **memo, const char **why
     return dtc_walk((PyArray_Descr *)part, depth, memo, why);
 }
 
+/* numpy takes a pickled dtype's layout on trust too: a field's offset, or a
+ * subarray's shape, from the state is used as it is, so a field past the
+ * end of the item (or a subarray larger than it) reads and writes outside
+ * every array of the dtype. DTC_NO_OBJECTS when `part` at `offset` lies
+ * inside d's items, DTC_PROBLEM (with *why) when not, -1 with an exception. */
+static int dtc_field_inside(PyArray_Descr *d, PyObject *part, PyObject *offset, const char **why)
+{
+    if (!PyLong_Check(offset)) {
+        *why = "the numpy dtype has fields that are not (dtype, offset) pairs";
+        return DTC_PROBLEM;
+    }
+    int overflow;
+    long long off = PyLong_AsLongLongAndOverflow(offset, &overflow);
+    if (off == -1 && PyErr_Occurred()) return -1;
+    npy_intp size = PyDataType_ELSIZE((PyArray_Descr *)part), whole = PyDataType_ELSIZE(d);
+    if (overflow || off < 0 || size < 0 || off > (long long)whole || (long long)size > whole - off) {
+        *why = "a field of the numpy dtype lies outside its items (its offset and size reach "
+               "past the itemsize: arrays of it would read and write outside their memory)";
+        return DTC_PROBLEM;
+    }
+    return DTC_NO_OBJECTS;
+}
+
+static int dtc_subarray_fits(PyArray_Descr *d, PyArray_ArrayDescr *sub, const char **why)
+{
+    static const char *bad = "the numpy dtype's subarray does not fill its items exactly (its "
+                             "shape times its base's itemsize is not the itemsize: arrays of it "
+                             "would read and write outside their memory)";
+    npy_intp n = PyDataType_ELSIZE(sub->base);
+    PyObject *shape = sub->shape;
+    if (!shape || n < 0) {
+        *why = bad;
+        return DTC_PROBLEM;
+    }
+    Py_ssize_t nd = PyTuple_Check(shape) ? PyTuple_GET_SIZE(shape) : 1;
+    for (Py_ssize_t i = 0; i < nd; i++) {
+        PyObject *dim = PyTuple_Check(shape) ? PyTuple_GET_ITEM(shape, i) : shape;
+        if (!PyLong_Check(dim)) {
+            *why = bad;
+            return DTC_PROBLEM;
+        }
+        int overflow;
+        long long v = PyLong_AsLongLongAndOverflow(dim, &overflow);
+        if (v == -1 && PyErr_Occurred()) return -1;
+        if (overflow || v < 0 || (v && n > NPY_MAX_INTP / v)) {
+            *why = bad;
+            return DTC_PROBLEM;
+        }
+        n *= (npy_intp)v;
+    }
+    if (n != PyDataType_ELSIZE(d)) {
+        *why = bad;
+        return DTC_PROBLEM;
+    }
+    return DTC_NO_OBJECTS;
+}
+
 /* DTC_* for d, or -1 with an exception set */
 static int dtc_walk(PyArray_Descr *d, int depth, PyObject **memo, const char **why)
 {
@@ -43,7 +100,7 @@ static int dtc_walk(PyArray_Descr *d, int depth, PyObject **memo, const char **w
         *why = "the numpy dtype nests more than 64 levels deep (or contains itself)";
         return DTC_PROBLEM;
     }
-    int rc = -1;
+    int rc = -1, r2;
     PyObject *key = NULL;
     if (depth > 0) { /* a structured part: judged once however often it is shared */
         if (!*memo && !(*memo = PyDict_New())) return -1;
@@ -76,6 +133,11 @@ static int dtc_walk(PyArray_Descr *d, int depth, PyObject **memo, const char **w
                 rc = r;
                 goto done;
             }
+            r2 = dtc_field_inside(d, PyTuple_GET_ITEM(v, 0), PyTuple_GET_ITEM(v, 1), why);
+            if (r2 != DTC_NO_OBJECTS) {
+                rc = r2;
+                goto done;
+            }
             holds |= r;
         }
     }
@@ -89,6 +151,11 @@ static int dtc_walk(PyArray_Descr *d, int depth, PyObject **memo, const char **w
         int r = dtc_part((PyObject *)sub->base, depth + 1, memo, why);
         if (r < 0 || r == DTC_PROBLEM) {
             rc = r;
+            goto done;
+        }
+        r2 = dtc_subarray_fits(d, sub, why);
+        if (r2 != DTC_NO_OBJECTS) {
+            rc = r2;
             goto done;
         }
         holds |= r;

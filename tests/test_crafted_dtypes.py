@@ -213,3 +213,85 @@ def test_the_trusted_guard_sends_native_structured_dtypes_to_numpy():
 
     made = _unpickle._TrustedNativeHooks.FROMBUFFER(bytearray(rec.tobytes()), rec.dtype, (3,), "C")
     assert made.dtype.isnative and made["a"].tolist() == [1, 2, 3]
+# ------------------------------------------------------------------ layouts that reach outside the items
+
+
+def _outside_dtype(offset=b"K\xff"):
+    """dtype('V16') whose state puts its u1 field 'b' at `offset` (255: past
+    the 16-byte item): numpy takes the offset as it is. No object anywhere,
+    so the flags tell the truth and the scan has nothing to say."""
+    fields = (b"}(" + cd._u("a") + cd._g("numpy", "dtype") + cd._u("f8") + b"\x89\x88\x87R" + b"K\x00\x86"
+              + cd._u("b") + cd._g("numpy", "dtype") + cd._u("u1") + b"\x89\x88\x87R" + offset + b"\x86u")
+    st = b"(K\x03" + cd._u("|") + b"N(" + cd._u("a") + cd._u("b") + b"t" + fields + b"K\x10K\x01K\x00t"
+    return cd.MAKERS["REDUCE numpy.dtype"] + st + b"b"
+
+
+def _oversized_subarray_dtype():
+    """dtype('V8') whose state makes it a (f8, (4096,)) subarray of itemsize 8"""
+    st = (b"(K\x03" + cd._u("|") + cd._g("numpy", "dtype") + cd._u("f8") + b"\x89\x88\x87R"
+          + b"M\x00\x10\x85\x86NNK\x08K\x08K\x00t")
+    return cd._g("numpy", "dtype") + cd._u("V8") + b"\x89\x88\x87R" + st + b"b"
+
+
+def _layout_cases():
+    cases = []
+    for label, d in (("field at 255", _outside_dtype()),
+                     ("field at 2**40", _outside_dtype(b"\x8a\x06" + (1 << 40).to_bytes(6, "little"))),
+                     ("field at -8", _outside_dtype(b"J\xf8\xff\xff\xff")),
+                     ("subarray of 4096 in 8 bytes", _oversized_subarray_dtype())):
+        for use in cd.USES:
+            if use == "ndarray(shape, dtype, buffer)":
+                continue  # refused before unpickling whatever the dtype (numpy.ndarray called)
+            data = cd.use_stream(use, d)
+            for kind, blob in _containers(data).items():
+                cases.append((f"{label} | {use} | {kind}", blob))
+    return cases
+
+
+def test_the_dtype_check_refuses_layouts_outside_the_items():
+    from firkin._guards import dtype_problem
+
+    d = np.dtype("V16")
+    d.__setstate__((3, "|", None, ("a", "b"), {"a": (np.dtype("f8"), 0), "b": (np.dtype("u1"), 255)},
+                    16, 1, 0))
+    assert "lies outside its items" in dtype_problem(d)
+    d.__setstate__((3, "|", None, ("a",), {"a": (np.dtype("f8"), 9)}, 16, 1, 0))
+    assert "lies outside its items" in dtype_problem(d)
+    d.__setstate__((3, "|", None, ("a",), {"a": (np.dtype("f8"), 8)}, 16, 1, 0))  # the last 8 bytes
+    assert dtype_problem(d) is None
+    sub = np.dtype("V8")
+    sub.__setstate__((3, "|", (np.dtype("f8"), (4,)), None, None, 8, 8, 0))
+    assert "subarray does not fill its items" in dtype_problem(sub)
+    sub.__setstate__((3, "|", (np.dtype("f8"), (-4,)), None, None, 8, 8, 0))
+    assert "subarray does not fill its items" in dtype_problem(sub)
+    # numpy's own layouts pass: padding, aligned structs, nested subarrays, titles
+    for ok in (np.dtype([("a", "i1"), ("b", "f8")], align=True), np.dtype(("f8", (2, 3))),
+               np.dtype([("s", [("x", "f4", (3,))]), ("y", "i4")]),
+               np.dtype({"names": ["a"], "formats": ["f8"], "offsets": [8], "itemsize": 24}),
+               np.dtype({"names": ["a", "b"], "formats": ["O", "i4"], "titles": ["t", None]}),
+               np.dtype([("e", "f8", (0,)), ("z", "i2")])):
+        assert dtype_problem(ok) is None, ok
+
+
+def test_layouts_outside_the_items_are_refused_in_every_container(tmp_path):
+    """A forest's node dtype with one offset changed (found by
+    tests/test_redteam.py): sklearn's Tree.__setstate__ read past the node
+    array (an ASan heap-buffer-overflow). Each crafted layout, put to use in
+    every way and every container, is refused by the loader itself while
+    unpickling, with the scan on (it has nothing to say about a layout) and
+    off; a subarray state set on an ndarray is numpy's own refusal."""
+    code = ("import test_crafted_dtypes as t, _support\n"
+            f"_support.load_each(t._layout_cases(), {str(tmp_path)!r})\n")
+    cases = _layout_cases()
+    for out, scan in ((run_isolated.__wrapped__(code), True), (run_isolated(code), False)):
+        assert len(out) == len(cases), out[-5:]
+        for line in out:
+            label, outcome = line.split(": ", 1)
+            if label.startswith("subarray") and "_reconstruct + BUILD" in label:
+                # ndarray.__setstate__ sizes the data by the expanded shape itself
+                assert outcome == "ValueError buffer size does not match array size", line
+                continue
+            assert outcome.startswith("refused"), line
+            if not scan or "field at" in label:
+                assert "while unpickling" in outcome, line
+                assert "lies outside its items" in outcome or "does not fill its items" in outcome, line
