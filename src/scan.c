@@ -418,10 +418,18 @@ static int scan_step(scan_ctx *c)
         int wrapper = c->joblib && sv_kind(target) == SV_INSTANCE &&
                       c->gtab[sv_gi(c, target)].role == ROLE_WRAPPER;
         if (scan_pop(c, 1) < 0) return -1;
-        if (c->records && sv_kind(target) == SV_OPAQUE && sv_index(target) &&
-            c->nodes[sv_index(target)].recon != -1 &&
-            scan_inband_record(c, sv_index(target), state) < 0)
-            return -1;
+        if (sv_kind(target) == SV_OPAQUE && sv_index(target) &&
+            c->nodes[sv_index(target)].recon != -1) {
+            Py_ssize_t node = sv_index(target);
+            if (c->nodes[node].recon == SCAN_RECON_BUILT) {
+                /* the loader checks the first BUILD of an array _reconstruct
+                 * made, and gives the array back its own class after it */
+                if (scan_unsafe_why(c, "a numpy array whose state is set twice") < 0) return -1;
+            } else {
+                if (c->records && scan_inband_record(c, node, state) < 0) return -1;
+                c->nodes[node].recon = SCAN_RECON_BUILT;
+            }
+        }
         if (c->records && c->joblib && sv_kind(target) == SV_INSTANCE) {
             int role = c->gtab[sv_gi(c, target)].role;
             if ((role == ROLE_ND_WRAPPER || role == ROLE_ZND_WRAPPER) &&

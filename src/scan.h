@@ -220,12 +220,15 @@ typedef struct {
  */
 #define SCAN_MAX_DEPTH 1500
 
+#define SCAN_RECON_BUILT (-3)
+
 typedef struct {
     uint32_t depth;
     int32_t gi;     /* SV_INSTANCE: its class in gtab; -1 otherwise */
-    int32_t recon;  /* records: what numpy's _reconstruct made (an in-band array
+    int32_t recon;  /* what numpy's _reconstruct made (an in-band array
                      * awaiting its BUILD): its class in gtab, -2 when not a
-                     * global; -1 otherwise */
+                     * global; SCAN_RECON_BUILT once its state is set; -1
+                     * otherwise */
     int32_t buffer; /* records: the index of the NEXT_BUFFER that made it; -1 otherwise */
 } scan_node;
 

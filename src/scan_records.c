@@ -564,7 +564,7 @@ int scan_reduce(scan_ctx *c)
         }
         scan_rec *t = scan_rec_of(c, args, REC_TUPLE);
         if (c->records && role == ROLE_FROMBUFFER && scan_frombuffer_record(c, args) < 0) return -1;
-        if (c->records && role == ROLE_NDRECON) { /* an in-band array, recorded at its BUILD */
+        if (role == ROLE_NDRECON) { /* an in-band array: its BUILD is recorded, a second refused */
             Py_ssize_t cls = t && t->n >= 1 ? scan_global_of(c->items[t->first]) : -1;
             if (scan_collapse(c, c->depth - 2) < 0) return -1;
             c->nodes[sv_index(c->stack[c->depth - 1])].recon = cls >= 0 ? (int32_t)cls : -2;

@@ -131,8 +131,9 @@ PyObject *validate_retype(PyObject *module, PyObject *args)
 }
 
 /* checked_subclass(base, name) -> a subclass of base (a type firkin rebuilds
- * through a checked factory, sklearn's Tree) with base's instance layout:
- * no __dict__, no weak references, no GC unless base has it, so retype()
+ * through a checked factory: sklearn's Tree, numpy's ndarray) with base's
+ * instance layout: no __dict__, weak references only where base keeps them,
+ * no GC unless base has it, so retype()
  * can make its instances plain base instances once their state is checked.
  * Python sets its __setstate__. */
 PyObject *validate_checked_subclass(PyObject *module, PyObject *args)
@@ -143,7 +144,7 @@ PyObject *validate_checked_subclass(PyObject *module, PyObject *args)
     if (!PyArg_ParseTuple(args, "O!U:checked_subclass", &PyType_Type, &base, &name_obj)) return NULL;
     const char *name = PyUnicode_AsUTF8(name_obj);
     if (!name) return NULL;
-    if (base->tp_dictoffset || base->tp_weaklistoffset || base->tp_itemsize) {
+    if (base->tp_dictoffset || base->tp_itemsize) { /* weak references: base's own slot */
         PyErr_Format(PyExc_TypeError, "checked_subclass: %s instances are not fixed-size "
                      "without a __dict__", base->tp_name);
         return NULL;

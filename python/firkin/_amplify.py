@@ -374,10 +374,19 @@ def _after_construct(obj, charged: int, what) -> None:
         _charge(size * max(itemsize, 1) - charged, what)
 
 
+def _made(cls, obj):
+    """obj, made as _guards.array_class(cls): recorded, so that it becomes a
+    cls again at the end of the load if no BUILD does it first"""
+    if type(obj) is not cls and isinstance(obj, cls):
+        _guards._record(obj)
+    return obj
+
+
 def _newobj_guard(cls, *args):
     cls = real(cls)
     n = _check_construct(cls, args, {})
-    obj = cls.__new__(cls, *args)
+    made = _guards.array_class(cls)
+    obj = _made(cls, made.__new__(made, *args))
     _after_construct(obj, n, lambda: _call_repr("copyreg.__newobj__", (cls,) + args, {}))
     return obj
 
@@ -385,7 +394,8 @@ def _newobj_guard(cls, *args):
 def _newobj_ex_guard(cls, args, kwargs):
     cls = real(cls)
     n = _check_construct(cls, tuple(args), dict(kwargs))
-    obj = cls.__new__(cls, *args, **kwargs)
+    made = _guards.array_class(cls)
+    obj = _made(cls, made.__new__(made, *args, **kwargs))
     _after_construct(obj, n, lambda: _call_repr("copyreg.__newobj_ex__", (cls,) + tuple(args),
                                                 dict(kwargs)))
     return obj
@@ -395,7 +405,7 @@ def _reconstructor_guard(cls, base, state):
     cls, base = real(cls), real(base)
     if base is not object:
         _check_construct(base, (state,), {})
-    return copyreg._reconstructor(cls, base, state)
+    return _made(cls, copyreg._reconstructor(_guards.array_class(cls), base, state))
 
 
 def _index_helper_guard(real_fn, name: str):

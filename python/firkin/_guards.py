@@ -37,6 +37,7 @@ pickles make, through ``_reconstruct``; the scanner bounds every chain).
 from __future__ import annotations
 
 import ctypes
+import sys
 import threading
 
 import numpy as np
@@ -345,6 +346,91 @@ def checked_maker(fn, what, dtype_at, dtype_key, record, native_fast=None):
     return _core.DtypeGuard(fn, guard, dtype_at)
 
 
+# ------------------------------------------------------------------ in-band array states
+
+_NPY_LIST_PICKLE = 2  # numpy pickles the items of such a dtype as a list of objects
+
+
+def array_state_problem(state) -> str | None:
+    """Why numpy's ndarray.__setstate__ must not be given ``state``, or None.
+    For a dtype whose items are pickled as a list of objects, numpy takes
+    exactly shape-many items from the list without checking its length: a
+    shorter list is read past its end. (A bytes state numpy measures itself.)"""
+    if type(state) is tuple and len(state) == 7:
+        # numpy.ma's MaskedArray.__setstate__ gives numpy (shape, dtype, is_fortran, data)
+        state = state[1:5]
+    if type(state) is not tuple or len(state) not in (4, 5):
+        return None  # numpy says what is wrong with it
+    shape, dt, raw = state[-4], state[-3], state[-1]
+    if not isinstance(dt, np.dtype) or not dt.flags & _NPY_LIST_PICKLE:
+        return None
+    if type(shape) is not tuple or not all(type(n) is int and n >= 0 for n in shape):
+        return None
+    count = 1
+    for n in shape:
+        count *= n
+    if type(raw) is not list or len(raw) != count:
+        got = f"{len(raw)} items" if type(raw) is list else f"a {type(raw).__name__}"
+        return (f"a numpy array state of shape {shape} with a dtype of Python objects gives {got} "
+                f"instead of {count} (numpy would read its items past the end of the list)")
+    return None
+
+
+def _set_array_state(arr, state, base):
+    why = array_state_problem(state)
+    if why:
+        cur = _current()
+        raise _refusal(cur.name if cur is not None else "<data>", why)
+    base.__setstate__(arr, state)
+
+
+_checked_arrays: dict = {}
+_HEAPTYPE = 1 << 9  # Py_TPFLAGS_HEAPTYPE
+
+
+def _checked_array_class(base):
+    """base (an ndarray class) with a __setstate__ that checks the state
+    first and then makes the array a base instance again (_core.retype):
+    what numpy's _reconstruct makes under the policy, for its BUILD. The
+    scanner refuses a second BUILD on such an array (it would reach numpy's
+    own __setstate__)."""
+    cls = _checked_arrays.get(base)
+    if cls is None:
+        def __setstate__(self, state, base=base):
+            _set_array_state(self, state, base)
+            _core.retype(self, base)
+
+        if base.__flags__ & _HEAPTYPE:  # a Python class (np.matrix, np.recarray): its own layout
+            cls = type(base.__name__, (base,), {"__slots__": (), "__module__": base.__module__,
+                                                "__qualname__": base.__qualname__})
+        else:  # np.ndarray itself: no GC, as retype needs
+            cls = _core.checked_subclass(base, f"{__name__}.{base.__name__}")
+        cls.__setstate__ = __setstate__
+        _checked_arrays[base] = cls
+    return cls
+
+
+def array_class(cls):
+    """The class to make an instance of cls as, when a BUILD may follow: for
+    an ndarray class its checking subclass (_checked_array_class), else cls.
+    numpy's _reconstruct and copyreg's helpers (firkin._amplify) use it; the
+    instances are recorded, and any no BUILD reached are retyped at the end."""
+    if isinstance(cls, type) and issubclass(cls, np.ndarray) and \
+            cls not in _checked_arrays.values():
+        return _checked_array_class(cls)
+    return cls
+
+
+def _checked_reconstruct(fn):
+    """numpy's _reconstruct(subtype, shape, dtype), making an instance of the
+    checking subclass of subtype (whose BUILD follows)"""
+    def reconstruct(subtype, *args, **kwargs):
+        return fn(array_class(subtype), *args, **kwargs)
+
+    reconstruct.__name__ = reconstruct.__qualname__ = "_reconstruct"
+    return reconstruct
+
+
 def _register() -> None:
     reps = _trust.REPLACEMENTS
     for module in ("numpy", "numpy.core.multiarray", "numpy._core.multiarray"):
@@ -362,12 +448,26 @@ def _register() -> None:
         for name, (fn, at, key, record) in makers.items():
             _chain(reps, (module, name), fn,
                    lambda f, m=module, n=name, a=at, k=key, r=record:
-                   checked_maker(f, f"{m}.{n}", a, k, r))
+                   checked_maker(_checked_reconstruct(f) if n == "_reconstruct" else f,
+                                 f"{m}.{n}", a, k, r))
     for module in ("numpy.core.numeric", "numpy._core.numeric"):
         _chain(reps, (module, "_frombuffer"), numeric._frombuffer,
                lambda f, m=module: checked_maker(f, f"{m}._frombuffer", 1, "dtype", True))
     _chain(reps, ("numpy.ma.core", "_mareconstruct"), np.ma.core._mareconstruct,
            _masked_maker)
+    # ndarray classes on the list that NEWOBJ can instantiate (np.matrix,
+    # numpy.ma's MaskedArray): their checking subclass, whose BUILD checks
+    # the state (firkin._amplify stands in for ndarray, recarray, chararray
+    # with constructors NEWOBJ refuses)
+    for module, names in _trust._BY_MODULE.items():
+        if module.partition(".")[0] != "numpy" or module not in sys.modules:
+            continue
+        for qual in names:
+            obj = _trust._resolve_loaded(module, qual)
+            # MaskedConstant() is numpy.ma's singleton, np.ma.masked: never another instance
+            if isinstance(obj, type) and issubclass(obj, np.ndarray) and \
+                    obj is not np.ma.core.MaskedConstant and (module, qual) not in reps:
+                reps[(module, qual)] = array_class(obj)
 
 
 def _masked_maker(fn):
@@ -404,12 +504,21 @@ class _MaskedState:
         arr.__dict__.pop("__setstate__", None)
         if type(state) is tuple and len(state) >= 3:
             check_dtype(state[2], "numpy.ma.core.MaskedArray state")
+        if type(state) is tuple and len(state) == 7:
+            why = array_state_problem(state)
+            if why:
+                cur = _current()
+                raise _refusal(cur.name if cur is not None else "<data>", why)
         return type(arr).__setstate__(arr, state)
 
 
 def _unhook(objs):
-    """drops the __setstate__ a masked array kept when no BUILD came"""
+    """drops the __setstate__ a masked array kept when no BUILD came, and
+    makes an array _reconstruct made that no BUILD reached its own class"""
     for obj in objs:
+        cls = type(obj)
+        if cls in _checked_arrays.values():
+            _core.retype(obj, cls.__base__)
         d = getattr(obj, "__dict__", None) if isinstance(obj, np.ma.MaskedArray) else None
         if d is not None and type(d.get("__setstate__")) is _MaskedState:
             del d["__setstate__"]
