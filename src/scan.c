@@ -407,6 +407,10 @@ static int scan_step(scan_ctx *c)
         if (scan_need(c, 2) < 0) return -1;
         scan_val target = c->stack[c->depth - 2], state = c->stack[c->depth - 1];
         if (sv_kind(target) == SV_GLOBAL && scan_unsafe(c) < 0) return -1;
+        if (sv_kind(target) == SV_INSTANCE && c->gtab[sv_gi(c, target)].role == ROLE_SINGLETON &&
+            scan_unsafe_why(c, "a BUILD on numpy.ma's masked constant (np.ma.masked: one object "
+                               "for the whole process)") < 0)
+            return -1;
         if (scan_rec_of(c, target, REC_DTYPE)) {
             if (scan_dtype_build(c, sv_index(target), state) < 0) return -1;
         } else if (sv_kind(target) == SV_OPAQUE && scan_may_be_dtype_state(c, state) &&

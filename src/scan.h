@@ -256,7 +256,10 @@ enum { ROLE_NONE = 0, ROLE_DTYPE = 1, ROLE_WRAPPER = 2, ROLE_RECONSTRUCTOR = 3, 
        /* followed for the array records only; otherwise as ROLE_NONE */
        ROLE_ND_WRAPPER = 7, ROLE_ZND_WRAPPER = 8, ROLE_NDRECON = 9, ROLE_FROMBUFFER = 10,
        /* numpy's StringDType factory: a dtype whose arrays hold Python strings */
-       ROLE_STRINGDTYPE = 11 };
+       ROLE_STRINGDTYPE = 11,
+       /* numpy.ma's MaskedConstant: calling it gives np.ma.masked, one object
+        * for the whole process, whose state a BUILD would change */
+       ROLE_SINGLETON = 12 };
 
 /* TUPLE2 of (global or instance, string constant): a candidate getattr
  * argument tuple */

@@ -558,7 +558,7 @@ int scan_reduce(scan_ctx *c)
             c->recs[sv_index(v)].size = (int64_t)(2 * sizeof(void *));
             return scan_collapse_to(c, c->depth - 2, v);
         }
-        if (role == ROLE_WRAPPER || role == ROLE_PYX) { /* an instance, not a dtype */
+        if (role == ROLE_WRAPPER || role == ROLE_PYX || role == ROLE_SINGLETON) { /* an instance, not a dtype */
             if (scan_instance_of(c, fn, &v) < 0) return -1;
             return scan_collapse_to(c, c->depth - 2, v);
         }

@@ -328,6 +328,8 @@ static unsigned char scan_role(PyObject *module, PyObject *name)
      * writes them as a pickle of their own, never as raw bytes */
     if (str_is(module, "numpy._core._internal") && str_is(name, "_convert_to_stringdtype_kwargs"))
         return ROLE_STRINGDTYPE;
+    if (str_is(name, "MaskedConstant") && (str_is(module, "numpy.ma.core") || str_is(module, "numpy.ma")))
+        return ROLE_SINGLETON;
     if (str_is(name, "NumpyArrayWrapper")) {
         /* joblib, or joblib as scikit-learn once vendored it (sklearn.externals.joblib) */
         if (scan_joblib_module(module, 0)) return ROLE_WRAPPER;

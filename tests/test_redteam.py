@@ -309,6 +309,39 @@ def test_object_arrays_short_of_items_are_refused_in_every_container(tmp_path):
             assert "while unpickling" in outcome and "items" in outcome, line
 
 
+def _masked_constant_cases():
+    """BUILD on numpy.ma's masked constant: MaskedConstant() is np.ma.masked
+    itself, one object for the whole process. A state set on it changes every
+    np.ma.masked of the process (or, with a short list, crashes it)."""
+    from _pickles import _containers, _g
+
+    cls = _g("numpy.ma.core", "MaskedConstant")
+    state = (b"(K\x01K\x03\x85" + _g("numpy", "dtype") + b"\x8c\x02f8\x89\x88\x87R" + b"\x89"
+             + b"C\x18" + bytes(24) + b"C\x03\x00\x00\x00" + b"Nt")
+    streams = {
+        "REDUCE": b"\x80\x02" + cls + b")R" + state + b"b.",
+        "NEWOBJ": b"\x80\x02" + cls + b")\x81" + state + b"b.",
+        "copyreg.__newobj__": b"\x80\x02" + _g("copyreg", "__newobj__") + cls + b"\x85R" + state + b"b.",
+        "memo": b"\x80\x02" + cls + b")Rq\x00" + b"0h\x00" + state + b"b.",
+    }
+    return [(f"{label} | {kind}", blob) for label, data in streams.items()
+            for kind, blob in _containers(data).items()]
+
+
+def test_a_build_on_the_masked_constant_is_refused_in_every_container(tmp_path):
+    from _support import _isolated
+
+    out = _isolated("import test_redteam as t, _support, numpy as np\n"
+                    f"_support.load_each(t._masked_constant_cases(), {str(tmp_path)!r})\n"
+                    "print('masked shape:', np.ma.masked.shape)\n")
+    cases = _masked_constant_cases()
+    assert out[-1] == "masked shape: ()", out[-3:]
+    assert len(out) == len(cases) + 1, out[-5:]
+    for line in out[:-1]:
+        label, outcome = line.split(": ", 1)
+        assert outcome.startswith("refused") and "masked constant" in outcome, line
+
+
 @pytest.mark.filterwarnings("ignore:the matrix subclass:PendingDeprecationWarning")
 def test_honest_object_arrays_still_load():
     import pickle
