@@ -160,6 +160,19 @@ def load_each(blobs, tmp):
             print(f"{label}: {type(exc).__name__} {' '.join(str(exc).split())}", flush=True)
 
 
+def isolated_outcomes(cases_expr: str, tmp, scan: bool = True) -> list[tuple[str, str]]:
+    """(label, outcome) of each case load_each loads from `cases_expr` (an
+    expression over the imports it names, e.g. "test_x._cases()"), in a fresh
+    interpreter with the static scan on or off; one line per case, checked."""
+    module = cases_expr.split(".", 1)[0]
+    code = (f"import {module}, _support\n"
+            f"_support.load_each({cases_expr}, {str(tmp)!r})\n"
+            f"print('cases:', len({cases_expr}))\n")
+    out = _isolated(code) if scan else run_isolated(code)
+    assert out and out[-1] == f"cases: {len(out) - 1}", out[-5:]
+    return [tuple(line.split(": ", 1)) for line in out[:-1]]
+
+
 class _Reduce:
     """Pickles as the given reduce tuple: a model's state, changed, with no
     live object holding it."""

@@ -19,7 +19,7 @@ from firkin import _byteorder, _core
 
 import crafted_dtypes as cd
 from _pickles import _containers
-from _support import _here, run_isolated
+from _support import _here, isolated_outcomes, run_isolated
 
 REASONS = ("hide the objects", "cannot check", "cannot follow")
 
@@ -280,13 +280,9 @@ def test_layouts_outside_the_items_are_refused_in_every_container(tmp_path):
     every way and every container, is refused by the loader itself while
     unpickling, with the scan on (it has nothing to say about a layout) and
     off; a subarray state set on an ndarray is numpy's own refusal."""
-    code = ("import test_crafted_dtypes as t, _support\n"
-            f"_support.load_each(t._layout_cases(), {str(tmp_path)!r})\n")
-    cases = _layout_cases()
-    for out, scan in ((run_isolated.__wrapped__(code), True), (run_isolated(code), False)):
-        assert len(out) == len(cases), out[-5:]
-        for line in out:
-            label, outcome = line.split(": ", 1)
+    for scan in (True, False):
+        for label, outcome in isolated_outcomes("test_crafted_dtypes._layout_cases()", tmp_path, scan):
+            line = f"{label}: {outcome}"
             if label.startswith("subarray") and "_reconstruct + BUILD" in label:
                 # ndarray.__setstate__ sizes the data by the expanded shape itself
                 assert outcome == "ValueError buffer size does not match array size", line
