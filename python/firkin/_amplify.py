@@ -169,7 +169,11 @@ def real(obj):
     """The class a guard stands for, or obj itself."""
     if isinstance(obj, _LazyGuard):
         obj._resolve()
-    return _REAL.get(id(obj), obj) if callable(obj) else obj
+    if not callable(obj):
+        return obj
+    # the checking subclass find_class hands out for np.matrix and numpy.ma's
+    # MaskedArray (firkin._guards.array_class) stands for its base class
+    return _REAL.get(id(obj)) or _guards.checked_base(obj)
 
 
 def _call_repr(name: str, args, kwargs) -> str:

@@ -421,6 +421,11 @@ def array_class(cls):
     return cls
 
 
+def checked_base(cls):
+    """The class cls is the checking subclass of (array_class), else cls."""
+    return cls.__base__ if cls in _checked_arrays.values() else cls
+
+
 def _checked_reconstruct(fn):
     """numpy's _reconstruct(subtype, shape, dtype), making an instance of the
     checking subclass of subtype (whose BUILD follows)"""
