@@ -213,6 +213,8 @@ def test_the_trusted_guard_sends_native_structured_dtypes_to_numpy():
 
     made = _unpickle._TrustedNativeHooks.FROMBUFFER(bytearray(rec.tobytes()), rec.dtype, (3,), "C")
     assert made.dtype.isnative and made["a"].tolist() == [1, 2, 3]
+
+
 # ------------------------------------------------------------------ layouts that reach outside the items
 
 
