@@ -31,7 +31,7 @@ if int(setuptools.__version__.split(".")[0]) < 77:
 SOURCES = ["src/module.c", "src/container.c", "src/io.c", "src/ring.c", "src/pickler.c", "src/npy.c",
            "src/writer.c", "src/reader.c", "src/codec.c", "src/checksum.c", "src/scan.c", "src/scan_values.c",
            "src/scan_records.c", "src/sign.c", "src/packed.c",
-           "src/dtype.c", "src/validate.c", "src/filter.c", "src/mapped.c"]
+           "src/dtype.c", "src/validate.c", "src/tree.c", "src/filter.c", "src/mapped.c"]
 
 cflags = ["-std=c11", "-D_GNU_SOURCE", "-Wall", "-Wextra", "-Wno-missing-field-initializers",
           # the C lint set, clean on every source (errors under FIRKIN_WERROR=1)

@@ -317,11 +317,24 @@ int dtype_init_types(PyObject *module, fk_state *st);
 /* MappedArrays(mm): numpy's _frombuffer that makes np.memmap views of mm's mapping */
 int mapped_init_types(PyObject *module);
 
+/* ---- tree.c ---- */
+/* TreeGuard: sklearn's Tree under the default policy (factory and __setstate__, checked) */
+int tree_init_types(PyObject *module);
+
 /* ---- validate.c ---- */
 /* tree_links(left, right, feature, n_features) -> the tree's depth, or
  * (code, node): the first node of a decision tree whose links or feature
  * break what sklearn's compiled Tree loops assume (codes in validate.c). */
 PyObject *validate_tree_links(PyObject *module, PyObject *args);
+/* a column of native int64 values: the i-th at base + i * stride (maybe unaligned) */
+typedef struct {
+    const char *base;
+    Py_ssize_t stride;
+} fk_i64col;
+/* tree_links' pass over n nodes: 0 (*deepest set), a code 1-4 (*bad: the
+ * node), or -1 with an exception */
+int validate_links(const fk_i64col *left, const fk_i64col *right, const fk_i64col *feature,
+                   Py_ssize_t n, long long n_features, uint32_t *deepest, Py_ssize_t *bad);
 /* retype(obj, cls): obj.__class__ = cls for a layout-identical heap subclass */
 PyObject *validate_retype(PyObject *module, PyObject *args);
 /* checked_subclass(base, name): a layout-identical heap subclass of base */

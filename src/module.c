@@ -398,6 +398,7 @@ static int module_exec(PyObject *module)
     if (reader_init_types(module, st) < 0) return -1;
     if (dtype_init_types(module, st) < 0) return -1;
     if (mapped_init_types(module) < 0) return -1;
+    if (tree_init_types(module) < 0) return -1;
     if (PyModule_AddIntConstant(module, "FLAG_BUFFERS_MUTABLE", (long)FK_OPT_BUFFERS_MUTABLE) < 0) return -1;
     if (PyModule_AddIntConstant(module, "REQ_STREAMED", (long)FK_REQ_STREAMED) < 0) return -1;
     if (PyModule_AddIntConstant(module, "REQ_PACKED", (long)FK_REQ_PACKED) < 0) return -1;

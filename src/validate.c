@@ -23,61 +23,50 @@ static int int64_view(PyObject *obj, Py_buffer *view, const char *what)
     return 0;
 }
 
-static inline int64_t int64_at(const Py_buffer *v, Py_ssize_t i)
+static inline int64_t int64_at(const fk_i64col *c, Py_ssize_t i)
 {
     int64_t x;
-    memcpy(&x, (const char *)v->buf + i * v->strides[0], sizeof x); /* may be unaligned */
+    memcpy(&x, c->base + i * c->stride, sizeof x); /* may be unaligned */
     return x;
 }
 
-/* tree_links(left, right, feature, n_features) -> the depth of the deepest
- * node (the root's is 0) when the links form the tree sklearn's Tree loops
- * assume, else (code, node) for the first node that breaks it:
+/* The links pass of tree_links over three columns of n native int64 (the
+ * guarded Tree's __setstate__ in tree.c runs it over its node array's
+ * fields): 0 with *deepest set when the links form the tree sklearn's Tree
+ * loops assume, else the code of the first node that breaks it (in *bad):
  *   1  a split's children are not later nodes of the array (i < child < n)
  *   2  a split's feature is outside [0, n_features)
  *   3  a leaf (left == -1) has a right child
  *   4  a node is the child of two splits
- * Children come after their parent, so one forward pass knows each parent's
- * depth before it reaches the children. */
-PyObject *validate_tree_links(PyObject *module, PyObject *args)
+ * -1 with an exception set when it cannot run. Children come after their
+ * parent, so one forward pass knows each parent's depth before it reaches
+ * the children. */
+int validate_links(const fk_i64col *L, const fk_i64col *R, const fk_i64col *F, Py_ssize_t n,
+                   long long n_features, uint32_t *deepest_out, Py_ssize_t *bad)
 {
-    (void)module;
-    PyObject *lo, *ro, *fo, *result = NULL;
-    long long n_features;
-    Py_buffer L = {0}, R = {0}, F = {0};
-    uint32_t *depth = NULL; /* depth + 1 of each node that is a child, 0 for the others */
-    uint32_t deepest = 0;
-    int code = 0;
-    Py_ssize_t bad = -1;
-    if (!PyArg_ParseTuple(args, "OOOL:tree_links", &lo, &ro, &fo, &n_features)) return NULL;
-    if (int64_view(lo, &L, "left") < 0 || int64_view(ro, &R, "right") < 0 ||
-        int64_view(fo, &F, "feature") < 0)
-        goto done;
-    const Py_ssize_t n = L.shape[0];
-    if (R.shape[0] != n || F.shape[0] != n) {
-        PyErr_SetString(PyExc_ValueError, "tree_links: the three arrays differ in length");
-        goto done;
-    }
     if ((uint64_t)n >= UINT32_MAX) {
         PyErr_Format(PyExc_ValueError, "tree_links: %zd nodes; at most %lu are supported", n,
                      (unsigned long)UINT32_MAX - 1);
-        goto done;
+        return -1;
     }
-    /* one word per node the arrays really hold (each node is 24+ bytes of them) */
-    depth = PyMem_Calloc((size_t)n + 1, sizeof *depth);
+    /* one word per node the arrays really hold (each node is 24+ bytes of them):
+     * depth + 1 of each node that is a child, 0 for the others */
+    uint32_t *depth = PyMem_Calloc((size_t)n + 1, sizeof *depth);
     if (!depth) {
         PyErr_NoMemory();
-        goto done;
+        return -1;
     }
+    uint32_t deepest = 0;
+    int code = 0;
     PyThreadState *ts = n > (1 << 16) ? PyEval_SaveThread() : NULL;
     for (Py_ssize_t i = 0; i < n; i++) {
-        const int64_t l = int64_at(&L, i), r = int64_at(&R, i);
+        const int64_t l = int64_at(L, i), r = int64_at(R, i);
         if (l == -1) {
             if (r != -1) code = 3;
         } else if (l <= i || r <= i || l >= n || r >= n) {
             code = 1;
         } else {
-            const int64_t f = int64_at(&F, i);
+            const int64_t f = int64_at(F, i);
             if (f < 0 || f >= n_features) {
                 code = 2;
             } else if (l == r || depth[l] || depth[r]) {
@@ -90,14 +79,42 @@ PyObject *validate_tree_links(PyObject *module, PyObject *args)
             }
         }
         if (code) {
-            bad = i;
+            *bad = i;
             break;
         }
     }
     if (ts) PyEval_RestoreThread(ts);
+    PyMem_Free(depth);
+    *deepest_out = deepest;
+    return code;
+}
+
+/* tree_links(left, right, feature, n_features) -> the depth of the deepest
+ * node (the root's is 0) when the links form the tree sklearn's Tree loops
+ * assume, else (code, node) for the first node that breaks it (the codes of
+ * validate_links). */
+PyObject *validate_tree_links(PyObject *module, PyObject *args)
+{
+    (void)module;
+    PyObject *lo, *ro, *fo, *result = NULL;
+    long long n_features;
+    Py_buffer L = {0}, R = {0}, F = {0};
+    uint32_t deepest = 0;
+    Py_ssize_t bad = -1;
+    if (!PyArg_ParseTuple(args, "OOOL:tree_links", &lo, &ro, &fo, &n_features)) return NULL;
+    if (int64_view(lo, &L, "left") < 0 || int64_view(ro, &R, "right") < 0 ||
+        int64_view(fo, &F, "feature") < 0)
+        goto done;
+    const Py_ssize_t n = L.shape[0];
+    if (R.shape[0] != n || F.shape[0] != n) {
+        PyErr_SetString(PyExc_ValueError, "tree_links: the three arrays differ in length");
+        goto done;
+    }
+    const fk_i64col lc = {L.buf, L.strides[0]}, rc = {R.buf, R.strides[0]}, fc = {F.buf, F.strides[0]};
+    const int code = validate_links(&lc, &rc, &fc, n, n_features, &deepest, &bad);
+    if (code < 0) goto done;
     result = code ? Py_BuildValue("(in)", code, bad) : PyLong_FromUnsignedLong(deepest);
 done:
-    PyMem_Free(depth);
     PyBuffer_Release(&L);
     PyBuffer_Release(&R);
     PyBuffer_Release(&F);

@@ -63,7 +63,7 @@ from ._validate_trees import (
     _check_decision_tree,
     _check_forest,
     _check_hist_gb,
-    _tree_factory,
+    _tree_guard,
 )
 
 __all__ = ["Check", "WATCHED", "checking", "current_check"]
@@ -288,7 +288,7 @@ def _walk(root, name: str) -> None:
 def _register() -> None:
     from . import _trust
 
-    _trust.REPLACEMENTS[("sklearn.tree._tree", "Tree")] = _tree_factory
+    _trust.REPLACEMENTS[("sklearn.tree._tree", "Tree")] = _tree_guard
     for module, (qual, _) in _BINARY_TREES.items():
         build, new_obj = _binary_tree_factories(module)
         _trust.REPLACEMENTS[(module, qual)] = build

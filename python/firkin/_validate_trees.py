@@ -10,37 +10,44 @@ import functools
 import numpy as np
 
 from . import _core
-from ._validate_base import _MAX_COUNT, _all, _current, _int_array, _is_int, _record, refuse
+from ._validate_base import _MAX_COUNT, _all, _current, _int_array, _is_int, _local, _record, refuse
 
 # ------------------------------------------------------------------ sklearn.tree._tree.Tree
 
 _tree_cls = None
 
 
-def _guarded_tree_class():
-    """Tree, with a __setstate__ that checks the state first and runs once."""
+def _make_tree_class():
+    """Tree, with a __setstate__ that checks the state first and runs once
+    (made when a file first names Tree)."""
     global _tree_cls
     if _tree_cls is None:
-        from sklearn.tree._tree import Tree  # only when a file names it
-
-        def __setstate__(self, d):
-            check = _current("sklearn.tree._tree.Tree")
-            if id(self) in check.state_set:
-                raise refuse(check.name, "a sklearn.tree._tree.Tree",
-                             "its state is set twice (a second BUILD on a Tree writes its "
-                             "new nodes into the buffer sized for the first)")
-            check.state_set.add(id(self))
-            _check_tree_state(check.name, self, d)
-            # the structure is sound; now compiled code may walk it
-            Tree.__setstate__(self, d)
+        from sklearn.tree._tree import Tree
 
         # Tree's exact instance layout: once checked, the load makes each one a
         # plain Tree again (_core.retype), so no caller ever sees this class
         GuardedTree = _core.checked_subclass(Tree, f"{__name__}.Tree")
-        GuardedTree.__setstate__ = __setstate__
+        GuardedTree.__setstate__ = _tree_guard.setstate
         _tree_cls = GuardedTree
     return _tree_cls
 
+
+# What sklearn.tree._tree.Tree resolves to under the default policy: the
+# checked factory and the guarded __setstate__, in C (src/tree.c), which
+# accept the states scikit-learn writes and hand everything else, unchanged,
+# to the two Python functions below (they refuse, with the message, or accept
+# the rare forms the C code leaves to them).
+
+def _tree_setstate(self, d):
+    check = _current("sklearn.tree._tree.Tree")
+    if id(self) in check.state_set:
+        raise refuse(check.name, "a sklearn.tree._tree.Tree",
+                     "its state is set twice (a second BUILD on a Tree writes its "
+                     "new nodes into the buffer sized for the first)")
+    check.state_set.add(id(self))
+    _check_tree_state(check.name, self, d)
+    # the structure is sound; now compiled code may walk it
+    _tree_cls.__base__.__setstate__(self, d)
 
 
 def _tree_factory(*args, **kwargs):
@@ -60,9 +67,12 @@ def _tree_factory(*args, **kwargs):
                      f"({n_outputs}) entries (the constructor copies n_outputs of them)")
     if not all(1 <= c < _MAX_COUNT for c in n_classes.tolist()):
         raise refuse(check.name, what, "n_classes holds a count below 1")
-    tree = _guarded_tree_class()(n_features, n_classes, n_outputs)
+    tree = _make_tree_class()(n_features, n_classes, n_outputs)
     check.built.append(tree)
     return tree
+
+
+_tree_guard = _core.TreeGuard(_make_tree_class, _tree_factory, _tree_setstate, _local)
 
 
 @functools.lru_cache(maxsize=16)

@@ -1,0 +1,372 @@
+/* The default policy's per-tree checks of scikit-learn's compiled Tree, in C.
+ *
+ * TreeGuard(load, slow_factory, slow_setstate, local) is what
+ * sklearn.tree._tree.Tree resolves to under the default policy
+ * (python/firkin/_validate_trees.py makes one). Called, it is the checked
+ * factory: Tree(n_features, n_classes, n_outputs), built as the guarded
+ * subclass and recorded in the current load's Check. Its `setstate` is the
+ * guarded class's __setstate__: the state is accepted once, checked whole
+ * (what _validate_trees._check_tree_state checks) and only then handed to
+ * Tree.__setstate__.
+ *
+ * Both do here what a forest's trees need and nothing else: they accept the
+ * common case outright and hand every other call, before changing anything,
+ * to the Python function it stands for (slow_factory, slow_setstate), which
+ * refuses with the message saying what is wrong, or accepts the rare forms
+ * this code leaves to it (numpy integers for Python ints, link fields that
+ * are not native int64). So C may be stricter than Python, never laxer, and
+ * every refusal has one text, the Python one.
+ *
+ * The current load's Check is the last item of `local.stack` (local: the
+ * threading.local of _validate_base), read here as _current() reads it.
+ */
+#define NPY_NO_DEPRECATED_API NPY_1_7_API_VERSION
+#define PY_ARRAY_UNIQUE_SYMBOL firkin_ARRAY_API
+#define NO_IMPORT_ARRAY
+#include "firkin.h"
+#include <numpy/arrayobject.h>
+
+#define TG_MAX_COUNT (1LL << 40) /* _validate_base._MAX_COUNT: no real model counts this far */
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *load;          /* load() -> the guarded subclass of Tree, made once */
+    PyObject *slow_factory;  /* the Python factory: refuses, or builds the rare forms */
+    PyObject *slow_setstate; /* the Python __setstate__(tree, state): the same for states */
+    PyObject *local;         /* threading.local whose .stack lists the loads' Checks */
+    PyObject *cls;           /* the guarded class, NULL until first used */
+    PyObject *base_setstate; /* Tree.__setstate__ */
+    PyObject *setstate;      /* what the guarded class's __setstate__ is (an instancemethod) */
+    /* interned names */
+    PyObject *s_stack, *s_built, *s_state_set, *s_nodes, *s_node_count, *s_max_depth,
+        *s_n_features, *s_left, *s_right, *s_feature;
+} TreeGuardObject;
+
+/* the guarded class, made on first use; NULL with an exception */
+static PyObject *tg_cls(TreeGuardObject *g)
+{
+    if (g->cls) return g->cls;
+    PyObject *cls = PyObject_CallNoArgs(g->load);
+    if (!cls) return NULL;
+    if (!PyType_Check(cls) || !((PyTypeObject *)cls)->tp_base) {
+        PyErr_SetString(PyExc_TypeError, "TreeGuard: load() must return the guarded Tree class");
+        Py_DECREF(cls);
+        return NULL;
+    }
+    PyObject *bs = PyObject_GetAttrString((PyObject *)((PyTypeObject *)cls)->tp_base, "__setstate__");
+    if (!bs) {
+        Py_DECREF(cls);
+        return NULL;
+    }
+    g->base_setstate = bs;
+    g->cls = cls;
+    return cls;
+}
+
+/* The current load's Check (borrowed, kept alive by the stack's list while
+ * the caller holds `*stack`), or NULL without an exception when there is none. */
+static PyObject *tg_check(TreeGuardObject *g, PyObject **stack)
+{
+    *stack = NULL;
+    PyObject *st = PyObject_GetAttr(g->local, g->s_stack);
+    if (!st) {
+        PyErr_Clear(); /* no load on this thread yet: the slow path says so */
+        return NULL;
+    }
+    if (!PyList_CheckExact(st) || PyList_GET_SIZE(st) == 0) {
+        Py_DECREF(st);
+        return NULL;
+    }
+    *stack = st;
+    return PyList_GET_ITEM(st, PyList_GET_SIZE(st) - 1);
+}
+
+/* a Python int in [lo, TG_MAX_COUNT): 1, else 0 (no exception) */
+static int tg_count(PyObject *v, long long lo, long long *out)
+{
+    if (!PyLong_CheckExact(v)) return 0;
+    int overflow = 0;
+    const long long x = PyLong_AsLongLongAndOverflow(v, &overflow);
+    if (overflow || (x == -1 && PyErr_Occurred())) {
+        PyErr_Clear();
+        return 0;
+    }
+    *out = x;
+    return x >= lo && x < TG_MAX_COUNT;
+}
+
+/* n_classes as the compiled constructor reads it: a 1-d array of n_outputs
+ * native int64 counts, each in [1, TG_MAX_COUNT) */
+static int tg_n_classes_ok(PyObject *a, long long n_outputs)
+{
+    if (!PyArray_CheckExact(a)) return 0;
+    PyArrayObject *arr = (PyArrayObject *)a;
+    PyArray_Descr *d = PyArray_DESCR(arr);
+    if (PyArray_NDIM(arr) != 1 || PyArray_DIM(arr, 0) != n_outputs || d->kind != 'i' ||
+        PyArray_ITEMSIZE(arr) != 8 || !PyArray_ISNOTSWAPPED(arr))
+        return 0;
+    const char *p = PyArray_BYTES(arr);
+    const npy_intp stride = PyArray_STRIDE(arr, 0);
+    for (npy_intp i = 0; i < PyArray_DIM(arr, 0); i++) {
+        int64_t c;
+        memcpy(&c, p + i * stride, sizeof c);
+        if (c < 1 || c >= TG_MAX_COUNT) return 0;
+    }
+    return 1;
+}
+
+/* the factory: Tree(n_features, n_classes, n_outputs), checked and recorded */
+static PyObject *TreeGuard_call(TreeGuardObject *g, PyObject *args, PyObject *kwargs)
+{
+    PyObject *stack = NULL, *tree = NULL, *built = NULL, *check;
+    long long n_features, n_outputs;
+    if ((kwargs && PyDict_GET_SIZE(kwargs)) || PyTuple_GET_SIZE(args) != 3 ||
+        !(check = tg_check(g, &stack)) ||
+        !tg_count(PyTuple_GET_ITEM(args, 0), 1, &n_features) ||
+        !tg_count(PyTuple_GET_ITEM(args, 2), 1, &n_outputs) ||
+        !tg_n_classes_ok(PyTuple_GET_ITEM(args, 1), n_outputs)) {
+        Py_XDECREF(stack);
+        return PyObject_Call(g->slow_factory, args, kwargs);
+    }
+    PyObject *cls = tg_cls(g);
+    if (!cls) goto done;
+    built = PyObject_GetAttr(check, g->s_built);
+    if (!built) goto done;
+    if (!PyList_Check(built)) {
+        PyErr_SetString(PyExc_TypeError, "TreeGuard: the Check's built is not a list");
+        goto done;
+    }
+    tree = PyObject_Call(cls, args, NULL);
+    if (tree && PyList_Append(built, tree) < 0) Py_CLEAR(tree);
+done:
+    Py_XDECREF(built);
+    Py_XDECREF(stack);
+    return tree;
+}
+
+/* the int64 column of a node field, or 0 (no exception) when the field is
+ * missing, no native int64, or outside the node */
+static int tg_field(PyArrayObject *nodes, PyObject *fields, PyObject *name,
+                    fk_i64col *col)
+{
+    PyObject *f = PyDict_GetItemWithError(fields, name); /* borrowed */
+    if (!f) {
+        PyErr_Clear();
+        return 0;
+    }
+    if (!PyTuple_Check(f) || PyTuple_GET_SIZE(f) < 2 || !PyArray_DescrCheck(PyTuple_GET_ITEM(f, 0)) ||
+        !PyLong_CheckExact(PyTuple_GET_ITEM(f, 1)))
+        return 0;
+    PyArray_Descr *fd = (PyArray_Descr *)PyTuple_GET_ITEM(f, 0);
+    if (fd->kind != 'i' || PyDataType_ELSIZE(fd) != 8 || !PyArray_ISNBO(fd->byteorder) ||
+        PyDataType_HASFIELDS(fd) || PyDataType_HASSUBARRAY(fd))
+        return 0;
+    const Py_ssize_t off = PyLong_AsSsize_t(PyTuple_GET_ITEM(f, 1));
+    if (off < 0 || off > PyArray_ITEMSIZE(nodes) - 8) {
+        PyErr_Clear();
+        return 0;
+    }
+    col->base = PyArray_BYTES(nodes) + off;
+    col->stride = PyArray_STRIDE(nodes, 0);
+    return 1;
+}
+
+/* The checks of _check_tree_state: 1 when the state is sound, 0 when the
+ * slow path must judge it, -1 with an exception. */
+static int tg_state_ok(TreeGuardObject *g, PyObject *tree, PyObject *d)
+{
+    if (!PyDict_CheckExact(d)) return 0;
+    PyObject *no = PyDict_GetItemWithError(d, g->s_nodes);
+    PyObject *nc = no ? PyDict_GetItemWithError(d, g->s_node_count) : NULL;
+    PyObject *md = nc ? PyDict_GetItemWithError(d, g->s_max_depth) : NULL;
+    if (!md) {
+        if (PyErr_Occurred()) return -1;
+        return 0;
+    }
+    if (!PyArray_CheckExact(no) || PyArray_NDIM((PyArrayObject *)no) != 1) return 0;
+    PyArrayObject *nodes = (PyArrayObject *)no;
+    PyArray_Descr *nd = PyArray_DESCR(nodes);
+    PyObject *fields = PyDataType_HASFIELDS(nd) ? PyDataType_FIELDS(nd) : NULL;
+    if (!fields || !PyDict_Check(fields)) return 0;
+    fk_i64col left, right, feature;
+    if (!tg_field(nodes, fields, g->s_left, &left) || !tg_field(nodes, fields, g->s_right, &right) ||
+        !tg_field(nodes, fields, g->s_feature, &feature))
+        return 0;
+    const npy_intp n = PyArray_DIM(nodes, 0);
+    long long node_count, max_depth, n_features;
+    if (!tg_count(nc, 1, &node_count) || node_count != n || !tg_count(md, 0, &max_depth) ||
+        max_depth >= n)
+        return 0;
+    PyObject *nf = PyObject_GetAttr(tree, g->s_n_features);
+    if (!nf) return -1;
+    int ok = tg_count(nf, 0, &n_features);
+    Py_DECREF(nf);
+    if (!ok) return 0;
+    uint32_t deepest = 0;
+    Py_ssize_t bad = -1;
+    const int code = validate_links(&left, &right, &feature, n, n_features, &deepest, &bad);
+    if (code < 0) return -1;
+    return code == 0 && deepest <= max_depth;
+}
+
+/* the guarded class's __setstate__(tree, state) */
+static PyObject *TreeGuard_setstate(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    TreeGuardObject *g = (TreeGuardObject *)self;
+    PyObject *stack = NULL, *state_set = NULL, *key = NULL, *result = NULL, *check;
+    int ok = 0, seen;
+    if (nargs != 2 || !g->cls || !(check = tg_check(g, &stack))) goto slow;
+    if (!(state_set = PyObject_GetAttr(check, g->s_state_set))) goto done;
+    if (!PySet_Check(state_set)) goto slow;
+    if (!(key = PyLong_FromVoidPtr(args[0]))) goto done;
+    seen = PySet_Contains(state_set, key);
+    if (seen < 0) goto done;
+    if (seen) goto slow; /* set twice: refused there */
+    ok = tg_state_ok(g, args[0], args[1]);
+    if (ok < 0) goto done;
+    if (!ok) goto slow;
+    /* the structure is sound; now compiled code may walk it */
+    if (PySet_Add(state_set, key) < 0) goto done;
+    result = PyObject_Vectorcall(g->base_setstate, args, 2, NULL);
+    goto done;
+slow:
+    result = PyObject_Vectorcall(g->slow_setstate, args, (size_t)nargs, NULL);
+done:
+    Py_XDECREF(key);
+    Py_XDECREF(state_set);
+    Py_XDECREF(stack);
+    return result;
+}
+
+static PyMethodDef TreeGuard_setstate_def = {
+    "__setstate__", (PyCFunction)(void (*)(void))TreeGuard_setstate, METH_FASTCALL,
+    "__setstate__(state): the state is checked, once, before Tree.__setstate__ copies it"};
+
+static PyObject *TreeGuard_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    PyObject *load, *slow_factory, *slow_setstate, *local;
+    static char *kwlist[] = {"load", "slow_factory", "slow_setstate", "local", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOO:TreeGuard", kwlist, &load, &slow_factory,
+                                     &slow_setstate, &local))
+        return NULL;
+    if (!PyCallable_Check(load) || !PyCallable_Check(slow_factory) || !PyCallable_Check(slow_setstate)) {
+        PyErr_SetString(PyExc_TypeError, "TreeGuard(load, slow_factory, slow_setstate, local): "
+                                         "three callables and a threading.local");
+        return NULL;
+    }
+    TreeGuardObject *g = (TreeGuardObject *)type->tp_alloc(type, 0);
+    if (!g) return NULL;
+    g->load = Py_NewRef(load);
+    g->slow_factory = Py_NewRef(slow_factory);
+    g->slow_setstate = Py_NewRef(slow_setstate);
+    g->local = Py_NewRef(local);
+    PyObject *fn = PyCFunction_New(&TreeGuard_setstate_def, (PyObject *)g);
+    /* an instancemethod binds like a Python function: tree.__setstate__(d)
+     * calls fn(tree, d) */
+    g->setstate = fn ? PyInstanceMethod_New(fn) : NULL;
+    Py_XDECREF(fn);
+    if (!g->setstate ||
+        !(g->s_stack = PyUnicode_InternFromString("stack")) ||
+        !(g->s_built = PyUnicode_InternFromString("built")) ||
+        !(g->s_state_set = PyUnicode_InternFromString("state_set")) ||
+        !(g->s_nodes = PyUnicode_InternFromString("nodes")) ||
+        !(g->s_node_count = PyUnicode_InternFromString("node_count")) ||
+        !(g->s_max_depth = PyUnicode_InternFromString("max_depth")) ||
+        !(g->s_n_features = PyUnicode_InternFromString("n_features")) ||
+        !(g->s_left = PyUnicode_InternFromString("left_child")) ||
+        !(g->s_right = PyUnicode_InternFromString("right_child")) ||
+        !(g->s_feature = PyUnicode_InternFromString("feature"))) {
+        Py_DECREF(g);
+        return NULL;
+    }
+    return (PyObject *)g;
+}
+
+static int TreeGuard_traverse(TreeGuardObject *g, visitproc visit, void *arg)
+{
+    Py_VISIT(Py_TYPE(g));
+    Py_VISIT(g->load);
+    Py_VISIT(g->slow_factory);
+    Py_VISIT(g->slow_setstate);
+    Py_VISIT(g->local);
+    Py_VISIT(g->cls);
+    Py_VISIT(g->base_setstate);
+    Py_VISIT(g->setstate);
+    return 0;
+}
+
+static int TreeGuard_clear(TreeGuardObject *g)
+{
+    Py_CLEAR(g->load);
+    Py_CLEAR(g->slow_factory);
+    Py_CLEAR(g->slow_setstate);
+    Py_CLEAR(g->local);
+    Py_CLEAR(g->cls);
+    Py_CLEAR(g->base_setstate);
+    Py_CLEAR(g->setstate);
+    return 0;
+}
+
+static void TreeGuard_dealloc(TreeGuardObject *g)
+{
+    PyTypeObject *tp = Py_TYPE(g);
+    PyObject_GC_UnTrack(g);
+    TreeGuard_clear(g);
+    Py_CLEAR(g->s_stack);
+    Py_CLEAR(g->s_built);
+    Py_CLEAR(g->s_state_set);
+    Py_CLEAR(g->s_nodes);
+    Py_CLEAR(g->s_node_count);
+    Py_CLEAR(g->s_max_depth);
+    Py_CLEAR(g->s_n_features);
+    Py_CLEAR(g->s_left);
+    Py_CLEAR(g->s_right);
+    Py_CLEAR(g->s_feature);
+    tp->tp_free((PyObject *)g);
+    Py_DECREF(tp);
+}
+
+static PyObject *TreeGuard_get_cls(TreeGuardObject *g, void *closure)
+{
+    (void)closure;
+    return Py_NewRef(g->cls ? g->cls : Py_None);
+}
+
+static PyObject *TreeGuard_get_setstate(TreeGuardObject *g, void *closure)
+{
+    (void)closure;
+    return Py_NewRef(g->setstate);
+}
+
+static PyGetSetDef TreeGuard_getset[] = {
+    {"cls", (getter)TreeGuard_get_cls, NULL, "the guarded Tree class, None until first used", NULL},
+    {"setstate", (getter)TreeGuard_get_setstate, NULL,
+     "the guarded class's __setstate__ (binds to the tree like a function)", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyType_Slot TreeGuard_slots[] = {
+    {Py_tp_call, TreeGuard_call},
+    {Py_tp_new, TreeGuard_new},
+    {Py_tp_traverse, TreeGuard_traverse},
+    {Py_tp_clear, TreeGuard_clear},
+    {Py_tp_dealloc, TreeGuard_dealloc},
+    {Py_tp_getset, TreeGuard_getset},
+    {Py_tp_doc, "TreeGuard(load, slow_factory, slow_setstate, local): sklearn's Tree, checked "
+                "(src/tree.c)"},
+    {0, NULL},
+};
+
+static PyType_Spec TreeGuard_spec = {
+    "firkin._core.TreeGuard", sizeof(TreeGuardObject), 0,
+    Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC, TreeGuard_slots,
+};
+
+int tree_init_types(PyObject *module)
+{
+    PyObject *type = PyType_FromModuleAndSpec(module, &TreeGuard_spec, NULL);
+    if (!type) return -1;
+    const int rc = PyModule_AddType(module, (PyTypeObject *)type);
+    Py_DECREF(type);
+    return rc;
+}
