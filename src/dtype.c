@@ -207,15 +207,48 @@ PyObject *fk_dtype_problem(PyObject *module, PyObject *arg)
  * (a trusted load: nothing to check, only the byte order to convert) lets a
  * structured dtype that numpy calls native (every field, recursively) go
  * straight to fn as well: a forest's 300 node arrays, 5 us each in slow.
+ *
+ * record (a policy load): what slow does after fn for a structured dtype
+ * (keep the result for the load's final check), done here for the common
+ * structured dtype (a tree's nodes): no keywords, fields of plain dtypes in
+ * native order, and dtype_problem finds nothing, then fn and
+ * record(result). Any other structured call, a dtype dtype_problem refuses
+ * included, goes to slow, which refuses it with its message.
  */
 typedef struct {
     PyObject_HEAD
     PyObject *fn;
     PyObject *slow;
+    PyObject *record; /* NULL: every structured dtype goes to slow */
     Py_ssize_t at;
     int native;
     int structured;
 } DtypeGuardObject;
+
+/* a structured dtype whose fields are all plain dtypes in native (or no)
+ * byte order, and in which dtype_problem finds nothing: 1; 0 otherwise
+ * (slow judges it); -1 with an exception */
+static int dg_plain_struct(PyArray_Descr *d)
+{
+    if (!PyDataType_HASFIELDS(d) || PyDataType_HASSUBARRAY(d)) return 0;
+    PyObject *fields = PyDataType_FIELDS(d);
+    if (!fields || !PyDict_Check(fields)) return 0;
+    Py_ssize_t pos = 0;
+    PyObject *k, *v;
+    while (PyDict_Next(fields, &pos, &k, &v)) {
+        if (!PyTuple_Check(v) || PyTuple_GET_SIZE(v) < 2 || !PyArray_DescrCheck(PyTuple_GET_ITEM(v, 0)))
+            return 0;
+        PyArray_Descr *f = (PyArray_Descr *)PyTuple_GET_ITEM(v, 0);
+        if (PyDataType_HASFIELDS(f) || PyDataType_HASSUBARRAY(f) || !PyArray_ISNBO(f->byteorder))
+            return 0;
+    }
+    PyObject *memo = NULL;
+    const char *why = NULL;
+    const int r = dtc_walk(d, 0, &memo, &why);
+    Py_XDECREF(memo);
+    if (r < 0) return -1;
+    return r != DTC_PROBLEM;
+}
 
 static PyObject *DtypeGuard_call(DtypeGuardObject *g, PyObject *args, PyObject *kwargs)
 {
@@ -231,6 +264,20 @@ static PyObject *DtypeGuard_call(DtypeGuardObject *g, PyObject *args, PyObject *
                 if (!isn) return NULL;
                 plain = isn == Py_True;
                 Py_DECREF(isn);
+            } else if (g->record) {
+                const int ok = dg_plain_struct(d);
+                if (ok < 0) return NULL;
+                if (ok) {
+                    PyObject *out = PyObject_Call(g->fn, args, NULL);
+                    if (!out) return NULL;
+                    PyObject *r = PyObject_CallOneArg(g->record, out);
+                    if (!r) {
+                        Py_DECREF(out);
+                        return NULL;
+                    }
+                    Py_DECREF(r);
+                    return out;
+                }
             }
         } else if (g->native && !PyDataType_ISNOTSWAPPED(d)) {
             plain = 0;
@@ -241,19 +288,20 @@ static PyObject *DtypeGuard_call(DtypeGuardObject *g, PyObject *args, PyObject *
 
 static PyObject *DtypeGuard_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
-    PyObject *fn, *slow;
+    PyObject *fn, *slow, *record = Py_None;
     Py_ssize_t at;
     int native = 0, structured = 0;
-    static char *kwlist[] = {"fn", "slow", "at", "native", "structured", NULL};
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOn|pp:DtypeGuard", kwlist, &fn, &slow, &at,
-                                     &native, &structured))
+    static char *kwlist[] = {"fn", "slow", "at", "native", "structured", "record", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOn|ppO:DtypeGuard", kwlist, &fn, &slow, &at,
+                                     &native, &structured, &record))
         return NULL;
     if (structured && !native) {
         PyErr_SetString(PyExc_ValueError, "DtypeGuard: structured=True only with native=True "
                         "(a trusted load's byte-order conversion)");
         return NULL;
     }
-    if (!PyCallable_Check(fn) || !PyCallable_Check(slow) || at < 0) {
+    if (!PyCallable_Check(fn) || !PyCallable_Check(slow) || at < 0 ||
+        (record != Py_None && !PyCallable_Check(record))) {
         PyErr_SetString(PyExc_TypeError, "DtypeGuard(fn, slow, at): two callables and a position");
         return NULL;
     }
@@ -261,6 +309,7 @@ static PyObject *DtypeGuard_new(PyTypeObject *type, PyObject *args, PyObject *kw
     if (!g) return NULL;
     g->fn = Py_NewRef(fn);
     g->slow = Py_NewRef(slow);
+    g->record = record != Py_None ? Py_NewRef(record) : NULL;
     g->at = at;
     g->native = native;
     g->structured = structured;
@@ -272,6 +321,7 @@ static int DtypeGuard_traverse(DtypeGuardObject *g, visitproc visit, void *arg)
     Py_VISIT(Py_TYPE(g));
     Py_VISIT(g->fn);
     Py_VISIT(g->slow);
+    Py_VISIT(g->record);
     return 0;
 }
 
@@ -279,6 +329,7 @@ static int DtypeGuard_clear(DtypeGuardObject *g)
 {
     Py_CLEAR(g->fn);
     Py_CLEAR(g->slow);
+    Py_CLEAR(g->record);
     return 0;
 }
 
@@ -303,7 +354,8 @@ static PyType_Slot DtypeGuard_slots[] = {
     {Py_tp_clear, DtypeGuard_clear},
     {Py_tp_dealloc, DtypeGuard_dealloc},
     {Py_tp_repr, DtypeGuard_repr},
-    {Py_tp_doc, "DtypeGuard(fn, slow, at): fn, or slow when argument `at` is a structured dtype"},
+    {Py_tp_doc, "DtypeGuard(fn, slow, at, native=False, record=None): fn, or slow when argument `at` is "
+                "a structured dtype (with record: a plain checked one goes to fn, then record)"},
     {0, NULL},
 };
 

@@ -340,10 +340,13 @@ def checked_maker(fn, what, dtype_at, dtype_key, record, native_fast=None):
     guard.__module__ = what.rsplit(".", 1)[0]
     if record == "always":
         return guard
-    # calls with a plain dtype go straight to fn, tested in C
+    # calls with a plain dtype go straight to fn, tested in C; so do those
+    # with a plain structured one (checked there with dtype_problem, the
+    # result recorded), when a structured result is recorded
+    rec = _record if record else None
     if native_fast is not None:
-        return _core.DtypeGuard(native_fast, guard, dtype_at, native=True)
-    return _core.DtypeGuard(fn, guard, dtype_at)
+        return _core.DtypeGuard(native_fast, guard, dtype_at, native=True, record=rec)
+    return _core.DtypeGuard(fn, guard, dtype_at, record=rec)
 
 
 # ------------------------------------------------------------------ in-band array states
