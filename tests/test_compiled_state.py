@@ -147,7 +147,26 @@ TREE_CASES = {
     "leaf with a right child": (
         lambda s: s["nodes"]["right_child"].__setitem__(
             int(np.flatnonzero(s["nodes"]["left_child"] == -1)[0]), 1), "leaf"),
+    # each gate of the C check (src/tree.c) hands these to the Python check
+    "max_depth not below node_count": (lambda s: s.__setitem__("max_depth", s["node_count"]),
+                                       r"max_depth is \d+, not in \[0, node_count\)"),
+    "node_count not an int": (lambda s: s.__setitem__("node_count", float(s["node_count"])),
+                              "node_count is"),
+    "nodes not 1-d": (lambda s: s.__setitem__("nodes", s["nodes"].reshape(1, -1)),
+                      "'nodes' is not a 1-d array of tree nodes"),
+    "float feature field": (lambda s: s.__setitem__("nodes", _retyped(s["nodes"], "feature",
+                                                                      np.float64)),
+                            "the node field 'feature' is not a signed integer"),
 }
+
+
+def _retyped(nodes, field, dtype):
+    """nodes with `field` of another dtype, the values kept"""
+    dt = np.dtype([(f, dtype if f == field else nodes.dtype[f]) for f in nodes.dtype.names])
+    out = np.empty(nodes.shape, dt)
+    for f in nodes.dtype.names:
+        out[f] = nodes[f]
+    return out
 
 
 def test_tree_roundtrips(dtc, tmp_path, keys):
@@ -247,10 +266,26 @@ def test_tree_constructor_arguments_refused(dtc, tmp_path, keys):
                         ((n_features, n_classes, 3), "n_classes is not"),
                         ((n_features, n_classes[:0], n_outputs), "n_classes is not"),
                         ((n_features, np.array([0]), 1), "below 1"),
-                        ((n_features, n_classes, -1), "n_outputs")]:
+                        ((n_features, n_classes, -1), "n_outputs"),
+                        ((n_features, np.array([2**40]), 1), "n_classes holds"),
+                        ((n_features, np.array([[3]]), 1), "n_classes is not")]:
         c = copy.copy(dtc)
         vars(c)["tree_"] = _Reduce((f, args, state))
         _refused(c, tmp_path, match)
+
+
+def test_tree_constructor_arguments_of_other_int_types_load(dtc, tmp_path, keys):
+    # the C factory takes Python ints and int64 counts; numpy integers and
+    # narrower count arrays are judged (and accepted) by the Python one
+    f, (n_features, n_classes, n_outputs), state = dtc.tree_.__reduce__()
+    c = copy.copy(dtc)
+    vars(c)["tree_"] = _Reduce((f, (np.int64(n_features), n_classes.astype(np.int32),
+                                    np.int32(n_outputs)), state))
+    files = _files(c, tmp_path)
+    firkin.set_key(KEY_B)
+    for label, path in files:
+        np.testing.assert_array_equal(firkin.load(path).predict_proba(X), dtc.predict_proba(X),
+                                      err_msg=label)
 
 
 def _tree_stream(dtc, *states):
