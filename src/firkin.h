@@ -337,6 +337,8 @@ int validate_links(const fk_i64col *left, const fk_i64col *right, const fk_i64co
                    Py_ssize_t n, long long n_features, uint32_t *deepest, Py_ssize_t *bad);
 /* retype(obj, cls): obj.__class__ = cls for a layout-identical heap subclass */
 PyObject *validate_retype(PyObject *module, PyObject *args);
+/* retype_all(items, from, to): retype each item of exact type from */
+PyObject *validate_retype_all(PyObject *module, PyObject *args);
 /* checked_subclass(base, name): a layout-identical heap subclass of base */
 PyObject *validate_checked_subclass(PyObject *module, PyObject *args);
 /* walk(root, name, by_class, leaves, skip, expand): the estimator walk */

@@ -282,6 +282,9 @@ static PyMethodDef module_methods[] = {
     {"retype", validate_retype, METH_VARARGS,
      "retype(obj, cls): make obj, an instance of a heap subclass of cls that adds nothing to its "
      "instance layout, an instance of cls"},
+    {"retype_all", validate_retype_all, METH_VARARGS,
+     "retype_all(items, from, to): retype(obj, to) for every obj of the list items whose exact "
+     "type is from"},
     {"checked_subclass", validate_checked_subclass, METH_VARARGS,
      "checked_subclass(base, name) -> a subclass of base with its exact instance layout (no "
      "__dict__, GC only if base has it), whose instances retype() can turn into base instances"},

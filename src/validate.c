@@ -121,6 +121,30 @@ done:
     return result;
 }
 
+/* from is a heap subclass of to that adds nothing to to's instance layout
+ * (firkin._validate's checked Tree): 0, else -1 with an exception */
+static int retype_check(PyTypeObject *from, PyTypeObject *to)
+{
+    const unsigned long gc = Py_TPFLAGS_HAVE_GC;
+    if (!(from->tp_flags & Py_TPFLAGS_HEAPTYPE) || from->tp_base != to ||
+        from->tp_basicsize != to->tp_basicsize || from->tp_itemsize != to->tp_itemsize ||
+        from->tp_dictoffset != to->tp_dictoffset ||
+        from->tp_weaklistoffset != to->tp_weaklistoffset || (from->tp_flags & gc) != (to->tp_flags & gc)) {
+        PyErr_Format(PyExc_TypeError, "retype: %s is not a layout-identical subclass of %s",
+                     from->tp_name, to->tp_name);
+        return -1;
+    }
+    return 0;
+}
+
+/* obj (of the checked type `from`) becomes an instance of to */
+static void retype_one(PyObject *obj, PyTypeObject *from, PyTypeObject *to)
+{
+    if (to->tp_flags & Py_TPFLAGS_HEAPTYPE) Py_INCREF(to);
+    Py_SET_TYPE(obj, to);
+    Py_DECREF(from); /* instances of heap types own a reference to their type */
+}
+
 /* retype(obj, cls): make obj, an instance of a heap subclass of cls that adds
  * nothing to cls's instance layout (firkin._validate's checked Tree), an
  * instance of cls itself, as `obj.__class__ = cls` would if cls allowed it. */
@@ -132,18 +156,26 @@ PyObject *validate_retype(PyObject *module, PyObject *args)
     if (!PyArg_ParseTuple(args, "OO!:retype", &obj, &PyType_Type, &to)) return NULL;
     PyTypeObject *from = Py_TYPE(obj);
     if (from == to) Py_RETURN_NONE;
-    const unsigned long gc = Py_TPFLAGS_HAVE_GC;
-    if (!(from->tp_flags & Py_TPFLAGS_HEAPTYPE) || from->tp_base != to ||
-        from->tp_basicsize != to->tp_basicsize || from->tp_itemsize != to->tp_itemsize ||
-        from->tp_dictoffset != to->tp_dictoffset ||
-        from->tp_weaklistoffset != to->tp_weaklistoffset || (from->tp_flags & gc) != (to->tp_flags & gc)) {
-        PyErr_Format(PyExc_TypeError, "retype: %s is not a layout-identical subclass of %s",
-                     from->tp_name, to->tp_name);
+    if (retype_check(from, to) < 0) return NULL;
+    retype_one(obj, from, to);
+    Py_RETURN_NONE;
+}
+
+/* retype_all(items, from, to): retype(obj, to) for every obj of the list
+ * whose exact type is `from` (the checked trees of one load) */
+PyObject *validate_retype_all(PyObject *module, PyObject *args)
+{
+    (void)module;
+    PyObject *items;
+    PyTypeObject *from, *to;
+    if (!PyArg_ParseTuple(args, "O!O!O!:retype_all", &PyList_Type, &items, &PyType_Type, &from,
+                          &PyType_Type, &to))
         return NULL;
+    if (retype_check(from, to) < 0) return NULL;
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(items); i++) {
+        PyObject *obj = PyList_GET_ITEM(items, i);
+        if (Py_TYPE(obj) == from) retype_one(obj, from, to);
     }
-    if (to->tp_flags & Py_TPFLAGS_HEAPTYPE) Py_INCREF(to);
-    Py_SET_TYPE(obj, to);
-    Py_DECREF(from); /* instances of heap types own a reference to their type */
     Py_RETURN_NONE;
 }
 

@@ -105,14 +105,15 @@ class Check:
 
     def finish(self, obj) -> None:
         """Check everything this load built; raise UntrustedTypesError at the first violation."""
-        for item in self.built:
-            _check_built(self, item)
+        tree_cls = _validate_trees._tree_cls  # made when a file first names Tree
+        state_set = self.state_set
+        for item in self.built:  # a forest's trees: one test each, here
+            if type(item) is not tree_cls or id(item) not in state_set:
+                _check_built(self, item)
         if self.walk:
             _walk(obj, self.name)
-        tree_cls = _validate_trees._tree_cls  # made when a file first names Tree
-        for item in self.built:  # all checked: the trees become sklearn's own Tree
-            if type(item) is tree_cls:
-                _core.retype(item, tree_cls.__base__)
+        if tree_cls is not None:  # all checked: the trees become sklearn's own Tree
+            _core.retype_all(self.built, tree_cls, tree_cls.__base__)
 
 
 class _Checking:
