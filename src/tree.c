@@ -1,13 +1,14 @@
 /* The default policy's per-tree checks of scikit-learn's compiled Tree, in C.
  *
- * TreeGuard(load, slow_factory, slow_setstate, local) is what
+ * TreeGuard(load, slow_factory, slow_setstate, slow_estimator, local) is what
  * sklearn.tree._tree.Tree resolves to under the default policy
  * (python/firkin/_validate_trees.py makes one). Called, it is the checked
  * factory: Tree(n_features, n_classes, n_outputs), built as the guarded
  * subclass and recorded in the current load's Check. Its `setstate` is the
  * guarded class's __setstate__: the state is accepted once, checked whole
  * (what _validate_trees._check_tree_state checks) and only then handed to
- * Tree.__setstate__.
+ * Tree.__setstate__. Its `check_decision_tree` is the estimator walk's check of
+ * a fitted decision tree estimator (slow_estimator in Python).
  *
  * Both do here what a forest's trees need and nothing else: they accept the
  * common case outright and hand every other call, before changing anything,
@@ -33,13 +34,15 @@ typedef struct {
     PyObject *load;          /* load() -> the guarded subclass of Tree, made once */
     PyObject *slow_factory;  /* the Python factory: refuses, or builds the rare forms */
     PyObject *slow_setstate; /* the Python __setstate__(tree, state): the same for states */
+    PyObject *slow_estimator; /* the Python check of a decision tree estimator (name, est) */
     PyObject *local;         /* threading.local whose .stack lists the loads' Checks */
     PyObject *cls;           /* the guarded class, NULL until first used */
     PyObject *base_setstate; /* Tree.__setstate__ */
     PyObject *setstate;      /* what the guarded class's __setstate__ is (an instancemethod) */
     /* interned names */
     PyObject *s_stack, *s_built, *s_state_set, *s_nodes, *s_node_count, *s_max_depth,
-        *s_n_features, *s_left, *s_right, *s_feature;
+        *s_n_features, *s_left, *s_right, *s_feature, *s_dict, *s_tree_, *s_n_features_in_,
+        *s_n_outputs_, *s_n_outputs;
 } TreeGuardObject;
 
 /* the guarded class, made on first use; NULL with an exception */
@@ -238,20 +241,80 @@ done:
     return result;
 }
 
+/* 1 when the exact int a equals the tree's attribute `attr`, 0 when the
+ * slow path must judge, -1 with an exception */
+static int tg_same_int(PyObject *a, PyObject *tree, PyObject *attr)
+{
+    if (!PyLong_CheckExact(a)) return 0;
+    PyObject *b = PyObject_GetAttr(tree, attr);
+    if (!b) return -1;
+    const int same = PyLong_CheckExact(b) ? PyObject_RichCompareBool(a, b, Py_EQ) : 0;
+    Py_DECREF(b);
+    return same;
+}
+
+/* check_decision_tree(name, est): _validate_trees._check_decision_tree for a
+ * fitted tree estimator whose tree_ was built and checked by this guard and
+ * whose n_features_in_ and n_outputs_ are the tree's (exact ints); any other
+ * estimator goes to that Python check */
+static PyObject *TreeGuard_check_decision_tree(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    TreeGuardObject *g = (TreeGuardObject *)self;
+    PyObject *d = NULL;
+    int ok = 0;
+    if (nargs != 2 || !g->cls) goto slow;
+    if (!(d = PyObject_GetAttr(args[1], g->s_dict))) {
+        PyErr_Clear();
+        goto slow;
+    }
+    if (!PyDict_CheckExact(d)) goto slow;
+    PyObject *tree = PyDict_GetItemWithError(d, g->s_tree_); /* borrowed, as below */
+    if (!tree) {
+        if (PyErr_Occurred()) goto fail;
+        Py_DECREF(d);
+        Py_RETURN_NONE; /* not fitted */
+    }
+    if (Py_TYPE(tree) != (PyTypeObject *)g->cls && Py_TYPE(tree) != ((PyTypeObject *)g->cls)->tp_base)
+        goto slow;
+    Py_INCREF(tree);
+    PyObject *nf = PyDict_GetItemWithError(d, g->s_n_features_in_);
+    PyObject *no = nf ? PyDict_GetItemWithError(d, g->s_n_outputs_) : NULL;
+    ok = nf ? tg_same_int(nf, tree, g->s_n_features) : 0;
+    if (ok > 0 && no) ok = tg_same_int(no, tree, g->s_n_outputs);
+    Py_DECREF(tree);
+    if (ok < 0 || PyErr_Occurred()) goto fail;
+    if (!ok) goto slow;
+    Py_DECREF(d);
+    Py_RETURN_NONE;
+slow:
+    Py_XDECREF(d);
+    return PyObject_Vectorcall(g->slow_estimator, args, (size_t)nargs, NULL);
+fail:
+    Py_XDECREF(d);
+    return NULL;
+}
+
+static PyMethodDef TreeGuard_methods[] = {
+    {"check_decision_tree", (PyCFunction)(void (*)(void))TreeGuard_check_decision_tree, METH_FASTCALL,
+     "check_decision_tree(name, est): the walk's check of a decision tree estimator"},
+    {NULL, NULL, 0, NULL},
+};
+
 static PyMethodDef TreeGuard_setstate_def = {
     "__setstate__", (PyCFunction)(void (*)(void))TreeGuard_setstate, METH_FASTCALL,
     "__setstate__(state): the state is checked, once, before Tree.__setstate__ copies it"};
 
 static PyObject *TreeGuard_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
-    PyObject *load, *slow_factory, *slow_setstate, *local;
-    static char *kwlist[] = {"load", "slow_factory", "slow_setstate", "local", NULL};
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOO:TreeGuard", kwlist, &load, &slow_factory,
-                                     &slow_setstate, &local))
+    PyObject *load, *slow_factory, *slow_setstate, *slow_estimator, *local;
+    static char *kwlist[] = {"load", "slow_factory", "slow_setstate", "slow_estimator", "local", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOOO:TreeGuard", kwlist, &load, &slow_factory,
+                                     &slow_setstate, &slow_estimator, &local))
         return NULL;
-    if (!PyCallable_Check(load) || !PyCallable_Check(slow_factory) || !PyCallable_Check(slow_setstate)) {
-        PyErr_SetString(PyExc_TypeError, "TreeGuard(load, slow_factory, slow_setstate, local): "
-                                         "three callables and a threading.local");
+    if (!PyCallable_Check(load) || !PyCallable_Check(slow_factory) || !PyCallable_Check(slow_setstate) ||
+        !PyCallable_Check(slow_estimator)) {
+        PyErr_SetString(PyExc_TypeError, "TreeGuard(load, slow_factory, slow_setstate, "
+                                         "slow_estimator, local): four callables and a threading.local");
         return NULL;
     }
     TreeGuardObject *g = (TreeGuardObject *)type->tp_alloc(type, 0);
@@ -259,6 +322,7 @@ static PyObject *TreeGuard_new(PyTypeObject *type, PyObject *args, PyObject *kwd
     g->load = Py_NewRef(load);
     g->slow_factory = Py_NewRef(slow_factory);
     g->slow_setstate = Py_NewRef(slow_setstate);
+    g->slow_estimator = Py_NewRef(slow_estimator);
     g->local = Py_NewRef(local);
     PyObject *fn = PyCFunction_New(&TreeGuard_setstate_def, (PyObject *)g);
     /* an instancemethod binds like a Python function: tree.__setstate__(d)
@@ -275,7 +339,12 @@ static PyObject *TreeGuard_new(PyTypeObject *type, PyObject *args, PyObject *kwd
         !(g->s_n_features = PyUnicode_InternFromString("n_features")) ||
         !(g->s_left = PyUnicode_InternFromString("left_child")) ||
         !(g->s_right = PyUnicode_InternFromString("right_child")) ||
-        !(g->s_feature = PyUnicode_InternFromString("feature"))) {
+        !(g->s_feature = PyUnicode_InternFromString("feature")) ||
+        !(g->s_dict = PyUnicode_InternFromString("__dict__")) ||
+        !(g->s_tree_ = PyUnicode_InternFromString("tree_")) ||
+        !(g->s_n_features_in_ = PyUnicode_InternFromString("n_features_in_")) ||
+        !(g->s_n_outputs_ = PyUnicode_InternFromString("n_outputs_")) ||
+        !(g->s_n_outputs = PyUnicode_InternFromString("n_outputs"))) {
         Py_DECREF(g);
         return NULL;
     }
@@ -288,6 +357,7 @@ static int TreeGuard_traverse(TreeGuardObject *g, visitproc visit, void *arg)
     Py_VISIT(g->load);
     Py_VISIT(g->slow_factory);
     Py_VISIT(g->slow_setstate);
+    Py_VISIT(g->slow_estimator);
     Py_VISIT(g->local);
     Py_VISIT(g->cls);
     Py_VISIT(g->base_setstate);
@@ -300,6 +370,7 @@ static int TreeGuard_clear(TreeGuardObject *g)
     Py_CLEAR(g->load);
     Py_CLEAR(g->slow_factory);
     Py_CLEAR(g->slow_setstate);
+    Py_CLEAR(g->slow_estimator);
     Py_CLEAR(g->local);
     Py_CLEAR(g->cls);
     Py_CLEAR(g->base_setstate);
@@ -322,6 +393,11 @@ static void TreeGuard_dealloc(TreeGuardObject *g)
     Py_CLEAR(g->s_left);
     Py_CLEAR(g->s_right);
     Py_CLEAR(g->s_feature);
+    Py_CLEAR(g->s_dict);
+    Py_CLEAR(g->s_tree_);
+    Py_CLEAR(g->s_n_features_in_);
+    Py_CLEAR(g->s_n_outputs_);
+    Py_CLEAR(g->s_n_outputs);
     tp->tp_free((PyObject *)g);
     Py_DECREF(tp);
 }
@@ -352,7 +428,9 @@ static PyType_Slot TreeGuard_slots[] = {
     {Py_tp_clear, TreeGuard_clear},
     {Py_tp_dealloc, TreeGuard_dealloc},
     {Py_tp_getset, TreeGuard_getset},
-    {Py_tp_doc, "TreeGuard(load, slow_factory, slow_setstate, local): sklearn's Tree, checked "
+    {Py_tp_methods, TreeGuard_methods},
+    {Py_tp_doc, "TreeGuard(load, slow_factory, slow_setstate, slow_estimator, local): sklearn's "
+                "Tree, checked "
                 "(src/tree.c)"},
     {0, NULL},
 };

@@ -60,7 +60,6 @@ from ._validate_trees import (
     _BINARY_TREES,
     _binary_tree_factories,
     _check_binary_tree,
-    _check_decision_tree,
     _check_forest,
     _check_hist_gb,
     _tree_guard,
@@ -204,7 +203,7 @@ _TREE_CLASSES = ("DecisionTreeClassifier", "DecisionTreeRegressor", "ExtraTreeCl
 #: (module, qualname) of Python-level classes -> their check; resolving one
 #: of these names makes the load walk its result
 _ESTIMATOR_CHECKS: dict[tuple[str, str], object] = {
-    **{("sklearn.tree._classes", q): _check_decision_tree for q in _TREE_CLASSES},
+    **{("sklearn.tree._classes", q): _tree_guard.check_decision_tree for q in _TREE_CLASSES},
     **{("sklearn.ensemble._forest", q): _check_forest for q in (
         "RandomForestClassifier", "RandomForestRegressor", "ExtraTreesClassifier",
         "ExtraTreesRegressor", "RandomTreesEmbedding")},

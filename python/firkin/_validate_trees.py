@@ -32,11 +32,12 @@ def _make_tree_class():
     return _tree_cls
 
 
-# What sklearn.tree._tree.Tree resolves to under the default policy: the
-# checked factory and the guarded __setstate__, in C (src/tree.c), which
-# accept the states scikit-learn writes and hand everything else, unchanged,
-# to the two Python functions below (they refuse, with the message, or accept
-# the rare forms the C code leaves to them).
+# What sklearn.tree._tree.Tree resolves to under the default policy
+# (_tree_guard, below): the checked factory and the guarded __setstate__, in
+# C (src/tree.c), which accept the states scikit-learn writes and hand
+# everything else, unchanged, to the two Python functions below (they
+# refuse, with the message, or accept the rare forms the C code leaves to
+# them).
 
 def _tree_setstate(self, d):
     check = _current("sklearn.tree._tree.Tree")
@@ -70,9 +71,6 @@ def _tree_factory(*args, **kwargs):
     tree = _make_tree_class()(n_features, n_classes, n_outputs)
     check.built.append(tree)
     return tree
-
-
-_tree_guard = _core.TreeGuard(_make_tree_class, _tree_factory, _tree_setstate, _local)
 
 
 @functools.lru_cache(maxsize=16)
@@ -273,6 +271,13 @@ def _check_decision_tree(name: str, est) -> None:
     if n_out is not None and n_out != tree.n_outputs:
         raise refuse(name, f"a {type(est).__qualname__}", f"n_outputs_ is {n_out!r} but its "
                      f"tree_ has {tree.n_outputs} outputs")
+
+
+# the checks of sklearn.tree._tree.Tree and of the estimators that hold one
+# (decision trees): in C for what scikit-learn writes, the Python above for
+# everything else
+_tree_guard = _core.TreeGuard(_make_tree_class, _tree_factory, _tree_setstate,
+                              _check_decision_tree, _local)
 
 
 def _check_forest(name: str, est) -> None:
