@@ -76,16 +76,17 @@ class _Load:
         self.later: list = []  # checks other modules run when the load ends
         self.cleanup: list = []  # run when the load ends, however it ends
 
-    def record(self, obj):
-        self.pending.append(obj)
-        self.everything.append(obj)
-
     def check(self, objs):
+        judged = set()  # ids of the dtypes found sound (objs keeps them alive)
         for obj in objs:
-            why = _problem_of(obj)
+            dt = obj if isinstance(obj, np.dtype) else getattr(obj, "dtype", None)
+            if not isinstance(dt, np.dtype) or id(dt) in judged:
+                continue  # a forest's node arrays share one dtype: judged once
+            why = dtype_problem(dt)
             if why:
                 self.abandon()
                 raise _refusal(self.name, why)
+            judged.add(id(dt))
 
     def checkpoint(self):
         pending, self.pending = self.pending, []
@@ -99,7 +100,8 @@ class _Load:
             fn()
         # a chain deeper than the limit holds more arrays than the limit: with
         # fewer recorded there is nothing to walk (the scanner bounds the rest)
-        arrays = [a for a in self.everything if _is_object_array(a)]
+        ndarray = np.ndarray
+        arrays = [a for a in self.everything if isinstance(a, ndarray) and a.dtype.kind == "O"]
         if len(arrays) > MAX_ARRAY_NESTING and _deepest_object_arrays(arrays) > MAX_ARRAY_NESTING:
             self.abandon()
             raise _refusal(self.name, f"numpy arrays of objects nested more than "
@@ -277,9 +279,10 @@ def check_dtype(dt, what: str) -> None:
 
 
 def _record(obj):
-    cur = _current()
+    cur = getattr(_STATE, "load", None)
     if cur is not None:
-        cur.record(obj)
+        cur.pending.append(obj)  # checked at the next checkpoint
+        cur.everything.append(obj)  # and when the load ends
     return obj
 
 
@@ -523,11 +526,13 @@ class _MaskedState:
 def _unhook(objs):
     """drops the __setstate__ a masked array kept when no BUILD came, and
     makes an array _reconstruct made that no BUILD reached its own class"""
+    masked = np.ma.MaskedArray
+    checked = _checked_arrays.values()
     for obj in objs:
         cls = type(obj)
-        if cls in _checked_arrays.values():
+        if cls in checked:
             _core.retype(obj, cls.__base__)
-        d = getattr(obj, "__dict__", None) if isinstance(obj, np.ma.MaskedArray) else None
+        d = getattr(obj, "__dict__", None) if isinstance(obj, masked) else None
         if d is not None and type(d.get("__setstate__")) is _MaskedState:
             del d["__setstate__"]
 
