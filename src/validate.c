@@ -291,8 +291,10 @@ static int walk_one(PyObject *obj, walk_stack *ws, PyObject *seen, PyObject *hel
         Py_DECREF(more);
         return bad ? -1 : 1;
     }
-    rc = PyObject_IsInstance(obj, skip);
-    if (rc != 0) return rc < 0 ? -1 : 1;
+    /* by its real type: an object whose __class__ claims a skipped type is
+     * still walked (and no __class__ property runs) */
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(skip); i++)
+        if (PyObject_TypeCheck(obj, (PyTypeObject *)PyTuple_GET_ITEM(skip, i))) return 1;
     if (PyObject_IS_GC(obj) && t->tp_traverse) {
         /* what gc.get_referents(obj) lists */
         if (t->tp_traverse(obj, walk_visit, ws) != 0) return -1;
@@ -306,7 +308,8 @@ static int walk_one(PyObject *obj, walk_stack *ws, PyObject *seen, PyObject *hel
  * values and keys of dicts, the items of lists and tuples, what the garbage
  * collector sees an object refer to, and expand(a) for numpy arrays that
  * hold objects; stops at objects whose type is in `leaves`, at arrays and
- * at instances of the `skip` types. Each object once. */
+ * at instances of the `skip` types (by their real type, not __class__). Each
+ * object once. */
 PyObject *validate_walk(PyObject *module, PyObject *args)
 {
     (void)module;
@@ -316,6 +319,11 @@ PyObject *validate_walk(PyObject *module, PyObject *args)
     if (!PyArg_ParseTuple(args, "OOO!O!O!O:walk", &root, &name, &PyDict_Type, &by_class,
                           &PyFrozenSet_Type, &leaves, &PyTuple_Type, &skip, &expand))
         return NULL;
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(skip); i++)
+        if (!PyType_Check(PyTuple_GET_ITEM(skip, i))) {
+            PyErr_SetString(PyExc_TypeError, "walk: skip must be a tuple of types");
+            return NULL;
+        }
     todo = PyList_New(0);
     seen = PySet_New(NULL);
     held = PyList_New(0);
