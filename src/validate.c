@@ -215,17 +215,35 @@ PyObject *validate_checked_subclass(PyObject *module, PyObject *args)
 
 /* ---- the estimator walk ---- */
 
-/* What the walk pushes and pops, and the leaf types it never goes into. */
+/* What the walk pushes and pops, and the leaf types it never goes into
+ * (whether str, int, float and None are among them is looked up once: a
+ * model's dicts hold mostly those). */
 typedef struct {
     PyObject *todo;   /* list */
     PyObject *leaves; /* frozenset of types */
+    int leaf_str, leaf_int, leaf_float, leaf_none;
 } walk_stack;
 
+/* Whether t is one of the leaf types: 1, 0, or -1 with an exception. A
+ * type whose metaclass hashes it otherwise than `type` does is no leaf (the
+ * leaves are builtin types), and is not looked up: the walk runs no Python
+ * code while it pushes (walk_extend and the dict loop rely on it). */
+static int walk_is_leaf(const walk_stack *ws, PyTypeObject *t)
+{
+    if (t == &PyUnicode_Type) return ws->leaf_str;
+    if (t == &PyLong_Type) return ws->leaf_int;
+    if (t == &PyFloat_Type) return ws->leaf_float;
+    if (t == Py_TYPE(Py_None)) return ws->leaf_none;
+    if (Py_TYPE(t)->tp_hash != PyType_Type.tp_hash || Py_TYPE(t)->tp_richcompare != PyType_Type.tp_richcompare)
+        return 0;
+    return PySet_Contains(ws->leaves, (PyObject *)t);
+}
+
 /* Push obj unless its type is a leaf, which walk_one would only pop and
- * drop (a model's dicts hold mostly str keys and numbers). */
+ * drop. */
 static int walk_push(walk_stack *ws, PyObject *obj)
 {
-    const int rc = PySet_Contains(ws->leaves, (PyObject *)Py_TYPE(obj));
+    const int rc = walk_is_leaf(ws, Py_TYPE(obj));
     if (rc != 0) return rc < 0 ? -1 : 0;
     return PyList_Append(ws->todo, obj);
 }
@@ -249,10 +267,10 @@ static int walk_extend(walk_stack *ws, PyObject *seq)
  * it alive to the end, so no address is seen twice), 0 when skipped, -1 on
  * error. */
 static int walk_one(PyObject *obj, walk_stack *ws, PyObject *seen, PyObject *held, PyObject *name,
-                    PyObject *by_class, PyObject *leaves, PyObject *skip, PyObject *expand)
+                    PyObject *by_class, PyObject *skip, PyObject *expand)
 {
     PyTypeObject *t = Py_TYPE(obj);
-    int rc = PySet_Contains(leaves, (PyObject *)t);
+    int rc = walk_is_leaf(ws, t);
     if (rc != 0) return rc < 0 ? -1 : 0;
     PyObject *key = PyLong_FromVoidPtr(obj);
     if (!key) return -1;
@@ -263,12 +281,16 @@ static int walk_one(PyObject *obj, walk_stack *ws, PyObject *seen, PyObject *hel
     if (rc != 0) return rc < 0 ? -1 : 0;
     if (PyList_Append(held, obj) < 0) return -1;
     if (PyDict_CheckExact(obj)) {
-        /* values, then keys, as the walk has always pushed them */
-        PyObject *values = PyDict_Values(obj), *keys = values ? PyDict_Keys(obj) : NULL;
-        const int bad = !keys || walk_extend(ws, values) < 0 || walk_extend(ws, keys) < 0;
-        Py_XDECREF(values);
-        Py_XDECREF(keys);
-        return bad ? -1 : 1;
+        /* values, then keys, as the walk has always pushed them; pushing
+         * runs no Python code, so the dict cannot change meanwhile */
+        Py_ssize_t pos = 0;
+        PyObject *k, *v;
+        while (PyDict_Next(obj, &pos, &k, &v))
+            if (walk_push(ws, v) < 0) return -1;
+        pos = 0;
+        while (PyDict_Next(obj, &pos, &k, &v))
+            if (walk_push(ws, k) < 0) return -1;
+        return 1;
     }
     if (PyList_CheckExact(obj) || PyTuple_CheckExact(obj)) return walk_extend(ws, obj) < 0 ? -1 : 1;
     PyObject *fn = PyDict_GetItemWithError(by_class, (PyObject *)t); /* borrowed */
@@ -330,13 +352,18 @@ PyObject *validate_walk(PyObject *module, PyObject *args)
     if (!todo || !seen || !held || PyList_Append(todo, root) < 0) goto done;
     ws.todo = todo;
     ws.leaves = leaves;
+    if ((ws.leaf_str = PySet_Contains(leaves, (PyObject *)&PyUnicode_Type)) < 0 ||
+        (ws.leaf_int = PySet_Contains(leaves, (PyObject *)&PyLong_Type)) < 0 ||
+        (ws.leaf_float = PySet_Contains(leaves, (PyObject *)&PyFloat_Type)) < 0 ||
+        (ws.leaf_none = PySet_Contains(leaves, (PyObject *)Py_TYPE(Py_None))) < 0)
+        goto done;
     while (PyList_GET_SIZE(todo) > 0) {
         /* pop: the list's reference becomes ours (as list.pop, without a call) */
         const Py_ssize_t last = PyList_GET_SIZE(todo) - 1;
         PyObject *obj = PyList_GET_ITEM(todo, last);
         PyList_SET_ITEM(todo, last, NULL);
         Py_SET_SIZE(todo, last);
-        const int rc = walk_one(obj, &ws, seen, held, name, by_class, leaves, skip, expand);
+        const int rc = walk_one(obj, &ws, seen, held, name, by_class, skip, expand);
         Py_DECREF(obj);
         if (rc < 0) goto done;
     }
