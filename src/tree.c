@@ -1,16 +1,17 @@
 /* The default policy's per-tree checks of scikit-learn's compiled Tree, in C.
  *
- * TreeGuard(load, slow_factory, slow_setstate, slow_estimator, local) is what
- * sklearn.tree._tree.Tree resolves to under the default policy
- * (python/firkin/_validate_trees.py makes one). Called, it is the checked
+ * TreeGuard(load, slow_factory, slow_setstate, slow_estimator, slow_forest,
+ * local) is what sklearn.tree._tree.Tree resolves to under the default
+ * policy (python/firkin/_validate_trees.py makes one). Called, it is the checked
  * factory: Tree(n_features, n_classes, n_outputs), built as the guarded
  * subclass and recorded in the current load's Check. Its `setstate` is the
  * guarded class's __setstate__: the state is accepted once, checked whole
  * (what _validate_trees._check_tree_state checks) and only then handed to
- * Tree.__setstate__. Its `check_decision_tree` is the estimator walk's check of
- * a fitted decision tree estimator (slow_estimator in Python).
+ * Tree.__setstate__. Its `check_decision_tree` and `check_forest` are the
+ * estimator walk's checks of a fitted decision tree estimator and of a
+ * forest of them (slow_estimator and slow_forest in Python).
  *
- * Both do here what a forest's trees need and nothing else: they accept the
+ * Each does here what a forest's trees need and nothing else: they accept the
  * common case outright and hand every other call, before changing anything,
  * to the Python function it stands for (slow_factory, slow_setstate), which
  * refuses with the message saying what is wrong, or accepts the rare forms
@@ -35,6 +36,7 @@ typedef struct {
     PyObject *slow_factory;  /* the Python factory: refuses, or builds the rare forms */
     PyObject *slow_setstate; /* the Python __setstate__(tree, state): the same for states */
     PyObject *slow_estimator; /* the Python check of a decision tree estimator (name, est) */
+    PyObject *slow_forest;    /* the Python check of a forest (name, est) */
     PyObject *local;         /* threading.local whose .stack lists the loads' Checks */
     PyObject *cls;           /* the guarded class, NULL until first used */
     PyObject *base_setstate; /* Tree.__setstate__ */
@@ -42,7 +44,7 @@ typedef struct {
     /* interned names */
     PyObject *s_stack, *s_built, *s_state_set, *s_nodes, *s_node_count, *s_max_depth,
         *s_n_features, *s_left, *s_right, *s_feature, *s_dict, *s_tree_, *s_n_features_in_,
-        *s_n_outputs_, *s_n_outputs;
+        *s_n_outputs_, *s_n_outputs, *s_estimators_, *s_estimators_features_;
 } TreeGuardObject;
 
 /* the guarded class, made on first use; NULL with an exception */
@@ -294,9 +296,90 @@ fail:
     return NULL;
 }
 
+/* the tree_ of a fitted tree estimator when it is one this guard checked
+ * and the estimator's n_features_in_ is an exact int equal to the tree's
+ * n_features, which must be `want` (an exact int): 1; 0 when the slow path
+ * must judge; -1 with an exception */
+static int tg_sub_ok(TreeGuardObject *g, PyObject *sub, PyObject *want)
+{
+    PyObject *d = PyObject_GetAttr(sub, g->s_dict);
+    if (!d) {
+        PyErr_Clear();
+        return 0;
+    }
+    int ok = 0;
+    PyObject *tree = PyDict_CheckExact(d) ? PyDict_GetItemWithError(d, g->s_tree_) : NULL;
+    if (tree && (Py_TYPE(tree) == (PyTypeObject *)g->cls ||
+                 Py_TYPE(tree) == ((PyTypeObject *)g->cls)->tp_base)) {
+        PyObject *nf = PyDict_GetItemWithError(d, g->s_n_features_in_);
+        Py_INCREF(tree);
+        ok = nf ? tg_same_int(nf, tree, g->s_n_features) : 0;
+        if (ok > 0) ok = tg_same_int(want, tree, g->s_n_features);
+        Py_DECREF(tree);
+    }
+    if (ok >= 0 && PyErr_Occurred()) ok = -1;
+    Py_DECREF(d);
+    return ok;
+}
+
+/* check_forest(name, est): _validate_trees._check_forest for a fitted
+ * forest whose estimators_ is a list of tree estimators, each with a
+ * checked tree_ splitting on the forest's n_features_in_ (an exact int),
+ * and no estimators_features_; any other forest (gradient boosting's array,
+ * an isolation forest's feature subsets) goes to that Python check */
+static PyObject *TreeGuard_check_forest(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    TreeGuardObject *g = (TreeGuardObject *)self;
+    PyObject *d = NULL, *ests = NULL, *nf = NULL;
+    int ok = 1;
+    if (nargs != 2 || !g->cls) goto slow;
+    if (!(d = PyObject_GetAttr(args[1], g->s_dict))) {
+        PyErr_Clear();
+        goto slow;
+    }
+    if (!PyDict_CheckExact(d)) goto slow;
+    ests = PyDict_GetItemWithError(d, g->s_estimators_);
+    if (!ests) {
+        if (PyErr_Occurred()) goto fail;
+        Py_DECREF(d);
+        Py_RETURN_NONE; /* not fitted */
+    }
+    if (!PyList_CheckExact(ests) || PyDict_GetItemWithError(d, g->s_estimators_features_)) goto slow;
+    if (PyErr_Occurred()) goto fail;
+    nf = PyDict_GetItemWithError(d, g->s_n_features_in_);
+    if (!nf) {
+        if (PyErr_Occurred()) goto fail;
+        goto slow;
+    }
+    if (!PyLong_CheckExact(nf)) goto slow;
+    Py_INCREF(ests);
+    Py_INCREF(nf);
+    /* tg_sub_ok runs no Python code of the file's choosing: attribute reads
+     * of estimators and of the compiled Tree; the list is held all along */
+    for (Py_ssize_t i = 0; ok > 0 && i < PyList_GET_SIZE(ests); i++) {
+        PyObject *sub = Py_NewRef(PyList_GET_ITEM(ests, i));
+        ok = tg_sub_ok(g, sub, nf);
+        Py_DECREF(sub);
+    }
+    Py_DECREF(ests);
+    Py_DECREF(nf);
+    if (ok < 0) goto fail;
+    if (!ok) goto slow;
+    Py_DECREF(d);
+    Py_RETURN_NONE;
+slow:
+    Py_XDECREF(d);
+    return PyObject_Vectorcall(g->slow_forest, args, (size_t)nargs, NULL);
+fail:
+    Py_XDECREF(d);
+    return NULL;
+}
+
 static PyMethodDef TreeGuard_methods[] = {
     {"check_decision_tree", (PyCFunction)(void (*)(void))TreeGuard_check_decision_tree, METH_FASTCALL,
      "check_decision_tree(name, est): the walk's check of a decision tree estimator"},
+    {"check_forest", (PyCFunction)(void (*)(void))TreeGuard_check_forest, METH_FASTCALL,
+     "check_forest(name, est): the walk's check of a forest of decision trees"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -306,15 +389,17 @@ static PyMethodDef TreeGuard_setstate_def = {
 
 static PyObject *TreeGuard_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
-    PyObject *load, *slow_factory, *slow_setstate, *slow_estimator, *local;
-    static char *kwlist[] = {"load", "slow_factory", "slow_setstate", "slow_estimator", "local", NULL};
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOOO:TreeGuard", kwlist, &load, &slow_factory,
-                                     &slow_setstate, &slow_estimator, &local))
+    PyObject *load, *slow_factory, *slow_setstate, *slow_estimator, *slow_forest, *local;
+    static char *kwlist[] = {"load", "slow_factory", "slow_setstate", "slow_estimator",
+                             "slow_forest", "local", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOOOO:TreeGuard", kwlist, &load, &slow_factory,
+                                     &slow_setstate, &slow_estimator, &slow_forest, &local))
         return NULL;
     if (!PyCallable_Check(load) || !PyCallable_Check(slow_factory) || !PyCallable_Check(slow_setstate) ||
-        !PyCallable_Check(slow_estimator)) {
+        !PyCallable_Check(slow_estimator) || !PyCallable_Check(slow_forest)) {
         PyErr_SetString(PyExc_TypeError, "TreeGuard(load, slow_factory, slow_setstate, "
-                                         "slow_estimator, local): four callables and a threading.local");
+                                         "slow_estimator, slow_forest, local): five callables "
+                                         "and a threading.local");
         return NULL;
     }
     TreeGuardObject *g = (TreeGuardObject *)type->tp_alloc(type, 0);
@@ -323,6 +408,7 @@ static PyObject *TreeGuard_new(PyTypeObject *type, PyObject *args, PyObject *kwd
     g->slow_factory = Py_NewRef(slow_factory);
     g->slow_setstate = Py_NewRef(slow_setstate);
     g->slow_estimator = Py_NewRef(slow_estimator);
+    g->slow_forest = Py_NewRef(slow_forest);
     g->local = Py_NewRef(local);
     PyObject *fn = PyCFunction_New(&TreeGuard_setstate_def, (PyObject *)g);
     /* an instancemethod binds like a Python function: tree.__setstate__(d)
@@ -344,7 +430,9 @@ static PyObject *TreeGuard_new(PyTypeObject *type, PyObject *args, PyObject *kwd
         !(g->s_tree_ = PyUnicode_InternFromString("tree_")) ||
         !(g->s_n_features_in_ = PyUnicode_InternFromString("n_features_in_")) ||
         !(g->s_n_outputs_ = PyUnicode_InternFromString("n_outputs_")) ||
-        !(g->s_n_outputs = PyUnicode_InternFromString("n_outputs"))) {
+        !(g->s_n_outputs = PyUnicode_InternFromString("n_outputs")) ||
+        !(g->s_estimators_ = PyUnicode_InternFromString("estimators_")) ||
+        !(g->s_estimators_features_ = PyUnicode_InternFromString("estimators_features_"))) {
         Py_DECREF(g);
         return NULL;
     }
@@ -358,6 +446,7 @@ static int TreeGuard_traverse(TreeGuardObject *g, visitproc visit, void *arg)
     Py_VISIT(g->slow_factory);
     Py_VISIT(g->slow_setstate);
     Py_VISIT(g->slow_estimator);
+    Py_VISIT(g->slow_forest);
     Py_VISIT(g->local);
     Py_VISIT(g->cls);
     Py_VISIT(g->base_setstate);
@@ -371,6 +460,7 @@ static int TreeGuard_clear(TreeGuardObject *g)
     Py_CLEAR(g->slow_factory);
     Py_CLEAR(g->slow_setstate);
     Py_CLEAR(g->slow_estimator);
+    Py_CLEAR(g->slow_forest);
     Py_CLEAR(g->local);
     Py_CLEAR(g->cls);
     Py_CLEAR(g->base_setstate);
@@ -398,6 +488,8 @@ static void TreeGuard_dealloc(TreeGuardObject *g)
     Py_CLEAR(g->s_n_features_in_);
     Py_CLEAR(g->s_n_outputs_);
     Py_CLEAR(g->s_n_outputs);
+    Py_CLEAR(g->s_estimators_);
+    Py_CLEAR(g->s_estimators_features_);
     tp->tp_free((PyObject *)g);
     Py_DECREF(tp);
 }
@@ -429,7 +521,8 @@ static PyType_Slot TreeGuard_slots[] = {
     {Py_tp_dealloc, TreeGuard_dealloc},
     {Py_tp_getset, TreeGuard_getset},
     {Py_tp_methods, TreeGuard_methods},
-    {Py_tp_doc, "TreeGuard(load, slow_factory, slow_setstate, slow_estimator, local): sklearn's "
+    {Py_tp_doc, "TreeGuard(load, slow_factory, slow_setstate, slow_estimator, slow_forest, local): "
+                "sklearn's "
                 "Tree, checked "
                 "(src/tree.c)"},
     {0, NULL},

@@ -204,7 +204,7 @@ _TREE_CLASSES = ("DecisionTreeClassifier", "DecisionTreeRegressor", "ExtraTreeCl
 #: of these names makes the load walk its result
 _ESTIMATOR_CHECKS: dict[tuple[str, str], object] = {
     **{("sklearn.tree._classes", q): _tree_guard.check_decision_tree for q in _TREE_CLASSES},
-    **{("sklearn.ensemble._forest", q): _check_forest for q in (
+    **{("sklearn.ensemble._forest", q): _tree_guard.check_forest for q in (
         "RandomForestClassifier", "RandomForestRegressor", "ExtraTreesClassifier",
         "ExtraTreesRegressor", "RandomTreesEmbedding")},
     ("sklearn.ensemble._iforest", "IsolationForest"): _check_forest,

@@ -273,13 +273,6 @@ def _check_decision_tree(name: str, est) -> None:
                      f"tree_ has {tree.n_outputs} outputs")
 
 
-# the checks of sklearn.tree._tree.Tree and of the estimators that hold one
-# (decision trees): in C for what scikit-learn writes, the Python above for
-# everything else
-_tree_guard = _core.TreeGuard(_make_tree_class, _tree_factory, _tree_setstate,
-                              _check_decision_tree, _local)
-
-
 def _check_forest(name: str, est) -> None:
     # forests (and gradient boosting) hand X to their trees unchecked: every
     # tree must split on the features the forest checks X against
@@ -311,6 +304,13 @@ def _check_forest(name: str, est) -> None:
         for i, sub in enumerate(flat):
             if sub.tree_.n_outputs != 1:
                 raise refuse(name, what, f"estimators_ entry {i} is not a single-output tree")
+
+
+# the checks of sklearn.tree._tree.Tree and of the estimators that hold one
+# (decision trees, forests of them): in C for what scikit-learn writes, the
+# Python above for everything else
+_tree_guard = _core.TreeGuard(_make_tree_class, _tree_factory, _tree_setstate,
+                              _check_decision_tree, _check_forest, _local)
 
 
 def _check_hist_gb(name: str, est) -> None:
