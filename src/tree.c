@@ -68,22 +68,20 @@ static PyObject *tg_cls(TreeGuardObject *g)
     return cls;
 }
 
-/* The current load's Check (borrowed, kept alive by the stack's list while
- * the caller holds `*stack`), or NULL without an exception when there is none. */
-static PyObject *tg_check(TreeGuardObject *g, PyObject **stack)
+/* The current load's Check (a new reference), or NULL without an exception
+ * when there is none. */
+static PyObject *tg_check(TreeGuardObject *g)
 {
-    *stack = NULL;
     PyObject *st = PyObject_GetAttr(g->local, g->s_stack);
     if (!st) {
         PyErr_Clear(); /* no load on this thread yet: the slow path says so */
         return NULL;
     }
-    if (!PyList_CheckExact(st) || PyList_GET_SIZE(st) == 0) {
-        Py_DECREF(st);
-        return NULL;
-    }
-    *stack = st;
-    return PyList_GET_ITEM(st, PyList_GET_SIZE(st) - 1);
+    PyObject *check = PyList_CheckExact(st) && PyList_GET_SIZE(st) > 0
+                          ? Py_NewRef(PyList_GET_ITEM(st, PyList_GET_SIZE(st) - 1))
+                          : NULL;
+    Py_DECREF(st);
+    return check;
 }
 
 /* a Python int in [lo, TG_MAX_COUNT): 1, else 0 (no exception) */
@@ -123,14 +121,14 @@ static int tg_n_classes_ok(PyObject *a, long long n_outputs)
 /* the factory: Tree(n_features, n_classes, n_outputs), checked and recorded */
 static PyObject *TreeGuard_call(TreeGuardObject *g, PyObject *args, PyObject *kwargs)
 {
-    PyObject *stack = NULL, *tree = NULL, *built = NULL, *check;
+    PyObject *check = NULL, *tree = NULL, *built = NULL;
     long long n_features, n_outputs;
     if ((kwargs && PyDict_GET_SIZE(kwargs)) || PyTuple_GET_SIZE(args) != 3 ||
-        !(check = tg_check(g, &stack)) ||
+        !(check = tg_check(g)) ||
         !tg_count(PyTuple_GET_ITEM(args, 0), 1, &n_features) ||
         !tg_count(PyTuple_GET_ITEM(args, 2), 1, &n_outputs) ||
         !tg_n_classes_ok(PyTuple_GET_ITEM(args, 1), n_outputs)) {
-        Py_XDECREF(stack);
+        Py_XDECREF(check);
         return PyObject_Call(g->slow_factory, args, kwargs);
     }
     PyObject *cls = tg_cls(g);
@@ -145,7 +143,7 @@ static PyObject *TreeGuard_call(TreeGuardObject *g, PyObject *args, PyObject *kw
     if (tree && PyList_Append(built, tree) < 0) Py_CLEAR(tree);
 done:
     Py_XDECREF(built);
-    Py_XDECREF(stack);
+    Py_DECREF(check);
     return tree;
 }
 
@@ -218,9 +216,9 @@ static int tg_state_ok(TreeGuardObject *g, PyObject *tree, PyObject *d)
 static PyObject *TreeGuard_setstate(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     TreeGuardObject *g = (TreeGuardObject *)self;
-    PyObject *stack = NULL, *state_set = NULL, *key = NULL, *result = NULL, *check;
+    PyObject *check = NULL, *state_set = NULL, *key = NULL, *result = NULL;
     int ok = 0, seen;
-    if (nargs != 2 || !g->cls || !(check = tg_check(g, &stack))) goto slow;
+    if (nargs != 2 || !g->cls || !(check = tg_check(g))) goto slow;
     if (!(state_set = PyObject_GetAttr(check, g->s_state_set))) goto done;
     if (!PySet_Check(state_set)) goto slow;
     if (!(key = PyLong_FromVoidPtr(args[0]))) goto done;
@@ -239,7 +237,7 @@ slow:
 done:
     Py_XDECREF(key);
     Py_XDECREF(state_set);
-    Py_XDECREF(stack);
+    Py_XDECREF(check);
     return result;
 }
 
