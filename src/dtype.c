@@ -370,3 +370,61 @@ int dtype_init_types(PyObject *module, fk_state *st)
     if (!st->DtypeGuardType) return -1;
     return PyModule_AddType(module, st->DtypeGuardType);
 }
+
+
+/* ------------------------------------------------------------ array states
+ *
+ * array_setstate(base, slow) -> the __setstate__ of the checking subclass
+ * that numpy's _reconstruct makes an ndarray class's instances as under the
+ * policy (python/firkin/_guards.py). The state numpy pickles for every array
+ * without objects, (version, shape, dtype, is_fortran, bytes), needs no
+ * check of ours (numpy measures the bytes against the shape): it goes to
+ * base.__setstate__ and the array becomes a base instance (fk_retype).
+ * Every other state goes to slow(array, state), the Python check. */
+
+static PyObject *array_setstate_call(PyObject *bound, PyObject *const *args, Py_ssize_t nargs)
+{
+    /* bound: (base, base.__setstate__, slow) */
+    PyTypeObject *base = (PyTypeObject *)PyTuple_GET_ITEM(bound, 0);
+    if (nargs == 2 && PyTuple_CheckExact(args[1]) && PyTuple_GET_SIZE(args[1]) == 5) {
+        PyObject *dt = PyTuple_GET_ITEM(args[1], 2);
+        if (PyArray_DescrCheck(dt) && !PyDataType_FLAGCHK((PyArray_Descr *)dt, NPY_LIST_PICKLE)) {
+            PyObject *r = PyObject_Vectorcall(PyTuple_GET_ITEM(bound, 1), args, 2, NULL);
+            if (!r) return NULL;
+            Py_DECREF(r);
+            if (fk_retype(args[0], base) < 0) return NULL;
+            Py_RETURN_NONE;
+        }
+    }
+    return PyObject_Vectorcall(PyTuple_GET_ITEM(bound, 2), args, (size_t)nargs, NULL);
+}
+
+static PyMethodDef array_setstate_def = {
+    "__setstate__", (PyCFunction)(void (*)(void))array_setstate_call, METH_FASTCALL,
+    "__setstate__(state): an array state without objects goes to numpy, then the array "
+    "becomes an instance of its own class; any other state is checked first"};
+
+PyObject *fk_array_setstate(PyObject *module, PyObject *args)
+{
+    (void)module;
+    PyTypeObject *base;
+    PyObject *slow, *bound = NULL, *fn = NULL, *out = NULL;
+    if (!PyArg_ParseTuple(args, "O!O:array_setstate", &PyType_Type, &base, &slow)) return NULL;
+    if (!PyType_IsSubtype(base, &PyArray_Type) || !PyCallable_Check(slow)) {
+        PyErr_SetString(PyExc_TypeError, "array_setstate(base, slow): base is an ndarray class, "
+                        "slow a callable");
+        return NULL;
+    }
+    PyObject *base_setstate = PyObject_GetAttrString((PyObject *)base, "__setstate__");
+    if (!base_setstate) return NULL;
+    bound = PyTuple_Pack(3, (PyObject *)base, base_setstate, slow);
+    Py_DECREF(base_setstate);
+    if (!bound) goto done;
+    fn = PyCFunction_New(&array_setstate_def, bound);
+    if (!fn) goto done;
+    out = PyInstanceMethod_New(fn); /* binds like a Python function: arr.__setstate__(state) */
+done:
+    Py_XDECREF(fn);
+    Py_XDECREF(bound);
+    return out;
+}

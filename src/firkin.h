@@ -337,6 +337,11 @@ int validate_links(const fk_i64col *left, const fk_i64col *right, const fk_i64co
                    Py_ssize_t n, long long n_features, uint32_t *deepest, Py_ssize_t *bad);
 /* retype(obj, cls): obj.__class__ = cls for a layout-identical heap subclass */
 PyObject *validate_retype(PyObject *module, PyObject *args);
+/* the same from C: 0, or -1 with an exception when obj's type is not such a subclass */
+int fk_retype(PyObject *obj, PyTypeObject *to);
+/* array_setstate(base, slow): the __setstate__ of an ndarray class's checking
+ * subclass (firkin._guards), the common state in C (dtype.c) */
+PyObject *fk_array_setstate(PyObject *module, PyObject *args);
 /* retype_all(items, from, to): retype each item of exact type from */
 PyObject *validate_retype_all(PyObject *module, PyObject *args);
 /* checked_subclass(base, name): a layout-identical heap subclass of base */

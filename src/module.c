@@ -279,6 +279,10 @@ static PyMethodDef module_methods[] = {
      "of a decision tree whose children or feature break the invariants of sklearn's compiled "
      "tree loops: 1 children not later in-range nodes, 2 feature out of range, 3 leaf with a "
      "right child, 4 a node with two parents"},
+    {"array_setstate", fk_array_setstate, METH_VARARGS,
+     "array_setstate(base, slow) -> the __setstate__ of an ndarray class's checking subclass: "
+     "an array state without objects goes to base.__setstate__ and the array becomes a base "
+     "instance; any other state to slow(array, state)"},
     {"retype", validate_retype, METH_VARARGS,
      "retype(obj, cls): make obj, an instance of a heap subclass of cls that adds nothing to its "
      "instance layout, an instance of cls"},

@@ -145,6 +145,15 @@ static void retype_one(PyObject *obj, PyTypeObject *from, PyTypeObject *to)
     Py_DECREF(from); /* instances of heap types own a reference to their type */
 }
 
+int fk_retype(PyObject *obj, PyTypeObject *to)
+{
+    PyTypeObject *from = Py_TYPE(obj);
+    if (from == to) return 0;
+    if (retype_check(from, to) < 0) return -1;
+    retype_one(obj, from, to);
+    return 0;
+}
+
 /* retype(obj, cls): make obj, an instance of a heap subclass of cls that adds
  * nothing to cls's instance layout (firkin._validate's checked Tree), an
  * instance of cls itself, as `obj.__class__ = cls` would if cls allowed it. */
@@ -154,10 +163,7 @@ PyObject *validate_retype(PyObject *module, PyObject *args)
     PyObject *obj;
     PyTypeObject *to;
     if (!PyArg_ParseTuple(args, "OO!:retype", &obj, &PyType_Type, &to)) return NULL;
-    PyTypeObject *from = Py_TYPE(obj);
-    if (from == to) Py_RETURN_NONE;
-    if (retype_check(from, to) < 0) return NULL;
-    retype_one(obj, from, to);
+    if (fk_retype(obj, to) < 0) return NULL;
     Py_RETURN_NONE;
 }
 

@@ -178,6 +178,7 @@ def _use(obj, X):
 
 def run_campaign(kind, cases, seed, workdir, log=print):
     import firkin
+
     from _container import firkin_container
 
     model, X = _model(kind)
@@ -246,7 +247,7 @@ def test_mutated_models_never_crash_a_default_load(kind, tmp_path):
     last = proc.stdout.strip().splitlines()[-1:] or ["(before the first case)"]
     assert proc.returncode == 0, (
         f"the child died with status {proc.returncode} at {last[0]}\nstderr:\n{proc.stderr[-4000:]}")
-    res = eval(out.read_text())  # noqa: S307 - our own child's repr of plain dicts
+    res = eval(out.read_text())
     assert not res["failures"], "\n".join(res["failures"][:20])
     stats = res["stats"]
     assert sum(stats.values()) == 3 * CASES
@@ -354,6 +355,48 @@ def test_honest_object_arrays_still_load():
             assert got.tolist() == arr.tolist()
 
 
+def test_array_setstate_hands_only_states_without_objects_to_numpy():
+    """The checking subclass's __setstate__ (_core.array_setstate): numpy's
+    state of an array without objects goes to numpy and the array becomes a
+    plain ndarray; a state with a list of objects goes to the Python check,
+    which refuses a short list and accepts a whole one."""
+    import numpy as np
+
+    import firkin
+    from firkin import _core, _guards
+
+    checked = _guards.array_class(np.ndarray)
+    assert checked is not np.ndarray and checked.__base__ is np.ndarray
+
+    def fresh():
+        arr = np.ndarray.__new__(checked, (0,), "b")
+        assert type(arr) is checked
+        return arr
+
+    want = np.arange(6.0).reshape(2, 3)
+    arr = fresh()
+    arr.__setstate__(want.__reduce__()[2])
+    assert type(arr) is np.ndarray
+    np.testing.assert_array_equal(arr, want)
+
+    objects = np.array(["a", 1, None], dtype=object)
+    arr = fresh()
+    arr.__setstate__(objects.__reduce__()[2])
+    assert type(arr) is np.ndarray and arr.tolist() == ["a", 1, None]
+
+    short = list(objects.__reduce__()[2])
+    short[4] = ["a"]
+    arr = fresh()
+    with pytest.raises(firkin.UntrustedTypesError, match="gives 1 items instead of 3"):
+        arr.__setstate__(tuple(short))
+    assert type(arr) is checked  # never handed to numpy, never retyped
+
+    with pytest.raises(TypeError, match="ndarray class"):
+        _core.array_setstate(int, lambda a, s: None)
+    with pytest.raises(TypeError, match="callable"):
+        _core.array_setstate(np.ndarray, 3)
+
+
 if __name__ == "__main__":
     sys.path[:0] = [HERE]
     if len(sys.argv) == 3:  # by hand: every model, CASES SEED
@@ -367,3 +410,4 @@ if __name__ == "__main__":
             r = run_campaign(k, int(n), int(seed), d)
         with open(out, "w") as f:
             f.write(repr(r))
+

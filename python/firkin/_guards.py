@@ -402,7 +402,7 @@ def _checked_array_class(base):
     own __setstate__)."""
     cls = _checked_arrays.get(base)
     if cls is None:
-        def __setstate__(self, state, base=base):
+        def checked_setstate(self, state, base=base):
             _set_array_state(self, state, base)
             _core.retype(self, base)
 
@@ -411,7 +411,9 @@ def _checked_array_class(base):
                                                 "__qualname__": base.__qualname__})
         else:  # np.ndarray itself: no GC, as retype needs
             cls = _core.checked_subclass(base, f"{__name__}.{base.__name__}")
-        cls.__setstate__ = __setstate__
+        # the state numpy pickles for arrays without objects in C, the others
+        # through checked_setstate
+        cls.__setstate__ = _core.array_setstate(base, checked_setstate)
         _checked_arrays[base] = cls
     return cls
 
@@ -421,6 +423,10 @@ def array_class(cls):
     an ndarray class its checking subclass (_checked_array_class), else cls.
     numpy's _reconstruct and copyreg's helpers (firkin._amplify) use it; the
     instances are recorded, and any no BUILD reached are retyped at the end."""
+    if cls is np.ndarray:  # nearly every array of a pickle: one dict lookup
+        checked = _checked_arrays.get(cls)
+        if checked is not None:
+            return checked
     if isinstance(cls, type) and issubclass(cls, np.ndarray) and \
             cls not in _checked_arrays.values():
         return _checked_array_class(cls)
@@ -435,8 +441,12 @@ def checked_base(cls):
 def _checked_reconstruct(fn):
     """numpy's _reconstruct(subtype, shape, dtype), making an instance of the
     checking subclass of subtype (whose BUILD follows)"""
+    ndarray = np.ndarray
+
     def reconstruct(subtype, *args, **kwargs):
-        return fn(array_class(subtype), *args, **kwargs)
+        # np.ndarray, for nearly every array: its checking class without a call
+        cls = _checked_arrays.get(ndarray) if subtype is ndarray else None
+        return fn(cls or array_class(subtype), *args, **kwargs)
 
     reconstruct.__name__ = reconstruct.__qualname__ = "_reconstruct"
     return reconstruct
