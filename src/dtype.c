@@ -17,6 +17,9 @@
 #include <numpy/arrayobject.h>
 
 #define DTC_OBJECT_FLAGS (NPY_ITEM_REFCOUNT | NPY_LIST_PICKLE | NPY_NEEDS_INIT)
+#define DTC_HIDDEN_OBJECTS                                                                        \
+    "the numpy dtype holds Python objects but its flags say it does not (arrays of it would "     \
+    "take object pointers from the file's bytes)"
 #define DTC_MAX_DEPTH 64
 
 enum { DTC_NO_OBJECTS = 0, DTC_OBJECTS = 1, DTC_PROBLEM = 2 };
@@ -94,8 +97,14 @@ static int dtc_subarray_fits(PyArray_Descr *d, PyArray_ArrayDescr *sub, const ch
 static int dtc_walk(PyArray_Descr *d, int depth, PyObject **memo, const char **why)
 {
     int holds = d->type_num == NPY_OBJECT;
-    if (!PyDataType_HASFIELDS(d) && !PyDataType_HASSUBARRAY(d))
-        return holds ? DTC_OBJECTS : DTC_NO_OBJECTS; /* numpy keeps a plain dtype's own flags */
+    if (!PyDataType_HASFIELDS(d) && !PyDataType_HASSUBARRAY(d)) {
+        /* a state of 8 or 9 items sets even a plain dtype's flags */
+        if (holds && (PyDataType_FLAGS(d) & DTC_OBJECT_FLAGS) != DTC_OBJECT_FLAGS) {
+            *why = DTC_HIDDEN_OBJECTS;
+            return DTC_PROBLEM;
+        }
+        return holds ? DTC_OBJECTS : DTC_NO_OBJECTS;
+    }
     if (depth > DTC_MAX_DEPTH) {
         *why = "the numpy dtype nests more than 64 levels deep (or contains itself)";
         return DTC_PROBLEM;
@@ -161,8 +170,7 @@ static int dtc_walk(PyArray_Descr *d, int depth, PyObject **memo, const char **w
         holds |= r;
     }
     if (holds && (PyDataType_FLAGS(d) & DTC_OBJECT_FLAGS) != DTC_OBJECT_FLAGS) {
-        *why = "the numpy dtype holds Python objects but its flags say it does not "
-               "(arrays of it would take object pointers from the file's bytes)";
+        *why = DTC_HIDDEN_OBJECTS;
         rc = DTC_PROBLEM;
         goto done;
     }
@@ -198,8 +206,9 @@ PyObject *fk_dtype_problem(PyObject *module, PyObject *arg)
  *
  * DtypeGuard(fn, slow, at): a callable that stands for fn (numpy's
  * _frombuffer, scalar) under the trust policy. A call whose argument at
- * position `at` is a structured numpy dtype (fields or a subarray: the only
- * kind a state can make lie), or that passes keywords, goes to slow (the
+ * position `at` is a structured numpy dtype (fields or a subarray) or an
+ * object dtype whose flags hide its objects (a dtype state of 8 or 9 items
+ * sets even a plain dtype's flags), or that passes keywords, goes to slow (the
  * Python guard that checks and records); every other call goes straight to
  * fn, so that loading many plain arrays costs one C test each. With
  * native=True a plain dtype of the other byte order than the machine's goes
@@ -281,6 +290,9 @@ static PyObject *DtypeGuard_call(DtypeGuardObject *g, PyObject *args, PyObject *
             }
         } else if (g->native && !PyDataType_ISNOTSWAPPED(d)) {
             plain = 0;
+        } else if (d->type_num == NPY_OBJECT &&
+                   (PyDataType_FLAGS(d) & DTC_OBJECT_FLAGS) != DTC_OBJECT_FLAGS) {
+            plain = 0; /* flags hiding its objects: slow refuses it */
         }
     }
     return PyObject_Call(plain ? g->fn : g->slow, args, kwargs);
@@ -378,7 +390,8 @@ int dtype_init_types(PyObject *module, fk_state *st)
  * that numpy's _reconstruct makes an ndarray class's instances as under the
  * policy (python/firkin/_guards.py). The state numpy pickles for every array
  * without objects, (version, shape, dtype, is_fortran, bytes), needs no
- * check of ours (numpy measures the bytes against the shape): it goes to
+ * check of ours beyond the dtype's (numpy measures the bytes against the
+ * shape; dtc_walk finds no objects behind flags that deny them): it goes to
  * base.__setstate__ and the array becomes a base instance (fk_retype).
  * Every other state goes to slow(array, state), the Python check. */
 
@@ -388,7 +401,16 @@ static PyObject *array_setstate_call(PyObject *bound, PyObject *const *args, Py_
     PyTypeObject *base = (PyTypeObject *)PyTuple_GET_ITEM(bound, 0);
     if (nargs == 2 && PyTuple_CheckExact(args[1]) && PyTuple_GET_SIZE(args[1]) == 5) {
         PyObject *dt = PyTuple_GET_ITEM(args[1], 2);
-        if (PyArray_DescrCheck(dt) && !PyDataType_FLAGCHK((PyArray_Descr *)dt, NPY_LIST_PICKLE)) {
+        int plain = PyArray_DescrCheck(dt) && !PyDataType_FLAGCHK((PyArray_Descr *)dt, NPY_LIST_PICKLE);
+        if (plain) { /* and its flags tell the truth (a dtype state can make them lie) */
+            PyObject *memo = NULL;
+            const char *why = NULL;
+            const int r = dtc_walk((PyArray_Descr *)dt, 0, &memo, &why);
+            Py_XDECREF(memo);
+            if (r < 0) return NULL;
+            plain = r == DTC_NO_OBJECTS;
+        }
+        if (plain) {
             PyObject *r = PyObject_Vectorcall(PyTuple_GET_ITEM(bound, 1), args, 2, NULL);
             if (!r) return NULL;
             Py_DECREF(r);

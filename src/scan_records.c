@@ -194,7 +194,25 @@ int scan_dtype_build(scan_ctx *c, Py_ssize_t ri, scan_val state)
     scan_rec *bo = scan_rec_of(c, state, REC_TUPLE);
     if (bo && bo->n >= 5 && bo->n <= 9) /* the byte order: first of 5 items, else second */
         dt->f[DK_BYTEORDER] = c->items[bo->first + (bo->n == 5 ? 0 : 1)];
-    if (!(dt->bits & (DT_FLEX | DT_UNKNOWN))) return 0; /* numpy ignores fields and flags */
+    if (dt->bits & DT_OBJTYPE) {
+        /* numpy keeps 'O' an object dtype but takes the flags of a state of 8
+         * or 9 items as they are (older states of 5 to 7 items leave them):
+         * flags without the object bits make arrays of it read object
+         * pointers from the file's bytes */
+        scan_rec *st = scan_rec_of(c, state, REC_TUPLE);
+        if (!st)
+            return scan_unsafe_why(c, "a numpy object dtype state the scanner cannot check");
+        if (st->n == 8 || st->n == 9) {
+            scan_val fl = c->items[st->first + 7];
+            if (sv_kind(fl) != SV_INT || (sv_intval(fl) & 0x0b) != 0x0b)
+                return scan_unsafe_why(c, "a numpy object dtype whose flags say it holds no objects "
+                                          "(arrays of it would read object pointers from the file)");
+        }
+        if (again) return scan_unsafe_why(c, "a numpy dtype whose state is set twice or after use");
+        return 0;
+    }
+    /* numbers: numpy ignores fields, and object flags make it hold no objects */
+    if (!(dt->bits & (DT_FLEX | DT_UNKNOWN))) return 0;
     scan_rec *st = scan_rec_of(c, state, REC_TUPLE);
     if (!st || (st->n != 8 && st->n != 9))
         return scan_unsafe_why(c, "a numpy dtype state the scanner cannot check");

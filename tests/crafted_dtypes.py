@@ -99,3 +99,24 @@ def use_stream(use: str, dtype_ops: bytes | None = None) -> bytes:
 
 USES = ["_reconstruct + BUILD", "numpy.core _reconstruct + BUILD", "_frombuffer", "scalar",
         "ndarray(shape, dtype, buffer)", "_mareconstruct + BUILD"]
+
+
+# ---- a plain object dtype (typestr 'O8') whose state of 8 or 9 items gives
+# it flags without the object bits: numpy keeps it an object dtype and takes
+# the flags, so arrays of it read object pointers from the file's bytes
+def plain_state(flags=b"K\x00", nine=False):
+    return (b"(K\x03" + _u("|") + b"NNN" + b"J\xff\xff\xff\xffJ\xff\xff\xff\xff" + flags
+            + (b"N" if nine else b"") + b"t")
+
+
+PLAIN_STATES = {
+    "8 items, flags 0": plain_state(),
+    "9 items, flags 0": plain_state(nine=True),
+    "LONG flags 0": plain_state(_long(0)),
+    "refcount flag only": plain_state(b"K\x01"),
+}
+
+
+def lying_object_dtype(maker="REDUCE numpy.dtype", how="8 items, flags 0") -> bytes:
+    """the opcodes of dtype('O8') made by maker, given a state whose flags deny its objects"""
+    return MAKERS[maker].replace(_u(V16), _u("O8")) + PLAIN_STATES[how] + b"b"

@@ -2,9 +2,10 @@
 numpy dtypes and the nesting of numpy object arrays.
 
 numpy believes a pickled dtype's flags: a structured dtype whose state says
-"no objects" while a field (or its subarray) holds them makes numpy take
-object pointers from the file's bytes when an element is read (a crash, or
-worse). The scanner (src/scan.c) refuses such states where it can follow
+"no objects" while a field (or its subarray) holds them, or a plain object
+dtype given such flags (a state of 8 or 9 items sets them on any dtype),
+makes numpy take object pointers from the file's bytes when an element is
+read (a crash, or worse). The scanner (src/scan.c) refuses such states where it can follow
 the dtype; this module checks every dtype again while loading, whatever
 built it, so that a gap in the scanner is not a bypass:
 
@@ -306,7 +307,9 @@ class DtypeFactory(metaclass=_DtypeMeta):
 
     def __new__(cls, *args, **kwargs):
         dt = np.dtype(*args, **kwargs)
-        if dt.kind in "VSU":  # numpy lets a state give fields only to these
+        # numpy lets a state give fields only to V, S and U, and flags to any:
+        # an object dtype's can hide its objects
+        if dt.kind in "VSUO":
             _record(dt)
         return dt
 
@@ -332,7 +335,7 @@ def checked_maker(fn, what, dtype_at, dtype_key, record, native_fast=None):
         dt = args[dtype_at] if len(args) > dtype_at else kwargs.get(dtype_key)
         structured = isinstance(dt, np.dtype) and (dt.names is not None
                                                    or dt.subdtype is not None)
-        if structured:
+        if structured or (isinstance(dt, np.dtype) and dt.kind == "O"):
             check_dtype(dt, what)
         out = fn(*args, **kwargs)
         if record == "always" or (record and structured):
@@ -383,6 +386,9 @@ def array_state_problem(state) -> str | None:
 
 
 def _set_array_state(arr, state, base):
+    inner = state[1:5] if type(state) is tuple and len(state) == 7 else state
+    if type(inner) is tuple and len(inner) in (4, 5):
+        check_dtype(inner[-3], "a numpy array state")  # flags that hide objects
     why = array_state_problem(state)
     if why:
         cur = _current()
