@@ -182,3 +182,162 @@ def _load_bytes(tmp_path, data):
     path = tmp_path / "x.pkl"
     path.write_bytes(data)
     return firkin.load(path)
+
+
+# ------------------------------------------------------------------ arrays backed by an ndarray
+# A Categorical's codes index its categories in pandas' compiled take
+# (no bounds check): codes past the categories made repr() of a loaded frame
+# read out of bounds (a segfault, found by tests/test_redteam.py on pandas
+# 2.0.3). An NDArrayBacked instance that never got its state holds None where
+# its ndarray goes, and .copy() on it crashed.
+
+class _Forms(pickle.Pickler):
+    """pickles a Categorical in one of the forms a stream can build it in,
+    with the state given (pandas' own state, as this version takes it)"""
+
+    def __init__(self, file, form, state, protocol=2):
+        super().__init__(file, protocol)
+        self.form, self.state = form, state
+
+    def reducer_override(self, obj):
+        if not isinstance(obj, pd.Categorical):
+            return NotImplemented
+        fn, (cls, checksum, _), _ = obj.__reduce_ex__(5)
+        if self.form == "helper then BUILD":  # what pandas writes
+            return fn, (cls, checksum, None), self.state
+        if self.form == "helper with the state":
+            return fn, (cls, checksum, self.state)
+        if self.form == "NEWOBJ then BUILD":
+            return copyreg.__newobj__, (cls,), self.state
+        raise AssertionError(self.form)
+
+
+_FORMS = ("helper then BUILD", "helper with the state", "NEWOBJ then BUILD")
+
+
+def _categorical_pickle(form, codes, protocol=2):
+    good = pd.Categorical(["x", "y", "z"])
+    state = list(good.__reduce_ex__(5)[2])
+    state[1] = np.asarray(codes, dtype=np.int8)
+    buf = io.BytesIO()
+    _Forms(buf, form, tuple(state), protocol).dump(good)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("form", _FORMS)
+def test_categorical_forms_load_with_codes_inside_their_categories(tmp_path, form):
+    data = _categorical_pickle(form, [0, 2, -1, 1])
+    got = _load_bytes(tmp_path, data)
+    assert type(got) is pd.Categorical and "__setstate__" not in vars(got)
+    assert list(got.astype(object)) == ["x", "z", np.nan, "y"] or \
+        list(got.codes) == [0, 2, -1, 1]
+    assert repr(got.copy())
+
+
+@pytest.mark.parametrize("form", _FORMS)
+@pytest.mark.parametrize("codes", [[0, 3, 1], [0, 1, 127], [-2, 0, 1]], ids=["3", "127", "-2"])
+def test_categorical_codes_outside_its_categories_are_refused(tmp_path, form, codes):
+    data = _categorical_pickle(form, codes)
+    for kind, blob in _containers(data).items():
+        path = tmp_path / f"evil.{kind}"
+        path.write_bytes(blob)
+        with pytest.raises(firkin.UntrustedTypesError, match="pandas would read past them"):
+            firkin.load(path)
+    # pickle itself takes it
+    assert max(pickle.loads(data).codes) == max(codes)
+
+
+def test_categorical_codes_changed_by_a_second_build_are_refused(tmp_path):
+    # a good state, then a bad one by a second BUILD on the same object
+    first = _categorical_pickle("NEWOBJ then BUILD", [0, 1, 2])
+    bad = list(pd.Categorical(["x", "y", "z"]).__reduce_ex__(5)[2])
+    bad[1] = np.array([0, 1, 9], dtype=np.int8)
+    buf = io.BytesIO()
+    p = pickle.Pickler(buf, 2)
+    p.fast = True  # no memo: the piece is appended to another stream
+    p.dump(tuple(bad))
+    second = buf.getvalue()[2:-1]  # without PROTO and STOP
+    data = first[:-1] + second + b"b."
+    assert max(pickle.loads(data).codes) == 9
+    for kind, blob in _containers(data).items():
+        path = tmp_path / f"evil.{kind}"
+        path.write_bytes(blob)
+        with pytest.raises(firkin.UntrustedTypesError, match="pandas would read past them"):
+            firkin.load(path)
+
+
+def test_a_frame_with_codes_outside_its_categories_is_refused(tmp_path):
+    # the redteam's case: a DataFrame's categorical column, codes edited
+    data = pickle.dumps(pd.DataFrame({"c": pd.Categorical(list("xyzyx"))}), 5)
+    codes = bytes([0, 1, 2, 1, 0])
+    assert data.count(codes) == 1
+    data = data.replace(codes, bytes([0, 1, 5, 1, 0]))
+    for kind, blob in _containers(data).items():
+        path = tmp_path / f"evil.{kind}"
+        path.write_bytes(blob)
+        with pytest.raises(firkin.UntrustedTypesError, match="pandas would read past them"):
+            firkin.load(path)
+
+
+@pytest.mark.parametrize("cls", ["Categorical", "DatetimeArray", "TimedeltaArray", "PeriodArray"])
+@pytest.mark.parametrize("how", ["NEWOBJ", "copyreg.__newobj__", "helper"])
+def test_a_backed_array_left_without_state_is_refused(tmp_path, cls, how):
+    import pandas.arrays
+
+    from _pickles import _g
+
+    real = getattr(pandas.arrays, cls) if cls != "Categorical" else pd.Categorical
+    module, name = real.__module__, real.__qualname__
+    if how == "NEWOBJ":
+        data = b"\x80\x02" + _g(module, name) + b")\x81."
+    elif how == "copyreg.__newobj__":
+        data = b"\x80\x02" + _g("copyreg", "__newobj__") + _g(module, name) + b"\x85R."
+    else:
+        checksum = real._empty((0,), pd.Categorical([]).dtype if cls == "Categorical" else {
+            "DatetimeArray": np.dtype("M8[ns]"), "TimedeltaArray": np.dtype("m8[ns]"),
+            "PeriodArray": pd.PeriodDtype("D")}[cls]).__reduce_ex__(5)[1][1]
+        data = (b"\x80\x02" + _g("pandas._libs.arrays", "__pyx_unpickle_NDArrayBacked")
+                + _g(module, name) + b"J" + checksum.to_bytes(4, "little", signed=True)
+                + b"N\x87R.")
+    # pickle gives an object whose .copy() dereferences None (not run here)
+    assert pickle.loads(data)._ndarray is None
+    for kind, blob in _containers(data).items():
+        path = tmp_path / f"evil.{kind}"
+        path.write_bytes(blob)
+        with pytest.raises(firkin.UntrustedTypesError, match="never given its state"):
+            firkin.load(path)
+
+
+def test_index_helpers_and_blocks_refuse_bad_codes_they_would_read():
+    # what a stream could hand them after changing a checked Categorical
+    # (its dtype rebuilt later); pickle.loads makes one without the checks
+    bad = pickle.loads(_categorical_pickle("helper then BUILD", [0, 4, 1]))
+    from firkin import _trust
+
+    new_index = _trust.REPLACEMENTS[("pandas.core.indexes.base", "_new_Index")]
+    with pytest.raises(firkin.UntrustedTypesError, match="_new_Index's data.*read past them"):
+        new_index(pd.CategoricalIndex, {"data": bad, "name": None})
+    unpickle_block = _trust.REPLACEMENTS[("pandas._libs.internals", "_unpickle_block")]
+    with pytest.raises(firkin.UntrustedTypesError, match="block's values.*read past them"):
+        unpickle_block(bad, slice(0, 1, 1), 2)
+    good = pd.Categorical(["x", "y"])
+    assert list(new_index(pd.CategoricalIndex, {"data": good, "name": None})) == ["x", "y"]
+
+
+def test_every_allowlisted_backed_array_class_is_guarded():
+    from pandas._libs.arrays import NDArrayBacked
+
+    from firkin import _frames, _trust
+
+    found = []
+    for module, names in _trust._BY_MODULE.items():
+        if module.partition(".")[0] != "pandas":
+            continue
+        for qual in names:
+            obj = _trust._resolve_loaded(module, qual)
+            if isinstance(obj, type) and issubclass(obj, NDArrayBacked):
+                found.append(f"{module}.{qual}")
+                assert qual in _frames.BACKED, f"{module}.{qual} is not in _frames.BACKED"
+                rep = _trust.REPLACEMENTS[(module, qual)].resolve()
+                assert rep._firkin_real is obj
+    assert "pandas.core.arrays.categorical.Categorical" in found

@@ -253,6 +253,10 @@ def _unpickle_block(values, placement_, ndim, *rest, **kwargs):
 
     what = "a pandas block"
     _guards.checkpoint()
+    from pandas._libs.arrays import NDArrayBacked
+
+    if isinstance(values, NDArrayBacked):
+        check_backed(values, "a pandas block's values")
     _guards.check_dtype(getattr(values, "dtype", None), what)
     if ndim not in (1, 2):
         raise _refuse(what, f"its ndim is {ndim!r}")
@@ -266,11 +270,165 @@ def _unpickle_block(values, placement_, ndim, *rest, **kwargs):
 _unpickle_block.__module__ = "pandas._libs.internals"
 
 
+# ------------------------------------------------------------------ arrays backed by an ndarray
+# pandas' Categorical, DatetimeArray, TimedeltaArray, PeriodArray,
+# NumpyExtensionArray and StringArray keep their data in two fields of the
+# compiled NDArrayBacked (_ndarray, _dtype) that pandas' compiled code reads
+# without checks: a Categorical's codes index its categories (take_nd reads
+# past them), and an instance that never got its state has None there
+# (.copy() dereferences it). Under the policy each one is made through
+# backed_instance(): it starts with a valid empty state, carries a
+# __setstate__ in its own __dict__ (found before the class's, so every BUILD
+# on it comes here) that checks the state it set, and is checked again when
+# the load ends, when that __setstate__ is taken away.
+
+#: the NDArrayBacked classes pandas pickles (tests/test_frames.py checks that
+#: no other allowlisted class derives from NDArrayBacked)
+BACKED = ("Categorical", "DatetimeArray", "TimedeltaArray", "PeriodArray", "NumpyExtensionArray",
+          "PandasArray", "StringArray")
+
+
+def backed_problem(arr) -> str | None:
+    """Why pandas must not be given ``arr`` (an NDArrayBacked), or None."""
+    import pandas as pd
+
+    data, dtype = arr._ndarray, arr._dtype
+    if not isinstance(data, np.ndarray) or dtype is None:
+        return "it was made but never given its state"
+    if not isinstance(arr, pd.Categorical):
+        return None
+    if not isinstance(dtype, pd.CategoricalDtype) or not isinstance(dtype.categories, pd.Index):
+        return f"its dtype is {type(dtype).__name__}, not a CategoricalDtype with an Index of categories"
+    if data.ndim != 1 or data.dtype.kind != "i":
+        return f"its codes are a {data.ndim}-d array of {data.dtype}, not 1-d signed integers"
+    n = len(dtype.categories)
+    if data.size:
+        lo, hi = int(data.min()), int(data.max())
+        if lo < -1 or hi >= n:
+            return (f"its codes run from {lo} to {hi}, but its {n} categories take codes -1 to "
+                    f"{n - 1} (pandas would read past them)")
+    return None
+
+
+def check_backed(arr, what: str = "a pandas array") -> None:
+    why = backed_problem(arr)
+    if why:
+        raise _refuse(f"{what} ({type(arr).__name__})", why)
+
+
+def _empty_state(real):
+    """a valid state of no elements for an instance of real, as its
+    __setstate__ takes it in this pandas version"""
+    import pandas as pd
+
+    name = real.__name__
+    if name == "Categorical":
+        dtype = pd.CategoricalDtype(pd.Index([], dtype=object))
+    elif name == "DatetimeArray":
+        dtype = np.dtype("M8[ns]")
+    elif name == "TimedeltaArray":
+        dtype = np.dtype("m8[ns]")
+    elif name == "PeriodArray":
+        dtype = pd.PeriodDtype("D")
+    elif name == "StringArray":
+        dtype = pd.StringDtype("python")
+    elif name in ("NumpyExtensionArray", "PandasArray"):
+        from pandas.core.dtypes import dtypes
+
+        dtype = getattr(dtypes, "NumpyEADtype", None) or getattr(dtypes, "PandasDtype")
+        dtype = dtype(np.dtype("float64"))
+    else:
+        return None  # another NDArrayBacked class: refused at the end if no state came
+    return real._empty((0,), dtype).__reduce_ex__(5)[2]
+
+
+_EMPTY: dict = {}
+
+
+def backed_instance(real, made=None):
+    """An instance of real (an NDArrayBacked class), or made (one the real
+    pickle helper returned), guarded until the load ends; one without a
+    state gets a valid empty one."""
+    if made is None:
+        made = real.__new__(real)
+    given = [made._ndarray is not None]  # a state came with it (the pickle helper's third argument)
+    if not given[0]:  # never None, so that nothing reads None before a BUILD
+        if real not in _EMPTY:
+            _EMPTY[real] = _empty_state(real)
+        if _EMPTY[real] is not None:
+            real.__setstate__(made, _EMPTY[real])
+    obj = made
+    what = f"a pandas {real.__name__}"
+
+    def __setstate__(state):
+        real.__setstate__(obj, state)
+        obj.__dict__["__setstate__"] = __setstate__  # a state may set this key too
+        given[0] = True
+        check_backed(obj, what)
+
+    def finish():
+        d = obj.__dict__
+        if d.get("__setstate__") is __setstate__:
+            del d["__setstate__"]
+        if not given[0]:
+            raise _refuse(what, "it was made but never given its state")
+        check_backed(obj, what)
+
+    obj.__dict__["__setstate__"] = __setstate__
+    if given[0]:
+        check_backed(obj, what)
+    _guards.at_finish(finish)
+    return obj
+
+
+def _backed_class(real):
+    """What an NDArrayBacked class's name resolves to under the policy: a
+    subclass whose instances are real's own, made by backed_instance (NEWOBJ,
+    copyreg.__newobj__); called with arguments (REDUCE), real's constructor
+    builds it and it is checked."""
+    from pandas._libs.arrays import NDArrayBacked
+
+    if not (isinstance(real, type) and issubclass(real, NDArrayBacked)):
+        return real
+
+    def __new__(cls, *args, **kwargs):
+        if args or kwargs:
+            _guards.checkpoint()
+            return backed_instance(real, real(*args, **kwargs))
+        return backed_instance(real)
+
+    sub = type(real.__name__, (real,), {"__new__": __new__, "__module__": real.__module__,
+                                        "__qualname__": real.__qualname__, "_firkin_real": real})
+    return sub
+
+
+def _unpickle_backed(cls, *args, **kwargs):
+    """pandas._libs.arrays.__pyx_unpickle_NDArrayBacked(cls, checksum, state):
+    the instance it makes is guarded (backed_instance); a state given here
+    was set without __setstate__, so it is checked now."""
+    from pandas._libs import arrays
+
+    real = getattr(cls, "_firkin_real", cls) if isinstance(cls, type) else cls
+    made = arrays.__pyx_unpickle_NDArrayBacked(real, *args, **kwargs)
+    if isinstance(made, arrays.NDArrayBacked) and type(made) is real:
+        return backed_instance(real, made)
+    return made
+
+
+_unpickle_backed.__name__ = _unpickle_backed.__qualname__ = "__pyx_unpickle_NDArrayBacked"
+_unpickle_backed.__module__ = "pandas._libs.arrays"
+
+
 def _register() -> None:
     reps = _trust.REPLACEMENTS
     for qual in ("BlockManager", "SingleBlockManager"):
         reps[(_MANAGERS, qual)] = _stand_in(qual)
     reps[("pandas._libs.internals", "_unpickle_block")] = _unpickle_block
+    reps[("pandas._libs.arrays", "__pyx_unpickle_NDArrayBacked")] = _unpickle_backed
+    for module, names in _trust._BY_MODULE.items():
+        if module.partition(".")[0] == "pandas":
+            for qual in set(names).intersection(BACKED):
+                reps[(module, qual)] = _trust.LazyReplacement(module, qual, _backed_class)
 
 
 _register()

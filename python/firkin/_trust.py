@@ -343,6 +343,27 @@ _MISSING = object()
 #: guarded factory, or a class whose rebuild checks the state it is given).
 #: The modules that guard a name register it here; trusted=True bypasses it.
 REPLACEMENTS: dict[tuple[str, str], object] = {}
+
+
+class LazyReplacement:
+    """A REPLACEMENTS entry made when a stream first names it: ``make(obj)``,
+    obj being what the name resolves to (a class whose module is imported
+    only then, such as pandas')."""
+
+    __slots__ = ("module", "qualname", "make", "made")
+
+    def __init__(self, module: str, qualname: str, make):
+        self.module, self.qualname, self.make, self.made = module, qualname, make, None
+
+    def resolve(self):
+        if self.made is None:
+            obj = importlib.import_module(self.module)
+            for part in self.qualname.split("."):
+                obj = getattr(obj, part)
+            self.made = self.make(obj)
+        return self.made
+
+
 def after_load(fn) -> bool:
     """Calls ``fn()`` when the policy load running in this thread ends (however
     it ends); False, and nothing registered, when no such load is running.
@@ -438,6 +459,8 @@ def _unpickler_class(base_cls, extra: frozenset[str], name: str, call: str):
                         _validate.current_check(self.fk_name).saw(mod, qual)
                     replacement = REPLACEMENTS.get((mod, qual))
                     if replacement is not None:
+                        if type(replacement) is LazyReplacement:
+                            replacement = replacement.resolve()
                         return replacement
                     top = mod.partition(".")[0]
                     if top not in sys.modules:
