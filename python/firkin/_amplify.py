@@ -419,13 +419,11 @@ def _index_helper_guard(real_fn, name: str):
 
     def guard(cls, d, *rest):
         import pandas as pd
-        from pandas._libs.arrays import NDArrayBacked
 
         cls = real(cls)
         if isinstance(d, dict):  # an index reads its data (a Categorical's codes) as it is built
             for v in d.values():
-                if isinstance(v, NDArrayBacked):
-                    _frames.check_backed(v, f"{name}'s data")
+                _frames.check_array(v, f"{name}'s data")
         if isinstance(cls, type) and issubclass(cls, pd.RangeIndex) and isinstance(d, dict):
             _charge_range(name, d.get("start"), d.get("stop"), d.get("step"))
         if isinstance(cls, type) and not issubclass(cls, pd.Index) and isinstance(d, dict):

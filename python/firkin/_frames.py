@@ -253,10 +253,7 @@ def _unpickle_block(values, placement_, ndim, *rest, **kwargs):
 
     what = "a pandas block"
     _guards.checkpoint()
-    from pandas._libs.arrays import NDArrayBacked
-
-    if isinstance(values, NDArrayBacked):
-        check_backed(values, "a pandas block's values")
+    check_array(values, "a pandas block's values")
     _guards.check_dtype(getattr(values, "dtype", None), what)
     if ndim not in (1, 2):
         raise _refuse(what, f"its ndim is {ndim!r}")
@@ -270,26 +267,40 @@ def _unpickle_block(values, placement_, ndim, *rest, **kwargs):
 _unpickle_block.__module__ = "pandas._libs.internals"
 
 
-# ------------------------------------------------------------------ arrays backed by an ndarray
+# ------------------------------------------------------------------ pandas arrays
 # pandas' Categorical, DatetimeArray, TimedeltaArray, PeriodArray,
 # NumpyExtensionArray and StringArray keep their data in two fields of the
 # compiled NDArrayBacked (_ndarray, _dtype) that pandas' compiled code reads
 # without checks: a Categorical's codes index its categories (take_nd reads
 # past them), and an instance that never got its state has None there
-# (.copy() dereferences it). Under the policy each one is made through
-# backed_instance(): it starts with a valid empty state, carries a
-# __setstate__ in its own __dict__ (found before the class's, so every BUILD
-# on it comes here) that checks the state it set, and is checked again when
-# the load ends, when that __setstate__ is taken away.
+# (.copy() dereferences it). A SparseArray's compiled arithmetic walks its
+# index's points through its values array, so the two must agree. Under
+# the policy each one is made through guarded_instance(): an NDArrayBacked
+# one starts with a valid empty state; each carries a __setstate__ in its
+# own __dict__ (found before the class's, so every BUILD on it comes here)
+# that checks the state it set, and is checked again when the load ends,
+# when that __setstate__ is taken away.
 
 #: the NDArrayBacked classes pandas pickles (tests/test_frames.py checks that
 #: no other allowlisted class derives from NDArrayBacked)
 BACKED = ("Categorical", "DatetimeArray", "TimedeltaArray", "PeriodArray", "NumpyExtensionArray",
           "PandasArray", "StringArray")
+#: the class names whose instances guarded_instance makes
+GUARDED = BACKED + ("SparseArray",)
 
 
-def backed_problem(arr) -> str | None:
-    """Why pandas must not be given ``arr`` (an NDArrayBacked), or None."""
+def _kind(obj) -> str | None:
+    """"backed", "sparse" or None (pandas is imported already when it matters)"""
+    mod = sys.modules.get("pandas._libs.arrays")
+    if mod is not None and isinstance(obj, mod.NDArrayBacked):
+        return "backed"
+    sparse = sys.modules.get("pandas.core.arrays.sparse.array")
+    if sparse is not None and isinstance(obj, sparse.SparseArray):
+        return "sparse"
+    return None
+
+
+def _backed_problem(arr) -> str | None:
     import pandas as pd
 
     data, dtype = arr._ndarray, arr._dtype
@@ -310,10 +321,52 @@ def backed_problem(arr) -> str | None:
     return None
 
 
-def check_backed(arr, what: str = "a pandas array") -> None:
-    why = backed_problem(arr)
+def _sparse_problem(arr) -> str | None:
+    import pandas as pd
+    from pandas._libs.sparse import IntIndex
+
+    d = vars(arr)
+    index, values, dtype = d.get("_sparse_index"), d.get("_sparse_values"), d.get("_dtype")
+    if index is None and values is None:
+        return "it was made but never given its state"
+    if type(index) is not IntIndex:
+        return f"its sparse index is a {type(index).__name__}, not an IntIndex"
+    if not isinstance(values, np.ndarray) or values.ndim != 1:
+        return "its values are not a 1-d numpy array"
+    if not isinstance(dtype, pd.SparseDtype) or dtype.subtype != values.dtype:
+        return f"its dtype {dtype!r} does not describe its values ({values.dtype})"
+    # (IntIndex's constructor checks its points against its length itself)
+    if len(values) != index.npoints:
+        return (f"its index has {index.npoints} points for {len(values)} values (pandas' compiled "
+                "arithmetic would read past them)")
+    return None
+
+
+def array_problem(arr) -> str | None:
+    """Why pandas must not be given ``arr`` (a pandas array), or None."""
+    kind = _kind(arr)
+    if kind == "backed":
+        return _backed_problem(arr)
+    if kind == "sparse":
+        return _sparse_problem(arr)
+    return None
+
+
+def check_array(arr, what: str = "a pandas array") -> None:
+    why = array_problem(arr)
     if why:
         raise _refuse(f"{what} ({type(arr).__name__})", why)
+
+
+def _sparse_state_problem(state) -> str | None:
+    """SparseArray.__setstate__ gives numpy a state of its own for an old
+    pickle's values: judged before it does"""
+    if isinstance(state, tuple) and state and isinstance(state[0], tuple):
+        nd = state[0]
+        if len(nd) in (4, 5):
+            why = _guards.dtype_problem(nd[-3]) if isinstance(nd[-3], np.dtype) else None
+            return why or _guards.array_state_problem(nd)
+    return None
 
 
 def _empty_state(real):
@@ -345,73 +398,77 @@ def _empty_state(real):
 _EMPTY: dict = {}
 
 
-def backed_instance(real, made=None):
-    """An instance of real (an NDArrayBacked class), or made (one the real
-    pickle helper returned), guarded until the load ends; one without a
-    state gets a valid empty one."""
+def guarded_instance(real, made=None):
+    """An instance of real (a pandas array class), or made (one the real
+    pickle helper returned), guarded until the load ends; an NDArrayBacked
+    one without a state gets a valid empty one."""
     if made is None:
         made = real.__new__(real)
-    given = [made._ndarray is not None]  # a state came with it (the pickle helper's third argument)
-    if not given[0]:  # never None, so that nothing reads None before a BUILD
+    obj, what = made, f"a pandas {real.__name__}"
+    backed = _kind(obj) == "backed"
+    # a state came with it (the pickle helper's third argument, a constructor)
+    given = [obj._ndarray is not None if backed else "_sparse_index" in vars(obj)]
+    if backed and not given[0]:  # never None, so that nothing reads None before a BUILD
         if real not in _EMPTY:
             _EMPTY[real] = _empty_state(real)
         if _EMPTY[real] is not None:
-            real.__setstate__(made, _EMPTY[real])
-    obj = made
-    what = f"a pandas {real.__name__}"
+            real.__setstate__(obj, _EMPTY[real])
 
     def __setstate__(state):
+        why = None if backed else _sparse_state_problem(state)
+        if why:
+            raise _refuse(what, why)
         real.__setstate__(obj, state)
-        obj.__dict__["__setstate__"] = __setstate__  # a state may set this key too
+        vars(obj)["__setstate__"] = __setstate__  # a state may set this key too
         given[0] = True
-        check_backed(obj, what)
+        check_array(obj, what)
 
     def finish():
-        d = obj.__dict__
+        d = vars(obj)
         if d.get("__setstate__") is __setstate__:
             del d["__setstate__"]
         if not given[0]:
             raise _refuse(what, "it was made but never given its state")
-        check_backed(obj, what)
+        check_array(obj, what)
 
-    obj.__dict__["__setstate__"] = __setstate__
+    vars(obj)["__setstate__"] = __setstate__
     if given[0]:
-        check_backed(obj, what)
+        check_array(obj, what)
     _guards.at_finish(finish)
     return obj
 
 
-def _backed_class(real):
-    """What an NDArrayBacked class's name resolves to under the policy: a
-    subclass whose instances are real's own, made by backed_instance (NEWOBJ,
-    copyreg.__newobj__); called with arguments (REDUCE), real's constructor
-    builds it and it is checked."""
+def _guarded_class(real):
+    """What a pandas array class's name resolves to under the policy: a
+    subclass whose instances are real's own, made by guarded_instance
+    (NEWOBJ, copyreg.__newobj__); called with arguments (REDUCE), real's
+    constructor builds it and it is checked."""
     from pandas._libs.arrays import NDArrayBacked
+    from pandas.arrays import SparseArray
 
-    if not (isinstance(real, type) and issubclass(real, NDArrayBacked)):
+    if not (isinstance(real, type) and issubclass(real, (NDArrayBacked, SparseArray))):
         return real
 
     def __new__(cls, *args, **kwargs):
         if args or kwargs:
             _guards.checkpoint()
-            return backed_instance(real, real(*args, **kwargs))
-        return backed_instance(real)
+            return guarded_instance(real, real(*args, **kwargs))
+        return guarded_instance(real)
 
-    sub = type(real.__name__, (real,), {"__new__": __new__, "__module__": real.__module__,
-                                        "__qualname__": real.__qualname__, "_firkin_real": real})
-    return sub
+    return type(real.__name__, (real,), {"__new__": __new__, "__module__": real.__module__,
+                                         "__qualname__": real.__qualname__, "_firkin_real": real})
 
 
 def _unpickle_backed(cls, *args, **kwargs):
     """pandas._libs.arrays.__pyx_unpickle_NDArrayBacked(cls, checksum, state):
-    the instance it makes is guarded (backed_instance); a state given here
+    the instance it makes is guarded (guarded_instance); a state given here
     was set without __setstate__, so it is checked now."""
     from pandas._libs import arrays
 
     real = getattr(cls, "_firkin_real", cls) if isinstance(cls, type) else cls
     made = arrays.__pyx_unpickle_NDArrayBacked(real, *args, **kwargs)
     if isinstance(made, arrays.NDArrayBacked) and type(made) is real:
-        return backed_instance(real, made)
+        return guarded_instance(real, made)
     return made
 
 
@@ -427,8 +484,8 @@ def _register() -> None:
     reps[("pandas._libs.arrays", "__pyx_unpickle_NDArrayBacked")] = _unpickle_backed
     for module, names in _trust._BY_MODULE.items():
         if module.partition(".")[0] == "pandas":
-            for qual in set(names).intersection(BACKED):
-                reps[(module, qual)] = _trust.LazyReplacement(module, qual, _backed_class)
+            for qual in set(names).intersection(GUARDED):
+                reps[(module, qual)] = _trust.LazyReplacement(module, qual, _guarded_class)
 
 
 _register()
