@@ -17,6 +17,13 @@
 #include <numpy/arrayobject.h>
 
 #define DTC_OBJECT_FLAGS (NPY_ITEM_REFCOUNT | NPY_LIST_PICKLE | NPY_NEEDS_INIT)
+#define DTC_CLAIMED_OBJECTS                                                                       \
+    "the numpy dtype holds no Python objects but its flags say it does (numpy would fill "         \
+    "arrays of it item by item from a list, however large its items say they are)"
+/* numpy's own dtypes (not StringDType and other new-style ones, whose flags
+ * are their own) that hold no objects never carry the object flags */
+#define dtc_claims_objects(d)                                                                     \
+    ((d)->type_num < NPY_USERDEF && (PyDataType_FLAGS(d) & (NPY_ITEM_REFCOUNT | NPY_LIST_PICKLE)))
 #define DTC_HIDDEN_OBJECTS                                                                        \
     "the numpy dtype holds Python objects but its flags say it does not (arrays of it would "     \
     "take object pointers from the file's bytes)"
@@ -103,6 +110,10 @@ static int dtc_walk(PyArray_Descr *d, int depth, PyObject **memo, const char **w
             *why = DTC_HIDDEN_OBJECTS;
             return DTC_PROBLEM;
         }
+        if (!holds && dtc_claims_objects(d)) {
+            *why = DTC_CLAIMED_OBJECTS;
+            return DTC_PROBLEM;
+        }
         return holds ? DTC_OBJECTS : DTC_NO_OBJECTS;
     }
     if (depth > DTC_MAX_DEPTH) {
@@ -171,6 +182,11 @@ static int dtc_walk(PyArray_Descr *d, int depth, PyObject **memo, const char **w
     }
     if (holds && (PyDataType_FLAGS(d) & DTC_OBJECT_FLAGS) != DTC_OBJECT_FLAGS) {
         *why = DTC_HIDDEN_OBJECTS;
+        rc = DTC_PROBLEM;
+        goto done;
+    }
+    if (!holds && dtc_claims_objects(d)) {
+        *why = DTC_CLAIMED_OBJECTS;
         rc = DTC_PROBLEM;
         goto done;
     }

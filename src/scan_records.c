@@ -241,6 +241,9 @@ int scan_dtype_build(scan_ctx *c, Py_ssize_t ri, scan_val state)
     if (obj && !honest)
         return scan_unsafe_why(c, "a numpy dtype whose flags hide the objects it holds "
                                   "(arrays of it would read object pointers from the file)");
+    if (!obj && (flags & 0x03) && !(dt->bits & DT_UNKNOWN))
+        return scan_unsafe_why(c, "a numpy dtype whose flags claim objects it does not hold "
+                                  "(numpy would fill arrays of it item by item from a list)");
     return 0;
 }
 

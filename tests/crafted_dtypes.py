@@ -120,3 +120,21 @@ PLAIN_STATES = {
 def lying_object_dtype(maker="REDUCE numpy.dtype", how="8 items, flags 0") -> bytes:
     """the opcodes of dtype('O8') made by maker, given a state whose flags deny its objects"""
     return MAKERS[maker].replace(_u(V16), _u("O8")) + PLAIN_STATES[how] + b"b"
+
+
+# ---- dtypes whose items a list fills one by one, made huge by their state
+def big_items(kind: str, itemsize: int, n: int = 3) -> bytes:
+    """an array of n items filled from a list of n Nones, whose dtype's state
+    makes each item itemsize bytes: "claimed" is S1 whose flags claim objects
+    it does not hold, "record" a record of one object field (honest flags)"""
+    size = b"J" + itemsize.to_bytes(4, "little", signed=True)
+    if kind == "claimed":
+        d = (_g("numpy", "dtype") + _u("S1") + b"\x89\x88\x87R"
+             + b"(K\x03" + _u("|") + b"NNN" + size + b"K\x01K?tb")
+    else:
+        fields = b"}" + _u("a") + _g("numpy", "dtype") + _u("O8") + b"\x89\x88\x87R" + b"K\x00\x86s"
+        d = (_g("numpy", "dtype") + _u("V8") + b"\x89\x88\x87R"
+             + b"(K\x03" + _u("|") + b"N(" + _u("a") + b"t" + fields + size + b"K\x01K?tb")
+    body = (_g("numpy.core.multiarray", "_reconstruct") + _g("numpy", "ndarray") + b"K\x00\x85C\x01b"
+            + b"\x87R" + b"(K\x01K" + bytes([n]) + b"\x85" + d + b"\x89" + b"](" + b"N" * n + b"etb")
+    return b"\x80\x02" + body + b"."

@@ -332,3 +332,48 @@ def test_layouts_outside_the_items_are_refused_in_every_container(tmp_path):
             if not scan or "field at" in label:
                 assert "while unpickling" in outcome, line
                 assert "lies outside its items" in outcome or "does not fill its items" in outcome, line
+
+
+# ------------------------------------------------------------------ items a list fills
+# numpy fills an array whose dtype says "objects" (NPY_LIST_PICKLE) from a
+# list, item by item, allocating every item whole: a 400-byte stream made a
+# default load allocate and touch 3 GB through an S1 dtype whose state gave
+# it object flags and a 10**9-byte itemsize (found while checking the
+# redteam's MemoryError outcomes), or a record of one object field as long.
+
+
+def test_a_dtype_whose_flags_claim_objects_is_refused():
+    from firkin._guards import dtype_problem
+
+    d = np.dtype("S1", False, True)
+    d.__setstate__((3, "|", None, None, None, 1 << 20, 1, 63))
+    assert "flags say it does" in dtype_problem(d)
+    data = cd.big_items("claimed", 10**9)
+    assert any("claim objects it does not hold" in r for r in _scan_reasons(data))
+    for ok in (np.dtypes.StringDType(), np.dtype("U3"), np.dtype([("a", "f8")]), np.dtype("O")):
+        assert dtype_problem(ok) is None, ok  # their own flags
+
+
+def _big_item_cases():
+    return [(f"{kind} | {label}", blob) for kind in ("claimed", "record")
+            for label, blob in _containers(cd.big_items(kind, 10**9)).items()]
+
+
+def test_items_a_list_fills_are_refused_or_charged(tmp_path):
+    for scan in (True, False):
+        for label, outcome in isolated_outcomes("test_crafted_dtypes._big_item_cases()", tmp_path, scan):
+            line = f"{label}: {outcome}"
+            assert outcome.startswith("refused"), line
+            if label.startswith("claimed"):
+                assert "claim objects it does not hold" in outcome or "flags say it does" in outcome, line
+            else:
+                assert "filled from a list needs 2.8 GiB" in outcome, line
+
+
+def test_a_record_of_objects_within_the_budget_loads(tmp_path):
+    path = tmp_path / "x.pkl"
+    path.write_bytes(cd.big_items("record", 1 << 20))
+    got = firkin.load(path)
+    assert got.dtype.itemsize == 1 << 20 and list(got["a"]) == [None] * 3
+    with pytest.raises(firkin.UntrustedTypesError, match="filled from a list"):
+        firkin.load(path, max_memory=1 << 20)

@@ -393,7 +393,25 @@ def _set_array_state(arr, state, base):
     if why:
         cur = _current()
         raise _refusal(cur.name if cur is not None else "<data>", why)
+    _charge_list_state(inner)
     base.__setstate__(arr, state)
+
+
+def _charge_list_state(state) -> None:
+    """numpy fills an array of a dtype with objects from a list, one item per
+    element, and allocates every element whole: items larger than a pointer
+    and a little data (a record whose state made it gigabytes long) cost the
+    amplification budget what the list does not hold"""
+    if type(state) is not tuple or len(state) not in (4, 5):
+        return
+    dt, raw = state[-3], state[-1]
+    if isinstance(dt, np.dtype) and dt.flags & _NPY_LIST_PICKLE and type(raw) is list:
+        extra = len(raw) * max(dt.itemsize - 16, 0)
+        if extra:
+            from . import _amplify
+
+            _amplify._charge(extra, lambda: f"a numpy array of {len(raw):,} items of "
+                                            f"{dt.itemsize:,} bytes filled from a list")
 
 
 _checked_arrays: dict = {}
