@@ -181,6 +181,7 @@ enum {                /* dtype bits */
     DT_FLAGOBJ = 16,  /* its state's flags say it holds objects */
     DT_BUILT = 32,
     DT_USED = 64,     /* put in a container or passed to a call */
+    DT_DATETIME = 128, /* typestr 'M' or 'm': numpy 2 needs its state's metadata (9 items) */
 };
 enum {                /* dict bits */
     D_OBJ = 1,        /* a value is a (dtype, ...) tuple whose dtype holds objects (or may) */

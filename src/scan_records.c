@@ -84,8 +84,10 @@ static int scan_make_dtype(scan_ctx *c, scan_val args, scan_val *out)
         }
         if (digits) {
             switch (p[0]) {
-            case 'b': case 'i': case 'u': case 'f': case 'c': case 'M': case 'm':
+            case 'b': case 'i': case 'u': case 'f': case 'c':
                 bits = 0; size = num; break;
+            case 'M': case 'm':
+                bits = DT_DATETIME; size = num; break;
             case 'O':
                 bits = DT_OBJTYPE; size = (int64_t)sizeof(void *); break;
             case 'V': case 'S': case 'a':
@@ -185,6 +187,19 @@ int scan_unsafe_why(scan_ctx *c, const char *why)
     return rc;
 }
 
+/* numpy 2 reads a datetime dtype's unit from the metadata a state of 9
+ * items carries, and dereferences it missing from a shorter state (a
+ * segfault on dtype('M8').__setstate__((3, '<', None, None, None, -1, -1,
+ * 0))); numpy's own pickles of datetime dtypes have 9 items */
+static int scan_datetime_state(scan_ctx *c, scan_val state)
+{
+    scan_rec *st = scan_rec_of(c, state, REC_TUPLE);
+    if (st && st->n == 9) return 0;
+    return scan_unsafe_why(c, "a numpy dtype state without the metadata a datetime dtype's "
+                              "needs (numpy 2 crashes on it), on a datetime dtype or one the "
+                              "scanner cannot tell is not one");
+}
+
 /* BUILD on a dtype record with state: see "records" above */
 int scan_dtype_build(scan_ctx *c, Py_ssize_t ri, scan_val state)
 {
@@ -210,6 +225,10 @@ int scan_dtype_build(scan_ctx *c, Py_ssize_t ri, scan_val state)
         }
         if (again) return scan_unsafe_why(c, "a numpy dtype whose state is set twice or after use");
         return 0;
+    }
+    if (dt->bits & DT_DATETIME) {
+        if (again) return scan_unsafe_why(c, "a numpy dtype whose state is set twice or after use");
+        return scan_datetime_state(c, state);
     }
     /* numbers: numpy ignores fields, and object flags make it hold no objects */
     if (!(dt->bits & (DT_FLEX | DT_UNKNOWN))) return 0;
@@ -244,7 +263,8 @@ int scan_dtype_build(scan_ctx *c, Py_ssize_t ri, scan_val state)
     if (!obj && (flags & 0x03) && !(dt->bits & DT_UNKNOWN))
         return scan_unsafe_why(c, "a numpy dtype whose flags claim objects it does not hold "
                                   "(numpy would fill arrays of it item by item from a list)");
-    return 0;
+    /* a dtype made in a way the scanner does not follow may be a datetime's */
+    return (dt->bits & DT_UNKNOWN) ? scan_datetime_state(c, state) : 0;
 }
 
 /* Could dtype.__setstate__ take this state? It takes a tuple of 5 to 9

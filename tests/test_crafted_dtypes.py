@@ -46,7 +46,10 @@ def test_every_way_to_make_a_dtype_is_followed(maker, how):
         assert "hide the objects" in reasons[0], reasons  # followed, not just refused
         honest = _honest(data)
         assert pickle.loads(honest).flags & 0x0b == 0x0b
-        assert _scan_reasons(honest) == [], (maker, how)
+        if maker == "REDUCE numpy.dtype":  # how numpy pickles a dtype: followed whole
+            assert _scan_reasons(honest) == [], (maker, how)
+        else:  # the scan cannot tell the dtype is no datetime's, whose state needs 9 items
+            assert [r for r in _scan_reasons(honest) if "datetime" not in r] == [], (maker, how)
 
 
 @pytest.mark.parametrize("use", cd.USES)
@@ -350,7 +353,8 @@ def test_a_dtype_whose_flags_claim_objects_is_refused():
     assert "flags say it does" in dtype_problem(d)
     data = cd.big_items("claimed", 10**9)
     assert any("claim objects it does not hold" in r for r in _scan_reasons(data))
-    for ok in (np.dtypes.StringDType(), np.dtype("U3"), np.dtype([("a", "f8")]), np.dtype("O")):
+    own = [np.dtypes.StringDType()] if hasattr(np.dtypes, "StringDType") else []  # numpy >= 2
+    for ok in own + [np.dtype("U3"), np.dtype([("a", "f8")]), np.dtype("O")]:
         assert dtype_problem(ok) is None, ok  # their own flags
 
 
@@ -377,3 +381,45 @@ def test_a_record_of_objects_within_the_budget_loads(tmp_path):
     assert got.dtype.itemsize == 1 << 20 and list(got["a"]) == [None] * 3
     with pytest.raises(firkin.UntrustedTypesError, match="filled from a list"):
         firkin.load(path, max_memory=1 << 20)
+
+
+# ------------------------------------------------------------------ datetime dtypes
+# numpy 2 reads a datetime dtype's unit from the metadata of a 9-item state
+# and dereferences it when a shorter state leaves it out: a redteam mutation
+# of 'i8' into 'M8' crashed a default load inside dtype.__setstate__.
+
+
+def _datetime_dtype_stream(typestr, state_items):
+    state = {8: b"(K\x03" + cd._u("<") + b"NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00t",
+             7: b"(K\x02" + cd._u("<") + b"NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xfft",
+             9: b"(K\x04" + cd._u("<") + b"NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00"
+                + b"N(" + b"C\x02ns" + b"K\x01K\x01K\x01t\x86t"}[state_items]
+    return b"\x80\x02" + cd._g("numpy", "dtype") + cd._u(typestr) + b"\x89\x88\x87R" + state + b"b."
+
+
+@pytest.mark.parametrize("items", [7, 8])
+@pytest.mark.parametrize("typestr", ["M8", "m8"])
+def test_a_datetime_dtype_state_without_metadata_is_refused(tmp_path, typestr, items):
+    data = _datetime_dtype_stream(typestr, items)
+    reasons = _scan_reasons(data)
+    assert len(reasons) == 1 and "metadata a datetime dtype's needs" in reasons[0], reasons
+    for kind, blob in _containers(data).items():
+        path = tmp_path / f"evil.{kind}"
+        path.write_bytes(blob)
+        with pytest.raises(firkin.UntrustedTypesError, match="before unpickling"):
+            firkin.load(path)
+    # the hazard, where this numpy has it: pickle itself dies in dtype.__setstate__
+    res = subprocess.run([sys.executable, "-c", f"import pickle; pickle.loads({data!r})"],
+                         capture_output=True)
+    assert res.returncode < 0 if np.__version__ >= "2" else res.returncode == 0, res.stderr
+
+
+@pytest.mark.parametrize("typestr", ["M8", "m8"])
+def test_a_datetime_dtype_state_with_its_metadata_loads(tmp_path, typestr):
+    data = _datetime_dtype_stream(typestr, 9)
+    assert _scan_reasons(data) == []
+    path = tmp_path / "ok.pkl"
+    path.write_bytes(data)
+    assert firkin.load(path) == np.dtype(f"{typestr}[ns]")
+    for d in (np.dtype("M8[ns]"), np.dtype("m8[s]"), np.dtype("M8"), np.dtype(">M8[D]")):
+        assert _scan_reasons(pickle.dumps(d, 2)) == [] and firkin.loads(pickle.dumps(d, 5)) == d
