@@ -418,3 +418,42 @@ def test_a_sparse_array_left_without_state_is_refused(tmp_path):
     data = (b"\x80\x02" + _g("pandas.core.arrays.sparse.array", "SparseArray") + b")\x81.")
     with pytest.raises(firkin.UntrustedTypesError, match="SparseArray.*never given its state"):
         _load_bytes(tmp_path, data)
+
+
+class _BackedState(pickle.Pickler):
+    """pickles pandas' arrays backed by an ndarray with their data replaced"""
+
+    def __init__(self, file, data, protocol=2):
+        super().__init__(file, protocol)
+        self.data = data
+
+    def reducer_override(self, obj):
+        from pandas._libs.arrays import NDArrayBacked
+
+        if not isinstance(obj, NDArrayBacked):
+            return NotImplemented
+        fn, args, state = obj.__reduce_ex__(5)
+        state = list(state)
+        state[1] = self.data
+        return fn, args, tuple(state)
+
+
+@pytest.mark.parametrize("label", ["datetimes", "timedeltas", "periods", "strings"])
+def test_backed_arrays_whose_data_are_of_another_kind_are_refused(tmp_path, label):
+    # a redteam mutation made a timedelta column's data float64: pandas'
+    # compiled iteration over it crashed repr() of the frame
+    arr = {"datetimes": pd.array(pd.date_range("2020", periods=3)),
+           "timedeltas": pd.array(pd.to_timedelta([1, 2, 3], unit="s")),
+           "periods": pd.array(pd.period_range("2020", periods=3, freq="D")),
+           "strings": pd.array(["a", "b", None], dtype=pd.StringDtype("python"))}[label]
+    buf = io.BytesIO()
+    _BackedState(buf, np.array([1.5, 2.5, 3.5])).dump(arr)
+    data = buf.getvalue()
+    assert pickle.loads(data)._ndarray.dtype == np.float64  # pickle takes it
+    for kind, blob in _containers(data).items():
+        path = tmp_path / f"evil.{kind}"
+        path.write_bytes(blob)
+        with pytest.raises(firkin.UntrustedTypesError, match="its data are float64, not what a"):
+            firkin.load(path)
+    good = _load_bytes(tmp_path, pickle.dumps(arr, 5))
+    assert type(good) is type(arr) and list(good.astype(object)) == list(arr.astype(object))

@@ -54,7 +54,9 @@ def _model(kind):
     import pandas as pd
 
     frame = pd.DataFrame({"a": np.arange(20.0), "b": pd.Categorical(list("xyz" * 6 + "xy")),
-                          "c": pd.date_range("2020-01-01", periods=20, tz="UTC")})
+                          "c": pd.date_range("2020-01-01", periods=20, tz="UTC"),
+                          "d": pd.arrays.SparseArray([0, 0, 1, 2, 0] * 4),
+                          "e": pd.to_timedelta(np.arange(20), unit="s")})
     return frame, None
 
 
@@ -174,6 +176,13 @@ def _use(obj, X):
         repr(obj)
         if hasattr(obj, "select_dtypes"):
             obj.select_dtypes("number").sum()
+            obj.copy(deep=True)
+            for column in obj.columns:  # compiled arithmetic and takes per column
+                col = obj[column]
+                if len(col):
+                    col.take([0, len(col) - 1])
+                if col.dtype.kind in "fiu" or str(col.dtype).startswith("Sparse"):
+                    col + col
 
 
 def run_campaign(kind, cases, seed, workdir, log=print):

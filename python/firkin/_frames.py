@@ -300,6 +300,10 @@ def _kind(obj) -> str | None:
     return None
 
 
+#: the numpy kind each NDArrayBacked class's data has
+_BACKED_KINDS = {"DatetimeArray": "M", "TimedeltaArray": "m", "PeriodArray": "i", "StringArray": "O"}
+
+
 def _backed_problem(arr) -> str | None:
     import pandas as pd
 
@@ -307,6 +311,12 @@ def _backed_problem(arr) -> str | None:
     if not isinstance(data, np.ndarray) or dtype is None:
         return "it was made but never given its state"
     if not isinstance(arr, pd.Categorical):
+        # compiled code reads the data as the kind the array's class says it is
+        want = _BACKED_KINDS.get(type(arr).__name__)
+        if want is None:  # NumpyExtensionArray: its dtype says which
+            want = getattr(getattr(dtype, "numpy_dtype", None), "kind", None)
+        if want is not None and data.dtype.kind != want:
+            return f"its data are {data.dtype}, not what a {type(arr).__name__} holds"
         return None
     if not isinstance(dtype, pd.CategoricalDtype) or not isinstance(dtype.categories, pd.Index):
         return f"its dtype is {type(dtype).__name__}, not a CategoricalDtype with an Index of categories"
