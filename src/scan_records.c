@@ -65,6 +65,15 @@ static int scan_plain_str(scan_ctx *c, scan_val v)
     return 1;
 }
 
+static int scan_global_is(scan_ctx *c, scan_val g, const char *module, const char *name)
+{
+    PyObject *key = c->gtab[sv_index(g)].key;
+    if (!key || !PyTuple_Check(key) || PyTuple_GET_SIZE(key) != 2) return 0;
+    PyObject *m = PyTuple_GET_ITEM(key, 0), *q = PyTuple_GET_ITEM(key, 1);
+    return PyUnicode_Check(m) && PyUnicode_Check(q) && PyUnicode_CompareWithASCIIString(m, module) == 0 &&
+           PyUnicode_CompareWithASCIIString(q, name) == 0;
+}
+
 /* a dtype made by a numpy dtype global from args: numpy pickles dtypes as
  * dtype(typestr, align, copy) with typestr a kind letter and a size */
 static int scan_make_dtype(scan_ctx *c, scan_val args, scan_val *out)
@@ -73,7 +82,9 @@ static int scan_make_dtype(scan_ctx *c, scan_val args, scan_val *out)
     int64_t size = -1;
     scan_rec *t = scan_rec_of(c, args, REC_TUPLE);
     scan_val s = t && t->n >= 1 ? c->items[t->first] : SV_MAKE_OPAQUE;
-    if (scan_plain_str(c, s)) {
+    if (sv_kind(s) == SV_GLOBAL && scan_global_is(c, s, "numpy", "record")) {
+        bits = DT_FLEX; /* a record array's dtype: numpy pickles dtype(numpy.record, ...) */
+    } else if (scan_plain_str(c, s)) {
         const unsigned char *p = c->buf + sv_off(s);
         Py_ssize_t n = sv_len(s);
         int64_t num = 0;
