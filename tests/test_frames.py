@@ -457,3 +457,12 @@ def test_backed_arrays_whose_data_are_of_another_kind_are_refused(tmp_path, labe
             firkin.load(path)
     good = _load_bytes(tmp_path, pickle.dumps(arr, 5))
     assert type(good) is type(arr) and list(good.astype(object)) == list(arr.astype(object))
+
+
+def test_a_pandas_array_class_pickled_as_a_value_is_its_stand_in():
+    # README "Limits": the class itself is handed out only by trusted=True
+    data = pickle.dumps([pd.Categorical, pd.arrays.SparseArray], 5)
+    cat, sparse = firkin.loads(data)
+    assert cat is not pd.Categorical and cat.__bases__ == (pd.Categorical,)
+    assert cat.__name__ == "Categorical" and sparse.__bases__ == (pd.arrays.SparseArray,)
+    assert firkin.loads(data, trusted=True) == [pd.Categorical, pd.arrays.SparseArray]
