@@ -31,6 +31,7 @@ import pprint
 import re
 import shlex
 import struct
+import subprocess
 import sys
 import types
 import warnings
@@ -657,4 +658,25 @@ def test_a_trusted_module_is_never_imported_from_the_working_directory(tmp_path,
     # a module already imported is the one the name resolves to: nothing new is imported
     monkeypatch.setitem(sys.modules, "pytz", types.SimpleNamespace(_p=lambda *a: ("real",) + a))
     assert firkin.loads(data) == ("real",)
+    assert not ran.exists()
+
+
+@pytest.mark.parametrize("name", ["pandas.core.arrays.categorical\nCategorical",
+                                  "pandas.core.indexes.base\n_new_Index", "pandas\nRangeIndex"])
+def test_a_guarded_module_is_never_imported_from_the_working_directory(tmp_path, name):
+    """The names firkin guards with a replacement that imports pandas when a
+    stream first names it (a Categorical, pandas' index helpers) pass the
+    same test as the others: in a fresh interpreter that has not imported
+    pandas, a "pandas.py" next to the file is refused, never run."""
+    ran = tmp_path / "ran"
+    (tmp_path / "pandas.py").write_text(f"open({str(ran)!r}, 'w').close()\n")
+    data = b"\x80\x02c" + name.encode() + b"\n."
+    (tmp_path / "x.pkl").write_bytes(data)
+    code = ("import sys, firkin\n"
+            "assert 'pandas' not in sys.modules\n"
+            "try:\n    firkin.load('x.pkl')\nexcept firkin.UntrustedTypesError as e:\n"
+            "    print('refused', 'working directory' in str(e))\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(firkin.__file__))})
+    assert out.stdout.strip() == "refused True", out.stdout + out.stderr
     assert not ran.exists()

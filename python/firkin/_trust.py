@@ -457,19 +457,20 @@ def _unpickler_class(base_cls, extra: frozenset[str], name: str, call: str):
                 if _is_trusted(mod, qual, extra) and canonical_global(mod, qual) == (mod, qual):
                     if (mod, qual) in _validate.WATCHED:
                         _validate.current_check(self.fk_name).saw(mod, qual)
+                    top = mod.partition(".")[0]
+                    if top not in sys.modules:
+                        # trusted names, not trusted files: a module named on
+                        # the list but not installed (pytz under pandas 3) is
+                        # never imported from beside the data, by find_class
+                        # or by a replacement that imports it (pandas' guards)
+                        place = _from_working_directory(top)
+                        if place is not None:
+                            raise _planted_module_error(self.fk_name, mod, qual, top, place, call)
                     replacement = REPLACEMENTS.get((mod, qual))
                     if replacement is not None:
                         if type(replacement) is LazyReplacement:
                             replacement = replacement.resolve()
                         return replacement
-                    top = mod.partition(".")[0]
-                    if top not in sys.modules:
-                        # trusted names, not trusted files: a module named on
-                        # the list but not installed (pytz under pandas 3) is
-                        # never imported from beside the data
-                        place = _from_working_directory(top)
-                        if place is not None:
-                            raise _planted_module_error(self.fk_name, mod, qual, top, place, call)
                     found = super().find_class(mod, qual)
                     _validate.current_check(self.fk_name).handed_out(found)
                     return found
