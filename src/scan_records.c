@@ -198,8 +198,8 @@ int scan_unsafe_why(scan_ctx *c, const char *why)
     return rc;
 }
 
-/* numpy 2 reads a datetime dtype's unit from the metadata a state of 9
- * items carries, and dereferences it missing from a shorter state (a
+/* numpy 2.4 and 2.5 read a datetime dtype's unit from the metadata a state
+ * of 9 items carries, and dereference it missing from a shorter state (a
  * segfault on dtype('M8').__setstate__((3, '<', None, None, None, -1, -1,
  * 0))); numpy's own pickles of datetime dtypes have 9 items */
 static int scan_datetime_state(scan_ctx *c, scan_val state)
@@ -207,7 +207,7 @@ static int scan_datetime_state(scan_ctx *c, scan_val state)
     scan_rec *st = scan_rec_of(c, state, REC_TUPLE);
     if (st && st->n == 9) return 0;
     return scan_unsafe_why(c, "a numpy dtype state without the metadata a datetime dtype's "
-                              "needs (numpy 2 crashes on it), on a datetime dtype or one the "
+                              "needs (numpy 2.4 crashes on it), on a datetime dtype or one the "
                               "scanner cannot tell is not one");
 }
 
