@@ -139,13 +139,9 @@ BAD = {
 def test_placements_outside_the_frame_are_refused(tmp_path, case, old_shape):
     placements, reason = BAD[case]
     data = _mutated(placements, old_shape)
-    for kind, blob in _containers(data).items():
-        path = tmp_path / f"evil.{kind}"
-        path.write_bytes(blob)
-        with pytest.raises(firkin.UntrustedTypesError, match="while unpickling") as info:
-            firkin.load(path)
-        assert reason in str(info.value), (kind, str(info.value))
-        assert "a pandas " in str(info.value)
+    for kind, msg in _refused_in_every_container(tmp_path, data, "while unpickling").items():
+        assert reason in msg, (kind, msg)
+        assert "a pandas " in msg
 
 
 def test_pandas_itself_takes_such_a_layout():
@@ -163,11 +159,7 @@ def test_from_opcodes_a_huge_slice_is_measured_not_built(tmp_path):
     # the first slice(0, 1, 1): K\x00 K\x01 K\x01 -> (0, 2**62, 1)
     i = data.index(b"K\x00K\x01K\x01\x87")
     evil = data[:i] + b"K\x00\x8a\x08" + (2**62).to_bytes(8, "little") + b"K\x01\x87" + data[i + 7:]
-    for kind, blob in _containers(evil).items():
-        path = tmp_path / f"evil.{kind}"
-        path.write_bytes(blob)
-        with pytest.raises(firkin.UntrustedTypesError, match="its placement names"):
-            firkin.load(path)
+    _refused_in_every_container(tmp_path, evil, "its placement names")
 
 
 def test_a_manager_left_without_state_is_refused(tmp_path):
@@ -176,6 +168,19 @@ def test_a_manager_left_without_state_is_refused(tmp_path):
     data = b"\x80\x02" + _g("pandas.core.internals.managers", "SingleBlockManager") + b")\x81."
     with pytest.raises(firkin.UntrustedTypesError, match="never given its state"):
         _load_bytes(tmp_path, data)
+
+
+def _refused_in_every_container(tmp_path, data, match):
+    """firkin.load refuses data in every container it reads, with an
+    UntrustedTypesError matching match; the messages, by container"""
+    out = {}
+    for kind, blob in _containers(data).items():
+        path = tmp_path / f"evil.{kind}"
+        path.write_bytes(blob)
+        with pytest.raises(firkin.UntrustedTypesError, match=match) as info:
+            firkin.load(path)
+        out[kind] = str(info.value)
+    return out
 
 
 def _load_bytes(tmp_path, data):
@@ -238,11 +243,7 @@ def test_categorical_forms_load_with_codes_inside_their_categories(tmp_path, for
 @pytest.mark.parametrize("codes", [[0, 3, 1], [0, 1, 127], [-2, 0, 1]], ids=["3", "127", "-2"])
 def test_categorical_codes_outside_its_categories_are_refused(tmp_path, form, codes):
     data = _categorical_pickle(form, codes)
-    for kind, blob in _containers(data).items():
-        path = tmp_path / f"evil.{kind}"
-        path.write_bytes(blob)
-        with pytest.raises(firkin.UntrustedTypesError, match="pandas would read past them"):
-            firkin.load(path)
+    _refused_in_every_container(tmp_path, data, "pandas would read past them")
     # pickle itself takes it
     assert max(pickle.loads(data).codes) == max(codes)
 
@@ -259,11 +260,7 @@ def test_categorical_codes_changed_by_a_second_build_are_refused(tmp_path):
     second = buf.getvalue()[2:-1]  # without PROTO and STOP
     data = first[:-1] + second + b"b."
     assert max(pickle.loads(data).codes) == 9
-    for kind, blob in _containers(data).items():
-        path = tmp_path / f"evil.{kind}"
-        path.write_bytes(blob)
-        with pytest.raises(firkin.UntrustedTypesError, match="pandas would read past them"):
-            firkin.load(path)
+    _refused_in_every_container(tmp_path, data, "pandas would read past them")
 
 
 def test_a_frame_with_codes_outside_its_categories_is_refused(tmp_path):
@@ -272,11 +269,7 @@ def test_a_frame_with_codes_outside_its_categories_is_refused(tmp_path):
     codes = bytes([0, 1, 2, 1, 0])
     assert data.count(codes) == 1
     data = data.replace(codes, bytes([0, 1, 5, 1, 0]))
-    for kind, blob in _containers(data).items():
-        path = tmp_path / f"evil.{kind}"
-        path.write_bytes(blob)
-        with pytest.raises(firkin.UntrustedTypesError, match="pandas would read past them"):
-            firkin.load(path)
+    _refused_in_every_container(tmp_path, data, "pandas would read past them")
 
 
 @pytest.mark.parametrize("cls", ["Categorical", "DatetimeArray", "TimedeltaArray", "PeriodArray"])
@@ -301,11 +294,7 @@ def test_a_backed_array_left_without_state_is_refused(tmp_path, cls, how):
                 + b"N\x87R.")
     # pickle gives an object whose .copy() dereferences None (not run here)
     assert pickle.loads(data)._ndarray is None
-    for kind, blob in _containers(data).items():
-        path = tmp_path / f"evil.{kind}"
-        path.write_bytes(blob)
-        with pytest.raises(firkin.UntrustedTypesError, match="never given its state"):
-            firkin.load(path)
+    _refused_in_every_container(tmp_path, data, "never given its state")
 
 
 def test_index_helpers_and_blocks_refuse_bad_codes_they_would_read():
@@ -386,12 +375,8 @@ def test_sparse_arrays_whose_index_and_values_disagree_are_refused(tmp_path, cas
     edit, reason = _BAD_SPARSE[case]
     data = _sparse_pickle(edit)
     pickle.loads(data)  # pickle itself takes it
-    for kind, blob in _containers(data).items():
-        path = tmp_path / f"evil.{kind}"
-        path.write_bytes(blob)
-        with pytest.raises(firkin.UntrustedTypesError, match="a pandas SparseArray") as info:
-            firkin.load(path)
-        assert reason in str(info.value), (kind, str(info.value))
+    for kind, msg in _refused_in_every_container(tmp_path, data, "a pandas SparseArray").items():
+        assert reason in msg, (kind, msg)
 
 
 def test_an_old_sparse_state_is_judged_before_numpy_takes_it(tmp_path):
@@ -450,11 +435,7 @@ def test_backed_arrays_whose_data_are_of_another_kind_are_refused(tmp_path, labe
     _BackedState(buf, np.array([1.5, 2.5, 3.5])).dump(arr)
     data = buf.getvalue()
     assert pickle.loads(data)._ndarray.dtype == np.float64  # pickle takes it
-    for kind, blob in _containers(data).items():
-        path = tmp_path / f"evil.{kind}"
-        path.write_bytes(blob)
-        with pytest.raises(firkin.UntrustedTypesError, match="its data are float64, not what a"):
-            firkin.load(path)
+    _refused_in_every_container(tmp_path, data, "its data are float64, not what a")
     good = _load_bytes(tmp_path, pickle.dumps(arr, 5))
     assert type(good) is type(arr) and list(good.astype(object)) == list(arr.astype(object))
 
