@@ -596,8 +596,11 @@ def test_cython_top_level_alias_is_judged_and_resolved_as_the_real_module(tmp_pa
     X = np.random.default_rng(0).random((60, 3))
     model = HistGradientBoostingRegressor(max_iter=4, random_state=0).fit(X, X[:, 0])
     real = pickle.dumps(model, 2)
-    assert b"csklearn._loss._loss\n" in real
-    data = real.replace(b"csklearn._loss._loss\n", b"c_loss\n")  # as scikit-learn 1.7 writes it
+    if b"c_loss\nCyHalfSquaredError\n" in real:  # this scikit-learn writes the alias itself
+        data = real
+    else:
+        assert b"csklearn._loss._loss\n" in real
+        data = real.replace(b"csklearn._loss._loss\n", b"c_loss\n")  # as scikit-learn 1.7 writes it
     assert b"c_loss\nCyHalfSquaredError\n" in data
 
     planted = tmp_path / "_loss.py"
