@@ -1,5 +1,7 @@
 """pandas frames: the block layout a manager trusts, checked before pandas
-sees it.
+sees it; and pandas' arrays whose state compiled code indexes (Categorical
+codes, the data of datetime-like arrays, a SparseArray's values), made and
+checked by firkin (guarded_instance, "pandas arrays" below).
 
 A DataFrame keeps its columns in blocks; each block's placement says which
 columns it holds, and pandas' compiled code (``_rebuild_blknos_and_blklocs``,
