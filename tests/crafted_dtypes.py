@@ -126,7 +126,8 @@ def lying_object_dtype(maker="REDUCE numpy.dtype", how="8 items, flags 0") -> by
 def big_items(kind: str, itemsize: int, n: int = 3) -> bytes:
     """an array of n items filled from a list of n Nones, whose dtype's state
     makes each item itemsize bytes: "claimed" is S1 whose flags claim objects
-    it does not hold, "record" a record of one object field (honest flags)"""
+    it does not hold, "record" a record of one object field (honest flags),
+    "masked record" the same as a numpy.ma masked array's state"""
     size = b"J" + itemsize.to_bytes(4, "little", signed=True)
     if kind == "claimed":
         d = (_g("numpy", "dtype") + _u("S1") + b"\x89\x88\x87R"
@@ -135,6 +136,12 @@ def big_items(kind: str, itemsize: int, n: int = 3) -> bytes:
         fields = b"}" + _u("a") + _g("numpy", "dtype") + _u("O8") + b"\x89\x88\x87R" + b"K\x00\x86s"
         d = (_g("numpy", "dtype") + _u("V8") + b"\x89\x88\x87R"
              + b"(K\x03" + _u("|") + b"N(" + _u("a") + b"t" + fields + size + b"K\x01K?tb")
-    body = (_g("numpy.core.multiarray", "_reconstruct") + _g("numpy", "ndarray") + b"K\x00\x85C\x01b"
-            + b"\x87R" + b"(K\x01K" + bytes([n]) + b"\x85" + d + b"\x89" + b"](" + b"N" * n + b"etb")
+    items = b"](" + b"N" * n + b"e"
+    if kind == "masked record":  # numpy.ma's state: (1, shape, dtype, fortran, data, mask, fill)
+        body = (_g("numpy.ma.core", "_mareconstruct") + b"(" + _g("numpy.ma.core", "MaskedArray")
+                + _g("numpy", "ndarray") + b"K\x00\x85" + _u("b") + b"tR" + b"(K\x01K" + bytes([n])
+                + b"\x85" + d + b"\x89" + items + b"C" + bytes([n]) + b"\x00" * n + b"Ntb")
+    else:
+        body = (_g("numpy.core.multiarray", "_reconstruct") + _g("numpy", "ndarray") + b"K\x00\x85C\x01b"
+                + b"\x87R" + b"(K\x01K" + bytes([n]) + b"\x85" + d + b"\x89" + items + b"tb")
     return b"\x80\x02" + body + b"."

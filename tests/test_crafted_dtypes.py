@@ -359,7 +359,7 @@ def test_a_dtype_whose_flags_claim_objects_is_refused():
 
 
 def _big_item_cases():
-    return [(f"{kind} | {label}", blob) for kind in ("claimed", "record")
+    return [(f"{kind} | {label}", blob) for kind in ("claimed", "record", "masked record")
             for label, blob in _containers(cd.big_items(kind, 10**9)).items()]
 
 

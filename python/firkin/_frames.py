@@ -430,6 +430,8 @@ def guarded_instance(real, made=None):
         why = None if backed else _sparse_state_problem(state)
         if why:
             raise _refuse(what, why)
+        if not backed and isinstance(state, tuple) and state:
+            _guards.charge_list_state(state[0])  # an old state's values, filled from a list
         real.__setstate__(obj, state)
         vars(obj)["__setstate__"] = __setstate__  # a state may set this key too
         given[0] = True

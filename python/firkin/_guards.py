@@ -393,15 +393,18 @@ def _set_array_state(arr, state, base):
     if why:
         cur = _current()
         raise _refusal(cur.name if cur is not None else "<data>", why)
-    _charge_list_state(inner)
+    charge_list_state(state)
     base.__setstate__(arr, state)
 
 
-def _charge_list_state(state) -> None:
+def charge_list_state(state) -> None:
     """numpy fills an array of a dtype with objects from a list, one item per
     element, and allocates every element whole: items larger than a pointer
     and a little data (a record whose state made it gigabytes long) cost the
-    amplification budget what the list does not hold"""
+    amplification budget what the list does not hold. ``state`` as
+    array_state_problem takes it (numpy.ma's 7-item state too)."""
+    if type(state) is tuple and len(state) == 7:
+        state = state[1:5]
     if type(state) is not tuple or len(state) not in (4, 5):
         return
     dt, raw = state[-3], state[-1]
@@ -554,6 +557,7 @@ class _MaskedState:
             if why:
                 cur = _current()
                 raise _refusal(cur.name if cur is not None else "<data>", why)
+            charge_list_state(state)
         return type(arr).__setstate__(arr, state)
 
 
