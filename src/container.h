@@ -85,6 +85,7 @@ typedef struct {
     PyObject *arrays;     /* per out-of-band buffer: (dtype str, shape) of its array, or None */
     PyObject *modules;    /* set of module names whose objects occur */
     PyObject *seen_types; /* set of types already recorded */
+    PyObject *last_shape; /* the shape tuple of the array reduced last, or NULL (npy.c) */
     uint64_t oob_bytes;
     /* packed buffers (format 1.3, docs/FORMAT.md "Packed buffers") */
     int packing;          /* small contiguous array buffers go to the packed section */

@@ -201,6 +201,35 @@ static int dtype_exportable(PyArray_Descr *d)
     return 1;
 }
 
+/* The array's shape as a tuple: the previous array's tuple again when the
+ * shapes are equal. The pickler memoizes every tuple it writes and keeps it
+ * until the dump ends, so 100,000 arrays of one shape would otherwise hold
+ * 100,000 equal tuples (and memo entries); a shared one is written once and
+ * fetched from the memo after that. A tuple is immutable and numpy's
+ * _frombuffer only reads it, so sharing it changes no loaded value. */
+static PyObject *array_shape(WriterObject *w, PyArrayObject *arr)
+{
+    int nd = PyArray_NDIM(arr);
+    PyObject *last = w->last_shape;
+    if (last && PyTuple_GET_SIZE(last) == nd) {
+        int same = 1;
+        for (int i = 0; i < nd && same; i++) {
+            Py_ssize_t v = PyLong_AsSsize_t(PyTuple_GET_ITEM(last, i));
+            same = v == (Py_ssize_t)PyArray_DIM(arr, i);
+        }
+        if (same) return Py_NewRef(last);
+    }
+    PyObject *shape = PyTuple_New(nd);
+    if (!shape) return NULL;
+    for (int i = 0; i < nd; i++) {
+        PyObject *d = PyLong_FromSsize_t(PyArray_DIM(arr, i));
+        if (!d) { Py_DECREF(shape); return NULL; }
+        PyTuple_SET_ITEM(shape, i, d);
+    }
+    Py_XSETREF(w->last_shape, Py_NewRef(shape));
+    return shape;
+}
+
 PyObject *reduce_array(WriterObject *w, PyObject *obj)
 {
     fk_state *st = w->st;
@@ -219,13 +248,17 @@ PyObject *reduce_array(WriterObject *w, PyObject *obj)
      * is written (or copied) in C order */
     const char *order = (!c && f) ? "F" : "C";
     int exportable = dtype_exportable(descr);
-    if (w->protocol >= 5 && exact && (c || f) && exportable) Py_RETURN_NOTIMPLEMENTED; /* numpy's own path */
-    PyObject *shape = PyTuple_New(PyArray_NDIM(arr));
+    PyObject *shape = array_shape(w, arr);
     if (!shape) return NULL;
-    for (int i = 0; i < PyArray_NDIM(arr); i++) {
-        PyObject *d = PyLong_FromSsize_t(PyArray_DIM(arr, i));
-        if (!d) { Py_DECREF(shape); return NULL; }
-        PyTuple_SET_ITEM(shape, i, d);
+    if (w->protocol >= 5 && exact && (c || f) && exportable) {
+        /* what numpy's own protocol-5 reduction gives (a Fortran-ordered
+         * array's buffer is that of its transpose), with a shared shape
+         * tuple and without the module lookups numpy makes per array */
+        PyObject *src = *order == 'F' ? PyArray_Transpose(arr, NULL) : Py_NewRef(obj);
+        PyObject *pb = src ? PyPickleBuffer_FromObject(src) : NULL;
+        Py_XDECREF(src);
+        if (!pb) { Py_DECREF(shape); return NULL; }
+        return Py_BuildValue("O(NONs)", st->np_frombuffer, pb, (PyObject *)descr, shape, order);
     }
     if (w->protocol < 5) {
         /* numpy's own protocol<5 reduction loses a non-native byte order;

@@ -260,6 +260,7 @@ static int Writer_traverse(WriterObject *w, visitproc visit, void *arg)
     Py_VISIT(w->packed);
     Py_VISIT(w->modules);
     Py_VISIT(w->seen_types);
+    Py_VISIT(w->last_shape);
     Py_VISIT(w->progress);
     Py_VISIT(w->name);
     Py_VISIT(w->byvalue);
@@ -276,6 +277,7 @@ static int Writer_clear(WriterObject *w)
     Py_CLEAR(w->packed);
     Py_CLEAR(w->modules);
     Py_CLEAR(w->seen_types);
+    Py_CLEAR(w->last_shape);
     Py_CLEAR(w->progress);
     Py_CLEAR(w->name);
     Py_CLEAR(w->byvalue);

@@ -806,6 +806,34 @@ def test_many_small_arrays(roundtrip):
         check_array(o, a, roundtrip)
 
 
+def _pickle_section(data: bytes) -> bytes:
+    """The pickle stream of an uncompressed firkin container's bytes."""
+    (s,) = [s for s in firkin._core.Reader(data).sections() if s["kind"] == "pickle stream"]
+    return data[s["offset"]:s["offset"] + s["stored"]]
+
+
+@pytest.mark.parametrize("order", ["C", "F"])
+def test_arrays_of_one_shape_share_one_shape_tuple(order):
+    """The pickler keeps every tuple it writes until the dump ends: 2,000
+    arrays of one shape write (and hold) their shape once, fetched from the
+    memo after that, and load with their own values, shapes and order."""
+    import pickletools
+
+    rng = np.random.default_rng(5)
+    arrs = [np.asarray(rng.random((3, 4)), order=order) for _ in range(2000)]
+    data = firkin.dumps(arrs)
+    shapes = [arg for op, arg, _ in pickletools.genops(_pickle_section(data)) if op.name == "TUPLE2"]
+    assert len(shapes) == 1
+    out = firkin.loads(data)
+    for o, a in zip(out, arrs):
+        assert o.shape == a.shape and o.flags.f_contiguous == a.flags.f_contiguous
+        assert_array_equal(o, a)
+    # shapes that change from one array to the next are each written
+    mixed = [np.zeros((2, 3)), np.zeros((3, 2)), np.zeros((2, 3)), np.zeros(6)]
+    out = firkin.loads(firkin.dumps(mixed))
+    assert [o.shape for o in out] == [(2, 3), (3, 2), (2, 3), (6,)]
+
+
 def test_protocols_with_arrays(tmp_path, monkeypatch):
     a = {"c": np.arange(20000.0), "s": np.arange(50)[::-2], "be": np.arange(9, dtype=">i8"),
          "st": _fill_struct(STRUCT, 4), "o": np.array([1, "a"], dtype=object)}
