@@ -161,6 +161,9 @@ def parse(raw: bytes | None, name: str) -> dict:
     return meta
 
 
+#: the format version this build writes, as the metadata records it
+_FORMAT = "%d.%d" % (_core.FORMAT_MAJOR, _core.FORMAT_MINOR)
+
 #: the array table in the metadata lists at most this many arrays
 MAX_ARRAYS_LISTED = 1000
 
@@ -170,9 +173,8 @@ def build(modules, user: dict, buffer_count: int, buffer_bytes: int, compress,
     now = datetime.datetime.now(datetime.timezone.utc)
     listed = [None if a is None else {"dtype": a[0], "shape": list(a[1])}
               for a in list(arrays)[:MAX_ARRAYS_LISTED]]
-    info = _core.build_info()
     meta = {
-        "format": "%d.%d" % (info["format_major"], info["format_minor"]),
+        "format": _FORMAT,
         "firkin": _core.__version__,
         "python": platform.python_version(),
         "numpy": np.__version__,
