@@ -3,6 +3,7 @@ medians (wall and CPU time, file size, peak RSS of dump and load), the
 ratios the README quotes, and the summaries."""
 from __future__ import annotations
 
+from contenders import LOOP
 from measure import SCALING_CODECS
 
 MB = 1e6
@@ -100,6 +101,11 @@ def render(results: list[dict], meta: dict) -> str:
         lines.append(f"- durable=False: firkin-nodurable/joblib dump "
                      f"{_fmt_r(_ratio(_get(w, 'firkin-nodurable', 'dump'), _get(w, 'joblib', 'dump')))} "
                      f"(<1: firkin faster; neither fsyncs)")
+        if _get(w, "firkin-nodurable-x100", "dump"):
+            lines.append(f"- durable=False, {LOOP} dumps in one process: firkin-nodurable-x100/joblib-x100 "
+                         f"{_fmt_r(_ratio(_get(w, 'firkin-nodurable-x100', 'dump'), _get(w, 'joblib-x100', 'dump')))} "
+                         f"(CPU {_fmt_r(_ratio(_get(w, 'firkin-nodurable-x100', 'dump', 'cpu_median_s'), _get(w, 'joblib-x100', 'dump', 'cpu_median_s')))}; "
+                         "<1: firkin faster)")
         lines.append(f"- mmap load: firkin-mmap {_fmt_t(_get(w, 'firkin-mmap', 'load'))} s, "
                      f"joblib-mmap {_fmt_t(_get(w, 'joblib-mmap', 'load'))} s")
         lines.append(f"- file size firkin/pickle5: {_fmt_r(_ratio(_size(w, 'firkin'), _size(w, 'pickle5')))}, "
