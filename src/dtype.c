@@ -140,6 +140,35 @@ static int dtc_walk(PyArray_Descr *d, int depth, PyObject **memo, const char **w
             rc = DTC_PROBLEM;
             goto done;
         }
+        /* numpy looks every name up in fields and uses what it finds
+         * without a test (the buffer protocol's format string, repr, item
+         * access): a name the dict lacks is a NULL dereference */
+        PyObject *names = PyDataType_NAMES(d);
+        if (!names || !PyTuple_Check(names)) {
+            *why = "the numpy dtype has fields but its names are not a tuple";
+            rc = DTC_PROBLEM;
+            goto done;
+        }
+        for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(names); i++) {
+            PyObject *name = PyTuple_GET_ITEM(names, i);
+            PyObject *entry = PyUnicode_Check(name) ? PyDict_GetItemWithError(fields, name) : NULL;
+            if (!entry && PyErr_Occurred()) goto done;
+            if (!entry) {
+                *why = "the numpy dtype names a field its fields dict does not hold (numpy would "
+                       "dereference the missing entry)";
+                rc = DTC_PROBLEM;
+                goto done;
+            }
+        }
+        PyObject *distinct = PySet_New(names);
+        if (!distinct) goto done;
+        Py_ssize_t n_distinct = PySet_GET_SIZE(distinct);
+        Py_DECREF(distinct);
+        if (n_distinct != PyTuple_GET_SIZE(names)) {
+            *why = "the numpy dtype names one field twice";
+            rc = DTC_PROBLEM;
+            goto done;
+        }
         Py_ssize_t pos = 0;
         PyObject *k, *v;
         while (PyDict_Next(fields, &pos, &k, &v)) {

@@ -337,6 +337,71 @@ def test_layouts_outside_the_items_are_refused_in_every_container(tmp_path):
                 assert "lies outside its items" in outcome or "does not fill its items" in outcome, line
 
 
+# ------------------------------------------------------------------ names the fields do not hold
+
+
+def _named_dtype(names=b"(" + cd._u("a") + cd._u("c") + b"t"):
+    """dtype('V16') whose state's names tuple is `names` while its fields
+    dict holds 'a' (f8 at 0) and 'b' (u1 at 8): numpy stores both as given."""
+    fields = (b"}(" + cd._u("a") + cd._g("numpy", "dtype") + cd._u("f8") + b"\x89\x88\x87R" + b"K\x00\x86"
+              + cd._u("b") + cd._g("numpy", "dtype") + cd._u("u1") + b"\x89\x88\x87R" + b"K\x08\x86u")
+    st = b"(K\x03" + cd._u("|") + b"N" + names + fields + b"K\x10K\x01K\x00t"
+    return cd.MAKERS["REDUCE numpy.dtype"] + st + b"b"
+
+
+def _names_cases():
+    """(numpy's own __setstate__ refuses a name that is not a string)"""
+    cases = []
+    for label, d in (("a name the fields lack", _named_dtype()),
+                     ("a name twice", _named_dtype(b"(" + cd._u("a") + cd._u("a") + b"t"))):
+        for use in cd.USES:
+            if use == "ndarray(shape, dtype, buffer)":
+                continue  # refused before unpickling whatever the dtype (numpy.ndarray called)
+            data = cd.use_stream(use, d)
+            for kind, blob in _containers(data).items():
+                cases.append((f"{label} | {use} | {kind}", blob))
+    return cases
+
+
+def test_the_dtype_check_refuses_names_the_fields_do_not_hold():
+    from firkin._guards import dtype_problem
+
+    fields = {"a": (np.dtype("f8"), 0), "b": (np.dtype("u1"), 8)}
+    for names, why in ((("a", "c"), "names a field its fields dict does not hold"),
+                       (("a", "a"), "names one field twice")):
+        d = np.dtype("V16")
+        d.__setstate__((3, "|", None, names, fields, 16, 1, 0))
+        assert why in dtype_problem(d), names
+    d = np.dtype("V16")
+    d.__setstate__((3, "|", None, ("b", "a"), fields, 16, 1, 0))  # any order: numpy's own too
+    assert dtype_problem(d) is None
+    titled = np.dtype({"names": ["a", "b"], "formats": ["f8", "i4"], "titles": ["t", None]})
+    assert dtype_problem(titled) is None  # a title is a key of fields beyond the names
+
+
+def test_names_the_fields_do_not_hold_are_refused_in_every_container(tmp_path):
+    """A k-d tree's node dtype with one name changed (found by
+    tests/test_redteam.py's campaign on a neighbours model): numpy looks each
+    name up in the fields dict and dereferences what it gets, so the
+    buffer export sklearn's KDTree.__setstate__ makes segfaulted. Refused by
+    the loader itself while unpickling, with the scan on and off."""
+    for scan in (True, False):
+        for label, outcome in isolated_outcomes("test_crafted_dtypes._names_cases()", tmp_path, scan):
+            line = f"{label}: {outcome}"
+            assert outcome.startswith("refused"), line
+            assert "while unpickling" in outcome, line
+            assert "names a field" in outcome or "names one field twice" in outcome, line
+
+
+def test_an_honest_structured_array_with_titles_loads():
+    dt = np.dtype({"names": ["a", "b"], "formats": ["f8", "i4"], "titles": ["t", None]})
+    a = np.zeros(3, dt)
+    a["a"] = [1.5, 2.5, 3.5]
+    out = firkin.loads(firkin.dumps({"x": a, "dt": dt}))
+    assert out["dt"] == dt and out["x"].dtype == dt and out["x"]["t"].tolist() == [1.5, 2.5, 3.5]
+    memoryview(out["x"])  # numpy's buffer export walks the names
+
+
 # ------------------------------------------------------------------ items a list fills
 # numpy fills an array whose dtype says "objects" (NPY_LIST_PICKLE) from a
 # list, item by item, allocating every item whole: a 400-byte stream made a
