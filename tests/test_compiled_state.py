@@ -673,6 +673,27 @@ def _sparse_cases():
         items[(np.int32(60), np.int32(1))] = 1.0  # scipy refuses to set it
         return _Reduce((f, (cls, base, items), dict(state, _dict=items)))
 
+    def falling_to_empty(x):
+        # no entries (the index pointer ends at 0) and a pointer that rises
+        # and falls: check_format's full check runs only on matrices with
+        # entries, and toarray then read 16 entries of empty arrays (a
+        # segfault, found by tests/test_redteam.py's campaign on a csc matrix)
+        x = x.copy()
+        ptr = np.zeros_like(x.indptr)
+        ptr[len(ptr) // 2] = 3
+        x.indptr, x.indices = ptr, x.indices[:0].copy()
+        x.data = x.data[:0].copy()
+        return x
+
+    def wrapping_last(x):
+        # the last pointer at the index type's minimum: check_format's
+        # np.diff wraps it around to a rise (found by the campaign too)
+        x = x.copy()
+        ptr = x.indptr.copy()
+        ptr[-1] = np.iinfo(ptr.dtype).min
+        x.indptr = ptr
+        return x
+
     def lil_outside(x):
         x = x.copy()
         x.rows[0], x.data[0] = [99], [1.0]
@@ -690,6 +711,10 @@ def _sparse_cases():
             f"bsr indptr decreasing ({kind})": (
                 with_attr(m("bsr", kind), "indptr", lambda a: put(a, 1, a[-1] + 1)),
                 "sparse structure"),
+            **{f"{fmt} indptr rising and falling to 0 ({kind})": (
+                falling_to_empty(m(fmt, kind)), "non-decreasing") for fmt in ("csr", "csc", "bsr")},
+            **{f"{fmt} last indptr at the index minimum ({kind})": (
+                wrapping_last(m(fmt, kind)), "non-decreasing") for fmt in ("csr", "csc", "bsr")},
             f"coo row outside the shape ({kind})": (
                 with_attr(m("coo", kind), "coords", lambda c: (put(c[0].copy(), 0, 6), c[1]))
                 if "coords" in vars(m("coo", kind))  # SciPy < 1.13 keeps row and col

@@ -76,6 +76,15 @@ def _check_csr(name: str, what: str, mat) -> None:
         mat.check_format(full_check=True)
     except (ValueError, TypeError, AttributeError) as exc:
         raise refuse(name, what, f"its sparse structure is invalid ({exc})") from None
+    # check_format's full check runs only while the matrix holds entries (an
+    # index pointer that ends at 0, or below, may rise and fall in between),
+    # and its np.diff wraps around (-2**31 follows 20 as a rise): sparsetools
+    # then reads rows' entries from empty or short index and data arrays.
+    # Compared pairwise, nothing wraps.
+    ptr = mat.indptr
+    if ptr.size > 1 and bool((ptr[1:] < ptr[:-1]).any()):
+        raise refuse(name, what, "its sparse structure is invalid (index pointer values must "
+                     "form a non-decreasing sequence)")
 
 
 def _check_neighbors(name: str, est) -> None:
