@@ -1,6 +1,7 @@
 """An attacker who has read the allowlist: real model files (a forest, a
-pipeline, a DataFrame) whose pickle stream or array bytes were changed, put
-back into a container whose checksums all pass (unsigned, and signed with a
+pipeline, a DataFrame, an SVM, k-d and ball trees, gradient boosting,
+SciPy sparse matrices, a text vectorizer) whose pickle stream or array
+bytes were changed, put back into a container whose checksums all pass (unsigned, and signed with a
 key the reader does not hold), loaded by default from bytes, from a file
 and memory-mapped. Every case must load or raise an ordinary exception: a
 crash, an abort (a sanitizer report under .ci/variant --sanitize) or a hang
@@ -11,7 +12,8 @@ The campaign runs in a child process, so a segfault fails the test with the
 case that caused it; faulthandler in the child and a timeout here catch a
 hang.
 
-    python tests/test_redteam.py CASES SEED        (a longer run by hand)
+    python tests/test_redteam.py CASES SEED              (every model, by hand)
+    python tests/test_redteam.py KIND CASES SEED OUT     (one model, as the test runs it)
 """
 from __future__ import annotations
 
@@ -30,7 +32,7 @@ import pytest
 HERE = os.path.dirname(os.path.abspath(__file__))
 CASES = int(os.environ.get("FIRKIN_REDTEAM_CASES", "150"))  # per model
 SEED = int(os.environ.get("FIRKIN_REDTEAM_SEED", "20261202"))
-MODELS = ("forest", "pipeline", "frame")
+MODELS = ("forest", "pipeline", "frame", "svc", "knn", "hgb", "gbm", "sparse", "tfidf")
 _INTERESTING = (0, 1, 0x7F, 0x80, 0xFF)
 _WIDE = (0, 1, 0x7FFFFFFF, 0x80000000, 0xFFFFFFFF, 0xFFFFFFFFFFFFFFFF, 1 << 40)
 
@@ -51,6 +53,8 @@ def _model(kind):
         from sklearn.preprocessing import StandardScaler
 
         return make_pipeline(StandardScaler(), LogisticRegression()).fit(X, y), X
+    if kind in _MORE:
+        return _MORE[kind](X, y)
     import pandas as pd
 
     frame = pd.DataFrame({"a": np.arange(20.0), "b": pd.Categorical(list("xyz" * 6 + "xy")),
@@ -58,6 +62,50 @@ def _model(kind):
                           "d": pd.arrays.SparseArray([0, 0, 1, 2, 0] * 4),
                           "e": pd.to_timedelta(np.arange(20), unit="s")})
     return frame, None
+
+
+def _svc(X, y):
+    from sklearn.svm import SVC
+
+    return SVC(random_state=0).fit(X, y), X
+
+
+def _knn(X, y):
+    from sklearn.neighbors import KNeighborsClassifier
+
+    return {"kd": KNeighborsClassifier(3, algorithm="kd_tree", leaf_size=4).fit(X, y),
+            "ball": KNeighborsClassifier(3, algorithm="ball_tree", leaf_size=4).fit(X, y)}, X
+
+
+def _hgb(X, y):
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    return HistGradientBoostingClassifier(max_iter=3, max_depth=3, random_state=0).fit(X, y), X
+
+
+def _gbm(X, y):
+    from sklearn.ensemble import GradientBoostingRegressor
+
+    return GradientBoostingRegressor(n_estimators=3, max_depth=2, random_state=0).fit(X, X[:, 1]), X
+
+
+def _sparse(X, y):
+    import scipy.sparse as sp
+
+    m = sp.random(12, 7, density=0.3, format="csr", random_state=0)
+    return {"csr": m, "csc": m.tocsc(), "coo": m.tocoo(), "bsr": m.tobsr(blocksize=(1, 1)),
+            "array": sp.csr_array(m)}, None
+
+
+def _tfidf(X, y):
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    docs = ["the cat sat", "the dog ran far", "a cat and a dog", "far away"]
+    return TfidfVectorizer().fit(docs), docs
+
+
+#: the models besides the first three (MODELS names them all)
+_MORE = {"svc": _svc, "knn": _knn, "hgb": _hgb, "gbm": _gbm, "sparse": _sparse, "tfidf": _tfidf}
 
 
 def _parts(blob):
@@ -167,6 +215,19 @@ def _mutate_words(rnd, data: bytes) -> bytes:
 
 def _use(obj, X):
     """What a caller does next with what loaded: compiled code reads its state."""
+    if isinstance(obj, dict):  # several models, or sparse matrices
+        for v in obj.values():
+            _use(v, X)
+        return
+    if hasattr(obj, "tocsr"):  # a SciPy sparse matrix: compiled code walks its index arrays
+        repr(obj)
+        obj.toarray()
+        obj.tocsr() @ obj.T.tocsr()
+        obj.tocsc().sum(axis=0)
+        return
+    if isinstance(X, list):  # text
+        obj.transform(X).toarray()
+        return
     if X is not None:
         if hasattr(obj, "predict"):
             obj.predict(X)
