@@ -651,10 +651,9 @@ def _sparse_cases():
     import scipy.sparse as sp
 
     def m(fmt, kind="matrix"):
-        make = sp.random if kind == "matrix" else sp.random_array
-        shape = (6, 5) if kind == "matrix" else (6, 5)
-        return make(*((shape,) if kind == "array" else shape), density=0.5, format=fmt,
-                    random_state=0)
+        x = sp.random(6, 5, density=0.5, format=fmt, random_state=0)
+        # SciPy 1.8-1.10 define the sparse arrays in scipy.sparse._arrays
+        return x if kind == "matrix" else getattr(sp, f"{fmt}_array")(x)
 
     def with_attr(x, attr, change):
         x = x.copy()
@@ -700,7 +699,7 @@ def _sparse_cases():
         return x
 
     cases = {}
-    for kind in ("matrix", "array") if hasattr(sp, "random_array") else ("matrix",):  # SciPy >= 1.12
+    for kind in ("matrix", "array"):
         cases.update({
             f"csr indptr past the data ({kind})": (
                 with_attr(m("csr", kind), "indptr", lambda a: put(a, 2, 10**6)), "sparse structure"),
@@ -759,6 +758,105 @@ def test_sparse_sortedness_claims_are_not_trusted(tmp_path, keys):
     loaded = firkin.loads(data)
     assert "_has_sorted_indices" not in vars(loaded)
     assert loaded.has_sorted_indices == (end - start < 2)
+
+
+# ---------------------------------------------------------------- column maps of encoders and vectorizers
+# Their transform builds a sparse matrix from the columns their fitted state
+# gives, as wide as their state says, and SciPy's kernels index with those
+# columns unchecked. Each state below crashed the process when the model was
+# used (OneHotEncoder's heap corrupted, the others segfaulted on toarray or a
+# product), on scikit-learn 1.2 and 1.9 alike.
+
+CATS = np.array([["a", "x"], ["b", "y"], ["c", "z"], ["a", "y"], ["a", "x"], ["b", "x"]])
+DOCS = ["the cat sat", "the dog ran far", "a cat and a dog", "far away"]
+ROWS = [{"a": 1.0, "b": 2.0}, {"b": 1.0, "c": 3.0}]
+
+
+def _tampered(est, **attrs):
+    bad = copy.copy(est)
+    vars(bad).update(attrs)
+    return bad
+
+
+def _encoder_cases():
+    from sklearn.feature_extraction import DictVectorizer
+    from sklearn.feature_extraction.text import CountVectorizer, TfidfVectorizer
+    from sklearn.preprocessing import OneHotEncoder
+
+    ohe = OneHotEncoder(handle_unknown="ignore").fit(CATS)
+    dropped = OneHotEncoder(drop="first").fit(CATS)
+    rare = OneHotEncoder(min_frequency=2, handle_unknown="infrequent_if_exist").fit(CATS)
+    maps = [None if m is None else m.copy() for m in rare._default_to_infrequent_mappings]
+    maps[0][0] = 40
+    drop_neg = dropped._drop_idx_after_grouping.copy()
+    drop_neg[0] = -5
+    cases = {
+        "one-hot widths short": (_tampered(ohe, _n_features_outs=[1, 1]), "encodes into 1 columns"),
+        "one-hot width past its categories": (_tampered(ohe, _n_features_outs=[3, 10**6]),
+                                              "_n_features_outs"),
+        "one-hot category past its width": (
+            _tampered(ohe, _n_features_outs=[2, 3]), "reach column 2"),
+        "one-hot infrequent mapping past the width": (
+            _tampered(rare, _default_to_infrequent_mappings=maps), "reach column 40"),
+        "one-hot dropped index negative": (
+            _tampered(dropped, _drop_idx_after_grouping=drop_neg), "dropped categories"),
+    }
+    for cls in (CountVectorizer, TfidfVectorizer):
+        v = cls().fit(DOCS)
+        vocab = dict(v.vocabulary_, far=10**6)
+        cases[f"{cls.__name__} term past the vocabulary"] = (_tampered(v, vocabulary_=vocab), "vocabulary_")
+        twice = dict(v.vocabulary_, far=v.vocabulary_["the"])
+        cases[f"{cls.__name__} two terms in one column"] = (_tampered(v, vocabulary_=twice), "each once")
+    dv = DictVectorizer().fit(ROWS)
+    cases["DictVectorizer feature past its names"] = (
+        _tampered(dv, vocabulary_=dict(dv.vocabulary_, c=10**6)), "vocabulary_")
+    cases["DictVectorizer names shorter than the vocabulary"] = (
+        _tampered(dv, feature_names_=dv.feature_names_[:1]), "vocabulary_")
+    return cases
+
+
+def test_encoder_column_maps_refused(tmp_path, keys):
+    # never used: the corrupted copies are only pickled
+    for i, (label, (bad, match)) in enumerate(sorted(_encoder_cases().items())):
+        d = tmp_path / f"case{i}"
+        d.mkdir()
+        _refused(bad, d, match)
+
+
+def test_encoders_and_vectorizers_roundtrip(tmp_path, keys):
+    from sklearn.feature_extraction import DictVectorizer
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.preprocessing import MultiLabelBinarizer, OneHotEncoder
+
+    for i, (model, data) in enumerate((
+            (OneHotEncoder(handle_unknown="ignore").fit(CATS), CATS),
+            (OneHotEncoder(drop="first").fit(CATS), CATS),
+            (OneHotEncoder(min_frequency=2, handle_unknown="infrequent_if_exist").fit(CATS), CATS),
+            (TfidfVectorizer().fit(DOCS), DOCS),
+            (DictVectorizer().fit(ROWS), ROWS),
+            (MultiLabelBinarizer().fit([[1, 2], [3]]), [[3], [1, 2]]))):
+        d = tmp_path / f"m{i}"
+        d.mkdir()
+        _roundtrips(model, d, lambda m, x: _dense(m.transform(x)), data)
+
+
+def _dense(x):
+    return x.toarray() if hasattr(x, "toarray") else np.asarray(x)
+
+
+def test_a_multilabel_binarizer_cache_is_rebuilt_from_its_classes(tmp_path, keys):
+    """MultiLabelBinarizer._cached_dict ({label: column}) is a cache of
+    classes_' positions: a default load drops it and transform rebuilds it,
+    so a column past the width (a segfault when used) never reaches SciPy."""
+    from sklearn.preprocessing import MultiLabelBinarizer
+
+    mlb = MultiLabelBinarizer().fit([[1, 2], [3]])
+    mlb.transform([[1]])
+    bad = _tampered(mlb, _cached_dict={1: 0, 2: 1, 3: 10**6})
+    for label, path in _files(bad, tmp_path):
+        loaded = firkin.load(path)
+        assert loaded._cached_dict is None, label
+        np.testing.assert_array_equal(loaded.transform([[3], [1]]), [[0, 0, 1], [1, 0, 0]], label)
 
 
 def test_bspline_refused(tmp_path, keys):

@@ -34,9 +34,10 @@ compiled code before its own invariants were checked.
 
 This module drives the checks of one load (``Check``, the registry of
 estimator checks, the walk); the checks themselves live in
-firkin._validate_trees (Tree, KDTree/BallTree, tree ensembles) and
+firkin._validate_trees (Tree, KDTree/BallTree, tree ensembles),
 firkin._validate_models (SVMs, neighbours, k-means, SciPy sparse and
-B-splines, stored paths), over firkin._validate_base (the refusal, the
+B-splines, stored paths) and firkin._validate_encoders (the column maps of
+OneHotEncoder, the vectorizers and MultiLabelBinarizer), over firkin._validate_base (the refusal, the
 per-thread stack of loads).
 """
 from __future__ import annotations
@@ -48,6 +49,12 @@ import numpy as np
 
 from . import _core, _validate_trees
 from ._validate_base import _stack, refuse
+from ._validate_encoders import (
+    _check_dict_vectorizer,
+    _check_multilabel,
+    _check_one_hot,
+    _check_vocabulary,
+)
 from ._validate_models import (
     _check_bspline,
     _check_kmeans,
@@ -228,6 +235,15 @@ _ESTIMATOR_CHECKS: dict[tuple[str, str], object] = {
     ("sklearn.cluster._bisect_k_means", "BisectingKMeans"): _check_kmeans,
     **{(f"scipy.sparse._{fmt}", f"{fmt}_{kind}"): _check_sparse
        for fmt in ("bsr", "coo", "csc", "csr", "dia", "dok", "lil") for kind in ("array", "matrix")},
+    # SciPy 1.8-1.10 define the sparse arrays in one module
+    **{("scipy.sparse._arrays", f"{fmt}_array"): _check_sparse
+       for fmt in ("bsr", "coo", "csc", "csr", "dia", "dok", "lil")},
+    # the estimators whose fitted state maps categories, terms and labels to columns
+    ("sklearn.feature_extraction.text", "CountVectorizer"): _check_vocabulary,
+    ("sklearn.feature_extraction.text", "TfidfVectorizer"): _check_vocabulary,
+    ("sklearn.feature_extraction._dict_vectorizer", "DictVectorizer"): _check_dict_vectorizer,
+    ("sklearn.preprocessing._label", "MultiLabelBinarizer"): _check_multilabel,
+    ("sklearn.preprocessing._encoders", "OneHotEncoder"): _check_one_hot,
     ("scipy.interpolate._bsplines", "BSpline"): _check_bspline,
     ("scipy.interpolate._bsplines", "_BSpline"): _check_bspline,  # SciPy >= 1.18
     # parameters naming a cache directory (joblib.Memory objects are not on the allowlist)
