@@ -765,7 +765,8 @@ def test_sparse_sortedness_claims_are_not_trusted(tmp_path, keys):
 # gives, as wide as their state says, and SciPy's kernels index with those
 # columns unchecked. Each state below crashed the process when the model was
 # used (OneHotEncoder's heap corrupted, the others segfaulted on toarray or a
-# product), on scikit-learn 1.2 and 1.9 alike.
+# product; the hashers' n_features of 0 divided by zero), on scikit-learn
+# 1.2 and 1.9 alike.
 
 CATS = np.array([["a", "x"], ["b", "y"], ["c", "z"], ["a", "y"], ["a", "x"], ["b", "x"]])
 DOCS = ["the cat sat", "the dog ran far", "a cat and a dog", "far away"]
@@ -779,8 +780,8 @@ def _tampered(est, **attrs):
 
 
 def _encoder_cases():
-    from sklearn.feature_extraction import DictVectorizer
-    from sklearn.feature_extraction.text import CountVectorizer, TfidfVectorizer
+    from sklearn.feature_extraction import DictVectorizer, FeatureHasher
+    from sklearn.feature_extraction.text import CountVectorizer, HashingVectorizer, TfidfVectorizer
     from sklearn.preprocessing import OneHotEncoder
 
     ohe = OneHotEncoder(handle_unknown="ignore").fit(CATS)
@@ -807,6 +808,10 @@ def _encoder_cases():
         cases[f"{cls.__name__} term past the vocabulary"] = (_tampered(v, vocabulary_=vocab), "vocabulary_")
         twice = dict(v.vocabulary_, far=v.vocabulary_["the"])
         cases[f"{cls.__name__} two terms in one column"] = (_tampered(v, vocabulary_=twice), "each once")
+    for make in (lambda: FeatureHasher(n_features=8), lambda: HashingVectorizer(n_features=8)):
+        h = make()
+        for n in (0, -3, 2**40):
+            cases[f"{type(h).__name__} n_features {n}"] = (_tampered(h, n_features=n), "n_features")
     dv = DictVectorizer().fit(ROWS)
     cases["DictVectorizer feature past its names"] = (
         _tampered(dv, vocabulary_=dict(dv.vocabulary_, c=10**6)), "vocabulary_")
@@ -825,7 +830,7 @@ def test_encoder_column_maps_refused(tmp_path, keys):
 
 def test_encoders_and_vectorizers_roundtrip(tmp_path, keys):
     from sklearn.feature_extraction import DictVectorizer
-    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.feature_extraction.text import HashingVectorizer, TfidfVectorizer
     from sklearn.preprocessing import MultiLabelBinarizer, OneHotEncoder
 
     for i, (model, data) in enumerate((
@@ -834,6 +839,7 @@ def test_encoders_and_vectorizers_roundtrip(tmp_path, keys):
             (OneHotEncoder(min_frequency=2, handle_unknown="infrequent_if_exist").fit(CATS), CATS),
             (TfidfVectorizer().fit(DOCS), DOCS),
             (DictVectorizer().fit(ROWS), ROWS),
+            (HashingVectorizer(n_features=16), DOCS),
             (MultiLabelBinarizer().fit([[1, 2], [3]]), [[3], [1, 2]]))):
         d = tmp_path / f"m{i}"
         d.mkdir()

@@ -51,6 +51,7 @@ from . import _core, _validate_trees
 from ._validate_base import _stack, refuse
 from ._validate_encoders import (
     _check_dict_vectorizer,
+    _check_hashing,
     _check_multilabel,
     _check_one_hot,
     _check_vocabulary,
@@ -244,6 +245,8 @@ _ESTIMATOR_CHECKS: dict[tuple[str, str], object] = {
     ("sklearn.feature_extraction._dict_vectorizer", "DictVectorizer"): _check_dict_vectorizer,
     ("sklearn.preprocessing._label", "MultiLabelBinarizer"): _check_multilabel,
     ("sklearn.preprocessing._encoders", "OneHotEncoder"): _check_one_hot,
+    ("sklearn.feature_extraction._hash", "FeatureHasher"): _check_hashing,
+    ("sklearn.feature_extraction.text", "HashingVectorizer"): _check_hashing,
     ("scipy.interpolate._bsplines", "BSpline"): _check_bspline,
     ("scipy.interpolate._bsplines", "_BSpline"): _check_bspline,  # SciPy >= 1.18
     # parameters naming a cache directory (joblib.Memory objects are not on the allowlist)

@@ -122,3 +122,13 @@ def _check_one_hot(name: str, est) -> None:
         if codes_max >= widths[i]:
             raise refuse(name, what, f"feature {i} encodes into {widths[i]} columns but its "
                          f"categories reach column {codes_max}")
+
+
+def _check_hashing(name: str, est) -> None:
+    """FeatureHasher, HashingVectorizer: a feature's column is its hash
+    modulo n_features (a parameter, not checked again after fit): 0 divides
+    by zero in compiled code (SIGFPE), and the hashes are 32-bit."""
+    n = vars(est).get("n_features")
+    if not (_is_int(n) and 1 <= n <= np.iinfo(np.int32).max):
+        raise refuse(name, f"a {type(est).__qualname__}",
+                     f"n_features is {n!r}, not a column count in [1, 2**31 - 1]")
