@@ -850,6 +850,58 @@ def _dense(x):
     return x.toarray() if hasattr(x, "toarray") else np.asarray(x)
 
 
+LABELS = np.c_[np.arange(len(X)) % 3 != 1, np.arange(len(X)) % 3 != 0].astype(int)
+
+
+def _one_vs_rest_cases():
+    """A multilabel OneVsRestClassifier's predict builds a sparse matrix
+    n_samples tall from the positions in each binary estimator's flattened
+    decision_function: an intercept_ of two values (found by an
+    attribute-level fuzz) made those positions reach 2n and corrupted the
+    heap on scikit-learn 1.2 and 1.9."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.multiclass import OneVsRestClassifier
+    from sklearn.svm import SVC
+
+    def tampered(base, i, **attrs):
+        bad = copy.copy(base)
+        bad.estimators_ = list(base.estimators_)
+        bad.estimators_[i] = _tampered(base.estimators_[i], **attrs)
+        return bad
+
+    lin = OneVsRestClassifier(LogisticRegression()).fit(X, LABELS)
+    svc = OneVsRestClassifier(SVC()).fit(X, LABELS)
+    e = lin.estimators_[1]
+    return {
+        "intercept of two values": (tampered(lin, 1, intercept_=np.r_[e.intercept_, e.intercept_]),
+                                    "intercept_ holds 2 values"),
+        "coef of two rows": (tampered(lin, 1, coef_=np.vstack([e.coef_, e.coef_])), "not one row"),
+        "three classes": (tampered(lin, 0, classes_=np.array([0, 1, 2])), "3 classes"),
+        "libsvm of three classes": (tampered(svc, 0, _n_support=np.array([3, 3, 3], dtype=np.int32)),
+                                    "libsvm model of 3 classes"),
+    }
+
+
+def test_one_vs_rest_binary_estimators_refused(tmp_path, keys):
+    for i, (label, (bad, match)) in enumerate(sorted(_one_vs_rest_cases().items())):
+        d = tmp_path / f"case{i}"
+        d.mkdir()
+        _refused(bad, d, match)
+
+
+def test_one_vs_rest_roundtrips(tmp_path, keys):
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.multiclass import OneVsRestClassifier
+    from sklearn.svm import SVC
+
+    for i, (model, y) in enumerate(((OneVsRestClassifier(LogisticRegression()), LABELS),
+                                    (OneVsRestClassifier(SVC()), LABELS),
+                                    (OneVsRestClassifier(LogisticRegression()), Y))):
+        d = tmp_path / f"m{i}"
+        d.mkdir()
+        _roundtrips(model.fit(X, y), d, lambda m: m.predict(X))
+
+
 def test_a_multilabel_binarizer_cache_is_rebuilt_from_its_classes(tmp_path, keys):
     """MultiLabelBinarizer._cached_dict ({label: column}) is a cache of
     classes_' positions: a default load drops it and transform rebuilds it,

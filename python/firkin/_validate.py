@@ -54,6 +54,7 @@ from ._validate_encoders import (
     _check_hashing,
     _check_multilabel,
     _check_one_hot,
+    _check_one_vs_rest,
     _check_vocabulary,
 )
 from ._validate_models import (
@@ -247,6 +248,7 @@ _ESTIMATOR_CHECKS: dict[tuple[str, str], object] = {
     ("sklearn.preprocessing._encoders", "OneHotEncoder"): _check_one_hot,
     ("sklearn.feature_extraction._hash", "FeatureHasher"): _check_hashing,
     ("sklearn.feature_extraction.text", "HashingVectorizer"): _check_hashing,
+    ("sklearn.multiclass", "OneVsRestClassifier"): _check_one_vs_rest,
     ("scipy.interpolate._bsplines", "BSpline"): _check_bspline,
     ("scipy.interpolate._bsplines", "_BSpline"): _check_bspline,  # SciPy >= 1.18
     # parameters naming a cache directory (joblib.Memory objects are not on the allowlist)
