@@ -737,12 +737,17 @@ def test_sparse_containers_roundtrip(tmp_path, keys):
         _roundtrips(x, d, lambda a: a.toarray())
 
 
-def test_sparse_state_refused(tmp_path, keys):
-    # never used: the corrupted copies are only pickled
-    for i, (label, (bad, match)) in enumerate(sorted(_sparse_cases().items())):
+def _each_refused(cases, tmp_path, wrap=lambda bad: bad):
+    """_refused for each {label: (corrupted object, match)}, each in a
+    directory of its own; the corrupted copies are only pickled, never used."""
+    for i, (label, (bad, match)) in enumerate(sorted(cases.items())):
         d = tmp_path / f"case{i}"
         d.mkdir()
-        _refused({"X": bad}, d, match)
+        _refused(wrap(bad), d, match)
+
+
+def test_sparse_state_refused(tmp_path, keys):
+    _each_refused(_sparse_cases(), tmp_path, lambda bad: {"X": bad})
 
 
 def test_sparse_sortedness_claims_are_not_trusted(tmp_path, keys):
@@ -821,11 +826,7 @@ def _encoder_cases():
 
 
 def test_encoder_column_maps_refused(tmp_path, keys):
-    # never used: the corrupted copies are only pickled
-    for i, (label, (bad, match)) in enumerate(sorted(_encoder_cases().items())):
-        d = tmp_path / f"case{i}"
-        d.mkdir()
-        _refused(bad, d, match)
+    _each_refused(_encoder_cases(), tmp_path)
 
 
 def test_encoders_and_vectorizers_roundtrip(tmp_path, keys):
@@ -883,10 +884,7 @@ def _one_vs_rest_cases():
 
 
 def test_one_vs_rest_binary_estimators_refused(tmp_path, keys):
-    for i, (label, (bad, match)) in enumerate(sorted(_one_vs_rest_cases().items())):
-        d = tmp_path / f"case{i}"
-        d.mkdir()
-        _refused(bad, d, match)
+    _each_refused(_one_vs_rest_cases(), tmp_path)
 
 
 def test_one_vs_rest_roundtrips(tmp_path, keys):

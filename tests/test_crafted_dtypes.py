@@ -281,19 +281,26 @@ def _oversized_subarray_dtype():
     return cd._g("numpy", "dtype") + cd._u("V8") + b"\x89\x88\x87R" + st + b"b"
 
 
-def _layout_cases():
+def _in_use_cases(dtypes):
+    """Each (label, dtype stream) put to every use but numpy.ndarray (refused
+    before unpickling whatever the dtype), in every container."""
     cases = []
-    for label, d in (("field at 255", _outside_dtype()),
-                     ("field at 2**40", _outside_dtype(b"\x8a\x06" + (1 << 40).to_bytes(6, "little"))),
-                     ("field at -8", _outside_dtype(b"J\xf8\xff\xff\xff")),
-                     ("subarray of 4096 in 8 bytes", _oversized_subarray_dtype())):
+    for label, d in dtypes:
         for use in cd.USES:
             if use == "ndarray(shape, dtype, buffer)":
-                continue  # refused before unpickling whatever the dtype (numpy.ndarray called)
+                continue
             data = cd.use_stream(use, d)
             for kind, blob in _containers(data).items():
                 cases.append((f"{label} | {use} | {kind}", blob))
     return cases
+
+
+def _layout_cases():
+    return _in_use_cases((
+        ("field at 255", _outside_dtype()),
+        ("field at 2**40", _outside_dtype(b"\x8a\x06" + (1 << 40).to_bytes(6, "little"))),
+        ("field at -8", _outside_dtype(b"J\xf8\xff\xff\xff")),
+        ("subarray of 4096 in 8 bytes", _oversized_subarray_dtype())))
 
 
 def test_the_dtype_check_refuses_layouts_outside_the_items():
@@ -351,16 +358,8 @@ def _named_dtype(names=b"(" + cd._u("a") + cd._u("c") + b"t"):
 
 def _names_cases():
     """(numpy's own __setstate__ refuses a name that is not a string)"""
-    cases = []
-    for label, d in (("a name the fields lack", _named_dtype()),
-                     ("a name twice", _named_dtype(b"(" + cd._u("a") + cd._u("a") + b"t"))):
-        for use in cd.USES:
-            if use == "ndarray(shape, dtype, buffer)":
-                continue  # refused before unpickling whatever the dtype (numpy.ndarray called)
-            data = cd.use_stream(use, d)
-            for kind, blob in _containers(data).items():
-                cases.append((f"{label} | {use} | {kind}", blob))
-    return cases
+    return _in_use_cases((("a name the fields lack", _named_dtype()),
+                          ("a name twice", _named_dtype(b"(" + cd._u("a") + cd._u("a") + b"t"))))
 
 
 def test_the_dtype_check_refuses_names_the_fields_do_not_hold():

@@ -20,12 +20,13 @@ def _indices(values, n: int):
         return None
 
 
-def _check_columns(name: str, what: str, label: str, mapping, width) -> None:
-    """`mapping` ({key: column}) sends its keys to the columns 0..width-1,
-    each once, as the estimator's fit leaves it."""
+def _check_columns(name: str, what: str, label: str, mapping, width=None) -> None:
+    """`mapping` ({key: column}) sends its keys to the columns 0..width-1
+    (width: its own size unless given), each once, as fit leaves it."""
     if not isinstance(mapping, dict):
         raise refuse(name, what, f"{label} is not a dict")
     n = len(mapping)
+    width = n if width is None else width
     cols = _indices(mapping.values(), n)
     if cols is None or n != width or (n and not (
             int(cols.min()) >= 0 and int(cols.max()) < n and int(np.bincount(cols).max()) == 1)):
@@ -39,8 +40,7 @@ def _check_vocabulary(name: str, est) -> None:
     vocabulary, leave a permutation of 0..n-1)."""
     vocab = vars(est).get("vocabulary_")
     if vocab is not None:
-        _check_columns(name, f"a {type(est).__qualname__}", "vocabulary_", vocab,
-                       len(vocab) if isinstance(vocab, dict) else -1)
+        _check_columns(name, f"a {type(est).__qualname__}", "vocabulary_", vocab)
 
 
 def _check_dict_vectorizer(name: str, est) -> None:
