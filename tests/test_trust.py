@@ -93,7 +93,9 @@ REVIEWED_CALLABLES = {
     # scikit-learn 1.2 pickled every Cython loss through its generated unpickle helper
     *(f"sklearn._loss._loss.__pyx_unpickle_Cy{n}" for n in (
         "AbsoluteError", "HalfBinomialLoss", "HalfGammaLoss", "HalfPoissonLoss", "HalfSquaredError",
-        "HalfTweedieLoss", "HalfTweedieLossIdentity")),
+        "HalfTweedieLoss", "HalfTweedieLossIdentity",
+        # scikit-learn 1.5 pickles gradient boosting's exponential, Huber and pinball losses so too
+        "ExponentialLoss", "HuberLoss", "PinballLoss")),
     "pandas._libs.tslibs.nattype.__nat_unpickle",  # pandas 2's spelling of _nat_unpickle
     "pytz._p",  # pandas 2's pytz time zones: pytz.timezone(name) of a known zone name
     "sklearn.cluster._kmeans._kmeans_single_lloyd", "sklearn.cluster._kmeans._kmeans_single_elkan",

@@ -13,6 +13,7 @@ ENVIRONMENTS: tuple[str, ...] = (
     "Python 3.10.13, numpy 1.26.4, pandas 2.0.3, scikit-learn 1.2.2, scipy 1.10.1",
     "Python 3.10.13, numpy 2.2.6, pandas 2.3.3, scikit-learn 1.7.2, scipy 1.15.3",
     "Python 3.11.7, numpy 2.4.6, pandas 3.1.1, scikit-learn 1.9.1, scipy 1.17.1",
+    "Python 3.12.1, numpy 2.0.2, pandas 2.2.3, scikit-learn 1.5.2, scipy 1.13.1",
     "Python 3.13.0, numpy 2.5.5, pandas 3.1.1, scikit-learn 1.9.1, scipy 1.18.1",
 )
 
@@ -190,10 +191,12 @@ GENERATED: dict[str, tuple[str, ...]] = {
         "CyAbsoluteError", "CyExponentialLoss", "CyHalfBinomialLoss", "CyHalfGammaLoss",
         "CyHalfMultinomialLoss", "CyHalfPoissonLoss", "CyHalfSquaredError", "CyHalfTweedieLoss",
         "CyHalfTweedieLossIdentity", "CyHuberLoss", "CyPinballLoss",
-        "__pyx_unpickle_CyAbsoluteError", "__pyx_unpickle_CyHalfBinomialLoss",
-        "__pyx_unpickle_CyHalfGammaLoss", "__pyx_unpickle_CyHalfMultinomialLoss",
-        "__pyx_unpickle_CyHalfPoissonLoss", "__pyx_unpickle_CyHalfSquaredError",
-        "__pyx_unpickle_CyHalfTweedieLoss", "__pyx_unpickle_CyHalfTweedieLossIdentity",
+        "__pyx_unpickle_CyAbsoluteError", "__pyx_unpickle_CyExponentialLoss",
+        "__pyx_unpickle_CyHalfBinomialLoss", "__pyx_unpickle_CyHalfGammaLoss",
+        "__pyx_unpickle_CyHalfMultinomialLoss", "__pyx_unpickle_CyHalfPoissonLoss",
+        "__pyx_unpickle_CyHalfSquaredError", "__pyx_unpickle_CyHalfTweedieLoss",
+        "__pyx_unpickle_CyHalfTweedieLossIdentity", "__pyx_unpickle_CyHuberLoss",
+        "__pyx_unpickle_CyPinballLoss",
     ),
     "sklearn._loss.link": (
         "HalfLogitLink", "IdentityLink", "Interval", "LogLink", "LogitLink", "MultinomialLogit",
@@ -498,7 +501,7 @@ GENERATED: dict[str, tuple[str, ...]] = {
         "GaussianMixture",
     ),
     "sklearn.model_selection._classification_threshold": (
-        "FixedThresholdClassifier", "TunedThresholdClassifierCV",
+        "FixedThresholdClassifier", "TunedThresholdClassifierCV", "_CurveScorer",
     ),
     "sklearn.model_selection._search": (
         "GridSearchCV", "RandomizedSearchCV",
