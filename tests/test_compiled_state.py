@@ -353,6 +353,55 @@ def test_forest_roundtrips_and_tree_feature_count_checked(tmp_path, keys):
     _refused(bad, tmp_path / "d", "n_trees_per_iteration_")
 
 
+def _gb_column_cases():
+    """Gradient boosting adds tree (i, j) into column j of its init
+    estimator's raw prediction, in compiled code without bounds checks: trees
+    of two columns over a binary loss (whose prediction has one) wrote past
+    the array on scikit-learn 1.9, where the trees' shape agreed with
+    n_trees_per_iteration_."""
+    from sklearn.dummy import DummyClassifier
+    from sklearn.ensemble import GradientBoostingClassifier, GradientBoostingRegressor
+
+    def widened(gb, k):
+        # k columns of trees, with the count scikit-learn derives K from agreeing
+        more = {"n_trees_per_iteration_": k} if "n_trees_per_iteration_" in vars(gb) else {"n_classes_": k}
+        return _tampered(gb, estimators_=np.repeat(gb.estimators_[:, :1], k, axis=1), **more)
+
+    binary = GradientBoostingClassifier(n_estimators=3, random_state=0).fit(X, Y > 0)
+    multi = GradientBoostingClassifier(n_estimators=3, random_state=0).fit(X, Y)
+    reg = GradientBoostingRegressor(n_estimators=3, random_state=0).fit(X, X[:, 0])
+    narrow = DummyClassifier(strategy="prior").fit(X[:10], Y[:10] > 0)
+    cases = {
+        "binary loss, three columns of trees": (_tampered(widened(binary, 3), classes_=np.arange(3)),
+                                                 "not a multiclass loss of 3"),
+        "multiclass, init of two columns": (_tampered(multi, init_=narrow),
+                                            "does not predict the 3 columns"),
+        "classes fewer than the columns": (_tampered(multi, classes_=np.arange(2)),
+                                           "not one per class"),
+    }
+    if "n_trees_per_iteration_" in vars(binary):  # scikit-learn >= 1.3: K is its own attribute
+        cases["binary loss, two columns of trees"] = (widened(binary, 2), "not a multiclass loss of 2")
+        cases["regressor, two columns of trees"] = (widened(reg, 2), "a regressor has one")
+    return cases
+
+
+def test_gradient_boosting_columns_checked(tmp_path, keys):
+    _each_refused(_gb_column_cases(), tmp_path)
+
+
+def test_gradient_boosting_roundtrips(tmp_path, keys):
+    from sklearn.ensemble import GradientBoostingClassifier, GradientBoostingRegressor
+
+    for i, (model, y) in enumerate((
+            (GradientBoostingClassifier(n_estimators=3, random_state=0), Y),
+            (GradientBoostingClassifier(n_estimators=3, init="zero", random_state=0), Y),
+            (GradientBoostingClassifier(n_estimators=3, random_state=0), Y > 0),
+            (GradientBoostingRegressor(n_estimators=3, random_state=0), X[:, 0]))):
+        d = tmp_path / f"m{i}"
+        d.mkdir()
+        _roundtrips(model.fit(X, y), d, lambda m: m.predict(X))
+
+
 @pytest.fixture(autouse=True)
 def _dirs(tmp_path):
     for p in ("a", "b", "c", "d", "e", "f"):
@@ -873,14 +922,81 @@ def _one_vs_rest_cases():
     lin = OneVsRestClassifier(LogisticRegression()).fit(X, LABELS)
     svc = OneVsRestClassifier(SVC()).fit(X, LABELS)
     e = lin.estimators_[1]
-    return {
-        "intercept of two values": (tampered(lin, 1, intercept_=np.r_[e.intercept_, e.intercept_]),
-                                    "intercept_ holds 2 values"),
+    two = np.r_[e.intercept_, e.intercept_]
+    cases = {
+        "intercept of two values": (tampered(lin, 1, intercept_=two), "intercept_ holds 2 values"),
         "coef of two rows": (tampered(lin, 1, coef_=np.vstack([e.coef_, e.coef_])), "not one row"),
         "three classes": (tampered(lin, 0, classes_=np.array([0, 1, 2])), "3 classes"),
         "libsvm of three classes": (tampered(svc, 0, _n_support=np.array([3, 3, 3], dtype=np.int32)),
                                     "libsvm model of 3 classes"),
     }
+    # the same flaw behind the wrappers OneVsRestClassifier calls through, and
+    # in the models whose decision width their own attributes set
+    for label, model, at, match in _one_vs_rest_wrapped():
+        bad = copy.deepcopy(model)
+        inner = at(bad.estimators_[1])
+        inner.intercept_ = np.r_[inner.intercept_, inner.intercept_]
+        cases[label] = (bad, match)
+    ada, const, gb, hgb = _one_vs_rest_others()
+    cases["AdaBoost of three classes"] = (tampered(ada, 1, n_classes_=3), "n_classes_ is 3")
+    cases["a constant of three values"] = (tampered(const, 2, y_=np.array([1, 1, 1])),
+                                           "constant of 3 values")
+    g = gb.estimators_[1]
+    cases["boosting of two columns"] = (tampered(gb, 1, estimators_=np.c_[g.estimators_, g.estimators_]),
+                                        r"shape \(3, 2\)")
+    cases["histogram boosting of two columns"] = (tampered(hgb, 1, n_trees_per_iteration_=2),
+                                                  "2 trees per iteration")
+    nested = OneVsRestClassifier(OneVsRestClassifier(LogisticRegression()))
+    nested.fit(X, LABELS)
+    inner = copy.copy(nested.estimators_[0])
+    inner.estimators_ = inner.estimators_ * 2
+    cases["a nested one-vs-rest of two labels"] = (tampered(nested, 0, estimators_=inner.estimators_),
+                                                   "decides 2 labels")
+    return cases
+
+
+def _one_vs_rest_wrapped():
+    """(label, a fitted multilabel OneVsRestClassifier, where its binary
+    estimator keeps the linear model it decides with, what a refusal says)"""
+    from sklearn.ensemble import BaggingClassifier, StackingClassifier
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import GridSearchCV
+    from sklearn.multiclass import OneVsRestClassifier
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    def fit(base):
+        return OneVsRestClassifier(base).fit(X, LABELS)
+
+    lr = LogisticRegression()
+    return [
+        ("a pipeline", fit(make_pipeline(StandardScaler(), lr)), lambda e: e.steps[-1][1],
+         r"steps\[-1\]\.intercept_"),
+        ("a grid search", fit(GridSearchCV(lr, {"C": [1.0]}, cv=2)), lambda e: e.best_estimator_,
+         r"best_estimator_\.intercept_"),
+        ("bagging", fit(BaggingClassifier(lr, n_estimators=2, random_state=0)),
+         lambda e: e.estimators_[0], r"estimators_\[0\]\.intercept_"),
+        ("stacking", fit(StackingClassifier([("lr", lr)], final_estimator=lr, cv=2)),
+         lambda e: e.final_estimator_, r"final_estimator_\.intercept_"),
+    ]
+
+
+def _one_vs_rest_others():
+    from sklearn.ensemble import (
+        AdaBoostClassifier,
+        GradientBoostingClassifier,
+        HistGradientBoostingClassifier,
+    )
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.multiclass import OneVsRestClassifier
+
+    constant = LABELS.copy()
+    constant[:, 1] = 1
+    constant = np.c_[constant, np.ones(len(X), dtype=int)]  # the third label always on
+    return (OneVsRestClassifier(AdaBoostClassifier(n_estimators=3, random_state=0)).fit(X, LABELS),
+            OneVsRestClassifier(LogisticRegression()).fit(X, constant),
+            OneVsRestClassifier(GradientBoostingClassifier(n_estimators=3, random_state=0)).fit(X, LABELS),
+            OneVsRestClassifier(HistGradientBoostingClassifier(max_iter=3, random_state=0)).fit(X, LABELS))
 
 
 def test_one_vs_rest_binary_estimators_refused(tmp_path, keys):
@@ -892,12 +1008,52 @@ def test_one_vs_rest_roundtrips(tmp_path, keys):
     from sklearn.multiclass import OneVsRestClassifier
     from sklearn.svm import SVC
 
-    for i, (model, y) in enumerate(((OneVsRestClassifier(LogisticRegression()), LABELS),
-                                    (OneVsRestClassifier(SVC()), LABELS),
-                                    (OneVsRestClassifier(LogisticRegression()), Y))):
+    models = [OneVsRestClassifier(LogisticRegression()).fit(X, LABELS),
+              OneVsRestClassifier(SVC()).fit(X, LABELS),
+              OneVsRestClassifier(LogisticRegression()).fit(X, Y)]
+    models += [m for _, m, _, _ in _one_vs_rest_wrapped()] + list(_one_vs_rest_others())
+    for i, model in enumerate(models):
         d = tmp_path / f"m{i}"
         d.mkdir()
-        _roundtrips(model.fit(X, y), d, lambda m: m.predict(X))
+        _roundtrips(model, d, lambda m: _dense(m.predict(X)))
+
+
+def test_one_vs_rest_of_every_kind_of_binary_estimator_loads(tmp_path, keys):
+    """Every scikit-learn classifier with a decision_function (the output a
+    multilabel predict flattens), and a sample of those without, as the
+    binary estimators of a multilabel OneVsRestClassifier: each loads by
+    default and predicts as before."""
+    import sklearn
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.multiclass import OneVsRestClassifier
+    from sklearn.svm import LinearSVC
+    from sklearn.utils import all_estimators
+
+    # meta-estimators of several outputs or of their own estimator lists (tested above)
+    skip = {"ClassifierChain", "MultiOutputClassifier", "OneVsRestClassifier", "OutputCodeClassifier",
+            "StackingClassifier", "VotingClassifier"}
+    without = {"RandomForestClassifier", "KNeighborsClassifier", "GaussianNB", "MLPClassifier",
+               "CalibratedClassifierCV"}
+    wraps = {"SelfTrainingClassifier", "FixedThresholdClassifier", "TunedThresholdClassifierCV",
+             "BaggingClassifier", "OneVsOneClassifier"}
+    made = []
+    for cls_name, cls in all_estimators(type_filter="classifier"):
+        if cls_name in skip or not (hasattr(cls, "decision_function") or cls_name in without):
+            continue
+        if cls_name == "OneVsOneClassifier":
+            base = cls(LinearSVC())
+        elif cls_name in wraps:
+            base = cls(LogisticRegression())  # positional: scikit-learn 1.2 names it base_estimator
+        else:
+            base = cls()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            made.append(OneVsRestClassifier(base).fit(X, LABELS))
+    assert len(made) >= 20, (sklearn.__version__, len(made))
+    for i, model in enumerate(made):
+        d = tmp_path / f"m{i}"
+        d.mkdir()
+        _roundtrips(model, d, lambda m: _dense(m.predict(X)))
 
 
 def test_a_multilabel_binarizer_cache_is_rebuilt_from_its_classes(tmp_path, keys):

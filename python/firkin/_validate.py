@@ -36,9 +36,10 @@ This module drives the checks of one load (``Check``, the registry of
 estimator checks, the walk); the checks themselves live in
 firkin._validate_trees (Tree, KDTree/BallTree, tree ensembles),
 firkin._validate_models (SVMs, neighbours, k-means, SciPy sparse and
-B-splines, stored paths) and firkin._validate_encoders (the column maps of
-OneHotEncoder, the vectorizers and MultiLabelBinarizer), over firkin._validate_base (the refusal, the
-per-thread stack of loads).
+B-splines, stored paths), firkin._validate_encoders (the column maps of
+OneHotEncoder, the vectorizers and MultiLabelBinarizer) and
+firkin._validate_multiclass (the binary estimators of OneVsRestClassifier),
+over firkin._validate_base (the refusal, the per-thread stack of loads).
 """
 from __future__ import annotations
 
@@ -54,7 +55,6 @@ from ._validate_encoders import (
     _check_hashing,
     _check_multilabel,
     _check_one_hot,
-    _check_one_vs_rest,
     _check_vocabulary,
 )
 from ._validate_models import (
@@ -65,6 +65,7 @@ from ._validate_models import (
     _check_sparse,
     _drop_memory,
 )
+from ._validate_multiclass import _check_one_vs_rest
 from ._validate_trees import (
     _BINARY_TREES,
     _binary_tree_factories,

@@ -132,36 +132,3 @@ def _check_hashing(name: str, est) -> None:
     if not (_is_int(n) and 1 <= n <= np.iinfo(np.int32).max):
         raise refuse(name, f"a {type(est).__qualname__}",
                      f"n_features is {n!r}, not a column count in [1, 2**31 - 1]")
-
-
-def _check_one_vs_rest(name: str, est) -> None:
-    """OneVsRestClassifier: a multilabel predict makes a sparse matrix
-    n_samples tall whose row indices are the positions in each binary
-    estimator's decision_function, flattened: a decision of several columns
-    per sample reaches rows past the matrix (scikit-learn 1.2 and 1.9 corrupt
-    the heap converting it). Each binary estimator must decide one value per
-    sample: two classes, a linear model of one row, libsvm's two classes."""
-    ests = vars(est).get("estimators_")
-    if ests is None:
-        return
-    what = f"a {type(est).__qualname__}"
-    if not isinstance(ests, list):
-        raise refuse(name, what, "estimators_ is not a list")
-    for i, e in enumerate(ests):
-        d = getattr(e, "__dict__", None)
-        if not isinstance(d, dict):
-            continue
-        classes = d.get("classes_")
-        if classes is not None and np.ndim(classes) > 0 and len(classes) != 2:
-            raise refuse(name, what, f"estimators_[{i}] has {len(classes)} classes, not the 2 of a "
-                         "binary problem")
-        coef, intercept = d.get("coef_"), d.get("intercept_")
-        if isinstance(coef, np.ndarray) and not (coef.ndim == 1 or (coef.ndim == 2 and coef.shape[0] == 1)):
-            raise refuse(name, what, f"estimators_[{i}].coef_ has shape {coef.shape}, not one row")
-        if coef is not None and np.ndim(intercept) > 0 and np.size(intercept) != 1:
-            raise refuse(name, what, f"estimators_[{i}].intercept_ holds {np.size(intercept)} values, "
-                         "not one")
-        n_support = d.get("_n_support")
-        if isinstance(n_support, np.ndarray) and n_support.shape != (2,):
-            raise refuse(name, what, f"estimators_[{i}] is a libsvm model of {n_support.size} "
-                         "classes, not 2")

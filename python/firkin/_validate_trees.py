@@ -304,6 +304,37 @@ def _check_forest(name: str, est) -> None:
         for i, sub in enumerate(flat):
             if sub.tree_.n_outputs != 1:
                 raise refuse(name, what, f"estimators_ entry {i} is not a single-output tree")
+        if ests.shape[1] > 1:
+            _check_gb_columns(name, what, est, d, ests.shape[1])
+
+
+def _check_gb_columns(name: str, what: str, est, d: dict, k: int) -> None:
+    """Gradient boosting with k > 1 trees per iteration: its compiled
+    predict_stages adds tree (i, j) into column j of the init estimator's raw
+    prediction, unchecked, so that prediction must have k columns: a
+    multiclass loss (a binary loss keeps one column) and an init of k
+    columns (zeros of the loss's width, or the default DummyClassifier's
+    class priors). Regressors have one tree per iteration."""
+    if type(est).__name__ != "GradientBoostingClassifier":
+        raise refuse(name, what, f"{k} trees per iteration: a regressor has one")
+    classes = d.get("classes_")
+    if not (isinstance(classes, np.ndarray) and classes.shape == (k,)):
+        raise refuse(name, what, f"{k} trees per iteration, not one per class")
+    loss = d.get("_loss", d.get("loss_"))
+    if not (type(loss).__name__ in ("HalfMultinomialLoss", "MultinomialDeviance")
+            and getattr(loss, "is_multiclass", True) is True
+            and getattr(loss, "K", k) == k and getattr(loss, "n_classes", k) == k):
+        raise refuse(name, what, f"{k} trees per iteration, but its loss is not a multiclass loss "
+                     f"of {k} classes")
+    init = d.get("init_")
+    if isinstance(init, str) and init == "zero":
+        return
+    iv = getattr(init, "__dict__", None)
+    prior = iv.get("class_prior_") if isinstance(iv, dict) else None
+    if not (type(init).__name__ == "DummyClassifier" and iv.get("n_outputs_") == 1
+            and iv.get("n_classes_") == k and isinstance(prior, np.ndarray) and prior.shape == (k,)):
+        raise refuse(name, what, f"its init_ ({type(init).__name__}) does not predict the {k} "
+                     "columns its trees add to (firkin checks zero and DummyClassifier inits)")
 
 
 # the checks of sklearn.tree._tree.Tree and of the estimators that hold one
