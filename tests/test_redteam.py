@@ -1,6 +1,6 @@
 """An attacker who has read the allowlist: real model files (a forest, a
 pipeline, a DataFrame, an SVM, k-d and ball trees, gradient boosting,
-SciPy sparse matrices, a text vectorizer) whose pickle stream or array
+SciPy sparse matrices, a text vectorizer, multilabel one-vs-rest) whose pickle stream or array
 bytes were changed, put back into a container whose checksums all pass (unsigned, and signed with a
 key the reader does not hold), loaded by default from bytes, from a file
 and memory-mapped. Every case must load or raise an ordinary exception: a
@@ -32,7 +32,7 @@ import pytest
 HERE = os.path.dirname(os.path.abspath(__file__))
 CASES = int(os.environ.get("FIRKIN_REDTEAM_CASES", "150"))  # per model
 SEED = int(os.environ.get("FIRKIN_REDTEAM_SEED", "20261202"))
-MODELS = ("forest", "pipeline", "frame", "svc", "knn", "hgb", "gbm", "sparse", "tfidf")
+MODELS = ("forest", "pipeline", "frame", "svc", "knn", "hgb", "gbm", "sparse", "tfidf", "ovr")
 _INTERESTING = (0, 1, 0x7F, 0x80, 0xFF)
 _WIDE = (0, 1, 0x7FFFFFFF, 0x80000000, 0xFFFFFFFF, 0xFFFFFFFFFFFFFFFF, 1 << 40)
 
@@ -104,8 +104,26 @@ def _tfidf(X, y):
     return TfidfVectorizer().fit(docs), docs
 
 
+def _ovr(X, y):
+    """Multilabel one-vs-rest (its predict turns each binary decision into
+    row indices of a sparse matrix) over a linear model and over boosting,
+    and a multiclass gradient boosting (trees added column by column)."""
+    import numpy as np
+    from sklearn.ensemble import GradientBoostingClassifier
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.multiclass import OneVsRestClassifier
+
+    labels = np.c_[y, X[:, 1] > 0.5, X[:, 2] > 0.3].astype(int)
+    gb = GradientBoostingClassifier(n_estimators=2, max_depth=2, random_state=0)
+    return {"lin": OneVsRestClassifier(LogisticRegression()).fit(X, labels),
+            "gb": OneVsRestClassifier(gb).fit(X, labels),
+            "multiclass": GradientBoostingClassifier(n_estimators=2, max_depth=2, random_state=0)
+            .fit(X, (X[:, 0] * 3).astype(int))}, X
+
+
 #: the models besides the first three (MODELS names them all)
-_MORE = {"svc": _svc, "knn": _knn, "hgb": _hgb, "gbm": _gbm, "sparse": _sparse, "tfidf": _tfidf}
+_MORE = {"svc": _svc, "knn": _knn, "hgb": _hgb, "gbm": _gbm, "sparse": _sparse, "tfidf": _tfidf,
+         "ovr": _ovr}
 
 
 def _parts(blob):
