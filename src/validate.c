@@ -228,6 +228,10 @@ typedef struct {
     PyObject *todo;   /* list */
     PyObject *leaves; /* frozenset of types */
     int leaf_str, leaf_int, leaf_float, leaf_none;
+    /* objects walk_one would pop only to drop, never pushed: exact arrays of
+     * plain dtypes, classes (set when the walk's arguments make them dead
+     * ends: see walk_dead_ends) */
+    int drop_plain_arrays, drop_classes;
 } walk_stack;
 
 /* Whether t is one of the leaf types: 1, 0, or -1 with an exception. A
@@ -245,13 +249,41 @@ static int walk_is_leaf(const walk_stack *ws, PyTypeObject *t)
     return PySet_Contains(ws->leaves, (PyObject *)t);
 }
 
-/* Push obj unless its type is a leaf, which walk_one would only pop and
- * drop. */
+/* Push obj unless walk_one would only pop and drop it: a leaf, or a dead
+ * end walk_dead_ends found (an exact array without objects, whose items
+ * walk_one would not expand; a class, which it would skip). Both tests are
+ * a pointer or flag comparison, cheaper than the leaf lookup. */
 static int walk_push(walk_stack *ws, PyObject *obj)
 {
-    const int rc = walk_is_leaf(ws, Py_TYPE(obj));
+    PyTypeObject *t = Py_TYPE(obj);
+    if (ws->drop_plain_arrays && t == &PyArray_Type &&
+        !PyDataType_REFCHK(PyArray_DESCR((PyArrayObject *)obj)))
+        return 0;
+    if (ws->drop_classes && PyType_Check(obj)) return 0;
+    const int rc = walk_is_leaf(ws, t);
     if (rc != 0) return rc < 0 ? -1 : 0;
     return PyList_Append(ws->todo, obj);
+}
+
+/* Which objects are dead ends for this walk: they would be popped only to
+ * be dropped, whatever they refer to. An exact ndarray without objects,
+ * unless ndarray has a check; instances of `type` (classes) when `type` is
+ * among the skipped types and no class with a check is a metaclass. 0, or
+ * -1 with an exception. */
+static int walk_dead_ends(walk_stack *ws, PyObject *by_class, PyObject *skip)
+{
+    const int has_array = PyDict_Contains(by_class, (PyObject *)&PyArray_Type);
+    if (has_array < 0) return -1;
+    int skip_type = 0, checked_class = 0;
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(skip); i++)
+        skip_type |= PyTuple_GET_ITEM(skip, i) == (PyObject *)&PyType_Type;
+    Py_ssize_t pos = 0;
+    PyObject *k, *v;
+    while (PyDict_Next(by_class, &pos, &k, &v))
+        checked_class |= PyType_Check(k) && PyType_IsSubtype((PyTypeObject *)k, &PyType_Type);
+    ws->drop_plain_arrays = !has_array;
+    ws->drop_classes = skip_type && !checked_class;
+    return 0;
 }
 
 static int walk_visit(PyObject *obj, void *ws)
@@ -288,13 +320,18 @@ static int walk_one(PyObject *obj, walk_stack *ws, PyObject *seen, PyObject *hel
     if (PyList_Append(held, obj) < 0) return -1;
     if (PyDict_CheckExact(obj)) {
         /* values, then keys, as the walk has always pushed them; pushing
-         * runs no Python code, so the dict cannot change meanwhile */
+         * runs no Python code, so the dict cannot change meanwhile. The keys
+         * are gone through again only when one is not a str that is a leaf
+         * (an object's __dict__ has only str keys). */
         Py_ssize_t pos = 0;
         PyObject *k, *v;
-        while (PyDict_Next(obj, &pos, &k, &v))
+        int keys = 0;
+        while (PyDict_Next(obj, &pos, &k, &v)) {
+            keys |= !(ws->leaf_str && PyUnicode_CheckExact(k));
             if (walk_push(ws, v) < 0) return -1;
+        }
         pos = 0;
-        while (PyDict_Next(obj, &pos, &k, &v))
+        while (keys && PyDict_Next(obj, &pos, &k, &v))
             if (walk_push(ws, k) < 0) return -1;
         return 1;
     }
@@ -361,7 +398,8 @@ PyObject *validate_walk(PyObject *module, PyObject *args)
     if ((ws.leaf_str = PySet_Contains(leaves, (PyObject *)&PyUnicode_Type)) < 0 ||
         (ws.leaf_int = PySet_Contains(leaves, (PyObject *)&PyLong_Type)) < 0 ||
         (ws.leaf_float = PySet_Contains(leaves, (PyObject *)&PyFloat_Type)) < 0 ||
-        (ws.leaf_none = PySet_Contains(leaves, (PyObject *)Py_TYPE(Py_None))) < 0)
+        (ws.leaf_none = PySet_Contains(leaves, (PyObject *)Py_TYPE(Py_None))) < 0 ||
+        walk_dead_ends(&ws, by_class, skip) < 0)
         goto done;
     while (PyList_GET_SIZE(todo) > 0) {
         /* pop: the list's reference becomes ours (as list.pop, without a call) */

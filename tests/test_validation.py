@@ -756,6 +756,17 @@ def test_the_estimator_walk_reaches_every_place_once():
         _core.walk([f[0]], "<test>", {Found: refuse}, _validate._LEAVES, _validate._SKIP,
                    _validate._expand)
 
+    # the walk drops plain arrays and classes without going into them, unless a
+    # check is keyed on ndarray or on a metaclass: then they reach it
+    meta = type("Meta", (type,), {})
+    cls = meta("Cls", (), {})
+    plain = np.arange(3)
+    for key, want in ((np.ndarray, plain), (meta, cls)):
+        got = []
+        _core.walk({"a": [plain, cls, f[0]]}, "<test>", {key: lambda name, o: got.append(o)},
+                   _validate._LEAVES, _validate._SKIP, _validate._expand)
+        assert [id(o) for o in got] == [id(want)], key
+
 
 @pytest.mark.parametrize("where", [5, 300_000, 700_000, (1 << 20) - 1])
 def test_damage_anywhere_in_a_raw_chunk_read_on_the_workers(tmp_path, where):
