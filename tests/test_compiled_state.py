@@ -1018,6 +1018,40 @@ def test_one_vs_rest_roundtrips(tmp_path, keys):
         _roundtrips(model, d, lambda m: _dense(m.predict(X)))
 
 
+def test_one_vs_rest_over_regressors(tmp_path, keys):
+    """Regressors whose predict gives one row per sample load inside a
+    multilabel OneVsRestClassifier; one firkin has no check for is refused,
+    and the refusal says that firkin cannot check it (not that the file was
+    tampered with)."""
+    from sklearn.compose import TransformedTargetRegressor
+    from sklearn.ensemble import (
+        GradientBoostingRegressor,
+        HistGradientBoostingRegressor,
+        RandomForestRegressor,
+    )
+    from sklearn.linear_model import LinearRegression
+    from sklearn.multiclass import OneVsRestClassifier
+    from sklearn.neighbors import KNeighborsRegressor
+    from sklearn.svm import SVR
+
+    for i, base in enumerate((LinearRegression(), RandomForestRegressor(n_estimators=2, random_state=0),
+                              KNeighborsRegressor(), SVR(), HistGradientBoostingRegressor(max_iter=3),
+                              GradientBoostingRegressor(n_estimators=3, random_state=0))):
+        d = tmp_path / f"m{i}"
+        d.mkdir()
+        _roundtrips(OneVsRestClassifier(base).fit(X, LABELS), d, lambda m: _dense(m.predict(X)))
+    other = OneVsRestClassifier(TransformedTargetRegressor(LinearRegression())).fit(X, LABELS)
+    files = _files(other, tmp_path)
+    firkin.set_key(KEY_B)
+    for label, path in files:
+        with pytest.raises(UntrustedTypesError, match="whose output per sample firkin cannot check") as info:
+            firkin.load(path)
+        assert "TransformedTargetRegressor" in str(info.value), label
+        assert "crafted" not in str(info.value), label
+        np.testing.assert_array_equal(_dense(firkin.load(path, trusted=True).predict(X)),
+                                      _dense(other.predict(X)), label)
+
+
 def test_one_vs_rest_of_every_kind_of_binary_estimator_loads(tmp_path, keys):
     """Every scikit-learn classifier with a decision_function (the output a
     multilabel predict flattens), and a sample of those without, as the

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ._core import UntrustedTypesError
 from ._validate_base import _is_int, refuse
 
 #: wrappers whose decision_function / predict calls the estimators these
@@ -52,14 +53,18 @@ _TWO_CLASS_REDUCED = frozenset({
     "QuadraticDiscriminantAnalysis", "NearestCentroid", "OneVsOneClassifier",
     "AdaBoostClassifier"})
 
-#: regressors whose predict is X @ coef_.T + intercept_ (through a link):
-#: never more than n_samples rows, and never flattened
-_LINEAR_REGRESSORS = frozenset({
+#: regressors whose predict gives one row per sample, flattened only when it
+#: is one column: X @ coef_.T + intercept_ (through a link), trees and
+#: forests, neighbours, kernels, libsvm, the network, the constant
+_ROW_REGRESSORS = frozenset({
     "LinearRegression", "Ridge", "RidgeCV", "Lasso", "LassoCV", "ElasticNet", "ElasticNetCV",
     "Lars", "LarsCV", "LassoLars", "LassoLarsCV", "LassoLarsIC", "OrthogonalMatchingPursuit",
     "OrthogonalMatchingPursuitCV", "BayesianRidge", "ARDRegression", "SGDRegressor",
     "HuberRegressor", "TheilSenRegressor", "QuantileRegressor", "PassiveAggressiveRegressor",
-    "PoissonRegressor", "GammaRegressor", "TweedieRegressor", "LinearSVR"})
+    "PoissonRegressor", "GammaRegressor", "TweedieRegressor", "LinearSVR", "PLSRegression",
+    "DecisionTreeRegressor", "ExtraTreeRegressor", "RandomForestRegressor", "ExtraTreesRegressor",
+    "KNeighborsRegressor", "RadiusNeighborsRegressor", "SVR", "NuSVR", "GaussianProcessRegressor",
+    "KernelRidge", "MLPRegressor", "DummyRegressor"})
 
 _MAX_NESTING = 16
 
@@ -143,15 +148,15 @@ def _one_value_per_sample(name, what, e, where, multilabel, depth=0) -> None:
         if not _is_two(n_classes):
             raise refuse(name, what, f"{where}.n_classes_ is {n_classes!r}, not 2")
         return
-    if qual == "GradientBoostingClassifier":
+    if qual in ("GradientBoostingClassifier", "GradientBoostingRegressor"):
         _one_tree_per_iteration(name, what, e, d, where)
         return
-    if qual == "HistGradientBoostingClassifier":
+    if qual in ("HistGradientBoostingClassifier", "HistGradientBoostingRegressor"):
         if not _is_one(d.get("n_trees_per_iteration_", 1)):
             raise refuse(name, what, f"{where} builds {d.get('n_trees_per_iteration_')!r} trees per "
                          "iteration, not 1")
         return
-    if qual in _LINEAR or qual in _LIBSVM or qual in _LINEAR_REGRESSORS:
+    if qual in _LINEAR or qual in _LIBSVM or qual in _ROW_REGRESSORS:
         return  # the coef_/intercept_/_n_support checks above
     if not multilabel:
         return  # a multiclass predict: numpy checks each output's length
@@ -161,9 +166,23 @@ def _one_value_per_sample(name, what, e, where, multilabel, depth=0) -> None:
         regressor = True
     if not regressor and not hasattr(cls, "decision_function"):
         return  # predict_proba(X)[:, 1]: one value per row
-    raise refuse(name, what, f"{where} is a {cls.__module__}.{cls.__qualname__}, whose output "
-                 "per sample firkin cannot bound from its state (a multilabel predict flattens "
-                 "it into row indices)")
+    raise _unverifiable(name, what, where, cls)
+
+
+def _unverifiable(name, what, where, cls) -> UntrustedTypesError:
+    """The refusal of an estimator firkin has no check for (which says so,
+    rather than that the file was tampered with)."""
+    exc = UntrustedTypesError(
+        f"{name}: refused while unpickling: {what}'s {where} is a {cls.__module__}."
+        f"{cls.__qualname__}, whose output per sample firkin cannot check. A binary or "
+        "multilabel predict turns the positions in each binary estimator's flattened output "
+        "into row indices of a sparse matrix that SciPy converts without bounds checks, so "
+        "firkin loads a OneVsRestClassifier only over estimators whose output it can bound "
+        "from their state.\nIf you trust this file, trusted=True loads it without any check "
+        "(as unsafe as pickle.load).")
+    exc.names = []
+    exc.unsafe_ops = [f"<{what}: {where} is a {cls.__qualname__}, whose output firkin cannot check>"]
+    return exc
 
 
 def _one_tree_per_iteration(name, what, e, d, where) -> None:
