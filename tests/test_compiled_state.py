@@ -389,6 +389,24 @@ def test_gradient_boosting_columns_checked(tmp_path, keys):
     _each_refused(_gb_column_cases(), tmp_path)
 
 
+def test_gradient_boosting_with_an_init_firkin_cannot_check(tmp_path, keys):
+    """A multiclass gradient boosting with an init estimator of the user's
+    (its predictions are what the trees are added into) is refused, and the
+    refusal says firkin cannot check it rather than that the file was
+    crafted; trusted=True loads it."""
+    from sklearn.ensemble import GradientBoostingClassifier
+    from sklearn.linear_model import LogisticRegression
+
+    gb = GradientBoostingClassifier(n_estimators=3, init=LogisticRegression(), random_state=0).fit(X, Y)
+    files = _files(gb, tmp_path)
+    firkin.set_key(KEY_B)
+    for label, path in files:
+        with pytest.raises(UntrustedTypesError, match="init_ is a LogisticRegression") as info:
+            firkin.load(path)
+        assert "crafted" not in str(info.value) and "trusted=True" in str(info.value), label
+        np.testing.assert_array_equal(firkin.load(path, trusted=True).predict(X), gb.predict(X))
+
+
 def test_gradient_boosting_roundtrips(tmp_path, keys):
     from sklearn.ensemble import GradientBoostingClassifier, GradientBoostingRegressor
 
@@ -1044,7 +1062,7 @@ def test_one_vs_rest_over_regressors(tmp_path, keys):
     files = _files(other, tmp_path)
     firkin.set_key(KEY_B)
     for label, path in files:
-        with pytest.raises(UntrustedTypesError, match="whose output per sample firkin cannot check") as info:
+        with pytest.raises(UntrustedTypesError, match="firkin cannot check its output per sample") as info:
             firkin.load(path)
         assert "TransformedTargetRegressor" in str(info.value), label
         assert "crafted" not in str(info.value), label

@@ -33,6 +33,20 @@ def refuse(name: str, what: str, why: str) -> UntrustedTypesError:
     return exc
 
 
+def cannot_check(name: str, what: str, why: str) -> UntrustedTypesError:
+    """The refusal of state firkin has no check for: scikit-learn may have
+    written it, and the message says so rather than that the file was
+    modified (refuse)."""
+    exc = UntrustedTypesError(
+        f"{name}: refused while unpickling: {what}: {why}. firkin loads such an object by "
+        "default only when it can bound what the compiled code it reaches will index.\n"
+        "If you trust this file, trusted=True loads it without any check (as unsafe as "
+        "pickle.load).")
+    exc.names = []
+    exc.unsafe_ops = [f"<{what}: {why}>"]
+    return exc
+
+
 def _current(what: str):
     """The Check (firkin._validate) of the load in progress on this thread;
     refused outside a load."""

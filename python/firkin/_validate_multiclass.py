@@ -19,8 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._core import UntrustedTypesError
-from ._validate_base import _is_int, refuse
+from ._validate_base import _is_int, cannot_check, refuse
 
 #: wrappers whose decision_function / predict calls the estimators these
 #: attributes hold (the first one present), on the same samples
@@ -166,23 +165,12 @@ def _one_value_per_sample(name, what, e, where, multilabel, depth=0) -> None:
         regressor = True
     if not regressor and not hasattr(cls, "decision_function"):
         return  # predict_proba(X)[:, 1]: one value per row
-    raise _unverifiable(name, what, where, cls)
-
-
-def _unverifiable(name, what, where, cls) -> UntrustedTypesError:
-    """The refusal of an estimator firkin has no check for (which says so,
-    rather than that the file was tampered with)."""
-    exc = UntrustedTypesError(
-        f"{name}: refused while unpickling: {what}'s {where} is a {cls.__module__}."
-        f"{cls.__qualname__}, whose output per sample firkin cannot check. A binary or "
-        "multilabel predict turns the positions in each binary estimator's flattened output "
-        "into row indices of a sparse matrix that SciPy converts without bounds checks, so "
-        "firkin loads a OneVsRestClassifier only over estimators whose output it can bound "
-        "from their state.\nIf you trust this file, trusted=True loads it without any check "
-        "(as unsafe as pickle.load).")
-    exc.names = []
-    exc.unsafe_ops = [f"<{what}: {where} is a {cls.__qualname__}, whose output firkin cannot check>"]
-    return exc
+    raise cannot_check(name, f"{what}'s {where} is a {cls.__module__}.{cls.__qualname__}",
+                       "firkin cannot check its output per sample. A binary or multilabel "
+                       "predict turns the positions in each binary estimator's flattened output "
+                       "into row indices of a sparse matrix that SciPy converts without bounds "
+                       "checks, so firkin loads a OneVsRestClassifier only over estimators whose "
+                       "output it can bound from their state")
 
 
 def _one_tree_per_iteration(name, what, e, d, where) -> None:

@@ -10,7 +10,17 @@ import functools
 import numpy as np
 
 from . import _core
-from ._validate_base import _MAX_COUNT, _all, _current, _int_array, _is_int, _local, _record, refuse
+from ._validate_base import (
+    _MAX_COUNT,
+    _all,
+    _current,
+    _int_array,
+    _is_int,
+    _local,
+    _record,
+    cannot_check,
+    refuse,
+)
 
 # ------------------------------------------------------------------ sklearn.tree._tree.Tree
 
@@ -331,10 +341,14 @@ def _check_gb_columns(name: str, what: str, est, d: dict, k: int) -> None:
         return
     iv = getattr(init, "__dict__", None)
     prior = iv.get("class_prior_") if isinstance(iv, dict) else None
-    if not (type(init).__name__ == "DummyClassifier" and iv.get("n_outputs_") == 1
-            and iv.get("n_classes_") == k and isinstance(prior, np.ndarray) and prior.shape == (k,)):
+    if type(init).__name__ != "DummyClassifier":
+        raise cannot_check(name, what, f"its init_ is a {type(init).__name__}, whose predictions "
+                           f"firkin cannot check have the {k} columns its trees are added into "
+                           "(it checks zero and DummyClassifier inits, scikit-learn's defaults)")
+    if not (iv.get("n_outputs_") == 1 and iv.get("n_classes_") == k and isinstance(prior, np.ndarray)
+            and prior.shape == (k,)):
         raise refuse(name, what, f"its init_ ({type(init).__name__}) does not predict the {k} "
-                     "columns its trees add to (firkin checks zero and DummyClassifier inits)")
+                     "columns its trees add to")
 
 
 # the checks of sklearn.tree._tree.Tree and of the estimators that hold one
