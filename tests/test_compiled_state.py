@@ -927,8 +927,9 @@ def _one_vs_rest_cases():
     decision_function: an intercept_ of two values (found by an
     attribute-level fuzz) made those positions reach 2n and corrupted the
     heap on scikit-learn 1.2 and 1.9."""
+    from sklearn.dummy import DummyClassifier
     from sklearn.linear_model import LogisticRegression
-    from sklearn.multiclass import OneVsRestClassifier
+    from sklearn.multiclass import OneVsOneClassifier, OneVsRestClassifier, _ConstantPredictor
     from sklearn.svm import SVC
 
     def tampered(base, i, **attrs):
@@ -964,6 +965,17 @@ def _one_vs_rest_cases():
                                         r"shape \(3, 2\)")
     cases["histogram boosting of two columns"] = (tampered(hgb, 1, n_trees_per_iteration_=2),
                                                   "2 trees per iteration")
+    # members whose labels or decisions are combined sample by sample: every
+    # one a constant of two values gives two positions per sample
+    dummy = _tampered(DummyClassifier(strategy="constant", constant=1).fit(X, LABELS[:, 1]),
+                      constant=np.array([1, 1]))
+    boosted = copy.deepcopy(ada)
+    boosted.estimators_[1].estimators_ = [copy.deepcopy(dummy) for _ in ada.estimators_[1].estimators_]
+    cases["AdaBoost of constant dummies"] = (boosted, "constant of 2 values")
+    constant = _ConstantPredictor().fit(X, np.array([1, 1]))
+    ovo = OneVsRestClassifier(OneVsOneClassifier(LogisticRegression())).fit(X, LABELS)
+    ovo.estimators_[1].estimators_ = (constant,)
+    cases["one-vs-one over a constant of two values"] = (ovo, "constant of 2 values")
     nested = OneVsRestClassifier(OneVsRestClassifier(LogisticRegression()))
     nested.fit(X, LABELS)
     inner = copy.copy(nested.estimators_[0])
@@ -999,6 +1011,25 @@ def _one_vs_rest_wrapped():
     ]
 
 
+def _one_vs_rest_combined():
+    """Multilabel OneVsRestClassifiers over estimators that combine members
+    of several kinds (their labels, decisions, probabilities)."""
+    from sklearn.ensemble import RandomForestClassifier, StackingClassifier, VotingClassifier
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.multiclass import OneVsOneClassifier, OneVsRestClassifier
+    from sklearn.neighbors import KNeighborsClassifier
+    from sklearn.svm import SVC
+
+    def members():
+        return [("rf", RandomForestClassifier(n_estimators=3, random_state=0)), ("svc", SVC(probability=True)),
+                ("knn", KNeighborsClassifier()), ("lr", LogisticRegression())]
+
+    return [OneVsRestClassifier(base).fit(X, LABELS) for base in (
+        VotingClassifier(members(), voting="soft"),  # hard voting has no decision a predict could use
+        StackingClassifier(members(), final_estimator=LogisticRegression(), cv=2),
+        OneVsOneClassifier(SVC()))]
+
+
 def _one_vs_rest_others():
     from sklearn.ensemble import (
         AdaBoostClassifier,
@@ -1030,6 +1061,7 @@ def test_one_vs_rest_roundtrips(tmp_path, keys):
               OneVsRestClassifier(SVC()).fit(X, LABELS),
               OneVsRestClassifier(LogisticRegression()).fit(X, Y)]
     models += [m for _, m, _, _ in _one_vs_rest_wrapped()] + list(_one_vs_rest_others())
+    models += _one_vs_rest_combined()
     for i, model in enumerate(models):
         d = tmp_path / f"m{i}"
         d.mkdir()
