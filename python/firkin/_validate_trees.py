@@ -331,9 +331,12 @@ def _check_gb_columns(name: str, what: str, est, d: dict, k: int) -> None:
     if not (isinstance(classes, np.ndarray) and classes.shape == (k,)):
         raise refuse(name, what, f"{k} trees per iteration, not one per class")
     loss = d.get("_loss", d.get("loss_"))
+    def is_k(v):
+        return _is_int(v) and v == k
+
     if not (type(loss).__name__ in ("HalfMultinomialLoss", "MultinomialDeviance")
             and getattr(loss, "is_multiclass", True) is True
-            and getattr(loss, "K", k) == k and getattr(loss, "n_classes", k) == k):
+            and is_k(getattr(loss, "K", k)) and is_k(getattr(loss, "n_classes", k))):
         raise refuse(name, what, f"{k} trees per iteration, but its loss is not a multiclass loss "
                      f"of {k} classes")
     init = d.get("init_")
@@ -345,8 +348,8 @@ def _check_gb_columns(name: str, what: str, est, d: dict, k: int) -> None:
         raise cannot_check(name, what, f"its init_ is a {type(init).__name__}, whose predictions "
                            f"firkin cannot check have the {k} columns its trees are added into "
                            "(it checks zero and DummyClassifier inits, scikit-learn's defaults)")
-    if not (iv.get("n_outputs_") == 1 and iv.get("n_classes_") == k and isinstance(prior, np.ndarray)
-            and prior.shape == (k,)):
+    if not (_is_int(iv.get("n_outputs_")) and iv.get("n_outputs_") == 1 and is_k(iv.get("n_classes_"))
+            and isinstance(prior, np.ndarray) and prior.shape == (k,)):
         raise refuse(name, what, f"its init_ ({type(init).__name__}) does not predict the {k} "
                      "columns its trees add to")
 
