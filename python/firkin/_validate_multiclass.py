@@ -195,9 +195,10 @@ def _bounded(name, what, e, where, multilabel, used, depth=0) -> None:
         inner += [(w, sub, "decision") for w, sub in ests]
     for w, sub, how in inner:
         _bounded(name, what, sub, w, multilabel, how, depth + 1)
-    if (inner or qual in _LINEAR or qual in _LIBSVM or qual in _TWO_CLASS_REDUCED
-            or qual in _ROW_CLASSIFIERS or qual in _ROW_REGRESSORS or qual == "OneVsRestClassifier"):
-        return
+    if (qual in _DELEGATES or qual in _COMBINERS or qual in _LINEAR or qual in _LIBSVM
+            or qual in _TWO_CLASS_REDUCED or qual in _ROW_CLASSIFIERS or qual in _ROW_REGRESSORS
+            or qual == "OneVsRestClassifier"):
+        return  # known, and what it calls was checked above (one not fitted cannot be called)
     if not multilabel:
         return  # a multiclass predict: numpy checks each output's length
     try:
