@@ -220,11 +220,17 @@ def _check_bspline(name: str, b) -> None:
                          "not to a scipy _BSpline")
         return
 
-    if isinstance(getattr(type(b), "t", None), property) and "_t" not in d and "t" in d:
+    t_property = isinstance(getattr(type(b), "t", None), property)
+    if t_property and "_t" not in d and "t" in d:
         # written by a SciPy that kept plain t and c (<= 1.16): this SciPy's
         # properties read _t and _c, which the object lacks, so evaluating it
         # fails with AttributeError before any compiled code runs, exactly as
         # after pickle.load; nothing here can reach an unchecked loop
+        return
+    if not t_property and "t" not in d and "_t" in d:
+        # the other way round: written by SciPy 1.17 (_t and _c), read by one
+        # whose methods read plain t and c, which the object lacks: the same
+        # AttributeError, before any compiled code
         return
 
     def state(attr):  # the attribute a property of the class reads, else the attribute
