@@ -19,32 +19,33 @@ def _stack() -> list:
     return st
 
 
+def _refusal(text: str, what: str, why: str) -> UntrustedTypesError:
+    exc = UntrustedTypesError(text)
+    exc.names = []
+    exc.unsafe_ops = [f"<{what}: {why}>"]
+    return exc
+
+
 def refuse(name: str, what: str, why: str) -> UntrustedTypesError:
     """The error for an object whose state breaks an invariant of its compiled code."""
-    exc = UntrustedTypesError(
+    return _refusal(
         f"{name}: refused while unpickling: {what} holds state its compiled code cannot "
         f"use safely: {why}.\nscikit-learn and SciPy run this state through loops compiled "
         "without bounds checks, so it could read or write outside its arrays (crash or memory "
         "corruption). An object saved by them never holds it: the file was modified or "
         "crafted.\nIf you trust this file anyway, trusted=True loads it without any check "
-        "(as unsafe as pickle.load).")
-    exc.names = []
-    exc.unsafe_ops = [f"<{what}: {why}>"]
-    return exc
+        "(as unsafe as pickle.load).", what, why)
 
 
 def cannot_check(name: str, what: str, why: str) -> UntrustedTypesError:
     """The refusal of state firkin has no check for: scikit-learn may have
     written it, and the message says so rather than that the file was
     modified (refuse)."""
-    exc = UntrustedTypesError(
+    return _refusal(
         f"{name}: refused while unpickling: {what}: {why}. firkin loads such an object by "
         "default only when it can bound what the compiled code it reaches will index.\n"
         "If you trust this file, trusted=True loads it without any check (as unsafe as "
-        "pickle.load).")
-    exc.names = []
-    exc.unsafe_ops = [f"<{what}: {why}>"]
-    return exc
+        "pickle.load).", what, why)
 
 
 def _current(what: str):

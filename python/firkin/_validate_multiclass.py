@@ -25,6 +25,7 @@ from __future__ import annotations
 import numpy as np
 
 from ._validate_base import _is_int, cannot_check, refuse
+from ._validate_trees import gb_loss_columns
 
 #: estimators whose output is that of the estimators these attributes hold
 #: (every one present: scikit-learn versions name them differently), on the
@@ -77,7 +78,7 @@ _ROW_CLASSIFIERS = frozenset({
     "BernoulliNB", "MultinomialNB", "ComplementNB", "CategoricalNB", "MLPClassifier",
     "GaussianProcessClassifier", "LabelPropagation", "LabelSpreading", "CalibratedClassifierCV",
     "DummyClassifier", "_ConstantPredictor", "GradientBoostingClassifier",
-    "HistGradientBoostingClassifier", "BaggingClassifier", "VotingClassifier"})
+    "HistGradientBoostingClassifier"})
 
 #: regressors whose predict gives one row per sample, flattened only when it
 #: is one column: X @ coef_.T + intercept_ (through a link), trees and
@@ -227,12 +228,7 @@ def _one_tree_per_iteration(name, what, e, d, where) -> None:
         raise refuse(name, what, f"{where} builds {d.get('n_trees_per_iteration_')!r} trees per "
                      "iteration, not 1")
     for attr in ("_loss", "loss_"):
-        loss = d.get(attr)
-        if loss is None:
-            continue
-        if (type(loss).__name__ in ("HalfMultinomialLoss", "MultinomialDeviance")
-                or getattr(loss, "is_multiclass", False) is not False
-                or not _is_one(getattr(loss, "K", 1))):
+        if attr in d and gb_loss_columns(d[attr]) != 1:
             raise refuse(name, what, f"{where}.{attr} is a loss of several columns, not a binary one")
 
 
@@ -240,14 +236,8 @@ def _check_one_vs_rest(name: str, est) -> None:
     """OneVsRestClassifier: each binary estimator gives one value per sample
     (the module docstring says why)."""
     d = vars(est)
-    ests = d.get("estimators_")
-    if ests is None:
-        return
     what = f"a {type(est).__qualname__}"
-    if not isinstance(ests, list):
-        raise refuse(name, what, "estimators_ is not a list")
-    binarizer = d.get("label_binarizer_")
-    y_type = getattr(binarizer, "__dict__", {}).get("y_type_")
+    y_type = getattr(d.get("label_binarizer_"), "__dict__", {}).get("y_type_")
     multilabel = not (type(y_type) is str and y_type == "multiclass")
-    for i, e in enumerate(ests):
-        _bounded(name, what, e, f"estimators_[{i}]", multilabel, "decision")
+    for where, e in _members(name, what, d.get("estimators_"), "estimators_"):
+        _bounded(name, what, e, where, multilabel, "decision")

@@ -318,6 +318,27 @@ def _check_forest(name: str, est) -> None:
             _check_gb_columns(name, what, est, d, ests.shape[1])
 
 
+_MULTINOMIAL_LOSSES = ("HalfMultinomialLoss", "MultinomialDeviance")  # scikit-learn >= 1.3, < 1.3
+
+
+def gb_loss_columns(loss):
+    """How many columns a gradient boosting loss gives the raw prediction its
+    trees are added into: 1 for a binary or regression loss, the class
+    count (at least 2) for a multinomial one; None when its attributes
+    disagree with its type."""
+    if type(loss).__name__ in _MULTINOMIAL_LOSSES:
+        counts = [v for v in (getattr(loss, "K", None), getattr(loss, "n_classes", None))
+                  if v is not None]
+        if (getattr(loss, "is_multiclass", True) is not True or not counts
+                or not all(_is_int(v) and v == counts[0] and v >= 2 for v in counts)):
+            return None
+        return int(counts[0])
+    k = getattr(loss, "K", 1)  # scikit-learn < 1.3 gives every loss a K
+    if getattr(loss, "is_multiclass", False) is not False or not (_is_int(k) and k == 1):
+        return None
+    return 1
+
+
 def _check_gb_columns(name: str, what: str, est, d: dict, k: int) -> None:
     """Gradient boosting with k > 1 trees per iteration: its compiled
     predict_stages adds tree (i, j) into column j of the init estimator's raw
@@ -330,25 +351,19 @@ def _check_gb_columns(name: str, what: str, est, d: dict, k: int) -> None:
     classes = d.get("classes_")
     if not (isinstance(classes, np.ndarray) and classes.shape == (k,)):
         raise refuse(name, what, f"{k} trees per iteration, not one per class")
-    loss = d.get("_loss", d.get("loss_"))
-    def is_k(v):
-        return _is_int(v) and v == k
-
-    if not (type(loss).__name__ in ("HalfMultinomialLoss", "MultinomialDeviance")
-            and getattr(loss, "is_multiclass", True) is True
-            and is_k(getattr(loss, "K", k)) and is_k(getattr(loss, "n_classes", k))):
+    if gb_loss_columns(d.get("_loss", d.get("loss_"))) != k:
         raise refuse(name, what, f"{k} trees per iteration, but its loss is not a multiclass loss "
                      f"of {k} classes")
     init = d.get("init_")
     if isinstance(init, str) and init == "zero":
         return
-    iv = getattr(init, "__dict__", None)
-    prior = iv.get("class_prior_") if isinstance(iv, dict) else None
     if type(init).__name__ != "DummyClassifier":
         raise cannot_check(name, what, f"its init_ is a {type(init).__name__}, whose predictions "
                            f"firkin cannot check have the {k} columns its trees are added into "
                            "(it checks zero and DummyClassifier inits, scikit-learn's defaults)")
-    if not (_is_int(iv.get("n_outputs_")) and iv.get("n_outputs_") == 1 and is_k(iv.get("n_classes_"))
+    iv = vars(init)
+    n_outputs, n_classes, prior = iv.get("n_outputs_"), iv.get("n_classes_"), iv.get("class_prior_")
+    if not (_is_int(n_outputs) and n_outputs == 1 and _is_int(n_classes) and n_classes == k
             and isinstance(prior, np.ndarray) and prior.shape == (k,)):
         raise refuse(name, what, f"its init_ ({type(init).__name__}) does not predict the {k} "
                      "columns its trees add to")
