@@ -11,6 +11,7 @@ and predicts identically.
 """
 import copy
 import gzip
+import importlib
 import io
 import pickle
 import warnings
@@ -72,15 +73,16 @@ def _stream_files(stream, tmp_path):
     return out
 
 
-def _refused(obj, tmp_path, match):
+def _refused(obj, tmp_path, match, phrase="compiled code"):
     """Every container of obj refuses to load under the default policy (with
-    key B: the signature is someone else's)."""
+    key B: the signature is someone else's), with a message that says why
+    (phrase)."""
     files = _files(obj, tmp_path)
     firkin.set_key(KEY_B)
     for label, path in files:
         with pytest.raises(UntrustedTypesError, match=match) as info:
             firkin.load(path)
-        assert "compiled code" in str(info.value), label
+        assert phrase in str(info.value), label
         if label == "firkin":
             with pytest.raises(UntrustedTypesError, match=match):
                 firkin.load(path, mmap_mode="r")
@@ -804,13 +806,13 @@ def test_sparse_containers_roundtrip(tmp_path, keys):
         _roundtrips(x, d, lambda a: a.toarray())
 
 
-def _each_refused(cases, tmp_path, wrap=lambda bad: bad):
+def _each_refused(cases, tmp_path, wrap=lambda bad: bad, phrase="compiled code"):
     """_refused for each {label: (corrupted object, match)}, each in a
     directory of its own; the corrupted copies are only pickled, never used."""
     for i, (label, (bad, match)) in enumerate(sorted(cases.items())):
         d = tmp_path / f"case{i}"
         d.mkdir()
-        _refused(wrap(bad), d, match)
+        _refused(wrap(bad), d, match, phrase)
 
 
 def test_sparse_state_refused(tmp_path, keys):
@@ -1294,3 +1296,144 @@ def test_brute_force_neighbours(tmp_path, keys):
     bad = _with_attrs(iso, nbrs_=_with_attrs(iso.nbrs_, _fit_X=X[:, :1].copy()))
     _refused(bad, tmp_path / "c", "_fit_X has shape")
     assert isinstance(iso.nbrs_, NearestNeighbors)
+
+
+# ---------------------------------------------------------------- counts that size what use allocates
+# No compiled loop reads these unchecked, but scikit-learn loops over them or
+# allocates by them when the model is used: each state below, loaded with
+# pickle.load, made transform, predict_log_proba or get_feature_names_out run
+# for minutes or exhaust memory (the attribute fuzz's hangs). Fit never
+# writes any of them: each count disagrees with what fit derives it from.
+
+COUNTS_PHRASE = "no fit produces"
+
+
+def _count_models():
+    """(label, fitted model, its output) of every estimator whose counts are
+    checked (firkin._validate_counts), each as fit leaves it."""
+    import scipy.sparse as sp
+    from sklearn.cluster import Birch, BisectingKMeans, FeatureAgglomeration, KMeans, MiniBatchKMeans
+    from sklearn.cross_decomposition import CCA, PLSSVD, PLSCanonical, PLSRegression
+    from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
+    from sklearn.dummy import DummyClassifier
+    from sklearn.ensemble import BaggingClassifier, RandomTreesEmbedding
+    from sklearn.kernel_approximation import (
+        Nystroem,
+        PolynomialCountSketch,
+        RBFSampler,
+        SkewedChi2Sampler,
+    )
+    from sklearn.manifold import Isomap, LocallyLinearEmbedding
+    from sklearn.neighbors import (
+        KNeighborsTransformer,
+        NeighborhoodComponentsAnalysis,
+        RadiusNeighborsTransformer,
+    )
+    from sklearn.neural_network import BernoulliRBM
+    from sklearn.preprocessing import PolynomialFeatures
+    from sklearn.random_projection import GaussianRandomProjection, SparseRandomProjection
+
+    xs = sp.csr_matrix(X * (X > 0.6))
+    wide = sp.csc_matrix(np.random.RandomState(1).rand(4, 100))
+    y2 = np.c_[Y, np.arange(120) % 2]
+
+    def names(m):
+        return np.asarray(m.get_feature_names_out(), dtype=str)
+
+    def proba(m):
+        p = m.predict_proba(X)
+        return np.hstack(p) if isinstance(p, list) else p
+
+    out = [(f"PolynomialFeatures{kw}", PolynomialFeatures(**kw).fit(data), lambda m, d=data: _dense(
+        m.transform(d))) for kw, data in (
+        ({"degree": 2}, X), ({"degree": (2, 3), "interaction_only": True}, X),
+        ({"degree": 4, "include_bias": False}, X), ({"degree": 0}, X), ({"degree": 3}, xs),
+        ({"degree": (1, 5), "include_bias": False}, xs),
+        # its dense width (degrees from 0) is beyond an intp; its sparse transform works
+        ({"degree": (99, 99), "interaction_only": True}, wide))]
+    out += [("BaggingClassifier", BaggingClassifier(n_estimators=3, random_state=0).fit(X, Y), proba),
+            ("DummyClassifier", DummyClassifier(strategy="uniform").fit(X, Y), proba),
+            ("DummyClassifier 2 outputs", DummyClassifier().fit(X, y2), proba)]
+    for m, data in (
+            (BernoulliRBM(n_components=4, random_state=0), X),
+            (KMeans(3, n_init=1, random_state=0), X), (MiniBatchKMeans(3, n_init=1, random_state=0), X),
+            (BisectingKMeans(3, random_state=0), X), (Birch(n_clusters=None), X),
+            (FeatureAgglomeration(2), X), (LocallyLinearEmbedding(n_components=2), X),
+            (Isomap(n_components=2), X), (PLSRegression(2), (X, y2)), (PLSCanonical(2), (X, y2)),
+            (CCA(2), (X, y2)), (PLSSVD(2), (X, y2)), (RBFSampler(n_components=7), X),
+            (SkewedChi2Sampler(n_components=7), X), (Nystroem(n_components=7), xs),
+            (PolynomialCountSketch(n_components=9), X), (GaussianRandomProjection(3), X),
+            (SparseRandomProjection(3), X), (LinearDiscriminantAnalysis(), (X, Y)),
+            (RandomTreesEmbedding(n_estimators=3, random_state=0), X), (KNeighborsTransformer(), X),
+            (RadiusNeighborsTransformer(), xs),
+            (NeighborhoodComponentsAnalysis(n_components=2, max_iter=5, random_state=0), (X, Y))):
+        out.append((type(m).__name__, m.fit(*data) if isinstance(data, tuple) else m.fit(data), names))
+    return out
+
+
+def test_counts_roundtrip(tmp_path, keys):
+    for i, (label, model, out) in enumerate(_count_models()):
+        d = tmp_path / f"m{i}"
+        d.mkdir()
+        _roundtrips(model, d, out)
+
+
+def _count_cases():
+    from firkin._validate_counts import _FEATURES_OUT
+
+    models = {label: m for label, m, _ in _count_models()}
+    poly = models["PolynomialFeatures{'degree': 2}"]
+    pair = models["PolynomialFeatures{'degree': (2, 3), 'interaction_only': True}"]
+    bag, dummy = models["BaggingClassifier"], models["DummyClassifier"]
+    multi = models["DummyClassifier 2 outputs"]
+    cases = {
+        # 5 features up to degree 10**6: beyond an intp, which fit refuses
+        "poly max degree": (_tampered(poly, _max_degree=10**6), "degrees 0..1000000 of 5 features "
+                            "give more output columns"),
+        "poly max degree, interactions": (_tampered(pair, _max_degree=10**6), "n_output_features_ "
+                                          "is 21, but degrees 2..1000000 of 5 features give 27"),
+        "poly min degree past max": (_tampered(pair, _min_degree=4), "degrees run from 4 to 3"),
+        "poly degree not a degree": (_tampered(poly, _max_degree="2"), "to '2'"),
+        "poly output count": (_tampered(poly, n_output_features_=10**6), "n_output_features_ is"),
+        "poly full output count": (_tampered(pair, _n_out_full=2**40), "_n_out_full is"),
+        "poly bias dropped after fit": (_tampered(poly, include_bias=False), "give 20 columns "
+                                        r"\(it was fitted with other interaction_only"),
+        "bagging class count": (_tampered(bag, n_classes_=10**6), "n_classes_ is 1000000"),
+        "dummy class count": (_tampered(dummy, n_classes_=10**6), "n_classes_ is 1000000"),
+        "dummy outputs": (_tampered(multi, n_classes_=[3, 2, 2]), "same outputs"),
+        "dummy output count": (_tampered(multi, n_classes_=[3, 10**6]), "n_classes_ is 1000000"),
+    }
+    kept = set()
+    for label, m, _ in _count_models():
+        key = (type(m).__module__, type(m).__qualname__)
+        if key in _FEATURES_OUT and "_n_features_out" in vars(m):
+            kept.add(key)
+            cases[f"{label} features out"] = (_tampered(m, _n_features_out=2**31), "_n_features_out is")
+    # every class of the table whose fit keeps the count (rather than a
+    # property computing it, as later scikit-learn versions do for some) is tried
+    for module, qual in _FEATURES_OUT:
+        cls = getattr(importlib.import_module(module), qual)
+        if not isinstance(getattr(cls, "_n_features_out", None), property):
+            assert (module, qual) in kept, qual
+    return cases
+
+
+def test_counts_refused(tmp_path, keys):
+    _each_refused(_count_cases(), tmp_path, phrase=COUNTS_PHRASE)
+
+
+def test_counts_refused_where_nested(tmp_path, keys):
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import PolynomialFeatures
+
+    poly = PolynomialFeatures(2).fit(X)
+    pipe = make_pipeline(_tampered(poly, _max_degree=10**9))
+    _refused({"model": [pipe]}, tmp_path, "degrees 0..1000000000", COUNTS_PHRASE)
+
+
+def test_polynomial_degree_set_after_fit_loads(tmp_path, keys):
+    # transform uses the degrees fit kept, whatever set_params did since
+    from sklearn.preprocessing import PolynomialFeatures
+
+    poly = PolynomialFeatures(2).fit(X).set_params(degree=5)
+    _roundtrips(poly, tmp_path, lambda m: m.transform(X))

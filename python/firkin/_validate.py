@@ -39,6 +39,7 @@ firkin._validate_models (SVMs, neighbours, k-means, SciPy sparse and
 B-splines, stored paths), firkin._validate_encoders (the column maps of
 OneHotEncoder, the vectorizers and MultiLabelBinarizer) and
 firkin._validate_multiclass (the binary estimators of OneVsRestClassifier),
+firkin._validate_counts (the counts that size loops and allocations on use),
 over firkin._validate_base (the refusal, the per-thread stack of loads).
 """
 from __future__ import annotations
@@ -50,6 +51,12 @@ import numpy as np
 
 from . import _core, _validate_trees
 from ._validate_base import _stack, refuse
+from ._validate_counts import (
+    _FEATURES_OUT,
+    _check_class_count,
+    _check_features_out,
+    _check_polynomial,
+)
 from ._validate_encoders import (
     _check_dict_vectorizer,
     _check_hashing,
@@ -257,7 +264,24 @@ _ESTIMATOR_CHECKS: dict[tuple[str, str], object] = {
     ("sklearn.cluster._agglomerative", "AgglomerativeClustering"): _drop_memory,
     ("sklearn.cluster._agglomerative", "FeatureAgglomeration"): _drop_memory,
     ("sklearn.cluster._optics", "OPTICS"): _drop_memory,
+    # counts that size loops and allocations when the object is used
+    ("sklearn.preprocessing._polynomial", "PolynomialFeatures"): _check_polynomial,
+    ("sklearn.ensemble._bagging", "BaggingClassifier"): _check_class_count,
+    ("sklearn.dummy", "DummyClassifier"): _check_class_count,
 }
+
+
+def _then(first, second):
+    def both(name: str, est) -> None:
+        first(name, est)
+        second(name, est)
+    both.__doc__ = f"{first.__name__}, then {second.__name__}"
+    return both
+
+
+for _key in _FEATURES_OUT:
+    _ESTIMATOR_CHECKS[_key] = (_then(_ESTIMATOR_CHECKS[_key], _check_features_out)
+                               if _key in _ESTIMATOR_CHECKS else _check_features_out)
 _WALKED = frozenset(_ESTIMATOR_CHECKS)
 
 #: every name whose resolution this module watches (for the trust policy)

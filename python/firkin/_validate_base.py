@@ -48,6 +48,18 @@ def cannot_check(name: str, what: str, why: str) -> UntrustedTypesError:
         "pickle.load).", what, why)
 
 
+def unfit_state(name: str, what: str, why: str) -> UntrustedTypesError:
+    """The refusal of a count no fit writes, which an estimator's methods
+    would loop over or allocate by (firkin._validate_counts)."""
+    return _refusal(
+        f"{name}: refused while unpickling: {what} holds a state no fit produces: {why}.\n"
+        "scikit-learn sizes loops and arrays by that count when the object is used, so "
+        "using it could run for hours or exhaust memory, far beyond what the file holds. An "
+        "object saved by scikit-learn never holds it: the file was modified or crafted.\nIf "
+        "you trust this file anyway, trusted=True loads it without any check (as unsafe as "
+        "pickle.load).", what, why)
+
+
 def _current(what: str):
     """The Check (firkin._validate) of the load in progress on this thread;
     refused outside a load."""
