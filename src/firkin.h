@@ -138,6 +138,8 @@ typedef struct {
     PyObject *str_dot;
     PyObject *byvalue_types;    /* tuple: types a Writer's by-value reducer is asked about (code, cell, ...) */
     PyObject *py_codec;         /* (compress, decompress) for codecs done in Python (set_py_codec), or NULL */
+    PyObject *never_called;     /* frozenset of (module, name) the scan refuses to see called (scan_call_policy) */
+    PyObject *never_with_args;  /* frozenset of (module, name) it refuses to see called with arguments */
 } fk_state;
 
 /* ---- checksum.c ---- */

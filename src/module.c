@@ -141,6 +141,21 @@ static PyObject *fk_set_py_codec(PyObject *module, PyObject *pair)
     Py_RETURN_NONE;
 }
 
+/* scan_call_policy(never_called, never_with_args): frozensets of
+ * (module, name) that scan_pickle refuses to see called, and called with
+ * arguments (firkin._trust sets them once, when it is imported). */
+static PyObject *fk_scan_call_policy(PyObject *module, PyObject *args)
+{
+    fk_state *st = get_state(module);
+    PyObject *never, *no_args;
+    if (!PyArg_ParseTuple(args, "O!O!:scan_call_policy", &PyFrozenSet_Type, &never,
+                          &PyFrozenSet_Type, &no_args))
+        return NULL;
+    Py_XSETREF(st->never_called, Py_NewRef(never));
+    Py_XSETREF(st->never_with_args, Py_NewRef(no_args));
+    Py_RETURN_NONE;
+}
+
 /* required_flags(codec, filters, streamed=False): the header's required
  * feature flags of a dump with these settings (what a signer must put in
  * its header bytes). */
@@ -233,6 +248,9 @@ static PyMethodDef module_methods[] = {
     {"set_py_codec", fk_set_py_codec, METH_O,
      "set_py_codec((compress, decompress)): the codecs done by Python modules, for every Writer "
      "and Reader"},
+    {"scan_call_policy", fk_scan_call_policy, METH_VARARGS,
+     "scan_call_policy(never_called, never_with_args): frozensets of (module, name) that "
+     "scan_pickle reports as unsafe when a stream calls them (with arguments, for the second)"},
     {"native_codecs", fk_native_codecs, METH_NOARGS, "which codecs are compiled in"},
     {"crc32c", fk_crc32c, METH_VARARGS, "crc32c(data, value=0) -> CRC-32C of data, continuing value"},
     {"exchange", fk_exchange, METH_VARARGS,
@@ -464,6 +482,8 @@ static int module_traverse(PyObject *module, visitproc visit, void *arg)
     Py_VISIT(st->np_memmap);
     Py_VISIT(st->byvalue_types);
     Py_VISIT(st->py_codec);
+    Py_VISIT(st->never_called);
+    Py_VISIT(st->never_with_args);
     return 0;
 }
 
@@ -493,6 +513,8 @@ static int module_clear(PyObject *module)
     Py_CLEAR(st->str_dot);
     Py_CLEAR(st->byvalue_types);
     Py_CLEAR(st->py_codec);
+    Py_CLEAR(st->never_called);
+    Py_CLEAR(st->never_with_args);
     return 0;
 }
 

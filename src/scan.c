@@ -382,6 +382,9 @@ static int scan_step(scan_ctx *c)
         if (c->nmarks && scan_sized_call(c, c->stack[c->depth - 1],
                                           c->depth - 1 > c->marks[c->nmarks - 1]) < 0)
             return -1;
+        if (c->nmarks && scan_call(c, c->stack[c->depth - 1],
+                                   c->depth - 1 > c->marks[c->nmarks - 1]) < 0)
+            return -1;
         scan_val inst;
         if (scan_instance_of(c, c->stack[--c->depth], &inst) < 0) return -1;
         /* the class went: the instance replaces the arguments */
@@ -646,6 +649,7 @@ int scan_ctx_init(scan_ctx *c, PyObject *FormatError, const unsigned char *buf,
     c->nodes[0].gi = -1;
     c->nodes[0].recon = -1;
     c->nodes[0].buffer = -1;
+    c->nodes[0].made_by = -1;
     c->nnodes = 1;
     if (!(c->globals = PyList_New(0))) return -1;
     if (!(c->gindex = PyDict_New())) return -1;
@@ -686,6 +690,8 @@ static PyObject *scan_entry(PyObject *module, PyObject *data, int joblib, int re
     if (scan_ctx_init(&c, st->FormatError, (const unsigned char *)view.buf, view.len, NULL) < 0)
         goto done;
     c.joblib = joblib;
+    c.never_called = st->never_called;
+    c.never_with_args = st->never_with_args;
     if (joblib && !(c.arrays = PyList_New(0))) goto done;
     if (records && !(c.records = PyList_New(0))) goto done;
     if (scan_run(&c) < 0) goto done;

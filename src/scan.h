@@ -231,6 +231,8 @@ typedef struct {
                      * global; SCAN_RECON_BUILT once its state is set; -1
                      * otherwise */
     int32_t buffer; /* records: the index of the NEXT_BUFFER that made it; -1 otherwise */
+    int32_t made_by; /* SV_OPAQUE a call made: the global (in gtab) whose call made it,
+                      * or made the value called; -1 otherwise */
 } scan_node;
 
 /* ------------------------------------------------------------ scanner state */
@@ -260,7 +262,17 @@ enum { ROLE_NONE = 0, ROLE_DTYPE = 1, ROLE_WRAPPER = 2, ROLE_RECONSTRUCTOR = 3, 
        ROLE_STRINGDTYPE = 11,
        /* numpy.ma's MaskedConstant: calling it gives np.ma.masked, one object
         * for the whole process, whose state a BUILD would change */
-       ROLE_SINGLETON = 12 };
+       ROLE_SINGLETON = 12,
+       /* trusted as a value only (scan_call_policy): a function objects keep
+        * (numpy.mean as a pooling function, a metric as a scorer's), never
+        * called by a pickle; calling it runs the library on the stream's
+        * arguments before any check of them */
+       ROLE_NOCALL = 13,
+       /* a class pickles make through NEWOBJ and BUILD, never by calling it
+        * with arguments: its constructor converts the object it is handed
+        * (a SciPy sparse matrix of another format) in compiled code, before
+        * the load's checks of that object */
+       ROLE_NOARGS = 14 };
 
 /* TUPLE2 of (global or instance, string constant): a candidate getattr
  * argument tuple */
@@ -316,6 +328,8 @@ typedef struct {
     PyObject *arrays; /* joblib: list of (build_end, data_start, data_end, nested) */
     int stopped;      /* joblib: an array the scanner cannot step over ended the walk */
     PyObject *records; /* scan_records: list of dicts, one per array; NULL otherwise */
+    PyObject *never_called;    /* borrowed from the module state (scan_call_policy), or NULL */
+    PyObject *never_with_args; /* borrowed, or NULL */
 } scan_ctx;
 static inline scan_val sv_global(Py_ssize_t gi) { return ((scan_val)SV_GLOBAL << 60) | (scan_val)gi; }
 static inline Py_ssize_t sv_index(scan_val v) { return (Py_ssize_t)(v & (((scan_val)1 << 60) - 1)); }
@@ -371,6 +385,7 @@ int scan_old_wrapper_record(scan_ctx *c, int role, scan_val state);
 int scan_wrapper_build(scan_ctx *c, scan_val target, scan_val state);
 int scan_tuple2(scan_ctx *c);
 int scan_reduce(scan_ctx *c);
+int scan_call(scan_ctx *c, scan_val fn, int has_args);
 int scan_text_global(scan_ctx *c, int is_inst);
 int scan_stack_global(scan_ctx *c);
 

@@ -146,6 +146,60 @@ int scan_sized_call(scan_ctx *c, scan_val fn, int has_args)
     return rc;
 }
 
+/* fn(*args), as REDUCE, INST and OBJ make it (NEWOBJ calls cls.__new__,
+ * never fn): refused when fn is not a global (a value the stream built,
+ * such as a numpy.vectorize or a bound method, calls whatever it holds),
+ * a ROLE_NOCALL global, or a ROLE_NOARGS class with arguments */
+/* the global whose call made v (an instance: its class), or -1 */
+static Py_ssize_t scan_made_by(scan_ctx *c, scan_val v)
+{
+    if (sv_kind(v) == SV_INSTANCE) return c->nodes[sv_index(v)].gi;
+    if (sv_kind(v) == SV_OPAQUE && sv_index(v)) return c->nodes[sv_index(v)].made_by;
+    return -1;
+}
+
+int scan_call(scan_ctx *c, scan_val fn, int has_args)
+{
+    if (sv_kind(fn) == SV_OPAQUE && !sv_index(fn))
+        return 0; /* a constant: not callable, or refused where it came from (EXT, PERSID) */
+    if (sv_kind(fn) != SV_GLOBAL && sv_kind(fn) != SV_INSTANCE && sv_kind(fn) != SV_OPAQUE)
+        return 0; /* strings, numbers, tuples, dicts, dtypes: not callable */
+    if (sv_kind(fn) != SV_GLOBAL) {
+        /* reported with the global that made the value: a name the reader
+         * trusted beyond the built-in list (code saved by value calls what
+         * cloudpickle's helpers return) lifts it (firkin._trust.untrusted) */
+        static const char why[] =
+            "a call of a value the stream built, not of a global: pickles call only the "
+            "globals they name, and such a value (a numpy.vectorize, a scorer, a bound method) "
+            "calls whatever it holds";
+        Py_ssize_t by = scan_made_by(c, fn);
+        PyObject *t = by >= 0 ? Py_BuildValue("(snsO)", scan_ops[c->op].name, c->op_off, why,
+                                              c->gtab[by].key)
+                              : Py_BuildValue("(sns)", scan_ops[c->op].name, c->op_off, why);
+        if (!t) return -1;
+        int rc = PyList_Append(c->unsafe, t);
+        Py_DECREF(t);
+        return rc;
+    }
+    unsigned char role = c->gtab[sv_index(fn)].role;
+    if (role != ROLE_NOCALL && !(role == ROLE_NOARGS && has_args)) return 0;
+    PyObject *key = c->gtab[sv_index(fn)].key;
+    PyObject *why = role == ROLE_NOCALL
+        ? PyUnicode_FromFormat(
+              "%U.%U called: firkin trusts it only as a value an object keeps (pickles never "
+              "call it), and calling it runs the library on the stream's arguments before "
+              "any check of them", PyTuple_GET_ITEM(key, 0), PyTuple_GET_ITEM(key, 1))
+        : PyUnicode_FromFormat(
+              "%U.%U called with arguments: its constructor converts the object it is given "
+              "in compiled code before firkin checks that object (pickles make it through "
+              "NEWOBJ and BUILD)", PyTuple_GET_ITEM(key, 0), PyTuple_GET_ITEM(key, 1));
+    if (!why) return -1;
+    const char *text = PyUnicode_AsUTF8(why);
+    int rc = text ? scan_unsafe_why(c, text) : -1;
+    Py_DECREF(why);
+    return rc;
+}
+
 /* NEWOBJ / NEWOBJ_EX / OBJ: cls.__new__(cls, ...) with cls at stack[m] */
 int scan_new_instance(scan_ctx *c, Py_ssize_t m)
 {
@@ -153,6 +207,8 @@ int scan_new_instance(scan_ctx *c, Py_ssize_t m)
     int has_args = c->op == OP_NEWOBJ ? sv_kind(c->stack[m + 1]) != SV_EMPTYT
                                       : c->op == OP_NEWOBJ_EX || c->depth - m > 1;
     if (scan_sized_call(c, c->stack[m], has_args) < 0) return -1;
+    /* OBJ calls cls(*args) when it has arguments (or is no class) */
+    if (c->op == OP_OBJ && scan_call(c, c->stack[m], has_args) < 0) return -1;
     if (scan_instance_of(c, c->stack[m], &v) < 0) return -1;
     return scan_collapse_to(c, m, v);
 }
@@ -456,6 +512,8 @@ static Py_ssize_t scan_nested(scan_ctx *c, Py_ssize_t start, uint32_t *depth)
     scan_ctx n;
     Py_ssize_t end = -1;
     if (scan_ctx_init(&n, c->FormatError, c->buf, c->size, c->unsafe) < 0) goto done;
+    n.never_called = c->never_called;
+    n.never_with_args = c->never_with_args;
     n.pos = start;
     if (scan_run(&n) < 0) goto done;
     for (Py_ssize_t i = 0; i < PyList_GET_SIZE(n.globals); i++) {
@@ -597,6 +655,7 @@ int scan_reduce(scan_ctx *c)
         }
     }
     if (scan_sized_call(c, fn, sv_kind(args) != SV_EMPTYT) < 0) return -1;
+    if (scan_call(c, fn, sv_kind(args) != SV_EMPTYT) < 0) return -1;
     if (sv_kind(fn) == SV_GLOBAL) {
         unsigned char role = c->gtab[sv_index(fn)].role;
         scan_val v;
@@ -631,13 +690,23 @@ int scan_reduce(scan_ctx *c)
             /* they make a cls (args[0]); copyreg._reconstructor(cls, base, state)
              * makes it with base.__new__: a dtype when either is a dtype class */
             scan_val cls = c->items[t->first];
+            /* copyreg._reconstructor(cls, base, state) runs base.__init__(obj, state) */
+            if (role == ROLE_BASE_NEW && t->n >= 3 && sv_kind(c->items[t->first + 1]) == SV_GLOBAL) {
+                unsigned char brole = c->gtab[sv_index(c->items[t->first + 1])].role;
+                if ((brole == ROLE_NOCALL || brole == ROLE_NOARGS) &&
+                    scan_call(c, c->items[t->first + 1], 1) < 0)
+                    return -1;
+            }
             if (role == ROLE_BASE_NEW && t->n >= 2 && scan_is_dtype_class(c, c->items[t->first + 1]))
                 cls = c->items[t->first + 1];
             if (scan_instance_of(c, cls, &v) < 0) return -1;
             return scan_collapse_to(c, c->depth - 2, v);
         }
     }
-    return scan_collapse(c, c->depth - 2);
+    Py_ssize_t by = sv_kind(fn) == SV_GLOBAL ? sv_index(fn) : scan_made_by(c, fn);
+    if (scan_collapse(c, c->depth - 2) < 0) return -1;
+    c->nodes[sv_index(c->stack[c->depth - 1])].made_by = by <= INT32_MAX ? (int32_t)by : -1;
+    return 0;
 }
 
 /* GLOBAL / INST: "module\nname\n" */

@@ -448,6 +448,16 @@ Py_ssize_t scan_global_index(scan_ctx *c, PyObject *module, PyObject *name, int 
     g->deferred = PyUnicode_CompareWithASCIIString(module, "builtins") == 0 &&
                   PyUnicode_CompareWithASCIIString(name, "getattr") == 0;
     g->role = scan_role(module, name);
+    if (g->role == ROLE_NONE && c->never_called) {
+        int in = PySet_Contains(c->never_called, key);
+        if (in < 0) goto done;
+        if (in) {
+            g->role = ROLE_NOCALL;
+        } else if (c->never_with_args) {
+            if ((in = PySet_Contains(c->never_with_args, key)) < 0) goto done;
+            if (in) g->role = ROLE_NOARGS;
+        }
+    }
     gi = c->ngtab++;
 done:
     Py_XDECREF(key);
@@ -515,6 +525,7 @@ int scan_new_node(scan_ctx *c, unsigned kind, Py_ssize_t gi, uint32_t depth, sca
     c->nodes[c->nnodes].gi = (int32_t)gi;
     c->nodes[c->nnodes].recon = -1;
     c->nodes[c->nnodes].buffer = -1;
+    c->nodes[c->nnodes].made_by = -1;
     *out = ((scan_val)kind << 60) | (scan_val)c->nnodes++;
     return 0;
 }

@@ -69,7 +69,7 @@ BOMBS = {
     "numpy.mean(zero-stride ndarray through copyreg.__newobj__)": (
         P2 + _g("numpy", "mean") + _g("copyreg", "__newobj__") + b"(" + _g("numpy", "ndarray")
         + _int(10**12) + b"\x85" + _u("f8") + b"C\x0812345678" + b"K\x00" + b"K\x00\x85"
-        + b"tR\x85R.", "numpy.ndarray((1000000000000,), 'f8'"),
+        + b"tR\x85R.", "numpy.mean called"),  # the scanner: no call of numpy.mean (RUNTIME: the guard)
     "DataFrame(0, range(40000), range(40000))": (
         P2 + _g("pandas", "DataFrame") + b"(K\x00" + _g("builtins", "range") + _int(40000)
         + b"\x85R" + _g("builtins", "range") + _int(40000) + b"\x85RtR.",

@@ -705,6 +705,58 @@ def test_stored_cache_paths_dropped(tmp_path, keys):
     assert not (tmp_path / "attacker-chosen").exists()
 
 
+def test_worker_counts_brought_down_to_the_cores(tmp_path, keys):
+    # a FeatureUnion whose n_jobs said 100,000 started loky processes at 14
+    # a second in transform (load average 300) until it was killed
+    import os
+
+    from sklearn.ensemble import RandomForestClassifier
+    from sklearn.neighbors import KNeighborsClassifier
+    from sklearn.pipeline import FeatureUnion, make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    cores = os.cpu_count()
+    # never used here with those counts: only the loaded copies are
+    union_fit = FeatureUnion([("a", StandardScaler()), ("b", StandardScaler())]).fit(X)
+    knn_fit = KNeighborsClassifier(algorithm="kd_tree").fit(X, Y)
+    union = _with_attrs(union_fit, n_jobs=10**5)
+    knn = _with_attrs(knn_fit, n_jobs=np.int64(10**5))
+    forest = _with_attrs(RandomForestClassifier(3, random_state=0).fit(X, Y), n_jobs=1e12)
+    kept = {"all cores": KNeighborsClassifier(n_jobs=-1).fit(X, Y),
+            "these cores": KNeighborsClassifier(n_jobs=cores).fit(X, Y),
+            "one": KNeighborsClassifier().fit(X, Y)}
+    obj = {"union": union, "nested": [make_pipeline(knn)], "forest": forest, **kept}
+    files = _files(obj, tmp_path)
+    firkin.set_key(KEY_B)
+    for container, path in files:
+        with pytest.warns(firkin.ParallelismWarning) as record:
+            loaded = firkin.load(path)
+        said = sorted(str(w.message).split(": ", 1)[1].split(".n_jobs")[0] for w in record)
+        assert said == ["FeatureUnion", "KNeighborsClassifier", "RandomForestClassifier"], container
+        assert f"down to {cores}" in str(record[0].message)
+        assert (loaded["union"].n_jobs, loaded["nested"][0][-1].n_jobs, loaded["forest"].n_jobs) == (
+            cores, cores, cores), container
+        assert [loaded[k].n_jobs for k in kept] == [-1, cores, None]
+        np.testing.assert_array_equal(loaded["union"].transform(X), union_fit.transform(X))
+        np.testing.assert_array_equal(loaded["nested"][0].predict(X), knn_fit.predict(X))
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", firkin.ParallelismWarning)
+            assert firkin.load(path, trusted=True)["union"].n_jobs == 10**5
+
+
+def test_every_estimator_taking_n_jobs_is_bounded():
+    import inspect
+
+    from sklearn.utils import all_estimators
+
+    from firkin._validate_counts import parallel_check
+
+    taking = [cls for _, cls in all_estimators() if "n_jobs" in inspect.signature(cls).parameters]
+    assert len(taking) > 50
+    assert [c.__name__ for c in taking if parallel_check(c) is None] == []
+    assert parallel_check(dict) is None and parallel_check(np.mean) is None
+
+
 def test_joblib_memory_is_not_on_the_list(tmp_path):
     from sklearn.pipeline import Pipeline
     from sklearn.preprocessing import StandardScaler
@@ -832,6 +884,113 @@ def test_sparse_sortedness_claims_are_not_trusted(tmp_path, keys):
     loaded = firkin.loads(data)
     assert "_has_sorted_indices" not in vars(loaded)
     assert loaded.has_sorted_indices == (end - start < 2)
+
+
+# ---------------------------------------------------------------- calls of what the load checks later
+# The checks above run when the load is done, on the object it returns. A
+# stream that calls a trusted function or a sparse class with an object of
+# its own hands that object to compiled code before then: each stream below
+# segfaulted a default load. Pickles never make these calls; the scanner
+# refuses them (firkin._trust.NEVER_CALLED, NEVER_CALLED_WITH_ARGS).
+
+
+class _Call:
+    def __init__(self, fn, *args):
+        self.fn, self.args = fn, args
+
+    def __reduce__(self):
+        return self.fn, self.args
+
+
+def _outside_csr():
+    import scipy.sparse as sp
+
+    x = sp.random(50, 50, density=0.2, format="csr", random_state=0)
+    x.indices = np.full_like(x.indices, 10**7)
+    return x
+
+
+def _outside_coo():
+    import scipy.sparse as sp
+
+    x = sp.coo_matrix(sp.random(50, 50, density=0.2, random_state=0))
+    x.row = np.full_like(x.row, 10**7)
+    return x
+
+
+def _call_streams():
+    import copyreg
+
+    import scipy.sparse as sp
+    from sklearn.cluster._kmeans import _kmeans_single_lloyd
+
+    X50 = np.random.RandomState(0).rand(2000, 50)
+    narrow = np.random.RandomState(1).rand(3, 2)  # centres of 2 features for 50-feature data
+    csr, coo = _outside_csr(), _outside_coo()
+    mark, stop = b"(", b"."
+
+    def body(obj):  # obj's pickle without PROTO and STOP, to splice
+        return pickle.dumps(obj, 2)[2:-1]
+
+    glob = b"cscipy.sparse._csr\ncsr_matrix\n"
+    return {
+        "numpy.mean": (pickle.dumps(_Call(np.mean, csr, 1), 5), "numpy.mean called"),
+        "k-means kernel": (pickle.dumps(_Call(_kmeans_single_lloyd, X50, np.ones(2000), narrow, 5,
+                                              False, 1e-4, 1), 5), "_kmeans_single_lloyd called"),
+        "metric": (pickle.dumps(_Call(firkin_metric(), csr, csr), 5), "score called"),
+        "csr_matrix(coo)": (pickle.dumps(_Call(sp.csr_matrix, coo), 5), "csr_matrix called with"),
+        "csc_matrix(csr)": (pickle.dumps(_Call(sp.csc_matrix, csr), 5), "csc_matrix called with"),
+        "OBJ csr_matrix(coo)": (b"\x80\x02" + mark + glob + body(coo) + b"o" + stop,
+                                "csr_matrix called with"),
+        "INST csr_matrix(coo)": (b"\x80\x02" + mark + body(coo) + b"i" + glob[1:] + stop,
+                                 "csr_matrix called with"),
+        "_reconstructor(csr, csr, coo)": (
+            pickle.dumps(_Call(copyreg._reconstructor, sp.csr_matrix, sp.csr_matrix, coo), 5),
+            "csr_matrix called with"),
+        "a vectorize called": (pickle.dumps(_Call(np.vectorize(sp.csr_matrix), np.array(
+            [coo, coo], dtype=object)), 5), "a call of a value the stream built"),
+    }
+
+
+def firkin_metric():
+    from sklearn.metrics import mutual_info_score
+
+    return mutual_info_score
+
+
+def test_calls_of_unchecked_objects_refused(tmp_path):
+    from firkin import _trust
+
+    for i, (label, (stream, match)) in enumerate(sorted(_call_streams().items())):
+        d = tmp_path / f"c{i}"
+        d.mkdir()
+        assert match in "\n".join(_trust.untrusted_types(stream)), label
+        for container, path in _stream_files(stream, d):
+            with pytest.raises(UntrustedTypesError, match=match):
+                firkin.load(path)
+    # the unpickler refuses the copyreg route too, with the scanner out of the way
+    from firkin._trust import make_unpickler
+
+    stream = _call_streams()["_reconstructor(csr, csr, coo)"][0]
+    with pytest.raises(UntrustedTypesError, match="copyreg._reconstructor with the base "
+                       "scipy.sparse._csr.csr_matrix"):
+        from firkin import _amplify
+
+        with _amplify.active(_amplify.Budget(1 << 30, "<data>")):
+            make_unpickler(pickle.Unpickler)(io.BytesIO(stream)).load()
+
+
+@pytest.mark.parametrize("label", ["k-means kernel", "csr_matrix(coo)", "INST csr_matrix(coo)"])
+def test_calls_of_unchecked_objects_crash_plain_pickle(label, tmp_path):
+    # control: each stream is a real exploit (plain pickle.load segfaults)
+    import subprocess
+    import sys
+
+    path = tmp_path / "s.pkl"
+    path.write_bytes(_call_streams()[label][0])
+    code = f"import pickle; pickle.loads(open({str(path)!r}, 'rb').read())"
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=120)
+    assert run.returncode < 0, (label, run.returncode, run.stderr[-300:])
 
 
 # ---------------------------------------------------------------- column maps of encoders and vectorizers

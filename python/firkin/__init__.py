@@ -28,6 +28,7 @@ from ._api import (
 from . import _scipy_stats  # noqa: F401 - registers the scipy.stats rebuilds
 from ._inspect import info, untrusted_types, verify
 from ._validate_models import StoredPathWarning
+from ._validate_counts import ParallelismWarning
 from ._sign import set_key
 from ._defaults import set_defaults
 
@@ -65,6 +66,7 @@ __all__ = [
     "CheckResult",
     "check",
     "StoredPathWarning",
+    "ParallelismWarning",
     "info",
     "verify",
     "set_key",

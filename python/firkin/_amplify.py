@@ -407,6 +407,12 @@ def _newobj_ex_guard(cls, args, kwargs):
 
 def _reconstructor_guard(cls, base, state):
     cls, base = real(cls), real(base)
+    if base is not object and _trust.never_called_with_arguments(base):
+        # base.__init__(obj, state) would convert the state (a sparse matrix
+        # the load has not checked yet) in compiled code
+        raise _refusal(f"copyreg._reconstructor with the base {base.__module__}."
+                       f"{base.__qualname__}, whose constructor firkin never lets a stream call "
+                       "with arguments")
     if base is not object:
         _check_construct(base, (state,), {})
     return _made(cls, copyreg._reconstructor(_guards.array_class(cls), base, state))

@@ -146,6 +146,50 @@ ALLOWED: frozenset[str] = frozenset(
 )
 
 
+# ------------------------------------------------------------------ calls
+# A trusted function is still "call me with your arguments" for whoever
+# writes the stream, and a SciPy sparse class is "convert what I am given":
+# sklearn.cluster._kmeans._kmeans_single_lloyd called on a 2-column centre
+# array for 50-feature data, numpy.mean (which hands a sparse matrix to its
+# own .mean) on a CSR matrix whose indices lie outside it, csr_matrix() on
+# such a COO matrix: each ran compiled code on state the load had not yet
+# checked, and segfaulted a default load. Pickles never call them so: the
+# functions are values objects keep (a pooling function, a scorer's metric,
+# k-means' kernel choice), and sparse matrices come back through NEWOBJ and
+# BUILD. The scanner refuses such calls (firkin._core.scan_call_policy), and
+# any call of a value the stream built rather than of a global.
+
+
+def _keeps_only(module: str, name: str) -> bool:
+    """A scikit-learn function (snake_case), other than the helpers a stream
+    calls to rebuild objects (a Cython class's __pyx_unpickle_*, a neighbour
+    tree's newObj)."""
+    last = name.rpartition(".")[2]
+    return (module.startswith("sklearn.") and last != "newObj"
+            and not last.startswith("__pyx_unpickle") and last.lstrip("_")[:1].islower())
+
+
+#: trusted names a stream may use as values but never call
+NEVER_CALLED: frozenset[tuple[str, str]] = frozenset(
+    {(m, n) for m, names in _BY_MODULE.items() for n in names if _keeps_only(m, n)}
+    | {("numpy", "mean"), ("scipy.stats._discrete_distns", "randint_gen._entropy")})
+
+#: trusted classes a stream may make (NEWOBJ) but never call with arguments
+NEVER_CALLED_WITH_ARGS: frozenset[tuple[str, str]] = frozenset(
+    (m, n) for m, names in _BY_MODULE.items() if m.startswith("scipy.sparse")
+    for n in names if n.endswith(("_matrix", "_array")))
+
+_core.scan_call_policy(NEVER_CALLED, NEVER_CALLED_WITH_ARGS)
+
+
+def never_called_with_arguments(obj) -> bool:
+    """Whether obj is a class or function of NEVER_CALLED or
+    NEVER_CALLED_WITH_ARGS (for the unpickler's helpers that call what they
+    are handed: copyreg._reconstructor's base)."""
+    key = (getattr(obj, "__module__", None), getattr(obj, "__qualname__", None))
+    return key in NEVER_CALLED or key in NEVER_CALLED_WITH_ARGS
+
+
 # ------------------------------------------------------------------ policy
 def _normalize(trusted) -> frozenset[str] | bool:
     """None/False -> no extra names; True -> everything; else a set of names."""
@@ -175,8 +219,21 @@ def _is_trusted(module: str, name: str, extra: frozenset[str]) -> bool:
     return bool(extra) and f"{module}.{name}" in extra
 
 
-def _describe_unsafe(op: str, offset: int, why: str = "") -> str:
+def _describe_unsafe(op: str, offset: int, why: str = "", made_by=None) -> str:
+    if made_by is not None:
+        why = f"{why} (made by {made_by[0]}.{made_by[1]})"
     return f"<{op} opcode at offset {offset}{': ' + why if why else ''}>"
+
+
+def _lifted(unsafe: tuple, extra: frozenset[str]) -> bool:
+    """A call of a value made by a global the reader trusted beyond the
+    built-in list (scan_call): code saved by value calls what cloudpickle's
+    helpers return, and trusting those helpers already trusts any code."""
+    if len(unsafe) < 4 or not extra:
+        return False
+    module, name = unsafe[3]
+    module = MODULE_ALIASES.get(module, module)
+    return not _is_trusted(module, name, frozenset()) and _is_trusted(module, name, extra)
 
 
 def untrusted(globals: Iterable[tuple[str, str]], unsafe_ops: Iterable[tuple[str, int]],
@@ -197,7 +254,8 @@ def untrusted(globals: Iterable[tuple[str, str]], unsafe_ops: Iterable[tuple[str
     # the scanner has applied the Python 2 renaming already
     named = ((MODULE_ALIASES.get(m, m), n) for m, n in globals)
     names = sorted({f"{m}.{n}" for m, n in named if not _is_trusted(m, n, extra)})
-    ops = [_describe_unsafe(*u) for u in sorted(unsafe_ops, key=lambda t: t[1])]
+    ops = [_describe_unsafe(*u) for u in sorted(unsafe_ops, key=lambda t: t[1])
+           if not _lifted(u, extra)]
     return names + ops
 
 

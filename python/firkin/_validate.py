@@ -56,6 +56,7 @@ from ._validate_counts import (
     _check_class_count,
     _check_features_out,
     _check_polynomial,
+    parallel_check,
 )
 from ._validate_encoders import (
     _check_dict_vectorizer,
@@ -88,7 +89,7 @@ __all__ = ["Check", "WATCHED", "checking", "current_check"]
 class Check:
     """The checks of one load: objects built through a factory, whether a walk is due."""
 
-    __slots__ = ("name", "built", "walk", "state_set", "globals")
+    __slots__ = ("name", "built", "walk", "state_set", "globals", "parallel")
 
     def __init__(self, name: str):
         self.name = name
@@ -96,13 +97,21 @@ class Check:
         self.walk = False
         self.state_set: set[int] = set()
         self.globals: dict[int, tuple] = {}  # id -> (object, its state when handed out)
+        self.parallel: dict | None = None  # class -> its n_jobs check (parallel_check)
 
     def handed_out(self, obj) -> None:
-        """find_class returns obj: remember what a BUILD on it could change."""
+        """find_class returns obj: remember what a BUILD on it could change,
+        and whether it is an estimator whose n_jobs the walk must bound."""
         if id(obj) not in self.globals:
             state = _global_state(obj)
             if state is not None:
                 self.globals[id(obj)] = (obj, state)
+        fn = parallel_check(obj)
+        if fn is not None:
+            if self.parallel is None:
+                self.parallel = {}
+            self.parallel[obj] = fn
+            self.walk = True
 
     def restore_globals(self) -> list[str]:
         """Undo any change to the classes and functions handed out (a BUILD on
@@ -127,7 +136,7 @@ class Check:
             if type(item) is not tree_cls or id(item) not in state_set:
                 _check_built(self, item)
         if self.walk:
-            _walk(obj, self.name)
+            _walk(obj, self.name, self.parallel)
         if tree_cls is not None:  # all checked: the trees become sklearn's own Tree
             _core.retype_all(self.built, tree_cls, tree_cls.__base__)
 
@@ -321,12 +330,15 @@ def _expand(arr) -> list:
     return arr.ravel(order="K").tolist() if arr.ndim else [arr[()]]
 
 
-def _walk(root, name: str) -> None:
+def _walk(root, name: str, more: dict | None = None) -> None:
     """Call the estimator check of every object reachable from root whose
-    exact class has one, as the walk reaches it: in C (firkin._core.walk),
-    following dict values and keys, list and tuple items, gc referents and
-    the elements of object arrays; leaves, arrays and _SKIP end a branch."""
+    exact class has one (in the registry, or in `more`: class -> check), as
+    the walk reaches it: in C (firkin._core.walk), following dict values and
+    keys, list and tuple items, gc referents and the elements of object
+    arrays; leaves, arrays and _SKIP end a branch."""
     by_class = _checks_by_class()
+    for cls, fn in (more or {}).items():
+        by_class[cls] = _then(by_class[cls], fn) if cls in by_class else fn
     if by_class:
         _core.walk(root, name, by_class, _LEAVES, _SKIP, _expand)
 

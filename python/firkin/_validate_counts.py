@@ -14,10 +14,22 @@ computes it, and refuses a disagreement (``unfit_state``).
 
 What no check can refuse is a count that agrees with its source: a
 PolynomialFeatures fitted with ``degree=10**6`` is slow to use however it
-was loaded."""
+was loaded.
+
+One count is a parameter no fit checks against the machine: ``n_jobs``,
+the number of joblib workers a method starts. A FeatureUnion whose
+``n_jobs`` says 100,000 made ``transform`` start loky processes at 14 a
+second until it was killed (a load average of 300 on the whole machine);
+a KNeighborsClassifier's started threads until none could be made. Every
+scikit-learn estimator that takes ``n_jobs`` is found as its class is
+resolved (``parallel_check``), and a count beyond this machine's cores is
+brought down to them, with a ParallelismWarning: the results are the same,
+and more workers than cores only compete for them."""
 from __future__ import annotations
 
 import math
+import os
+import warnings
 
 import numpy as np
 
@@ -240,3 +252,47 @@ def _check_features_out(name: str, est) -> None:
                           "derives it from, is missing or malformed")
     if not (_is_int(got) and got == want):
         raise unfit_state(name, what, f"_n_features_out is {got!r}, but {label} is {want}")
+
+
+class ParallelismWarning(UserWarning):
+    """A default load brought an estimator's ``n_jobs`` down to this
+    machine's cores (firkin._validate_counts)."""
+
+
+def _limit_n_jobs(name: str, est) -> None:
+    d = vars(est)
+    v = d.get("n_jobs")
+    if not isinstance(v, (int, float, np.integer, np.floating)) or isinstance(v, (bool, np.bool_)):
+        return  # None (one worker), or what joblib itself refuses
+    cores = os.cpu_count() or 1
+    if not v > cores:  # NaN included: joblib refuses it
+        return
+    d["n_jobs"] = cores
+    warnings.warn(
+        f"{name}: {type(est).__qualname__}.n_jobs was {v!r:.40}, more workers than this "
+        f"machine's {cores} cores; firkin brought it down to {cores} (a file can choose a count "
+        "that starts processes or threads until the machine runs out). Results are the same. "
+        "Set it again yourself, or load a file you trust with trusted=True to keep it.",
+        ParallelismWarning, stacklevel=2)
+
+
+_PARALLEL: dict = {}
+
+
+def parallel_check(obj):
+    """_limit_n_jobs if obj is a scikit-learn class whose constructor takes
+    n_jobs, else None (cached per class: find_class asks for every global)."""
+    try:
+        return _PARALLEL[obj]
+    except KeyError:
+        pass
+    except TypeError:  # unhashable
+        return None
+    fn = None
+    if isinstance(obj, type) and getattr(obj, "__module__", "").startswith("sklearn."):
+        code = getattr(getattr(obj, "__init__", None), "__code__", None)
+        if code is not None:
+            params = code.co_varnames[:code.co_argcount + code.co_kwonlyargcount]
+            fn = _limit_n_jobs if "n_jobs" in params else None
+    _PARALLEL[obj] = fn
+    return fn
