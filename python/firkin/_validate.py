@@ -313,14 +313,24 @@ _LEAVES = frozenset({str, bytes, bytearray, int, float, complex, bool, type(None
 _SKIP = (type, types.ModuleType, types.FunctionType, types.BuiltinFunctionType, np.generic)
 
 
+_MODULES = tuple(sorted({module for module, _ in _ESTIMATOR_CHECKS}))
+_by_class_cache: list = [None, {}]  # [the registry's modules when made, class -> check]
+
+
 def _checks_by_class() -> dict:
-    out = {}
-    for (module, qual), fn in _ESTIMATOR_CHECKS.items():
-        mod = sys.modules.get(module)
-        cls = getattr(mod, qual, None) if mod is not None else None
-        if isinstance(cls, type):
-            out[cls] = fn
-    return out
+    """class -> check for the registry's classes imported so far (a new
+    dict each time); made again when one of their modules is (re)imported."""
+    mods = tuple(map(sys.modules.get, _MODULES))
+    key, cached = _by_class_cache
+    if key != mods:
+        cached = {}
+        for (module, qual), fn in _ESTIMATOR_CHECKS.items():
+            mod = sys.modules.get(module)
+            cls = getattr(mod, qual, None) if mod is not None else None
+            if isinstance(cls, type):
+                cached[cls] = fn
+        _by_class_cache[:] = [mods, cached]
+    return dict(cached)
 
 
 def _expand(arr) -> list:
