@@ -146,10 +146,6 @@ int scan_sized_call(scan_ctx *c, scan_val fn, int has_args)
     return rc;
 }
 
-/* fn(*args), as REDUCE, INST and OBJ make it (NEWOBJ calls cls.__new__,
- * never fn): refused when fn is not a global (a value the stream built,
- * such as a numpy.vectorize or a bound method, calls whatever it holds),
- * a ROLE_NOCALL global, or a ROLE_NOARGS class with arguments */
 /* the global whose call made v (an instance: its class), or -1 */
 static Py_ssize_t scan_made_by(scan_ctx *c, scan_val v)
 {
@@ -158,6 +154,10 @@ static Py_ssize_t scan_made_by(scan_ctx *c, scan_val v)
     return -1;
 }
 
+/* fn(*args), as REDUCE, INST and OBJ make it (NEWOBJ calls cls.__new__,
+ * never fn): refused when fn is a value the stream built rather than a
+ * global (a numpy.vectorize or a bound method calls whatever it holds), a
+ * ROLE_NOCALL global, or a ROLE_NOARGS class with arguments */
 int scan_call(scan_ctx *c, scan_val fn, int has_args)
 {
     if (sv_kind(fn) == SV_OPAQUE && !sv_index(fn))
