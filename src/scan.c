@@ -385,6 +385,8 @@ static int scan_step(scan_ctx *c)
         if (c->nmarks && scan_call(c, c->stack[c->depth - 1],
                                    c->depth - 1 > c->marks[c->nmarks - 1]) < 0)
             return -1;
+        for (Py_ssize_t i = c->nmarks ? c->marks[c->nmarks - 1] : c->depth; i < c->depth - 1; i++)
+            if (scan_call_args(c, c->stack[i], 0) < 0) return -1;
         scan_val inst;
         if (scan_instance_of(c, c->stack[--c->depth], &inst) < 0) return -1;
         /* the class went: the instance replaces the arguments */

@@ -187,6 +187,7 @@ enum {                /* dict bits */
     D_OBJ = 1,        /* a value is a (dtype, ...) tuple whose dtype holds objects (or may) */
     D_OTHER = 2,      /* a value is not a (dtype, ...) tuple: not a valid fields dict */
     D_OPAQUE_KEY = 4, /* a key that is not a constant string */
+    D_UNCHECKED = 8,  /* a value is an object the load checks only when done (scan_unchecked) */
 };
 /* joblib wrapper state keys, in scan_rec.f; a dtype record keeps its
  * typestr and byte order there (DK_*) for the array records */
@@ -222,6 +223,9 @@ typedef struct {
 #define SCAN_MAX_DEPTH 1500
 
 #define SCAN_RECON_BUILT (-3)
+/* scan_node.made_by of a tuple too long to follow that holds an object the
+ * load checks only when done */
+#define SCAN_HOLDS_UNCHECKED (-2)
 
 typedef struct {
     uint32_t depth;
@@ -386,6 +390,8 @@ int scan_wrapper_build(scan_ctx *c, scan_val target, scan_val state);
 int scan_tuple2(scan_ctx *c);
 int scan_reduce(scan_ctx *c);
 int scan_call(scan_ctx *c, scan_val fn, int has_args);
+int scan_call_args(scan_ctx *c, scan_val args, int whole);
+int scan_unchecked(scan_ctx *c, scan_val v);
 int scan_text_global(scan_ctx *c, int is_inst);
 int scan_stack_global(scan_ctx *c);
 

@@ -35,7 +35,13 @@ int scan_make_tuple(scan_ctx *c, Py_ssize_t m)
 {
     Py_ssize_t n = c->depth - m;
     if (n == 0) return scan_push(c, (scan_val)SV_EMPTYT << 60);
-    if (n > REC_MAX_TUPLE) return scan_collapse(c, m);
+    if (n > REC_MAX_TUPLE) {
+        int held = 0;
+        for (Py_ssize_t i = m; i < c->depth && !held; i++) held = scan_unchecked(c, c->stack[i]);
+        if (scan_collapse(c, m) < 0) return -1;
+        if (held) c->nodes[sv_index(c->stack[c->depth - 1])].made_by = SCAN_HOLDS_UNCHECKED;
+        return 0;
+    }
     uint32_t d = scan_depth_of(c, m, c->depth);
     if (scan_check_depth(c, &d) < 0) return -1;
     if (scan_consume(c, m, c->depth) < 0) return -1;
@@ -130,6 +136,72 @@ int scan_instance_of(scan_ctx *c, scan_val cls, scan_val *out)
 }
 
 
+/* an unsafe opcode about a value a call made: reported with the global
+ * that made it (by >= 0), so that a name the reader trusted beyond the
+ * built-in list lifts it (firkin._trust._lifted: code saved by value calls
+ * what cloudpickle's helpers return) */
+static int scan_unsafe_made(scan_ctx *c, const char *why, Py_ssize_t by)
+{
+    PyObject *t = by >= 0 ? Py_BuildValue("(snsO)", scan_ops[c->op].name, c->op_off, why,
+                                          c->gtab[by].key)
+                          : Py_BuildValue("(sns)", scan_ops[c->op].name, c->op_off, why);
+    if (!t) return -1;
+    int rc = PyList_Append(c->unsafe, t);
+    Py_DECREF(t);
+    return rc;
+}
+
+/* an instance of a ROLE_NOARGS class (a SciPy sparse matrix), which the
+ * load checks only when it is done; a tuple or dict holding one directly */
+int scan_unchecked(scan_ctx *c, scan_val v)
+{
+    if (sv_kind(v) == SV_PAIR) v = c->pairs[sv_index(v)].obj;
+    if (sv_kind(v) == SV_INSTANCE) {
+        int32_t gi = c->nodes[sv_index(v)].gi;
+        return gi >= 0 && c->gtab[gi].role == ROLE_NOARGS;
+    }
+    if (sv_kind(v) == SV_OPAQUE && sv_index(v))
+        return c->nodes[sv_index(v)].made_by == SCAN_HOLDS_UNCHECKED;
+    if (sv_kind(v) != SV_REC) return 0;
+    scan_rec *r = &c->recs[sv_index(v)];
+    if (r->kind == REC_DICT) return (r->bits & D_UNCHECKED) != 0;
+    if (r->kind != REC_TUPLE) return 0;
+    for (Py_ssize_t i = 0; i < r->n; i++) {
+        scan_val item = c->items[r->first + i];
+        if (sv_kind(item) == SV_PAIR) item = c->pairs[sv_index(item)].obj;
+        if (sv_kind(item) == SV_INSTANCE && scan_unchecked(c, item)) return 1;
+    }
+    return 0;
+}
+
+/* the arguments a call is handed (whole: a call's tuple or NEWOBJ_EX's
+ * keywords; else one item of OBJ or INST): refused when they hold,
+ * directly or in a tuple or dict among them, an object the load checks
+ * only when it is done (str() of a SciPy sparse matrix runs its __str__,
+ * which expands the index pointer in compiled code: a crafted one wrote
+ * past the array), or, whole, when they are a value a call made rather
+ * than a tuple the stream wrote */
+int scan_call_args(scan_ctx *c, scan_val args, int whole)
+{
+    int held = 0;
+    if (sv_kind(args) == SV_REC && c->recs[sv_index(args)].kind == REC_TUPLE) {
+        scan_rec *r = &c->recs[sv_index(args)];
+        for (Py_ssize_t i = 0; i < r->n && !held; i++) held = scan_unchecked(c, c->items[r->first + i]);
+    } else {
+        held = scan_unchecked(c, args);
+    }
+    if (held)
+        return scan_unsafe_why(c, "a SciPy sparse matrix handed to a call: the callee can convert or "
+                                  "print it (str() runs its __str__, which expands its index pointer "
+                                  "in compiled code) before the load checks it, and pickles never "
+                                  "hand one to a call");
+    if (whole && sv_kind(args) == SV_OPAQUE && sv_index(args) && c->nodes[sv_index(args)].made_by >= 0)
+        return scan_unsafe_made(c, "arguments that a call made, not a tuple the stream wrote: the "
+                                   "scanner cannot see what they hold",
+                                c->nodes[sv_index(args)].made_by);
+    return 0;
+}
+
 /* a call of fn (or fn.__new__) with arguments, fn being a ROLE_SIZED global */
 int scan_sized_call(scan_ctx *c, scan_val fn, int has_args)
 {
@@ -164,23 +236,11 @@ int scan_call(scan_ctx *c, scan_val fn, int has_args)
         return 0; /* a constant: not callable, or refused where it came from (EXT, PERSID) */
     if (sv_kind(fn) != SV_GLOBAL && sv_kind(fn) != SV_INSTANCE && sv_kind(fn) != SV_OPAQUE)
         return 0; /* strings, numbers, tuples, dicts, dtypes: not callable */
-    if (sv_kind(fn) != SV_GLOBAL) {
-        /* reported with the global that made the value: a name the reader
-         * trusted beyond the built-in list (code saved by value calls what
-         * cloudpickle's helpers return) lifts it (firkin._trust.untrusted) */
-        static const char why[] =
-            "a call of a value the stream built, not of a global: pickles call only the "
-            "globals they name, and such a value (a numpy.vectorize, a scorer, a bound method) "
-            "calls whatever it holds";
-        Py_ssize_t by = scan_made_by(c, fn);
-        PyObject *t = by >= 0 ? Py_BuildValue("(snsO)", scan_ops[c->op].name, c->op_off, why,
-                                              c->gtab[by].key)
-                              : Py_BuildValue("(sns)", scan_ops[c->op].name, c->op_off, why);
-        if (!t) return -1;
-        int rc = PyList_Append(c->unsafe, t);
-        Py_DECREF(t);
-        return rc;
-    }
+    if (sv_kind(fn) != SV_GLOBAL)
+        return scan_unsafe_made(c, "a call of a value the stream built, not of a global: pickles "
+                                   "call only the globals they name, and such a value (a "
+                                   "numpy.vectorize, a scorer, a bound method) calls whatever it "
+                                   "holds", scan_made_by(c, fn));
     unsigned char role = c->gtab[sv_index(fn)].role;
     if (role != ROLE_NOCALL && !(role == ROLE_NOARGS && has_args)) return 0;
     PyObject *key = c->gtab[sv_index(fn)].key;
@@ -209,6 +269,8 @@ int scan_new_instance(scan_ctx *c, Py_ssize_t m)
     if (scan_sized_call(c, c->stack[m], has_args) < 0) return -1;
     /* OBJ calls cls(*args) when it has arguments (or is no class) */
     if (c->op == OP_OBJ && scan_call(c, c->stack[m], has_args) < 0) return -1;
+    for (Py_ssize_t i = m + 1; i < c->depth; i++) /* NEWOBJ's tuple, NEWOBJ_EX's and its keywords, OBJ's items */
+        if (scan_call_args(c, c->stack[i], c->op != OP_OBJ) < 0) return -1;
     if (scan_instance_of(c, c->stack[m], &v) < 0) return -1;
     return scan_collapse_to(c, m, v);
 }
@@ -222,6 +284,7 @@ static int scan_key_is(scan_ctx *c, scan_val key, const char *name)
 /* d[key] = val on a dict record */
 void scan_dict_set(scan_ctx *c, scan_rec *d, scan_val key, scan_val val)
 {
+    if (scan_unchecked(c, val)) d->bits |= D_UNCHECKED;
     if (!(d->bits & D_OTHER)) {
         /* dtype fields: {name: (dtype, offset[, title])} */
         scan_rec *t = scan_rec_of(c, val, REC_TUPLE);
@@ -656,6 +719,7 @@ int scan_reduce(scan_ctx *c)
     }
     if (scan_sized_call(c, fn, sv_kind(args) != SV_EMPTYT) < 0) return -1;
     if (scan_call(c, fn, sv_kind(args) != SV_EMPTYT) < 0) return -1;
+    if (scan_call_args(c, args, 1) < 0) return -1;
     if (sv_kind(fn) == SV_GLOBAL) {
         unsigned char role = c->gtab[sv_index(fn)].role;
         scan_val v;

@@ -927,6 +927,9 @@ def _call_streams():
     X50 = np.random.RandomState(0).rand(2000, 50)
     narrow = np.random.RandomState(1).rand(3, 2)  # centres of 2 features for 50-feature data
     csr, coo = _outside_csr(), _outside_coo()
+    leaping = sp.random(50, 50, density=0.2, format="csr", random_state=0)
+    leaping.indptr = leaping.indptr.copy()
+    leaping.indptr[1] = 10**7
     mark, stop = b"(", b"."
 
     def body(obj):  # obj's pickle without PROTO and STOP, to splice
@@ -949,6 +952,23 @@ def _call_streams():
             "csr_matrix called with"),
         "a vectorize called": (pickle.dumps(_Call(np.vectorize(sp.csr_matrix), np.array(
             [coo, coo], dtype=object)), 5), "a call of a value the stream built"),
+        # trusted callees that print or iterate what they are handed: str() of a
+        # matrix whose index pointer leaps runs its __str__, which expands the
+        # pointer in compiled code
+        "str(csr)": (pickle.dumps(_Call(str, leaping), 5), "sparse matrix handed to a call"),
+        "numpy.str_(csr)": (pickle.dumps(_Call(np.str_, leaping), 5), "sparse matrix handed"),
+        "list(csr)": (pickle.dumps(_Call(list, leaping), 5), "sparse matrix handed"),
+        "__newobj__(str, csr)": (b"\x80\x02ccopyreg\n__newobj__\n" + b"cbuiltins\nstr\n"
+                                 + body(leaping) + b"\x86R" + stop, "sparse matrix handed"),
+        "__newobj_ex__(str, (), {object: csr})": (
+            b"\x80\x02ccopyreg\n__newobj_ex__\n" + b"cbuiltins\nstr\n" + b")}"
+            + b"X\x06\x00\x00\x00object" + body(leaping) + b"s\x87R" + stop, "sparse matrix handed"),
+        "NEWOBJ str(csr)": (b"\x80\x02cbuiltins\nstr\n" + body(leaping) + b"\x85\x81" + stop,
+                            "sparse matrix handed"),
+        "OBJ str(csr)": (b"\x80\x02" + mark + b"cbuiltins\nstr\n" + body(leaping) + b"o" + stop,
+                         "sparse matrix handed"),
+        "str(*tuple([csr]))": (b"\x80\x02cbuiltins\nstr\n" + body(_Call(tuple, [leaping]))
+                               + b"R" + stop, "arguments that a call made"),
     }
 
 
@@ -980,7 +1000,8 @@ def test_calls_of_unchecked_objects_refused(tmp_path):
             make_unpickler(pickle.Unpickler)(io.BytesIO(stream)).load()
 
 
-@pytest.mark.parametrize("label", ["k-means kernel", "csr_matrix(coo)", "INST csr_matrix(coo)"])
+@pytest.mark.parametrize("label", ["k-means kernel", "csr_matrix(coo)", "INST csr_matrix(coo)",
+                                   "str(csr)", "str(*tuple([csr]))"])
 def test_calls_of_unchecked_objects_crash_plain_pickle(label, tmp_path):
     # control: each stream is a real exploit (plain pickle.load segfaults)
     import subprocess
