@@ -379,11 +379,8 @@ static int scan_step(scan_ctx *c)
         return scan_stack_global(c);
     case OP_INST: {
         if (scan_text_global(c, 1) < 0) return -1;
-        if (c->nmarks && scan_sized_call(c, c->stack[c->depth - 1],
-                                          c->depth - 1 > c->marks[c->nmarks - 1]) < 0)
-            return -1;
         if (c->nmarks && scan_call(c, c->stack[c->depth - 1],
-                                   c->depth - 1 > c->marks[c->nmarks - 1]) < 0)
+                                   c->depth - 1 > c->marks[c->nmarks - 1], 1) < 0)
             return -1;
         for (Py_ssize_t i = c->nmarks ? c->marks[c->nmarks - 1] : c->depth; i < c->depth - 1; i++)
             if (scan_call_args(c, c->stack[i], 0) < 0) return -1;

@@ -202,22 +202,6 @@ int scan_call_args(scan_ctx *c, scan_val args, int whole)
     return 0;
 }
 
-/* a call of fn (or fn.__new__) with arguments, fn being a ROLE_SIZED global */
-int scan_sized_call(scan_ctx *c, scan_val fn, int has_args)
-{
-    if (!has_args || sv_kind(fn) != SV_GLOBAL || c->gtab[sv_index(fn)].role != ROLE_SIZED) return 0;
-    PyObject *key = c->gtab[sv_index(fn)].key;
-    PyObject *why = PyUnicode_FromFormat(
-        "%U.%U called with arguments: its arguments can ask for any amount of memory or work "
-        "(bytes(n), a frame of index x columns, a zero-stride array), and pickles never call it so",
-        PyTuple_GET_ITEM(key, 0), PyTuple_GET_ITEM(key, 1));
-    if (!why) return -1;
-    const char *text = PyUnicode_AsUTF8(why);
-    int rc = text ? scan_unsafe_why(c, text) : -1;
-    Py_DECREF(why);
-    return rc;
-}
-
 /* the global whose call made v (an instance: its class), or -1 */
 static Py_ssize_t scan_made_by(scan_ctx *c, scan_val v)
 {
@@ -226,12 +210,33 @@ static Py_ssize_t scan_made_by(scan_ctx *c, scan_val v)
     return -1;
 }
 
-/* fn(*args), as REDUCE, INST and OBJ make it (NEWOBJ calls cls.__new__,
- * never fn): refused when fn is a value the stream built rather than a
- * global (a numpy.vectorize or a bound method calls whatever it holds), a
- * ROLE_NOCALL global, or a ROLE_NOARGS class with arguments */
-int scan_call(scan_ctx *c, scan_val fn, int has_args)
+/* "<module>.<name> <what>" about the global fn, as an unsafe opcode */
+static int scan_unsafe_global(scan_ctx *c, scan_val fn, const char *what)
 {
+    PyObject *key = c->gtab[sv_index(fn)].key;
+    PyObject *why = PyUnicode_FromFormat("%U.%U %s", PyTuple_GET_ITEM(key, 0),
+                                         PyTuple_GET_ITEM(key, 1), what);
+    if (!why) return -1;
+    const char *text = PyUnicode_AsUTF8(why);
+    int rc = text ? scan_unsafe_why(c, text) : -1;
+    Py_DECREF(why);
+    return rc;
+}
+
+/* fn(*args) (calls: REDUCE, INST, OBJ with arguments) or fn.__new__(fn,
+ * *args) (NEWOBJ, NEWOBJ_EX, OBJ without): refused when fn is a ROLE_SIZED
+ * global with arguments, and, when fn itself is called, a value the stream
+ * built rather than a global (a numpy.vectorize or a bound method calls
+ * whatever it holds), a ROLE_NOCALL global, or a ROLE_NOARGS class with
+ * arguments */
+int scan_call(scan_ctx *c, scan_val fn, int has_args, int calls)
+{
+    if (has_args && sv_kind(fn) == SV_GLOBAL && c->gtab[sv_index(fn)].role == ROLE_SIZED)
+        return scan_unsafe_global(c, fn, "called with arguments: its arguments can ask for any "
+                                         "amount of memory or work (bytes(n), a frame of index x "
+                                         "columns, a zero-stride array), and pickles never call it "
+                                         "so");
+    if (!calls) return 0;
     if (sv_kind(fn) == SV_OPAQUE && !sv_index(fn))
         return 0; /* a constant: not callable, or refused where it came from (EXT, PERSID) */
     if (sv_kind(fn) != SV_GLOBAL && sv_kind(fn) != SV_INSTANCE && sv_kind(fn) != SV_OPAQUE)
@@ -242,22 +247,16 @@ int scan_call(scan_ctx *c, scan_val fn, int has_args)
                                    "numpy.vectorize, a scorer, a bound method) calls whatever it "
                                    "holds", scan_made_by(c, fn));
     unsigned char role = c->gtab[sv_index(fn)].role;
-    if (role != ROLE_NOCALL && !(role == ROLE_NOARGS && has_args)) return 0;
-    PyObject *key = c->gtab[sv_index(fn)].key;
-    PyObject *why = role == ROLE_NOCALL
-        ? PyUnicode_FromFormat(
-              "%U.%U called: firkin trusts it only as a value an object keeps (pickles never "
-              "call it), and calling it runs the library on the stream's arguments before "
-              "any check of them", PyTuple_GET_ITEM(key, 0), PyTuple_GET_ITEM(key, 1))
-        : PyUnicode_FromFormat(
-              "%U.%U called with arguments: its constructor converts the object it is given "
-              "in compiled code before firkin checks that object (pickles make it through "
-              "NEWOBJ and BUILD)", PyTuple_GET_ITEM(key, 0), PyTuple_GET_ITEM(key, 1));
-    if (!why) return -1;
-    const char *text = PyUnicode_AsUTF8(why);
-    int rc = text ? scan_unsafe_why(c, text) : -1;
-    Py_DECREF(why);
-    return rc;
+    if (role == ROLE_NOCALL)
+        return scan_unsafe_global(c, fn, "called: firkin trusts it only as a value an object keeps "
+                                         "(pickles never call it), and calling it runs the library "
+                                         "on the stream's arguments before any check of them");
+    if (role == ROLE_NOARGS && has_args)
+        return scan_unsafe_global(c, fn, "called with arguments: its constructor converts the "
+                                         "object it is given in compiled code before firkin "
+                                         "checks that object (pickles make it through NEWOBJ and "
+                                         "BUILD)");
+    return 0;
 }
 
 /* NEWOBJ / NEWOBJ_EX / OBJ: cls.__new__(cls, ...) with cls at stack[m] */
@@ -266,9 +265,8 @@ int scan_new_instance(scan_ctx *c, Py_ssize_t m)
     scan_val v;
     int has_args = c->op == OP_NEWOBJ ? sv_kind(c->stack[m + 1]) != SV_EMPTYT
                                       : c->op == OP_NEWOBJ_EX || c->depth - m > 1;
-    if (scan_sized_call(c, c->stack[m], has_args) < 0) return -1;
     /* OBJ calls cls(*args) when it has arguments (or is no class) */
-    if (c->op == OP_OBJ && scan_call(c, c->stack[m], has_args) < 0) return -1;
+    if (scan_call(c, c->stack[m], has_args, c->op == OP_OBJ) < 0) return -1;
     for (Py_ssize_t i = m + 1; i < c->depth; i++) /* NEWOBJ's tuple, NEWOBJ_EX's and its keywords, OBJ's items */
         if (scan_call_args(c, c->stack[i], c->op != OP_OBJ) < 0) return -1;
     if (scan_instance_of(c, c->stack[m], &v) < 0) return -1;
@@ -310,11 +308,7 @@ void scan_dict_set(scan_ctx *c, scan_rec *d, scan_val key, scan_val val)
 
 int scan_unsafe_why(scan_ctx *c, const char *why)
 {
-    PyObject *t = Py_BuildValue("(sns)", scan_ops[c->op].name, c->op_off, why);
-    if (!t) return -1;
-    int rc = PyList_Append(c->unsafe, t);
-    Py_DECREF(t);
-    return rc;
+    return scan_unsafe_made(c, why, -1);
 }
 
 /* numpy 2.4 and 2.5 read a datetime dtype's unit from the metadata a state
@@ -717,8 +711,7 @@ int scan_reduce(scan_ctx *c)
             return rc;
         }
     }
-    if (scan_sized_call(c, fn, sv_kind(args) != SV_EMPTYT) < 0) return -1;
-    if (scan_call(c, fn, sv_kind(args) != SV_EMPTYT) < 0) return -1;
+    if (scan_call(c, fn, sv_kind(args) != SV_EMPTYT, 1) < 0) return -1;
     if (scan_call_args(c, args, 1) < 0) return -1;
     if (sv_kind(fn) == SV_GLOBAL) {
         unsigned char role = c->gtab[sv_index(fn)].role;
@@ -758,7 +751,7 @@ int scan_reduce(scan_ctx *c)
             if (role == ROLE_BASE_NEW && t->n >= 3 && sv_kind(c->items[t->first + 1]) == SV_GLOBAL) {
                 unsigned char brole = c->gtab[sv_index(c->items[t->first + 1])].role;
                 if ((brole == ROLE_NOCALL || brole == ROLE_NOARGS) &&
-                    scan_call(c, c->items[t->first + 1], 1) < 0)
+                    scan_call(c, c->items[t->first + 1], 1, 1) < 0)
                     return -1;
             }
             if (role == ROLE_BASE_NEW && t->n >= 2 && scan_is_dtype_class(c, c->items[t->first + 1]))

@@ -894,12 +894,9 @@ def test_sparse_sortedness_claims_are_not_trusted(tmp_path, keys):
 # refuses them (firkin._trust.NEVER_CALLED, NEVER_CALLED_WITH_ARGS).
 
 
-class _Call:
-    def __init__(self, fn, *args):
-        self.fn, self.args = fn, args
-
-    def __reduce__(self):
-        return self.fn, self.args
+def _call(fn, *args):
+    """What pickles as fn(*args) (_Reduce)."""
+    return _Reduce((fn, args))
 
 
 def _outside_csr():
@@ -923,6 +920,7 @@ def _call_streams():
 
     import scipy.sparse as sp
     from sklearn.cluster._kmeans import _kmeans_single_lloyd
+    from sklearn.metrics import mutual_info_score
 
     X50 = np.random.RandomState(0).rand(2000, 50)
     narrow = np.random.RandomState(1).rand(3, 2)  # centres of 2 features for 50-feature data
@@ -937,27 +935,27 @@ def _call_streams():
 
     glob = b"cscipy.sparse._csr\ncsr_matrix\n"
     return {
-        "numpy.mean": (pickle.dumps(_Call(np.mean, csr, 1), 5), "numpy.mean called"),
-        "k-means kernel": (pickle.dumps(_Call(_kmeans_single_lloyd, X50, np.ones(2000), narrow, 5,
+        "numpy.mean": (pickle.dumps(_call(np.mean, csr, 1), 5), "numpy.mean called"),
+        "k-means kernel": (pickle.dumps(_call(_kmeans_single_lloyd, X50, np.ones(2000), narrow, 5,
                                               False, 1e-4, 1), 5), "_kmeans_single_lloyd called"),
-        "metric": (pickle.dumps(_Call(firkin_metric(), csr, csr), 5), "score called"),
-        "csr_matrix(coo)": (pickle.dumps(_Call(sp.csr_matrix, coo), 5), "csr_matrix called with"),
-        "csc_matrix(csr)": (pickle.dumps(_Call(sp.csc_matrix, csr), 5), "csc_matrix called with"),
+        "metric": (pickle.dumps(_call(mutual_info_score, csr, csr), 5), "score called"),
+        "csr_matrix(coo)": (pickle.dumps(_call(sp.csr_matrix, coo), 5), "csr_matrix called with"),
+        "csc_matrix(csr)": (pickle.dumps(_call(sp.csc_matrix, csr), 5), "csc_matrix called with"),
         "OBJ csr_matrix(coo)": (b"\x80\x02" + mark + glob + body(coo) + b"o" + stop,
                                 "csr_matrix called with"),
         "INST csr_matrix(coo)": (b"\x80\x02" + mark + body(coo) + b"i" + glob[1:] + stop,
                                  "csr_matrix called with"),
         "_reconstructor(csr, csr, coo)": (
-            pickle.dumps(_Call(copyreg._reconstructor, sp.csr_matrix, sp.csr_matrix, coo), 5),
+            pickle.dumps(_call(copyreg._reconstructor, sp.csr_matrix, sp.csr_matrix, coo), 5),
             "csr_matrix called with"),
-        "a vectorize called": (pickle.dumps(_Call(np.vectorize(sp.csr_matrix), np.array(
+        "a vectorize called": (pickle.dumps(_call(np.vectorize(sp.csr_matrix), np.array(
             [coo, coo], dtype=object)), 5), "a call of a value the stream built"),
         # trusted callees that print or iterate what they are handed: str() of a
         # matrix whose index pointer leaps runs its __str__, which expands the
         # pointer in compiled code
-        "str(csr)": (pickle.dumps(_Call(str, leaping), 5), "sparse matrix handed to a call"),
-        "numpy.str_(csr)": (pickle.dumps(_Call(np.str_, leaping), 5), "sparse matrix handed"),
-        "list(csr)": (pickle.dumps(_Call(list, leaping), 5), "sparse matrix handed"),
+        "str(csr)": (pickle.dumps(_call(str, leaping), 5), "sparse matrix handed to a call"),
+        "numpy.str_(csr)": (pickle.dumps(_call(np.str_, leaping), 5), "sparse matrix handed"),
+        "list(csr)": (pickle.dumps(_call(list, leaping), 5), "sparse matrix handed"),
         "__newobj__(str, csr)": (b"\x80\x02ccopyreg\n__newobj__\n" + b"cbuiltins\nstr\n"
                                  + body(leaping) + b"\x86R" + stop, "sparse matrix handed"),
         "__newobj_ex__(str, (), {object: csr})": (
@@ -967,15 +965,9 @@ def _call_streams():
                             "sparse matrix handed"),
         "OBJ str(csr)": (b"\x80\x02" + mark + b"cbuiltins\nstr\n" + body(leaping) + b"o" + stop,
                          "sparse matrix handed"),
-        "str(*tuple([csr]))": (b"\x80\x02cbuiltins\nstr\n" + body(_Call(tuple, [leaping]))
+        "str(*tuple([csr]))": (b"\x80\x02cbuiltins\nstr\n" + body(_call(tuple, [leaping]))
                                + b"R" + stop, "arguments that a call made"),
     }
-
-
-def firkin_metric():
-    from sklearn.metrics import mutual_info_score
-
-    return mutual_info_score
 
 
 def test_calls_of_unchecked_objects_refused(tmp_path):
