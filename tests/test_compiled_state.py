@@ -10,7 +10,6 @@ default load in every container firkin reads; the unmodified model loads
 and predicts identically.
 """
 import copy
-import gzip
 import importlib
 import io
 import pickle
@@ -23,8 +22,8 @@ import pytest
 import firkin
 from firkin import UntrustedTypesError
 
-from _container import firkin_container
-from _support import _Reduce, _set, _with_tree
+from _pickles import _containers
+from _support import _Reduce, _set, _with_tree, _zfile
 
 KEY_A, KEY_B = "compiled-state key A (the author)", "compiled-state key B (the reader)"
 
@@ -62,11 +61,13 @@ def _files(obj, tmp_path):
 
 
 def _stream_files(stream, tmp_path):
-    """A hand-made pickle stream in every container: plain pickle, gzip
-    (joblib compressed), firkin signed with another key."""
+    """A hand-made pickle stream in every kind of file firkin reads (plain
+    pickle, joblib files plain and compressed, firkin containers signed with
+    another key or unsigned, whole and streamed, compressed as a whole, and
+    joblib 0.9's compressed file)."""
     out = []
-    for label, data in (("pickle", stream), ("gzip", gzip.compress(stream)),
-                        ("firkin", firkin_container(stream, key=b"someone else"))):
+    blobs = dict(_containers(stream), **{"joblib-pre0.10-zfile": _zfile(stream)})
+    for label, data in sorted(blobs.items()):
         p = tmp_path / f"s.{label}"
         p.write_bytes(data)
         out.append((label, p))
