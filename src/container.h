@@ -86,10 +86,11 @@ typedef struct {
     PyObject *modules;    /* set of module names whose objects occur */
     PyObject *seen_types; /* set of types already recorded */
     PyObject *last_shape; /* the shape tuple of the array reduced last, or NULL (npy.c) */
+    PyObject *last_args;  /* the argument tuple of the array reduced last, or NULL (npy.c) */
     uint64_t oob_bytes;
     /* packed buffers (format 1.3, docs/FORMAT.md "Packed buffers") */
     int packing;          /* small contiguous array buffers go to the packed section */
-    PyObject *packed;     /* list of their PickleBuffers, in order */
+    PyObject *packed;     /* list of the objects exporting them (arrays), in order */
     uint64_t packed_bytes;
     unsigned char *ptab;  /* the table's entries: one varint per out-of-band buffer */
     size_t ptab_len, ptab_cap;

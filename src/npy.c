@@ -230,8 +230,44 @@ static PyObject *array_shape(WriterObject *w, PyArrayObject *arr)
     return shape;
 }
 
+/* The pickler memoizes every tuple it writes and holds it until the dump
+ * ends, so each array reduction's argument tuple would keep its
+ * PickleBuffer alive to the end: 112 bytes an array, 11 MB for 100,000
+ * small arrays, whose bytes the packed list keeps through their arrays
+ * anyway (Writer_buffer_callback). The buffer is the tuple's first item,
+ * the first thing the pickler writes of it; when the next array is
+ * reduced, or the dump ends, the pickler has written it and never reads
+ * it again (it reads the tuple's items once, in order, and knows the
+ * tuple itself only by identity in its memo). When the memo and this
+ * writer are the only holders of the tuple (nobody else can see it), the
+ * buffer's slot gets None: the same reasoning that lets CPython's zip()
+ * refill the result tuple it alone holds. */
+static void release_saved_buffer(WriterObject *w)
+{
+    PyObject *args = w->last_args;
+    if (!args) return;
+    w->last_args = NULL;
+    if (Py_REFCNT(args) == 2 && PyPickleBuffer_Check(PyTuple_GET_ITEM(args, 0))) {
+        PyObject *pb = PyTuple_GET_ITEM(args, 0);
+        PyTuple_SET_ITEM(args, 0, Py_NewRef(Py_None));
+        Py_DECREF(pb);
+    }
+    Py_DECREF(args);
+}
+
+/* (np_frombuffer, (pb, descr, shape, order)), remembering the argument
+ * tuple for release_saved_buffer. */
+static PyObject *frombuffer_reduction(WriterObject *w, PyObject *pb, PyArray_Descr *descr,
+                                      PyObject *shape, const char *order)
+{
+    PyObject *rv = Py_BuildValue("O(NONs)", w->st->np_frombuffer, pb, (PyObject *)descr, shape, order);
+    if (rv && PyPickleBuffer_Check(pb)) Py_XSETREF(w->last_args, Py_NewRef(PyTuple_GET_ITEM(rv, 1)));
+    return rv;
+}
+
 PyObject *reduce_array(WriterObject *w, PyObject *obj)
 {
+    release_saved_buffer(w);
     fk_state *st = w->st;
     PyArrayObject *arr = (PyArrayObject *)obj;
     PyArray_Descr *descr = PyArray_DESCR(arr);
@@ -258,7 +294,7 @@ PyObject *reduce_array(WriterObject *w, PyObject *obj)
         PyObject *pb = src ? PyPickleBuffer_FromObject(src) : NULL;
         Py_XDECREF(src);
         if (!pb) { Py_DECREF(shape); return NULL; }
-        return Py_BuildValue("O(NONs)", st->np_frombuffer, pb, (PyObject *)descr, shape, order);
+        return frombuffer_reduction(w, pb, descr, shape, order);
     }
     if (w->protocol < 5) {
         /* numpy's own protocol<5 reduction loses a non-native byte order;
@@ -268,7 +304,7 @@ PyObject *reduce_array(WriterObject *w, PyObject *obj)
                                                            PyArray_NBYTES((PyArrayObject *)copy)) : NULL;
         Py_XDECREF(copy);
         if (!ba) { Py_DECREF(shape); return NULL; }
-        return Py_BuildValue("O(NONs)", st->np_frombuffer, ba, (PyObject *)descr, shape, order);
+        return frombuffer_reduction(w, ba, descr, shape, order);
     }
     if (exact && exportable && st->np_pickles_permuted && PyArray_SIZE(arr) > 0 &&
         is_dense_permutation(arr)) {
@@ -296,7 +332,7 @@ PyObject *reduce_array(WriterObject *w, PyObject *obj)
     PyObject *pb = PyObject_CallOneArg(st->PickleBuffer, exporter);
     Py_DECREF(exporter);
     if (!pb) { Py_DECREF(shape); return NULL; }
-    return Py_BuildValue("O(NONs)", st->np_frombuffer, pb, (PyObject *)descr, shape, order);
+    return frombuffer_reduction(w, pb, descr, shape, order);
 }
 /* ---------------------------------------------------- out-of-band data */
 

@@ -200,12 +200,31 @@ int wr_write_packed(WriterObject *w)
     w->required |= FK_REQ_PACKED;
     if (wr_packed_append(w, &pk, head, hlen) < 0 || wr_packed_append(w, &pk, w->ptab, w->ptab_len) < 0)
         goto done;
+    size_t tpos = 0;
     for (Py_ssize_t i = 0; i < np; i++) {
         Py_buffer v;
+        uint64_t entry = 0;
         size_t z = (size_t)((FK_PACKED_ALIGN - pk.at % FK_PACKED_ALIGN) % FK_PACKED_ALIGN);
         if (wr_packed_append(w, &pk, zeros, z) < 0) goto done;
-        /* contiguous (the callback checked); the list keeps the export alive */
-        if (PyObject_GetBuffer(PyList_GET_ITEM(w->packed, i), &v, PyBUF_FULL_RO) < 0) goto done;
+        /* the length the table gives this buffer (its next nonzero entry) */
+        while (entry == 0) {
+            if (get_varint(w->ptab, w->ptab_len, &tpos, &entry) < 0) {
+                PyErr_SetString(PyExc_SystemError, "firkin: the packed table has fewer entries than buffers");
+                goto done;
+            }
+        }
+        /* the array exporting the buffer: its bytes are read again now, as
+         * the table recorded them, or the dump fails */
+        PyObject *exporter = PyList_GET_ITEM(w->packed, i);
+        if (PyObject_GetBuffer(exporter, &v, PyBUF_FULL_RO) < 0) goto done;
+        if ((uint64_t)v.len + 1 != entry || !PyBuffer_IsContiguous(&v, 'A')) {
+            PyErr_Format(PyExc_RuntimeError, "firkin.dump: an array of %llu bytes was resized or "
+                         "reshaped (now %zd bytes%s) while it was being saved; nothing was written",
+                         (unsigned long long)(entry - 1), v.len,
+                         PyBuffer_IsContiguous(&v, 'A') ? "" : ", not contiguous");
+            PyBuffer_Release(&v);
+            goto done;
+        }
         int r = wr_packed_append(w, &pk, (const unsigned char *)v.buf, (size_t)v.len);
         PyBuffer_Release(&v);
         if (r < 0) goto done;

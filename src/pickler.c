@@ -49,8 +49,13 @@ PyObject *Writer_buffer_callback(WriterObject *w, PyObject *pb)
         /* small: an array's bytes go to the packed section (so that they can
          * be mapped), anything else stays in-band */
         if (!w->packing || !buffer_is_array(w->st, pb)) Py_RETURN_TRUE;
+        /* the array that exports the buffer, not the PickleBuffer: the
+         * pickler's memo would otherwise be alone in holding the buffer
+         * once written (release_saved_buffer in npy.c) */
+        const Py_buffer *pv = PyPickleBuffer_GetBuffer(pb);
+        if (!pv) return NULL;
         if (packed_put_varint(&w->ptab, &w->ptab_len, &w->ptab_cap, (uint64_t)len + 1) < 0 ||
-            PyList_Append(w->packed, pb) < 0)
+            PyList_Append(w->packed, pv->obj) < 0)
             return NULL;
         w->packed_bytes += (uint64_t)len;
         Py_RETURN_FALSE;

@@ -71,6 +71,7 @@ static PyObject *Writer_dump(WriterObject *w, PyObject *args)
     if (!r) goto done;
     Py_DECREF(r);
     Py_CLEAR(pickler);
+    Py_CLEAR(w->last_args);
     w->stream_open = 0;
     w->progress_total = w->submitted + w->sbuf_len + w->oob_bytes + w->packed_bytes;
     if (wr_flush_stream(w) < 0) goto done;
@@ -90,6 +91,7 @@ done:
     w->stream_open = 0;
     if (!res) wr_abort_pipeline(w);
     Py_XDECREF(pickler);
+    Py_CLEAR(w->last_args);
     Py_XDECREF(mods);
     free(w->sbuf);
     w->sbuf = NULL;
@@ -261,6 +263,7 @@ static int Writer_traverse(WriterObject *w, visitproc visit, void *arg)
     Py_VISIT(w->modules);
     Py_VISIT(w->seen_types);
     Py_VISIT(w->last_shape);
+    Py_VISIT(w->last_args);
     Py_VISIT(w->progress);
     Py_VISIT(w->name);
     Py_VISIT(w->byvalue);
@@ -278,6 +281,7 @@ static int Writer_clear(WriterObject *w)
     Py_CLEAR(w->modules);
     Py_CLEAR(w->seen_types);
     Py_CLEAR(w->last_shape);
+    Py_CLEAR(w->last_args);
     Py_CLEAR(w->progress);
     Py_CLEAR(w->name);
     Py_CLEAR(w->byvalue);

@@ -553,6 +553,73 @@ def test_staging_buffers_reused_across_many_chunks(tmp_path):
     assert all(np.array_equal(a, b) for a, b in zip(got.arr[0], arrays, strict=True))
 
 
+class _CountBuffers:
+    """Counts, when pickled, the PickleBuffers alive at that moment over
+    the arrays in `of` (others may linger from other tests)."""
+
+    seen: list = []
+    of: list = []
+
+    def __reduce__(self):
+        ids = {id(a) for a in _CountBuffers.of}
+        _CountBuffers.seen.append(sum(type(o) is pickle.PickleBuffer and _exporter_id(o) in ids
+                                      for o in gc.get_objects()))
+        return (int, (0,))
+
+
+def _exporter_id(pb) -> int | None:
+    try:
+        with pb.raw() as m:
+            return id(m.obj)
+    except (BufferError, ValueError):  # released, or not contiguous
+        return None
+
+
+def test_buffers_of_written_arrays_are_freed_during_the_dump(tmp_path):
+    """The pickler's memo holds each array reduction's argument tuple to
+    the end of the dump; the PickleBuffer in it (112 bytes an array) is
+    dropped once written (npy.c release_saved_buffer), so 100,000 small
+    arrays do not hold 11 MB of them. The packed section is still written
+    from the arrays, and a dtype whose metadata holds arrays (an array
+    reduced inside another's reduction) comes back whole."""
+    arrays = [np.arange(10.0) + i for i in range(1000)]
+    _CountBuffers.seen, _CountBuffers.of = [], arrays
+    dt = np.dtype("f8", metadata={"m": np.arange(5.0)})
+    nested = np.zeros(3, dtype=dt)
+    path = tmp_path / "many.firkin"
+    firkin.dump([arrays, nested, np.arange(4), _CountBuffers()], path)
+    assert _CountBuffers.seen == [0]  # the last of them released at the next array's reduction
+    got = firkin.load(path, trusted=True)
+    assert all(np.array_equal(a, b) for a, b in zip(got[0], arrays, strict=True))
+    assert got[1].dtype.metadata["m"].tolist() == [0.0, 1.0, 2.0, 3.0, 4.0]
+    assert got[2].tolist() == [0, 1, 2, 3]
+    mapped = firkin.load(path, mmap_mode="r", trusted=True)  # the packed section maps
+    assert all(isinstance(a, np.memmap) and np.array_equal(a, b)
+               for a, b in zip(mapped[0], arrays, strict=True))
+    del mapped
+
+
+def test_an_array_resized_while_it_is_dumped_fails_the_dump(tmp_path):
+    """A packed array's bytes are read again from the array when the packed
+    section is written: one resized in the meantime (here by a later
+    object's __reduce__) fails the dump with an error that says so, rather
+    than writing bytes that disagree with the table or reading memory the
+    resize freed."""
+    a = np.arange(10.0)
+
+    class Resizer:
+        def __reduce__(self):
+            a.resize(100_000, refcheck=False)
+            return (int, (0,))
+
+    path = tmp_path / "r.firkin"
+    path.write_bytes(b"the previous model")
+    with pytest.raises(RuntimeError, match="an array of 80 bytes was resized or reshaped "
+                       r"\(now 800000 bytes\) while it was being saved"):
+        firkin.dump([a, Resizer()], path)
+    assert path.read_bytes() == b"the previous model"
+
+
 def test_header_bit_is_not_signed_but_cannot_be_flipped(tmp_path):
     """Bit 2 is decided after the stream is signed: clearing it leaves a
     kind 6 section the header does not declare (malformed), and setting it
