@@ -246,9 +246,13 @@ done:
     return ret;
 }
 
-static PyObject *Reader_buffer_spans(ReaderObject *r, PyObject *unused)
+/* buffer_spans(in_memory=False): with in_memory, the offsets are the
+ * container's own (in memory that holds it whole, deframed or not) and
+ * every raw span can be viewed there; else they are the file's. */
+static PyObject *Reader_buffer_spans(ReaderObject *r, PyObject *args)
 {
-    (void)unused;
+    int in_memory = 0;
+    if (!PyArg_ParseTuple(args, "|p:buffer_spans", &in_memory)) return NULL;
     if (rd_table(r) < 0) return NULL;
     size_t nl = rd_nlogical(r);
     PyObject *out = PyList_New((Py_ssize_t)nl);
@@ -259,8 +263,8 @@ static PyObject *Reader_buffer_spans(ReaderObject *r, PyObject *unused)
         const fk_section *s = rd_logical(r, i, &ord, &off, &len);
         if (!s) s = &r->sections[r->packed_sec];
         /* frames removed: the bytes do not lie at these offsets in the file */
-        int mappable = s->all_raw && !r->deframed;
-        PyObject *t = Py_BuildValue("(KKO)", (unsigned long long)(r->base + s->offset + off),
+        int mappable = s->all_raw && (in_memory || !r->deframed);
+        PyObject *t = Py_BuildValue("(KKO)", (unsigned long long)((in_memory ? 0 : r->base) + s->offset + off),
                                     (unsigned long long)len, mappable ? Py_True : Py_False);
         if (!t) { Py_DECREF(out); return NULL; }
         PyList_SET_ITEM(out, (Py_ssize_t)i, t);
@@ -429,8 +433,9 @@ static PyMethodDef Reader_methods[] = {
     {"read_buffers", (PyCFunction)(void (*)(void))Reader_read_buffers, METH_VARARGS | METH_KEYWORDS,
      "read_buffers(verify=True, threads=0, which=None, progress=None, hash_key=None) -> list of "
      "Buffer (progress(bytes_done) is called every 8 MiB); with hash_key, (list, Poly1305 records)"},
-    {"buffer_spans", (PyCFunction)Reader_buffer_spans, METH_NOARGS,
-     "[(absolute offset, length, mappable)] of the out-of-band buffers, in NEXT_BUFFER order"},
+    {"buffer_spans", (PyCFunction)Reader_buffer_spans, METH_VARARGS,
+     "buffer_spans(in_memory=False) -> [(offset, length, mappable)] of the out-of-band buffers, in "
+     "NEXT_BUFFER order: offsets in the file, or with in_memory in the container itself"},
     {"packed_buffers", (PyCFunction)Reader_packed_buffers, METH_NOARGS,
      "the numbers (NEXT_BUFFER order) of the buffers held by the packed section"},
     {"verify_mapped", (PyCFunction)(void (*)(void))Reader_verify_mapped, METH_VARARGS | METH_KEYWORDS,

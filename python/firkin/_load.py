@@ -123,23 +123,31 @@ def gc_paused():
 
 
 def load_reader(reader, verify, threads, progress=None, trusted=None, max_memory=None,
-                extra=None, native=True, mapped=None):
+                extra=None, native=True, mapped=None, owned=None):
     """The object in the container `reader` reads. mapped: (file, mmap mode)
     to map its arrays from; else they are read into memory (in this
-    machine's byte order when `native`)."""
+    machine's byte order when `native`). owned: the bytearray the reader
+    reads, when this load made it and nobody else holds it (a container
+    read from a pipe or through a decompressor): its arrays may then be
+    views of it instead of copies (_owned_views)."""
     with gc_paused():
         return _load_reader(reader, verify, threads, progress, trusted, max_memory, extra, native,
-                            mapped)
+                            mapped, owned)
 
 
-def _load_reader(reader, verify, threads, progress, trusted, max_memory, extra, native, mapped):
+def _load_reader(reader, verify, threads, progress, trusted, max_memory, extra, native, mapped,
+                 owned=None):
     budget = start_budget(reader, trusted, max_memory)
     meta = _meta.parse(reader.metadata(), reader.name)  # before anything is unpickled
     stream = reader.pickle_stream()
     policy, signed = check_trust(reader, stream, trusted)
+    views = None if owned is None else _owned_views(reader, owned)
     if mapped is not None:
         obj, buffers = _load_mapped_buffers(reader, *mapped, verify, threads, progress, stream,
                                             policy, signed, budget)
+    elif views is not None:
+        obj, buffers = _load_viewed_buffers(reader, views, verify, threads, progress, stream,
+                                            policy, signed, budget, native)
     else:
         _charge_buffers(reader, stream, budget, policy)
         buffers = _read_buffers(reader, _verify_buffers(reader, verify, False), threads, progress,
@@ -185,6 +193,47 @@ def _verify_buffers(reader, verify, mapped: bool) -> bool:
     if verify is None:
         return not mapped
     return bool(verify)
+
+
+def _owned_views(reader, owned: bytearray):
+    """(whole container as a writable uint8 array, spans) when the raw
+    buffers in `owned` are worth viewing rather than copying: when they are
+    at least half of it, so that keeping the container alive as long as an
+    array lives holds little beyond the arrays (a copy would need their
+    bytes twice at the peak: the container and the arrays). Else None."""
+    spans = reader.buffer_spans(True)
+    viewed = sum(n for _, n, raw in spans if raw)
+    if not viewed or 2 * viewed < len(owned):
+        return None
+    return np.frombuffer(owned, dtype=np.uint8), spans
+
+
+def _load_viewed_buffers(reader, views, verify, threads, progress, stream, policy, signed, budget,
+                         native):
+    """(object, buffers) with the raw buffers as views of the container in
+    memory (no second copy of their bytes), checked first: their CRCs
+    (unless verify=False) and, for a file trusted by its signature, their
+    hashes; the rest (compressed) read as usual."""
+    whole, spans = views
+    rest = [i for i, (_, _, raw) in enumerate(spans) if not raw]
+    buffers = [None] * len(spans)
+    records = b""
+    if rest:
+        _charge_buffers(reader, stream, budget, policy, set(rest))
+        buffers = _read_buffers(reader, _verify_buffers(reader, verify, False), threads, progress,
+                                rest, signed)
+        if signed:
+            buffers, records = buffers
+    crc = _verify_buffers(reader, verify, False)
+    if crc or signed:
+        records += reader.verify_mapped(whole, verify=crc,
+                                        hash_key=signed.hash_key if signed else None) or b""
+    if signed:
+        signed.check(records)
+    for i, (off, n, raw) in enumerate(spans):
+        if raw:
+            buffers[i] = whole[off:off + n]
+    return unpickle(reader, stream, buffers, None, policy, budget, native), buffers
 
 
 def _load_mapped_buffers(reader, f, mode, verify, threads, progress, stream, policy, signed,
@@ -260,7 +309,8 @@ def compressed_firkin(open_raw, name, mmap_mode, trusted, max_memory, verify, th
                    f'"{mmap_mode}" flag will be ignored.')
     native = _byteorder.resolve(ensure_native_byte_order, None)
     reader = _source.open_reader(data, name, deframed=deframed)
-    return True, load_reader(reader, verify, threads, progress, trusted, max_memory, extra, native)
+    return True, load_reader(reader, verify, threads, progress, trusted, max_memory, extra, native,
+                             owned=data)
 
 
 def load_foreign(f, name, mode, kwargs):
@@ -293,7 +343,8 @@ def load_fileobj(f, verify, threads, progress, trusted, ensure_native_byte_order
                                         trusted=trusted, max_memory=max_memory)
         data, deframed = _source.read_container(f, head, name)
         reader = _source.open_reader(data, name, deframed=deframed)
-        return load_reader(reader, verify, threads, progress, trusted, max_memory, extra, native)
+        return load_reader(reader, verify, threads, progress, trusted, max_memory, extra, native,
+                           owned=data)
     start = f.tell()
     head = _source.read_upto(f, _core.HEADER_LEN)
     if not head and start > 0 and f.seek(0, io.SEEK_END) == start:
