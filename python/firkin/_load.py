@@ -208,6 +208,29 @@ def _owned_views(reader, owned: bytearray):
     return np.frombuffer(owned, dtype=np.uint8), spans
 
 
+def _read_the_rest(reader, stream, which, n, verify, threads, progress, policy, signed, budget):
+    """(buffers, signature records): of the n buffers, those numbered
+    `which` read into memory (charged to the budget), the others None for
+    the caller to fill with views of the container."""
+    if not which:
+        return [None] * n, b""
+    _charge_buffers(reader, stream, budget, policy, set(which))
+    got = _read_buffers(reader, _verify_buffers(reader, verify, False), threads, progress, which,
+                        signed)
+    return got if signed else (got, b"")
+
+
+def _checked_in_place(reader, memory, crc: bool, signed) -> bytes:
+    """Check the raw buffers inside memory that holds the whole container
+    (a mapping, or the container a load decompressed) without copying them:
+    their CRCs when crc, their hashes when the file is trusted by its
+    signature (the records returned, for signed.check)."""
+    if not (crc or signed):
+        return b""
+    return reader.verify_mapped(memory, verify=crc,
+                                hash_key=signed.hash_key if signed else None) or b""
+
+
 def _load_viewed_buffers(reader, views, verify, threads, progress, stream, policy, signed, budget,
                          native):
     """(object, buffers) with the raw buffers as views of the container in
@@ -216,18 +239,9 @@ def _load_viewed_buffers(reader, views, verify, threads, progress, stream, polic
     hashes; the rest (compressed) read as usual."""
     whole, spans = views
     rest = [i for i, (_, _, raw) in enumerate(spans) if not raw]
-    buffers = [None] * len(spans)
-    records = b""
-    if rest:
-        _charge_buffers(reader, stream, budget, policy, set(rest))
-        buffers = _read_buffers(reader, _verify_buffers(reader, verify, False), threads, progress,
-                                rest, signed)
-        if signed:
-            buffers, records = buffers
-    crc = _verify_buffers(reader, verify, False)
-    if crc or signed:
-        records += reader.verify_mapped(whole, verify=crc,
-                                        hash_key=signed.hash_key if signed else None) or b""
+    buffers, records = _read_the_rest(reader, stream, rest, len(spans), verify, threads, progress,
+                                      policy, signed, budget)
+    records += _checked_in_place(reader, whole, _verify_buffers(reader, verify, False), signed)
     if signed:
         signed.check(records)
     for i, (off, n, raw) in enumerate(spans):
@@ -253,20 +267,11 @@ def _load_mapped_buffers(reader, f, mode, verify, threads, progress, stream, pol
         if signed:
             signed.check(b"")
         return unpickle(reader, stream, [], None, policy, budget), []
-    buffers = [None] * len(spans)
-    records = b""
-    if packed:
-        _charge_buffers(reader, stream, budget, policy, set(packed))
-        buffers = _read_buffers(reader, _verify_buffers(reader, verify, False), threads, progress,
-                                packed, signed)
-        if signed:
-            buffers, records = buffers
+    buffers, records = _read_the_rest(reader, stream, packed, len(spans), verify, threads,
+                                      progress, policy, signed, budget)
     if len(packed) < len(spans):
         mm = np.memmap(f, dtype=np.uint8, mode=mode, shape=(reader.total_length,))
-        crc = _verify_buffers(reader, verify, True)
-        if crc or signed:
-            got = reader.verify_mapped(mm, verify=crc, hash_key=signed.hash_key if signed else None)
-            records += got or b""
+        records += _checked_in_place(reader, mm, _verify_buffers(reader, verify, True), signed)
     if signed:
         signed.check(records)
     if len(packed) < len(spans):
