@@ -71,7 +71,6 @@ static PyObject *Writer_dump(WriterObject *w, PyObject *args)
     if (!r) goto done;
     Py_DECREF(r);
     Py_CLEAR(pickler);
-    Py_CLEAR(w->last_args);
     w->stream_open = 0;
     w->progress_total = w->submitted + w->sbuf_len + w->oob_bytes + w->packed_bytes;
     if (wr_flush_stream(w) < 0) goto done;

@@ -229,3 +229,11 @@ class PipeSink(io.RawIOBase):
     def write(self, b):
         self.data += b
         return len(b)
+
+
+def memory_owner(a):
+    """What finally holds an array's bytes: its chain of bases followed
+    through arrays and memoryviews (None: the array owns them itself)."""
+    while isinstance(a, (np.ndarray, memoryview)):
+        a = a.obj if isinstance(a, memoryview) else a.base
+    return a

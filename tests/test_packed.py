@@ -45,6 +45,7 @@ from _container import (
     set_header,
     varint,
 )
+from _support import memory_owner
 
 
 def small_arrays():
@@ -248,9 +249,7 @@ def test_default_load_gives_fresh_arrays(tmp_path):
         # writable unless it was read-only when dumped (as in-band arrays were)
         assert type(got) is np.ndarray and got.flags.writeable == want.flags.writeable, k
         np.testing.assert_array_equal(got, want)
-        base = got
-        while isinstance(base, (np.ndarray, memoryview)):
-            base = base.obj if isinstance(base, memoryview) else base.base
+        base = memory_owner(got)
         # its own bytearray (or, converted to native byte order, its own memory)
         assert base is None if k == "big_endian" else isinstance(base, bytearray), k
         assert base is None or len(base) == want.nbytes, k

@@ -20,7 +20,7 @@ import pytest
 import firkin
 from firkin import _core, _outer
 
-from _support import OneWayStream
+from _support import OneWayStream, memory_owner
 
 MAGIC = {"zlib": b"\x78", "gzip": b"\x1f\x8b", "bz2": b"BZh", "xz": b"\xfd7zXZ",
          "lzma": b"\x5d\x00"}
@@ -216,14 +216,6 @@ class _Custom:
     """Not on the allowlist: loads only from a file signed with your key."""
 
 
-def _owner(a):
-    """The object at the end of an array's chain of bases (a memoryview's
-    object for a view of one)."""
-    while isinstance(a, np.ndarray):
-        a = a.base
-    return a.obj if isinstance(a, memoryview) else a
-
-
 def test_arrays_are_views_of_the_container_the_load_decompressed(tmp_path):
     """A container read through a decompressor, or from a pipe, is memory
     this load made and nobody else holds: its raw arrays are views of it,
@@ -237,8 +229,8 @@ def test_arrays_are_views_of_the_container_the_load_decompressed(tmp_path):
     for load in (lambda: firkin.load(path), lambda: firkin.load(OneWayStream(firkin.dumps(value)))):
         got = load()
         assert np.array_equal(got["big"], value["big"]) and np.array_equal(got["also"], value["also"])
-        owners = {id(_owner(got["big"])), id(_owner(got["also"]))}
-        assert len(owners) == 1 and isinstance(_owner(got["big"]), bytearray)
+        owners = {id(memory_owner(got["big"])), id(memory_owner(got["also"]))}
+        assert len(owners) == 1 and isinstance(memory_owner(got["big"]), bytearray)
         assert got["big"].flags.writeable
         got["big"][0] = -1.0
         assert load()["big"][0] == 0.0
@@ -260,4 +252,4 @@ def test_a_container_mostly_pickle_is_copied_out_not_kept(tmp_path):
     firkin.dump(value, path, compress="gzip")
     got = firkin.load(path)
     assert got["words"] == value["words"] and np.array_equal(got["arr"], value["arr"])
-    assert memoryview(_owner(got["arr"])).nbytes == got["arr"].nbytes  # its own copy
+    assert memoryview(memory_owner(got["arr"])).nbytes == got["arr"].nbytes  # its own copy
