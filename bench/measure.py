@@ -322,6 +322,9 @@ def compress_contenders(workload: str, codecs, lz4_ok: bool, all_codecs: bool,
             continue
         rows.append({"name": f"firkin-{codec}-{level}", "lib": "firkin", "compress": [codec, level],
                      "codec": codec, "level": level})
+    if codecs is None or "zlib" in codecs:  # compress=3: firkin's own zlib chunks, memory-mappable
+        rows.append({"name": "firkin-zlib-3-chunks", "lib": "firkin", "compress": 3,
+                     "codec": "zlib", "level": 3})
     rows.append({"name": "joblib-zlib-3", "lib": "joblib", "compress": 3, "codec": "zlib", "level": 3})
     if lz4_ok:  # joblib's default lz4 level (LZ4FrameFile's 0: the fast mode)
         rows.append({"name": "joblib-lz4", "lib": "joblib", "compress": "lz4", "codec": "lz4",

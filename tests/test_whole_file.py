@@ -11,6 +11,7 @@ import lzma
 import shutil
 import subprocess
 import sys
+import threading
 import warnings
 import zlib
 
@@ -102,6 +103,46 @@ def test_parallel_blocks_give_the_same_bytes_for_any_thread_count(tmp_path, meth
     magic = {"gzip": b"\x1f\x8b\x08", "bz2": b"BZh", "xz": b"\xfd7zXZ\x00"}[method]
     blocks = -(-len(a) // _outer._BLOCK)
     assert one.count(magic) >= blocks and four.count(magic) >= blocks
+
+
+def test_zlib_is_one_stream_written_in_parallel_blocks(small_blocks, monkeypatch):
+    threads, deflate = [], _outer._deflate
+
+    def spy(*args):
+        threads.append(threading.current_thread().name)
+        return deflate(*args)
+
+    monkeypatch.setattr(_outer, "_deflate", spy)
+    value = {"a": np.arange(4 * _outer._XZ_BLOCK // 8 + 5) % 251, "f": np.round(
+        np.random.default_rng(1).standard_normal(50_000), 2)}
+    one = firkin.dumps(value, compress=("zlib", 6), threads=1)
+    four = firkin.dumps(value, compress=("zlib", 6), threads=4)
+    for data in (one, four):
+        d = zlib.decompressobj()
+        inner = d.decompress(data)
+        assert d.eof and d.unused_data == b""  # one zlib stream, its Adler-32 checked
+        assert data[:2] == zlib.compress(b"", 6)[:2]
+        assert inner[:8] == _core.MAGIC and len(inner) > 3 * _outer._BLOCK
+        # primed with the block before, the blocks compress almost as one stream does
+        assert len(data) <= 1.01 * len(zlib.compress(inner, 6))
+        np.testing.assert_array_equal(firkin.loads(data)["a"], value["a"])
+        np.testing.assert_array_equal(firkin.loads(data)["f"], value["f"])
+    # the creation time differs; the blocks, hence the lengths, do not
+    assert len(zlib.decompress(one)) == len(zlib.decompress(four))
+    blocks = -(-len(zlib.decompress(one)) // _outer._BLOCK)
+    assert threads[:blocks] == ["MainThread"] * blocks  # threads=1: in the dumping thread
+    assert len(threads) == 2 * blocks
+    assert all(t.startswith("firkin-outer") for t in threads[blocks:])
+
+
+@pytest.mark.parametrize("level", range(10))
+def test_zlib_header_and_adler32_join(level):
+    assert _outer.zlib_header(level) == zlib.compress(b"x", level)[:2]
+    rng = np.random.default_rng(level)
+    for n1, n2 in ((0, 0), (0, 9), (9, 0), (1, 70_000), (65_521, 65_522), (300_000, 5)):
+        a = rng.integers(0, 256, n1, dtype=np.uint8).tobytes()
+        b = (b"\xff" * n2) if level % 2 else rng.integers(0, 256, n2, dtype=np.uint8).tobytes()
+        assert _outer.adler32_join(zlib.adler32(a), zlib.adler32(b), n2) == zlib.adler32(a + b)
 
 
 def test_chunks_stay_firkins_for_true_levels_and_other_codecs(tmp_path):

@@ -7,8 +7,11 @@ gzip/bz2/lzma modules and joblib's own tests open: the container inside is
 in the streamed layout (docs/FORMAT.md), which needs no seek. Writing is
 parallel where the format allows concatenation (gzip members, bz2 and xz
 streams: blocks of `_BLOCK` bytes, each compressed on its own thread, in
-order); zlib and lzma (.lzma, "alone") are one stream, compressed as the
-container is written. Reading goes through firkin._joblib's decompressors:
+order). zlib is one stream but is written in parallel too: each block is
+raw deflate primed with the 32 KiB before it (as pigz does), ended on a byte
+boundary by a sync flush, between one zlib header and one Adler-32 combined
+from the blocks' own; only lzma (.lzma, "alone") is compressed serially, as
+the container is written. Reading goes through firkin._joblib's decompressors:
 the container is read exactly to its end through the decompressor (never a
 temporary file), and nothing may follow it inside the compressed data.
 """
@@ -27,10 +30,43 @@ from ._core import FormatError
 #: the joblib method names (and the file endings that pick them) written as
 #: one compressed file around the container
 METHODS = ("zlib", "gzip", "bz2", "lzma", "xz")
-#: methods whose format concatenates: each block is its own member/stream
-_CONCAT = ("gzip", "bz2", "xz")
+#: methods written in blocks on threads: gzip, bz2 and xz concatenate (each
+#: block its own member/stream); zlib's blocks are pieces of one deflate stream
+_BLOCKED = ("gzip", "bz2", "xz", "zlib")
 _BLOCK = 4 << 20  # raw bytes per independently compressed block
 _XZ_BLOCK = 16 << 20  # xz's dictionary is 4-8 MiB at the usual presets: larger blocks
+_WINDOW = 1 << 15  # deflate's window: the bytes a zlib block is primed with
+_ADLER_MOD = 65521
+
+
+def zlib_header(level: int) -> bytes:
+    """The two bytes zlib.compress(..., level) starts with: deflate with a
+    32 KiB window, the level's class in FLEVEL, and the check bits that make
+    the pair a multiple of 31 (RFC 1950)."""
+    flevel = 0 if level < 2 else 1 if level < 6 else 2 if level == 6 else 3
+    pair = 0x78 << 8 | flevel << 6
+    return (pair + 31 - pair % 31).to_bytes(2, "big")
+
+
+def adler32_join(first: int, second: int, second_len: int) -> int:
+    """The Adler-32 of A+B from A's and B's (B `second_len` bytes long).
+    Adler-32 is (s2 << 16) | s1 where s1 is 1 + the bytes' sum and s2 the sum
+    of s1 after each byte: B's bytes add (B's s1 - 1) to s1, and every s1
+    value B's s2 summed is larger by A's (s1 - 1)."""
+    a1, a2 = first & 0xFFFF, second & 0xFFFF
+    s1 = (a1 + a2 - 1) % _ADLER_MOD
+    s2 = ((first >> 16) + (second >> 16) + second_len * (a1 - 1)) % _ADLER_MOD
+    return s2 << 16 | s1
+
+
+def _deflate(level: int, data, primer: bytes, last: bool):
+    """(raw deflate of `data`, its Adler-32): a piece of one zlib stream,
+    primed with the bytes before it, byte-aligned (a sync flush) unless it
+    is the stream's last."""
+    c = (zlib.compressobj(level, zlib.DEFLATED, -zlib.MAX_WBITS, zdict=primer) if primer
+         else zlib.compressobj(level, zlib.DEFLATED, -zlib.MAX_WBITS))
+    out = c.compress(data) + c.flush(zlib.Z_FINISH if last else zlib.Z_SYNC_FLUSH)
+    return out, zlib.adler32(data)
 
 
 def _block(method: str, level: int, data: bytes) -> bytes:
@@ -44,8 +80,6 @@ def _block(method: str, level: int, data: bytes) -> bytes:
 
 
 def _streaming(method: str, level: int):
-    if method == "zlib":
-        return zlib.compressobj(level, zlib.DEFLATED, zlib.MAX_WBITS)
     return lzma.LZMACompressor(format=lzma.FORMAT_ALONE, preset=level)
 
 
@@ -59,7 +93,10 @@ class Compressor:
     def __init__(self, target, method: str, level: int, threads: int = 0, name=None):
         self.target, self.method, self.level, self.name = target, method, level, name
         self.written = 0  # compressed bytes handed to the target
-        self._stream = None if method in _CONCAT else _streaming(method, level)
+        self._stream = None if method in _BLOCKED else _streaming(method, level)
+        self._adler = 1  # zlib: the Adler-32 of the blocks emitted so far
+        self._primer = b""  # zlib: the last block's final 32 KiB
+        self._headed = False  # zlib: the header is written
         self._size = _XZ_BLOCK if method == "xz" else _BLOCK
         self._buf = bytearray()
         self._pending: collections.deque = collections.deque()
@@ -94,13 +131,29 @@ class Compressor:
                 raise OSError(f"write() of the output returned {k} for {len(mv)} bytes")
             mv = mv[k:]
 
-    def _submit(self, data: bytes) -> None:
+    def _submit(self, data: bytes, last: bool = False) -> None:
+        if self.method == "zlib":
+            if not self._headed:
+                self._emit(zlib_header(self.level))
+                self._headed = True
+            job = (_deflate, self.level, data, self._primer, last)
+            self._primer = data[-_WINDOW:] if len(data) >= _WINDOW else (self._primer + data)[-_WINDOW:]
+        else:
+            job = (_block, self.method, self.level, data)
         if self._pool is None:
-            self._emit(_block(self.method, self.level, data))
+            self._done(job[0](*job[1:]), len(data))
             return
-        self._pending.append(self._pool.submit(_block, self.method, self.level, data))
+        self._pending.append((self._pool.submit(*job), len(data)))
         while len(self._pending) > self._depth:
-            self._emit(self._pending.popleft().result())
+            fut, n = self._pending.popleft()
+            self._done(fut.result(), n)
+
+    def _done(self, result, n: int) -> None:
+        """Write one compressed block (zlib: and fold its Adler-32 in)."""
+        if self.method == "zlib":
+            result, adler = result
+            self._adler = adler32_join(self._adler, adler, n)
+        self._emit(result)
 
     def write(self, b) -> int:
         mv = memoryview(b).cast("B")
@@ -128,16 +181,19 @@ class Compressor:
         if self._stream is not None:
             self._emit(self._stream.flush())
         else:
-            if self._buf or not self.written and not self._pending:
-                self._submit(bytes(self._buf))
+            if self._buf or self.method == "zlib" or not self.written and not self._pending:
+                self._submit(bytes(self._buf), last=True)  # zlib: the final block, maybe empty
                 self._buf = bytearray()
             while self._pending:
-                self._emit(self._pending.popleft().result())
+                fut, n = self._pending.popleft()
+                self._done(fut.result(), n)
+            if self.method == "zlib":
+                self._emit(self._adler.to_bytes(4, "big"))
         self.abort()
 
     def abort(self) -> None:
         if self._pool is not None:
-            for fut in self._pending:
+            for fut, _ in self._pending:
                 fut.cancel()
             self._pending.clear()
             self._pool.shutdown(wait=True)
