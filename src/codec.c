@@ -70,6 +70,7 @@ static void *worker_main(void *arg)
         p->count--;
         p->running++;
         pthread_mutex_unlock(&p->mu);
+        job->on_worker = 1;
         job_run(p, job);
         pthread_mutex_lock(&p->mu);
         p->running--;

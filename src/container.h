@@ -88,6 +88,7 @@ typedef struct {
     PyObject *last_shape; /* the shape tuple of the array reduced last, or NULL (npy.c) */
     PyObject *last_args;  /* the argument tuple of the array reduced last, or NULL (npy.c) */
     uint64_t oob_bytes;
+    uint64_t worker_chunks; /* chunks the pool's threads compressed or checksummed */
     /* packed buffers (format 1.3, docs/FORMAT.md "Packed buffers") */
     int packing;          /* small contiguous array buffers go to the packed section */
     PyObject *packed;     /* list of the objects exporting them (arrays), in order */
@@ -102,6 +103,7 @@ typedef struct {
     uint64_t required;    /* the header's required feature flags */
     fk_ring ring;         /* chunks in flight (ring.c) */
     uint64_t submitted;  /* raw bytes handed to the pipeline */
+    uint64_t ahead;      /* bytes of the buffer being written still to come after this chunk */
     PyObject *progress;  /* callable(bytes_done) or NULL */
     int hashing;                /* hash every stream and buffer chunk (a signed dump) ... */
     unsigned char hash_key[32]; /* ... with Poly1305 under this key, on the workers */

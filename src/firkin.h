@@ -197,6 +197,7 @@ typedef struct codec_job {
     int status;
     int read_errno;
     char err[160];
+    int on_worker;          /* run by one of the pool's threads, not inline */
     int done;
 } codec_job;
 

@@ -415,6 +415,7 @@ int wr_write_buffers(WriterObject *w)
             wr_choose_filter(w, &w->sections[w->nsections - 1], elem, p, len);
             for (size_t off = 0; off < len; off += w->chunk_size) {
                 size_t k = len - off < w->chunk_size ? len - off : w->chunk_size;
+                w->ahead = len - off - k;
                 if (wr_submit(w, p + off, k, NULL) < 0) goto next;
                 if (PyErr_CheckSignals() < 0) goto next;
             }
@@ -431,12 +432,14 @@ int wr_write_buffers(WriterObject *w)
                 gather_strided(&v, idx, &inner, stage, k);
                 Py_END_ALLOW_THREADS
                 if (off == 0) wr_choose_filter(w, &w->sections[w->nsections - 1], elem, stage, k);
+                w->ahead = len - off - k;
                 if (wr_submit(w, stage, k, stage) < 0) goto next;
                 if (PyErr_CheckSignals() < 0) goto next;
             }
         }
         rc = 0;
     next:
+        w->ahead = 0;
         PyMem_Free(idx);
         if (rc < 0) {
             wr_abort_pipeline(w);

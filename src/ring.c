@@ -160,6 +160,7 @@ int wr_retire_one(WriterObject *w)
                          (uint32_t)s->nchunks, j->job.src_len, j->job.hash) < 0)
         goto done;
     if (j->job.out_codec != FK_CODEC_RAW && j->job.filter != FK_FILTER_NONE) s->filtered = 1;
+    w->worker_chunks += j->job.on_worker != 0;
     s->nchunks++;
     s->stored += j->job.out_len;
     s->raw += j->job.src_len;
@@ -193,10 +194,19 @@ int wr_submit(WriterObject *w, const unsigned char *p, size_t n, void *owned)
 {
     w->submitted += n;
     /* threads pay off from a couple of chunks on when compressing, from a few
-     * MiB when they only checksum; small dumps stay inline */
+     * MiB when they only checksum; small dumps stay inline. A big array's
+     * chunks (`ahead`: what is left of it) go to the workers from its first. */
     uint64_t from = (w->codec == FK_CODEC_RAW ? 8 : 2) * (uint64_t)w->chunk_size;
     size_t inflight = (size_t)(w->threads < 1 ? 1 : w->threads) * 4;
-    if (ring_pool(&w->ring, w->st, w->submitted >= from ? w->threads : 0, inflight) < 0) {
+    int want = w->submitted + w->ahead >= from ? w->threads : 0;
+    /* the pool is upgraded only when the ring is idle: the chunks an inline
+     * pool ran are done, so write them now, or one big array that crosses
+     * `from` in its own chunks (the ring never empties) stays on this thread */
+    if (want > 0 && w->ring.pool && !codec_pool_threads(w->ring.pool) && wr_drain(w) < 0) {
+        free(owned);
+        return -1;
+    }
+    if (ring_pool(&w->ring, w->st, want, inflight) < 0) {
         free(owned);
         return -1;
     }

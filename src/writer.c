@@ -316,6 +316,12 @@ static PyObject *Writer_get_oob_bytes(WriterObject *w, void *c)
     return PyLong_FromUnsignedLongLong(w->oob_bytes);
 }
 
+static PyObject *Writer_get_worker_chunks(WriterObject *w, void *c)
+{
+    (void)c;
+    return PyLong_FromUnsignedLongLong(w->worker_chunks);
+}
+
 static PyMethodDef Writer_methods[] = {
     {"dump", (PyCFunction)Writer_dump, METH_VARARGS,
      "dump(obj, protocol, extra=None) -> sorted list of the top-level modules whose objects occur "
@@ -356,6 +362,9 @@ static PyGetSetDef Writer_getset[] = {
      "classes/functions saved by value (defined in __main__, or out of reach by name)", NULL},
     {"buffer_count", (getter)Writer_get_buffer_count, NULL, "out-of-band buffers written", NULL},
     {"oob_bytes", (getter)Writer_get_oob_bytes, NULL, "bytes of out-of-band buffers", NULL},
+    {"worker_chunks", (getter)Writer_get_worker_chunks, NULL,
+     "chunks written so far that the pool's threads compressed or checksummed (the rest ran on "
+     "the dumping thread)", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 

@@ -191,6 +191,42 @@ def test_thread_counts_give_identical_files_content(tmp_path, payload, threads):
         [s for s in _sections(ref) if s["kind"] not in skip]
 
 
+@pytest.mark.parametrize("compress", [3, ("zstd", 3), ("lz4", 1), 0])
+def test_one_big_array_is_compressed_on_the_pool_threads(tmp_path, monkeypatch, compress):
+    """A single array's chunks go to the workers once the dump passes the
+    inline threshold: the inline pool's finished chunks are written first so
+    that the pool can be upgraded (before, the ring never emptied and every
+    chunk of the array ran on the dumping thread)."""
+    if isinstance(compress, tuple) and compress[0] not in firkin.codecs():
+        pytest.skip(f"this build lacks {compress[0]}")
+    writers, real = [], _core.Writer
+
+    def spy(*args, **kwargs):
+        writers.append(real(*args, **kwargs))
+        return writers[-1]
+
+    monkeypatch.setattr(_core, "Writer", spy)
+    a = (np.arange(4_000_000) % 977).astype(np.int64)  # 32 MB: 31 chunks of 1 MiB
+    firkin.dump(a, tmp_path / "a.firkin", compress=compress, threads=2)
+    secs = _sections(tmp_path / "a.firkin")
+    chunks = sum(s["chunks"] for s in secs if s["kind"] == "buffer")
+    assert chunks >= 30 and secs[0]["kind"] == "pickle stream"
+    # the array is known to be big from its first chunk: every chunk after the
+    # small pickle stream (which stays on the dumping thread) runs on a worker
+    after = sum(s["chunks"] for s in secs[1:])
+    assert writers[0].worker_chunks == after
+    firkin.dump(a, tmp_path / "b.firkin", compress=compress, threads=1)
+    assert writers[1].worker_chunks == after  # one worker, beside the dumping thread
+    # many small arrays: inline until the dump has passed the threshold, then
+    # upgraded (the inline pool's chunks are written first)
+    many = [a[i:i + 40_000].copy() for i in range(0, 1_600_000, 40_000)]  # 40 x 320 KB
+    firkin.dump(many, tmp_path / "c.firkin", compress=compress, threads=2)
+    chunks = sum(s["chunks"] for s in _sections(tmp_path / "c.firkin") if s["kind"] == "buffer")
+    first = 8 if compress == 0 else 2  # MiB: where checksums / compression pay for threads
+    assert chunks == 40 and writers[2].worker_chunks >= chunks - first * 1_048_576 // 320_000 - 1
+    np.testing.assert_array_equal(firkin.load(tmp_path / "a.firkin"), a)
+
+
 @pytest.mark.parametrize("bad", [0, -1, 2.5, True, "4"])
 def test_bad_threads(tmp_path, bad):
     with pytest.raises(ValueError, match="threads"):

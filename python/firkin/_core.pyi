@@ -97,6 +97,7 @@ def walk(root: Any, name: str, by_class: dict[type, Callable[[str, Any], object]
 class Writer:
     buffer_count: int
     oob_bytes: int
+    worker_chunks: int
     by_value: int
     arrays: list[Optional[tuple[str, tuple[int, ...]]]]
     def __init__(
