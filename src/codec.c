@@ -253,6 +253,14 @@ static codec_ctx *thread_ctx(void)
     return c;
 }
 
+void codec_drop_thread_ctx(void)
+{
+    pthread_once(&ctx_once, ctx_key_init);
+    if (!ctx_key_ok) return;
+    codec_ctx *c = (codec_ctx *)pthread_getspecific(ctx_key);
+    if (c && pthread_setspecific(ctx_key, NULL) == 0) ctx_free(c);
+}
+
 int codec_available(int codec)
 {
     switch (codec) {

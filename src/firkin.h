@@ -213,6 +213,9 @@ void codec_pool_wait_all(codec_pool *p);                 /* without the GIL */
 void codec_pool_stop(codec_pool *p);                     /* without the GIL */
 void codec_pool_free(codec_pool *p);                     /* with the GIL */
 int codec_default_threads(void);
+/* Free the calling thread's cached codec contexts (a zstd context at a high
+ * level is tens of MB); the next codec call on this thread makes new ones. */
+void codec_drop_thread_ctx(void);
 int codec_available(int codec);
 size_t codec_bound(int codec, size_t n);
 /* The filter that makes the sampled slices of p (n bytes of elements of

@@ -199,10 +199,11 @@ int wr_submit(WriterObject *w, const unsigned char *p, size_t n, void *owned)
     uint64_t from = (w->codec == FK_CODEC_RAW ? 8 : 2) * (uint64_t)w->chunk_size;
     size_t inflight = (size_t)(w->threads < 1 ? 1 : w->threads) * 4;
     int want = w->submitted + w->ahead >= from ? w->threads : 0;
+    int threaded = w->ring.pool && codec_pool_threads(w->ring.pool);
     /* the pool is upgraded only when the ring is idle: the chunks an inline
      * pool ran are done, so write them now, or one big array that crosses
      * `from` in its own chunks (the ring never empties) stays on this thread */
-    if (want > 0 && w->ring.pool && !codec_pool_threads(w->ring.pool) && wr_drain(w) < 0) {
+    if (want > 0 && w->ring.pool && !threaded && wr_drain(w) < 0) {
         free(owned);
         return -1;
     }
@@ -210,6 +211,9 @@ int wr_submit(WriterObject *w, const unsigned char *p, size_t n, void *owned)
         free(owned);
         return -1;
     }
+    /* from here the workers compress: the contexts this thread used for the
+     * first chunks (or a sample) would sit idle beside theirs */
+    if (!threaded && codec_pool_threads(w->ring.pool)) codec_drop_thread_ctx();
     while (ring_full(&w->ring))
         if (wr_retire_one(w) < 0) { free(owned); return -1; }
     wr_job *j = (wr_job *)calloc(1, sizeof(wr_job));
