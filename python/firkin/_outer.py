@@ -33,7 +33,7 @@ METHODS = ("zlib", "gzip", "bz2", "lzma", "xz")
 #: methods written in blocks on threads: gzip, bz2 and xz concatenate (each
 #: block its own member/stream); zlib's blocks are pieces of one deflate stream
 _BLOCKED = ("gzip", "bz2", "xz", "zlib")
-_BLOCK = 4 << 20  # raw bytes per independently compressed block
+_BLOCK = 1 << 20  # raw bytes per independently compressed block (a firkin chunk)
 _XZ_BLOCK = 16 << 20  # xz's dictionary is 4-8 MiB at the usual presets: larger blocks
 _WINDOW = 1 << 15  # deflate's window: the bytes a zlib block is primed with
 _ADLER_MOD = 65521
@@ -103,7 +103,7 @@ class Compressor:
         workers = threads or os.cpu_count() or 1
         self._pool = (ThreadPoolExecutor(workers, thread_name_prefix="firkin-outer")
                       if self._stream is None and workers > 1 else None)
-        self._depth = 2 * workers  # blocks in flight: memory is bounded by this many
+        self._depth = workers + 1  # blocks in flight: memory is bounded by this many
 
     def seekable(self) -> bool:
         return False
