@@ -79,10 +79,6 @@ def _block(method: str, level: int, data: bytes) -> bytes:
     return lzma.compress(data, format=lzma.FORMAT_XZ, preset=level)
 
 
-def _streaming(method: str, level: int):
-    return lzma.LZMACompressor(format=lzma.FORMAT_ALONE, preset=level)
-
-
 class Compressor:
     """A write-only file object, not seekable, that compresses what the
     container writer writes into `target` (a descriptor or a binary file
@@ -93,10 +89,12 @@ class Compressor:
     def __init__(self, target, method: str, level: int, threads: int = 0, name=None):
         self.target, self.method, self.level, self.name = target, method, level, name
         self.written = 0  # compressed bytes handed to the target
-        self._stream = None if method in _BLOCKED else _streaming(method, level)
+        self._stream = (None if method in _BLOCKED  # lzma "alone" is one serial stream
+                        else lzma.LZMACompressor(format=lzma.FORMAT_ALONE, preset=level))
         self._adler = 1  # zlib: the Adler-32 of the blocks emitted so far
         self._primer = b""  # zlib: the last block's final 32 KiB
-        self._headed = False  # zlib: the header is written
+        if method == "zlib":
+            self._emit(zlib_header(level))
         self._size = _XZ_BLOCK if method == "xz" else _BLOCK
         self._buf = bytearray()
         self._pending: collections.deque = collections.deque()
@@ -131,11 +129,10 @@ class Compressor:
                 raise OSError(f"write() of the output returned {k} for {len(mv)} bytes")
             mv = mv[k:]
 
-    def _submit(self, data: bytes, last: bool = False) -> None:
+    def _submit(self, data, last: bool = False) -> None:
+        """Compress `data` (bytes or a bytearray nobody else writes to) as the
+        next block."""
         if self.method == "zlib":
-            if not self._headed:
-                self._emit(zlib_header(self.level))
-                self._headed = True
             job = (_deflate, self.level, data, self._primer, last)
             self._primer = data[-_WINDOW:] if len(data) >= _WINDOW else (self._primer + data)[-_WINDOW:]
         else:
@@ -168,8 +165,8 @@ class Compressor:
             i = min(size - len(self._buf), n)
             self._buf += mv[:i]
             if len(self._buf) == size:
-                self._submit(bytes(self._buf))
-                self._buf = bytearray()
+                data, self._buf = self._buf, bytearray()  # handed over whole: no copy
+                self._submit(data)
         while n - i >= size:
             self._submit(bytes(mv[i:i + size]))  # a copy: the view is the writer's
             i += size
@@ -182,8 +179,8 @@ class Compressor:
             self._emit(self._stream.flush())
         else:
             if self._buf or self.method == "zlib" or not self.written and not self._pending:
-                self._submit(bytes(self._buf), last=True)  # zlib: the final block, maybe empty
-                self._buf = bytearray()
+                data, self._buf = self._buf, bytearray()
+                self._submit(data, last=True)  # zlib: the final block, maybe empty
             while self._pending:
                 fut, n = self._pending.popleft()
                 self._done(fut.result(), n)
