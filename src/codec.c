@@ -210,6 +210,8 @@ typedef struct {
 #endif
     unsigned char *fbuf; /* a chunk's filtered bytes, on their way to or from the codec */
     size_t fcap;
+    unsigned char *rbuf; /* a compressed chunk read on this worker, on its way to the codec */
+    size_t rcap;
 } codec_ctx;
 
 static pthread_key_t ctx_key;
@@ -229,6 +231,7 @@ static void ctx_free(void *p)
     if (c->dd) libdeflate_free_decompressor(c->dd);
 #endif
     free(c->fbuf);
+    free(c->rbuf);
     free(c);
 }
 
@@ -455,21 +458,28 @@ static int worth_compressing(const unsigned char *src, size_t n)
     return total < saved_enough - saved_enough / 16;
 }
 
-/* Space of n bytes for a chunk's filtered bytes: this thread's, or a fresh
- * block put in *fresh for the caller to free. NULL when out of memory. */
+/* Space of n bytes in one of this thread's reusable buffers (*buf of *cap
+ * bytes, grown as needed), or without one (buf NULL) a fresh block put in
+ * *fresh for the caller to free. NULL when out of memory. */
+static unsigned char *thread_space(size_t n, unsigned char **buf, size_t *cap, unsigned char **fresh)
+{
+    *fresh = NULL;
+    if (!buf) return *fresh = (unsigned char *)malloc(n ? n : 1);
+    if (*cap < n) {
+        unsigned char *b = (unsigned char *)malloc(n);
+        if (!b) return NULL;
+        free(*buf);
+        *buf = b;
+        *cap = n;
+    }
+    return *buf;
+}
+
+/* Space for a chunk's filtered bytes. */
 static unsigned char *filter_space(size_t n, unsigned char **fresh)
 {
     codec_ctx *ctx = thread_ctx();
-    *fresh = NULL;
-    if (!ctx) return *fresh = (unsigned char *)malloc(n ? n : 1);
-    if (ctx->fcap < n) {
-        unsigned char *b = (unsigned char *)malloc(n);
-        if (!b) return NULL;
-        free(ctx->fbuf);
-        ctx->fbuf = b;
-        ctx->fcap = n;
-    }
-    return ctx->fbuf;
+    return thread_space(n, ctx ? &ctx->fbuf : NULL, ctx ? &ctx->fcap : NULL, fresh);
 }
 
 /* Sampling for codec_choose_filter: up to 4 slices, 256 KiB in all and at
@@ -684,33 +694,47 @@ done:
     free(fresh);
 }
 
-/* A raw chunk read on the worker, so that reading and verifying overlap
- * across the pool's threads instead of the caller reading every chunk.
- * Read in slices that fit this core's cache, each checksummed (when asked)
- * right after it lands, while it is still there, instead of the whole
- * chunk again from farther away. */
+/* A chunk read on the worker, so that reading, verifying and decoding
+ * overlap across the pool's threads instead of the caller reading every
+ * chunk. A raw chunk is read into its destination; a compressed one into
+ * the worker's read buffer (reused from chunk to chunk, so it stays in
+ * cache and costs no page faults), or a fresh block put in *fresh. Read in
+ * slices that fit this core's cache, each checksummed (when asked) right
+ * after it lands, while it is still there, instead of the whole chunk again
+ * from farther away. */
 #define READ_SLICE ((size_t)256 << 10)
-static int job_read(codec_job *job)
+static int job_read(codec_job *job, unsigned char **fresh)
 {
+    unsigned char *to = job->dst;
+    size_t len = job->dst_len;
+    if (job->codec != FK_CODEC_RAW) {
+        /* only a worker keeps its buffer: the caller's thread outlives the load */
+        codec_ctx *ctx = job->on_worker ? thread_ctx() : NULL;
+        len = job->read_len;
+        to = thread_space(len, ctx ? &ctx->rbuf : NULL, ctx ? &ctx->rcap : NULL, fresh);
+        if (!to) {
+            job_fail(job, CODEC_ERR_MEMORY, "out of memory");
+            return -1;
+        }
+    }
     size_t done = 0;
-    int sum = job->verify && job->codec == FK_CODEC_RAW;
     uint32_t crc = 0;
-    while (done < job->dst_len) {
-        size_t want = job->dst_len - done < READ_SLICE ? job->dst_len - done : READ_SLICE;
-        ssize_t k = pread(job->read_fd, job->dst + done, want, (off_t)(job->read_off + done));
+    while (done < len) {
+        size_t want = len - done < READ_SLICE ? len - done : READ_SLICE;
+        ssize_t k = pread(job->read_fd, to + done, want, (off_t)(job->read_off + done));
         if (k < 0 && errno == EINTR) continue;
         if (k <= 0) {
             job->read_errno = k < 0 ? errno : 0;
             job_fail(job, CODEC_ERR_IO, k < 0 ? strerror(errno) : "the file ends inside this chunk");
             return -1;
         }
-        if (sum) crc = checksum_crc32c(crc, job->dst + done, (size_t)k);
+        if (job->verify) crc = checksum_crc32c(crc, to + done, (size_t)k);
         done += (size_t)k;
     }
-    job->src = job->dst;
-    job->src_len = job->dst_len;
+    job->src = to;
+    job->src_len = len;
     job->crc = crc;
-    job->read_crc = sum;
+    job->read_crc = job->verify;
     return 0;
 }
 
@@ -718,7 +742,11 @@ static void job_run(codec_pool *p, codec_job *job)
 {
     job->status = 0;
     job->err[0] = 0;
-    if (job->read_first && job_read(job) < 0) return;
-    if (job->op == CODEC_OP_COMPRESS) job_compress(p, job);
-    else job_decompress(p, job);
+    unsigned char *fresh = NULL;
+    if (!job->read_first || job_read(job, &fresh) == 0) {
+        if (job->op == CODEC_OP_COMPRESS) job_compress(p, job);
+        else job_decompress(p, job);
+    }
+    if (job->read_first && job->codec != FK_CODEC_RAW) job->src = NULL; /* the thread's buffer */
+    free(fresh);
 }

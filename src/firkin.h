@@ -182,10 +182,13 @@ typedef struct codec_job {
     size_t scratch_cap;
     int scratch_owned;      /* scratch was malloc'ed by the job (python codecs) */
     void *owned;            /* a buffer the job's owner frees after use */
-    int read_first;         /* decompress, raw chunk: first pread dst_len bytes of read_fd at
-                             * read_off into dst, which then is src (reading on the worker) */
+    int read_first;         /* decompress: first pread the chunk from read_fd at read_off on
+                             * the worker, which then is src: a raw chunk's dst_len bytes
+                             * into dst, a compressed one's read_len bytes into a buffer of
+                             * the worker's own (src is NULL again once the job is done) */
     int read_fd;
     uint64_t read_off;
+    size_t read_len;
     /* out */
     int out_codec;          /* compress: codec actually stored (raw when it didn't pay) */
     const unsigned char *out; /* compress: stored bytes (src or scratch) */

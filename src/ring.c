@@ -303,7 +303,9 @@ static int rd_job_error(ReaderObject *r, rd_job *j)
     const fk_section *s = j->s;
     if (j->job.status == CODEC_ERR_CHECKSUM) return report_crc_mismatch(r, s, j->chunk);
     if (j->job.status == CODEC_ERR_IO) { /* read on the worker: as rd_read reports it */
-        if (!j->job.read_errno) return rd_truncated(r, (size_t)j->raw_len, j->file_off);
+        if (!j->job.read_errno)
+            return rd_truncated(r, j->job.codec == FK_CODEC_RAW ? (size_t)j->raw_len : j->job.read_len,
+                                j->file_off);
         errno = j->job.read_errno;
         PyErr_SetFromErrnoWithFilenameObject(PyExc_OSError, r->name);
         return -1;
@@ -394,6 +396,16 @@ int rd_sections_into(ReaderObject *r, const fk_section **secs, unsigned char **d
                     if (rd_read(r, soff, dsts[i] + roff, rawc) < 0) { ring_job_free(&j->job); goto done; }
                     j->job.src = dsts[i] + roff;
                     j->job.src_len = rawc;
+                } else if (r->fd >= 0 && !r->has_mem) {
+                    /* the worker reads it into a buffer of its own and decodes
+                     * it from there: stored < rawc <= 64 MiB, validated by
+                     * rd_parse */
+                    j->job.read_first = 1;
+                    j->job.read_fd = r->fd;
+                    j->job.read_off = r->base + soff;
+                    j->job.read_len = (size_t)stored;
+                    j->job.dst = dsts[i] + roff;
+                    j->job.dst_len = rawc;
                 } else {
                     /* stored < rawc <= 64 MiB: validated by rd_parse */
                     unsigned char *tmp = (unsigned char *)malloc((size_t)stored ? (size_t)stored : 1);
