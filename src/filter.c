@@ -71,7 +71,6 @@ SHUFFLE_LOOP(2)
 SHUFFLE_LOOP(4)
 UNSHUFFLE_LOOP(2)
 UNSHUFFLE_LOOP(4)
-UNSHUFFLE_LOOP(8)
 
 #ifdef __SSE2__
 /* x86-64 always has SSE2. GCC does not vectorise the loop above for 8- and
@@ -85,6 +84,18 @@ UNSHUFFLE_LOOP(8)
  * plane order; log2(E) rounds of the same turn E plane vectors back into
  * the elements (for E = 16 that is the same four rounds). */
 #include <emmintrin.h>
+
+/* The encoders read an array's bytes straight from memory (a chunk of a big
+ * array is rarely in cache), one 16-element group at a time: the hardware
+ * prefetcher alone kept 8-byte shuffles at 7 GB/s from cold memory against
+ * 14 from cache. Asking for the lines PREFETCH_AHEAD bytes on brings that
+ * to 12-13 GB/s (4 and 8 KiB ahead measured best). The address is formed
+ * as an integer: it may lie past the buffer, which a prefetch never
+ * touches. */
+#define PREFETCH_AHEAD 4096
+#define PREFETCH_GROUP(p, bytes)                                                 \
+    for (size_t pf_ = 0; pf_ < (bytes); pf_ += 64)                               \
+        _mm_prefetch((const char *)((uintptr_t)(p) + PREFETCH_AHEAD + pf_), _MM_HINT_T0);
 
 #define TRANSPOSE_ROUNDS(v, E, R)                                                \
     for (int round_ = 0; round_ < (R); round_++) {                               \
@@ -102,6 +113,7 @@ UNSHUFFLE_LOOP(8)
         size_t i = 0;                                                            \
         for (; i + 16 <= m; i += 16) {                                           \
             __m128i v[E];                                                        \
+            PREFETCH_GROUP(in + i * (E), 16 * (E))                               \
             for (int k = 0; k < (E); k++)                                        \
                 v[k] = _mm_loadu_si128((const __m128i *)(in + i * (E) + 16 * (size_t)k)); \
             TRANSPOSE_ROUNDS(v, E, 4)                                            \
@@ -114,24 +126,36 @@ UNSHUFFLE_LOOP(8)
 SHUFFLE_SSE2(8)
 SHUFFLE_SSE2(16)
 
-static void unshuffle_sse2_16(const unsigned char *restrict in, unsigned char *restrict out, size_t m)
-{
-    size_t i = 0;
-    for (; i + 16 <= m; i += 16) {
-        __m128i v[16];
-        for (int k = 0; k < 16; k++) v[k] = _mm_loadu_si128((const __m128i *)(in + (size_t)k * m + i));
-        TRANSPOSE_ROUNDS(v, 16, 4)
-        for (int k = 0; k < 16; k++) _mm_storeu_si128((__m128i *)(out + i * 16 + 16 * (size_t)k), v[k]);
+/* Elements i..i+15 from the E planes of m bytes at `in`, into v[0..E-1]:
+ * log2(E) rounds (R) rebuild them. */
+#define PLANES_TO_ELEMENTS(v, in, m, i, E, R)                                    \
+    for (int k_ = 0; k_ < (E); k_++)                                             \
+        v[k_] = _mm_loadu_si128((const __m128i *)((in) + (size_t)k_ * (m) + (i))); \
+    TRANSPOSE_ROUNDS(v, E, R)
+
+#define UNSHUFFLE_SSE2(E, R)                                                     \
+    static void unshuffle_sse2_##E(const unsigned char *restrict in, unsigned char *restrict out, size_t m) \
+    {                                                                            \
+        size_t i = 0;                                                            \
+        for (; i + 16 <= m; i += 16) {                                           \
+            __m128i v[E];                                                        \
+            PLANES_TO_ELEMENTS(v, in, m, i, E, R)                                \
+            for (int k = 0; k < (E); k++)                                        \
+                _mm_storeu_si128((__m128i *)(out + i * (E) + 16 * (size_t)k), v[k]); \
+        }                                                                        \
+        for (; i < m; i++)                                                       \
+            for (size_t j = 0; j < (E); j++) out[i * (E) + j] = in[j * m + i];   \
     }
-    for (; i < m; i++)
-        for (size_t j = 0; j < 16; j++) out[i * 16 + j] = in[j * m + i];
-}
+UNSHUFFLE_SSE2(8, 3)
+UNSHUFFLE_SSE2(16, 4)
 #define shuffle_8 shuffle_sse2_8
 #define shuffle_16 shuffle_sse2_16
+#define unshuffle_8 unshuffle_sse2_8
 #define unshuffle_16 unshuffle_sse2_16
 #else
 SHUFFLE_LOOP(8)
 SHUFFLE_LOOP(16)
+UNSHUFFLE_LOOP(8)
 UNSHUFFLE_LOOP(16)
 #endif
 
@@ -278,6 +302,7 @@ DELTA_FIXED(2, uint16_t)
         T prev = 0, d[16];                                                       \
         size_t i = 0;                                                            \
         for (; i + 16 <= m; i += 16) {                                           \
+            PREFETCH_GROUP(in + i * (E), 16 * (E))                               \
             for (int k = 0; k < 16; k++) {                                       \
                 T v;                                                             \
                 memcpy(&v, in + (i + (size_t)k) * (E), sizeof v);                \
@@ -304,9 +329,7 @@ DELTA_FIXED(2, uint16_t)
         size_t i = 0;                                                            \
         for (; i + 16 <= m; i += 16) {                                           \
             __m128i v[E];                                                        \
-            for (int k = 0; k < (E); k++)                                        \
-                v[k] = _mm_loadu_si128((const __m128i *)(in + (size_t)k * m + i)); \
-            TRANSPOSE_ROUNDS(v, E, R)                                            \
+            PLANES_TO_ELEMENTS(v, in, m, i, E, R)                                \
             for (int k = 0; k < (E); k++) _mm_storeu_si128((__m128i *)d + k, v[k]); \
             for (int k = 0; k < 16; k++) {                                       \
                 prev = (T)(prev + d[k]);                                         \
