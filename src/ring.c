@@ -335,8 +335,10 @@ static int rd_retire_one(ReaderObject *r, fk_ring *rg, hash_records *records)
 }
 
 /* Read whole sections into dsts[i] (each secs[i]->raw bytes): raw chunks
- * straight into place, compressed ones through a bounded scratch buffer,
- * decoded and verified by the pool while the next chunks are read. With
+ * straight into place, compressed ones through a buffer of the worker that
+ * decodes them (from a file descriptor: the workers read every chunk
+ * themselves) or a scratch block per chunk in flight, all verified by the
+ * pool while the next chunks are submitted. With
  * hash_key (buffer sections of a signed file), the pool also hashes each
  * chunk's raw bytes into `records`. */
 int rd_sections_into(ReaderObject *r, const fk_section **secs, unsigned char **dsts, size_t n,
