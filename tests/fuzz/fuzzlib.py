@@ -127,6 +127,33 @@ def exercise_reader(container: bytes) -> None:
     _expect_firkin_error(r.verify_mapped, container, verify=False, hash_key=bytes(range(32)))
     if stream is not None:
         _expect_firkin_error(core.scan_pickle, stream)
+    _exercise_descriptor(container)
+
+
+def _exercise_descriptor(container: bytes) -> None:
+    """The buffer reads again from a file descriptor, as firkin.load(path)
+    reads: each chunk is read with pread (on a worker, for big loads) into
+    its place or a read buffer, rather than sliced out of memory."""
+    import os
+
+    if not hasattr(os, "memfd_create"):
+        return
+    fd = os.memfd_create("fuzz", getattr(os, "MFD_CLOEXEC", 0))
+    try:
+        view = memoryview(container)
+        while view:
+            view = view[os.write(fd, view):]
+        try:
+            r = core.Reader(fd, name="<fuzz fd>")
+        except firkin.FirkinError:
+            return
+        _expect_firkin_error(r.pickle_stream)
+        _expect_firkin_error(r.read_buffers, verify=True, threads=1)
+        _expect_firkin_error(r.read_buffers, verify=False, threads=1, hash_key=bytes(range(32)))
+        if r.buffer_count:
+            _expect_firkin_error(r.read_buffers, verify=True, threads=1, which=[r.buffer_count - 1])
+    finally:
+        os.close(fd)
 
 
 def fuzz_reader(data: bytes) -> None:
