@@ -50,7 +50,7 @@ def _ref_delta(data: bytes, elem: int) -> bytes:
 
 
 REFS = {SHUFFLE: _ref_shuffle, BITSHUFFLE: _ref_bitshuffle, DELTA: _ref_delta}
-ELEMS = {SHUFFLE: [2, 3, 4, 8, 16, 255], BITSHUFFLE: [1, 2, 4, 8, 12, 255], DELTA: [1, 2, 4, 8]}
+ELEMS = {SHUFFLE: [2, 3, 4, 8, 16, 255], BITSHUFFLE: [1, 2, 4, 8, 12, 16, 255], DELTA: [1, 2, 4, 8]}
 
 
 # ------------------------------------------------------ the transforms
