@@ -250,6 +250,10 @@ static void bit_decode_groups(const unsigned char *stage, unsigned char *out, si
     }
 }
 
+/* Vector code for the leading groups of a block: (source, destination,
+ * first group, groups in the block) -> groups done */
+typedef size_t (*bit_kernel)(const unsigned char *, unsigned char *, size_t, size_t);
+
 #ifdef __SSE2__
 /* Bit shuffle is byte shuffle followed by an 8x8 bit transpose of every
  * 8 bytes of each byte plane: bit planes 8j..8j+7 are byte plane j's bits.
@@ -340,35 +344,23 @@ BIT_DECODE_SSE2(4, 2)
 BIT_DECODE_SSE2(8, 3)
 BIT_DECODE_SSE2(16, 4)
 
-static size_t bit_encode_fast(const unsigned char *in, unsigned char *stage, size_t elem, size_t g0,
-                              size_t nb)
-{
-    switch (elem) {
-    case 1: return bit_encode_sse2_1(in, stage, g0, nb);
-    case 2: return bit_encode_sse2_2(in, stage, g0, nb);
-    case 4: return bit_encode_sse2_4(in, stage, g0, nb);
-    case 8: return bit_encode_sse2_8(in, stage, g0, nb);
-    case 16: return bit_encode_sse2_16(in, stage, g0, nb);
-    default: return 0;
-    }
-}
-
-static size_t bit_decode_fast(const unsigned char *stage, unsigned char *out, size_t elem, size_t g0,
-                              size_t nb)
-{
-    switch (elem) {
-    case 1: return bit_decode_sse2_1(stage, out, g0, nb);
-    case 2: return bit_decode_sse2_2(stage, out, g0, nb);
-    case 4: return bit_decode_sse2_4(stage, out, g0, nb);
-    case 8: return bit_decode_sse2_8(stage, out, g0, nb);
-    case 16: return bit_decode_sse2_16(stage, out, g0, nb);
-    default: return 0;
-    }
-}
+/* By element size: the vector code for groups [0, returned) of a block */
+static const bit_kernel bit_encoders[17] = {[1] = bit_encode_sse2_1, [2] = bit_encode_sse2_2,
+                                            [4] = bit_encode_sse2_4, [8] = bit_encode_sse2_8,
+                                            [16] = bit_encode_sse2_16};
+static const bit_kernel bit_decoders[17] = {[1] = bit_decode_sse2_1, [2] = bit_decode_sse2_2,
+                                            [4] = bit_decode_sse2_4, [8] = bit_decode_sse2_8,
+                                            [16] = bit_decode_sse2_16};
 #else
-#define bit_encode_fast(in, stage, elem, g0, nb) ((void)(in), (void)(stage), (void)(elem), (void)(g0), (void)(nb), (size_t)0)
-#define bit_decode_fast(stage, out, elem, g0, nb) ((void)(stage), (void)(out), (void)(elem), (void)(g0), (void)(nb), (size_t)0)
+static const bit_kernel bit_encoders[17], bit_decoders[17]; /* none: every group byte-wise */
 #endif
+
+/* How many groups of the block `table`'s kernel for `elem` did (0: none). */
+static size_t bit_fast(const bit_kernel *table, size_t elem, const unsigned char *src,
+                       unsigned char *dst, size_t g0, size_t nb)
+{
+    return elem <= 16 && table[elem] ? table[elem](src, dst, g0, nb) : 0;
+}
 
 static void bitshuffle(const unsigned char *in, unsigned char *out, size_t n, size_t elem)
 {
@@ -376,7 +368,7 @@ static void bitshuffle(const unsigned char *in, unsigned char *out, size_t n, si
     size_t groups = n / elem / 8, done = groups * 8 * elem, block = bit_block(elem);
     for (size_t g0 = 0; g0 < groups; g0 += block) {
         size_t nb = groups - g0 < block ? groups - g0 : block;
-        bit_encode_groups(in, stage, elem, g0, nb, bit_encode_fast(in, stage, elem, g0, nb));
+        bit_encode_groups(in, stage, elem, g0, nb, bit_fast(bit_encoders, elem, in, stage, g0, nb));
         for (size_t plane = 0; plane < 8 * elem; plane++)
             memcpy(out + plane * groups + g0, stage + plane * nb, nb);
     }
@@ -391,7 +383,7 @@ static void unbitshuffle(const unsigned char *in, unsigned char *out, size_t n, 
         size_t nb = groups - g0 < block ? groups - g0 : block;
         for (size_t plane = 0; plane < 8 * elem; plane++)
             memcpy(stage + plane * nb, in + plane * groups + g0, nb);
-        bit_decode_groups(stage, out, elem, g0, nb, bit_decode_fast(stage, out, elem, g0, nb));
+        bit_decode_groups(stage, out, elem, g0, nb, bit_fast(bit_decoders, elem, stage, out, g0, nb));
     }
     memcpy(out + done, in + done, n - done);
 }

@@ -17,6 +17,7 @@ the expected outcome for bad input and are caught here.
 """
 from __future__ import annotations
 
+import os
 import struct
 
 import firkin
@@ -134,8 +135,6 @@ def _exercise_descriptor(container: bytes) -> None:
     """The buffer reads again from a file descriptor, as firkin.load(path)
     reads: each chunk is read with pread (on a worker, for big loads) into
     its place or a read buffer, rather than sliced out of memory."""
-    import os
-
     if not hasattr(os, "memfd_create"):
         return
     fd = os.memfd_create("fuzz", getattr(os, "MFD_CLOEXEC", 0))
