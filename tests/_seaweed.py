@@ -73,6 +73,8 @@ class SeaweedFS:
             f"-s3.port.grpc={p['s3_grpc']}", f"-iam.port={p['iam']}",
             f"-metricsPort={p['metrics']}", "-s3.port.iceberg=0", "-s3.port.lance=0",
             f"-s3.config={self.config}", "-master.volumeSizeLimitMB=64", "-volume.max=0",
+            # a restarted master (test_remote) elects itself after this, not 10 s
+            "-master.electionTimeout=1s",
         ]
         self.endpoint = f"http://{HOST}:{p['s3']}"
         self.log = open(os.path.join(self.dir, "weed.log"), "ab")
