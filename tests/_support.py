@@ -36,6 +36,10 @@ def _zfile(data: bytes, wide: bool = False) -> bytes:
 
 def _old_joblib_module():
     """Stand-ins for joblib 0.9's wrapper classes, pickled under their real names."""
+    # the real package first: pickling a class of "joblib.numpy_pickle" imports
+    # its parent, whose own import of numpy_pickle fails on a stand-in (a test
+    # that ran alone, before anything imported joblib, failed)
+    import joblib  # noqa: F401
     mod = types.ModuleType("joblib.numpy_pickle")
 
     class NDArrayWrapper:

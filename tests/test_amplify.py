@@ -214,7 +214,7 @@ def _compressors():
     yield "zlib", lambda: zlib.compressobj(9)
     yield "gzip", lambda: zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
     yield "bz2", lambda: bz2.BZ2Compressor(9)
-    yield "xz", lambda: lzma.LZMACompressor()
+    yield "xz", lambda: lzma.LZMACompressor(preset=0)  # as small as preset 6 on zeros, 3x faster
     try:
         import lz4.frame as lz4f
     except ImportError:
@@ -236,7 +236,37 @@ def _compressors():
     yield "lz4", _Lz4
 
 
+def _deflate_bomb(method, n):
+    """What _bomb makes with zlib level 9 (method "zlib" or "gzip"), made in a
+    fraction of the time: after a full flush deflate starts afresh, so every
+    4 MiB chunk of zeros compresses to the same bytes, compressed once and
+    repeated; the container's checksum is computed over the whole."""
+    head = b"\x80\x04\x8e" + struct.pack("<Q", n)
+    chunk = bytes(1 << 22)
+    c = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)  # raw deflate
+    first = c.compress(head) + c.flush(zlib.Z_FULL_FLUSH)
+    segment = c.compress(chunk) + c.flush(zlib.Z_FULL_FLUSH)
+    assert c.compress(chunk) + c.flush(zlib.Z_FULL_FLUSH) == segment
+    count = n // len(chunk)
+    body = b"".join([first, segment * count, c.compress(b"."), c.flush()])
+    if method == "zlib":
+        # Adler-32: appending L zero bytes adds L * a to b
+        a, b = zlib.adler32(head) & 0xFFFF, zlib.adler32(head) >> 16
+        b = (b + count * len(chunk) * a) % 65521
+        total = (b << 16) | a
+        return b"\x78\xda" + body + struct.pack(">I", zlib.adler32(b".", total))
+    assert method == "gzip", method
+    crc = zlib.crc32(head)
+    for _ in range(count):
+        crc = zlib.crc32(chunk, crc)
+    size = len(head) + count * len(chunk) + 1
+    return (b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x02\xff" + body
+            + struct.pack("<II", zlib.crc32(b".", crc), size & 0xFFFFFFFF))
+
+
 def _bomb(method, make, n):
+    if method in ("zlib", "gzip"):
+        return _deflate_bomb(method, n)
     c = make()
     parts = _zeros_pickle_stream(n, c.compress)
     parts.append(c.flush())
