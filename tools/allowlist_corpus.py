@@ -598,13 +598,14 @@ def _same_sparse(a, b, path) -> bool:
     """Compare two sparse outputs without making them dense (a hasher's are
     40 x 2**20: 320 MB and 14 s as dense arrays). The same test as
     _same_output's, |b - a| <= atol + rtol * |a| at every position, or exact
-    for integers; False (compare them dense) where NaNs are stored."""
+    for integers; False (compare them dense) where NaNs or infinities are
+    stored."""
     assert sp.issparse(b) and a.shape == b.shape, f"{path}: {type(b).__name__} {b.shape} against {a.shape}"
     a, b = sp.csr_matrix(a), sp.csr_matrix(b)
     if a.dtype.kind not in "fc":
         assert (a != b).nnz == 0, path
         return True
-    if np.isnan(a.data).any() or np.isnan(b.data).any():
+    if not (np.isfinite(a.data).all() and np.isfinite(b.data).all()):
         return False
     # implicit zeros meet the bound (0 <= atol): the stored differences decide
     excess = abs(b - a) - abs(a) * OUTPUT_RTOL
