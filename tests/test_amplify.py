@@ -198,23 +198,55 @@ def test_refusals_run_nothing_big_and_never_hang(tmp_path):
 
 # --------------------------------------------------------------------------- decompression
 
-def _zeros_pickle_stream(n, compress):
-    """A pickle of n zero bytes (one BINBYTES8) through a streaming compressor,
-    without holding the n bytes at once."""
-    head = b"\x80\x04\x8e" + struct.pack("<Q", n)
+def _zeros_pickle_parts(n):
+    """A pickle of n zero bytes (one BINBYTES8) as its head, a 4 MiB chunk of
+    zeros that follows it `count` times, and its tail: never n bytes at once."""
     chunk = bytes(1 << 22)
-    out = [compress(head)]
-    for _ in range(n // len(chunk)):
-        out.append(compress(chunk))
-    out.append(compress(b"."))
-    return out
+    return b"\x80\x04\x8e" + struct.pack("<Q", n), chunk, n // len(chunk), b"."
+
+
+def _streamed_bomb(make, n):
+    """That pickle through a streaming compressor (make()), piece by piece."""
+    head, chunk, count, tail = _zeros_pickle_parts(n)
+    c = make()
+    return b"".join([c.compress(head), *(c.compress(chunk) for _ in range(count)), c.compress(tail),
+                     c.flush()])
+
+
+def _deflate_bomb(method, n):
+    """The pickle of n zeros, zlib level 9 in a "zlib" or "gzip" container,
+    made in a fraction of _streamed_bomb's time: after a full flush deflate
+    starts afresh, so every chunk of zeros compresses to the same bytes,
+    compressed once and repeated; the container's checksum is computed over
+    the whole (the 2.3 GB default-cap bomb: 0.03 s, not 9 s)."""
+    head, chunk, count, tail = _zeros_pickle_parts(n)
+    c = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)  # raw deflate
+    first = c.compress(head) + c.flush(zlib.Z_FULL_FLUSH)
+    segment = c.compress(chunk) + c.flush(zlib.Z_FULL_FLUSH)
+    assert c.compress(chunk) + c.flush(zlib.Z_FULL_FLUSH) == segment
+    body = b"".join([first, segment * count, c.compress(tail), c.flush()])
+    if method == "zlib":
+        # Adler-32: appending L zero bytes adds L * a to b
+        head_sum = zlib.adler32(head)
+        a = head_sum & 0xFFFF
+        b = ((head_sum >> 16) + count * len(chunk) * a) % 65521
+        return b"\x78\xda" + body + struct.pack(">I", zlib.adler32(tail, (b << 16) | a))
+    assert method == "gzip", method
+    crc = zlib.crc32(head)
+    for _ in range(count):
+        crc = zlib.crc32(chunk, crc)
+    size = len(head) + count * len(chunk) + len(tail)
+    return (b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x02\xff" + body
+            + struct.pack("<II", zlib.crc32(tail, crc), size & 0xFFFFFFFF))
 
 
 def _compressors():
-    yield "zlib", lambda: zlib.compressobj(9)
-    yield "gzip", lambda: zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
-    yield "bz2", lambda: bz2.BZ2Compressor(9)
-    yield "xz", lambda: lzma.LZMACompressor(preset=0)  # as small as preset 6 on zeros, 3x faster
+    """(method, build): build(n) is the pickle of n zeros compressed that way."""
+    yield "zlib", lambda n: _deflate_bomb("zlib", n)
+    yield "gzip", lambda n: _deflate_bomb("gzip", n)
+    yield "bz2", lambda n: _streamed_bomb(lambda: bz2.BZ2Compressor(9), n)
+    # preset 0: as small as preset 6 on zeros, 3x faster
+    yield "xz", lambda n: _streamed_bomb(lambda: lzma.LZMACompressor(preset=0), n)
     try:
         import lz4.frame as lz4f
     except ImportError:
@@ -233,51 +265,14 @@ def _compressors():
         def flush(self):
             return self.c.flush()
 
-    yield "lz4", _Lz4
+    yield "lz4", lambda n: _streamed_bomb(_Lz4, n)
 
 
-def _deflate_bomb(method, n):
-    """What _bomb makes with zlib level 9 (method "zlib" or "gzip"), made in a
-    fraction of the time: after a full flush deflate starts afresh, so every
-    4 MiB chunk of zeros compresses to the same bytes, compressed once and
-    repeated; the container's checksum is computed over the whole."""
-    head = b"\x80\x04\x8e" + struct.pack("<Q", n)
-    chunk = bytes(1 << 22)
-    c = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)  # raw deflate
-    first = c.compress(head) + c.flush(zlib.Z_FULL_FLUSH)
-    segment = c.compress(chunk) + c.flush(zlib.Z_FULL_FLUSH)
-    assert c.compress(chunk) + c.flush(zlib.Z_FULL_FLUSH) == segment
-    count = n // len(chunk)
-    body = b"".join([first, segment * count, c.compress(b"."), c.flush()])
-    if method == "zlib":
-        # Adler-32: appending L zero bytes adds L * a to b
-        a, b = zlib.adler32(head) & 0xFFFF, zlib.adler32(head) >> 16
-        b = (b + count * len(chunk) * a) % 65521
-        total = (b << 16) | a
-        return b"\x78\xda" + body + struct.pack(">I", zlib.adler32(b".", total))
-    assert method == "gzip", method
-    crc = zlib.crc32(head)
-    for _ in range(count):
-        crc = zlib.crc32(chunk, crc)
-    size = len(head) + count * len(chunk) + 1
-    return (b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x02\xff" + body
-            + struct.pack("<II", zlib.crc32(b".", crc), size & 0xFFFFFFFF))
-
-
-def _bomb(method, make, n):
-    if method in ("zlib", "gzip"):
-        return _deflate_bomb(method, n)
-    c = make()
-    parts = _zeros_pickle_stream(n, c.compress)
-    parts.append(c.flush())
-    return b"".join(parts)
-
-
-@pytest.mark.parametrize("method, make", list(_compressors()), ids=[m for m, _ in _compressors()])
-def test_decompression_bombs_stop_at_the_cap(method, make, tmp_path):
+@pytest.mark.parametrize("method, build", list(_compressors()), ids=[m for m, _ in _compressors()])
+def test_decompression_bombs_stop_at_the_cap(method, build, tmp_path):
     n = 256 << 20
     path = tmp_path / f"bomb.{method}"
-    path.write_bytes(_bomb(method, make, n))
+    path.write_bytes(build(n))
     assert path.stat().st_size < n // 200
     limit = 16 << 20
     out = _load_in_child([path], {"max_memory": limit})
@@ -294,7 +289,7 @@ def test_decompression_bombs_stop_at_the_cap(method, make, tmp_path):
 
 def test_default_cap_refuses_what_inflates_past_it(tmp_path):
     path = tmp_path / "bomb.zlib"
-    path.write_bytes(_bomb("zlib", lambda: zlib.compressobj(9), _amplify.DEFAULT_MAX_MEMORY + (256 << 20)))
+    path.write_bytes(_deflate_bomb("zlib", _amplify.DEFAULT_MAX_MEMORY + (256 << 20)))
     out = _load_in_child([path])
     assert out[str(path)].startswith("UntrustedTypesError"), out
     assert "zlib-compressed stream" in out[str(path)]
@@ -481,7 +476,7 @@ def test_static_readers_are_bounded_too(tmp_path, monkeypatch):
     from firkin import _joblib
 
     path = tmp_path / "bomb.xz"
-    path.write_bytes(_bomb("xz", lambda: lzma.LZMACompressor(), 64 << 20))
+    path.write_bytes(_streamed_bomb(lzma.LZMACompressor, 64 << 20))
     with pytest.raises(firkin.UntrustedTypesError, match="xz-compressed stream"):
         firkin.untrusted_types(path, max_memory=8 << 20)
     assert firkin.untrusted_types(path, max_memory=128 << 20) == []
@@ -493,8 +488,7 @@ def test_static_readers_are_bounded_too(tmp_path, monkeypatch):
 def test_pre010_zf_main_file_bomb(tmp_path):
     """joblib < 0.10's compressed main file (b'ZF' + length + zlib) inflates
     under the same bound, whatever length its header claims."""
-    c = zlib.compressobj(9)
-    body = b"".join(_zeros_pickle_stream(64 << 20, c.compress)) + c.flush()
+    body = _streamed_bomb(lambda: zlib.compressobj(9), 64 << 20)
     path = tmp_path / "old.pkl"
     path.write_bytes(b"ZF" + hex(10).encode().ljust(19) + body)
     with pytest.raises(firkin.UntrustedTypesError, match="zlib-compressed stream"):
