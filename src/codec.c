@@ -545,7 +545,7 @@ static void job_compress(codec_pool *p, codec_job *job)
 {
     const unsigned char *src = job->src;
     size_t n = job->src_len;
-    if (job->hash_key) fk_poly1305(job->hash_key, src, n, job->hash, 0); /* signed: the raw bytes */
+    if (job->hash_key && !job->hash_stored) fk_poly1305(job->hash_key, src, n, job->hash, 0); /* the raw bytes */
     job->out_codec = FK_CODEC_RAW;
     job->out = src;
     job->out_len = n;
@@ -616,6 +616,9 @@ static void job_compress(codec_pool *p, codec_job *job)
         }
     }
     job->crc = checksum_crc32c(0, job->out, job->out_len);
+    if (job->hash_key && job->hash_stored) /* signature version 4: the bytes stored, as a reader sees them */
+        fk_poly1305_stored(job->hash_key, job->out, job->out_len, job->out_codec, job->filter, job->elem,
+                           job->hash, 0);
 done:
     free(fresh);
 }
@@ -627,9 +630,12 @@ static void job_decompress(codec_pool *p, codec_job *job)
         job_fail(job, CODEC_ERR_CHECKSUM, "checksum mismatch");
         return;
     }
+    if (job->hash_key && job->hash_stored) /* version 4: hashed as stored, before it is decoded */
+        fk_poly1305_stored(job->hash_key, job->src, job->src_len, job->codec, job->filter, job->elem,
+                           job->hash, 0);
     if (job->codec == FK_CODEC_RAW) {
         /* raw chunks were read in place: only the checksum (and hash) matter */
-        if (job->hash_key) fk_poly1305(job->hash_key, job->src, job->src_len, job->hash, 0);
+        if (job->hash_key && !job->hash_stored) fk_poly1305(job->hash_key, job->src, job->src_len, job->hash, 0);
         return;
     }
     /* a filtered chunk decodes into this thread's scratch, then the filter
@@ -693,7 +699,7 @@ static void job_decompress(codec_pool *p, codec_job *job)
         goto done;
     }
     if (dst != job->dst) filter_decode(job->filter, job->elem, dst, job->dst_len, job->dst);
-    if (job->hash_key) fk_poly1305(job->hash_key, job->dst, job->dst_len, job->hash, 0);
+    if (job->hash_key && !job->hash_stored) fk_poly1305(job->hash_key, job->dst, job->dst_len, job->hash, 0);
 done:
     free(fresh);
 }

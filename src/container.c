@@ -562,7 +562,8 @@ int rd_parse(ReaderObject *r)
         case FK_SEC_SIGNATURE:
         case FK_SEC_SIGNATURE2:
         case FK_SEC_SIGNATURE3:
-            /* a version 2 or 3 signature's length is checked against the
+        case FK_SEC_SIGNATURE4:
+            /* a version 2, 3 or 4 signature's length is checked against the
              * chunks it covers once every section is known (below) */
             if (r->sig_sec >= 0) return FORMAT_ERR(r, "more than one signature section"), -1;
             if (s.kind == FK_SEC_SIGNATURE && s.raw > 4096)
@@ -584,9 +585,9 @@ int rd_parse(ReaderObject *r)
                              "index has no packed-buffers section"), -1;
     if (r->sig_sec >= 0 && r->sections[r->sig_sec].kind != FK_SEC_SIGNATURE) {
         /* 96 bytes and a 32-byte entry per buffer (and packed-buffers) chunk
-         * (version 2), per stream and buffer chunk (version 3;
+         * (version 2), per stream and buffer chunk (versions 3 and 4;
          * docs/FORMAT.md, "Signature") */
-        int v3 = r->sections[r->sig_sec].kind == FK_SEC_SIGNATURE3;
+        int v3 = r->sections[r->sig_sec].kind != FK_SEC_SIGNATURE2;
         uint64_t covered = v3 ? r->sections[r->pickle_sec].nchunks : 0;
         for (size_t i = 0; i < r->nbuf; i++) covered += r->sections[r->buf_secs[i]].nchunks;
         if (r->packed_sec >= 0) covered += r->sections[r->packed_sec].nchunks;
@@ -611,7 +612,8 @@ const char *kind_name(uint16_t kind)
     case FK_SEC_METADATA: return "metadata";
     case FK_SEC_SIGNATURE:
     case FK_SEC_SIGNATURE2:
-    case FK_SEC_SIGNATURE3: return "signature";
+    case FK_SEC_SIGNATURE3:
+    case FK_SEC_SIGNATURE4: return "signature";
     case FK_SEC_PACKED: return "packed buffers";
     default: return "section";
     }

@@ -191,7 +191,7 @@ fk_section *wr_begin_section(WriterObject *w, uint16_t kind, uint16_t flags, int
 int wr_blob_section(WriterObject *w, uint16_t kind, uint16_t flags, const unsigned char *p, size_t n);
 int rd_sections_into(ReaderObject *r, const fk_section **secs, unsigned char **dsts, size_t n,
                      int verify, int threads, PyObject *progress, const unsigned char *hash_key,
-                     hash_records *records);
+                     int hash_stored, hash_records *records);
 
 /* ---- npy.c ---- */
 int npy_init_types(PyObject *module, fk_state *st);

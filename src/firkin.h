@@ -31,7 +31,7 @@
 #define FK_MAGIC_LEN 8
 #define FK_END_MAGIC "\nFRKEND\x89"
 #define FK_FORMAT_MAJOR 1
-#define FK_FORMAT_MINOR 3
+#define FK_FORMAT_MINOR 4
 #define FK_HEADER_LEN 64
 #define FK_TRAILER_LEN 40
 #define FK_INDEX_HEAD_LEN 16
@@ -64,6 +64,7 @@ int fk_sniff(const unsigned char *head, size_t hlen, const unsigned char *tail, 
 #define FK_SEC_SIGNATURE2 5   /* format 1.1 signature: also every buffer chunk */
 #define FK_SEC_PACKED 6       /* format 1.3: the small out-of-band buffers, packed with a length table */
 #define FK_SEC_SIGNATURE3 7   /* format 1.3 signature: every chunk of the stream and the buffers */
+#define FK_SEC_SIGNATURE4 8   /* format 1.4 signature: as 3, buffer chunks hashed as stored */
 #define FK_SECF_REQUIRED 0x0001
 #define FK_SECF_FILTER_SHIFT 1        /* bits 1-3: the filter of a buffer section's compressed chunks */
 #define FK_SECF_FILTER_MASK 0x000E
@@ -177,7 +178,10 @@ typedef struct codec_job {
     unsigned char *dst;     /* decompress: destination of dst_len raw bytes */
     size_t dst_len;
     uint32_t expect_crc;
-    const unsigned char *hash_key; /* 32-byte Poly1305 key: hash the chunk's raw bytes, or NULL */
+    const unsigned char *hash_key; /* 32-byte Poly1305 key: hash the chunk, or NULL */
+    int hash_stored;        /* with hash_key: hash its stored bytes and how they decode
+                             * (fk_poly1305_stored; signature version 4's buffer chunks),
+                             * else its raw bytes */
     unsigned char *scratch; /* compress: output space of scratch_cap bytes */
     size_t scratch_cap;
     int scratch_owned;      /* scratch was malloc'ed by the job (python codecs) */
@@ -196,7 +200,7 @@ typedef struct codec_job {
     uint32_t crc;           /* compress: CRC-32C of the stored bytes; read_first: of the bytes
                              * read, when verify asked for it (read_crc set) */
     int read_crc;           /* read_first: crc holds the CRC-32C of the chunk as read */
-    unsigned char hash[16]; /* with hash_key: Poly1305 of the raw bytes */
+    unsigned char hash[16]; /* with hash_key: the chunk's Poly1305 (see hash_stored) */
     int status;
     int read_errno;
     char err[160];
@@ -232,6 +236,11 @@ const char *fk_poly1305_impl(void); /* "openssl" or "portable" */
 /* without the GIL; `portable` forces the portable code (tests compare both) */
 void fk_poly1305(const unsigned char key[32], const unsigned char *m, size_t n, unsigned char out[16],
                  int portable);
+/* Signature version 4's hash of a buffer chunk: the Poly1305 of its n
+ * stored bytes followed by 16 bytes that say how they decode (n, codec,
+ * and the filter and its element size where one is undone); without the GIL */
+void fk_poly1305_stored(const unsigned char key[32], const unsigned char *m, size_t n, int codec, int filter,
+                        size_t elem, unsigned char out[16], int portable);
 #define FK_HASH_RECORD_LEN 32
 #define FK_HASH_STREAM 0xFFFFFFFEu /* the "buffer number" of a pickle stream chunk's record */
 /* One hashed chunk as firkin._sign reads it: buffer number (FK_HASH_STREAM

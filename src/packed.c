@@ -277,7 +277,7 @@ int rd_table(ReaderObject *r)
         PyErr_NoMemory();
         return -1;
     }
-    if (s->all_raw ? rd_read(r, s->offset, tmp, want) : rd_sections_into(r, &s, &tmp, 1, 1, 0, NULL, NULL, NULL))
+    if (s->all_raw ? rd_read(r, s->offset, tmp, want) : rd_sections_into(r, &s, &tmp, 1, 1, 0, NULL, NULL, 0, NULL))
         goto done;
     rc = rd_take_table(r, tmp, want);
 done:

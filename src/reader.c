@@ -30,7 +30,7 @@ static PyObject *fk_section_bytes(ReaderObject *r, const fk_section *s)
     if (!b) return NULL;
     unsigned char *dst = (unsigned char *)PyBytes_AS_STRING(b);
     fk_advise_huge(dst, (size_t)s->raw); /* a big stream: a few page faults, not thousands */
-    if (rd_sections_into(r, &s, &dst, 1, 1, 0, NULL, NULL, NULL) < 0) {
+    if (rd_sections_into(r, &s, &dst, 1, 1, 0, NULL, NULL, 0, NULL) < 0) {
         Py_DECREF(b);
         return NULL;
     }
@@ -75,15 +75,17 @@ static int hash_key_arg(Py_buffer *key, const char *fn)
     return -1;
 }
 
-/* read_buffers(verify=True, threads=0, which=None, progress=None, hash_key=None) -> list:
- * a Buffer for each out-of-band buffer, in NEXT_BUFFER order (or for those
- * numbered in `which`; None elsewhere): a buffer section's own, or a fresh
- * bytearray copied from the packed section (read once, whole). With
- * hash_key: (list, records of the chunks' Poly1305). */
+/* read_buffers(verify=True, threads=0, which=None, progress=None, hash_key=None,
+ * hash_stored=False) -> list: a Buffer for each out-of-band buffer, in
+ * NEXT_BUFFER order (or for those numbered in `which`; None elsewhere): a
+ * buffer section's own, or a fresh bytearray copied from the packed section
+ * (read once, whole). With hash_key: (list, records of the chunks'
+ * Poly1305: of their raw bytes, or with hash_stored of their stored bytes
+ * and how they decode, signature version 4). */
 static PyObject *Reader_read_buffers(ReaderObject *r, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"verify", "threads", "which", "progress", "hash_key", NULL};
-    int verify = 1, threads = 0;
+    static char *kwlist[] = {"verify", "threads", "which", "progress", "hash_key", "hash_stored", NULL};
+    int verify = 1, threads = 0, hash_stored = 0;
     PyObject *which = Py_None, *progress = Py_None, *want = NULL, *out = NULL;
     Py_buffer key = {0};
     hash_records rec = {NULL, 0, 0};
@@ -93,8 +95,8 @@ static PyObject *Reader_read_buffers(ReaderObject *r, PyObject *args, PyObject *
     BufferObject **bufs = NULL;
     size_t n = 0, nl = 0;
     int want_packed = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|piOOz*:read_buffers", kwlist, &verify, &threads, &which,
-                                     &progress, &key))
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|piOOz*p:read_buffers", kwlist, &verify, &threads, &which,
+                                     &progress, &key, &hash_stored))
         return NULL;
     int hashing = hash_key_arg(&key, "read_buffers");
     if (hashing < 0) return NULL;
@@ -150,7 +152,7 @@ static PyObject *Reader_read_buffers(ReaderObject *r, PyObject *args, PyObject *
         dsts[n++] = ptmp;
     }
     if (rd_sections_into(r, secs, dsts, n, verify, threads, progress == Py_None ? NULL : progress,
-                         hashing ? (const unsigned char *)key.buf : NULL, &rec) < 0)
+                         hashing ? (const unsigned char *)key.buf : NULL, hash_stored, &rec) < 0)
         goto fail;
     if (want_packed && !r->lbufs && rd_take_table(r, ptmp, (size_t)r->sections[r->packed_sec].raw) < 0)
         goto fail;
@@ -189,18 +191,20 @@ done:
     return out;
 }
 
-/* verify_mapped(mapping, verify=True, hash_key=None): check the raw buffer
- * chunks inside memory that holds the whole container (an mmap of the
- * file), without copying: their CRCs (verify) and, with hash_key, their
- * Poly1305 hashes, returned as records (else None). */
+/* verify_mapped(mapping, verify=True, hash_key=None, hash_stored=False):
+ * check the raw buffer chunks inside memory that holds the whole container
+ * (an mmap of the file), without copying: their CRCs (verify) and, with
+ * hash_key, their Poly1305 hashes (hash_stored: as signature version 4
+ * hashes a chunk stored raw), returned as records (else None). */
 static PyObject *Reader_verify_mapped(ReaderObject *r, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"mapping", "verify", "hash_key", NULL};
+    static char *kwlist[] = {"mapping", "verify", "hash_key", "hash_stored", NULL};
     PyObject *obj;
-    int verify = 1;
+    int verify = 1, hash_stored = 0;
     Py_buffer key = {0};
     hash_records rec = {NULL, 0, 0};
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|pz*:verify_mapped", kwlist, &obj, &verify, &key))
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|pz*p:verify_mapped", kwlist, &obj, &verify, &key,
+                                     &hash_stored))
         return NULL;
     int hashing = hash_key_arg(&key, "verify_mapped");
     if (hashing < 0) return NULL;
@@ -227,7 +231,11 @@ static PyObject *Reader_verify_mapped(ReaderObject *r, PyObject *args, PyObject 
             unsigned char hash[16];
             Py_BEGIN_ALLOW_THREADS
             if (verify) crc = checksum_crc32c(0, p + off, k);
-            if (hashing) fk_poly1305((const unsigned char *)key.buf, p + off, k, hash, 0);
+            if (hashing && hash_stored)
+                fk_poly1305_stored((const unsigned char *)key.buf, p + off, k, FK_CODEC_RAW, FK_FILTER_NONE, 0,
+                                   hash, 0);
+            else if (hashing)
+                fk_poly1305((const unsigned char *)key.buf, p + off, k, hash, 0);
             Py_END_ALLOW_THREADS
             if (verify && crc != chunk_crc(r, s, c)) {
                 report_crc_mismatch(r, s, c);
@@ -431,16 +439,18 @@ static PyMethodDef Reader_methods[] = {
     {"signature", (PyCFunction)Reader_signature, METH_NOARGS, "the signature section (bytes) or None"},
     {"header_bytes", (PyCFunction)Reader_header_bytes, METH_NOARGS, "the 64 header bytes"},
     {"read_buffers", (PyCFunction)(void (*)(void))Reader_read_buffers, METH_VARARGS | METH_KEYWORDS,
-     "read_buffers(verify=True, threads=0, which=None, progress=None, hash_key=None) -> list of "
-     "Buffer (progress(bytes_done) is called every 8 MiB); with hash_key, (list, Poly1305 records)"},
+     "read_buffers(verify=True, threads=0, which=None, progress=None, hash_key=None, hash_stored=False) "
+     "-> list of Buffer (progress(bytes_done) is called every 8 MiB); with hash_key, (list, Poly1305 "
+     "records: of the raw bytes, or with hash_stored of the stored bytes, signature version 4)"},
     {"buffer_spans", (PyCFunction)Reader_buffer_spans, METH_VARARGS,
      "buffer_spans(in_memory=False) -> [(offset, length, mappable)] of the out-of-band buffers, in "
      "NEXT_BUFFER order: offsets in the file, or with in_memory in the container itself"},
     {"packed_buffers", (PyCFunction)Reader_packed_buffers, METH_NOARGS,
      "the numbers (NEXT_BUFFER order) of the buffers held by the packed section"},
     {"verify_mapped", (PyCFunction)(void (*)(void))Reader_verify_mapped, METH_VARARGS | METH_KEYWORDS,
-     "verify_mapped(mapping, verify=True, hash_key=None): check the CRCs of the raw buffer chunks "
-     "inside a mapping of the whole container; with hash_key, return their Poly1305 records"},
+     "verify_mapped(mapping, verify=True, hash_key=None, hash_stored=False): check the CRCs of the raw "
+     "buffer chunks inside a mapping of the whole container; with hash_key, return their Poly1305 "
+     "records (hash_stored: as signature version 4 hashes them)"},
     {"set_flag", (PyCFunction)Reader_set_flag, METH_O, "set an optional header flag in place"},
     {"sections", (PyCFunction)Reader_sections, METH_NOARGS, "the section table, as dicts"},
     {NULL, NULL, 0, NULL},

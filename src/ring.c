@@ -225,10 +225,13 @@ int wr_submit(WriterObject *w, const unsigned char *p, size_t n, void *owned)
     j->job.src = p;
     j->job.src_len = n;
     j->job.owned = owned;
-    /* signed: the stream's, every buffer's and the packed buffers' chunks (signature version 3) */
+    /* signed: the stream's chunks (their raw bytes), every buffer's and the
+     * packed buffers' (as stored: signature version 4) */
     uint16_t kind = w->sections[j->section].kind;
-    if (w->hashing && (kind == FK_SEC_BUFFER || kind == FK_SEC_PACKED || kind == FK_SEC_PICKLE))
+    if (w->hashing && (kind == FK_SEC_BUFFER || kind == FK_SEC_PACKED || kind == FK_SEC_PICKLE)) {
         j->job.hash_key = w->hash_key;
+        j->job.hash_stored = kind != FK_SEC_PICKLE;
+    }
     j->job.filter = w->sections[j->section].filter;
     j->job.elem = w->sections[j->section].elem;
     if (w->codec != FK_CODEC_RAW) {
@@ -340,10 +343,11 @@ static int rd_retire_one(ReaderObject *r, fk_ring *rg, hash_records *records)
  * themselves) or a scratch block per chunk in flight, all verified by the
  * pool while the next chunks are submitted. With
  * hash_key (buffer sections of a signed file), the pool also hashes each
- * chunk's raw bytes into `records`. */
+ * chunk into `records`: its raw bytes, or with hash_stored its stored
+ * bytes and how they decode (signature version 4). */
 int rd_sections_into(ReaderObject *r, const fk_section **secs, unsigned char **dsts, size_t n,
                      int verify, int threads, PyObject *progress, const unsigned char *hash_key,
-                     hash_records *records)
+                     int hash_stored, hash_records *records)
 {
     uint64_t done_bytes = 0, reported = 0;
     uint64_t total = 0;
@@ -383,6 +387,7 @@ int rd_sections_into(ReaderObject *r, const fk_section **secs, unsigned char **d
                 j->job.verify = verify;
                 j->job.expect_crc = fk_get_u32(ce + 8);
                 j->job.hash_key = hash_key;
+                j->job.hash_stored = hash_stored;
                 j->job.filter = s->filter;
                 j->job.elem = s->elem;
                 j->raw_len = rawc;

@@ -1,7 +1,9 @@
 /* sign.c: the Poly1305 hash of every chunk a signature covers.
  *
- * A signature (docs/FORMAT.md, "Signature", version 3) tags every chunk of
- * the pickle stream and of the buffers with the Poly1305 of its raw bytes
+ * A signature (docs/FORMAT.md, "Signature", version 4) tags every chunk of
+ * the pickle stream with the Poly1305 of its raw bytes, and every buffer
+ * chunk with the Poly1305 of its stored bytes and of how they decode (a
+ * compressed chunk's hash costs its compressed size, not its raw size),
  * under a per-file secret key; the chunk workers (codec.c) compute it where
  * they checksum each chunk, so no thread hashes the whole stream in order.
  * firkin._sign turns the hashes into tags and the HMAC-SHA256 of the short
@@ -28,19 +30,35 @@ static uint32_t le32(const unsigned char *p)
 
 #define LIMB 0x3ffffffu
 
-static void poly1305_portable(const unsigned char key[32], const unsigned char *m, size_t n,
-                              unsigned char out[16])
+typedef struct {
+    uint64_t r0, r1, r2, r3, r4, s1, s2, s3, s4;
+    uint32_t h[5];
+} poly_state;
+
+static void poly_init(poly_state *st, const unsigned char key[32])
 {
     uint32_t k0 = le32(key), k1 = le32(key + 4), k2 = le32(key + 8), k3 = le32(key + 12);
     /* r clamped (RFC 8439: r &= 0x0ffffffc0ffffffc0ffffffc0fffffff), cut into limbs */
-    const uint64_t r0 = k0 & 0x3ffffff;
-    const uint64_t r1 = ((k0 >> 26) | (k1 << 6)) & 0x3ffff03;
-    const uint64_t r2 = ((k1 >> 20) | (k2 << 12)) & 0x3ffc0ff;
-    const uint64_t r3 = ((k2 >> 14) | (k3 << 18)) & 0x3f03fff;
-    const uint64_t r4 = (k3 >> 8) & 0x00fffff;
+    st->r0 = k0 & 0x3ffffff;
+    st->r1 = ((k0 >> 26) | (k1 << 6)) & 0x3ffff03;
+    st->r2 = ((k1 >> 20) | (k2 << 12)) & 0x3ffc0ff;
+    st->r3 = ((k2 >> 14) | (k3 << 18)) & 0x3f03fff;
+    st->r4 = (k3 >> 8) & 0x00fffff;
     /* 2^130 = 5 modulo p: limbs that overflow past r4 come back times 5 */
-    const uint64_t s1 = r1 * 5, s2 = r2 * 5, s3 = r3 * 5, s4 = r4 * 5;
-    uint32_t h0 = 0, h1 = 0, h2 = 0, h3 = 0, h4 = 0;
+    st->s1 = st->r1 * 5;
+    st->s2 = st->r2 * 5;
+    st->s3 = st->r3 * 5;
+    st->s4 = st->r4 * 5;
+    memset(st->h, 0, sizeof st->h);
+}
+
+/* Absorb n bytes: whole blocks, and a short block only as the message's
+ * last (callers pass every part but the last in multiples of 16). */
+static void poly_absorb(poly_state *st, const unsigned char *m, size_t n)
+{
+    const uint64_t r0 = st->r0, r1 = st->r1, r2 = st->r2, r3 = st->r3, r4 = st->r4;
+    const uint64_t s1 = st->s1, s2 = st->s2, s3 = st->s3, s4 = st->s4;
+    uint32_t h0 = st->h[0], h1 = st->h[1], h2 = st->h[2], h3 = st->h[3], h4 = st->h[4];
     unsigned char last[16];
     while (n) {
         const unsigned char *b = m;
@@ -75,6 +93,16 @@ static void poly1305_portable(const unsigned char key[32], const unsigned char *
         m += step;
         n -= step;
     }
+    st->h[0] = h0;
+    st->h[1] = h1;
+    st->h[2] = h2;
+    st->h[3] = h3;
+    st->h[4] = h4;
+}
+
+static void poly_finish(poly_state *st, const unsigned char key[32], unsigned char out[16])
+{
+    uint32_t h0 = st->h[0], h1 = st->h[1], h2 = st->h[2], h3 = st->h[3], h4 = st->h[4];
     /* carry fully, then subtract p once if h >= p */
     uint32_t c;
     c = h1 >> 26; h1 &= LIMB; h2 += c;
@@ -105,17 +133,33 @@ static void poly1305_portable(const unsigned char key[32], const unsigned char *
     f = (uint64_t)w3 + le32(key + 28) + (f >> 32); fk_put_u32(out + 12, (uint32_t)f);
 }
 
+/* The message m ‖ tail (tail_len <= 16 bytes), in one pass */
+static void poly1305_portable(const unsigned char key[32], const unsigned char *m, size_t n,
+                              const unsigned char *tail, size_t tail_len, unsigned char out[16])
+{
+    poly_state st;
+    poly_init(&st, key);
+    size_t whole = n - n % 16;
+    poly_absorb(&st, m, whole);
+    unsigned char rest[32];
+    if (n % 16) memcpy(rest, m + whole, n % 16);
+    if (tail_len) memcpy(rest + n % 16, tail, tail_len); /* tail may be NULL when tail_len is 0 */
+    poly_absorb(&st, rest, n % 16 + tail_len);
+    poly_finish(&st, key, out);
+}
+
 #ifdef FIRKIN_HAVE_OPENSSL
 #include <openssl/err.h>
 #include <openssl/evp.h>
 static EVP_MAC *poly_mac; /* OpenSSL's Poly1305, or NULL: the portable one */
 
 static int poly1305_openssl(const unsigned char key[32], const unsigned char *m, size_t n,
-                            unsigned char out[16])
+                            const unsigned char *tail, size_t tail_len, unsigned char out[16])
 {
     EVP_MAC_CTX *ctx = EVP_MAC_CTX_new(poly_mac);
     size_t len = 0;
     int ok = ctx && EVP_MAC_init(ctx, key, 32, NULL) && EVP_MAC_update(ctx, m, n)
+             && (!tail_len || EVP_MAC_update(ctx, tail, tail_len))
              && EVP_MAC_final(ctx, out, &len, 16) && len == 16;
     EVP_MAC_CTX_free(ctx);
     return ok;
@@ -146,9 +190,28 @@ void fk_poly1305(const unsigned char key[32], const unsigned char *m, size_t n, 
                  int portable)
 {
 #ifdef FIRKIN_HAVE_OPENSSL
-    if (poly_mac && !portable && poly1305_openssl(key, m, n, out)) return;
+    if (poly_mac && !portable && poly1305_openssl(key, m, n, NULL, 0, out)) return;
 #else
     (void)portable;
 #endif
-    poly1305_portable(key, m, n, out);
+    poly1305_portable(key, m, n, NULL, 0, out);
+}
+
+void fk_poly1305_stored(const unsigned char key[32], const unsigned char *m, size_t n, int codec, int filter,
+                        size_t elem, unsigned char out[16], int portable)
+{
+    /* docs/FORMAT.md, "Signature", version 4: the stored bytes, then what
+     * decodes them; filter and element size only where a filter is undone */
+    unsigned char d[16] = {0};
+    int filtered = codec != FK_CODEC_RAW && filter != FK_FILTER_NONE;
+    fk_put_u64(d, (uint64_t)n);
+    d[8] = (unsigned char)codec;
+    d[9] = (unsigned char)(filtered ? filter : FK_FILTER_NONE);
+    fk_put_u16(d + 10, (uint16_t)(filtered ? elem : 0));
+#ifdef FIRKIN_HAVE_OPENSSL
+    if (poly_mac && !portable && poly1305_openssl(key, m, n, d, sizeof d, out)) return;
+#else
+    (void)portable;
+#endif
+    poly1305_portable(key, m, n, d, sizeof d, out);
 }

@@ -118,7 +118,7 @@ static PyObject *Writer_finish(WriterObject *w, PyObject *args)
     if (sig.buf && sig.len) {
         int codec = w->codec;
         w->codec = FK_CODEC_RAW; /* random-looking bytes: nothing to gain */
-        int rc = wr_blob_section(w, FK_SEC_SIGNATURE3, 0, (const unsigned char *)sig.buf, (size_t)sig.len);
+        int rc = wr_blob_section(w, FK_SEC_SIGNATURE4, 0, (const unsigned char *)sig.buf, (size_t)sig.len);
         w->codec = codec;
         if (rc < 0) goto done;
     }
@@ -355,7 +355,8 @@ static PyObject *Writer_get_chunk_hashes(WriterObject *w, void *c)
 static PyGetSetDef Writer_getset[] = {
     {"chunk_hashes", (getter)Writer_get_chunk_hashes, NULL,
      "with hash_key: a 32-byte record per pickle stream and buffer chunk written, in file order "
-     "(buffer number or HASH_STREAM, chunk, raw length, Poly1305 of its raw bytes), else None", NULL},
+     "(buffer number or HASH_STREAM, chunk, raw length, Poly1305: of a stream chunk's raw bytes, of a "
+     "buffer chunk's stored bytes and how they decode), else None", NULL},
     {"arrays", (getter)Writer_get_arrays, NULL,
      "per out-of-band buffer: (dtype str, shape) of its array, or None", NULL},
     {"by_value", (getter)Writer_get_by_value, NULL,

@@ -30,6 +30,7 @@ MAGIC = b"\x89FRK\r\n\x1a\n"
 END_MAGIC = b"\nFRKEND\x89"
 KIND_PICKLE, KIND_BUFFER, KIND_METADATA, KIND_SIGNATURE, KIND_SIGNATURE_V2, KIND_SIGNATURE_V3 = (
     1, 2, 3, 4, 5, 7)
+KIND_SIGNATURE_V4 = 8  # format 1.4
 KIND_PACKED = 6  # format 1.3: the packed buffers
 REQ_PACKED = 1 << 2  # required feature bit 2: the file has a packed-buffers section
 PACKED_ALIGN = 16
@@ -39,6 +40,7 @@ CHUNK = 1 << 20  # the chunk size firkin_container writes
 HEADER_1_0 = MAGIC + struct.pack("<HHIQ", 1, 0, 64, 0)  # magic, format 1.0, header length, no features
 HEADER_1_1 = MAGIC + struct.pack("<HHIQ", 1, 1, 64, 0)
 HEADER_1_3 = MAGIC + struct.pack("<HHIQ", 1, 3, 64, 0)
+HEADER_1_4 = MAGIC + struct.pack("<HHIQ", 1, 4, 64, 0)
 
 _SECTION_FMT = "<HHIQQQQQH14x"  # offset 48: the filter element size (format 1.2)
 _SECTION_FIELDS = ("kind", "flags", "nchunks", "offset", "stored", "raw", "chunk_size", "first_chunk",
@@ -175,20 +177,25 @@ def section_raw(data: bytes, s: dict) -> bytes:
     return bytes(out)
 
 
+def _signing_parts(key: bytes, header_fixed: bytes, salt: bytes):
+    """What signature versions 2 to 4 share: the HMAC under `key`, the
+    signed header bytes (required bit 2 is not signed: the writer sets it
+    after the stream is signed) and the per-file Poly1305 key."""
+    def mac(*parts):
+        return hmac.new(key, b"".join(parts), hashlib.sha256).digest()
+
+    header_fixed = bytearray(header_fixed)
+    header_fixed[16] &= ~REQ_PACKED & 0xFF
+    return mac, bytes(header_fixed), mac(b"firkin-buffer-hash-v2\0", salt)[:16] + bytes(16)
+
+
 def signature_v2(key: bytes, header_fixed: bytes, stream: bytes, metadata: bytes, buffers=(),
                  salt: bytes = b"\x07" * 16, packed: bytes | None = None) -> bytes:
     """A version 2 signature section computed from docs/FORMAT.md alone
     (hmac, hashlib and firkin's Poly1305), independently of firkin._sign.
     `buffers`: the buffer sections' raw bytes; `packed`: the packed
     section's, whose chunks are buffer 0xFFFFFFFF's (format 1.3)."""
-    def mac(*parts):
-        return hmac.new(key, b"".join(parts), hashlib.sha256).digest()
-
-    # required bit 2 is not signed: the writer sets it after the stream is signed
-    header_fixed = bytearray(header_fixed)
-    header_fixed[16] &= ~REQ_PACKED & 0xFF
-    header_fixed = bytes(header_fixed)
-    poly_key = mac(b"firkin-buffer-hash-v2\0", salt)[:16] + bytes(16)
+    mac, header_fixed, poly_key = _signing_parts(key, header_fixed, salt)
     entries = b""
     numbered = list(enumerate(buffers)) + ([] if packed is None else [(PACKED_BUFNO, packed)])
     for b, buf in numbered:
@@ -213,13 +220,7 @@ def signature_v3(key: bytes, header_fixed: bytes, stream: bytes, metadata: bytes
     (hmac, hashlib and firkin's Poly1305), independently of firkin._sign:
     the stream cut into chunks of `stream_chunk` bytes, buffers (and the
     packed section, buffer 0xFFFFFFFF) into CHUNK."""
-    def mac(*parts):
-        return hmac.new(key, b"".join(parts), hashlib.sha256).digest()
-
-    header_fixed = bytearray(header_fixed)  # required bit 2 is not signed (as in version 2)
-    header_fixed[16] &= ~REQ_PACKED & 0xFF
-    header_fixed = bytes(header_fixed)
-    poly_key = mac(b"firkin-buffer-hash-v2\0", salt)[:16] + bytes(16)
+    mac, header_fixed, poly_key = _signing_parts(key, header_fixed, salt)
 
     def entries(number, data, size):
         out = b""
@@ -239,16 +240,72 @@ def signature_v3(key: bytes, header_fixed: bytes, stream: bytes, metadata: bytes
             + digest + table)
 
 
+def stored_chunks(data: bytes, s: dict) -> list[tuple[bytes, int, int, int, int]]:
+    """Section `s` (a parse() entry) of container `data` as a list of its
+    chunks as stored: (stored bytes, codec, filter, element size, raw
+    length), the filter and element size those of the section."""
+    p = parse(data)
+    filt = (s["flags"] >> 1) & 7
+    out, pos, left = [], s["offset"], s["raw"]
+    for c in p["chunks"][s["first_chunk"]:s["first_chunk"] + s["nchunks"]]:
+        raw = min(s["chunk_size"], left)
+        out.append((bytes(data[pos:pos + c["stored"]]), c["codec"], filt, s["filter_elem"], raw))
+        pos += c["stored"]
+        left -= raw
+    return out
+
+
+def signature_v4(key: bytes, header_fixed: bytes, stream: bytes, metadata: bytes, buffers=(),
+                 salt: bytes = b"\x07" * 16, stream_chunk: int = CHUNK, packed=None) -> bytes:
+    """A version 4 signature section computed from docs/FORMAT.md alone
+    (hmac, hashlib and firkin's Poly1305), independently of firkin._sign:
+    the stream cut into chunks of `stream_chunk` bytes and hashed raw; each
+    buffer (and the packed section, buffer 0xFFFFFFFF) either raw bytes,
+    cut into CHUNK raw chunks, or a list of its chunks as stored
+    (stored_chunks), each hashed as stored with its decoding descriptor."""
+    mac, header_fixed, poly_key = _signing_parts(key, header_fixed, salt)
+
+    def entry(number, c, raw, hashed):
+        head = struct.pack("<IIQ", number, c, raw)
+        return head + mac(b"firkin-chunk-v4\0", salt, head, _core.poly1305(poly_key, hashed))[:16]
+
+    def stored_entries(number, chunks):
+        out = b""
+        for c, (stored, codec, filt, elem, raw) in enumerate(chunks):
+            # the descriptor: stored length, codec, and a filter (with its
+            # element size) only on a compressed chunk
+            filtered = codec != 0 and filt != 0
+            desc = struct.pack("<QBBH4x", len(stored), codec, filt if filtered else 0, elem if filtered else 0)
+            out += entry(number, c, raw, stored + desc)
+        return out
+
+    def as_chunks(buf):
+        if isinstance(buf, list):
+            return buf
+        return [(bytes(buf[o:o + CHUNK]), 0, 0, 0, len(buf[o:o + CHUNK])) for o in range(0, len(buf), CHUNK)]
+
+    head = b"".join(entry(0xFFFFFFFE, c, len(stream[o:o + stream_chunk]), bytes(stream[o:o + stream_chunk]))
+                    for c, o in enumerate(range(0, len(stream), stream_chunk)))
+    numbered = list(enumerate(buffers)) + ([] if packed is None else [(PACKED_BUFNO, packed)])
+    body = b"".join(stored_entries(b, as_chunks(buf)) for b, buf in numbered)
+    table = struct.pack("<QQQ", len(buffers), (len(head) + len(body)) // 32, len(head) // 32) + head + body
+    digest = mac(b"firkin-signature-v4\0", header_fixed, salt, struct.pack("<Q", len(metadata)), metadata,
+                 table)
+    return (b"FSIG" + struct.pack("<HH", 4, 4) + salt + mac(b"firkin-key-id-v2\0", salt)[:16]
+            + digest + table)
+
+
 def firkin_container(stream: bytes, metadata: bytes = b"{}", key: bytes | None = None,
                      buffers=(), version: int = 1, packed: bytes | None = None) -> bytes:
     """A firkin container holding `stream` as its pickle stream and
     `buffers` as its buffer sections (raw chunks of CHUNK bytes): format 1.0
     signed (version 1 signature) with `key` when version=1, format 1.1
     signed (version 2) when version=2, format 1.3 signed (version 3) when
-    version=3. With `packed` (the raw bytes of a packed-buffers section,
-    packed_payload): format 1.3, required bit 2 set, the section after the
-    buffer sections (signed with version 2 unless version=3)."""
-    header_fixed = {1: HEADER_1_0, 2: HEADER_1_1, 3: HEADER_1_3}[version]
+    version=3, format 1.4 signed (version 4) when version=4. With `packed`
+    (the raw bytes of a packed-buffers section, packed_payload): format 1.3,
+    required bit 2 set, the section after the buffer sections (signed with
+    version 2 unless version=3 or 4)."""
+    header_fixed = {1: HEADER_1_0, 2: HEADER_1_1, 3: HEADER_1_3, 4: HEADER_1_4}[version]
     if packed is not None:
         header_fixed, version = HEADER_1_3_PACKED, max(version, 2)
     payloads = [(KIND_PICKLE, 1, stream)] + [(KIND_BUFFER, 1, bytes(b)) for b in buffers]
@@ -260,8 +317,11 @@ def firkin_container(stream: bytes, metadata: bytes = b"{}", key: bytes | None =
     elif key is not None and version == 2:
         payloads.append((KIND_SIGNATURE_V2, 0, signature_v2(key, header_fixed, stream, metadata, buffers,
                                                              packed=packed)))
-    elif key is not None:
+    elif key is not None and version == 3:
         payloads.append((KIND_SIGNATURE_V3, 0, signature_v3(key, header_fixed, stream, metadata, buffers,
+                                                             packed=packed)))
+    elif key is not None:
+        payloads.append((KIND_SIGNATURE_V4, 0, signature_v4(key, header_fixed, stream, metadata, buffers,
                                                              packed=packed)))
     area = bytearray(header_fixed + bytes(HEADER_LEN - len(header_fixed)))
     sections, chunks = [], []

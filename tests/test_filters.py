@@ -225,7 +225,7 @@ def test_required_flag_says_whether_old_readers_can_read_it():
     assert required(plain) == 0 and {s["filter"] for s in _sections(plain)} == {"none"}
     assert required(firkin.dumps(a)) == 0
     assert required(firkin.dumps(a, filters="shuffle")) == 0  # nothing compressed: nothing filtered
-    assert struct.unpack_from("<HH", plain, 8) == (1, 3)
+    assert struct.unpack_from("<HH", plain, 8) == (1, 4)
 
 
 def test_raw_chunks_of_a_filtered_section_hold_the_array_bytes():

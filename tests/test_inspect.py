@@ -123,7 +123,7 @@ def test_info_facts(model_file):
     path, value = model_file
     info = firkin.info(path)
     d = info.to_dict()
-    assert d["type"] == "builtins.dict" and d["format"] == "1.3"
+    assert d["type"] == "builtins.dict" and d["format"] == "1.4"
     assert d["created"].endswith("Z") and d["signature"] == "valid"
     assert d["size_on_disk"] == os.path.getsize(path)
     assert d["size_in_memory"] >= value["weights"].nbytes

@@ -354,9 +354,9 @@ def test_header_bit_only_with_a_packed_section(tmp_path):
     firkin.dump([np.arange(3)], packed)
     firkin.dump({"x": [1, 2, 3]}, plain)
     firkin.dump(np.zeros(20_000), big)
-    assert flags(packed) == (3, REQ_PACKED) and "packed buffers" in kinds(packed)
+    assert flags(packed) == (4, REQ_PACKED) and "packed buffers" in kinds(packed)
     for path in (plain, big):  # files older readers read: no new required bit
-        assert flags(path) == (3, 0) and "packed buffers" not in kinds(path)
+        assert flags(path) == (4, 0) and "packed buffers" not in kinds(path)
 
 
 def test_protocol_4_and_non_arrays_stay_in_band(tmp_path):
@@ -396,7 +396,7 @@ def test_file_object_dumps_are_the_bytes_of_a_path_dump(tmp_path, fixed_clock_an
     path = tmp_path / "path.firkin"
     firkin.dump(value, path)
     want = path.read_bytes()
-    assert flags(path) == (3, REQ_PACKED) and firkin.verify(path).signature == "valid"
+    assert flags(path) == (4, REQ_PACKED) and firkin.verify(path).signature == "valid"
     with open(tmp_path / "wb.firkin", "wb") as f:
         firkin.dump(value, f)
     with open(tmp_path / "wplus.firkin", "w+b") as f:

@@ -104,10 +104,10 @@ def test_concurrent_dumps_each_signed(tmp_path):
     assert not errors, errors
 
 
-def _dump_in_child(path, value_code, env=None):
+def _dump_in_child(path, value_code, env=None, compress=0):
     code = textwrap.dedent(f"""
         import sys, numpy as np, firkin
-        firkin.dump({value_code}, sys.argv[1])
+        firkin.dump({value_code}, sys.argv[1], compress={compress!r}, whole_file=False)
         print(firkin._core.build_info()["poly1305"], firkin.verify(sys.argv[1]).signature)
     """)
     proc = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True,
@@ -116,15 +116,22 @@ def _dump_in_child(path, value_code, env=None):
     return proc.stdout.split()
 
 
-def test_portable_and_openssl_poly1305_sign_alike(tmp_path):
+@pytest.mark.parametrize("compress", [0, ("zstd", 1)])
+def test_portable_and_openssl_poly1305_sign_alike(tmp_path, compress):
     """What a build without OpenSSL computes (the portable Poly1305, forced
     here with FIRKIN_POLY1305_PORTABLE) verifies in this process, and a
-    file signed here verifies in that one: the same signature either way."""
+    file signed here verifies in that one: the same signature either way.
+    Compressed: the array chunks are hashed as stored, followed by how they
+    decode (stored lengths that are not multiples of 16)."""
     value = '{"blob": bytes(range(256)) * 12_000, "a": np.arange(400_000.0)}'
-    assert _dump_in_child(tmp_path / "p.firkin", value, {"FIRKIN_POLY1305_PORTABLE": "1"}) \
+    assert _dump_in_child(tmp_path / "p.firkin", value, {"FIRKIN_POLY1305_PORTABLE": "1"}, compress) \
         == ["portable", "valid"]
     assert firkin.verify(tmp_path / "p.firkin").signature == "valid"
-    firkin.dump({"blob": bytes(range(256)) * 12_000, "a": np.arange(400_000.0)}, tmp_path / "o.firkin")
+    firkin.dump({"blob": bytes(range(256)) * 12_000, "a": np.arange(400_000.0)}, tmp_path / "o.firkin",
+                compress=compress, whole_file=False)
+    if compress:
+        p = parse((tmp_path / "o.firkin").read_bytes())
+        assert any(c["codec"] and c["stored"] % 16 for c in p["chunks"])
     code = "import sys, firkin; print(firkin.verify(sys.argv[1]).signature)"
     proc = subprocess.run([sys.executable, "-c", code, str(tmp_path / "o.firkin")], capture_output=True,
                           text=True, env=dict(os.environ, FIRKIN_POLY1305_PORTABLE="1"), timeout=120)
@@ -157,15 +164,18 @@ def test_openssl_without_poly1305_falls_back_to_the_portable_one(tmp_path):
 
 from _container import (  # noqa: E402
     HEADER_1_0,
+    KIND_BUFFER,
     KIND_PACKED,
     KIND_SIGNATURE_V2,
     KIND_SIGNATURE_V3,
+    KIND_SIGNATURE_V4,
     firkin_container,
     parse,
     rewrite_index_crcs,
     section,
-    section_raw,
     signature_v3,
+    signature_v4,
+    stored_chunks,
 )
 
 
@@ -216,7 +226,9 @@ def test_poly1305_matches_rfc_8439_and_openssl():
 @pytest.mark.parametrize("compress", [0, ("zlib", 1)])
 def test_dumps_write_the_documented_signature(tmp_path, compress):
     """The signature section equals one computed from docs/FORMAT.md alone
-    (tests/_container.signature_v3), from the file's own salt."""
+    (tests/_container.signature_v4), from the file's own salt: the stream's
+    chunks hashed raw, the buffers' and the packed section's as stored
+    (compressed, and filtered where the writer chose a filter)."""
     value = {"a": np.arange(3 * CHUNK // 8 + 5, dtype=np.float64), "e": np.zeros(0),
              "b": bytes(range(256)) * 999, "c": np.ones((700, 300)) % 7}
     path = tmp_path / "d.firkin"
@@ -225,18 +237,19 @@ def test_dumps_write_the_documented_signature(tmp_path, compress):
         r = _core.Reader(f.fileno())
         stream, meta, payload = r.pickle_stream(), r.metadata(), r.signature()
         header = r.header_bytes()[:24]
-        in_packed = set(r.packed_buffers())
-        buffers = [bytes(b) for i, b in enumerate(r.read_buffers()) if i not in in_packed]
-    # the packed section's raw bytes (never filtered), decoded from docs/FORMAT.md alone:
-    # "e", under 64 KiB, is packed in an uncompressed dump (bit 2), in the stream otherwise
     data = path.read_bytes()
-    packed = None if compress else section_raw(data, section(parse(data), KIND_PACKED))
-    # format 1.3; a compressed dump may filter its arrays and says so in the required flags
+    p = parse(data)
+    buffers = [stored_chunks(data, s) for s in p["sections"] if s["kind"] == KIND_BUFFER]
+    # "e", under 64 KiB, is packed in an uncompressed dump (bit 2), in the stream otherwise
+    packed = None if compress else stored_chunks(data, section(p, KIND_PACKED))
+    if compress:  # buffer chunks stored compressed and filtered are hashed so
+        assert any(codec == 1 and filt for buf in buffers for _, codec, filt, _, _ in buf)
+    # format 1.4; a compressed dump may filter its arrays and says so in the required flags
     required = _core.REQ_FILTERS if compress else _core.REQ_PACKED
-    assert header == _core.header_fixed(required) and header[8:12] == b"\x01\x00\x03\x00"
+    assert header == _core.header_fixed(required) and header[8:12] == b"\x01\x00\x04\x00"
     assert [s["kind"] for s in _sections(path, "signature")] == ["signature"]
-    assert _kind_numbers(path)[-1] == KIND_SIGNATURE_V3
-    assert payload == signature_v3(_sign.current_key(), header, stream, meta, buffers, payload[8:24],
+    assert _kind_numbers(path)[-1] == KIND_SIGNATURE_V4
+    assert payload == signature_v4(_sign.current_key(), header, stream, meta, buffers, payload[8:24],
                                    packed=packed)
     # chunks: the stream's 1, the buffers' 3 + 1 and 2, and the packed section's 1
     assert len(buffers) == 2 and len(payload) == 96 + 32 * (1 + 4 + 2 + (not compress))
@@ -440,7 +453,7 @@ def test_a_notebook_class_saved_by_value_with_a_changed_array_is_refused(tmp_pat
             firkin.load(path, **kwargs)
 
 
-# ------------------------------- version 3: the pickle stream's chunks are signed too
+# ------------------------ versions 3 and 4: the pickle stream's chunks are signed too
 
 from _container import KIND_PICKLE, crc32c, rebuild  # noqa: E402
 
@@ -468,19 +481,20 @@ def _stream_chunks(data):
 
 def _with_stream_chunks(data, chunks, chunk_size=None, signature=None):
     """The container `data` with its (raw) pickle stream chunks replaced by
-    `chunks` (and its signature section's bytes by `signature`), laid out
-    again with every CRC and offset recomputed: only a signature can tell."""
+    `chunks` (None: kept as stored) and its signature section's bytes by
+    `signature`, laid out again with every CRC and offset recomputed: only a
+    signature can tell."""
     p = parse(data)
     area, table = bytearray(data[:64]), []
     for sec in p["sections"]:
         own = p["chunks"][sec["first_chunk"]:sec["first_chunk"] + sec["nchunks"]]
         payload = bytes(data[sec["offset"]:sec["offset"] + sec["stored"]])
-        if sec["kind"] == KIND_PICKLE:
+        if sec["kind"] == KIND_PICKLE and chunks is not None:
             payload = b"".join(chunks)
             own = [{"stored": len(c), "crc": crc32c(c), "codec": 0} for c in chunks]
             sec.update(nchunks=len(chunks), stored=len(payload), raw=len(payload),
                        chunk_size=chunk_size or sec["chunk_size"])
-        elif sec["kind"] == KIND_SIGNATURE_V3 and signature is not None:
+        elif sec["kind"] in (KIND_SIGNATURE_V3, KIND_SIGNATURE_V4) and signature is not None:
             payload = signature
             own = [{"stored": len(payload), "crc": crc32c(payload), "codec": 0}]
             sec.update(stored=len(payload), raw=len(payload))
@@ -579,11 +593,11 @@ def test_the_stream_is_cut_where_the_signature_says(tmp_path):
     assert firkin.verify(path).signature == "valid" and firkin.load(path).arr == blob
 
 
-@pytest.mark.parametrize("version", [2, 3])
+@pytest.mark.parametrize("version", [2, 3, 4])
 def test_hand_built_signed_file_loads_and_is_checked(tmp_path, version):
     """A file written from docs/FORMAT.md alone, signed with version 2
-    (format 1.1) or 3 (format 1.3): trusted under the key that signed it,
-    refused once a buffer byte or a stream byte changed."""
+    (format 1.1), 3 (format 1.3) or 4 (format 1.4): trusted under the key
+    that signed it, refused once a buffer byte or a stream byte changed."""
     import pickle
 
     arr = np.arange(CHUNK // 8 + 3, dtype=np.float64)
@@ -594,7 +608,7 @@ def test_hand_built_signed_file_loads_and_is_checked(tmp_path, version):
     data = firkin_container(stream, key=_sign.current_key(), buffers=[arr.tobytes()], version=version)
     path.write_bytes(data)
     assert len(_stream_chunks(data)) == 3
-    assert _kind_numbers(path)[-1] == (KIND_SIGNATURE_V3 if version == 3 else KIND_SIGNATURE_V2)
+    assert _kind_numbers(path)[-1] == {2: KIND_SIGNATURE_V2, 3: KIND_SIGNATURE_V3, 4: KIND_SIGNATURE_V4}[version]
     np.testing.assert_array_equal(firkin.load(path).arr, arr)
     report = firkin.verify(path)
     assert report.ok and "every byte" in report.signature_covers
@@ -607,7 +621,97 @@ def test_hand_built_signed_file_loads_and_is_checked(tmp_path, version):
     tampered[pos] ^= 1
     rewrite_index_crcs(tampered, pos)
     path.write_bytes(bytes(tampered))
-    # version 3 names the stream chunk; version 2's HMAC over the whole stream cannot
+    # versions 3 and 4 name the stream chunk; version 2's HMAC over the whole stream cannot
     with pytest.raises(firkin.UntrustedTypesError,
-                       match="pickle stream's chunk 1 " if version == 3 else "changed after signing"):
+                       match="pickle stream's chunk 1 " if version >= 3 else "changed after signing"):
         firkin.load(path)
+
+
+# ------------------------ version 4: buffer chunks hashed as stored, with how they decode
+
+from _container import rebuild_parsed  # noqa: E402
+
+
+def _compressed_signed_file(path):
+    """A signed file holding a class the allowlist refuses and a float64
+    ramp of two chunks, stored compressed with the filter the writer
+    chose: a default load trusts it only by its signature."""
+    arr = np.arange(2 * CHUNK // 8, dtype=np.float64)
+    firkin.dump(Holder(arr), path, compress=("zlib", 1), whole_file=False)
+    sec = next(s for s in parse(path.read_bytes())["sections"] if s["kind"] == KIND_BUFFER)
+    assert (sec["flags"] >> 1) & 7 and sec["filter_elem"] == 8  # filtered, 8-byte elements
+    np.testing.assert_array_equal(firkin.load(path).arr, arr)  # trusted by its signature
+    return arr
+
+
+def _with_buffer_section(path, change):
+    """The file with its buffer section's entry changed by `change(entry)`,
+    index and trailer CRCs recomputed: every stored byte and chunk CRC as
+    written, so only a signature can tell."""
+    p = parse(path.read_bytes())
+    change(next(s for s in p["sections"] if s["kind"] == KIND_BUFFER))
+    path.write_bytes(rebuild_parsed(p, fix_header=False))
+
+
+@pytest.mark.filterwarnings("ignore:mmap_mode")  # compressed: read, not mapped
+@pytest.mark.parametrize("change", ["filter", "element size"])
+def test_a_changed_filter_is_refused_though_the_stored_bytes_match(tmp_path, change):
+    """Version 4 hashes the stored bytes, which a changed filter or element
+    size in the (unsigned) index leaves as they are while the bytes they
+    decode to differ: the hash covers how the chunk decodes too."""
+    path = tmp_path / "f.firkin"
+    arr = _compressed_signed_file(path)
+
+    def edit(sec):
+        if change == "filter":
+            old = (sec["flags"] >> 1) & 7
+            sec["flags"] = (sec["flags"] & ~0xE) | ((1 if old != 1 else 3) << 1)
+        else:
+            sec["filter_elem"] = 4
+    _with_buffer_section(path, edit)
+    # the change is real: a load that trusts without checking returns other values
+    assert not np.array_equal(firkin.load(path, trusted=True).arr, arr)
+    _refused_by_signature(path, "buffer 0, chunk 0 ")
+
+
+@pytest.mark.filterwarnings("ignore:mmap_mode")  # compressed: read, not mapped
+def test_a_signature_relabelled_as_version_3_is_refused(tmp_path):
+    """Each version has its own HMAC label: a version 4 signature read as
+    version 3 (whose array hashes are of raw bytes) verifies as nothing."""
+    path = tmp_path / "d.firkin"
+    _compressed_signed_file(path)
+    data = path.read_bytes()
+    with open(path, "rb") as f:
+        sig = bytearray(_core.Reader(f.fileno()).signature())
+    assert struct.unpack_from("<HH", sig, 4) == (4, 4)
+    struct.pack_into("<HH", sig, 4, 3, 3)
+    path.write_bytes(_with_stream_chunks(data, None, signature=bytes(sig)))
+    _refused_by_signature(path, "changed after signing")
+
+
+@pytest.mark.filterwarnings("ignore:mmap_mode")  # compressed: read, not mapped
+def test_version_3_signatures_of_compressed_files_still_verify(tmp_path):
+    """A format 1.3 file (signature version 3: array chunks hashed raw,
+    after decompression and the filter) loads trusted, and a changed filter
+    is refused there too."""
+    path = tmp_path / "v3.firkin"
+    arr = _compressed_signed_file(path)
+    data = path.read_bytes()
+    with open(path, "rb") as f:
+        r = _core.Reader(f.fileno())
+        stream, meta = r.pickle_stream(), r.metadata()
+        buffers = [bytes(b) for b in r.read_buffers()]
+    header = bytearray(data[:24])
+    header[10:12] = struct.pack("<H", 3)  # format 1.3
+    sig = signature_v3(_sign.current_key(), bytes(header), stream, meta, buffers)
+    p = parse(_with_stream_chunks(data, None, signature=sig))
+    next(s for s in p["sections"] if s["kind"] == KIND_SIGNATURE_V4)["kind"] = KIND_SIGNATURE_V3
+    p["area"] = bytes(header) + p["area"][24:]
+    path.write_bytes(rebuild_parsed(p))
+    assert _kind_numbers(path)[-1] == KIND_SIGNATURE_V3
+    report = firkin.verify(path)
+    assert report.ok and report.signature == "valid", report
+    assert firkin.info(path).format == "1.3"
+    np.testing.assert_array_equal(firkin.load(path).arr, arr)
+    _with_buffer_section(path, lambda sec: sec.update(filter_elem=4))
+    _refused_by_signature(path, "buffer 0, chunk 0 ")

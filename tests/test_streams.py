@@ -187,7 +187,7 @@ def test_streamed_layout_on_the_wire():
     firkin.dump(obj, out)
     data = bytes(out.data)
     major, minor, hlen, required = struct.unpack_from("<HHIQ", data, 8)
-    assert (major, minor, hlen, required) == (1, 3, 64, _core.REQ_STREAMED)
+    assert (major, minor, hlen, required) == (1, 4, 64, _core.REQ_STREAMED)
     assert struct.unpack_from("<QQ", data, 32) == (0, 0)
     pos, body = 64, bytearray()
     while True:
@@ -207,13 +207,13 @@ def test_streamed_layout_on_the_wire():
     firkin.dump(obj, seekable)
     plain = seekable.getvalue()
     major, minor, hlen, required = struct.unpack_from("<HHIQ", plain, 8)
-    assert (minor, required) == (3, _core.REQ_PACKED)  # obj["small"]
+    assert (minor, required) == (4, _core.REQ_PACKED)  # obj["small"]
     assert struct.unpack_from("<Q", plain, 32)[0] == len(plain)
     seekable = io.BytesIO()
     firkin.dump(obj["big"], seekable)
     plain = seekable.getvalue()
     major, minor, hlen, required = struct.unpack_from("<HHIQ", plain, 8)
-    assert (minor, required) == (3, 0) and struct.unpack_from("<Q", plain, 32)[0] == len(plain)
+    assert (minor, required) == (4, 0) and struct.unpack_from("<Q", plain, 32)[0] == len(plain)
 
 
 class OneWayStreamWriter:
@@ -245,7 +245,7 @@ def test_streamed_dump_saved_to_a_file_loads_everywhere(tmp_path):
         same(obj, firkin.load(path, mmap_mode="r"))
     assert firkin.verify(path).checksums_ok
     assert firkin.untrusted_types(path) == []
-    assert firkin.load_metadata(path)["format"] == "1.3"
+    assert firkin.load_metadata(path)["format"] == "1.4"
     from firkin import cli
 
     for cmd in ("info", "verify", "untrusted"):

@@ -112,7 +112,7 @@ class Writer:
         name: Optional[str] = None,  # the file name a write error (OSError) carries
         # reduces what pickle cannot save by reference (firkin._byvalue.Session)
         byvalue: Optional[Callable[[Any], Any]] = None,
-        hash_key: Optional[bytes] = None,  # 32-byte Poly1305 key: hash every stream and buffer chunk
+        hash_key: Optional[bytes] = None,  # 32-byte Poly1305 key: hash stream chunks (raw), buffer chunks (stored)
         streamed: bool = False,  # the streamed layout, for sinks that cannot seek
         filters: int = 0,  # FILTER_*: for every numeric buffer, or FILTER_AUTO to sample
     ) -> None: ...
@@ -151,10 +151,11 @@ class Reader:
         which: Optional[Sequence[int]] = None,
         progress: Optional[Callable[[int], None]] = None,
         hash_key: Optional[bytes] = None,
+        hash_stored: bool = False,  # hash buffer chunks as stored (signature version 4), not raw
     ) -> Any: ...  # list[Optional[Buffer | bytearray]] in NEXT_BUFFER order; with hash_key: (that list, hash records)
     def buffer_spans(self) -> list[tuple[int, int, bool]]: ...  # NEXT_BUFFER order
     def packed_buffers(self) -> list[int]: ...  # the NEXT_BUFFER numbers of the packed buffers
     def verify_mapped(self, mapping: Any, verify: bool = True,
-                      hash_key: Optional[bytes] = None) -> Optional[bytes]: ...
+                      hash_key: Optional[bytes] = None, hash_stored: bool = False) -> Optional[bytes]: ...
     def set_flag(self, flag: int, /) -> None: ...
     def sections(self) -> list[dict[str, Any]]: ...

@@ -158,7 +158,7 @@ def verify(filename: str | os.PathLike[str], *, quick: bool = False,
                 report.problems.append(str(exc))
         # a valid signature over the buffers: hash them while checking their CRCs
         hashing = signature is not None and signature.status == _sign.VALID and signature.covers_buffers
-        key = signature.hash_key if hashing else None
+        hash_kwargs = signature.hash_kwargs if hashing else {}
         records = []
         try:
             spans = [] if quick else reader.buffer_spans()  # parses a packed section's table
@@ -167,13 +167,13 @@ def verify(filename: str | os.PathLike[str], *, quick: bool = False,
             if local and any(m for _, _, m in spans):
                 mm = np.memmap(f, dtype=np.uint8, mode="r", shape=(reader.total_length,))
                 try:
-                    records.append(reader.verify_mapped(mm, hash_key=key))
+                    records.append(reader.verify_mapped(mm, **hash_kwargs))
                 finally:
                     del mm
             if not local:
                 spans = [(off, n, False) for off, n, _ in spans]
             for batch in _load.unmapped_batches(reader, spans):  # compressed or remote: then dropped
-                got = reader.read_buffers(verify=True, which=batch, hash_key=key)
+                got = reader.read_buffers(verify=True, which=batch, **hash_kwargs)
                 records.append(got[1] if hashing else None)
         except FormatError as exc:
             report.problems.append(str(exc))
@@ -183,7 +183,7 @@ def verify(filename: str | os.PathLike[str], *, quick: bool = False,
         if signature is not None:
             report.signature = signature.status
             report.signature_covers = signature.covers
-            if signature.detail:  # a changed pickle stream (version 3)
+            if signature.detail:  # a changed pickle stream (versions 3 and 4)
                 report.problems.append(signature.detail)
             if hashing and not report.checksums_ok:
                 # the buffer bytes are not those written, so not those signed either

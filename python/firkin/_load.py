@@ -47,7 +47,7 @@ def _read_buffers(reader, verify, threads, progress, which=None, signed=None):
     try:
         return reader.read_buffers(verify=verify, threads=threads, which=which,
                                    progress=bar if bar.mode is not False else None,
-                                   hash_key=signed.hash_key if signed else None)
+                                   **(signed.hash_kwargs if signed else {}))
     finally:
         bar.close()
 
@@ -227,8 +227,7 @@ def _checked_in_place(reader, memory, crc: bool, signed) -> bytes:
     signature (the records returned, for signed.check)."""
     if not (crc or signed):
         return b""
-    return reader.verify_mapped(memory, verify=crc,
-                                hash_key=signed.hash_key if signed else None) or b""
+    return reader.verify_mapped(memory, verify=crc, **(signed.hash_kwargs if signed else {})) or b""
 
 
 def _load_viewed_buffers(reader, views, verify, threads, progress, stream, policy, signed, budget,

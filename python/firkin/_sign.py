@@ -3,12 +3,15 @@
 A file you dumped yourself carries an HMAC-SHA256, under your key, of its
 header's fixed part, its metadata and a table with a tag for every chunk of
 its pickle stream and of its array data (docs/FORMAT.md, "Signature",
-version 3). The chunks are hashed where they are checksummed, on the C
+version 4). The chunks are hashed where they are checksummed, on the C
 chunk workers, with Poly1305 under a key derived from yours and a random
-per-file salt; each tag is an HMAC of that hash. load trusts a file the
+per-file salt (a stream chunk's raw bytes; an array chunk's bytes as
+stored, compressed or not, with how they decode); each tag is an HMAC of
+that hash. load trusts a file the
 allowlist refuses when its signature verifies under the current key, its
 stream matches the stream entries, and, before anything is built, every
-array chunk it reads or maps matches its tag. Format 1.1 and 1.2 files
+array chunk it reads or maps matches its tag. Format 1.3 files (version 3:
+array chunks hashed raw) and format 1.1 and 1.2 files
 (version 2: the HMAC runs over the whole stream) load the same way; format
 1.0 files carry the older signature of the stream and metadata only: they
 still load, and verify/info say that their array bytes are not covered.
@@ -39,17 +42,22 @@ from ._core import FormatError
 
 _PREFIX = b"firkin-signature-v1\0"  # format 1.0 signatures (section kind 4), still checked
 _PREFIX2 = b"firkin-signature-v2\0"  # format 1.1 and 1.2 signatures (section kind 5), still checked
-_PREFIX3 = b"firkin-signature-v3\0"  # format 1.3 signatures (section kind 6), written
+_PREFIX3 = b"firkin-signature-v3\0"  # format 1.3 signatures (section kind 7), still checked
+_PREFIX4 = b"firkin-signature-v4\0"  # format 1.4 signatures (section kind 8), written
 _LABEL_KEY_ID = b"firkin-key-id-v2\0"     # versions 2 and 3
 _LABEL_HASH_KEY = b"firkin-buffer-hash-v2\0"  # versions 2 and 3
 _LABEL_CHUNK = b"firkin-chunk-v2\0"
 _LABEL_CHUNK3 = b"firkin-chunk-v3\0"
+_LABEL_CHUNK4 = b"firkin-chunk-v4\0"
+_CHUNK_LABELS = {2: _LABEL_CHUNK, 3: _LABEL_CHUNK3, 4: _LABEL_CHUNK4}
 _MAGIC = b"FSIG"
 _ALG_HMAC_SHA256 = 1           # version 1: stream and metadata
 _ALG_HMAC_SHA256_POLY1305 = 2  # version 2: also every buffer chunk
 _ALG_V3 = 3                    # version 3: HMAC-SHA256 of a table of every chunk's Poly1305
+_ALG_V4 = 4                    # version 4: as 3, buffer chunks hashed as stored
+_TABLE_PREFIXES = {3: _PREFIX3, 4: _PREFIX4}  # versions whose HMAC covers the table, not the stream
 PAYLOAD_LEN = 64               # a version 1 signature section
-HEAD2_LEN = 96                 # a version 2 or 3 signature section before its chunk entries
+HEAD2_LEN = 96                 # a version 2, 3 or 4 signature section before its chunk entries
 ENTRY_LEN = 32                 # one chunk entry (and one record from _core)
 SALT_LEN = 16
 _STREAM_ID = struct.pack("<I", _core.HASH_STREAM)  # the "buffer" of a pickle stream chunk's entry
@@ -332,11 +340,11 @@ def hash_key(key: bytes, salt: bytes) -> bytes:
 
 def _tag(key: bytes, salt: bytes, record: bytes, version: int) -> bytes:
     """The tag of a chunk entry: HMAC of its record (head and Poly1305 value)."""
-    return _mac(key, _LABEL_CHUNK3 if version == 3 else _LABEL_CHUNK, salt, record)[:16]
+    return _mac(key, _CHUNK_LABELS[version], salt, record)[:16]
 
 
-def _entries(key: bytes, salt: bytes, records: bytes, version: int = 3) -> bytes:
-    """Chunk entries of a version 2 or 3 signature from _core's hash records
+def _entries(key: bytes, salt: bytes, records: bytes, version: int = 4) -> bytes:
+    """Chunk entries of a version 2, 3 or 4 signature from _core's hash records
     (buffer u32, chunk u32, raw length u64, Poly1305 16 bytes): the first
     16 bytes of each, then its tag."""
     out = bytearray()
@@ -355,10 +363,12 @@ def _stream_records(records: bytes) -> int:
 
 
 class Signer:
-    """The signature of one dump (version 3, docs/FORMAT.md "Signature").
+    """The signature of one dump (version 4, docs/FORMAT.md "Signature").
 
-    The chunk workers hash every chunk of the pickle stream and of the
-    buffers with Poly1305 under `hash_key` while they checksum it (give the
+    The chunk workers hash every chunk of the pickle stream (its raw bytes)
+    and of the buffers (their stored bytes and how they decode, so that a
+    compressed chunk costs its compressed size) with Poly1305 under
+    `hash_key` while they checksum it (give the
     Writer `writer_kwargs()`); `finish` turns those hashes into the signed
     chunk table and computes the HMAC-SHA256 over the header's fixed part,
     the metadata and that table: a short input, whatever the stream's size,
@@ -380,14 +390,16 @@ class Signer:
         table = (struct.pack("<QQQ", writer.buffer_count, len(records) // ENTRY_LEN,
                              _stream_records(records))
                  + _entries(self._key, self._salt, records))
-        return (_MAGIC + struct.pack("<HH", 3, _ALG_V3) + self._salt + key_id2(self._key, self._salt)
-                + _digest3(self._key, self._header, self._salt, metadata, table) + table)
+        return (_MAGIC + struct.pack("<HH", 4, _ALG_V4) + self._salt + key_id2(self._key, self._salt)
+                + _digest_table(4, self._key, self._header, self._salt, metadata, table) + table)
 
 
-def _digest3(key: bytes, header_fixed: bytes, salt: bytes, metadata: bytes, table: bytes) -> bytes:
-    """The HMAC of a version 3 signature: no stream bytes, only the table
-    that names and tags its chunks (and the buffers')."""
-    return _mac(key, _PREFIX3, header_fixed, salt, struct.pack("<Q", len(metadata)), metadata, table)
+def _digest_table(version: int, key: bytes, header_fixed: bytes, salt: bytes, metadata: bytes,
+                  table: bytes) -> bytes:
+    """The HMAC of a version 3 or 4 signature: no stream bytes, only the
+    table that names and tags its chunks (and the buffers')."""
+    return _mac(key, _TABLE_PREFIXES[version], header_fixed, salt, struct.pack("<Q", len(metadata)),
+                metadata, table)
 
 
 def _tail(stream_len: int, metadata: bytes) -> bytes:
@@ -406,7 +418,7 @@ def _digest(key: bytes, header_fixed: bytes, stream: bytes, metadata: bytes) -> 
 def signature_payload(key: bytes, stream: bytes, metadata: bytes, header_fixed: bytes) -> bytes:
     """The version 1 signature section of a format 1.0 file holding `stream`
     and `metadata` and no buffers, whose header starts with `header_fixed`
-    (tests build such files by hand: this firkin writes version 3)."""
+    (tests build such files by hand: this firkin writes version 4)."""
     return (_MAGIC + struct.pack("<HH", 1, _ALG_HMAC_SHA256) + key_id(key)
             + _digest(key, header_fixed, stream, metadata) + bytes(PAYLOAD_LEN - 48))
 
@@ -419,6 +431,7 @@ COVERS = {
     1: "the pickle stream and metadata only: array bytes are not covered (format 1.0 signature)",
     2: "every byte: the pickle stream, the metadata and every chunk of array data",
     3: "every byte: the pickle stream, the metadata and every chunk of array data",
+    4: "every byte: the pickle stream, the metadata and every chunk of array data",
 }
 
 
@@ -426,8 +439,8 @@ class Signature:
     """A file's signature as checked under the current key.
 
     status: VALID / UNSIGNED / OTHER_KEY / INVALID / NO_KEY. version: 0
-    (unsigned), 1 (format 1.0: stream and metadata), 2 or 3 (every byte;
-    `check` has checked the stream). A VALID version 2 or 3 signature
+    (unsigned), 1 (format 1.0: stream and metadata), 2, 3 or 4 (every byte;
+    `check` has checked the stream). A VALID version 2, 3 or 4 signature
     vouches for the array data only once `buffer_problem` found every
     chunk's hash matching its tag. detail: what an INVALID one found
     changed, when it can say."""
@@ -435,9 +448,9 @@ class Signature:
     def __init__(self, status: str, version: int = 0, key=None, salt=b"", table=b"", detail=None):
         self.status, self.version, self.detail = status, version, detail
         self._key, self._salt, self._table = key, salt, table
-        # version 3: the stream's entries come first; buffer_problem looks past them
+        # versions 3 and 4: the stream's entries come first; buffer_problem looks past them
         self._first = 24 + ENTRY_LEN * (struct.unpack_from("<Q", table, 16)[0]
-                                        if version == 3 and table else 0)
+                                        if version in _TABLE_PREFIXES and table else 0)
 
     @property
     def covers(self):
@@ -445,12 +458,19 @@ class Signature:
 
     @property
     def covers_buffers(self) -> bool:
-        return self.version in (2, 3)
+        return self.version in (2, 3, 4)
 
     @property
     def hash_key(self) -> bytes:
         """The key to hash buffer chunks with (reader.read_buffers / verify_mapped)."""
         return hash_key(self._key, self._salt)
+
+    @property
+    def hash_kwargs(self) -> dict:
+        """What reader.read_buffers and verify_mapped need to hash buffer
+        chunks as this signature's version does: version 4 hashes them as
+        stored (with how they decode), 2 and 3 their raw bytes."""
+        return {"hash_key": self.hash_key, "hash_stored": self.version == 4}
 
     def buffer_problem(self, records: bytes, buffer_count: int):
         """None when `records` (the hash records of every buffer chunk of the
@@ -478,7 +498,7 @@ class Signature:
         return None
 
     def stream_problem(self, stream) -> str | None:
-        """Version 3: None when `stream` (the raw pickle stream), cut at the
+        """Versions 3 and 4: None when `stream` (the raw pickle stream), cut at the
         signed chunk lengths, matches every stream entry's tag; else what
         differs. The cut comes from the signature, not from the file's index."""
         nstream = struct.unpack_from("<Q", self._table, 16)[0]
@@ -492,7 +512,7 @@ class Signature:
                     return f"entry {c} of the signature's chunk table is not the pickle stream's chunk {c}"
                 part = view[pos:pos + raw]
                 if len(part) != raw or not hmac.compare_digest(
-                        _tag(self._key, self._salt, head + _core.poly1305(key, part), 3),
+                        _tag(self._key, self._salt, head + _core.poly1305(key, part), self.version),
                         self._table[off + 16:off + ENTRY_LEN]):
                     return (f"the pickle stream's chunk {c} ({raw:,} bytes at stream offset {pos:,}) "
                             "does not match the signature: the stream was changed after signing")
@@ -510,7 +530,7 @@ def _malformed(reader):
 def check(reader, stream: bytes) -> Signature:
     """The signature of the file `reader` reads, whose pickle stream is
     `stream`, checked under the current key (stream, metadata and, for a
-    version 2 or 3 signature, its chunk table; not the buffers themselves)."""
+    version 2, 3 or 4 signature, its chunk table; not the buffers themselves)."""
     payload = reader.signature()
     if payload is None:
         return Signature(UNSIGNED)
@@ -529,12 +549,12 @@ def check(reader, stream: bytes) -> Signature:
             return Signature(OTHER_KEY, 1)
         good = _digest(key, signed_header(reader), stream, reader.metadata() or b"")
         return Signature(VALID if hmac.compare_digest(good, payload[16:48]) else INVALID, 1)
-    if (version, alg) not in ((2, _ALG_HMAC_SHA256_POLY1305), (3, _ALG_V3)):
-        return Signature(INVALID, version if version in (2, 3) else 0)
+    if (version, alg) not in ((2, _ALG_HMAC_SHA256_POLY1305), (3, _ALG_V3), (4, _ALG_V4)):
+        return Signature(INVALID, version if version in (2, 3, 4) else 0)
     if len(payload) < HEAD2_LEN:
         raise _malformed(reader)
     n, nstream = struct.unpack_from("<QQ", payload, 80)
-    if len(payload) != HEAD2_LEN + n * ENTRY_LEN or (version == 3 and nstream > n):
+    if len(payload) != HEAD2_LEN + n * ENTRY_LEN or (version in _TABLE_PREFIXES and nstream > n):
         raise _malformed(reader)
     key = current_key()
     if key is None:
@@ -543,8 +563,8 @@ def check(reader, stream: bytes) -> Signature:
     if not hmac.compare_digest(payload[24:40], key_id2(key, salt)):
         return Signature(OTHER_KEY, version)
     header, metadata = signed_header(reader), reader.metadata() or b""
-    if version == 3:
-        good = _digest3(key, header, salt, metadata, table)
+    if version in _TABLE_PREFIXES:
+        good = _digest_table(version, key, header, salt, metadata, table)
     else:
         h = hmac.new(key, _PREFIX2 + header + salt, hashlib.sha256)
         h.update(stream)
@@ -553,7 +573,7 @@ def check(reader, stream: bytes) -> Signature:
     if not hmac.compare_digest(good, payload[40:72]):
         return Signature(INVALID, version)
     signature = Signature(VALID, version, key, salt, table)
-    problem = signature.stream_problem(stream) if version == 3 else None
+    problem = signature.stream_problem(stream) if version in _TABLE_PREFIXES else None
     return Signature(INVALID, version, detail=problem) if problem else signature
 
 

@@ -96,12 +96,12 @@ def _refusal(reader, refused, status, detail=None):
 class _SignedBuffers:
     """A file trusted by a signature that covers its array bytes: before
     anything is built, the hash of every buffer chunk read or mapped
-    (computed with `hash_key`) must match the signature, or the load is
+    (computed as `hash_kwargs` say) must match the signature, or the load is
     refused as if the file were unsigned."""
 
     def __init__(self, reader, refused, signature):
         self.reader, self.refused, self.signature = reader, refused, signature
-        self.hash_key = signature.hash_key
+        self.hash_kwargs = signature.hash_kwargs
 
     def check(self, records: bytes) -> None:
         problem = self.signature.buffer_problem(records, self.reader.buffer_count)

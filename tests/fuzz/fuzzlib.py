@@ -124,8 +124,12 @@ def exercise_reader(container: bytes) -> None:
     _expect_firkin_error(r.read_buffers, verify=True, threads=1, which=[0])  # packed, if any
     _expect_firkin_error(r.verify_mapped, container)
     # what a signature-trusted load and verify() do with the buffers: hash every chunk
-    _expect_firkin_error(r.read_buffers, verify=False, threads=1, hash_key=bytes(range(32)))
-    _expect_firkin_error(r.verify_mapped, container, verify=False, hash_key=bytes(range(32)))
+    # (raw, signature versions 2 and 3; as stored, version 4)
+    for stored in (False, True):
+        _expect_firkin_error(r.read_buffers, verify=False, threads=1, hash_key=bytes(range(32)),
+                             hash_stored=stored)
+        _expect_firkin_error(r.verify_mapped, container, verify=False, hash_key=bytes(range(32)),
+                             hash_stored=stored)
     if stream is not None:
         _expect_firkin_error(core.scan_pickle, stream)
     _exercise_descriptor(container)
@@ -148,7 +152,8 @@ def _exercise_descriptor(container: bytes) -> None:
             return
         _expect_firkin_error(r.pickle_stream)
         _expect_firkin_error(r.read_buffers, verify=True, threads=1)
-        _expect_firkin_error(r.read_buffers, verify=False, threads=1, hash_key=bytes(range(32)))
+        _expect_firkin_error(r.read_buffers, verify=False, threads=1, hash_key=bytes(range(32)),
+                             hash_stored=True)
         if r.buffer_count:
             _expect_firkin_error(r.read_buffers, verify=True, threads=1, which=[r.buffer_count - 1])
     finally:
