@@ -240,11 +240,11 @@ def signature_v3(key: bytes, header_fixed: bytes, stream: bytes, metadata: bytes
             + digest + table)
 
 
-def stored_chunks(data: bytes, s: dict) -> list[tuple[bytes, int, int, int, int]]:
-    """Section `s` (a parse() entry) of container `data` as a list of its
-    chunks as stored: (stored bytes, codec, filter, element size, raw
+def stored_chunks(p: dict, s: dict) -> list[tuple[bytes, int, int, int, int]]:
+    """Section `s` of the parsed container `p` (both from parse()) as a list
+    of its chunks as stored: (stored bytes, codec, filter, element size, raw
     length), the filter and element size those of the section."""
-    p = parse(data)
+    data = p["area"]
     filt = (s["flags"] >> 1) & 7
     out, pos, left = [], s["offset"], s["raw"]
     for c in p["chunks"][s["first_chunk"]:s["first_chunk"] + s["nchunks"]]:
@@ -284,8 +284,8 @@ def signature_v4(key: bytes, header_fixed: bytes, stream: bytes, metadata: bytes
             return buf
         return [(bytes(buf[o:o + CHUNK]), 0, 0, 0, len(buf[o:o + CHUNK])) for o in range(0, len(buf), CHUNK)]
 
-    head = b"".join(entry(0xFFFFFFFE, c, len(stream[o:o + stream_chunk]), bytes(stream[o:o + stream_chunk]))
-                    for c, o in enumerate(range(0, len(stream), stream_chunk)))
+    pieces = [bytes(stream[o:o + stream_chunk]) for o in range(0, len(stream), stream_chunk)]
+    head = b"".join(entry(0xFFFFFFFE, c, len(piece), piece) for c, piece in enumerate(pieces))
     numbered = list(enumerate(buffers)) + ([] if packed is None else [(PACKED_BUFNO, packed)])
     body = b"".join(stored_entries(b, as_chunks(buf)) for b, buf in numbered)
     table = struct.pack("<QQQ", len(buffers), (len(head) + len(body)) // 32, len(head) // 32) + head + body

@@ -19,18 +19,27 @@ _LENGTHS = sorted({*range(0, 80), *(b + d for b in (256, 1024, 3 * 4096, 65536) 
                    *(64 * k + 1 for k in range(16, 40)), 1 << 20, (1 << 20) + 77, 3 * (1 << 20) + 5})
 
 
-def _reference(data: bytes, crc: int = 0) -> int:
-    """CRC-32C from its definition: reflected 0x82F63B78, init and final
-    xor 0xFFFFFFFF, one bit at a time (a byte table, built here)."""
+def _byte_table() -> list[int]:
+    """The CRC of each byte value, one bit at a time from the reflected
+    polynomial 0x82F63B78."""
     table = []
     for i in range(256):
         c = i
         for _ in range(8):
             c = (c >> 1) ^ (0x82F63B78 if c & 1 else 0)
         table.append(c)
+    return table
+
+
+_TABLE = _byte_table()
+
+
+def _reference(data: bytes, crc: int = 0) -> int:
+    """CRC-32C from its definition: the table above, init and final xor
+    0xFFFFFFFF."""
     c = crc ^ 0xFFFFFFFF
     for b in data:
-        c = table[(c ^ b) & 0xFF] ^ (c >> 8)
+        c = _TABLE[(c ^ b) & 0xFF] ^ (c >> 8)
     return c ^ 0xFFFFFFFF
 
 

@@ -237,11 +237,10 @@ def test_dumps_write_the_documented_signature(tmp_path, compress):
         r = _core.Reader(f.fileno())
         stream, meta, payload = r.pickle_stream(), r.metadata(), r.signature()
         header = r.header_bytes()[:24]
-    data = path.read_bytes()
-    p = parse(data)
-    buffers = [stored_chunks(data, s) for s in p["sections"] if s["kind"] == KIND_BUFFER]
+    p = parse(path.read_bytes())
+    buffers = [stored_chunks(p, s) for s in p["sections"] if s["kind"] == KIND_BUFFER]
     # "e", under 64 KiB, is packed in an uncompressed dump (bit 2), in the stream otherwise
-    packed = None if compress else stored_chunks(data, section(p, KIND_PACKED))
+    packed = None if compress else stored_chunks(p, section(p, KIND_PACKED))
     if compress:  # buffer chunks stored compressed and filtered are hashed so
         assert any(codec == 1 and filt for buf in buffers for _, codec, filt, _, _ in buf)
     # format 1.4; a compressed dump may filter its arrays and says so in the required flags
