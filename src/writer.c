@@ -181,6 +181,12 @@ static PyObject *Writer_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
                      (unsigned long long)FK_MAX_CHUNK, chunk_size);
         goto fail;
     }
+    if (codec != FK_CODEC_RAW && (uint64_t)chunk_size > FK_MAX_COMPRESSED_CHUNK) {
+        /* readers refuse a compressed chunk of more raw bytes (docs/FORMAT.md, "Sections and chunks") */
+        PyErr_Format(PyExc_ValueError, "chunk_size of a compressed dump must be at most %llu, got %zd",
+                     (unsigned long long)FK_MAX_COMPRESSED_CHUNK, chunk_size);
+        goto fail;
+    }
     if (threshold < 0) {
         PyErr_SetString(PyExc_ValueError, "threshold must be >= 0");
         goto fail;

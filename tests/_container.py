@@ -9,7 +9,8 @@ firkin_container() writes a whole container around a pickle stream (signed
 with signature_v2 or signature_v3 when asked); rewrite_index_crcs() repairs the CRCs after
 bytes of a raw chunk were changed, so that only a signature can notice.
 packed_table()/packed_payload() write a packed-buffers section's raw bytes
-(format 1.3), section_raw() decodes any section's raw bytes.
+(format 1.3), section_raw() decodes any section's raw bytes, zstd_frames()
+splits a zstd chunk into its frames.
 """
 from __future__ import annotations
 
@@ -175,6 +176,46 @@ def section_raw(data: bytes, s: dict) -> bytes:
         out += stored if c["codec"] == 0 else zlib.decompress(stored)
         pos += c["stored"]
     return bytes(out)
+
+
+def zstd_frames(stored: bytes) -> list[dict]:
+    """A zstd chunk's stored bytes (codec 2: one or more Zstandard frames,
+    RFC 8878, one after another) split into frames, read from the RFC alone:
+    each {"start", "end", "content_size" (None when not given), "checksum",
+    "blocks": [(type, size, payload)]} with type 0 raw, 1 RLE, 2 compressed;
+    an RLE block's payload is its one byte. Only the framing is read, not
+    compressed blocks' contents."""
+    frames, pos = [], 0
+    while pos < len(stored):
+        start = pos
+        assert stored[pos:pos + 4] == b"\x28\xb5\x2f\xfd", f"no frame magic at {pos}"
+        fhd = stored[pos + 4]
+        pos += 5
+        fcs_flag, single, checksum, dict_flag = fhd >> 6, (fhd >> 5) & 1, (fhd >> 2) & 1, fhd & 3
+        assert not fhd & 0x08, "reserved bit set"
+        if not single:
+            pos += 1  # Window_Descriptor
+        pos += (0, 1, 2, 4)[dict_flag]
+        fcs_len = (1 if single else 0, 2, 4, 8)[fcs_flag]
+        fcs = int.from_bytes(stored[pos:pos + fcs_len], "little") if fcs_len else None
+        if fcs_len == 2:
+            fcs += 256
+        pos += fcs_len
+        blocks, last = [], 0
+        while not last:
+            h = int.from_bytes(stored[pos:pos + 3], "little")
+            pos += 3
+            last, btype, size = h & 1, (h >> 1) & 3, h >> 3
+            assert btype != 3, "reserved block type"
+            n = 1 if btype == 1 else size
+            assert pos + n <= len(stored), "block past the end"
+            blocks.append((btype, size, stored[pos] if btype == 1 else stored[pos:pos + n]))
+            pos += n
+        pos += 4 * checksum
+        frames.append({"start": start, "end": pos, "content_size": fcs, "checksum": bool(checksum),
+                       "blocks": blocks})
+    assert pos == len(stored)
+    return frames
 
 
 def _signing_parts(key: bytes, header_fixed: bytes, salt: bytes):
