@@ -362,8 +362,13 @@ int rd_sections_into(ReaderObject *r, const fk_section **secs, unsigned char **d
     /* workers pay off from a couple of compressed chunks, or from a few MiB
      * of checksumming; below that everything runs inline */
     uint64_t from = (packed ? 2 : 8) * (uint64_t)FK_DEFAULT_CHUNK;
-    if (!verify && !packed && !hash_key) from = UINT64_MAX; /* nothing for workers to do */
+    /* from a file descriptor the workers read the chunks, in parallel, even
+     * when there is nothing to check (verify=False on raw chunks): one thread
+     * copying out of the page cache is slower than two */
+    int workers_read = r->fd >= 0 && !r->has_mem;
+    if (!verify && !packed && !hash_key && !workers_read) from = UINT64_MAX; /* nothing for workers to do */
     if (ring_pool(&rg, r->st, total >= from ? threads : 0, (size_t)threads * 4) < 0) goto done;
+    int inline_raw = !verify && !hash_key && !(workers_read && codec_pool_threads(rg.pool));
     for (size_t i = 0; i < n; i++) {
         const fk_section *s = secs[i];
         uint64_t soff = s->offset, roff = 0;
@@ -372,7 +377,7 @@ int rd_sections_into(ReaderObject *r, const fk_section **secs, unsigned char **d
             uint64_t stored = fk_get_u64(ce);
             int codec = ce[12];
             size_t rawc = (size_t)(c + 1 < s->nchunks ? s->chunk_size : s->raw - roff);
-            if (codec == FK_CODEC_RAW && !verify && !hash_key) {
+            if (codec == FK_CODEC_RAW && inline_raw) {
                 if (rd_read(r, soff, dsts[i] + roff, rawc) < 0) goto done;
             } else {
                 while (ring_full(&rg))

@@ -467,3 +467,36 @@ def test_mmap_warnings_name_the_callers_line(tmp_path):
             warnings.simplefilter("always")
             np.testing.assert_array_equal(firkin.load(path, mmap_mode="r"), a)
         assert [w.filename for w in caught] == [__file__], (path, [(w.filename, w.lineno) for w in caught])
+
+
+READER_CHILD = textwrap.dedent("""
+    import os, sys, numpy as np, firkin
+    path, verify = sys.argv[1], sys.argv[2] == "1"
+    os.getppid()  # marks where the load starts in strace's log
+    a = firkin.load(path, verify=verify)
+    assert np.array_equal(a, np.arange(4_000_000.0))
+    print("loaded", flush=True)
+""")
+
+
+@pytest.mark.skipif(__import__("shutil").which("strace") is None, reason="needs strace to see system calls")
+@pytest.mark.parametrize("verify", [True, False])
+def test_big_load_is_read_by_the_pool_threads(tmp_path, verify):
+    """A 32 MB array loaded into memory is read by the pool's threads, in
+    parallel, whether or not there are checksums to verify (with
+    verify=False one thread used to read it all: slower out of the page
+    cache than two)."""
+    path = tmp_path / "big.firkin"
+    firkin.dump(np.arange(4_000_000.0), path)
+    log = tmp_path / "strace.log"
+    proc = subprocess.run(["strace", "-f", "-qq", "-o", str(log), "-e", "trace=getppid,pread64,preadv",
+                           sys.executable, "-c", READER_CHILD, str(path), "1" if verify else "0"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and "loaded" in proc.stdout, proc.stderr[-3000:]
+    lines = log.read_text().splitlines()
+    start = max(i for i, line in enumerate(lines) if "getppid" in line)
+    main_tid = int(lines[start].split()[0])
+    big = [line for line in lines[start:] if "pread" in line and "= 262144" in line]
+    tids = {int(line.split()[0]) for line in big}
+    assert len(big) >= 100  # 32 MB in 256 KiB slices
+    assert main_tid not in tids and len(tids) >= 2, tids
