@@ -16,7 +16,7 @@ from firkin import _core
 
 pytestmark = pytest.mark.skipif("zstd" not in firkin.codecs(), reason="this build has no zstd")
 
-from _container import KIND_BUFFER, parse, stored_chunks, zstd_frames  # noqa: E402
+from _container import KIND_BUFFER, parse, rewrite_index_crcs, stored_chunks, zstd_frames  # noqa: E402
 
 RUN_MIN = 32768  # the shortest run written as an RLE frame
 BLOCK_MAX = 131072  # the largest zstd block
@@ -188,6 +188,46 @@ def test_sparse_float_array(tmp_path):
     value = np.zeros(600_000)
     value[rng.choice(len(value), 40, replace=False)] = rng.random(40)
     assert _dump_and_check(tmp_path, value) > 0
+
+
+@pytest.mark.parametrize("change", ["one byte short", "one byte long", "other byte"])
+def test_doctored_rle_frame_is_refused_or_loads_what_it_says(tmp_path, change):
+    """A chunk's frames are checked like any zstd data: with its CRC fixed, an
+    RLE frame that decodes to one byte fewer or more than the chunk's raw
+    length is refused; one that repeats another byte loads that byte (the
+    CRC covers what is stored, and the chunk decodes to its length)."""
+    rng = np.random.default_rng(9)
+    value = _layout(rng, [("noise", 30_000), (0, 300_000), ("noise", 30_000)])
+    path = tmp_path / "d.firkin"
+    firkin.dump(value, path, compress=("zstd", 1), filters=None, whole_file=False)
+    data = bytearray(path.read_bytes())
+    p = parse(bytes(data))
+    (sec,) = [s for s in p["sections"] if s["kind"] == KIND_BUFFER]
+    (chunk,) = stored_chunks(p, sec)
+    rle = [f for f in zstd_frames(chunk[0]) if f["blocks"][0][0] == 1][0]
+    at = sec["offset"] + rle["start"]
+    fcs = int.from_bytes(data[at + 5:at + 9], "little")
+    last = at + rle["end"] - rle["start"] - 4  # the last block's header
+    header = int.from_bytes(data[last:last + 3], "little")
+    if change == "other byte":
+        for b in range(len(rle["blocks"])):
+            data[at + 9 + 4 * b + 3] = 0x77
+    else:
+        d = -1 if change == "one byte short" else 1
+        data[at + 5:at + 9] = (fcs + d).to_bytes(4, "little")
+        data[last:last + 3] = (header + (d << 3)).to_bytes(3, "little")
+    rewrite_index_crcs(data, at)
+    path.write_bytes(bytes(data))
+    if change == "other byte":
+        out = firkin.load(path)
+        expected = value.copy()
+        start, end, _ = _runs(value.tobytes())[0]
+        expected[start:end] = 0x77
+        assert np.array_equal(out, expected)
+    else:
+        with pytest.raises(firkin.FormatError, match="does not decode|invalid") as info:
+            firkin.load(path)
+        assert str(path) in str(info.value) and "chunk 0" in str(info.value)
 
 
 def test_compressed_chunks_are_at_most_64_mib():
