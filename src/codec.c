@@ -466,8 +466,9 @@ static size_t zstd_rle_frame(unsigned char *dst, size_t cap, unsigned char byte,
 
 /* zstd with runs as RLE frames (above): 0 done (*out set), 1 did not fit.
  * Runs are looked for every RUN_PROBE bytes (a run of RUN_MIN covers
- * several such points) and extended back to where they start; the scan
- * after a short run goes on past it, so no byte is scanned twice. */
+ * several such points) and extended back to where they start (less than
+ * RUN_PROBE bytes back, or the run would have been found before); the next
+ * probe after a short run is past it, so no byte is scanned forward twice. */
 static int zstd_compress_runs(ZSTD_CCtx *zc, int level, const unsigned char *src, size_t n, unsigned char *dst,
                               size_t cap, size_t *out)
 {
