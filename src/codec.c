@@ -464,6 +464,18 @@ static size_t zstd_rle_frame(unsigned char *dst, size_t cap, unsigned char byte,
     return o;
 }
 
+/* One libzstd frame of src[0..n) appended at dst + *o (cap bytes in all):
+ * 0 done, 1 did not fit. */
+static int zstd_frame(ZSTD_CCtx *zc, int level, const unsigned char *src, size_t n, unsigned char *dst,
+                      size_t cap, size_t *o)
+{
+    size_t z = zc ? ZSTD_compressCCtx(zc, dst + *o, cap - *o, src, n, level)
+                  : ZSTD_compress(dst + *o, cap - *o, src, n, level);
+    if (ZSTD_isError(z)) return 1;
+    *o += z;
+    return 0;
+}
+
 /* zstd with runs as RLE frames (above): 0 done (*out set), 1 did not fit.
  * Runs are looked for every RUN_PROBE bytes (a run of RUN_MIN covers
  * several such points) and extended back to where they start (less than
@@ -479,12 +491,7 @@ static int zstd_compress_runs(ZSTD_CCtx *zc, int level, const unsigned char *src
         size_t from = at;
         while (from > pending && src[from - 1] == src[at]) from--;
         if (at + r - from >= RUN_MIN) {
-            if (from > pending) {
-                size_t z = zc ? ZSTD_compressCCtx(zc, dst + o, cap - o, src + pending, from - pending, level)
-                              : ZSTD_compress(dst + o, cap - o, src + pending, from - pending, level);
-                if (ZSTD_isError(z)) return 1;
-                o += z;
-            }
+            if (from > pending && zstd_frame(zc, level, src + pending, from - pending, dst, cap, &o)) return 1;
             size_t z = zstd_rle_frame(dst + o, cap - o, src[at], at + r - from); /* chunks are <= 64 MiB */
             if (!z) return 1;
             o += z;
@@ -492,12 +499,7 @@ static int zstd_compress_runs(ZSTD_CCtx *zc, int level, const unsigned char *src
         }
         at = (at + r + RUN_PROBE - 1) / RUN_PROBE * RUN_PROBE; /* the next probe point past this run */
     }
-    if (pending < n) {
-        size_t z = zc ? ZSTD_compressCCtx(zc, dst + o, cap - o, src + pending, n - pending, level)
-                      : ZSTD_compress(dst + o, cap - o, src + pending, n - pending, level);
-        if (ZSTD_isError(z)) return 1;
-        o += z;
-    }
+    if (pending < n && zstd_frame(zc, level, src + pending, n - pending, dst, cap, &o)) return 1;
     *out = o;
     return 0;
 }

@@ -3,7 +3,8 @@
 Signing keys for "written by someone else" tests; joblib < 0.10 files as
 joblib 0.9 wrote them; fresh interpreters for loads that may crash (with
 the static scan switched off, to test the loader's own checks); refcount
-stability; scikit-learn tree states changed behind a model's back.
+stability; scikit-learn tree states changed behind a model's back; the
+system calls a child makes, through strace.
 """
 from __future__ import annotations
 
@@ -241,3 +242,18 @@ def memory_owner(a):
     while isinstance(a, (np.ndarray, memoryview)):
         a = a.obj if isinstance(a, memoryview) else a.base
     return a
+
+
+def traced_calls(log_dir, calls: str, argv: list[str], expect: str, env=None) -> list[str]:
+    """Run `python argv...` under strace -f, tracing `calls` (strace's
+    trace= list) and getppid, which the child calls where the part of
+    interest starts. The child must print `expect`. Returns strace's lines
+    from that getppid on, each starting with the thread id."""
+    log = pathlib.Path(log_dir) / "strace.log"
+    proc = subprocess.run(["strace", "-f", "-qq", "-o", str(log), "-e", f"trace=getppid,{calls}",
+                           sys.executable, *argv],
+                          capture_output=True, text=True, env=dict(os.environ, **(env or {})), timeout=300)
+    assert proc.returncode == 0 and expect in proc.stdout, proc.stderr[-3000:]
+    lines = log.read_text().splitlines()
+    start = max(i for i, line in enumerate(lines) if "getppid" in line)
+    return lines[start:]

@@ -4,8 +4,6 @@ FIRKIN_DURABLE as the process-wide default. The kill test for both modes is
 in test_reliability.py."""
 import os
 import shutil
-import subprocess
-import sys
 import textwrap
 
 import numpy as np
@@ -13,6 +11,8 @@ import pytest
 
 import firkin
 from firkin import _defaults
+
+from _support import traced_calls
 
 
 @pytest.fixture(autouse=True)
@@ -37,18 +37,11 @@ CHILD = textwrap.dedent("""
 
 def _fsyncs(tmp_path, arg, env=None):
     """The fsync-family system calls a dump makes in a child, counted by strace."""
-    log = tmp_path / "strace.log"
     target = tmp_path / "m.firkin"
-    full_env = dict(os.environ, **(env or {}))
-    proc = subprocess.run(["strace", "-f", "-qq", "-o", str(log), "-e",
-                           "trace=getppid,fsync,fdatasync,sync_file_range,syncfs,sync",
-                           sys.executable, "-c", CHILD, str(target), arg],
-                          capture_output=True, text=True, env=full_env, timeout=300)
-    assert proc.returncode == 0 and "dumped" in proc.stdout, proc.stderr[-3000:]
+    lines = traced_calls(tmp_path, "fsync,fdatasync,sync_file_range,syncfs,sync",
+                         ["-c", CHILD, str(target), arg], "dumped", env)
     np.testing.assert_array_equal(firkin.load(target)["a"], np.arange(300_000))
-    lines = log.read_text().splitlines()
-    start = max(i for i, line in enumerate(lines) if "getppid" in line)
-    return [line for line in lines[start:] if "sync" in line]
+    return [line for line in lines if "sync" in line]
 
 
 @pytest.mark.skipif(shutil.which("strace") is None, reason="needs strace to see system calls")

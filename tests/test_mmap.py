@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import os
+import shutil
 import struct
 import subprocess
 import sys
@@ -15,6 +16,8 @@ import pytest
 
 import firkin
 import firkin._api
+
+from _support import traced_calls
 
 MUTABLE_FLAG = 1  # header optional flag bit 0: opened with mmap_mode='r+'
 
@@ -479,7 +482,7 @@ READER_CHILD = textwrap.dedent("""
 """)
 
 
-@pytest.mark.skipif(__import__("shutil").which("strace") is None, reason="needs strace to see system calls")
+@pytest.mark.skipif(shutil.which("strace") is None, reason="needs strace to see system calls")
 @pytest.mark.parametrize("verify", [True, False])
 def test_big_load_is_read_by_the_pool_threads(tmp_path, verify):
     """A 32 MB array loaded into memory is read by the pool's threads, in
@@ -488,15 +491,10 @@ def test_big_load_is_read_by_the_pool_threads(tmp_path, verify):
     cache than two)."""
     path = tmp_path / "big.firkin"
     firkin.dump(np.arange(4_000_000.0), path)
-    log = tmp_path / "strace.log"
-    proc = subprocess.run(["strace", "-f", "-qq", "-o", str(log), "-e", "trace=getppid,pread64,preadv",
-                           sys.executable, "-c", READER_CHILD, str(path), "1" if verify else "0"],
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0 and "loaded" in proc.stdout, proc.stderr[-3000:]
-    lines = log.read_text().splitlines()
-    start = max(i for i, line in enumerate(lines) if "getppid" in line)
-    main_tid = int(lines[start].split()[0])
-    big = [line for line in lines[start:] if "pread" in line and "= 262144" in line]
+    lines = traced_calls(tmp_path, "pread64,preadv", ["-c", READER_CHILD, str(path), "1" if verify else "0"],
+                         "loaded")
+    main_tid = int(lines[0].split()[0])  # the getppid the loading thread made
+    big = [line for line in lines if "pread" in line and "= 262144" in line]
     tids = {int(line.split()[0]) for line in big}
     assert len(big) >= 100  # 32 MB in 256 KiB slices
     assert main_tid not in tids and len(tids) >= 2, tids

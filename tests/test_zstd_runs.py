@@ -44,17 +44,21 @@ def _expected_segments(raw: bytes):
     return out
 
 
+def _is_run_frame(f) -> bool:
+    """A frame of RLE blocks only, of a run's length: what firkin writes by hand."""
+    return all(t == 1 for t, _, _ in f["blocks"]) and f["content_size"] >= RUN_MIN
+
+
 def _check_chunk(stored: bytes, raw: bytes):
     """The frames of one zstd chunk are the runs of its raw bytes, in order."""
     frames = zstd_frames(stored)
     want = _expected_segments(raw)
-    got = [(f["content_size"], f) for f in frames]
-    assert [c for c, _ in got] == [e - s for s, e, _ in want], "frame boundaries are not the runs"
+    assert [f["content_size"] for f in frames] == [e - s for s, e, _ in want], "frame boundaries are not the runs"
     for (s, e, byte), f in zip(want, frames):
         if byte is None:
             # libzstd's frame of the stretch between runs: it may hold an RLE
             # block of its own, but it is not one of the hand-written frames
-            assert not (f["blocks"] and all(t == 1 for t, _, _ in f["blocks"]) and e - s >= RUN_MIN)
+            assert not _is_run_frame(f)
             continue
         n = e - s
         sizes = [BLOCK_MAX] * (n // BLOCK_MAX) + ([n % BLOCK_MAX] if n % BLOCK_MAX else [])
@@ -67,14 +71,15 @@ def _check_chunk(stored: bytes, raw: bytes):
 def _dump_and_check(tmp_path, value: np.ndarray, filtered_raw=None, **kw):
     """Dump value with zstd, check every compressed chunk of its buffer
     section, load it back. filtered_raw(chunk raw bytes) -> what the codec saw.
-    Returns the number of RLE frames written."""
+    Returns the number of RLE frames written and the frames of each
+    compressed chunk."""
     path = tmp_path / "r.firkin"
     firkin.dump(value, path, compress=kw.pop("compress", ("zstd", 1)), filters=kw.pop("filters", None),
                 whole_file=False, **kw)
     p = parse(path.read_bytes())
     (sec,) = [s for s in p["sections"] if s["kind"] == KIND_BUFFER]
     raw_all = value.tobytes()
-    at, rle, compressed = 0, 0, 0
+    at, chunk_frames = 0, []
     for stored, codec, _filt, _elem, raw_len in stored_chunks(p, sec):
         raw = raw_all[at:at + raw_len]
         at += raw_len
@@ -82,14 +87,11 @@ def _dump_and_check(tmp_path, value: np.ndarray, filtered_raw=None, **kw):
             assert stored == raw
             continue
         assert codec == 2
-        compressed += 1
-        frames = _check_chunk(stored, filtered_raw(raw) if filtered_raw else raw)
-        rle += sum(1 for f in frames if f["blocks"] and all(t == 1 for t, _, _ in f["blocks"])
-                   and f["content_size"] >= RUN_MIN)
-    assert at == len(raw_all) and compressed
+        chunk_frames.append(_check_chunk(stored, filtered_raw(raw) if filtered_raw else raw))
+    assert at == len(raw_all) and chunk_frames
     out = firkin.load(path)
     assert out.dtype == value.dtype and np.array_equal(out, value)
-    return rle
+    return sum(_is_run_frame(f) for frames in chunk_frames for f in frames), chunk_frames
 
 
 def _noise(rng, n):
@@ -120,7 +122,7 @@ def test_runs_in_one_chunk(tmp_path, case):
     rng = np.random.default_rng(len(case))
     value = _layout(rng, CASES[case])
     assert 64 << 10 <= len(value) <= 1 << 20  # its own section (not packed), one chunk
-    rle = _dump_and_check(tmp_path, value)
+    rle, _ = _dump_and_check(tmp_path, value)
     assert rle == len(_runs(value.tobytes()))
     assert (rle == 0) == (case in ("one byte short of a run", "short runs only"))
 
@@ -133,7 +135,7 @@ def test_run_that_the_noise_before_it_extends(tmp_path):
     noise[-5:] = 0  # five more zeros than the planted run
     noise[-6] = 1
     value = np.concatenate([noise, np.zeros(50_000, np.uint8), _noise(rng, 10_000)])
-    assert _dump_and_check(tmp_path, value) == 1
+    assert _dump_and_check(tmp_path, value)[0] == 1
     assert _runs(value.tobytes())[0][:2] == (9_995, 60_000)
 
 
@@ -153,7 +155,7 @@ def test_runs_across_chunks_and_seeds(tmp_path):
                 n = int(rng.choice([RUN_MIN - 1, RUN_MIN, RUN_MIN + 1, int(rng.integers(1, 400_000))]))
                 parts.append((int(rng.integers(0, 3)), n))
             size += n
-        total += _dump_and_check(tmp_path, _layout(rng, parts))
+        total += _dump_and_check(tmp_path, _layout(rng, parts))[0]
     assert total > 50  # the layouts did hold runs
 
 
@@ -165,13 +167,11 @@ def test_shuffled_small_integers(tmp_path):
     def shuffled(raw):
         return np.frombuffer(raw, np.uint8).reshape(-1, 8).T.tobytes()
 
-    path = tmp_path / "i.firkin"
-    firkin.dump(value, path, compress=("zstd", 1), whole_file=False)
-    sec = [s for s in parse(path.read_bytes())["sections"] if s["kind"] == KIND_BUFFER][0]
+    rle, chunk_frames = _dump_and_check(tmp_path, value, filtered_raw=shuffled, filters="auto")
+    sec = [s for s in parse((tmp_path / "r.firkin").read_bytes())["sections"] if s["kind"] == KIND_BUFFER][0]
     assert (sec["flags"] >> 1) & 7 == 1 and sec["filter_elem"] == 8  # auto chose byte shuffle
-    assert _dump_and_check(tmp_path, value, filtered_raw=shuffled, filters="auto") == 3
-    for stored, *_ in stored_chunks(parse(path.read_bytes()), sec):
-        frames = zstd_frames(stored)
+    assert rle == 3
+    for frames in chunk_frames:
         assert [f["content_size"] for f in frames] == [1 << 17, 7 << 17]
 
 
@@ -179,7 +179,7 @@ def test_shuffled_small_integers(tmp_path):
 def test_every_level_writes_runs(tmp_path, level):
     rng = np.random.default_rng(level + 10)
     value = _layout(rng, [("noise", 20_000), (0, 200_000), ("noise", 20_000), (0xFF, 40_000)])
-    assert _dump_and_check(tmp_path, value, compress=("zstd", level)) == 2
+    assert _dump_and_check(tmp_path, value, compress=("zstd", level))[0] == 2
 
 
 def test_sparse_float_array(tmp_path):
@@ -187,7 +187,7 @@ def test_sparse_float_array(tmp_path):
     rng = np.random.default_rng(5)
     value = np.zeros(600_000)
     value[rng.choice(len(value), 40, replace=False)] = rng.random(40)
-    assert _dump_and_check(tmp_path, value) > 0
+    assert _dump_and_check(tmp_path, value)[0] > 0
 
 
 @pytest.mark.parametrize("change", ["one byte short", "one byte long", "other byte"])
@@ -204,7 +204,7 @@ def test_doctored_rle_frame_is_refused_or_loads_what_it_says(tmp_path, change):
     p = parse(bytes(data))
     (sec,) = [s for s in p["sections"] if s["kind"] == KIND_BUFFER]
     (chunk,) = stored_chunks(p, sec)
-    rle = [f for f in zstd_frames(chunk[0]) if f["blocks"][0][0] == 1][0]
+    (rle,) = [f for f in zstd_frames(chunk[0]) if _is_run_frame(f)]
     at = sec["offset"] + rle["start"]
     fcs = int.from_bytes(data[at + 5:at + 9], "little")
     last = at + rle["end"] - rle["start"] - 4  # the last block's header
