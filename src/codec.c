@@ -38,6 +38,13 @@ struct codec_pool {
     codec_job **queue; /* ring buffer */
     size_t cap, head, count;
     size_t running;
+    /* Who waits on job_done, so that a finished job wakes the caller only
+     * when it is the one it waits for: a broadcast per job woke the caller
+     * for every chunk, about as often as the chunks themselves. `awaited`
+     * is that job while one caller waits for one job, NULL (any job) while
+     * it waits for all of them or while several callers wait. */
+    size_t nwait;
+    codec_job *awaited;
     int stop;
     int nthreads;
     pthread_t *threads;
@@ -78,7 +85,7 @@ static void *worker_main(void *arg)
         pthread_mutex_lock(&p->mu);
         p->running--;
         job->done = 1;
-        pthread_cond_broadcast(&p->job_done);
+        if (p->nwait && (!p->awaited || p->awaited == job)) pthread_cond_broadcast(&p->job_done);
     }
     pthread_mutex_unlock(&p->mu);
     return NULL;
@@ -153,7 +160,12 @@ void codec_pool_wait_job(codec_pool *p, codec_job *job)
 {
     if (!p->nthreads) return;
     pthread_mutex_lock(&p->mu);
-    while (!job->done) pthread_cond_wait(&p->job_done, &p->mu);
+    while (!job->done) {
+        p->awaited = p->nwait ? NULL : job; /* a second caller: wake on every job */
+        p->nwait++;
+        pthread_cond_wait(&p->job_done, &p->mu);
+        p->nwait--;
+    }
     pthread_mutex_unlock(&p->mu);
 }
 
@@ -162,7 +174,12 @@ void codec_pool_wait_all(codec_pool *p)
 {
     if (!p->nthreads) return;
     pthread_mutex_lock(&p->mu);
-    while (p->count || p->running) pthread_cond_wait(&p->job_done, &p->mu);
+    while (p->count || p->running) {
+        p->awaited = NULL;
+        p->nwait++;
+        pthread_cond_wait(&p->job_done, &p->mu);
+        p->nwait--;
+    }
     pthread_mutex_unlock(&p->mu);
 }
 

@@ -43,18 +43,28 @@ void ring_push(fk_ring *rg, codec_job *job)
 }
 
 /* Take the oldest job out of the ring once it is done (GIL held on entry,
- * released while waiting). The caller retires it, then ring_job_free. */
+ * released while waiting). The caller retires it, then ring_job_free.
+ *
+ * When the oldest is not done yet, wait for the half of the ring that
+ * starts with it: the caller then retires that many chunks (and refills
+ * the ring) without sleeping again, while the workers go on with the other
+ * half. Waiting for the oldest alone put the caller to sleep once per
+ * chunk, and the wakeups (a context switch each way, about three per
+ * chunk in all) were the largest fixed cost of a load of many chunks. */
 codec_job *ring_pop(fk_ring *rg)
 {
     codec_job *job = rg->slot[rg->head];
-    rg->slot[rg->head] = NULL;
-    rg->head = (rg->head + 1) % rg->cap;
-    rg->count--;
     if (!job->done) {
+        size_t k = rg->count < rg->cap / 2 ? rg->count : rg->cap / 2;
+        codec_job *last = rg->slot[(rg->head + (k ? k : 1) - 1) % rg->cap];
         Py_BEGIN_ALLOW_THREADS
+        codec_pool_wait_job(rg->pool, last);
         codec_pool_wait_job(rg->pool, job);
         Py_END_ALLOW_THREADS
     }
+    rg->slot[rg->head] = NULL;
+    rg->head = (rg->head + 1) % rg->cap;
+    rg->count--;
     return job;
 }
 
@@ -367,7 +377,10 @@ int rd_sections_into(ReaderObject *r, const fk_section **secs, unsigned char **d
      * copying out of the page cache is slower than two */
     int workers_read = r->fd >= 0 && !r->has_mem;
     if (!verify && !packed && !hash_key && !workers_read) from = UINT64_MAX; /* nothing for workers to do */
-    if (ring_pool(&rg, r->st, total >= from ? threads : 0, (size_t)threads * 4) < 0) goto done;
+    /* chunks in flight: 8 per thread where the workers read them (a job then
+     * holds no buffer of its own), so that half a ring (what ring_pop waits
+     * for) is 4 chunks per thread; 4 where each holds its stored bytes */
+    if (ring_pool(&rg, r->st, total >= from ? threads : 0, (size_t)threads * (workers_read ? 8 : 4)) < 0) goto done;
     int inline_raw = !verify && !hash_key && !(workers_read && codec_pool_threads(rg.pool));
     for (size_t i = 0; i < n; i++) {
         const fk_section *s = secs[i];
