@@ -13,6 +13,8 @@ import decimal
 import fractions
 import os
 import pickle
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -940,3 +942,21 @@ def test_hypothesis_file_mmap(hyp_dir, arr, th, mode):
         assert type(res) is np.ndarray
     elif th == 0 and arr.nbytes > 0 and not arr.dtype.hasobject:
         assert isinstance(res, np.memmap) and not res.flags.writeable
+
+
+def test_import_and_round_trip_where_warnings_are_errors(tmp_path):
+    """`import firkin` resolves the allowlist's NumPy names, some of which
+    NumPy deprecates (np.chararray from 2.4, np.char.chararray from 2.5):
+    reading them warned, and where warnings are errors (pytest -W error, a
+    team's filterwarnings = error) `import firkin` itself raised."""
+    child = (
+        "import warnings, numpy as np\n"
+        "warnings.simplefilter('error')\n"
+        "import firkin\n"
+        "a = {'x': np.arange(5.0), 'r': np.rec.array([(1, 2.0)], dtype=[('i', 'i4'), ('f', 'f8')])}\n"
+        f"firkin.dump(a, {str(tmp_path / 'a.firkin')!r})\n"
+        f"b = firkin.load({str(tmp_path / 'a.firkin')!r})\n"
+        "assert (b['x'] == a['x']).all() and b['r'].tolist() == a['r'].tolist()\n"
+        "print('ok')\n")
+    proc = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "ok" in proc.stdout, proc.stderr[-3000:]

@@ -40,6 +40,7 @@ from __future__ import annotations
 import ctypes
 import sys
 import threading
+import warnings
 
 import numpy as np
 
@@ -511,7 +512,12 @@ def _register() -> None:
         if module.partition(".")[0] != "numpy" or module not in sys.modules:
             continue
         for qual in names:
-            obj = _trust._resolve_loaded(module, qual)
+            # names NumPy deprecates still resolve, but warn (np.chararray
+            # from 2.4, np.char.chararray from 2.5): where warnings are
+            # errors (pytest -W error), `import firkin` itself failed
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)
+                obj = _trust._resolve_loaded(module, qual)
             # MaskedConstant() is numpy.ma's singleton, np.ma.masked: never another instance
             if isinstance(obj, type) and issubclass(obj, np.ndarray) and \
                     obj is not np.ma.core.MaskedConstant and (module, qual) not in reps:
