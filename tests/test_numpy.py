@@ -946,9 +946,10 @@ def test_hypothesis_file_mmap(hyp_dir, arr, th, mode):
 
 def test_import_and_round_trip_where_warnings_are_errors(tmp_path):
     """`import firkin` resolves the allowlist's NumPy names, some of which
-    NumPy deprecates (np.chararray from 2.4, np.char.chararray from 2.5):
-    reading them warned, and where warnings are errors (pytest -W error, a
-    team's filterwarnings = error) `import firkin` itself raised."""
+    NumPy deprecates or redefines (np.bool's FutureWarning in 1.x,
+    np.chararray from 2.4, np.char.chararray from 2.5): reading them warned,
+    and where warnings are errors (pytest -W error, a team's
+    filterwarnings = error) `import firkin` itself raised."""
     child = (
         "import warnings, numpy as np\n"
         "warnings.simplefilter('error')\n"

@@ -512,11 +512,12 @@ def _register() -> None:
         if module.partition(".")[0] != "numpy" or module not in sys.modules:
             continue
         for qual in names:
-            # names NumPy deprecates still resolve, but warn (np.chararray
-            # from 2.4, np.char.chararray from 2.5): where warnings are
-            # errors (pytest -W error), `import firkin` itself failed
+            # names NumPy deprecates or redefines still resolve, but warn
+            # (np.bool's FutureWarning in 1.x, np.chararray from 2.4,
+            # np.char.chararray from 2.5): where warnings are errors (pytest
+            # -W error), `import firkin` itself failed
             with warnings.catch_warnings():
-                warnings.simplefilter("ignore", DeprecationWarning)
+                warnings.simplefilter("ignore")
                 obj = _trust._resolve_loaded(module, qual)
             # MaskedConstant() is numpy.ma's singleton, np.ma.masked: never another instance
             if isinstance(obj, type) and issubclass(obj, np.ndarray) and \
