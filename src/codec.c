@@ -155,17 +155,22 @@ void codec_pool_submit(codec_pool *p, codec_job *job)
     pthread_mutex_unlock(&p->mu);
 }
 
+/* Sleep (mu held) until a job finishes that may be `job` (NULL: any job).
+ * A second caller waiting at the same time makes every job wake them. */
+static void pool_sleep(codec_pool *p, codec_job *job)
+{
+    p->awaited = p->nwait ? NULL : job;
+    p->nwait++;
+    pthread_cond_wait(&p->job_done, &p->mu);
+    p->nwait--;
+}
+
 /* Call without the GIL: Python codecs in the workers may need it. */
 void codec_pool_wait_job(codec_pool *p, codec_job *job)
 {
     if (!p->nthreads) return;
     pthread_mutex_lock(&p->mu);
-    while (!job->done) {
-        p->awaited = p->nwait ? NULL : job; /* a second caller: wake on every job */
-        p->nwait++;
-        pthread_cond_wait(&p->job_done, &p->mu);
-        p->nwait--;
-    }
+    while (!job->done) pool_sleep(p, job);
     pthread_mutex_unlock(&p->mu);
 }
 
@@ -174,12 +179,7 @@ void codec_pool_wait_all(codec_pool *p)
 {
     if (!p->nthreads) return;
     pthread_mutex_lock(&p->mu);
-    while (p->count || p->running) {
-        p->awaited = NULL;
-        p->nwait++;
-        pthread_cond_wait(&p->job_done, &p->mu);
-        p->nwait--;
-    }
+    while (p->count || p->running) pool_sleep(p, NULL);
     pthread_mutex_unlock(&p->mu);
 }
 
