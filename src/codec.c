@@ -84,7 +84,7 @@ static void *worker_main(void *arg)
         job_run(p, job);
         pthread_mutex_lock(&p->mu);
         p->running--;
-        job->done = 1;
+        job_set_done(job, 1);
         if (p->nwait && (!p->awaited || p->awaited == job)) pthread_cond_broadcast(&p->job_done);
     }
     pthread_mutex_unlock(&p->mu);
@@ -127,10 +127,10 @@ int codec_pool_threads(codec_pool *p)
 
 void codec_pool_submit(codec_pool *p, codec_job *job)
 {
-    job->done = 0;
+    job_set_done(job, 0);
     if (!p->nthreads) {
         job_run(p, job);
-        job->done = 1;
+        job_set_done(job, 1);
         return;
     }
     pthread_mutex_lock(&p->mu);
@@ -140,7 +140,7 @@ void codec_pool_submit(codec_pool *p, codec_job *job)
         if (!nq) {
             pthread_mutex_unlock(&p->mu);
             job_run(p, job); /* run it here rather than fail */
-            job->done = 1;
+            job_set_done(job, 1);
             return;
         }
         for (size_t i = 0; i < p->count; i++) nq[i] = p->queue[(p->head + i) % p->cap];
@@ -170,7 +170,7 @@ void codec_pool_wait_job(codec_pool *p, codec_job *job)
 {
     if (!p->nthreads) return;
     pthread_mutex_lock(&p->mu);
-    while (!job->done) pool_sleep(p, job);
+    while (!job_is_done(job)) pool_sleep(p, job);
     pthread_mutex_unlock(&p->mu);
 }
 

@@ -205,8 +205,22 @@ typedef struct codec_job {
     int read_errno;
     char err[160];
     int on_worker;          /* run by one of the pool's threads, not inline */
-    int done;
+    int done;               /* through job_is_done/job_set_done only: read without the pool's lock */
 } codec_job;
+
+/* A job's done flag is set by the worker that ran it and read by the
+ * thread that submitted it, also without the pool's lock (ring_pop,
+ * wr_stage, to avoid sleeping on a job already finished): release and
+ * acquire order it after everything the job wrote (its status, bytes, CRC). */
+static inline int job_is_done(const codec_job *job)
+{
+    return __atomic_load_n(&job->done, __ATOMIC_ACQUIRE);
+}
+
+static inline void job_set_done(codec_job *job, int done)
+{
+    __atomic_store_n(&job->done, done, __ATOMIC_RELEASE);
+}
 
 typedef struct codec_pool codec_pool;
 /* nthreads <= 0: every job runs inline in codec_pool_submit. py_codec: a

@@ -54,7 +54,7 @@ void ring_push(fk_ring *rg, codec_job *job)
 codec_job *ring_pop(fk_ring *rg)
 {
     codec_job *job = rg->slot[rg->head];
-    if (!job->done) {
+    if (!job_is_done(job)) {
         size_t k = rg->count < rg->cap / 2 ? rg->count : rg->cap / 2;
         codec_job *last = rg->slot[(rg->head + (k ? k : 1) - 1) % rg->cap];
         Py_BEGIN_ALLOW_THREADS
@@ -263,7 +263,7 @@ int wr_submit(WriterObject *w, const unsigned char *p, size_t n, void *owned)
  * small arrays, a tenth of its dump). NULL with an exception set on error. */
 unsigned char *wr_stage(WriterObject *w)
 {
-    while (!w->spare && w->ring.count && ring_oldest(&w->ring)->done)
+    while (!w->spare && w->ring.count && job_is_done(ring_oldest(&w->ring)))
         if (wr_retire_one(w) < 0) return NULL;
     unsigned char *p = w->spare;
     w->spare = NULL;
