@@ -3,6 +3,7 @@
 Environment switches:
   FIRKIN_DEBUG=1     -O0 -g
   FIRKIN_SANITIZE=1  AddressSanitizer + UndefinedBehaviorSanitizer (see docs/TESTING.md)
+  FIRKIN_SANITIZE=thread  ThreadSanitizer (the chunk pool's threads; docs/TESTING.md)
   FIRKIN_WERROR=1    warnings are errors (CI)
   FIRKIN_NO_ZSTD=1, FIRKIN_NO_LZ4=1, FIRKIN_NO_LIBDEFLATE=1, FIRKIN_NO_OPENSSL=1
                      build without libzstd / liblz4 / libdeflate / OpenSSL even if present
@@ -42,7 +43,10 @@ if os.environ.get("FIRKIN_DEBUG"):
     cflags += ["-O0", "-g3"]
 else:
     cflags += ["-O2"]
-if os.environ.get("FIRKIN_SANITIZE"):
+if os.environ.get("FIRKIN_SANITIZE") == "thread":
+    cflags += ["-fsanitize=thread", "-fno-omit-frame-pointer", "-g"]
+    ldflags += ["-fsanitize=thread"]
+elif os.environ.get("FIRKIN_SANITIZE"):
     cflags += ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-g"]
     ldflags += ["-fsanitize=address,undefined"]
 if os.environ.get("FIRKIN_WERROR"):
