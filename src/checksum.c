@@ -12,6 +12,9 @@
 #define FK_HAVE_X86_CRC 1
 #include <cpuid.h>
 #include <immintrin.h>
+#ifndef bit_VPCLMULQDQ /* CPUID leaf 7, ECX; older cpuid.h lack the name */
+#define bit_VPCLMULQDQ (1 << 10)
+#endif
 #endif
 #if defined(__aarch64__) && (defined(__GNUC__) || defined(__clang__)) && defined(__linux__)
 #define FK_HAVE_ARM_CRC 1
