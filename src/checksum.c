@@ -42,20 +42,8 @@ static uint32_t gf_mul(uint32_t a, uint32_t b)
     return prod;
 }
 
-/* x^(8 n) modulo the polynomial, by square-and-multiply. */
-static uint32_t gf_x8n(uint64_t n)
-{
-    uint32_t result = 1u << 31; /* the polynomial 1 */
-    uint32_t sq = 1u << 23;     /* x^8 */
-    while (n) {
-        if (n & 1) result = gf_mul(sq, result);
-        sq = gf_mul(sq, sq);
-        n >>= 1;
-    }
-    return result;
-}
-
-/* x^n modulo the polynomial, for any n (the folding constants below). */
+/* x^n modulo the polynomial, by square-and-multiply (the lane shifts, the
+ * folding constants). */
 static uint32_t gf_xn(uint64_t n)
 {
     uint32_t result = 1u << 31; /* the polynomial 1 */
@@ -165,20 +153,17 @@ static uint64_t fold_const(uint64_t e)
     return (uint64_t)gf_xn(e) << 32;
 }
 
-static uint64_t fold_k[5][2]; /* D = 128, 256, 384, 512, 1024; [0] for H, [1] for L */
-static uint64_t fold_k1536[2], fold_k2048[2];
+/* the folding distances D, in bits, and their constants: [0] for H, [1] for L */
+enum { K128, K256, K384, K512, K1024, K1536, K2048, NFOLD };
+static const uint64_t fold_dist[NFOLD] = {128, 256, 384, 512, 1024, 1536, 2048};
+static uint64_t fold_k[NFOLD][2];
 
 static void fold_init(void)
 {
-    static const uint64_t dist[5] = {128, 256, 384, 512, 1024};
-    for (int i = 0; i < 5; i++) {
-        fold_k[i][0] = fold_const(dist[i] + 63);
-        fold_k[i][1] = fold_const(dist[i] - 1);
+    for (int i = 0; i < NFOLD; i++) {
+        fold_k[i][0] = fold_const(fold_dist[i] + 63);
+        fold_k[i][1] = fold_const(fold_dist[i] - 1);
     }
-    fold_k1536[0] = fold_const(1536 + 63);
-    fold_k1536[1] = fold_const(1536 - 1);
-    fold_k2048[0] = fold_const(2048 + 63);
-    fold_k2048[1] = fold_const(2048 - 1);
 }
 
 #define FK_FOLD_TARGET __attribute__((target("avx512f,vpclmulqdq,pclmul,sse4.2")))
@@ -204,7 +189,7 @@ static uint32_t crc_vpclmul(uint32_t crc, const unsigned char *p, size_t n)
     x0 = _mm512_xor_si512(x0, _mm512_set_epi64(0, 0, 0, 0, 0, 0, 0, (long long)crc));
     p += 256;
     n -= 256;
-    const __m512i k2048 = fold_const512(fold_k2048);
+    const __m512i k2048 = fold_const512(fold_k[K2048]);
     while (n >= 256) {
         x0 = fold512(x0, k2048, _mm512_loadu_si512((const void *)p));
         x1 = fold512(x1, k2048, _mm512_loadu_si512((const void *)(p + 64)));
@@ -214,19 +199,19 @@ static uint32_t crc_vpclmul(uint32_t crc, const unsigned char *p, size_t n)
         n -= 256;
     }
     /* four registers, 64 bytes apart, into the last */
-    __m512i x = fold512(x2, fold_const512(fold_k[3]), x3);
-    x = _mm512_xor_si512(x, fold512(x1, fold_const512(fold_k[4]), _mm512_setzero_si512()));
-    x = _mm512_xor_si512(x, fold512(x0, fold_const512(fold_k1536), _mm512_setzero_si512()));
-    const __m512i k512 = fold_const512(fold_k[3]);
+    __m512i x = fold512(x2, fold_const512(fold_k[K512]), x3);
+    x = _mm512_xor_si512(x, fold512(x1, fold_const512(fold_k[K1024]), _mm512_setzero_si512()));
+    x = _mm512_xor_si512(x, fold512(x0, fold_const512(fold_k[K1536]), _mm512_setzero_si512()));
+    const __m512i k512 = fold_const512(fold_k[K512]);
     while (n >= 64) {
         x = fold512(x, k512, _mm512_loadu_si512((const void *)p));
         p += 64;
         n -= 64;
     }
     /* its four blocks into the last: 384, 256 and 128 bits on, the last as it is */
-    const __m512i klanes = _mm512_set_epi64(0, 0, (long long)fold_k[0][1], (long long)fold_k[0][0],
-                                            (long long)fold_k[1][1], (long long)fold_k[1][0],
-                                            (long long)fold_k[2][1], (long long)fold_k[2][0]);
+    const __m512i klanes = _mm512_set_epi64(0, 0, (long long)fold_k[K128][1], (long long)fold_k[K128][0],
+                                            (long long)fold_k[K256][1], (long long)fold_k[K256][0],
+                                            (long long)fold_k[K384][1], (long long)fold_k[K384][0]);
     const __m512i t = fold512(x, klanes, _mm512_setzero_si512());
     __m128i last = _mm512_extracti32x4_epi32(x, 3);
     last = _mm_xor_si128(last, _mm512_extracti32x4_epi32(t, 0));
@@ -290,8 +275,8 @@ void checksum_init(void)
         for (int t = 1; t < 8; t++)
             sw_table[t][i] = sw_table[0][sw_table[t - 1][i] & 0xff] ^ (sw_table[t - 1][i] >> 8);
     }
-    shift_lane = gf_x8n(LANE);
-    shift_2lanes = gf_x8n(2 * LANE);
+    shift_lane = gf_xn(8 * (uint64_t)LANE);
+    shift_2lanes = gf_xn(16 * (uint64_t)LANE);
     crc_impl = crc_sw;
     impl_name = "software";
     if (getenv("FIRKIN_CRC_SOFTWARE"))
