@@ -192,6 +192,8 @@ int wr_blob_section(WriterObject *w, uint16_t kind, uint16_t flags, const unsign
 int rd_sections_into(ReaderObject *r, const fk_section **secs, unsigned char **dsts, size_t n,
                      int verify, int threads, PyObject *progress, const unsigned char *hash_key,
                      int hash_stored, hash_records *records);
+int rd_check_in_memory(ReaderObject *r, const unsigned char *mem, int verify, int threads,
+                       const unsigned char *hash_key, int hash_stored, hash_records *records);
 
 /* ---- npy.c ---- */
 int npy_init_types(PyObject *module, fk_state *st);

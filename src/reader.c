@@ -191,20 +191,21 @@ done:
     return out;
 }
 
-/* verify_mapped(mapping, verify=True, hash_key=None, hash_stored=False):
+/* verify_mapped(mapping, verify=True, hash_key=None, hash_stored=False, threads=0):
  * check the raw buffer chunks inside memory that holds the whole container
  * (an mmap of the file), without copying: their CRCs (verify) and, with
  * hash_key, their Poly1305 hashes (hash_stored: as signature version 4
- * hashes a chunk stored raw), returned as records (else None). */
+ * hashes a chunk stored raw), returned as records (else None); on the
+ * codec pool's threads (threads <= 0: one per core) from a few MiB on. */
 static PyObject *Reader_verify_mapped(ReaderObject *r, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"mapping", "verify", "hash_key", "hash_stored", NULL};
+    static char *kwlist[] = {"mapping", "verify", "hash_key", "hash_stored", "threads", NULL};
     PyObject *obj;
-    int verify = 1, hash_stored = 0;
+    int verify = 1, hash_stored = 0, threads = 0;
     Py_buffer key = {0};
     hash_records rec = {NULL, 0, 0};
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|pz*p:verify_mapped", kwlist, &obj, &verify, &key,
-                                     &hash_stored))
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|pz*pi:verify_mapped", kwlist, &obj, &verify, &key,
+                                     &hash_stored, &threads))
         return NULL;
     int hashing = hash_key_arg(&key, "verify_mapped");
     if (hashing < 0) return NULL;
@@ -218,34 +219,9 @@ static PyObject *Reader_verify_mapped(ReaderObject *r, PyObject *args, PyObject 
         FORMAT_ERR(r, "mapping is shorter than the container");
         goto done;
     }
-    for (size_t i = 0; i <= r->nbuf; i++) {
-        /* the buffer sections, then the packed section */
-        if (i == r->nbuf && r->packed_sec < 0) break;
-        const fk_section *s = &r->sections[i < r->nbuf ? r->buf_secs[i] : (size_t)r->packed_sec];
-        if (!s->all_raw) continue; /* compressed buffers are verified when decoded */
-        const unsigned char *p = (const unsigned char *)v.buf + s->offset;
-        uint64_t off = 0;
-        for (uint32_t c = 0; c < s->nchunks; c++) {
-            size_t k = (size_t)(c + 1 < s->nchunks ? s->chunk_size : s->raw - off);
-            uint32_t crc = 0;
-            unsigned char hash[16];
-            Py_BEGIN_ALLOW_THREADS
-            if (verify) crc = checksum_crc32c(0, p + off, k);
-            if (hashing && hash_stored)
-                fk_poly1305_stored((const unsigned char *)key.buf, p + off, k, FK_CODEC_RAW, FK_FILTER_NONE, 0,
-                                   hash, 0);
-            else if (hashing)
-                fk_poly1305((const unsigned char *)key.buf, p + off, k, hash, 0);
-            Py_END_ALLOW_THREADS
-            if (verify && crc != chunk_crc(r, s, c)) {
-                report_crc_mismatch(r, s, c);
-                goto done;
-            }
-            if (hashing && hash_records_add(&rec, s->buf_no, c, k, hash) < 0) goto done;
-            off += k;
-            if ((c & 63) == 63 && PyErr_CheckSignals() < 0) goto done;
-        }
-    }
+    if (rd_check_in_memory(r, (const unsigned char *)v.buf, verify, threads,
+                           hashing ? (const unsigned char *)key.buf : NULL, hash_stored, &rec) < 0)
+        goto done;
     ret = hashing ? hash_records_bytes(&rec) : Py_NewRef(Py_None);
 done:
     PyBuffer_Release(&v);
@@ -448,7 +424,7 @@ static PyMethodDef Reader_methods[] = {
     {"packed_buffers", (PyCFunction)Reader_packed_buffers, METH_NOARGS,
      "the numbers (NEXT_BUFFER order) of the buffers held by the packed section"},
     {"verify_mapped", (PyCFunction)(void (*)(void))Reader_verify_mapped, METH_VARARGS | METH_KEYWORDS,
-     "verify_mapped(mapping, verify=True, hash_key=None, hash_stored=False): check the CRCs of the raw "
+     "verify_mapped(mapping, verify=True, hash_key=None, hash_stored=False, threads=0): check the CRCs of the raw "
      "buffer chunks inside a mapping of the whole container; with hash_key, return their Poly1305 "
      "records (hash_stored: as signature version 4 hashes them)"},
     {"set_flag", (PyCFunction)Reader_set_flag, METH_O, "set an optional header flag in place"},

@@ -2,7 +2,8 @@
  * pool (codec.c) passes through one ring, bounded and retired in order.
  * The Writer submits each chunk (checksum, compression, Poly1305 when
  * signing) and writes it when it retires; the Reader submits each chunk it
- * reads (verify, decompress, hash) and retires it into place. At most `cap`
+ * reads (verify, decompress, hash) and retires it into place, or each raw
+ * chunk of a container already in memory (a mapping) to check. At most `cap`
  * chunks are in flight, so memory stays bounded whatever the size of the
  * data. Below the ring, the two sides' chunk loops; beside it, the hash
  * records the workers' Poly1305 values become.
@@ -347,6 +348,32 @@ static int rd_retire_one(ReaderObject *r, fk_ring *rg, hash_records *records)
     return rc;
 }
 
+/* A job for chunk c of section s (raw_len bytes once decoded, at file_off),
+ * once the ring has room for it (retiring the oldest into `records`), with
+ * what every chunk of s shares filled in; NULL with an exception. */
+static rd_job *rd_new_job(ReaderObject *r, fk_ring *rg, hash_records *records, const fk_section *s,
+                          uint32_t c, uint64_t file_off, size_t raw_len, int codec, int verify,
+                          const unsigned char *hash_key, int hash_stored)
+{
+    while (ring_full(rg))
+        if (rd_retire_one(r, rg, records) < 0) return NULL;
+    rd_job *j = (rd_job *)calloc(1, sizeof(rd_job));
+    if (!j) { PyErr_NoMemory(); return NULL; }
+    j->s = s;
+    j->chunk = c;
+    j->file_off = file_off;
+    j->raw_len = raw_len;
+    j->job.op = CODEC_OP_DECOMPRESS;
+    j->job.codec = codec;
+    j->job.verify = verify;
+    j->job.expect_crc = chunk_crc(r, s, c);
+    j->job.hash_key = hash_key;
+    j->job.hash_stored = hash_stored;
+    j->job.filter = s->filter;
+    j->job.elem = s->elem;
+    return j;
+}
+
 /* Read whole sections into dsts[i] (each secs[i]->raw bytes): raw chunks
  * straight into place, compressed ones through a buffer of the worker that
  * decodes them (from a file descriptor: the workers read every chunk
@@ -393,22 +420,9 @@ int rd_sections_into(ReaderObject *r, const fk_section **secs, unsigned char **d
             if (codec == FK_CODEC_RAW && inline_raw) {
                 if (rd_read(r, soff, dsts[i] + roff, rawc) < 0) goto done;
             } else {
-                while (ring_full(&rg))
-                    if (rd_retire_one(r, &rg, records) < 0) goto done;
-                rd_job *j = (rd_job *)calloc(1, sizeof(rd_job));
-                if (!j) { PyErr_NoMemory(); goto done; }
-                j->s = s;
-                j->chunk = c;
-                j->file_off = soff;
-                j->job.op = CODEC_OP_DECOMPRESS;
-                j->job.codec = codec;
-                j->job.verify = verify;
-                j->job.expect_crc = fk_get_u32(ce + 8);
-                j->job.hash_key = hash_key;
-                j->job.hash_stored = hash_stored;
-                j->job.filter = s->filter;
-                j->job.elem = s->elem;
-                j->raw_len = rawc;
+                rd_job *j = rd_new_job(r, &rg, records, s, c, soff, rawc, codec, verify, hash_key,
+                                       hash_stored);
+                if (!j) goto done;
                 if (codec == FK_CODEC_RAW && r->fd >= 0 && !r->has_mem) {
                     /* the worker reads it, then verifies it while it is hot in
                      * its cache, and the pool's threads read in parallel */
@@ -470,3 +484,50 @@ done:
     return rc;
 }
 
+
+/* Check the raw chunks of the buffer sections and the packed section inside
+ * `mem`, memory that holds the whole container (a mapping of the file, or a
+ * container a load decompressed), without copying them: their CRCs when
+ * verify, and with hash_key their Poly1305 hashes into `records` (as
+ * rd_sections_into hashes them). The pool's threads check the chunks from a
+ * few MiB on, retired in order, so the first bad chunk is the one reported;
+ * compressed sections are left to the decoding that reads them. */
+int rd_check_in_memory(ReaderObject *r, const unsigned char *mem, int verify, int threads,
+                       const unsigned char *hash_key, int hash_stored, hash_records *records)
+{
+    uint64_t total = 0;
+    const size_t nsec = r->nbuf + (r->packed_sec >= 0);
+    for (size_t i = 0; i < nsec; i++) {
+        const fk_section *s = &r->sections[i < r->nbuf ? r->buf_secs[i] : (size_t)r->packed_sec];
+        if (s->all_raw) total += s->raw;
+    }
+    if (threads <= 0) threads = codec_default_threads();
+    fk_ring rg = {0};
+    int rc = -1;
+    if (ring_pool(&rg, r->st, total >= 8 * (uint64_t)FK_DEFAULT_CHUNK ? threads : 0, (size_t)threads * 4) < 0)
+        goto done;
+    for (size_t i = 0; i < nsec; i++) {
+        const fk_section *s = &r->sections[i < r->nbuf ? r->buf_secs[i] : (size_t)r->packed_sec];
+        if (!s->all_raw) continue;
+        uint64_t off = 0;
+        for (uint32_t c = 0; c < s->nchunks; c++) {
+            const size_t k = (size_t)(c + 1 < s->nchunks ? s->chunk_size : s->raw - off);
+            /* a raw job: checked (and hashed) where it lies */
+            rd_job *j = rd_new_job(r, &rg, records, s, c, s->offset + off, k, FK_CODEC_RAW, verify,
+                                   hash_key, hash_stored);
+            if (!j) goto done;
+            j->job.src = mem + s->offset + off;
+            j->job.src_len = k;
+            ring_push(&rg, &j->job);
+            off += k;
+            if ((c & 63) == 63 && PyErr_CheckSignals() < 0) goto done;
+        }
+    }
+    while (rg.count)
+        if (rd_retire_one(r, &rg, records) < 0) goto done;
+    rc = 0;
+done:
+    ring_abort(&rg);
+    ring_free(&rg);
+    return rc;
+}

@@ -349,6 +349,38 @@ def test_verify_true_with_mmap_detects_corruption(tmp_path, oob0):
         assert str(path) in str(info.value) and "buffer 1" in str(info.value)
 
 
+@pytest.mark.parametrize("threads", [None, 1, 2])
+def test_mapped_checks_on_the_pool_report_the_first_bad_chunk(tmp_path, threads):
+    """From a few MiB on, the chunks of a mapping are checked on the pool's
+    threads, retired in order: with two chunks damaged, the load, the check
+    of a downloaded copy and firkin.verify all name the earlier one, and an
+    undamaged file passes on every thread count."""
+    from firkin import _load
+
+    chunk = firkin._core.build_info()["chunk_size"]
+    rng = np.random.default_rng(3)
+    data = [rng.random(20 * chunk // 8), rng.random(3 * chunk // 8 + 11)]  # 20 + 4 chunks
+    path = tmp_path / "pool.fk"
+    firkin.dump(data, path)
+    got = firkin.load(path, mmap_mode="r", verify=True, threads=threads)
+    assert isinstance(got[0], np.memmap)
+    for a, b in zip(got, data):
+        np.testing.assert_array_equal(a, b)
+    del got
+    _load.check_copy(str(path))
+    _corrupt_array_byte(path, which=1, at=2 * chunk + 5)  # buffer 1, chunk 2
+    _corrupt_array_byte(path, which=0, at=13 * chunk + 17)  # buffer 0, chunk 13: first in order
+    with pytest.raises(firkin.ChecksumError, match=r"buffer 0, chunk 13\b"):
+        firkin.load(path, mmap_mode="r", verify=True, threads=threads)
+    with pytest.raises(firkin.ChecksumError, match=r"buffer 0, chunk 13\b"):
+        _load.check_copy(str(path))
+    report = firkin.verify(path)
+    assert not report.checksums_ok and any("buffer 0, chunk 13" in p for p in report.problems)
+    _corrupt_array_byte(path, which=0, at=13 * chunk + 17)  # undone: only buffer 1's is left
+    with pytest.raises(firkin.ChecksumError, match=r"buffer 1, chunk 2\b"):
+        firkin.load(path, mmap_mode="r", verify=True, threads=threads)
+
+
 def test_failed_r_plus_load_leaves_file_unchanged(tmp_path, oob0):
     """A load that fails verification must not mark the file as 'opened r+' (which
     would turn off verification of the corrupted arrays on later default loads)."""

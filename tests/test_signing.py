@@ -292,6 +292,27 @@ def test_changed_array_bytes_refuse_a_signature_trusted_load(tmp_path):
     assert firkin.load(path, trusted=["test_signing.Holder"]).arr[0] == 0
 
 
+def test_signed_mapping_is_hashed_on_the_pool(tmp_path):
+    """A mapped load of a signature-trusted file hashes every chunk of its
+    arrays on the pool's threads from a few MiB on: the workers' hashes
+    match the writer's, and a chunk changed after signing (its CRC fixed)
+    is named in order, however many threads check it."""
+    rng = np.random.default_rng(11)
+    arr = rng.random(12 * CHUNK // 8 + 5)
+    path = tmp_path / "big.firkin"
+    firkin.dump(Holder(arr), path)
+    for threads in (None, 1, 2):
+        np.testing.assert_array_equal(firkin.load(path, mmap_mode="r", threads=threads).arr, arr)
+    assert firkin.verify(path).signature == "valid"
+    _tamper_buffer(path, 9 * CHUNK + 100)  # in chunk 9 of buffer 0
+    for threads in (None, 1, 2):
+        with pytest.raises(firkin.UntrustedTypesError, match=r"buffer 0, chunk 9\b"):
+            firkin.load(path, mmap_mode="r", threads=threads)
+    report = firkin.verify(path)
+    assert report.checksums_ok and report.signature == "invalid"
+    assert any("buffer 0, chunk 9" in p for p in report.problems)
+
+
 def test_changed_compressed_array_bytes_are_refused(tmp_path):
     """A compressed buffer is hashed after it is decoded: damage that still
     decodes (here: a whole chunk re-encoded by the attacker) is refused."""

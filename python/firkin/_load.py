@@ -220,14 +220,15 @@ def _read_the_rest(reader, stream, which, n, verify, threads, progress, policy, 
     return got if signed else (got, b"")
 
 
-def _checked_in_place(reader, memory, crc: bool, signed) -> bytes:
+def _checked_in_place(reader, memory, crc: bool, signed, threads) -> bytes:
     """Check the raw buffers inside memory that holds the whole container
-    (a mapping, or the container a load decompressed) without copying them:
-    their CRCs when crc, their hashes when the file is trusted by its
-    signature (the records returned, for signed.check)."""
+    (a mapping, or the container a load decompressed) without copying them,
+    on `threads` threads: their CRCs when crc, their hashes when the file is
+    trusted by its signature (the records returned, for signed.check)."""
     if not (crc or signed):
         return b""
-    return reader.verify_mapped(memory, verify=crc, **(signed.hash_kwargs if signed else {})) or b""
+    return reader.verify_mapped(memory, verify=crc, threads=_args.check_threads(threads),
+                                **(signed.hash_kwargs if signed else {})) or b""
 
 
 def _load_viewed_buffers(reader, views, verify, threads, progress, stream, policy, signed, budget,
@@ -240,7 +241,8 @@ def _load_viewed_buffers(reader, views, verify, threads, progress, stream, polic
     rest = [i for i, (_, _, raw) in enumerate(spans) if not raw]
     buffers, records = _read_the_rest(reader, stream, rest, len(spans), verify, threads, progress,
                                       policy, signed, budget)
-    records += _checked_in_place(reader, whole, _verify_buffers(reader, verify, False), signed)
+    records += _checked_in_place(reader, whole, _verify_buffers(reader, verify, False), signed,
+                                 threads)
     if signed:
         signed.check(records)
     for i, (off, n, raw) in enumerate(spans):
@@ -270,7 +272,8 @@ def _load_mapped_buffers(reader, f, mode, verify, threads, progress, stream, pol
                                       progress, policy, signed, budget)
     if len(packed) < len(spans):
         mm = np.memmap(f, dtype=np.uint8, mode=mode, shape=(reader.total_length,))
-        records += _checked_in_place(reader, mm, _verify_buffers(reader, verify, True), signed)
+        records += _checked_in_place(reader, mm, _verify_buffers(reader, verify, True), signed,
+                                     threads)
     if signed:
         signed.check(records)
     if len(packed) < len(spans):
