@@ -820,22 +820,46 @@ done:
 
 /* A chunk read on the worker, so that reading, verifying and decoding
  * overlap across the pool's threads instead of the caller reading every
- * chunk. A raw chunk is read into its destination; a compressed one into
+ * chunk. A raw chunk is read into its destination (or, with pieces, a
+ * slice at a time into the worker's read buffer and from there to the
+ * pieces); a compressed one into
  * the worker's read buffer (reused from chunk to chunk, so it stays in
  * cache and costs no page faults), or a fresh block put in *fresh. Read in
  * slices that fit this core's cache, each checksummed (when asked) right
  * after it lands, while it is still there, instead of the whole chunk again
  * from farther away. */
 #define READ_SLICE ((size_t)256 << 10)
+
+/* The bytes [at, at + n) of a chunk read for job->pieces (p: the chunk's
+ * byte `at`), copied to the pieces they overlap while they are in cache. */
+static void scatter_slice(const codec_job *job, const unsigned char *p, uint64_t at, size_t n)
+{
+    const uint64_t lo = job->piece_base + at, hi = lo + n;
+    size_t a = 0, b = job->npieces; /* the first piece that ends after lo */
+    while (a < b) {
+        const size_t m = a + (b - a) / 2;
+        if (job->pieces[m].off + job->pieces[m].len <= lo) a = m + 1;
+        else b = m;
+    }
+    for (size_t i = a; i < job->npieces && job->pieces[i].off < hi; i++) {
+        const fk_piece *pc = &job->pieces[i];
+        const uint64_t from = pc->off > lo ? pc->off : lo;
+        const uint64_t to = pc->off + pc->len < hi ? pc->off + pc->len : hi;
+        memcpy(pc->dst + (from - pc->off), p + (from - lo), (size_t)(to - from));
+    }
+}
+
 static int job_read(codec_job *job, unsigned char **fresh)
 {
     unsigned char *to = job->dst;
     size_t len = job->dst_len;
-    if (job->codec != FK_CODEC_RAW) {
+    if (job->codec != FK_CODEC_RAW || job->pieces) {
         /* only a worker keeps its buffer: the caller's thread outlives the load */
         codec_ctx *ctx = job->on_worker ? thread_ctx() : NULL;
         len = job->read_len;
-        to = thread_space(len, ctx ? &ctx->rbuf : NULL, ctx ? &ctx->rcap : NULL, fresh);
+        /* pieces: each slice is copied out before the next is read over it */
+        const size_t space = job->pieces && len > READ_SLICE ? READ_SLICE : len;
+        to = thread_space(space, ctx ? &ctx->rbuf : NULL, ctx ? &ctx->rcap : NULL, fresh);
         if (!to) {
             job_fail(job, CODEC_ERR_MEMORY, "out of memory");
             return -1;
@@ -845,17 +869,19 @@ static int job_read(codec_job *job, unsigned char **fresh)
     uint32_t crc = 0;
     while (done < len) {
         size_t want = len - done < READ_SLICE ? len - done : READ_SLICE;
-        ssize_t k = pread(job->read_fd, to + done, want, (off_t)(job->read_off + done));
+        unsigned char *at = job->pieces ? to : to + done;
+        ssize_t k = pread(job->read_fd, at, want, (off_t)(job->read_off + done));
         if (k < 0 && errno == EINTR) continue;
         if (k <= 0) {
             job->read_errno = k < 0 ? errno : 0;
             job_fail(job, CODEC_ERR_IO, k < 0 ? strerror(errno) : "the file ends inside this chunk");
             return -1;
         }
-        if (job->verify) crc = checksum_crc32c(crc, to + done, (size_t)k);
+        if (job->verify) crc = checksum_crc32c(crc, at, (size_t)k);
+        if (job->pieces) scatter_slice(job, at, done, (size_t)k);
         done += (size_t)k;
     }
-    job->src = to;
+    job->src = job->pieces ? NULL : to; /* pieces: the bytes are in them, not whole anywhere */
     job->src_len = len;
     job->crc = crc;
     job->read_crc = job->verify;

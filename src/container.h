@@ -179,6 +179,24 @@ const char *codec_name(int codec);
 long buffer_ordinal(ReaderObject *r, const fk_section *s);
 int report_crc_mismatch(ReaderObject *r, const fk_section *s, uint32_t c);
 
+/* The packed buffers read_buffers hands out, made before the packed
+ * section is read (rd_packed_prepare), so that the workers copy its raw
+ * chunks straight into them: per logical buffer its bytearray (NULL for
+ * those not packed or not asked for), and the pieces of the section that
+ * go to them, the table's bytes first (into `head`, compared with the
+ * table in use once they are read: rd_packed_head_check). */
+typedef struct {
+    PyObject **arrays;
+    size_t narrays;
+    fk_piece *pieces;
+    size_t npieces;
+    unsigned char *head;
+    size_t head_len;
+} rd_packed_out;
+int rd_packed_prepare(ReaderObject *r, const char *asked, int hashing, rd_packed_out *po);
+int rd_packed_head_check(ReaderObject *r, const rd_packed_out *po);
+void rd_packed_out_free(rd_packed_out *po);
+
 /* ---- ring.c ---- */
 int wr_report_progress(WriterObject *w, uint64_t n, int force);
 int wr_retire_one(WriterObject *w);
@@ -191,7 +209,7 @@ fk_section *wr_begin_section(WriterObject *w, uint16_t kind, uint16_t flags, int
 int wr_blob_section(WriterObject *w, uint16_t kind, uint16_t flags, const unsigned char *p, size_t n);
 int rd_sections_into(ReaderObject *r, const fk_section **secs, unsigned char **dsts, size_t n,
                      int verify, int threads, PyObject *progress, const unsigned char *hash_key,
-                     int hash_stored, hash_records *records);
+                     int hash_stored, hash_records *records, const fk_piece *pieces, size_t npieces);
 int rd_check_in_memory(ReaderObject *r, const unsigned char *mem, int verify, int threads,
                        const unsigned char *hash_key, int hash_stored, hash_records *records);
 

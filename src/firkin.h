@@ -165,6 +165,13 @@ enum {
     CODEC_ERR_IO = 5,       /* the job's own read failed: read_errno, or 0 for a short file */
 };
 
+/* A run of a section's raw bytes that goes elsewhere than the section's
+ * own destination: `len` bytes at offset `off` of the section, to `dst`. */
+typedef struct {
+    uint64_t off, len;
+    unsigned char *dst;
+} fk_piece;
+
 typedef struct codec_job {
     /* in */
     int op;
@@ -193,6 +200,12 @@ typedef struct codec_job {
     int read_fd;
     uint64_t read_off;
     size_t read_len;
+    const fk_piece *pieces; /* read_first of a raw chunk: instead of into dst, its bytes go
+                             * (read_len of them, section offset piece_base on) to the parts
+                             * of these npieces (sorted, disjoint, none empty) they overlap;
+                             * no hash_key (no whole copy of the chunk is kept to hash) */
+    size_t npieces;
+    uint64_t piece_base;
     /* out */
     int out_codec;          /* compress: codec actually stored (raw when it didn't pay) */
     const unsigned char *out; /* compress: stored bytes (src or scratch) */

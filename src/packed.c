@@ -9,6 +9,7 @@
 #include "container.h"
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 int packed_put_varint(unsigned char **buf, size_t *len, size_t *cap, uint64_t v)
 {
@@ -277,12 +278,100 @@ int rd_table(ReaderObject *r)
         PyErr_NoMemory();
         return -1;
     }
-    if (s->all_raw ? rd_read(r, s->offset, tmp, want) : rd_sections_into(r, &s, &tmp, 1, 1, 0, NULL, NULL, 0, NULL))
+    if (s->all_raw ? rd_read(r, s->offset, tmp, want) : rd_sections_into(r, &s, &tmp, 1, 1, 0, NULL, NULL, 0, NULL, NULL, 0))
         goto done;
     rc = rd_take_table(r, tmp, want);
 done:
     free(tmp);
     return rc;
+}
+
+/* Ready the packed buffers for a read straight into them (container.h,
+ * rd_packed_out; asked: which logical buffers, NULL for all): 1 when made,
+ * 0 when the section is to be read whole and copied out instead (a
+ * compressed section, a container not read from a file descriptor, chunks
+ * to hash for a signature, or a table that does not parse before its
+ * chunks are checked: their CRCs then name the damage), -1 with an
+ * exception. */
+int rd_packed_prepare(ReaderObject *r, const char *asked, int hashing, rd_packed_out *po)
+{
+    const fk_section *s = &r->sections[r->packed_sec];
+    memset(po, 0, sizeof *po);
+    if (!s->all_raw || r->fd < 0 || r->has_mem || hashing) return 0;
+    if (!r->lbufs && rd_table(r) < 0) {
+        PyErr_Clear();
+        return 0;
+    }
+    const size_t nl = r->nlbuf;
+    po->arrays = (PyObject **)PyMem_Calloc(nl ? nl : 1, sizeof(PyObject *));
+    po->pieces = (fk_piece *)PyMem_Malloc((r->npacked + 1) * sizeof(fk_piece));
+    if (!po->arrays || !po->pieces) {
+        PyErr_NoMemory();
+        goto fail;
+    }
+    po->narrays = nl;
+    /* the table, then its padding, up to the first packed buffer (packed
+     * buffers lie in table order, each after the one before) */
+    uint64_t first = s->raw;
+    for (size_t i = 0; i < nl; i++)
+        if (r->lbufs[i].sec == FK_PACKED_BUFNO) {
+            first = r->lbufs[i].off;
+            break;
+        }
+    po->head_len = (size_t)first;
+    /* The table's bytes go to the start of a block the section's size, of
+     * which nothing else is written (so it costs no page faults): freed
+     * after the load, as the whole section read into memory was, it keeps
+     * glibc's heap from being trimmed when the arrays are freed, and so
+     * the next load's arrays from being faulted in again (about 2,100 page
+     * faults per forest load of the same file in one process without it). */
+    if (!(po->head = (unsigned char *)malloc(s->raw ? (size_t)s->raw : 1))) {
+        PyErr_NoMemory();
+        goto fail;
+    }
+    if (first) po->pieces[po->npieces++] = (fk_piece){0, first, po->head};
+    for (size_t i = 0; i < nl; i++) {
+        const fk_lbuf *b = &r->lbufs[i];
+        if (b->sec != FK_PACKED_BUFNO || (asked && !asked[i])) continue;
+        /* len <= the section's raw bytes, which the file holds: validated */
+        PyObject *ba = PyByteArray_FromStringAndSize(NULL, (Py_ssize_t)b->len);
+        if (!ba) goto fail;
+        po->arrays[i] = ba;
+        if (b->len) po->pieces[po->npieces++] = (fk_piece){b->off, b->len, (unsigned char *)PyByteArray_AS_STRING(ba)};
+    }
+    return 1;
+fail:
+    rd_packed_out_free(po);
+    return -1;
+}
+
+/* After the read: the table's bytes as read with the chunks (and checked
+ * with them) place every buffer where the table in use did, else the file
+ * changed between the two reads. 0, or -1 with a FormatError. */
+int rd_packed_head_check(ReaderObject *r, const rd_packed_out *po)
+{
+    const fk_section *s = &r->sections[r->packed_sec];
+    fk_lbuf *t = NULL;
+    size_t n = 0, np = 0;
+    char why[200];
+    int same = packed_parse(po->head, po->head_len, s->raw, r->nbuf, &t, &n, &np, why, sizeof why) == 0 &&
+               n == r->nlbuf && np == r->npacked;
+    for (size_t i = 0; same && i < n; i++)
+        same = t[i].off == r->lbufs[i].off && t[i].len == r->lbufs[i].len && t[i].sec == r->lbufs[i].sec;
+    PyMem_Free(t);
+    if (!same)
+        FORMAT_ERR(r, "the packed-buffers section (offset %llu) changed while it was read",
+                   (unsigned long long)s->offset);
+    return same ? 0 : -1;
+}
+
+void rd_packed_out_free(rd_packed_out *po)
+{
+    for (size_t i = 0; po->arrays && i < po->narrays; i++) Py_XDECREF(po->arrays[i]);
+    PyMem_Free(po->arrays);
+    PyMem_Free(po->pieces);
+    free(po->head);
+    memset(po, 0, sizeof *po);
 }
 
 /* Out-of-band buffers, in the order the pickle's NEXT_BUFFERs take them. */

@@ -30,7 +30,7 @@ static PyObject *fk_section_bytes(ReaderObject *r, const fk_section *s)
     if (!b) return NULL;
     unsigned char *dst = (unsigned char *)PyBytes_AS_STRING(b);
     fk_advise_huge(dst, (size_t)s->raw); /* a big stream: a few page faults, not thousands */
-    if (rd_sections_into(r, &s, &dst, 1, 1, 0, NULL, NULL, 0, NULL) < 0) {
+    if (rd_sections_into(r, &s, &dst, 1, 1, 0, NULL, NULL, 0, NULL, NULL, 0) < 0) {
         Py_DECREF(b);
         return NULL;
     }
@@ -78,10 +78,11 @@ static int hash_key_arg(Py_buffer *key, const char *fn)
 /* read_buffers(verify=True, threads=0, which=None, progress=None, hash_key=None,
  * hash_stored=False) -> list: a Buffer for each out-of-band buffer, in
  * NEXT_BUFFER order (or for those numbered in `which`; None elsewhere): a
- * buffer section's own, or a fresh bytearray copied from the packed section
- * (read once, whole). With hash_key: (list, records of the chunks'
- * Poly1305: of their raw bytes, or with hash_stored of their stored bytes
- * and how they decode, signature version 4). */
+ * buffer section's own, or a fresh bytearray of the packed section's (read
+ * into it by the workers, or copied from the section read once, whole).
+ * With hash_key: (list, records of the chunks' Poly1305: of their raw
+ * bytes, or with hash_stored of their stored bytes and how they decode,
+ * signature version 4). */
 static PyObject *Reader_read_buffers(ReaderObject *r, PyObject *args, PyObject *kwds)
 {
     static char *kwlist[] = {"verify", "threads", "which", "progress", "hash_key", "hash_stored", NULL};
@@ -94,7 +95,8 @@ static PyObject *Reader_read_buffers(ReaderObject *r, PyObject *args, PyObject *
     char *asked = NULL;
     BufferObject **bufs = NULL;
     size_t n = 0, nl = 0;
-    int want_packed = 0;
+    int want_packed = 0, direct = 0;
+    rd_packed_out po = {0};
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "|piOOz*p:read_buffers", kwlist, &verify, &threads, &which,
                                      &progress, &key, &hash_stored))
         return NULL;
@@ -143,18 +145,26 @@ static PyObject *Reader_read_buffers(ReaderObject *r, PyObject *args, PyObject *
     }
     if (want_packed) {
         const fk_section *s = &r->sections[r->packed_sec];
-        if (!(ptmp = (unsigned char *)malloc(s->raw ? (size_t)s->raw : 1))) {
-            PyErr_NoMemory();
-            goto fail;
+        /* a raw section read from a file: its chunks go straight into the
+         * bytearrays handed out; else it is read whole, then copied out */
+        if ((direct = rd_packed_prepare(r, asked, hashing, &po)) < 0) goto fail;
+        if (!direct) {
+            if (!(ptmp = (unsigned char *)malloc(s->raw ? (size_t)s->raw : 1))) {
+                PyErr_NoMemory();
+                goto fail;
+            }
+            fk_advise_huge(ptmp, (size_t)s->raw); /* a forest's 10 MB: a few faults, not 2,500 */
         }
-        fk_advise_huge(ptmp, (size_t)s->raw); /* a forest's 10 MB: a few faults, not 2,500 */
         secs[n] = s;
-        dsts[n++] = ptmp;
+        dsts[n++] = ptmp; /* NULL: to po's pieces */
     }
     if (rd_sections_into(r, secs, dsts, n, verify, threads, progress == Py_None ? NULL : progress,
-                         hashing ? (const unsigned char *)key.buf : NULL, hash_stored, &rec) < 0)
+                         hashing ? (const unsigned char *)key.buf : NULL, hash_stored, &rec, po.pieces,
+                         po.npieces) < 0)
         goto fail;
-    if (want_packed && !r->lbufs && rd_take_table(r, ptmp, (size_t)r->sections[r->packed_sec].raw) < 0)
+    if (direct && rd_packed_head_check(r, &po) < 0) goto fail;
+    if (want_packed && !direct && !r->lbufs &&
+        rd_take_table(r, ptmp, (size_t)r->sections[r->packed_sec].raw) < 0)
         goto fail;
     nl = rd_nlogical(r);
     if (!(out = PyList_New((Py_ssize_t)nl))) goto fail;
@@ -165,6 +175,7 @@ static PyObject *Reader_read_buffers(ReaderObject *r, PyObject *args, PyObject *
         PyObject *item;
         if (asked && !asked[i]) item = Py_NewRef(Py_None);
         else if (s) item = Py_NewRef((PyObject *)bufs[ord]);
+        else if (direct) item = Py_NewRef(po.arrays[i]); /* made for every packed buffer asked for */
         else item = PyByteArray_FromStringAndSize((const char *)ptmp + off, (Py_ssize_t)len);
         if (!item) goto fail;
         PyList_SET_ITEM(out, (Py_ssize_t)i, item);
@@ -181,6 +192,7 @@ done:
     PyMem_Free(bufs);
     PyMem_Free(asked);
     free(ptmp);
+    rd_packed_out_free(&po);
     if (hashing) PyBuffer_Release(&key);
     if (out && hashing) {
         PyObject *records = hash_records_bytes(&rec);

@@ -381,10 +381,13 @@ static rd_job *rd_new_job(ReaderObject *r, fk_ring *rg, hash_records *records, c
  * pool while the next chunks are submitted. With
  * hash_key (buffer sections of a signed file), the pool also hashes each
  * chunk into `records`: its raw bytes, or with hash_stored its stored
- * bytes and how they decode (signature version 4). */
+ * bytes and how they decode (signature version 4). A NULL dsts[i] (a raw
+ * section, read by the workers) sends the section's bytes to `pieces`
+ * instead (no hash_key then): each worker copies what it read to them, a
+ * slice at a time, while it is in cache. */
 int rd_sections_into(ReaderObject *r, const fk_section **secs, unsigned char **dsts, size_t n,
                      int verify, int threads, PyObject *progress, const unsigned char *hash_key,
-                     int hash_stored, hash_records *records)
+                     int hash_stored, hash_records *records, const fk_piece *pieces, size_t npieces)
 {
     uint64_t done_bytes = 0, reported = 0;
     uint64_t total = 0;
@@ -403,6 +406,12 @@ int rd_sections_into(ReaderObject *r, const fk_section **secs, unsigned char **d
      * when there is nothing to check (verify=False on raw chunks): one thread
      * copying out of the page cache is slower than two */
     int workers_read = r->fd >= 0 && !r->has_mem;
+    for (size_t i = 0; i < n; i++)
+        if (!dsts[i] && (!pieces || !workers_read || !secs[i]->all_raw || hash_key)) {
+            PyErr_SetString(PyExc_SystemError,
+                            "rd_sections_into: pieces only for raw sections read by workers, unhashed");
+            return -1;
+        }
     if (!verify && !packed && !hash_key && !workers_read) from = UINT64_MAX; /* nothing for workers to do */
     /* chunks in flight: 8 per thread where the workers read them (a job then
      * holds no buffer of its own), so that half a ring (what ring_pop waits
@@ -417,7 +426,7 @@ int rd_sections_into(ReaderObject *r, const fk_section **secs, unsigned char **d
             uint64_t stored = fk_get_u64(ce);
             int codec = ce[12];
             size_t rawc = (size_t)(c + 1 < s->nchunks ? s->chunk_size : s->raw - roff);
-            if (codec == FK_CODEC_RAW && inline_raw) {
+            if (codec == FK_CODEC_RAW && inline_raw && dsts[i]) {
                 if (rd_read(r, soff, dsts[i] + roff, rawc) < 0) goto done;
             } else {
                 rd_job *j = rd_new_job(r, &rg, records, s, c, soff, rawc, codec, verify, hash_key,
@@ -429,8 +438,15 @@ int rd_sections_into(ReaderObject *r, const fk_section **secs, unsigned char **d
                     j->job.read_first = 1;
                     j->job.read_fd = r->fd;
                     j->job.read_off = r->base + soff;
-                    j->job.dst = dsts[i] + roff;
-                    j->job.dst_len = rawc;
+                    if (dsts[i]) {
+                        j->job.dst = dsts[i] + roff;
+                        j->job.dst_len = rawc;
+                    } else { /* through the worker's buffer to the pieces */
+                        j->job.read_len = rawc;
+                        j->job.pieces = pieces;
+                        j->job.npieces = npieces;
+                        j->job.piece_base = roff;
+                    }
                 } else if (codec == FK_CODEC_RAW) {
                     if (rd_read(r, soff, dsts[i] + roff, rawc) < 0) { ring_job_free(&j->job); goto done; }
                     j->job.src = dsts[i] + roff;

@@ -14,6 +14,8 @@ import os
 import pickle
 import re
 import struct
+import subprocess
+import sys
 import threading
 import types
 import warnings
@@ -257,6 +259,118 @@ def test_default_load_gives_fresh_arrays(tmp_path):
     assert not any(np.shares_memory(a, b) for i, a in enumerate(got) for b in got[i + 1:])
     # ensure_native_byte_order="auto" still applies to them
     assert loaded["big_endian"].dtype == np.dtype("=i8")
+
+
+def _many_small(count: int, seed: int = 7) -> list:
+    """count arrays of 16-33 KB (packed), odd lengths among them, so that
+    chunk boundaries fall inside arrays and inside the padding between them."""
+    rng = np.random.default_rng(seed)
+    return [rng.random(2_000 + (i * 37) % 2_100) if i % 5 else rng.integers(0, 255, 16_001 + i, np.uint8)
+            for i in range(count)]
+
+
+@pytest.mark.parametrize("threads", [None, 1, 2])
+def test_packed_chunks_are_read_straight_into_the_arrays(tmp_path, threads):
+    """A raw packed section read from a file goes chunk by chunk into the
+    bytearrays the arrays keep (each worker copies what it read while it is
+    in cache), however the chunks cut the arrays: every array, or those of
+    a subset asked for, comes back whole, as its own bytearray."""
+    arrays = _many_small(500)
+    path = tmp_path / "many.firkin"
+    firkin.dump(arrays, path)
+    p = parse(path.read_bytes())
+    assert section(p, KIND_PACKED)["nchunks"] >= 10  # the pool's workers read it
+    for verify in (True, False):
+        got = firkin.load(path, threads=threads, verify=verify)
+        assert len(got) == len(arrays)
+        for a, b in zip(got, arrays, strict=True):
+            np.testing.assert_array_equal(a, b)
+            owner = memory_owner(a)
+            assert isinstance(owner, bytearray) and len(owner) == b.nbytes
+    which = {0, 1, 77, 78, 250, 499}
+    with open(path, "rb") as f:
+        reader = _core.Reader(f.fileno())
+        reader.pickle_stream()
+        bufs = reader.read_buffers(threads=threads or 0, which=which)
+    for i, (b, want) in enumerate(zip(bufs, arrays, strict=True)):
+        assert (b is None) == (i not in which)
+        if b is not None:
+            assert bytes(b) == want.tobytes()
+
+
+_PEAK_GROWTH = """
+import sys
+def hwm():
+    with open('/proc/self/status') as f:
+        return next(int(x.split()[1]) for x in f if x.startswith('VmHWM:'))
+import firkin
+before = hwm()
+if sys.argv[1] == 'load':
+    v = firkin.load(sys.argv[2])
+else:  # the same sizes as bytearrays, written: what the arrays alone cost here
+    v = [bytearray(int(n)) for n in sys.argv[2].split(',')]
+print(hwm() - before)
+"""
+
+
+def test_packed_arrays_cost_their_own_size_in_memory(tmp_path):
+    """Loading 57 MB of small arrays raises a fresh process's peak memory
+    by about what the arrays themselves take, not by that plus the whole
+    section read first and copied out. The arrays alone are measured the
+    same way (bytearrays of their sizes, in a process of their own), so
+    that the allocator's and a sanitizer's overheads count on both sides;
+    VmHWM, unlike ru_maxrss, does not start from the parent's peak."""
+    arrays = _many_small(2_500, seed=8)
+    size = sum(a.nbytes for a in arrays)
+    sizes = ",".join(str(a.nbytes) for a in arrays)
+    path = tmp_path / "rss.firkin"
+    firkin.dump(arrays, path)
+    del arrays
+
+    def grown(*args):
+        out = subprocess.run([sys.executable, "-c", _PEAK_GROWTH, *args], capture_output=True,
+                             text=True, timeout=300, check=True).stdout
+        return int(out.split()[-1]) * 1024
+
+    alone, loaded = grown("alone", sizes), grown("load", str(path))
+    assert alone > 0.9 * size and loaded - alone < size // 2, (loaded, alone, size)
+
+
+def test_packed_table_changed_between_its_reads_is_refused(tmp_path):
+    """The packed table a reader parsed first (to place the arrays) is
+    compared with the table's bytes as read with the chunks: a file whose
+    packed layout changed in between (here: rewritten in place, the same
+    length, with verify=False so that no CRC stands in the way) is refused,
+    never loaded with its arrays cut at the old places."""
+    a = firkin_container(_stream(2, 96), packed=packed_payload([bytes(range(96)), bytes(208)]))
+    b = firkin_container(_stream(2, 96), packed=packed_payload([bytes(208), bytes(range(96))]))
+    assert len(a) == len(b) and a != b
+    path = tmp_path / "swap.firkin"
+    path.write_bytes(a)
+    with open(path, "r+b") as f:
+        reader = _core.Reader(f.fileno())
+        assert [n for _, n, _ in reader.buffer_spans()] == [96, 208]  # a's table, parsed
+        f.seek(0)
+        f.write(b)
+        f.flush()
+        with pytest.raises(firkin.FormatError, match="packed-buffers section .* changed while it was read"):
+            reader.read_buffers(verify=False)
+        with pytest.raises(firkin.ChecksumError):  # with the CRCs: b's chunk is not a's
+            reader.read_buffers()
+
+
+def test_packed_table_damaged_is_a_checksum_error(tmp_path):
+    """A flipped bit in the packed table is reported as the damaged chunk it
+    is (ChecksumError), not as whatever the damaged table would claim."""
+    arrays = _many_small(50)
+    path = tmp_path / "flip.firkin"
+    firkin.dump(arrays, path)
+    data = bytearray(path.read_bytes())
+    data[section(parse(bytes(data)), KIND_PACKED)["offset"]] ^= 0x7F  # the entry count
+    path.write_bytes(bytes(data))
+    for threads in (None, 1):
+        with pytest.raises(firkin.ChecksumError, match="packed buffers, chunk 0"):
+            firkin.load(path, threads=threads)
 
 
 def test_r_plus_writes_reach_the_file(tmp_path):
