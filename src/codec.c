@@ -853,12 +853,14 @@ static int job_read(codec_job *job, unsigned char **fresh)
 {
     unsigned char *to = job->dst;
     size_t len = job->dst_len;
+    /* pieces, unhashed: each slice is copied out before the next is read
+     * over it; hashed, the chunk is read whole (the hash takes it whole) */
+    const int slices = job->pieces && !job->hash_key;
     if (job->codec != FK_CODEC_RAW || job->pieces) {
         /* only a worker keeps its buffer: the caller's thread outlives the load */
         codec_ctx *ctx = job->on_worker ? thread_ctx() : NULL;
         len = job->read_len;
-        /* pieces: each slice is copied out before the next is read over it */
-        const size_t space = job->pieces && len > READ_SLICE ? READ_SLICE : len;
+        const size_t space = slices && len > READ_SLICE ? READ_SLICE : len;
         to = thread_space(space, ctx ? &ctx->rbuf : NULL, ctx ? &ctx->rcap : NULL, fresh);
         if (!to) {
             job_fail(job, CODEC_ERR_MEMORY, "out of memory");
@@ -869,7 +871,7 @@ static int job_read(codec_job *job, unsigned char **fresh)
     uint32_t crc = 0;
     while (done < len) {
         size_t want = len - done < READ_SLICE ? len - done : READ_SLICE;
-        unsigned char *at = job->pieces ? to : to + done;
+        unsigned char *at = slices ? to : to + done;
         ssize_t k = pread(job->read_fd, at, want, (off_t)(job->read_off + done));
         if (k < 0 && errno == EINTR) continue;
         if (k <= 0) {
@@ -881,7 +883,7 @@ static int job_read(codec_job *job, unsigned char **fresh)
         if (job->pieces) scatter_slice(job, at, done, (size_t)k);
         done += (size_t)k;
     }
-    job->src = job->pieces ? NULL : to; /* pieces: the bytes are in them, not whole anywhere */
+    job->src = slices ? NULL : to; /* slices: the bytes are in the pieces, not whole anywhere */
     job->src_len = len;
     job->crc = crc;
     job->read_crc = job->verify;
@@ -897,6 +899,7 @@ static void job_run(codec_pool *p, codec_job *job)
         if (job->op == CODEC_OP_COMPRESS) job_compress(p, job);
         else job_decompress(p, job);
     }
-    if (job->read_first && job->codec != FK_CODEC_RAW) job->src = NULL; /* the thread's buffer */
+    if (job->read_first && (job->codec != FK_CODEC_RAW || job->pieces))
+        job->src = NULL; /* the thread's buffer */
     free(fresh);
 }

@@ -202,8 +202,9 @@ typedef struct codec_job {
     size_t read_len;
     const fk_piece *pieces; /* read_first of a raw chunk: instead of into dst, its bytes go
                              * (read_len of them, section offset piece_base on) to the parts
-                             * of these npieces (sorted, disjoint, none empty) they overlap;
-                             * no hash_key (no whole copy of the chunk is kept to hash) */
+                             * of these npieces (sorted, disjoint, none empty; none: the
+                             * chunk is only checked) they overlap, a slice at a time through
+                             * the worker's buffer, or with hash_key the chunk whole */
     size_t npieces;
     uint64_t piece_base;
     /* out */

@@ -208,7 +208,10 @@ done:
  * (an mmap of the file), without copying: their CRCs (verify) and, with
  * hash_key, their Poly1305 hashes (hash_stored: as signature version 4
  * hashes a chunk stored raw), returned as records (else None); on the
- * codec pool's threads (threads <= 0: one per core) from a few MiB on. */
+ * codec pool's threads (threads <= 0: one per core) from a few MiB on.
+ * mapping None (a reader of a file descriptor): the same checks, the
+ * chunks read from the file by the pool's threads and dropped, so that a
+ * file cut short meanwhile is a FormatError, not a fault in a mapping. */
 static PyObject *Reader_verify_mapped(ReaderObject *r, PyObject *args, PyObject *kwds)
 {
     static char *kwlist[] = {"mapping", "verify", "hash_key", "hash_stored", "threads", NULL};
@@ -221,22 +224,28 @@ static PyObject *Reader_verify_mapped(ReaderObject *r, PyObject *args, PyObject 
         return NULL;
     int hashing = hash_key_arg(&key, "verify_mapped");
     if (hashing < 0) return NULL;
-    Py_buffer v;
-    if (PyObject_GetBuffer(obj, &v, PyBUF_SIMPLE) < 0) {
-        if (hashing) PyBuffer_Release(&key);
-        return NULL;
-    }
+    Py_buffer v = {0};
+    int have_v = 0;
     PyObject *ret = NULL;
-    if ((uint64_t)v.len < r->total) {
-        FORMAT_ERR(r, "mapping is shorter than the container");
-        goto done;
+    if (obj == Py_None) {
+        if (r->fd < 0 || r->has_mem) {
+            PyErr_SetString(PyExc_ValueError, "verify_mapped(None): this reader has no file to read");
+            goto done;
+        }
+    } else {
+        if (PyObject_GetBuffer(obj, &v, PyBUF_SIMPLE) < 0) goto done;
+        have_v = 1;
+        if ((uint64_t)v.len < r->total) {
+            FORMAT_ERR(r, "mapping is shorter than the container");
+            goto done;
+        }
     }
     if (rd_check_in_memory(r, (const unsigned char *)v.buf, verify, threads,
                            hashing ? (const unsigned char *)key.buf : NULL, hash_stored, &rec) < 0)
         goto done;
     ret = hashing ? hash_records_bytes(&rec) : Py_NewRef(Py_None);
 done:
-    PyBuffer_Release(&v);
+    if (have_v) PyBuffer_Release(&v);
     hash_records_free(&rec);
     if (hashing) PyBuffer_Release(&key);
     return ret;
@@ -437,8 +446,8 @@ static PyMethodDef Reader_methods[] = {
      "the numbers (NEXT_BUFFER order) of the buffers held by the packed section"},
     {"verify_mapped", (PyCFunction)(void (*)(void))Reader_verify_mapped, METH_VARARGS | METH_KEYWORDS,
      "verify_mapped(mapping, verify=True, hash_key=None, hash_stored=False, threads=0): check the CRCs of the raw "
-     "buffer chunks inside a mapping of the whole container; with hash_key, return their Poly1305 "
-     "records (hash_stored: as signature version 4 hashes them)"},
+     "buffer chunks inside a mapping of the whole container (None: read from the reader's file); with "
+     "hash_key, return their Poly1305 records (hash_stored: as signature version 4 hashes them)"},
     {"set_flag", (PyCFunction)Reader_set_flag, METH_O, "set an optional header flag in place"},
     {"sections", (PyCFunction)Reader_sections, METH_NOARGS, "the section table, as dicts"},
     {NULL, NULL, 0, NULL},

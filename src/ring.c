@@ -507,10 +507,19 @@ done:
  * verify, and with hash_key their Poly1305 hashes into `records` (as
  * rd_sections_into hashes them). The pool's threads check the chunks from a
  * few MiB on, retired in order, so the first bad chunk is the one reported;
- * compressed sections are left to the decoding that reads them. */
+ * compressed sections are left to the decoding that reads them. A NULL mem
+ * (a reader of a file descriptor): the workers read each chunk from the
+ * file through a buffer of their own and keep nothing, so that a file cut
+ * short meanwhile is an error, where a mapping of it would fault (SIGBUS). */
+static const fk_piece no_pieces[1];
+
 int rd_check_in_memory(ReaderObject *r, const unsigned char *mem, int verify, int threads,
                        const unsigned char *hash_key, int hash_stored, hash_records *records)
 {
+    if (!mem && (r->fd < 0 || r->has_mem)) {
+        PyErr_SetString(PyExc_SystemError, "rd_check_in_memory: no memory and no file to read");
+        return -1;
+    }
     uint64_t total = 0;
     const size_t nsec = r->nbuf + (r->packed_sec >= 0);
     for (size_t i = 0; i < nsec; i++) {
@@ -520,7 +529,9 @@ int rd_check_in_memory(ReaderObject *r, const unsigned char *mem, int verify, in
     if (threads <= 0) threads = codec_default_threads();
     fk_ring rg = {0};
     int rc = -1;
-    if (ring_pool(&rg, r->st, total >= 8 * (uint64_t)FK_DEFAULT_CHUNK ? threads : 0, (size_t)threads * 4) < 0)
+    /* read from the file, a job holds no buffer: 8 in flight per thread, as rd_sections_into */
+    if (ring_pool(&rg, r->st, total >= 8 * (uint64_t)FK_DEFAULT_CHUNK ? threads : 0,
+                  (size_t)threads * (mem ? 4 : 8)) < 0)
         goto done;
     for (size_t i = 0; i < nsec; i++) {
         const fk_section *s = &r->sections[i < r->nbuf ? r->buf_secs[i] : (size_t)r->packed_sec];
@@ -532,8 +543,18 @@ int rd_check_in_memory(ReaderObject *r, const unsigned char *mem, int verify, in
             rd_job *j = rd_new_job(r, &rg, records, s, c, s->offset + off, k, FK_CODEC_RAW, verify,
                                    hash_key, hash_stored);
             if (!j) goto done;
-            j->job.src = mem + s->offset + off;
-            j->job.src_len = k;
+            if (mem) {
+                j->job.src = mem + s->offset + off;
+                j->job.src_len = k;
+            } else { /* read, checked and dropped by the worker (no pieces to copy to) */
+                j->job.read_first = 1;
+                j->job.read_fd = r->fd;
+                j->job.read_off = r->base + s->offset + off;
+                j->job.read_len = k;
+                j->job.pieces = no_pieces;
+                j->job.npieces = 0;
+                j->job.piece_base = off;
+            }
             ring_push(&rg, &j->job);
             off += k;
             if ((c & 63) == 63 && PyErr_CheckSignals() < 0) goto done;

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import os
+import re
 import shutil
 import struct
 import subprocess
@@ -379,6 +380,52 @@ def test_mapped_checks_on_the_pool_report_the_first_bad_chunk(tmp_path, threads)
     _corrupt_array_byte(path, which=0, at=13 * chunk + 17)  # undone: only buffer 1's is left
     with pytest.raises(firkin.ChecksumError, match=r"buffer 1, chunk 2\b"):
         firkin.load(path, mmap_mode="r", verify=True, threads=threads)
+
+
+_CUT_SHORT = textwrap.dedent("""
+    import os, sys
+    import firkin
+    from firkin import _load, _source
+    path, what = sys.argv[1], sys.argv[2]
+    opened = _source.open_reader
+
+    def open_then_cut(source, name, *args, **kwargs):
+        reader = opened(source, name, *args, **kwargs)
+        os.truncate(name, int(sys.argv[3]))  # another process rewrites the file in place
+        return reader
+
+    _source.open_reader = open_then_cut
+    if what == "verify":
+        report = firkin.verify(path)
+        print("ok" if report.ok else "problems:", *report.problems, sep="\\n")
+    else:
+        try:
+            _load.check_copy(path)
+            print("ok")
+        except firkin.FormatError as exc:
+            print("problems:", exc, sep="\\n")
+""")
+
+
+@pytest.mark.parametrize("what", ["verify", "check_copy"])
+def test_file_cut_short_while_checked_is_a_problem_not_a_crash(tmp_path, what):
+    """firkin.verify (and the check of a downloaded copy) must not map the
+    file: another process that cuts it short in place (a `cp` over it, a
+    truncating writer) would make every read of the mapping past the new end
+    a SIGBUS that kills the process. Read, the missing bytes are a problem
+    the report names."""
+    chunk = firkin._core.build_info()["chunk_size"]
+    data = [np.random.default_rng(5).random(12 * chunk // 8)]  # 12 chunks, on the pool's threads
+    path = tmp_path / "cut.fk"
+    firkin.dump(data, path)
+    start = firkin._core.Reader(open(path, "rb")).buffer_spans()[0][0]
+    cut = start + 5 * chunk + 100  # inside chunk 5 of the array
+    proc = subprocess.run([sys.executable, "-c", _CUT_SHORT, str(path), what, str(cut)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, (proc.returncode, proc.stderr[-2000:])
+    assert proc.stdout.startswith("problems:"), proc.stdout
+    assert os.path.getsize(path) == cut
+    assert re.search(r"truncated|ends", proc.stdout), proc.stdout
 
 
 def test_failed_r_plus_load_leaves_file_unchanged(tmp_path, oob0):

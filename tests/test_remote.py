@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import uuid
 
@@ -143,6 +144,37 @@ def test_mmap_mode_needs_a_cache_dir(monkeypatch, tmp_path):
     # a new version of the object replaces the copy
     firkin.dump({"a": arr + 1}, url)
     np.testing.assert_array_equal(firkin.load(url, mmap_mode="c")["a"], arr + 1)
+
+
+def test_mmap_mode_on_a_streamed_object(monkeypatch, tmp_path):
+    """A file written to a pipe (the streamed layout) and uploaded as is: its
+    local copy is checked as the container it holds, not as if it were the
+    mapped layout (a sound file was refused with a checksum mismatch), its
+    arrays come back in memory with the streamed layout's warning, and a
+    damaged chunk is refused before the copy is kept."""
+    monkeypatch.setenv(_remote.CACHE_ENV, str(tmp_path / "cache"))
+    arr = np.random.default_rng(2).random(400_000)
+    r, w = os.pipe()
+    got = {}
+    with os.fdopen(r, "rb") as rf:
+        reader = threading.Thread(target=lambda: got.setdefault("blob", rf.read()))
+        reader.start()
+        with os.fdopen(w, "wb") as wf:
+            firkin.dump({"a": arr}, wf)
+        reader.join()
+    blob = got["blob"]
+    url = _mem("streamed.firkin")
+    fsspec.filesystem("memory").pipe_file(url, blob)
+    with pytest.warns(UserWarning, match="streamed layout"):
+        back = firkin.load(url, mmap_mode="r")
+    np.testing.assert_array_equal(back["a"], arr)
+    bad = bytearray(blob)
+    bad[blob.index(arr[:16].tobytes()) + 8 * 1000] ^= 1  # inside the array's first chunk
+    bad_url = _mem("damaged.firkin")
+    fsspec.filesystem("memory").pipe_file(bad_url, bytes(bad))
+    with pytest.raises(firkin.ChecksumError, match=r"\.tmp: checksum mismatch in buffer 0, chunk 0"):
+        firkin.load(bad_url, mmap_mode="r")
+    assert len(os.listdir(tmp_path / "cache")) == 2  # the sound copy and its tag, nothing of the bad
 
 
 def test_range_reads_fetch_little_for_metadata():
