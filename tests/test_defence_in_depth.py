@@ -5,8 +5,12 @@ scan_joblib report no globals and no unsafe opcodes) and shows the runtime
 check still refuses, in every container firkin reads."""
 import copyreg
 import gzip
+import os
 import shlex
 import struct
+import subprocess
+import sys
+import textwrap
 import warnings
 
 import pytest
@@ -155,3 +159,128 @@ def test_memo_keys_beyond_the_stream_refused(put, tmp_path):
         f"<{'PUT' if put[:1] == b'p' else 'LONG_BINPUT'} opcode at offset 3: a memo key larger "
         "than its offset in the stream (the unpickler would size its memo from it)>"]
     assert firkin.loads(P4 + b"Nr\x03\x00\x00\x00.") is None  # a small key is fine
+
+
+# ------------------------------------------------- the bytes judged are the bytes run
+
+_TRIPLE = b"(K\x01K\x02K\x03t"  # the tuple (1, 2, 3)
+
+
+def _judged_then_swapped():
+    """(benign, hostile): two plain pickles of the same length. The benign
+    one builds (1, 2, 3); the hostile one calls numpy.mean on it, a trusted
+    function only the static scan refuses to see called (firkin._trust's
+    NEVER_CALLED: such calls of allowlisted functions crashed loads)."""
+    hostile_tail = _g("numpy", "mean") + _TRIPLE + b"\x85R."
+    benign_tail = _TRIPLE + b"."
+    pad = len(hostile_tail) - len(benign_tail)
+    hostile = b"\x80\x02" + _u("p" * 300) + b"0" + hostile_tail
+    benign = b"\x80\x02" + _u("p" * (300 + pad)) + b"0" + benign_tail
+    assert len(benign) == len(hostile)
+    return benign, hostile
+
+
+@pytest.mark.parametrize("how", ["path", "file object", "mmap_mode"])
+def test_a_file_rewritten_after_its_scan_runs_only_what_was_judged(monkeypatch, tmp_path, how):
+    """A file another user can write (a shared project directory), or one
+    served by a file system the attacker runs (FUSE, NFS), can show the
+    static scan one stream and the unpickler another: the load read the
+    file twice through two mappings. Whatever the file holds by the time
+    the unpickler runs, a default load executes only bytes the policy
+    judged: here the file turns hostile right after the first scan, and the
+    hostile call (numpy.mean, refused only by the scan) is never made."""
+    benign, hostile = _judged_then_swapped()
+    path = tmp_path / "shared.pkl"
+    path.write_bytes(benign)
+    assert firkin.load(path) == (1, 2, 3)
+    (tmp_path / "hostile.pkl").write_bytes(hostile)
+    with pytest.raises(UntrustedTypesError, match="numpy.mean"):
+        firkin.load(tmp_path / "hostile.pkl")
+    real = _core.scan_joblib
+    swapped = []
+
+    def scan_then_swap(data):
+        out = real(data)
+        if not swapped:  # the attacker rewrites the file in place, same length
+            fd = os.open(path, os.O_WRONLY)
+            try:
+                os.pwrite(fd, hostile, 0)
+            finally:
+                os.close(fd)
+            swapped.append(True)
+        return out
+
+    monkeypatch.setattr(_core, "scan_joblib", scan_then_swap)
+    try:
+        if how == "file object":
+            with open(path, "rb") as f:
+                got = firkin.load(f)
+        else:
+            got = firkin.load(path, mmap_mode="r" if how == "mmap_mode" else None)
+    except (UntrustedTypesError, FormatError) as exc:
+        got = exc
+    assert swapped and path.read_bytes() == hostile
+    assert (isinstance(got, (UntrustedTypesError, FormatError))
+            or type(got) is tuple and got == (1, 2, 3)), repr(got)  # never numpy.mean's 2.0
+
+
+def test_scans_that_disagree_on_the_arrays_refuse_the_file(monkeypatch, tmp_path):
+    """The first scan (through a mapping) places the arrays, whose data the
+    copy leaves out; the copy's own scan must place them the same way, or
+    the file changed in between and is refused, never loaded half old."""
+    import joblib
+    import numpy as np
+
+    path = tmp_path / "moved.joblib"
+    joblib.dump({"a": np.arange(50_000.0), "b": np.arange(7)}, path)
+    real = _core.scan_joblib
+    calls = []
+
+    def second_sees_them_elsewhere(data):
+        out = real(data)
+        calls.append(len(out["arrays"]))
+        if len(calls) == 2:  # as if another writer moved them
+            out = dict(out, arrays=[(b, lo + 8, hi + 8, f) for b, lo, hi, f in out["arrays"]])
+        return out
+
+    monkeypatch.setattr(_core, "scan_joblib", second_sees_them_elsewhere)
+    with pytest.raises(FormatError, match="changed while it was read"):
+        firkin.load(path)
+    assert calls == [2, 2]
+    monkeypatch.setattr(_core, "scan_joblib", real)
+    np.testing.assert_array_equal(firkin.load(path)["a"], np.arange(50_000.0))
+
+
+_PEAK = textwrap.dedent("""
+    import sys, firkin
+    def hwm():
+        with open("/proc/self/status") as f:
+            return next(int(x.split()[1]) for x in f if x.startswith("VmHWM:"))
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    before = hwm()
+    got = firkin.load(sys.argv[1], trusted=sys.argv[2] == "trusted")
+    print(hwm() - before)
+""")
+
+
+def test_the_copy_the_policy_judges_leaves_the_arrays_out(tmp_path):
+    """A default load of an uncompressed joblib file copies what the policy
+    judges, not the arrays' data: its peak memory stays about the arrays'
+    size, as trusted=True's does (a copy of everything would double it)."""
+    import joblib
+    import numpy as np
+
+    arrays = {"big": np.random.default_rng(1).random(8 << 20),  # 64 MiB
+              "small": [np.arange(i, dtype=np.int32) for i in range(1, 400)]}
+    path = tmp_path / "big.joblib"
+    joblib.dump(arrays, path)
+    size = arrays["big"].nbytes
+
+    def peak(mode):
+        out = subprocess.run([sys.executable, "-c", _PEAK, str(path), mode], capture_output=True,
+                             text=True, timeout=300, check=True).stdout
+        return int(out.split()[-1]) * 1024
+
+    trusted, default = peak("trusted"), peak("default")
+    assert trusted > 0.9 * size and default < trusted + size // 4, (default, trusted, size)

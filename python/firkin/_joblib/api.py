@@ -9,7 +9,7 @@ from .._byteorder import resolve as _resolve_byte_order
 from .._core import FormatError
 from .facts import _CHUNK, detect
 from .loader import _Loader
-from .policy import _policy, _scan_mapped, _scan_materialized
+from .policy import _policy, _scan_frozen, _scan_materialized
 from .sources import (
     _BytesSource,
     _Chain,
@@ -19,7 +19,7 @@ from .sources import (
     _make_source,
     _skip_by_reading,
 )
-from .stream import _AnonReader, _MapReader, _Stream
+from .stream import _AnonReader, _FrozenReader, _MapReader, _Stream
 
 
 def _budget(trusted, max_memory, name):
@@ -51,11 +51,11 @@ def load_foreign(f, name, mmap_mode=None, *, ensure_native_byte_order="auto", tr
                    f"{name}: its arrays are read into memory")
         mode = None
 
-    spans, anon = None, None
+    spans, anon, frozen = None, None, None
     budget = _budget(trusted, max_memory, name)
     if trusted is not True:  # judge every name before anything is built
         if kind == "raw":
-            spans = _scan_mapped(fd, 0, name, kind, trusted, budget)
+            frozen, spans = _scan_frozen(fd, 0, name, kind, trusted, budget) or (None, None)
         if spans is None:
             anon, spans = _scan_materialized(
                 _make_source(kind, _FdSource(fd, 0, name), name), name, kind, trusted, budget)
@@ -63,6 +63,8 @@ def load_foreign(f, name, mmap_mode=None, *, ensure_native_byte_order="auto", tr
     def make_reader():
         if anon is not None:
             return _AnonReader(anon, name)
+        if frozen is not None:  # the bytes the policy judged, whatever the file holds now
+            return _FrozenReader(frozen, name)
         if kind == "raw":
             try:
                 return _MapReader(fd, name)
@@ -77,8 +79,9 @@ def load_foreign(f, name, mmap_mode=None, *, ensure_native_byte_order="auto", tr
     try:
         return loader.run()
     finally:
-        if anon is not None:
-            anon.close()
+        for held in (anon, frozen):
+            if held is not None:
+                held.close()
 
 
 class _Recorded:
@@ -173,13 +176,14 @@ def load_fileobj(fileobj, name=None, *, ensure_native_byte_order="auto", trusted
             src.pos = start
             return src
 
-    spans, anon, mat_src, span_base = None, None, None, 0
+    spans, anon, frozen, mat_src, span_base = None, None, None, None, 0
     budget = _budget(trusted, max_memory, name)
     if raw_source is not None:
         kind = detect(raw_source().read(8))
         if trusted is not True:  # judge every name before anything is built
             if kind == "raw" and fd is not None:
-                spans, span_base = _scan_mapped(fd, start, name, kind, trusted, budget), start
+                frozen, spans = _scan_frozen(fd, start, name, kind, trusted, budget) or (None, None)
+                span_base = start
             elif kind == "raw" and isinstance(fileobj, io.BytesIO):
                 with memoryview(data) as view, view[start:] as mv:
                     spans, span_base = _policy(mv, name, kind, trusted, budget=budget), start
@@ -191,6 +195,8 @@ def load_fileobj(fileobj, name=None, *, ensure_native_byte_order="auto", trusted
         def make_reader():
             if anon is not None:
                 return _AnonReader(anon, name)
+            if frozen is not None:  # the bytes the policy judged, whatever the file holds now
+                return _FrozenReader(frozen, name, start)
             if kind == "raw" and fd is not None:
                 try:
                     return _MapReader(fd, name, start)
@@ -222,8 +228,9 @@ def load_fileobj(fileobj, name=None, *, ensure_native_byte_order="auto", trusted
     try:
         obj = loader.run()
     finally:
-        if anon is not None:
-            anon.close()
+        for held in (anon, frozen):
+            if held is not None:
+                held.close()
     if seekable:
         end = None
         reader = loader.reader

@@ -149,6 +149,7 @@ class _Loader:
         loader, reader = self, self.reader
         mm, size, start = reader.mm, reader.size, reader._start
         src = reader.mv
+        fill = reader.fill  # None: the data is in src (a frozen copy leaves it in the file)
         empty, dtype_t, ndarray, memmap = np.empty, np.dtype, np.ndarray, np.memmap
         plain = _amplify.GUARDS.get(np.ndarray)  # what the policy hands out for numpy.ndarray
         slow = self.build
@@ -185,9 +186,13 @@ class _Loader:
             arr = empty(shape, dtype, order)
             if nbytes:
                 try:
-                    memoryview(arr if order == "C" else arr.T).cast("B")[:] = src[p:end]
+                    dst = memoryview(arr if order == "C" else arr.T).cast("B")
                 except (TypeError, ValueError):  # dtypes without a buffer format
-                    arr.reshape(-1, order=order).view(np.uint8)[:] = src[p:end]
+                    dst = memoryview(arr.reshape(-1, order=order).view(np.uint8))
+                if fill is None:
+                    dst[:] = src[p:end]
+                else:
+                    fill(dst, p, "NumpyArrayWrapper data")
             sub = state.get("subclass")
             if sub is not plain and sub is not ndarray and sub is not memmap and sub is not None:
                 arr = _as_subclass(arr, sub)

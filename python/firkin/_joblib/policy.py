@@ -16,7 +16,7 @@ from .facts import (
     detect,
 )
 from .sources import _FdSource, _Inflate, _make_source
-from .stream import _materialize, _Materialized
+from .stream import _freeze, _materialize, _Materialized
 
 
 def _scan_error(name, kind, head, exc):
@@ -115,9 +115,42 @@ def _scan_materialized(src, name, kind, trusted, budget=None):
     return _judge_materialized(src, lambda buf: _policy(buf, name, kind, trusted, budget=budget))
 
 
-def _scan_mapped(fd, start, name, kind, trusted, budget=None):
-    """The spans of the mapped stream at fd[start:] judged by the policy, or None."""
-    return _judge_mapped(fd, start, lambda buf: _policy(buf, name, kind, trusted, budget=budget))
+def _same_spans(a, b) -> bool:
+    return a == b
+
+
+def _scan_frozen(fd, start, name, kind, trusted, budget=None):
+    """(_Frozen, spans) of the uncompressed stream at fd[start:] judged by
+    the policy, or None when the file cannot be mapped; the caller closes the
+    first. A first scan through a mapping finds the arrays; the file is then
+    copied but for their data (_freeze) and the copy judged again, and that
+    judgement is the one that counts: the unpickler runs over the copy, and
+    only the arrays' data is read from the file. Scans that disagree mean
+    the file changed between them."""
+    try:
+        filemap = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
+    except (OSError, ValueError):  # empty, or not mappable (a pipe, some FUSE file systems)
+        return None
+    try:
+        with memoryview(filemap) as view, view[start:] as mv:
+            first = _policy(mv, name, kind, trusted)
+    except BaseException:
+        filemap.close()
+        raise
+    # an object array's span holds a pickle of its items (flag True): opcodes, copied too
+    holes = [(start + lo, start + hi) for _, lo, hi, pickled in first if hi > lo and not pickled]
+    frozen = _freeze(fd, filemap, start, holes, name)
+    try:
+        with memoryview(frozen.mm) as view, view[start:frozen.size] as mv:
+            spans = _policy(mv, name, kind, trusted, budget=budget)
+        if not _same_spans(spans, first):
+            raise FormatError(f"{name}: the file changed while it was read (its safety scan "
+                              "found its arrays in other places the second time); load it again "
+                              "once nothing writes to it")
+    except BaseException:
+        frozen.close()
+        raise
+    return frozen, spans
 
 
 def scan_fd(fd: int, name: str, max_memory=None, *, records: bool = False,

@@ -2,6 +2,7 @@
 decompressed bytes."""
 from __future__ import annotations
 
+import bisect
 import mmap
 import os
 
@@ -193,6 +194,7 @@ class _MapReader:
     """
 
     mappable = True
+    fill = None  # arrays' data is read from the mapping (see _FrozenReader)
 
     def __init__(self, fd: int, name: str, start: int = 0):
         self.fd, self.name = fd, name
@@ -349,6 +351,119 @@ class _AnonReader(_MapReader):
                     if hi > lo:
                         self.mm.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
                         lo = hi
+        self.mm.seek(p + n)
+
+
+class _Frozen(_Materialized):
+    """An uncompressed file under the trust policy, copied once into an
+    anonymous private mapping at its own offsets (`size` bytes, the first
+    `start` of them left out), so that the policy judges and the unpickler
+    then executes the same bytes whatever happens to the file meanwhile
+    (another writer, or a file system that serves each read differently):
+    a mapping of the file is no such copy, every read of it shows the file
+    as it is now. `holes` (sorted (lo, hi) file offsets): the data of the
+    arrays the first scan found, not copied (their pages stay untouched
+    zeros, costing no memory) but read from the file when their arrays are
+    built: a small one copied from `filemap` (the file's own read-only
+    mapping, as _MapReader does), a large one read from `fd` straight into
+    the array. Array bytes are data; every opcode comes from the copy."""
+
+    __slots__ = ("fd", "holes", "filemap", "fileview", "_los")
+
+    def __init__(self, mm, size: int, fd: int, holes, filemap):
+        super().__init__(mm, size)
+        self.fd, self.holes, self.filemap = fd, holes, filemap
+        self.fileview = memoryview(filemap)
+        self._los = [lo for lo, _ in holes]
+
+    def in_hole(self, p: int, n: int) -> bool:
+        """Whether [p, p + n) overlaps a hole."""
+        i = bisect.bisect_right(self._los, p + n - 1) - 1  # the last hole starting before its end
+        return i >= 0 and self.holes[i][1] > p
+
+    def close(self):
+        super().close()
+        self.fileview.release()
+        self.filemap.close()
+
+
+def _freeze(fd: int, filemap, start: int, holes, name: str) -> _Frozen:
+    """The _Frozen copy of the file at fd (mapped read-only as `filemap`,
+    which it takes over) from `start` on, but for `holes`."""
+    size = len(filemap)
+    try:
+        mm = mmap.mmap(-1, max(size, 1), flags=mmap.MAP_PRIVATE)
+    except BaseException:
+        filemap.close()
+        raise
+    try:
+        with memoryview(mm) as view, memoryview(filemap) as src:
+            pos = start
+            for lo, hi in holes:
+                if hi > size:
+                    raise FormatError(f"{name}: the file changed while it was read: its array "
+                                      f"data ends at offset {hi:,}, past its end ({size:,})")
+                view[pos:lo] = src[pos:lo]  # a memcpy: opcodes are small, arrays stay out
+                pos = hi
+            view[pos:size] = src[pos:size]
+    except BaseException:
+        mm.close()
+        filemap.close()
+        raise
+    return _Frozen(mm, size, fd, holes, filemap)
+
+
+class _FrozenReader(_AnonReader):
+    """A _Frozen file read like a mapped one, at the file's offsets: every
+    opcode from the copy, an array's data (a hole) read from the file
+    straight into the array. Its arrays can be mapped (mmap_mode) as the
+    file's: the offsets are the file's."""
+
+    mappable = True
+
+    def __init__(self, held: _Frozen, name: str, start: int = 0):
+        mm = held.mm
+        self._held = held
+        self.fd, self.name, self.size = held.fd, name, held.size
+        self.mm = mm
+        self.mv = memoryview(mm)
+        self.file = mm
+        self._resume = None
+        self._start = start
+        self._scratch = None
+        self._head = mm[start:start + len(_INJECT)]  # inject() writes over it
+        self._closed = False
+        mm.seek(start)
+
+    def close(self):
+        self._end = self.mm.tell()
+        self.mm[self._start:self._start + len(self._head)] = self._head
+        self.mv.release()
+        self._closed = True
+
+    def fill(self, mv, p: int, what: str):
+        """mv from the bytes at p: from the file where they are an array's
+        data (a hole), else from the copy."""
+        n = len(mv)
+        held = self._held
+        if not held.in_hole(p, n):
+            mv[:] = self.mv[p:p + n]
+            return
+        if n <= _SMALL_COPY:
+            mv[:] = held.fileview[p:p + n]  # a memcpy from the page cache: no system call
+            return
+        pos, done = p, 0
+        while done < n:
+            k = os.preadv(self.fd, [mv[done:]], pos)
+            if k <= 0:
+                raise self._truncated(what, n, done)
+            done += k
+            pos += k
+
+    def readinto_exact(self, mv, what: str):
+        n = len(mv)
+        p = self._claim(n, what)
+        self.fill(mv if type(mv) is memoryview else memoryview(mv), p, what)
         self.mm.seek(p + n)
 
 
