@@ -452,13 +452,11 @@ class _FrozenReader(_AnonReader):
         if n <= _SMALL_COPY:
             mv[:] = held.fileview[p:p + n]  # a memcpy from the page cache: no system call
             return
-        pos, done = p, 0
-        while done < n:
-            k = os.preadv(self.fd, [mv[done:]], pos)
-            if k <= 0:
-                raise self._truncated(what, n, done)
-            done += k
-            pos += k
+        src = _FdSource.__new__(_FdSource)  # preadv straight into the array
+        src.fd, src.pos, src.name, src.size = self.fd, p, self.name, self.size
+        got = src.readinto(mv)
+        if got != n:
+            raise self._truncated(what, n, got)
 
     def readinto_exact(self, mv, what: str):
         n = len(mv)
