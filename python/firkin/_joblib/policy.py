@@ -96,12 +96,19 @@ def _judge_materialized(src, judge):
         raise
 
 
+def _map_read_only(fd):
+    """A read-only mapping of the whole file at fd, or None when it cannot be mapped."""
+    try:
+        return mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
+    except (OSError, ValueError):  # empty, or not mappable (a pipe, some FUSE file systems)
+        return None
+
+
 def _judge_mapped(fd, start, judge):
     """judge(buffer) of the uncompressed stream at fd[start:] through a
     mapping; None when the file cannot be mapped."""
-    try:
-        mm = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
-    except (OSError, ValueError):  # empty, or not mappable (a pipe, some FUSE file systems)
+    mm = _map_read_only(fd)
+    if mm is None:
         return None
     with mm, memoryview(mm) as view, view[start:] as mv:
         return judge(mv)
@@ -115,10 +122,6 @@ def _scan_materialized(src, name, kind, trusted, budget=None):
     return _judge_materialized(src, lambda buf: _policy(buf, name, kind, trusted, budget=budget))
 
 
-def _same_spans(a, b) -> bool:
-    return a == b
-
-
 def _scan_frozen(fd, start, name, kind, trusted, budget=None):
     """(_Frozen, spans) of the uncompressed stream at fd[start:] judged by
     the policy, or None when the file cannot be mapped; the caller closes the
@@ -127,9 +130,8 @@ def _scan_frozen(fd, start, name, kind, trusted, budget=None):
     judgement is the one that counts: the unpickler runs over the copy, and
     only the arrays' data is read from the file. Scans that disagree mean
     the file changed between them."""
-    try:
-        filemap = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
-    except (OSError, ValueError):  # empty, or not mappable (a pipe, some FUSE file systems)
+    filemap = _map_read_only(fd)
+    if filemap is None:
         return None
     try:
         with memoryview(filemap) as view, view[start:] as mv:
@@ -143,7 +145,7 @@ def _scan_frozen(fd, start, name, kind, trusted, budget=None):
     try:
         with memoryview(frozen.mm) as view, view[start:frozen.size] as mv:
             spans = _policy(mv, name, kind, trusted, budget=budget)
-        if not _same_spans(spans, first):
+        if spans != first:
             raise FormatError(f"{name}: the file changed while it was read (its safety scan "
                               "found its arrays in other places the second time); load it again "
                               "once nothing writes to it")

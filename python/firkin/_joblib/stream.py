@@ -303,7 +303,7 @@ class _AnonReader(_MapReader):
 
     mappable = False
 
-    def __init__(self, held: _Materialized, name: str):
+    def __init__(self, held: _Materialized, name: str, start: int = 0):
         if held.released:
             raise FormatError(f"{name}: this file needs a second pass after its array data was "
                               "read (an old joblib wrapper after a new one); it is not a file "
@@ -315,15 +315,16 @@ class _AnonReader(_MapReader):
         self.mv = memoryview(mm)
         self.file = mm
         self._resume = None
-        self._start = 0
+        self._start = start
         self._scratch = None
-        self._head = mm[:len(_INJECT)]  # inject() writes over it: put back for a second pass
+        # inject() writes over it: put back for a second pass
+        self._head = mm[start:start + len(_INJECT)]
         self._closed = False
-        mm.seek(0)
+        mm.seek(start)
 
     def close(self):
         self._end = self.mm.tell()
-        self.mm[:len(self._head)] = self._head
+        self.mm[self._start:self._start + len(self._head)] = self._head
         self.mv.release()
         self._closed = True
 
@@ -422,24 +423,8 @@ class _FrozenReader(_AnonReader):
     mappable = True
 
     def __init__(self, held: _Frozen, name: str, start: int = 0):
-        mm = held.mm
-        self._held = held
-        self.fd, self.name, self.size = held.fd, name, held.size
-        self.mm = mm
-        self.mv = memoryview(mm)
-        self.file = mm
-        self._resume = None
-        self._start = start
-        self._scratch = None
-        self._head = mm[start:start + len(_INJECT)]  # inject() writes over it
-        self._closed = False
-        mm.seek(start)
-
-    def close(self):
-        self._end = self.mm.tell()
-        self.mm[self._start:self._start + len(self._head)] = self._head
-        self.mv.release()
-        self._closed = True
+        super().__init__(held, name, start)
+        self.fd = held.fd
 
     def fill(self, mv, p: int, what: str):
         """mv from the bytes at p: from the file where they are an array's
