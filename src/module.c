@@ -7,6 +7,7 @@
 #include <numpy/arrayobject.h>
 #include <errno.h>
 #include <stdio.h>
+#include <sys/mman.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -285,6 +286,13 @@ static PyMethodDef module_methods[] = {
      "scan_joblib(data) -> dict: scan_pickle of a joblib file's decompressed bytes, stepping over "
      "the array data joblib writes after each NumpyArrayWrapper; adds 'arrays' [(build_end, "
      "data_start, data_end, nested)] and 'complete'"},
+    {"scan_joblib_file", scan_joblib_file, METH_VARARGS,
+     "scan_joblib_file(fd, offset, buf, hole_min, records, step=65536) -> dict: scan_joblib "
+     "(records: scan_records) of the file at fd from offset on, read into the writable buffer buf "
+     "(as long as the data may be) as the walk goes, step bytes ahead, each byte once; the data of "
+     "arrays of at least hole_min bytes is not read (its bytes in buf stay as they were); adds "
+     "'holes' [(data_start, data_end)] (buf offsets), 'read' (buf[:read] holds the bytes walked, "
+     "holes apart) and 'bytes_read'"},
     {"scan_records", scan_records, METH_VARARGS,
      "scan_records(data, joblib) -> dict: scan_pickle (joblib: scan_joblib) plus 'records', one "
      "dict per array the stream holds (kind, dtype, shape, order, ...), for firkin info"},
@@ -428,6 +436,13 @@ static int module_exec(PyObject *module)
     if (PyModule_AddIntConstant(module, "REQ_STREAMED", (long)FK_REQ_STREAMED) < 0) return -1;
     if (PyModule_AddIntConstant(module, "REQ_PACKED", (long)FK_REQ_PACKED) < 0) return -1;
     if (PyModule_AddIntConstant(module, "MAX_FRAME", (long)FK_MAX_FRAME) < 0) return -1;
+    /* the mmap module exposes it from Python 3.13 on: a copy of a file's
+     * opcodes at the file's offsets reserves address space, not memory */
+#ifdef MAP_NORESERVE
+    if (PyModule_AddIntConstant(module, "MAP_NORESERVE", (long)MAP_NORESERVE) < 0) return -1;
+#else
+    if (PyModule_AddIntConstant(module, "MAP_NORESERVE", 0L) < 0) return -1;
+#endif
     if (PyModule_AddIntConstant(module, "HEADER_LEN", FK_HEADER_LEN) < 0 ||
         PyModule_AddIntConstant(module, "HEADER_FIXED_LEN", FK_HEADER_FIXED_LEN) < 0 ||
         PyModule_AddIntConstant(module, "FRAME_PREFIX_LEN", FK_FRAME_PREFIX_LEN) < 0 ||

@@ -474,6 +474,9 @@ static int scan_step(scan_ctx *c)
     case OP_FRAME:
         if (!(p = scan_take(c, 8))) return -1;
         key = scan_le(p, 8);
+        if (c->fd >= 0 && key > (uint64_t)(c->size - c->pos) &&
+            scan_fill(c, key > (uint64_t)(c->limit - c->pos) ? c->limit : c->pos + (Py_ssize_t)key) < 0)
+            return -1;
         if (key > (uint64_t)(c->size - c->pos))
             return scan_fail(c, "frame of %llu bytes runs past the end of the data",
                              (unsigned long long)key);
@@ -631,6 +634,7 @@ void scan_ctx_free(scan_ctx *c)
     Py_XDECREF(c->import_mapping);
     Py_XDECREF(c->arrays);
     Py_XDECREF(c->records);
+    Py_XDECREF(c->holes);
 }
 
 /* unsafe: the list to report unsafe opcodes into (shared with a nested
@@ -642,6 +646,7 @@ int scan_ctx_init(scan_ctx *c, PyObject *FormatError, const unsigned char *buf,
     c->FormatError = FormatError;
     c->buf = buf;
     c->size = size;
+    c->fd = -1;
     c->names.seed = c->memo.sparse.seed = scan_seed();
     if (scan_grow((void **)&c->nodes, &c->nodes_cap, sizeof(scan_node), 256) < 0) return -1;
     c->nodes[0].depth = 0; /* the constants' node */
@@ -661,6 +666,7 @@ int scan_ctx_init(scan_ctx *c, PyObject *FormatError, const unsigned char *buf,
 int scan_run(scan_ctx *c)
 {
     for (;;) {
+        if (c->pos >= c->size && scan_fill(c, c->pos + 1) < 0) return -1;
         if (c->pos >= c->size) {
             c->op_off = c->pos;
             c->op = 0;
@@ -674,7 +680,12 @@ int scan_run(scan_ctx *c)
     }
 }
 
-static PyObject *scan_entry(PyObject *module, PyObject *data, int joblib, int records)
+/* data: the whole stream in memory; or, fd >= 0, a writable buffer the
+ * stream is read into from the file at fd (offset file_off on) as the walk
+ * goes (step bytes ahead), leaving the data of arrays of at least hole_min
+ * bytes unread */
+static PyObject *scan_entry(PyObject *module, PyObject *data, int joblib, int records, int fd,
+                            long long file_off, Py_ssize_t hole_min, Py_ssize_t step)
 {
     fk_state *st = (fk_state *)PyModule_GetState(module);
     PyObject *result = NULL;
@@ -684,10 +695,20 @@ static PyObject *scan_entry(PyObject *module, PyObject *data, int joblib, int re
     memset(&c, 0, sizeof c);
 
     if (!st) goto done;
-    if (PyObject_GetBuffer(data, &view, PyBUF_SIMPLE) < 0) goto done;
+    if (PyObject_GetBuffer(data, &view, fd >= 0 ? PyBUF_WRITABLE : PyBUF_SIMPLE) < 0) goto done;
     have_view = 1;
-    if (scan_ctx_init(&c, st->FormatError, (const unsigned char *)view.buf, view.len, NULL) < 0)
+    if (scan_ctx_init(&c, st->FormatError, (const unsigned char *)view.buf, fd >= 0 ? 0 : view.len,
+                      NULL) < 0)
         goto done;
+    if (fd >= 0) {
+        c.fd = fd;
+        c.wbuf = (unsigned char *)view.buf;
+        c.limit = view.len;
+        c.file_off = file_off;
+        c.hole_min = hole_min;
+        c.step = step;
+        if (!(c.holes = PyList_New(0))) goto done;
+    }
     c.joblib = joblib;
     c.never_called = st->never_called;
     c.never_with_args = st->never_with_args;
@@ -703,6 +724,15 @@ static PyObject *scan_entry(PyObject *module, PyObject *data, int joblib, int re
             Py_CLEAR(result);
     }
     if (result && records && PyDict_SetItemString(result, "records", c.records) < 0) Py_CLEAR(result);
+    if (result && fd >= 0) {
+        PyObject *read = PyLong_FromSsize_t(c.size), *nread = PyLong_FromSsize_t(c.nread);
+        if (!read || !nread || PyDict_SetItemString(result, "holes", c.holes) < 0 ||
+            PyDict_SetItemString(result, "read", read) < 0 ||
+            PyDict_SetItemString(result, "bytes_read", nread) < 0)
+            Py_CLEAR(result);
+        Py_XDECREF(read);
+        Py_XDECREF(nread);
+    }
 done:
     if (have_view) PyBuffer_Release(&view);
     scan_ctx_free(&c);
@@ -711,12 +741,12 @@ done:
 
 PyObject *scan_pickle(PyObject *module, PyObject *data)
 {
-    return scan_entry(module, data, 0, 0);
+    return scan_entry(module, data, 0, 0, -1, 0, 0, 0);
 }
 
 PyObject *scan_joblib(PyObject *module, PyObject *data)
 {
-    return scan_entry(module, data, 1, 0);
+    return scan_entry(module, data, 1, 0, -1, 0, 0, 0);
 }
 
 PyObject *scan_records(PyObject *module, PyObject *args)
@@ -724,5 +754,21 @@ PyObject *scan_records(PyObject *module, PyObject *args)
     PyObject *data;
     int joblib;
     if (!PyArg_ParseTuple(args, "Op:scan_records", &data, &joblib)) return NULL;
-    return scan_entry(module, data, joblib, 1);
+    return scan_entry(module, data, joblib, 1, -1, 0, 0, 0);
+}
+
+PyObject *scan_joblib_file(PyObject *module, PyObject *args)
+{
+    PyObject *buf;
+    int fd, records;
+    long long offset;
+    Py_ssize_t hole_min, step = SCAN_READ_AHEAD;
+    if (!PyArg_ParseTuple(args, "iLOnp|n:scan_joblib_file", &fd, &offset, &buf, &hole_min, &records,
+                          &step))
+        return NULL;
+    if (fd < 0 || offset < 0 || hole_min < 1 || step < 1) {
+        PyErr_SetString(PyExc_ValueError, "scan_joblib_file: fd, offset, hole_min or step out of range");
+        return NULL;
+    }
+    return scan_entry(module, buf, 1, records, fd, offset, hole_min, step);
 }

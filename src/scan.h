@@ -34,6 +34,8 @@ enum {
 };
 
 #define SCAN_HIGHEST_PROTOCOL 5
+/* scan_joblib_file reads the file on in steps of this many bytes */
+#define SCAN_READ_AHEAD ((Py_ssize_t)1 << 16)
 #define SCAN_MAX_DOTTED 4096 /* characters of a qualname reached through getattr */
 
 typedef struct {
@@ -334,6 +336,19 @@ typedef struct {
     PyObject *records; /* scan_records: list of dicts, one per array; NULL otherwise */
     PyObject *never_called;    /* borrowed from the module state (scan_call_policy), or NULL */
     PyObject *never_with_args; /* borrowed, or NULL */
+
+    /* scan_joblib_file: the data is read from a file as the walk needs it.
+     * buf[0, size) holds what was read (or stepped over: the data of large
+     * arrays, listed in holes, is never read: its bytes stay zero);
+     * scan_fill reads on, up to limit. fd < 0: buf holds all the data. */
+    int fd;
+    unsigned char *wbuf;  /* buf, writable */
+    Py_ssize_t limit;     /* the buffer's length: the file's size when it was opened */
+    long long file_off;   /* the file offset of buf[0] */
+    Py_ssize_t hole_min;  /* arrays of at least this many bytes are left in the file */
+    Py_ssize_t step;      /* read ahead this many bytes (SCAN_READ_AHEAD) */
+    Py_ssize_t nread;     /* bytes read from the file: each is read once */
+    PyObject *holes;      /* list of (data_start, data_end) left unread */
 } scan_ctx;
 static inline scan_val sv_global(Py_ssize_t gi) { return ((scan_val)SV_GLOBAL << 60) | (scan_val)gi; }
 static inline Py_ssize_t sv_index(scan_val v) { return (Py_ssize_t)(v & (((scan_val)1 << 60) - 1)); }
@@ -351,6 +366,7 @@ int scan_memo_get(const scan_memo *mm, uint64_t key, scan_val *out);
 int scan_memo_put(scan_memo *mm, uint64_t key, scan_val val);
 int scan_fail(scan_ctx *c, const char *fmt, ...);
 const unsigned char *scan_take(scan_ctx *c, uint64_t n);
+int scan_fill(scan_ctx *c, Py_ssize_t upto);
 const unsigned char *scan_line(scan_ctx *c, Py_ssize_t *len);
 int scan_grow(void **arr, Py_ssize_t *cap, size_t isz, Py_ssize_t first);
 int scan_push(scan_ctx *c, scan_val v);

@@ -572,7 +572,16 @@ static Py_ssize_t scan_nested(scan_ctx *c, Py_ssize_t start, uint32_t *depth)
     n.never_called = c->never_called;
     n.never_with_args = c->never_with_args;
     n.pos = start;
-    if (scan_run(&n) < 0) goto done;
+    n.fd = c->fd; /* reads the file on as the outer walk would */
+    n.wbuf = c->wbuf;
+    n.limit = c->limit;
+    n.file_off = c->file_off;
+    n.step = c->step;
+    int rc = scan_run(&n);
+    c->size = n.size; /* what it read: never read (nor judged) again */
+    c->limit = n.limit;
+    c->nread += n.nread;
+    if (rc < 0) goto done;
     for (Py_ssize_t i = 0; i < PyList_GET_SIZE(n.globals); i++) {
         PyObject *key = PyList_GET_ITEM(n.globals, i);
         Py_ssize_t gi = scan_global_index(c, PyTuple_GET_ITEM(key, 0), PyTuple_GET_ITEM(key, 1), 0);
@@ -629,6 +638,8 @@ int scan_wrapper_build(scan_ctx *c, scan_val target, scan_val state)
     Py_ssize_t rsub = scan_global_of(d->f[JK_SUBCLASS]);
     Py_ssize_t build_end = c->pos, p = c->pos, end;
     if (align && !objects) { /* arrays of objects are a pickle, never padded */
+        if (scan_fill(c, p + 1) < 0 || (p < c->size && scan_fill(c, p + 1 + c->buf[p]) < 0))
+            return -1;
         if (p >= c->size || c->buf[p] > c->size - p - 1)
             return scan_fail(c, "the file is truncated: it ends inside the padding of joblib array #%zd",
                              index);
@@ -644,6 +655,20 @@ int scan_wrapper_build(scan_ctx *c, scan_val target, scan_val state)
         if (size && count > ((uint64_t)1 << 48) / (uint64_t)size) {
             c->stopped = 1;
             return scan_unsafe_why(c, "a joblib array of implausible size") < 0 ? -1 : 1;
+        }
+        if (c->fd >= 0 && nbytes >= (uint64_t)c->hole_min && nbytes <= (uint64_t)(c->limit - p)) {
+            /* large: its data stays in the file, unread (the loader reads it
+             * from there straight into the array) */
+            end = p + (Py_ssize_t)nbytes;
+            PyObject *hole = Py_BuildValue("(nn)", p, end);
+            if (!hole) return -1;
+            int rc = PyList_Append(c->holes, hole);
+            Py_DECREF(hole);
+            if (rc < 0) return -1;
+            if (end > c->size) c->size = end;
+        } else if (c->fd >= 0 && scan_fill(c, nbytes > (uint64_t)(c->limit - p) ? c->limit
+                                                                                : p + (Py_ssize_t)nbytes) < 0) {
+            return -1;
         }
         if (nbytes > (uint64_t)(c->size - p))
             return scan_fail(c, "the file is truncated: it ends inside the data of joblib array "

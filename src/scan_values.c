@@ -3,9 +3,11 @@
  * what the scanner follows about each), and the nesting depth of values.
  */
 #include "scan.h"
+#include <errno.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 static uint64_t *scan_map_find(const scan_map *m, uint64_t key)
 {
@@ -134,9 +136,57 @@ int scan_fail(scan_ctx *c, const char *fmt, ...)
     return -1;
 }
 
+/* reading from a file (c->fd >= 0): reads on until buf holds [0, upto)
+ * (upto capped at limit), with c->step bytes more when the file has them,
+ * so that a walk costs one read per step (SCAN_READ_AHEAD) bytes of opcodes.
+ * It reads on from size, which never goes back: no byte is read twice.
+ * A file found shorter than it was stops there (the walk then reports the
+ * data as truncated). 0, or -1 with OSError (or the error of a signal
+ * handler). Data in memory: 0, nothing to do. */
+int scan_fill(scan_ctx *c, Py_ssize_t upto)
+{
+    if (c->fd < 0 || upto <= c->size || c->size >= c->limit) return 0;
+    Py_ssize_t want = c->limit - c->size > c->step ? c->size + c->step : c->limit;
+    if (upto > want) want = upto < c->limit ? upto : c->limit;
+    while (c->size < want) {
+        size_t n = (size_t)(want - c->size);
+        if (n > ((size_t)1 << 30)) n = (size_t)1 << 30;
+        ssize_t k;
+        int err;
+        Py_BEGIN_ALLOW_THREADS
+        k = pread(c->fd, c->wbuf + c->size, n, (off_t)(c->file_off + c->size));
+        err = errno;
+        Py_END_ALLOW_THREADS
+        if (k < 0) {
+            if (err == EINTR) {
+                if (PyErr_CheckSignals() < 0) return -1;
+                continue;
+            }
+            errno = err;
+            PyErr_SetFromErrno(PyExc_OSError);
+            return -1;
+        }
+        if (k == 0) { /* the file is shorter than it was */
+            c->limit = c->size;
+            break;
+        }
+        c->size += (Py_ssize_t)k;
+        c->nread += (Py_ssize_t)k;
+    }
+    return 0;
+}
+
+/* at least n bytes past pos, when the data has them: 0, or -1 with an error */
+static int scan_have(scan_ctx *c, uint64_t n)
+{
+    if (c->fd < 0 || n <= (uint64_t)(c->size - c->pos)) return 0;
+    return scan_fill(c, n > (uint64_t)(c->limit - c->pos) ? c->limit : c->pos + (Py_ssize_t)n);
+}
+
 /* n bytes of argument, or NULL with FormatError */
 const unsigned char *scan_take(scan_ctx *c, uint64_t n)
 {
+    if (scan_have(c, n) < 0) return NULL;
     if (n > (uint64_t)(c->size - c->pos)) {
         scan_fail(c, "argument of %llu bytes runs past the end of the data (%zd bytes left)",
                   (unsigned long long)n, c->size - c->pos);
@@ -152,6 +202,11 @@ const unsigned char *scan_line(scan_ctx *c, Py_ssize_t *len)
 {
     const unsigned char *p = c->buf + c->pos;
     const unsigned char *nl = memchr(p, '\n', (size_t)(c->size - c->pos));
+    while (!nl && c->fd >= 0 && c->size < c->limit) { /* read on: the buffer never moves */
+        Py_ssize_t from = c->size;
+        if (scan_fill(c, from + 1) < 0) return NULL;
+        nl = memchr(c->buf + from, '\n', (size_t)(c->size - from));
+    }
     if (!nl) {
         scan_fail(c, "argument line is not terminated by a newline");
         return NULL;

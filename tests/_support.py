@@ -120,9 +120,9 @@ def _set(field, value, node=None):
 def without_scan():
     """firkin with its static scan reporting nothing unsafe: what is refused
     then is refused by the loader's own checks"""
-    real_p, real_j = _core.scan_pickle, _core.scan_joblib
-    _core.scan_pickle = lambda data: {**real_p(data), "globals": [], "unsafe_ops": []}
-    _core.scan_joblib = lambda data: {**real_j(data), "globals": [], "unsafe_ops": []}
+    for fn in ("scan_pickle", "scan_joblib", "scan_joblib_file"):
+        real = getattr(_core, fn)
+        setattr(_core, fn, lambda *args, real=real: {**real(*args), "globals": [], "unsafe_ops": []})
 
 
 def _isolated(code: str, expect_crash: bool = False) -> list[str]:

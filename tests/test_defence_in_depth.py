@@ -1,8 +1,8 @@
 """Defence in depth (issue #17, item 5): what the static scanner refuses, the
 loader refuses again while unpickling, so a gap in the scanner is not a way
-around the policy. Every test here blinds the scanner (scan_pickle and
-scan_joblib report no globals and no unsafe opcodes) and shows the runtime
-check still refuses, in every container firkin reads."""
+around the policy. Every test here blinds the scanner (scan_pickle,
+scan_joblib and scan_joblib_file report no globals and no unsafe opcodes)
+and shows the runtime check still refuses, in every container firkin reads."""
 import copyreg
 import gzip
 import os
@@ -25,10 +25,10 @@ from _pickles import P4, _g, _payloads, _sg, _u
 @pytest.fixture
 def blind(monkeypatch):
     """The static scan finds nothing (its structural facts stay true)."""
-    for fn in ("scan_pickle", "scan_joblib"):
+    for fn in ("scan_pickle", "scan_joblib", "scan_joblib_file"):
         real = getattr(_core, fn)
-        monkeypatch.setattr(_core, fn, lambda data, real=real: dict(real(data), globals=[],
-                                                                     unsafe_ops=[]))
+        monkeypatch.setattr(_core, fn, lambda *args, real=real: dict(real(*args), globals=[],
+                                                                      unsafe_ops=[]))
     assert _core.scan_pickle(_g("os", "system") + b".")["globals"] == []
 
 
@@ -174,8 +174,9 @@ def _judged_then_swapped():
     hostile_tail = _g("numpy", "mean") + _TRIPLE + b"\x85R."
     benign_tail = _TRIPLE + b"."
     pad = len(hostile_tail) - len(benign_tail)
-    hostile = b"\x80\x02" + _u("p" * 300) + b"0" + hostile_tail
-    benign = b"\x80\x02" + _u("p" * (300 + pad)) + b"0" + benign_tail
+    # longer than one read of the scan (64 KiB): it reads the file in steps
+    hostile = b"\x80\x02" + _u("p" * 100_000) + b"0" + hostile_tail
+    benign = b"\x80\x02" + _u("p" * (100_000 + pad)) + b"0" + benign_tail
     assert len(benign) == len(hostile)
     return benign, hostile
 
@@ -187,7 +188,7 @@ def test_a_file_rewritten_after_its_scan_runs_only_what_was_judged(monkeypatch, 
     static scan one stream and the unpickler another: the load read the
     file twice through two mappings. Whatever the file holds by the time
     the unpickler runs, a default load executes only bytes the policy
-    judged: here the file turns hostile right after the first scan, and the
+    judged: here the file turns hostile right after the scan, and the
     hostile call (numpy.mean, refused only by the scan) is never made."""
     benign, hostile = _judged_then_swapped()
     path = tmp_path / "shared.pkl"
@@ -196,11 +197,11 @@ def test_a_file_rewritten_after_its_scan_runs_only_what_was_judged(monkeypatch, 
     (tmp_path / "hostile.pkl").write_bytes(hostile)
     with pytest.raises(UntrustedTypesError, match="numpy.mean"):
         firkin.load(tmp_path / "hostile.pkl")
-    real = _core.scan_joblib
+    real = _core.scan_joblib_file
     swapped = []
 
-    def scan_then_swap(data):
-        out = real(data)
+    def scan_then_swap(*args):
+        out = real(*args)
         if not swapped:  # the attacker rewrites the file in place, same length
             fd = os.open(path, os.O_WRONLY)
             try:
@@ -210,7 +211,7 @@ def test_a_file_rewritten_after_its_scan_runs_only_what_was_judged(monkeypatch, 
             swapped.append(True)
         return out
 
-    monkeypatch.setattr(_core, "scan_joblib", scan_then_swap)
+    monkeypatch.setattr(_core, "scan_joblib_file", scan_then_swap)
     try:
         if how == "file object":
             with open(path, "rb") as f:
@@ -224,31 +225,53 @@ def test_a_file_rewritten_after_its_scan_runs_only_what_was_judged(monkeypatch, 
             or type(got) is tuple and got == (1, 2, 3)), repr(got)  # never numpy.mean's 2.0
 
 
-def test_scans_that_disagree_on_the_arrays_refuse_the_file(monkeypatch, tmp_path):
-    """The first scan (through a mapping) places the arrays, whose data the
-    copy leaves out; the copy's own scan must place them the same way, or
-    the file changed in between and is refused, never loaded half old."""
+_CUT = textwrap.dedent("""
+    import os, sys, firkin
+    from firkin import _core
+    path, keep = sys.argv[1], int(sys.argv[2])
+    real = _core.scan_joblib_file
+
+    def scan_then_cut(*args):  # joblib.dump rewriting the file in place truncates it first
+        out = real(*args)
+        os.truncate(path, keep)
+        return out
+
+    _core.scan_joblib_file = scan_then_cut
+    try:
+        got = firkin.load(path) if sys.argv[3] == "path" else firkin.load(open(path, "rb"))
+        print("loaded", sorted(got))
+    except firkin.FormatError as exc:
+        print("FormatError", exc)
+""")
+
+
+@pytest.mark.parametrize("how", ["path", "file object"])
+@pytest.mark.parametrize("keep", ["nothing", "a page", "all but the big array", "small only"])
+def test_a_file_cut_short_while_it_loads_is_an_error_not_a_crash(tmp_path, how, keep):
+    """joblib.dump rewrites a file in place (it truncates, it does not
+    rename): a default load running meanwhile read it through a mapping and
+    was killed by SIGBUS. The load reads the file instead: what the scan
+    read (opcodes and small arrays) loads from its copy, a large array whose
+    data is gone is reported as a truncated file."""
     import joblib
     import numpy as np
 
-    path = tmp_path / "moved.joblib"
-    joblib.dump({"a": np.arange(50_000.0), "b": np.arange(7)}, path)
-    real = _core.scan_joblib
-    calls = []
-
-    def second_sees_them_elsewhere(data):
-        out = real(data)
-        calls.append(len(out["arrays"]))
-        if len(calls) == 2:  # as if another writer moved them
-            out = dict(out, arrays=[(b, lo + 8, hi + 8, f) for b, lo, hi, f in out["arrays"]])
-        return out
-
-    monkeypatch.setattr(_core, "scan_joblib", second_sees_them_elsewhere)
-    with pytest.raises(FormatError, match="changed while it was read"):
-        firkin.load(path)
-    assert calls == [2, 2]
-    monkeypatch.setattr(_core, "scan_joblib", real)
-    np.testing.assert_array_equal(firkin.load(path)["a"], np.arange(50_000.0))
+    path = tmp_path / "model.joblib"
+    small = [np.arange(i, dtype=np.int32) for i in range(1, 300)]
+    big = np.arange(1 << 17, dtype=np.float64)  # 1 MiB, last: its data is read after the scan
+    joblib.dump({"small": small} if keep == "small only" else {"small": small, "big": big}, path)
+    size = path.stat().st_size
+    cut = {"nothing": 0, "a page": 4096, "all but the big array": size - big.nbytes,
+           "small only": 0}[keep]
+    out = subprocess.run([sys.executable, "-c", _CUT, str(path), str(cut), how],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, (out.returncode, out.stderr[-2000:])
+    assert path.stat().st_size == cut
+    if keep == "small only":  # all of it was read by the scan: it loads as judged
+        assert out.stdout.split() == ["loaded", "['small']"], out.stdout + out.stderr[-2000:]
+    else:
+        assert out.stdout.startswith("FormatError"), out.stdout + out.stderr[-2000:]
+        assert "the file is truncated: it ends inside the data of array #299" in out.stdout
 
 
 _PEAK = textwrap.dedent("""

@@ -313,6 +313,33 @@ def test_mmap_modes(tmp_path):
     assert path.stat().st_size == size
 
 
+def test_mmap_of_an_array_larger_than_memory(tmp_path):
+    """joblib's mmap_mode is how people open arrays larger than memory. A
+    default load reads the file's opcodes into a copy at the file's offsets;
+    the copy must reserve no memory for the array's data it never reads, or a
+    file larger than memory and swap is refused (ENOMEM). Here a sparse file
+    holding a 1 TiB array."""
+    small = tmp_path / "small.joblib"
+    joblib.dump({"big": np.zeros((65536, 256), dtype=np.uint8), "tag": "x"}, small)
+    data = small.read_bytes()
+    ((_, lo, hi, _),) = _joblib.scan(data, "small")["arrays"]
+    shape = b"J\x00\x00\x01\x00M\x00\x01"  # (65536, 256): BININT, BININT2
+    assert data[:lo].count(shape) == 1
+    head = data[:lo].replace(shape, b"J\x00\x00\x00\x01M\xff\xff")  # (1 << 24, 65535): same length
+    nbytes = (1 << 24) * 65535
+    path = tmp_path / "huge.joblib"
+    with open(path, "wb") as f:
+        f.write(head)
+        f.truncate(lo + nbytes)  # a hole: no disk used
+        f.seek(lo + nbytes)
+        f.write(data[hi:])
+    assert path.stat().st_size > (1 << 40) - (1 << 25)  # (1 << 24) * 65535 bytes and a few
+    assert firkin.untrusted_types(path) == []
+    got = firkin.load(path, mmap_mode="r")
+    assert got["tag"] == "x" and type(got["big"]) is np.memmap
+    assert got["big"].shape == (1 << 24, 65535) and got["big"][-1, -1] == 0
+
+
 def test_mmap_compressed_warns(tmp_path):
     path = tmp_path / "c.pkl"
     joblib.dump({"a": np.arange(10)}, path, compress=3)

@@ -183,25 +183,23 @@ def test_non_seekable_and_mmap_loads_are_scanned(tmp_path):
 def test_loader_checks_it_read_what_the_scan_judged(tmp_path, monkeypatch):
     path = tmp_path / "a.joblib"
     joblib.dump({"a": np.arange(10.0), "b": np.arange(20.0)}, path)
-    real = _joblib.policy._policy
+    real = _joblib.policy._judge
 
     def shifted(*args, **kwargs):  # as if the scan had stepped over other bytes
         spans = real(*args, **kwargs)
         return [(a + 1, b + 1, c + 1, d) for a, b, c, d in spans]
 
-    # judged once, in memory (a path is judged twice, and the two judgements
-    # must agree before the loader runs: test_defence_in_depth)
-    monkeypatch.setattr(_joblib.api, "_policy", shifted)
-    with pytest.raises(firkin.FormatError, match="not where the safety scan found it"):
-        firkin.load(io.BytesIO(path.read_bytes()))
-
     def missing(*args, **kwargs):
         return real(*args, **kwargs)[:1]
 
-    monkeypatch.setattr(_joblib.policy, "_policy", missing)
-    with pytest.raises(firkin.FormatError, match="array #1 is not where"):
-        firkin.load(path)
-    monkeypatch.setattr(_joblib.policy, "_policy", real)
+    # by path (judged as the scan reads the file) and in memory
+    for doctored, match in ((shifted, "not where the safety scan found it"),
+                            (missing, "array #1 is not where")):
+        monkeypatch.setattr(_joblib.policy, "_judge", doctored)
+        for source in (path, io.BytesIO(path.read_bytes())):
+            with pytest.raises(firkin.FormatError, match=match):
+                firkin.load(source)
+    monkeypatch.setattr(_joblib.policy, "_judge", real)
     _same({"a": np.arange(10.0), "b": np.arange(20.0)}, firkin.load(path))
 
 
@@ -321,3 +319,68 @@ def test_joblib_array_with_hidden_objects(tmp_path):
     # trusted=True skips the scan; the loader still refuses to read pointers
     with pytest.raises(firkin.FormatError, match="holds Python objects but its flags"):
         firkin.load(path, trusted=True)
+
+
+# ------------------------------------------- the walk that reads the file as it goes
+
+def _agree(data, hole_min, step=65536):
+    import sys
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "fuzz"))
+    try:
+        import fuzzlib
+    finally:
+        sys.path.pop(0)
+    fuzzlib.scan_file_agrees(data, hole_min, step)
+
+
+def test_reading_the_file_as_it_walks_finds_what_the_walk_in_memory_finds(tmp_path):
+    """A default load walks an uncompressed file with scan_joblib_file: it
+    reads the file in 64 KiB steps and steps over large arrays' data without
+    reading it. Whatever the bytes (real files of every layout, each cut at
+    many places, steps and arrays crossing the read boundaries), it must
+    report exactly what scan_joblib reports for the same bytes in memory,
+    errors and their wording included."""
+    rng = np.random.default_rng(5)
+    values = [
+        _arrays(),
+        {"many": [np.arange(i * 97, dtype=np.float64) for i in range(60)],  # ~1.4 MB
+         "tail": "x" * 70_000, "o": np.array([{"k": "v" * 5000}] * 20, dtype=object)},
+        [pickle.dumps(list(range(20_000)))] + ["y" * 100_000],  # long arguments, no arrays
+    ]
+    cases = []
+    for i, value in enumerate(values):
+        for protocol in (2, 4, 5):
+            path = tmp_path / f"{i}-{protocol}.joblib"
+            joblib.dump(value, path, protocol=protocol)
+            cases.append(path.read_bytes())
+    cases.append(pickle.dumps({"a": [1, 2] * 50_000}, protocol=0))  # text opcodes: lines
+    cases.append(pickle.dumps(["y" * 100_000, list(range(50_000))], protocol=5))  # 64 KiB frames
+    for data in cases:
+        cuts = {len(data)} | {int(x) for x in rng.integers(0, len(data), 40)}
+        cuts |= {k * 65536 + d for k in range(1, len(data) // 65536 + 1) for d in (-1, 0, 1)}
+        for cut in sorted(c for c in cuts if 0 <= c <= len(data)):
+            for hole_min in (1, 4096, 1 << 62):
+                _agree(data[:cut], hole_min)
+        # every read boundary: one byte at a time, and a few odd steps
+        for step in (1, 7, 4093):
+            _agree(data, 1, step)
+            _agree(data, 1 << 62, step)
+            _agree(data[:len(data) // 2], 1 << 62, step)
+
+
+def test_large_arrays_are_left_in_the_file(tmp_path):
+    path = tmp_path / "a.joblib"
+    joblib.dump({"big": np.arange(1 << 17, dtype=np.float64), "small": np.arange(10)}, path)
+    data = path.read_bytes()
+    spans = _core.scan_joblib(data)["arrays"]
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        buf = bytearray(len(data))
+        info = _core.scan_joblib_file(fd, 0, buf, 4096, False)
+    finally:
+        os.close(fd)
+    (_, lo, hi, _), (_, slo, shi, _) = spans
+    assert info["arrays"] == spans and info["holes"] == [(lo, hi)] and info["read"] == len(data)
+    # the big array's data was not read (the read ahead takes at most 64 KiB of it)
+    assert not any(buf[lo + 65536:hi]) and buf[slo:shi] == data[slo:shi]
+    assert buf[:lo] == data[:lo] and buf[hi:] == data[hi:]

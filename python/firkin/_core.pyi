@@ -6,6 +6,7 @@ FLAG_BUFFERS_MUTABLE: int
 REQ_STREAMED: int  # required feature bit 0: the streamed layout (docs/FORMAT.md)
 REQ_PACKED: int  # required feature bit 2: a packed-buffers section (format 1.3)
 MAX_FRAME: int  # largest frame of the streamed layout
+MAP_NORESERVE: int  # the platform's mmap flag (0 where it has none): address space without a memory reservation
 HEADER_LEN: int  # the header's length (docs/FORMAT.md, "Header")
 HEADER_FIXED_LEN: int  # its fixed part (magic, version, length, required flags): what a signature covers
 FRAME_PREFIX_LEN: int  # a streamed-layout frame's length prefix
@@ -65,6 +66,8 @@ def set_py_codec(codecs: tuple[Callable[..., bytes], Callable[..., bytes]], /) -
 def scan_pickle(data: bytes, /) -> dict[str, Any]: ...
 def scan_joblib(data: bytes, /) -> dict[str, Any]: ...
 def scan_records(data: bytes, joblib: bool, /) -> dict[str, Any]: ...
+def scan_joblib_file(fd: int, offset: int, buf: Any, hole_min: int, records: bool,
+                     step: int = ..., /) -> dict[str, Any]: ...
 def dtype_problem(dtype: Any, /) -> Optional[str]: ...
 
 class DtypeGuard:

@@ -164,10 +164,51 @@ def fuzz_reader(data: bytes) -> None:
     exercise_reader(decode_reader_input(data))
 
 
+def _outcome(fn, *args):
+    """fn(*args), or the FormatError it raised."""
+    try:
+        return fn(*args)
+    except firkin.FormatError as exc:
+        return ("FormatError", str(exc))
+
+
+def scan_file_agrees(data: bytes, hole_min: int = 1, step: int = 65536) -> None:
+    """The walk that reads a file as it goes (scan_joblib_file, reading step
+    bytes ahead and leaving arrays of at least hole_min bytes unread) finds
+    exactly what the walk over the same bytes in memory finds, errors
+    included; it read no byte twice, and every byte it walked (holes apart)
+    is the file's."""
+    expected = _outcome(core.scan_joblib, data)
+    fd = os.memfd_create("fuzz-scan") if hasattr(os, "memfd_create") else None
+    if fd is None:  # pragma: no cover - not Linux
+        return
+    try:
+        os.write(fd, data)
+        buf = bytearray(len(data))
+        got = _outcome(core.scan_joblib_file, fd, 0, buf, hole_min, False, step)
+    finally:
+        os.close(fd)
+    if isinstance(got, dict):
+        holes, read, nread = got.pop("holes"), got.pop("read"), got.pop("bytes_read")
+        # without holes every byte walked was read, once
+        if nread > read or read > len(data) or (not holes and nread != read):
+            raise AssertionError(f"scan_joblib_file read {nread} bytes to walk {read}")
+        kept = bytearray(data[:read])
+        for lo, hi in holes:
+            kept[lo:hi] = buf[lo:hi]
+        if buf[:read] != kept:
+            raise AssertionError("scan_joblib_file left bytes it walked unread")
+    if got != expected:
+        raise AssertionError(f"scan_joblib_file disagrees with scan_joblib: {got!r} != {expected!r}")
+
+
 def fuzz_scan(data: bytes) -> None:
     _expect_firkin_error(core.scan_pickle, data)
-    # the joblib walk too: it follows dtypes, dicts and tuples, and steps over array data
-    _expect_firkin_error(core.scan_joblib, data)
+    # the joblib walk too: it follows dtypes, dicts and tuples, and steps over array data;
+    # from a file, read as it walks, it must agree (read boundaries and holes
+    # vary with the input's length)
+    n = len(data)
+    scan_file_agrees(data, 1 if n % 2 else 1 << 62, 1 + n * 2654435761 % 97)
 
 
 # ---------------------------------------------------------------- valid files

@@ -10,7 +10,8 @@
 # Targets (tests/fuzz/fuzz_<name>.c, what each input runs is in fuzzlib.py):
 #   reader   firkin._core.Reader over bytes: parse, pickle_stream, metadata,
 #            read_buffers, verify_mapped (input: mode byte + container)
-#   scan     firkin._core.scan_pickle(bytes)
+#   scan     firkin._core.scan_pickle(bytes), scan_joblib(bytes), and scan_joblib_file
+#            over the same bytes, which must agree with it
 #
 # Needs clang with libFuzzer (Debian bookworm: apt-get install clang
 # libclang-rt-14-dev), zlib headers (zstd/lz4 ones are used when present),

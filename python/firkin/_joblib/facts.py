@@ -31,7 +31,7 @@ _MAX_ARRAY_BYTES = 1 << 48
 #: joblib >= 1.2 pads each array to this many bytes; older files' mapped
 #: arrays off it are warned about, one warning per array, as joblib does
 _ALIGNMENT = 16
-_SMALL_COPY = 1 << 18  # arrays up to this size are copied from the mapping, larger ones pread
+_SMALL_COPY = 1 << 18  # arrays up to this size are copied from the mapping (or copy), larger ones pread
 # arrays of at least _RELEASE_MIN bytes from an anonymous mapping are copied
 # in pieces of _RELEASE_STEP, each piece's pages released once copied
 _RELEASE_MIN, _RELEASE_STEP = 1 << 20, 1 << 22

@@ -149,7 +149,6 @@ class _Loader:
         loader, reader = self, self.reader
         mm, size, start = reader.mm, reader.size, reader._start
         src = reader.mv
-        fill = reader.fill  # None: the data is in src (a frozen copy leaves it in the file)
         empty, dtype_t, ndarray, memmap = np.empty, np.dtype, np.ndarray, np.memmap
         plain = _amplify.GUARDS.get(np.ndarray)  # what the policy hands out for numpy.ndarray
         slow = self.build
@@ -189,10 +188,7 @@ class _Loader:
                     dst = memoryview(arr if order == "C" else arr.T).cast("B")
                 except (TypeError, ValueError):  # dtypes without a buffer format
                     dst = memoryview(arr.reshape(-1, order=order).view(np.uint8))
-                if fill is None:
-                    dst[:] = src[p:end]
-                else:
-                    fill(dst, p, "NumpyArrayWrapper data")
+                dst[:] = src[p:end]  # small: in the mapping, or in a frozen copy (never a hole)
             sub = state.get("subclass")
             if sub is not plain and sub is not ndarray and sub is not memmap and sub is not None:
                 arr = _as_subclass(arr, sub)

@@ -1,14 +1,15 @@
 """The trust policy's static judgement of a joblib or pickle stream before it is loaded."""
 from __future__ import annotations
 
-import mmap
 import os
 import pickle
+import stat
 
 from .. import _amplify, _core
 from .._core import FormatError
 from .facts import (
     _MEMMAP_NAMES,
+    _SMALL_COPY,
     _WRAPPERS,
     _describe_head,
     _is_joblib_module,
@@ -16,7 +17,7 @@ from .facts import (
     detect,
 )
 from .sources import _FdSource, _Inflate, _make_source
-from .stream import _freeze, _materialize, _Materialized
+from .stream import _Frozen, _frozen_mapping, _materialize, _Materialized
 
 
 def _scan_error(name, kind, head, exc):
@@ -53,11 +54,15 @@ def judged_globals(globals_):
 def _policy(buf, name, kind, trusted, call="firkin.load", budget=None):
     """Refuse before anything is built; returns the array spans for the loader.
     The stream's size is what the file holds, for `budget`."""
-    from .. import _trust
-
     if budget is not None:
         budget.hold(len(buf))
-    info = scan(buf, name, kind)
+    return _judge(scan(buf, name, kind), name, trusted, call)
+
+
+def _judge(info, name, trusted, call="firkin.load"):
+    """Refuse what the policy refuses of a scan's findings; returns the array spans."""
+    from .. import _trust
+
     refused = _trust.untrusted(judged_globals(info["globals"]), info["unsafe_ops"], trusted)
     if refused:
         raise _trust._error(name, refused, call)
@@ -96,24 +101,6 @@ def _judge_materialized(src, judge):
         raise
 
 
-def _map_read_only(fd):
-    """A read-only mapping of the whole file at fd, or None when it cannot be mapped."""
-    try:
-        return mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
-    except (OSError, ValueError):  # empty, or not mappable (a pipe, some FUSE file systems)
-        return None
-
-
-def _judge_mapped(fd, start, judge):
-    """judge(buffer) of the uncompressed stream at fd[start:] through a
-    mapping; None when the file cannot be mapped."""
-    mm = _map_read_only(fd)
-    if mm is None:
-        return None
-    with mm, memoryview(mm) as view, view[start:] as mv:
-        return judge(mv)
-
-
 def _scan_materialized(src, name, kind, trusted, budget=None):
     """(_Materialized, spans) of src read into memory and judged by the policy;
     a decompressor's expansion is charged to `budget` as it inflates."""
@@ -122,37 +109,47 @@ def _scan_materialized(src, name, kind, trusted, budget=None):
     return _judge_materialized(src, lambda buf: _policy(buf, name, kind, trusted, budget=budget))
 
 
+def _read_scanned(fd, start, name, kind, records=False):
+    """(_Frozen, scan info) of the uncompressed stream at fd[start:], read
+    into memory by the scan that walks it (firkin._core.scan_joblib_file), or
+    None when fd is not a regular file; the caller closes the first."""
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        return None
+    size = st.st_size
+    mm = _frozen_mapping(size, name)
+    try:
+        with memoryview(mm) as view, view[start:max(size, start)] as mv:
+            try:
+                # the data of arrays the loader copies (_SMALL_COPY bytes at most) is always read
+                info = _core.scan_joblib_file(fd, start, mv, _SMALL_COPY + 1, records)
+            except FormatError as exc:
+                raise _scan_error(name, kind, mm[start:min(size, start + 4)], exc) from None
+    except BaseException:
+        mm.close()
+        raise
+    holes = [(start + lo, start + hi) for lo, hi in info["holes"]]
+    return _Frozen(mm, start + info["read"], fd, holes), info
+
+
 def _scan_frozen(fd, start, name, kind, trusted, budget=None):
     """(_Frozen, spans) of the uncompressed stream at fd[start:] judged by
-    the policy, or None when the file cannot be mapped; the caller closes the
-    first. A first scan through a mapping finds the arrays; the file is then
-    copied but for their data (_freeze) and the copy judged again, and that
-    judgement is the one that counts: the unpickler runs over the copy, and
-    only the arrays' data is read from the file. Scans that disagree mean
-    the file changed between them."""
-    filemap = _map_read_only(fd)
-    if filemap is None:
+    the policy, or None when fd is not a regular file; the caller closes the
+    first. The scan reads the file into memory as it walks it, but for large
+    arrays' data, and judges what it read: the unpickler then runs over that
+    copy, so it executes the bytes the policy judged whatever happens to the
+    file meanwhile, and only those arrays' data is read from the file again."""
+    got = _read_scanned(fd, start, name, kind)
+    if got is None:
         return None
+    frozen, info = got
     try:
-        with memoryview(filemap) as view, view[start:] as mv:
-            first = _policy(mv, name, kind, trusted)
-    except BaseException:
-        filemap.close()
-        raise
-    # an object array's span holds a pickle of its items (flag True): opcodes, copied too
-    holes = [(start + lo, start + hi) for _, lo, hi, pickled in first if hi > lo and not pickled]
-    frozen = _freeze(fd, filemap, start, holes, name)
-    try:
-        with memoryview(frozen.mm) as view, view[start:frozen.size] as mv:
-            spans = _policy(mv, name, kind, trusted, budget=budget)
-        if spans != first:
-            raise FormatError(f"{name}: the file changed while it was read (its safety scan "
-                              "found its arrays in other places the second time); load it again "
-                              "once nothing writes to it")
+        if budget is not None:
+            budget.hold(frozen.size - start)
+        return frozen, _judge(info, name, trusted)
     except BaseException:
         frozen.close()
         raise
-    return frozen, spans
 
 
 def scan_fd(fd: int, name: str, max_memory=None, *, records: bool = False,
@@ -161,15 +158,13 @@ def scan_fd(fd: int, name: str, max_memory=None, *, records: bool = False,
     compressed, within the amplification bound of max_memory; `call` names
     the caller when the bound stops it)."""
     kind = detect(os.pread(fd, 8, 0))
-
-    def judge(buf):
-        return scan(buf, name, kind, records)
-
-    info = _judge_mapped(fd, 0, judge) if kind == "raw" else None
-    if info is None:
-        src = _make_source(kind, _FdSource(fd, 0, name), name)
-        if isinstance(src, _Inflate):
-            src.budget = _amplify.Budget(max_memory, name, call)
-        held, info = _judge_materialized(src, judge)
-        held.close()
+    got = _read_scanned(fd, 0, name, kind, records) if kind == "raw" else None
+    if got is not None:
+        got[0].close()
+        return got[1]
+    src = _make_source(kind, _FdSource(fd, 0, name), name)
+    if isinstance(src, _Inflate):
+        src.budget = _amplify.Budget(max_memory, name, call)
+    held, info = _judge_materialized(src, lambda buf: scan(buf, name, kind, records))
+    held.close()
     return info

@@ -6,6 +6,7 @@ import bisect
 import mmap
 import os
 
+from .. import _core
 from .._core import FormatError
 from .._source import read_upto
 from .facts import _CHUNK, _INJECT, _RELEASE_MIN, _RELEASE_STEP, _SMALL_COPY
@@ -194,7 +195,6 @@ class _MapReader:
     """
 
     mappable = True
-    fill = None  # arrays' data is read from the mapping (see _FrozenReader)
 
     def __init__(self, fd: int, name: str, start: int = 0):
         self.fd, self.name = fd, name
@@ -356,25 +356,24 @@ class _AnonReader(_MapReader):
 
 
 class _Frozen(_Materialized):
-    """An uncompressed file under the trust policy, copied once into an
-    anonymous private mapping at its own offsets (`size` bytes, the first
-    `start` of them left out), so that the policy judges and the unpickler
-    then executes the same bytes whatever happens to the file meanwhile
-    (another writer, or a file system that serves each read differently):
-    a mapping of the file is no such copy, every read of it shows the file
-    as it is now. `holes` (sorted (lo, hi) file offsets): the data of the
-    arrays the first scan found, not copied (their pages stay untouched
-    zeros, costing no memory) but read from the file when their arrays are
-    built: a small one copied from `filemap` (the file's own read-only
-    mapping, as _MapReader does), a large one read from `fd` straight into
-    the array. Array bytes are data; every opcode comes from the copy."""
+    """An uncompressed file under the trust policy, read once into an
+    anonymous private mapping at its own offsets (the first `size` bytes, the
+    first `start` of them left out) by the scan that judged it
+    (firkin._core.scan_joblib_file), so that the unpickler executes the bytes
+    the policy judged whatever happens to the file meanwhile (another
+    writer, or a file system that serves each read differently): a mapping
+    of the file is no such copy, every read of it shows the file as it is
+    now, and a file cut short under it kills the process with SIGBUS.
+    `holes` (sorted (lo, hi) file offsets): the data of the large arrays the
+    scan stepped over without reading it (their pages stay untouched zeros,
+    costing no memory), read from `fd` straight into each array when it is
+    built. Array bytes are data; every opcode comes from the copy."""
 
-    __slots__ = ("fd", "holes", "filemap", "fileview", "_los")
+    __slots__ = ("fd", "holes", "_los")
 
-    def __init__(self, mm, size: int, fd: int, holes, filemap):
+    def __init__(self, mm, size: int, fd: int, holes):
         super().__init__(mm, size)
-        self.fd, self.holes, self.filemap = fd, holes, filemap
-        self.fileview = memoryview(filemap)
+        self.fd, self.holes = fd, holes
         self._los = [lo for lo, _ in holes]
 
     def in_hole(self, p: int, n: int) -> bool:
@@ -382,36 +381,28 @@ class _Frozen(_Materialized):
         i = bisect.bisect_right(self._los, p + n - 1) - 1  # the last hole starting before its end
         return i >= 0 and self.holes[i][1] > p
 
-    def close(self):
-        super().close()
-        self.fileview.release()
-        self.filemap.close()
+
+_HUGE_MIN = 4 << 20  # copies of at least this size ask for transparent huge pages
 
 
-def _freeze(fd: int, filemap, start: int, holes, name: str) -> _Frozen:
-    """The _Frozen copy of the file at fd (mapped read-only as `filemap`,
-    which it takes over) from `start` on, but for `holes`."""
-    size = len(filemap)
+def _frozen_mapping(size: int, name: str):
+    """An anonymous private mapping of `size` bytes (at least one) for a
+    _Frozen copy: address space only (MAP_NORESERVE), as the holes are never
+    touched; a file larger than memory and swap would otherwise be refused."""
+    flags = mmap.MAP_PRIVATE | getattr(mmap, "MAP_NORESERVE", _core.MAP_NORESERVE)
     try:
-        mm = mmap.mmap(-1, max(size, 1), flags=mmap.MAP_PRIVATE)
-    except BaseException:
-        filemap.close()
-        raise
-    try:
-        with memoryview(mm) as view, memoryview(filemap) as src:
-            pos = start
-            for lo, hi in holes:
-                if hi > size:
-                    raise FormatError(f"{name}: the file changed while it was read: its array "
-                                      f"data ends at offset {hi:,}, past its end ({size:,})")
-                view[pos:lo] = src[pos:lo]  # a memcpy: opcodes are small, arrays stay out
-                pos = hi
-            view[pos:size] = src[pos:size]
-    except BaseException:
-        mm.close()
-        filemap.close()
-        raise
-    return _Frozen(mm, size, fd, holes, filemap)
+        mm = mmap.mmap(-1, max(size, 1), flags=flags)
+    except OSError as exc:
+        raise MemoryError(f"{name}: cannot reserve {size:,} bytes of address space to read "
+                          f"the file into ({exc.strerror})") from None
+    if size >= _HUGE_MIN and hasattr(mmap, "MADV_HUGEPAGE"):
+        # one fault per 2 MiB instead of per 4 KiB: a 10 MB forest is read
+        # in 2.9 ms instead of 6.2 (and unmapped in 0.1 instead of 0.5)
+        try:
+            mm.madvise(mmap.MADV_HUGEPAGE)
+        except OSError:  # pragma: no cover - kernels without transparent huge pages
+            pass
+    return mm
 
 
 class _FrozenReader(_AnonReader):
@@ -426,27 +417,19 @@ class _FrozenReader(_AnonReader):
         super().__init__(held, name, start)
         self.fd = held.fd
 
-    def fill(self, mv, p: int, what: str):
-        """mv from the bytes at p: from the file where they are an array's
-        data (a hole), else from the copy."""
-        n = len(mv)
-        held = self._held
-        if not held.in_hole(p, n):
-            mv[:] = self.mv[p:p + n]
-            return
-        if n <= _SMALL_COPY:
-            mv[:] = held.fileview[p:p + n]  # a memcpy from the page cache: no system call
-            return
-        src = _FdSource.__new__(_FdSource)  # preadv straight into the array
-        src.fd, src.pos, src.name, src.size = self.fd, p, self.name, self.size
-        got = src.readinto(mv)
-        if got != n:
-            raise self._truncated(what, n, got)
-
     def readinto_exact(self, mv, what: str):
+        """mv from the next bytes: from the file where they are a large
+        array's data (a hole), else from the copy."""
         n = len(mv)
         p = self._claim(n, what)
-        self.fill(mv if type(mv) is memoryview else memoryview(mv), p, what)
+        if not self._held.in_hole(p, n):
+            mv[:] = self.mv[p:p + n]
+        else:
+            src = _FdSource.__new__(_FdSource)  # preadv straight into the array
+            src.fd, src.pos, src.name, src.size = self.fd, p, self.name, self.size
+            got = src.readinto(mv if type(mv) is memoryview else memoryview(mv))
+            if got != n:
+                raise self._truncated(what, n, got)
         self.mm.seek(p + n)
 
 
