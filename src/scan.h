@@ -36,6 +36,13 @@ enum {
 #define SCAN_HIGHEST_PROTOCOL 5
 /* scan_joblib_file reads the file on in steps of this many bytes */
 #define SCAN_READ_AHEAD ((Py_ssize_t)1 << 16)
+/* ... but right after a large array's data (a hole) this many, doubling at
+ * each read: another large array often follows, and what is read ahead of
+ * its data is read twice */
+#define SCAN_NEAR_AHEAD ((Py_ssize_t)1 << 12)
+/* holes given their own small-page advice, at most (each splits the copy's
+ * mapping in up to three: the kernel's vm.max_map_count is 65530 by default) */
+#define SCAN_MAX_ADVICE 4096
 #define SCAN_MAX_DOTTED 4096 /* characters of a qualname reached through getattr */
 
 typedef struct {
@@ -347,6 +354,8 @@ typedef struct {
     long long file_off;   /* the file offset of buf[0] */
     Py_ssize_t hole_min;  /* arrays of at least this many bytes are left in the file */
     Py_ssize_t step;      /* read ahead this many bytes (SCAN_READ_AHEAD) */
+    Py_ssize_t near_step; /* after a hole: read ahead this much, doubling up to step (0: step) */
+    Py_ssize_t advised;   /* holes given small pages (scan_hole_advice) */
     Py_ssize_t nread;     /* bytes read from the file: each is read once */
     PyObject *holes;      /* list of (data_start, data_end) left unread */
 } scan_ctx;

@@ -6,6 +6,8 @@
 #include "scan.h"
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 /* ------------------------------------------------------------ records */
 
@@ -594,6 +596,26 @@ done:
     return end;
 }
 
+/* a hole [lo, hi): the copy may have asked for transparent huge pages (one
+ * page fault per 2 MiB while it is read), but a huge page around a hole
+ * would be zeroed and held for data never read: small pages over the hole
+ * (the opcodes around it keep theirs). Each advice splits the mapping, so
+ * after SCAN_MAX_ADVICE holes the rest of the copy gets small pages. */
+static void scan_hole_advice(scan_ctx *c, Py_ssize_t lo, Py_ssize_t hi)
+{
+#ifdef MADV_NOHUGEPAGE
+    long page = sysconf(_SC_PAGESIZE);
+    if (page <= 0 || c->advised > SCAN_MAX_ADVICE) return;
+    if (c->advised++ == SCAN_MAX_ADVICE) hi = c->limit;
+    uintptr_t mask = (uintptr_t)page - 1;
+    uintptr_t a = ((uintptr_t)(c->wbuf + lo) + mask) & ~mask;
+    uintptr_t b = hi == c->limit ? (uintptr_t)(c->wbuf + hi) : (uintptr_t)(c->wbuf + hi) & ~mask;
+    if (b > a) (void)madvise((void *)a, b - a, MADV_NOHUGEPAGE); /* advice: failure is harmless */
+#else
+    (void)c, (void)lo, (void)hi;
+#endif
+}
+
 /* joblib: the BUILD of a NumpyArrayWrapper ended at c->pos; step over its
  * array. Returns 0 to go on, 1 when the array cannot be sized (the walk
  * stops there, reported as unsafe), -1 on error. */
@@ -662,10 +684,12 @@ int scan_wrapper_build(scan_ctx *c, scan_val target, scan_val state)
             end = p + (Py_ssize_t)nbytes;
             PyObject *hole = Py_BuildValue("(nn)", p, end);
             if (!hole) return -1;
+            scan_hole_advice(c, p, end);
             int rc = PyList_Append(c->holes, hole);
             Py_DECREF(hole);
             if (rc < 0) return -1;
             if (end > c->size) c->size = end;
+            c->near_step = SCAN_NEAR_AHEAD; /* another may follow: read ahead little, then more */
         } else if (c->fd >= 0 && scan_fill(c, nbytes > (uint64_t)(c->limit - p) ? c->limit
                                                                                 : p + (Py_ssize_t)nbytes) < 0) {
             return -1;

@@ -146,7 +146,12 @@ int scan_fail(scan_ctx *c, const char *fmt, ...)
 int scan_fill(scan_ctx *c, Py_ssize_t upto)
 {
     if (c->fd < 0 || upto <= c->size || c->size >= c->limit) return 0;
-    Py_ssize_t want = c->limit - c->size > c->step ? c->size + c->step : c->limit;
+    Py_ssize_t step = c->step;
+    if (c->near_step > 0 && c->near_step < step) {
+        step = c->near_step;
+        c->near_step *= 2;
+    }
+    Py_ssize_t want = c->limit - c->size > step ? c->size + step : c->limit;
     if (upto > want) want = upto < c->limit ? upto : c->limit;
     while (c->size < want) {
         size_t n = (size_t)(want - c->size);

@@ -384,3 +384,20 @@ def test_large_arrays_are_left_in_the_file(tmp_path):
     # the big array's data was not read (the read ahead takes at most 64 KiB of it)
     assert not any(buf[lo + 65536:hi]) and buf[slo:shi] == data[slo:shi]
     assert buf[:lo] == data[:lo] and buf[hi:] == data[hi:]
+
+
+def test_what_is_read_ahead_of_large_arrays_stays_small(tmp_path):
+    """Large arrays in a row (a list of 300 KiB arrays): the data of each is
+    left in the file, and what the walk reads ahead into it (read twice)
+    stays a few KiB per array, not a 64 KiB step each."""
+    path = tmp_path / "row.joblib"
+    joblib.dump([np.full(300 * 128, float(i)) for i in range(50)], path)
+    size = path.stat().st_size
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        info = _core.scan_joblib_file(fd, 0, bytearray(size), 1 << 18, False)
+    finally:
+        os.close(fd)
+    assert len(info["holes"]) == 50
+    outside = size - sum(hi - lo for lo, hi in info["holes"])
+    assert info["bytes_read"] <= outside + 65536 + 50 * 4096, (info["bytes_read"], outside)

@@ -382,9 +382,6 @@ class _Frozen(_Materialized):
         return i >= 0 and self.holes[i][1] > p
 
 
-_HUGE_MIN = 4 << 20  # copies of at least this size ask for transparent huge pages
-
-
 def _frozen_mapping(size: int, name: str):
     """An anonymous private mapping of `size` bytes (at least one) for a
     _Frozen copy: address space only (MAP_NORESERVE), as the holes are never
@@ -395,14 +392,20 @@ def _frozen_mapping(size: int, name: str):
     except OSError as exc:
         raise MemoryError(f"{name}: cannot reserve {size:,} bytes of address space to read "
                           f"the file into ({exc.strerror})") from None
-    if size >= _HUGE_MIN and hasattr(mmap, "MADV_HUGEPAGE"):
-        # one fault per 2 MiB instead of per 4 KiB: a 10 MB forest is read
-        # in 2.9 ms instead of 6.2 (and unmapped in 0.1 instead of 0.5)
+    _huge_pages(mm)  # but over holes (the scan takes the advice back there)
+    return mm
+
+
+def _huge_pages(mm):
+    """Ask for transparent huge pages for an anonymous mapping the load
+    fills: one page fault per 2 MiB instead of per 4 KiB (a 10 MB forest
+    is read in 2.9 ms instead of 6.2, and unmapped in 0.1 instead of 0.5).
+    A mapping under 2 MiB never gets one."""
+    if hasattr(mmap, "MADV_HUGEPAGE"):
         try:
             mm.madvise(mmap.MADV_HUGEPAGE)
         except OSError:  # pragma: no cover - kernels without transparent huge pages
             pass
-    return mm
 
 
 class _FrozenReader(_AnonReader):
@@ -440,6 +443,7 @@ def _materialize(src, size_hint: int = 0, into=None):
     if into is None:
         cap = max(1 << 20, size_hint)
         mm, n = mmap.mmap(-1, cap, flags=mmap.MAP_PRIVATE), 0
+        _huge_pages(mm)  # kept as it grows
     else:
         mm, n = into
         cap = len(mm)
