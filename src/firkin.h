@@ -352,7 +352,7 @@ PyObject *scan_joblib(PyObject *module, PyObject *data);
 /* scan_records(data, joblib) -> scan_pickle's (joblib: scan_joblib's) dict plus
  * "records": one dict per array, for `firkin info` (scan.c, "array records") */
 PyObject *scan_records(PyObject *module, PyObject *args);
-/* scan_joblib_file(fd, offset, buf, hole_min, records[, step]): scan_joblib (or
+/* scan_joblib_file(fd, offset, buf, hole_min, records[, step, huge]): scan_joblib (or
  * scan_records) reading the file into buf as the walk goes, leaving large
  * arrays' data unread; adds "holes" and "read" */
 PyObject *scan_joblib_file(PyObject *module, PyObject *args);

@@ -287,10 +287,12 @@ static PyMethodDef module_methods[] = {
      "the array data joblib writes after each NumpyArrayWrapper; adds 'arrays' [(build_end, "
      "data_start, data_end, nested)] and 'complete'"},
     {"scan_joblib_file", scan_joblib_file, METH_VARARGS,
-     "scan_joblib_file(fd, offset, buf, hole_min, records, step=65536) -> dict: scan_joblib "
-     "(records: scan_records) of the file at fd from offset on, read into the writable buffer buf "
-     "(as long as the data may be) as the walk goes, step bytes ahead, each byte once; the data of "
-     "arrays of at least hole_min bytes is not read (its bytes in buf stay as they were); adds "
+     "scan_joblib_file(fd, offset, buf, hole_min, records, step=0, huge=False) -> dict: "
+     "scan_joblib (records: scan_records) of the file at fd from offset on, read into the writable "
+     "buffer buf (as long as the data may be) as the walk goes, step bytes ahead (0: 65536), each "
+     "byte once; the data of arrays of at least hole_min bytes is not read (its bytes in buf stay "
+     "as they were; huge: buf is an anonymous mapping that asked for transparent huge pages, given "
+     "small pages over those holes); adds "
      "'holes' [(data_start, data_end)] (buf offsets), 'read' (buf[:read] holds the bytes walked, "
      "holes apart) and 'bytes_read'"},
     {"scan_records", scan_records, METH_VARARGS,

@@ -683,9 +683,10 @@ int scan_run(scan_ctx *c)
 /* data: the whole stream in memory; or, fd >= 0, a writable buffer the
  * stream is read into from the file at fd (offset file_off on) as the walk
  * goes (step bytes ahead), leaving the data of arrays of at least hole_min
- * bytes unread */
+ * bytes unread (huge: buf asked for transparent huge pages, to be taken
+ * back over those holes) */
 static PyObject *scan_entry(PyObject *module, PyObject *data, int joblib, int records, int fd,
-                            long long file_off, Py_ssize_t hole_min, Py_ssize_t step)
+                            long long file_off, Py_ssize_t hole_min, Py_ssize_t step, int huge)
 {
     fk_state *st = (fk_state *)PyModule_GetState(module);
     PyObject *result = NULL;
@@ -707,6 +708,7 @@ static PyObject *scan_entry(PyObject *module, PyObject *data, int joblib, int re
         c.file_off = file_off;
         c.hole_min = hole_min;
         c.step = step;
+        c.huge = huge;
         if (!(c.holes = PyList_New(0))) goto done;
     }
     c.joblib = joblib;
@@ -741,12 +743,12 @@ done:
 
 PyObject *scan_pickle(PyObject *module, PyObject *data)
 {
-    return scan_entry(module, data, 0, 0, -1, 0, 0, 0);
+    return scan_entry(module, data, 0, 0, -1, 0, 0, 0, 0);
 }
 
 PyObject *scan_joblib(PyObject *module, PyObject *data)
 {
-    return scan_entry(module, data, 1, 0, -1, 0, 0, 0);
+    return scan_entry(module, data, 1, 0, -1, 0, 0, 0, 0);
 }
 
 PyObject *scan_records(PyObject *module, PyObject *args)
@@ -754,7 +756,7 @@ PyObject *scan_records(PyObject *module, PyObject *args)
     PyObject *data;
     int joblib;
     if (!PyArg_ParseTuple(args, "Op:scan_records", &data, &joblib)) return NULL;
-    return scan_entry(module, data, joblib, 1, -1, 0, 0, 0);
+    return scan_entry(module, data, joblib, 1, -1, 0, 0, 0, 0);
 }
 
 PyObject *scan_joblib_file(PyObject *module, PyObject *args)
@@ -762,13 +764,15 @@ PyObject *scan_joblib_file(PyObject *module, PyObject *args)
     PyObject *buf;
     int fd, records;
     long long offset;
-    Py_ssize_t hole_min, step = SCAN_READ_AHEAD;
-    if (!PyArg_ParseTuple(args, "iLOnp|n:scan_joblib_file", &fd, &offset, &buf, &hole_min, &records,
-                          &step))
+    Py_ssize_t hole_min, step = 0;
+    int huge = 0;
+    if (!PyArg_ParseTuple(args, "iLOnp|np:scan_joblib_file", &fd, &offset, &buf, &hole_min, &records,
+                          &step, &huge))
         return NULL;
-    if (fd < 0 || offset < 0 || hole_min < 1 || step < 1) {
+    if (fd < 0 || offset < 0 || hole_min < 1 || step < 0) {
         PyErr_SetString(PyExc_ValueError, "scan_joblib_file: fd, offset, hole_min or step out of range");
         return NULL;
     }
-    return scan_entry(module, buf, 1, records, fd, offset, hole_min, step);
+    return scan_entry(module, buf, 1, records, fd, offset, hole_min, step ? step : SCAN_READ_AHEAD,
+                      huge);
 }

@@ -355,6 +355,7 @@ typedef struct {
     Py_ssize_t hole_min;  /* arrays of at least this many bytes are left in the file */
     Py_ssize_t step;      /* read ahead this many bytes (SCAN_READ_AHEAD) */
     Py_ssize_t near_step; /* after a hole: read ahead this much, doubling up to step (0: step) */
+    int huge;             /* buf asked for transparent huge pages: small ones over holes */
     Py_ssize_t advised;   /* holes given small pages (scan_hole_advice) */
     Py_ssize_t nread;     /* bytes read from the file: each is read once */
     PyObject *holes;      /* list of (data_start, data_end) left unread */

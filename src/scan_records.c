@@ -596,8 +596,8 @@ done:
     return end;
 }
 
-/* a hole [lo, hi): the copy may have asked for transparent huge pages (one
- * page fault per 2 MiB while it is read), but a huge page around a hole
+/* a hole [lo, hi): when the copy asked for transparent huge pages (one
+ * page fault per 2 MiB while it is read; c->huge), a huge page around a hole
  * would be zeroed and held for data never read: small pages over the hole
  * (the opcodes around it keep theirs). Each advice splits the mapping, so
  * after SCAN_MAX_ADVICE holes the rest of the copy gets small pages. */
@@ -605,7 +605,7 @@ static void scan_hole_advice(scan_ctx *c, Py_ssize_t lo, Py_ssize_t hi)
 {
 #ifdef MADV_NOHUGEPAGE
     long page = sysconf(_SC_PAGESIZE);
-    if (page <= 0 || c->advised > SCAN_MAX_ADVICE) return;
+    if (!c->huge || page <= 0 || c->advised > SCAN_MAX_ADVICE) return;
     if (c->advised++ == SCAN_MAX_ADVICE) hi = c->limit;
     uintptr_t mask = (uintptr_t)page - 1;
     uintptr_t a = ((uintptr_t)(c->wbuf + lo) + mask) & ~mask;

@@ -122,7 +122,7 @@ def _read_scanned(fd, start, name, kind, records=False):
         with memoryview(mm) as view, view[start:max(size, start)] as mv:
             try:
                 # the data of arrays the loader copies (_SMALL_COPY bytes at most) is always read
-                info = _core.scan_joblib_file(fd, start, mv, _SMALL_COPY + 1, records)
+                info = _core.scan_joblib_file(fd, start, mv, _SMALL_COPY + 1, records, 0, True)
             except FormatError as exc:
                 raise _scan_error(name, kind, mm[start:min(size, start + 4)], exc) from None
     except BaseException:
