@@ -530,8 +530,9 @@ static void scan_hot(scan_ctx *c)
             pos += 1;
             proto = proto > 4 ? proto : 4;
             continue;
-        case OP_BINPUT:
-            if (left < 2 || depth <= fence || sparse || p[1] >= dense_cap || dense[p[1]] != SV_NONE)
+        case OP_BINPUT: /* a key beyond its offset: the general path reports it */
+            if (left < 2 || depth <= fence || sparse || p[1] >= dense_cap || dense[p[1]] != SV_NONE ||
+                p[1] > pos)
                 goto out;
             dense[p[1]] = stack[depth - 1];
             count++;

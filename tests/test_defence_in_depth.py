@@ -147,6 +147,17 @@ def test_blinded_scan_still_loads_legitimate_files(blind, tmp_path):
     np.testing.assert_array_equal(loaded.predict(X), rf.predict(X))
 
 
+def test_a_small_memo_key_beyond_its_offset_is_refused_on_every_path(tmp_path):
+    # BINPUT's one-byte key, once the memo has room for it: the scanner's
+    # fast path for common opcodes stored it without the check the general
+    # path makes (the fuzz target found it, comparing a walk over a file read
+    # in small steps, which leaves that path at each step's end, with the walk
+    # over the same bytes in memory)
+    stream = P4 + b"Nq\x000Nq\x3c."
+    assert stream.index(b"q\x3c") < 0x3c
+    _refused(stream, tmp_path, match="memo key larger than its offset")
+
+
 @pytest.mark.parametrize("put", [b"r\xff\xff\xff\x7f", b"p99999999\n", b"r\x0b\x00\x00\x00"])
 def test_memo_keys_beyond_the_stream_refused(put, tmp_path):
     # CPython's unpickler sizes its memo from the largest key: 9 bytes would
