@@ -474,9 +474,7 @@ static int scan_step(scan_ctx *c)
     case OP_FRAME:
         if (!(p = scan_take(c, 8))) return -1;
         key = scan_le(p, 8);
-        if (c->fd >= 0 && key > (uint64_t)(c->size - c->pos) &&
-            scan_fill(c, key > (uint64_t)(c->limit - c->pos) ? c->limit : c->pos + (Py_ssize_t)key) < 0)
-            return -1;
+        if (scan_fill_from(c, c->pos, key) < 0) return -1;
         if (key > (uint64_t)(c->size - c->pos))
             return scan_fail(c, "frame of %llu bytes runs past the end of the data",
                              (unsigned long long)key);

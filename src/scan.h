@@ -377,6 +377,7 @@ int scan_memo_put(scan_memo *mm, uint64_t key, scan_val val);
 int scan_fail(scan_ctx *c, const char *fmt, ...);
 const unsigned char *scan_take(scan_ctx *c, uint64_t n);
 int scan_fill(scan_ctx *c, Py_ssize_t upto);
+int scan_fill_from(scan_ctx *c, Py_ssize_t from, uint64_t n);
 const unsigned char *scan_line(scan_ctx *c, Py_ssize_t *len);
 int scan_grow(void **arr, Py_ssize_t *cap, size_t isz, Py_ssize_t first);
 int scan_push(scan_ctx *c, scan_val v);

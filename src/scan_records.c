@@ -690,8 +690,7 @@ int scan_wrapper_build(scan_ctx *c, scan_val target, scan_val state)
             if (rc < 0) return -1;
             if (end > c->size) c->size = end;
             c->near_step = SCAN_NEAR_AHEAD; /* another may follow: read ahead little, then more */
-        } else if (c->fd >= 0 && scan_fill(c, nbytes > (uint64_t)(c->limit - p) ? c->limit
-                                                                                : p + (Py_ssize_t)nbytes) < 0) {
+        } else if (scan_fill_from(c, p, nbytes) < 0) {
             return -1;
         }
         if (nbytes > (uint64_t)(c->size - p))

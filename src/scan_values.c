@@ -181,11 +181,18 @@ int scan_fill(scan_ctx *c, Py_ssize_t upto)
     return 0;
 }
 
+/* scan_fill up to from + n, n as the data claims it (capped at limit) */
+int scan_fill_from(scan_ctx *c, Py_ssize_t from, uint64_t n)
+{
+    if (c->fd < 0 || from >= c->limit) return 0;
+    return scan_fill(c, n > (uint64_t)(c->limit - from) ? c->limit : from + (Py_ssize_t)n);
+}
+
 /* at least n bytes past pos, when the data has them: 0, or -1 with an error */
 static int scan_have(scan_ctx *c, uint64_t n)
 {
     if (c->fd < 0 || n <= (uint64_t)(c->size - c->pos)) return 0;
-    return scan_fill(c, n > (uint64_t)(c->limit - c->pos) ? c->limit : c->pos + (Py_ssize_t)n);
+    return scan_fill_from(c, c->pos, n);
 }
 
 /* n bytes of argument, or NULL with FormatError */
