@@ -8,6 +8,7 @@ import uuid
 import fsspec
 import joblib
 import numpy as np
+import pytest
 
 import firkin
 
@@ -144,3 +145,70 @@ def test_two_processes_computing_the_same_item(tmp_path):
         _, err = p.communicate(timeout=300)
         assert p.returncode == 0, err.decode()
         assert b"Exception while loading" not in err, err.decode()
+
+
+def _location(kind, tmp_path):
+    return str(tmp_path) if kind == "local" else f"memory://firkin-memory/{uuid.uuid4().hex}"
+
+
+def _listing(backend, kind, folder):
+    if kind == "local":
+        return sorted(os.listdir(folder))
+    return sorted(p.rsplit("/", 1)[1] for p in fsspec.filesystem("memory").ls(folder, detail=False))
+
+
+@pytest.mark.parametrize("kind", ["local", "url"])
+def test_function_code_is_never_seen_half_written(tmp_path, kind):
+    """What the two-process test above met on joblib 1.4 (Python 3.12 lane):
+    joblib before 1.5 rewrote func_code.py in place, so a process reading it
+    meanwhile saw a truncated file, took it for a changed function and wiped
+    the function's cache, the result another process was loading among them
+    ("Exception while loading results"). The backend writes the code under a
+    name of its own and renames it into place, on every joblib version: a
+    reader sees the old code or the new, never part of one."""
+    backend = firkin.Memory(_location(kind, tmp_path), verbose=0).store_backend
+    call = ("mod--f",)  # a new list each call: joblib 1.2's get_cached_func_code extends its argument
+    backend.store_cached_func_code(list(call), "def f(): return 1\n")
+    seen = []
+    real_open = backend._open_item
+
+    def spying_open(f, mode):  # what a reader finds once the writer has opened its file
+        handle = real_open(f, mode)
+        if "w" in mode:
+            seen.append(backend.get_cached_func_code(list(call)))
+        return handle
+
+    backend._open_item = spying_open
+    backend.store_cached_func_code(list(call), "def f(): return 2\n")
+    assert seen == ["def f(): return 1\n"]
+    assert backend.get_cached_func_code(list(call)) == "def f(): return 2\n"
+    folder = backend._join(*call)
+    assert _listing(backend, kind, folder) == ["func_code.py"]  # no temporary file left
+
+
+@pytest.mark.parametrize("kind", ["local", "url"])
+def test_a_failed_function_code_write_keeps_the_old_code(tmp_path, kind):
+    backend = firkin.Memory(_location(kind, tmp_path), verbose=0).store_backend
+    call = ("mod--f",)  # a new list each call: joblib 1.2's get_cached_func_code extends its argument
+    backend.store_cached_func_code(list(call), "def f(): return 1\n")
+    real_open = backend._open_item
+
+    class Full:
+        def __init__(self, handle):
+            self.handle = handle
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.handle.close()
+
+        def write(self, data):
+            self.handle.write(data[:3])
+            raise OSError(28, "No space left on device")
+
+    backend._open_item = lambda f, mode: Full(real_open(f, mode)) if "w" in mode else real_open(f, mode)
+    with pytest.raises(OSError, match="No space left"):
+        backend.store_cached_func_code(list(call), "def f(): return 2\n")
+    assert backend.get_cached_func_code(list(call)) == "def f(): return 1\n"
+    assert _listing(backend, kind, backend._join(*call)) == ["func_code.py"]

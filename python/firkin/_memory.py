@@ -15,6 +15,7 @@ through the cache in $FIRKIN_CACHE_DIR).
 from __future__ import annotations
 
 import os
+import uuid
 import warnings
 
 from joblib import _store_backends, register_store_backend
@@ -71,7 +72,35 @@ class FirkinStoreBackend(FileSystemStoreBackend):
             warnings.warn(f"Unable to cache to {filename}: {type(exc).__name__}: {exc}",
                           CacheWarning, stacklevel=2)
 
-    # ---- everything else (metadata, function code): files, locally or through fsspec
+    # ---- the function's code: published whole, whatever joblib's version
+    def store_cached_func_code(self, call_id, func_code=None):
+        """As joblib's, but func_code.py is written under a name of its own and
+        renamed into place: joblib before 1.5 wrote it in place, and another
+        process reading it half-written took it for a changed function and
+        wiped the function's cache, results other processes were loading
+        among them."""
+        func_path = self._join(*call_id)
+        if not self._item_exists(func_path):
+            self.create_location(func_path)
+        if func_code is None:
+            return
+        filename = self._join(*call_id, "func_code.py")
+        tmp = f"{filename}.{uuid.uuid4().hex}-{os.getpid()}.tmp"
+        try:
+            with self._open_item(tmp, "wb") as f:
+                f.write(func_code.encode("utf-8"))
+            self._move_item(tmp, filename)
+        except BaseException:
+            try:
+                if self.fs is None:
+                    os.unlink(tmp)
+                else:
+                    self.fs.rm(tmp)
+            except (OSError, FileNotFoundError):
+                pass
+            raise
+
+    # ---- everything else (metadata): files, locally or through fsspec
     def _join(self, *parts):
         if self.fs is None:
             return os.path.join(self.location, *parts)
