@@ -160,7 +160,7 @@ def _listing(backend, kind, folder):
 @pytest.mark.parametrize("kind", ["local", "url"])
 def test_function_code_is_never_seen_half_written(tmp_path, kind):
     """What the two-process test above met on joblib 1.4 (Python 3.12 lane):
-    joblib before 1.5 rewrote func_code.py in place, so a process reading it
+    joblib before 1.6 rewrote func_code.py in place, so a process reading it
     meanwhile saw a truncated file, took it for a changed function and wiped
     the function's cache, the result another process was loading among them
     ("Exception while loading results"). The backend writes the code under a

@@ -75,7 +75,7 @@ class FirkinStoreBackend(FileSystemStoreBackend):
     # ---- the function's code: published whole, whatever joblib's version
     def store_cached_func_code(self, call_id, func_code=None):
         """As joblib's, but func_code.py is written under a name of its own and
-        renamed into place: joblib before 1.5 wrote it in place, and another
+        renamed into place: joblib before 1.6 wrote it in place, and another
         process reading it half-written took it for a changed function and
         wiped the function's cache, results other processes were loading
         among them."""
