@@ -151,7 +151,7 @@ def _location(kind, tmp_path):
     return str(tmp_path) if kind == "local" else f"memory://firkin-memory/{uuid.uuid4().hex}"
 
 
-def _listing(backend, kind, folder):
+def _listing(kind, folder):
     if kind == "local":
         return sorted(os.listdir(folder))
     return sorted(p.rsplit("/", 1)[1] for p in fsspec.filesystem("memory").ls(folder, detail=False))
@@ -183,7 +183,7 @@ def test_function_code_is_never_seen_half_written(tmp_path, kind):
     assert seen == ["def f(): return 1\n"]
     assert backend.get_cached_func_code(list(call)) == "def f(): return 2\n"
     folder = backend._join(*call)
-    assert _listing(backend, kind, folder) == ["func_code.py"]  # no temporary file left
+    assert _listing(kind, folder) == ["func_code.py"]  # no temporary file left
 
 
 @pytest.mark.parametrize("kind", ["local", "url"])
@@ -211,4 +211,4 @@ def test_a_failed_function_code_write_keeps_the_old_code(tmp_path, kind):
     with pytest.raises(OSError, match="No space left"):
         backend.store_cached_func_code(list(call), "def f(): return 2\n")
     assert backend.get_cached_func_code(list(call)) == "def f(): return 1\n"
-    assert _listing(backend, kind, backend._join(*call)) == ["func_code.py"]
+    assert _listing(kind, backend._join(*call)) == ["func_code.py"]

@@ -96,7 +96,7 @@ class FirkinStoreBackend(FileSystemStoreBackend):
                     os.unlink(tmp)
                 else:
                     self.fs.rm(tmp)
-            except (OSError, FileNotFoundError):
+            except OSError:  # FileNotFoundError among them: nothing was created
                 pass
             raise
 
